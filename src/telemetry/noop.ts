@@ -1,0 +1,24 @@
+import type { SpanHandle, Telemetry } from './types.js';
+
+const noopSpan: SpanHandle = {
+  setAttributes() {},
+  addEvent() {},
+  child: () => noopSpan,
+  end() {},
+};
+
+/** Telemetry that records nothing: for tests and for tools run outside the proxy. */
+export const noopTelemetry: Telemetry = {
+  startTurn: () => noopSpan,
+  toolCall() {},
+  turn() {},
+  upstreamTimeToFirstToken() {},
+  streamOpened() {},
+  streamClosed() {},
+  clientDisconnected() {},
+  upstreamToolsUnsupported() {},
+  toolsetLoaded() {},
+  memorySpliced() {},
+  memoryEntries() {},
+  shutdown: async () => {},
+};

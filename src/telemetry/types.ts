@@ -1,0 +1,60 @@
+/**
+ * What the proxy reports. Records are plain labels and numbers; telemetry never calls back into the proxy.
+ * Implementations: metrics.ts (prom-client), tracing.ts (OpenTelemetry, loaded only when OTEL_* is set),
+ * and noopTelemetry for tests.
+ */
+export type ToolOutcomeLabel =
+  | 'ok'
+  | 'error'
+  | 'timeout'
+  | 'invalid_arguments'
+  | 'unknown_tool'
+  | 'cancelled'
+  | 'cache_hit';
+
+export type TurnOutcome = 'ok' | 'error' | 'timeout' | 'cancelled' | 'max_iterations';
+
+export interface ToolRecord {
+  toolset: string;
+  tool: string;
+  outcome: ToolOutcomeLabel;
+  seconds: number;
+}
+
+export interface TurnRecord {
+  toolset: string;
+  outcome: TurnOutcome;
+  /** Upstream calls made in the turn that offered tools, plus the final one without tools if it ran. */
+  iterations: number;
+  /** From request arrival to the first content byte sent to the client (filler included). */
+  timeToFirstContentSeconds: number | undefined;
+}
+
+export type SpanKind = 'internal' | 'client' | 'server';
+export type Attributes = Record<string, string | number | boolean | string[] | undefined>;
+
+export interface SpanHandle {
+  setAttributes(attributes: Attributes): void;
+  addEvent(name: string, attributes?: Attributes): void;
+  /** Starts a child span of this one. */
+  child(name: string, kind: SpanKind, attributes?: Attributes): SpanHandle;
+  /** Ends the span; an error type marks it failed (`error.type`). */
+  end(errorType?: string): void;
+}
+
+export interface Telemetry {
+  /** A turn's root span; `traceparent` is the client's W3C header when it sent one. */
+  startTurn(traceparent: string | undefined, attributes: Attributes): SpanHandle;
+  toolCall(record: ToolRecord): void;
+  turn(record: TurnRecord): void;
+  upstreamTimeToFirstToken(toolset: string, seconds: number): void;
+  streamOpened(): void;
+  streamClosed(): void;
+  clientDisconnected(toolset: string): void;
+  upstreamToolsUnsupported(toolset: string): void;
+  toolsetLoaded(toolset: string, hash: string): void;
+  memorySpliced(toolset: string, exchanges: number): void;
+  memoryEntries(toolset: string, entries: number): void;
+  /** Flushes exporters; called on SIGTERM. */
+  shutdown(): Promise<void>;
+}

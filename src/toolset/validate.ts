@@ -1,0 +1,247 @@
+/**
+ * Validation: the schema (ajv), then the rules a schema cannot say. Every problem is reported, each
+ * with the path of the field it is about (`spec.tools[2].timeout: "soon" is not a duration`).
+ */
+import { Ajv, type ErrorObject } from 'ajv';
+import addFormats from 'ajv-formats';
+import { parseDocument } from 'yaml';
+import { isDuration } from './duration.js';
+import { type ToolSet, ToolSetSchema, type ToolSpec, type ValueRef } from './schema.js';
+import { checkUrlTemplate, templateVariables } from './url-template.js';
+
+export interface Issue {
+  path: string;
+  message: string;
+}
+
+export type ParseResult = { ok: true; toolset: ToolSet; issues: [] } | { ok: false; issues: Issue[] };
+
+/** An ajv instance that knows the `duration` format; also used to compile tool parameter schemas. */
+export function createAjv(): Ajv {
+  const ajv = new Ajv({ allErrors: true, strict: false, verbose: true });
+  addFormats.default(ajv);
+  ajv.addFormat('duration', isDuration);
+  return ajv;
+}
+
+const ajv = createAjv();
+const validateSchema = ajv.compile<ToolSet>(ToolSetSchema);
+
+/** `/spec/tools/2/timeout` → `spec.tools[2].timeout` */
+export function pointerToPath(pointer: string): string {
+  let out = '';
+  for (const raw of pointer.split('/').slice(1)) {
+    const part = raw.replace(/~1/g, '/').replace(/~0/g, '~');
+    out += /^\d+$/.test(part) ? `[${part}]` : out === '' ? part : `.${part}`;
+  }
+  return out;
+}
+
+function join(path: string, field: string): string {
+  return path === '' ? field : `${path}.${field}`;
+}
+
+function schemaIssue(e: ErrorObject): Issue | undefined {
+  const path = pointerToPath(e.instancePath);
+  const p = e.params as Record<string, unknown>;
+  switch (e.keyword) {
+    case 'required':
+      return { path: join(path, String(p.missingProperty)), message: 'is required' };
+    case 'additionalProperties':
+      return { path: join(path, String(p.additionalProperty)), message: 'is not a known field' };
+    case 'format':
+      return { path, message: `${JSON.stringify(e.data)} is not a ${p.format === 'duration' ? 'duration' : p.format}` };
+    case 'enum':
+      return { path, message: `${JSON.stringify(e.data)} is not one of ${(p.allowedValues as string[]).join(', ')}` };
+    case 'pattern':
+      return { path, message: `${JSON.stringify(e.data)} does not match ${p.pattern}` };
+    case 'type':
+      return { path, message: `must be ${a(String(p.type))}` };
+    case 'if':
+    case 'anyOf':
+      return undefined;
+    default:
+      return { path, message: e.message ?? e.keyword };
+  }
+}
+
+function a(type: string): string {
+  return /^[aeiou]/.test(type) ? `an ${type}` : `a ${type}`;
+}
+
+function checkValue(v: ValueRef | undefined, path: string, issues: Issue[]): void {
+  if (!v) return;
+  const n = Number(v.value !== undefined) + Number(v.valueFrom !== undefined);
+  if (n !== 1) issues.push({ path, message: 'needs exactly one of value or valueFrom' });
+  const from = v.valueFrom;
+  if (from && Number(from.env !== undefined) + Number(from.secretKeyRef !== undefined) !== 1) {
+    issues.push({ path: `${path}.valueFrom`, message: 'needs exactly one of env or secretKeyRef' });
+  }
+}
+
+const EXECUTORS = ['http', 'mcp', 'sql', 'builtin'] as const;
+
+function checkTool(tool: ToolSpec, path: string, issues: Issue[]): void {
+  const kinds = EXECUTORS.filter((k) => tool[k] !== undefined);
+  if (kinds.length !== 1) {
+    issues.push({
+      path,
+      message: `needs exactly one of http, mcp, sql or builtin${kinds.length ? ` (has ${kinds.join(', ')})` : ''}`,
+    });
+    return;
+  }
+  const kind = kinds[0];
+  if (kind === 'mcp') {
+    if (tool.name !== undefined) {
+      issues.push({ path: `${path}.name`, message: 'an mcp entry takes its names from the server; use mcp.prefix' });
+    }
+    for (const field of ['parameters', 'description'] as const) {
+      if (tool[field] !== undefined) {
+        issues.push({ path: `${path}.${field}`, message: 'an mcp entry takes this from the server' });
+      }
+    }
+  } else if (tool.name === undefined) {
+    issues.push({ path: `${path}.name`, message: 'is required' });
+  }
+
+  const declared = new Set<string>();
+  if (tool.parameters !== undefined) {
+    const params = tool.parameters as Record<string, unknown>;
+    if (params.type !== 'object') {
+      issues.push({ path: `${path}.parameters.type`, message: 'must be "object" (tool arguments are an object)' });
+    }
+    try {
+      ajv.compile(params);
+    } catch (err) {
+      issues.push({ path: `${path}.parameters`, message: `is not a valid JSON Schema: ${(err as Error).message}` });
+    }
+    const props = params.properties;
+    if (props && typeof props === 'object') for (const k of Object.keys(props)) declared.add(k);
+  }
+
+  if (tool.http) {
+    const h = tool.http;
+    for (const problem of checkUrlTemplate(h.url)) issues.push({ path: `${path}.http.url`, message: problem });
+    if (tool.parameters !== undefined) {
+      for (const name of templateVariables(h.url)) {
+        if (!declared.has(name)) {
+          issues.push({ path: `${path}.http.url`, message: `uses {${name}}, which parameters.properties does not declare` });
+        }
+      }
+    }
+    if (h.select !== undefined && !/^(\/([^~/]|~[01])*)*$/.test(h.select)) {
+      issues.push({ path: `${path}.http.select`, message: `${JSON.stringify(h.select)} is not a JSON Pointer` });
+    }
+    h.headers?.forEach((hd, i) => checkValue(hd, `${path}.http.headers[${i}]`, issues));
+  }
+  if (tool.mcp) {
+    if (!/^https?:\/\//.test(tool.mcp.url)) {
+      issues.push({ path: `${path}.mcp.url`, message: `${JSON.stringify(tool.mcp.url)} is not an http(s) URL` });
+    }
+    tool.mcp.headers?.forEach((hd, i) => checkValue(hd, `${path}.mcp.headers[${i}]`, issues));
+  }
+  if (tool.sql) {
+    const s = tool.sql;
+    checkValue(s.connection, `${path}.sql.connection`, issues);
+    if (s.query === undefined) {
+      if (s.args !== undefined) issues.push({ path: `${path}.sql.args`, message: 'needs sql.query' });
+      if (tool.parameters !== undefined) {
+        issues.push({
+          path: `${path}.parameters`,
+          message: 'is set by earpiece for sql without query (the model writes the SELECT in argument "sql")',
+        });
+      }
+    } else {
+      const placeholders = new Set([...s.query.matchAll(/\$(\d+)/g)].map((m) => Number(m[1])));
+      const highest = Math.max(0, ...placeholders);
+      const args = s.args ?? [];
+      if (highest !== args.length) {
+        issues.push({
+          path: `${path}.sql.args`,
+          message: `has ${args.length} entries but the query uses $1..$${highest}`,
+        });
+      }
+      args.forEach((arg, i) => {
+        if (!declared.has(arg)) {
+          issues.push({ path: `${path}.sql.args[${i}]`, message: `"${arg}" is not declared in parameters.properties` });
+        }
+      });
+    }
+  }
+  if (tool.builtin !== undefined && tool.parameters !== undefined) {
+    issues.push({ path: `${path}.parameters`, message: `builtin ${tool.builtin} has its own parameters` });
+  }
+}
+
+/** Rules beyond the schema. Assumes the schema passed. */
+export function semanticIssues(toolset: ToolSet): Issue[] {
+  const issues: Issue[] = [];
+  const spec = toolset.spec;
+  checkValue(spec.upstream?.apiKey, 'spec.upstream.apiKey', issues);
+  if (spec.upstream?.url && /\/v1\/?$/.test(spec.upstream.url)) {
+    issues.push({
+      path: 'spec.upstream.url',
+      message: 'ends in /v1; give the base URL without /v1 (as in KYUTAI_LLM_URL)',
+    });
+  }
+  const seen = new Map<string, number>();
+  spec.tools.forEach((tool, i) => {
+    const path = `spec.tools[${i}]`;
+    checkTool(tool, path, issues);
+    // Names an mcp entry is known to produce (include + prefix) take part in the uniqueness check too.
+    const names = tool.mcp ? (tool.mcp.include ?? []).map((n) => `${tool.mcp?.prefix ?? ''}${n}`) : [tool.name];
+    for (const name of names) {
+      if (name === undefined) continue;
+      const first = seen.get(name);
+      if (first !== undefined) {
+        issues.push({ path: `${path}.name`, message: `"${name}" is already the name of spec.tools[${first}]` });
+      } else {
+        seen.set(name, i);
+      }
+    }
+  });
+  return issues;
+}
+
+/** Validates an already-parsed document. */
+export function validateToolSet(doc: unknown): ParseResult {
+  if (!validateSchema(doc)) {
+    const issues = (validateSchema.errors ?? []).map(schemaIssue).filter((x): x is Issue => x !== undefined);
+    return { ok: false, issues: dedupe(issues) };
+  }
+  const issues = semanticIssues(doc);
+  return issues.length ? { ok: false, issues } : { ok: true, toolset: doc, issues: [] };
+}
+
+/** Parses YAML (or JSON) text and validates it. YAML syntax errors are issues with a line number. */
+export function parseToolSet(text: string): ParseResult {
+  const document = parseDocument(text, { prettyErrors: true });
+  if (document.errors.length) {
+    return {
+      ok: false,
+      issues: document.errors.map((e) => ({
+        path: e.linePos ? `line ${e.linePos[0].line}` : '(yaml)',
+        message: e.message.split('\n')[0] ?? e.message,
+      })),
+    };
+  }
+  const doc: unknown = document.toJS();
+  if (doc === null || typeof doc !== 'object') {
+    return { ok: false, issues: [{ path: '(document)', message: 'is not a ToolSet object' }] };
+  }
+  return validateToolSet(doc);
+}
+
+function dedupe(issues: Issue[]): Issue[] {
+  const seen = new Set<string>();
+  return issues.filter((i) => {
+    const key = `${i.path}\0${i.message}`;
+    if (seen.has(key)) return false;
+    seen.add(key);
+    return true;
+  });
+}
+
+export function formatIssues(issues: Issue[]): string {
+  return issues.map((i) => `${i.path}: ${i.message}`).join('\n');
+}

@@ -1,0 +1,103 @@
+/**
+ * Values that may be secrets: `{ value }`, `{ valueFrom: { env } }` or `{ valueFrom: { secretKeyRef } }`.
+ * In a pod, the operator turns every secretKeyRef into an env var of the sidecar (named by
+ * secretEnvName, the one function the controller, the webhook and `earpiece inject` share), so the
+ * rendered config only ever holds `valueFrom.env` and no secret sits in a ConfigMap.
+ */
+import { createHash } from 'node:crypto';
+import type { ToolSet, ValueRef } from './schema.js';
+
+export class ValueError extends Error {
+  readonly code = 'ERP_VALUE';
+}
+
+/** Resolves a value against the process environment. Throws a ValueError naming what is missing. */
+export function resolveValue(ref: ValueRef, path: string, env: NodeJS.ProcessEnv = process.env): string {
+  if (ref.value !== undefined) return ref.value;
+  const from = ref.valueFrom;
+  if (from?.env !== undefined) {
+    const found = env[from.env];
+    if (found === undefined) throw new ValueError(`${path}: environment variable ${from.env} is not set`);
+    return found;
+  }
+  if (from?.secretKeyRef) {
+    throw new ValueError(
+      `${path}: secretKeyRef ${from.secretKeyRef.name}/${from.secretKeyRef.key} can only be resolved in Kubernetes; ` +
+        'run locally, use valueFrom.env instead',
+    );
+  }
+  throw new ValueError(`${path}: needs value or valueFrom`);
+}
+
+/** The sidecar env var that carries one key of one Secret. Stable, unique per (secret, key), a valid env name. */
+export function secretEnvName(secret: string, key: string): string {
+  const clean = (s: string) => s.toUpperCase().replace(/[^A-Z0-9]/g, '_');
+  const hash = createHash('sha256').update(`${secret}\0${key}`).digest('hex').slice(0, 6).toUpperCase();
+  return `EARPIECE_SECRET_${clean(secret)}__${clean(key)}_${hash}`;
+}
+
+export interface SecretEnv {
+  name: string;
+  secretKeyRef: { name: string; key: string };
+}
+
+/**
+ * The ToolSet as the sidecar sees it: every secretKeyRef replaced by valueFrom.env, and the env vars
+ * the sidecar needs for them (sorted and unique, so renders are stable). `status` is dropped.
+ */
+export function renderForSidecar(toolset: ToolSet): { toolset: ToolSet; env: SecretEnv[] } {
+  const env = new Map<string, SecretEnv>();
+  const walk = (node: unknown): unknown => {
+    if (Array.isArray(node)) return node.map(walk);
+    if (node === null || typeof node !== 'object') return node;
+    const out: Record<string, unknown> = {};
+    for (const [k, v] of Object.entries(node)) {
+      const ref = k === 'valueFrom' ? (v as { secretKeyRef?: { name: string; key: string } }).secretKeyRef : undefined;
+      if (ref) {
+        const name = secretEnvName(ref.name, ref.key);
+        env.set(name, { name, secretKeyRef: { name: ref.name, key: ref.key } });
+        out[k] = { env: name };
+      } else {
+        out[k] = walk(v);
+      }
+    }
+    return out;
+  };
+  const { status: _status, ...rest } = toolset;
+  // `parameters` are JSON Schemas written by users; a property literally named valueFrom there is data.
+  const spec = walk({ ...rest.spec, tools: [] }) as ToolSet['spec'];
+  spec.tools = rest.spec.tools.map((tool) => {
+    const { parameters, ...executor } = tool;
+    const rendered = walk(executor) as typeof tool;
+    return parameters === undefined ? rendered : { ...rendered, parameters };
+  });
+  return {
+    toolset: { ...rest, spec },
+    env: [...env.values()].sort((a, b) => a.name.localeCompare(b.name)),
+  };
+}
+
+/**
+ * Every value the proxy will need, checked against the environment now rather than mid-turn:
+ * a missing env var or a secretKeyRef outside Kubernetes is an issue with its path.
+ */
+export function unresolvableValues(toolset: ToolSet, env: NodeJS.ProcessEnv = process.env): { path: string; message: string }[] {
+  const issues: { path: string; message: string }[] = [];
+  const visit = (node: unknown, path: string): void => {
+    if (Array.isArray(node)) return node.forEach((n, i) => visit(n, `${path}[${i}]`));
+    if (node === null || typeof node !== 'object') return;
+    const obj = node as Record<string, unknown>;
+    if ('valueFrom' in obj || ('value' in obj && typeof obj.value === 'string')) {
+      try {
+        resolveValue(obj as ValueRef, path, env);
+      } catch (err) {
+        const [, message = String(err)] = /^[^:]*: (.*)$/s.exec((err as Error).message) ?? [];
+        issues.push({ path, message });
+      }
+      return;
+    }
+    for (const [k, v] of Object.entries(obj)) if (k !== 'parameters') visit(v, path ? `${path}.${k}` : k);
+  };
+  visit(toolset.spec, 'spec');
+  return issues;
+}

@@ -1,0 +1,132 @@
+import { readFile } from 'node:fs/promises';
+import { describe, expect, it } from 'vitest';
+import { parseDuration } from '../../src/toolset/duration.js';
+import { parseToolSet, resolveToolSet, validateToolSet } from '../../src/toolset/index.js';
+import { renderForSidecar, secretEnvName, unresolvableValues } from '../../src/toolset/values.js';
+
+const base = {
+  apiVersion: 'earpiece.dev/v1alpha1',
+  kind: 'ToolSet',
+  metadata: { name: 'a' },
+  spec: { tools: [{ name: 'now', builtin: 'time' }] as Record<string, unknown>[] },
+};
+const withTools = (...tools: Record<string, unknown>[]) => ({ ...base, spec: { tools } });
+
+describe('ToolSet validation', () => {
+  it('accepts the example ToolSet and applies the settled defaults', async () => {
+    const result = parseToolSet(await readFile('examples/toolset.yaml', 'utf8'));
+    expect(result.issues).toEqual([]);
+    if (!result.ok) return;
+    const resolved = resolveToolSet(result.toolset);
+    expect(resolved.limits).toEqual({
+      maxIterations: 3,
+      turnTimeoutMs: 20_000,
+      toolTimeoutMs: 5000,
+      maxParallelCalls: 4,
+      maxResultBytes: 2048,
+    });
+    expect(resolved.cacheMaxEntries).toBe(1000);
+    expect(resolved.memory).toEqual({ turns: 2, ttlMs: 900_000, maxBytes: 4096 });
+    expect(resolved.tools.map((t) => [t.spec.name, t.kind, t.timeoutMs, t.cacheTtlMs])).toEqual([
+      ['get_weather', 'http', 3000, 600_000],
+      ['current_time', 'builtin', 5000, undefined],
+      ['calculate', 'builtin', 5000, undefined],
+    ]);
+  });
+
+  it('names the field of a bad duration', () => {
+    const doc = withTools({ name: 'a', builtin: 'time' }, { name: 'b', builtin: 'time' }, { name: 'c', builtin: 'time', timeout: 'soon' });
+    expect(validateToolSet(doc).issues).toEqual([{ path: 'spec.tools[2].timeout', message: '"soon" is not a duration' }]);
+  });
+
+  it('reports every problem, not only the first', () => {
+    const doc = {
+      ...base,
+      spec: {
+        limits: { turnTimeout: 'later', maxIterations: 0 },
+        tools: [{ name: 'x', builtin: 'clock' }, { name: 'y', htp: {} }],
+      },
+    };
+    const issues = validateToolSet(doc).issues.map((i) => `${i.path}: ${i.message}`);
+    expect(issues).toEqual(
+      expect.arrayContaining([
+        'spec.limits.turnTimeout: "later" is not a duration',
+        'spec.limits.maxIterations: must be >= 1',
+        'spec.tools[0].builtin: "clock" is not one of time, calculator',
+        'spec.tools[1].htp: is not a known field',
+      ]),
+    );
+    expect(issues.length).toBe(4);
+  });
+
+  it('checks the rules a schema cannot say', () => {
+    const issues = validateToolSet(
+      withTools(
+        { name: 'dup', builtin: 'time' },
+        { name: 'dup', builtin: 'calculator' },
+        { name: 'both', builtin: 'time', http: { url: 'https://x.test/' } },
+        { name: 'host', http: { url: 'https://{host}/x' } },
+        { name: 'reserved', parameters: { type: 'object', properties: { p: { type: 'string' } } }, http: { url: 'https://x.test/{+p}' } },
+        { name: 'undeclared', parameters: { type: 'object', properties: {} }, http: { url: 'https://x.test/{?q}' } },
+        { name: 'sqlargs', parameters: { type: 'object', properties: { id: { type: 'string' } } }, sql: { connection: { value: 'postgres://x' }, query: 'SELECT $1, $2', args: ['id'] } },
+        { name: 'badschema', parameters: { type: 'object', properties: { a: { type: 'nope' } } }, http: { url: 'https://x.test/' } },
+        { name: 'twovalues', http: { url: 'https://x.test/', headers: [{ name: 'A', value: 'x', valueFrom: { env: 'Y' } }] } },
+        { mcp: { url: 'http://m.test/mcp', include: ['dup'] } },
+      ),
+    ).issues;
+    const byPath = Object.fromEntries(issues.map((i) => [i.path, i.message]));
+    expect(byPath['spec.tools[1].name']).toBe('"dup" is already the name of spec.tools[0]');
+    expect(byPath['spec.tools[2]']).toMatch(/exactly one of http, mcp, sql or builtin \(has http, builtin\)/);
+    expect(byPath['spec.tools[3].http.url']).toMatch(/literal host/);
+    expect(issues.find((i) => i.path === 'spec.tools[4].http.url')?.message).toMatch(/unencoded/);
+    expect(byPath['spec.tools[5].http.url']).toMatch(/\{q\}/);
+    expect(byPath['spec.tools[6].sql.args']).toMatch(/\$1\.\.\$2/);
+    expect(byPath['spec.tools[7].parameters']).toMatch(/not a valid JSON Schema/);
+    expect(byPath['spec.tools[8].http.headers[0]']).toMatch(/exactly one of value or valueFrom/);
+    expect(byPath['spec.tools[9].name']).toBe('"dup" is already the name of spec.tools[0]');
+  });
+
+  it('gives YAML syntax errors a line', () => {
+    const result = parseToolSet('apiVersion: earpiece.dev/v1alpha1\nkind: [\n');
+    expect(result.ok).toBe(false);
+    expect(result.issues[0]?.path).toMatch(/^line \d+/);
+  });
+
+  it('parses Go durations', () => {
+    expect(parseDuration('1m30s')).toBe(90_000);
+    expect(parseDuration('500ms')).toBe(500);
+    expect(parseDuration('1.5h')).toBe(5_400_000);
+    expect(parseDuration('5')).toBeUndefined();
+    expect(parseDuration('')).toBeUndefined();
+  });
+});
+
+describe('values and secrets', () => {
+  const doc = withTools({
+    name: 'w',
+    http: { url: 'https://x.test/', headers: [{ name: 'K', valueFrom: { secretKeyRef: { name: 'weather', key: 'key' } } }] },
+  });
+
+  it('refuses a secretKeyRef only where it must be resolved outside Kubernetes', () => {
+    const result = validateToolSet(doc);
+    expect(result.ok).toBe(true);
+    if (!result.ok) return;
+    const issues = unresolvableValues(result.toolset, {});
+    expect(issues).toEqual([
+      { path: 'spec.tools[0].http.headers[0]', message: expect.stringMatching(/use valueFrom.env/) },
+    ]);
+  });
+
+  it('renders secretKeyRefs as env vars with one stable, unique name per (secret, key)', () => {
+    const result = validateToolSet(doc);
+    if (!result.ok) throw new Error('invalid');
+    const { toolset, env } = renderForSidecar(result.toolset);
+    const name = secretEnvName('weather', 'key');
+    expect(env).toEqual([{ name, secretKeyRef: { name: 'weather', key: 'key' } }]);
+    expect(toolset.spec.tools[0]?.http?.headers?.[0]).toEqual({ name: 'K', valueFrom: { env: name } });
+    expect(JSON.stringify(toolset)).not.toContain('secretKeyRef');
+    expect(name).toMatch(/^[A-Z_][A-Z0-9_]*$/);
+    expect(secretEnvName('a-b', 'c')).not.toBe(secretEnvName('a', 'b-c'));
+    expect(secretEnvName('a.b', 'c')).not.toBe(secretEnvName('a-b', 'c'));
+  });
+});
