@@ -9,7 +9,11 @@ A secretKeyRef is valid here: only the proxy, run outside Kubernetes, refuses it
 Exit status: 0 when every file is valid, 1 otherwise.`;
 
 export async function main(argv: string[]): Promise<number> {
-  const { positionals, values } = parseArgs({ args: argv, allowPositionals: true, options: { help: { type: 'boolean', short: 'h' } } });
+  const { positionals, values } = parseArgs({
+    args: argv,
+    allowPositionals: true,
+    options: { help: { type: 'boolean', short: 'h' } },
+  });
   if (values.help || positionals.length === 0) {
     console.log(HELP);
     return values.help ? 0 : 2;
@@ -27,7 +31,9 @@ export async function main(argv: string[]): Promise<number> {
     const result = parseToolSet(text);
     if (result.ok) {
       const resolved = resolveToolSet(result.toolset);
-      console.log(`${file}: ToolSet ${resolved.name} is valid (${resolved.tools.length} tool entries, hash ${resolved.hash})`);
+      console.log(
+        `${file}: ToolSet ${resolved.name} is valid (${resolved.tools.length} tool entries, hash ${resolved.hash})`,
+      );
     } else {
       failed = true;
       for (const issue of result.issues) console.error(`${file}: ${issue.path}: ${issue.message}`);

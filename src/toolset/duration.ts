@@ -24,6 +24,7 @@ export function parseDuration(text: string): number | undefined {
   if (text === '0') return 0;
   if (!WHOLE.test(text)) return undefined;
   let ms = 0;
-  for (const [, amount, unit] of text.matchAll(PART)) ms += Number(amount) * (UNIT_MS[unit as string] as number);
+  for (const [, amount, unit] of text.matchAll(PART))
+    ms += Number(amount) * (UNIT_MS[unit as string] as number);
   return ms;
 }

@@ -12,7 +12,9 @@ import { type ResolvedToolSet, resolveToolSet } from './defaults.js';
 import { type Issue, parseToolSet } from './validate.js';
 import { unresolvableValues } from './values.js';
 
-export type LoadResult = { ok: true; toolset: ResolvedToolSet; text: string } | { ok: false; issues: Issue[] };
+export type LoadResult =
+  | { ok: true; toolset: ResolvedToolSet; text: string }
+  | { ok: false; issues: Issue[] };
 
 /** Parses, validates and resolves a ToolSet for the proxy: values must resolve in this environment. */
 export function loadToolSetText(text: string, env: NodeJS.ProcessEnv = process.env): LoadResult {
@@ -23,12 +25,18 @@ export function loadToolSetText(text: string, env: NodeJS.ProcessEnv = process.e
   return { ok: true, toolset: resolveToolSet(parsed.toolset), text };
 }
 
-export async function loadToolSetFile(path: string, env: NodeJS.ProcessEnv = process.env): Promise<LoadResult> {
+export async function loadToolSetFile(
+  path: string,
+  env: NodeJS.ProcessEnv = process.env,
+): Promise<LoadResult> {
   let text: string;
   try {
     text = await readFile(path, 'utf8');
   } catch (err) {
-    return { ok: false, issues: [{ path, message: `cannot be read: ${(err as NodeJS.ErrnoException).code ?? err}` }] };
+    return {
+      ok: false,
+      issues: [{ path, message: `cannot be read: ${(err as NodeJS.ErrnoException).code ?? err}` }],
+    };
   }
   return loadToolSetText(text, env);
 }

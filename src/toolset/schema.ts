@@ -18,16 +18,24 @@ export const API_VERSION = 'v1alpha1';
 export const KIND = 'ToolSet';
 
 /** Go-style duration, as Kubernetes writes them: `500ms`, `5s`, `1m30s`. Checked by the `duration` format. */
-export const Duration = Type.String({ format: 'duration', description: 'Go-style duration such as 500ms, 5s or 10m.' });
+export const Duration = Type.String({
+  format: 'duration',
+  description: 'Go-style duration such as 500ms, 5s or 10m.',
+});
 
 export const SecretKeyRef = Type.Object(
   { name: Type.String({ minLength: 1 }), key: Type.String({ minLength: 1 }) },
-  { additionalProperties: false, description: 'A key of a Secret in the ToolSet namespace (in-cluster only).' },
+  {
+    additionalProperties: false,
+    description: 'A key of a Secret in the ToolSet namespace (in-cluster only).',
+  },
 );
 
 export const ValueFrom = Type.Object(
   {
-    env: Type.Optional(Type.String({ minLength: 1, description: 'Name of an environment variable of the proxy.' })),
+    env: Type.Optional(
+      Type.String({ minLength: 1, description: 'Name of an environment variable of the proxy.' }),
+    ),
     secretKeyRef: Type.Optional(SecretKeyRef),
   },
   { additionalProperties: false },
@@ -72,7 +80,8 @@ export const HttpTool = Type.Object(
     method: Type.Optional(StringEnum(['GET', 'POST', 'PUT', 'PATCH', 'DELETE'])),
     url: Type.String({
       minLength: 1,
-      description: 'RFC 6570 URL template; arguments are percent-encoded and never change the scheme or host.',
+      description:
+        'RFC 6570 URL template; arguments are percent-encoded and never change the scheme or host.',
     }),
     headers: Type.Optional(Type.Array(Header)),
     select: Type.Optional(Type.String({ description: 'JSON Pointer into the JSON response.' })),
@@ -126,7 +135,9 @@ export const Tool = Type.Object(
       ),
     ),
     onInterrupt: Type.Optional(StringEnum(['cancel', 'finish'])),
-    memory: Type.Optional(Type.Boolean({ description: 'false: results are never remembered past the turn.' })),
+    memory: Type.Optional(
+      Type.Boolean({ description: 'false: results are never remembered past the turn.' }),
+    ),
     http: Type.Optional(HttpTool),
     mcp: Type.Optional(McpTool),
     sql: Type.Optional(SqlTool),
@@ -168,7 +179,10 @@ export const Spec = Type.Object(
     ),
     instructions: Type.Optional(Type.String()),
     cache: Type.Optional(
-      Type.Object({ maxEntries: Type.Optional(Type.Integer({ minimum: 0 })) }, { additionalProperties: false }),
+      Type.Object(
+        { maxEntries: Type.Optional(Type.Integer({ minimum: 0 })) },
+        { additionalProperties: false },
+      ),
     ),
     memory: Type.Optional(
       Type.Object(

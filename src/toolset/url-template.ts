@@ -27,7 +27,9 @@ export function checkUrlTemplate(template: string): string[] {
   if (opens !== closes) problems.push('has unbalanced { }');
   const origin = ORIGIN.exec(template);
   if (!origin) {
-    problems.push('must start with http:// or https:// and a literal host (arguments can never set the host)');
+    problems.push(
+      'must start with http:// or https:// and a literal host (arguments can never set the host)',
+    );
     return problems;
   }
   const after = template.slice(origin[0].length);

@@ -50,9 +50,15 @@ function schemaIssue(e: ErrorObject): Issue | undefined {
     case 'additionalProperties':
       return { path: join(path, String(p.additionalProperty)), message: 'is not a known field' };
     case 'format':
-      return { path, message: `${JSON.stringify(e.data)} is not a ${p.format === 'duration' ? 'duration' : p.format}` };
+      return {
+        path,
+        message: `${JSON.stringify(e.data)} is not a ${p.format === 'duration' ? 'duration' : p.format}`,
+      };
     case 'enum':
-      return { path, message: `${JSON.stringify(e.data)} is not one of ${(p.allowedValues as string[]).join(', ')}` };
+      return {
+        path,
+        message: `${JSON.stringify(e.data)} is not one of ${(p.allowedValues as string[]).join(', ')}`,
+      };
     case 'pattern':
       return { path, message: `${JSON.stringify(e.data)} does not match ${p.pattern}` };
     case 'type':
@@ -93,7 +99,10 @@ function checkTool(tool: ToolSpec, path: string, issues: Issue[]): void {
   const kind = kinds[0];
   if (kind === 'mcp') {
     if (tool.name !== undefined) {
-      issues.push({ path: `${path}.name`, message: 'an mcp entry takes its names from the server; use mcp.prefix' });
+      issues.push({
+        path: `${path}.name`,
+        message: 'an mcp entry takes its names from the server; use mcp.prefix',
+      });
     }
     for (const field of ['parameters', 'description'] as const) {
       if (tool[field] !== undefined) {
@@ -108,12 +117,18 @@ function checkTool(tool: ToolSpec, path: string, issues: Issue[]): void {
   if (tool.parameters !== undefined) {
     const params = tool.parameters as Record<string, unknown>;
     if (params.type !== 'object') {
-      issues.push({ path: `${path}.parameters.type`, message: 'must be "object" (tool arguments are an object)' });
+      issues.push({
+        path: `${path}.parameters.type`,
+        message: 'must be "object" (tool arguments are an object)',
+      });
     }
     try {
       ajv.compile(params);
     } catch (err) {
-      issues.push({ path: `${path}.parameters`, message: `is not a valid JSON Schema: ${(err as Error).message}` });
+      issues.push({
+        path: `${path}.parameters`,
+        message: `is not a valid JSON Schema: ${(err as Error).message}`,
+      });
     }
     const props = params.properties;
     if (props && typeof props === 'object') for (const k of Object.keys(props)) declared.add(k);
@@ -121,24 +136,35 @@ function checkTool(tool: ToolSpec, path: string, issues: Issue[]): void {
 
   if (tool.http) {
     const h = tool.http;
-    for (const problem of checkUrlTemplate(h.url)) issues.push({ path: `${path}.http.url`, message: problem });
+    for (const problem of checkUrlTemplate(h.url))
+      issues.push({ path: `${path}.http.url`, message: problem });
     if (tool.parameters !== undefined) {
       for (const name of templateVariables(h.url)) {
         if (!declared.has(name)) {
-          issues.push({ path: `${path}.http.url`, message: `uses {${name}}, which parameters.properties does not declare` });
+          issues.push({
+            path: `${path}.http.url`,
+            message: `uses {${name}}, which parameters.properties does not declare`,
+          });
         }
       }
     }
     if (h.select !== undefined && !/^(\/([^~/]|~[01])*)*$/.test(h.select)) {
-      issues.push({ path: `${path}.http.select`, message: `${JSON.stringify(h.select)} is not a JSON Pointer` });
+      issues.push({
+        path: `${path}.http.select`,
+        message: `${JSON.stringify(h.select)} is not a JSON Pointer`,
+      });
     }
-    h.headers?.forEach((hd, i) => checkValue(hd, `${path}.http.headers[${i}]`, issues));
+    for (const [i, hd] of (h.headers ?? []).entries()) checkValue(hd, `${path}.http.headers[${i}]`, issues);
   }
   if (tool.mcp) {
     if (!/^https?:\/\//.test(tool.mcp.url)) {
-      issues.push({ path: `${path}.mcp.url`, message: `${JSON.stringify(tool.mcp.url)} is not an http(s) URL` });
+      issues.push({
+        path: `${path}.mcp.url`,
+        message: `${JSON.stringify(tool.mcp.url)} is not an http(s) URL`,
+      });
     }
-    tool.mcp.headers?.forEach((hd, i) => checkValue(hd, `${path}.mcp.headers[${i}]`, issues));
+    for (const [i, hd] of (tool.mcp.headers ?? []).entries())
+      checkValue(hd, `${path}.mcp.headers[${i}]`, issues);
   }
   if (tool.sql) {
     const s = tool.sql;
@@ -163,7 +189,10 @@ function checkTool(tool: ToolSpec, path: string, issues: Issue[]): void {
       }
       args.forEach((arg, i) => {
         if (!declared.has(arg)) {
-          issues.push({ path: `${path}.sql.args[${i}]`, message: `"${arg}" is not declared in parameters.properties` });
+          issues.push({
+            path: `${path}.sql.args[${i}]`,
+            message: `"${arg}" is not declared in parameters.properties`,
+          });
         }
       });
     }
@@ -189,12 +218,17 @@ export function semanticIssues(toolset: ToolSet): Issue[] {
     const path = `spec.tools[${i}]`;
     checkTool(tool, path, issues);
     // Names an mcp entry is known to produce (include + prefix) take part in the uniqueness check too.
-    const names = tool.mcp ? (tool.mcp.include ?? []).map((n) => `${tool.mcp?.prefix ?? ''}${n}`) : [tool.name];
+    const names = tool.mcp
+      ? (tool.mcp.include ?? []).map((n) => `${tool.mcp?.prefix ?? ''}${n}`)
+      : [tool.name];
     for (const name of names) {
       if (name === undefined) continue;
       const first = seen.get(name);
       if (first !== undefined) {
-        issues.push({ path: `${path}.name`, message: `"${name}" is already the name of spec.tools[${first}]` });
+        issues.push({
+          path: `${path}.name`,
+          message: `"${name}" is already the name of spec.tools[${first}]`,
+        });
       } else {
         seen.set(name, i);
       }

@@ -52,7 +52,8 @@ export function renderForSidecar(toolset: ToolSet): { toolset: ToolSet; env: Sec
     if (node === null || typeof node !== 'object') return node;
     const out: Record<string, unknown> = {};
     for (const [k, v] of Object.entries(node)) {
-      const ref = k === 'valueFrom' ? (v as { secretKeyRef?: { name: string; key: string } }).secretKeyRef : undefined;
+      const ref =
+        k === 'valueFrom' ? (v as { secretKeyRef?: { name: string; key: string } }).secretKeyRef : undefined;
       if (ref) {
         const name = secretEnvName(ref.name, ref.key);
         env.set(name, { name, secretKeyRef: { name: ref.name, key: ref.key } });
@@ -81,10 +82,16 @@ export function renderForSidecar(toolset: ToolSet): { toolset: ToolSet; env: Sec
  * Every value the proxy will need, checked against the environment now rather than mid-turn:
  * a missing env var or a secretKeyRef outside Kubernetes is an issue with its path.
  */
-export function unresolvableValues(toolset: ToolSet, env: NodeJS.ProcessEnv = process.env): { path: string; message: string }[] {
+export function unresolvableValues(
+  toolset: ToolSet,
+  env: NodeJS.ProcessEnv = process.env,
+): { path: string; message: string }[] {
   const issues: { path: string; message: string }[] = [];
   const visit = (node: unknown, path: string): void => {
-    if (Array.isArray(node)) return node.forEach((n, i) => visit(n, `${path}[${i}]`));
+    if (Array.isArray(node)) {
+      for (const [i, n] of node.entries()) visit(n, `${path}[${i}]`);
+      return;
+    }
     if (node === null || typeof node !== 'object') return;
     const obj = node as Record<string, unknown>;
     if ('valueFrom' in obj || ('value' in obj && typeof obj.value === 'string')) {

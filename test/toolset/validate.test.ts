@@ -35,8 +35,14 @@ describe('ToolSet validation', () => {
   });
 
   it('names the field of a bad duration', () => {
-    const doc = withTools({ name: 'a', builtin: 'time' }, { name: 'b', builtin: 'time' }, { name: 'c', builtin: 'time', timeout: 'soon' });
-    expect(validateToolSet(doc).issues).toEqual([{ path: 'spec.tools[2].timeout', message: '"soon" is not a duration' }]);
+    const doc = withTools(
+      { name: 'a', builtin: 'time' },
+      { name: 'b', builtin: 'time' },
+      { name: 'c', builtin: 'time', timeout: 'soon' },
+    );
+    expect(validateToolSet(doc).issues).toEqual([
+      { path: 'spec.tools[2].timeout', message: '"soon" is not a duration' },
+    ]);
   });
 
   it('reports every problem, not only the first', () => {
@@ -44,7 +50,10 @@ describe('ToolSet validation', () => {
       ...base,
       spec: {
         limits: { turnTimeout: 'later', maxIterations: 0 },
-        tools: [{ name: 'x', builtin: 'clock' }, { name: 'y', htp: {} }],
+        tools: [
+          { name: 'x', builtin: 'clock' },
+          { name: 'y', htp: {} },
+        ],
       },
     };
     const issues = validateToolSet(doc).issues.map((i) => `${i.path}: ${i.message}`);
@@ -66,11 +75,30 @@ describe('ToolSet validation', () => {
         { name: 'dup', builtin: 'calculator' },
         { name: 'both', builtin: 'time', http: { url: 'https://x.test/' } },
         { name: 'host', http: { url: 'https://{host}/x' } },
-        { name: 'reserved', parameters: { type: 'object', properties: { p: { type: 'string' } } }, http: { url: 'https://x.test/{+p}' } },
-        { name: 'undeclared', parameters: { type: 'object', properties: {} }, http: { url: 'https://x.test/{?q}' } },
-        { name: 'sqlargs', parameters: { type: 'object', properties: { id: { type: 'string' } } }, sql: { connection: { value: 'postgres://x' }, query: 'SELECT $1, $2', args: ['id'] } },
-        { name: 'badschema', parameters: { type: 'object', properties: { a: { type: 'nope' } } }, http: { url: 'https://x.test/' } },
-        { name: 'twovalues', http: { url: 'https://x.test/', headers: [{ name: 'A', value: 'x', valueFrom: { env: 'Y' } }] } },
+        {
+          name: 'reserved',
+          parameters: { type: 'object', properties: { p: { type: 'string' } } },
+          http: { url: 'https://x.test/{+p}' },
+        },
+        {
+          name: 'undeclared',
+          parameters: { type: 'object', properties: {} },
+          http: { url: 'https://x.test/{?q}' },
+        },
+        {
+          name: 'sqlargs',
+          parameters: { type: 'object', properties: { id: { type: 'string' } } },
+          sql: { connection: { value: 'postgres://x' }, query: 'SELECT $1, $2', args: ['id'] },
+        },
+        {
+          name: 'badschema',
+          parameters: { type: 'object', properties: { a: { type: 'nope' } } },
+          http: { url: 'https://x.test/' },
+        },
+        {
+          name: 'twovalues',
+          http: { url: 'https://x.test/', headers: [{ name: 'A', value: 'x', valueFrom: { env: 'Y' } }] },
+        },
         { mcp: { url: 'http://m.test/mcp', include: ['dup'] } },
       ),
     ).issues;
@@ -104,7 +132,10 @@ describe('ToolSet validation', () => {
 describe('values and secrets', () => {
   const doc = withTools({
     name: 'w',
-    http: { url: 'https://x.test/', headers: [{ name: 'K', valueFrom: { secretKeyRef: { name: 'weather', key: 'key' } } }] },
+    http: {
+      url: 'https://x.test/',
+      headers: [{ name: 'K', valueFrom: { secretKeyRef: { name: 'weather', key: 'key' } } }],
+    },
   });
 
   it('refuses a secretKeyRef only where it must be resolved outside Kubernetes', () => {
