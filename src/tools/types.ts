@@ -87,3 +87,12 @@ export interface ToolRunner {
   /** Runs one call end to end. Never throws: every failure is an outcome with a short error content. */
   call(call: ToolCall, signal: AbortSignal): Promise<ToolOutcome>;
 }
+
+/** What a provider factory gets besides its tool entry. */
+export interface ProviderOptions {
+  env: NodeJS.ProcessEnv;
+  logger: import('../telemetry/log.js').Logger;
+}
+
+/** `createMcpProvider` (mcp.ts) and `createSqlProvider` (sql.ts) have this shape; registry.ts imports them lazily. */
+export type ProviderFactory = (tool: ResolvedTool, options: ProviderOptions) => ToolProvider;
