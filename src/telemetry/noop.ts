@@ -1,6 +1,6 @@
 import type { SpanHandle, Telemetry } from './types.js';
 
-const noopSpan: SpanHandle = {
+export const noopSpan: SpanHandle = {
   setAttributes() {},
   addEvent() {},
   child: () => noopSpan,

@@ -28,6 +28,14 @@ export interface TurnRecord {
   iterations: number;
   /** From request arrival to the first content byte sent to the client (filler included). */
   timeToFirstContentSeconds: number | undefined;
+  /** From request arrival to the end of the turn, when known. */
+  seconds?: number;
+}
+
+/** A tool of a loaded ToolSet: its name becomes a metric label value; its timeout feeds the latency alert. */
+export interface ToolInfo {
+  name: string;
+  timeoutSeconds?: number;
 }
 
 export type SpanKind = 'internal' | 'client' | 'server';
@@ -52,7 +60,11 @@ export interface Telemetry {
   streamClosed(): void;
   clientDisconnected(toolset: string): void;
   upstreamToolsUnsupported(toolset: string): void;
-  toolsetLoaded(toolset: string, hash: string): void;
+  /**
+   * A ToolSet was loaded or reloaded. `tools` are the only tool names used as label values (others fold into
+   * `other`); call again when the list changes (an MCP server connects or lists new tools).
+   */
+  toolsetLoaded(toolset: string, hash: string, tools?: readonly ToolInfo[]): void;
   memorySpliced(toolset: string, exchanges: number): void;
   memoryEntries(toolset: string, entries: number): void;
   /** Flushes exporters; called on SIGTERM. */

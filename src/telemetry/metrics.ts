@@ -1,0 +1,305 @@
+/**
+ * The proxy's Prometheus metrics (prom-client), served on the metrics port. Names follow DESIGN.md
+ * "Observability"; label values are bounded: tool and toolset names come only from loaded ToolSets, anything
+ * else is counted under `other`, so a model inventing tool names cannot grow the series count.
+ */
+import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
+import type { ToolInfo, ToolOutcomeLabel, ToolRecord, TurnOutcome, TurnRecord } from './types.js';
+
+/** The label value that every name outside the loaded ToolSets folds into. */
+export const OTHER = 'other';
+
+export const TOOL_OUTCOMES: readonly ToolOutcomeLabel[] = [
+  'ok',
+  'error',
+  'timeout',
+  'invalid_arguments',
+  'unknown_tool',
+  'cancelled',
+  'cache_hit',
+];
+export const TURN_OUTCOMES: readonly TurnOutcome[] = [
+  'ok',
+  'error',
+  'timeout',
+  'cancelled',
+  'max_iterations',
+];
+
+/** Tool calls: a cache hit (sub-millisecond) up to a slow tool near a 60 s timeout. */
+export const TOOL_SECONDS_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60];
+/**
+ * Time to first token/content. The edges from 0.01 s to 10 s are vLLM's own
+ * (`vllm:time_to_first_token_seconds`), so quantiles of the proxy's and vLLM's histograms compare.
+ */
+export const FIRST_TOKEN_BUCKETS = [
+  0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10, 20, 40,
+];
+/** Whole turns: up to several model calls and tools, bounded by `turnTimeout` (default 20 s). */
+export const TURN_SECONDS_BUCKETS = [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120];
+export const ITERATION_BUCKETS = [0, 1, 2, 3, 4, 5, 6, 8, 10];
+
+/** Most distinct toolsets, and tools per toolset without a declared list, before names fold into `other`. */
+const MAX_TOOLSETS = 32;
+const MAX_UNDECLARED_TOOLS = 64;
+
+const LINT_FAILING_DEFAULTS = [
+  'nodejs_active_handles_total',
+  'nodejs_active_requests_total',
+  'nodejs_active_resources_total',
+];
+
+export interface PromMetricsOptions {
+  /** Toolset names known before any is loaded. */
+  toolsets?: readonly string[];
+  /** Adds Node.js and process metrics (default true). */
+  defaultMetrics?: boolean;
+}
+
+/** The earpiece_* registry and the recording side of the Telemetry interface. */
+export class PromMetrics {
+  readonly registry = new Registry();
+  private readonly toolsets = new Set<string>();
+  /** Declared tools per toolset (name → timeout); absent when the toolset declared none. */
+  private readonly declaredTools = new Map<string, Map<string, ToolInfo>>();
+  private readonly undeclaredTools = new Map<string, Set<string>>();
+  private readonly loadedHash = new Map<string, string>();
+
+  private readonly toolCalls: Counter<'toolset' | 'tool' | 'outcome'>;
+  private readonly toolSeconds: Histogram<'toolset' | 'tool' | 'outcome'>;
+  private readonly toolTimeout: Gauge<'toolset' | 'tool'>;
+  private readonly turns: Counter<'toolset' | 'outcome'>;
+  private readonly turnIterations: Histogram<'toolset'>;
+  private readonly turnSeconds: Histogram<'toolset' | 'outcome'>;
+  private readonly firstContent: Histogram<'toolset'>;
+  private readonly upstreamFirstToken: Histogram<'toolset'>;
+  private readonly activeStreams: Gauge;
+  private readonly disconnects: Counter<'toolset'>;
+  private readonly toolsUnsupported: Counter<'toolset'>;
+  private readonly memorySplices: Counter<'toolset'>;
+  private readonly memorySplicedExchanges: Counter<'toolset'>;
+  private readonly memoryEntryCount: Gauge<'toolset'>;
+  private readonly toolsetInfo: Gauge<'toolset' | 'hash'>;
+
+  constructor(options: PromMetricsOptions = {}) {
+    const registers = [this.registry];
+    if (options.defaultMetrics !== false) {
+      collectDefaultMetrics({ register: this.registry });
+      // Gauges named like counters fail `promtool check metrics`; the per-type gauges beside them hold the same.
+      for (const name of LINT_FAILING_DEFAULTS) this.registry.removeSingleMetric(name);
+    }
+    this.toolCalls = new Counter({
+      name: 'earpiece_tool_calls_total',
+      help: 'Tool calls by toolset, tool and outcome (cache_hit: answered from the result cache).',
+      labelNames: ['toolset', 'tool', 'outcome'],
+      registers,
+    });
+    this.toolSeconds = new Histogram({
+      name: 'earpiece_tool_call_duration_seconds',
+      help: 'Duration of tool calls, from the model asking to the result being ready.',
+      labelNames: ['toolset', 'tool', 'outcome'],
+      buckets: TOOL_SECONDS_BUCKETS,
+      registers,
+    });
+    this.toolTimeout = new Gauge({
+      name: 'earpiece_tool_timeout_seconds',
+      help: 'The configured timeout of each tool of a loaded ToolSet.',
+      labelNames: ['toolset', 'tool'],
+      registers,
+    });
+    this.turns = new Counter({
+      name: 'earpiece_turns_total',
+      help: 'Chat completion turns by outcome (error: the upstream failed and the error message was spoken).',
+      labelNames: ['toolset', 'outcome'],
+      registers,
+    });
+    this.turnIterations = new Histogram({
+      name: 'earpiece_turn_iterations',
+      help: 'Upstream model calls per turn.',
+      labelNames: ['toolset'],
+      buckets: ITERATION_BUCKETS,
+      registers,
+    });
+    this.turnSeconds = new Histogram({
+      name: 'earpiece_turn_duration_seconds',
+      help: 'Duration of whole turns, all model calls and tools included.',
+      labelNames: ['toolset', 'outcome'],
+      buckets: TURN_SECONDS_BUCKETS,
+      registers,
+    });
+    this.firstContent = new Histogram({
+      name: 'earpiece_time_to_first_content_seconds',
+      help: 'From request arrival to the first speakable content sent to the client (filler included).',
+      labelNames: ['toolset'],
+      buckets: FIRST_TOKEN_BUCKETS,
+      registers,
+    });
+    this.upstreamFirstToken = new Histogram({
+      name: 'earpiece_upstream_time_to_first_token_seconds',
+      help: 'From sending a request upstream to its first streamed token, per upstream call.',
+      labelNames: ['toolset'],
+      buckets: FIRST_TOKEN_BUCKETS,
+      registers,
+    });
+    this.activeStreams = new Gauge({
+      name: 'earpiece_active_streams',
+      help: 'Streaming responses currently open to clients.',
+      registers,
+    });
+    this.disconnects = new Counter({
+      name: 'earpiece_client_disconnects_total',
+      help: 'Clients that hung up before their turn ended (barge-in).',
+      labelNames: ['toolset'],
+      registers,
+    });
+    this.toolsUnsupported = new Counter({
+      name: 'earpiece_upstream_tools_unsupported_total',
+      help: 'Turns resent without tools because the upstream rejected them (no tool-call parser).',
+      labelNames: ['toolset'],
+      registers,
+    });
+    this.memorySplices = new Counter({
+      name: 'earpiece_memory_splices_total',
+      help: 'Requests into which remembered tool exchanges were put back.',
+      labelNames: ['toolset'],
+      registers,
+    });
+    this.memorySplicedExchanges = new Counter({
+      name: 'earpiece_memory_spliced_exchanges_total',
+      help: 'Remembered tool exchanges put back into requests.',
+      labelNames: ['toolset'],
+      registers,
+    });
+    this.memoryEntryCount = new Gauge({
+      name: 'earpiece_memory_entries',
+      help: 'Conversations with remembered tool exchanges.',
+      labelNames: ['toolset'],
+      registers,
+    });
+    this.toolsetInfo = new Gauge({
+      name: 'earpiece_toolset_info',
+      help: 'The loaded ToolSet and the hash of its spec (value 1).',
+      labelNames: ['toolset', 'hash'],
+      registers,
+    });
+    for (const name of options.toolsets ?? []) this.addToolset(name);
+  }
+
+  get contentType(): string {
+    return this.registry.contentType;
+  }
+
+  metrics(): Promise<string> {
+    return this.registry.metrics();
+  }
+
+  toolsetLoaded(toolset: string, hash: string, tools?: readonly ToolInfo[]): void {
+    const name = this.addToolset(toolset);
+    if (name === OTHER) return;
+    const previousHash = this.loadedHash.get(name);
+    if (previousHash !== undefined && previousHash !== hash)
+      this.toolsetInfo.remove({ toolset: name, hash: previousHash });
+    this.loadedHash.set(name, hash);
+    this.toolsetInfo.set({ toolset: name, hash }, 1);
+    if (tools === undefined) return;
+
+    for (const tool of this.declaredTools.get(name)?.keys() ?? [])
+      this.toolTimeout.remove({ toolset: name, tool });
+    const declared = new Map(tools.map((tool) => [tool.name, tool]));
+    this.declaredTools.set(name, declared);
+    for (const tool of declared.values()) {
+      if (tool.timeoutSeconds !== undefined) {
+        this.toolTimeout.set({ toolset: name, tool: tool.name }, tool.timeoutSeconds);
+      }
+      for (const outcome of TOOL_OUTCOMES) this.toolCalls.inc({ toolset: name, tool: tool.name, outcome }, 0);
+    }
+  }
+
+  toolCall(record: ToolRecord): void {
+    const toolset = this.toolsetLabel(record.toolset);
+    const labels = {
+      toolset,
+      tool: this.toolLabel(toolset, record.tool, record.outcome),
+      outcome: record.outcome,
+    };
+    this.toolCalls.inc(labels);
+    this.toolSeconds.observe(labels, record.seconds);
+  }
+
+  turn(record: TurnRecord): void {
+    const toolset = this.toolsetLabel(record.toolset);
+    this.turns.inc({ toolset, outcome: record.outcome });
+    this.turnIterations.observe({ toolset }, record.iterations);
+    if (record.seconds !== undefined)
+      this.turnSeconds.observe({ toolset, outcome: record.outcome }, record.seconds);
+    if (record.timeToFirstContentSeconds !== undefined) {
+      this.firstContent.observe({ toolset }, record.timeToFirstContentSeconds);
+    }
+  }
+
+  upstreamTimeToFirstToken(toolset: string, seconds: number): void {
+    this.upstreamFirstToken.observe({ toolset: this.toolsetLabel(toolset) }, seconds);
+  }
+
+  streamOpened(): void {
+    this.activeStreams.inc();
+  }
+
+  streamClosed(): void {
+    this.activeStreams.dec();
+  }
+
+  clientDisconnected(toolset: string): void {
+    this.disconnects.inc({ toolset: this.toolsetLabel(toolset) });
+  }
+
+  upstreamToolsUnsupported(toolset: string): void {
+    this.toolsUnsupported.inc({ toolset: this.toolsetLabel(toolset) });
+  }
+
+  memorySpliced(toolset: string, exchanges: number): void {
+    const labels = { toolset: this.toolsetLabel(toolset) };
+    this.memorySplices.inc(labels);
+    this.memorySplicedExchanges.inc(labels, exchanges);
+  }
+
+  memoryEntries(toolset: string, entries: number): void {
+    this.memoryEntryCount.set({ toolset: this.toolsetLabel(toolset) }, entries);
+  }
+
+  /** The label value for a tool name: declared names as they are, anything else `other`. */
+  toolLabel(toolset: string, tool: string, outcome?: ToolOutcomeLabel): string {
+    if (toolset === OTHER) return OTHER;
+    const declared = this.declaredTools.get(toolset);
+    if (declared !== undefined) return declared.has(tool) ? tool : OTHER;
+    // No declared list: accept the names the proxy ran, but never a name the model made up.
+    if (outcome === 'unknown_tool') return OTHER;
+    let seen = this.undeclaredTools.get(toolset);
+    if (seen === undefined) {
+      seen = new Set();
+      this.undeclaredTools.set(toolset, seen);
+    }
+    if (seen.has(tool)) return tool;
+    if (seen.size >= MAX_UNDECLARED_TOOLS) return OTHER;
+    seen.add(tool);
+    return tool;
+  }
+
+  /** The label value for a toolset name: loaded or announced names as they are, anything else `other`. */
+  toolsetLabel(toolset: string): string {
+    return this.toolsets.has(toolset) ? toolset : OTHER;
+  }
+
+  private addToolset(toolset: string): string {
+    if (!this.toolsets.has(toolset)) {
+      if (this.toolsets.size >= MAX_TOOLSETS) return OTHER;
+      this.toolsets.add(toolset);
+      // Zero series from the start, so rates and "no traffic" alerts see the toolset before its first turn.
+      for (const outcome of TURN_OUTCOMES) this.turns.inc({ toolset, outcome }, 0);
+      this.disconnects.inc({ toolset }, 0);
+      this.toolsUnsupported.inc({ toolset }, 0);
+      this.memorySplices.inc({ toolset }, 0);
+    }
+    return toolset;
+  }
+}
