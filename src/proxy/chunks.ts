@@ -1,0 +1,44 @@
+/**
+ * Wire types of OpenAI `chat.completion.chunk` as upstream servers really send them. Every field is optional
+ * and nullable because vLLM, Ollama, llama.cpp and gateways each leave out or null different ones
+ * (docs: upstream-streams research §0, §5); unknown keys are allowed and ignored.
+ */
+
+export interface Usage {
+  prompt_tokens?: number;
+  completion_tokens?: number;
+  total_tokens?: number;
+  [k: string]: unknown;
+}
+
+export interface ToolCallDelta {
+  index?: number;
+  id?: string | null;
+  type?: string | null;
+  function?: { name?: string | null; arguments?: string | null } | null;
+}
+
+export interface ChunkDelta {
+  role?: string | null;
+  content?: string | null;
+  reasoning_content?: string | null;
+  reasoning?: string | null;
+  refusal?: string | null;
+  tool_calls?: ToolCallDelta[] | null;
+}
+
+export interface ChunkChoice {
+  index?: number;
+  delta?: ChunkDelta | null;
+  finish_reason?: string | null;
+}
+
+export interface ChatChunk {
+  id?: string;
+  object?: string;
+  created?: number;
+  model?: string;
+  choices?: ChunkChoice[] | null;
+  usage?: Usage | null;
+  [k: string]: unknown;
+}

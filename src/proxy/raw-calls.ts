@@ -1,0 +1,159 @@
+/**
+ * Tool calls that leak into `content` when the upstream runs no tool parser, or the wrong one: Hermes/Qwen
+ * `<tool_call>{…}</tool_call>` (Ollama escapes `<` as `\u003c`, which JSON decoding undoes), Llama 3
+ * `<|python_tag|>` and bare `{"name": …, "parameters": …}` objects joined by `; `, Mistral
+ * `[TOOL_CALLS][{…}]` and `[TOOL_CALLS]name{…}`. Only a message that starts this way is held back; as soon
+ * as its start rules these forms out, everything passes through unchecked. A held message is never spoken:
+ * its complete calls to known tools are run, the rest is dropped.
+ */
+
+export interface RawCall {
+  name: string;
+  /** A JSON object, as text. */
+  arguments: string;
+}
+
+const MARKERS = ['<tool_call>', '<|python_tag|>', '[TOOL_CALLS]'] as const;
+const [HERMES, PYTHON_TAG, MISTRAL] = MARKERS;
+
+type Verdict = 'undecided' | 'markup' | 'text';
+
+export class RawCallFilter {
+  #verdict: Verdict = 'undecided';
+  #held = '';
+
+  constructor(private readonly isToolName: (name: string) => boolean) {}
+
+  /** Text that may be spoken now ('' while held back). */
+  push(text: string): string {
+    if (this.#verdict === 'text') return text;
+    this.#held += text;
+    if (this.#verdict === 'markup') return '';
+    this.#verdict = classify(this.#held);
+    if (this.#verdict !== 'text') return '';
+    const released = this.#held;
+    this.#held = '';
+    return released;
+  }
+
+  /**
+   * At the end of the message: held text that turned out speakable, and complete calls to ToolSet tools
+   * found in raw-call markup. The filter is then ready for the next message.
+   */
+  finish(): { text: string; calls: RawCall[] } {
+    const held = this.#held;
+    const verdict = this.#verdict;
+    this.#held = '';
+    this.#verdict = 'undecided';
+    if (verdict === 'markup')
+      return { text: '', calls: parseRawCalls(held).filter((c) => this.isToolName(c.name)) };
+    // Still undecided: only whitespace, or half a marker ("[TOOL", "{"), which is not worth speaking.
+    return { text: held.trim() === '' ? held : '', calls: [] };
+  }
+}
+
+/** Whether a message beginning with `held` is raw-call markup, plain text, or cannot be told yet. */
+function classify(held: string): Verdict {
+  const start = held.trimStart();
+  if (start === '') return 'undecided';
+  for (const marker of MARKERS) {
+    if (start.startsWith(marker)) return 'markup';
+    if (marker.startsWith(start)) return 'undecided';
+  }
+  if (start[0] !== '{') return 'text';
+  // A JSON object starts with a key; "{Hello" or "{ and" is text.
+  const afterBrace = start.slice(1).trimStart();
+  if (afterBrace === '') return 'undecided';
+  return afterBrace[0] === '"' ? 'markup' : 'text';
+}
+
+/** Every well-formed call in a held message, known tool or not. */
+function parseRawCalls(message: string): RawCall[] {
+  const text = message.trim();
+  if (text.startsWith(HERMES)) {
+    const calls: RawCall[] = [];
+    // A missing closing tag (stop sequence, max_tokens) still leaves a complete object to read.
+    for (const match of text.matchAll(/<tool_call>([\s\S]*?)(?:<\/tool_call>|(?=<tool_call>)|$)/g)) {
+      const call = toCall(parseJson(match[1]!.trim()), true);
+      if (call) calls.push(call);
+    }
+    return calls;
+  }
+  if (text.startsWith(PYTHON_TAG)) return objectCalls(text.slice(PYTHON_TAG.length), true);
+  if (text.startsWith(MISTRAL)) return text.split(MISTRAL).flatMap(mistralCalls);
+  return objectCalls(text, false);
+}
+
+/** One `[TOOL_CALLS]` segment: a JSON array or object of calls, or `name[ARGS]{…}` (tokenizer v11+). */
+function mistralCalls(segment: string): RawCall[] {
+  const text = segment.trim();
+  if (text.startsWith('[')) {
+    const end = balancedEnd(text, 0);
+    const list = end === -1 ? undefined : parseJson(text.slice(0, end));
+    return Array.isArray(list) ? list.flatMap((item) => toCall(item, true) ?? []) : [];
+  }
+  if (text.startsWith('{')) return objectCalls(text, true);
+  const head = /^([A-Za-z_][\w.-]*)\s*(?:\[CALL_ID\]\s*\w+\s*)?(?:\[ARGS\])?\s*/.exec(text);
+  if (!head || text[head[0].length] !== '{') return [];
+  const end = balancedEnd(text, head[0].length);
+  if (end === -1) return [];
+  const args = text.slice(head[0].length, end);
+  return isObject(parseJson(args)) ? [{ name: head[1]!, arguments: args }] : [];
+}
+
+/** Objects one after another, separated by `;`, `,` or whitespace, up to the first thing that is not one. */
+function objectCalls(text: string, argumentsOptional: boolean): RawCall[] {
+  const calls: RawCall[] = [];
+  let i = 0;
+  for (;;) {
+    while (i < text.length && /[\s;,]/.test(text[i]!)) i++;
+    if (text[i] !== '{') return calls;
+    const end = balancedEnd(text, i);
+    if (end === -1) return calls;
+    const call = toCall(parseJson(text.slice(i, end)), argumentsOptional);
+    if (call) calls.push(call);
+    i = end;
+  }
+}
+
+/** `{"name", "arguments" | "parameters"}` → a call; anything else → undefined. */
+function toCall(value: unknown, argumentsOptional: boolean): RawCall | undefined {
+  if (!isObject(value) || typeof value.name !== 'string' || value.name === '') return undefined;
+  const args = 'arguments' in value ? value.arguments : value.parameters;
+  if (args === undefined) return argumentsOptional ? { name: value.name, arguments: '{}' } : undefined;
+  if (isObject(args)) return { name: value.name, arguments: JSON.stringify(args) };
+  // Some models write the arguments object as a JSON string.
+  if (typeof args === 'string' && isObject(parseJson(args))) return { name: value.name, arguments: args };
+  return undefined;
+}
+
+/** Index just past the bracket that closes the one at `start`, skipping strings; -1 if it never closes. */
+function balancedEnd(text: string, start: number): number {
+  let depth = 0;
+  let inString = false;
+  for (let i = start; i < text.length; i++) {
+    const c = text[i];
+    if (inString) {
+      if (c === '\\') i++;
+      else if (c === '"') inString = false;
+    } else if (c === '"') inString = true;
+    else if (c === '{' || c === '[') depth++;
+    else if (c === '}' || c === ']') {
+      depth--;
+      if (depth === 0) return i + 1;
+    }
+  }
+  return -1;
+}
+
+function parseJson(text: string): unknown {
+  try {
+    return JSON.parse(text);
+  } catch {
+    return undefined;
+  }
+}
+
+function isObject(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}

@@ -1,0 +1,173 @@
+/**
+ * Upstream bytes → JSON chunks. Framing is eventsource-parser's (WHATWG rules: CR/LF/CRLF, multi-line data,
+ * comments, BOM); this file adds what chat streams need on top: UTF-8 decoding across reads, `[DONE]`, the
+ * in-band error shapes of vLLM, llama.cpp and OpenAI, and a size cap. No I/O of its own, no timers.
+ */
+import { createParser, type EventSourceMessage } from 'eventsource-parser';
+import type { ChatChunk } from './chunks.js';
+
+const DEFAULT_MAX_EVENT_BYTES = 1024 * 1024;
+/** Room for a field name ("data: ") on an unterminated line before the cap applies to it. */
+const LINE_SLACK = 16;
+const SNIPPET_CHARS = 120;
+
+export type UpstreamStreamErrorKind = 'error_event' | 'malformed' | 'too_large';
+
+export class UpstreamStreamError extends Error {
+  readonly code = 'ERP_UPSTREAM_STREAM';
+  override readonly name = 'UpstreamStreamError';
+  constructor(
+    readonly kind: UpstreamStreamErrorKind,
+    message: string,
+    /** error_event: the upstream's error object (or text); malformed: the start of the bad payload; too_large: the limit. */
+    readonly detail: unknown,
+  ) {
+    super(message);
+  }
+}
+
+type Parsed =
+  | { kind: 'event'; event: EventSourceMessage }
+  | { kind: 'error_field'; value: string }
+  | { kind: 'too_large' };
+
+const DONE = Symbol('done');
+
+/**
+ * Yields each JSON chunk; returns {done:true} on `data: [DONE]` (also when it is the unterminated last line
+ * at EOF), {done:false} at EOF without it. Throws UpstreamStreamError for an in-band error (a data payload
+ * with a top-level `error`, an `event: error`, llama.cpp's legacy bare `error: {...}` field), malformed
+ * JSON, or an event bigger than maxEventBytes (default 1 MiB). Comments/keep-alives, event/id/retry
+ * fields are ignored. Stopping early (a consumer's `break`, [DONE], an error) ends the body's iteration,
+ * which cancels an undici response body.
+ */
+export async function* readChunks(
+  body: AsyncIterable<Uint8Array>,
+  options: { maxEventBytes?: number } = {},
+): AsyncGenerator<ChatChunk, { done: boolean }, undefined> {
+  const maxEventBytes = options.maxEventBytes ?? DEFAULT_MAX_EVENT_BYTES;
+  const parsed: Parsed[] = [];
+  const parser = createParser({
+    // Counted in UTF-16 units, each at least one UTF-8 byte, so it never trips below the byte cap.
+    maxBufferSize: maxEventBytes,
+    onEvent: (event) => parsed.push({ kind: 'event', event }),
+    onError: (error) => {
+      if (error.type === 'max-buffer-size-exceeded') parsed.push({ kind: 'too_large' });
+      else if (error.type === 'unknown-field' && error.field === 'error')
+        parsed.push({ kind: 'error_field', value: error.value ?? '' });
+    },
+  });
+  // Strips a leading BOM, and keeps a multi-byte character that is split across reads for the next read.
+  const decoder = new TextDecoder();
+  // eventsource-parser drops a partial line that cannot become a standard field, so llama.cpp's legacy
+  // `error:` line would vanish when split across reads: it is fed whole lines only.
+  let partialLine = '';
+
+  for await (const bytes of body) {
+    const text = decoder.decode(bytes, { stream: true });
+    const end = Math.max(text.lastIndexOf('\n'), text.lastIndexOf('\r'));
+    if (end === -1) {
+      partialLine += text;
+    } else {
+      parser.feed(partialLine + text.slice(0, end + 1));
+      partialLine = text.slice(end + 1);
+    }
+    if (partialLine.length > maxEventBytes + LINE_SLACK) parsed.push({ kind: 'too_large' });
+    for (const item of parsed.splice(0)) {
+      const chunk = interpret(item, maxEventBytes, false);
+      if (chunk === DONE) return { done: true };
+      if (chunk) yield chunk;
+    }
+  }
+  // Servers may omit the blank line after the last event (llama.cpp b10603 does after [DONE]).
+  parser.feed(`${partialLine}${decoder.decode()}\n\n`);
+  for (const item of parsed.splice(0)) {
+    const chunk = interpret(item, maxEventBytes, true);
+    if (chunk === DONE) return { done: true };
+    if (chunk) yield chunk;
+  }
+  return { done: false };
+}
+
+/** One parser result → a chunk, DONE, nothing (keep-alive, or a truncated last event), or a throw. */
+function interpret(
+  item: Parsed,
+  maxEventBytes: number,
+  unterminated: boolean,
+): ChatChunk | typeof DONE | undefined {
+  if (item.kind === 'too_large') throw tooLarge(maxEventBytes);
+  if (item.kind === 'error_field') throw errorEvent(parseLoose(item.value));
+
+  const { data, event } = item.event;
+  if (data.length > maxEventBytes || (data.length * 3 > maxEventBytes && byteLength(data) > maxEventBytes))
+    throw tooLarge(maxEventBytes);
+  const trimmed = data.trim();
+  if (trimmed === '') return undefined;
+  if (trimmed === '[DONE]') return DONE;
+  if (event === 'error') {
+    const payload = parseLoose(data);
+    throw errorEvent(isObject(payload) && payload.error != null ? payload.error : payload);
+  }
+
+  let payload: unknown;
+  try {
+    payload = JSON.parse(data);
+  } catch {
+    // An unterminated event at EOF that does not parse is a cut-off stream: {done:false} says so.
+    if (unterminated) return undefined;
+    throw malformed(data);
+  }
+  if (!isObject(payload)) {
+    if (unterminated) return undefined;
+    throw malformed(data);
+  }
+  if (payload.error != null) throw errorEvent(payload.error);
+  return payload as ChatChunk;
+}
+
+function errorEvent(detail: unknown): UpstreamStreamError {
+  return new UpstreamStreamError(
+    'error_event',
+    `upstream reported an error mid-stream: ${describe(detail)}`,
+    detail,
+  );
+}
+
+function malformed(data: string): UpstreamStreamError {
+  const snippet = data.slice(0, SNIPPET_CHARS);
+  return new UpstreamStreamError(
+    'malformed',
+    `upstream sent an event that is not a JSON object: ${JSON.stringify(snippet)}${data.length > SNIPPET_CHARS ? '…' : ''}`,
+    snippet,
+  );
+}
+
+function tooLarge(maxEventBytes: number): UpstreamStreamError {
+  return new UpstreamStreamError('too_large', `upstream sent an event larger than ${maxEventBytes} bytes`, {
+    maxEventBytes,
+  });
+}
+
+/** The error's message when it has one (vLLM, llama.cpp, OpenAI, Ollama shapes), else a short rendering. */
+function describe(detail: unknown): string {
+  if (typeof detail === 'string') return detail.slice(0, SNIPPET_CHARS * 2);
+  if (isObject(detail) && typeof detail.message === 'string')
+    return detail.message.slice(0, SNIPPET_CHARS * 2);
+  return (JSON.stringify(detail) ?? String(detail)).slice(0, SNIPPET_CHARS * 2);
+}
+
+function parseLoose(text: string): unknown {
+  try {
+    return JSON.parse(text);
+  } catch {
+    return text;
+  }
+}
+
+function isObject(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
+
+function byteLength(text: string): number {
+  return Buffer.byteLength(text, 'utf8');
+}
