@@ -1,5 +1,69 @@
-// Placeholder until the proxy command lands; replaced by its owner.
-export async function main(_argv: string[]): Promise<number> {
-  console.error('earpiece proxy: not built yet');
-  return 1;
+import { parseArgs } from 'node:util';
+import { DEFAULT_UPSTREAM_URL, startProxy, ToolSetLoadError } from '../src/proxy/start.js';
+import { createLogger } from '../src/telemetry/log.js';
+
+const HELP = `Usage: earpiece proxy --toolset FILE [--upstream URL] [--port 8095] [--metrics-port 9464] [--host 0.0.0.0]
+
+Runs the tool-calling proxy. Point Unmute at it with KYUTAI_LLM_URL=http://127.0.0.1:8095 (no /v1).
+
+  --toolset FILE       ToolSet file (env EARPIECE_TOOLSET); reloaded when it changes
+  --upstream URL       LLM server base URL without /v1 (env EARPIECE_UPSTREAM_URL); overrides
+                       spec.upstream.url; default spec.upstream.url, else ${DEFAULT_UPSTREAM_URL}
+  --port N             chat port (env EARPIECE_PORT, default 8095)
+  --host ADDR          chat listen address (env EARPIECE_HOST, default 0.0.0.0)
+  --metrics-port N     /metrics, /healthz, /readyz (env EARPIECE_METRICS_PORT, default 9464)`;
+
+export async function main(argv: string[]): Promise<number> {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      toolset: { type: 'string' },
+      upstream: { type: 'string' },
+      port: { type: 'string' },
+      host: { type: 'string' },
+      'metrics-port': { type: 'string' },
+      help: { type: 'boolean', short: 'h' },
+    },
+  });
+  if (values.help) {
+    console.log(HELP);
+    return 0;
+  }
+  const env = process.env;
+  const toolsetPath = values.toolset ?? env.EARPIECE_TOOLSET;
+  if (!toolsetPath) {
+    console.error(`earpiece proxy: --toolset FILE (or EARPIECE_TOOLSET) is required\n\n${HELP}`);
+    return 2;
+  }
+  const logger = createLogger('proxy');
+  let proxy: Awaited<ReturnType<typeof startProxy>>;
+  try {
+    proxy = await startProxy({
+      toolsetPath,
+      upstreamUrl: values.upstream ?? env.EARPIECE_UPSTREAM_URL,
+      host: values.host ?? env.EARPIECE_HOST ?? '0.0.0.0',
+      port: Number(values.port ?? env.EARPIECE_PORT ?? 8095),
+      metricsHost: env.EARPIECE_METRICS_HOST ?? '0.0.0.0',
+      metricsPort: Number(values['metrics-port'] ?? env.EARPIECE_METRICS_PORT ?? 9464),
+      logger,
+    });
+  } catch (err) {
+    if (err instanceof ToolSetLoadError) {
+      console.error(`earpiece proxy: ${err.message}`);
+      return 1;
+    }
+    throw err;
+  }
+  await new Promise<void>((resolve) => {
+    const stop = (signal: string) => {
+      logger.info({ signal }, 'Stopping: no new requests; open turns may finish.');
+      proxy.close().then(resolve, (err) => {
+        logger.error({ err }, 'Shutdown failed.');
+        resolve();
+      });
+    };
+    process.once('SIGTERM', () => stop('SIGTERM'));
+    process.once('SIGINT', () => stop('SIGINT'));
+  });
+  return 0;
 }

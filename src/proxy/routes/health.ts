@@ -1,0 +1,21 @@
+/**
+ * /healthz: the process serves. /readyz: a valid ToolSet is loaded and the server listens. The body
+ * reports MCP servers and whether the upstream takes tools, but neither changes the status: a down MCP
+ * server or a restarting vLLM must not take the pod out of its Service.
+ */
+import type { FastifyInstance } from 'fastify';
+import type { ServerDeps } from '../server.js';
+
+export async function healthRoutes(app: FastifyInstance, deps: ServerDeps): Promise<void> {
+  app.get('/healthz', async () => ({ status: 'ok' }));
+  app.get('/readyz', async (_request, reply) => {
+    const ready = deps.isReady();
+    const active = deps.current();
+    return reply.code(ready ? 200 : 503).send({
+      status: ready ? 'ready' : 'not ready',
+      toolset: { name: active.toolset.name, hash: active.toolset.hash },
+      upstream: { url: active.upstream.origin, toolsAccepted: active.upstreamState.toolsAccepted },
+      mcp: active.tools.status().mcp,
+    });
+  });
+}

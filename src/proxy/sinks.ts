@@ -1,0 +1,168 @@
+/**
+ * Where a turn's answer goes. The tool loop is written once against TurnSink; the SSE sink streams to
+ * Unmute (one id, content as it comes, one finish_reason, [DONE]; a failure is spoken, never an error
+ * event), the JSON sink answers a non-streaming request (a failure is an HTTP error that the OpenAI SDK
+ * must not retry, since a retry would run the tools again).
+ */
+import { randomBytes } from 'node:crypto';
+import { once } from 'node:events';
+import type { ServerResponse } from 'node:http';
+import type { AccumulatedToolCall } from './accumulator.js';
+import type { Usage } from './chunks.js';
+import { errorBody, type ProxyError } from './errors.js';
+
+export type FinishReason = 'stop' | 'length' | 'tool_calls';
+
+export interface TurnSink {
+  /** True once the client has gone; writes are then dropped. */
+  readonly closed: boolean;
+  /** Speakable text. Resolves when the socket can take more (back-pressure reaches the upstream read). */
+  content(text: string): Promise<void>;
+  /** Calls to the client's own tools, passed back unchanged. */
+  toolCalls(calls: AccumulatedToolCall[]): void;
+  end(reason: FinishReason, usage?: Usage): void;
+  /** Ends the turn after a failure; `spoken` is voice.errorMessage. */
+  fail(error: ProxyError, spoken: string): void;
+}
+
+export function completionId(): string {
+  return `chatcmpl-${randomBytes(12).toString('hex')}`;
+}
+
+interface Envelope {
+  id: string;
+  model: string;
+  created: number;
+}
+
+export class SseSink implements TurnSink {
+  readonly #res: ServerResponse;
+  readonly #prefix: string;
+  readonly #includeUsage: boolean;
+  readonly #envelope: Envelope;
+  #ended = false;
+
+  constructor(res: ServerResponse, envelope: Envelope, options: { includeUsage: boolean }) {
+    this.#res = res;
+    this.#envelope = envelope;
+    this.#includeUsage = options.includeUsage;
+    // Every chunk shares this prefix; only the delta and finish_reason vary.
+    this.#prefix = `data: {"id":${JSON.stringify(envelope.id)},"object":"chat.completion.chunk","created":${envelope.created},"model":${JSON.stringify(envelope.model)},"choices":[{"index":0,"delta":`;
+    res.writeHead(200, {
+      'content-type': 'text/event-stream; charset=utf-8',
+      'cache-control': 'no-cache',
+      connection: 'keep-alive',
+      'x-accel-buffering': 'no',
+    });
+    res.write(`${this.#prefix}{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}]}\n\n`);
+  }
+
+  get closed(): boolean {
+    return this.#ended || this.#res.destroyed || this.#res.writableEnded;
+  }
+
+  async content(text: string): Promise<void> {
+    if (this.closed || text === '') return;
+    const ok = this.#res.write(
+      `${this.#prefix}{"content":${JSON.stringify(text)}},"logprobs":null,"finish_reason":null}]}\n\n`,
+    );
+    if (!ok && !this.closed) await once(this.#res, 'drain');
+  }
+
+  toolCalls(calls: AccumulatedToolCall[]): void {
+    if (this.closed) return;
+    const deltas = calls.map((c, index) => ({
+      index,
+      id: c.id,
+      type: 'function',
+      function: { name: c.name, arguments: c.arguments },
+    }));
+    this.#res.write(
+      `${this.#prefix}${JSON.stringify({ tool_calls: deltas })},"logprobs":null,"finish_reason":null}]}\n\n`,
+    );
+  }
+
+  end(reason: FinishReason, usage?: Usage): void {
+    if (this.closed) return;
+    this.#ended = true;
+    let out = `${this.#prefix}{},"logprobs":null,"finish_reason":"${reason}"}]}\n\n`;
+    if (this.#includeUsage && usage) {
+      const { id, model, created } = this.#envelope;
+      out += `data: ${JSON.stringify({ id, object: 'chat.completion.chunk', created, model, choices: [], usage })}\n\n`;
+    }
+    this.#res.end(`${out}data: [DONE]\n\n`);
+  }
+
+  fail(_error: ProxyError, spoken: string): void {
+    if (this.closed) return;
+    void this.content(spoken);
+    this.end('stop');
+  }
+}
+
+export class JsonSink implements TurnSink {
+  readonly #res: ServerResponse;
+  readonly #envelope: Envelope;
+  #text = '';
+  #calls: AccumulatedToolCall[] = [];
+  #ended = false;
+
+  constructor(res: ServerResponse, envelope: Envelope) {
+    this.#res = res;
+    this.#envelope = envelope;
+  }
+
+  get closed(): boolean {
+    return this.#ended || this.#res.destroyed;
+  }
+
+  async content(text: string): Promise<void> {
+    this.#text += text;
+  }
+
+  toolCalls(calls: AccumulatedToolCall[]): void {
+    this.#calls = calls;
+  }
+
+  end(reason: FinishReason, usage?: Usage): void {
+    if (this.closed) return;
+    this.#ended = true;
+    const { id, model, created } = this.#envelope;
+    const message: Record<string, unknown> = {
+      role: 'assistant',
+      content: this.#text === '' && this.#calls.length ? null : this.#text,
+    };
+    if (this.#calls.length) {
+      message.tool_calls = this.#calls.map((c) => ({
+        id: c.id,
+        type: 'function',
+        function: { name: c.name, arguments: c.arguments },
+      }));
+    }
+    const body = JSON.stringify({
+      id,
+      object: 'chat.completion',
+      created,
+      model,
+      choices: [{ index: 0, message, logprobs: null, finish_reason: reason }],
+      ...(usage ? { usage } : {}),
+    });
+    this.#res.writeHead(200, {
+      'content-type': 'application/json',
+      'content-length': Buffer.byteLength(body),
+    });
+    this.#res.end(body);
+  }
+
+  fail(error: ProxyError): void {
+    if (this.closed) return;
+    this.#ended = true;
+    const body = JSON.stringify(errorBody(error));
+    this.#res.writeHead(error.status, {
+      'content-type': 'application/json',
+      'content-length': Buffer.byteLength(body),
+      'x-should-retry': 'false',
+    });
+    this.#res.end(body);
+  }
+}

@@ -1,0 +1,174 @@
+/**
+ * The proxy's lifecycle: load the ToolSet (refusing to start on an invalid one, with every problem
+ * named), build tools and upstream, listen on both ports, follow ToolSet edits, and on close stop
+ * accepting, let open turns finish (up to turnTimeout), flush telemetry.
+ */
+import type { AddressInfo } from 'node:net';
+import { createTelemetry, type ProxyTelemetry } from '../telemetry/index.js';
+import { createLogger, type Logger } from '../telemetry/log.js';
+import { createToolRegistry } from '../tools/registry.js';
+import type { ResolvedToolSet } from '../toolset/defaults.js';
+import { loadToolSetFile, ToolSetWatcher } from '../toolset/load.js';
+import { formatIssues } from '../toolset/validate.js';
+import { resolveValue } from '../toolset/values.js';
+import type { ActiveToolSet } from './active.js';
+import { createMemory } from './memory.js';
+import { buildMetricsServer, buildServer } from './server.js';
+import { UpstreamState } from './turn.js';
+import { Upstream } from './upstream.js';
+
+export const DEFAULT_UPSTREAM_URL = 'http://127.0.0.1:8000';
+
+export interface ProxyOptions {
+  toolsetPath: string;
+  /** Overrides spec.upstream.url (flag --upstream / EARPIECE_UPSTREAM_URL). */
+  upstreamUrl?: string | undefined;
+  host?: string;
+  port?: number;
+  metricsHost?: string;
+  metricsPort?: number;
+  env?: NodeJS.ProcessEnv;
+  logger?: Logger;
+  telemetry?: ProxyTelemetry;
+  /** Follow changes of the ToolSet file (default true). */
+  watch?: boolean;
+}
+
+export interface RunningProxy {
+  /** Base URL of the chat port, without /v1 (what KYUTAI_LLM_URL gets). */
+  url: string;
+  metricsUrl: string;
+  current(): ActiveToolSet;
+  /** Re-reads the ToolSet file now (what the file watcher does on a change). */
+  reload(): Promise<void>;
+  close(): Promise<void>;
+}
+
+export class ToolSetLoadError extends Error {
+  readonly code = 'ERP_TOOLSET_INVALID';
+}
+
+export async function startProxy(options: ProxyOptions): Promise<RunningProxy> {
+  const env = options.env ?? process.env;
+  const logger = options.logger ?? createLogger('proxy');
+  const loaded = await loadToolSetFile(options.toolsetPath, env);
+  if (!loaded.ok) {
+    throw new ToolSetLoadError(
+      `${options.toolsetPath} is not a usable ToolSet:\n${formatIssues(loaded.issues)}`,
+    );
+  }
+  const telemetry = options.telemetry ?? (await createTelemetry({ logger }));
+
+  const upstreamFor = (toolset: ResolvedToolSet): Upstream => {
+    const url = options.upstreamUrl ?? toolset.upstream.url ?? DEFAULT_UPSTREAM_URL;
+    const apiKey = toolset.upstream.apiKey
+      ? resolveValue(toolset.upstream.apiKey, 'spec.upstream.apiKey', env)
+      : undefined;
+    return new Upstream({ url, apiKey, timeoutMs: toolset.limits.turnTimeoutMs });
+  };
+
+  const build = async (toolset: ResolvedToolSet, previous?: ActiveToolSet): Promise<ActiveToolSet> => {
+    const tools = await createToolRegistry(toolset, { env, logger });
+    const upstream = upstreamFor(toolset);
+    const sameUpstream = previous && previous.upstream.origin === upstream.origin;
+    telemetry.toolsetLoaded(
+      toolset.name,
+      toolset.hash,
+      toolset.tools.flatMap((t) =>
+        t.spec.name ? [{ name: t.spec.name, timeoutSeconds: t.timeoutMs / 1000 }] : [],
+      ),
+    );
+    return {
+      toolset,
+      tools,
+      upstream,
+      // What we learned about the upstream (no tools, no kwargs) survives a reload to the same server.
+      upstreamState: sameUpstream ? previous.upstreamState : new UpstreamState(),
+      memory: createMemory(toolset, telemetry, previous?.memory),
+    };
+  };
+
+  let active = await build(loaded.toolset);
+  let ready = false;
+  const retire = (old: ActiveToolSet) => {
+    // Turns that started on the old set keep it until they end; the turn timeout bounds that.
+    setTimeout(() => {
+      void old.tools.close();
+      void old.upstream.close();
+    }, old.toolset.limits.turnTimeoutMs).unref();
+  };
+
+  const deps = { current: () => active, isReady: () => ready, telemetry, logger };
+  const app = buildServer(deps);
+  const metricsApp = buildMetricsServer(deps);
+  await app.listen({ host: options.host ?? '0.0.0.0', port: options.port ?? 8095 });
+  await metricsApp.listen({ host: options.metricsHost ?? '0.0.0.0', port: options.metricsPort ?? 9464 });
+  ready = true;
+
+  const watcher = new ToolSetWatcher(options.toolsetPath, loaded.text, env);
+  let swapping = Promise.resolve();
+  watcher.on('change', (toolset) => {
+    swapping = swapping.then(async () => {
+      try {
+        const next = await build(toolset, active);
+        const old = active;
+        active = next;
+        retire(old);
+        logger.info({ toolset: toolset.name, hash: toolset.hash }, 'Loaded the changed ToolSet.');
+      } catch (err) {
+        logger.error(
+          { err: (err as Error).message },
+          'Kept the last good ToolSet: the new one could not be started.',
+        );
+      }
+    });
+  });
+  watcher.on('rejected', (issues) => {
+    logger.error(
+      { issues: issues.map((i) => `${i.path}: ${i.message}`) },
+      'Kept the last good ToolSet: the edited file is invalid.',
+    );
+  });
+  if (options.watch !== false) watcher.start();
+
+  const address = (server: typeof app) => {
+    const a = server.server.address() as AddressInfo;
+    const host =
+      a.family === 'IPv6'
+        ? `[${a.address === '::' ? '::1' : a.address}]`
+        : a.address === '0.0.0.0'
+          ? '127.0.0.1'
+          : a.address;
+    return `http://${host}:${a.port}`;
+  };
+
+  logger.info(
+    {
+      url: address(app),
+      metrics: address(metricsApp),
+      toolset: active.toolset.name,
+      upstream: active.upstream.origin,
+    },
+    'Proxy listening.',
+  );
+
+  return {
+    url: address(app),
+    metricsUrl: address(metricsApp),
+    current: () => active,
+    reload: async () => {
+      await watcher.check();
+      await swapping;
+    },
+    close: async () => {
+      ready = false;
+      watcher.close();
+      const drain = setTimeout(() => app.server.closeAllConnections(), active.toolset.limits.turnTimeoutMs);
+      await app.close();
+      clearTimeout(drain);
+      await metricsApp.close();
+      await Promise.all([active.tools.close(), active.upstream.close()]);
+      await telemetry.shutdown();
+    },
+  };
+}

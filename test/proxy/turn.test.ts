@@ -1,0 +1,231 @@
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import {
+  DIALECTS,
+  type RecordedRequest,
+  type ScriptedReply,
+  type ScriptedUpstream,
+  startScriptedUpstream,
+  textReply,
+  toolCallReply,
+  toolResults,
+} from '../../src/proxy/scripted-upstream.js';
+import { type ProxyHarness, startTestProxy, unmuteTurn } from '../support/proxy.js';
+
+const SYSTEM = { role: 'system' as const, content: 'You are a helpful voice assistant.' };
+
+let weather: Server;
+let weatherUrl: string;
+const weatherHits: string[] = [];
+
+beforeAll(async () => {
+  weather = createServer((req, res) => {
+    weatherHits.push(req.url ?? '');
+    const url = new URL(req.url ?? '/', 'http://x');
+    const city = url.searchParams.get('city') ?? 'nowhere';
+    res.writeHead(200, { 'content-type': 'application/json' });
+    res.end(
+      JSON.stringify({
+        current: { city, temperature: city === 'Paris' ? 21 : 9, unit: 'C' },
+        debug: 'x'.repeat(100),
+      }),
+    );
+  });
+  await new Promise<void>((r) => weather.listen(0, '127.0.0.1', r));
+  weatherUrl = `http://127.0.0.1:${(weather.address() as AddressInfo).port}`;
+});
+afterAll(() => new Promise<void>((r) => weather.close(() => r())));
+
+function weatherSpec(extra: Record<string, unknown> = {}) {
+  return {
+    instructions: 'Answer briefly.',
+    tools: [
+      {
+        name: 'get_weather',
+        description: 'Weather for a city',
+        parameters: { type: 'object', properties: { city: { type: 'string' } }, required: ['city'] },
+        http: { url: `${weatherUrl}/weather{?city}`, select: '/current' },
+      },
+      { name: 'current_time', builtin: 'time' },
+    ],
+    ...extra,
+  };
+}
+
+let upstream: ScriptedUpstream | undefined;
+let harness: ProxyHarness | undefined;
+afterEach(async () => {
+  await harness?.close();
+  await upstream?.close();
+  harness = undefined;
+  upstream = undefined;
+});
+
+async function setup(respond: (req: RecordedRequest, i: number) => ScriptedReply, spec = weatherSpec()) {
+  upstream = await startScriptedUpstream({ respond });
+  harness = await startTestProxy(spec, upstream.url);
+  return { upstream, harness };
+}
+
+describe('a tool turn in every dialect', () => {
+  for (const dialect of DIALECTS) {
+    it(`${dialect}: runs the tool, feeds the result back and streams only speech`, async () => {
+      const { upstream, harness } = await setup((req, i) =>
+        i === 0
+          ? { sse: toolCallReply([{ name: 'get_weather', arguments: { city: 'Paris' } }], dialect) }
+          : {
+              sse: textReply(
+                `It is ${JSON.parse(toolResults(req)[0] ?? '{}').temperature} degrees in Paris.`,
+                dialect,
+              ),
+            },
+      );
+      const { text, chunks } = await unmuteTurn(harness.client, [
+        SYSTEM,
+        { role: 'user', content: 'What is the weather in Paris?' },
+      ]);
+      expect(text).toBe('One moment. It is 21 degrees in Paris.');
+      // One well-formed stream: one id, one finish_reason, no tool calls leaked to the client.
+      expect(new Set(chunks.map((c) => c.id)).size).toBe(1);
+      const finishes = chunks.flatMap((c) => c.choices.map((ch) => ch.finish_reason).filter(Boolean));
+      expect(finishes).toEqual(['stop']);
+      expect(chunks.some((c) => c.choices.some((ch) => ch.delta.tool_calls))).toBe(false);
+      // The second upstream request carries the assistant tool_calls and the tool result.
+      const second = upstream.requests[1]?.body.messages ?? [];
+      const assistant = second.find((m) => m.role === 'assistant') as {
+        tool_calls?: { function: { name: string; arguments: string } }[];
+      };
+      expect(assistant.tool_calls?.[0]?.function.name).toBe('get_weather');
+      expect(JSON.parse(assistant.tool_calls?.[0]?.function.arguments ?? '')).toEqual({ city: 'Paris' });
+      expect(JSON.parse(toolResults(upstream.requests[1] as RecordedRequest)[0] ?? '')).toEqual({
+        city: 'Paris',
+        temperature: 21,
+        unit: 'C',
+      });
+      // Instructions appended to the system message; tools offered on the first request.
+      expect(upstream.requests[0]?.body.messages?.[0]?.content).toBe(
+        'You are a helpful voice assistant.\n\nAnswer briefly.',
+      );
+      expect(upstream.requests[0]?.body.tools?.length).toBe(2);
+    });
+  }
+});
+
+describe('turn behaviour', () => {
+  it('runs parallel calls and keeps results in call order', async () => {
+    const { upstream, harness } = await setup((_req, i) =>
+      i === 0
+        ? {
+            sse: toolCallReply(
+              [
+                { name: 'get_weather', arguments: { city: 'Paris' } },
+                { name: 'get_weather', arguments: { city: 'Oslo' } },
+              ],
+              'vllm-hermes',
+            ),
+          }
+        : { sse: textReply('Paris is warmer than Oslo.') },
+    );
+    const { text } = await unmuteTurn(harness.client, [
+      SYSTEM,
+      { role: 'user', content: 'Compare Paris and Oslo weather' },
+    ]);
+    expect(text).toBe('One moment. Paris is warmer than Oslo.');
+    const results = toolResults(upstream.requests[1] as RecordedRequest).map((r) => JSON.parse(r).city);
+    expect(results).toEqual(['Paris', 'Oslo']);
+  });
+
+  it('offers no tools on the opening Hello! and on the silence marker', async () => {
+    const { upstream, harness } = await setup(() => ({ sse: textReply('Hi there!') }));
+    await unmuteTurn(harness.client, [SYSTEM, { role: 'user', content: 'Hello!' }]);
+    await unmuteTurn(harness.client, [
+      SYSTEM,
+      { role: 'user', content: 'Hello!' },
+      { role: 'assistant', content: 'Hi there!' },
+      { role: 'user', content: '...' },
+    ]);
+    expect(upstream.requests.map((r) => r.body.tools)).toEqual([undefined, undefined]);
+  });
+
+  it('turns an unknown tool and bad arguments into error results the model answers from', async () => {
+    const { upstream, harness } = await setup((_req, i) =>
+      i === 0
+        ? {
+            sse: toolCallReply(
+              [
+                { name: 'launch_rocket', arguments: {} },
+                { name: 'get_weather', arguments: { town: 'Paris' } },
+              ],
+              'openai',
+            ),
+          }
+        : { sse: textReply('I could not look that up.') },
+    );
+    const { text } = await unmuteTurn(harness.client, [SYSTEM, { role: 'user', content: 'Weather?' }]);
+    expect(text).toBe('One moment. I could not look that up.');
+    const [unknown, invalid] = toolResults(upstream.requests[1] as RecordedRequest);
+    expect(unknown).toMatch(/launch_rocket/);
+    expect(unknown).toMatch(/get_weather/);
+    expect(invalid).toMatch(/city/);
+  });
+
+  it('stops after maxIterations with one final call without tools', async () => {
+    const { upstream, harness } = await setup(
+      (req) =>
+        req.body.tools
+          ? { sse: toolCallReply([{ name: 'current_time', arguments: {} }]) }
+          : { sse: textReply('It is late.') },
+      weatherSpec({ limits: { maxIterations: 2 } }),
+    );
+    const { text } = await unmuteTurn(harness.client, [
+      SYSTEM,
+      { role: 'user', content: 'What time is it?' },
+    ]);
+    expect(text).toBe('One moment. It is late.');
+    expect(upstream.requests.map((r) => Boolean(r.body.tools))).toEqual([true, true, false]);
+  });
+
+  it('speaks the error message, cleanly finished, when the upstream fails mid-stream', async () => {
+    const { harness } = await setup(() => ({
+      sse: [
+        'data: {"choices":[{"index":0,"delta":{"content":"Well "}}]}\n\n',
+        'data: {"error": {"message": "boom", "code": 500}}\n\n',
+        'data: [DONE]\n\n',
+      ],
+    }));
+    const { text, chunks } = await unmuteTurn(harness.client, [SYSTEM, { role: 'user', content: 'Hi' }]);
+    expect(text).toBe("Well Sorry, I couldn't do that right now. ");
+    expect(chunks.at(-1)?.choices[0]?.finish_reason).toBe('stop');
+  });
+
+  it('answers a non-streaming request after tools, and fails with x-should-retry: false', async () => {
+    const { harness } = await setup((_req, i) =>
+      i === 0
+        ? { sse: toolCallReply([{ name: 'get_weather', arguments: { city: 'Paris' } }], 'ollama') }
+        : { sse: textReply('Sunny.') },
+    );
+    const completion = await harness.client.chat.completions.create({
+      model: 'scripted-model',
+      messages: [SYSTEM, { role: 'user', content: 'Weather in Paris?' }],
+    });
+    expect(completion.choices[0]?.message.content).toBe('One moment. Sunny.');
+    expect(completion.choices[0]?.finish_reason).toBe('stop');
+
+    await upstream?.close();
+    const res = await fetch(`${harness.proxy.url}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ model: 'm', messages: [{ role: 'user', content: 'Hi' }] }),
+    });
+    expect(res.status).toBe(502);
+    expect(res.headers.get('x-should-retry')).toBe('false');
+    expect((await res.json()).error.code).toBe('ERP_UPSTREAM_UNREACHABLE');
+  });
+
+  it('passes GET /v1/models through with the client Authorization', async () => {
+    const { harness } = await setup(() => ({ sse: textReply('x') }));
+    const models = await harness.client.models.list();
+    expect(models.data.map((m) => m.id)).toEqual(['scripted-model']);
+  });
+});
