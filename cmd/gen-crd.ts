@@ -1,5 +1,61 @@
-// Placeholder until the gen-crd command lands; replaced by its owner.
-export async function main(_argv: string[]): Promise<number> {
-  console.error('earpiece gen-crd: not built yet');
-  return 1;
+import { readFile, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import { CRD_FILE, renderCrdYaml } from '../src/toolset/crd.js';
+
+const HELP = `Usage: earpiece gen-crd [--output FILE | --output -] [--check]
+
+Writes the ToolSet CustomResourceDefinition, generated from the ToolSet schema, to
+${CRD_FILE} in the package (or FILE; "-" prints it).
+  --check   write nothing; exit 1 when the file differs from what would be written
+Exit status: 0 done (or up to date), 1 stale or not writable, 2 bad usage.`;
+
+/** The package root: the built file sits in dist/cmd/, the source in cmd/. */
+function packageRoot(): string {
+  const here = path.dirname(fileURLToPath(import.meta.url));
+  return path.basename(path.dirname(here)) === 'dist'
+    ? path.resolve(here, '..', '..')
+    : path.resolve(here, '..');
+}
+
+export async function main(argv: string[]): Promise<number> {
+  let values: { output?: string; check?: boolean; help?: boolean };
+  try {
+    ({ values } = parseArgs({
+      args: argv,
+      options: {
+        output: { type: 'string', short: 'o' },
+        check: { type: 'boolean' },
+        help: { type: 'boolean', short: 'h' },
+      },
+    }));
+  } catch (err) {
+    console.error(`earpiece gen-crd: ${(err as Error).message}\n\n${HELP}`);
+    return 2;
+  }
+  if (values.help) {
+    console.log(HELP);
+    return 0;
+  }
+  const text = renderCrdYaml();
+  if (values.output === '-') {
+    process.stdout.write(text);
+    return 0;
+  }
+  const file = values.output ?? path.join(packageRoot(), CRD_FILE);
+  if (values.check) {
+    const current = await readFile(file, 'utf8').catch(() => undefined);
+    if (current === text) return 0;
+    console.error(`${file} is stale; run npm run gen:crd`);
+    return 1;
+  }
+  try {
+    await writeFile(file, text);
+  } catch (err) {
+    console.error(`earpiece gen-crd: cannot write ${file}: ${(err as NodeJS.ErrnoException).code ?? err}`);
+    return 1;
+  }
+  console.error(`wrote ${file}`);
+  return 0;
 }

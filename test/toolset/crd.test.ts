@@ -1,0 +1,270 @@
+import { readdir, readFile } from 'node:fs/promises';
+import { run } from '@bufbuild/cel';
+import { Ajv } from 'ajv';
+import addFormats from 'ajv-formats';
+import { parse } from 'yaml';
+import { describe, expect, it } from 'vitest';
+import {
+  CRD_FILE,
+  MAX_TOOLS,
+  renderCrdYaml,
+  toolSetCrd,
+  toolSetOpenApiSchema,
+} from '../../src/toolset/crd.js';
+import { validateToolSet } from '../../src/toolset/index.js';
+
+type Schema = Record<string, unknown>;
+
+/** Every schema node of the CRD with its path, `[]` for list items and `{}` for map values. */
+function* nodes(schema: Schema, path = ''): Generator<[string, Schema]> {
+  yield [path, schema];
+  for (const [name, s] of Object.entries((schema.properties ?? {}) as Record<string, Schema>))
+    yield* nodes(s, path ? `${path}.${name}` : name);
+  if (schema.items) yield* nodes(schema.items as Schema, `${path}[]`);
+  if (typeof schema.additionalProperties === 'object')
+    yield* nodes(schema.additionalProperties as Schema, `${path}{}`);
+}
+
+/**
+ * What `kubectl apply` (strict field validation) and the API server check with this CRD: the OpenAPI
+ * schema with unknown fields refused, then every CEL rule at the place it is declared.
+ */
+function crdIssues(doc: unknown): string[] {
+  const strict = (schema: Schema): Schema => {
+    const out: Schema = { ...schema };
+    if (schema.properties && !schema['x-kubernetes-preserve-unknown-fields']) {
+      out.properties = Object.fromEntries(
+        Object.entries(schema.properties as Record<string, Schema>).map(([k, s]) => [k, strict(s)]),
+      );
+      out.additionalProperties = false;
+    }
+    if (schema.items) out.items = strict(schema.items as Schema);
+    return out;
+  };
+  const ajv = new Ajv({ allErrors: true, strict: false });
+  addFormats.default(ajv);
+  const validate = ajv.compile(strict(toolSetOpenApiSchema()));
+  if (!validate(doc)) return (validate.errors ?? []).map((e) => `${e.instancePath} ${e.message}`);
+
+  const issues: string[] = [];
+  const visit = (schema: Schema, value: unknown, path: string) => {
+    if (value === undefined || value === null) return;
+    for (const { rule, message } of (schema['x-kubernetes-validations'] ?? []) as {
+      rule: string;
+      message: string;
+    }[])
+      if (run(rule, { self: value as never }) !== true) issues.push(`${path}: ${message}`);
+    if (Array.isArray(value) && schema.items)
+      value.forEach((v, i) => visit(schema.items as Schema, v, `${path}[${i}]`));
+    if (!Array.isArray(value) && typeof value === 'object')
+      for (const [k, s] of Object.entries((schema.properties ?? {}) as Record<string, Schema>))
+        visit(s, (value as Record<string, unknown>)[k], path ? `${path}.${k}` : k);
+  };
+  visit(toolSetOpenApiSchema(), doc, '');
+  return issues;
+}
+
+const base = {
+  apiVersion: 'earpiece.dev/v1alpha1',
+  kind: 'ToolSet',
+  metadata: { name: 'a', namespace: 'voice' },
+};
+const toolset = (spec: Record<string, unknown>) => ({ ...base, spec });
+const secret = (name: string, key: string) => ({ valueFrom: { secretKeyRef: { name, key } } });
+const weather = {
+  name: 'get_weather',
+  description: 'Weather.',
+  parameters: { type: 'object', properties: { city: { type: 'string' } }, required: ['city'] },
+  timeout: '3s',
+  cache: { ttl: '10m' },
+  http: { url: 'https://w.example/{city}', headers: [{ name: 'X-Key', ...secret('weather', 'key') }] },
+};
+
+describe('the ToolSet CRD', () => {
+  it(`is up to date in ${CRD_FILE}`, async () => {
+    const onDisk = await readFile(CRD_FILE, 'utf8').catch(() => '');
+    // A plain boolean keeps the failure message short and to the point.
+    expect(onDisk === renderCrdYaml(), `${CRD_FILE} is stale: run npm run gen:crd`).toBe(true);
+    expect(parse(onDisk)).toEqual(toolSetCrd());
+  });
+
+  it('is a structural schema: every field typed, no unions, free JSON only where declared', () => {
+    const schema = toolSetOpenApiSchema();
+    const all = [...nodes(schema)];
+    for (const [path, node] of all) {
+      expect(node.type, `${path || '(root)'} has a type`).toBeTypeOf('string');
+      for (const keyword of ['oneOf', 'anyOf', 'allOf', 'not', '$ref', 'patternProperties', 'const'])
+        expect(node, `${path} uses ${keyword}`).not.toHaveProperty(keyword);
+      if (node.properties)
+        expect(node, `${path}: properties beside additionalProperties`).not.toHaveProperty(
+          'additionalProperties',
+        );
+      if (node.format) expect(node.format, `${path} format`).toBe('date-time');
+    }
+    const free = all.filter(([, n]) => n['x-kubernetes-preserve-unknown-fields']).map(([p]) => p);
+    expect(free).toEqual(['spec.tools[].parameters']);
+    expect(Object.fromEntries(all)['spec.tools[].parameters']).toEqual({
+      type: 'object',
+      'x-kubernetes-preserve-unknown-fields': true,
+    });
+    expect(Object.fromEntries(all).metadata).toEqual({ type: 'object' });
+    // Durations are checked by pattern, as the runtime's `duration` format does.
+    expect(Object.fromEntries(all)['spec.limits.turnTimeout']?.pattern).toBe(
+      '^(?:\\d+(?:\\.\\d+)?(?:ns|us|µs|ms|s|m|h))+$',
+    );
+  });
+
+  it('has the status subresource, printer columns, short name and list-map conditions', () => {
+    const crd = toolSetCrd() as { spec: Record<string, never> };
+    const version = (crd.spec.versions as Record<string, unknown>[])[0] as Record<string, unknown>;
+    expect(crd.spec.names).toMatchObject({ plural: 'toolsets', kind: 'ToolSet', shortNames: ['ts'] });
+    expect(version.subresources).toEqual({ status: {} });
+    expect((version.additionalPrinterColumns as { name: string }[]).map((c) => c.name)).toEqual([
+      'Ready',
+      'Tools',
+      'Reason',
+      'Age',
+    ]);
+    const conditions = Object.fromEntries(nodes(toolSetOpenApiSchema()))['status.conditions'];
+    expect(conditions).toMatchObject({
+      'x-kubernetes-list-type': 'map',
+      'x-kubernetes-list-map-keys': ['type'],
+    });
+    expect((conditions?.items as Schema).required).toContain('type');
+  });
+
+  it('accepts every example ToolSet, as the runtime validator does', async () => {
+    const files = (await readdir('examples')).filter((f) => /\.ya?ml$/.test(f));
+    expect(files.length).toBeGreaterThan(0);
+    for (const file of files) {
+      const doc = parse(await readFile(`examples/${file}`, 'utf8'));
+      if (doc?.kind !== 'ToolSet') continue;
+      expect(validateToolSet(doc).issues, file).toEqual([]);
+      expect(crdIssues(doc), file).toEqual([]);
+    }
+  });
+
+  // The runtime's verdict and the API server's agree on each of these.
+  const agreeing: [string, unknown, boolean][] = [
+    [
+      'secrets, mcp, sql and builtins',
+      toolset({
+        selector: {
+          matchLabels: { app: 'unmute-backend' },
+          matchExpressions: [{ key: 'tier', operator: 'Exists' }],
+        },
+        upstream: { url: 'http://vllm:8000', apiKey: secret('vllm', 'token') },
+        limits: { turnTimeout: '1m30s', toolTimeout: '500ms' },
+        memory: { turns: 2, ttl: '15m' },
+        tools: [
+          weather,
+          {
+            mcp: {
+              url: 'http://ha:8123/api/mcp',
+              headers: [{ name: 'Authorization', ...secret('ha', 'bearer') }],
+              include: ['HassTurnOn'],
+              prefix: 'home_',
+            },
+            onInterrupt: 'finish',
+          },
+          {
+            name: 'orders',
+            description: 'Orders.',
+            parameters: { type: 'object', properties: { id: { type: 'string' } } },
+            sql: { connection: secret('db', 'url'), query: 'SELECT 1 WHERE $1 = $1', args: ['id'] },
+          },
+          { name: 'now', builtin: 'time' },
+        ],
+      }),
+      true,
+    ],
+    [
+      'two executors',
+      toolset({ tools: [{ name: 'x', builtin: 'time', http: { url: 'https://x' } }] }),
+      false,
+    ],
+    ['no executor', toolset({ tools: [{ name: 'x' }] }), false],
+    [
+      'a duplicate tool name',
+      toolset({
+        tools: [
+          { name: 'x', builtin: 'time' },
+          { name: 'x', builtin: 'calculator' },
+        ],
+      }),
+      false,
+    ],
+    ['a bad duration', toolset({ limits: { turnTimeout: 'soon' }, tools: [] }), false],
+    ['a duration without unit', toolset({ tools: [{ name: 'x', builtin: 'time', timeout: '5' }] }), false],
+    [
+      'value and valueFrom together',
+      toolset({ upstream: { apiKey: { value: 'k', valueFrom: { env: 'K' } } }, tools: [] }),
+      false,
+    ],
+    ['neither value nor valueFrom', toolset({ upstream: { apiKey: {} }, tools: [] }), false],
+    [
+      'env and secretKeyRef together',
+      toolset({
+        upstream: { apiKey: { valueFrom: { env: 'K', secretKeyRef: { name: 'a', key: 'b' } } } },
+        tools: [],
+      }),
+      false,
+    ],
+    [
+      'a header with two values',
+      toolset({
+        tools: [
+          {
+            ...weather,
+            http: { url: 'https://x', headers: [{ name: 'A', value: 'a', valueFrom: { env: 'A' } }] },
+          },
+        ],
+      }),
+      false,
+    ],
+    ['an mcp entry with a name', toolset({ tools: [{ name: 'x', mcp: { url: 'http://m' } }] }), false],
+    ['an http tool without a name', toolset({ tools: [{ http: { url: 'https://x' } }] }), false],
+    ['an unknown field', toolset({ tools: [], extra: true }), false],
+    ['a bad tool name', toolset({ tools: [{ name: 'no spaces', builtin: 'time' }] }), false],
+    ['an unknown builtin', toolset({ tools: [{ name: 'x', builtin: 'clock' }] }), false],
+    ['an upstream that is not http', toolset({ upstream: { url: 'ftp://x' }, tools: [] }), false],
+    ['no spec', { ...base }, false],
+  ];
+  it.each(agreeing)('agrees with the runtime validator: %s', (_name, doc, valid) => {
+    expect(validateToolSet(doc).ok).toBe(valid);
+    expect(crdIssues(doc).length === 0).toBe(valid);
+  });
+
+  // Checks that need code (templates, SQL placeholders, compiling parameter schemas) stay with the
+  // controller, which reports them in the Ready condition; the API server accepts these documents.
+  const runtimeOnly: [string, unknown][] = [
+    [
+      'a URL template variable not declared',
+      toolset({ tools: [{ ...weather, http: { url: 'https://x/{town}' } }] }),
+    ],
+    [
+      'SQL placeholders without args',
+      toolset({
+        tools: [
+          {
+            name: 'q',
+            description: 'q',
+            parameters: { type: 'object' },
+            sql: { connection: { value: 'postgres://x' }, query: 'SELECT $1' },
+          },
+        ],
+      }),
+    ],
+    ['an upstream URL ending in /v1', toolset({ upstream: { url: 'http://vllm:8000/v1' }, tools: [] })],
+  ];
+  it.each(runtimeOnly)('leaves to the controller: %s', (_name, doc) => {
+    expect(validateToolSet(doc).ok).toBe(false);
+    expect(crdIssues(doc)).toEqual([]);
+  });
+
+  it(`bounds the tool list at ${MAX_TOOLS} so the uniqueness rule stays within the CEL cost budget`, () => {
+    const many = Array.from({ length: MAX_TOOLS + 1 }, (_, i) => ({ name: `t${i}`, builtin: 'time' }));
+    expect(crdIssues(toolset({ tools: many }))).toEqual(['/spec/tools must NOT have more than 128 items']);
+    expect(crdIssues(toolset({ tools: many.slice(1) }))).toEqual([]);
+  });
+});
