@@ -1,0 +1,68 @@
+/**
+ * Arguments as the model wrote them → a checked object, or a short problem the model can act on.
+ * Each tool's `parameters` schema is compiled once (ajv, all errors) when the tool is registered.
+ */
+import type { Ajv, ErrorObject } from 'ajv';
+import { createAjv, pointerToPath } from '../toolset/validate.js';
+
+export type ParsedArguments = { ok: true; args: Record<string, unknown> } | { ok: false; problem: string };
+
+/** Empty or blank text means no arguments; anything else must be a JSON object. */
+export function parseArguments(text: string): ParsedArguments {
+  if (text.trim() === '') return { ok: true, args: {} };
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch (err) {
+    return { ok: false, problem: `they are not valid JSON (${(err as Error).message})` };
+  }
+  if (value === null || typeof value !== 'object' || Array.isArray(value)) {
+    return { ok: false, problem: 'they must be a JSON object' };
+  }
+  return { ok: true, args: value as Record<string, unknown> };
+}
+
+/** Returns a sentence naming the fields that are wrong, or undefined when the arguments fit. */
+export type ArgumentCheck = (args: Record<string, unknown>) => string | undefined;
+
+let shared: Ajv | undefined;
+
+/**
+ * Compiles a tool's schema. One the validator cannot compile (an MCP server may send anything) is
+ * reported through `onUnusable` and then checks nothing, so the tool stays callable.
+ */
+export function compileArgumentCheck(
+  parameters: Record<string, unknown>,
+  onUnusable: (problem: string) => void,
+): ArgumentCheck {
+  shared ??= createAjv();
+  // $schema and $id name a draft or register a global id; neither matters for one tool's arguments.
+  const { $schema: _schema, $id: _id, ...schema } = parameters;
+  let validate: ReturnType<Ajv['compile']>;
+  try {
+    validate = shared.compile(schema);
+  } catch (err) {
+    onUnusable((err as Error).message);
+    return () => undefined;
+  }
+  return (args) => (validate(args) ? undefined : describeErrors(validate.errors ?? []));
+}
+
+const MAX_PROBLEMS = 6;
+
+function describeErrors(errors: ErrorObject[]): string {
+  const problems = new Set<string>();
+  for (const e of errors) {
+    const at = pointerToPath(e.instancePath);
+    const field = (name: unknown) => (at ? `${at}.${String(name)}` : String(name));
+    const p = e.params as Record<string, unknown>;
+    if (e.keyword === 'required') problems.add(`${field(p.missingProperty)} is required`);
+    else if (e.keyword === 'additionalProperties')
+      problems.add(`${field(p.additionalProperty)} is not allowed`);
+    else if (e.keyword === 'enum') {
+      const allowed = (p.allowedValues as unknown[]).map((v) => JSON.stringify(v)).join(', ');
+      problems.add(`${at || 'the arguments'} must be one of ${allowed}`);
+    } else problems.add(`${at || 'the arguments'} ${e.message ?? `fail ${e.keyword}`}`);
+  }
+  return [...problems].slice(0, MAX_PROBLEMS).join('; ');
+}

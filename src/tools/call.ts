@@ -1,0 +1,154 @@
+/**
+ * One tool call end to end, in this order: unknown name, JSON arguments, the tool's schema, the cache,
+ * then the executor under the tool's timeout. Every failure becomes an outcome with a short sentence
+ * for the model; nothing here throws, and no error content carries a stack, a secret or a JSON dump.
+ */
+import type { Logger } from '../telemetry/log.js';
+import { type ArgumentCheck, parseArguments } from './arguments.js';
+import { cacheKey, type ToolCache } from './cache.js';
+import {
+  type ProvidedTool,
+  type ToolCall,
+  ToolError,
+  type ToolOutcome,
+  type ToolOutcomeLabel,
+} from './types.js';
+
+export interface CallableTool extends ProvidedTool {
+  check: ArgumentCheck;
+}
+
+export interface CallOptions {
+  cache: ToolCache;
+  maxResultBytes: number;
+  /** Every tool's name, for the answer to an unknown one. */
+  names: () => string[];
+  logger?: Logger;
+}
+
+/** The abort reason of a call's own timeout, told apart from the caller leaving. */
+class CallTimeout extends Error {}
+
+const CUT_MARKER = '…(truncated)';
+
+/** Cuts text to at most maxBytes of UTF-8, never inside a character, ending with a marker when cut. */
+export function cutToBytes(text: string, maxBytes: number): string {
+  if (text.length * 3 <= maxBytes || Buffer.byteLength(text) <= maxBytes) return text;
+  const bytes = Buffer.from(text);
+  let end = Math.max(0, maxBytes - Buffer.byteLength(CUT_MARKER));
+  // bytes[end] is the first byte left out; a continuation byte there means a character straddles the cut.
+  while (end > 0 && ((bytes[end] as number) & 0xc0) === 0x80) end--;
+  return bytes.subarray(0, end).toString('utf8') + CUT_MARKER;
+}
+
+function stringify(value: unknown): string {
+  if (typeof value === 'string') return value;
+  if (value === undefined) return '';
+  try {
+    return JSON.stringify(value) ?? '';
+  } catch {
+    throw new ToolError('the result could not be turned into JSON', 'ERP_TOOL_RESULT');
+  }
+}
+
+function seconds(ms: number): string {
+  return `${Number((ms / 1000).toFixed(3))}s`;
+}
+
+function unknownTool(name: string, names: string[]): string {
+  const shown = JSON.stringify(name.length > 64 ? `${name.slice(0, 64)}…` : name);
+  if (names.length === 0) return `error: there is no tool named ${shown}, and no tools are available`;
+  return `error: there is no tool named ${shown}; the tools are ${names.map((n) => JSON.stringify(n)).join(', ')}`;
+}
+
+/** Resolves with the promise, or rejects with the signal's reason as soon as it aborts. */
+function untilAborted<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    const abort = () => reject(signal.reason);
+    if (signal.aborted) abort();
+    signal.addEventListener('abort', abort, { once: true });
+    promise.then(resolve, reject).finally(() => signal.removeEventListener('abort', abort));
+  });
+}
+
+/** Runs the executor under the tool's timeout; `signal` undefined means only the timeout can stop it. */
+async function execute(
+  tool: CallableTool,
+  args: Record<string, unknown>,
+  signal: AbortSignal | undefined,
+  maxResultBytes: number,
+): Promise<string> {
+  const timeout = new AbortController();
+  const timer = setTimeout(() => timeout.abort(new CallTimeout()), tool.config.timeoutMs);
+  const combined = signal ? AbortSignal.any([signal, timeout.signal]) : timeout.signal;
+  try {
+    const ctx = { signal: combined, deadline: Date.now() + tool.config.timeoutMs, toolName: tool.name };
+    // An executor that ignores its signal still cannot hold the call past an abort.
+    const value = await untilAborted(tool.executor.run(args, ctx), combined);
+    return cutToBytes(stringify(value), maxResultBytes);
+  } catch (err) {
+    throw timeout.signal.aborted && !signal?.aborted ? timeout.signal.reason : err;
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+function describeFailure(err: unknown, tool: CallableTool, logger: Logger | undefined): string {
+  if (err instanceof ToolError) return err.message;
+  // Anything else may carry internals; the model gets its code at most, the log gets the message.
+  const code = (err as { code?: unknown } | null)?.code;
+  logger?.warn(
+    { tool: tool.name, error: { name: (err as Error)?.name, code, message: (err as Error)?.message } },
+    'Tool failed unexpectedly',
+  );
+  return typeof code === 'string' && /^[A-Z0-9_]{1,40}$/.test(code)
+    ? `unexpected error (${code})`
+    : 'unexpected error';
+}
+
+export async function callTool(
+  tool: CallableTool | undefined,
+  call: ToolCall,
+  signal: AbortSignal,
+  options: CallOptions,
+): Promise<ToolOutcome> {
+  const started = performance.now();
+  const done = (outcome: ToolOutcomeLabel, content: string): ToolOutcome => ({
+    call,
+    content: cutToBytes(content, options.maxResultBytes),
+    outcome,
+    seconds: (performance.now() - started) / 1000,
+    remember: tool?.config.memory ?? true,
+  });
+  if (!tool) return done('unknown_tool', unknownTool(call.name, options.names()));
+  // onInterrupt: finish — a side effect such as switching a light completes; only its timeout stops it.
+  const caller = tool.config.onInterrupt === 'finish' ? undefined : signal;
+  try {
+    const parsed = parseArguments(call.arguments);
+    if (!parsed.ok)
+      return done('invalid_arguments', `error: the arguments for ${tool.name} are wrong: ${parsed.problem}`);
+    const problem = tool.check(parsed.args);
+    if (problem) return done('invalid_arguments', `error: invalid arguments for ${tool.name}: ${problem}`);
+
+    const ttl = tool.config.cacheTtlMs;
+    const key = ttl === undefined ? undefined : cacheKey(tool.name, parsed.args);
+    const hit = key === undefined ? undefined : options.cache.get(key);
+    if (hit !== undefined) return done('cache_hit', hit);
+    if (caller?.aborted) throw caller.reason;
+    if (key === undefined || ttl === undefined) {
+      return done('ok', await execute(tool, parsed.args, caller, options.maxResultBytes));
+    }
+    const content = await options.cache.shared(key, caller, async (shared) => {
+      const result = await execute(tool, parsed.args, shared, options.maxResultBytes);
+      options.cache.set(key, result, ttl);
+      return result;
+    });
+    return done('ok', content);
+  } catch (err) {
+    if (err instanceof CallTimeout) {
+      return done('timeout', `error: ${tool.name} timed out after ${seconds(tool.config.timeoutMs)}`);
+    }
+    if (caller?.aborted) return done('cancelled', `error: ${tool.name} was cancelled`);
+    return done('error', `error: ${tool.name} failed: ${describeFailure(err, tool, options.logger)}`);
+  }
+}

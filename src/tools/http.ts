@@ -1,0 +1,174 @@
+/**
+ * The `http` executor: an RFC 6570 template expanded with the arguments only, sent with undici through
+ * one long-lived dispatcher whose interceptors cap the response size and turn non-2xx into errors.
+ * Arguments are percent-encoded by the template library, and the expanded URL must keep the template's
+ * origin: no argument can change the scheme, host or port, or climb out of the template's path.
+ */
+import { Agent, type Dispatcher } from 'undici';
+import { type PrimitiveValue, parseTemplate } from 'url-template';
+import type { HttpToolSpec } from '../toolset/schema.js';
+import { templateOrigin } from '../toolset/url-template.js';
+import { resolveValue } from '../toolset/values.js';
+import { responseSizeLimit, statusAsError } from './http-limits.js';
+import { type ToolContext, ToolError, type ToolExecutor } from './types.js';
+
+export const DEFAULT_MAX_RESPONSE_BYTES = 1024 * 1024;
+
+/** One per registry: keep-alive connections are shared by every http tool; close() drains them. */
+export function createHttpDispatcher(options: { maxResponseBytes?: number } = {}): Dispatcher {
+  // The first interceptor sees the response first: error statuses never count against the size cap.
+  return new Agent().compose(
+    statusAsError(),
+    responseSizeLimit({ maxBytes: options.maxResponseBytes ?? DEFAULT_MAX_RESPONSE_BYTES }),
+  );
+}
+
+export interface HttpExecutorOptions {
+  dispatcher: Dispatcher;
+  env?: NodeJS.ProcessEnv;
+  /** Field path of the tool's `http` block, for messages about unresolvable header values. */
+  path?: string;
+}
+
+const BODY_METHODS = new Set(['POST', 'PUT', 'PATCH']);
+
+type TemplateValue = PrimitiveValue | PrimitiveValue[] | Record<string, PrimitiveValue | PrimitiveValue[]>;
+
+/** url-template takes primitives, lists and flat maps; anything deeper is passed as its JSON text. */
+function templateValue(value: unknown): TemplateValue {
+  const primitive = (v: unknown): PrimitiveValue =>
+    v === null || typeof v === 'string' || typeof v === 'number' || typeof v === 'boolean'
+      ? v
+      : JSON.stringify(v);
+  if (Array.isArray(value)) return value.map(primitive);
+  if (value !== null && typeof value === 'object') {
+    return Object.fromEntries(
+      Object.entries(value).map(([k, v]) => [k, Array.isArray(v) ? v.map(primitive) : primitive(v)]),
+    );
+  }
+  return primitive(value);
+}
+
+/** RFC 6901 over own properties only (no prototype walking, `-` never matches). Undefined when absent. */
+export function selectPointer(document: unknown, pointer: string): unknown {
+  if (pointer === '') return document;
+  let node = document;
+  for (const raw of pointer.slice(1).split('/')) {
+    const key = raw.replace(/~1/g, '/').replace(/~0/g, '~');
+    if (Array.isArray(node)) {
+      if (!/^(0|[1-9]\d*)$/.test(key) || Number(key) >= node.length) return undefined;
+      node = node[Number(key)];
+    } else if (node !== null && typeof node === 'object' && Object.hasOwn(node, key)) {
+      node = (node as Record<string, unknown>)[key];
+    } else {
+      return undefined;
+    }
+  }
+  return node;
+}
+
+export function createHttpExecutor(spec: HttpToolSpec, options: HttpExecutorOptions): ToolExecutor {
+  const origin = templateOrigin(spec.url);
+  if (!origin) throw new ToolError(`${options.path ?? 'http.url'} has no literal origin`, 'ERP_TOOL_CONFIG');
+  const host = new URL(origin).host;
+  const template = parseTemplate(spec.url);
+  const method = spec.method ?? 'GET';
+  const sendsBody = BODY_METHODS.has(method);
+  const headers: Record<string, string> = {
+    accept: 'application/json, text/*;q=0.9, */*;q=0.5',
+    'user-agent': 'earpiece',
+    ...(sendsBody ? { 'content-type': 'application/json' } : {}),
+  };
+  // Resolved once: a missing env var fails when the ToolSet loads, not in the middle of a turn.
+  for (const [i, header] of (spec.headers ?? []).entries()) {
+    headers[header.name.toLowerCase()] = resolveValue(
+      header,
+      `${options.path ?? 'http'}.headers[${i}]`,
+      options.env,
+    );
+  }
+
+  const expand = (args: Record<string, unknown>): URL => {
+    const context: Record<string, TemplateValue> = {};
+    for (const [name, value] of Object.entries(args)) context[name] = templateValue(value);
+    const text = template.expand(context);
+    let url: URL;
+    try {
+      url = new URL(text);
+    } catch {
+      throw new ToolError('the arguments do not make a valid URL', 'ERP_TOOL_URL');
+    }
+    // A whole argument of "." or ".." in a path expression would be resolved away by URL parsing.
+    const rawPath = text.replace(/^[^:]*:\/\/[^/?#]*/, '').split(/[?#]/, 1)[0] ?? '';
+    if (url.origin !== origin || rawPath.split('/').some((s) => s === '.' || s === '..')) {
+      throw new ToolError(`the arguments would take the request outside its URL on ${host}`, 'ERP_TOOL_URL');
+    }
+    return url;
+  };
+
+  const failed = (err: unknown, ctx: ToolContext): unknown => {
+    if (ctx.signal.aborted || err instanceof ToolError) return ctx.signal.aborted ? ctx.signal.reason : err;
+    const code = (err as { code?: unknown }).code;
+    return new ToolError(
+      `the request to ${host} failed${typeof code === 'string' ? ` (${code})` : ''}`,
+      'ERP_TOOL_HTTP',
+    );
+  };
+
+  return {
+    async run(args, ctx) {
+      const url = expand(args);
+      let text: string;
+      let contentType: string;
+      let statusCode: number;
+      try {
+        const response = await options.dispatcher.request({
+          origin,
+          path: url.pathname + url.search,
+          method,
+          headers,
+          body: sendsBody ? JSON.stringify(args) : undefined,
+          signal: ctx.signal,
+        });
+        statusCode = response.statusCode;
+        contentType = String(response.headers['content-type'] ?? '');
+        text = await response.body.text();
+      } catch (err) {
+        throw failed(err, ctx);
+      }
+      return interpret(text, contentType, statusCode, spec.select, host);
+    },
+  };
+}
+
+function interpret(
+  text: string,
+  contentType: string,
+  statusCode: number,
+  select: string | undefined,
+  host: string,
+): unknown {
+  const declaredJson = /[/+]json\b/i.test(contentType);
+  if (!declaredJson && select === undefined)
+    return text === '' ? `(empty response, HTTP ${statusCode})` : text;
+  let document: unknown;
+  try {
+    document = JSON.parse(text);
+  } catch {
+    throw new ToolError(
+      select === undefined
+        ? `${host} sent a response that is not valid JSON`
+        : `the response from ${host} is not JSON, so select ${select} does not apply`,
+      'ERP_TOOL_HTTP_JSON',
+    );
+  }
+  if (select === undefined) return document;
+  const selected = selectPointer(document, select);
+  if (selected === undefined) {
+    throw new ToolError(
+      `select ${select} found nothing in the response from ${host}`,
+      'ERP_TOOL_HTTP_SELECT',
+    );
+  }
+  return selected;
+}

@@ -1,0 +1,228 @@
+/**
+ * ToolSet → providers → the table of tools the tool loop sees. One provider per `spec.tools` entry:
+ * http and builtin here, mcp and sql from their own modules, imported only when a ToolSet has such an
+ * entry (the MCP SDK and pg stay out of memory otherwise). MCP lists change at runtime, so the table is
+ * rebuilt, lazily, after a provider reports a change.
+ */
+import type { Dispatcher } from 'undici';
+import { createLogger, type Logger } from '../telemetry/log.js';
+import type { ResolvedTool, ResolvedToolSet } from '../toolset/defaults.js';
+import { type ArgumentCheck, compileArgumentCheck } from './arguments.js';
+import { BUILTINS, createBuiltinExecutor } from './builtin.js';
+import { ToolCache } from './cache.js';
+import { type CallableTool, callTool } from './call.js';
+import { createHttpDispatcher, createHttpExecutor } from './http.js';
+import type {
+  ProvidedTool,
+  ProviderOptions,
+  ProviderState,
+  ToolCall,
+  ToolDefinition,
+  ToolExecutor,
+  ToolOutcome,
+  ToolProvider,
+  ToolRunner,
+} from './types.js';
+
+export interface ToolRegistry extends ToolRunner {
+  /** Per-provider state for /readyz (mcp servers: url, state connected|connecting|down, lastError, tools). */
+  status(): { mcp: Array<{ url: string; state: ProviderState; lastError?: string; tools: number }> };
+  close(): Promise<void>;
+}
+
+export interface ToolRegistryOptions {
+  env?: NodeJS.ProcessEnv;
+  logger?: Logger;
+  /** Clock in epoch milliseconds for cache ttls and the time builtin. */
+  now?: () => number;
+}
+
+const NO_PARAMETERS = { type: 'object', properties: {} };
+
+function singleTool(config: ResolvedTool, tool: Omit<ProvidedTool, 'config' | 'name'>): ToolProvider {
+  const provided: ProvidedTool = { ...tool, name: config.spec.name as string, config };
+  return { kind: config.kind, tools: () => [provided] };
+}
+
+/** `rain` matches "raining", not "train": a keyword must start a word. Case-insensitive, Unicode-aware. */
+export function keywordPattern(keywords: readonly string[]): RegExp {
+  const alternatives = keywords.map((k) => k.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&'));
+  return new RegExp(`(?<![\\p{L}\\p{M}\\p{N}_])(?:${alternatives.join('|')})`, 'iu');
+}
+
+interface Offer {
+  definition: ToolDefinition;
+  keywords: RegExp | undefined;
+}
+
+interface Table {
+  tools: Map<string, CallableTool>;
+  offers: Offer[];
+  /** Which provider holds each name, so a clash at runtime never takes a name from its holder. */
+  owners: Map<string, ToolProvider>;
+}
+
+function describeProvider(tool: ProvidedTool): string {
+  const { index, kind, spec } = tool.config;
+  return `spec.tools[${index}] (${kind}${spec.mcp ? ` ${spec.mcp.url}` : ''})`;
+}
+
+/**
+ * The current tools of every provider, flattened. On a name clash the provider that already held the
+ * name keeps it (else the earlier entry); the other tool is dropped and the clash logged.
+ */
+function buildTable(
+  providers: readonly ToolProvider[],
+  previous: Map<string, ToolProvider>,
+  checks: WeakMap<object, ArgumentCheck>,
+  logger: Logger,
+): Table {
+  const candidates = providers.flatMap((provider) => provider.tools().map((tool) => ({ provider, tool })));
+  const ranked = [...candidates].sort(
+    (a, b) =>
+      Number(previous.get(a.tool.name) !== a.provider) - Number(previous.get(b.tool.name) !== b.provider),
+  );
+  const winners = new Map<string, (typeof candidates)[number]>();
+  for (const candidate of ranked) {
+    const holder = winners.get(candidate.tool.name);
+    if (!holder) {
+      winners.set(candidate.tool.name, candidate);
+      continue;
+    }
+    logger.error(
+      { tool: candidate.tool.name },
+      `Dropped tool "${candidate.tool.name}" of ${describeProvider(candidate.tool)}: ` +
+        `${describeProvider(holder.tool)} already has a tool of that name`,
+    );
+  }
+
+  const table: Table = { tools: new Map(), offers: [], owners: new Map() };
+  for (const candidate of candidates) {
+    const { tool, provider } = candidate;
+    if (winners.get(tool.name) !== candidate) continue;
+    let check = checks.get(tool.parameters);
+    if (!check) {
+      check = compileArgumentCheck(tool.parameters, (problem) =>
+        logger.warn(
+          { tool: tool.name, problem },
+          `The parameters schema of "${tool.name}" cannot be compiled; its arguments are not checked`,
+        ),
+      );
+      checks.set(tool.parameters, check);
+    }
+    table.tools.set(tool.name, { ...tool, check });
+    table.owners.set(tool.name, provider);
+    table.offers.push({
+      definition: {
+        type: 'function',
+        function: {
+          name: tool.name,
+          ...(tool.description ? { description: tool.description } : {}),
+          parameters: tool.parameters,
+        },
+      },
+      keywords: tool.config.keywords?.length ? keywordPattern(tool.config.keywords) : undefined,
+    });
+  }
+  return table;
+}
+
+export async function createToolRegistry(
+  toolset: ResolvedToolSet,
+  options: ToolRegistryOptions = {},
+): Promise<ToolRegistry> {
+  const env = options.env ?? process.env;
+  const logger = options.logger ?? createLogger('tools');
+  const now = options.now ?? Date.now;
+  const providerOptions: ProviderOptions = { env, logger };
+  let dispatcher: Dispatcher | undefined;
+  const providers: ToolProvider[] = [];
+  const close = async () => {
+    await Promise.allSettled(providers.map((p) => p.close?.()));
+    await dispatcher?.close();
+  };
+
+  try {
+    for (const config of toolset.tools) {
+      const spec = config.spec;
+      if (config.kind === 'builtin' && spec.builtin) {
+        const builtin = BUILTINS[spec.builtin];
+        const executor: ToolExecutor = createBuiltinExecutor(spec.builtin, { now });
+        providers.push(
+          singleTool(config, {
+            description: spec.description ?? builtin.description,
+            parameters: builtin.parameters,
+            executor,
+          }),
+        );
+      } else if (config.kind === 'http' && spec.http) {
+        dispatcher ??= createHttpDispatcher();
+        const executor = createHttpExecutor(spec.http, {
+          dispatcher,
+          env,
+          path: `spec.tools[${config.index}].http`,
+        });
+        providers.push(
+          singleTool(config, {
+            description: spec.description ?? '',
+            parameters: (spec.parameters as Record<string, unknown> | undefined) ?? NO_PARAMETERS,
+            executor,
+          }),
+        );
+      } else if (config.kind === 'mcp') {
+        const { createMcpProvider } = await import('./mcp.js');
+        providers.push(createMcpProvider(config, providerOptions));
+      } else if (config.kind === 'sql') {
+        const { createSqlProvider } = await import('./sql.js');
+        providers.push(createSqlProvider(config, providerOptions));
+      }
+    }
+  } catch (err) {
+    await close();
+    throw err;
+  }
+
+  const cache = new ToolCache({ maxEntries: toolset.cacheMaxEntries, now });
+  const checks = new WeakMap<object, ArgumentCheck>();
+  let table: Table | undefined;
+  // Kept across rebuilds so that a name stays with the provider that held it.
+  let owners = new Map<string, ToolProvider>();
+  for (const provider of providers) {
+    provider.onChange?.(() => {
+      if (table) owners = table.owners;
+      table = undefined;
+    });
+  }
+  const current = (): Table => {
+    table ??= buildTable(providers, owners, checks, logger);
+    return table;
+  };
+
+  return {
+    offered(recentUserText: readonly string[]): ToolDefinition[] {
+      return current()
+        .offers.filter((o) => !o.keywords || recentUserText.some((text) => o.keywords?.test(text)))
+        .map((o) => o.definition);
+    },
+    has: (name: string) => current().tools.has(name),
+    filler: (name: string) => current().tools.get(name)?.config.filler,
+    call(call: ToolCall, signal: AbortSignal): Promise<ToolOutcome> {
+      const tools = current().tools;
+      return callTool(tools.get(call.name), call, signal, {
+        cache,
+        maxResultBytes: toolset.limits.maxResultBytes,
+        names: () => [...tools.keys()],
+        logger,
+      });
+    },
+    status() {
+      const mcp = [];
+      for (const provider of providers) {
+        const state = provider.kind === 'mcp' ? provider.status?.() : undefined;
+        if (state) mcp.push(state);
+      }
+      return { mcp };
+    },
+    close,
+  };
+}
