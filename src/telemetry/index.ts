@@ -1,12 +1,13 @@
 /**
- * The proxy's telemetry: Prometheus metrics always, OpenTelemetry traces and metrics only when a standard
+ * The proxy's telemetry: Prometheus metrics always; OpenTelemetry traces and metrics only when a standard
  * OTEL_* variable asks for them (the SDK is imported lazily, to keep the idle proxy small).
  */
 import type { Logger } from './log.js';
-import { PromMetrics } from './metrics.js';
+import { OTHER, PromMetrics } from './metrics.js';
 import { noopSpan } from './noop.js';
 import type { Attributes, SpanHandle, Telemetry, ToolInfo } from './types.js';
 
+export * from './genai.js';
 export { OTHER } from './metrics.js';
 export { noopTelemetry } from './noop.js';
 export type * from './types.js';
@@ -17,24 +18,28 @@ export interface ProxyTelemetry extends Telemetry {
   metrics(): Promise<string>;
   /** The Content-Type header for `metrics()`. */
   readonly contentType: string;
+  /** Whether OpenTelemetry is on (an OTEL_* variable asked for it). */
+  readonly tracing: boolean;
 }
 
 export interface TelemetryOptions {
   logger?: Logger;
   /** Toolset names known up front (others are counted as `other` until loaded). */
   toolsets?: string[];
-  /** The environment that decides on OpenTelemetry (default process.env). */
-  env?: NodeJS.ProcessEnv;
 }
 
 export async function createTelemetry(options: TelemetryOptions = {}): Promise<ProxyTelemetry> {
   const prom = new PromMetrics(options.toolsets === undefined ? {} : { toolsets: options.toolsets });
+  const tracing = await startTracing(prom, options.logger);
+  let shutdown: Promise<void> | undefined;
   return {
     get contentType() {
       return prom.contentType;
     },
+    tracing: tracing !== undefined,
     metrics: () => prom.metrics(),
-    startTurn: (_traceparent: string | undefined, _attributes: Attributes): SpanHandle => noopSpan,
+    startTurn: (traceparent: string | undefined, attributes: Attributes): SpanHandle =>
+      tracing?.startTurn(traceparent, attributes) ?? noopSpan,
     toolCall: (record) => prom.toolCall(record),
     turn: (record) => prom.turn(record),
     upstreamTimeToFirstToken: (toolset, seconds) => prom.upstreamTimeToFirstToken(toolset, seconds),
@@ -46,6 +51,32 @@ export async function createTelemetry(options: TelemetryOptions = {}): Promise<P
       prom.toolsetLoaded(toolset, hash, tools),
     memorySpliced: (toolset, exchanges) => prom.memorySpliced(toolset, exchanges),
     memoryEntries: (toolset, entries) => prom.memoryEntries(toolset, entries),
-    shutdown: async () => {},
+    shutdown: () => {
+      shutdown ??= tracing?.shutdown() ?? Promise.resolve();
+      return shutdown;
+    },
   };
+}
+
+async function startTracing(prom: PromMetrics, logger: Logger | undefined) {
+  if (!otelRequested(process.env)) return undefined;
+  const { Tracing } = await import('./tracing.js');
+  const captureContent = process.env.EARPIECE_OTEL_CAPTURE_CONTENT?.trim().toLowerCase() === 'true';
+  const tracing = new Tracing({ captureContent, isKnownTool: (name) => prom.knownTool(name), other: OTHER });
+  logger?.info({ captureContent }, 'OpenTelemetry started from the OTEL_* environment');
+  return tracing;
+}
+
+/** Whether the environment asks for OpenTelemetry: an OTLP endpoint or an exporter is named, and not disabled. */
+export function otelRequested(env: NodeJS.ProcessEnv): boolean {
+  if (env.OTEL_SDK_DISABLED?.trim().toLowerCase() === 'true') return false;
+  const named = (value: string | undefined) => value !== undefined && value.trim() !== '';
+  const exporter = (value: string | undefined) => named(value) && value?.trim() !== 'none';
+  return (
+    named(env.OTEL_EXPORTER_OTLP_ENDPOINT) ||
+    named(env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT) ||
+    named(env.OTEL_EXPORTER_OTLP_METRICS_ENDPOINT) ||
+    exporter(env.OTEL_TRACES_EXPORTER) ||
+    exporter(env.OTEL_METRICS_EXPORTER)
+  );
 }

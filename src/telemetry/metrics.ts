@@ -285,6 +285,13 @@ export class PromMetrics {
     return tool;
   }
 
+  /** Whether any loaded ToolSet has a tool of this name (or, without a declared list, ran one). */
+  knownTool(tool: string): boolean {
+    for (const declared of this.declaredTools.values()) if (declared.has(tool)) return true;
+    for (const seen of this.undeclaredTools.values()) if (seen.has(tool)) return true;
+    return false;
+  }
+
   /** The label value for a toolset name: loaded or announced names as they are, anything else `other`. */
   toolsetLabel(toolset: string): string {
     return this.toolsets.has(toolset) ? toolset : OTHER;

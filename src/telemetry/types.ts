@@ -48,10 +48,19 @@ export interface SpanHandle {
   child(name: string, kind: SpanKind, attributes?: Attributes): SpanHandle;
   /** Ends the span; an error type marks it failed (`error.type`). */
   end(errorType?: string): void;
+  /**
+   * The W3C `traceparent` header naming this span, to send upstream so the model server's spans join the
+   * trace; undefined when nothing is traced.
+   */
+  traceparent?(): string | undefined;
 }
 
 export interface Telemetry {
-  /** A turn's root span; `traceparent` is the client's W3C header when it sent one. */
+  /**
+   * A turn's root span (`invoke_agent {gen_ai.agent.name}`, kind SERVER); `traceparent` is the client's W3C
+   * header when it sent one. Children: `chat {model}` (client) per upstream call and `execute_tool {tool}`
+   * (internal) per tool call; genai.ts builds their names and attributes.
+   */
   startTurn(traceparent: string | undefined, attributes: Attributes): SpanHandle;
   toolCall(record: ToolRecord): void;
   turn(record: TurnRecord): void;

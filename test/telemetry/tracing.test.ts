@@ -1,0 +1,295 @@
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { afterAll, afterEach, beforeAll, describe, expect, test } from 'vitest';
+import {
+  chatResponseAttributes,
+  createTelemetry,
+  type ProxyTelemetry,
+  startChatSpan,
+  startToolSpan,
+  toolResultAttributes,
+  turnAttributes,
+} from '../../src/telemetry/index.js';
+import { GEN_AI_DURATION_BUCKETS } from '../../src/telemetry/tracing.js';
+import { OtlpReceiver, type ReceivedSpan, SPAN_KIND } from '../support/otlp-receiver.js';
+
+const CLIENT_TRACE_ID = '4bf92f3577b34da6a3ce929d0e0e4736';
+const CLIENT_SPAN_ID = '00f067aa0ba902b7';
+const OTEL_KEYS = [
+  'OTEL_EXPORTER_OTLP_ENDPOINT',
+  'OTEL_EXPORTER_OTLP_PROTOCOL',
+  'OTEL_SERVICE_NAME',
+  'OTEL_METRIC_EXPORT_INTERVAL',
+  'EARPIECE_OTEL_CAPTURE_CONTENT',
+];
+
+let receiver: OtlpReceiver;
+let telemetry: ProxyTelemetry | undefined;
+
+beforeAll(async () => {
+  receiver = await OtlpReceiver.start();
+});
+afterAll(async () => {
+  await receiver.close();
+});
+afterEach(async () => {
+  await telemetry?.shutdown();
+  telemetry = undefined;
+  for (const key of OTEL_KEYS) delete process.env[key];
+  receiver.spans.length = 0;
+  receiver.histogramPoints.length = 0;
+});
+
+async function startOtel(extra: Record<string, string> = {}): Promise<ProxyTelemetry> {
+  Object.assign(process.env, {
+    OTEL_EXPORTER_OTLP_ENDPOINT: receiver.endpoint,
+    OTEL_EXPORTER_OTLP_PROTOCOL: 'http/json',
+    OTEL_SERVICE_NAME: 'earpiece-test',
+    ...extra,
+  });
+  telemetry = await createTelemetry();
+  telemetry.toolsetLoaded('assistant', 'hash-1', [
+    { name: 'get_weather', timeoutSeconds: 3 },
+    { name: 'current_time', timeoutSeconds: 5 },
+  ]);
+  return telemetry;
+}
+
+/** One turn as the proxy runs it: a model call asking for two tools, the tools, the answering model call. */
+function twoToolTurn(t: ProxyTelemetry): { chatTraceparent: string | undefined } {
+  const turn = t.startTurn(`00-${CLIENT_TRACE_ID}-${CLIENT_SPAN_ID}-01`, turnAttributes('assistant'));
+  const chat = { model: 'qwen3-8b', serverAddress: '127.0.0.1', serverPort: 8000, stream: true };
+  const first = startChatSpan(turn, chat);
+  const chatTraceparent = first.traceparent?.();
+  first.setAttributes(
+    chatResponseAttributes({
+      inputTokens: 412,
+      outputTokens: 38,
+      finishReasons: ['tool_calls'],
+      responseId: 'r1',
+    }),
+  );
+  first.end();
+  const weather = startToolSpan(turn, {
+    name: 'get_weather',
+    callId: 'call_1',
+    arguments: '{"latitude":48.85,"longitude":2.35}',
+  });
+  const time = startToolSpan(turn, { name: 'current_time', callId: 'call_2', arguments: '{}' });
+  weather.setAttributes(toolResultAttributes('{"temperature_2m":21.5}'));
+  weather.end();
+  time.end('timeout');
+  const second = startChatSpan(turn, chat);
+  second.setAttributes(
+    chatResponseAttributes({ inputTokens: 480, outputTokens: 21, finishReasons: ['stop'] }),
+  );
+  second.end();
+  // A name the model made up: its span keeps the name, its metric attribute folds into `other`.
+  startToolSpan(turn, { name: 'launch_rockets', callId: 'call_3' }).end('unknown_tool');
+  turn.end();
+  return { chatTraceparent };
+}
+
+function byName(spans: ReceivedSpan[], name: string): ReceivedSpan[] {
+  return spans.filter((span) => span.name === name);
+}
+
+describe('OpenTelemetry', () => {
+  test('a two-tool turn exports GenAI spans linked under the client trace', async () => {
+    const t = await startOtel();
+    expect(t.tracing).toBe(true);
+    const { chatTraceparent } = twoToolTurn(t);
+    await t.shutdown();
+    await receiver.waitFor((r) => r.spans.length >= 6);
+    expect(receiver.rejected).toEqual([]);
+
+    const spans = receiver.spans;
+    expect(spans.map((span) => span.name).sort()).toEqual([
+      'chat qwen3-8b',
+      'chat qwen3-8b',
+      'execute_tool current_time',
+      'execute_tool get_weather',
+      'execute_tool launch_rockets',
+      'invoke_agent assistant',
+    ]);
+    for (const span of spans) {
+      expect(span.traceId).toBe(CLIENT_TRACE_ID);
+      expect(span.serviceName).toBe('earpiece-test');
+    }
+
+    const [turn] = byName(spans, 'invoke_agent assistant');
+    expect(turn?.parentSpanId).toBe(CLIENT_SPAN_ID);
+    expect(turn?.kind).toBe(SPAN_KIND.server);
+    expect(turn?.attributes).toMatchObject({
+      'gen_ai.operation.name': 'invoke_agent',
+      'gen_ai.agent.name': 'assistant',
+    });
+
+    const chats = byName(spans, 'chat qwen3-8b');
+    for (const chat of chats) {
+      expect(chat.parentSpanId).toBe(turn?.spanId);
+      expect(chat.kind).toBe(SPAN_KIND.client);
+      expect(chat.attributes).toMatchObject({
+        'gen_ai.operation.name': 'chat',
+        'gen_ai.provider.name': 'openai',
+        'gen_ai.request.model': 'qwen3-8b',
+        'gen_ai.request.stream': true,
+        'server.address': '127.0.0.1',
+        'server.port': 8000,
+      });
+    }
+    const first = chats.find((chat) => chat.attributes['gen_ai.response.id'] === 'r1');
+    expect(first?.attributes).toMatchObject({
+      'gen_ai.usage.input_tokens': 412,
+      'gen_ai.usage.output_tokens': 38,
+      'gen_ai.response.finish_reasons': ['tool_calls'],
+    });
+    // The header the proxy sends upstream names the first chat span, so the model server's spans nest under it.
+    expect(chatTraceparent).toBe(`00-${CLIENT_TRACE_ID}-${first?.spanId}-01`);
+
+    const [weather] = byName(spans, 'execute_tool get_weather');
+    expect(weather?.parentSpanId).toBe(turn?.spanId);
+    expect(weather?.kind).toBe(SPAN_KIND.internal);
+    expect(weather?.statusCode).toBe(0);
+    expect(weather?.attributes).toEqual({
+      'gen_ai.operation.name': 'execute_tool',
+      'gen_ai.tool.name': 'get_weather',
+      'gen_ai.tool.call.id': 'call_1',
+      'gen_ai.tool.type': 'extension',
+    });
+    const [time] = byName(spans, 'execute_tool current_time');
+    expect(time?.statusCode).toBe(2);
+    expect(time?.attributes).toMatchObject({ 'gen_ai.tool.call.id': 'call_2', 'error.type': 'timeout' });
+  });
+
+  test('GenAI metrics are exported with second-based buckets and bounded tool names', async () => {
+    const t = await startOtel();
+    twoToolTurn(t);
+    await t.shutdown();
+    await receiver.waitFor((r) => r.histogramPoints.some((p) => p.metric === 'gen_ai.execute_tool.duration'));
+
+    const points = (metric: string) => receiver.histogramPoints.filter((p) => p.metric === metric);
+    const [operation] = points('gen_ai.client.operation.duration');
+    expect(operation).toMatchObject({
+      unit: 's',
+      count: 2,
+      attributes: {
+        'gen_ai.operation.name': 'chat',
+        'gen_ai.provider.name': 'openai',
+        'gen_ai.request.model': 'qwen3-8b',
+        'server.address': '127.0.0.1',
+        'server.port': 8000,
+      },
+    });
+    expect(operation?.explicitBounds).toEqual(GEN_AI_DURATION_BUCKETS);
+
+    const tokens = points('gen_ai.client.token.usage');
+    expect(tokens.map((p) => [p.attributes['gen_ai.token.type'], p.count, p.sum]).sort()).toEqual([
+      ['input', 2, 892],
+      ['output', 2, 59],
+    ]);
+
+    const tools = points('gen_ai.execute_tool.duration');
+    expect(tools.every((p) => p.unit === 's')).toBe(true);
+    expect(
+      tools
+        .map((p) => [p.attributes['gen_ai.tool.name'], p.attributes['error.type'] ?? null, p.count])
+        .sort(),
+    ).toEqual([
+      ['current_time', 'timeout', 1],
+      ['get_weather', null, 1],
+      ['other', 'unknown_tool', 1],
+    ]);
+    expect(tools[0]?.explicitBounds).toEqual(GEN_AI_DURATION_BUCKETS);
+  });
+
+  test('tool arguments and results are recorded only with EARPIECE_OTEL_CAPTURE_CONTENT=true', async () => {
+    const t = await startOtel({ EARPIECE_OTEL_CAPTURE_CONTENT: 'true' });
+    twoToolTurn(t);
+    await t.shutdown();
+    await receiver.waitFor((r) => r.spans.length >= 6);
+    const [weather] = byName(receiver.spans, 'execute_tool get_weather');
+    expect(weather?.attributes).toMatchObject({
+      'gen_ai.tool.call.arguments': '{"latitude":48.85,"longitude":2.35}',
+      'gen_ai.tool.call.result': '{"temperature_2m":21.5}',
+    });
+  });
+
+  test('a turn without traceparent starts its own trace', async () => {
+    const t = await startOtel();
+    const turn = t.startTurn(undefined, turnAttributes('assistant'));
+    startChatSpan(turn, { model: 'm' }).end('upstream_error');
+    turn.end('upstream_error');
+    await t.shutdown();
+    await receiver.waitFor((r) => r.spans.length >= 2);
+    const [root] = byName(receiver.spans, 'invoke_agent assistant');
+    const [chat] = byName(receiver.spans, 'chat m');
+    expect(root?.parentSpanId).toBeUndefined();
+    expect(root?.traceId).not.toBe(CLIENT_TRACE_ID);
+    expect(chat?.traceId).toBe(root?.traceId);
+    expect(chat?.parentSpanId).toBe(root?.spanId);
+    expect(chat?.attributes['error.type']).toBe('upstream_error');
+  });
+
+  test('without OTEL_* variables tracing is off and spans are no-ops', async () => {
+    telemetry = await createTelemetry();
+    expect(telemetry.tracing).toBe(false);
+    const turn = telemetry.startTurn(
+      `00-${CLIENT_TRACE_ID}-${CLIENT_SPAN_ID}-01`,
+      turnAttributes('assistant'),
+    );
+    expect(startChatSpan(turn, { model: 'm' }).traceparent?.()).toBeUndefined();
+  });
+});
+
+describe('loading OpenTelemetry', () => {
+  // A fresh Node process per case: only there can one see which modules the telemetry loads.
+  const script = join(mkdtempSync(join(tmpdir(), 'earpiece-otel-')), 'probe.mjs');
+  writeFileSync(
+    script,
+    `import { registerHooks } from 'node:module';
+const loaded = new Set();
+registerHooks({
+  resolve(specifier, context, next) {
+    if (specifier.startsWith('@opentelemetry/') && specifier !== '@opentelemetry/api') loaded.add(specifier);
+    // The sources import './x.js'; run them as TypeScript without a build.
+    if (specifier.startsWith('.') && specifier.endsWith('.js') && context.parentURL?.endsWith('.ts')) {
+      return next(specifier.slice(0, -3) + '.ts', context);
+    }
+    return next(specifier, context);
+  },
+});
+const { createTelemetry } = await import(process.argv[2]);
+const telemetry = await createTelemetry();
+await telemetry.shutdown();
+console.log(JSON.stringify({ tracing: telemetry.tracing, loaded: [...loaded] }));
+`,
+  );
+  const index = resolve('src/telemetry/index.ts');
+
+  /** Whether OpenTelemetry started, and the @opentelemetry packages loaded besides the API (prom-client's). */
+  function probe(env: Record<string, string>): { tracing: boolean; loaded: string[] } {
+    const clean = Object.fromEntries(Object.entries(process.env).filter(([key]) => !key.startsWith('OTEL_')));
+    const run = spawnSync(process.execPath, [script, index], {
+      env: { ...clean, OTEL_METRICS_EXPORTER: 'none', ...env },
+      encoding: 'utf8',
+      timeout: 60_000,
+    });
+    expect(run.stderr).not.toMatch(/Error/);
+    expect(run.status).toBe(0);
+    return JSON.parse(run.stdout.trim().split('\n').at(-1) ?? '{}');
+  }
+
+  test('the SDK is not imported unless an OTEL_* variable asks for it', () => {
+    expect(probe({ OTEL_METRICS_EXPORTER: '' })).toEqual({ tracing: false, loaded: [] });
+    expect(probe({ OTEL_SDK_DISABLED: 'true', OTEL_EXPORTER_OTLP_ENDPOINT: 'http://127.0.0.1:9' })).toEqual({
+      tracing: false,
+      loaded: [],
+    });
+    const on = probe({ OTEL_TRACES_EXPORTER: 'console', OTEL_METRICS_EXPORTER: 'none' });
+    expect(on.tracing).toBe(true);
+    expect(on.loaded).toContain('@opentelemetry/sdk-node');
+  });
+});
