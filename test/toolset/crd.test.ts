@@ -55,7 +55,7 @@ function crdIssues(doc: unknown): string[] {
     }[])
       if (run(rule, { self: value as never }) !== true) issues.push(`${path}: ${message}`);
     if (Array.isArray(value) && schema.items)
-      value.forEach((v, i) => visit(schema.items as Schema, v, `${path}[${i}]`));
+      for (const [i, v] of value.entries()) visit(schema.items as Schema, v, `${path}[${i}]`);
     if (!Array.isArray(value) && typeof value === 'object')
       for (const [k, s] of Object.entries((schema.properties ?? {}) as Record<string, Schema>))
         visit(s, (value as Record<string, unknown>)[k], path ? `${path}.${k}` : k);
