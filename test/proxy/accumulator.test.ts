@@ -1,0 +1,461 @@
+import fc from 'fast-check';
+import { describe, expect, it } from 'vitest';
+import { MAX_TOOL_CALL_INDEX, type StreamEvent, StreamAccumulator } from '../../src/proxy/accumulator.js';
+import type { ChatChunk, ChunkDelta, ToolCallDelta } from '../../src/proxy/chunks.js';
+import { cut, decode, expectDecoded, loadStreamFixture, loadStreamFixtures } from './fixtures.js';
+
+const fixtures = loadStreamFixtures();
+
+const chunk = (delta: ChunkDelta | null, finishReason: string | null = null): ChatChunk => ({
+  id: 'chatcmpl-1',
+  object: 'chat.completion.chunk',
+  model: 'm',
+  choices: [{ index: 0, delta, finish_reason: finishReason }],
+});
+const calls = (...entries: ToolCallDelta[]): ChatChunk => chunk({ tool_calls: entries });
+const args = (index: number, text: string): ToolCallDelta => ({ index, function: { arguments: text } });
+
+function run(chunks: ChatChunk[]): { events: StreamEvent[]; accumulator: StreamAccumulator } {
+  const accumulator = new StreamAccumulator();
+  const events = chunks.flatMap((c) => accumulator.push(c));
+  return { events, accumulator };
+}
+
+describe('every recorded stream', () => {
+  it('has its notes and an expected result', () => {
+    expect(fixtures.length).toBeGreaterThanOrEqual(20);
+    for (const fixture of fixtures) expect(fixture.notes).toMatch(new RegExp(`^# ${fixture.name}\\.sse`));
+  });
+
+  it.each(fixtures.map((f) => [f.name, f] as const))(
+    '%s decodes to its expected result',
+    async (_, fixture) => {
+      expectDecoded(fixture, await decode([fixture.bytes]));
+    },
+  );
+
+  it('decodes the same whatever the byte boundaries between reads', async () => {
+    for (const fixture of fixtures) {
+      const whole = await decode([fixture.bytes]);
+      expect(
+        await decode(cut(fixture.bytes, [...fixture.bytes.keys()])),
+        `${fixture.name}, byte by byte`,
+      ).toEqual(whole);
+      await fc.assert(
+        fc.asyncProperty(fc.array(fc.nat(fixture.bytes.length), { maxLength: 40 }), async (offsets) => {
+          expect(await decode(cut(fixture.bytes, offsets))).toEqual(whole);
+        }),
+        { numRuns: 100 },
+      );
+    }
+  });
+
+  it('decodes multi-byte characters cut at every byte', async () => {
+    const { bytes } = loadStreamFixture('vllm-llama3json-unicode-args');
+    const at = Buffer.from(bytes).indexOf(Buffer.from('東京'));
+    expect(at).toBeGreaterThan(0);
+    const whole = await decode([bytes]);
+    expect(whole.toolCalls[0]?.parsedArguments).toEqual({ city: '東京' });
+    for (let offset = at; offset <= at + 6; offset++) {
+      expect(await decode(cut(bytes, [offset]))).toEqual(whole);
+      expect(await decode(cut(bytes, [offset, offset + 1, offset + 2]))).toEqual(whole);
+    }
+  });
+});
+
+describe('what the recorded streams prove', () => {
+  const decoded = (name: string) => decode([loadStreamFixture(name).bytes]);
+
+  it('reads an OpenAI tool call with its usage chunk', async () => {
+    const d = await decoded('openai-tool-call');
+    expect(d.toolCalls).toEqual([
+      {
+        index: 0,
+        id: 'call_4XzlGBLtUe9dy3GVNV4jhq7h',
+        name: 'get_weather',
+        arguments: '{"city":"New York City"}',
+        parsedArguments: { city: 'New York City' },
+      },
+    ]);
+    expect([d.finishReason, d.done, d.usage?.total_tokens, d.content]).toEqual(['tool_calls', true, 60, '']);
+  });
+
+  it('reads parallel calls, sequential (OpenAI) and whole per chunk (Ollama)', async () => {
+    const openai = await decoded('openai-parallel-tool-calls');
+    expect(openai.toolCalls.map((c) => [c.index, c.name, c.parsedArguments])).toEqual([
+      [0, 'GetWeatherArgs', { city: 'Edinburgh', country: 'GB', units: 'c' }],
+      [1, 'get_stock_price', { ticker: 'AAPL', exchange: 'NASDAQ' }],
+    ]);
+    for (const name of ['ollama-tool-call', 'ollama-tool-call-v0.32.6']) {
+      const ollama = await decoded(name);
+      expect(ollama.toolCalls.map((c) => [c.index, c.parsedArguments])).toEqual([
+        [0, { city: 'Paris' }],
+        [1, { city: 'Tokyo' }],
+      ]);
+      expect(ollama.usage).toEqual({ prompt_tokens: 182, completion_tokens: 41, total_tokens: 223 });
+    }
+  });
+
+  it('keeps a tool call that old Ollama finished with "stop"', async () => {
+    const d = await decoded('ollama-tool-call-pre-0.5.12');
+    expect(d.finishReason).toBe('stop');
+    expect(d.toolCalls.map((c) => c.name)).toEqual(['get_weather']);
+  });
+
+  it('keeps hermes arguments byte for byte, and the newline content between calls', async () => {
+    const d = await decoded('vllm-hermes-parallel-tools');
+    expect(d.toolCalls.map((c) => c.arguments)).toEqual(['{"city": "Paris"}\n', '{"city": "Tokyo"}\n']);
+    expect(d.content).toBe('\n');
+    expect(d.usage).toEqual({ prompt_tokens: 231, total_tokens: 278, completion_tokens: 47 });
+  });
+
+  it('speaks the content that comes before a call', async () => {
+    const d = await decoded('vllm-hermes-content-then-tool');
+    expect(d.spoken).toBe("I'll check the current weather in Paris. One moment.\n");
+    expect(d.toolCalls[0]?.parsedArguments).toEqual({ city: 'Paris', unit: 'celsius' });
+  });
+
+  it('joins pythonic fragments whose later deltas carry "id": null', async () => {
+    const d = await decoded('vllm-pythonic-parallel-tools');
+    expect(d.toolCalls.map((c) => [c.id, c.parsedArguments])).toEqual([
+      ['chatcmpl-tool-3e5a7c9b1d2f44e6a8c0b2d4f6a8c0e1', { city: 'Paris' }],
+      ['chatcmpl-tool-5b7d9f1a3c4e46a8c0e2b4d6f8a0c2e3', { city: 'Tokyo' }],
+    ]);
+  });
+
+  it('decodes the framing edge cases to the same message as the plain stream', async () => {
+    const framed = await decoded('sse-framing-edge-cases');
+    const plain = await decoded('vllm-llama3json-single-tool');
+    expect(framed).toEqual(plain);
+    expect(framed.done).toBe(true);
+  });
+
+  it('never speaks a refusal', async () => {
+    const d = await decoded('openai-refusal');
+    expect(d.refusal).toBe("I'm sorry, I can't assist with that request.");
+    expect([d.content, d.spoken]).toEqual(['', '']);
+  });
+
+  it('surfaces in-band errors with what came before them', async () => {
+    const vllm = await decoded('vllm-midstream-error');
+    expect(vllm.error?.kind).toBe('error_event');
+    expect(vllm.error?.detail).toMatchObject({ type: 'BadRequestError', code: 400 });
+    expect([vllm.content, vllm.finishReason, vllm.done]).toEqual(['The answer', null, null]);
+    const legacy = await decoded('llamacpp-legacy-error-field');
+    expect(legacy.error?.detail).toMatchObject({ code: 400, type: 'invalid_request_error' });
+    expect(legacy.error?.message).toContain('exceeds the available context size');
+  });
+
+  it('shows a cut-off stream as done:false with no finish reason', async () => {
+    const d = await decoded('ollama-midstream-error');
+    expect([d.done, d.finishReason, d.error, d.content]).toEqual([false, null, null, 'The weather']);
+  });
+
+  it('turns a hermes call leaked into content into a call, and speaks none of it', async () => {
+    const d = await decoded('vllm-raw-toolcall-in-content');
+    expect(d.toolCalls).toEqual([]);
+    expect(d.content).toContain('<tool_call>');
+    expect(d.spoken).toBe('');
+    expect(d.rawCalls).toEqual([{ name: 'get_weather', parsedArguments: { city: 'Paris' } }]);
+  });
+});
+
+describe('StreamAccumulator', () => {
+  it('keys calls by index and assigns id, type and name instead of concatenating them', () => {
+    const { events, accumulator } = run([
+      calls({ index: 0, id: 'call_a', type: 'function', function: { name: 'get_weather' } }),
+      // sglang repeats id and type; pythonic/mistral send "id": null; early vLLM sends "id": ""
+      calls({
+        index: 0,
+        id: 'call_a',
+        type: 'function',
+        function: { name: 'get_weather', arguments: '{"city":' },
+      }),
+      calls({ index: 0, id: null, function: { arguments: ' "Paris"' } }),
+      calls({ index: 0, id: '', type: '', function: { name: '', arguments: '}' } }),
+    ]);
+    expect(accumulator.snapshot().toolCalls).toEqual([
+      { index: 0, id: 'call_a', name: 'get_weather', arguments: '{"city": "Paris"}' },
+    ]);
+    expect(events).toEqual([{ type: 'tool_call_start', index: 0, name: 'get_weather' }]);
+  });
+
+  it('accepts a first delta with no arguments, empty arguments or partial arguments', () => {
+    const { accumulator } = run([
+      calls({ index: 0, id: 'a', function: { name: 'f' } }),
+      calls({ index: 1, id: 'b', function: { name: 'g', arguments: '' } }),
+      calls({ index: 2, id: 'c', function: { name: 'h', arguments: '{"x": ' } }),
+      calls(args(0, '{}'), args(1, '{}'), args(2, '1}')),
+    ]);
+    expect(accumulator.snapshot().toolCalls.map((c) => c.arguments)).toEqual(['{}', '{}', '{"x": 1}']);
+  });
+
+  it('takes several entries in one array, two of them for the same index, beside "content": null', () => {
+    const { events, accumulator } = run([
+      chunk({
+        content: null,
+        tool_calls: [
+          { index: 0, id: 'a', type: 'function', function: { name: 'f' } },
+          args(0, '{"q": 1}'),
+          { index: 1, id: 'b', type: 'function', function: { name: 'g' } },
+          args(1, '{"q": 2}'),
+        ],
+      }),
+    ]);
+    expect(accumulator.snapshot().toolCalls.map((c) => [c.index, c.name, c.arguments])).toEqual([
+      [0, 'f', '{"q": 1}'],
+      [1, 'g', '{"q": 2}'],
+    ]);
+    expect(events.map((e) => e.type)).toEqual(['tool_call_start', 'tool_call_start']);
+  });
+
+  it('allows interleaved calls', () => {
+    const { accumulator } = run([
+      calls({ index: 0, id: 'a', function: { name: 'f', arguments: '{"a"' } }),
+      calls({ index: 1, id: 'b', function: { name: 'g', arguments: '{"b"' } }),
+      calls(args(0, ': 1}')),
+      calls(args(1, ': 2}')),
+    ]);
+    expect(accumulator.snapshot().toolCalls.map((c) => c.arguments)).toEqual(['{"a": 1}', '{"b": 2}']);
+  });
+
+  it('emits content in order, before and between calls', () => {
+    const { events, accumulator } = run([
+      chunk({ role: 'assistant', content: '' }),
+      chunk({ content: 'Let me' }),
+      chunk({ content: ' check.' }),
+      calls({ index: 0, id: 'a', function: { name: 'f', arguments: '{}' } }),
+      chunk({ content: '\n' }),
+      calls({ index: 1, id: 'b', function: { name: 'g', arguments: '{}' } }),
+    ]);
+    expect(events).toEqual([
+      { type: 'content', text: 'Let me' },
+      { type: 'content', text: ' check.' },
+      { type: 'tool_call_start', index: 0, name: 'f' },
+      { type: 'content', text: '\n' },
+      { type: 'tool_call_start', index: 1, name: 'g' },
+    ]);
+    expect(accumulator.snapshot().content).toBe('Let me check.\n');
+  });
+
+  it('ignores empty, null-only and missing deltas, and empty or null tool_calls', () => {
+    const { events, accumulator } = run([
+      chunk({}),
+      chunk({ content: null, reasoning_content: null, tool_calls: null }),
+      chunk({ content: '', tool_calls: [] }),
+      chunk(null),
+      { choices: [{ index: 0 }] },
+      { choices: [{ index: 0, delta: { tool_calls: [null, 7, 'x'] as unknown as ToolCallDelta[] } }] },
+    ]);
+    expect(events).toEqual([]);
+    expect(accumulator.snapshot()).toMatchObject({ content: '', toolCalls: [], finishReason: null });
+  });
+
+  it('applies the finish chunk delta before recording its finish_reason', () => {
+    const { accumulator } = run([
+      calls({ index: 0, id: 'a', function: { name: 'f', arguments: '{"city": "Par' } }),
+      chunk({ tool_calls: [args(0, 'is"}')] }, 'tool_calls'),
+    ]);
+    expect(accumulator.snapshot()).toMatchObject({
+      finishReason: 'tool_calls',
+      toolCalls: [{ arguments: '{"city": "Paris"}' }],
+    });
+  });
+
+  it('records the finish reason as sent, ignoring empty ones and not resetting it', () => {
+    const { accumulator } = run([chunk({ content: 'a' }, ''), chunk({}, 'length'), chunk({}, null)]);
+    expect(accumulator.snapshot().finishReason).toBe('length');
+  });
+
+  it('reads usage from chunks with empty, null or missing choices, the last one winning', () => {
+    const usage = (n: number) => ({ prompt_tokens: n, completion_tokens: 1, total_tokens: n + 1 });
+    const { events, accumulator } = run([
+      { ...chunk({ content: 'a' }), usage: null },
+      { choices: [], usage: usage(1) },
+      { choices: null, usage: usage(2) },
+      { usage: usage(3) },
+    ]);
+    expect(
+      events.filter((e) => e.type === 'usage').map((e) => e.type === 'usage' && e.usage.prompt_tokens),
+    ).toEqual([1, 2, 3]);
+    expect(accumulator.snapshot().usage).toEqual(usage(3));
+  });
+
+  it('replaces the arguments with a cumulative re-send, but appends real fragments', () => {
+    const cumulative = run([
+      calls({ index: 0, id: 'a', function: { name: 'f', arguments: '{"city"' } }),
+      calls(args(0, '{"city": "Par')),
+      calls(args(0, '{"city": "Paris"}')),
+      // a rebuilt finish chunk repeating the whole call
+      chunk({ tool_calls: [args(0, '{"city": "Paris"}')] }, 'tool_calls'),
+    ]);
+    expect(cumulative.accumulator.snapshot().toolCalls[0]?.arguments).toBe('{"city": "Paris"}');
+    const repeating = run([
+      calls({ index: 0, id: 'a', function: { name: 'f', arguments: '{"n": "1' } }),
+      calls(args(0, '1')),
+      calls(args(0, '11"}')),
+    ]);
+    expect(repeating.accumulator.snapshot().toolCalls[0]?.arguments).toBe('{"n": "1111"}');
+  });
+
+  it(`ignores tool-call indexes from ${MAX_TOOL_CALL_INDEX} up and invalid ones, and keeps the rest`, () => {
+    const { events, accumulator } = run([
+      calls({ index: 0, id: 'a', function: { name: 'f', arguments: '{}' } }),
+      calls({ index: MAX_TOOL_CALL_INDEX, id: 'x', function: { name: 'f', arguments: '{}' } }),
+      calls({ index: 1e9, id: 'y', function: { name: 'f' } }),
+      calls({ index: -1, id: 'z', function: { name: 'f' } }),
+      calls({ index: 1.5, id: 'w', function: { name: 'f' } }),
+      calls({ index: '2' as unknown as number, id: 'v', function: { name: 'f' } }),
+      calls({ index: MAX_TOOL_CALL_INDEX - 1, id: 'b', function: { name: 'g', arguments: '{}' } }),
+    ]);
+    expect(accumulator.snapshot().toolCalls.map((c) => [c.index, c.id])).toEqual([
+      [0, 'a'],
+      [MAX_TOOL_CALL_INDEX - 1, 'b'],
+    ]);
+    expect(events).toHaveLength(2);
+  });
+
+  it('reads only choice 0', () => {
+    const { events, accumulator } = run([
+      {
+        choices: [
+          { index: 1, delta: { content: 'other', tool_calls: [{ index: 0, function: { name: 'f' } }] } },
+          { index: 0, delta: { content: 'mine' } },
+        ],
+      },
+      { choices: [{ index: 1, delta: {}, finish_reason: 'length' }] },
+      { choices: [{ delta: { content: '!' } }] },
+    ]);
+    expect(events).toEqual([
+      { type: 'content', text: 'mine' },
+      { type: 'content', text: '!' },
+    ]);
+    expect(accumulator.snapshot()).toMatchObject({ content: 'mine!', toolCalls: [], finishReason: null });
+  });
+
+  it('places calls that come without an index', () => {
+    // a single call whose deltas never carry an index
+    const single = run([
+      calls({ id: 'a', type: 'function', function: { name: 'f', arguments: '{"x"' } }),
+      calls({ function: { arguments: ': 1}' } }),
+    ]);
+    expect(single.accumulator.snapshot().toolCalls).toEqual([
+      { index: 0, id: 'a', name: 'f', arguments: '{"x": 1}' },
+    ]);
+    // whole calls with their own ids, no index, in one array and across chunks; a repeated id continues its call
+    const whole = run([
+      calls(
+        { id: 'a', function: { name: 'f', arguments: '{"x": 1}' } },
+        { id: 'b', function: { name: 'g' } },
+      ),
+      calls({ id: 'b', function: { arguments: '{"y": 2}' } }),
+      calls({ function: { name: 'h', arguments: '{}' } }),
+    ]);
+    expect(whole.accumulator.snapshot().toolCalls.map((c) => [c.index, c.name, c.arguments])).toEqual([
+      [0, 'f', '{"x": 1}'],
+      [1, 'g', '{"y": 2}'],
+      [2, 'h', '{}'],
+    ]);
+  });
+
+  it('generates a call_ id, once, for a call that never got one', () => {
+    const { accumulator } = run([
+      calls({ index: 0, function: { name: 'f', arguments: '{}' } }),
+      calls({ index: 1, id: null, function: { name: 'g', arguments: '{}' } }),
+    ]);
+    const [first, second] = accumulator.snapshot().toolCalls;
+    expect(first?.id).toMatch(/^call_[A-Za-z0-9]{24}$/);
+    expect(second?.id).toMatch(/^call_[A-Za-z0-9]{24}$/);
+    expect(first?.id).not.toBe(second?.id);
+    expect(accumulator.snapshot().toolCalls.map((c) => c.id)).toEqual([first?.id, second?.id]);
+  });
+
+  it('lists only named calls, sorted by index', () => {
+    const { accumulator } = run([
+      calls({ index: 2, id: 'c', function: { name: 'h', arguments: '{}' } }),
+      calls({ index: 0, id: 'a', function: { name: 'f', arguments: '{}' } }),
+      calls({ index: 1, id: 'b', function: { arguments: '{"orphan": true}' } }),
+    ]);
+    expect(accumulator.snapshot().toolCalls.map((c) => c.index)).toEqual([0, 2]);
+  });
+
+  it('keeps reasoning apart from content, once when a server sends both field names', () => {
+    const { events, accumulator } = run([
+      chunk({ reasoning_content: 'Think', reasoning: 'Think' }),
+      chunk({ reasoning: 'ing.' }),
+      chunk({ content: 'Answer.', reasoning_content: null }),
+    ]);
+    expect(events).toEqual([
+      { type: 'reasoning', text: 'Think' },
+      { type: 'reasoning', text: 'ing.' },
+      { type: 'content', text: 'Answer.' },
+    ]);
+    expect(accumulator.snapshot()).toMatchObject({ reasoning: 'Thinking.', content: 'Answer.' });
+  });
+
+  it('keeps the refusal out of the events', () => {
+    const { events, accumulator } = run([chunk({ refusal: '' }), chunk({ refusal: 'No.' })]);
+    expect(events).toEqual([]);
+    expect(accumulator.snapshot().refusal).toBe('No.');
+  });
+
+  it('takes the message id and model from the first chunk that has them', () => {
+    const { accumulator } = run([
+      { choices: [] },
+      { id: 'chatcmpl-9', model: 'qwen' },
+      { id: 'x', model: 'y' },
+    ]);
+    expect(accumulator.snapshot()).toMatchObject({ id: 'chatcmpl-9', model: 'qwen' });
+  });
+
+  it('takes arguments sent as an object as the whole of them', () => {
+    const { accumulator } = run([
+      calls({
+        index: 0,
+        id: 'a',
+        function: { name: 'f', arguments: { city: 'Paris' } as unknown as string },
+      }),
+    ]);
+    expect(accumulator.snapshot().toolCalls[0]?.arguments).toBe('{"city":"Paris"}');
+  });
+
+  it('never throws, whatever the chunks hold', () => {
+    const loose = fc.oneof(fc.anything(), fc.constant(null));
+    const entry = fc.record(
+      { index: fc.oneof(fc.integer({ min: -5, max: 300 }), loose), id: loose, type: loose, function: loose },
+      { requiredKeys: [] },
+    );
+    const delta = fc.record(
+      {
+        content: fc.oneof(fc.string(), loose),
+        reasoning: loose,
+        tool_calls: fc.oneof(fc.array(entry), loose),
+      },
+      { requiredKeys: [] },
+    );
+    const choice = fc.record(
+      { index: fc.oneof(fc.constant(0), loose), delta: fc.oneof(delta, loose), finish_reason: loose },
+      { requiredKeys: [] },
+    );
+    const anyChunk = fc.oneof(
+      fc.record(
+        { choices: fc.oneof(fc.array(choice), loose), usage: loose, id: loose },
+        { requiredKeys: [] },
+      ),
+      loose,
+    );
+    fc.assert(
+      fc.property(fc.array(anyChunk, { maxLength: 8 }), (chunks) => {
+        const accumulator = new StreamAccumulator();
+        for (const c of chunks) accumulator.push(c as ChatChunk);
+        const snapshot = accumulator.snapshot();
+        for (const call of snapshot.toolCalls) {
+          expect(call.index).toBeLessThan(MAX_TOOL_CALL_INDEX);
+          expect(typeof call.name).toBe('string');
+          expect(typeof call.arguments).toBe('string');
+        }
+      }),
+      { numRuns: 300 },
+    );
+  });
+});

@@ -1,0 +1,172 @@
+/**
+ * Recorded upstream streams: test/fixtures/streams/NAME.sse, with NAME.md (where it comes from) and
+ * NAME.expected.json (what it decodes to). Found by glob; a missing twin or an orphan fails the run.
+ * `UPDATE_FIXTURES=1` rewrites the expected files from the current code: review the diff before committing.
+ */
+import { existsSync, globSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { expect } from 'vitest';
+import { StreamAccumulator } from '../../src/proxy/accumulator.js';
+import type { ChatChunk, Usage } from '../../src/proxy/chunks.js';
+import { RawCallFilter } from '../../src/proxy/raw-calls.js';
+import { readChunks, UpstreamStreamError } from '../../src/proxy/sse.js';
+
+export const STREAM_FIXTURES_DIR = fileURLToPath(new URL('../fixtures/streams/', import.meta.url));
+const UPDATE = process.env.UPDATE_FIXTURES === '1';
+
+/** The tools the recorded requests offered. */
+export const FIXTURE_TOOLS = new Set(['get_weather', 'GetWeatherArgs', 'get_stock_price']);
+
+export interface StreamFixture {
+  name: string;
+  bytes: Uint8Array;
+  notes: string;
+  expectedPath: string;
+  expected: Decoded | undefined;
+}
+
+/** Everything a stream decodes to, as stored in NAME.expected.json. */
+export interface Decoded {
+  chunks: number;
+  /** readChunks' return value; null when it threw. */
+  done: boolean | null;
+  error: { kind: string; message: string; detail: unknown } | null;
+  id: string | null;
+  model: string | null;
+  content: string;
+  reasoning: string;
+  refusal: string;
+  toolCalls: { index: number; id: string; name: string; arguments: string; parsedArguments: unknown }[];
+  finishReason: string | null;
+  usage: Usage | null;
+  /** The content after the raw tool-call filter, as it would be spoken. */
+  spoken: string;
+  /** Calls to FIXTURE_TOOLS the filter found in raw markup, arguments parsed. */
+  rawCalls: { name: string; parsedArguments: unknown }[];
+}
+
+export function loadStreamFixtures(): StreamFixture[] {
+  const list = (pattern: string) => globSync(pattern, { cwd: STREAM_FIXTURES_DIR }).sort();
+  const streams = list('*.sse').map((file) => file.slice(0, -'.sse'.length));
+  const names = new Set(streams);
+  const problems: string[] = [];
+  for (const name of streams) {
+    if (!existsSync(join(STREAM_FIXTURES_DIR, `${name}.md`))) problems.push(`${name}.sse has no ${name}.md`);
+    if (!UPDATE && !existsSync(join(STREAM_FIXTURES_DIR, `${name}.expected.json`)))
+      problems.push(`${name}.sse has no ${name}.expected.json (UPDATE_FIXTURES=1 writes it)`);
+  }
+  for (const file of list('*.md')) {
+    if (!names.has(file.slice(0, -'.md'.length))) problems.push(`${file} describes no .sse`);
+  }
+  for (const file of list('*.expected.json')) {
+    if (!names.has(file.slice(0, -'.expected.json'.length))) problems.push(`${file} belongs to no .sse`);
+  }
+  if (problems.length > 0)
+    throw new Error(`stream fixtures in ${STREAM_FIXTURES_DIR}:\n${problems.join('\n')}`);
+
+  return streams.map((name) => {
+    const expectedPath = join(STREAM_FIXTURES_DIR, `${name}.expected.json`);
+    return {
+      name,
+      bytes: new Uint8Array(readFileSync(join(STREAM_FIXTURES_DIR, `${name}.sse`))),
+      notes: readFileSync(join(STREAM_FIXTURES_DIR, `${name}.md`), 'utf8'),
+      expectedPath,
+      expected: existsSync(expectedPath)
+        ? (JSON.parse(readFileSync(expectedPath, 'utf8')) as Decoded)
+        : undefined,
+    };
+  });
+}
+
+export function loadStreamFixture(name: string): StreamFixture {
+  const fixture = loadStreamFixtures().find((f) => f.name === name);
+  if (!fixture) throw new Error(`no stream fixture named ${name}`);
+  return fixture;
+}
+
+/** Compares with NAME.expected.json, or rewrites it under UPDATE_FIXTURES=1. */
+export function expectDecoded(fixture: StreamFixture, actual: Decoded): void {
+  if (UPDATE) {
+    writeFileSync(fixture.expectedPath, `${JSON.stringify(actual, null, 2)}\n`);
+    return;
+  }
+  expect(actual).toEqual(fixture.expected);
+}
+
+/** The bytes cut at the given offsets (any order, duplicates and out-of-range ones ignored). */
+export function cut(bytes: Uint8Array, offsets: number[]): Uint8Array[] {
+  const points = [...new Set(offsets.filter((o) => o > 0 && o < bytes.length))].sort((a, b) => a - b);
+  const parts: Uint8Array[] = [];
+  let start = 0;
+  for (const point of [...points, bytes.length]) {
+    parts.push(bytes.slice(start, point));
+    start = point;
+  }
+  return parts;
+}
+
+/** A response body that delivers the parts as separate reads. */
+export async function* body(parts: Uint8Array[]): AsyncGenerator<Uint8Array> {
+  for (const part of parts) yield part;
+}
+
+export interface Read {
+  chunks: ChatChunk[];
+  done: boolean | null;
+  error: UpstreamStreamError | null;
+}
+
+/** Runs readChunks to the end over the given reads; an UpstreamStreamError is captured, others thrown. */
+export async function readAll(parts: Uint8Array[], options?: { maxEventBytes?: number }): Promise<Read> {
+  const chunks: ChatChunk[] = [];
+  const stream = readChunks(body(parts), options);
+  try {
+    for (;;) {
+      const step = await stream.next();
+      if (step.done) return { chunks, done: step.value.done, error: null };
+      chunks.push(step.value);
+    }
+  } catch (error) {
+    if (error instanceof UpstreamStreamError) return { chunks, done: null, error };
+    throw error;
+  }
+}
+
+/** The whole pipeline below the tool loop: bytes → chunks → snapshot, and content → raw-call filter. */
+export async function decode(parts: Uint8Array[]): Promise<Decoded> {
+  const read = await readAll(parts);
+  const accumulator = new StreamAccumulator();
+  const filter = new RawCallFilter((name) => FIXTURE_TOOLS.has(name));
+  let spoken = '';
+  for (const chunk of read.chunks) {
+    for (const event of accumulator.push(chunk))
+      if (event.type === 'content') spoken += filter.push(event.text);
+  }
+  const end = filter.finish();
+  spoken += end.text;
+  const snapshot = accumulator.snapshot();
+  return {
+    chunks: read.chunks.length,
+    done: read.done,
+    error: read.error && { kind: read.error.kind, message: read.error.message, detail: read.error.detail },
+    id: snapshot.id ?? null,
+    model: snapshot.model ?? null,
+    content: snapshot.content,
+    reasoning: snapshot.reasoning,
+    refusal: snapshot.refusal,
+    toolCalls: snapshot.toolCalls.map((call) => ({ ...call, parsedArguments: parseOrMark(call.arguments) })),
+    finishReason: snapshot.finishReason,
+    usage: snapshot.usage ?? null,
+    spoken,
+    rawCalls: end.calls.map((call) => ({ name: call.name, parsedArguments: parseOrMark(call.arguments) })),
+  };
+}
+
+function parseOrMark(text: string): unknown {
+  try {
+    return JSON.parse(text);
+  } catch {
+    return { invalidJson: text };
+  }
+}
