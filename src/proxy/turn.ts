@@ -218,10 +218,12 @@ export async function runTurn(request: TurnRequest, sink: TurnSink, deps: TurnDe
   let firstContentAt: number | undefined;
   const exchange: ChatMessage[] = [];
 
+  let endsInSpace = true;
   const speak = async (text: string) => {
     if (text === '') return;
     if (firstContentAt === undefined) firstContentAt = performance.now();
     spoke = true;
+    endsInSpace = /\s$/.test(text);
     await sink.content(text);
   };
 
@@ -419,6 +421,9 @@ export async function runTurn(request: TurnRequest, sink: TurnSink, deps: TurnDe
       if (!spoke && !fillerSpoken) {
         fillerSpoken = true;
         await speak(fillerFor(runnable, tools, toolset.voice.filler));
+      } else if (!endsInSpace) {
+        // Unmute holds a word until whitespace follows: release it now, and keep it apart from the answer.
+        await speak(' ');
       }
       const results = await runCalls(runnable);
       const assistant: ChatMessage = {
