@@ -25,6 +25,7 @@ import {
 } from '@opentelemetry/api';
 import { W3CTraceContextPropagator } from '@opentelemetry/core';
 import { NodeSDK } from '@opentelemetry/sdk-node';
+import { DEFAULT_PROVIDER } from './genai.js';
 import type { Attributes, SpanHandle, SpanKind } from './types.js';
 
 /** Bucket advice of the GenAI conventions for durations in seconds (the SDK default is shaped for ms). */
@@ -111,13 +112,21 @@ export class Tracing {
       traceparent === undefined
         ? ROOT_CONTEXT
         : this.traceContext.extract(ROOT_CONTEXT, { traceparent }, defaultTextMapGetter);
-    const agent = attributes['gen_ai.agent.name'];
+    // The agent is the ToolSet: the proxy names it either way.
+    const agent = attributes['gen_ai.agent.name'] ?? attributes['earpiece.toolset'];
     const name = typeof agent === 'string' ? `invoke_agent ${agent}` : 'invoke_agent';
-    return this.start(name, 'server', { 'gen_ai.operation.name': 'invoke_agent', ...attributes }, parent);
+    return this.start(
+      name,
+      'server',
+      { 'gen_ai.operation.name': 'invoke_agent', 'gen_ai.agent.name': agent, ...attributes },
+      parent,
+    );
   }
 
   start(name: string, kind: SpanKind, attributes: Attributes, parent: Context): SpanHandle {
     const clean = this.clean(attributes);
+    // A required attribute of chat spans and their metrics; OpenAI's API is what every upstream speaks.
+    if (clean['gen_ai.operation.name'] === 'chat') clean['gen_ai.provider.name'] ??= DEFAULT_PROVIDER;
     const span = this.tracer.startSpan(name, { kind: KINDS[kind], attributes: clean }, parent);
     return new OtelSpanHandle(this, span, clean);
   }

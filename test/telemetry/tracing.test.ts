@@ -219,8 +219,11 @@ describe('OpenTelemetry', () => {
 
   test('a turn without traceparent starts its own trace', async () => {
     const t = await startOtel();
-    const turn = t.startTurn(undefined, turnAttributes('assistant'));
-    startChatSpan(turn, { model: 'm' }).end('upstream_error');
+    // Spans as the proxy may start them by hand: the toolset as `earpiece.toolset`, no provider.
+    const turn = t.startTurn(undefined, { 'earpiece.toolset': 'assistant' });
+    turn
+      .child('chat m', 'client', { 'gen_ai.operation.name': 'chat', 'gen_ai.request.model': 'm' })
+      .end('upstream_error');
     turn.end('upstream_error');
     await t.shutdown();
     await receiver.waitFor((r) => r.spans.length >= 2);
@@ -230,7 +233,11 @@ describe('OpenTelemetry', () => {
     expect(root?.traceId).not.toBe(CLIENT_TRACE_ID);
     expect(chat?.traceId).toBe(root?.traceId);
     expect(chat?.parentSpanId).toBe(root?.spanId);
-    expect(chat?.attributes['error.type']).toBe('upstream_error');
+    expect(chat?.attributes).toMatchObject({
+      'error.type': 'upstream_error',
+      'gen_ai.provider.name': 'openai',
+    });
+    expect(root?.attributes['gen_ai.agent.name']).toBe('assistant');
   });
 
   test('without OTEL_* variables tracing is off and spans are no-ops', async () => {
