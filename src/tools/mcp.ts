@@ -1,0 +1,465 @@
+/**
+ * `mcp:` entries: the tools an MCP server lists, run through `@modelcontextprotocol/sdk`.
+ *
+ * One provider keeps one session. It speaks Streamable HTTP and falls back to the older HTTP+SSE
+ * transport when the server answers the first with a 4xx (as the MCP spec's compatibility section
+ * says). A server that is down never stops the proxy: the provider reports `connecting`/`down`, retries
+ * with exponential backoff (0.5 s doubling to 10 s), and its tools appear, through onChange, once the
+ * server lists them. A session the server no longer knows (HTTP 404/400) or a stream that drops is
+ * initialized again; a call the server never received is sent once more on the fresh session.
+ */
+import { Client } from '@modelcontextprotocol/sdk/client/index.js';
+import { SSEClientTransport, SseError } from '@modelcontextprotocol/sdk/client/sse.js';
+import {
+  StreamableHTTPClientTransport,
+  StreamableHTTPError,
+} from '@modelcontextprotocol/sdk/client/streamableHttp.js';
+import type { Transport } from '@modelcontextprotocol/sdk/shared/transport.js';
+import {
+  ErrorCode,
+  McpError,
+  type Tool,
+  ToolListChangedNotificationSchema,
+} from '@modelcontextprotocol/sdk/types.js';
+import type { Logger } from '../telemetry/log.js';
+import type { ResolvedTool } from '../toolset/defaults.js';
+import type { McpToolSpec } from '../toolset/schema.js';
+import { resolveValue } from '../toolset/values.js';
+import { toolResultContent } from './mcp-content.js';
+import {
+  type ProvidedTool,
+  type ProviderFactory,
+  type ProviderOptions,
+  type ProviderState,
+  type ToolContext,
+  ToolError,
+  type ToolProvider,
+} from './types.js';
+
+const CLIENT_INFO = { name: 'earpiece', version: '0.1.0' };
+const BACKOFF_FIRST_MS = 500;
+const BACKOFF_MAX_MS = 10_000;
+/** initialize and tools/list; a server that accepts connections but never answers counts as down. */
+const SETUP_TIMEOUT_MS = 10_000;
+const PROBE_TIMEOUT_MS = 5_000;
+/** The registry aborts at the deadline; the SDK's own timer is only a backstop behind it. */
+const CALL_TIMEOUT_SLACK_MS = 1_000;
+const TOOL_NAME_MAX = 64;
+
+type TransportKind = 'streamable' | 'sse';
+
+interface Session {
+  client: Client;
+  transport: Transport;
+  kind: TransportKind;
+  /** A list change arrived before the session became current: list again once it is. */
+  stale: boolean;
+  probing: boolean;
+}
+
+/** Why a call failed, which decides whether the session is dropped and the call sent again. */
+type Failure =
+  | 'unsent' // the server never ran it: unknown session, refused connection, not connected
+  | 'lost' // the connection went away, maybe mid-call
+  | 'slow' // no answer within the SDK's backstop timeout
+  | 'protocol'; // the server answered with a JSON-RPC error
+
+export const createMcpProvider: ProviderFactory = (tool, options) => new McpProvider(tool, options);
+
+class McpProvider implements ToolProvider {
+  readonly kind = 'mcp' as const;
+  private readonly spec: McpToolSpec;
+  private readonly url: URL;
+  /** The URL without credentials, query or fragment: safe for logs, errors and /readyz. */
+  private readonly displayUrl: string;
+  private readonly headers: Record<string, string>;
+  private readonly logger: Logger;
+  private state: ProviderState = 'connecting';
+  private lastError: string | undefined;
+  private provided: ProvidedTool[] = [];
+  private fingerprint = '[]';
+  private session: Session | undefined;
+  /** Every session opened and not yet closed, so close() leaves nothing running. */
+  private readonly open = new Set<Session>();
+  private connecting: Promise<Session | undefined> | undefined;
+  private timer: NodeJS.Timeout | undefined;
+  private attempt = 0;
+  /** Last connect used the old HTTP+SSE transport: try it first next time. */
+  private legacy = false;
+  private refreshing = false;
+  private refreshAgain = false;
+  private closed = false;
+  private readonly listeners = new Set<() => void>();
+
+  constructor(
+    private readonly tool: ResolvedTool,
+    options: ProviderOptions,
+  ) {
+    const spec = tool.spec.mcp;
+    if (!spec) throw new Error(`spec.tools[${tool.index}] is not an mcp entry`);
+    this.spec = spec;
+    this.url = new URL(spec.url);
+    this.displayUrl = `${this.url.origin}${this.url.pathname}`;
+    this.headers = Object.fromEntries(
+      (spec.headers ?? []).map((h, i) => [
+        h.name,
+        resolveValue(h, `spec.tools[${tool.index}].mcp.headers[${i}]`, options.env),
+      ]),
+    );
+    this.logger = options.logger.child({ mcp: this.displayUrl });
+    this.connectNow();
+  }
+
+  tools(): ProvidedTool[] {
+    return this.provided;
+  }
+
+  status(): { url: string; state: ProviderState; lastError?: string; tools: number } {
+    return {
+      url: this.displayUrl,
+      state: this.state,
+      ...(this.lastError === undefined ? {} : { lastError: this.lastError }),
+      tools: this.provided.length,
+    };
+  }
+
+  onChange(listener: () => void): void {
+    this.listeners.add(listener);
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    this.state = 'down';
+    clearTimeout(this.timer);
+    this.listeners.clear();
+    const current = this.session;
+    this.session = undefined;
+    if (current?.transport instanceof StreamableHTTPClientTransport) {
+      // Tell the server the session is over; a server that does not answer quickly is not waited for.
+      await Promise.race([
+        current.transport.terminateSession().catch(() => undefined),
+        new Promise((resolve) => setTimeout(resolve, 1_000).unref()),
+      ]);
+    }
+    await Promise.all([...this.open].map((s) => this.closeSession(s)));
+  }
+
+  // ---- calls -------------------------------------------------------------------------------------
+
+  private async call(name: string, args: Record<string, unknown>, ctx: ToolContext): Promise<unknown> {
+    for (let attempt = 0; ; attempt++) {
+      const session = await this.ready(ctx.signal);
+      try {
+        const result = await session.client.callTool({ name, arguments: args }, undefined, {
+          signal: ctx.signal,
+          timeout: Math.max(1, ctx.deadline - Date.now()) + CALL_TIMEOUT_SLACK_MS,
+        });
+        return toolResultContent(result as Parameters<typeof toolResultContent>[0]);
+      } catch (err) {
+        // Aborted (timeout or barge-in): the SDK already sent notifications/cancelled; the registry labels it.
+        if (ctx.signal.aborted || err instanceof ToolError) throw err;
+        const failure = classify(err);
+        if (failure === 'protocol') {
+          throw new ToolError(errorText(err).replace(/^MCP error -?\d+: /, ''), 'ERP_MCP_CALL_FAILED');
+        }
+        if (failure === 'slow') {
+          this.probe(session);
+          throw new ToolError('the MCP server did not answer in time', 'ERP_MCP_TIMEOUT');
+        }
+        this.lost(session, err);
+        if (failure === 'unsent' && attempt === 0) continue;
+        throw new ToolError('the MCP server is unavailable', 'ERP_MCP_UNAVAILABLE');
+      }
+    }
+  }
+
+  /** The current session, or a connection attempt made now (not waiting out the backoff). */
+  private async ready(signal: AbortSignal): Promise<Session> {
+    if (this.session) return this.session;
+    if (this.closed) throw new ToolError('the MCP server is unavailable', 'ERP_MCP_UNAVAILABLE');
+    const session = await untilAborted(this.connecting ?? this.connectNow(), signal);
+    if (!session) throw new ToolError('the MCP server is unavailable', 'ERP_MCP_UNAVAILABLE');
+    return session;
+  }
+
+  // ---- connection --------------------------------------------------------------------------------
+
+  private connectNow(): Promise<Session | undefined> {
+    clearTimeout(this.timer);
+    this.timer = undefined;
+    if (!this.connecting) {
+      this.connecting = this.connect().finally(() => {
+        this.connecting = undefined;
+      });
+    }
+    return this.connecting;
+  }
+
+  /** One attempt: open a session, list the tools. Never rejects; on failure schedules the next try. */
+  private async connect(): Promise<Session | undefined> {
+    if (this.state !== 'down') this.state = 'connecting';
+    let session: Session | undefined;
+    try {
+      session = await this.openSession();
+      const tools = await listTools(session.client);
+      if (this.closed) {
+        await this.closeSession(session);
+        return undefined;
+      }
+      this.session = session;
+      this.state = 'connected';
+      this.attempt = 0;
+      this.lastError = undefined;
+      this.logger.info(
+        { transport: session.kind, tools: tools.length },
+        'Connected to MCP server and listed its tools',
+      );
+      this.setTools(tools);
+      if (session.stale) void this.refresh(session);
+      return session;
+    } catch (err) {
+      if (session) await this.closeSession(session);
+      if (this.closed) return undefined;
+      const message = errorText(err);
+      // One warning per outage; repeats while it lasts are debug lines.
+      if (this.attempt === 0) this.logger.warn({ err: message }, 'MCP server unreachable; retrying');
+      else this.logger.debug({ err: message, attempt: this.attempt }, 'MCP server still unreachable');
+      this.lastError = message;
+      this.state = 'down';
+      this.scheduleReconnect();
+      return undefined;
+    }
+  }
+
+  private scheduleReconnect(): void {
+    if (this.closed) return;
+    const delay = Math.min(BACKOFF_FIRST_MS * 2 ** this.attempt, BACKOFF_MAX_MS);
+    this.attempt++;
+    this.timer = setTimeout(() => {
+      this.timer = undefined;
+      void this.connectNow();
+    }, delay);
+    this.timer.unref();
+  }
+
+  /** Streamable HTTP first (or HTTP+SSE first if that is what worked last); the other after a 4xx. */
+  private async openSession(): Promise<Session> {
+    const [first, second]: [TransportKind, TransportKind] = this.legacy
+      ? ['sse', 'streamable']
+      : ['streamable', 'sse'];
+    try {
+      return await this.openWith(first);
+    } catch (err) {
+      if (!isHttpClientError(err)) throw err;
+      try {
+        const session = await this.openWith(second);
+        this.legacy = second === 'sse';
+        return session;
+      } catch (secondErr) {
+        throw new Error(`${errorText(err)}; ${transportName(second)}: ${errorText(secondErr)}`);
+      }
+    }
+  }
+
+  private async openWith(kind: TransportKind): Promise<Session> {
+    const requestInit = { headers: this.headers };
+    const transport =
+      kind === 'streamable'
+        ? new StreamableHTTPClientTransport(this.url, {
+            requestInit,
+            reconnectionOptions: {
+              initialReconnectionDelay: BACKOFF_FIRST_MS,
+              maxReconnectionDelay: BACKOFF_MAX_MS,
+              reconnectionDelayGrowFactor: 2,
+              maxRetries: 2,
+            },
+          })
+        : new SSEClientTransport(this.url, { requestInit });
+    const client = new Client(CLIENT_INFO, { capabilities: {} });
+    const session: Session = { client, transport, kind, stale: false, probing: false };
+    this.open.add(session);
+    client.setNotificationHandler(ToolListChangedNotificationSchema, () => {
+      void this.refresh(session);
+    });
+    client.onerror = (err) => this.transportError(session, err);
+    try {
+      await client.connect(transport, { timeout: SETUP_TIMEOUT_MS });
+    } catch (err) {
+      await this.closeSession(session);
+      throw err;
+    }
+    return session;
+  }
+
+  private async closeSession(session: Session): Promise<void> {
+    if (!this.open.delete(session)) return;
+    await session.client.close().catch(() => undefined);
+  }
+
+  private transportError(session: Session, err: Error): void {
+    if (this.session !== session) return;
+    this.logger.debug({ err: errorText(err) }, 'MCP transport error');
+    // The old transport's session lives and dies with its event stream; Streamable HTTP may only have
+    // lost its optional GET stream, which the SDK resumes itself, so ask the server whether it still
+    // knows the session.
+    if (session.kind === 'sse') this.lost(session, err);
+    else this.probe(session);
+  }
+
+  private probe(session: Session): void {
+    if (session.probing || this.session !== session) return;
+    session.probing = true;
+    session.client
+      .ping({ timeout: PROBE_TIMEOUT_MS })
+      .catch((err: unknown) => this.lost(session, err))
+      .finally(() => {
+        session.probing = false;
+      });
+  }
+
+  /** The session is gone: drop it and connect again at once (backoff applies if that fails). */
+  private lost(session: Session, err: unknown): void {
+    if (this.session !== session || this.closed) return;
+    this.session = undefined;
+    this.state = 'connecting';
+    this.lastError = errorText(err);
+    this.logger.warn({ err: this.lastError }, 'Lost the MCP session; connecting again');
+    void this.closeSession(session);
+    void this.connectNow();
+  }
+
+  // ---- tool list ---------------------------------------------------------------------------------
+
+  private async refresh(session: Session): Promise<void> {
+    if (this.session !== session) {
+      session.stale = true;
+      return;
+    }
+    if (this.refreshing) {
+      this.refreshAgain = true;
+      return;
+    }
+    this.refreshing = true;
+    try {
+      do {
+        this.refreshAgain = false;
+        const tools = await listTools(session.client);
+        if (this.session === session) this.setTools(tools);
+      } while (this.refreshAgain && this.session === session);
+    } catch (err) {
+      this.logger.warn({ err: errorText(err) }, 'Listing the MCP server tools failed');
+      this.probe(session);
+    } finally {
+      this.refreshing = false;
+    }
+  }
+
+  private setTools(listed: Tool[]): void {
+    const include = this.spec.include ? new Set(this.spec.include) : undefined;
+    const prefix = this.spec.prefix ?? '';
+    const provided: ProvidedTool[] = [];
+    const names = new Set<string>();
+    for (const t of listed) {
+      if (include && !include.has(t.name)) continue;
+      // OpenAI function names allow [a-zA-Z0-9_-]{1,64}; MCP names may hold more. The server gets the original.
+      const name = `${prefix}${t.name}`.replace(/[^a-zA-Z0-9_-]/g, '_').slice(0, TOOL_NAME_MAX);
+      if (names.has(name)) {
+        this.logger.warn({ tool: t.name, name }, 'Skipped an MCP tool whose name clashes after cleaning');
+        continue;
+      }
+      names.add(name);
+      const original = t.name;
+      provided.push({
+        name,
+        description: t.description ?? t.title ?? '',
+        parameters: parametersOf(t),
+        executor: { run: (args, ctx) => this.call(original, args, ctx) },
+        config: this.tool,
+      });
+    }
+    if (include) {
+      const missing = [...include].filter((n) => !listed.some((t) => t.name === n));
+      if (missing.length) this.logger.warn({ missing }, 'MCP server does not list some included tools');
+    }
+    const fingerprint = JSON.stringify(provided.map((p) => [p.name, p.description, p.parameters]));
+    this.provided = provided;
+    if (fingerprint === this.fingerprint) return;
+    this.fingerprint = fingerprint;
+    for (const listener of this.listeners) {
+      try {
+        listener();
+      } catch (err) {
+        this.logger.error({ err: errorText(err) }, 'A tool list listener failed');
+      }
+    }
+  }
+}
+
+async function listTools(client: Client): Promise<Tool[]> {
+  const tools: Tool[] = [];
+  let cursor: string | undefined;
+  do {
+    const page = await client.listTools(cursor === undefined ? {} : { cursor }, {
+      timeout: SETUP_TIMEOUT_MS,
+    });
+    tools.push(...page.tools);
+    cursor = page.nextCursor;
+  } while (cursor !== undefined);
+  return tools;
+}
+
+/** The input schema as OpenAI wants tool parameters: an object schema without `$schema`. */
+function parametersOf(tool: Tool): Record<string, unknown> {
+  const { $schema: _draft, ...schema } = tool.inputSchema as Record<string, unknown>;
+  return { ...schema, type: 'object' };
+}
+
+function classify(err: unknown): Failure {
+  if (err instanceof McpError) {
+    if (err.code === ErrorCode.ConnectionClosed) return 'lost';
+    if (err.code === ErrorCode.RequestTimeout) return 'slow';
+    return 'protocol';
+  }
+  if (err instanceof StreamableHTTPError) return err.code === 404 || err.code === 400 ? 'unsent' : 'lost';
+  const message = err instanceof Error ? err.message : '';
+  // The HTTP+SSE transport reports a refused POST as a plain Error naming the status.
+  if (/\(HTTP 40[04]\)/.test(message) || message === 'Not connected') return 'unsent';
+  const cause = err instanceof Error ? (err.cause as { code?: string } | undefined) : undefined;
+  if (cause?.code === 'ECONNREFUSED') return 'unsent';
+  return 'lost';
+}
+
+function isHttpClientError(err: unknown): boolean {
+  const code = err instanceof StreamableHTTPError || err instanceof SseError ? err.code : undefined;
+  return code !== undefined && code >= 400 && code < 500;
+}
+
+function transportName(kind: TransportKind): string {
+  return kind === 'sse' ? 'HTTP+SSE' : 'Streamable HTTP';
+}
+
+/** A short, single-line description of an error (fetch hides the reason in `cause`). */
+function errorText(err: unknown): string {
+  if (!(err instanceof Error)) return String(err).slice(0, 300);
+  const cause = err.cause as { code?: string; message?: string } | undefined;
+  const detail = cause ? `: ${cause.code ?? cause.message ?? ''}` : '';
+  return `${err.message}${detail}`.replace(/\s+/g, ' ').slice(0, 300);
+}
+
+function untilAborted<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {
+  if (signal.aborted) return Promise.reject(signal.reason);
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => reject(signal.reason);
+    signal.addEventListener('abort', onAbort, { once: true });
+    promise.then(
+      (value) => {
+        signal.removeEventListener('abort', onAbort);
+        resolve(value);
+      },
+      (err: unknown) => {
+        signal.removeEventListener('abort', onAbort);
+        reject(err);
+      },
+    );
+  });
+}

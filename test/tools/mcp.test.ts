@@ -1,0 +1,256 @@
+/**
+ * The mcp provider against real MCP servers written with the SDK (test/support/mcp-server.ts), over
+ * Streamable HTTP and the older HTTP+SSE transport, on 127.0.0.1.
+ */
+import { createServer } from 'node:net';
+import { pino } from 'pino';
+import { afterEach, describe, expect, it } from 'vitest';
+import { createMcpProvider } from '../../src/tools/mcp.js';
+import { type ToolContext, ToolError, type ToolProvider } from '../../src/tools/types.js';
+import { type ResolvedTool, resolveToolSet } from '../../src/toolset/defaults.js';
+import { formatIssues, validateToolSet } from '../../src/toolset/validate.js';
+import { type McpTestServer, startMcpServer } from '../support/mcp-server.js';
+
+const logger = pino({ level: 'silent' });
+const cleanup: (() => Promise<void>)[] = [];
+
+afterEach(async () => {
+  for (const fn of cleanup.splice(0).reverse()) await fn();
+});
+
+function mcpTool(mcp: Record<string, unknown>, extra: Record<string, unknown> = {}): ResolvedTool {
+  const result = validateToolSet({
+    apiVersion: 'earpiece.dev/v1alpha1',
+    kind: 'ToolSet',
+    metadata: { name: 'test' },
+    spec: { tools: [{ mcp, ...extra }] },
+  });
+  if (!result.ok) throw new Error(formatIssues(result.issues));
+  return resolveToolSet(result.toolset).tools[0]!;
+}
+
+function provider(mcp: Record<string, unknown>, env: NodeJS.ProcessEnv = {}): ToolProvider {
+  const p = createMcpProvider(mcpTool(mcp), { env, logger });
+  cleanup.push(() => p.close?.() ?? Promise.resolve());
+  return p;
+}
+
+async function server(options?: Parameters<typeof startMcpServer>[0]): Promise<McpTestServer> {
+  const s = await startMcpServer(options);
+  cleanup.push(() => s.stop());
+  return s;
+}
+
+function ctx(signal = new AbortController().signal, seconds = 10): ToolContext {
+  return { signal, deadline: Date.now() + seconds * 1000, toolName: 'test' };
+}
+
+/** Polls until the check passes; the limit only guards against a hang. */
+async function waitFor(check: () => boolean, what: string, seconds = 20): Promise<void> {
+  const until = Date.now() + seconds * 1000;
+  while (!check()) {
+    if (Date.now() > until) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 25));
+  }
+}
+
+function run(p: ToolProvider, name: string, args: Record<string, unknown> = {}, c = ctx()) {
+  const tool = p.tools().find((t) => t.name === name);
+  if (!tool) throw new Error(`no tool ${name} in ${p.tools().map((t) => t.name)}`);
+  return tool.executor.run(args, c);
+}
+
+async function freePort(): Promise<number> {
+  const s = createServer();
+  await new Promise<void>((resolve) => s.listen(0, '127.0.0.1', resolve));
+  const { port } = s.address() as { port: number };
+  await new Promise((resolve) => s.close(resolve));
+  return port;
+}
+
+const connected = (p: ToolProvider) => p.status?.().state === 'connected';
+
+describe('mcp provider over Streamable HTTP', () => {
+  it('offers the listed tools with their schemas, prefixed and filtered, and sends headers from env', async () => {
+    const s = await server();
+    const p = provider(
+      {
+        url: s.url,
+        prefix: 'home_',
+        include: ['echo', 'weather', 'slow', 'broken', 'snapshot'],
+        headers: [{ name: 'Authorization', valueFrom: { env: 'HA_TOKEN' } }],
+      },
+      { HA_TOKEN: 'Bearer s3cret' },
+    );
+    await waitFor(() => connected(p), 'connection');
+    const names = p.tools().map((t) => t.name);
+    expect(names.sort()).toEqual(['home_broken', 'home_echo', 'home_slow', 'home_snapshot', 'home_weather']);
+    const echo = p.tools().find((t) => t.name === 'home_echo')!;
+    expect(echo.description).toBe('Echoes the text back.');
+    expect(echo.parameters).toMatchObject({
+      type: 'object',
+      properties: { text: { type: 'string', description: 'What to echo' } },
+      required: ['text'],
+    });
+    expect(echo.parameters).not.toHaveProperty('$schema');
+    expect(echo.config.kind).toBe('mcp');
+
+    expect(await run(p, 'home_echo', { text: 'hi' })).toBe('echo: hi');
+    // The server gets the original name, and every request carried the header.
+    expect(s.calls).toEqual([{ name: 'echo', args: { text: 'hi' } }]);
+    expect(s.authorizations.length).toBeGreaterThan(0);
+    expect(new Set(s.authorizations)).toEqual(new Set(['Bearer s3cret']));
+    expect(p.status?.()).toEqual({ url: s.url, state: 'connected', tools: 5 });
+  });
+
+  it('include leaves out tools not named', async () => {
+    const s = await server();
+    const p = provider({ url: s.url, include: ['echo'] });
+    await waitFor(() => connected(p), 'connection');
+    expect(p.tools().map((t) => t.name)).toEqual(['echo']);
+  });
+
+  it('turns results into text: structured content, media notes, and errors the model sees', async () => {
+    const s = await server();
+    const p = provider({ url: s.url });
+    await waitFor(() => connected(p), 'connection');
+
+    expect(await run(p, 'weather', { city: 'Paris' })).toEqual({ city: 'Paris', temperature: 21 });
+    expect(await run(p, 'snapshot')).toBe('Front door camera:\n[image omitted]\nNobody is there.');
+    const failure = await run(p, 'broken').catch((e: unknown) => e);
+    expect(failure).toBeInstanceOf(ToolError);
+    expect((failure as ToolError).message).toBe('the light is unreachable');
+    expect((failure as ToolError).code).toBe('ERP_MCP_TOOL_ERROR');
+    // Arguments the server's own schema rejects come back as a short error, not a broken connection.
+    const invalid = await run(p, 'echo', { text: 42 }).catch((e: unknown) => e);
+    expect(invalid).toBeInstanceOf(Error);
+    expect(connected(p)).toBe(true);
+  });
+
+  it('a cancelled call sends MCP cancellation to the server', async () => {
+    const s = await server();
+    const p = provider({ url: s.url });
+    await waitFor(() => connected(p), 'connection');
+    const abort = new AbortController();
+    const call = run(p, 'slow', { id: 'c1', seconds: 30 }, ctx(abort.signal, 60));
+    await waitFor(() => s.started.includes('c1'), 'the slow call to start');
+    abort.abort(new DOMException('the user interrupted', 'AbortError'));
+    await expect(call).rejects.toBeDefined();
+    await waitFor(() => s.cancelled.includes('c1'), 'the server to see the cancellation');
+    // The session survives a cancelled call.
+    expect(await run(p, 'echo', { text: 'still here' })).toBe('echo: still here');
+  });
+
+  it('lists again on notifications/tools/list_changed and tells its listeners', async () => {
+    const s = await server();
+    const p = provider({ url: s.url, prefix: 'x_' });
+    let changes = 0;
+    p.onChange?.(() => changes++);
+    await waitFor(() => connected(p), 'connection');
+    const before = changes;
+    s.addTool('lights_on', 'lights are on');
+    await waitFor(() => p.tools().some((t) => t.name === 'x_lights_on'), 'the new tool');
+    expect(changes).toBeGreaterThan(before);
+    expect(await run(p, 'x_lights_on')).toBe('lights are on');
+  });
+
+  it('a server down at start: down with the reason, then its tools appear once it is up', async () => {
+    const port = await freePort();
+    const p = provider({ url: `http://127.0.0.1:${port}/mcp` });
+    let changes = 0;
+    p.onChange?.(() => changes++);
+    await waitFor(() => p.status?.().state === 'down', 'down state');
+    expect(p.status?.()).toMatchObject({
+      state: 'down',
+      tools: 0,
+      lastError: expect.stringMatching(/ECONNREFUSED/),
+    });
+    expect(p.tools()).toEqual([]);
+
+    await server({ port });
+    await waitFor(() => connected(p), 'the reconnect', 30);
+    expect(changes).toBe(1);
+    expect(p.status?.()).toEqual({ url: `http://127.0.0.1:${port}/mcp`, state: 'connected', tools: 5 });
+    expect(await run(p, 'echo', { text: 'up' })).toBe('echo: up');
+  });
+
+  it('a server restarted mid-session is reconnected with a new session', async () => {
+    const s = await server();
+    const p = provider({ url: s.url });
+    await waitFor(() => connected(p), 'connection');
+    expect(await run(p, 'echo', { text: 'one' })).toBe('echo: one');
+
+    await s.stop();
+    await waitFor(() => !connected(p), 'the provider to notice');
+    await s.start();
+    await waitFor(() => connected(p) && s.sessionCount() === 1, 'the reconnect', 30);
+    expect(await run(p, 'echo', { text: 'two' })).toBe('echo: two');
+  });
+
+  it('a session the server forgot (404) is initialized again and the call goes through', async () => {
+    const s = await server();
+    const p = provider({ url: s.url });
+    await waitFor(() => connected(p), 'connection');
+    await s.forgetSessions(true);
+    expect(await run(p, 'echo', { text: 'again' })).toBe('echo: again');
+    expect(s.calls.map((c) => c.args.text)).toEqual(['again']);
+    expect(s.sessionCount()).toBe(1);
+  });
+
+  it('a session whose stream the server ended is initialized again without waiting for a call', async () => {
+    const s = await server();
+    const p = provider({ url: s.url });
+    await waitFor(() => connected(p) && s.sessionCount() === 1, 'connection');
+    await s.forgetSessions();
+    expect(s.sessionCount()).toBe(0);
+    await waitFor(() => s.sessionCount() === 1 && connected(p), 'a new session', 30);
+  });
+
+  it('a server that stays away fails calls with a short error and keeps retrying', async () => {
+    const s = await server();
+    const p = provider({ url: s.url });
+    await waitFor(() => connected(p), 'connection');
+    await s.stop();
+    await waitFor(() => p.status?.().state === 'down', 'down state', 30);
+    const failure = await run(p, 'echo', { text: 'x' }).catch((e: unknown) => e);
+    expect(failure).toBeInstanceOf(ToolError);
+    expect((failure as ToolError).message).toBe('the MCP server is unavailable');
+    // The last known tools stay offered, so the model hears why a call failed rather than losing them.
+    expect(p.tools().length).toBe(5);
+  });
+
+  it('close stops reconnecting', async () => {
+    const port = await freePort();
+    const p = createMcpProvider(mcpTool({ url: `http://127.0.0.1:${port}/mcp` }), { env: {}, logger });
+    await waitFor(() => p.status?.().state === 'down', 'down state');
+    await p.close?.();
+    const s = await server({ port });
+    // Longer than the first backoff steps: a provider still retrying would have connected by now.
+    await new Promise((resolve) => setTimeout(resolve, 2_000));
+    expect(s.sessionCount()).toBe(0);
+    expect(p.status?.().state).toBe('down');
+  });
+});
+
+describe('mcp provider over the older HTTP+SSE transport', () => {
+  it('falls back when Streamable HTTP is refused, and lists and calls tools', async () => {
+    const s = await server({ transport: 'sse' });
+    const p = provider({ url: s.url, headers: [{ name: 'Authorization', value: 'Bearer legacy' }] }, {});
+    await waitFor(() => connected(p), 'connection');
+    expect(p.tools().length).toBe(5);
+    expect(await run(p, 'echo', { text: 'old' })).toBe('echo: old');
+    expect(await run(p, 'snapshot')).toContain('[image omitted]');
+    expect(new Set(s.authorizations)).toEqual(new Set(['Bearer legacy']));
+  });
+
+  it('reconnects after the server restarts', async () => {
+    const s = await server({ transport: 'sse' });
+    const p = provider({ url: s.url });
+    await waitFor(() => connected(p), 'connection');
+    await s.stop();
+    await waitFor(() => !connected(p), 'the provider to notice');
+    await s.start();
+    await waitFor(() => connected(p), 'the reconnect', 30);
+    expect(await run(p, 'echo', { text: 'back' })).toBe('echo: back');
+  });
+});
