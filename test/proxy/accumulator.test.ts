@@ -1,6 +1,6 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { MAX_TOOL_CALL_INDEX, type StreamEvent, StreamAccumulator } from '../../src/proxy/accumulator.js';
+import { MAX_TOOL_CALL_INDEX, StreamAccumulator, type StreamEvent } from '../../src/proxy/accumulator.js';
 import type { ChatChunk, ChunkDelta, ToolCallDelta } from '../../src/proxy/chunks.js';
 import { cut, decode, expectDecoded, loadStreamFixture, loadStreamFixtures } from './fixtures.js';
 
