@@ -75,7 +75,8 @@ export class ToolMemory implements TurnMemory {
       max: Math.max(1, options.maxEntries),
       ttl: options.ttlMs,
       ttlAutopurge: false,
-      ...(now ? { perf: { now } } : {}),
+      // A fake clock must be read every time; lru-cache otherwise caches `now` for a millisecond.
+      ...(now ? { perf: { now }, ttlResolution: 0 } : {}),
     });
   }
 

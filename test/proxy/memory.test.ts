@@ -1,0 +1,238 @@
+import fc from 'fast-check';
+import { afterEach, describe, expect, it } from 'vitest';
+import { ToolMemory } from '../../src/proxy/memory.js';
+import type { ChatMessage } from '../../src/proxy/messages.js';
+import {
+  type RecordedRequest,
+  type ScriptedUpstream,
+  startScriptedUpstream,
+  textReply,
+  toolCallReply,
+  toolResults,
+} from '../../src/proxy/scripted-upstream.js';
+import { type ProxyHarness, startTestProxy, unmuteTurn } from '../support/proxy.js';
+
+const cleanups: (() => Promise<void>)[] = [];
+afterEach(async () => {
+  while (cleanups.length) await cleanups.pop()?.();
+});
+
+type Msg = { role: 'system' | 'user' | 'assistant'; content: string };
+
+/**
+ * A model that calls `lookup` whenever the last user message asks a question with "weather" in it
+ * and answers from the tool result; anything else it answers directly.
+ */
+async function setup(spec: Record<string, unknown> = {}) {
+  const upstream: ScriptedUpstream = await startScriptedUpstream({
+    respond: (req) => {
+      const messages = req.body.messages ?? [];
+      const last = messages.at(-1);
+      if (last?.role === 'tool') return { sse: textReply(`Answer from ${last.content}.`) };
+      const text = String(last?.content ?? '');
+      if (/weather|secret/.test(text)) {
+        const tool = /secret/.test(text) ? 'vault' : 'lookup';
+        return { sse: toolCallReply([{ name: tool, arguments: {} }]) };
+      }
+      return { sse: textReply('Plain answer.') };
+    },
+  });
+  const harness: ProxyHarness = await startTestProxy(
+    {
+      tools: [
+        { name: 'lookup', builtin: 'time' },
+        { name: 'vault', builtin: 'time', memory: false },
+      ],
+      ...spec,
+    },
+    upstream.url,
+  );
+  cleanups.push(
+    () => upstream.close(),
+    () => harness.close(),
+  );
+  return { upstream, harness };
+}
+
+/** Plays a conversation the way Unmute does: each request carries only what was spoken. */
+async function converse(harness: ProxyHarness, system: string, questions: string[]): Promise<Msg[]> {
+  const history: Msg[] = [{ role: 'system', content: system }];
+  for (const q of questions) {
+    history.push({ role: 'user', content: q });
+    const { text } = await unmuteTurn(harness.client, history);
+    history.push({ role: 'assistant', content: text });
+  }
+  return history;
+}
+
+const roles = (req: RecordedRequest | undefined) => (req?.body.messages ?? []).map((m) => m.role);
+
+describe('tool memory through the proxy', () => {
+  it('puts the first turn’s tool exchange back, in place, into the follow-up request', async () => {
+    const { upstream, harness } = await setup();
+    await converse(harness, 'sys', ["What's the weather in Lisbon?", 'Is it windy?']);
+    const followUp = upstream.requests.at(-1);
+    expect(roles(followUp)).toEqual(['system', 'user', 'assistant', 'tool', 'assistant', 'user']);
+    const messages = followUp?.body.messages ?? [];
+    expect(messages[1]?.content).toBe("What's the weather in Lisbon?");
+    expect((messages[2] as { tool_calls?: unknown[] }).tool_calls?.length).toBe(1);
+    expect(messages[3]?.content).toBe(toolResults(upstream.requests[1] as RecordedRequest)[0]);
+    expect(String(messages[4]?.content)).toMatch(/^One moment\. Answer from/);
+  });
+
+  it('keeps at most `turns` exchanges, the newest first', async () => {
+    const { upstream, harness } = await setup({ memory: { turns: 2 } });
+    await converse(harness, 'sys', ['weather one?', 'weather two?', 'weather three?', 'thanks']);
+    const last = upstream.requests.at(-1);
+    const users = (last?.body.messages ?? []).flatMap((m, i, all) =>
+      m.role === 'tool' ? [all[i - 2]?.content] : [],
+    );
+    expect(users).toEqual(['weather two?', 'weather three?']);
+  });
+
+  it('does not splice into another conversation or an edited history', async () => {
+    const { upstream, harness } = await setup();
+    await converse(harness, 'character A', ['weather here?']);
+    // Same words, different system message: another character or session.
+    await unmuteTurn(harness.client, [
+      { role: 'system', content: 'character B' },
+      { role: 'user', content: 'weather here?' },
+      { role: 'assistant', content: 'Something.' },
+      { role: 'user', content: 'and?' },
+    ]);
+    const otherSystem = upstream.requests.at(-1);
+    expect(roles(otherSystem)).not.toContain('tool');
+    // Same system, but the earlier user message was edited.
+    const edited: Msg[] = [
+      { role: 'system', content: 'character A' },
+      { role: 'user', content: 'weather here??' },
+      { role: 'assistant', content: 'Something.' },
+      { role: 'user', content: 'and?' },
+    ];
+    await unmuteTurn(harness.client, edited);
+    expect(roles(upstream.requests.at(-1))).not.toContain('tool');
+  });
+
+  it('never remembers memory: false tools, and remembers nothing with turns: 0', async () => {
+    const { upstream, harness } = await setup();
+    await converse(harness, 'sys', ['tell me the secret', 'again?']);
+    expect(roles(upstream.requests.at(-1))).not.toContain('tool');
+
+    const off = await setup({ memory: { turns: 0 } });
+    await converse(off.harness, 'sys', ['weather?', 'and?']);
+    expect(roles(off.upstream.requests.at(-1))).not.toContain('tool');
+  });
+
+  it('never sends remembered content back to the client', async () => {
+    const { harness } = await setup();
+    const history = await converse(harness, 'sys', ['weather in Rome?', 'is it windy?']);
+    expect(history.at(-1)?.content).toBe('Plain answer.');
+  });
+});
+
+describe('context-length retry with memory', () => {
+  it('drops remembered exchanges before any of the client turns', async () => {
+    const upstream = await startScriptedUpstream({
+      respond: (req) => {
+        const messages = req.body.messages ?? [];
+        const last = messages.at(-1);
+        if (last?.role === 'tool') return { sse: textReply('Sunny.') };
+        if (last?.role === 'user' && messages.some((m) => m.role === 'tool')) {
+          return {
+            status: 400,
+            json: { error: { message: "This model's maximum context length is 1536 tokens." } },
+          };
+        }
+        return String(last?.content).includes('weather')
+          ? { sse: toolCallReply([{ name: 'lookup', arguments: {} }]) }
+          : { sse: textReply('Plain.') };
+      },
+    });
+    const harness = await startTestProxy({ tools: [{ name: 'lookup', builtin: 'time' }] }, upstream.url);
+    cleanups.push(
+      () => upstream.close(),
+      () => harness.close(),
+    );
+    const history = await converse(harness, 'sys', ['weather?', 'windy?']);
+    expect(history.at(-1)?.content).toBe('Plain.');
+    const [refused, retried] = upstream.requests.slice(-2);
+    expect(roles(refused)).toEqual(['system', 'user', 'assistant', 'tool', 'assistant', 'user']);
+    expect(roles(retried)).toEqual(['system', 'user', 'assistant', 'user']);
+  });
+});
+
+describe('ToolMemory', () => {
+  const exchange = (id: string): ChatMessage[] => [
+    {
+      role: 'assistant',
+      content: null,
+      tool_calls: [{ id, type: 'function', function: { name: 't', arguments: '{}' } }],
+    },
+    { role: 'tool', tool_call_id: id, content: `result ${id}` },
+  ];
+
+  it('expires entries after ttl (fake clock)', () => {
+    let now = 1_000;
+    const memory = new ToolMemory({
+      turns: 2,
+      ttlMs: 60_000,
+      maxBytes: 4096,
+      maxEntries: 10,
+      now: () => now,
+    });
+    const first: ChatMessage[] = [
+      { role: 'system', content: 's' },
+      { role: 'user', content: 'q1' },
+    ];
+    memory.remember(first, exchange('a'));
+    const next = [...first, { role: 'assistant', content: 'a1' }, { role: 'user', content: 'q2' }];
+    expect(memory.prepare(next).spliced).toBe(1);
+    now += 60_001;
+    expect(memory.prepare(next).spliced).toBe(0);
+  });
+
+  it('respects maxBytes', () => {
+    const memory = new ToolMemory({ turns: 5, ttlMs: 60_000, maxBytes: 10, maxEntries: 10 });
+    const first: ChatMessage[] = [{ role: 'user', content: 'q1' }];
+    memory.remember(first, exchange('a'));
+    expect(
+      memory.prepare([...first, { role: 'assistant', content: 'x' }, { role: 'user', content: 'q2' }])
+        .spliced,
+    ).toBe(0);
+  });
+
+  it('never reorders, drops or changes a client message (property)', () => {
+    const message = fc.record({
+      role: fc.constantFrom('system', 'user', 'assistant'),
+      content: fc.constantFrom('a', 'b', 'weather?', '', 'hello', '...'),
+    });
+    fc.assert(
+      fc.property(
+        fc.array(message, { maxLength: 30 }),
+        fc.array(fc.nat(30), { maxLength: 10 }),
+        (history, rememberAt) => {
+          const memory = new ToolMemory({ turns: 3, ttlMs: 60_000, maxBytes: 100_000, maxEntries: 100 });
+          for (const at of rememberAt) {
+            const prefix = history.slice(0, at + 1);
+            if (prefix.at(-1)?.role === 'user') memory.remember(prefix, exchange(`c${at}`));
+          }
+          const before = structuredClone(history);
+          const { messages, spliced } = memory.prepare(history);
+          const clientOnly = messages.filter(
+            (m) => m.role !== 'tool' && !(m.role === 'assistant' && m.tool_calls),
+          );
+          expect(clientOnly).toEqual(before);
+          expect(history).toEqual(before);
+          expect(spliced).toBeLessThanOrEqual(3);
+          // Every spliced exchange sits right after a user message that an assistant message follows.
+          messages.forEach((m, i) => {
+            if (m.role === 'assistant' && m.tool_calls) {
+              expect(messages[i - 1]?.role).toBe('user');
+              expect(messages[i + 1]?.role).toBe('tool');
+            }
+          });
+        },
+      ),
+    );
+  });
+});
