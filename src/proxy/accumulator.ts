@@ -1,7 +1,7 @@
 /**
  * Chunks → one assistant message snapshot, plus the events the tool loop acts on while it streams.
  * This is where the upstream dialects meet (vLLM per tool parser, Ollama, llama.cpp, OpenAI): calls are
- * keyed by their `index`, never by id; ids, types and names are assigned, arguments concatenated. Only
+ * keyed by their `index`, never by id; ids and names are assigned, arguments concatenated. Only
  * choice 0 is read (Unmute never asks for n>1). No I/O, no timers.
  */
 import { randomInt } from 'node:crypto';
@@ -43,7 +43,6 @@ export const MAX_TOOL_CALL_INDEX = 128;
 interface CallState {
   index: number;
   id: string | undefined;
-  type: string | undefined;
   name: string | undefined;
   arguments: string;
 }
@@ -124,12 +123,11 @@ export class StreamAccumulator {
     if (index === undefined) return;
     let call = this.#calls.get(index);
     if (!call) {
-      call = { index, id: undefined, type: undefined, name: undefined, arguments: '' };
+      call = { index, id: undefined, name: undefined, arguments: '' };
       this.#calls.set(index, call);
     }
     this.#lastIndex = index;
     if (nonEmpty(entry.id)) call.id = entry.id;
-    if (nonEmpty(entry.type)) call.type = entry.type;
     const name = fn?.name;
     if (nonEmpty(name)) {
       if (call.name === undefined) events.push({ type: 'tool_call_start', index, name });

@@ -101,13 +101,13 @@ function interpret(
   const { data, event } = item.event;
   if (data.length > maxEventBytes || (data.length * 3 > maxEventBytes && byteLength(data) > maxEventBytes))
     throw tooLarge(maxEventBytes);
-  const trimmed = data.trim();
-  if (trimmed === '') return undefined;
-  if (trimmed === '[DONE]') return DONE;
   if (event === 'error') {
     const payload = parseLoose(data);
     throw errorEvent(isObject(payload) && payload.error != null ? payload.error : payload);
   }
+  const trimmed = data.trim();
+  if (trimmed === '') return undefined;
+  if (trimmed === '[DONE]') return DONE;
 
   let payload: unknown;
   try {

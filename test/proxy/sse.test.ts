@@ -163,7 +163,7 @@ describe('readChunks errors', () => {
     expect((await read(`data: ${JSON.stringify({ ...one, error: null })}\n\n`)).chunks).toHaveLength(1);
   });
 
-  it('throws on an error event, with a JSON or a text payload', async () => {
+  it('throws on an error event, with a JSON, text or empty payload', async () => {
     const json = await expectError(
       'event: error\ndata: {"error":{"message":"overloaded"}}\n\n',
       'error_event',
@@ -171,6 +171,8 @@ describe('readChunks errors', () => {
     expect(json.error?.detail).toEqual({ message: 'overloaded' });
     const text = await expectError('event: error\ndata: upstream went away\n\n', 'error_event');
     expect(text.error?.detail).toBe('upstream went away');
+    const empty = await expectError('event: error\ndata:\n\n', 'error_event');
+    expect(empty.error?.detail).toBe('');
   });
 
   it("throws on llama.cpp's legacy error field, however the line is split", async () => {
