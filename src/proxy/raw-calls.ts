@@ -4,7 +4,7 @@
  * `<|python_tag|>` and bare `{"name": …, "parameters": …}` objects joined by `; `, Mistral
  * `[TOOL_CALLS][{…}]` and `[TOOL_CALLS]name{…}`. Only a message that starts this way is held back; as soon
  * as its start rules these forms out, everything passes through unchecked. A held message is never spoken:
- * its complete calls to known tools are run, the rest is dropped.
+ * its complete calls to known tools are handed back to be run, the rest is dropped.
  */
 
 export interface RawCall {
