@@ -55,7 +55,7 @@ interface Offer {
   keywords: RegExp | undefined;
 }
 
-interface Table {
+export interface Table {
   tools: Map<string, CallableTool>;
   offers: Offer[];
   /** Which provider holds each name, so a clash at runtime never takes a name from its holder. */
@@ -127,6 +127,32 @@ function buildTable(
   return table;
 }
 
+/** The flattened tools, rebuilt on first use after any provider reports a change to its list. */
+export class ToolTable {
+  readonly #providers: readonly ToolProvider[];
+  readonly #logger: Logger;
+  readonly #checks = new WeakMap<object, ArgumentCheck>();
+  #owners = new Map<string, ToolProvider>();
+  #table: Table | undefined;
+
+  constructor(providers: readonly ToolProvider[], logger: Logger) {
+    this.#providers = providers;
+    this.#logger = logger;
+    for (const provider of providers) {
+      provider.onChange?.(() => {
+        // Kept across rebuilds so that a name stays with the provider that held it.
+        if (this.#table) this.#owners = this.#table.owners;
+        this.#table = undefined;
+      });
+    }
+  }
+
+  current(): Table {
+    this.#table ??= buildTable(this.#providers, this.#owners, this.#checks, this.#logger);
+    return this.#table;
+  }
+}
+
 export async function createToolRegistry(
   toolset: ResolvedToolSet,
   options: ToolRegistryOptions = {},
@@ -183,20 +209,8 @@ export async function createToolRegistry(
   }
 
   const cache = new ToolCache({ maxEntries: toolset.cacheMaxEntries, now });
-  const checks = new WeakMap<object, ArgumentCheck>();
-  let table: Table | undefined;
-  // Kept across rebuilds so that a name stays with the provider that held it.
-  let owners = new Map<string, ToolProvider>();
-  for (const provider of providers) {
-    provider.onChange?.(() => {
-      if (table) owners = table.owners;
-      table = undefined;
-    });
-  }
-  const current = (): Table => {
-    table ??= buildTable(providers, owners, checks, logger);
-    return table;
-  };
+  const table = new ToolTable(providers, logger);
+  const current = () => table.current();
 
   return {
     offered(recentUserText: readonly string[]): ToolDefinition[] {

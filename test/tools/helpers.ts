@@ -25,7 +25,14 @@ export function toolset(
 export interface TestServer {
   origin: string;
   /** Every request as the server saw it, in arrival order. */
-  requests: { method: string; url: string; headers: IncomingMessage['headers']; body: string }[];
+  requests: {
+    method: string;
+    url: string;
+    headers: IncomingMessage['headers'];
+    body: string;
+    /** The client's port: equal ports mean a reused connection. */
+    remotePort: number | undefined;
+  }[];
   close(): Promise<void>;
 }
 
@@ -38,7 +45,13 @@ export async function startServer(
     const chunks: Buffer[] = [];
     for await (const chunk of req) chunks.push(chunk as Buffer);
     const body = Buffer.concat(chunks).toString('utf8');
-    requests.push({ method: req.method ?? '', url: req.url ?? '', headers: req.headers, body });
+    requests.push({
+      method: req.method ?? '',
+      url: req.url ?? '',
+      headers: req.headers,
+      body,
+      remotePort: req.socket.remotePort,
+    });
     handler(Object.assign(req, { body }), res);
   };
   const server = createServer(listener);
