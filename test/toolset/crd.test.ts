@@ -115,7 +115,7 @@ describe('the ToolSet CRD', () => {
   });
 
   it('has the status subresource, printer columns, short name and list-map conditions', () => {
-    const crd = toolSetCrd() as { spec: Record<string, never> };
+    const crd = toolSetCrd() as { spec: Record<string, unknown> };
     const version = (crd.spec.versions as Record<string, unknown>[])[0] as Record<string, unknown>;
     expect(crd.spec.names).toMatchObject({ plural: 'toolsets', kind: 'ToolSet', shortNames: ['ts'] });
     expect(version.subresources).toEqual({ status: {} });

@@ -1,0 +1,318 @@
+/**
+ * The patch builder: a pod template and the facts about its namespace in, the injected template or a
+ * skip reason out. No I/O, no clock, no Kubernetes client. The webhook diffs the result against the pod
+ * into a JSON Patch; `earpiece inject` writes the same difference into the manifest. A pod that already
+ * has the sidecar comes back as a skip, so injecting twice changes nothing.
+ */
+import type { V1Container, V1EnvVar, V1PodSpec } from '@kubernetes/client-node';
+import { specHash } from '../toolset/defaults.js';
+import type { ToolSet } from '../toolset/schema.js';
+import { renderForSidecar } from '../toolset/values.js';
+import { selectToolSet, type ToolSetLookup } from './select.js';
+import {
+  ANNOTATION_TOOLSET_HASH,
+  APP_URL_ENV,
+  CONFIG_VOLUME,
+  configMapName,
+  LABEL_INJECT,
+  LABEL_INJECTED,
+  LOG_LEVELS,
+  METRICS_PORT,
+  OVERRIDE_ANNOTATIONS,
+  PROXY_PORT,
+  type PullPolicy,
+  resourcesProblem,
+  SIDECAR_NAME,
+  type SidecarConfig,
+  type SidecarSpec,
+  sidecarContainer,
+  sidecarVolumes,
+  TMP_VOLUME,
+} from './sidecar.js';
+
+export interface PodTemplate {
+  metadata?: {
+    labels?: Record<string, string>;
+    annotations?: Record<string, string>;
+    [key: string]: unknown;
+  };
+  spec?: V1PodSpec;
+}
+
+/**
+ * Why a pod was left as it was. `warn`: the pod asked for the sidecar and did not get it, which the
+ * webhook returns as an admission warning (and the operator as an Event); the others are quiet.
+ */
+export const SKIP_REASONS = {
+  invalid_pod: { warn: true, summary: 'the pod spec has no containers' },
+  not_opted_in: { warn: false, summary: `neither the pod nor its namespace has label ${LABEL_INJECT}=true` },
+  opted_out: { warn: false, summary: `the pod has label ${LABEL_INJECT}=false` },
+  already_injected: { warn: false, summary: `the pod already has the ${SIDECAR_NAME} container` },
+  host_network: {
+    warn: true,
+    summary: "the pod uses the host network, where the proxy's loopback port is the node's",
+  },
+  toolset_not_found: { warn: true, summary: 'the ToolSet the pod names does not exist' },
+  no_toolset: { warn: true, summary: 'no ToolSet in the namespace selects the pod' },
+  several_toolsets: { warn: true, summary: 'several ToolSets select the pod' },
+  toolset_not_ready: { warn: true, summary: 'the ToolSet has never been valid, so it has no ConfigMap' },
+  no_upstream: {
+    warn: true,
+    summary: `the ToolSet names no spec.upstream.url and no container gives ${APP_URL_ENV} to hand over`,
+  },
+  conflict: { warn: true, summary: 'the pod already uses a port or volume name the sidecar needs' },
+} as const satisfies Record<string, { warn: boolean; summary: string }>;
+
+export type SkipReason = keyof typeof SKIP_REASONS;
+
+export interface InjectInput {
+  /** The pod's namespace, for messages (the lookup is already scoped to it). */
+  namespace?: string | undefined;
+  /** The namespace carries label earpiece.dev/inject=true. */
+  namespaceOptedIn: boolean;
+  toolsets: ToolSetLookup;
+  sidecar: SidecarConfig;
+}
+
+export type InjectResult =
+  | { ok: true; template: PodTemplate; toolset: string; warnings: string[] }
+  | { ok: false; reason: SkipReason; message: string; warn: boolean };
+
+function skip(reason: SkipReason, message: string = SKIP_REASONS[reason].summary): InjectResult {
+  return { ok: false, reason, message, warn: SKIP_REASONS[reason].warn };
+}
+
+export function hasSidecar(spec: V1PodSpec | undefined): boolean {
+  return [...(spec?.containers ?? []), ...(spec?.initContainers ?? [])].some((c) => c?.name === SIDECAR_NAME);
+}
+
+export function buildInjection(template: PodTemplate, input: InjectInput): InjectResult {
+  const spec = template.spec;
+  if (!spec || !Array.isArray(spec.containers) || spec.containers.length === 0) return skip('invalid_pod');
+  const labels = template.metadata?.labels ?? {};
+  const annotations = template.metadata?.annotations ?? {};
+
+  const label = labels[LABEL_INJECT];
+  if (label === 'false') return skip('opted_out');
+  if (label !== 'true' && !input.namespaceOptedIn) {
+    return label === undefined
+      ? skip('not_opted_in')
+      : skip('not_opted_in', `label ${LABEL_INJECT} is "${label}"; only "true" opts the pod in`);
+  }
+  if (hasSidecar(spec)) return skip('already_injected');
+  if (spec.hostNetwork) return skip('host_network');
+
+  const selection = selectToolSet({ labels, annotations }, input.namespace, input.toolsets);
+  if (!selection.ok) return skip(selection.reason, selection.message);
+  const toolset = selection.toolset;
+  const name = toolset.metadata.name;
+  if (!input.toolsets.hasConfigMap(name)) {
+    return skip(
+      'toolset_not_ready',
+      `ToolSet ${name} has never been valid, so ConfigMap ${configMapName(name)} does not exist; see kubectl describe toolset ${name}`,
+    );
+  }
+
+  const warnings: string[] = [];
+  const settings = overrides(annotations, input.sidecar, warnings);
+  const conflict = conflictWith(spec, settings.port, settings.metricsPort);
+  if (conflict) return skip('conflict', conflict);
+
+  const handover = upstreamFor(spec, toolset, warnings);
+  if (!handover.ok) return skip('no_upstream', handover.message);
+
+  const out = structuredClone(template) as PodTemplate & { spec: V1PodSpec };
+  const proxyUrl = `http://127.0.0.1:${settings.port}`;
+  for (const container of out.spec.containers) {
+    for (const env of container.env ?? []) {
+      if (env.name !== APP_URL_ENV) continue;
+      env.value = proxyUrl;
+      delete env.valueFrom;
+    }
+  }
+  const sidecar = sidecarContainer({
+    ...settings,
+    toolsetName: name,
+    upstream: handover.env,
+    secretEnv: renderForSidecar(toolset).env,
+    extraEnv: input.sidecar.extraEnv,
+  });
+  if (settings.native) {
+    out.spec.initContainers = [...(out.spec.initContainers ?? []), sidecar];
+  } else {
+    out.spec.containers.push(sidecar);
+    if (out.spec.restartPolicy === 'Never' || out.spec.restartPolicy === 'OnFailure') {
+      warnings.push(
+        `the ${SIDECAR_NAME} sidecar is a plain container and keeps running, so this pod never completes; use native sidecars (Kubernetes 1.29+)`,
+      );
+    }
+  }
+  out.spec.volumes = [...(out.spec.volumes ?? []), ...sidecarVolumes(name)];
+  out.metadata ??= {};
+  out.metadata.labels = { ...out.metadata.labels, [LABEL_INJECTED]: 'true' };
+  out.metadata.annotations = { ...out.metadata.annotations, [ANNOTATION_TOOLSET_HASH]: specHash(toolset) };
+  return { ok: true, template: out, toolset: name, warnings };
+}
+
+type Settings = Pick<
+  SidecarSpec,
+  'image' | 'imagePullPolicy' | 'resources' | 'native' | 'port' | 'metricsPort' | 'logLevel'
+>;
+
+/** The operator's defaults with the pod's annotations applied; a bad annotation is a warning and the default. */
+function overrides(annotations: Record<string, string>, config: SidecarConfig, warnings: string[]): Settings {
+  const a = OVERRIDE_ANNOTATIONS;
+  const ignored = (key: string, why: string) => warnings.push(`annotation ${key} ignored: ${why}`);
+  const port = (key: string, fallback: number) => {
+    const text = annotations[key];
+    if (text === undefined) return fallback;
+    const n = Number(text);
+    if (/^\d+$/.test(text) && n >= 1 && n <= 65535) return n;
+    ignored(key, `"${text}" is not a port number`);
+    return fallback;
+  };
+  let proxyPort = port(a.port, PROXY_PORT);
+  let metricsPort = port(a.metricsPort, METRICS_PORT);
+  if (proxyPort === metricsPort) {
+    ignored(`${a.port}/${a.metricsPort}`, `both are ${proxyPort}`);
+    proxyPort = PROXY_PORT;
+    metricsPort = METRICS_PORT;
+  }
+
+  let native = config.nativeSidecar;
+  const nativeText = annotations[a.nativeSidecar];
+  if (nativeText === 'true' || nativeText === 'false') native = nativeText === 'true';
+  else if (nativeText !== undefined) ignored(a.nativeSidecar, `"${nativeText}" is not true or false`);
+
+  let logLevel = config.logLevel;
+  const level = annotations[a.logLevel];
+  if (level !== undefined) {
+    if ((LOG_LEVELS as readonly string[]).includes(level)) logLevel = level;
+    else ignored(a.logLevel, `"${level}" is not one of ${LOG_LEVELS.join(', ')}`);
+  }
+
+  let resources = structuredClone(config.resources);
+  const wanted = structuredClone(config.resources);
+  const keys: [string, 'requests' | 'limits', 'cpu' | 'memory'][] = [
+    [a.cpuRequest, 'requests', 'cpu'],
+    [a.cpuLimit, 'limits', 'cpu'],
+    [a.memoryRequest, 'requests', 'memory'],
+    [a.memoryLimit, 'limits', 'memory'],
+  ];
+  const given = keys.filter(([key]) => annotations[key] !== undefined);
+  for (const [key, group, resource] of given)
+    wanted[group] = { ...wanted[group], [resource]: annotations[key] as string };
+  if (given.length) {
+    const problem = resourcesProblem(wanted);
+    if (problem) ignored(given.map(([key]) => key).join(', '), `resources ${problem}`);
+    else resources = wanted;
+  }
+
+  return {
+    image: annotations[a.image] || config.image,
+    imagePullPolicy: config.imagePullPolicy as PullPolicy,
+    resources,
+    native,
+    port: proxyPort,
+    metricsPort,
+    logLevel,
+  };
+}
+
+/** A port or volume name the sidecar needs that the pod already uses, or undefined. */
+function conflictWith(spec: V1PodSpec, port: number, metricsPort: number): string | undefined {
+  for (const c of [...spec.containers, ...(spec.initContainers ?? [])]) {
+    for (const p of c.ports ?? []) {
+      if (p.containerPort === port || p.containerPort === metricsPort) {
+        const which = p.containerPort === port ? OVERRIDE_ANNOTATIONS.port : OVERRIDE_ANNOTATIONS.metricsPort;
+        return `container ${c.name} already uses port ${p.containerPort}; choose another with annotation ${which}`;
+      }
+    }
+  }
+  for (const v of spec.volumes ?? [])
+    if (v.name === CONFIG_VOLUME || v.name === TMP_VOLUME)
+      return `the pod already has a volume named ${v.name}`;
+  return undefined;
+}
+
+type Handover = { ok: true; env: V1EnvVar | undefined } | { ok: false; message: string };
+
+/**
+ * What the sidecar gets as EARPIECE_UPSTREAM_URL: nothing when the ToolSet names its upstream, else the
+ * app's own KYUTAI_LLM_URL (the last entry wins, as in Kubernetes). A reference (ConfigMap, Secret,
+ * field) is handed over as the same reference, since its value is not known here.
+ */
+function upstreamFor(spec: V1PodSpec, toolset: ToolSet, warnings: string[]): Handover {
+  const found: { container: V1Container; env: V1EnvVar }[] = [];
+  for (const container of spec.containers) {
+    const envs = (container.env ?? []).filter((e) => e.name === APP_URL_ENV);
+    const last = envs.at(-1);
+    if (last) found.push({ container, env: last });
+  }
+  if (found.length === 0) {
+    if (toolset.spec.upstream?.url === undefined) {
+      return {
+        ok: false,
+        message: `ToolSet ${toolset.metadata.name} names no spec.upstream.url and no container sets ${APP_URL_ENV} in env, so the proxy would have no upstream`,
+      };
+    }
+    warnings.push(
+      `no container sets ${APP_URL_ENV} in env, so nothing in the pod uses the proxy; set it to http://127.0.0.1:${PROXY_PORT}`,
+    );
+    return { ok: true, env: undefined };
+  }
+  if (toolset.spec.upstream?.url !== undefined) return { ok: true, env: undefined };
+
+  const [first] = found as [(typeof found)[number], ...typeof found];
+  const differs = found.some((f) => JSON.stringify(f.env) !== JSON.stringify(first.env));
+  if (differs) {
+    warnings.push(
+      `containers ${found.map((f) => f.container.name).join(', ')} set different ${APP_URL_ENV} values; the proxy forwards to the one of ${first.container.name}`,
+    );
+  }
+  const { value, valueFrom } = first.env;
+  if (valueFrom) {
+    const kind = Object.keys(valueFrom).find((k) =>
+      ['configMapKeyRef', 'secretKeyRef', 'fieldRef'].includes(k),
+    );
+    if (!kind) {
+      return {
+        ok: false,
+        message: `${APP_URL_ENV} of container ${first.container.name} comes from a source the sidecar cannot share; set spec.upstream.url in the ToolSet`,
+      };
+    }
+    warnings.push(
+      `${APP_URL_ENV} of container ${first.container.name} comes from a ${kind}, so its value is not known here; the sidecar reads the same ${kind} as EARPIECE_UPSTREAM_URL (or set spec.upstream.url in the ToolSet)`,
+    );
+    return { ok: true, env: { name: 'EARPIECE_UPSTREAM_URL', valueFrom: structuredClone(valueFrom) } };
+  }
+  if (!value) {
+    return {
+      ok: false,
+      message: `${APP_URL_ENV} of container ${first.container.name} is empty; set it, or spec.upstream.url in the ToolSet`,
+    };
+  }
+  if (value.includes('$(')) {
+    warnings.push(
+      `${APP_URL_ENV} of container ${first.container.name} refers to other variables ($(...)), which the sidecar does not have; set spec.upstream.url in the ToolSet`,
+    );
+  }
+  return { ok: true, env: { name: 'EARPIECE_UPSTREAM_URL', value } };
+}
+
+/** What an injected pod carries: its ToolSet, the hash it was injected with, and its secret env vars. */
+export function readInjection(
+  template: PodTemplate,
+): { toolset: string; hash: string | undefined; secretEnv: string[] } | undefined {
+  const spec = template.spec;
+  const sidecar = [...(spec?.initContainers ?? []), ...(spec?.containers ?? [])].find(
+    (c) => c.name === SIDECAR_NAME,
+  );
+  const volume = spec?.volumes?.find((v) => v.name === CONFIG_VOLUME)?.configMap?.name;
+  if (!sidecar || !volume) return undefined;
+  return {
+    toolset: volume.slice(configMapName('').length),
+    hash: template.metadata?.annotations?.[ANNOTATION_TOOLSET_HASH],
+    secretEnv: (sidecar.env ?? []).filter((e) => e.valueFrom?.secretKeyRef).map((e) => e.name),
+  };
+}

@@ -1,0 +1,93 @@
+/**
+ * Which ToolSet a pod gets: the one its annotation `earpiece.dev/toolset` names, else the one ToolSet in
+ * its namespace whose `spec.selector` matches its labels. Pure: the ToolSets come in through a lookup
+ * (the informer cache in the operator, the files given to `earpiece inject`).
+ */
+import type { LabelSelectorSpec, ToolSet } from '../toolset/schema.js';
+import { ANNOTATION_TOOLSET } from './sidecar.js';
+
+/** The ToolSets of one namespace. */
+export interface ToolSetLookup {
+  byName(name: string): ToolSet | undefined;
+  all(): readonly ToolSet[];
+  /** Whether the ToolSet's ConfigMap exists: false for a ToolSet that has never been valid. */
+  hasConfigMap(name: string): boolean;
+}
+
+/**
+ * A lookup over a list of ToolSets, e.g. those given to `earpiece inject`. A ToolSet without a namespace
+ * serves any namespace; `hasConfigMap` defaults to true (files were validated when read).
+ */
+export function toolsetLookup(
+  toolsets: readonly ToolSet[],
+  namespace?: string,
+  hasConfigMap: (name: string) => boolean = () => true,
+): ToolSetLookup {
+  const here = toolsets.filter(
+    (t) =>
+      namespace === undefined || t.metadata.namespace === undefined || t.metadata.namespace === namespace,
+  );
+  return { byName: (name) => here.find((t) => t.metadata.name === name), all: () => here, hasConfigMap };
+}
+
+export type Selection =
+  | { ok: true; toolset: ToolSet; by: 'annotation' | 'selector' }
+  | { ok: false; reason: 'toolset_not_found' | 'no_toolset' | 'several_toolsets'; message: string };
+
+/** Kubernetes label-selector semantics. An absent selector selects nothing; an empty one, everything. */
+export function selectorMatches(
+  selector: LabelSelectorSpec | undefined,
+  labels: Record<string, string>,
+): boolean {
+  if (!selector) return false;
+  for (const [key, value] of Object.entries(selector.matchLabels ?? {}))
+    if (labels[key] !== value) return false;
+  for (const { key, operator, values = [] } of selector.matchExpressions ?? []) {
+    const has = Object.hasOwn(labels, key);
+    const ok =
+      operator === 'In'
+        ? has && values.includes(labels[key] as string)
+        : operator === 'NotIn'
+          ? !has || !values.includes(labels[key] as string)
+          : operator === 'Exists'
+            ? has
+            : !has;
+    if (!ok) return false;
+  }
+  return true;
+}
+
+export function selectToolSet(
+  meta: { labels?: Record<string, string>; annotations?: Record<string, string> },
+  namespace: string | undefined,
+  toolsets: ToolSetLookup,
+): Selection {
+  const where = namespace ? ` in namespace ${namespace}` : '';
+  const named = meta.annotations?.[ANNOTATION_TOOLSET];
+  if (named !== undefined) {
+    const toolset = toolsets.byName(named);
+    if (toolset) return { ok: true, toolset, by: 'annotation' };
+    return {
+      ok: false,
+      reason: 'toolset_not_found',
+      message: `annotation ${ANNOTATION_TOOLSET} names ToolSet "${named}", which does not exist${where}`,
+    };
+  }
+  const labels = meta.labels ?? {};
+  const matching = toolsets.all().filter((t) => selectorMatches(t.spec.selector, labels));
+  const [first, ...others] = matching;
+  if (first && others.length === 0) return { ok: true, toolset: first, by: 'selector' };
+  if (!first) {
+    return {
+      ok: false,
+      reason: 'no_toolset',
+      message: `no ToolSet${where} selects this pod; add a spec.selector matching its labels, or annotation ${ANNOTATION_TOOLSET}`,
+    };
+  }
+  const names = matching.map((t) => t.metadata.name).sort();
+  return {
+    ok: false,
+    reason: 'several_toolsets',
+    message: `ToolSets ${names.join(', ')} all select this pod; name one with annotation ${ANNOTATION_TOOLSET}`,
+  };
+}
