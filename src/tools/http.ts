@@ -107,7 +107,8 @@ export function createHttpExecutor(spec: HttpToolSpec, options: HttpExecutorOpti
   };
 
   const failed = (err: unknown, ctx: ToolContext): unknown => {
-    if (ctx.signal.aborted || err instanceof ToolError) return ctx.signal.aborted ? ctx.signal.reason : err;
+    if (ctx.signal.aborted) return ctx.signal.reason;
+    if (err instanceof ToolError) return err;
     const code = (err as { code?: unknown }).code;
     return new ToolError(
       `the request to ${host} failed${typeof code === 'string' ? ` (${code})` : ''}`,
@@ -148,9 +149,8 @@ function interpret(
   select: string | undefined,
   host: string,
 ): unknown {
-  const declaredJson = /[/+]json\b/i.test(contentType);
-  if (!declaredJson && select === undefined)
-    return text === '' ? `(empty response, HTTP ${statusCode})` : text;
+  if (text === '' && select === undefined) return `(empty response, HTTP ${statusCode})`;
+  if (select === undefined && !/[/+]json\b/i.test(contentType)) return text;
   let document: unknown;
   try {
     document = JSON.parse(text);

@@ -46,7 +46,7 @@ function singleTool(config: ResolvedTool, tool: Omit<ProvidedTool, 'config' | 'n
 
 /** `rain` matches "raining", not "train": a keyword must start a word. Case-insensitive, Unicode-aware. */
 export function keywordPattern(keywords: readonly string[]): RegExp {
-  const alternatives = keywords.map((k) => k.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&'));
+  const alternatives = keywords.map((k) => k.trim().replace(/[.*+?^${}()|[\]\\/]/g, '\\$&'));
   return new RegExp(`(?<![\\p{L}\\p{M}\\p{N}_])(?:${alternatives.join('|')})`, 'iu');
 }
 
@@ -64,7 +64,9 @@ export interface Table {
 
 function describeProvider(tool: ProvidedTool): string {
   const { index, kind, spec } = tool.config;
-  return `spec.tools[${index}] (${kind}${spec.mcp ? ` ${spec.mcp.url}` : ''})`;
+  // Origin and path only: a query string may carry a token.
+  const where = spec.mcp ? URL.parse(spec.mcp.url) : null;
+  return `spec.tools[${index}] (${kind}${where ? ` ${where.origin}${where.pathname}` : ''})`;
 }
 
 /**

@@ -195,6 +195,30 @@ describe('http tool: requests and responses', () => {
     expect(await call(r, 'plain', {})).toMatchObject({ outcome: 'ok', content: 'Sunny, 21 °C' });
   });
 
+  it('says when a response is empty, and applies select to JSON sent as text', async () => {
+    const s = await server((req, res) => {
+      if (req.url === '/none') {
+        res.writeHead(204);
+        res.end();
+        return;
+      }
+      res.writeHead(200, { 'content-type': 'text/plain' });
+      res.end(req.url === '/json' ? '{"state":"on"}' : 'not json');
+    });
+    const r = await registry([
+      { name: 'none', http: { method: 'DELETE', url: `${s.origin}/none` } },
+      { name: 'state', http: { url: `${s.origin}/json`, select: '/state' } },
+      { name: 'text', http: { url: `${s.origin}/text`, select: '/state' } },
+    ]);
+    expect(await call(r, 'none', {})).toMatchObject({ outcome: 'ok', content: '(empty response, HTTP 204)' });
+    expect(s.requests[0]?.method).toBe('DELETE');
+    expect(await call(r, 'state', {})).toMatchObject({ outcome: 'ok', content: 'on' });
+    expect(await call(r, 'text', {})).toMatchObject({
+      outcome: 'error',
+      content: `error: text failed: the response from ${new URL(s.origin).host} is not JSON, so select /state does not apply`,
+    });
+  });
+
   it('turns a non-2xx status into a short error without echoing the body or the URL', async () => {
     const s = await server((_req, res) =>
       json(res, 503, { error: 'backend down', token: 'sk-secret-token' }),
