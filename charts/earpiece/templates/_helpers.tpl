@@ -1,0 +1,91 @@
+{{/* The release's base name, cut to the 63 characters a label value allows. */}}
+{{- define "earpiece.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "earpiece.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "earpiece.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+app.kubernetes.io/name: {{ include "earpiece.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: earpiece
+{{- end }}
+
+{{/* Selector labels of the operator's pods. */}}
+{{- define "earpiece.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "earpiece.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: operator
+{{- end }}
+
+{{- define "earpiece.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "earpiece.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* The earpiece image; a digest wins over the tag. */}}
+{{- define "earpiece.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/* The sidecar's image: the operator's own unless injection.image names another. */}}
+{{- define "earpiece.sidecarImage" -}}
+{{- if .Values.injection.image.repository }}
+{{- printf "%s:%s" .Values.injection.image.repository (default .Chart.AppVersion .Values.injection.image.tag) }}
+{{- else }}
+{{- include "earpiece.image" . }}
+{{- end }}
+{{- end }}
+
+{{/* Cluster-scoped objects are named after the release and its namespace, so two releases never clash. */}}
+{{- define "earpiece.clusterName" -}}
+{{- printf "%s-%s" .Release.Namespace (include "earpiece.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "earpiece.certSecretName" -}}
+{{- default (printf "%s-webhook-tls" (include "earpiece.fullname" .)) .Values.certs.secretName }}
+{{- end }}
+
+{{- define "earpiece.leaseName" -}}
+{{- printf "%s-controller" (include "earpiece.fullname" .) }}
+{{- end }}
+
+{{- define "earpiece.certDir" -}}
+/var/run/earpiece/webhook-certs
+{{- end }}
+
+{{/* True when the cluster (or `helm template --api-versions`) serves the prometheus-operator API. */}}
+{{- define "earpiece.hasMonitoringApi" -}}
+{{- if .Capabilities.APIVersions.Has "monitoring.coreos.com/v1" }}true{{ end }}
+{{- end }}
+
+{{- define "earpiece.vllm.fullname" -}}
+{{- printf "%s-vllm" (include "earpiece.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "earpiece.vllm.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "earpiece.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: vllm
+{{- end }}

@@ -1,0 +1,444 @@
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { parse } from 'yaml';
+import { validateToolSet } from '../../src/toolset/index.js';
+import { type K8sObject, kubernetesIssues } from '../support/k8s-schema.js';
+import {
+  CHART,
+  find,
+  helm,
+  kinds,
+  MONITORING_API,
+  NAMESPACE,
+  notes,
+  RELEASE,
+  render,
+  renderError,
+} from './render.js';
+
+type Container = {
+  name: string;
+  args?: string[];
+  env?: { name: string; value?: string; valueFrom?: unknown }[];
+  ports?: { name: string; containerPort: number }[];
+  [field: string]: unknown;
+};
+type PodSpec = { containers: Container[]; volumes?: Record<string, unknown>[]; [field: string]: unknown };
+type Rule = { apiGroups: string[]; resources: string[]; verbs: string[]; resourceNames?: string[] };
+type Webhook = {
+  name: string;
+  clientConfig: { service: { name: string; namespace: string; path: string; port: number } };
+  objectSelector: Record<string, unknown>;
+  namespaceSelector: {
+    matchLabels?: Record<string, string>;
+    matchExpressions: { key: string; operator: string; values: string[] }[];
+  };
+  [field: string]: unknown;
+};
+
+const podSpec = (deployment: K8sObject) =>
+  (deployment as unknown as { spec: { template: { spec: PodSpec } } }).spec.template.spec;
+const container = (deployment: K8sObject) => podSpec(deployment).containers[0]!;
+const env = (c: Container) => Object.fromEntries((c.env ?? []).map((e) => [e.name, e.value ?? e.valueFrom]));
+const webhooks = (objects: K8sObject[]) =>
+  (find(objects, 'MutatingWebhookConfiguration') as unknown as { webhooks: Webhook[] }).webhooks;
+const rules = (role: K8sObject) => (role as unknown as { rules: Rule[] }).rules;
+
+async function expectValid(objects: K8sObject[]) {
+  const problems: string[] = [];
+  for (const obj of objects)
+    for (const issue of await kubernetesIssues(obj))
+      problems.push(`${obj.kind} ${obj.metadata.name}: ${issue}`);
+  expect(problems).toEqual([]);
+}
+
+const FULLNAME = RELEASE;
+const CLUSTER_NAME = `${NAMESPACE}-${RELEASE}`;
+const ALL_ON = { values: ['ci/all-on-values.yaml'], apiVersions: [MONITORING_API] };
+
+describe('helm lint --strict', () => {
+  it('passes with the default values', () => {
+    const result = helm(['lint', '--strict', CHART]);
+    expect(result.stderr + result.stdout).toContain('1 chart(s) linted, 0 chart(s) failed');
+    expect(result.status).toBe(0);
+  });
+
+  it('passes with every option on', () => {
+    const result = helm(['lint', '--strict', CHART, '--values', path.join(CHART, 'ci/all-on-values.yaml')]);
+    expect(result.stderr + result.stdout).toContain('1 chart(s) linted, 0 chart(s) failed');
+    expect(result.status).toBe(0);
+  });
+});
+
+describe('default values', () => {
+  const objects = render();
+
+  it('renders the operator, its RBAC, webhook, CRD and dashboard, each valid for the API server', async () => {
+    expect(kinds(objects)).toEqual([
+      'ClusterRole',
+      'ClusterRole',
+      'ClusterRoleBinding',
+      'ClusterRoleBinding',
+      'ConfigMap',
+      'CustomResourceDefinition',
+      'Deployment',
+      'MutatingWebhookConfiguration',
+      'PodDisruptionBudget',
+      'Role',
+      'RoleBinding',
+      'Service',
+      'ServiceAccount',
+    ]);
+    await expectValid(objects);
+  });
+
+  it('runs two non-root replicas on a read-only root filesystem, probed on port 8081', () => {
+    const deployment = find(objects, 'Deployment', FULLNAME);
+    expect((deployment.spec as { replicas: number }).replicas).toBe(2);
+    const pod = podSpec(deployment);
+    expect(pod.securityContext).toMatchObject({ runAsNonRoot: true, runAsUser: 65532 });
+    const c = container(deployment);
+    expect(c.args).toEqual(['operator']);
+    expect(c.securityContext).toEqual({
+      allowPrivilegeEscalation: false,
+      readOnlyRootFilesystem: true,
+      capabilities: { drop: ['ALL'] },
+    });
+    expect(c.ports).toEqual([
+      { name: 'webhook', containerPort: 9443, protocol: 'TCP' },
+      { name: 'metrics', containerPort: 8080, protocol: 'TCP' },
+      { name: 'probes', containerPort: 8081, protocol: 'TCP' },
+    ]);
+    expect(c.livenessProbe).toMatchObject({ httpGet: { path: '/healthz', port: 'probes' } });
+    expect(c.readinessProbe).toMatchObject({ httpGet: { path: '/readyz', port: 'probes' } });
+    expect(c.resources).toMatchObject({ requests: { cpu: expect.any(String), memory: expect.any(String) } });
+  });
+
+  it("sets the operator's whole environment contract", () => {
+    const deployment = find(objects, 'Deployment', FULLNAME);
+    expect(env(container(deployment))).toEqual({
+      EARPIECE_NAMESPACE: { fieldRef: { fieldPath: 'metadata.namespace' } },
+      EARPIECE_POD_NAME: { fieldRef: { fieldPath: 'metadata.name' } },
+      EARPIECE_WATCH_NAMESPACES: '',
+      EARPIECE_LEADER_ELECTION: 'true',
+      EARPIECE_LEASE_NAME: `${FULLNAME}-controller`,
+      EARPIECE_WEBHOOK_PORT: '9443',
+      EARPIECE_PROBE_PORT: '8081',
+      EARPIECE_METRICS_PORT: '8080',
+      EARPIECE_WEBHOOK_CONFIG_NAME: CLUSTER_NAME,
+      EARPIECE_WEBHOOK_SERVICE_NAME: FULLNAME,
+      EARPIECE_CERT_MODE: 'operator',
+      EARPIECE_CERT_SECRET_NAME: `${FULLNAME}-webhook-tls`,
+      EARPIECE_CERT_DIR: '/var/run/earpiece/webhook-certs',
+      EARPIECE_SIDECAR_IMAGE: 'earpiece:0.1.0',
+      EARPIECE_SIDECAR_RESOURCES: JSON.stringify({
+        limits: { memory: '192Mi' },
+        requests: { cpu: '50m', memory: '96Mi' },
+      }),
+      EARPIECE_NATIVE_SIDECAR: 'true',
+      EARPIECE_LOG_LEVEL: 'info',
+    });
+  });
+
+  it('grants least privilege: no wildcards, names where Kubernetes allows them', () => {
+    for (const role of objects.filter((o) => o.kind === 'ClusterRole' || o.kind === 'Role'))
+      for (const rule of rules(role))
+        for (const field of [rule.apiGroups, rule.resources, rule.verbs]) expect(field).not.toContain('*');
+
+    expect(rules(find(objects, 'ClusterRole', CLUSTER_NAME))).toEqual([
+      { apiGroups: ['earpiece.dev'], resources: ['toolsets'], verbs: ['get', 'list', 'watch'] },
+      { apiGroups: ['earpiece.dev'], resources: ['toolsets/status'], verbs: ['get', 'update', 'patch'] },
+      { apiGroups: [''], resources: ['configmaps'], verbs: ['get', 'list', 'watch', 'create', 'patch'] },
+      { apiGroups: [''], resources: ['events'], verbs: ['create', 'patch'] },
+      { apiGroups: [''], resources: ['pods'], verbs: ['list', 'watch'] },
+    ]);
+    expect(rules(find(objects, 'ClusterRole', `${CLUSTER_NAME}-webhook`))).toEqual([
+      {
+        apiGroups: ['admissionregistration.k8s.io'],
+        resources: ['mutatingwebhookconfigurations'],
+        resourceNames: [CLUSTER_NAME],
+        verbs: ['get', 'patch'],
+      },
+    ]);
+    const role = find(objects, 'Role', FULLNAME);
+    expect(role.metadata.namespace).toBe(NAMESPACE);
+    expect(rules(role)).toEqual([
+      { apiGroups: ['coordination.k8s.io'], resources: ['leases'], verbs: ['create'] },
+      {
+        apiGroups: ['coordination.k8s.io'],
+        resources: ['leases'],
+        resourceNames: [`${FULLNAME}-controller`],
+        verbs: ['get', 'update'],
+      },
+      { apiGroups: [''], resources: ['secrets'], verbs: ['create'] },
+      {
+        apiGroups: [''],
+        resources: ['secrets'],
+        resourceNames: [`${FULLNAME}-webhook-tls`],
+        verbs: ['get', 'update'],
+      },
+    ]);
+    // Every binding hands its role to the operator's ServiceAccount, and nothing else.
+    for (const binding of objects.filter((o) => o.kind.endsWith('Binding')))
+      expect(binding.subjects).toEqual([{ kind: 'ServiceAccount', name: FULLNAME, namespace: NAMESPACE }]);
+  });
+
+  it("routes the webhook through the Service to the operator's port 9443", () => {
+    const service = find(objects, 'Service', FULLNAME) as unknown as {
+      spec: { selector: Record<string, string>; ports: { name: string; port: number; targetPort: string }[] };
+    };
+    expect(service.spec.ports).toEqual([
+      { name: 'webhook', port: 443, targetPort: 'webhook', protocol: 'TCP' },
+      { name: 'metrics', port: 8080, targetPort: 'metrics', protocol: 'TCP' },
+    ]);
+    const deployment = find(objects, 'Deployment', FULLNAME);
+    const podLabels = (deployment.spec as { template: { metadata: { labels: Record<string, string> } } })
+      .template.metadata.labels;
+    expect(podLabels).toMatchObject(service.spec.selector);
+    for (const hook of webhooks(objects))
+      expect(hook.clientConfig).toEqual({
+        service: { name: FULLNAME, namespace: NAMESPACE, path: '/mutate', port: 443 },
+      });
+  });
+
+  it('calls the webhook for opted-in pods and namespaces, never for kube-system or its own namespace', () => {
+    const [pods, namespaces] = webhooks(objects);
+    for (const hook of [pods!, namespaces!]) {
+      expect(hook).toMatchObject({
+        rules: [{ operations: ['CREATE'], apiGroups: [''], apiVersions: ['v1'], resources: ['pods'] }],
+        failurePolicy: 'Ignore',
+        sideEffects: 'None',
+        timeoutSeconds: 10,
+        reinvocationPolicy: 'IfNeeded',
+        admissionReviewVersions: ['v1'],
+      });
+      expect(hook.clientConfig).not.toHaveProperty('caBundle');
+      expect(hook.namespaceSelector.matchExpressions).toEqual([
+        {
+          key: 'kubernetes.io/metadata.name',
+          operator: 'NotIn',
+          values: ['kube-system', 'kube-public', 'kube-node-lease', NAMESPACE],
+        },
+      ]);
+    }
+    expect(pods!.objectSelector).toEqual({ matchLabels: { 'earpiece.dev/inject': 'true' } });
+    expect(pods!.namespaceSelector.matchLabels).toBeUndefined();
+    expect(namespaces!.namespaceSelector.matchLabels).toEqual({ 'earpiece.dev/inject': 'true' });
+    // Pods labelled "false" opt out; pods labelled "true" are already sent by the first entry.
+    expect(namespaces!.objectSelector).toEqual({
+      matchExpressions: [{ key: 'earpiece.dev/inject', operator: 'NotIn', values: ['true', 'false'] }],
+    });
+  });
+
+  it('ships the CRD from templates/, kept on uninstall, with the spec of crds/', () => {
+    const copy = readFileSync(path.join(CHART, 'files/toolsets.earpiece.dev.yaml'), 'utf8');
+    expect(copy, 'charts/earpiece/files/ must be a copy of crds/toolsets.earpiece.dev.yaml').toBe(
+      readFileSync('crds/toolsets.earpiece.dev.yaml', 'utf8'),
+    );
+    const source = parse(copy);
+    const crd = find(objects, 'CustomResourceDefinition', 'toolsets.earpiece.dev');
+    expect(crd.spec).toEqual(source.spec);
+    expect(crd.metadata.annotations).toEqual({ 'helm.sh/resource-policy': 'keep' });
+    expect(crd.metadata.labels).toMatchObject({ 'app.kubernetes.io/instance': RELEASE });
+  });
+
+  it('ships the Grafana dashboard as a ConfigMap labelled for the Grafana sidecar', () => {
+    const dashboard = find(objects, 'ConfigMap', `${FULLNAME}-dashboard`);
+    expect(dashboard.metadata.labels).toMatchObject({ grafana_dashboard: '1' });
+    const json = (dashboard.data as Record<string, string>)['earpiece.json']!;
+    expect(json).toBe(readFileSync(path.join(CHART, 'dashboards/earpiece.json'), 'utf8').trimEnd());
+    expect(JSON.parse(json)).toMatchObject({ title: expect.any(String), panels: expect.any(Array) });
+  });
+
+  it('renders no monitors unless asked, even where the Prometheus operator runs', () => {
+    const withApi = render({ apiVersions: [MONITORING_API] });
+    expect(kinds(withApi)).toEqual(kinds(objects));
+  });
+});
+
+describe('every option on', () => {
+  const objects = render(ALL_ON);
+
+  it('renders every object, each valid for the API server or its CRD', async () => {
+    expect(kinds(objects)).toEqual([
+      'Certificate',
+      'ClusterRole',
+      'ConfigMap',
+      'CustomResourceDefinition',
+      'Deployment',
+      'Deployment',
+      'Issuer',
+      'MutatingWebhookConfiguration',
+      'PodDisruptionBudget',
+      'PodMonitor',
+      'PrometheusRule',
+      'Role',
+      'RoleBinding',
+      'RoleBinding',
+      'RoleBinding',
+      'Service',
+      'Service',
+      'ServiceAccount',
+      'ServiceMonitor',
+      'ToolSet',
+    ]);
+    await expectValid(objects);
+  });
+
+  it('hands the certificate to cert-manager: Issuer, Certificate, CA injection, the Secret mounted', () => {
+    const certificate = find(objects, 'Certificate', `${FULLNAME}-webhook`) as unknown as {
+      metadata: { namespace: string };
+      spec: { secretName: string; dnsNames: string[]; issuerRef: { name: string; kind: string } };
+    };
+    expect(certificate.spec.dnsNames).toContain(`${FULLNAME}.${NAMESPACE}.svc`);
+    expect(certificate.spec.issuerRef).toMatchObject({ name: `${FULLNAME}-selfsigned`, kind: 'Issuer' });
+    find(objects, 'Issuer', `${FULLNAME}-selfsigned`);
+    const mwc = find(objects, 'MutatingWebhookConfiguration');
+    expect(mwc.metadata.annotations).toEqual({
+      'cert-manager.io/inject-ca-from': `${certificate.metadata.namespace}/${FULLNAME}-webhook`,
+    });
+
+    const deployment = find(objects, 'Deployment', FULLNAME);
+    const vars = env(container(deployment));
+    expect(vars.EARPIECE_CERT_MODE).toBe('cert-manager');
+    expect(vars.EARPIECE_CERT_SECRET_NAME).toBe(certificate.spec.secretName);
+    const mount = (container(deployment).volumeMounts as { name: string; mountPath: string }[]).find(
+      (m) => m.mountPath === vars.EARPIECE_CERT_DIR,
+    );
+    const volume = podSpec(deployment).volumes?.find((v) => v.name === mount?.name);
+    expect(volume).toEqual({ name: 'webhook-certs', secret: { secretName: certificate.spec.secretName } });
+    // cert-manager fills the caBundle and owns the Secret: the operator gets neither right.
+    expect(objects.some((o) => o.metadata.name === `${CLUSTER_NAME}-webhook`)).toBe(false);
+    expect(rules(find(objects, 'Role')).some((r) => r.resources.includes('secrets'))).toBe(false);
+  });
+
+  it('watches only the named namespaces: RBAC and webhook both limited to them', () => {
+    const bindings = objects.filter((o) => o.kind === 'RoleBinding' && o.metadata.namespace !== NAMESPACE);
+    expect(bindings.map((b) => b.metadata.namespace)).toEqual(['voice', 'voice-staging']);
+    for (const b of bindings)
+      expect(b.roleRef).toEqual({
+        apiGroup: 'rbac.authorization.k8s.io',
+        kind: 'ClusterRole',
+        name: CLUSTER_NAME,
+      });
+    expect(objects.filter((o) => o.kind === 'ClusterRoleBinding')).toEqual([]);
+    for (const hook of webhooks(objects)) {
+      expect(hook.failurePolicy).toBe('Fail');
+      expect(hook.namespaceSelector.matchExpressions).toContainEqual({
+        key: 'kubernetes.io/metadata.name',
+        operator: 'In',
+        values: ['voice', 'voice-staging'],
+      });
+    }
+    const vars = env(container(find(objects, 'Deployment', FULLNAME)));
+    expect(vars.EARPIECE_WATCH_NAMESPACES).toBe('voice,voice-staging');
+    expect(vars.EARPIECE_NATIVE_SIDECAR).toBe('false');
+  });
+
+  it('monitors the operator and every injected sidecar, with the alert rules', () => {
+    const serviceMonitor = find(objects, 'ServiceMonitor') as unknown as {
+      metadata: K8sObject['metadata'];
+      spec: { selector: { matchLabels: Record<string, string> }; endpoints: { port: string }[] };
+    };
+    expect(serviceMonitor.metadata.labels).toMatchObject({ release: 'kube-prometheus-stack' });
+    expect(serviceMonitor.spec.endpoints[0]!.port).toBe('metrics');
+    const service = find(objects, 'Service', FULLNAME) as unknown as {
+      metadata: { labels: Record<string, string> };
+    };
+    expect(service.metadata.labels).toMatchObject(serviceMonitor.spec.selector.matchLabels);
+
+    const podMonitor = find(objects, 'PodMonitor') as unknown as {
+      spec: {
+        selector: unknown;
+        namespaceSelector: unknown;
+        podMetricsEndpoints: { port: string; path: string }[];
+      };
+    };
+    expect(podMonitor.spec.selector).toEqual({ matchLabels: { 'earpiece.dev/injected': 'true' } });
+    expect(podMonitor.spec.namespaceSelector).toEqual({ matchNames: ['voice', 'voice-staging'] });
+    expect(podMonitor.spec.podMetricsEndpoints).toMatchObject([{ port: 'metrics', path: '/metrics' }]);
+
+    const rule = find(objects, 'PrometheusRule');
+    const file = parse(readFileSync(path.join(CHART, 'rules/earpiece.rules.yaml'), 'utf8'));
+    expect(rule.spec).toEqual({ groups: file.groups });
+  });
+
+  it('runs vLLM with tool calling on, a context of at least 4096 tokens and a GPU', () => {
+    const vllm = find(objects, 'Deployment', `${FULLNAME}-vllm`);
+    const c = container(vllm);
+    expect(c.args).toEqual([
+      '--model=Qwen/Qwen3-4B-Instruct-2507',
+      '--served-model-name=Qwen/Qwen3-4B-Instruct-2507',
+      '--port=8000',
+      '--max-model-len=8192',
+      '--gpu-memory-utilization=0.9',
+      '--enable-auto-tool-choice',
+      '--tool-call-parser=hermes',
+      '--chat-template=/templates/tool_chat.jinja',
+      '--enable-prefix-caching',
+    ]);
+    expect(c.resources).toMatchObject({ limits: { 'nvidia.com/gpu': 1 } });
+    expect(env(c).HF_TOKEN).toEqual({ secretKeyRef: { name: 'huggingface', key: 'token' } });
+    const service = find(objects, 'Service', `${FULLNAME}-vllm`) as unknown as {
+      spec: { selector: Record<string, string>; ports: { port: number }[] };
+    };
+    expect(service.spec.ports[0]!.port).toBe(8000);
+    const podLabels = (vllm.spec as { template: { metadata: { labels: Record<string, string> } } }).template
+      .metadata.labels;
+    expect(podLabels).toMatchObject(service.spec.selector);
+  });
+
+  it('creates an example ToolSet that earpiece itself accepts', () => {
+    const toolset = find(objects, 'ToolSet', 'assistant');
+    expect(toolset.metadata.namespace).toBe('voice');
+    expect(validateToolSet(toolset).issues).toEqual([]);
+  });
+});
+
+describe('switches and guards', () => {
+  it('leaves monitors out when the cluster has no Prometheus operator, and says so in the notes', () => {
+    const objects = render({ values: ['ci/all-on-values.yaml'] });
+    for (const kind of ['ServiceMonitor', 'PodMonitor', 'PrometheusRule'])
+      expect(objects.map((o) => o.kind)).not.toContain(kind);
+    expect(notes({ values: ['ci/all-on-values.yaml'] })).toContain('does not serve monitoring.coreos.com/v1');
+    expect(notes()).not.toContain('WARNING');
+  });
+
+  it('drops the CRD, the dashboard and the PodDisruptionBudget when told to', () => {
+    const objects = render({ set: ['crds.enabled=false', 'dashboards.enabled=false', 'replicaCount=1'] });
+    for (const kind of ['CustomResourceDefinition', 'ConfigMap', 'PodDisruptionBudget'])
+      expect(objects.map((o) => o.kind)).not.toContain(kind);
+  });
+
+  it('takes failurePolicy from the values', () => {
+    for (const hook of webhooks(render({ set: ['webhook.failurePolicy=Fail'] })))
+      expect(hook.failurePolicy).toBe('Fail');
+  });
+
+  it('asks where the example ToolSet goes: never the release namespace', () => {
+    expect(renderError({ set: ['exampleToolSet.enabled=true'] })).toContain('exampleToolSet.namespace');
+    expect(
+      renderError({ set: ['exampleToolSet.enabled=true', `exampleToolSet.namespace=${NAMESPACE}`] }),
+    ).toContain('never injected');
+  });
+
+  it('prints the next steps after install', () => {
+    const text = notes();
+    expect(text).toContain(`kubectl -n ${NAMESPACE} rollout status deployment/${FULLNAME}`);
+    expect(text).toContain('earpiece.dev/inject');
+    expect(text).toContain('kubectl -n VOICE apply -f examples/weather-toolset.yaml');
+  });
+});
+
+describe('values.schema.json', () => {
+  it.each([
+    ['webhook.failurePolicy=Maybe', '/webhook/failurePolicy'],
+    ['vllm.maxModelLen=1536', '/vllm/maxModelLen'],
+    ['webhook.failurepolicy=Fail', 'failurepolicy'],
+    ['injection.nativeSidecar=maybe', '/injection/nativeSidecar'],
+    ['image.digest=latest', '/image/digest'],
+  ])('rejects %s', (set, where) => {
+    expect(renderError({ set: [set] })).toContain(where);
+  });
+});
