@@ -202,11 +202,17 @@ function checkTool(tool: ToolSpec, path: string, issues: Issue[]): void {
   }
 }
 
-/** Rules beyond the schema. Assumes the schema passed. */
+/**
+ * Rules beyond the schema. Also run on documents the schema rejected, so one pass reports everything:
+ * a tool too malformed to check is left to the schema's issues.
+ */
 export function semanticIssues(toolset: ToolSet): Issue[] {
   const issues: Issue[] = [];
   const spec = toolset.spec;
-  checkValue(spec.upstream?.apiKey, 'spec.upstream.apiKey', issues);
+  if (!spec || !Array.isArray(spec.tools)) return issues;
+  try {
+    checkValue(spec.upstream?.apiKey, 'spec.upstream.apiKey', issues);
+  } catch {}
   if (spec.upstream?.url && /\/v1\/?$/.test(spec.upstream.url)) {
     issues.push({
       path: 'spec.upstream.url',
@@ -216,7 +222,12 @@ export function semanticIssues(toolset: ToolSet): Issue[] {
   const seen = new Map<string, number>();
   spec.tools.forEach((tool, i) => {
     const path = `spec.tools[${i}]`;
-    checkTool(tool, path, issues);
+    if (tool === null || typeof tool !== 'object') return;
+    try {
+      checkTool(tool, path, issues);
+    } catch {
+      // Malformed beyond what these rules can read; the schema has named the problem.
+    }
     // Names an mcp entry is known to produce (include + prefix) take part in the uniqueness check too.
     const names = tool.mcp
       ? (tool.mcp.include ?? []).map((n) => `${tool.mcp?.prefix ?? ''}${n}`)
@@ -241,7 +252,7 @@ export function semanticIssues(toolset: ToolSet): Issue[] {
 export function validateToolSet(doc: unknown): ParseResult {
   if (!validateSchema(doc)) {
     const issues = (validateSchema.errors ?? []).map(schemaIssue).filter((x): x is Issue => x !== undefined);
-    return { ok: false, issues: dedupe(issues) };
+    return { ok: false, issues: dedupe([...issues, ...semanticIssues(doc as ToolSet)]) };
   }
   const issues = semanticIssues(doc);
   return issues.length ? { ok: false, issues } : { ok: true, toolset: doc, issues: [] };

@@ -63,9 +63,10 @@ describe('ToolSet validation', () => {
         'spec.limits.maxIterations: must be >= 1',
         'spec.tools[0].builtin: "clock" is not one of time, calculator',
         'spec.tools[1].htp: is not a known field',
+        'spec.tools[1]: needs exactly one of http, mcp, sql or builtin',
       ]),
     );
-    expect(issues.length).toBe(4);
+    expect(issues.length).toBe(5);
   });
 
   it('checks the rules a schema cannot say', () => {
