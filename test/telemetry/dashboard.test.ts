@@ -1,0 +1,115 @@
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, expect, test } from 'vitest';
+import { stringify } from 'yaml';
+import { createTelemetry } from '../../src/telemetry/index.js';
+import {
+  allPanels,
+  labelValuesQuery,
+  loadDashboard,
+  panelQueries,
+  substitute,
+} from '../support/dashboard.js';
+import { parseExposition, prometheusBinary, promtool } from '../support/prometheus.js';
+import { VLLM_METRIC_NAMES } from '../support/vllm-metrics.js';
+
+const dashboard = loadDashboard();
+/** Grafana's reference to the datasource variable. */
+const DATASOURCE = ['$', '{datasource}'].join('');
+
+/** The sample names the proxy exposes once every kind of record was made. */
+async function exposedNames(): Promise<Set<string>> {
+  const t = await createTelemetry();
+  t.toolsetLoaded('assistant', 'h', [{ name: 'get_weather', timeoutSeconds: 3 }]);
+  t.toolCall({ toolset: 'assistant', tool: 'get_weather', outcome: 'ok', seconds: 0.1 });
+  t.turn({ toolset: 'assistant', outcome: 'ok', iterations: 2, timeToFirstContentSeconds: 0.2, seconds: 1 });
+  t.upstreamTimeToFirstToken('assistant', 0.05);
+  t.memorySpliced('assistant', 1);
+  t.memoryEntries('assistant', 1);
+  return new Set(parseExposition(await t.metrics()).map((s) => s.name));
+}
+
+describe('Grafana dashboard', () => {
+  test('every panel queries the datasource variable, and the filters are there', () => {
+    const variables = dashboard.templating.list;
+    expect(variables.map((v) => [v.name, v.type])).toEqual([
+      ['datasource', 'datasource'],
+      ['namespace', 'query'],
+      ['toolset', 'query'],
+      ['tool', 'query'],
+    ]);
+    for (const variable of variables.filter((v) => v.type === 'query')) {
+      expect(() => labelValuesQuery(variable)).not.toThrow();
+    }
+    const panels = allPanels(dashboard).filter((p) => p.type !== 'row');
+    expect(new Set(allPanels(dashboard).map((p) => p.id)).size).toBe(allPanels(dashboard).length);
+    for (const panel of panels) {
+      expect(panel.datasource?.uid, panel.title).toBe(DATASOURCE);
+      expect(panel.targets?.length, panel.title).toBeGreaterThan(0);
+      for (const target of panel.targets ?? []) expect(target.datasource?.uid, panel.title).toBe(DATASOURCE);
+    }
+  });
+
+  test('panels do not overlap on the 24-column grid', () => {
+    const cells = new Map<string, string>();
+    for (const panel of allPanels(dashboard)) {
+      const { x, y, w, h } = panel.gridPos;
+      expect(x + w, panel.title).toBeLessThanOrEqual(24);
+      for (let row = y; row < y + h; row++) {
+        for (let col = x; col < x + w; col++) {
+          const key = `${row},${col}`;
+          expect(cells.get(key), `${panel.title} overlaps`).toBeUndefined();
+          cells.set(key, panel.title);
+        }
+      }
+    }
+  });
+
+  test('the panels the observability design asks for are there', () => {
+    const exprs = panelQueries(dashboard).map((q) => q.expr);
+    const has = (pattern: RegExp) => exprs.some((e) => pattern.test(e));
+    expect(
+      has(
+        /histogram_quantile\(0\.99, sum by \(tool, le\) \(rate\(earpiece_tool_call_duration_seconds_bucket/,
+      ),
+    ).toBe(true);
+    expect(has(/outcome="cache_hit"/)).toBe(true);
+    expect(has(/outcome="timeout"/)).toBe(true);
+    expect(has(/earpiece_turn_iterations/)).toBe(true);
+    expect(has(/earpiece_time_to_first_content_seconds_bucket/)).toBe(true);
+    expect(has(/earpiece_upstream_time_to_first_token_seconds_bucket/)).toBe(true);
+    expect(has(/vllm:time_to_first_token_seconds_bucket/)).toBe(true);
+    expect(has(/earpiece_active_streams/)).toBe(true);
+    expect(has(/earpiece_client_disconnects_total/)).toBe(true);
+  });
+
+  test('every metric a panel names is one the proxy or vLLM exposes', async () => {
+    const names = await exposedNames();
+    for (const { where, expr } of panelQueries(dashboard)) {
+      for (const [metric] of expr.matchAll(/\b(?:earpiece_[a-z_]+|vllm:[a-z_:]+)/g)) {
+        if (metric.startsWith('vllm:')) expect(VLLM_METRIC_NAMES, where).toContain(metric);
+        else expect(names.has(metric), `${where}: ${metric}`).toBe(true);
+      }
+    }
+  });
+
+  const path = prometheusBinary('promtool');
+  test.skipIf(!path)('every query is valid PromQL once the variables are filled in', async () => {
+    // promtool parses rule expressions without a server: each query becomes a recording rule.
+    const dir = await mkdtemp(join(tmpdir(), 'earpiece-dashboard-'));
+    try {
+      const rules = panelQueries(dashboard).map(({ expr }, i) => ({
+        record: `dashboard:query_${i}`,
+        expr: substitute(expr, dashboard, '1m'),
+      }));
+      const file = join(dir, 'queries.yaml');
+      await writeFile(file, stringify({ groups: [{ name: 'dashboard', rules }] }));
+      const { status, output } = promtool(path!, ['check', 'rules', file]);
+      expect(output).toContain(`SUCCESS: ${rules.length} rules found`);
+      expect(status).toBe(0);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+});
