@@ -2,6 +2,7 @@ import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { parse } from 'yaml';
+import { METRICS_PORT_NAME, sidecarConfigFromEnv } from '../../src/operator/sidecar.js';
 import { validateToolSet } from '../../src/toolset/index.js';
 import { type K8sObject, kubernetesIssues } from '../support/k8s-schema.js';
 import {
@@ -131,13 +132,25 @@ describe('default values', () => {
       EARPIECE_CERT_MODE: 'operator',
       EARPIECE_CERT_SECRET_NAME: `${FULLNAME}-webhook-tls`,
       EARPIECE_CERT_DIR: '/var/run/earpiece/webhook-certs',
-      EARPIECE_SIDECAR_IMAGE: 'earpiece:0.1.0',
+      EARPIECE_SIDECAR_IMAGE: 'ghcr.io/earpiece-dev/earpiece:0.1.0',
+      EARPIECE_SIDECAR_IMAGE_PULL_POLICY: 'IfNotPresent',
       EARPIECE_SIDECAR_RESOURCES: JSON.stringify({
-        limits: { memory: '192Mi' },
-        requests: { cpu: '50m', memory: '96Mi' },
+        limits: { memory: '256Mi' },
+        requests: { cpu: '50m', memory: '128Mi' },
       }),
       EARPIECE_NATIVE_SIDECAR: 'true',
+      EARPIECE_SIDECAR_LOG_LEVEL: 'info',
+      EARPIECE_SIDECAR_ENV: '[]',
       EARPIECE_LOG_LEVEL: 'info',
+    });
+    // The operator reads the sidecar's settings with the same parser it uses at start.
+    expect(sidecarConfigFromEnv(env(container(deployment)) as NodeJS.ProcessEnv)).toEqual({
+      image: 'ghcr.io/earpiece-dev/earpiece:0.1.0',
+      imagePullPolicy: 'IfNotPresent',
+      resources: { limits: { memory: '256Mi' }, requests: { cpu: '50m', memory: '128Mi' } },
+      nativeSidecar: true,
+      logLevel: 'info',
+      extraEnv: [],
     });
   });
 
@@ -333,7 +346,15 @@ describe('every option on', () => {
     }
     const vars = env(container(find(objects, 'Deployment', FULLNAME)));
     expect(vars.EARPIECE_WATCH_NAMESPACES).toBe('voice,voice-staging');
-    expect(vars.EARPIECE_NATIVE_SIDECAR).toBe('false');
+  });
+
+  it('hands the sidecar settings to the operator', () => {
+    const vars = env(container(find(objects, 'Deployment', FULLNAME))) as NodeJS.ProcessEnv;
+    expect(sidecarConfigFromEnv(vars)).toMatchObject({
+      nativeSidecar: false,
+      logLevel: 'debug',
+      extraEnv: [{ name: 'OTEL_EXPORTER_OTLP_ENDPOINT', value: 'http://otel-collector.observability:4318' }],
+    });
   });
 
   it('monitors the operator and every injected sidecar, with the alert rules', () => {
@@ -357,7 +378,9 @@ describe('every option on', () => {
     };
     expect(podMonitor.spec.selector).toEqual({ matchLabels: { 'earpiece.dev/injected': 'true' } });
     expect(podMonitor.spec.namespaceSelector).toEqual({ matchNames: ['voice', 'voice-staging'] });
-    expect(podMonitor.spec.podMetricsEndpoints).toMatchObject([{ port: 'metrics', path: '/metrics' }]);
+    expect(podMonitor.spec.podMetricsEndpoints).toMatchObject([
+      { port: METRICS_PORT_NAME, path: '/metrics' },
+    ]);
 
     const rule = find(objects, 'PrometheusRule');
     const file = parse(readFileSync(path.join(CHART, 'rules/earpiece.rules.yaml'), 'utf8'));
