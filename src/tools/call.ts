@@ -125,19 +125,20 @@ export async function callTool(
   const caller = tool.config.onInterrupt === 'finish' ? undefined : signal;
   try {
     const parsed = parseArguments(call.arguments);
-    if (!parsed.ok)
+    if (!parsed.ok) {
       return done('invalid_arguments', `error: the arguments for ${tool.name} are wrong: ${parsed.problem}`);
+    }
     const problem = tool.check(parsed.args);
     if (problem) return done('invalid_arguments', `error: invalid arguments for ${tool.name}: ${problem}`);
 
-    const ttl = tool.config.cacheTtlMs;
-    const key = ttl === undefined ? undefined : cacheKey(tool.name, parsed.args);
-    const hit = key === undefined ? undefined : options.cache.get(key);
-    if (hit !== undefined) return done('cache_hit', hit);
     if (caller?.aborted) throw caller.reason;
-    if (key === undefined || ttl === undefined) {
+    const ttl = tool.config.cacheTtlMs;
+    if (ttl === undefined) {
       return done('ok', await execute(tool, parsed.args, caller, options.maxResultBytes));
     }
+    const key = cacheKey(tool.name, parsed.args);
+    const hit = options.cache.get(key);
+    if (hit !== undefined) return done('cache_hit', hit);
     const content = await options.cache.shared(key, caller, async (shared) => {
       const result = await execute(tool, parsed.args, shared, options.maxResultBytes);
       options.cache.set(key, result, ttl);
