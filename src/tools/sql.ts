@@ -1,0 +1,281 @@
+/**
+ * `sql:` entries: PostgreSQL through `pg`, read-only.
+ *
+ * With `query`, the model's arguments are bound to $1..$n in the order of `args`; the text is the
+ * ToolSet's and never built from arguments. Without it, the model writes one SELECT (argument `sql`),
+ * checked by sql-guard.ts before it is sent. Either way the statement runs in a `BEGIN READ ONLY`
+ * transaction that is always rolled back, with `statement_timeout` set to what is left of the tool
+ * timeout, over the extended query protocol (one statement only) through a cursor that fetches at most
+ * maxRows + 1 rows, so the text is never rewritten to add a LIMIT.
+ *
+ * Connection strings are secrets: they are never logged, and error messages are scrubbed of them.
+ */
+import pg from 'pg';
+import Cursor from 'pg-cursor';
+import type { Logger } from '../telemetry/log.js';
+import type { SqlToolSpec } from '../toolset/schema.js';
+import { resolveValue } from '../toolset/values.js';
+import { checkReadOnlySelect, loadSqlParser } from './sql-guard.js';
+import {
+  type ProvidedTool,
+  type ProviderFactory,
+  type ToolContext,
+  ToolError,
+  type ToolProvider,
+} from './types.js';
+
+export const DEFAULT_MAX_ROWS = 100;
+const POOL_MAX = 4;
+/** Backstop for opening a connection; the call's own deadline usually ends the wait first. */
+const CONNECT_TIMEOUT_MS = 10_000;
+
+interface SharedPool {
+  pool: pg.Pool;
+  users: number;
+}
+
+/** One small pool per connection string, shared by the entries that name the same database. */
+const pools = new Map<string, SharedPool>();
+
+function acquirePool(connectionString: string, scrub: (text: string) => string, logger: Logger): pg.Pool {
+  let shared = pools.get(connectionString);
+  if (!shared) {
+    const pool = new pg.Pool({
+      connectionString,
+      max: POOL_MAX,
+      idleTimeoutMillis: 30_000,
+      connectionTimeoutMillis: CONNECT_TIMEOUT_MS,
+      allowExitOnIdle: true,
+      application_name: 'earpiece',
+    });
+    // An idle connection that breaks (a database restart) must not crash the process.
+    pool.on('error', (err) => logger.warn({ err: scrub(err.message) }, 'An idle database connection failed'));
+    shared = { pool, users: 0 };
+    pools.set(connectionString, shared);
+  }
+  shared.users++;
+  return shared.pool;
+}
+
+async function releasePool(connectionString: string): Promise<void> {
+  const shared = pools.get(connectionString);
+  if (!shared || --shared.users > 0) return;
+  pools.delete(connectionString);
+  await shared.pool.end();
+}
+
+/** Replaces the connection string and its password wherever they appear. */
+function scrubber(connectionString: string): (text: string) => string {
+  const secrets = [connectionString];
+  try {
+    const password = decodeURIComponent(new URL(connectionString).password);
+    if (password) secrets.push(password);
+  } catch {
+    const match = /(?:^|\s)password\s*=\s*('(?:[^'\\]|\\.)*'|\S+)/.exec(connectionString);
+    if (match?.[1]) secrets.push(match[1].replace(/^'|'$/g, ''));
+  }
+  // Very short passwords would blank out ordinary words; the whole string is still removed.
+  const patterns = secrets.filter((s, i) => i === 0 || s.length >= 4);
+  return (text) => patterns.reduce((out, secret) => out.split(secret).join('[redacted]'), text);
+}
+
+/** Compact JSON; bytea as Postgres hex text rather than Node's Buffer JSON. */
+function rowsJson(rows: unknown[], maxRows: number): string {
+  const cut = rows.length > maxRows;
+  const kept = cut ? rows.slice(0, maxRows) : rows;
+  const body = { rows: kept, rowCount: kept.length, ...(cut ? { note: `cut to ${maxRows} rows` } : {}) };
+  return JSON.stringify(body, function (this: Record<string, unknown>, key, value) {
+    const raw = this[key];
+    if (Buffer.isBuffer(raw)) return `\\x${raw.toString('hex')}`;
+    return typeof value === 'bigint' ? value.toString() : value;
+  });
+}
+
+export const createSqlProvider: ProviderFactory = (tool, { env, logger }) => {
+  const spec = tool.spec.sql as SqlToolSpec;
+  const name = tool.spec.name as string;
+  const connectionString = resolveValue(spec.connection, `spec.tools[${tool.index}].sql.connection`, env);
+  const scrub = scrubber(connectionString);
+  const log = logger.child({ tool: name });
+  const maxRows = spec.maxRows ?? DEFAULT_MAX_ROWS;
+  const freeForm = spec.query === undefined;
+  // Warm the parser now, so the first call does not wait for it.
+  if (freeForm)
+    loadSqlParser().catch((err) => log.error({ err: String(err) }, 'Loading the SQL parser failed'));
+
+  let pool: pg.Pool | undefined;
+  let closed = false;
+  /** Calls still cleaning up after their caller gave up (aborted); close() waits for them. */
+  const settling = new Set<Promise<unknown>>();
+
+  /** Asks the server to stop the statement running on `pid`, over a connection of its own. */
+  const cancelBackend = async (pid: number): Promise<void> => {
+    const client = new pg.Client({ connectionString, connectionTimeoutMillis: 5_000 });
+    client.on('error', () => undefined);
+    try {
+      await client.connect();
+      await client.query('SELECT pg_cancel_backend($1)', [pid]);
+    } catch (err) {
+      log.warn({ err: scrub((err as Error).message) }, 'Cancelling a statement failed');
+    } finally {
+      await client.end().catch(() => undefined);
+    }
+  };
+
+  const failure = (err: unknown, timeoutMs: number): ToolError => {
+    if (err instanceof ToolError) return err;
+    const code = (err as { code?: unknown }).code;
+    const message = scrub((err as Error).message ?? String(err));
+    if (code === '57014') {
+      return new ToolError(
+        `the query took longer than ${Math.max(1, Math.round(timeoutMs / 1000))}s and was stopped`,
+        'ERP_SQL_TIMEOUT',
+      );
+    }
+    // read_only_sql_transaction, and active_sql_transaction (read-write mode asked for after a query).
+    if (code === '25006' || code === '25001') return new ToolError(`refused: ${message}`, 'ERP_SQL_REFUSED');
+    if (err instanceof pg.DatabaseError) {
+      const hint = err.hint ? ` (${scrub(err.hint)})` : '';
+      return new ToolError(`${message}${hint}`, 'ERP_SQL_FAILED');
+    }
+    log.warn({ err: message }, 'The database call failed');
+    return new ToolError('the database is unavailable', 'ERP_SQL_UNAVAILABLE');
+  };
+
+  const execute = async (
+    client: pg.PoolClient,
+    text: string,
+    values: unknown[],
+    ctx: ToolContext,
+    running: { pid?: number },
+  ): Promise<string> => {
+    const timeoutMs = Math.max(1, ctx.deadline - Date.now());
+    try {
+      await client.query('BEGIN READ ONLY');
+      const setup = await client.query<{ pid: number }>(
+        "SELECT set_config('statement_timeout', $1, true), pg_backend_pid() AS pid",
+        [String(timeoutMs)],
+      );
+      if (ctx.signal.aborted) throw ctx.signal.reason;
+      running.pid = setup.rows[0]?.pid;
+      const cursor = client.query(new Cursor(text, values));
+      const rows = await cursor.read(maxRows + 1);
+      running.pid = undefined;
+      await cursor.close();
+      return rowsJson(rows, maxRows);
+    } catch (err) {
+      if (ctx.signal.aborted) throw ctx.signal.reason;
+      throw failure(err, timeoutMs);
+    } finally {
+      running.pid = undefined;
+      // Always rolled back: nothing this tool runs is ever committed. A client that cannot roll back is dropped.
+      await client.query('ROLLBACK').then(
+        () => client.release(),
+        (err: Error) => client.release(err),
+      );
+    }
+  };
+
+  const run = async (args: Record<string, unknown>, ctx: ToolContext): Promise<string> => {
+    if (closed) throw new ToolError('the tool is shutting down', 'ERP_SQL_UNAVAILABLE');
+    let text: string;
+    let values: unknown[];
+    if (spec.query !== undefined) {
+      text = spec.query;
+      values = (spec.args ?? []).map((arg) => args[arg] ?? null);
+    } else {
+      if (typeof args.sql !== 'string')
+        throw new ToolError('argument "sql" must be a string', 'ERP_SQL_INVALID');
+      await checkReadOnlySelect(args.sql);
+      text = args.sql;
+      values = [];
+    }
+    if (ctx.signal.aborted) throw ctx.signal.reason;
+    pool ??= acquirePool(connectionString, scrub, log);
+
+    const connecting = pool.connect();
+    let client: pg.PoolClient;
+    try {
+      client = await untilAborted(connecting, ctx.signal);
+    } catch (err) {
+      if (ctx.signal.aborted) {
+        connecting.then(
+          (c) => c.release(),
+          () => undefined,
+        );
+        throw ctx.signal.reason;
+      }
+      // Wrong password, unknown database, unreachable host: the details are for the log, not the model.
+      log.warn({ err: scrub((err as Error).message ?? String(err)) }, 'Connecting to the database failed');
+      throw new ToolError('the database is unavailable', 'ERP_SQL_UNAVAILABLE');
+    }
+
+    const running: { pid?: number } = {};
+    const work = execute(client, text, values, ctx, running);
+    const onAbort = () => {
+      if (running.pid !== undefined) void cancelBackend(running.pid);
+      const settled = work.catch(() => undefined).finally(() => settling.delete(settled));
+      settling.add(settled);
+    };
+    ctx.signal.addEventListener('abort', onAbort, { once: true });
+    try {
+      // The caller is answered at once on abort; the statement is cancelled and rolled back behind it.
+      return await untilAborted(work, ctx.signal);
+    } finally {
+      ctx.signal.removeEventListener('abort', onAbort);
+    }
+  };
+
+  const provided: ProvidedTool = {
+    name,
+    description: freeForm
+      ? [
+          tool.spec.description ?? 'Queries a PostgreSQL database.',
+          `Takes one read-only SELECT statement in "sql" (WITH, VALUES and TABLE work too);`,
+          `returns at most ${maxRows} rows as JSON.`,
+        ].join(' ')
+      : (tool.spec.description ?? ''),
+    parameters: freeForm
+      ? {
+          type: 'object',
+          properties: {
+            sql: { type: 'string', description: 'One PostgreSQL SELECT statement. Nothing that writes.' },
+          },
+          required: ['sql'],
+          additionalProperties: false,
+        }
+      : ((tool.spec.parameters as Record<string, unknown> | undefined) ?? { type: 'object', properties: {} }),
+    executor: { run },
+    config: tool,
+  };
+
+  const provider: ToolProvider = {
+    kind: 'sql',
+    tools: () => [provided],
+    async close() {
+      if (closed) return;
+      closed = true;
+      await Promise.all(settling);
+      if (pool) await releasePool(connectionString);
+    },
+  };
+  return provider;
+};
+
+function untilAborted<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {
+  if (signal.aborted) return Promise.reject(signal.reason);
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => reject(signal.reason);
+    signal.addEventListener('abort', onAbort, { once: true });
+    promise.then(
+      (value) => {
+        signal.removeEventListener('abort', onAbort);
+        resolve(value);
+      },
+      (err: unknown) => {
+        signal.removeEventListener('abort', onAbort);
+        reject(err);
+      },
+    );
+  });
+}
