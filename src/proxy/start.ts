@@ -164,8 +164,11 @@ export async function startProxy(options: ProxyOptions): Promise<RunningProxy> {
       ready = false;
       watcher.close();
       const drain = setTimeout(() => app.server.closeAllConnections(), active.toolset.limits.turnTimeoutMs);
+      // A connection whose turn just ended would otherwise hold the close until the client's keep-alive lapses.
+      const sweep = setInterval(() => app.server.closeIdleConnections(), 100);
       await app.close();
       clearTimeout(drain);
+      clearInterval(sweep);
       await metricsApp.close();
       await Promise.all([active.tools.close(), active.upstream.close()]);
       await telemetry.shutdown();
