@@ -229,3 +229,43 @@ describe('turn behaviour', () => {
     expect(models.data.map((m) => m.id)).toEqual(['scripted-model']);
   });
 });
+
+describe('what goes upstream', () => {
+  it('offers a tool with when.keywords only when one of the last two user messages mentions it', async () => {
+    const spec = weatherSpec();
+    (spec.tools[0] as Record<string, unknown>).when = { keywords: ['weather', 'rain'] };
+    const { upstream, harness } = await setup(() => ({ sse: textReply('Ok.') }), spec);
+    const names = () =>
+      ((upstream.requests.at(-1)?.body.tools ?? []) as { function: { name: string } }[]).map(
+        (t) => t.function.name,
+      );
+    await unmuteTurn(harness.client, [SYSTEM, { role: 'user', content: 'Tell me a joke' }]);
+    expect(names()).toEqual(['current_time']);
+    await unmuteTurn(harness.client, [SYSTEM, { role: 'user', content: 'Is it raining in Paris?' }]);
+    expect(names()).toEqual(['get_weather', 'current_time']);
+    await unmuteTurn(harness.client, [
+      SYSTEM,
+      { role: 'user', content: 'Is it raining in Paris?' },
+      { role: 'assistant', content: 'No.' },
+      { role: 'user', content: 'And tomorrow?' },
+    ]);
+    expect(names()).toEqual(['get_weather', 'current_time']);
+    await unmuteTurn(harness.client, [SYSTEM, { role: 'user', content: 'I took the train' }]);
+    expect(names()).toEqual(['current_time']);
+  });
+
+  it("forwards the client's Authorization, unless spec.upstream.apiKey replaces it", async () => {
+    const first = await setup(() => ({ sse: textReply('Ok.') }));
+    await unmuteTurn(first.harness.client, [SYSTEM, { role: 'user', content: 'Hi' }]);
+    expect(first.upstream.requests.at(-1)?.headers.authorization).toBe('Bearer EMPTY');
+    await first.harness.close();
+    process.env.EARPIECE_TEST_UPSTREAM_KEY = 'sk-upstream';
+    harness = await startTestProxy(
+      weatherSpec({ upstream: { apiKey: { valueFrom: { env: 'EARPIECE_TEST_UPSTREAM_KEY' } } } }),
+      first.upstream.url,
+    );
+    await unmuteTurn(harness.client, [SYSTEM, { role: 'user', content: 'Hi' }]);
+    expect(first.upstream.requests.at(-1)?.headers.authorization).toBe('Bearer sk-upstream');
+    delete process.env.EARPIECE_TEST_UPSTREAM_KEY;
+  });
+});
