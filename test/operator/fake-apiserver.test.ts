@@ -3,11 +3,12 @@
  * controller tests rely on must hold here first.
  */
 import {
-  ApiException,
+  AdmissionregistrationV1Api,
+  type ApiException,
   CoordinationV1Api,
   CoreV1Api,
   CustomObjectsApi,
-  KubeConfig,
+  type KubeConfig,
   PatchStrategy,
   setHeaderOptions,
   V1MicroTime,
@@ -239,7 +240,6 @@ describe('fake API server', () => {
       webhooks: [{ name: 'a.earpiece.dev', clientConfig: {} }],
     });
     const rv = api.get('mutatingwebhookconfigurations', undefined, 'earpiece')!.metadata.resourceVersion;
-    const { AdmissionregistrationV1Api } = await import('@kubernetes/client-node');
     const admission = kc.makeApiClient(AdmissionregistrationV1Api);
     const patch = (testRv: string | undefined) =>
       admission.patchMutatingWebhookConfiguration(

@@ -1,0 +1,154 @@
+/**
+ * The operator's settings: environment variables (what the Helm chart sets) with flags of the same
+ * meaning taking precedence. The names are a contract with the chart; docs/operator.md lists them.
+ */
+import { parseArgs } from 'node:util';
+import { DEFAULT_SIDECAR_IMAGE, type SidecarConfig, sidecarConfigFromEnv } from './sidecar.js';
+
+export type CertMode = 'operator' | 'cert-manager';
+
+export interface OperatorConfig {
+  /** The operator's own namespace (Lease, certificate Secret, Events of cluster objects). */
+  namespace: string;
+  /** This replica, the Lease holder identity. */
+  podName: string;
+  /** Namespaces whose ToolSets and pods are watched; empty: all. */
+  watchNamespaces: string[];
+  leaderElection: boolean;
+  leaseName: string;
+  webhookPort: number;
+  probePort: number;
+  metricsPort: number;
+  /** The MutatingWebhookConfiguration whose caBundle the operator keeps. */
+  webhookConfigName: string;
+  /** The Service in front of the webhook; the serving certificate names it. */
+  webhookServiceName: string;
+  certMode: CertMode;
+  certSecretName: string;
+  certDir: string;
+  /** Defaults of every injected sidecar (sidecar.ts reads them; the three flags below override). */
+  sidecar: SidecarConfig;
+}
+
+export class ConfigError extends Error {
+  readonly code = 'ERP_CONFIG';
+}
+
+/** Each setting: flag name, environment variable, default. */
+const SETTINGS = {
+  namespace: { env: 'EARPIECE_NAMESPACE', default: 'earpiece-system' },
+  'pod-name': { env: 'EARPIECE_POD_NAME', default: '' },
+  'watch-namespaces': { env: 'EARPIECE_WATCH_NAMESPACES', default: '' },
+  'leader-election': { env: 'EARPIECE_LEADER_ELECTION', default: 'true' },
+  'lease-name': { env: 'EARPIECE_LEASE_NAME', default: 'earpiece-operator' },
+  'webhook-port': { env: 'EARPIECE_WEBHOOK_PORT', default: '9443' },
+  'probe-port': { env: 'EARPIECE_PROBE_PORT', default: '8081' },
+  'metrics-port': { env: 'EARPIECE_METRICS_PORT', default: '8080' },
+  'webhook-config-name': { env: 'EARPIECE_WEBHOOK_CONFIG_NAME', default: 'earpiece-webhook' },
+  'webhook-service-name': { env: 'EARPIECE_WEBHOOK_SERVICE_NAME', default: 'earpiece-webhook' },
+  'cert-mode': { env: 'EARPIECE_CERT_MODE', default: 'operator' },
+  'cert-secret-name': { env: 'EARPIECE_CERT_SECRET_NAME', default: 'earpiece-webhook-tls' },
+  'cert-dir': { env: 'EARPIECE_CERT_DIR', default: '/etc/earpiece/certs' },
+  'sidecar-image': { env: 'EARPIECE_SIDECAR_IMAGE', default: DEFAULT_SIDECAR_IMAGE },
+  'sidecar-resources': { env: 'EARPIECE_SIDECAR_RESOURCES', default: '' },
+  'native-sidecar': { env: 'EARPIECE_NATIVE_SIDECAR', default: 'true' },
+} as const;
+
+type Setting = keyof typeof SETTINGS;
+
+const SIDECAR_FLAGS = ['sidecar-image', 'sidecar-resources', 'native-sidecar'] as const;
+
+export const HELP = `Usage: earpiece operator [options]
+
+Runs the ToolSet controller (leader only), the injection webhook and its certificates (every replica).
+Each option can also be set by the environment variable shown; an option given wins.
+
+${(Object.entries(SETTINGS) as [Setting, (typeof SETTINGS)[Setting]][])
+  .map(([flag, s]) => `  --${flag.padEnd(22)} ${s.env}${s.default ? ` (default ${s.default})` : ''}`)
+  .join('\n')}
+
+In a pod the in-cluster service account is used; elsewhere the current kubeconfig context.`;
+
+export function parseBoolean(text: string, name: string): boolean {
+  if (/^(true|1|yes)$/i.test(text)) return true;
+  if (/^(false|0|no)$/i.test(text)) return false;
+  throw new ConfigError(`${name}: "${text}" is not true or false`);
+}
+
+function parsePort(text: string, name: string): number {
+  const n = Number(text);
+  if (!Number.isInteger(n) || n < 1 || n > 65535) throw new ConfigError(`${name}: "${text}" is not a port`);
+  return n;
+}
+
+/** Reads the settings from flags and environment; throws a ConfigError naming the bad one. */
+export function loadConfig(
+  argv: string[],
+  env: NodeJS.ProcessEnv = process.env,
+): { config: OperatorConfig; help: boolean } {
+  const options = Object.fromEntries(
+    Object.keys(SETTINGS).map((flag) => [flag, { type: 'string' as const }]),
+  ) as Record<Setting, { type: 'string' }>;
+  let values: Partial<Record<Setting | 'help', string | boolean>>;
+  try {
+    ({ values } = parseArgs({ args: argv, options: { ...options, help: { type: 'boolean', short: 'h' } } }));
+  } catch (err) {
+    throw new ConfigError((err as Error).message);
+  }
+  const get = (flag: Setting): { text: string; name: string } => {
+    const s = SETTINGS[flag];
+    const given = values[flag];
+    if (typeof given === 'string') return { text: given.trim(), name: `--${flag}` };
+    return { text: (env[s.env] ?? s.default).trim(), name: s.env };
+  };
+  const text = (flag: Setting) => get(flag).text;
+
+  const certMode = get('cert-mode');
+  if (certMode.text !== 'operator' && certMode.text !== 'cert-manager') {
+    throw new ConfigError(`${certMode.name}: "${certMode.text}" is not operator or cert-manager`);
+  }
+  // sidecar.ts reads the sidecar settings from the environment; a flag stands in for its variable.
+  const sidecarEnv: NodeJS.ProcessEnv = { ...env };
+  for (const flag of SIDECAR_FLAGS) {
+    const given = values[flag];
+    if (typeof given === 'string') sidecarEnv[SETTINGS[flag].env] = given.trim();
+  }
+  let sidecar: SidecarConfig;
+  try {
+    sidecar = sidecarConfigFromEnv(sidecarEnv);
+  } catch (err) {
+    throw new ConfigError((err as Error).message);
+  }
+  const namespace = text('namespace');
+  const podName = text('pod-name') || env.HOSTNAME || `earpiece-operator-${process.pid}`;
+  const port = (flag: Setting) => {
+    const { text: t, name } = get(flag);
+    return parsePort(t, name);
+  };
+  const bool = (flag: Setting) => {
+    const { text: t, name } = get(flag);
+    return parseBoolean(t, name);
+  };
+  return {
+    help: values.help === true,
+    config: {
+      namespace,
+      podName,
+      watchNamespaces: text('watch-namespaces')
+        .split(',')
+        .map((s) => s.trim())
+        .filter(Boolean),
+      leaderElection: bool('leader-election'),
+      leaseName: text('lease-name'),
+      webhookPort: port('webhook-port'),
+      probePort: port('probe-port'),
+      metricsPort: port('metrics-port'),
+      webhookConfigName: text('webhook-config-name'),
+      webhookServiceName: text('webhook-service-name'),
+      certMode: certMode.text,
+      certSecretName: text('cert-secret-name'),
+      certDir: text('cert-dir'),
+      sidecar,
+    },
+  };
+}

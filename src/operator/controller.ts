@@ -1,0 +1,364 @@
+/**
+ * The ToolSet controller. Informer events only add `namespace/name` keys to a queue; reconcile(key)
+ * reads the latest ToolSet from the cache and makes the cluster match it, so it is correct after any
+ * event, a restart or a missed watch:
+ *   validate → (valid) server-side apply ConfigMap earpiece-toolset-<name> if it differs → status.
+ * An invalid ToolSet never touches the last good ConfigMap: it gets Ready=False naming the fields, and
+ * an Event. Status is written through the status subresource, only when it changes, and says Ready only
+ * after the ConfigMap write succeeded. A deleted ToolSet needs nothing: the ConfigMap's owner reference
+ * lets the garbage collector remove it.
+ */
+import {
+  type CoreV1Api,
+  type CustomObjectsApi,
+  PatchStrategy,
+  setHeaderOptions,
+  type V1ConfigMap,
+  type V1OwnerReference,
+  type V1Pod,
+} from '@kubernetes/client-node';
+import type { Logger } from '../telemetry/log.js';
+import type { OperatorMetrics, ReconcileResult } from '../telemetry/operator-metrics.js';
+import {
+  API_GROUP,
+  API_VERSION,
+  canonicalJson,
+  KIND,
+  renderForSidecar,
+  type ToolSet,
+  validateToolSet,
+} from '../toolset/index.js';
+import { type Clock, systemClock } from './clock.js';
+import { renderConfigMap } from './configmap.js';
+import type { EventRecorder } from './events.js';
+import type { InformerSet } from './informers.js';
+import { readInjection } from './patch.js';
+import { WorkQueue } from './queue.js';
+import { configMapName } from './sidecar.js';
+import {
+  buildStatus,
+  type ConditionInput,
+  condition,
+  issuesMessage,
+  READY,
+  RESTART_REQUIRED,
+  sameStatus,
+} from './status.js';
+
+export const FIELD_MANAGER = 'earpiece';
+/** On every ConfigMap the controller writes; its ConfigMap informer selects on it. */
+export const MANAGED_BY = { key: 'app.kubernetes.io/managed-by', value: 'earpiece' } as const;
+export const TOOLSETS = { group: API_GROUP, version: API_VERSION, plural: 'toolsets' } as const;
+
+/** A ToolSet as the API server returns it (status and metadata as stored). */
+export type ToolSetObject = ToolSet & {
+  metadata: ToolSet['metadata'] & { deletionTimestamp?: Date };
+};
+
+export interface ControllerOptions {
+  customObjects: CustomObjectsApi;
+  core: CoreV1Api;
+  toolsets: InformerSet<ToolSetObject>;
+  configMaps: InformerSet<V1ConfigMap>;
+  /** Injected pods (label earpiece.dev/injected=true), for RestartRequired. */
+  pods: InformerSet<V1Pod>;
+  events: EventRecorder;
+  metrics?: OperatorMetrics;
+  clock?: Clock;
+  logger: Logger;
+  /** How often every cached ToolSet is reconciled again without an event. */
+  resyncMs?: number;
+  workers?: number;
+  retryBaseMs?: number;
+  retryMaxMs?: number;
+}
+
+const ssa = setHeaderOptions('Content-Type', PatchStrategy.ServerSideApply);
+const merge = setHeaderOptions('Content-Type', PatchStrategy.MergePatch);
+
+export function toolSetKey(namespace: string | undefined, name: string): string {
+  return `${namespace ?? ''}/${name}`;
+}
+
+export class ToolSetController {
+  readonly queue: WorkQueue;
+  private readonly clock: Clock;
+  private leading = false;
+  private resync: NodeJS.Timeout | undefined;
+
+  constructor(private readonly o: ControllerOptions) {
+    this.clock = o.clock ?? systemClock;
+    this.queue = new WorkQueue({
+      worker: (key) => this.reconcile(key),
+      workers: o.workers,
+      baseDelayMs: o.retryBaseMs,
+      maxDelayMs: o.retryMaxMs,
+      onRetry: (key, err, attempt, delayMs) =>
+        o.logger.warn(
+          { key, attempt, retryInMs: delayMs, err: describe(err) },
+          'Failed to reconcile ToolSet',
+        ),
+    });
+    o.toolsets.onChange((t) => this.enqueue(toolSetKey(t.metadata.namespace, t.metadata.name)));
+    // A ConfigMap changed or deleted by someone else is put back by its owner's reconcile.
+    o.configMaps.onChange((cm) => {
+      const owner = cm.metadata?.ownerReferences?.find((r) => r.kind === KIND && r.controller);
+      if (owner) this.enqueue(toolSetKey(cm.metadata?.namespace, owner.name));
+    });
+    // Pods that come and go change who needs a restart.
+    o.pods.onChange((pod) => {
+      const injection = injectionOf(pod);
+      if (injection) this.enqueue(toolSetKey(pod.metadata?.namespace, injection.toolset));
+    });
+  }
+
+  /** Leading: reconcile everything now and on every resync. */
+  start(): void {
+    if (this.leading) return;
+    this.leading = true;
+    this.queue.start();
+    this.enqueueAll();
+    this.resync = setInterval(() => this.enqueueAll(), this.o.resyncMs ?? 600_000);
+    this.resync.unref();
+  }
+
+  /** Not leading any more: no new reconciles; waits for the running ones. */
+  async stop(): Promise<void> {
+    this.leading = false;
+    clearInterval(this.resync);
+    await this.queue.stop();
+  }
+
+  private enqueue(key: string): void {
+    if (this.leading) this.queue.add(key);
+  }
+
+  private enqueueAll(): void {
+    for (const t of this.o.toolsets.list()) this.enqueue(toolSetKey(t.metadata.namespace, t.metadata.name));
+  }
+
+  async reconcile(key: string): Promise<void> {
+    const started = performance.now();
+    let result: ReconcileResult = 'error';
+    try {
+      result = await this.sync(key);
+    } finally {
+      this.o.metrics?.reconcile(result, (performance.now() - started) / 1000);
+    }
+  }
+
+  private async sync(key: string): Promise<ReconcileResult> {
+    const slash = key.indexOf('/');
+    const namespace = key.slice(0, slash);
+    const name = key.slice(slash + 1);
+    const log = this.o.logger.child({ toolset: name, namespace });
+    const cached = this.o.toolsets.get(name, namespace);
+    if (!cached || cached.metadata.deletionTimestamp) {
+      log.debug('Skipped deleted ToolSet');
+      return 'deleted';
+    }
+    const generation = cached.metadata.generation;
+    const cmName = configMapName(name);
+    const existing = this.o.configMaps.get(cmName, namespace);
+    const owned = existing && ownerOf(existing)?.uid === cached.metadata.uid ? existing : undefined;
+
+    // Status is ours, not the user's: a malformed status must not make the spec invalid.
+    const { status: _status, ...document } = cached;
+    const validation = validateToolSet(document);
+    if (!validation.ok) {
+      const fields = issuesMessage(validation.issues);
+      const message = `${fields}; ${
+        owned
+          ? `ConfigMap ${cmName} keeps the last valid configuration`
+          : `no ConfigMap is written until the ToolSet is valid`
+      }`;
+      const others = (cached.status?.conditions ?? []).filter((c) => c.type !== READY);
+      const wrote = await this.writeStatus(cached, {
+        observedGeneration: generation,
+        tools: owned ? (cached.status?.tools ?? 0) : 0,
+        conditions: [{ type: READY, status: 'False', reason: 'InvalidToolSet', message }, ...others],
+      });
+      if (wrote) {
+        log.info({ generation, issues: validation.issues.length }, 'Rejected invalid ToolSet');
+        await this.o.events.record(subject(cached), 'Warning', 'InvalidToolSet', fields);
+      }
+      return 'invalid';
+    }
+
+    const toolset = validation.toolset;
+    const desired = this.desiredConfigMap(toolset, cached);
+    if (!configMapCurrent(owned, desired)) {
+      try {
+        await this.o.core.patchNamespacedConfigMap(
+          { name: cmName, namespace, body: desired, fieldManager: FIELD_MANAGER, force: true },
+          ssa,
+        );
+        log.info({ configmap: cmName, generation }, existing ? 'Updated ConfigMap' : 'Created ConfigMap');
+      } catch (err) {
+        // Truthful status even when the write fails; the queue retries the whole reconcile.
+        await this.writeStatus(cached, {
+          observedGeneration: generation,
+          tools: cached.status?.tools ?? 0,
+          conditions: [
+            {
+              type: READY,
+              status: 'False',
+              reason: 'ConfigMapWriteFailed',
+              message: `writing ConfigMap ${cmName} failed: ${describe(err)}`,
+            },
+            ...(cached.status?.conditions ?? []).filter((c) => c.type !== READY),
+          ],
+        }).catch(() => undefined);
+        throw err;
+      }
+    }
+
+    const tools = toolset.spec.tools.length;
+    await this.writeStatus(cached, {
+      observedGeneration: generation,
+      tools,
+      conditions: [
+        {
+          type: READY,
+          status: 'True',
+          reason: 'Valid',
+          message: `ConfigMap ${cmName} holds ${tools} tool ${tools === 1 ? 'entry' : 'entries'}`,
+        },
+        this.restartCondition(toolset, namespace),
+      ],
+    });
+    return 'ok';
+  }
+
+  private desiredConfigMap(toolset: ToolSet, owner: ToolSetObject): V1ConfigMap {
+    const rendered = renderConfigMap(toolset);
+    const ownerReference: V1OwnerReference = {
+      apiVersion: `${API_GROUP}/${API_VERSION}`,
+      kind: KIND,
+      name: owner.metadata.name,
+      uid: owner.metadata.uid ?? '',
+      controller: true,
+      blockOwnerDeletion: true,
+    };
+    return {
+      ...rendered,
+      apiVersion: 'v1',
+      kind: 'ConfigMap',
+      metadata: {
+        ...rendered.metadata,
+        namespace: owner.metadata.namespace,
+        labels: { ...rendered.metadata?.labels, [MANAGED_BY.key]: MANAGED_BY.value },
+        ownerReferences: [ownerReference],
+      },
+    };
+  }
+
+  /**
+   * Pods injected before a new secretKeyRef was added lack its env var; a ConfigMap reload cannot give
+   * it to them. Name them; restarting them is the user's call (it ends live voice sessions).
+   */
+  private restartCondition(toolset: ToolSet, namespace: string): ConditionInput {
+    const needed = renderForSidecar(toolset).env;
+    const lacking: { pod: string; secrets: string[] }[] = [];
+    for (const pod of this.o.pods.list(namespace)) {
+      if (pod.metadata?.deletionTimestamp || ['Succeeded', 'Failed'].includes(pod.status?.phase ?? ''))
+        continue;
+      const injection = injectionOf(pod);
+      if (injection?.toolset !== toolset.metadata.name) continue;
+      const has = new Set(injection.secretEnv);
+      const missing = needed.filter((e) => !has.has(e.name));
+      if (missing.length > 0) {
+        lacking.push({
+          pod: pod.metadata?.name ?? '',
+          secrets: missing.map((e) => `${e.secretKeyRef.name}/${e.secretKeyRef.key}`),
+        });
+      }
+    }
+    if (lacking.length === 0) {
+      return { type: RESTART_REQUIRED, status: 'False', reason: 'PodsUpToDate', message: '' };
+    }
+    lacking.sort((a, b) => a.pod.localeCompare(b.pod));
+    const secrets = [...new Set(lacking.flatMap((l) => l.secrets))].sort();
+    const shown = lacking.slice(0, 20).map((l) => l.pod);
+    const more = lacking.length - shown.length;
+    return {
+      type: RESTART_REQUIRED,
+      status: 'True',
+      reason: 'SecretEnvMissing',
+      message: `pods ${shown.join(', ')}${more > 0 ? ` and ${more} more` : ''} started before secret ${secrets.join(', ')} was added and lack its env var; restart them (e.g. kubectl rollout restart) to use it`,
+    };
+  }
+
+  /** Writes status through the status subresource when it differs; true when it wrote. */
+  private async writeStatus(
+    cached: ToolSetObject,
+    input: Parameters<typeof buildStatus>[1],
+  ): Promise<boolean> {
+    const next = buildStatus(cached.status, input, this.clock.now());
+    if (sameStatus(cached.status, next)) return false;
+    await this.o.customObjects.patchNamespacedCustomObjectStatus(
+      {
+        ...TOOLSETS,
+        namespace: cached.metadata.namespace ?? '',
+        name: cached.metadata.name,
+        body: { status: next },
+        fieldManager: FIELD_MANAGER,
+      },
+      merge,
+    );
+    const ready = condition(next, READY);
+    this.o.logger.info(
+      {
+        toolset: cached.metadata.name,
+        namespace: cached.metadata.namespace,
+        ready: ready?.status,
+        reason: ready?.reason,
+        observedGeneration: next.observedGeneration,
+      },
+      'Updated ToolSet status',
+    );
+    return true;
+  }
+}
+
+/** What the webhook put into a pod (its ToolSet, secret env vars), or undefined when not injected. */
+export function injectionOf(pod: V1Pod): ReturnType<typeof readInjection> {
+  return readInjection({ metadata: { annotations: pod.metadata?.annotations }, spec: pod.spec });
+}
+
+function ownerOf(cm: V1ConfigMap): V1OwnerReference | undefined {
+  return cm.metadata?.ownerReferences?.find((r) => r.kind === KIND && r.controller);
+}
+
+/** Whether the cached ConfigMap already has everything the controller would apply. */
+export function configMapCurrent(cached: V1ConfigMap | undefined, desired: V1ConfigMap): boolean {
+  if (!cached) return false;
+  if (canonicalJson(cached.data ?? {}) !== canonicalJson(desired.data ?? {})) return false;
+  if (cached.binaryData && Object.keys(cached.binaryData).length > 0) return false;
+  for (const field of ['labels', 'annotations'] as const) {
+    const have = cached.metadata?.[field] ?? {};
+    for (const [k, v] of Object.entries(desired.metadata?.[field] ?? {})) if (have[k] !== v) return false;
+  }
+  const want = desired.metadata?.ownerReferences?.[0];
+  return !!cached.metadata?.ownerReferences?.some((r) => r.uid === want?.uid && r.controller === true);
+}
+
+function subject(t: ToolSetObject) {
+  return {
+    apiVersion: `${API_GROUP}/${API_VERSION}`,
+    kind: KIND,
+    name: t.metadata.name,
+    namespace: t.metadata.namespace,
+    uid: t.metadata.uid,
+  };
+}
+
+function describe(err: unknown): string {
+  const e = err as { code?: number; body?: unknown; message?: string };
+  if (typeof e?.code === 'number' && e.body !== undefined) {
+    const body = typeof e.body === 'string' ? e.body : JSON.stringify(e.body);
+    const message = /"message":"((?:[^"\\]|\\.)*)"/.exec(body)?.[1];
+    return `HTTP ${e.code}${message ? `: ${message}` : ''}`;
+  }
+  return e?.message ?? String(err);
+}

@@ -1,0 +1,214 @@
+/**
+ * Leader election with a coordination.k8s.io/v1 Lease, as client-go's leaderelection does it:
+ * - a candidate takes the Lease when it is free (no holder) or when its record has not changed for
+ *   leaseDurationSeconds, measured on this replica's own clock from when it last saw the record change
+ *   (so clock skew between replicas does not matter);
+ * - the leader renews every retry period; if no renewal succeeds within the renew deadline it stops
+ *   leading at once (before the Lease can expire for the others);
+ * - every write is a replace with the resourceVersion it read, so two candidates never both win (409);
+ * - on a graceful stop the leader releases the Lease (no holder, 1 s), so another replica takes over
+ *   without waiting for expiry.
+ */
+import { setTimeout as sleep } from 'node:timers/promises';
+import { type CoordinationV1Api, type V1Lease, type V1LeaseSpec, V1MicroTime } from '@kubernetes/client-node';
+import type { Logger } from '../telemetry/log.js';
+import { type Clock, systemClock } from './clock.js';
+
+export interface LeaderElectionOptions {
+  api: CoordinationV1Api;
+  namespace: string;
+  name: string;
+  /** This replica (the pod name). */
+  identity: string;
+  leaseDurationMs?: number;
+  renewDeadlineMs?: number;
+  retryPeriodMs?: number;
+  clock?: Clock;
+  logger: Logger;
+  onStartedLeading: () => void | Promise<void>;
+  onStoppedLeading: () => void | Promise<void>;
+}
+
+export class LeaderElector {
+  private readonly o: Required<Omit<LeaderElectionOptions, 'clock'>> & { clock: Clock };
+  private readonly abort = new AbortController();
+  private loop: Promise<void> | undefined;
+  private leading = false;
+  /** The Lease spec as last seen, and when (our clock) it last changed. */
+  private observed: { record: string; at: number } | undefined;
+  private lastLeader: string | undefined;
+
+  constructor(options: LeaderElectionOptions) {
+    this.o = {
+      leaseDurationMs: 15_000,
+      renewDeadlineMs: 10_000,
+      retryPeriodMs: 2_000,
+      clock: systemClock,
+      ...options,
+    };
+    if (this.o.renewDeadlineMs >= this.o.leaseDurationMs) {
+      throw Object.assign(new Error('leader election: the renew deadline must be shorter than the lease'), {
+        code: 'ERP_CONFIG',
+      });
+    }
+  }
+
+  get isLeader(): boolean {
+    return this.leading;
+  }
+
+  start(): void {
+    this.loop ??= this.run();
+  }
+
+  /** Stops campaigning; a leader stops leading and releases the Lease. */
+  async stop(): Promise<void> {
+    this.abort.abort();
+    await this.loop;
+    if (this.leading) {
+      this.leading = false;
+      await this.o.onStoppedLeading();
+      await this.release();
+    }
+  }
+
+  private async run(): Promise<void> {
+    const signal = this.abort.signal;
+    let lastRenew = 0;
+    while (!signal.aborted) {
+      // A request that hangs must not keep a leader leading past its deadline.
+      const attempt = new AbortController();
+      const ok = await Promise.race([
+        this.tryAcquireOrRenew(),
+        sleep(this.o.renewDeadlineMs, false, { signal: AbortSignal.any([signal, attempt.signal]) }).catch(
+          () => false,
+        ),
+      ]);
+      attempt.abort();
+      if (signal.aborted) break;
+      const now = this.o.clock.now().getTime();
+      if (ok) {
+        lastRenew = now;
+        if (!this.leading) {
+          this.leading = true;
+          this.o.logger.info({ lease: this.o.name, identity: this.o.identity }, 'Acquired Lease');
+          await this.o.onStartedLeading();
+        }
+      } else if (this.leading && now - lastRenew >= this.o.renewDeadlineMs) {
+        this.leading = false;
+        this.o.logger.warn({ lease: this.o.name, identity: this.o.identity }, 'Lost Lease');
+        await this.o.onStoppedLeading();
+      }
+      // client-go's jitter: candidates do not retry in lockstep.
+      const wait = this.leading ? this.o.retryPeriodMs : this.o.retryPeriodMs * (1 + Math.random() * 0.2);
+      await sleep(wait, undefined, { signal }).catch(() => undefined);
+    }
+  }
+
+  private micro(): V1MicroTime {
+    return new V1MicroTime(this.o.clock.now().getTime());
+  }
+
+  private async tryAcquireOrRenew(): Promise<boolean> {
+    const { api, namespace, name, identity } = this.o;
+    const durationSeconds = Math.max(1, Math.round(this.o.leaseDurationMs / 1000));
+    let lease: V1Lease;
+    try {
+      lease = await api.readNamespacedLease({ name, namespace });
+    } catch (err) {
+      if (code(err) !== 404) return this.failed('read', err);
+      try {
+        const now = this.micro();
+        await api.createNamespacedLease({
+          namespace,
+          body: {
+            metadata: { name, namespace },
+            spec: {
+              holderIdentity: identity,
+              leaseDurationSeconds: durationSeconds,
+              acquireTime: now,
+              renewTime: now,
+              leaseTransitions: 0,
+            },
+          },
+        });
+        this.observe({ holderIdentity: identity });
+        return true;
+      } catch (createErr) {
+        return this.failed('create', createErr);
+      }
+    }
+    const spec: V1LeaseSpec = lease.spec ?? {};
+    this.observe(spec);
+    const holder = spec.holderIdentity ?? '';
+    if (holder !== '' && holder !== identity) {
+      if (holder !== this.lastLeader) {
+        this.lastLeader = holder;
+        this.o.logger.info({ lease: name, leader: holder }, 'Observed new leader');
+      }
+      const expiresAt = (this.observed?.at ?? 0) + (spec.leaseDurationSeconds ?? durationSeconds) * 1000;
+      if (this.o.clock.now().getTime() < expiresAt) return false;
+    }
+    const now = this.micro();
+    const next: V1LeaseSpec = {
+      ...spec,
+      holderIdentity: identity,
+      leaseDurationSeconds: durationSeconds,
+      renewTime: now,
+    };
+    if (holder !== identity) {
+      next.acquireTime = now;
+      next.leaseTransitions = (spec.leaseTransitions ?? 0) + 1;
+    }
+    try {
+      await api.replaceNamespacedLease({ name, namespace, body: { ...lease, spec: next } });
+      this.observe(next);
+      return true;
+    } catch (err) {
+      return this.failed('update', err);
+    }
+  }
+
+  private observe(spec: V1LeaseSpec): void {
+    const record = JSON.stringify(spec);
+    if (this.observed?.record !== record) this.observed = { record, at: this.o.clock.now().getTime() };
+  }
+
+  private failed(step: string, err: unknown): false {
+    // 409: another candidate wrote first; that is the election working, not an error.
+    if (code(err) !== 409) {
+      this.o.logger.debug({ lease: this.o.name, step, err: String(err) }, 'Failed to write Lease');
+    }
+    return false;
+  }
+
+  private async release(): Promise<void> {
+    const { api, namespace, name, identity } = this.o;
+    try {
+      const lease = await api.readNamespacedLease({ name, namespace });
+      if (lease.spec?.holderIdentity !== identity) return;
+      const now = this.micro();
+      await api.replaceNamespacedLease({
+        name,
+        namespace,
+        body: {
+          ...lease,
+          spec: {
+            ...lease.spec,
+            holderIdentity: '',
+            leaseDurationSeconds: 1,
+            renewTime: now,
+            acquireTime: now,
+          },
+        },
+      });
+      this.o.logger.info({ lease: name, identity }, 'Released Lease');
+    } catch (err) {
+      this.o.logger.warn({ lease: name, err: String(err) }, 'Failed to release Lease');
+    }
+  }
+}
+
+function code(err: unknown): number | undefined {
+  return typeof err === 'object' && err !== null && 'code' in err ? Number(err.code) : undefined;
+}

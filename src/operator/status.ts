@@ -1,0 +1,74 @@
+/**
+ * ToolSet status, pure: conditions in the metav1.Condition shape, `lastTransitionTime` kept unless the
+ * condition's status flips, and an equality check so the controller writes status only when it changes
+ * (every write bumps resourceVersion and comes back as an update).
+ */
+import { canonicalJson, type Issue, type StatusCondition, type ToolSetStatus } from '../toolset/index.js';
+
+export type ConditionStatus = 'True' | 'False' | 'Unknown';
+
+export interface ConditionInput {
+  type: string;
+  status: ConditionStatus;
+  /** CamelCase, as Kubernetes conditions want. */
+  reason: string;
+  message: string;
+}
+
+export const READY = 'Ready';
+export const RESTART_REQUIRED = 'RestartRequired';
+
+/** metav1.Time: RFC 3339 with whole seconds. */
+export function kubeTime(date: Date): string {
+  return date.toISOString().replace(/\.\d+Z$/, 'Z');
+}
+
+/** The new conditions, each keeping its old lastTransitionTime unless its status changed. */
+export function mergeConditions(
+  previous: readonly StatusCondition[] | undefined,
+  next: readonly ConditionInput[],
+  observedGeneration: number | undefined,
+  now: Date,
+): StatusCondition[] {
+  return next.map((c) => {
+    const old = previous?.find((p) => p.type === c.type);
+    const lastTransitionTime = old && old.status === c.status ? old.lastTransitionTime : kubeTime(now);
+    return {
+      type: c.type,
+      status: c.status,
+      reason: c.reason,
+      message: c.message,
+      lastTransitionTime,
+      ...(observedGeneration !== undefined ? { observedGeneration } : {}),
+    };
+  });
+}
+
+export function buildStatus(
+  previous: ToolSetStatus | undefined,
+  input: { observedGeneration: number | undefined; tools: number; conditions: readonly ConditionInput[] },
+  now: Date,
+): ToolSetStatus {
+  return {
+    ...(input.observedGeneration !== undefined ? { observedGeneration: input.observedGeneration } : {}),
+    tools: input.tools,
+    conditions: mergeConditions(previous?.conditions, input.conditions, input.observedGeneration, now),
+  };
+}
+
+export function sameStatus(a: ToolSetStatus | undefined, b: ToolSetStatus | undefined): boolean {
+  return canonicalJson(a ?? {}) === canonicalJson(b ?? {});
+}
+
+const MAX_LISTED = 10;
+
+/** One message naming every field at fault (the first few, then how many more). */
+export function issuesMessage(issues: readonly Issue[]): string {
+  const shown = issues.slice(0, MAX_LISTED).map((i) => `${i.path}: ${i.message}`);
+  const more = issues.length - shown.length;
+  return `${shown.join('; ')}${more > 0 ? `; and ${more} more` : ''}`;
+}
+
+export function condition(status: ToolSetStatus | undefined, type: string): StatusCondition | undefined {
+  return status?.conditions?.find((c) => c.type === type);
+}
