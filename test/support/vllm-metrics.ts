@@ -30,6 +30,7 @@ export const VLLM_METRIC_NAMES = [
 
 export class VllmMetrics {
   private readonly registry = new Registry();
+  private rendered = '';
   private readonly labels: { model_name: string; engine: string };
   private readonly ttft: Histogram<'model_name' | 'engine'>;
   private readonly e2e: Histogram<'model_name' | 'engine'>;
@@ -76,6 +77,7 @@ export class VllmMetrics {
       labelNames: [...labelNames, 'finished_reason'],
       registers,
     });
+    this.render();
   }
 
   /** One request as the engine would count it. */
@@ -85,9 +87,17 @@ export class VllmMetrics {
     this.prompt.inc(this.labels, 120);
     this.generation.inc(this.labels, 24);
     this.success.inc({ ...this.labels, finished_reason: finishedReason });
+    this.render();
   }
 
-  text(): Promise<string> {
-    return this.registry.metrics();
+  /** The exposition text as of the last request (rendered ahead, since the upstream serves it synchronously). */
+  text(): string {
+    return this.rendered;
+  }
+
+  private render(): void {
+    void this.registry.metrics().then((text) => {
+      this.rendered = text;
+    });
   }
 }
