@@ -1,0 +1,257 @@
+/**
+ * The mutating admission webhook: a thin HTTPS shell around the patch builder. `POST /mutate` takes an
+ * AdmissionReview v1, picks the ToolSet through lookups the caller backs with its informer caches,
+ * builds the injected pod, diffs it into a JSON Patch and answers. It never refuses a pod: anything
+ * it cannot handle is allowed unchanged with a warning, and only a body that is not an AdmissionReview
+ * at all gets a 400 (the API server never sends one; the webhook's failurePolicy covers that case).
+ * The serving certificate sits in a CertificateHolder, so a rotated certificate is served to new
+ * connections without a restart.
+ */
+import type { V1OwnerReference } from '@kubernetes/client-node';
+import fastJsonPatch from 'fast-json-patch';
+import Fastify from 'fastify';
+import type { Logger } from '../telemetry/log.js';
+import type { ToolSet } from '../toolset/schema.js';
+import type { KeyPairPem } from './certs.js';
+import { buildInjection, type PodTemplate, type SkipReason } from './patch.js';
+import type { SidecarConfig } from './sidecar.js';
+
+const { compare } = fastJsonPatch;
+
+/** The cluster facts the webhook needs, synchronous (informer caches). */
+export interface WebhookLookups {
+  toolsetByName(namespace: string, name: string): ToolSet | undefined;
+  toolsetsInNamespace(namespace: string): readonly ToolSet[];
+  /** The ToolSet's ConfigMap exists, i.e. it has been valid at least once. */
+  hasConfigMap(namespace: string, toolsetName: string): boolean;
+  /** The namespace carries label earpiece.dev/inject=true. */
+  namespaceOptedIn?(namespace: string): boolean;
+}
+
+/** One admission decision, for the metric earpiece_injections_total{outcome} and Events. */
+export interface InjectionOutcome {
+  /** `injected`, a skip reason, or `error` when the request could not be handled. */
+  outcome: 'injected' | SkipReason | 'error';
+  namespace: string;
+  /** The pod's name, or its generateName when it has none yet. */
+  pod: string;
+  /** The pod's controller (a ReplicaSet, Job …), where Events about the workload belong. */
+  owner: V1OwnerReference | undefined;
+  toolset: string | undefined;
+  message: string;
+  warnings: string[];
+  /** The pod asked for the sidecar and did not get it: worth a Warning Event. */
+  warn: boolean;
+  /** A dry run: nothing is created, so no Event should be written. */
+  dryRun: boolean;
+}
+
+export class CertificateHolder {
+  #current: KeyPairPem;
+  #listeners = new Set<(pair: KeyPairPem) => void>();
+
+  constructor(initial: KeyPairPem) {
+    this.#current = initial;
+  }
+
+  get current(): KeyPairPem {
+    return this.#current;
+  }
+
+  set(pair: KeyPairPem): void {
+    this.#current = pair;
+    for (const listener of this.#listeners) listener(pair);
+  }
+
+  onChange(listener: (pair: KeyPairPem) => void): () => void {
+    this.#listeners.add(listener);
+    return () => this.#listeners.delete(listener);
+  }
+}
+
+export interface WebhookServerOptions {
+  port?: number;
+  host?: string;
+  certificate: CertificateHolder;
+  lookups: WebhookLookups;
+  sidecar: SidecarConfig;
+  logger: Logger;
+  onInjection?: (outcome: InjectionOutcome) => void;
+  /** Bytes; a pod is at most about 1.5 MB in etcd, and the review wraps it once for CREATE. */
+  bodyLimit?: number;
+}
+
+export interface WebhookServer {
+  port: number;
+  close(): Promise<void>;
+}
+
+interface AdmissionRequest {
+  uid: string;
+  kind?: { group?: string; version?: string; kind?: string };
+  resource?: { resource?: string };
+  subResource?: string;
+  namespace?: string;
+  operation?: string;
+  object?: unknown;
+  dryRun?: boolean;
+}
+
+interface AdmissionResponse {
+  uid: string;
+  allowed: true;
+  patchType?: 'JSONPatch';
+  patch?: string;
+  warnings?: string[];
+}
+
+const WARNING_PREFIX = 'earpiece: ';
+
+function isReview(body: unknown): body is { apiVersion: string; kind: string; request: AdmissionRequest } {
+  if (!body || typeof body !== 'object') return false;
+  const b = body as Record<string, unknown>;
+  const request = b.request as Record<string, unknown> | undefined;
+  return (
+    b.kind === 'AdmissionReview' &&
+    b.apiVersion === 'admission.k8s.io/v1' &&
+    typeof request === 'object' &&
+    request !== null &&
+    typeof request.uid === 'string'
+  );
+}
+
+type Pod = {
+  metadata?: PodTemplate['metadata'] & { name?: string; generateName?: string };
+  spec?: PodTemplate['spec'];
+};
+
+/**
+ * The decision for one request, without HTTP. Exported for the start-up code's own checks; the server
+ * below is its only caller in the operator.
+ */
+export function review(
+  request: AdmissionRequest,
+  deps: Pick<WebhookServerOptions, 'lookups' | 'sidecar' | 'logger' | 'onInjection'>,
+): AdmissionResponse {
+  const allow = (extra: Partial<AdmissionResponse> = {}): AdmissionResponse => ({
+    uid: request.uid,
+    allowed: true,
+    ...extra,
+  });
+  const isPodCreate =
+    request.kind?.kind === 'Pod' && request.resource?.resource === 'pods' && !request.subResource;
+  if (!isPodCreate) {
+    return allow({ warnings: [`${WARNING_PREFIX}only pods are injected; check the webhook's rules`] });
+  }
+  if (request.operation !== 'CREATE') return allow();
+  const pod = request.object as Pod | undefined;
+  const namespace =
+    request.namespace ?? (pod?.metadata as { namespace?: string } | undefined)?.namespace ?? 'default';
+  const base = {
+    namespace,
+    pod: String(pod?.metadata?.name ?? pod?.metadata?.generateName ?? ''),
+    owner: ((pod?.metadata?.ownerReferences ?? []) as V1OwnerReference[]).find((o) => o.controller),
+    dryRun: request.dryRun === true,
+  };
+  const report = (outcome: InjectionOutcome) => {
+    try {
+      deps.onInjection?.(outcome);
+    } catch (err) {
+      deps.logger.error({ err }, 'Injection callback failed');
+    }
+  };
+
+  if (!pod || typeof pod !== 'object' || Array.isArray(pod)) {
+    const message = 'the review has no pod object';
+    report({ ...base, outcome: 'error', toolset: undefined, message, warnings: [], warn: true });
+    return allow({ warnings: [`${WARNING_PREFIX}${message}; the pod is left as it is`] });
+  }
+  const { lookups } = deps;
+  try {
+    const result = buildInjection(
+      { metadata: pod.metadata, spec: pod.spec },
+      {
+        namespace,
+        namespaceOptedIn: lookups.namespaceOptedIn?.(namespace) ?? false,
+        toolsets: {
+          byName: (name) => lookups.toolsetByName(namespace, name),
+          all: () => lookups.toolsetsInNamespace(namespace),
+          hasConfigMap: (name) => lookups.hasConfigMap(namespace, name),
+        },
+        sidecar: deps.sidecar,
+      },
+    );
+    if (!result.ok) {
+      report({
+        ...base,
+        outcome: result.reason,
+        toolset: undefined,
+        message: result.message,
+        warnings: [],
+        warn: result.warn,
+      });
+      return result.warn ? allow({ warnings: [`${WARNING_PREFIX}no sidecar: ${result.message}`] }) : allow();
+    }
+    const patch = compare(pod, { ...pod, metadata: result.template.metadata, spec: result.template.spec });
+    report({
+      ...base,
+      outcome: 'injected',
+      toolset: result.toolset,
+      message: `injected the earpiece-proxy sidecar with ToolSet ${result.toolset}`,
+      warnings: result.warnings,
+      warn: false,
+    });
+    return allow({
+      patchType: 'JSONPatch',
+      patch: Buffer.from(JSON.stringify(patch)).toString('base64'),
+      ...(result.warnings.length ? { warnings: result.warnings.map((w) => `${WARNING_PREFIX}${w}`) } : {}),
+    });
+  } catch (err) {
+    // A malformed pod the builder tripped over: the pod goes ahead without the sidecar.
+    deps.logger.error({ err, namespace, pod: base.pod }, 'Injection failed');
+    const message = `injection failed: ${(err as Error).message}`;
+    report({ ...base, outcome: 'error', toolset: undefined, message, warnings: [], warn: true });
+    return allow({ warnings: [`${WARNING_PREFIX}${message}; the pod is left as it is`] });
+  }
+}
+
+export async function startWebhookServer(options: WebhookServerOptions): Promise<WebhookServer> {
+  const { certificate, logger } = options;
+  const app = Fastify({
+    https: { cert: certificate.current.certPem, key: certificate.current.keyPem, minVersion: 'TLSv1.2' },
+    bodyLimit: options.bodyLimit ?? 6 * 1024 * 1024,
+    loggerInstance: logger,
+    disableRequestLogging: true,
+  });
+  const stopWatching = certificate.onChange((pair) => {
+    app.server.setSecureContext({ cert: pair.certPem, key: pair.keyPem, minVersion: 'TLSv1.2' });
+    logger.info('Loaded a new webhook serving certificate');
+  });
+
+  app.get('/healthz', async () => 'ok');
+  app.post('/mutate', async (request, reply) => {
+    const body = request.body;
+    if (!isReview(body)) {
+      return reply
+        .code(400)
+        .send({ message: 'expected an admission.k8s.io/v1 AdmissionReview with request.uid' });
+    }
+    const response = review(body.request, options);
+    return { apiVersion: 'admission.k8s.io/v1', kind: 'AdmissionReview', response };
+  });
+
+  try {
+    await app.listen({ port: options.port ?? 9443, host: options.host ?? '0.0.0.0' });
+  } catch (err) {
+    stopWatching();
+    throw err;
+  }
+  const address = app.server.address();
+  return {
+    port: typeof address === 'object' && address ? address.port : (options.port ?? 9443),
+    close: async () => {
+      stopWatching();
+      await app.close();
+    },
+  };
+}
