@@ -1,0 +1,61 @@
+import { describe, expect, it } from 'vitest';
+import { UpstreamState } from '../../src/proxy/turn.js';
+import { classifyRefusal } from '../../src/proxy/upstream.js';
+
+describe('classifyRefusal', () => {
+  it.each([
+    // vLLM (both error shapes), llama.cpp, OpenAI, Ollama
+    [
+      400,
+      '{"object":"error","message":"This model\'s maximum context length is 1536 tokens. However, you requested 1700 tokens (1600 in the messages, 100 in the completion).","type":"BadRequestError","param":null,"code":400}',
+      'context_length',
+    ],
+    [
+      400,
+      '{"error":{"message":"The decoder prompt (length 9000) is longer than the maximum model length of 8192.","type":"BadRequestError","param":null,"code":400}}',
+      'context_length',
+    ],
+    [
+      400,
+      '{"error":{"code":400,"message":"the request exceeds the available context size, try increasing it","type":"exceed_context_size_error"}}',
+      'context_length',
+    ],
+    [
+      400,
+      '{"error":{"message":"This model\'s maximum context length is 128000 tokens.","type":"invalid_request_error","param":"messages","code":"context_length_exceeded"}}',
+      'context_length',
+    ],
+    [
+      400,
+      '{"error":{"message":"\\"auto\\" tool choice requires --enable-auto-tool-choice and --tool-call-parser to be set","type":"BadRequestError","param":null,"code":400}}',
+      'tools_unsupported',
+    ],
+    [
+      400,
+      '{"error":{"message":"registry.ollama.ai/library/gemma:2b does not support tools","type":"api_error","param":null,"code":null}}',
+      'tools_unsupported',
+    ],
+    [
+      400,
+      '{"error":{"message":"chat_template_kwargs: Extra inputs are not permitted","type":"BadRequestError"}}',
+      'kwargs_rejected',
+    ],
+    [400, '{"error":{"message":"model not found"}}', 'other'],
+    [500, 'context length exceeded', 'other'],
+  ])('HTTP %i %s → %s', (status, body, expected) => {
+    expect(classifyRefusal(status, body)).toBe(expected);
+  });
+});
+
+describe('UpstreamState', () => {
+  it('sends no tools for 60 s after a refusal, then tries again', () => {
+    let now = 0;
+    const state = new UpstreamState(() => now);
+    expect(state.toolsAccepted).toBe(true);
+    state.markToolsUnsupported();
+    now = 59_999;
+    expect(state.toolsAccepted).toBe(false);
+    now = 60_000;
+    expect(state.toolsAccepted).toBe(true);
+  });
+});
