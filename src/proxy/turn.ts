@@ -389,6 +389,12 @@ export async function runTurn(request: TurnRequest, sink: TurnSink, deps: TurnDe
         outcome: outcome.outcome,
         seconds: outcome.seconds,
       });
+      if (request.clientSignal.aborted && outcome.outcome !== 'cancelled') {
+        logger.info(
+          { tool: c.name, outcome: outcome.outcome },
+          'Tool finished after the client left (onInterrupt: finish).',
+        );
+      }
       const failed =
         outcome.outcome === 'ok' || outcome.outcome === 'cache_hit' ? undefined : outcome.outcome;
       toolSpan.setAttributes({ 'earpiece.tool.outcome': outcome.outcome });
