@@ -44,7 +44,12 @@ export interface McpTestServer {
 type Transport = StreamableHTTPServerTransport | SSEServerTransport;
 
 export async function startMcpServer(
-  options: { transport?: 'streamable' | 'sse'; port?: number } = {},
+  options: {
+    transport?: 'streamable' | 'sse';
+    port?: number;
+    /** What a request for a session the server does not know gets: 404 (the spec) or 400 (some servers). */
+    unknownSessionStatus?: 404 | 400;
+  } = {},
 ): Promise<McpTestServer> {
   const kind = options.transport ?? 'streamable';
   const extraTools = new Map<string, string>();
@@ -143,7 +148,7 @@ export async function startMcpServer(
     const body = req.method === 'POST' ? await readBody(req) : undefined;
     if (typeof sessionId === 'string') {
       const known = sessions.get(sessionId);
-      if (!known) return notFound(res);
+      if (!known) return notFound(res, options.unknownSessionStatus);
       return (known.transport as StreamableHTTPServerTransport).handleRequest(req, res, body);
     }
     if (req.method !== 'POST' || !isInitializeRequest(body)) return notFound(res, 400);

@@ -197,6 +197,15 @@ describe('mcp provider over Streamable HTTP', () => {
     expect(s.sessionCount()).toBe(1);
   });
 
+  it('a server that answers 400 to a forgotten session gets a new one too', async () => {
+    const s = await server({ unknownSessionStatus: 400 });
+    const p = provider({ url: s.url });
+    await waitFor(() => connected(p), 'connection');
+    await s.forgetSessions(true);
+    expect(await run(p, 'echo', { text: 'fresh' })).toBe('echo: fresh');
+    expect(s.sessionCount()).toBe(1);
+  });
+
   it('a session whose stream the server ended is initialized again without waiting for a call', async () => {
     const s = await server();
     const p = provider({ url: s.url });
