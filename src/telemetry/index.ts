@@ -62,7 +62,12 @@ async function startTracing(prom: PromMetrics, logger: Logger | undefined) {
   if (!otelRequested(process.env)) return undefined;
   const { Tracing } = await import('./tracing.js');
   const captureContent = process.env.EARPIECE_OTEL_CAPTURE_CONTENT?.trim().toLowerCase() === 'true';
-  const tracing = new Tracing({ captureContent, isKnownTool: (name) => prom.knownTool(name), other: OTHER });
+  const tracing = new Tracing({
+    captureContent,
+    isKnownTool: (name) => prom.knownTool(name),
+    other: OTHER,
+    logger,
+  });
   logger?.info({ captureContent }, 'OpenTelemetry started from the OTEL_* environment');
   return tracing;
 }

@@ -10,8 +10,10 @@
 import {
   type Context,
   context,
+  DiagLogLevel,
   defaultTextMapGetter,
   defaultTextMapSetter,
+  diag,
   type Histogram,
   metrics,
   type Attributes as OtelAttributes,
@@ -26,6 +28,7 @@ import {
 import { W3CTraceContextPropagator } from '@opentelemetry/core';
 import { NodeSDK } from '@opentelemetry/sdk-node';
 import { DEFAULT_PROVIDER } from './genai.js';
+import type { Logger } from './log.js';
 import type { Attributes, SpanHandle, SpanKind } from './types.js';
 
 /** Bucket advice of the GenAI conventions for durations in seconds (the SDK default is shaped for ms). */
@@ -70,6 +73,8 @@ export interface TracingOptions {
   isKnownTool: (name: string) => boolean;
   /** The value that unknown tool names fold into. */
   other: string;
+  /** Receives the SDK's own warnings (a collector that cannot be reached), unless OTEL_LOG_LEVEL is set. */
+  logger?: Logger | undefined;
 }
 
 export class Tracing {
@@ -85,6 +90,23 @@ export class Tracing {
 
   constructor(options: TracingOptions) {
     this.options = options;
+    const logger = options.logger;
+    if (logger !== undefined && process.env.OTEL_LOG_LEVEL === undefined) {
+      const log =
+        (level: 'error' | 'warn' | 'info' | 'debug') =>
+        (message: string, ...args: unknown[]) =>
+          logger[level]({ otel: args.length > 0 ? args.map(String) : undefined }, message);
+      diag.setLogger(
+        {
+          error: log('error'),
+          warn: log('warn'),
+          info: log('info'),
+          debug: log('debug'),
+          verbose: log('debug'),
+        },
+        DiagLogLevel.WARN,
+      );
+    }
     // No log records are emitted through OpenTelemetry (logs go to stdout as JSON), so no log exporter.
     this.sdk = new NodeSDK({ logRecordProcessors: [] });
     this.sdk.start();
@@ -166,15 +188,24 @@ export class Tracing {
     }
   }
 
-  /** Exports what is buffered and stops; the global API is released so a later start can register again. */
+  /**
+   * Exports what is buffered and stops; the global API is released so a later start can register again.
+   * A collector that cannot take the last export is logged, never thrown: the proxy is stopping anyway.
+   */
   async shutdown(): Promise<void> {
     try {
       await this.sdk.shutdown();
+    } catch (err) {
+      this.options.logger?.warn(
+        { err: (err as Error).message },
+        'OpenTelemetry: the last export failed while shutting down.',
+      );
     } finally {
       trace.disable();
       metrics.disable();
       context.disable();
       propagation.disable();
+      diag.disable();
     }
   }
 }

@@ -2,6 +2,7 @@ import { spawnSync } from 'node:child_process';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
+import { pino } from 'pino';
 import { afterAll, afterEach, beforeAll, describe, expect, test } from 'vitest';
 import {
   chatResponseAttributes,
@@ -23,6 +24,8 @@ const OTEL_KEYS = [
   'OTEL_SERVICE_NAME',
   'OTEL_METRIC_EXPORT_INTERVAL',
   'EARPIECE_OTEL_CAPTURE_CONTENT',
+  'OTEL_METRICS_EXPORTER',
+  'OTEL_EXPORTER_OTLP_TIMEOUT',
 ];
 
 let receiver: OtlpReceiver;
@@ -238,6 +241,26 @@ describe('OpenTelemetry', () => {
       'gen_ai.provider.name': 'openai',
     });
     expect(root?.attributes['gen_ai.agent.name']).toBe('assistant');
+  });
+
+  test('an unreachable collector is reported through the proxy logger', async () => {
+    const lines: { level: number; msg: string }[] = [];
+    const logger = pino({ level: 'warn' }, { write: (line: string) => lines.push(JSON.parse(line)) });
+    const closed = await OtlpReceiver.start();
+    const endpoint = closed.endpoint;
+    await closed.close();
+    Object.assign(process.env, {
+      OTEL_EXPORTER_OTLP_ENDPOINT: endpoint,
+      OTEL_EXPORTER_OTLP_PROTOCOL: 'http/json',
+      OTEL_METRICS_EXPORTER: 'none',
+      OTEL_EXPORTER_OTLP_TIMEOUT: '1000',
+    });
+    telemetry = await createTelemetry({ logger });
+    telemetry.startTurn(undefined, turnAttributes('assistant')).end();
+    await telemetry.shutdown();
+    expect(lines.some((line) => line.level >= 40 && /ECONNREFUSED|export/i.test(JSON.stringify(line)))).toBe(
+      true,
+    );
   });
 
   test('without OTEL_* variables tracing is off and spans are no-ops', async () => {
