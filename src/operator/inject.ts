@@ -8,7 +8,7 @@
  */
 import type { V1ConfigMap } from '@kubernetes/client-node';
 import fastJsonPatch, { type Operation } from 'fast-json-patch';
-import { type Document, isMap, isSeq, parseAllDocuments, stringify } from 'yaml';
+import { type Document, isMap, isScalar, isSeq, parseAllDocuments, stringify } from 'yaml';
 import type { ToolSet } from '../toolset/schema.js';
 import { renderConfigMap } from './configmap.js';
 import { buildInjection, type InjectResult, type PodTemplate } from './patch.js';
@@ -188,7 +188,14 @@ function applyToDocument(doc: Document, base: Path, ops: Operation[]): void {
       else if (isMap(parent)) parent.set(key, node);
       else throw new ManifestError(`cannot add ${op.path}: its parent is not a map or list`);
     } else if (op.op === 'replace') {
-      doc.setIn(path, doc.createNode(op.value));
+      // A replaced scalar keeps its quoting and comment, so `value: "…"` stays quoted.
+      const old = doc.getIn(path, true);
+      const node = doc.createNode(op.value);
+      if (isScalar(old) && isScalar(node)) {
+        node.type = old.type;
+        node.comment = old.comment;
+      }
+      doc.setIn(path, node);
     } else if (op.op === 'remove') {
       doc.deleteIn(path);
     } else {

@@ -32,12 +32,13 @@ function metadataIssues(meta: unknown, path: string, issues: string[]): void {
 
 type Container = Obj & { name?: string };
 
-function podSpecIssues(spec: unknown, path: string, issues: string[]): void {
+function podSpecIssues(spec: unknown, path: string, issues: string[], claims: string[] = []): void {
   if (!isObj(spec)) return;
   const containers = (Array.isArray(spec.containers) ? spec.containers : []) as Container[];
   const inits = (Array.isArray(spec.initContainers) ? spec.initContainers : []) as Container[];
   const volumes = (Array.isArray(spec.volumes) ? spec.volumes : []) as Obj[];
-  const volumeNames = new Set<string>();
+  // A StatefulSet's volume claim templates are volumes of its pods too.
+  const volumeNames = new Set<string>(claims);
   for (const v of volumes) {
     if (volumeNames.has(String(v.name))) issues.push(`${path}.volumes: duplicate name ${v.name}`);
     volumeNames.add(String(v.name));
@@ -92,8 +93,11 @@ function templateIssues(obj: Obj, path: string[], issues: string[]): void {
   if (!isObj(template)) return;
   const where = path.length ? path.join('.') : '(pod)';
   if (path.length) metadataIssues(template.metadata, `${where}.metadata`, issues);
-  podSpecIssues(template.spec, `${where}.spec`, issues);
   const spec = isObj(obj.spec) ? obj.spec : {};
+  const claims = Array.isArray(spec.volumeClaimTemplates)
+    ? spec.volumeClaimTemplates.map((c) => String((c as { metadata?: { name?: string } }).metadata?.name))
+    : [];
+  podSpecIssues(template.spec, `${where}.spec`, issues, claims);
   const selector = isObj(spec.selector) ? spec.selector : undefined;
   const labels = isObj(template.metadata) && isObj(template.metadata.labels) ? template.metadata.labels : {};
   const matchLabels = selector && isObj(selector.matchLabels) ? selector.matchLabels : {};

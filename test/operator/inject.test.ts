@@ -1,0 +1,289 @@
+/**
+ * The pod corpus: every test/fixtures/pods/NAME.yaml has a golden NAME.injected.yaml (UPDATE_GOLDEN=1
+ * rewrites them). Each case goes through `earpiece inject` and through the webhook over HTTPS, and both
+ * must give the golden manifests, which the API server would accept and a second run leaves unchanged.
+ */
+import { execFile } from 'node:child_process';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import fastJsonPatch from 'fast-json-patch';
+import { Agent, request } from 'undici';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { parse, parseAllDocuments } from 'yaml';
+import { createWebhookCertificates, serviceDnsNames } from '../../src/operator/certs.js';
+import { findWorkloads, injectManifests, namespacesOptedIn } from '../../src/operator/inject.js';
+import type { PodTemplate } from '../../src/operator/patch.js';
+import { toolsetLookup } from '../../src/operator/select.js';
+import { DEFAULT_SIDECAR } from '../../src/operator/sidecar.js';
+import { CertificateHolder, startWebhookServer, type WebhookServer } from '../../src/operator/webhook.js';
+import { createLogger } from '../../src/telemetry/log.js';
+import { type ToolSet, validateToolSet } from '../../src/toolset/index.js';
+import { workloadIssues } from '../support/pod-rules.js';
+
+const DIR = 'test/fixtures/pods';
+const UPDATE = process.env.UPDATE_GOLDEN === '1';
+
+const toolsets: ToolSet[] = readdirSync(`${DIR}/toolsets`)
+  .sort()
+  .map((file) => {
+    const result = validateToolSet(parse(readFileSync(`${DIR}/toolsets/${file}`, 'utf8')));
+    if (!result.ok) throw new Error(`${file}: ${JSON.stringify(result.issues)}`);
+    return result.toolset;
+  });
+
+const files = readdirSync(DIR);
+const cases = files
+  .filter((f) => f.endsWith('.yaml') && !f.endsWith('.injected.yaml'))
+  .map((f) => f.slice(0, -5));
+const goldens = files
+  .filter((f) => f.endsWith('.injected.yaml'))
+  .map((f) => f.slice(0, -'.injected.yaml'.length));
+
+const readCase = (name: string) => readFileSync(`${DIR}/${name}.yaml`, 'utf8');
+const goldenPath = (name: string) => `${DIR}/${name}.injected.yaml`;
+const parseDocs = (text: string) =>
+  parseAllDocuments(text, { version: '1.1' }).map((d) => d.toJS() as unknown);
+const inject = (text: string) => injectManifests(text, { toolsets, sidecar: DEFAULT_SIDECAR });
+
+/** The `# expect:` line at the top of a fixture: one outcome per workload, in order. */
+function expectedOutcomes(text: string): string[] {
+  const line = /^# expect: (.*)$/m.exec(text);
+  if (!line?.[1]) throw new Error('fixture has no "# expect:" line');
+  return line[1].trim().split(/\s+/);
+}
+
+const certificates = createWebhookCertificates({
+  service: 'earpiece-webhook',
+  namespace: 'earpiece',
+  now: new Date(),
+});
+let server: WebhookServer;
+let optedIn = new Set<string>();
+const agent = new Agent({
+  connect: { ca: certificates.ca.certPem, servername: serviceDnsNames('earpiece-webhook', 'earpiece')[2] },
+});
+
+beforeAll(async () => {
+  server = await startWebhookServer({
+    port: 0,
+    host: '127.0.0.1',
+    certificate: new CertificateHolder(certificates.serving),
+    lookups: {
+      toolsetByName: (ns, name) => toolsetLookup(toolsets, ns).byName(name),
+      toolsetsInNamespace: (ns) => toolsetLookup(toolsets, ns).all(),
+      hasConfigMap: () => true,
+      namespaceOptedIn: (ns) => optedIn.has(ns),
+    },
+    sidecar: DEFAULT_SIDECAR,
+    logger: createLogger('webhook-test', 'silent'),
+  });
+});
+afterAll(async () => {
+  await server?.close();
+  await agent.close();
+});
+
+/** What the API server does with the webhook: send the pod, apply the JSON Patch it answers with. */
+async function throughWebhook(docs: unknown[]): Promise<unknown[]> {
+  optedIn = namespacesOptedIn(docs);
+  const out = structuredClone(docs);
+  for (const [i, doc] of out.entries()) {
+    for (const w of findWorkloads(doc)) {
+      const namespace = w.namespace ?? 'default';
+      const pod = {
+        apiVersion: 'v1',
+        kind: 'Pod',
+        metadata: w.template.metadata ?? {},
+        spec: w.template.spec,
+      };
+      const res = await request(`https://127.0.0.1:${server.port}/mutate`, {
+        method: 'POST',
+        dispatcher: agent,
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({
+          apiVersion: 'admission.k8s.io/v1',
+          kind: 'AdmissionReview',
+          request: {
+            uid: `uid-${i}`,
+            kind: { group: '', version: 'v1', kind: 'Pod' },
+            resource: { group: '', version: 'v1', resource: 'pods' },
+            namespace,
+            operation: 'CREATE',
+            object: pod,
+          },
+        }),
+      });
+      expect(res.statusCode).toBe(200);
+      const { response } = (await res.body.json()) as {
+        response: { uid: string; allowed: boolean; patch?: string };
+      };
+      expect(response).toMatchObject({ uid: `uid-${i}`, allowed: true });
+      if (!response.patch) continue;
+      const ops = JSON.parse(Buffer.from(response.patch, 'base64').toString());
+      const patched = fastJsonPatch.applyPatch(structuredClone(pod), ops, true, false).newDocument;
+      const template: PodTemplate = { metadata: patched.metadata, spec: patched.spec };
+      if (w.path.length === 0) Object.assign(doc as object, template);
+      else {
+        const parent = w.path
+          .slice(0, -1)
+          .reduce((node: Record<string | number, unknown>, key) => node[key] as never, doc as never);
+        parent[w.path.at(-1) as string] = template;
+      }
+    }
+  }
+  return out;
+}
+
+describe('the pod fixture corpus', () => {
+  it('has a golden twin for every fixture and no orphaned golden file', () => {
+    expect(cases.length).toBeGreaterThanOrEqual(15);
+    if (!UPDATE)
+      expect(
+        cases.filter((c) => !goldens.includes(c)),
+        'fixtures without NAME.injected.yaml (UPDATE_GOLDEN=1 writes them)',
+      ).toEqual([]);
+    expect(
+      goldens.filter((g) => !cases.includes(g)),
+      'golden files without a fixture',
+    ).toEqual([]);
+  });
+
+  describe.each(cases)('%s', (name) => {
+    const input = readCase(name);
+
+    it('earpiece inject gives the golden manifests, with the expected outcome per workload', () => {
+      const result = inject(input);
+      if (UPDATE) writeFileSync(goldenPath(name), result.text);
+      expect(result.text).toBe(readFileSync(goldenPath(name), 'utf8'));
+      expect(result.reports.map((r) => (r.result.ok ? 'injected' : r.result.reason))).toEqual(
+        expectedOutcomes(input),
+      );
+    });
+
+    it('the webhook gives the same pods', async () => {
+      const viaWebhook = await throughWebhook(parseDocs(input));
+      expect(viaWebhook).toEqual(parseDocs(readFileSync(goldenPath(name), 'utf8')));
+    });
+
+    it('the API server would accept every document', async () => {
+      for (const doc of parseDocs(readFileSync(goldenPath(name), 'utf8'))) {
+        if (doc === null) continue;
+        expect(await workloadIssues(doc)).toEqual([]);
+      }
+    });
+
+    it('a second run changes nothing', () => {
+      const golden = readFileSync(goldenPath(name), 'utf8');
+      const again = inject(golden);
+      expect(again.text).toBe(golden);
+      expect(again.reports.every((r) => !r.result.ok)).toBe(true);
+    });
+
+    it('keeps the comments of the input', () => {
+      const comments = input.match(/#.*$/gm) ?? [];
+      const golden = readFileSync(goldenPath(name), 'utf8');
+      for (const c of comments) expect(golden).toContain(c.trim());
+    });
+  });
+});
+
+describe('earpiece inject, the command', () => {
+  const run = promisify(execFile);
+  const cli = 'dist/cmd/earpiece.js';
+  const exec = async (args: string[], stdin?: string) => {
+    const child = run(process.execPath, [cli, 'inject', ...args], { encoding: 'utf8' });
+    if (stdin !== undefined) {
+      child.child.stdin?.end(stdin);
+    }
+    try {
+      const { stdout, stderr } = await child;
+      return { code: 0, stdout, stderr };
+    } catch (err) {
+      const e = err as { code: number; stdout: string; stderr: string };
+      return { code: e.code, stdout: e.stdout, stderr: e.stderr };
+    }
+  };
+
+  beforeAll(() => {
+    if (!existsSync(cli)) throw new Error(`${cli} is missing: run npm run build first (npm test does)`);
+  });
+
+  it('turns the Unmute backend Deployment into valid manifests that a second run leaves unchanged', async () => {
+    const first = await exec([
+      '--toolset',
+      `${DIR}/toolsets/assistant.yaml`,
+      '-f',
+      `${DIR}/unmute-backend.yaml`,
+    ]);
+    expect(first.code).toBe(0);
+    expect(first.stderr).toBe(
+      'deployment "unmute-backend" in namespace voice injected with ToolSet assistant\n',
+    );
+    const docs = parseDocs(first.stdout) as { kind: string }[];
+    expect(docs.map((d) => d.kind)).toEqual(['Service', 'Deployment']);
+    for (const doc of docs) expect(await workloadIssues(doc)).toEqual([]);
+    const deployment = docs[1] as { spec: { template: { spec: { initContainers: { name: string }[] } } } };
+    expect(deployment.spec.template.spec.initContainers.map((c) => c.name)).toEqual(['earpiece-proxy']);
+
+    const second = await exec(['-t', `${DIR}/toolsets/assistant.yaml`, '-f', '-'], first.stdout);
+    expect(second.code).toBe(0);
+    expect(second.stdout).toBe(first.stdout);
+    expect(second.stderr).toContain('skipped (already_injected)');
+  });
+
+  it('prints the ConfigMap with --with-configmap, secrets only as env var names', async () => {
+    const { code, stdout } = await exec([
+      '--toolset',
+      `${DIR}/toolsets/assistant.yaml`,
+      '-f',
+      `${DIR}/unmute-backend.yaml`,
+      '--with-configmap',
+    ]);
+    expect(code).toBe(0);
+    const configMap = (
+      parseDocs(stdout) as { kind: string; metadata: { name: string }; data: Record<string, string> }[]
+    ).find((d) => d.kind === 'ConfigMap');
+    expect(configMap?.metadata).toMatchObject({ name: 'earpiece-toolset-assistant', namespace: 'voice' });
+    const rendered = configMap?.data['toolset.yaml'] ?? '';
+    expect(rendered).not.toContain('secretKeyRef');
+    expect(validateToolSet(parse(rendered)).ok).toBe(true);
+    expect(await workloadIssues(configMap)).toEqual([]);
+  });
+
+  it('refuses an invalid ToolSet, naming the field, and prints nothing', async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'earpiece-inject-'));
+    const file = path.join(dir, 'bad.yaml');
+    writeFileSync(
+      file,
+      readFileSync(`${DIR}/toolsets/reports.yaml`, 'utf8').replace(
+        'builtin: calculator',
+        'builtin: calculator\n      timeout: soon',
+      ),
+    );
+    try {
+      const { code, stdout, stderr } = await exec(['--toolset', file, '-f', `${DIR}/job.yaml`]);
+      expect(code).toBe(1);
+      expect(stdout).toBe('');
+      expect(stderr).toBe(`${file}: ToolSet reports: spec.tools[0].timeout: "soon" is not a duration\n`);
+    } finally {
+      rmSync(dir, { recursive: true });
+    }
+  });
+
+  it('answers bad usage with status 2 and the help text', async () => {
+    const { code, stderr } = await exec(['-f', `${DIR}/job.yaml`]);
+    expect(code).toBe(2);
+    expect(stderr).toContain('Usage: earpiece inject');
+  });
+
+  it('reports YAML that does not parse with its line, status 1', async () => {
+    const { code, stderr } = await exec(
+      ['-t', `${DIR}/toolsets/assistant.yaml`, '-f', '-'],
+      'kind: Pod\n  bad: [\n',
+    );
+    expect(code).toBe(1);
+    expect(stderr).toMatch(/^\(stdin\): line \d+: /);
+  });
+});
