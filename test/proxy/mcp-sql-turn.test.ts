@@ -14,7 +14,7 @@ import {
   toolCallReply,
   toolResults,
 } from '../../src/proxy/scripted-upstream.js';
-import { type McpTestServer, startMcpServer } from '../support/mcp-server.js';
+import { type McpTestServer, startEverythingServer, startMcpServer } from '../support/mcp-server.js';
 import { startPostgres, type TestPostgres } from '../support/postgres.js';
 import { type ProxyHarness, startTestProxy, unmuteTurn } from '../support/proxy.js';
 
@@ -44,12 +44,15 @@ afterEach(async () => {
   mcp = undefined;
 });
 
-function spec(mcpUrl: string) {
+function spec(
+  mcpUrl: string,
+  mcpEntry: Record<string, unknown> = { prefix: 'home_', include: ['weather', 'broken'] },
+) {
   return {
     instructions: 'Answer in one short sentence.',
     limits: { toolTimeout: '5s' },
     tools: [
-      { mcp: { url: mcpUrl, prefix: 'home_', include: ['weather', 'broken'] } },
+      { mcp: { url: mcpUrl, ...mcpEntry } },
       {
         name: 'order_status',
         description: 'Status of a customer order.',
@@ -65,9 +68,15 @@ function spec(mcpUrl: string) {
   };
 }
 
-async function start(respond: (req: RecordedRequest, i: number) => ScriptedReply, mcpUrl: string) {
+async function start(
+  respond: (req: RecordedRequest, i: number) => ScriptedReply,
+  mcpUrl: string,
+  mcpEntry?: Record<string, unknown>,
+) {
   upstream = await startScriptedUpstream({ respond });
-  harness = await startTestProxy(spec(mcpUrl), upstream.url, { env: { ...process.env, ORDERS_DB: db.url } });
+  harness = await startTestProxy(spec(mcpUrl, mcpEntry), upstream.url, {
+    env: { ...process.env, ORDERS_DB: db.url },
+  });
   return { upstream, harness };
 }
 
@@ -131,6 +140,47 @@ describe('a turn with MCP and SQL tools', () => {
       { city: 'Paris', temperature: 21 },
       { rows: [{ status: 'shipped', eta: expect.stringMatching(/^2030-05-0[34]/) }], rowCount: 1 },
     ]);
+  });
+
+  it('runs a tool of the published server-everything and an SQL tool in one turn', async () => {
+    const everything = await startEverythingServer();
+    try {
+      const { upstream, harness } = await start(
+        (req, i) => {
+          if (i === 0) {
+            return {
+              sse: toolCallReply(
+                [
+                  { name: 'ev_get-sum', arguments: { a: 19, b: 23 } },
+                  { name: 'order_status', arguments: { order_id: 'B22' } },
+                ],
+                'vllm-hermes',
+              ),
+            };
+          }
+          const [sum, order] = toolResults(req);
+          const total = /(\d+)\D*$/.exec(sum ?? '')?.[1];
+          return {
+            sse: textReply(
+              `That makes ${total}, and order B22 is ${JSON.parse(order ?? '{}').rows[0].status}.`,
+            ),
+          };
+        },
+        everything.url,
+        { prefix: 'ev_', include: ['get-sum', 'echo'] },
+      );
+      await waitForMcp(harness, 'connected');
+      const { text } = await unmuteTurn(harness.client, [
+        SYSTEM,
+        { role: 'user', content: 'What is 19 plus 23, and where is order B22?' },
+      ]);
+      expect(text).toBe('One moment. That makes 42, and order B22 is packing.');
+      expect(offered(upstream.requests[0])).toEqual(['ev_echo', 'ev_get-sum', 'order_status', 'orders_sql']);
+    } finally {
+      await harness?.close();
+      harness = undefined;
+      await everything.stop();
+    }
   });
 
   it('the model writing SQL can read, and a write it tries never reaches the data', async () => {

@@ -1,12 +1,15 @@
 /**
- * A real MCP server for tests, written with @modelcontextprotocol/sdk and served on 127.0.0.1 over
- * Streamable HTTP (`/mcp`) or the older HTTP+SSE transport (`/sse` + `/messages`). It records what it
- * sees (calls, cancellations, Authorization headers) and can add tools, forget its sessions, stop and
- * start again on the same port.
+ * Real MCP servers for tests. startMcpServer: written with @modelcontextprotocol/sdk and served on
+ * 127.0.0.1 over Streamable HTTP (`/mcp`) or the older HTTP+SSE transport (`/sse` + `/messages`); it
+ * records what it sees (calls, cancellations, Authorization headers) and can add tools, forget its
+ * sessions, stop and start again on the same port. startEverythingServer: the published reference server.
  */
+import { spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
+import { once } from 'node:events';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import { createRequire } from 'node:module';
+import { type AddressInfo, createServer as createNetServer } from 'node:net';
 import { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js';
 import { SSEServerTransport } from '@modelcontextprotocol/sdk/server/sse.js';
 import { StreamableHTTPServerTransport } from '@modelcontextprotocol/sdk/server/streamableHttp.js';
@@ -236,5 +239,46 @@ export async function startMcpServer(
     },
     start: listen,
     sessionCount: () => sessions.size,
+  };
+}
+
+export interface EverythingServer {
+  url: string;
+  stop(): Promise<void>;
+}
+
+/**
+ * The published reference server `@modelcontextprotocol/server-everything`, as a child process in its
+ * Streamable HTTP mode. It takes its port from PORT (there is no host option), so a free loopback port
+ * is picked first.
+ */
+export async function startEverythingServer(): Promise<EverythingServer> {
+  const entry = createRequire(import.meta.url).resolve(
+    '@modelcontextprotocol/server-everything/dist/index.js',
+  );
+  const probe = createNetServer();
+  await new Promise<void>((resolve) => probe.listen(0, '127.0.0.1', resolve));
+  const { port } = probe.address() as AddressInfo;
+  await new Promise((resolve) => probe.close(resolve));
+  const child = spawn(process.execPath, [entry, 'streamableHttp'], {
+    env: { ...process.env, PORT: String(port) },
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  let stderr = '';
+  await new Promise<void>((resolve, reject) => {
+    child.stderr?.on('data', (chunk: Buffer) => {
+      stderr += chunk.toString('utf8');
+      if (stderr.includes('listening on port')) resolve();
+    });
+    child.once('exit', (code) => reject(new Error(`server-everything exited (${code}): ${stderr}`)));
+  });
+  return {
+    url: `http://127.0.0.1:${port}/mcp`,
+    async stop() {
+      if (child.exitCode !== null || child.signalCode !== null) return;
+      const exited = once(child, 'exit');
+      child.kill('SIGKILL');
+      await exited;
+    },
   };
 }

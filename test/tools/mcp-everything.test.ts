@@ -2,54 +2,25 @@
  * The mcp provider against the published reference server `@modelcontextprotocol/server-everything`,
  * run as a child process in its Streamable HTTP mode on a free local port.
  */
-import { type ChildProcess, spawn } from 'node:child_process';
-import { once } from 'node:events';
-import { createRequire } from 'node:module';
-import { createServer } from 'node:net';
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createMcpProvider } from '../../src/tools/mcp.js';
 import type { ToolContext, ToolProvider } from '../../src/tools/types.js';
 import { resolveToolSet } from '../../src/toolset/defaults.js';
 import { formatIssues, validateToolSet } from '../../src/toolset/validate.js';
+import { type EverythingServer, startEverythingServer } from '../support/mcp-server.js';
 
 const logger = pino({ level: 'silent' });
-let child: ChildProcess;
+let everything: EverythingServer;
 let url: string;
 
-async function freePort(): Promise<number> {
-  const s = createServer();
-  await new Promise<void>((resolve) => s.listen(0, '127.0.0.1', resolve));
-  const { port } = s.address() as { port: number };
-  await new Promise((resolve) => s.close(resolve));
-  return port;
-}
-
 beforeAll(async () => {
-  const entry = createRequire(import.meta.url).resolve(
-    '@modelcontextprotocol/server-everything/dist/index.js',
-  );
-  const port = await freePort();
-  child = spawn(process.execPath, [entry, 'streamableHttp'], {
-    env: { ...process.env, PORT: String(port) },
-    stdio: ['ignore', 'ignore', 'pipe'],
-  });
-  let stderr = '';
-  await new Promise<void>((resolve, reject) => {
-    child.stderr?.on('data', (chunk: Buffer) => {
-      stderr += chunk.toString('utf8');
-      if (stderr.includes('listening on port')) resolve();
-    });
-    child.once('exit', (code) => reject(new Error(`server-everything exited (${code}): ${stderr}`)));
-  });
-  url = `http://127.0.0.1:${port}/mcp`;
+  everything = await startEverythingServer();
+  url = everything.url;
 });
 
 afterAll(async () => {
-  if (child.exitCode === null) {
-    child.kill('SIGKILL');
-    await once(child, 'exit');
-  }
+  await everything?.stop();
 });
 
 function provider(mcp: Record<string, unknown>): ToolProvider {
