@@ -148,10 +148,12 @@ describe('mcp provider over Streamable HTTP', () => {
     p.onChange?.(() => changes++);
     await waitFor(() => connected(p), 'connection');
     const before = changes;
-    s.addTool('lights_on', 'lights are on');
+    // A name with characters OpenAI function names do not allow is offered cleaned, and called by its own name.
+    s.addTool('lights.on', 'lights are on');
     await waitFor(() => p.tools().some((t) => t.name === 'x_lights_on'), 'the new tool');
     expect(changes).toBeGreaterThan(before);
     expect(await run(p, 'x_lights_on')).toBe('lights are on');
+    expect(s.calls.at(-1)).toEqual({ name: 'lights.on', args: {} });
   });
 
   it('a server down at start: down with the reason, then its tools appear once it is up', async () => {
