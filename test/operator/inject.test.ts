@@ -224,7 +224,9 @@ describe('earpiece inject, the command', () => {
     const docs = parseDocs(first.stdout) as { kind: string }[];
     expect(docs.map((d) => d.kind)).toEqual(['Service', 'Deployment']);
     for (const doc of docs) expect(await workloadIssues(doc)).toEqual([]);
-    const deployment = docs[1] as { spec: { template: { spec: { initContainers: { name: string }[] } } } };
+    const deployment = docs[1] as unknown as {
+      spec: { template: { spec: { initContainers: { name: string }[] } } };
+    };
     expect(deployment.spec.template.spec.initContainers.map((c) => c.name)).toEqual(['earpiece-proxy']);
 
     const second = await exec(['-t', `${DIR}/toolsets/assistant.yaml`, '-f', '-'], first.stdout);
