@@ -1,8 +1,9 @@
 /**
  * Leader election with a coordination.k8s.io/v1 Lease, as client-go's leaderelection does it:
  * - a candidate takes the Lease when it is free (no holder) or when its record has not changed for
- *   leaseDurationSeconds, measured on this replica's own clock from when it last saw the record change
- *   (so clock skew between replicas does not matter);
+ *   leaseDurationSeconds, measured on this replica's monotonic clock from when it last saw the record
+ *   change (so neither clock skew between replicas nor a wall clock jump matters; the injected Clock
+ *   only dates what is written into the Lease);
  * - the leader renews every retry period; if no renewal succeeds within the renew deadline it stops
  *   leading at once (before the Lease can expire for the others);
  * - every write is a replace with the resourceVersion it read, so two candidates never both win (409);
@@ -34,9 +35,11 @@ export class LeaderElector {
   private readonly abort = new AbortController();
   private loop: Promise<void> | undefined;
   private leading = false;
-  /** The Lease spec as last seen, and when (our clock) it last changed. */
+  /** The Lease spec as last seen, and when (monotonic ms) it last changed. */
   private observed: { record: string; at: number } | undefined;
   private lastLeader: string | undefined;
+  /** The Lease request in flight, which stop() lets finish before releasing. */
+  private attempt: Promise<boolean> | undefined;
 
   constructor(options: LeaderElectionOptions) {
     this.o = {
@@ -65,6 +68,7 @@ export class LeaderElector {
   async stop(): Promise<void> {
     this.abort.abort();
     await this.loop;
+    await this.attempt;
     if (this.leading) {
       this.leading = false;
       await this.o.onStoppedLeading();
@@ -78,15 +82,16 @@ export class LeaderElector {
     while (!signal.aborted) {
       // A request that hangs must not keep a leader leading past its deadline.
       const attempt = new AbortController();
+      this.attempt = this.tryAcquireOrRenew();
       const ok = await Promise.race([
-        this.tryAcquireOrRenew(),
+        this.attempt,
         sleep(this.o.renewDeadlineMs, false, { signal: AbortSignal.any([signal, attempt.signal]) }).catch(
           () => false,
         ),
       ]);
       attempt.abort();
       if (signal.aborted) break;
-      const now = this.o.clock.now().getTime();
+      const now = performance.now();
       if (ok) {
         lastRenew = now;
         if (!this.leading) {
@@ -147,7 +152,7 @@ export class LeaderElector {
         this.o.logger.info({ lease: name, leader: holder }, 'Observed new leader');
       }
       const expiresAt = (this.observed?.at ?? 0) + (spec.leaseDurationSeconds ?? durationSeconds) * 1000;
-      if (this.o.clock.now().getTime() < expiresAt) return false;
+      if (performance.now() < expiresAt) return false;
     }
     const now = this.micro();
     const next: V1LeaseSpec = {
@@ -171,7 +176,7 @@ export class LeaderElector {
 
   private observe(spec: V1LeaseSpec): void {
     const record = JSON.stringify(spec);
-    if (this.observed?.record !== record) this.observed = { record, at: this.o.clock.now().getTime() };
+    if (this.observed?.record !== record) this.observed = { record, at: performance.now() };
   }
 
   private failed(step: string, err: unknown): false {

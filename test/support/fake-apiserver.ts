@@ -173,6 +173,8 @@ export interface WriteRecord {
   fieldManager: string | undefined;
   changed: boolean;
   status: number;
+  /** The object as stored after the write (before, for a delete). */
+  object: KObject;
 }
 
 /** What a request is about, for fault injection. */
@@ -184,6 +186,8 @@ export interface RequestInfo {
   subresource: string | undefined;
   user: string;
   watch: boolean;
+  /** The resourceVersion query parameter, for lists and watches. */
+  resourceVersion: string | undefined;
 }
 
 interface Fault {
@@ -336,8 +340,10 @@ export class FakeApiServer {
   private rv = 100;
   /** Watches from a resourceVersion below this get 410 Gone. */
   private oldestRv = 0;
-  /** Every write request, in order, no-ops included. */
+  /** Every write request that succeeded, in order, no-ops included. */
   readonly writes: WriteRecord[] = [];
+  /** Every request, in order. */
+  readonly requests: RequestInfo[] = [];
   url = '';
 
   constructor(options: FakeApiServerOptions = {}) {
@@ -495,7 +501,9 @@ export class FakeApiServer {
       subresource: route.subresource,
       user,
       watch,
+      resourceVersion: url.searchParams.get('resourceVersion') ?? undefined,
     };
+    this.requests.push(info);
     if (this.blocked.has(user)) throw new StatusError(503, 'ServiceUnavailable', 'the server is unreachable');
     const fault = this.faults.find((f) => f.remaining > 0 && f.match(info));
     if (fault) {
@@ -521,8 +529,15 @@ export class FakeApiServer {
     }
     if (method === 'GET') return this.send(res, 200, this.mustGet(rt, namespace, name!).object);
 
-    const record = (verb: WriteRecord['verb'], n: string, changed: boolean, status: number) =>
+    const record = (
+      verb: WriteRecord['verb'],
+      n: string,
+      changed: boolean,
+      status: number,
+      object: KObject,
+    ) =>
       this.writes.push({
+        object: structuredClone(object),
         verb,
         resource: rt.plural,
         namespace,
@@ -537,7 +552,7 @@ export class FakeApiServer {
     if (method === 'POST' && name === undefined) {
       const obj = parseJson(body) as KObject;
       const created = this.doCreate(rt, namespace, obj);
-      record('create', created.metadata.name!, true, 201);
+      record('create', created.metadata.name!, true, 201, created);
       return this.send(res, 201, created);
     }
     if (name === undefined) throw new StatusError(405, 'MethodNotAllowed', `${method} on a collection`);
@@ -549,7 +564,7 @@ export class FakeApiServer {
         throw new StatusError(400, 'BadRequest', 'the name of the object does not match the name on the URL');
       }
       const out = this.doUpdate(rt, current, obj, subresource);
-      record('update', name, out.changed, 200);
+      record('update', name, out.changed, 200, out.object);
       return this.send(res, 200, out.object);
     }
     if (method === 'PATCH') {
@@ -562,7 +577,7 @@ export class FakeApiServer {
         const force = url.searchParams.get('force') === 'true';
         const applied = parseYaml(body) as KObject;
         const out = this.doApply(rt, namespace, name, applied, manager, force, subresource);
-        record('apply', name, out.changed, out.created ? 201 : 200);
+        record('apply', name, out.changed, out.created ? 201 : 200, out.object);
         return this.send(res, out.created ? 201 : 200, out.object);
       }
       const current = this.mustGet(rt, namespace, name);
@@ -588,7 +603,7 @@ export class FakeApiServer {
         );
       }
       const out = this.doUpdate(rt, current, patched, subresource);
-      record('patch', name, out.changed, 200);
+      record('patch', name, out.changed, 200, out.object);
       return this.send(res, 200, out.object);
     }
     if (method === 'DELETE') {
@@ -599,7 +614,7 @@ export class FakeApiServer {
         throw this.conflict(rt, name);
       }
       this.doDelete(rt, current);
-      record('delete', name, true, 200);
+      record('delete', name, true, 200, current.object);
       return this.send(res, 200, {
         kind: 'Status',
         apiVersion: 'v1',
@@ -758,6 +773,8 @@ export class FakeApiServer {
     };
     this.objects.set(this.key(rt, ns, name), { object: stored, applied: new Map() });
     this.emit('ADDED', rt, stored, undefined);
+    // A dependent created after its owner is gone is collected too, as the real collector does.
+    if (meta.ownerReferences?.length) setImmediate(() => this.collectGarbage());
     return stored;
   }
 

@@ -1,0 +1,542 @@
+/**
+ * The ToolSet controller end to end: real @kubernetes/client-node informers, queue, server-side apply
+ * and status writes against the in-process API server stand-in (test/support/fake-apiserver.ts).
+ * Bounds are hang guards in seconds.
+ */
+import { setTimeout as sleep } from 'node:timers/promises';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { parse as parseYaml } from 'yaml';
+import type { Clock } from '../../src/operator/clock.js';
+import { CONFIG_KEY } from '../../src/operator/configmap.js';
+import { toolSetKey } from '../../src/operator/controller.js';
+import { buildInjection } from '../../src/operator/patch.js';
+import { DEFAULT_SIDECAR } from '../../src/operator/sidecar.js';
+import { ControlPlane, type Timing } from '../../src/operator/start.js';
+import { createLogger } from '../../src/telemetry/log.js';
+import { OperatorMetrics } from '../../src/telemetry/operator-metrics.js';
+import { secretEnvName } from '../../src/toolset/values.js';
+import { type FakeApiServer, type KObject, startFakeApiServer } from '../support/fake-apiserver.js';
+
+const NS = 'voice';
+const logger = createLogger('test', process.env.TEST_LOG ?? 'silent');
+const POLL = { timeout: 10_000, interval: 20 };
+
+class ManualClock implements Clock {
+  private t = Date.parse('2026-01-01T00:00:00Z');
+  now(): Date {
+    return new Date(this.t);
+  }
+  advance(seconds: number): void {
+    this.t += seconds * 1000;
+  }
+}
+
+const TIMING: Timing = {
+  informerDelay: (ms) => sleep(Math.min(ms, 50)),
+  informerRestartBaseMs: 50,
+  retryBaseMs: 20,
+  retryMaxMs: 200,
+  uninjectedDebounceMs: 20,
+  leaseDurationMs: 1000,
+  renewDeadlineMs: 700,
+  retryPeriodMs: 100,
+};
+
+function weatherTool(extra: Record<string, unknown> = {}) {
+  return {
+    name: 'get_weather',
+    description: 'Current weather.',
+    parameters: {
+      type: 'object',
+      properties: { latitude: { type: 'number' }, longitude: { type: 'number' } },
+      required: ['latitude', 'longitude'],
+    },
+    timeout: '3s',
+    http: {
+      url: 'https://api.open-meteo.com/v1/forecast{?latitude,longitude}',
+      headers: [{ name: 'X-Api-Key', valueFrom: { secretKeyRef: { name: 'weather', key: 'key' } } }],
+    },
+    ...extra,
+  };
+}
+
+function toolset(name: string, tools: unknown[], extra: Record<string, unknown> = {}): KObject {
+  return {
+    apiVersion: 'earpiece.dev/v1alpha1',
+    kind: 'ToolSet',
+    metadata: { name, namespace: NS },
+    spec: {
+      selector: { matchLabels: { app: 'unmute-backend' } },
+      upstream: { url: 'http://vllm:8000' },
+      tools,
+      ...extra,
+    },
+  };
+}
+
+let api: FakeApiServer;
+let clock: ManualClock;
+let metrics: OperatorMetrics;
+const planes: ControlPlane[] = [];
+
+function controlPlane(user = 'operator', leaderElection = false): ControlPlane {
+  const plane = new ControlPlane({
+    kc: api.kubeConfig(user),
+    config: {
+      namespace: 'earpiece-system',
+      podName: user,
+      watchNamespaces: [],
+      leaderElection,
+      leaseName: 'earpiece-operator',
+      sidecar: DEFAULT_SIDECAR,
+    },
+    clock,
+    logger,
+    metrics,
+    timing: TIMING,
+  });
+  planes.push(plane);
+  return plane;
+}
+
+beforeEach(async () => {
+  api = await startFakeApiServer({ bookmarkIntervalMs: 200 });
+  clock = new ManualClock();
+  metrics = new OperatorMetrics({ defaultMetrics: false });
+});
+afterEach(async () => {
+  await Promise.all(planes.splice(0).map((p) => p.stop()));
+  await api.close();
+});
+
+const stored = (name: string) => api.get('toolsets', NS, name);
+const configMap = (name: string) => api.get('configmaps', NS, `earpiece-toolset-${name}`);
+const ready = (name: string) =>
+  (stored(name)?.status as { conditions?: Record<string, unknown>[] } | undefined)?.conditions?.find(
+    (c) => c.type === 'Ready',
+  );
+const renderedTools = (name: string) => {
+  const text = configMap(name)?.data as Record<string, string> | undefined;
+  return text
+    ? (parseYaml(text[CONFIG_KEY]!) as { spec: { tools: Record<string, unknown>[] } }).spec.tools
+    : undefined;
+};
+
+/** The ToolSet's status as the controller last wrote it, once its cache has caught up with the server. */
+async function settled(plane: ControlPlane, name: string): Promise<void> {
+  await expect
+    .poll(() => {
+      const cached = plane.toolsets.get(name, NS);
+      const cm = plane.configMaps.get(`earpiece-toolset-${name}`, NS);
+      const server = configMap(name);
+      return (
+        cached?.metadata.resourceVersion === stored(name)?.metadata.resourceVersion &&
+        cm?.metadata?.resourceVersion === server?.metadata.resourceVersion &&
+        plane.controller.queue.length === 0
+      );
+    }, POLL)
+    .toBe(true);
+}
+
+function edit(name: string, change: (spec: Record<string, unknown>) => void): void {
+  const current = stored(name)!;
+  change(current.spec as Record<string, unknown>);
+  api.update('toolsets', current);
+}
+
+describe('ToolSet controller', () => {
+  it('renders a new ToolSet into its ConfigMap, secrets as env references, and reports Ready', async () => {
+    const plane = controlPlane();
+    await plane.start();
+    api.create('toolsets', toolset('assistant', [weatherTool(), { name: 'now', builtin: 'time' }]));
+
+    await expect.poll(() => ready('assistant')?.status, POLL).toBe('True');
+    const cm = configMap('assistant')!;
+    const owner = stored('assistant')!;
+    expect(cm.metadata.ownerReferences).toEqual([
+      {
+        apiVersion: 'earpiece.dev/v1alpha1',
+        kind: 'ToolSet',
+        name: 'assistant',
+        uid: owner.metadata.uid,
+        controller: true,
+        blockOwnerDeletion: true,
+      },
+    ]);
+    expect(cm.metadata.labels).toMatchObject({ 'app.kubernetes.io/managed-by': 'earpiece' });
+    const text = (cm.data as Record<string, string>)[CONFIG_KEY]!;
+    expect(text).not.toContain('secretKeyRef');
+    const [weather] = renderedTools('assistant')!;
+    expect(weather).toMatchObject({
+      http: { headers: [{ name: 'X-Api-Key', valueFrom: { env: secretEnvName('weather', 'key') } }] },
+    });
+    const applies = api.writes.filter((w) => w.resource === 'configmaps');
+    expect(applies.map((w) => [w.verb, w.fieldManager])).toEqual([['apply', 'earpiece']]);
+    expect(owner.status).toEqual({
+      observedGeneration: 1,
+      tools: 2,
+      conditions: [
+        {
+          type: 'Ready',
+          status: 'True',
+          reason: 'Valid',
+          message: 'ConfigMap earpiece-toolset-assistant holds 2 tool entries',
+          lastTransitionTime: '2026-01-01T00:00:00Z',
+          observedGeneration: 1,
+        },
+        {
+          type: 'RestartRequired',
+          status: 'False',
+          reason: 'PodsUpToDate',
+          message: '',
+          lastTransitionTime: '2026-01-01T00:00:00Z',
+          observedGeneration: 1,
+        },
+      ],
+    });
+    // Ready was written only after the ConfigMap existed.
+    const readyWrite = api.writes.findIndex((w) => w.subresource === 'status');
+    const cmWrite = api.writes.findIndex((w) => w.resource === 'configmaps' && w.changed);
+    expect(cmWrite).toBeGreaterThanOrEqual(0);
+    expect(cmWrite).toBeLessThan(readyWrite);
+  });
+
+  it('follows updates, keeps the last good ConfigMap through an invalid edit, and recovers when fixed', async () => {
+    const plane = controlPlane();
+    await plane.start();
+    api.create('toolsets', toolset('assistant', [weatherTool()]));
+    await expect.poll(() => ready('assistant')?.status, POLL).toBe('True');
+
+    // Update: a second tool. Ready stays True, so its lastTransitionTime stays.
+    clock.advance(60);
+    edit('assistant', (spec) => (spec.tools as unknown[]).push({ name: 'now', builtin: 'time' }));
+    await expect.poll(() => renderedTools('assistant')?.length, POLL).toBe(2);
+    await expect.poll(() => stored('assistant')?.status?.observedGeneration, POLL).toBe(2);
+    expect(ready('assistant')).toMatchObject({ status: 'True', lastTransitionTime: '2026-01-01T00:00:00Z' });
+    expect((stored('assistant')!.status as { tools: number }).tools).toBe(2);
+
+    // Invalid: a bad duration. ConfigMap untouched, Ready False naming the field, an Event.
+    await settled(plane, 'assistant');
+    const goodConfigMap = configMap('assistant')!;
+    clock.advance(60);
+    edit('assistant', (spec) => {
+      (spec.tools as Record<string, unknown>[])[0]!.timeout = 'soon';
+    });
+    await expect.poll(() => ready('assistant')?.status, POLL).toBe('False');
+    expect(ready('assistant')).toMatchObject({
+      reason: 'InvalidToolSet',
+      lastTransitionTime: '2026-01-01T00:02:00Z',
+      observedGeneration: 3,
+    });
+    expect(ready('assistant')!.message).toContain('spec.tools[0].timeout: "soon" is not a duration');
+    expect(ready('assistant')!.message).toContain(
+      'ConfigMap earpiece-toolset-assistant keeps the last valid',
+    );
+    expect(stored('assistant')!.status).toMatchObject({ observedGeneration: 3, tools: 2 });
+    await settled(plane, 'assistant');
+    expect(configMap('assistant')).toEqual(goodConfigMap);
+    const events = api.list('events', NS);
+    expect(events).toHaveLength(1);
+    expect(events[0]).toMatchObject({
+      type: 'Warning',
+      reason: 'InvalidToolSet',
+      involvedObject: { kind: 'ToolSet', name: 'assistant', uid: stored('assistant')!.metadata.uid },
+      count: 1,
+    });
+    expect(events[0]!.message).toContain('spec.tools[0].timeout');
+
+    // Fixed: a valid spec again, with a new instruction.
+    clock.advance(60);
+    edit('assistant', (spec) => {
+      (spec.tools as Record<string, unknown>[])[0]!.timeout = '4s';
+    });
+    await expect.poll(() => ready('assistant')?.status, POLL).toBe('True');
+    expect(ready('assistant')).toMatchObject({ reason: 'Valid', lastTransitionTime: '2026-01-01T00:03:00Z' });
+    await expect.poll(() => renderedTools('assistant')?.[0]?.timeout, POLL).toBe('4s');
+    expect(stored('assistant')!.status).toMatchObject({ observedGeneration: 4 });
+  });
+
+  it('deletes the ConfigMap through its owner reference when the ToolSet goes', async () => {
+    const plane = controlPlane();
+    await plane.start();
+    api.create('toolsets', toolset('assistant', [weatherTool()]));
+    await expect.poll(() => configMap('assistant'), POLL).toBeDefined();
+    api.delete('toolsets', NS, 'assistant');
+    await expect.poll(() => configMap('assistant'), POLL).toBeUndefined();
+    await expect.poll(() => plane.toolsets.get('assistant', NS), POLL).toBeUndefined();
+    expect(api.changes('configmaps').map((w) => w.verb)).toEqual(['apply']);
+  });
+
+  it('writes no ConfigMap for a ToolSet that was never valid', async () => {
+    const plane = controlPlane();
+    await plane.start();
+    api.create(
+      'toolsets',
+      toolset('broken', [
+        { name: 'a', builtin: 'time' },
+        { name: 'a', builtin: 'time' },
+      ]),
+    );
+    await expect.poll(() => ready('broken')?.status, POLL).toBe('False');
+    expect(ready('broken')!.message).toBe(
+      'spec.tools[1].name: "a" is already the name of spec.tools[0]; no ConfigMap is written until the ToolSet is valid',
+    );
+    expect(stored('broken')!.status).toMatchObject({ observedGeneration: 1, tools: 0 });
+    await settled(plane, 'broken');
+    expect(configMap('broken')).toBeUndefined();
+    expect(api.writes.filter((w) => w.resource === 'configmaps')).toEqual([]);
+  });
+
+  it('is idempotent: once settled, reconciling again writes nothing', async () => {
+    const plane = controlPlane();
+    await plane.start();
+    api.create('toolsets', toolset('assistant', [weatherTool()]));
+    api.create('toolsets', toolset('broken', [{ name: 'x', builtin: 'time', timeout: 'later' }]));
+    await expect.poll(() => ready('assistant')?.status, POLL).toBe('True');
+    await expect.poll(() => ready('broken')?.status, POLL).toBe('False');
+    await settled(plane, 'assistant');
+    await settled(plane, 'broken');
+    const writes = api.writes.length;
+    clock.advance(3600);
+    for (let i = 0; i < 2; i++) {
+      await plane.controller.reconcile(toolSetKey(NS, 'assistant'));
+      await plane.controller.reconcile(toolSetKey(NS, 'broken'));
+    }
+    expect(api.writes.slice(writes)).toEqual([]);
+    expect(api.list('events', NS)).toHaveLength(1);
+  });
+
+  it('puts back a ConfigMap changed or deleted by someone else', async () => {
+    const plane = controlPlane();
+    await plane.start();
+    api.create('toolsets', toolset('assistant', [weatherTool()]));
+    await expect.poll(() => configMap('assistant'), POLL).toBeDefined();
+    const original = (configMap('assistant')!.data as Record<string, string>)[CONFIG_KEY];
+    const tampered = configMap('assistant')!;
+    api.update('configmaps', { ...tampered, data: { [CONFIG_KEY]: 'spec: {tools: []}' } });
+    await expect
+      .poll(() => (configMap('assistant')?.data as Record<string, string>)[CONFIG_KEY], POLL)
+      .toBe(original);
+    api.delete('configmaps', NS, 'earpiece-toolset-assistant');
+    await expect.poll(() => configMap('assistant')?.data, POLL).toEqual({ [CONFIG_KEY]: original });
+  });
+
+  it('never reports Ready before the ConfigMap write succeeded, and retries it', async () => {
+    const plane = controlPlane();
+    await plane.start();
+    api.fail((r) => r.resource === 'configmaps' && r.method === 'PATCH', 500, 2);
+    api.create('toolsets', toolset('assistant', [weatherTool()]));
+    await expect.poll(() => ready('assistant')?.status, POLL).toBe('True');
+    const statusWrites = api.writes
+      .filter((w) => w.subresource === 'status' && w.changed)
+      .map(
+        (w) =>
+          (w.object.status as { conditions: { type: string; status: string; reason: string }[] })
+            .conditions[0]!,
+      );
+    expect(statusWrites[0]).toMatchObject({ status: 'False', reason: 'ConfigMapWriteFailed' });
+    expect(statusWrites.at(-1)).toMatchObject({ status: 'True', reason: 'Valid' });
+    const firstTrue = api.writes.findIndex(
+      (w) => w.subresource === 'status' && JSON.stringify(w.object.status).includes('"Valid"'),
+    );
+    const applied = api.writes.findIndex((w) => w.resource === 'configmaps');
+    expect(applied).toBeGreaterThanOrEqual(0);
+    expect(applied).toBeLessThan(firstTrue);
+    const text = await metrics.metrics();
+    expect(text).toMatch(/earpiece_reconcile_total\{result="error"\} 2/);
+    expect(text).toMatch(/earpiece_reconcile_total\{result="ok"\} [1-9]/);
+  });
+
+  it('puts the truth back when someone else writes the status', async () => {
+    const plane = controlPlane();
+    await plane.start();
+    api.create('toolsets', toolset('broken', [{ name: 'x', builtin: 'time', timeout: 'later' }]));
+    await expect.poll(() => ready('broken')?.status, POLL).toBe('False');
+    const current = stored('broken')!;
+    api.update(
+      'toolsets',
+      {
+        ...current,
+        status: {
+          observedGeneration: 1,
+          tools: 1,
+          conditions: [
+            {
+              type: 'Ready',
+              status: 'True',
+              reason: 'Valid',
+              message: '',
+              lastTransitionTime: '2026-01-01T00:00:00Z',
+            },
+          ],
+        },
+      },
+      'status',
+    );
+    await expect.poll(() => ready('broken')?.status, POLL).toBe('False');
+    expect(stored('broken')!.status).toMatchObject({ tools: 0 });
+  });
+
+  it('names the injected pods that lack the env var of a newly added secret', async () => {
+    const plane = controlPlane();
+    await plane.start();
+    api.create('toolsets', toolset('assistant', [weatherTool()]));
+    await expect.poll(() => ready('assistant')?.status, POLL).toBe('True');
+    await settled(plane, 'assistant');
+
+    // A pod injected now, by the same builder the webhook uses.
+    const injected = buildInjection(
+      {
+        metadata: { labels: { app: 'unmute-backend', 'earpiece.dev/inject': 'true' } },
+        spec: {
+          containers: [
+            {
+              name: 'backend',
+              image: 'unmute',
+              env: [{ name: 'KYUTAI_LLM_URL', value: 'http://vllm:8000' }],
+            },
+          ],
+        },
+      },
+      { namespace: NS, namespaceOptedIn: false, toolsets: plane.lookup(NS), sidecar: DEFAULT_SIDECAR },
+    );
+    if (!injected.ok) throw new Error(injected.message);
+    api.create('pods', {
+      apiVersion: 'v1',
+      kind: 'Pod',
+      metadata: { ...injected.template.metadata, name: 'backend-1', namespace: NS },
+      spec: injected.template.spec,
+      status: { phase: 'Running' },
+    } as KObject);
+    await expect.poll(() => plane.injectedPods.list(NS).length, POLL).toBe(1);
+
+    // The ToolSet gains a tool with a new secret: the pod cannot get it by reload.
+    edit('assistant', (spec) =>
+      (spec.tools as unknown[]).push({
+        name: 'orders',
+        description: 'Order status.',
+        parameters: { type: 'object', properties: { id: { type: 'string' } }, required: ['id'] },
+        sql: {
+          connection: { valueFrom: { secretKeyRef: { name: 'orders-db', key: 'url' } } },
+          query: 'SELECT status FROM orders WHERE id = $1',
+          args: ['id'],
+        },
+      }),
+    );
+    const restart = () =>
+      (
+        stored('assistant')?.status as { conditions?: Record<string, string>[] } | undefined
+      )?.conditions?.find((c) => c.type === 'RestartRequired');
+    await expect.poll(() => restart()?.status, POLL).toBe('True');
+    expect(restart()).toMatchObject({ reason: 'SecretEnvMissing' });
+    expect(restart()!.message).toContain('pods backend-1 started before secret orders-db/url was added');
+    expect(ready('assistant')).toMatchObject({ status: 'True' });
+    expect(api.list('pods', NS)).toHaveLength(1);
+
+    // The pod goes (a rollout restart): nothing left to restart.
+    api.delete('pods', NS, 'backend-1');
+    await expect.poll(() => restart()?.status, POLL).toBe('False');
+  });
+
+  it('recovers from 410 Gone after a watch outage, picking up what changed meanwhile', async () => {
+    const plane = controlPlane();
+    await plane.start();
+    api.create('toolsets', toolset('old', [weatherTool()]));
+    await expect.poll(() => ready('old')?.status, POLL).toBe('True');
+    await settled(plane, 'old');
+
+    // Cut the operator off; meanwhile one ToolSet goes and another comes; the history is compacted.
+    api.block('operator');
+    api.delete('toolsets', NS, 'old');
+    api.create('toolsets', toolset('new', [weatherTool()]));
+    api.compact();
+    const from = api.requests.length;
+    api.unblock('operator');
+
+    await expect.poll(() => ready('new')?.status, POLL).toBe('True');
+    await expect.poll(() => plane.toolsets.get('old', NS), POLL).toBeUndefined();
+    await expect.poll(() => configMap('old'), POLL).toBeUndefined();
+    const after = api.requests.slice(from).filter((r) => r.resource === 'toolsets');
+    // The informer resumed from its resourceVersion, was told 410, and listed again.
+    expect(after.some((r) => r.watch && r.resourceVersion !== undefined)).toBe(true);
+    expect(after.some((r) => !r.watch && r.method === 'GET')).toBe(true);
+  });
+
+  it('relists after an ERROR 410 event on a live watch', async () => {
+    const plane = controlPlane();
+    await plane.start();
+    api.create('toolsets', toolset('a', [weatherTool()]));
+    await expect.poll(() => ready('a')?.status, POLL).toBe('True');
+    const from = api.requests.length;
+    api.expireWatches();
+    api.create('toolsets', toolset('b', [weatherTool()]));
+    await expect.poll(() => ready('b')?.status, POLL).toBe('True');
+    expect(api.requests.slice(from).some((r) => r.resource === 'toolsets' && !r.watch)).toBe(true);
+  });
+
+  it('resumes from bookmarks without relisting, even when the history was compacted', async () => {
+    const plane = controlPlane();
+    await plane.start();
+    api.create('toolsets', toolset('a', [weatherTool()]));
+    await expect.poll(() => ready('a')?.status, POLL).toBe('True');
+    await settled(plane, 'a');
+    // Writes elsewhere move the resourceVersion on; ToolSet watches see only bookmarks.
+    for (let i = 0; i < 5; i++) {
+      api.create('configmaps', {
+        apiVersion: 'v1',
+        kind: 'ConfigMap',
+        metadata: { name: `other-${i}`, namespace: NS },
+      });
+    }
+    const moved = Number(api.resourceVersion);
+    api.bookmark();
+    await sleep(100);
+    api.compact();
+    const from = api.requests.length;
+    api.closeWatches();
+    api.create('toolsets', toolset('b', [weatherTool()]));
+    await expect.poll(() => ready('b')?.status, POLL).toBe('True');
+    const toolsetRequests = api.requests.slice(from).filter((r) => r.resource === 'toolsets');
+    expect(toolsetRequests.filter((r) => !r.watch && r.method === 'GET')).toEqual([]);
+    const resumed = toolsetRequests.find((r) => r.watch);
+    expect(Number(resumed?.resourceVersion)).toBeGreaterThanOrEqual(moved);
+  });
+
+  it('hands the controller over when the leader stops, and when it is cut off', async () => {
+    const one = controlPlane('replica-1', true);
+    await one.start();
+    await expect.poll(() => one.isLeader, POLL).toBe(true);
+    const two = controlPlane('replica-2', true);
+    await two.start();
+    api.create('toolsets', toolset('first', [weatherTool()]));
+    await expect.poll(() => ready('first')?.status, POLL).toBe('True');
+    expect(two.isLeader).toBe(false);
+    const writers = (name: string) =>
+      new Set(
+        api.writes
+          .filter((w) => w.changed && (w.name === name || w.name === `earpiece-toolset-${name}`))
+          .map((w) => w.user),
+      );
+    expect(writers('first')).toEqual(new Set(['replica-1']));
+
+    // Graceful stop (SIGTERM): the Lease is released and the other replica takes over.
+    await one.stop();
+    await expect.poll(() => two.isLeader, POLL).toBe(true);
+    api.create('toolsets', toolset('second', [weatherTool()]));
+    await expect.poll(() => ready('second')?.status, POLL).toBe('True');
+    expect(writers('second')).toEqual(new Set(['replica-2']));
+
+    // A third replica; the leader is cut off from the API server and the third takes over.
+    const three = controlPlane('replica-3', true);
+    await three.start();
+    await sleep(300);
+    expect(three.isLeader).toBe(false);
+    api.block('replica-2');
+    await expect.poll(() => three.isLeader, POLL).toBe(true);
+    await expect.poll(() => two.isLeader, POLL).toBe(false);
+    api.create('toolsets', toolset('third', [weatherTool()]));
+    await expect.poll(() => ready('third')?.status, POLL).toBe('True');
+    expect(writers('third')).toEqual(new Set(['replica-3']));
+    api.unblock('replica-2');
+  });
+});

@@ -1,0 +1,103 @@
+/**
+ * Lease election between replicas, each with its own client (user) of the fake API server, so one can
+ * be cut off as in a network partition. Durations are short; the bounds are hang guards.
+ */
+import { CoordinationV1Api } from '@kubernetes/client-node';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { LeaderElector } from '../../src/operator/leader.js';
+import { createLogger } from '../../src/telemetry/log.js';
+import { type FakeApiServer, startFakeApiServer } from '../support/fake-apiserver.js';
+
+const logger = createLogger('test', 'silent');
+let api: FakeApiServer;
+const electors: LeaderElector[] = [];
+
+beforeEach(async () => {
+  api = await startFakeApiServer();
+});
+afterEach(async () => {
+  await Promise.all(electors.splice(0).map((e) => e.stop()));
+  await api.close();
+});
+
+interface Candidate {
+  elector: LeaderElector;
+  log: string[];
+}
+
+function candidate(identity: string, onLead?: () => void): Candidate {
+  const log: string[] = [];
+  const elector = new LeaderElector({
+    api: api.kubeConfig(identity).makeApiClient(CoordinationV1Api),
+    namespace: 'earpiece-system',
+    name: 'earpiece-operator',
+    identity,
+    leaseDurationMs: 1000,
+    renewDeadlineMs: 700,
+    retryPeriodMs: 100,
+    logger,
+    onStartedLeading: () => {
+      log.push('started');
+      onLead?.();
+    },
+    onStoppedLeading: () => {
+      log.push('stopped');
+    },
+  });
+  electors.push(elector);
+  return { elector, log };
+}
+
+const lease = () =>
+  api.get('leases', 'earpiece-system', 'earpiece-operator')?.spec as Record<string, unknown>;
+
+describe('leader election', () => {
+  it('elects exactly one of two candidates that start together', async () => {
+    const a = candidate('a');
+    const b = candidate('b');
+    a.elector.start();
+    b.elector.start();
+    await expect.poll(() => a.elector.isLeader || b.elector.isLeader, { timeout: 10_000 }).toBe(true);
+    // Several renewals later there is still one leader, and it is the Lease holder.
+    await new Promise((r) => setTimeout(r, 500));
+    expect([a.elector.isLeader, b.elector.isLeader].filter(Boolean)).toHaveLength(1);
+    const leader = a.elector.isLeader ? 'a' : 'b';
+    expect(lease()).toMatchObject({ holderIdentity: leader, leaseDurationSeconds: 1 });
+    expect(String(lease().renewTime)).toMatch(/\.\d{6}Z$/);
+  });
+
+  it('hands over at once when the leader stops: it releases the Lease', async () => {
+    const a = candidate('a');
+    a.elector.start();
+    await expect.poll(() => a.elector.isLeader, { timeout: 10_000 }).toBe(true);
+    const b = candidate('b', () => expect(a.elector.isLeader).toBe(false));
+    b.elector.start();
+    await new Promise((r) => setTimeout(r, 300));
+    expect(b.elector.isLeader).toBe(false);
+    await a.elector.stop();
+    expect(a.log).toEqual(['started', 'stopped']);
+    expect(lease().holderIdentity).toBe('');
+    await expect.poll(() => b.elector.isLeader, { timeout: 10_000 }).toBe(true);
+    expect(lease()).toMatchObject({ holderIdentity: 'b', leaseTransitions: 1 });
+  });
+
+  it('takes over from a leader cut off from the API server, which stops leading first', async () => {
+    const a = candidate('a');
+    a.elector.start();
+    await expect.poll(() => a.elector.isLeader, { timeout: 10_000 }).toBe(true);
+    const order: string[] = [];
+    const b = candidate('b', () => order.push(`b started while a leads: ${a.elector.isLeader}`));
+    b.elector.start();
+    await new Promise((r) => setTimeout(r, 300));
+    api.block('a');
+    await expect.poll(() => b.elector.isLeader, { timeout: 10_000 }).toBe(true);
+    expect(a.log).toEqual(['started', 'stopped']);
+    expect(order).toEqual(['b started while a leads: false']);
+    expect(lease()).toMatchObject({ holderIdentity: 'b' });
+    // Back on the network, the old leader sees a live holder and stays a follower.
+    api.unblock('a');
+    await new Promise((r) => setTimeout(r, 500));
+    expect(a.elector.isLeader).toBe(false);
+    expect(b.elector.isLeader).toBe(true);
+  });
+});
