@@ -109,7 +109,10 @@ afterEach(async () => {
   await api.close();
 });
 
-const stored = (name: string) => api.get('toolsets', NS, name);
+const stored = (name: string) =>
+  api.get('toolsets', NS, name) as
+    | (KObject & { status?: { observedGeneration?: number; tools?: number } })
+    | undefined;
 const configMap = (name: string) => api.get('configmaps', NS, `earpiece-toolset-${name}`);
 const ready = (name: string) =>
   (stored(name)?.status as { conditions?: Record<string, unknown>[] } | undefined)?.conditions?.find(
@@ -315,7 +318,7 @@ describe('ToolSet controller', () => {
     const tampered = configMap('assistant')!;
     api.update('configmaps', { ...tampered, data: { [CONFIG_KEY]: 'spec: {tools: []}' } });
     await expect
-      .poll(() => (configMap('assistant')?.data as Record<string, string>)[CONFIG_KEY], POLL)
+      .poll(() => (configMap('assistant')?.data as Record<string, string> | undefined)?.[CONFIG_KEY], POLL)
       .toBe(original);
     api.delete('configmaps', NS, 'earpiece-toolset-assistant');
     await expect.poll(() => configMap('assistant')?.data, POLL).toEqual({ [CONFIG_KEY]: original });
