@@ -71,13 +71,15 @@ export async function startProxy(options: ProxyOptions): Promise<RunningProxy> {
     const tools = await createToolRegistry(toolset, { env, logger });
     const upstream = upstreamFor(toolset);
     const sameUpstream = previous && previous.upstream.origin === upstream.origin;
-    telemetry.toolsetLoaded(
-      toolset.name,
-      toolset.hash,
-      toolset.tools.flatMap((t) =>
-        t.spec.name ? [{ name: t.spec.name, timeoutSeconds: t.timeoutMs / 1000 }] : [],
-      ),
-    );
+    // Tool names are the only tool label values the metrics accept; MCP servers add theirs as they list them.
+    const announce = () =>
+      telemetry.toolsetLoaded(
+        toolset.name,
+        toolset.hash,
+        tools.list().map((t) => ({ name: t.name, timeoutSeconds: t.timeoutMs / 1000 })),
+      );
+    announce();
+    tools.onChange(announce);
     return {
       toolset,
       tools,

@@ -13,6 +13,13 @@
  * tools with onInterrupt: finish, which the registry lets complete).
  */
 import { randomBytes } from 'node:crypto';
+import {
+  chatResponseAttributes,
+  startChatSpan,
+  startToolSpan,
+  toolResultAttributes,
+  turnAttributes,
+} from '../telemetry/genai.js';
 import type { Logger } from '../telemetry/log.js';
 import type { SpanHandle, Telemetry, TurnOutcome } from '../telemetry/types.js';
 import type { ToolCall, ToolDefinition, ToolOutcome, ToolRunner } from '../tools/types.js';
@@ -187,12 +194,13 @@ export async function runTurn(request: TurnRequest, sink: TurnSink, deps: TurnDe
   const { toolset, tools, upstream, upstreamState, telemetry, logger } = deps;
   const toolsetName = toolset.name;
   const model = request.body.model ?? 'unknown';
+  const upstreamHost = new URL(upstream.origin);
   const deadline = AbortSignal.timeout(toolset.limits.turnTimeoutMs);
   const signal = AbortSignal.any([request.clientSignal, deadline]);
-  const span = telemetry.startTurn(request.traceparent, {
-    'gen_ai.request.model': model,
-    'earpiece.toolset': toolsetName,
-  });
+  const span = telemetry.startTurn(
+    request.traceparent,
+    turnAttributes(toolsetName, { 'gen_ai.request.model': model }),
+  );
 
   const clientMessages = request.body.messages;
   const prepared = deps.memory?.prepare(clientMessages);
@@ -249,16 +257,19 @@ export async function runTurn(request: TurnRequest, sink: TurnSink, deps: TurnDe
         const own = (passthrough.chat_template_kwargs as Record<string, unknown> | undefined) ?? {};
         body.chat_template_kwargs = { ...own, enable_thinking: false };
       }
-      const chat = span.child(`chat ${model}`, 'client', {
-        'gen_ai.operation.name': 'chat',
-        'gen_ai.request.model': model,
-        'earpiece.tools_offered': offerNow ? offer.length : 0,
+      const chat = startChatSpan(span, {
+        model,
+        serverAddress: upstreamHost.hostname,
+        serverPort: Number(upstreamHost.port || (upstreamHost.protocol === 'https:' ? 443 : 80)),
+        stream: true,
+        toolsOffered: offerNow ? offer.length : 0,
       });
       const sentAt = performance.now();
       try {
         const response = await upstream.chat(
           body,
-          { authorization: request.authorization, traceparent: request.traceparent },
+          // With tracing on, the LLM server's spans go under this chat span.
+          { authorization: request.authorization, traceparent: chat.traceparent?.() ?? request.traceparent },
           signal,
         );
         return { response, offered: offerNow, chat, sentAt };
@@ -356,12 +367,17 @@ export async function runTurn(request: TurnRequest, sink: TurnSink, deps: TurnDe
     await speakModel(tail.text);
     const snapshot = accumulator.snapshot();
     usage = addUsage(usage, snapshot.usage);
-    chat.setAttributes({
-      'gen_ai.response.finish_reasons': [snapshot.finishReason ?? 'none'],
-      'gen_ai.usage.input_tokens': snapshot.usage?.prompt_tokens,
-      'gen_ai.usage.output_tokens': snapshot.usage?.completion_tokens,
-      'gen_ai.response.model': snapshot.model,
-    });
+    chat.setAttributes(
+      chatResponseAttributes({
+        ...(snapshot.id ? { responseId: snapshot.id } : {}),
+        ...(snapshot.model ? { responseModel: snapshot.model } : {}),
+        finishReasons: [snapshot.finishReason ?? 'none'],
+        ...(snapshot.usage?.prompt_tokens !== undefined ? { inputTokens: snapshot.usage.prompt_tokens } : {}),
+        ...(snapshot.usage?.completion_tokens !== undefined
+          ? { outputTokens: snapshot.usage.completion_tokens }
+          : {}),
+      }),
+    );
     chat.end();
     const calls =
       snapshot.toolCalls.length > 0
@@ -376,11 +392,12 @@ export async function runTurn(request: TurnRequest, sink: TurnSink, deps: TurnDe
   const runCalls = async (calls: AccumulatedToolCall[]): Promise<ToolOutcome[]> =>
     runLimited(calls, toolset.limits.maxParallelCalls, async (c) => {
       const call: ToolCall = { id: c.id, name: c.name, arguments: c.arguments };
-      const toolSpan = span.child(`execute_tool ${c.name}`, 'internal', {
-        'gen_ai.operation.name': 'execute_tool',
-        'gen_ai.tool.name': c.name,
-        'gen_ai.tool.call.id': c.id,
-        'gen_ai.tool.type': 'function',
+      const toolSpan = startToolSpan(span, {
+        name: c.name,
+        callId: c.id,
+        // Run by the proxy: an extension, or a datastore for SQL (GenAI conventions).
+        type: tools.kind(c.name) === 'sql' ? 'datastore' : 'extension',
+        arguments: c.arguments,
       });
       const outcome = await tools.call(call, signal);
       telemetry.toolCall({
@@ -397,7 +414,10 @@ export async function runTurn(request: TurnRequest, sink: TurnSink, deps: TurnDe
       }
       const failed =
         outcome.outcome === 'ok' || outcome.outcome === 'cache_hit' ? undefined : outcome.outcome;
-      toolSpan.setAttributes({ 'earpiece.tool.outcome': outcome.outcome });
+      toolSpan.setAttributes({
+        'earpiece.tool.outcome': outcome.outcome,
+        ...toolResultAttributes(outcome.content),
+      });
       toolSpan.end(failed);
       return outcome;
     });
@@ -480,6 +500,7 @@ export async function runTurn(request: TurnRequest, sink: TurnSink, deps: TurnDe
     toolset: toolsetName,
     outcome,
     iterations,
+    seconds: (performance.now() - request.receivedAt) / 1000,
     timeToFirstContentSeconds:
       firstContentAt === undefined ? undefined : (firstContentAt - request.receivedAt) / 1000,
   });

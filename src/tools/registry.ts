@@ -25,6 +25,10 @@ import type {
 } from './types.js';
 
 export interface ToolRegistry extends ToolRunner {
+  /** Every tool now offered (before keyword filtering), with its timeout: bounded metric labels. */
+  list(): Array<{ name: string; kind: ResolvedTool['kind']; timeoutMs: number }>;
+  /** Called when a provider's tools change (an MCP server listed new ones, or reconnected). */
+  onChange(listener: () => void): void;
   /** Per-provider state for /readyz (mcp servers: url, state connected|connecting|down, lastError, tools). */
   status(): { mcp: Array<{ url: string; state: ProviderState; lastError?: string; tools: number }> };
   close(): Promise<void>;
@@ -222,6 +226,16 @@ export async function createToolRegistry(
     },
     has: (name: string) => current().tools.has(name),
     filler: (name: string) => current().tools.get(name)?.config.filler,
+    kind: (name: string) => current().tools.get(name)?.config.kind,
+    list: () =>
+      [...current().tools.values()].map((t) => ({
+        name: t.name,
+        kind: t.config.kind,
+        timeoutMs: t.config.timeoutMs,
+      })),
+    onChange(listener: () => void) {
+      for (const provider of providers) provider.onChange?.(listener);
+    },
     call(call: ToolCall, signal: AbortSignal): Promise<ToolOutcome> {
       const tools = current().tools;
       return callTool(tools.get(call.name), call, signal, {

@@ -84,6 +84,8 @@ export interface ToolRunner {
   has(name: string): boolean;
   /** The filler configured for a tool: undefined = use voice.filler, "" = none. */
   filler(name: string): string | undefined;
+  /** The executor kind of a tool (http, mcp, sql, builtin), for telemetry. */
+  kind(name: string): ResolvedTool['kind'] | undefined;
   /** Runs one call end to end. Never throws: every failure is an outcome with a short error content. */
   call(call: ToolCall, signal: AbortSignal): Promise<ToolOutcome>;
 }

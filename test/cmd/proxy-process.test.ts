@@ -60,7 +60,9 @@ describe('earpiece proxy process', () => {
     children.push(child);
     const exited = once(child, 'exit');
     await waitReady(`http://127.0.0.1:${metricsPort}/readyz`);
-    const ready = await (await fetch(`http://127.0.0.1:${port}/readyz`)).json();
+    const ready = (await (await fetch(`http://127.0.0.1:${port}/readyz`)).json()) as {
+      toolset: { name: string };
+    };
     expect(ready.toolset.name).toBe('assistant');
 
     const res = await fetch(`http://127.0.0.1:${port}/v1/chat/completions`, {

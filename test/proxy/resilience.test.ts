@@ -213,7 +213,9 @@ describe('upstream refusals', () => {
     await unmuteTurn(harness.client, [SYSTEM, { role: 'user', content: 'And now?' }]);
     // The second turn does not try tools again (within 60 s).
     expect(upstream.requests.map((r) => Boolean(r.body.tools))).toEqual([true, false, false]);
-    const ready = await (await fetch(`${harness.proxy.metricsUrl}/readyz`)).json();
+    const ready = (await (await fetch(`${harness.proxy.metricsUrl}/readyz`)).json()) as {
+      upstream: { toolsAccepted: boolean };
+    };
     expect(ready.upstream.toolsAccepted).toBe(false);
   });
 

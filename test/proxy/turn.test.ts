@@ -220,7 +220,7 @@ describe('turn behaviour', () => {
     });
     expect(res.status).toBe(502);
     expect(res.headers.get('x-should-retry')).toBe('false');
-    expect((await res.json()).error.code).toBe('ERP_UPSTREAM_UNREACHABLE');
+    expect(((await res.json()) as { error: { code: string } }).error.code).toBe('ERP_UPSTREAM_UNREACHABLE');
   });
 
   it('passes GET /v1/models through with the client Authorization', async () => {
