@@ -1,0 +1,518 @@
+import { readFileSync } from 'node:fs';
+import fc from 'fast-check';
+import fastJsonPatch from 'fast-json-patch';
+import { describe, expect, it } from 'vitest';
+import {
+  buildInjection,
+  type InjectInput,
+  type PodTemplate,
+  readInjection,
+  SKIP_REASONS,
+} from '../../src/operator/patch.js';
+import { toolsetLookup } from '../../src/operator/select.js';
+import {
+  DEFAULT_SIDECAR,
+  parseQuantity,
+  type SidecarConfig,
+  SidecarConfigError,
+  sidecarConfigFromEnv,
+} from '../../src/operator/sidecar.js';
+import { secretEnvName, specHash, type ToolSet } from '../../src/toolset/index.js';
+import { workloadIssues } from '../support/pod-rules.js';
+
+const toolset = (name: string, spec: Partial<ToolSet['spec']> = {}): ToolSet => ({
+  apiVersion: 'earpiece.dev/v1alpha1',
+  kind: 'ToolSet',
+  metadata: { name, namespace: 'voice' },
+  spec: {
+    selector: { matchLabels: { app: 'unmute-backend' } },
+    tools: [{ name: 'now', builtin: 'time' }],
+    ...spec,
+  },
+});
+
+const assistant = toolset('assistant', {
+  tools: [
+    {
+      name: 'weather',
+      description: 'Weather.',
+      http: {
+        url: 'https://w.example/',
+        headers: [{ name: 'X-Key', valueFrom: { secretKeyRef: { name: 'weather', key: 'key' } } }],
+      },
+    },
+  ],
+});
+
+function input(overrides: Partial<InjectInput> = {}, toolsets: ToolSet[] = [assistant]): InjectInput {
+  return {
+    namespace: 'voice',
+    namespaceOptedIn: false,
+    toolsets: toolsetLookup(toolsets, 'voice'),
+    sidecar: DEFAULT_SIDECAR,
+    ...overrides,
+  };
+}
+
+function pod(
+  options: {
+    labels?: Record<string, string>;
+    annotations?: Record<string, string>;
+    env?: Record<string, unknown>[];
+    spec?: Record<string, unknown>;
+  } = {},
+): PodTemplate {
+  return {
+    metadata: {
+      labels: options.labels ?? { app: 'unmute-backend', 'earpiece.dev/inject': 'true' },
+      ...(options.annotations ? { annotations: options.annotations } : {}),
+    },
+    spec: {
+      containers: [
+        {
+          name: 'backend',
+          image: 'unmute-backend',
+          env: (options.env ?? [{ name: 'KYUTAI_LLM_URL', value: 'http://llm:8000' }]) as never,
+        },
+      ],
+      ...options.spec,
+    },
+  };
+}
+
+function injected(template: PodTemplate, inp: InjectInput = input()) {
+  const result = buildInjection(template, inp);
+  if (!result.ok) throw new Error(`skipped: ${result.reason}: ${result.message}`);
+  return result;
+}
+
+const sidecarOf = (t: PodTemplate) =>
+  [...(t.spec?.initContainers ?? []), ...(t.spec?.containers ?? [])].find((c) => c.name === 'earpiece-proxy');
+const envOf = (c: { env?: { name: string; value?: string; valueFrom?: unknown }[] } | undefined) =>
+  Object.fromEntries((c?.env ?? []).map((e) => [e.name, e.value ?? e.valueFrom]));
+
+describe('buildInjection', () => {
+  it('adds the native sidecar, the ConfigMap volume, secret env vars and points the app at it', () => {
+    const template = pod();
+    const { template: out, toolset: name, warnings } = injected(template);
+    expect(name).toBe('assistant');
+    expect(warnings).toEqual([]);
+    const sidecar = sidecarOf(out);
+    expect(out.spec?.initContainers?.map((c) => c.name)).toEqual(['earpiece-proxy']);
+    expect(sidecar?.restartPolicy).toBe('Always');
+    expect(sidecar?.startupProbe?.httpGet).toEqual({ path: '/readyz', port: 9464 });
+    expect(sidecar?.livenessProbe?.httpGet).toEqual({ path: '/healthz', port: 9464 });
+    expect(envOf(sidecar)).toEqual({
+      EARPIECE_TOOLSET: '/etc/earpiece/toolset.yaml',
+      EARPIECE_HOST: '127.0.0.1',
+      EARPIECE_PORT: '8095',
+      EARPIECE_METRICS_PORT: '9464',
+      EARPIECE_LOG_LEVEL: 'info',
+      EARPIECE_UPSTREAM_URL: 'http://llm:8000',
+      [secretEnvName('weather', 'key')]: { secretKeyRef: { name: 'weather', key: 'key' } },
+    });
+    expect(sidecar?.securityContext).toEqual({
+      runAsNonRoot: true,
+      runAsUser: 65532,
+      runAsGroup: 65532,
+      readOnlyRootFilesystem: true,
+      allowPrivilegeEscalation: false,
+      capabilities: { drop: ['ALL'] },
+      seccompProfile: { type: 'RuntimeDefault' },
+    });
+    expect(sidecar?.volumeMounts).toEqual([
+      { name: 'earpiece-toolset', mountPath: '/etc/earpiece', readOnly: true },
+      { name: 'earpiece-tmp', mountPath: '/tmp' },
+    ]);
+    expect(out.spec?.volumes).toEqual([
+      { name: 'earpiece-toolset', configMap: { name: 'earpiece-toolset-assistant' } },
+      { name: 'earpiece-tmp', emptyDir: { sizeLimit: '16Mi' } },
+    ]);
+    expect(envOf(out.spec?.containers[0])).toEqual({ KYUTAI_LLM_URL: 'http://127.0.0.1:8095' });
+    expect(out.metadata?.labels?.['earpiece.dev/injected']).toBe('true');
+    expect(out.metadata?.annotations?.['earpiece.dev/toolset-hash']).toBe(specHash(assistant));
+    // The input is left as it was.
+    expect(template).toEqual(pod());
+  });
+
+  it('leaves EARPIECE_UPSTREAM_URL out when the ToolSet names its upstream', () => {
+    const named = toolset('assistant', { upstream: { url: 'http://vllm:8000' } });
+    const { template } = injected(pod(), input({}, [named]));
+    expect(envOf(sidecarOf(template))).not.toHaveProperty('EARPIECE_UPSTREAM_URL');
+    expect(envOf(template.spec?.containers[0])).toEqual({ KYUTAI_LLM_URL: 'http://127.0.0.1:8095' });
+  });
+
+  it('is a plain container when configured so, or by annotation, and warns when that keeps a Job running', () => {
+    const plain: SidecarConfig = { ...DEFAULT_SIDECAR, nativeSidecar: false };
+    const byConfig = injected(pod({ spec: { restartPolicy: 'Never' } }), input({ sidecar: plain }));
+    expect(byConfig.template.spec?.containers.map((c) => c.name)).toEqual(['backend', 'earpiece-proxy']);
+    expect(byConfig.template.spec?.initContainers).toBeUndefined();
+    expect(sidecarOf(byConfig.template)?.restartPolicy).toBeUndefined();
+    expect(byConfig.warnings).toEqual([expect.stringContaining('never completes')]);
+
+    const byAnnotation = injected(pod({ annotations: { 'earpiece.dev/native-sidecar': 'false' } }));
+    expect(byAnnotation.template.spec?.containers.map((c) => c.name)).toEqual(['backend', 'earpiece-proxy']);
+    const backOn = injected(
+      pod({ annotations: { 'earpiece.dev/native-sidecar': 'true' } }),
+      input({ sidecar: plain }),
+    );
+    expect(backOn.template.spec?.initContainers?.map((c) => c.name)).toEqual(['earpiece-proxy']);
+  });
+
+  it('applies per-pod overrides, and ignores bad ones with a warning', () => {
+    const good = injected(
+      pod({
+        annotations: {
+          'earpiece.dev/proxy-image': 'registry.internal/earpiece:patched',
+          'earpiece.dev/proxy-port': '18095',
+          'earpiece.dev/proxy-metrics-port': '19464',
+          'earpiece.dev/proxy-cpu-request': '100m',
+          'earpiece.dev/proxy-memory-limit': '512Mi',
+          'earpiece.dev/proxy-log-level': 'debug',
+        },
+      }),
+    );
+    const sidecar = sidecarOf(good.template);
+    expect(sidecar?.image).toBe('registry.internal/earpiece:patched');
+    expect(sidecar?.resources).toEqual({
+      requests: { cpu: '100m', memory: '128Mi' },
+      limits: { memory: '512Mi' },
+    });
+    expect(envOf(sidecar)).toMatchObject({
+      EARPIECE_PORT: '18095',
+      EARPIECE_METRICS_PORT: '19464',
+      EARPIECE_LOG_LEVEL: 'debug',
+    });
+    expect(sidecar?.startupProbe?.httpGet?.port).toBe(19464);
+    expect(envOf(good.template.spec?.containers[0])).toEqual({ KYUTAI_LLM_URL: 'http://127.0.0.1:18095' });
+
+    const bad = injected(
+      pod({
+        annotations: {
+          'earpiece.dev/proxy-port': 'http',
+          'earpiece.dev/proxy-memory-request': '1Gi',
+          'earpiece.dev/proxy-log-level': 'loud',
+          'earpiece.dev/native-sidecar': 'maybe',
+        },
+      }),
+    );
+    expect(bad.warnings).toEqual([
+      'annotation earpiece.dev/proxy-port ignored: "http" is not a port number',
+      'annotation earpiece.dev/native-sidecar ignored: "maybe" is not true or false',
+      'annotation earpiece.dev/proxy-log-level ignored: "loud" is not one of trace, debug, info, warn, error, fatal',
+      'annotation earpiece.dev/proxy-memory-request ignored: resources requests.memory 1Gi is above limits.memory 256Mi',
+    ]);
+    expect(sidecarOf(bad.template)?.resources).toEqual(DEFAULT_SIDECAR.resources);
+    expect(envOf(sidecarOf(bad.template)).EARPIECE_PORT).toBe('8095');
+  });
+
+  it('hands over a KYUTAI_LLM_URL reference as the same reference, with a warning', () => {
+    const ref = { configMapKeyRef: { name: 'llm', key: 'url' } };
+    const result = injected(pod({ env: [{ name: 'KYUTAI_LLM_URL', valueFrom: ref }] }));
+    expect(envOf(sidecarOf(result.template)).EARPIECE_UPSTREAM_URL).toEqual(ref);
+    expect(result.template.spec?.containers[0]?.env).toEqual([
+      { name: 'KYUTAI_LLM_URL', value: 'http://127.0.0.1:8095' },
+    ]);
+    expect(result.warnings).toEqual([expect.stringContaining('comes from a configMapKeyRef')]);
+  });
+
+  it('warns about containers that disagree and about values that refer to other variables', () => {
+    const template = pod();
+    template.spec?.containers.push({
+      name: 'worker',
+      image: 'w',
+      env: [{ name: 'KYUTAI_LLM_URL', value: 'http://other:8000' }],
+    });
+    const disagree = injected(template);
+    expect(disagree.warnings).toEqual([expect.stringContaining('set different KYUTAI_LLM_URL values')]);
+    expect(envOf(sidecarOf(disagree.template)).EARPIECE_UPSTREAM_URL).toBe('http://llm:8000');
+    expect(disagree.template.spec?.containers.map((c) => envOf(c).KYUTAI_LLM_URL)).toEqual([
+      'http://127.0.0.1:8095',
+      'http://127.0.0.1:8095',
+    ]);
+
+    const dependent = injected(pod({ env: [{ name: 'KYUTAI_LLM_URL', value: 'http://$(LLM_HOST):8000' }] }));
+    expect(dependent.warnings).toEqual([expect.stringContaining('refers to other variables')]);
+  });
+
+  it('warns when nothing in the pod would use the proxy', () => {
+    const named = toolset('assistant', { upstream: { url: 'http://vllm:8000' } });
+    const result = injected(pod({ env: [] }), input({}, [named]));
+    expect(result.warnings).toEqual([expect.stringContaining('nothing in the pod uses the proxy')]);
+  });
+
+  it('injects a pod of an opted-in namespace without the label', () => {
+    const result = buildInjection(
+      pod({ labels: { app: 'unmute-backend' } }),
+      input({ namespaceOptedIn: true }),
+    );
+    expect(result.ok).toBe(true);
+  });
+
+  it('reads back what an injected pod carries', () => {
+    const { template } = injected(pod());
+    expect(readInjection(template)).toEqual({
+      toolset: 'assistant',
+      hash: specHash(assistant),
+      secretEnv: [secretEnvName('weather', 'key')],
+    });
+    expect(readInjection(pod())).toBeUndefined();
+  });
+});
+
+describe('skip reasons', () => {
+  const several = [assistant, toolset('other')];
+  const cases: [string, PodTemplate, InjectInput, keyof typeof SKIP_REASONS, RegExp][] = [
+    [
+      'a pod without containers',
+      { metadata: {}, spec: { containers: [] } },
+      input(),
+      'invalid_pod',
+      /no containers/,
+    ],
+    [
+      'no label',
+      pod({ labels: { app: 'unmute-backend' } }),
+      input(),
+      'not_opted_in',
+      /neither the pod nor its namespace/,
+    ],
+    [
+      'a label that is not "true"',
+      pod({ labels: { 'earpiece.dev/inject': 'yes' } }),
+      input(),
+      'not_opted_in',
+      /"yes"; only "true"/,
+    ],
+    [
+      'label false in an opted-in namespace',
+      pod({ labels: { 'earpiece.dev/inject': 'false' } }),
+      input({ namespaceOptedIn: true }),
+      'opted_out',
+      /=false/,
+    ],
+    ['the host network', pod({ spec: { hostNetwork: true } }), input(), 'host_network', /host network/],
+    [
+      'an unknown ToolSet by name',
+      pod({ annotations: { 'earpiece.dev/toolset': 'nope' } }),
+      input(),
+      'toolset_not_found',
+      /"nope", which does not exist in namespace voice/,
+    ],
+    [
+      'no matching ToolSet',
+      pod({ labels: { app: 'x', 'earpiece.dev/inject': 'true' } }),
+      input(),
+      'no_toolset',
+      /no ToolSet in namespace voice selects this pod/,
+    ],
+    [
+      'two matching ToolSets',
+      pod(),
+      input({ toolsets: toolsetLookup(several, 'voice') }),
+      'several_toolsets',
+      /ToolSets assistant, other all select/,
+    ],
+    [
+      'a ToolSet never valid',
+      pod(),
+      input({ toolsets: toolsetLookup([assistant], 'voice', () => false) }),
+      'toolset_not_ready',
+      /ConfigMap earpiece-toolset-assistant does not exist/,
+    ],
+    [
+      'no upstream at all',
+      pod({ env: [] }),
+      input(),
+      'no_upstream',
+      /no spec.upstream.url and no container sets KYUTAI_LLM_URL/,
+    ],
+    [
+      'an empty KYUTAI_LLM_URL',
+      pod({ env: [{ name: 'KYUTAI_LLM_URL', value: '' }] }),
+      input(),
+      'no_upstream',
+      /is empty/,
+    ],
+    [
+      'a KYUTAI_LLM_URL from resources',
+      pod({ env: [{ name: 'KYUTAI_LLM_URL', valueFrom: { resourceFieldRef: { resource: 'limits.cpu' } } }] }),
+      input(),
+      'no_upstream',
+      /cannot share/,
+    ],
+    [
+      'a port the app uses',
+      pod({
+        spec: {
+          containers: [
+            {
+              name: 'a',
+              image: 'a',
+              ports: [{ containerPort: 9464 }],
+              env: [{ name: 'KYUTAI_LLM_URL', value: 'http://x' }],
+            },
+          ],
+        },
+      }),
+      input(),
+      'conflict',
+      /port 9464; choose another with annotation earpiece.dev\/proxy-metrics-port/,
+    ],
+    [
+      'a volume name taken',
+      pod({ spec: { volumes: [{ name: 'earpiece-tmp', emptyDir: {} }] } }),
+      input(),
+      'conflict',
+      /volume named earpiece-tmp/,
+    ],
+  ];
+  it.each(cases)('%s', (_name, template, inp, reason, message) => {
+    const result = buildInjection(template, inp);
+    expect(result).toMatchObject({ ok: false, reason, warn: SKIP_REASONS[reason].warn });
+    if (!result.ok) expect(result.message).toMatch(message);
+  });
+
+  it('already injected: a second run returns the pod unchanged', () => {
+    const once = injected(pod()).template;
+    const twice = buildInjection(once, input());
+    expect(twice).toMatchObject({ ok: false, reason: 'already_injected', warn: false });
+  });
+
+  it('each reason is documented in docs/operator-injection.md', () => {
+    const docs = readFileSync('docs/operator-injection.md', 'utf8');
+    for (const reason of Object.keys(SKIP_REASONS)) expect(docs, reason).toContain(`\`${reason}\``);
+  });
+});
+
+describe('the sidecar settings', () => {
+  it('come from the operator environment, and a bad value names its variable', () => {
+    expect(sidecarConfigFromEnv({})).toEqual(DEFAULT_SIDECAR);
+    expect(
+      sidecarConfigFromEnv({
+        EARPIECE_SIDECAR_IMAGE: 'r/e:1',
+        EARPIECE_SIDECAR_IMAGE_PULL_POLICY: 'Always',
+        EARPIECE_SIDECAR_RESOURCES: '{"requests":{"cpu":"10m"}}',
+        EARPIECE_NATIVE_SIDECAR: 'false',
+        EARPIECE_SIDECAR_LOG_LEVEL: 'warn',
+        EARPIECE_SIDECAR_ENV: '[{"name":"OTEL_EXPORTER_OTLP_ENDPOINT","value":"http://otel:4318"}]',
+      }),
+    ).toEqual({
+      image: 'r/e:1',
+      imagePullPolicy: 'Always',
+      resources: { requests: { cpu: '10m' } },
+      nativeSidecar: false,
+      logLevel: 'warn',
+      extraEnv: [{ name: 'OTEL_EXPORTER_OTLP_ENDPOINT', value: 'http://otel:4318' }],
+    });
+    const bad: [string, string, RegExp][] = [
+      ['EARPIECE_SIDECAR_RESOURCES', '{"requests":{"cpu":"lots"}}', /requests.cpu: "lots" is not a quantity/],
+      ['EARPIECE_SIDECAR_RESOURCES', 'cpu=1', /is not JSON/],
+      ['EARPIECE_NATIVE_SIDECAR', 'yes', /"yes" is not true or false/],
+      ['EARPIECE_SIDECAR_IMAGE_PULL_POLICY', 'Sometimes', /"Sometimes" is not one of Always/],
+      ['EARPIECE_SIDECAR_ENV', '{"a":1}', /is not a JSON list of env vars/],
+    ];
+    for (const [name, value, message] of bad) {
+      const attempt = () => sidecarConfigFromEnv({ [name]: value });
+      expect(attempt).toThrow(SidecarConfigError);
+      expect(attempt).toThrow(new RegExp(`^${name}: ${message.source}`));
+    }
+  });
+
+  it('passes extra env vars through to the sidecar', () => {
+    const sidecar: SidecarConfig = {
+      ...DEFAULT_SIDECAR,
+      extraEnv: [{ name: 'OTEL_SERVICE_NAME', value: 'earpiece' }],
+    };
+    expect(envOf(sidecarOf(injected(pod(), input({ sidecar })).template)).OTEL_SERVICE_NAME).toBe('earpiece');
+  });
+
+  it.each([
+    ['250m', 0.25],
+    ['1', 1],
+    ['1.5', 1.5],
+    ['128Mi', 128 * 2 ** 20],
+    ['1G', 1e9],
+    ['1e3', 1000],
+    ['lots', undefined],
+    ['-1', undefined],
+    ['1Mb', undefined],
+  ])('reads the quantity %s', (text, value) => {
+    expect(parseQuantity(text)).toBe(value);
+  });
+});
+
+describe('injection as a property', () => {
+  const name = fc.stringMatching(/^[a-z][a-z0-9-]{0,10}[a-z0-9]$/);
+  const env = fc.oneof(
+    fc.record({
+      name: fc.constant('KYUTAI_LLM_URL'),
+      value: fc.webUrl({ withQueryParameters: false, withFragments: false }),
+    }),
+    fc.record({
+      name: fc.constant('KYUTAI_LLM_URL'),
+      valueFrom: fc.record({ secretKeyRef: fc.record({ name, key: name }) }),
+    }),
+    fc.record({ name: fc.stringMatching(/^[A-Z][A-Z0-9_]{0,15}$/), value: fc.string() }),
+  );
+  const template = fc
+    .record({
+      names: fc.uniqueArray(name, { minLength: 1, maxLength: 4 }),
+      envs: fc.array(fc.array(env, { maxLength: 4 }), { minLength: 4, maxLength: 4 }),
+      init: fc.boolean(),
+      label: fc.constantFrom('true', 'false', undefined),
+      namespaceOptedIn: fc.boolean(),
+      native: fc.constantFrom('true', 'false', undefined),
+      port: fc.constantFrom('18095', 'nope', undefined),
+      upstream: fc.boolean(),
+      restartPolicy: fc.constantFrom('Always', 'OnFailure', 'Never'),
+    })
+    .map((g) => {
+      const [initName, ...appNames] = g.names.length > 1 && g.init ? g.names : [undefined, ...g.names];
+      const annotations: Record<string, string> = {};
+      if (g.native) annotations['earpiece.dev/native-sidecar'] = g.native;
+      if (g.port) annotations['earpiece.dev/proxy-port'] = g.port;
+      const podTemplate: PodTemplate = {
+        metadata: {
+          labels: { app: 'unmute-backend', ...(g.label ? { 'earpiece.dev/inject': g.label } : {}) },
+          annotations,
+        },
+        spec: {
+          restartPolicy: g.restartPolicy,
+          ...(initName ? { initContainers: [{ name: initName, image: 'busybox' }] } : {}),
+          containers: appNames.map((n, i) => ({ name: n, image: 'app', env: g.envs[i] as never })),
+        },
+      };
+      const ts = toolset('assistant', g.upstream ? { upstream: { url: 'http://vllm:8000' } } : {});
+      return { podTemplate, inp: input({ namespaceOptedIn: g.namespaceOptedIn }, [ts]) };
+    });
+
+  it('injecting twice equals injecting once, the diff rebuilds the result, and the pod stays valid', async () => {
+    let injectedRuns = 0;
+    await fc.assert(
+      fc.asyncProperty(template, async ({ podTemplate, inp }) => {
+        const once = buildInjection(podTemplate, inp);
+        if (!once.ok) {
+          expect(buildInjection(podTemplate, inp)).toEqual(once);
+          return;
+        }
+        injectedRuns++;
+        expect(buildInjection(once.template, inp)).toMatchObject({ ok: false, reason: 'already_injected' });
+        const ops = fastJsonPatch.compare(podTemplate, once.template);
+        expect(fastJsonPatch.applyPatch(structuredClone(podTemplate), ops, true, false).newDocument).toEqual(
+          once.template,
+        );
+        const asPod = {
+          apiVersion: 'v1',
+          kind: 'Pod',
+          metadata: { name: 'p', ...once.template.metadata },
+          spec: once.template.spec,
+        };
+        expect(await workloadIssues(asPod)).toEqual([]);
+      }),
+      { numRuns: 150 },
+    );
+    // The generator reaches the injecting path often, not only the skips.
+    expect(injectedRuns).toBeGreaterThan(30);
+  });
+});
