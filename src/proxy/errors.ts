@@ -33,7 +33,6 @@ export const ERRORS = {
     type: 'api_error',
     summary: 'The turn took longer than limits.turnTimeout.',
   },
-  ERP_NOT_READY: {
     status: 503,
     type: 'api_error',
     summary: 'The proxy is shutting down or has no valid ToolSet.',
