@@ -480,7 +480,7 @@ describe('injection as a property', () => {
         spec: {
           restartPolicy: g.restartPolicy,
           ...(initName ? { initContainers: [{ name: initName, image: 'busybox' }] } : {}),
-          containers: appNames.map((n, i) => ({ name: n, image: 'app', env: g.envs[i] as never })),
+          containers: appNames.map((n, i) => ({ name: n as string, image: 'app', env: g.envs[i] as never })),
         },
       };
       const ts = toolset('assistant', g.upstream ? { upstream: { url: 'http://vllm:8000' } } : {});
