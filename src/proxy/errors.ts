@@ -33,10 +33,6 @@ export const ERRORS = {
     type: 'api_error',
     summary: 'The turn took longer than limits.turnTimeout.',
   },
-    status: 503,
-    type: 'api_error',
-    summary: 'The proxy is shutting down or has no valid ToolSet.',
-  },
 } as const;
 
 export type ErrorCode = keyof typeof ERRORS;
