@@ -1,0 +1,89 @@
+import { describe, expect, it } from 'vitest';
+import { selectorMatches, selectToolSet, toolsetLookup } from '../../src/operator/select.js';
+import type { LabelSelectorSpec, ToolSet } from '../../src/toolset/index.js';
+
+const toolset = (name: string, selector?: LabelSelectorSpec, namespace?: string): ToolSet => ({
+  apiVersion: 'earpiece.dev/v1alpha1',
+  kind: 'ToolSet',
+  metadata: { name, ...(namespace ? { namespace } : {}) },
+  spec: { ...(selector ? { selector } : {}), tools: [] },
+});
+
+describe('selectorMatches', () => {
+  const labels = { app: 'unmute-backend', tier: 'edge' };
+  it.each<[string, LabelSelectorSpec | undefined, boolean]>([
+    ['no selector selects nothing', undefined, false],
+    ['an empty selector selects everything', {}, true],
+    ['matchLabels all equal', { matchLabels: { app: 'unmute-backend', tier: 'edge' } }, true],
+    ['matchLabels one differs', { matchLabels: { app: 'unmute-backend', tier: 'core' } }, false],
+    ['In', { matchExpressions: [{ key: 'tier', operator: 'In', values: ['edge', 'core'] }] }, true],
+    [
+      'In, value not listed',
+      { matchExpressions: [{ key: 'tier', operator: 'In', values: ['core'] }] },
+      false,
+    ],
+    ['In, label absent', { matchExpressions: [{ key: 'zone', operator: 'In', values: ['a'] }] }, false],
+    [
+      'NotIn, value listed',
+      { matchExpressions: [{ key: 'tier', operator: 'NotIn', values: ['edge'] }] },
+      false,
+    ],
+    ['NotIn, label absent', { matchExpressions: [{ key: 'zone', operator: 'NotIn', values: ['a'] }] }, true],
+    ['Exists', { matchExpressions: [{ key: 'tier', operator: 'Exists' }] }, true],
+    ['DoesNotExist', { matchExpressions: [{ key: 'tier', operator: 'DoesNotExist' }] }, false],
+    [
+      'labels and expressions together',
+      {
+        matchLabels: { app: 'unmute-backend' },
+        matchExpressions: [{ key: 'zone', operator: 'DoesNotExist' }],
+      },
+      true,
+    ],
+  ])('%s', (_name, selector, expected) => {
+    expect(selectorMatches(selector, labels)).toBe(expected);
+  });
+});
+
+describe('selectToolSet', () => {
+  const a = toolset('a', { matchLabels: { app: 'unmute-backend' } }, 'voice');
+  const b = toolset('b', { matchLabels: { team: 'research' } }, 'voice');
+  const c = toolset('c', { matchLabels: { team: 'research' } });
+  const elsewhere = toolset('d', { matchLabels: { app: 'unmute-backend' } }, 'lab');
+  const lookup = toolsetLookup([a, b, c, elsewhere], 'voice');
+
+  it('takes the ToolSet the annotation names, even when its selector does not match', () => {
+    const s = selectToolSet(
+      { labels: { app: 'x' }, annotations: { 'earpiece.dev/toolset': 'b' } },
+      'voice',
+      lookup,
+    );
+    expect(s).toMatchObject({ ok: true, by: 'annotation', toolset: { metadata: { name: 'b' } } });
+  });
+
+  it('finds the one ToolSet whose selector matches, in the pod namespace only', () => {
+    const s = selectToolSet({ labels: { app: 'unmute-backend' } }, 'voice', lookup);
+    expect(s).toMatchObject({ ok: true, by: 'selector', toolset: { metadata: { name: 'a' } } });
+    expect(lookup.all().map((t) => t.metadata.name)).toEqual(['a', 'b', 'c']);
+  });
+
+  it('names every candidate when several match', () => {
+    expect(selectToolSet({ labels: { team: 'research' } }, 'voice', lookup)).toEqual({
+      ok: false,
+      reason: 'several_toolsets',
+      message: 'ToolSets b, c all select this pod; name one with annotation earpiece.dev/toolset',
+    });
+  });
+
+  it('says so when nothing matches or the named one does not exist', () => {
+    expect(selectToolSet({ labels: {} }, 'voice', lookup)).toMatchObject({ ok: false, reason: 'no_toolset' });
+    expect(selectToolSet({ annotations: { 'earpiece.dev/toolset': 'd' } }, 'voice', lookup)).toMatchObject({
+      ok: false,
+      reason: 'toolset_not_found',
+      message: 'annotation earpiece.dev/toolset names ToolSet "d", which does not exist in namespace voice',
+    });
+  });
+
+  it('without a namespace (manifests applied with kubectl -n), every ToolSet is a candidate', () => {
+    expect(toolsetLookup([a, b, c, elsewhere]).all()).toHaveLength(4);
+  });
+});
