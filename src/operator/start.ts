@@ -4,12 +4,16 @@
  * reports. SIGTERM (cmd/operator.ts calls stop()): the controller stops, the Lease is released, the
  * informers stop, the servers close.
  */
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import {
+  AdmissionregistrationV1Api,
   CoordinationV1Api,
   CoreV1Api,
   CustomObjectsApi,
   type KubeConfig,
   type V1ConfigMap,
+  type V1Namespace,
   type V1Pod,
 } from '@kubernetes/client-node';
 import { createLogger, type Logger } from '../telemetry/log.js';
@@ -17,12 +21,19 @@ import { OperatorMetrics } from '../telemetry/operator-metrics.js';
 import { type Clock, systemClock } from './clock.js';
 import type { OperatorConfig } from './config.js';
 import { MANAGED_BY, TOOLSETS, ToolSetController, type ToolSetObject } from './controller.js';
-import { EventRecorder } from './events.js';
+import { EventRecorder, type EventSubject } from './events.js';
 import { Informer, InformerSet } from './informers.js';
 import { LeaderElector } from './leader.js';
 import type { ToolSetLookup } from './select.js';
 import { configMapName, LABEL_INJECT, LABEL_INJECTED } from './sidecar.js';
 import { UninjectedReporter } from './uninjected.js';
+import {
+  type InjectionOutcome,
+  startWebhookServer,
+  type WebhookLookups,
+  type WebhookServer,
+} from './webhook.js';
+import { WebhookCertificates } from './webhook-certs.js';
 
 /** Durations, all with production defaults; tests shorten them. */
 export interface Timing {
@@ -58,6 +69,8 @@ export class ControlPlane {
   readonly configMaps: InformerSet<V1ConfigMap>;
   readonly injectedPods: InformerSet<V1Pod>;
   readonly optedInPods: InformerSet<V1Pod>;
+  /** Namespaces labelled earpiece.dev/inject=true. */
+  readonly optedInNamespaces: InformerSet<V1Namespace>;
   readonly controller: ToolSetController;
   readonly uninjected: UninjectedReporter;
   readonly events: EventRecorder;
@@ -123,6 +136,16 @@ export class ControlPlane {
       });
     this.injectedPods = pods(`${LABEL_INJECTED}=true`);
     this.optedInPods = pods(`${LABEL_INJECT}=true`);
+    const optedIn = `${LABEL_INJECT}=true`;
+    this.optedInNamespaces = new InformerSet([], () => {
+      return new Informer<V1Namespace>({
+        ...informerOptions,
+        kind: 'Namespace',
+        path: '/api/v1/namespaces',
+        labelSelector: optedIn,
+        list: () => core.listNamespace({ labelSelector: optedIn }),
+      });
+    });
 
     this.events = new EventRecorder({ core, instance: config.podName, clock, logger });
     this.controller = new ToolSetController({
@@ -184,6 +207,33 @@ export class ControlPlane {
   }
 
   /** Starts the informers and, once they have synced, campaigns (or leads at once without election). */
+  /** What the webhook reads: the informer caches. */
+  webhookLookups(): WebhookLookups {
+    return {
+      toolsetByName: (namespace, name) => this.toolsets.get(name, namespace),
+      toolsetsInNamespace: (namespace) => this.toolsets.list(namespace),
+      hasConfigMap: (namespace, name) => this.configMaps.get(configMapName(name), namespace) !== undefined,
+      namespaceOptedIn: (namespace) => this.optedInNamespaces.get(namespace) !== undefined,
+    };
+  }
+
+  /** The webhook's decisions: counted, and an Event on the pod's owner (not for dry runs). */
+  onInjection(o: InjectionOutcome): void {
+    this.metrics.injection(o.outcome);
+    if (o.dryRun || (o.outcome !== 'injected' && !o.warn)) return;
+    const subject: EventSubject = o.owner
+      ? {
+          apiVersion: o.owner.apiVersion,
+          kind: o.owner.kind,
+          name: o.owner.name,
+          namespace: o.namespace,
+          uid: o.owner.uid,
+        }
+      : { apiVersion: 'v1', kind: 'Pod', name: o.pod, namespace: o.namespace };
+    if (o.outcome === 'injected') void this.events.record(subject, 'Normal', 'Injected', o.message);
+    else void this.events.record(subject, 'Warning', 'InjectionSkipped', o.message);
+  }
+
   async start(): Promise<void> {
     await Promise.all(this.informers().map((i) => i.start()));
     // Leading from caches not yet filled would take missing ToolSets for deleted ones.
@@ -203,7 +253,7 @@ export class ControlPlane {
   }
 
   private informers() {
-    return [this.toolsets, this.configMaps, this.injectedPods, this.optedInPods];
+    return [this.toolsets, this.configMaps, this.injectedPods, this.optedInPods, this.optedInNamespaces];
   }
 
   private async lead(): Promise<void> {
@@ -220,4 +270,138 @@ export class ControlPlane {
     await this.controller.stop();
     this.logger.info({ identity: this.o.config.podName }, 'Stopped leading');
   }
+}
+
+export interface OperatorOptions extends Omit<ControlPlaneOptions, 'config'> {
+  config: OperatorConfig;
+  /** Where the servers listen (all interfaces in a pod). */
+  host?: string;
+  /** Aborting it during start (SIGTERM while waiting for a certificate) stops what started and throws. */
+  signal?: AbortSignal;
+  /** Certificate checks and lifetimes (webhook-certs.ts); tests shorten them. */
+  certificates?: {
+    checkIntervalMs?: number;
+    rotateBeforeMs?: number;
+    caValidityDays?: number;
+    servingValidityDays?: number;
+    retryBaseMs?: number;
+  };
+}
+
+export interface RunningOperator {
+  plane: ControlPlane;
+  certificates: WebhookCertificates;
+  ports: { webhook: number; probe: number; metrics: number };
+  /** Informers synced and the webhook serving: what /readyz answers. */
+  ready(): boolean;
+  /** Graceful stop: controller and Lease first, then informers, then the servers. */
+  stop(): Promise<void>;
+}
+
+/** The whole `earpiece operator`: probes and metrics first, then informers, certificates, webhook. */
+export async function startOperator(o: OperatorOptions): Promise<RunningOperator> {
+  const { config, kc } = o;
+  const host = o.host ?? '0.0.0.0';
+  const logger = o.logger ?? createLogger('operator');
+  const metrics = o.metrics ?? new OperatorMetrics();
+  let webhook: WebhookServer | undefined;
+  let plane: ControlPlane | undefined;
+  const ready = () => webhook !== undefined && plane?.synced === true;
+
+  const probes = await listen(host, config.probePort, (url) => {
+    if (url === '/healthz') return { code: 200, body: 'ok' };
+    if (url === '/readyz') {
+      const state = { informersSynced: plane?.synced === true, webhookServing: webhook !== undefined };
+      return { code: ready() ? 200 : 503, body: JSON.stringify(state), type: 'application/json' };
+    }
+    return undefined;
+  });
+  const metricsServer = await listen(host, config.metricsPort, async (url) =>
+    url === '/metrics' ? { code: 200, body: await metrics.metrics(), type: metrics.contentType } : undefined,
+  );
+
+  plane = new ControlPlane({ ...o, logger, metrics });
+  const certificates = new WebhookCertificates({
+    mode: config.certMode,
+    core: kc.makeApiClient(CoreV1Api),
+    admission: kc.makeApiClient(AdmissionregistrationV1Api),
+    namespace: config.namespace,
+    secretName: config.certSecretName,
+    serviceName: config.webhookServiceName,
+    webhookConfigName: config.webhookConfigName,
+    certDir: config.certDir,
+    clock: o.clock,
+    logger,
+    ...o.certificates,
+  });
+  const running = plane;
+  const onAbort = () => certificates.stop();
+  o.signal?.addEventListener('abort', onAbort, { once: true });
+  const stop = async () => {
+    await running.stop();
+    certificates.stop();
+    await webhook?.close();
+    await Promise.all([close(probes), close(metricsServer)]);
+  };
+  try {
+    await plane.start();
+    const holder = await certificates.start();
+    webhook = await startWebhookServer({
+      port: config.webhookPort,
+      host,
+      certificate: holder,
+      lookups: plane.webhookLookups(),
+      sidecar: config.sidecar,
+      logger,
+      onInjection: (outcome) => running.onInjection(outcome),
+    });
+  } catch (err) {
+    await stop();
+    throw err;
+  } finally {
+    o.signal?.removeEventListener('abort', onAbort);
+  }
+  logger.info(
+    { webhookPort: webhook.port, probePort: port(probes), metricsPort: port(metricsServer) },
+    'Started operator',
+  );
+  return {
+    plane,
+    certificates,
+    ports: { webhook: webhook.port, probe: port(probes), metrics: port(metricsServer) },
+    ready,
+    stop,
+  };
+}
+
+type Answer = { code: number; body: string; type?: string } | undefined;
+
+/** A tiny GET-only server for probes and metrics (fastify would add nothing here). */
+async function listen(host: string, portNumber: number, route: (url: string) => Answer | Promise<Answer>) {
+  const server = createServer((req, res) => {
+    Promise.resolve(req.method === 'GET' ? route((req.url ?? '/').split('?')[0] ?? '/') : undefined)
+      .then((answer) => {
+        const a = answer ?? { code: 404, body: 'not found' };
+        res.writeHead(a.code, { 'content-type': a.type ?? 'text/plain; charset=utf-8' });
+        res.end(a.body);
+      })
+      .catch((err: unknown) => {
+        res.writeHead(500, { 'content-type': 'text/plain; charset=utf-8' });
+        res.end(String(err));
+      });
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(portNumber, host, () => resolve());
+  });
+  return server;
+}
+
+function port(server: Server): number {
+  return (server.address() as AddressInfo).port;
+}
+
+function close(server: Server): Promise<void> {
+  server.closeAllConnections();
+  return new Promise((resolve) => server.close(() => resolve()));
 }
