@@ -1,0 +1,318 @@
+import fastJsonPatch from 'fast-json-patch';
+import { Agent, request } from 'undici';
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { createWebhookCertificates, type KeyPairPem } from '../../src/operator/certs.js';
+import { toolsetLookup } from '../../src/operator/select.js';
+import { DEFAULT_SIDECAR } from '../../src/operator/sidecar.js';
+import {
+  CertificateHolder,
+  type InjectionOutcome,
+  startWebhookServer,
+  type WebhookServer,
+} from '../../src/operator/webhook.js';
+import { createLogger } from '../../src/telemetry/log.js';
+import type { ToolSet } from '../../src/toolset/index.js';
+import { workloadIssues } from '../support/pod-rules.js';
+
+const SERVICE = 'earpiece-webhook';
+const SERVER_NAME = `${SERVICE}.earpiece.svc`;
+
+const toolset = (name: string, labels: Record<string, string>): ToolSet => ({
+  apiVersion: 'earpiece.dev/v1alpha1',
+  kind: 'ToolSet',
+  metadata: { name, namespace: 'voice' },
+  spec: { selector: { matchLabels: labels }, tools: [{ name: 'now', builtin: 'time' }] },
+});
+const toolsets = [
+  toolset('assistant', { app: 'unmute-backend' }),
+  toolset('lab-a', { team: 'lab' }),
+  toolset('lab-b', { team: 'lab' }),
+];
+
+const first = createWebhookCertificates({ service: SERVICE, namespace: 'earpiece', now: new Date() });
+const holder = new CertificateHolder(first.serving);
+const outcomes: InjectionOutcome[] = [];
+let ready = new Set(['assistant', 'lab-a', 'lab-b']);
+let optedInNamespaces = new Set<string>();
+let server: WebhookServer;
+
+beforeAll(async () => {
+  server = await startWebhookServer({
+    port: 0,
+    host: '127.0.0.1',
+    certificate: holder,
+    lookups: {
+      toolsetByName: (ns, name) => toolsetLookup(toolsets, ns).byName(name),
+      toolsetsInNamespace: (ns) => toolsetLookup(toolsets, ns).all(),
+      hasConfigMap: (_ns, name) => ready.has(name),
+      namespaceOptedIn: (ns) => optedInNamespaces.has(ns),
+    },
+    sidecar: DEFAULT_SIDECAR,
+    logger: createLogger('webhook-test', 'silent'),
+    onInjection: (o) => outcomes.push(o),
+  });
+});
+afterAll(() => server?.close());
+beforeEach(() => {
+  outcomes.length = 0;
+  ready = new Set(['assistant', 'lab-a', 'lab-b']);
+  optedInNamespaces = new Set();
+});
+
+/** One request on a fresh TLS connection that trusts only `caPem`. */
+async function post(body: string | object, caPem = first.ca.certPem, path = '/mutate', port = server.port) {
+  const agent = new Agent({ connect: { ca: caPem, servername: SERVER_NAME } });
+  try {
+    const res = await request(`https://127.0.0.1:${port}${path}`, {
+      method: 'POST',
+      dispatcher: agent,
+      headers: { 'content-type': 'application/json' },
+      body: typeof body === 'string' ? body : JSON.stringify(body),
+    });
+    return { status: res.statusCode, body: (await res.body.json()) as Record<string, never> };
+  } finally {
+    await agent.close();
+  }
+}
+
+function pod(
+  labels: Record<string, string>,
+  extra: { annotations?: Record<string, string>; env?: object[] } = {},
+) {
+  return {
+    apiVersion: 'v1',
+    kind: 'Pod',
+    metadata: {
+      generateName: 'unmute-backend-7d9c-',
+      namespace: 'voice',
+      labels,
+      ...(extra.annotations ? { annotations: extra.annotations } : {}),
+      ownerReferences: [
+        {
+          apiVersion: 'apps/v1',
+          kind: 'ReplicaSet',
+          name: 'unmute-backend-7d9c',
+          uid: 'u1',
+          controller: true,
+        },
+      ],
+    },
+    spec: {
+      containers: [
+        {
+          name: 'backend',
+          image: 'unmute',
+          env: extra.env ?? [{ name: 'KYUTAI_LLM_URL', value: 'http://llm:8000' }],
+        },
+      ],
+    },
+  };
+}
+
+function review(object: unknown, overrides: Record<string, unknown> = {}) {
+  return {
+    apiVersion: 'admission.k8s.io/v1',
+    kind: 'AdmissionReview',
+    request: {
+      uid: '705ab4f5-6393-11e8-b7cc-42010a800002',
+      kind: { group: '', version: 'v1', kind: 'Pod' },
+      resource: { group: '', version: 'v1', resource: 'pods' },
+      namespace: 'voice',
+      operation: 'CREATE',
+      object,
+      ...overrides,
+    },
+  };
+}
+
+type Response = { uid: string; allowed: boolean; patchType?: string; patch?: string; warnings?: string[] };
+async function admit(object: unknown, overrides: Record<string, unknown> = {}): Promise<Response> {
+  const { status, body } = await post(review(object, overrides));
+  expect(status).toBe(200);
+  expect(body).toMatchObject({ apiVersion: 'admission.k8s.io/v1', kind: 'AdmissionReview' });
+  const response = (body as { response: Response }).response;
+  expect(response.uid).toBe('705ab4f5-6393-11e8-b7cc-42010a800002');
+  expect(response.allowed).toBe(true);
+  return response;
+}
+
+describe('the webhook over HTTPS', () => {
+  it('patches an opted-in pod: the JSON Patch gives a valid pod with the sidecar', async () => {
+    const original = pod({ app: 'unmute-backend', 'earpiece.dev/inject': 'true' });
+    const response = await admit(original);
+    expect(response.patchType).toBe('JSONPatch');
+    expect(response.warnings).toBeUndefined();
+    const ops = JSON.parse(Buffer.from(response.patch as string, 'base64').toString());
+    const patched = fastJsonPatch.applyPatch(structuredClone(original), ops, true, false).newDocument;
+    expect(patched.spec.initContainers?.map((c: { name: string }) => c.name)).toEqual(['earpiece-proxy']);
+    expect(patched.spec.containers[0]?.env).toEqual([
+      { name: 'KYUTAI_LLM_URL', value: 'http://127.0.0.1:8095' },
+    ]);
+    expect(await workloadIssues({ ...patched, metadata: { ...patched.metadata, name: 'p' } })).toEqual([]);
+    expect(outcomes).toEqual([
+      expect.objectContaining({
+        outcome: 'injected',
+        namespace: 'voice',
+        pod: 'unmute-backend-7d9c-',
+        owner: expect.objectContaining({ kind: 'ReplicaSet', name: 'unmute-backend-7d9c' }),
+        toolset: 'assistant',
+        warn: false,
+        dryRun: false,
+      }),
+    ]);
+  });
+
+  it('leaves a pod that did not opt in untouched, without a warning', async () => {
+    const response = await admit(pod({ app: 'unmute-backend' }));
+    expect(response).toEqual({ uid: response.uid, allowed: true });
+    expect(outcomes.map((o) => [o.outcome, o.warn])).toEqual([['not_opted_in', false]]);
+  });
+
+  it('injects an unlabelled pod of an opted-in namespace, and passes a dry run on', async () => {
+    optedInNamespaces.add('voice');
+    const response = await admit(pod({ app: 'unmute-backend' }), { dryRun: true });
+    expect(response.patch).toBeDefined();
+    expect(outcomes.map((o) => [o.outcome, o.dryRun])).toEqual([['injected', true]]);
+  });
+
+  it('warns and leaves the pod when no ToolSet, several, or a never-valid one applies', async () => {
+    const none = await admit(pod({ app: 'other', 'earpiece.dev/inject': 'true' }));
+    expect(none.patch).toBeUndefined();
+    expect(none.warnings).toEqual([
+      expect.stringMatching(/^earpiece: no sidecar: no ToolSet in namespace voice selects this pod/),
+    ]);
+
+    const several = await admit(pod({ team: 'lab', 'earpiece.dev/inject': 'true' }));
+    expect(several.patch).toBeUndefined();
+    expect(several.warnings).toEqual([
+      'earpiece: no sidecar: ToolSets lab-a, lab-b all select this pod; name one with annotation earpiece.dev/toolset',
+    ]);
+
+    ready.delete('assistant');
+    const notReady = await admit(pod({ app: 'unmute-backend', 'earpiece.dev/inject': 'true' }));
+    expect(notReady.patch).toBeUndefined();
+    expect(notReady.warnings).toEqual([
+      expect.stringContaining('ConfigMap earpiece-toolset-assistant does not exist'),
+    ]);
+
+    expect(outcomes.map((o) => [o.outcome, o.warn])).toEqual([
+      ['no_toolset', true],
+      ['several_toolsets', true],
+      ['toolset_not_ready', true],
+    ]);
+  });
+
+  it("returns the builder's warnings beside the patch", async () => {
+    const response = await admit(
+      pod(
+        { app: 'unmute-backend', 'earpiece.dev/inject': 'true' },
+        { env: [{ name: 'KYUTAI_LLM_URL', valueFrom: { secretKeyRef: { name: 'llm', key: 'url' } } }] },
+      ),
+    );
+    expect(response.patch).toBeDefined();
+    expect(response.warnings).toEqual([
+      expect.stringMatching(/^earpiece: KYUTAI_LLM_URL of container backend comes from a secretKeyRef/),
+    ]);
+  });
+
+  describe('never blocks a pod on bad input', () => {
+    it('answers 400 to a body that is not JSON or not an AdmissionReview', async () => {
+      expect((await post('{"apiVersion": ')).status).toBe(400);
+      expect((await post({ hello: 'world' })).status).toBe(400);
+      expect(
+        (
+          await post({
+            apiVersion: 'admission.k8s.io/v1beta1',
+            kind: 'AdmissionReview',
+            request: { uid: 'x' },
+          })
+        ).status,
+      ).toBe(400);
+    });
+
+    it('allows a review without a pod, with a warning', async () => {
+      const response = await admit(undefined);
+      expect(response.patch).toBeUndefined();
+      expect(response.warnings).toEqual(['earpiece: the review has no pod object; the pod is left as it is']);
+      expect(outcomes.map((o) => o.outcome)).toEqual(['error']);
+    });
+
+    it('allows a pod the builder trips over, with a warning', async () => {
+      const broken = {
+        metadata: { labels: { app: 'unmute-backend', 'earpiece.dev/inject': 'true' } },
+        spec: { containers: [null] },
+      };
+      const response = await admit(broken);
+      expect(response.patch).toBeUndefined();
+      expect(response.warnings).toEqual([
+        expect.stringMatching(/^earpiece: injection failed: .*; the pod is left as it is$/),
+      ]);
+      expect(outcomes.map((o) => [o.outcome, o.warn])).toEqual([['error', true]]);
+    });
+
+    it('allows other resources and operations without touching them', async () => {
+      const deployment = await admit(
+        { kind: 'Deployment' },
+        { kind: { group: 'apps', version: 'v1', kind: 'Deployment' }, resource: { resource: 'deployments' } },
+      );
+      expect(deployment.warnings).toEqual(["earpiece: only pods are injected; check the webhook's rules"]);
+      const update = await admit(pod({ app: 'unmute-backend', 'earpiece.dev/inject': 'true' }), {
+        operation: 'UPDATE',
+      });
+      expect(update).toEqual({ uid: update.uid, allowed: true });
+      expect(outcomes).toEqual([]);
+    });
+
+    it('still answers when the outcome callback throws', async () => {
+      const noisy = await startWebhookServer({
+        port: 0,
+        host: '127.0.0.1',
+        certificate: holder,
+        lookups: { toolsetByName: () => undefined, toolsetsInNamespace: () => [], hasConfigMap: () => false },
+        sidecar: DEFAULT_SIDECAR,
+        logger: createLogger('webhook-test', 'silent'),
+        onInjection: () => {
+          throw new Error('metrics are down');
+        },
+        bodyLimit: 4096,
+      });
+      try {
+        const { status, body } = await post(
+          review(pod({ 'earpiece.dev/inject': 'true' })),
+          first.ca.certPem,
+          '/mutate',
+          noisy.port,
+        );
+        expect(status).toBe(200);
+        expect((body as { response: Response }).response.allowed).toBe(true);
+        const big = await post(
+          review(pod({ 'earpiece.dev/inject': 'true' }, { annotations: { big: 'x'.repeat(8192) } })),
+          first.ca.certPem,
+          '/mutate',
+          noisy.port,
+        );
+        expect(big.status).toBe(413);
+      } finally {
+        await noisy.close();
+      }
+    });
+  });
+
+  it('serves a rotated certificate to new connections without a restart', async () => {
+    const agent = new Agent({ connect: { ca: first.ca.certPem, servername: SERVER_NAME } });
+    const health = await request(`https://127.0.0.1:${server.port}/healthz`, { dispatcher: agent });
+    expect(await health.body.text()).toBe('ok');
+    await agent.close();
+
+    const second = createWebhookCertificates({ service: SERVICE, namespace: 'earpiece', now: new Date() });
+    const rotate = (pair: KeyPairPem) => holder.set(pair);
+    rotate(second.serving);
+    try {
+      expect((await post(review(pod({})), second.ca.certPem)).status).toBe(200);
+      await expect(post(review(pod({})), first.ca.certPem)).rejects.toThrow();
+    } finally {
+      rotate(first.serving);
+    }
+    expect((await post(review(pod({})), first.ca.certPem)).status).toBe(200);
+  });
+});
