@@ -1,0 +1,35 @@
+# syntax=docker/dockerfile:1
+# One image for both `earpiece operator` and the injected `earpiece proxy` sidecar:
+#   docker build -t earpiece:0.1.0 .
+# The Node.js version is the one package.json pins for development and tests.
+
+FROM node:24.21.0-slim AS build
+WORKDIR /app
+COPY package.json package-lock.json ./
+# No install scripts: compiling needs only TypeScript, and the `node` devDependency's script would
+# download a second Node.js.
+RUN npm ci --ignore-scripts --no-audit --no-fund
+COPY tsconfig.json tsconfig.build.json ./
+COPY cmd ./cmd
+COPY src ./src
+RUN npm run build
+
+FROM node:24.21.0-slim AS deps
+WORKDIR /app
+COPY package.json package-lock.json ./
+# Production dependencies only (so never the `node` runtime package, a devDependency); none of them
+# needs an install script.
+RUN npm ci --omit=dev --ignore-scripts --no-audit --no-fund
+
+FROM node:24.21.0-slim
+ENV NODE_ENV=production
+WORKDIR /app
+COPY --from=deps /app/package.json ./package.json
+COPY --from=deps /app/node_modules ./node_modules
+COPY --from=build /app/dist ./dist
+# The distroless "nonroot" uid, which the chart's securityContext and the injected sidecar expect.
+USER 65532:65532
+# proxy: chat 8095, metrics and probes 9464; operator: webhook 9443, metrics 8080, probes 8081.
+EXPOSE 8095 9464 9443 8080 8081
+ENTRYPOINT ["node", "dist/cmd/earpiece.js"]
+CMD ["--help"]
