@@ -69,7 +69,7 @@ async function post(body: string | object, caPem = first.ca.certPem, path = '/mu
       headers: { 'content-type': 'application/json' },
       body: typeof body === 'string' ? body : JSON.stringify(body),
     });
-    return { status: res.statusCode, body: (await res.body.json()) as Record<string, never> };
+    return { status: res.statusCode, body: (await res.body.json()) as Record<string, unknown> };
   } finally {
     await agent.close();
   }
@@ -130,7 +130,7 @@ async function admit(object: unknown, overrides: Record<string, unknown> = {}): 
   const { status, body } = await post(review(object, overrides));
   expect(status).toBe(200);
   expect(body).toMatchObject({ apiVersion: 'admission.k8s.io/v1', kind: 'AdmissionReview' });
-  const response = (body as { response: Response }).response;
+  const response = (body as unknown as { response: Response }).response;
   expect(response.uid).toBe('705ab4f5-6393-11e8-b7cc-42010a800002');
   expect(response.allowed).toBe(true);
   return response;
@@ -143,8 +143,13 @@ describe('the webhook over HTTPS', () => {
     expect(response.patchType).toBe('JSONPatch');
     expect(response.warnings).toBeUndefined();
     const ops = JSON.parse(Buffer.from(response.patch as string, 'base64').toString());
-    const patched = fastJsonPatch.applyPatch(structuredClone(original), ops, true, false).newDocument;
-    expect(patched.spec.initContainers?.map((c: { name: string }) => c.name)).toEqual(['earpiece-proxy']);
+    const patched = fastJsonPatch.applyPatch(
+      structuredClone(original) as unknown as Record<string, never>,
+      ops,
+      true,
+      false,
+    ).newDocument as unknown as typeof original & { spec: { initContainers?: { name: string }[] } };
+    expect(patched.spec.initContainers?.map((c) => c.name)).toEqual(['earpiece-proxy']);
     expect(patched.spec.containers[0]?.env).toEqual([
       { name: 'KYUTAI_LLM_URL', value: 'http://127.0.0.1:8095' },
     ]);
@@ -284,7 +289,7 @@ describe('the webhook over HTTPS', () => {
           noisy.port,
         );
         expect(status).toBe(200);
-        expect((body as { response: Response }).response.allowed).toBe(true);
+        expect((body as unknown as { response: Response }).response.allowed).toBe(true);
         const big = await post(
           review(pod({ 'earpiece.dev/inject': 'true' }, { annotations: { big: 'x'.repeat(8192) } })),
           first.ca.certPem,
