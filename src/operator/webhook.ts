@@ -125,11 +125,8 @@ type Pod = {
   spec?: PodTemplate['spec'];
 };
 
-/**
- * The decision for one request, without HTTP. Exported for the start-up code's own checks; the server
- * below is its only caller in the operator.
- */
-export function review(
+/** The decision for one review, without HTTP. */
+function review(
   request: AdmissionRequest,
   deps: Pick<WebhookServerOptions, 'lookups' | 'sidecar' | 'logger' | 'onInjection'>,
 ): AdmissionResponse {
