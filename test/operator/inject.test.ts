@@ -289,3 +289,53 @@ describe('earpiece inject, the command', () => {
     expect(stderr).toMatch(/^\(stdin\): line \d+: /);
   });
 });
+
+describe('the checks the corpus relies on', () => {
+  const podWith = (spec: Record<string, unknown>) => ({
+    apiVersion: 'v1',
+    kind: 'Pod',
+    metadata: { name: 'p' },
+    spec,
+  });
+  const app = { name: 'app', image: 'a' };
+
+  it('know native sidecars: restartPolicy Always on an init container, with probes', async () => {
+    const sidecar = {
+      name: 's',
+      image: 's',
+      restartPolicy: 'Always',
+      startupProbe: { httpGet: { path: '/', port: 1 } },
+    };
+    expect(await workloadIssues(podWith({ initContainers: [sidecar], containers: [app] }))).toEqual([]);
+  });
+
+  it('refuse what the API server refuses', async () => {
+    const cases: [Record<string, unknown>, RegExp][] = [
+      [{ containers: [{ ...app, restartPolicyy: 'Always' }] }, /restartPolicyy: unknown field/],
+      [{ containers: [{ ...app, ports: [{ containerPort: 'http' }] }] }, /containerPort must be integer/],
+      [
+        { initContainers: [{ name: 'i', image: 'i', startupProbe: {} }], containers: [app] },
+        /startupProbe: not allowed/,
+      ],
+      [
+        { initContainers: [{ name: 'i', image: 'i', restartPolicy: 'Never' }], containers: [app] },
+        /only Always/,
+      ],
+      [
+        { containers: [{ ...app, volumeMounts: [{ name: 'v', mountPath: '/v' }] }] },
+        /volume v is not declared/,
+      ],
+      [{ containers: [app, app] }, /duplicate container name app/],
+      [
+        { containers: [{ ...app, ports: [{ name: 'earpiece-metrics', containerPort: 1 }] }] },
+        /bad name earpiece-metrics/,
+      ],
+      [
+        { containers: [{ ...app, resources: { requests: { memory: '2Gi' }, limits: { memory: '1Gi' } } }] },
+        /requests.memory above/,
+      ],
+    ];
+    for (const [spec, issue] of cases)
+      expect((await workloadIssues(podWith(spec))).join('\n')).toMatch(issue);
+  });
+});
