@@ -11,6 +11,7 @@
  *   injector keeps the caBundle.
  * Either way the webhook gets new certificates through its CertificateHolder, without a restart.
  */
+import { createPrivateKey, X509Certificate } from 'node:crypto';
 import { type FSWatcher, watch as watchDir } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
@@ -162,8 +163,9 @@ export class WebhookCertificates {
       readFile(path.join(this.o.certDir, SECRET_KEYS.cert), 'utf8'),
       readFile(path.join(this.o.certDir, SECRET_KEYS.key), 'utf8'),
     ]);
-    if (!certPem.includes('BEGIN CERTIFICATE') || !keyPem.includes('PRIVATE KEY')) {
-      throw new CertError(`${this.o.certDir}: tls.crt or tls.key is not PEM`);
+    // A pair read halfway through a renewal would break the TLS server; the next check reads it whole.
+    if (!matches(certPem, keyPem)) {
+      throw new CertError(`${this.o.certDir}: tls.crt and tls.key are not PEM of one key pair`);
     }
     return { certPem, keyPem };
   }
@@ -340,6 +342,14 @@ function dataOf(m: Material): Record<string, string> {
     [SECRET_KEYS.key]: b64(m.serving.keyPem),
     ...(m.previousCa ? { [SECRET_KEYS.previousCaCert]: b64(m.previousCa) } : {}),
   };
+}
+
+function matches(certPem: string, keyPem: string): boolean {
+  try {
+    return new X509Certificate(certPem).checkPrivateKey(createPrivateKey(keyPem));
+  } catch {
+    return false;
+  }
 }
 
 function expired(certPem: string, now: Date): boolean {
