@@ -2,6 +2,7 @@ import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { parse } from 'yaml';
+import { loadConfig } from '../../src/operator/config.js';
 import { METRICS_PORT_NAME, sidecarConfigFromEnv } from '../../src/operator/sidecar.js';
 import { validateToolSet } from '../../src/toolset/index.js';
 import { type K8sObject, kubernetesIssues } from '../support/k8s-schema.js';
@@ -45,6 +46,15 @@ const env = (c: Container) => Object.fromEntries((c.env ?? []).map((e) => [e.nam
 const webhooks = (objects: K8sObject[]) =>
   (find(objects, 'MutatingWebhookConfiguration') as unknown as { webhooks: Webhook[] }).webhooks;
 const rules = (role: K8sObject) => (role as unknown as { rules: Rule[] }).rules;
+/** What `earpiece operator` makes of the Deployment's environment, with the downward API filled in. */
+const operatorConfig = (deployment: K8sObject) => {
+  const values = Object.entries(env(container(deployment))).filter(([, v]) => typeof v === 'string');
+  return loadConfig([], {
+    ...Object.fromEntries(values),
+    EARPIECE_NAMESPACE: NAMESPACE,
+    EARPIECE_POD_NAME: 'p',
+  }).config;
+};
 
 async function expectValid(objects: K8sObject[]) {
   const problems: string[] = [];
@@ -154,6 +164,32 @@ describe('default values', () => {
     });
   });
 
+  it('configures the operator with the names of the objects the chart creates', () => {
+    const config = operatorConfig(find(objects, 'Deployment', FULLNAME));
+    const role = rules(find(objects, 'Role', FULLNAME));
+    const named = (resource: string) => role.find((r) => r.resources[0] === resource && r.resourceNames)!;
+    const service = find(objects, 'Service', FULLNAME) as unknown as {
+      metadata: { name: string };
+      spec: { ports: { name: string; targetPort: string }[] };
+    };
+    expect(config).toMatchObject({
+      namespace: NAMESPACE,
+      watchNamespaces: [],
+      leaderElection: true,
+      leaseName: named('leases').resourceNames![0],
+      webhookPort: 9443,
+      probePort: 8081,
+      metricsPort: 8080,
+      webhookConfigName: find(objects, 'MutatingWebhookConfiguration').metadata.name,
+      webhookServiceName: service.metadata.name,
+      certMode: 'operator',
+      certSecretName: named('secrets').resourceNames![0],
+    });
+    expect(rules(find(objects, 'ClusterRole', `${CLUSTER_NAME}-cluster`))[1]!.resourceNames).toEqual([
+      config.webhookConfigName,
+    ]);
+  });
+
   it('grants least privilege: no wildcards, names where Kubernetes allows them', () => {
     for (const role of objects.filter((o) => o.kind === 'ClusterRole' || o.kind === 'Role'))
       for (const rule of rules(role))
@@ -166,7 +202,8 @@ describe('default values', () => {
       { apiGroups: [''], resources: ['events'], verbs: ['create', 'patch'] },
       { apiGroups: [''], resources: ['pods'], verbs: ['list', 'watch'] },
     ]);
-    expect(rules(find(objects, 'ClusterRole', `${CLUSTER_NAME}-webhook`))).toEqual([
+    expect(rules(find(objects, 'ClusterRole', `${CLUSTER_NAME}-cluster`))).toEqual([
+      { apiGroups: [''], resources: ['namespaces'], verbs: ['list', 'watch'] },
       {
         apiGroups: ['admissionregistration.k8s.io'],
         resources: ['mutatingwebhookconfigurations'],
@@ -277,6 +314,8 @@ describe('every option on', () => {
     expect(kinds(objects)).toEqual([
       'Certificate',
       'ClusterRole',
+      'ClusterRole',
+      'ClusterRoleBinding',
       'ConfigMap',
       'CustomResourceDefinition',
       'Deployment',
@@ -313,16 +352,18 @@ describe('every option on', () => {
     });
 
     const deployment = find(objects, 'Deployment', FULLNAME);
-    const vars = env(container(deployment));
-    expect(vars.EARPIECE_CERT_MODE).toBe('cert-manager');
-    expect(vars.EARPIECE_CERT_SECRET_NAME).toBe(certificate.spec.secretName);
+    const config = operatorConfig(deployment);
+    expect(config.certMode).toBe('cert-manager');
+    expect(config.certSecretName).toBe(certificate.spec.secretName);
     const mount = (container(deployment).volumeMounts as { name: string; mountPath: string }[]).find(
-      (m) => m.mountPath === vars.EARPIECE_CERT_DIR,
+      (m) => m.mountPath === config.certDir,
     );
     const volume = podSpec(deployment).volumes?.find((v) => v.name === mount?.name);
     expect(volume).toEqual({ name: 'webhook-certs', secret: { secretName: certificate.spec.secretName } });
     // cert-manager fills the caBundle and owns the Secret: the operator gets neither right.
-    expect(objects.some((o) => o.metadata.name === `${CLUSTER_NAME}-webhook`)).toBe(false);
+    expect(rules(find(objects, 'ClusterRole', `${CLUSTER_NAME}-cluster`))).toEqual([
+      { apiGroups: [''], resources: ['namespaces'], verbs: ['list', 'watch'] },
+    ]);
     expect(rules(find(objects, 'Role')).some((r) => r.resources.includes('secrets'))).toBe(false);
   });
 
@@ -335,7 +376,10 @@ describe('every option on', () => {
         kind: 'ClusterRole',
         name: CLUSTER_NAME,
       });
-    expect(objects.filter((o) => o.kind === 'ClusterRoleBinding')).toEqual([]);
+    // Only the cluster-scoped rights (namespaces) are still bound cluster-wide.
+    expect(objects.filter((o) => o.kind === 'ClusterRoleBinding').map((b) => b.roleRef)).toEqual([
+      { apiGroup: 'rbac.authorization.k8s.io', kind: 'ClusterRole', name: `${CLUSTER_NAME}-cluster` },
+    ]);
     for (const hook of webhooks(objects)) {
       expect(hook.failurePolicy).toBe('Fail');
       expect(hook.namespaceSelector.matchExpressions).toContainEqual({
@@ -344,8 +388,10 @@ describe('every option on', () => {
         values: ['voice', 'voice-staging'],
       });
     }
-    const vars = env(container(find(objects, 'Deployment', FULLNAME)));
-    expect(vars.EARPIECE_WATCH_NAMESPACES).toBe('voice,voice-staging');
+    expect(operatorConfig(find(objects, 'Deployment', FULLNAME)).watchNamespaces).toEqual([
+      'voice',
+      'voice-staging',
+    ]);
   });
 
   it('hands the sidecar settings to the operator', () => {
