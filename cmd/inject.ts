@@ -27,7 +27,10 @@ The EARPIECE_SIDECAR_* variables the operator reads set the other sidecar defaul
 Exit status: 0 manifests printed (skipped workloads are reported, not errors); 1 a file cannot be
 read, a manifest is not YAML, or a ToolSet is invalid (nothing is printed); 2 bad usage.`;
 
-class InputError extends Error {}
+/** A file that cannot be used: reported on stderr with status 1. */
+class InputError extends Error {
+  readonly code = 'ERP_INJECT_INPUT';
+}
 
 async function readInput(file: string): Promise<{ name: string; text: string }[]> {
   try {
