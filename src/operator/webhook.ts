@@ -106,6 +106,13 @@ interface AdmissionResponse {
 }
 
 const WARNING_PREFIX = 'earpiece: ';
+/** The API server may cut a warning after 256 characters; cutting it here keeps the end readable. */
+const MAX_WARNING = 256;
+
+function warning(text: string): string {
+  const full = `${WARNING_PREFIX}${text}`;
+  return full.length <= MAX_WARNING ? full : `${full.slice(0, MAX_WARNING - 1)}…`;
+}
 
 function isReview(body: unknown): body is { apiVersion: string; kind: string; request: AdmissionRequest } {
   if (!body || typeof body !== 'object') return false;
@@ -138,7 +145,7 @@ function review(
   const isPodCreate =
     request.kind?.kind === 'Pod' && request.resource?.resource === 'pods' && !request.subResource;
   if (!isPodCreate) {
-    return allow({ warnings: [`${WARNING_PREFIX}only pods are injected; check the webhook's rules`] });
+    return allow({ warnings: [warning("only pods are injected; check the webhook's rules")] });
   }
   if (request.operation !== 'CREATE') return allow();
   const pod = request.object as Pod | undefined;
@@ -161,7 +168,7 @@ function review(
   if (!pod || typeof pod !== 'object' || Array.isArray(pod)) {
     const message = 'the review has no pod object';
     report({ ...base, outcome: 'error', toolset: undefined, message, warnings: [], warn: true });
-    return allow({ warnings: [`${WARNING_PREFIX}${message}; the pod is left as it is`] });
+    return allow({ warnings: [warning(`${message}; the pod is left as it is`)] });
   }
   const { lookups } = deps;
   try {
@@ -187,7 +194,7 @@ function review(
         warnings: [],
         warn: result.warn,
       });
-      return result.warn ? allow({ warnings: [`${WARNING_PREFIX}no sidecar: ${result.message}`] }) : allow();
+      return result.warn ? allow({ warnings: [warning(`no sidecar: ${result.message}`)] }) : allow();
     }
     const patch = compare(pod, { ...pod, metadata: result.template.metadata, spec: result.template.spec });
     report({
@@ -201,14 +208,14 @@ function review(
     return allow({
       patchType: 'JSONPatch',
       patch: Buffer.from(JSON.stringify(patch)).toString('base64'),
-      ...(result.warnings.length ? { warnings: result.warnings.map((w) => `${WARNING_PREFIX}${w}`) } : {}),
+      ...(result.warnings.length ? { warnings: result.warnings.map(warning) } : {}),
     });
   } catch (err) {
     // A malformed pod the builder tripped over: the pod goes ahead without the sidecar.
     deps.logger.error({ err, namespace, pod: base.pod }, 'Injection failed');
     const message = `injection failed: ${(err as Error).message}`;
     report({ ...base, outcome: 'error', toolset: undefined, message, warnings: [], warn: true });
-    return allow({ warnings: [`${WARNING_PREFIX}${message}; the pod is left as it is`] });
+    return allow({ warnings: [warning(`${message}; the pod is left as it is`)] });
   }
 }
 
