@@ -130,6 +130,12 @@ export async function main(argv: string[]): Promise<number> {
     for (const file of values.toolset)
       for (const input of await readInput(file)) toolsets.push(...parseToolSets(input.name, input.text));
     if (toolsets.length === 0) throw new InputError(`${values.toolset.join(', ')}: no ToolSet found`);
+    const seen = new Set<string>();
+    for (const t of toolsets) {
+      const key = `${t.metadata.namespace ?? ''}/${t.metadata.name}`;
+      if (seen.has(key)) throw new InputError(`ToolSet ${t.metadata.name} is given twice`);
+      seen.add(key);
+    }
     for (const file of values.filename) {
       for (const input of await readInput(file)) {
         try {
