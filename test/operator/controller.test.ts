@@ -3,6 +3,7 @@
  * and status writes against the in-process API server stand-in (test/support/fake-apiserver.ts).
  * Bounds are hang guards in seconds.
  */
+import { request as httpsRequest } from 'node:https';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { parse as parseYaml } from 'yaml';
@@ -11,7 +12,7 @@ import { CONFIG_KEY } from '../../src/operator/configmap.js';
 import { toolSetKey } from '../../src/operator/controller.js';
 import { buildInjection } from '../../src/operator/patch.js';
 import { DEFAULT_SIDECAR } from '../../src/operator/sidecar.js';
-import { ControlPlane, type Timing } from '../../src/operator/start.js';
+import { ControlPlane, startOperator, type Timing } from '../../src/operator/start.js';
 import { createLogger } from '../../src/telemetry/log.js';
 import { OperatorMetrics } from '../../src/telemetry/operator-metrics.js';
 import { secretEnvName } from '../../src/toolset/values.js';
@@ -541,5 +542,179 @@ describe('ToolSet controller', () => {
     await expect.poll(() => ready('third')?.status, POLL).toBe('True');
     expect(writers('third')).toEqual(new Set(['replica-3']));
     api.unblock('replica-2');
+  });
+});
+
+describe('earpiece operator', () => {
+  async function get(port: number, path: string): Promise<{ status: number; body: string }> {
+    const res = await fetch(`http://127.0.0.1:${port}${path}`);
+    return { status: res.status, body: await res.text() };
+  }
+
+  /** An AdmissionReview over TLS, trusting only the caBundle, addressed to the Service name. */
+  function admit(port: number, ca: string, pod: Record<string, unknown>): Promise<Record<string, unknown>> {
+    const body = JSON.stringify({
+      apiVersion: 'admission.k8s.io/v1',
+      kind: 'AdmissionReview',
+      request: {
+        uid: 'a1b2',
+        kind: { group: '', version: 'v1', kind: 'Pod' },
+        resource: { group: '', version: 'v1', resource: 'pods' },
+        namespace: NS,
+        operation: 'CREATE',
+        object: pod,
+      },
+    });
+    return new Promise((resolve, reject) => {
+      const req = httpsRequest(
+        {
+          host: '127.0.0.1',
+          port,
+          path: '/mutate',
+          method: 'POST',
+          ca,
+          servername: 'earpiece-webhook.earpiece-system.svc',
+          headers: { 'content-type': 'application/json' },
+        },
+        (res) => {
+          let text = '';
+          res.on('data', (c) => {
+            text += c;
+          });
+          res.on('end', () => resolve((JSON.parse(text) as { response: Record<string, unknown> }).response));
+        },
+      );
+      req.on('error', reject);
+      req.end(body);
+    });
+  }
+
+  it('serves probes, metrics and the webhook, injects from the cache, and releases its Lease on stop', async () => {
+    api.create('mutatingwebhookconfigurations', {
+      apiVersion: 'admissionregistration.k8s.io/v1',
+      kind: 'MutatingWebhookConfiguration',
+      metadata: { name: 'earpiece-webhook' },
+      webhooks: [{ name: 'pods.earpiece.dev', clientConfig: {} }],
+    });
+    const rs = api.create('replicasets', {
+      apiVersion: 'apps/v1',
+      kind: 'ReplicaSet',
+      metadata: { name: 'backend-5c', namespace: NS },
+    });
+    const operator = await startOperator({
+      kc: api.kubeConfig('operator'),
+      config: {
+        namespace: 'earpiece-system',
+        podName: 'earpiece-operator-0',
+        watchNamespaces: [],
+        leaderElection: true,
+        leaseName: 'earpiece-operator',
+        webhookPort: 0,
+        probePort: 0,
+        metricsPort: 0,
+        webhookConfigName: 'earpiece-webhook',
+        webhookServiceName: 'earpiece-webhook',
+        certMode: 'operator',
+        certSecretName: 'earpiece-webhook-tls',
+        certDir: '/nonexistent',
+        sidecar: DEFAULT_SIDECAR,
+      },
+      host: '127.0.0.1',
+      logger,
+      metrics: new OperatorMetrics(),
+      timing: TIMING,
+    });
+    let stopped = false;
+    try {
+      const { ports } = operator;
+      expect(await get(ports.probe, '/healthz')).toEqual({ status: 200, body: 'ok' });
+      await expect.poll(async () => (await get(ports.probe, '/readyz')).status, POLL).toBe(200);
+      expect(JSON.parse((await get(ports.probe, '/readyz')).body)).toEqual({
+        informersSynced: true,
+        webhookServing: true,
+      });
+      await expect.poll(() => operator.plane.isLeader, POLL).toBe(true);
+
+      api.create('toolsets', toolset('assistant', [weatherTool()]));
+      await expect.poll(() => ready('assistant')?.status, POLL).toBe('True');
+      await expect.poll(() => operator.plane.lookup(NS).hasConfigMap('assistant'), POLL).toBe(true);
+
+      const webhooks = api.get('mutatingwebhookconfigurations', undefined, 'earpiece-webhook')!.webhooks as {
+        clientConfig: { caBundle: string };
+      }[];
+      const ca = Buffer.from(webhooks[0]!.clientConfig.caBundle, 'base64').toString();
+      const backend = (labels: Record<string, string>) => ({
+        apiVersion: 'v1',
+        kind: 'Pod',
+        metadata: {
+          generateName: 'backend-5c-',
+          namespace: NS,
+          labels,
+          ownerReferences: [
+            {
+              apiVersion: 'apps/v1',
+              kind: 'ReplicaSet',
+              name: 'backend-5c',
+              uid: rs.metadata.uid,
+              controller: true,
+            },
+          ],
+        },
+        spec: {
+          containers: [
+            {
+              name: 'backend',
+              image: 'unmute',
+              env: [{ name: 'KYUTAI_LLM_URL', value: 'http://vllm:8000' }],
+            },
+          ],
+        },
+      });
+      const injected = await admit(
+        ports.webhook,
+        ca,
+        backend({ app: 'unmute-backend', 'earpiece.dev/inject': 'true' }),
+      );
+      expect(injected).toMatchObject({ uid: 'a1b2', allowed: true, patchType: 'JSONPatch' });
+      const skipped = await admit(
+        ports.webhook,
+        ca,
+        backend({ app: 'other', 'earpiece.dev/inject': 'true' }),
+      );
+      expect(skipped.patch).toBeUndefined();
+      expect(String(skipped.warnings)).toContain('no ToolSet');
+
+      const text = (await get(ports.metrics, '/metrics')).body;
+      expect(text).toMatch(/earpiece_injections_total\{outcome="injected"\} 1/);
+      expect(text).toMatch(/earpiece_injections_total\{outcome="no_toolset"\} 1/);
+      expect(text).toMatch(/earpiece_reconcile_total\{result="ok"\} [1-9]/);
+      expect(text).toMatch(/earpiece_reconcile_duration_seconds_bucket/);
+      expect(text).toMatch(/earpiece_uninjected_pods 0/);
+      expect(text).toMatch(/process_cpu_user_seconds_total/);
+      await expect
+        .poll(
+          () =>
+            api
+              .list('events', NS)
+              .filter((e) => (e.involvedObject as { kind: string }).kind === 'ReplicaSet')
+              .map((e) => [e.type, e.reason])
+              .sort(),
+          POLL,
+        )
+        .toEqual([
+          ['Normal', 'Injected'],
+          ['Warning', 'InjectionSkipped'],
+        ]);
+
+      await operator.stop();
+      stopped = true;
+      expect(api.get('leases', 'earpiece-system', 'earpiece-operator')?.spec).toMatchObject({
+        holderIdentity: '',
+      });
+      await expect(get(ports.probe, '/healthz')).rejects.toThrow();
+      await expect.poll(() => api.watchCount(), POLL).toBe(0);
+    } finally {
+      if (!stopped) await operator.stop();
+    }
   });
 });

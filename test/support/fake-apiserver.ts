@@ -518,7 +518,7 @@ export class FakeApiServer {
 
     if (method === 'GET' && name === undefined) {
       const selector = parseSelector(url.searchParams.get('labelSelector'));
-      if (watch) return this.startWatch(req, res, rt, namespace, selector, url, user);
+      if (watch) return this.startWatch(res, rt, namespace, selector, url, user);
       const items = this.listObjects(rt, namespace, selector).map((o) => this.forList(rt, o));
       return this.send(res, 200, {
         kind: `${rt.kind}List`,
@@ -961,7 +961,6 @@ export class FakeApiServer {
   }
 
   private startWatch(
-    req: IncomingMessage,
     res: ServerResponse,
     rt: ResourceType,
     namespace: string | undefined,
@@ -998,7 +997,7 @@ export class FakeApiServer {
     this.watchers.add(w);
     const timeout = Number(url.searchParams.get('timeoutSeconds') ?? 0);
     const timer = timeout > 0 ? setTimeout(() => this.endWatch(w), timeout * 1000) : undefined;
-    req.on('close', () => {
+    res.on('close', () => {
       clearTimeout(timer);
       this.watchers.delete(w);
     });

@@ -1,0 +1,189 @@
+/**
+ * Opted-in pods running without the sidecar: counted in earpiece_uninjected_pods and reported once each
+ * with an Event on their owner, by the leader only.
+ */
+import { setTimeout as sleep } from 'node:timers/promises';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { buildInjection } from '../../src/operator/patch.js';
+import { DEFAULT_SIDECAR } from '../../src/operator/sidecar.js';
+import { ControlPlane } from '../../src/operator/start.js';
+import { createLogger } from '../../src/telemetry/log.js';
+import { OperatorMetrics } from '../../src/telemetry/operator-metrics.js';
+import { type FakeApiServer, type KObject, startFakeApiServer } from '../support/fake-apiserver.js';
+
+const NS = 'voice';
+const logger = createLogger('test', 'silent');
+const POLL = { timeout: 10_000, interval: 20 };
+
+let api: FakeApiServer;
+const planes: ControlPlane[] = [];
+
+beforeEach(async () => {
+  api = await startFakeApiServer({ bookmarkIntervalMs: 200 });
+});
+afterEach(async () => {
+  await Promise.all(planes.splice(0).map((p) => p.stop()));
+  await api.close();
+});
+
+function controlPlane(user: string, metrics: OperatorMetrics, leaderElection = false): ControlPlane {
+  const plane = new ControlPlane({
+    kc: api.kubeConfig(user),
+    config: {
+      namespace: 'earpiece-system',
+      podName: user,
+      watchNamespaces: [],
+      leaderElection,
+      leaseName: 'earpiece-operator',
+      sidecar: DEFAULT_SIDECAR,
+    },
+    logger,
+    metrics,
+    timing: {
+      informerDelay: (ms) => sleep(Math.min(ms, 50)),
+      retryBaseMs: 20,
+      uninjectedDebounceMs: 20,
+      leaseDurationMs: 1000,
+      renewDeadlineMs: 700,
+      retryPeriodMs: 100,
+    },
+  });
+  planes.push(plane);
+  return plane;
+}
+
+async function gauge(metrics: OperatorMetrics): Promise<number> {
+  const line = (await metrics.metrics()).split('\n').find((l) => l.startsWith('earpiece_uninjected_pods '));
+  return Number(line?.split(' ')[1]);
+}
+
+function replicaSet(name: string): KObject {
+  return api.create('replicasets', {
+    apiVersion: 'apps/v1',
+    kind: 'ReplicaSet',
+    metadata: { name, namespace: NS },
+    spec: { selector: { matchLabels: { app: 'unmute-backend' } } },
+  });
+}
+
+function pod(
+  name: string,
+  owner: KObject,
+  labels: Record<string, string>,
+  extra: Partial<KObject> = {},
+): KObject {
+  return api.create('pods', {
+    apiVersion: 'v1',
+    kind: 'Pod',
+    metadata: {
+      name,
+      namespace: NS,
+      labels,
+      ownerReferences: [
+        {
+          apiVersion: 'apps/v1',
+          kind: 'ReplicaSet',
+          name: owner.metadata.name!,
+          uid: owner.metadata.uid!,
+          controller: true,
+        },
+      ],
+    },
+    spec: {
+      containers: [
+        { name: 'backend', image: 'unmute', env: [{ name: 'KYUTAI_LLM_URL', value: 'http://vllm:8000' }] },
+      ],
+    },
+    status: { phase: 'Running' },
+    ...extra,
+  });
+}
+
+const OPTED_IN = { app: 'unmute-backend', 'earpiece.dev/inject': 'true' };
+
+async function readyToolSet(): Promise<void> {
+  api.create('toolsets', {
+    apiVersion: 'earpiece.dev/v1alpha1',
+    kind: 'ToolSet',
+    metadata: { name: 'assistant', namespace: NS },
+    spec: { selector: { matchLabels: { app: 'unmute-backend' } }, tools: [{ name: 'now', builtin: 'time' }] },
+  });
+  await expect.poll(() => api.get('configmaps', NS, 'earpiece-toolset-assistant'), POLL).toBeDefined();
+}
+
+describe('uninjected pods', () => {
+  it('counts opted-in pods without the sidecar and reports each once on its owner', async () => {
+    const metrics = new OperatorMetrics({ defaultMetrics: false });
+    const plane = controlPlane('operator', metrics);
+    await plane.start();
+    await readyToolSet();
+    await expect.poll(() => plane.toolsets.get('assistant', NS)?.status, POLL).toBeDefined();
+    await expect.poll(() => plane.lookup(NS).hasConfigMap('assistant'), POLL).toBe(true);
+
+    const rs = replicaSet('backend-7d9f');
+    pod('backend-7d9f-a', rs, OPTED_IN);
+    // A pod the webhook did inject, a finished one, and one that never asked.
+    const injected = buildInjection(
+      {
+        metadata: { labels: OPTED_IN },
+        spec: {
+          containers: [
+            {
+              name: 'backend',
+              image: 'unmute',
+              env: [{ name: 'KYUTAI_LLM_URL', value: 'http://vllm:8000' }],
+            },
+          ],
+        },
+      },
+      { namespace: NS, namespaceOptedIn: false, toolsets: plane.lookup(NS), sidecar: DEFAULT_SIDECAR },
+    );
+    if (!injected.ok) throw new Error(injected.message);
+    pod('backend-7d9f-b', rs, injected.template.metadata!.labels!, { spec: injected.template.spec });
+    pod('backend-7d9f-c', rs, OPTED_IN, { status: { phase: 'Succeeded' } });
+    pod('backend-7d9f-d', rs, { app: 'unmute-backend' });
+
+    await expect.poll(() => gauge(metrics), POLL).toBe(1);
+    await expect.poll(() => api.list('events', NS).length, POLL).toBe(1);
+    const [event] = api.list('events', NS);
+    expect(event).toMatchObject({
+      type: 'Warning',
+      reason: 'UninjectedPod',
+      involvedObject: { kind: 'ReplicaSet', name: 'backend-7d9f', uid: rs.metadata.uid },
+    });
+    expect(event!.message).toContain('pod backend-7d9f-a is opted in');
+    expect(event!.message).toContain('the webhook did not see it');
+    expect(plane.uninjected.pods.map((p) => p.name)).toEqual(['backend-7d9f-a']);
+
+    // A second one, which no ToolSet selects: counted, and the Event says why.
+    pod('backend-7d9f-e', rs, { app: 'other', 'earpiece.dev/inject': 'true' });
+    await expect.poll(() => gauge(metrics), POLL).toBe(2);
+    await expect.poll(() => api.list('events', NS).length, POLL).toBe(2);
+    const second = api.list('events', NS).find((e) => String(e.message).includes('backend-7d9f-e'));
+    expect(second!.message).toContain('no ToolSet in namespace voice selects this pod');
+
+    // Re-counting reports nothing new; pods that go leave the count.
+    await plane.uninjected.check();
+    expect(api.list('events', NS)).toHaveLength(2);
+    api.delete('pods', NS, 'backend-7d9f-a');
+    api.delete('pods', NS, 'backend-7d9f-e');
+    await expect.poll(() => gauge(metrics), POLL).toBe(0);
+  });
+
+  it('is reported by the leader only', async () => {
+    const leaderMetrics = new OperatorMetrics({ defaultMetrics: false });
+    const followerMetrics = new OperatorMetrics({ defaultMetrics: false });
+    const leader = controlPlane('replica-1', leaderMetrics, true);
+    await leader.start();
+    await expect.poll(() => leader.isLeader, POLL).toBe(true);
+    const follower = controlPlane('replica-2', followerMetrics, true);
+    await follower.start();
+    const rs = replicaSet('backend-1');
+    pod('backend-1-a', rs, OPTED_IN);
+    await expect.poll(() => gauge(leaderMetrics), POLL).toBe(1);
+    await expect.poll(() => follower.optedInPods.list(NS).length, POLL).toBe(1);
+    await sleep(100);
+    expect(await gauge(followerMetrics)).toBe(0);
+    expect(api.list('events', NS).map((e) => e.reportingInstance)).toEqual(['replica-1']);
+  });
+});
