@@ -194,7 +194,7 @@ export const Spec = Type.Object(
         { additionalProperties: false },
       ),
     ),
-    tools: Type.Array(Tool),
+    tools: Type.Array(Tool, { maxItems: 128 }),
   },
   { additionalProperties: false },
 );
