@@ -1,0 +1,96 @@
+import { describe, expect, it } from 'vitest';
+import { HELP, loadConfig } from '../../src/operator/config.js';
+import { DEFAULT_SIDECAR } from '../../src/operator/sidecar.js';
+
+describe('operator settings', () => {
+  it('has the documented defaults', () => {
+    const { config, help } = loadConfig([], { HOSTNAME: 'earpiece-7f-abc' });
+    expect(help).toBe(false);
+    expect(config).toEqual({
+      namespace: 'earpiece-system',
+      podName: 'earpiece-7f-abc',
+      watchNamespaces: [],
+      leaderElection: true,
+      leaseName: 'earpiece-operator',
+      webhookPort: 9443,
+      probePort: 8081,
+      metricsPort: 8080,
+      webhookConfigName: 'earpiece-webhook',
+      webhookServiceName: 'earpiece-webhook',
+      certMode: 'operator',
+      certSecretName: 'earpiece-webhook-tls',
+      certDir: '/etc/earpiece/certs',
+      sidecar: DEFAULT_SIDECAR,
+    });
+  });
+
+  it('reads the environment the chart sets, and flags win over it', () => {
+    const env = {
+      EARPIECE_NAMESPACE: 'ops',
+      EARPIECE_POD_NAME: 'earpiece-0',
+      EARPIECE_WATCH_NAMESPACES: 'voice, kitchen ,',
+      EARPIECE_LEADER_ELECTION: 'false',
+      EARPIECE_LEASE_NAME: 'ops-earpiece-controller',
+      EARPIECE_WEBHOOK_PORT: '10443',
+      EARPIECE_CERT_MODE: 'cert-manager',
+      EARPIECE_CERT_DIR: '/certs',
+      EARPIECE_SIDECAR_IMAGE: 'registry.example.com/earpiece:dev',
+      EARPIECE_SIDECAR_RESOURCES: '{"requests":{"cpu":"10m"}}',
+      EARPIECE_NATIVE_SIDECAR: 'false',
+    };
+    const { config } = loadConfig(
+      ['--webhook-port', '11443', '--native-sidecar=true', '--namespace=flagged'],
+      env,
+    );
+    expect(config).toMatchObject({
+      namespace: 'flagged',
+      podName: 'earpiece-0',
+      watchNamespaces: ['voice', 'kitchen'],
+      leaderElection: false,
+      leaseName: 'ops-earpiece-controller',
+      webhookPort: 11443,
+      certMode: 'cert-manager',
+      certDir: '/certs',
+    });
+    expect(config.sidecar).toMatchObject({
+      image: 'registry.example.com/earpiece:dev',
+      resources: { requests: { cpu: '10m' } },
+      nativeSidecar: true,
+    });
+  });
+
+  it('names the setting at fault', () => {
+    expect(() => loadConfig([], { EARPIECE_PROBE_PORT: 'eighty' })).toThrow(
+      'EARPIECE_PROBE_PORT: "eighty" is not a port',
+    );
+    expect(() => loadConfig(['--cert-mode', 'vault'], {})).toThrow(
+      '--cert-mode: "vault" is not operator or cert-manager',
+    );
+    expect(() => loadConfig([], { EARPIECE_LEADER_ELECTION: 'maybe' })).toThrow(
+      'EARPIECE_LEADER_ELECTION: "maybe" is not true or false',
+    );
+    expect(() => loadConfig([], { EARPIECE_SIDECAR_RESOURCES: '{"requests":' })).toThrow(
+      /EARPIECE_SIDECAR_RESOURCES/,
+    );
+    expect(() => loadConfig(['--no-such-flag'], {})).toThrow(/no-such-flag/);
+    let caught: unknown;
+    try {
+      loadConfig([], { EARPIECE_METRICS_PORT: '0' });
+    } catch (err) {
+      caught = err;
+    }
+    expect(caught).toMatchObject({ code: 'ERP_CONFIG', message: 'EARPIECE_METRICS_PORT: "0" is not a port' });
+  });
+
+  it('lists every variable in --help', () => {
+    expect(loadConfig(['--help'], {}).help).toBe(true);
+    for (const name of [
+      'EARPIECE_WATCH_NAMESPACES',
+      'EARPIECE_CERT_MODE',
+      'EARPIECE_NATIVE_SIDECAR',
+      '--lease-name',
+    ]) {
+      expect(HELP).toContain(name);
+    }
+  });
+});
