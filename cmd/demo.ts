@@ -32,7 +32,43 @@ const CONVERSATION = [
   'Is it windy there?',
   'What time is it in Tokyo?',
   "And what's 12.5 times 4?",
+  'Please turn on the kitchen light.',
 ];
+
+/** A smart-home MCP server (Streamable HTTP, stateless), like Home Assistant's /api/mcp. */
+async function startHomeServer(): Promise<{ url: string; lights: Map<string, boolean>; close(): void }> {
+  const { McpServer } = await import('@modelcontextprotocol/sdk/server/mcp.js');
+  const { StreamableHTTPServerTransport } = await import(
+    '@modelcontextprotocol/sdk/server/streamableHttp.js'
+  );
+  const { z } = await import('zod');
+  const lights = new Map([['kitchen', false]]);
+  const http = createServer(async (req, res) => {
+    const server = new McpServer({ name: 'demo-home', version: '1.0.0' });
+    server.registerTool(
+      'TurnOn',
+      { description: 'Turns on a light by room name.', inputSchema: { room: z.string() } },
+      async ({ room }) => {
+        lights.set(room, true);
+        return { content: [{ type: 'text', text: `The ${room} light is on.` }] };
+      },
+    );
+    const transport = new StreamableHTTPServerTransport({ sessionIdGenerator: undefined });
+    res.on('close', () => void transport.close());
+    await server.connect(transport);
+    const chunks: Buffer[] = [];
+    for await (const c of req) chunks.push(c as Buffer);
+    const text = Buffer.concat(chunks).toString('utf8');
+    await transport.handleRequest(req, res, text ? JSON.parse(text) : undefined);
+  });
+  http.listen(0, '127.0.0.1');
+  await once(http, 'listening');
+  return {
+    url: `http://127.0.0.1:${(http.address() as AddressInfo).port}/mcp`,
+    lights,
+    close: () => http.close(),
+  };
+}
 
 /** The stand-in model: decides from the last message what a tool-calling model would do. */
 function model(request: RecordedRequest): ScriptedReply {
@@ -40,12 +76,20 @@ function model(request: RecordedRequest): ScriptedReply {
   const last = messages.at(-1);
   const dialect = 'vllm-hermes';
   if (last?.role === 'tool') {
-    const parsed: unknown = JSON.parse(String(last.content));
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(String(last.content));
+    } catch {
+      parsed = String(last.content);
+    }
     const result = (typeof parsed === 'object' && parsed !== null ? parsed : {}) as Record<string, unknown>;
     if ('temperature_2m' in result) {
       return {
         sse: textReply(`It's ${result.temperature_2m} degrees and mostly sunny.`, dialect, { delayMs: 30 }),
       };
+    }
+    if (typeof parsed === 'string' && parsed.includes('light')) {
+      return { sse: textReply(`Done. ${parsed}`, dialect, { delayMs: 30 }) };
     }
     if ('weekday' in result) {
       const time = String(result.datetime).slice(11, 16);
@@ -70,6 +114,9 @@ function model(request: RecordedRequest): ScriptedReply {
         ? "I'd have to check again."
         : `The wind is at ${wind} kilometres per hour, so just a breeze.`;
     return { sse: textReply(answer, dialect, { delayMs: 30 }) };
+  }
+  if (text.includes('light')) {
+    return { sse: toolCallReply([{ name: 'home_TurnOn', arguments: { room: 'kitchen' } }], dialect) };
   }
   if (text.includes('times'))
     return { sse: toolCallReply([{ name: 'calculate', arguments: { expression: '12.5 * 4' } }], dialect) };
@@ -109,6 +156,7 @@ export async function main(argv: string[]): Promise<number> {
   await once(weather, 'listening');
   const weatherUrl = `http://127.0.0.1:${(weather.address() as AddressInfo).port}`;
   const upstream = await startScriptedUpstream({ respond: model, models: ['Qwen/Qwen2.5-7B-Instruct'] });
+  const home = await startHomeServer();
 
   const dir = await mkdtemp(join(tmpdir(), 'earpiece-demo-'));
   const toolsetPath = join(dir, 'toolset.yaml');
@@ -138,6 +186,8 @@ export async function main(argv: string[]): Promise<number> {
           },
           { name: 'current_time', description: 'The current time in a time zone.', builtin: 'time' },
           { name: 'calculate', description: 'Arithmetic.', builtin: 'calculator' },
+          // Every tool the smart-home MCP server lists, prefixed; a light switch completes even on barge-in.
+          { mcp: { url: home.url, prefix: 'home_' }, filler: 'Sure. ', onInterrupt: 'finish' },
         ],
       },
     }),
@@ -177,7 +227,7 @@ export async function main(argv: string[]): Promise<number> {
   out.write(
     `earpiece demo: Unmute → earpiece (${proxy.url}) → a stand-in model speaking vLLM's hermes tool-call format\n`,
   );
-  out.write(`Tools: get_weather (HTTP, local), current_time and calculate (builtin)\n\n`);
+  out.write('Tools: get_weather (HTTP), current_time and calculate (builtin), home_* (an MCP server)\n\n');
   const history: { role: string; content: string }[] = [
     { role: 'system', content: 'You are a friendly voice assistant.' },
   ];
@@ -228,10 +278,12 @@ export async function main(argv: string[]): Promise<number> {
       'The follow-up "Is it windy there?" was answered from the first turn\'s weather result, which the proxy\n',
     );
     out.write('put back into the history (Unmute itself keeps only what was spoken).\n');
+    out.write(`The kitchen light is ${home.lights.get('kitchen') ? 'on' : 'off'}, switched through MCP.\n`);
   } finally {
     await proxy.close();
     await upstream.close();
     weather.close();
+    home.close();
     await rm(dir, { recursive: true, force: true });
   }
   return 0;

@@ -62,6 +62,9 @@ describe('earpiece demo', () => {
     expect(result.stdout).toContain("It's 24 degrees and mostly sunny.");
     expect(result.stdout).toContain('The wind is at 12 kilometres per hour');
     expect(result.stdout).toMatch(/↳ tool calculate: ok[\s\S]*That makes 50\./);
+    expect(result.stdout).toMatch(
+      /Sure\. \n\s+↳ tool home_TurnOn: ok[\s\S]*The kitchen light is on, switched through MCP/,
+    );
   });
 });
 
