@@ -172,7 +172,7 @@ export class ToolSetController {
           ? `ConfigMap ${cmName} keeps the last valid configuration`
           : `no ConfigMap is written until the ToolSet is valid`
       }`;
-      const others = (cached.status?.conditions ?? []).filter((c) => c.type !== READY);
+      const others = carriedOver(cached);
       const wrote = await this.writeStatus(cached, {
         observedGeneration: generation,
         tools: owned ? (cached.status?.tools ?? 0) : 0,
@@ -206,7 +206,7 @@ export class ToolSetController {
               reason: 'ConfigMapWriteFailed',
               message: `writing ConfigMap ${cmName} failed: ${describe(err)}`,
             },
-            ...(cached.status?.conditions ?? []).filter((c) => c.type !== READY),
+            ...carriedOver(cached),
           ],
         }).catch(() => undefined);
         throw err;
@@ -324,6 +324,19 @@ export class ToolSetController {
 /** What the webhook put into a pod (its ToolSet, secret env vars), or undefined when not injected. */
 export function injectionOf(pod: V1Pod): ReturnType<typeof readInjection> {
   return readInjection({ metadata: { annotations: pod.metadata?.annotations }, spec: pod.spec });
+}
+
+/** The conditions other than Ready, kept as they are when this reconcile cannot work them out anew. */
+function carriedOver(t: ToolSetObject): ConditionInput[] {
+  return (t.status?.conditions ?? [])
+    .filter((c) => c.type !== READY)
+    .map((c) => ({
+      type: c.type,
+      status: c.status,
+      reason: c.reason,
+      message: c.message,
+      ...(c.observedGeneration !== undefined ? { observedGeneration: c.observedGeneration } : {}),
+    }));
 }
 
 function ownerOf(cm: V1ConfigMap): V1OwnerReference | undefined {

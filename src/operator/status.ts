@@ -13,6 +13,8 @@ export interface ConditionInput {
   /** CamelCase, as Kubernetes conditions want. */
   reason: string;
   message: string;
+  /** The generation this condition was worked out for, when not the status' own (a carried-over one). */
+  observedGeneration?: number;
 }
 
 export const READY = 'Ready';
@@ -33,13 +35,14 @@ export function mergeConditions(
   return next.map((c) => {
     const old = previous?.find((p) => p.type === c.type);
     const lastTransitionTime = old && old.status === c.status ? old.lastTransitionTime : kubeTime(now);
+    const generation = c.observedGeneration ?? observedGeneration;
     return {
       type: c.type,
       status: c.status,
       reason: c.reason,
       message: c.message,
       lastTransitionTime,
-      ...(observedGeneration !== undefined ? { observedGeneration } : {}),
+      ...(generation !== undefined ? { observedGeneration: generation } : {}),
     };
   });
 }

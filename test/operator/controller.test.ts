@@ -237,6 +237,12 @@ describe('ToolSet controller', () => {
       'ConfigMap earpiece-toolset-assistant keeps the last valid',
     );
     expect(stored('assistant')!.status).toMatchObject({ observedGeneration: 3, tools: 2 });
+    // RestartRequired was worked out for generation 2 and says so.
+    expect(
+      (stored('assistant')!.status as { conditions: Record<string, unknown>[] }).conditions.find(
+        (c) => c.type === 'RestartRequired',
+      ),
+    ).toMatchObject({ status: 'False', observedGeneration: 2 });
     await settled(plane, 'assistant');
     expect(configMap('assistant')).toEqual(goodConfigMap);
     const events = api.list('events', NS);
