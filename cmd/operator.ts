@@ -24,7 +24,7 @@ export async function main(argv: string[]): Promise<number> {
 
   const stopping = new AbortController();
   const onSignal = (signal: NodeJS.Signals) => {
-    logger.info({ signal }, 'Received signal; stopping');
+    logger.info({ signal }, 'Received signal');
     stopping.abort();
   };
   process.once('SIGTERM', onSignal);

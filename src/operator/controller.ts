@@ -26,6 +26,7 @@ import {
   KIND,
   renderForSidecar,
   type ToolSet,
+  type ToolSetStatus,
   validateToolSet,
 } from '../toolset/index.js';
 import { type Clock, systemClock } from './clock.js';
@@ -85,6 +86,14 @@ export class ToolSetController {
   private readonly clock: Clock;
   private leading = false;
   private resync: NodeJS.Timeout | undefined;
+  /**
+   * What this controller last wrote per ToolSet, with the resourceVersion the cache showed before the
+   * write. The cache lags the controller's own writes; until the informer reports the object again
+   * (which drops the memo) and while the cache still shows that version, the memo is the truth, so a
+   * reconcile in between does not write the same again.
+   */
+  private readonly statusMemo = new Map<string, { before: string | undefined; status: ToolSetStatus }>();
+  private readonly configMapMemo = new Map<string, { before: string | undefined; content: string }>();
 
   constructor(private readonly o: ControllerOptions) {
     this.clock = o.clock ?? systemClock;
@@ -99,11 +108,18 @@ export class ToolSetController {
           'Failed to reconcile ToolSet',
         ),
     });
-    o.toolsets.onChange((t) => this.enqueue(toolSetKey(t.metadata.namespace, t.metadata.name)));
+    o.toolsets.onChange((t) => {
+      const key = toolSetKey(t.metadata.namespace, t.metadata.name);
+      this.statusMemo.delete(key);
+      this.enqueue(key);
+    });
     // A ConfigMap changed or deleted by someone else is put back by its owner's reconcile.
     o.configMaps.onChange((cm) => {
       const owner = cm.metadata?.ownerReferences?.find((r) => r.kind === KIND && r.controller);
-      if (owner) this.enqueue(toolSetKey(cm.metadata?.namespace, owner.name));
+      if (!owner) return;
+      const key = toolSetKey(cm.metadata?.namespace, owner.name);
+      this.configMapMemo.delete(key);
+      this.enqueue(key);
     });
     // Pods that come and go change who needs a restart.
     o.pods.onChange((pod) => {
@@ -154,6 +170,8 @@ export class ToolSetController {
     const log = this.o.logger.child({ toolset: name, namespace });
     const cached = this.o.toolsets.get(name, namespace);
     if (!cached || cached.metadata.deletionTimestamp) {
+      this.statusMemo.delete(key);
+      this.configMapMemo.delete(key);
       log.debug('Skipped deleted ToolSet');
       return 'deleted';
     }
@@ -187,12 +205,17 @@ export class ToolSetController {
 
     const toolset = validation.toolset;
     const desired = this.desiredConfigMap(toolset, cached);
-    if (!configMapCurrent(owned, desired)) {
+    const content = canonicalJson(desired);
+    const applied = this.configMapMemo.get(key);
+    const justApplied =
+      applied?.before === existing?.metadata?.resourceVersion && applied?.content === content;
+    if (!justApplied && !configMapCurrent(owned, desired)) {
       try {
         await this.o.core.patchNamespacedConfigMap(
           { name: cmName, namespace, body: desired, fieldManager: FIELD_MANAGER, force: true },
           ssa,
         );
+        this.configMapMemo.set(key, { before: existing?.metadata?.resourceVersion, content });
         log.info({ configmap: cmName, generation }, existing ? 'Updated ConfigMap' : 'Created ConfigMap');
       } catch (err) {
         // Truthful status even when the write fails; the queue retries the whole reconcile.
@@ -294,8 +317,12 @@ export class ToolSetController {
     cached: ToolSetObject,
     input: Parameters<typeof buildStatus>[1],
   ): Promise<boolean> {
-    const next = buildStatus(cached.status, input, this.clock.now());
-    if (sameStatus(cached.status, next)) return false;
+    const key = toolSetKey(cached.metadata.namespace, cached.metadata.name);
+    const version = cached.metadata.resourceVersion;
+    const memo = this.statusMemo.get(key);
+    const current = memo && memo.before === version ? memo.status : cached.status;
+    const next = buildStatus(current, input, this.clock.now());
+    if (sameStatus(current, next)) return false;
     await this.o.customObjects.patchNamespacedCustomObjectStatus(
       {
         ...TOOLSETS,
@@ -306,6 +333,7 @@ export class ToolSetController {
       },
       merge,
     );
+    this.statusMemo.set(key, { before: version, status: next });
     const ready = condition(next, READY);
     this.o.logger.info(
       {

@@ -75,7 +75,10 @@ export class Informer<T extends KubernetesObject> implements ObjectCache<T> {
 
   constructor(options: InformerOptions<T>) {
     const signal = this.abort.signal;
-    this.o = { delay: (ms) => sleep(ms, undefined, { signal }).catch(() => undefined), ...options };
+    this.o = {
+      ...options,
+      delay: options.delay ?? ((ms) => sleep(ms, undefined, { signal }).catch(() => undefined)),
+    };
     this.backoffMs = options.restartBaseMs ?? 1000;
     this.lw = new ListWatch<T>(
       options.path,
@@ -143,7 +146,7 @@ export class Informer<T extends KubernetesObject> implements ObjectCache<T> {
     this.backoffMs = Math.min(this.backoffMs * 2, max);
     this.o.logger.warn(
       { kind: this.o.kind, path: this.o.path, err: describe(err), retryInMs: delayMs },
-      'Stopped watch; restarting',
+      'Stopped watch',
     );
     void this.o.delay(delayMs).then(() => {
       if (!this.abort.signal.aborted) this.running = this.run();

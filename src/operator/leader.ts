@@ -43,11 +43,11 @@ export class LeaderElector {
 
   constructor(options: LeaderElectionOptions) {
     this.o = {
-      leaseDurationMs: 15_000,
-      renewDeadlineMs: 10_000,
-      retryPeriodMs: 2_000,
-      clock: systemClock,
       ...options,
+      leaseDurationMs: options.leaseDurationMs ?? 15_000,
+      renewDeadlineMs: options.renewDeadlineMs ?? 10_000,
+      retryPeriodMs: options.retryPeriodMs ?? 2_000,
+      clock: options.clock ?? systemClock,
     };
     if (this.o.renewDeadlineMs >= this.o.leaseDurationMs) {
       throw Object.assign(new Error('leader election: the renew deadline must be shorter than the lease'), {
