@@ -80,7 +80,7 @@ let clock: ManualClock;
 let metrics: OperatorMetrics;
 const planes: ControlPlane[] = [];
 
-function controlPlane(user = 'operator', leaderElection = false): ControlPlane {
+function controlPlane(user = 'operator', leaderElection = false, timing: Timing = TIMING): ControlPlane {
   const plane = new ControlPlane({
     kc: api.kubeConfig(user),
     config: {
@@ -94,7 +94,7 @@ function controlPlane(user = 'operator', leaderElection = false): ControlPlane {
     clock,
     logger,
     metrics,
-    timing: TIMING,
+    timing,
   });
   planes.push(plane);
   return plane;
@@ -471,6 +471,16 @@ describe('ToolSet controller', () => {
     // The informer resumed from its resourceVersion, was told 410, and listed again.
     expect(after.some((r) => r.watch && r.resourceVersion !== undefined)).toBe(true);
     expect(after.some((r) => !r.watch && r.method === 'GET')).toBe(true);
+  });
+
+  it('restarts failed watches with its default backoff', async () => {
+    const plane = controlPlane('operator', false, {});
+    await plane.start();
+    api.block('operator');
+    await sleep(200);
+    api.unblock('operator');
+    api.create('toolsets', toolset('later', [weatherTool()]));
+    await expect.poll(() => ready('later')?.status, POLL).toBe('True');
   });
 
   it('relists after an ERROR 410 event on a live watch', async () => {

@@ -66,6 +66,22 @@ describe('leader election', () => {
     expect(String(lease().renewTime)).toMatch(/\.\d{6}Z$/);
   });
 
+  it("uses client-go's timings when given none", async () => {
+    const elector = new LeaderElector({
+      api: api.kubeConfig('a').makeApiClient(CoordinationV1Api),
+      namespace: 'earpiece-system',
+      name: 'earpiece-operator',
+      identity: 'a',
+      logger,
+      onStartedLeading: () => undefined,
+      onStoppedLeading: () => undefined,
+    });
+    electors.push(elector);
+    elector.start();
+    await expect.poll(() => elector.isLeader, { timeout: 10_000 }).toBe(true);
+    expect(lease()).toMatchObject({ holderIdentity: 'a', leaseDurationSeconds: 15 });
+  });
+
   it('hands over at once when the leader stops: it releases the Lease', async () => {
     const a = candidate('a');
     a.elector.start();
