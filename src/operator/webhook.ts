@@ -9,7 +9,7 @@
  */
 import type { V1OwnerReference } from '@kubernetes/client-node';
 import fastJsonPatch from 'fast-json-patch';
-import Fastify from 'fastify';
+import Fastify, { LogController } from 'fastify';
 import type { Logger } from '../telemetry/log.js';
 import type { ToolSet } from '../toolset/schema.js';
 import type { KeyPairPem } from './certs.js';
@@ -225,7 +225,7 @@ export async function startWebhookServer(options: WebhookServerOptions): Promise
     https: { cert: certificate.current.certPem, key: certificate.current.keyPem, minVersion: 'TLSv1.2' },
     bodyLimit: options.bodyLimit ?? 6 * 1024 * 1024,
     loggerInstance: logger,
-    disableRequestLogging: true,
+    logController: new LogController({ disableRequestLogging: true }),
   });
   const stopWatching = certificate.onChange((pair) => {
     app.server.setSecureContext({ cert: pair.certPem, key: pair.keyPem, minVersion: 'TLSv1.2' });
