@@ -6,6 +6,7 @@ import { loadConfig } from '../../src/operator/config.js';
 import { METRICS_PORT_NAME, sidecarConfigFromEnv } from '../../src/operator/sidecar.js';
 import { validateToolSet } from '../../src/toolset/index.js';
 import { type K8sObject, kubernetesIssues } from '../support/k8s-schema.js';
+import { allowed } from './rbac.js';
 import {
   CHART,
   find,
@@ -188,6 +189,30 @@ describe('default values', () => {
     expect(rules(find(objects, 'ClusterRole', `${CLUSTER_NAME}-cluster`))[1]!.resourceNames).toEqual([
       config.webhookConfigName,
     ]);
+  });
+
+  it('allows the operator its own Lease and Secret, and nobody else’s', () => {
+    const sa = { name: FULLNAME, namespace: NAMESPACE };
+    const secret = (verb: string, name: string | undefined, namespace = NAMESPACE) =>
+      allowed(objects, sa, { verb, apiGroup: '', resource: 'secrets', namespace, name });
+    expect(secret('get', `${FULLNAME}-webhook-tls`)).toBe(true);
+    expect(secret('create', undefined)).toBe(true);
+    expect(secret('get', 'someone-elses')).toBe(false);
+    expect(secret('list', undefined)).toBe(false);
+    expect(secret('get', `${FULLNAME}-webhook-tls`, 'voice')).toBe(false);
+    const lease = (verb: string, name: string) =>
+      allowed(objects, sa, {
+        verb,
+        apiGroup: 'coordination.k8s.io',
+        resource: 'leases',
+        namespace: NAMESPACE,
+        name,
+      });
+    expect(lease('update', `${FULLNAME}-controller`)).toBe(true);
+    expect(lease('update', 'kube-controller-manager')).toBe(false);
+    expect(
+      allowed(objects, sa, { verb: 'delete', apiGroup: '', resource: 'pods', namespace: 'voice', name: 'p' }),
+    ).toBe(false);
   });
 
   it('grants least privilege: no wildcards, names where Kubernetes allows them', () => {

@@ -6,13 +6,15 @@
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { once } from 'node:events';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { request as httpsRequest } from 'node:https';
+import { type AddressInfo, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { createInterface } from 'node:readline';
 import OpenAI from 'openai';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { parse } from 'yaml';
-import { SIDECAR_UID } from '../../src/operator/sidecar.js';
+import { parse, parseAllDocuments } from 'yaml';
+import { SIDECAR_NAME, SIDECAR_UID } from '../../src/operator/sidecar.js';
 import {
   type ScriptedUpstream,
   startScriptedUpstream,
@@ -20,6 +22,9 @@ import {
   toolCallReply,
   toolResults,
 } from '../../src/proxy/scripted-upstream.js';
+import { allowed } from '../chart/rbac.js';
+import { find, NAMESPACE, render } from '../chart/render.js';
+import { type FakeApiServer, type KObject, startFakeApiServer } from '../support/fake-apiserver.js';
 import { type BuiltImage, buildImage, dockerignore, parseDockerfile } from './builder.js';
 
 const pkg = JSON.parse(readFileSync('package.json', 'utf8')) as {
@@ -66,6 +71,8 @@ describe('Dockerfile, built', () => {
   let image: BuiltImage;
   let upstream: ScriptedUpstream;
   let proxy: ChildProcess | undefined;
+  let operator: ChildProcess | undefined;
+  let api: FakeApiServer | undefined;
 
   beforeAll(() => {
     out = mkdtempSync(path.join(tmpdir(), 'earpiece-image-'));
@@ -89,11 +96,13 @@ describe('Dockerfile, built', () => {
   }, 600_000);
 
   afterAll(async () => {
-    if (proxy && proxy.exitCode === null) {
-      proxy.kill('SIGKILL');
-      await once(proxy, 'exit');
-    }
+    for (const child of [proxy, operator])
+      if (child && child.exitCode === null) {
+        child.kill('SIGKILL');
+        await once(child, 'exit');
+      }
     await upstream?.close();
+    await api?.close();
     rmSync(out, { recursive: true, force: true });
   });
 
@@ -204,4 +213,215 @@ describe('Dockerfile, built', () => {
     const [code] = await once(proxy, 'exit');
     expect(code).toBe(0);
   }, 60_000);
+
+  it('runs the operator as the chart configures it: certificates, a ToolSet reconciled, a pod injected', async () => {
+    api = await startFakeApiServer({ bookmarkIntervalMs: 200 });
+    const chart = render();
+    const deployment = find(chart, 'Deployment', 'earpiece');
+    const container = (deployment.spec as { template: { spec: { containers: Container[] } } }).template.spec
+      .containers[0]!;
+    const webhookConfig = find(chart, 'MutatingWebhookConfiguration');
+    for (const ns of [NAMESPACE, 'voice'])
+      api.create('namespaces', { apiVersion: 'v1', kind: 'Namespace', metadata: { name: ns } });
+    api.create('mutatingwebhookconfigurations', webhookConfig as unknown as KObject);
+
+    const kubeconfig = path.join(out, 'kubeconfig');
+    writeFileSync(kubeconfig, api.kubeConfig('operator').exportConfig());
+    const [webhookPort, probePort, metricsPort] = await Promise.all([freePort(), freePort(), freePort()]);
+    const env = Object.fromEntries(
+      (container.env ?? []).filter((e) => e.value !== undefined).map((e) => [e.name, e.value!]),
+    );
+    const [command, ...args] = image.entrypoint;
+    operator = spawn(
+      command!,
+      [
+        ...args,
+        ...container.args!,
+        ...[
+          '--webhook-port',
+          `${webhookPort}`,
+          '--probe-port',
+          `${probePort}`,
+          '--metrics-port',
+          `${metricsPort}`,
+        ],
+      ],
+      {
+        cwd: path.join(image.root, image.workdir),
+        // What the kubelet adds: the downward API values; KUBECONFIG stands in for the service account.
+        env: {
+          ...image.env,
+          ...env,
+          PATH: image.path,
+          KUBECONFIG: kubeconfig,
+          EARPIECE_NAMESPACE: NAMESPACE,
+          EARPIECE_POD_NAME: 'earpiece-0',
+        },
+        stdio: ['ignore', 'ignore', 'inherit'],
+      },
+    );
+    await eventually(async () => (await fetch(`http://127.0.0.1:${probePort}/readyz`)).status === 200);
+
+    // The webhook's certificate: kept in the Secret the chart's RBAC names, its CA in both webhook entries.
+    expect(api.get('secrets', NAMESPACE, env.EARPIECE_CERT_SECRET_NAME!)).toBeDefined();
+    const patched = api.get(
+      'mutatingwebhookconfigurations',
+      undefined,
+      webhookConfig.metadata.name,
+    ) as unknown as {
+      webhooks: { clientConfig: { caBundle?: string } }[];
+    };
+    const caBundle = patched.webhooks[0]!.clientConfig.caBundle!;
+    expect(patched.webhooks.map((w) => w.clientConfig.caBundle)).toEqual([caBundle, caBundle]);
+
+    // The walk-through: the weather ToolSet becomes Ready, with its ConfigMap.
+    const weather = parse(readFileSync('examples/weather-toolset.yaml', 'utf8')) as KObject;
+    api.create('toolsets', { ...weather, metadata: { ...weather.metadata, namespace: 'voice' } });
+    await eventually(() => {
+      const status = api!.get('toolsets', 'voice', 'weather')?.status as
+        | { conditions?: { type: string; status: string }[] }
+        | undefined;
+      return status?.conditions?.some((c) => c.type === 'Ready' && c.status === 'True') === true;
+    });
+    expect(api.get('configmaps', 'voice', 'earpiece-toolset-weather')).toBeDefined();
+
+    // The API server's call for the Unmute backend's pod, over TLS checked against the caBundle.
+    const backend = parseAllDocuments(readFileSync('examples/unmute-backend.yaml', 'utf8'))[0]!.toJS();
+    const pod = {
+      apiVersion: 'v1',
+      kind: 'Pod',
+      metadata: { ...backend.spec.template.metadata, namespace: 'voice' },
+      spec: backend.spec.template.spec,
+    };
+    const review = await admissionReview(
+      webhookPort!,
+      caBundle,
+      `${env.EARPIECE_WEBHOOK_SERVICE_NAME}.${NAMESPACE}.svc`,
+      {
+        apiVersion: 'admission.k8s.io/v1',
+        kind: 'AdmissionReview',
+        request: {
+          uid: 'e911857d-c318-11e8-bbad-025000000001',
+          kind: { group: '', version: 'v1', kind: 'Pod' },
+          resource: { group: '', version: 'v1', resource: 'pods' },
+          namespace: 'voice',
+          operation: 'CREATE',
+          userInfo: { username: 'system:serviceaccount:kube-system:replicaset-controller' },
+          object: pod,
+          dryRun: false,
+        },
+      },
+    );
+    expect(review.response).toMatchObject({
+      uid: 'e911857d-c318-11e8-bbad-025000000001',
+      allowed: true,
+      patchType: 'JSONPatch',
+    });
+    expect(Buffer.from(review.response.patch, 'base64').toString()).toContain(SIDECAR_NAME);
+
+    // Everything the operator asked of the API server, its ServiceAccount may do under the chart's RBAC.
+    const account = { name: env.EARPIECE_WEBHOOK_SERVICE_NAME!, namespace: NAMESPACE };
+    const requests = api.requests
+      .filter((r) => r.user === 'operator')
+      .map((r) => ({
+        verb: verbOf(r.method, r.name, r.watch),
+        apiGroup: API_GROUPS[r.resource] ?? '',
+        resource: r.subresource ? `${r.resource}/${r.subresource}` : r.resource,
+        namespace: r.namespace,
+        name: r.name,
+      }));
+    // Among them, what each part of the operator needs (renewals and Events depend on timing).
+    expect([...new Set(requests.map((r) => `${r.verb} ${r.resource}`))]).toEqual(
+      expect.arrayContaining([
+        'list toolsets',
+        'watch toolsets',
+        'patch toolsets/status',
+        'list configmaps',
+        'watch configmaps',
+        'patch configmaps',
+        'list pods',
+        'watch pods',
+        'list namespaces',
+        'watch namespaces',
+        'get leases',
+        'create leases',
+        'get secrets',
+        'create secrets',
+        'get mutatingwebhookconfigurations',
+        'patch mutatingwebhookconfigurations',
+      ]),
+    );
+    expect(requests.filter((r) => !allowed(chart, account, r))).toEqual([]);
+
+    operator.kill('SIGTERM');
+    const [code] = await once(operator, 'exit');
+    expect(code).toBe(0);
+  }, 90_000);
 });
+
+type Container = { args?: string[]; env?: { name: string; value?: string }[] };
+
+const API_GROUPS: Record<string, string> = {
+  leases: 'coordination.k8s.io',
+  mutatingwebhookconfigurations: 'admissionregistration.k8s.io',
+  toolsets: 'earpiece.dev',
+  replicasets: 'apps',
+};
+
+function verbOf(method: string, name: string | undefined, watch: boolean): string {
+  if (method === 'GET') return name !== undefined ? 'get' : watch ? 'watch' : 'list';
+  return { POST: 'create', PUT: 'update', PATCH: 'patch', DELETE: 'delete' }[method] ?? method;
+}
+
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer().listen(0, '127.0.0.1', () => {
+      const { port } = server.address() as AddressInfo;
+      server.close(() => resolve(port));
+    });
+    server.on('error', reject);
+  });
+}
+
+/** Polls until the check holds; the deadline only guards against a hang. */
+async function eventually(check: () => boolean | Promise<boolean>, seconds = 30): Promise<void> {
+  const deadline = Date.now() + seconds * 1000;
+  for (;;) {
+    try {
+      if (await check()) return;
+    } catch {
+      // not up yet
+    }
+    if (Date.now() > deadline) throw new Error(`not reached within ${seconds} s`);
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
+
+/** POST /mutate as the API server does: HTTPS, the server name of the Service, trusting only the caBundle. */
+function admissionReview(
+  port: number,
+  caBundle: string,
+  servername: string,
+  body: unknown,
+): Promise<{ response: { patch: string } & Record<string, unknown> }> {
+  return new Promise((resolve, reject) => {
+    const req = httpsRequest(
+      {
+        host: '127.0.0.1',
+        port,
+        path: '/mutate',
+        method: 'POST',
+        servername,
+        ca: Buffer.from(caBundle, 'base64'),
+        headers: { 'content-type': 'application/json' },
+      },
+      async (res) => {
+        let text = '';
+        for await (const chunk of res) text += chunk;
+        resolve(JSON.parse(text));
+      },
+    );
+    req.on('error', reject);
+    req.end(JSON.stringify(body));
+  });
+}
