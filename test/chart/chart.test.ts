@@ -308,7 +308,7 @@ describe('default values', () => {
 
   it('ships the CRD from templates/, kept on uninstall, with the spec of crds/', () => {
     const copy = readFileSync(path.join(CHART, 'files/toolsets.earpiece.dev.yaml'), 'utf8');
-    expect(copy, 'charts/earpiece/files/ must be a copy of crds/toolsets.earpiece.dev.yaml').toBe(
+    expect(copy, 'stale chart copy: cp crds/toolsets.earpiece.dev.yaml charts/earpiece/files/').toBe(
       readFileSync('crds/toolsets.earpiece.dev.yaml', 'utf8'),
     );
     const source = parse(copy);
@@ -503,6 +503,21 @@ describe('switches and guards', () => {
     const objects = render({ set: ['crds.enabled=false', 'dashboards.enabled=false', 'replicaCount=1'] });
     for (const kind of ['CustomResourceDefinition', 'ConfigMap', 'PodDisruptionBudget'])
       expect(objects.map((o) => o.kind)).not.toContain(kind);
+  });
+
+  it('uses an existing cert-manager issuer when named', () => {
+    const objects = render({
+      set: [
+        'certManager.enabled=true',
+        'certManager.issuerRef.name=cluster-ca',
+        'certManager.issuerRef.kind=ClusterIssuer',
+      ],
+    });
+    expect(objects.map((o) => o.kind)).not.toContain('Issuer');
+    expect((find(objects, 'Certificate').spec as { issuerRef: unknown }).issuerRef).toEqual({
+      name: 'cluster-ca',
+      kind: 'ClusterIssuer',
+    });
   });
 
   it('takes failurePolicy from the values', () => {
