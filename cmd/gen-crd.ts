@@ -4,11 +4,14 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { CRD_FILE, renderCrdYaml } from '../src/toolset/crd.js';
 
+/** The chart renders the CRD from its own files/ (Helm never upgrades a chart's crds/ folder). */
+const CHART_CRD_FILE = 'charts/earpiece/files/toolsets.earpiece.dev.yaml';
+
 const HELP = `Usage: earpiece gen-crd [--output FILE | --output -] [--check]
 
 Writes the ToolSet CustomResourceDefinition, generated from the ToolSet schema, to
-${CRD_FILE} in the package (or FILE; "-" prints it).
-  --check   write nothing; exit 1 when the file differs from what would be written
+${CRD_FILE} and the Helm chart's copy ${CHART_CRD_FILE} (or FILE; "-" prints it).
+  --check   write nothing; exit 1 when a file differs from what would be written
 Exit status: 0 done (or up to date), 1 stale or not writable, 2 bad usage.`;
 
 /** The package root: the built file sits in dist/cmd/, the source in cmd/. */
@@ -43,19 +46,26 @@ export async function main(argv: string[]): Promise<number> {
     process.stdout.write(text);
     return 0;
   }
-  const file = values.output ?? path.join(packageRoot(), CRD_FILE);
+  const files = values.output
+    ? [values.output]
+    : [CRD_FILE, CHART_CRD_FILE].map((f) => path.join(packageRoot(), f));
   if (values.check) {
-    const current = await readFile(file, 'utf8').catch(() => undefined);
-    if (current === text) return 0;
-    console.error(`${file} is stale; run npm run gen:crd`);
-    return 1;
+    let stale = false;
+    for (const file of files) {
+      if ((await readFile(file, 'utf8').catch(() => undefined)) === text) continue;
+      console.error(`${file} is stale; run npm run gen:crd`);
+      stale = true;
+    }
+    return stale ? 1 : 0;
   }
-  try {
-    await writeFile(file, text);
-  } catch (err) {
-    console.error(`earpiece gen-crd: cannot write ${file}: ${(err as NodeJS.ErrnoException).code ?? err}`);
-    return 1;
+  for (const file of files) {
+    try {
+      await writeFile(file, text);
+    } catch (err) {
+      console.error(`earpiece gen-crd: cannot write ${file}: ${(err as NodeJS.ErrnoException).code ?? err}`);
+      return 1;
+    }
+    console.error(`wrote ${file}`);
   }
-  console.error(`wrote ${file}`);
   return 0;
 }
