@@ -89,7 +89,8 @@ export function createHttpExecutor(spec: HttpToolSpec, options: HttpExecutorOpti
   }
 
   const expand = (args: Record<string, unknown>): URL => {
-    const context: Record<string, TemplateValue> = {};
+    // No prototype: an argument named "__proto__" must not supply template variables the schema never checked.
+    const context: Record<string, TemplateValue> = Object.create(null);
     for (const [name, value] of Object.entries(args)) context[name] = templateValue(value);
     const text = template.expand(context);
     let url: URL;

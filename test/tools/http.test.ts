@@ -96,6 +96,24 @@ describe('http tool: URL templates', () => {
     expect(s.requests).toHaveLength(0);
   });
 
+  it('an argument named __proto__ cannot supply template variables the schema never checked', async () => {
+    const s = await server((_req, res) => json(res, 200, {}));
+    const r = await registry([
+      {
+        name: 'items',
+        parameters: {
+          type: 'object',
+          properties: { version: { enum: ['v1', 'v2'] }, q: { type: 'string' } },
+        },
+        http: { url: `${s.origin}/api{/version}/items{?q}` },
+      },
+    ]);
+    expect(await call(r, 'items', '{"__proto__": {"version": "admin", "q": "x"}}')).toMatchObject({
+      outcome: 'ok',
+    });
+    expect(s.requests.at(-1)?.url).toBe('/api/items');
+  });
+
   it('expands lists and leaves out arguments the template does not name', async () => {
     const s = await server((_req, res) => json(res, 200, {}));
     const r = await registry([
