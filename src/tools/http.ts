@@ -32,21 +32,18 @@ export interface HttpExecutorOptions {
 
 const BODY_METHODS = new Set(['POST', 'PUT', 'PATCH']);
 
-type TemplateValue = PrimitiveValue | PrimitiveValue[] | Record<string, PrimitiveValue | PrimitiveValue[]>;
+type TemplateValue = PrimitiveValue | PrimitiveValue[];
 
-/** url-template takes primitives, lists and flat maps; anything deeper is passed as its JSON text. */
+/**
+ * Primitives and lists go to url-template as they are; an object goes as its JSON text. A map would let
+ * the model name query parameters (`{?x*}` explodes its keys into `key=value` pairs).
+ */
 function templateValue(value: unknown): TemplateValue {
   const primitive = (v: unknown): PrimitiveValue =>
     v === null || typeof v === 'string' || typeof v === 'number' || typeof v === 'boolean'
       ? v
       : JSON.stringify(v);
-  if (Array.isArray(value)) return value.map(primitive);
-  if (value !== null && typeof value === 'object') {
-    return Object.fromEntries(
-      Object.entries(value).map(([k, v]) => [k, Array.isArray(v) ? v.map(primitive) : primitive(v)]),
-    );
-  }
-  return primitive(value);
+  return Array.isArray(value) ? value.map(primitive) : primitive(value);
 }
 
 /** RFC 6901 over own properties only (no prototype walking, `-` never matches). Undefined when absent. */

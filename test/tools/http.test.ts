@@ -114,6 +114,20 @@ describe('http tool: URL templates', () => {
     expect(s.requests.at(-1)?.url).toBe('/api/items');
   });
 
+  it('an object argument is one value, never query parameters of its own', async () => {
+    const s = await server((_req, res) => json(res, 200, {}));
+    const r = await registry([
+      { name: 'search', parameters: params('f'), http: { url: `${s.origin}/search{?f*}&key=K` } },
+      { name: 'path', parameters: params('f'), http: { url: `${s.origin}/p{;f*}` } },
+    ]);
+    expect(await call(r, 'search', { f: { key: 'evil', admin: '1' } })).toMatchObject({ outcome: 'ok' });
+    expect(s.requests.at(-1)?.url).toBe(
+      '/search?f=%7B%22key%22%3A%22evil%22%2C%22admin%22%3A%221%22%7D&key=K',
+    );
+    expect(await call(r, 'path', { f: { x: 1 } })).toMatchObject({ outcome: 'ok' });
+    expect(s.requests.at(-1)?.url).toBe('/p;f=%7B%22x%22%3A1%7D');
+  });
+
   it('expands lists and leaves out arguments the template does not name', async () => {
     const s = await server((_req, res) => json(res, 200, {}));
     const r = await registry([
