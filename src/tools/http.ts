@@ -96,9 +96,9 @@ export function createHttpExecutor(spec: HttpToolSpec, options: HttpExecutorOpti
     } catch {
       throw new ToolError('the arguments do not make a valid URL', 'ERP_TOOL_URL');
     }
-    // A whole argument of "." or ".." in a path expression would be resolved away by URL parsing.
+    // A path segment of "." or ".." (also as %2e, which URL parsing reads as a dot) would be resolved away.
     const rawPath = text.replace(/^[^:]*:\/\/[^/?#]*/, '').split(/[?#]/, 1)[0] ?? '';
-    if (url.origin !== origin || rawPath.split('/').some((s) => s === '.' || s === '..')) {
+    if (url.origin !== origin || rawPath.split('/').some((s) => /^(?:\.|%2e){1,2}$/i.test(s))) {
       throw new ToolError(`the arguments would take the request outside its URL on ${host}`, 'ERP_TOOL_URL');
     }
     return url;

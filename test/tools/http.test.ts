@@ -96,6 +96,19 @@ describe('http tool: URL templates', () => {
     expect(s.requests).toHaveLength(0);
   });
 
+  it('refuses a dot segment completed by a literal %2e of the template', async () => {
+    const s = await server((_req, res) => json(res, 200, {}));
+    const r = await registry([
+      { name: 'files', parameters: params('name'), http: { url: `${s.origin}/api/files/{name}%2E` } },
+    ]);
+    expect(await call(r, 'files', { name: '.' })).toMatchObject({
+      outcome: 'error',
+      content: `error: files failed: the arguments would take the request outside its URL on ${new URL(s.origin).host}`,
+    });
+    expect(await call(r, 'files', { name: 'a.' })).toMatchObject({ outcome: 'ok' });
+    expect(s.requests.map((q) => q.url)).toEqual(['/api/files/a.%2E']);
+  });
+
   it('an argument named __proto__ cannot supply template variables the schema never checked', async () => {
     const s = await server((_req, res) => json(res, 200, {}));
     const r = await registry([
