@@ -89,9 +89,11 @@ export function createHttpExecutor(spec: HttpToolSpec, options: HttpExecutorOpti
     // No prototype: an argument named "__proto__" must not supply template variables the schema never checked.
     const context: Record<string, TemplateValue> = Object.create(null);
     for (const [name, value] of Object.entries(args)) context[name] = templateValue(value);
-    const text = template.expand(context);
+    let text: string;
     let url: URL;
     try {
+      // Percent-encoding throws on text that is not Unicode (a lone surrogate).
+      text = template.expand(context);
       url = new URL(text);
     } catch {
       throw new ToolError('the arguments do not make a valid URL', 'ERP_TOOL_URL');

@@ -109,6 +109,18 @@ describe('http tool: URL templates', () => {
     expect(s.requests.map((q) => q.url)).toEqual(['/api/files/a.%2E']);
   });
 
+  it('says the URL is invalid when an argument is not Unicode text', async () => {
+    const s = await server((_req, res) => json(res, 200, {}));
+    const r = await registry([
+      { name: 'files', parameters: params('name'), http: { url: `${s.origin}/api/files/{name}` } },
+    ]);
+    expect(await call(r, 'files', '{"name": "\\ud800"}')).toMatchObject({
+      outcome: 'error',
+      content: 'error: files failed: the arguments do not make a valid URL',
+    });
+    expect(s.requests).toHaveLength(0);
+  });
+
   it('an argument named __proto__ cannot supply template variables the schema never checked', async () => {
     const s = await server((_req, res) => json(res, 200, {}));
     const r = await registry([
