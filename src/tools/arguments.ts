@@ -11,14 +11,20 @@ export type ParsedArguments = { ok: true; args: Record<string, unknown> } | { ok
 export function parseArguments(text: string): ParsedArguments {
   if (text.trim() === '') return { ok: true, args: {} };
   let value: unknown;
+  let infinite = false;
   try {
-    value = JSON.parse(text);
+    value = JSON.parse(text, (_key, v: unknown) => {
+      if (typeof v === 'number' && !Number.isFinite(v)) infinite = true;
+      return v;
+    });
   } catch (err) {
     return { ok: false, problem: `they are not valid JSON (${(err as Error).message})` };
   }
   if (value === null || typeof value !== 'object' || Array.isArray(value)) {
     return { ok: false, problem: 'they must be a JSON object' };
   }
+  // 1e400 parses to Infinity, which JSON (and so the cache key) writes as null: -1e400 would share its entry.
+  if (infinite) return { ok: false, problem: 'they hold a number too large to represent' };
   return { ok: true, args: value as Record<string, unknown> };
 }
 

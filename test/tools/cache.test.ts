@@ -115,6 +115,21 @@ describe('tool cache', () => {
     expect(s.requests).toHaveLength(4);
   });
 
+  it('never shares an entry between numbers too large to represent: they are refused', async () => {
+    const s = await countingServer();
+    const r = await registry([
+      { name: 'n', parameters: anyArgs, cache: { ttl: '1m' }, http: { url: `${s.origin}/n` } },
+    ]);
+    for (const args of ['{"x": 1e400}', '{"x": -1e400}', '{"x": [1, {"y": -2e308}]}']) {
+      expect(await call(r, 'n', args)).toMatchObject({
+        outcome: 'invalid_arguments',
+        content: 'error: the arguments for n are wrong: they hold a number too large to represent',
+      });
+    }
+    expect(await call(r, 'n', '{"x": 1.7e308}')).toMatchObject({ outcome: 'ok' });
+    expect(s.requests).toHaveLength(1);
+  });
+
   it('keeps only ok results', async () => {
     const s = await countingServer();
     const r = await registry([{ name: 'flaky', cache: { ttl: '1m' }, http: { url: `${s.origin}/flaky` } }]);
