@@ -80,14 +80,17 @@ export class LeaderElector {
     const signal = this.abort.signal;
     let lastRenew = 0;
     while (!signal.aborted) {
-      // A request that hangs must not keep a leader leading past its deadline.
+      // A request that hangs must not keep a leader leading past its deadline, which runs from the last
+      // renewal (as client-go's does), not from the start of this attempt: a hang that began late in the
+      // deadline would otherwise outlast the Lease the others see.
+      const budget = this.leading
+        ? Math.max(0, lastRenew + this.o.renewDeadlineMs - performance.now())
+        : this.o.renewDeadlineMs;
       const attempt = new AbortController();
       this.attempt = this.tryAcquireOrRenew();
       const ok = await Promise.race([
         this.attempt,
-        sleep(this.o.renewDeadlineMs, false, { signal: AbortSignal.any([signal, attempt.signal]) }).catch(
-          () => false,
-        ),
+        sleep(budget, false, { signal: AbortSignal.any([signal, attempt.signal]) }).catch(() => false),
       ]);
       attempt.abort();
       if (signal.aborted) break;

@@ -2,7 +2,9 @@
  * Lease election between replicas, each with its own client (user) of the fake API server, so one can
  * be cut off as in a network partition. Durations are short; the bounds are hang guards.
  */
-import { CoordinationV1Api } from '@kubernetes/client-node';
+import { createServer, request as httpRequest, type Server, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { CoordinationV1Api, KubeConfig } from '@kubernetes/client-node';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { LeaderElector } from '../../src/operator/leader.js';
 import { createLogger } from '../../src/telemetry/log.js';
@@ -11,11 +13,16 @@ import { type FakeApiServer, startFakeApiServer } from '../support/fake-apiserve
 const logger = createLogger('test', 'silent');
 let api: FakeApiServer;
 const electors: LeaderElector[] = [];
+const relays: Server[] = [];
 
 beforeEach(async () => {
   api = await startFakeApiServer();
 });
 afterEach(async () => {
+  for (const relay of relays.splice(0)) {
+    relay.closeAllConnections();
+    relay.close();
+  }
   await Promise.all(electors.splice(0).map((e) => e.stop()));
   await api.close();
 });
@@ -25,15 +32,19 @@ interface Candidate {
   log: string[];
 }
 
-function candidate(identity: string, onLead?: () => void): Candidate {
+function candidate(
+  identity: string,
+  onLead?: () => void,
+  options: { kc?: KubeConfig; leaseDurationMs?: number; renewDeadlineMs?: number } = {},
+): Candidate {
   const log: string[] = [];
   const elector = new LeaderElector({
-    api: api.kubeConfig(identity).makeApiClient(CoordinationV1Api),
+    api: (options.kc ?? api.kubeConfig(identity)).makeApiClient(CoordinationV1Api),
     namespace: 'earpiece-system',
     name: 'earpiece-operator',
     identity,
-    leaseDurationMs: 1000,
-    renewDeadlineMs: 700,
+    leaseDurationMs: options.leaseDurationMs ?? 1000,
+    renewDeadlineMs: options.renewDeadlineMs ?? 700,
     retryPeriodMs: 100,
     logger,
     onStartedLeading: () => {
@@ -46,6 +57,50 @@ function candidate(identity: string, onLead?: () => void): Candidate {
   });
   electors.push(elector);
   return { elector, log };
+}
+
+/**
+ * A real HTTP hop in front of the fake API server. Once cut, requests fail at once until `hangAfterMs`
+ * have passed since the last Lease write that got through, and from then on get no answer at all.
+ */
+async function relay(identity: string, hangAfterMs: number): Promise<{ kc: KubeConfig; cut(): void }> {
+  let lastWrite = 0;
+  let cut = false;
+  const server = createServer((req, res: ServerResponse) => {
+    if (cut) {
+      if (performance.now() - lastWrite < hangAfterMs) {
+        res.writeHead(503, { 'content-type': 'application/json' });
+        res.end(JSON.stringify({ kind: 'Status', apiVersion: 'v1', status: 'Failure', code: 503 }));
+      }
+      return;
+    }
+    const upstream = httpRequest(
+      new URL(req.url ?? '/', api.url),
+      { method: req.method, headers: req.headers },
+      (answer) => {
+        if (req.method !== 'GET' && (answer.statusCode ?? 500) < 300) lastWrite = performance.now();
+        res.writeHead(answer.statusCode ?? 502, answer.headers);
+        answer.pipe(res);
+      },
+    );
+    req.pipe(upstream);
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  relays.push(server);
+  const kc = new KubeConfig();
+  kc.loadFromOptions({
+    clusters: [
+      {
+        name: 'relay',
+        server: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+        skipTLSVerify: true,
+      },
+    ],
+    users: [{ name: identity, token: identity }],
+    contexts: [{ name: 'relay', cluster: 'relay', user: identity }],
+    currentContext: 'relay',
+  });
+  return { kc, cut: () => (cut = true) };
 }
 
 const lease = () =>
@@ -115,5 +170,23 @@ describe('leader election', () => {
     await new Promise((r) => setTimeout(r, 500));
     expect(a.elector.isLeader).toBe(false);
     expect(b.elector.isLeader).toBe(true);
+  });
+
+  it('stops leading within the renew deadline even when a renewal hangs late in it', async () => {
+    // Renewals fail at once for 1.1 s of the 1.4 s deadline, then one hangs: the leader must still stop
+    // by the deadline, before the 2 s Lease lets the other candidate in.
+    const timings = { leaseDurationMs: 2000, renewDeadlineMs: 1400 };
+    const hop = await relay('a', 1100);
+    const a = candidate('a', undefined, { ...timings, kc: hop.kc });
+    a.elector.start();
+    await expect.poll(() => a.elector.isLeader, { timeout: 10_000 }).toBe(true);
+    const order: string[] = [];
+    const b = candidate('b', () => order.push(`b started while a leads: ${a.elector.isLeader}`), timings);
+    b.elector.start();
+    await new Promise((r) => setTimeout(r, 300));
+    hop.cut();
+    await expect.poll(() => b.elector.isLeader, { timeout: 10_000 }).toBe(true);
+    expect(order).toEqual(['b started while a leads: false']);
+    expect(a.log).toEqual(['started', 'stopped']);
   });
 });
