@@ -221,9 +221,9 @@ describe('default values', () => {
         for (const field of [rule.apiGroups, rule.resources, rule.verbs]) expect(field).not.toContain('*');
 
     expect(rules(find(objects, 'ClusterRole', CLUSTER_NAME))).toEqual([
-      { apiGroups: ['earpiece.dev'], resources: ['toolsets'], verbs: ['get', 'list', 'watch'] },
-      { apiGroups: ['earpiece.dev'], resources: ['toolsets/status'], verbs: ['get', 'update', 'patch'] },
-      { apiGroups: [''], resources: ['configmaps'], verbs: ['get', 'list', 'watch', 'create', 'patch'] },
+      { apiGroups: ['earpiece.dev'], resources: ['toolsets'], verbs: ['list', 'watch'] },
+      { apiGroups: ['earpiece.dev'], resources: ['toolsets/status'], verbs: ['patch'] },
+      { apiGroups: [''], resources: ['configmaps'], verbs: ['list', 'watch', 'create', 'patch'] },
       { apiGroups: [''], resources: ['events'], verbs: ['create', 'patch'] },
       { apiGroups: [''], resources: ['pods'], verbs: ['list', 'watch'] },
     ]);
