@@ -255,13 +255,14 @@ export class ToolSetController {
 
   private desiredConfigMap(toolset: ToolSet, owner: ToolSetObject): V1ConfigMap {
     const rendered = renderConfigMap(toolset);
+    // No blockOwnerDeletion: where OwnerReferencesPermissionEnforcement runs (OpenShift), setting it needs
+    // `update` on toolsets/finalizers, and it only matters to foreground deletion of a ToolSet.
     const ownerReference: V1OwnerReference = {
       apiVersion: `${API_GROUP}/${API_VERSION}`,
       kind: KIND,
       name: owner.metadata.name,
       uid: owner.metadata.uid ?? '',
       controller: true,
-      blockOwnerDeletion: true,
     };
     return {
       ...rendered,

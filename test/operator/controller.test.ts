@@ -164,7 +164,6 @@ describe('ToolSet controller', () => {
         name: 'assistant',
         uid: owner.metadata.uid,
         controller: true,
-        blockOwnerDeletion: true,
       },
     ]);
     expect(cm.metadata.labels).toMatchObject({ 'app.kubernetes.io/managed-by': 'earpiece' });
