@@ -73,6 +73,8 @@ class McpProvider implements ToolProvider {
   /** The URL without credentials, query or fragment: safe for logs, errors and /readyz. */
   private readonly displayUrl: string;
   private readonly headers: Record<string, string>;
+  /** errorText with the URL's secrets taken out. */
+  private readonly errorText: (err: unknown) => string;
   private readonly logger: Logger;
   private state: ProviderState = 'connecting';
   private lastError: string | undefined;
@@ -106,6 +108,31 @@ class McpProvider implements ToolProvider {
         resolveValue(h, `spec.tools[${tool.index}].mcp.headers[${i}]`, options.env),
       ]),
     );
+    // fetch refuses a URL with credentials (quoting it whole in its error), so they go as Basic auth,
+    // unless an Authorization header is configured.
+    const { username, password } = this.url;
+    const user = [username, password].map(decodeLoosely);
+    if (username || password) {
+      this.url.username = '';
+      this.url.password = '';
+      if (!Object.keys(this.headers).some((name) => name.toLowerCase() === 'authorization')) {
+        this.headers.Authorization = `Basic ${Buffer.from(user.join(':')).toString('base64')}`;
+      }
+    }
+    // Error texts reach the log and /readyz, and may quote the server's answer, which may echo the
+    // request: keep out header values (and the token after "Bearer"), credentials and query values.
+    const queryValues = this.url.search
+      .slice(1)
+      .split('&')
+      .map((p) => p.slice(p.indexOf('=') + 1));
+    const secrets = [
+      ...Object.values(this.headers).flatMap((v) => [v, v.slice(v.indexOf(' ') + 1)]),
+      ...[username, password, ...user],
+      ...[...queryValues, ...this.url.searchParams.values()],
+    ]
+      .filter((s) => s.length >= 4)
+      .sort((a, b) => b.length - a.length);
+    this.errorText = (err) => secrets.reduce((text, s) => text.split(s).join('[redacted]'), errorText(err));
     this.logger = options.logger.child({ mcp: this.displayUrl });
     this.connectNow();
   }
@@ -160,7 +187,7 @@ class McpProvider implements ToolProvider {
         if (ctx.signal.aborted || err instanceof ToolError) throw err;
         const failure = classify(err);
         if (failure === 'protocol') {
-          throw new ToolError(errorText(err).replace(/^MCP error -?\d+: /, ''), 'ERP_MCP_CALL_FAILED');
+          throw new ToolError(this.errorText(err).replace(/^MCP error -?\d+: /, ''), 'ERP_MCP_CALL_FAILED');
         }
         if (failure === 'slow') {
           this.probe(session);
@@ -220,7 +247,7 @@ class McpProvider implements ToolProvider {
     } catch (err) {
       if (session) await this.closeSession(session);
       if (this.closed) return undefined;
-      const message = errorText(err);
+      const message = this.errorText(err);
       // One warning per outage; repeats while it lasts are debug lines.
       if (this.attempt === 0) this.logger.warn({ err: message }, 'MCP server unreachable; retrying');
       else this.logger.debug({ err: message, attempt: this.attempt }, 'MCP server still unreachable');
@@ -256,7 +283,7 @@ class McpProvider implements ToolProvider {
         this.legacy = second === 'sse';
         return session;
       } catch (secondErr) {
-        throw new Error(`${errorText(err)}; ${transportName(second)}: ${errorText(secondErr)}`);
+        throw new Error(`${this.errorText(err)}; ${transportName(second)}: ${this.errorText(secondErr)}`);
       }
     }
   }
@@ -298,7 +325,7 @@ class McpProvider implements ToolProvider {
 
   private transportError(session: Session, err: Error): void {
     if (this.session !== session) return;
-    this.logger.debug({ err: errorText(err) }, 'MCP transport error');
+    this.logger.debug({ err: this.errorText(err) }, 'MCP transport error');
     // The old transport's session lives and dies with its event stream; Streamable HTTP may only have
     // lost its optional GET stream, which the SDK resumes itself, so ask the server whether it still
     // knows the session.
@@ -322,7 +349,7 @@ class McpProvider implements ToolProvider {
     if (this.session !== session || this.closed) return;
     this.session = undefined;
     this.state = 'connecting';
-    this.lastError = errorText(err);
+    this.lastError = this.errorText(err);
     this.logger.warn({ err: this.lastError }, 'Lost the MCP session; connecting again');
     void this.closeSession(session);
     void this.connectNow();
@@ -347,7 +374,7 @@ class McpProvider implements ToolProvider {
         if (this.session === session) this.setTools(tools);
       } while (this.refreshAgain && this.session === session);
     } catch (err) {
-      this.logger.warn({ err: errorText(err) }, 'Listing the MCP server tools failed');
+      this.logger.warn({ err: this.errorText(err) }, 'Listing the MCP server tools failed');
       this.probe(session);
     } finally {
       this.refreshing = false;
@@ -389,7 +416,7 @@ class McpProvider implements ToolProvider {
       try {
         listener();
       } catch (err) {
-        this.logger.error({ err: errorText(err) }, 'A tool list listener failed');
+        this.logger.error({ err: this.errorText(err) }, 'A tool list listener failed');
       }
     }
   }
@@ -436,6 +463,14 @@ function isHttpClientError(err: unknown): boolean {
 
 function transportName(kind: TransportKind): string {
   return kind === 'sse' ? 'HTTP+SSE' : 'Streamable HTTP';
+}
+
+function decodeLoosely(text: string): string {
+  try {
+    return decodeURIComponent(text);
+  } catch {
+    return text;
+  }
 }
 
 /** A short, single-line description of an error (fetch hides the reason in `cause`). */

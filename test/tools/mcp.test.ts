@@ -10,6 +10,7 @@ import { type ToolContext, ToolError, type ToolProvider } from '../../src/tools/
 import { type ResolvedTool, resolveToolSet } from '../../src/toolset/defaults.js';
 import { formatIssues, validateToolSet } from '../../src/toolset/validate.js';
 import { type McpTestServer, startMcpServer } from '../support/mcp-server.js';
+import { capturingLogger, startServer } from './helpers.js';
 
 const logger = pino({ level: 'silent' });
 const cleanup: (() => Promise<void>)[] = [];
@@ -101,6 +102,43 @@ describe('mcp provider over Streamable HTTP', () => {
     expect(s.authorizations.length).toBeGreaterThan(0);
     expect(new Set(s.authorizations)).toEqual(new Set(['Bearer s3cret']));
     expect(p.status?.()).toEqual({ url: s.url, state: 'connected', tools: 5 });
+  });
+
+  it('sends credentials in the URL as Basic auth, and never shows them or query values', async () => {
+    const s = await server();
+    const withUser = provider({ url: s.url.replace('//', '//ha-user:pa%40ss-word@') });
+    await waitFor(() => connected(withUser), 'connection');
+    expect(await run(withUser, 'echo', { text: 'hi' })).toBe('echo: hi');
+    expect(new Set(s.authorizations)).toEqual(
+      new Set([`Basic ${Buffer.from('ha-user:pa@ss-word').toString('base64')}`]),
+    );
+    expect(withUser.status?.()).toEqual({ url: s.url, state: 'connected', tools: 5 });
+
+    // A server whose 404 page quotes the request, as Express's does.
+    const quoting = await startServer((req, res) => {
+      res.writeHead(404, { 'content-type': 'text/html' });
+      res.end(`<pre>Cannot ${req.method} ${req.url} (${req.headers.authorization})</pre>`);
+    });
+    cleanup.push(() => quoting.close());
+    const { logger: capturing, lines } = capturingLogger();
+    const refused = createMcpProvider(
+      mcpTool({
+        url: `${quoting.origin.replace('//', '//ha-user:pa%40ss-word@')}/mcp?token=q-s3cret%2Btoken`,
+      }),
+      { env: {}, logger: capturing },
+    );
+    cleanup.push(() => refused.close?.() ?? Promise.resolve());
+    await waitFor(() => refused.status?.().state === 'down', 'down state');
+    const shown = JSON.stringify([refused.status?.(), lines()]);
+    expect(shown).toContain('Cannot POST /mcp?token=[redacted]');
+    for (const secret of [
+      'pa%40ss-word',
+      'pa@ss-word',
+      'q-s3cret',
+      Buffer.from('ha-user:pa@ss-word').toString('base64'),
+    ]) {
+      expect(shown).not.toContain(secret);
+    }
   });
 
   it('include leaves out tools not named', async () => {
