@@ -168,8 +168,10 @@ export const createSqlProvider: ProviderFactory = (tool, { env, logger }) => {
       throw failure(err, timeoutMs);
     } finally {
       running.pid = undefined;
-      // Always rolled back: nothing this tool runs is ever committed. A client that cannot roll back is dropped.
-      await client.query('ROLLBACK').then(
+      // Always rolled back: nothing this tool runs is ever committed. Session-level advisory locks outlive
+      // the transaction, so they are let go too, before the connection serves anyone else. A client that
+      // cannot do both is dropped.
+      await client.query('ROLLBACK; SELECT pg_advisory_unlock_all()').then(
         () => client.release(),
         (err: Error) => client.release(err),
       );

@@ -177,6 +177,16 @@ describe('sql with a configured query', () => {
     expect(await run(exact, {})).not.toHaveProperty('note');
   });
 
+  it('lets go of session advisory locks, which outlive the transaction', async () => {
+    const p = provider({
+      parameters: { type: 'object', properties: { key: { type: 'integer' } } },
+      sql: { connection: { value: db.url }, query: 'SELECT pg_advisory_lock($1) AS locked', args: ['key'] },
+    });
+    expect(await run(p, { key: 4711 })).toEqual({ rows: [{ locked: '' }], rowCount: 1 });
+    const held = await db.admin.query("SELECT count(*)::int AS n FROM pg_locks WHERE locktype = 'advisory'");
+    expect(held.rows[0].n).toBe(0);
+  });
+
   it('runs read-only even when the configured query writes', async () => {
     const p = provider({
       parameters: { type: 'object', properties: {} },
