@@ -151,10 +151,14 @@ function review(
   const pod = request.object as Pod | undefined;
   const namespace =
     request.namespace ?? (pod?.metadata as { namespace?: string } | undefined)?.namespace ?? 'default';
+  // Read before the builder's try: a malformed owner list must not turn into a 500.
+  const owners = pod?.metadata?.ownerReferences;
   const base = {
     namespace,
     pod: String(pod?.metadata?.name ?? pod?.metadata?.generateName ?? ''),
-    owner: ((pod?.metadata?.ownerReferences ?? []) as V1OwnerReference[]).find((o) => o.controller),
+    owner: Array.isArray(owners)
+      ? ((owners as (V1OwnerReference | null)[]).find((o) => o?.controller === true) ?? undefined)
+      : undefined,
     dryRun: request.dryRun === true,
   };
   const report = (outcome: InjectionOutcome) => {

@@ -180,6 +180,17 @@ describe('the webhook over HTTPS', () => {
     expect(outcomes.map((o) => [o.outcome, o.dryRun])).toEqual([['injected', true]]);
   });
 
+  it('patches a pod that both the pod and the namespace opt in once; a reinvocation changes nothing', async () => {
+    optedInNamespaces.add('voice');
+    const original = pod({ app: 'unmute-backend', 'earpiece.dev/inject': 'true' });
+    const injected = await admit(original);
+    const ops = JSON.parse(Buffer.from(injected.patch as string, 'base64').toString());
+    const patched = fastJsonPatch.applyPatch(structuredClone(original), ops, true, false).newDocument;
+    const again = await admit(patched);
+    expect(again).toEqual({ uid: again.uid, allowed: true });
+    expect(outcomes.map((o) => o.outcome)).toEqual(['injected', 'already_injected']);
+  });
+
   it('warns and leaves the pod when no ToolSet, several, or a never-valid one applies', async () => {
     const none = await admit(pod({ app: 'other', 'earpiece.dev/inject': 'true' }));
     expect(none.patch).toBeUndefined();
@@ -244,7 +255,10 @@ describe('the webhook over HTTPS', () => {
 
     it('allows a pod the builder trips over, with a warning', async () => {
       const broken = {
-        metadata: { labels: { app: 'unmute-backend', 'earpiece.dev/inject': 'true' } },
+        metadata: {
+          labels: { app: 'unmute-backend', 'earpiece.dev/inject': 'true' },
+          ownerReferences: [null],
+        },
         spec: { containers: [null] },
       };
       const response = await admit(broken);
