@@ -2,6 +2,7 @@ import { readFileSync } from 'node:fs';
 import fc from 'fast-check';
 import fastJsonPatch from 'fast-json-patch';
 import { describe, expect, it } from 'vitest';
+import { renderConfigMap } from '../../src/operator/configmap.js';
 import {
   buildInjection,
   type InjectInput,
@@ -133,6 +134,24 @@ describe('buildInjection', () => {
     expect(out.metadata?.annotations?.['earpiece.dev/toolset-hash']).toBe(specHash(assistant));
     // The input is left as it was.
     expect(template).toEqual(pod());
+  });
+
+  it('marks the pod with a ToolSet hash that follows the spec, and matches the ConfigMap', () => {
+    const hashOf = (t: ToolSet) =>
+      injected(pod(), input({}, [t])).template.metadata?.annotations?.['earpiece.dev/toolset-hash'];
+    const before = hashOf(assistant);
+    expect(before).toMatch(/^[0-9a-f]{16}$/);
+    expect(before).toBe(renderConfigMap(assistant).metadata?.annotations?.['earpiece.dev/toolset-hash']);
+    // A spec edit changes it; what is not spec (status, labels, resourceVersion) does not.
+    const edited = structuredClone(assistant);
+    edited.spec.limits = { toolTimeout: '3s' };
+    expect(hashOf(edited)).not.toBe(before);
+    const restated = {
+      ...structuredClone(assistant),
+      metadata: { ...assistant.metadata, labels: { team: 'voice' }, resourceVersion: '42' },
+      status: { observedGeneration: 2, tools: 1, conditions: [] },
+    } as ToolSet;
+    expect(hashOf(restated)).toBe(before);
   });
 
   it('leaves EARPIECE_UPSTREAM_URL out when the ToolSet names its upstream', () => {
