@@ -206,13 +206,12 @@ export class ControlPlane {
     };
   }
 
-  /** Starts the informers and, once they have synced, campaigns (or leads at once without election). */
-  /** What the webhook reads: the informer caches. */
+  /** What the webhook reads: the informer caches, as lookup() gives them. */
   webhookLookups(): WebhookLookups {
     return {
-      toolsetByName: (namespace, name) => this.toolsets.get(name, namespace),
-      toolsetsInNamespace: (namespace) => this.toolsets.list(namespace),
-      hasConfigMap: (namespace, name) => this.configMaps.get(configMapName(name), namespace) !== undefined,
+      toolsetByName: (namespace, name) => this.lookup(namespace).byName(name),
+      toolsetsInNamespace: (namespace) => this.lookup(namespace).all(),
+      hasConfigMap: (namespace, name) => this.lookup(namespace).hasConfigMap(name),
       namespaceOptedIn: (namespace) => this.optedInNamespaces.get(namespace) !== undefined,
     };
   }
@@ -234,6 +233,7 @@ export class ControlPlane {
     else void this.events.record(subject, 'Warning', 'InjectionSkipped', o.message);
   }
 
+  /** Starts the informers and, once they have synced, campaigns (or leads at once without election). */
   async start(): Promise<void> {
     await Promise.all(this.informers().map((i) => i.start()));
     // Leading from caches not yet filled would take missing ToolSets for deleted ones.
