@@ -29,6 +29,12 @@ const POOL_MAX = 4;
 /** Backstop for opening a connection; the call's own deadline usually ends the wait first. */
 const CONNECT_TIMEOUT_MS = 10_000;
 
+/** The backend running a call's statement, and the cancel request sent to it, if any. */
+interface Running {
+  pid?: number;
+  cancelling?: Promise<void>;
+}
+
 interface SharedPool {
   pool: pg.Pool;
   users: number;
@@ -147,7 +153,7 @@ export const createSqlProvider: ProviderFactory = (tool, { env, logger }) => {
     text: string,
     values: unknown[],
     ctx: ToolContext,
-    running: { pid?: number },
+    running: Running,
   ): Promise<string> => {
     const timeoutMs = Math.max(1, ctx.deadline - Date.now());
     try {
@@ -168,6 +174,8 @@ export const createSqlProvider: ProviderFactory = (tool, { env, logger }) => {
       throw failure(err, timeoutMs);
     } finally {
       running.pid = undefined;
+      // A cancel still on its way would hit whatever this connection runs next, for another caller.
+      await running.cancelling;
       // Always rolled back: nothing this tool runs is ever committed. Session-level advisory locks outlive
       // the transaction, so they are let go too, before the connection serves anyone else. A client that
       // cannot do both is dropped.
@@ -212,10 +220,10 @@ export const createSqlProvider: ProviderFactory = (tool, { env, logger }) => {
       throw new ToolError('the database is unavailable', 'ERP_SQL_UNAVAILABLE');
     }
 
-    const running: { pid?: number } = {};
+    const running: Running = {};
     const work = execute(client, text, values, ctx, running);
     const onAbort = () => {
-      if (running.pid !== undefined) void cancelBackend(running.pid);
+      if (running.pid !== undefined) running.cancelling = cancelBackend(running.pid);
       const settled = work.catch(() => undefined).finally(() => settling.delete(settled));
       settling.add(settled);
     };

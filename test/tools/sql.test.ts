@@ -6,6 +6,7 @@ import { existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
+import pg from 'pg';
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createSqlProvider } from '../../src/tools/sql.js';
@@ -348,6 +349,39 @@ describe('sql without a query (the model writes one SELECT)', () => {
     await waitFor(async () => (await activeSleeps()) === 0, 'the statement to be cancelled');
     // The pool's connection came back usable.
     expect(await run(p, { sql: 'SELECT 1 AS one' })).toEqual({ rows: [{ one: 1 }], rowCount: 1 });
+  });
+
+  it('the cancel for an aborted call lands before its connection is rolled back and reused', async () => {
+    const p = freeForm();
+    const locker = new pg.Client({ connectionString: db.url });
+    await locker.connect();
+    await locker.query('BEGIN');
+    await locker.query('LOCK TABLE orders IN ACCESS EXCLUSIVE MODE');
+    const abort = new AbortController();
+    const call = p
+      .tools()[0]!
+      .executor.run({ sql: 'SELECT count(*) AS waiting FROM orders' }, ctx(60, abort.signal));
+    await waitFor(async () => {
+      const r = await db.admin.query(
+        "SELECT count(*)::int AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%AS waiting%'",
+      );
+      return r.rows[0].n === 1;
+    }, 'the statement to wait for the lock');
+    const left = call.then(
+      () => undefined,
+      (err: unknown) => err,
+    );
+    const start = db.log.length;
+    // The statement finishes at once, while the cancel is still on its way.
+    abort.abort(new DOMException('the user interrupted', 'AbortError'));
+    await locker.query('ROLLBACK');
+    await locker.end();
+    expect(await left).toMatchObject({ name: 'AbortError' });
+    const rollback = 'ROLLBACK; SELECT pg_advisory_unlock_all()';
+    await waitFor(() => db.log.slice(start).join('').includes(rollback), 'the rollback');
+    const log = db.log.slice(start).join('');
+    expect(log).toContain('pg_cancel_backend');
+    expect(log.indexOf('pg_cancel_backend')).toBeLessThan(log.indexOf(rollback));
   });
 });
 
