@@ -26,6 +26,49 @@ export function loadSqlParser(): Promise<Parser> {
 /** Statements that change data, wherever they sit (a WITH clause may hold one). */
 const WRITES = new Set(['InsertStmt', 'UpdateStmt', 'DeleteStmt', 'MergeStmt']);
 
+/**
+ * Functions whose effects a READ ONLY transaction does not stop and a ROLLBACK does not undo, for a role
+ * allowed to call them (most need a superuser): server files (lo_export writes one), replication slots
+ * and WAL, server control, signals to other sessions, session-level advisory locks, connections of
+ * their own (dblink), and those that run SQL given as text, which this check cannot read.
+ */
+const OUTSIDE_TRANSACTION = new RegExp(
+  `^(?:${[
+    'lo_(?:export|import)',
+    'pg_file_\\w+',
+    'pg_read_(?:binary_)?file',
+    'pg_ls_\\w+',
+    'pg_stat_file',
+    'pg_(?:create|drop|copy)_\\w*replication_slot',
+    'pg_replication_slot_advance',
+    'pg_logical_\\w+',
+    'pg_replication_origin_\\w+',
+    'pg_sync_replication_slots',
+    'pg_reload_conf',
+    'pg_rotate_logfile\\w*',
+    'pg_promote',
+    'pg_switch_wal',
+    'pg_create_restore_point',
+    'pg_(?:start|stop)_backup',
+    'pg_backup_(?:start|stop)',
+    'pg_wal_replay_(?:pause|resume)',
+    'pg_log_backend_memory_contexts',
+    'pg_stat_reset\\w*',
+    'pg_stat_statements_reset',
+    'pg_(?:cancel|terminate)_backend',
+    'pg_(?:try_)?advisory_lock(?:_shared)?',
+    'dblink\\w*',
+    'query_to_xml\\w*',
+    'ts_stat',
+  ].join('|')})$`,
+  'i',
+);
+
+function calledName(call: unknown): string | undefined {
+  const parts = (call as { funcname?: { String?: { sval?: string } }[] }).funcname ?? [];
+  return parts.at(-1)?.String?.sval;
+}
+
 function findWrite(node: unknown): string | undefined {
   if (Array.isArray(node)) {
     for (const item of node) {
@@ -39,6 +82,10 @@ function findWrite(node: unknown): string | undefined {
     if (WRITES.has(key)) return key.replace(/Stmt$/, '').toUpperCase();
     if (key === 'intoClause') return 'SELECT INTO';
     if (key === 'lockingClause') return 'FOR UPDATE/SHARE';
+    if (key === 'FuncCall') {
+      const name = calledName(value);
+      if (name && OUTSIDE_TRANSACTION.test(name)) return `${name}(), which acts outside the transaction`;
+    }
     const found = findWrite(value);
     if (found) return found;
   }

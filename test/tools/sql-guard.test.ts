@@ -35,6 +35,8 @@ describe('checkReadOnlySelect', () => {
     'TABLE t',
     '(SELECT 1) UNION (SELECT 2)',
     'SELECT 1 AS "DELETE", \'UPDATE t SET a = 1\' AS b',
+    'SELECT lo_export, pg_advisory_lock FROM t',
+    'SELECT pg_advisory_xact_lock(1), lo_get(42)',
   ])('accepts %j', async (sql) => {
     expect(await verdict(sql)).toBe('ok');
   });
@@ -62,6 +64,19 @@ describe('checkReadOnlySelect', () => {
       'SELECT * FROM t FOR SHARE',
       'ERP_SQL_REFUSED: only a read-only SELECT is allowed (it contains FOR UPDATE/SHARE)',
     ],
+    ...[
+      ["SELECT lo_export(42, '/tmp/x')", 'lo_export'],
+      ["SELECT pg_catalog.pg_create_physical_replication_slot('s')", 'pg_create_physical_replication_slot'],
+      ["SELECT * FROM dblink_exec('dbname=shop', 'DELETE FROM t')", 'dblink_exec'],
+      ['SELECT count(*) FILTER (WHERE pg_advisory_lock(1) IS NULL) FROM t', 'pg_advisory_lock'],
+      ['SELECT U&"lo\\005fexport"(42, \'/tmp/x\')', 'lo_export'],
+      ["SELECT query_to_xml('SELECT lo_export(42, ''/tmp/x'')', true, true, '')", 'query_to_xml'],
+      ['SELECT pg_terminate_backend(pid) FROM pg_stat_activity', 'pg_terminate_backend'],
+      ["SELECT PG_LOGICAL_EMIT_MESSAGE(false, 'p', 'm')", 'pg_logical_emit_message'],
+    ].map(([sql, name]) => [
+      sql as string,
+      `ERP_SQL_REFUSED: only a read-only SELECT is allowed (it contains ${name}(), which acts outside the transaction)`,
+    ]),
     ['', 'ERP_SQL_INVALID: the SQL does not parse: Query cannot be empty'],
     ['-- nothing but a comment', 'ERP_SQL_INVALID: no SQL statement was given'],
     [

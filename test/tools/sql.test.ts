@@ -40,6 +40,7 @@ beforeAll(async () => {
     CREATE FUNCTION mark_shipped() RETURNS int LANGUAGE sql AS
       $$ UPDATE orders SET status = 'shipped' RETURNING 1 $$;
     CREATE PROCEDURE forget_orders() LANGUAGE sql AS $$ DELETE FROM orders $$;
+    SELECT lo_from_bytea(4242, 'a large object');
   `);
 });
 
@@ -99,7 +100,18 @@ async function snapshot(): Promise<string> {
   );
   const sequence = await db.admin.query('SELECT last_value, is_called FROM order_numbers');
   const largeObjects = await db.admin.query('SELECT count(*) AS n FROM pg_largeobject_metadata');
-  return JSON.stringify([orders.rows, tables.rows, columns.rows, sequence.rows, largeObjects.rows]);
+  // What a function acting outside the transaction would leave behind.
+  const outside = await db.admin.query(
+    "SELECT (SELECT count(*) FROM pg_replication_slots) AS slots, (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory') AS locks",
+  );
+  return JSON.stringify([
+    orders.rows,
+    tables.rows,
+    columns.rows,
+    sequence.rows,
+    largeObjects.rows,
+    outside.rows,
+  ]);
 }
 
 async function waitFor(check: () => Promise<boolean> | boolean, what: string, seconds = 20): Promise<void> {
@@ -294,6 +306,15 @@ describe('sql without a query (the model writes one SELECT)', () => {
     ["SELECT set_config('transaction_read_only', 'off', true), mark_shipped()", 'server'],
     ["SELECT nextval('order_numbers')", 'server'],
     ['SELECT lo_create(0)', 'server'],
+    // Effects a READ ONLY transaction does not stop (the tool connects as a superuser here).
+    [`SELECT lo_export(4242, '${join(tmpdir(), 'earpiece-lo-export')}')`, 'guard'],
+    [
+      `SELECT query_to_xml('SELECT lo_export(4242, ''${join(tmpdir(), 'earpiece-lo-export')}'')', true, true, '')`,
+      'guard',
+    ],
+    ["SELECT pg_create_physical_replication_slot('earpiece_evil')", 'guard'],
+    ['SELECT pg_advisory_lock(7)', 'guard'],
+    ["SELECT pg_logical_emit_message(false, 'earpiece', 'evil')", 'guard'],
   ];
 
   /**
@@ -330,6 +351,7 @@ describe('sql without a query (the model writes one SELECT)', () => {
       expect(err?.message).toMatch(/^refused: .*(read-only transaction|read-write mode)/);
     }
     expect(existsSync(join(tmpdir(), 'earpiece-copy-out'))).toBe(false);
+    expect(existsSync(join(tmpdir(), 'earpiece-lo-export'))).toBe(false);
   });
 
   it('a slow statement is stopped by the statement timeout', async () => {
