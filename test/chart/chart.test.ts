@@ -525,6 +525,12 @@ describe('switches and guards', () => {
       expect(hook.failurePolicy).toBe('Fail');
   });
 
+  it('refuses several replicas without leader election, which would all reconcile', () => {
+    expect(renderError({ set: ['leaderElection.enabled=false'] })).toContain('replicaCount=1');
+    const single = render({ set: ['leaderElection.enabled=false', 'replicaCount=1'] });
+    expect(operatorConfig(find(single, 'Deployment', FULLNAME)).leaderElection).toBe(false);
+  });
+
   it('asks where the example ToolSet goes: never the release namespace', () => {
     expect(renderError({ set: ['exampleToolSet.enabled=true'] })).toContain('exampleToolSet.namespace');
     expect(
