@@ -11,7 +11,15 @@ Runs the tool-calling proxy. Point Unmute at it with KYUTAI_LLM_URL=http://127.0
                        spec.upstream.url; default spec.upstream.url, else ${DEFAULT_UPSTREAM_URL}
   --port N             chat port (env EARPIECE_PORT, default 8095)
   --host ADDR          chat listen address (env EARPIECE_HOST, default 0.0.0.0)
-  --metrics-port N     /metrics, /healthz, /readyz (env EARPIECE_METRICS_PORT, default 9464)`;
+  --metrics-port N     /metrics, /healthz, /readyz (env EARPIECE_METRICS_PORT, default 9464)
+                       listening on EARPIECE_METRICS_HOST (default 0.0.0.0)`;
+
+function port(value: string, name: string): number {
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 0 || n > 65535)
+    throw new RangeError(`${name} must be a port number, not "${value}"`);
+  return n;
+}
 
 export async function main(argv: string[]): Promise<number> {
   const { values } = parseArgs({
@@ -35,6 +43,16 @@ export async function main(argv: string[]): Promise<number> {
     console.error(`earpiece proxy: --toolset FILE (or EARPIECE_TOOLSET) is required\n\n${HELP}`);
     return 2;
   }
+  let ports: { port: number; metricsPort: number };
+  try {
+    ports = {
+      port: port(values.port ?? env.EARPIECE_PORT ?? '8095', '--port'),
+      metricsPort: port(values['metrics-port'] ?? env.EARPIECE_METRICS_PORT ?? '9464', '--metrics-port'),
+    };
+  } catch (err) {
+    console.error(`earpiece proxy: ${(err as Error).message}`);
+    return 2;
+  }
   const logger = createLogger('proxy');
   let proxy: Awaited<ReturnType<typeof startProxy>>;
   try {
@@ -42,9 +60,9 @@ export async function main(argv: string[]): Promise<number> {
       toolsetPath,
       upstreamUrl: values.upstream ?? env.EARPIECE_UPSTREAM_URL,
       host: values.host ?? env.EARPIECE_HOST ?? '0.0.0.0',
-      port: Number(values.port ?? env.EARPIECE_PORT ?? 8095),
+      port: ports.port,
       metricsHost: env.EARPIECE_METRICS_HOST ?? '0.0.0.0',
-      metricsPort: Number(values['metrics-port'] ?? env.EARPIECE_METRICS_PORT ?? 9464),
+      metricsPort: ports.metricsPort,
       logger,
     });
   } catch (err) {

@@ -185,9 +185,13 @@ function appendArguments(current: string, fragment: string): string {
 
 const ALNUM = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789';
 
-function generateCallId(): string {
-  let id = 'call_';
-  for (let i = 0; i < 24; i++) id += ALNUM[randomInt(ALNUM.length)];
+/**
+ * An id for a call that arrived without one. Nine alphanumerics: Mistral's chat templates accept nothing
+ * else, and every other template takes any string.
+ */
+export function generateCallId(): string {
+  let id = '';
+  for (let i = 0; i < 9; i++) id += ALNUM[randomInt(ALNUM.length)];
   return id;
 }
 

@@ -6,8 +6,9 @@
  * it spliced back, in place, between that user message and the spoken answer.
  *
  * Prefix hashes are computed in one pass over the messages (each extends the previous), with a fast
- * non-cryptographic 53-bit hash; a hit is confirmed against the stored message count and user text, so a
- * collision can never splice another conversation's results.
+ * non-cryptographic hash of two 32-bit lanes (64 bits of key). A hit is also checked against the stored
+ * message count and user text, which makes splicing another conversation's results vanishingly unlikely
+ * without the cost of a cryptographic hash on every request.
  */
 import { LRUCache } from 'lru-cache';
 import type { Telemetry } from '../telemetry/types.js';
@@ -44,8 +45,8 @@ function extend(state: [number, number], role: string, text: string): [number, n
   return [h1 >>> 0, h2 >>> 0];
 }
 
-function key(state: [number, number]): number {
-  return 2097152 * (state[1] & 2097151) + state[0];
+function key(state: [number, number]): string {
+  return `${state[0].toString(36)}:${state[1].toString(36)}`;
 }
 
 export interface MemoryOptions {
@@ -58,7 +59,7 @@ export interface MemoryOptions {
 }
 
 export class ToolMemory implements TurnMemory {
-  readonly #cache: LRUCache<number, Entry>;
+  readonly #cache: LRUCache<string, Entry>;
   readonly #options: MemoryOptions;
   readonly #onSplice: (exchanges: number) => void;
   readonly #onSize: (entries: number) => void;
@@ -71,7 +72,7 @@ export class ToolMemory implements TurnMemory {
     this.#onSplice = hooks.onSplice ?? (() => {});
     this.#onSize = hooks.onSize ?? (() => {});
     const now = options.now;
-    this.#cache = new LRUCache<number, Entry>({
+    this.#cache = new LRUCache<string, Entry>({
       max: Math.max(1, options.maxEntries),
       ttl: options.ttlMs,
       ttlAutopurge: false,
@@ -98,6 +99,7 @@ export class ToolMemory implements TurnMemory {
   } {
     const none = { messages: clientMessages, spliced: 0, withoutMemory: clientMessages };
     if (this.#options.turns === 0 || this.#cache.size === 0) return none;
+    this.#purgeNowAndThen();
     // One pass: the hash of each prefix extends the previous one. Candidates are user messages followed
     // by an assistant message (an answered turn), newest first.
     let state: [number, number] = [SEED_A, SEED_B];
@@ -128,6 +130,16 @@ export class ToolMemory implements TurnMemory {
     }
     this.#onSplice(chosen.size);
     return { messages, spliced: chosen.size, withoutMemory: clientMessages };
+  }
+
+  #lastPurge = 0;
+
+  /** Expired entries leave the count (earpiece_memory_entries) at most a second late. */
+  #purgeNowAndThen(): void {
+    const now = (this.#options.now ?? performance.now.bind(performance))();
+    if (now - this.#lastPurge < 1000) return;
+    this.#lastPurge = now;
+    if (this.#cache.purgeStale()) this.#onSize(this.#cache.size);
   }
 
   remember(clientMessages: ChatMessage[], exchange: ChatMessage[]): void {

@@ -2,9 +2,11 @@
  * Tool calls that leak into `content` when the upstream runs no tool parser, or the wrong one: Hermes/Qwen
  * `<tool_call>{…}</tool_call>` (Ollama escapes `<` as `\u003c`, which JSON decoding undoes), Llama 3
  * `<|python_tag|>` and bare `{"name": …, "parameters": …}` objects joined by `; `, Mistral
- * `[TOOL_CALLS][{…}]` and `[TOOL_CALLS]name{…}`. Only a message that starts this way is held back; as soon
- * as its start rules these forms out, everything passes through unchecked. A held message is never spoken:
- * its complete calls to known tools are handed back to be run, the rest is dropped.
+ * `[TOOL_CALLS][{…}]` and `[TOOL_CALLS]name{…}`. A message that starts this way is held back until its
+ * start rules these forms out. After that, text passes through, except that a tagged marker (`<tool_call>`,
+ * `<|python_tag|>`, `[TOOL_CALLS]`) later in the message is held from its first character until it is ruled
+ * out, and from a whole marker on nothing more is spoken. Held markup is never spoken: its complete calls to
+ * known tools are handed back to be run, the rest is dropped.
  */
 
 export interface RawCall {
@@ -26,14 +28,35 @@ export class RawCallFilter {
 
   /** Text that may be spoken now ('' while held back). */
   push(text: string): string {
-    if (this.#verdict === 'text') return text;
+    if (this.#verdict === 'text') return this.#scanText(text);
     this.#held += text;
     if (this.#verdict === 'markup') return '';
     this.#verdict = classify(this.#held);
     if (this.#verdict !== 'text') return '';
     const released = this.#held;
     this.#held = '';
-    return released;
+    return this.#scanText(released);
+  }
+
+  /** In running text: speaks up to a possible tagged marker, holds from it, and turns to markup on a whole one. */
+  #scanText(text: string): string {
+    const buffer = this.#held + text;
+    this.#held = '';
+    for (let i = 0; i < buffer.length; i++) {
+      const c = buffer[i];
+      if (c !== '<' && c !== '[') continue;
+      const rest = buffer.slice(i);
+      if (MARKERS.some((m) => rest.startsWith(m))) {
+        this.#verdict = 'markup';
+        this.#held = rest;
+        return buffer.slice(0, i);
+      }
+      if (MARKERS.some((m) => m.startsWith(rest))) {
+        this.#held = rest;
+        return buffer.slice(0, i);
+      }
+    }
+    return buffer;
   }
 
   /**
@@ -47,7 +70,7 @@ export class RawCallFilter {
     this.#verdict = 'undecided';
     if (verdict === 'markup')
       return { text: '', calls: parseRawCalls(held).filter((c) => this.isToolName(c.name)) };
-    // Still undecided: only whitespace, or half a marker ("[TOOL", "{"), which is not worth speaking.
+    // Still undecided, or text ending in half a marker ("[TOOL", "<tool", "{"): only whitespace is kept.
     return { text: held.trim() === '' ? held : '', calls: [] };
   }
 }

@@ -5,7 +5,6 @@
  * must not retry, since a retry would run the tools again).
  */
 import { randomBytes } from 'node:crypto';
-import { once } from 'node:events';
 import type { ServerResponse } from 'node:http';
 import type { AccumulatedToolCall } from './accumulator.js';
 import type { Usage } from './chunks.js';
@@ -23,6 +22,19 @@ export interface TurnSink {
   end(reason: FinishReason, usage?: Usage): void;
   /** Ends the turn after a failure; `spoken` is voice.errorMessage. */
   fail(error: ProxyError, spoken: string): void;
+}
+
+/** A client that stops reading and then hangs up never drains: 'close' must end the wait too. */
+function drainOrClose(res: ServerResponse): Promise<void> {
+  return new Promise((resolve) => {
+    const done = () => {
+      res.off('drain', done);
+      res.off('close', done);
+      resolve();
+    };
+    res.on('drain', done);
+    res.on('close', done);
+  });
 }
 
 export function completionId(): string {
@@ -66,7 +78,7 @@ export class SseSink implements TurnSink {
     const ok = this.#res.write(
       `${this.#prefix}{"content":${JSON.stringify(text)}},"logprobs":null,"finish_reason":null}]}\n\n`,
     );
-    if (!ok && !this.closed) await once(this.#res, 'drain');
+    if (!ok && !this.closed) await drainOrClose(this.#res);
   }
 
   toolCalls(calls: AccumulatedToolCall[]): void {

@@ -24,7 +24,12 @@ import type { Logger } from '../telemetry/log.js';
 import type { SpanHandle, Telemetry, TurnOutcome } from '../telemetry/types.js';
 import type { ToolCall, ToolDefinition, ToolOutcome, ToolRunner } from '../tools/types.js';
 import type { ResolvedToolSet } from '../toolset/defaults.js';
-import { type AccumulatedToolCall, type AssistantSnapshot, StreamAccumulator } from './accumulator.js';
+import {
+  type AccumulatedToolCall,
+  type AssistantSnapshot,
+  generateCallId,
+  StreamAccumulator,
+} from './accumulator.js';
 import type { ChatChunk, Usage } from './chunks.js';
 import { ProxyError } from './errors.js';
 import {
@@ -44,6 +49,15 @@ export class UpstreamState {
   #toolsUnsupportedUntil = 0;
   kwargsRejected = false;
   constructor(private readonly now: () => number = Date.now) {}
+
+  #warned = false;
+
+  /** True only the first time: the refusal is logged once, with the flags to add. */
+  firstToolsRefusal(): boolean {
+    const first = !this.#warned;
+    this.#warned = true;
+    return first;
+  }
 
   /** vLLM without --enable-auto-tool-choice refuses any request with tools: send none for 60 s. */
   markToolsUnsupported(): void {
@@ -94,10 +108,6 @@ const CONTROLLED_FIELDS = new Set([
   'tool_choice',
   'parallel_tool_calls',
 ]);
-
-function newCallId(): string {
-  return `call_${randomBytes(12).toString('base64url')}`;
-}
 
 function isJson(text: string): boolean {
   try {
@@ -280,7 +290,7 @@ export async function runTurn(request: TurnRequest, sink: TurnSink, deps: TurnDe
         }
         chat.end(`http_${err.upstreamStatus}`);
         if (err.refusal === 'tools_unsupported' && offerNow) {
-          if (upstreamState.toolsAccepted) {
+          if (upstreamState.firstToolsRefusal()) {
             logger.warn(
               { upstream: upstream.origin, status: err.upstreamStatus },
               'Upstream refused tools; answering without them. Start vLLM with --enable-auto-tool-choice --tool-call-parser <parser> to use tools.',
@@ -297,6 +307,8 @@ export async function runTurn(request: TurnRequest, sink: TurnSink, deps: TurnDe
             'Upstream refused chat_template_kwargs; no longer sending them.',
           );
           upstreamState.kwargsRejected = true;
+          // The client's own kwargs go too: the upstream takes none.
+          delete passthrough.chat_template_kwargs;
           continue;
         }
         if (err.refusal === 'context_length' && (!memoryDropped || !turnsTrimmed)) {
@@ -309,6 +321,8 @@ export async function runTurn(request: TurnRequest, sink: TurnSink, deps: TurnDe
           } else {
             turnsTrimmed = true;
             base = dropOldestTurns(history.slice(0, baseLength));
+            // Nothing to drop (only the system message and the question): a resend would fail the same way.
+            if (base.length === baseLength) throw err;
           }
           history = [...base, ...rounds];
           baseLength = base.length;
@@ -341,7 +355,7 @@ export async function runTurn(request: TurnRequest, sink: TurnSink, deps: TurnDe
       pendingSpace = '';
       await speak(out);
     };
-    let firstToken = true;
+    let firstTokenSeconds: number | undefined;
     const stream = chunksOf(response);
     let done = false;
     try {
@@ -352,9 +366,9 @@ export async function runTurn(request: TurnRequest, sink: TurnSink, deps: TurnDe
           break;
         }
         for (const event of accumulator.push(next.value)) {
-          if (firstToken && event.type !== 'usage') {
-            firstToken = false;
-            telemetry.upstreamTimeToFirstToken(toolsetName, (performance.now() - sentAt) / 1000);
+          if (firstTokenSeconds === undefined && event.type !== 'usage') {
+            firstTokenSeconds = (performance.now() - sentAt) / 1000;
+            telemetry.upstreamTimeToFirstToken(toolsetName, firstTokenSeconds);
           }
           if (event.type === 'content') await speakModel(raw.push(event.text));
         }
@@ -372,6 +386,7 @@ export async function runTurn(request: TurnRequest, sink: TurnSink, deps: TurnDe
         ...(snapshot.id ? { responseId: snapshot.id } : {}),
         ...(snapshot.model ? { responseModel: snapshot.model } : {}),
         finishReasons: [snapshot.finishReason ?? 'none'],
+        ...(firstTokenSeconds !== undefined ? { timeToFirstChunkSeconds: firstTokenSeconds } : {}),
         ...(snapshot.usage?.prompt_tokens !== undefined ? { inputTokens: snapshot.usage.prompt_tokens } : {}),
         ...(snapshot.usage?.completion_tokens !== undefined
           ? { outputTokens: snapshot.usage.completion_tokens }
@@ -382,7 +397,12 @@ export async function runTurn(request: TurnRequest, sink: TurnSink, deps: TurnDe
     const calls =
       snapshot.toolCalls.length > 0
         ? snapshot.toolCalls
-        : tail.calls.map((c, index) => ({ index, id: newCallId(), name: c.name, arguments: c.arguments }));
+        : tail.calls.map((c, index) => ({
+            index,
+            id: generateCallId(),
+            name: c.name,
+            arguments: c.arguments,
+          }));
     if (!done && snapshot.finishReason === null) {
       throw new ProxyError('ERP_UPSTREAM_STREAM', 'upstream stream ended before it finished the message');
     }
@@ -454,7 +474,8 @@ export async function runTurn(request: TurnRequest, sink: TurnSink, deps: TurnDe
       const results = await runCalls(runnable);
       const assistant: ChatMessage = {
         role: 'assistant',
-        content: snapshot.content === '' ? null : snapshot.content,
+        // Calls recovered from raw text carry their markup in content; the model sees them once, as calls.
+        content: snapshot.content === '' || snapshot.toolCalls.length === 0 ? null : snapshot.content,
         tool_calls: runnable.map((c) => ({
           id: c.id,
           type: 'function',
@@ -489,7 +510,10 @@ export async function runTurn(request: TurnRequest, sink: TurnSink, deps: TurnDe
         { code: proxyError.code, err: proxyError.message, outcome },
         'Turn failed; spoke the error message.',
       );
-      sink.fail(proxyError, toolset.voice.errorMessage);
+      sink.fail(
+        proxyError,
+        spoke && !endsInSpace ? ` ${toolset.voice.errorMessage}` : toolset.voice.errorMessage,
+      );
     }
   }
 

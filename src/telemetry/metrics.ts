@@ -36,7 +36,9 @@ export const FIRST_TOKEN_BUCKETS = [
   0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10, 20, 40,
 ];
 /** Whole turns: up to several model calls and tools, bounded by `turnTimeout` (default 20 s). */
-export const TURN_SECONDS_BUCKETS = [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120];
+export const TURN_SECONDS_BUCKETS = [
+  0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120,
+];
 export const ITERATION_BUCKETS = [0, 1, 2, 3, 4, 5, 6, 8, 10];
 
 /** Most distinct toolsets, and tools per toolset without a declared list, before names fold into `other`. */

@@ -19,9 +19,8 @@ export function isDuration(text: string): boolean {
   return WHOLE.test(text);
 }
 
-/** Milliseconds, or undefined when `text` is not a duration. `0` alone is accepted, as in Go. */
+/** Milliseconds, or undefined when `text` is not a duration (a unit is always required). */
 export function parseDuration(text: string): number | undefined {
-  if (text === '0') return 0;
   if (!WHOLE.test(text)) return undefined;
   let ms = 0;
   for (const [, amount, unit] of text.matchAll(PART))

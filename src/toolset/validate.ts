@@ -5,7 +5,7 @@
 import { Ajv, type ErrorObject } from 'ajv';
 import addFormats from 'ajv-formats';
 import { parseDocument } from 'yaml';
-import { isDuration } from './duration.js';
+import { isDuration, parseDuration } from './duration.js';
 import { type ToolSet, ToolSetSchema, type ToolSpec, type ValueRef } from './schema.js';
 import { checkUrlTemplate, templateVariables } from './url-template.js';
 
@@ -202,6 +202,25 @@ function checkTool(tool: ToolSpec, path: string, issues: Issue[]): void {
   }
 }
 
+/** Durations that must be longer than zero (a zero turn timeout would fail every turn at once). */
+function checkPositiveDurations(toolset: ToolSet, issues: Issue[]): void {
+  const spec = toolset.spec;
+  const fields: [string, unknown][] = [
+    ['spec.limits.turnTimeout', spec.limits?.turnTimeout],
+    ['spec.limits.toolTimeout', spec.limits?.toolTimeout],
+    ['spec.memory.ttl', spec.memory?.ttl],
+    ...spec.tools.flatMap((t, i): [string, unknown][] => [
+      [`spec.tools[${i}].timeout`, t?.timeout],
+      [`spec.tools[${i}].cache.ttl`, t?.cache?.ttl],
+    ]),
+  ];
+  for (const [path, value] of fields) {
+    if (typeof value === 'string' && parseDuration(value) === 0) {
+      issues.push({ path, message: `${JSON.stringify(value)} must be longer than zero` });
+    }
+  }
+}
+
 /**
  * Rules beyond the schema. Also run on documents the schema rejected, so one pass reports everything:
  * a tool too malformed to check is left to the schema's issues.
@@ -212,6 +231,7 @@ export function semanticIssues(toolset: ToolSet): Issue[] {
   if (!spec || !Array.isArray(spec.tools)) return issues;
   try {
     checkValue(spec.upstream?.apiKey, 'spec.upstream.apiKey', issues);
+    checkPositiveDurations(toolset, issues);
   } catch {}
   if (spec.upstream?.url && /\/v1\/?$/.test(spec.upstream.url)) {
     issues.push({

@@ -358,14 +358,14 @@ describe('StreamAccumulator', () => {
     ]);
   });
 
-  it('generates a call_ id, once, for a call that never got one', () => {
+  it('generates a nine-character id (what Mistral templates require), once, for a call that never got one', () => {
     const { accumulator } = run([
       calls({ index: 0, function: { name: 'f', arguments: '{}' } }),
       calls({ index: 1, id: null, function: { name: 'g', arguments: '{}' } }),
     ]);
     const [first, second] = accumulator.snapshot().toolCalls;
-    expect(first?.id).toMatch(/^call_[A-Za-z0-9]{24}$/);
-    expect(second?.id).toMatch(/^call_[A-Za-z0-9]{24}$/);
+    expect(first?.id).toMatch(/^[A-Za-z0-9]{9}$/);
+    expect(second?.id).toMatch(/^[A-Za-z0-9]{9}$/);
     expect(first?.id).not.toBe(second?.id);
     expect(accumulator.snapshot().toolCalls.map((c) => c.id)).toEqual([first?.id, second?.id]);
   });

@@ -2,7 +2,7 @@ import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { StreamAccumulator } from '../../src/proxy/accumulator.js';
 import type { ChatChunk } from '../../src/proxy/chunks.js';
-import { RawCallFilter } from '../../src/proxy/raw-calls.js';
+import { type RawCall, RawCallFilter } from '../../src/proxy/raw-calls.js';
 
 const TOOLS = new Set(['get_weather', 'get_time']);
 
@@ -97,7 +97,24 @@ const text: [string, string][] = [
   ['braces around a word', '{Hello} there.'],
   ['a brace then space and text', '{ and that is all }'],
   ['leading whitespace', '  \n Sure.'],
-  ['markup after the start', 'Let me check. <tool_call>{"name": "get_weather", "arguments": {}}</tool_call>'],
+];
+
+/** Text, then a tagged marker: the text is spoken, the markup is not, and its calls run. */
+const textThenMarkup: [string, string, string, RawCall[]][] = [
+  [
+    'hermes after words',
+    'Let me check. <tool_call>{"name": "get_weather", "arguments": {"city": "Oslo"}}</tool_call>',
+    'Let me check. ',
+    [{ name: 'get_weather', arguments: '{"city":"Oslo"}' }],
+  ],
+  [
+    'mistral after words',
+    'One moment. [TOOL_CALLS][{"name": "get_weather", "arguments": {"city": "Rome"}}]',
+    'One moment. ',
+    [{ name: 'get_weather', arguments: '{"city":"Rome"}' }],
+  ],
+  ['half a marker at the end', 'I will look <tool', 'I will look ', []],
+  ['a comparison', 'Three < five, and [1] is a list.', 'Three < five, and [1] is a list.', []],
 ];
 
 describe('RawCallFilter', () => {
@@ -107,6 +124,11 @@ describe('RawCallFilter', () => {
 
   it.each(text)('speaks %s unchanged', (_, message) => {
     expect(filter([message])).toEqual({ spoken: message, calls: [] });
+  });
+
+  it.each(textThenMarkup)('speaks the text and runs the markup of %s', (_, message, spoken, calls) => {
+    expect(filter([message])).toEqual({ spoken, calls });
+    expect(filter([...message])).toEqual({ spoken, calls });
   });
 
   it('gives the same result token by token, and at any split', () => {
@@ -124,13 +146,15 @@ describe('RawCallFilter', () => {
     }
   });
 
-  it('releases held text as soon as the start rules markup out, then passes everything unchecked', () => {
+  it('releases held text as soon as the start rules markup out, then passes text through', () => {
     const f = new RawCallFilter((name) => TOOLS.has(name));
     expect(f.push('  ')).toBe('');
     expect(f.push('[')).toBe('');
     expect(f.push('TOO')).toBe('');
     expect(f.push('Lbox] Sure')).toBe('  [TOOLbox] Sure');
-    expect(f.push('<tool_call>')).toBe('<tool_call>');
+    expect(f.push(', <b>')).toBe(', <b>');
+    // A tagged marker later in the message is still never spoken.
+    expect(f.push('<tool_call>')).toBe('');
     expect(f.finish()).toEqual({ text: '', calls: [] });
   });
 

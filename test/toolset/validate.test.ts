@@ -162,3 +162,21 @@ describe('values and secrets', () => {
     expect(secretEnvName('a.b', 'c')).not.toBe(secretEnvName('a-b', 'c'));
   });
 });
+
+describe('durations that must be positive', () => {
+  it('refuses zero timeouts and ttls, naming the field', () => {
+    const doc = {
+      ...base,
+      spec: {
+        limits: { turnTimeout: '0s' },
+        memory: { ttl: '0ms' },
+        tools: [{ name: 't', builtin: 'time', cache: { ttl: '0m' } }],
+      },
+    };
+    expect(validateToolSet(doc).issues).toEqual([
+      { path: 'spec.limits.turnTimeout', message: '"0s" must be longer than zero' },
+      { path: 'spec.memory.ttl', message: '"0ms" must be longer than zero' },
+      { path: 'spec.tools[0].cache.ttl', message: '"0m" must be longer than zero' },
+    ]);
+  });
+});

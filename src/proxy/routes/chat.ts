@@ -21,6 +21,8 @@ export async function chatRoutes(app: FastifyInstance, deps: ServerDeps): Promis
     res.on('close', () => {
       if (!res.writableFinished) client.abort(new Error('client closed the connection'));
     });
+    // Gone while the body was read: 'close' has already fired.
+    if (res.destroyed) client.abort(new Error('client closed the connection'));
     const envelope = {
       id: completionId(),
       model: String(body.model ?? 'unknown'),

@@ -1,0 +1,243 @@
+/** Defects found in review, each reproduced against the real proxy before it was fixed. */
+import { request } from 'node:http';
+import { afterEach, describe, expect, it } from 'vitest';
+import {
+  errorReply,
+  type RecordedRequest,
+  type ScriptedReply,
+  type ScriptedUpstream,
+  startScriptedUpstream,
+  textReply,
+  toolCallReply,
+} from '../../src/proxy/scripted-upstream.js';
+import { type ProxyHarness, startTestProxy, unmuteTurn } from '../support/proxy.js';
+
+const SYSTEM = { role: 'system' as const, content: 'Be brief.' };
+const cleanups: (() => Promise<void>)[] = [];
+afterEach(async () => {
+  while (cleanups.length) await cleanups.pop()?.();
+});
+
+async function setup(
+  respond: (req: RecordedRequest, i: number) => ScriptedReply | Promise<ScriptedReply>,
+  spec: Record<string, unknown>,
+) {
+  const upstream: ScriptedUpstream = await startScriptedUpstream({ respond });
+  const harness: ProxyHarness = await startTestProxy(spec, upstream.url);
+  cleanups.push(
+    () => upstream.close(),
+    () => harness.close(),
+  );
+  return { upstream, harness };
+}
+
+async function metric(harness: ProxyHarness, pattern: RegExp): Promise<number> {
+  const text = await (await fetch(`${harness.proxy.metricsUrl}/metrics`)).text();
+  return Number(pattern.exec(text)?.[1] ?? Number.NaN);
+}
+
+describe('review regressions', () => {
+  it('drops the client’s own chat_template_kwargs too when the upstream refuses the field (no resend loop)', async () => {
+    const { upstream, harness } = await setup(
+      (req) =>
+        req.body.chat_template_kwargs
+          ? errorReply(400, 'chat_template_kwargs is not allowed')
+          : { sse: textReply('Ok.') },
+      { upstream: { disableThinking: true }, tools: [] },
+    );
+    const completion = await harness.client.chat.completions.create({
+      model: 'm',
+      messages: [SYSTEM, { role: 'user', content: 'Hi' }],
+      // @ts-expect-error: a vLLM extension the SDK types do not know
+      chat_template_kwargs: { custom: 1 },
+    });
+    expect(completion.choices[0]?.message.content).toBe('Ok.');
+    expect(upstream.requests.map((r) => r.body.chat_template_kwargs)).toEqual([
+      { custom: 1, enable_thinking: false },
+      undefined,
+    ]);
+  });
+
+  it('ends the turn when a client that stopped reading hangs up (no wait for a drain that never comes)', async () => {
+    const long = `${'word '.repeat(20_000)}end.`;
+    const { harness } = await setup(() => ({ sse: textReply(long) }), { tools: [] });
+    await new Promise<void>((resolve, reject) => {
+      const req = request(`${harness.proxy.url}/v1/chat/completions`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+      });
+      req.on('response', (res) => {
+        res.pause(); // stop reading: the proxy's socket fills up
+        setTimeout(() => {
+          req.destroy();
+          resolve();
+        }, 300);
+      });
+      req.on('error', () => {});
+      req.end(JSON.stringify({ model: 'm', messages: [{ role: 'user', content: 'Talk' }], stream: true }));
+      setTimeout(() => reject(new Error('no response')), 10_000);
+    });
+    const until = Date.now() + 10_000;
+    while ((await metric(harness, /^earpiece_active_streams (\d+)/m)) !== 0) {
+      if (Date.now() > until) throw new Error('the turn never ended');
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    expect(await metric(harness, /^earpiece_turns_total\{toolset="test",outcome="cancelled"\} (\d+)/m)).toBe(
+      1,
+    );
+  });
+
+  it('keeps the spoken error message apart from the words before it', async () => {
+    const { harness } = await setup(
+      () => ({
+        sse: [
+          'data: {"choices":[{"index":0,"delta":{"content":"The answer"}}]}\n\n',
+          'data: {"error": {"message": "engine died", "code": 500}}\n\n',
+          'data: [DONE]\n\n',
+        ],
+      }),
+      { tools: [] },
+    );
+    const { text } = await unmuteTurn(harness.client, [SYSTEM, { role: 'user', content: 'Hi' }]);
+    expect(text).toBe("The answer Sorry, I couldn't do that right now. ");
+  });
+
+  it('does not resend an identical request after a context-length error when there is nothing to drop', async () => {
+    const { upstream, harness } = await setup(
+      () => errorReply(400, "This model's maximum context length is 1536 tokens."),
+      {
+        tools: [],
+      },
+    );
+    const { text } = await unmuteTurn(harness.client, [
+      SYSTEM,
+      { role: 'user', content: 'A very long question' },
+    ]);
+    expect(text).toBe("Sorry, I couldn't do that right now. ");
+    expect(upstream.requests).toHaveLength(1);
+  });
+
+  it('logs the missing tool parser once, and counts every refusal', async () => {
+    const lines: string[] = [];
+    const { Writable } = await import('node:stream');
+    const { pino } = await import('pino');
+    const logger = pino(
+      { level: 'warn' },
+      new Writable({
+        write(chunk, _enc, done) {
+          lines.push(String(chunk));
+          done();
+        },
+      }),
+    );
+    const upstream = await startScriptedUpstream({
+      respond: (req) =>
+        req.body.tools
+          ? errorReply(400, '"auto" tool choice requires --enable-auto-tool-choice')
+          : { sse: textReply('Ok.') },
+    });
+    const harness = await startTestProxy({ tools: [{ name: 'now', builtin: 'time' }] }, upstream.url, {
+      logger,
+    });
+    cleanups.push(
+      () => upstream.close(),
+      () => harness.close(),
+    );
+    const state = harness.proxy.current().upstreamState;
+    await unmuteTurn(harness.client, [SYSTEM, { role: 'user', content: 'Time?' }]);
+    // The 60 s without tools pass; the next turn tries tools again and is refused again.
+    (state as unknown as { now: () => number }).now = () => Date.now() + 61_000;
+    await unmuteTurn(harness.client, [SYSTEM, { role: 'user', content: 'Time now?' }]);
+    expect(lines.filter((l) => l.includes('--enable-auto-tool-choice --tool-call-parser'))).toHaveLength(1);
+    expect(await metric(harness, /^earpiece_upstream_tools_unsupported_total\{toolset="test"\} (\d+)/m)).toBe(
+      2,
+    );
+  });
+});
+
+describe('behaviour that had no test', () => {
+  it('returns only the client’s calls, over SSE, when a message calls client and ToolSet tools', async () => {
+    const { upstream, harness } = await setup(
+      () => ({
+        sse: toolCallReply(
+          [
+            { name: 'now', arguments: {} },
+            { name: 'client_lookup', arguments: { q: 'x' } },
+          ],
+          'openai',
+        ),
+      }),
+      { tools: [{ name: 'now', builtin: 'time' }] },
+    );
+    const stream = await harness.client.chat.completions.create({
+      model: 'm',
+      messages: [SYSTEM, { role: 'user', content: 'Look up x' }],
+      tools: [
+        {
+          type: 'function',
+          function: { name: 'client_lookup', parameters: { type: 'object', properties: {} } },
+        },
+      ],
+      stream: true,
+    });
+    const names: string[] = [];
+    const finishes: string[] = [];
+    for await (const chunk of stream) {
+      for (const call of chunk.choices[0]?.delta.tool_calls ?? [])
+        if (call.function?.name) names.push(call.function.name);
+      const finish = chunk.choices[0]?.finish_reason;
+      if (finish) finishes.push(finish);
+    }
+    expect(names).toEqual(['client_lookup']);
+    expect(finishes).toEqual(['tool_calls']);
+    expect(upstream.requests).toHaveLength(1);
+  });
+
+  it('runs at most maxParallelCalls tools at once', async () => {
+    let running = 0;
+    let most = 0;
+    const { createServer } = await import('node:http');
+    const server = createServer((_req, res) => {
+      running++;
+      most = Math.max(most, running);
+      setTimeout(() => {
+        running--;
+        res.end('{"ok":true}');
+      }, 100);
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    cleanups.push(async () => void server.close());
+    const url = `http://127.0.0.1:${(server.address() as { port: number }).port}`;
+    const { harness } = await setup(
+      (_req, i) =>
+        i === 0
+          ? {
+              sse: toolCallReply(
+                Array.from({ length: 6 }, (_, k) => ({ name: 'slow', arguments: { k } })),
+                'vllm-hermes',
+              ),
+            }
+          : { sse: textReply('Done.') },
+      {
+        limits: { maxParallelCalls: 2 },
+        tools: [
+          {
+            name: 'slow',
+            parameters: { type: 'object', properties: { k: { type: 'number' } } },
+            http: { url: `${url}/x{?k}` },
+          },
+        ],
+      },
+    );
+    expect((await unmuteTurn(harness.client, [SYSTEM, { role: 'user', content: 'Go' }])).text).toBe(
+      'One moment. Done.',
+    );
+    expect(most).toBe(2);
+  });
+
+  it('counts a turn past turnTimeout as outcome timeout', async () => {
+    const { harness } = await setup(() => ({ hang: true }), { limits: { turnTimeout: '200ms' }, tools: [] });
+    await unmuteTurn(harness.client, [SYSTEM, { role: 'user', content: 'Hi' }]);
+    expect(await metric(harness, /^earpiece_turns_total\{toolset="test",outcome="timeout"\} (\d+)/m)).toBe(1);
+  });
+});
