@@ -103,7 +103,17 @@ export async function startScriptedUpstream(options: {
         continue;
       }
       const text = typeof step === 'string' ? step : `data: ${JSON.stringify(step)}\n\n`;
-      if (!res.write(text)) await Promise.race([once(res, 'drain'), once(res, 'close')]);
+      if (!res.write(text)) {
+        await new Promise<void>((resolve) => {
+          const done = () => {
+            res.off('drain', done);
+            res.off('close', done);
+            resolve();
+          };
+          res.on('drain', done);
+          res.on('close', done);
+        });
+      }
     }
   };
 

@@ -449,6 +449,8 @@ export async function runTurn(request: TurnRequest, sink: TurnSink, deps: TurnDe
       const offer = final ? [] : [...clientTools, ...ownTools];
       const { snapshot, calls } = await complete(offer);
       iterations++;
+      // The stream may have been read to its end after the client left or the deadline passed.
+      if (signal.aborted) throw signal.reason;
       const runnable = final ? [] : calls;
       if (runnable.length === 0) {
         if (final) outcome = 'max_iterations';
