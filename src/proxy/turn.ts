@@ -12,7 +12,6 @@
  * Signals: the client's hang-up and the turn deadline abort the upstream call and the tools (except
  * tools with onInterrupt: finish, which the registry lets complete).
  */
-import { randomBytes } from 'node:crypto';
 import {
   chatResponseAttributes,
   startChatSpan,
