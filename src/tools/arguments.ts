@@ -50,6 +50,9 @@ export function compileArgumentCheck(
   } catch (err) {
     onUnusable((err as Error).message);
     return () => undefined;
+  } finally {
+    // ajv caches every compiled schema by object; reloads and MCP list changes would keep them all.
+    shared.removeSchema(schema);
   }
   return (args) => (validate(args) ? undefined : describeErrors(validate.errors ?? []));
 }

@@ -86,10 +86,43 @@ function scrubber(connectionString: string): (text: string) => string {
 }
 
 /** Compact JSON; bytea as Postgres hex text rather than Node's Buffer JSON. */
-function rowsJson(rows: unknown[], maxRows: number): string {
+/** Rows are read in batches and reading stops past this many bytes: the model sees a few KB anyway. */
+const MAX_READ_BYTES = 1024 * 1024;
+const BATCH_ROWS = 16;
+
+/** At most maxRows + 1 rows (the extra one tells that the cap cut), stopping early past MAX_READ_BYTES. */
+async function readRows(cursor: Cursor, maxRows: number): Promise<{ rows: unknown[]; bytesCut: boolean }> {
+  const rows: unknown[] = [];
+  let bytes = 0;
+  while (rows.length <= maxRows) {
+    const batch = await cursor.read(Math.min(BATCH_ROWS, maxRows + 1 - rows.length));
+    for (const row of batch) {
+      rows.push(row);
+      bytes += approximateBytes(row);
+    }
+    if (batch.length === 0 || rows.length > maxRows) break;
+    if (bytes > MAX_READ_BYTES) return { rows, bytesCut: true };
+  }
+  return { rows, bytesCut: false };
+}
+
+function approximateBytes(row: unknown): number {
+  let n = 0;
+  for (const value of Object.values(row as Record<string, unknown>)) {
+    n += typeof value === 'string' ? value.length : Buffer.isBuffer(value) ? value.length * 2 : 16;
+  }
+  return n;
+}
+
+function rowsJson(rows: unknown[], maxRows: number, bytesCut = false): string {
   const cut = rows.length > maxRows;
   const kept = cut ? rows.slice(0, maxRows) : rows;
-  const body = { rows: kept, rowCount: kept.length, ...(cut ? { note: `cut to ${maxRows} rows` } : {}) };
+  const note = cut
+    ? `cut to ${maxRows} rows`
+    : bytesCut
+      ? `cut after ${kept.length} rows (1 MiB read)`
+      : undefined;
+  const body = { rows: kept, rowCount: kept.length, ...(note ? { note } : {}) };
   return JSON.stringify(body, function (this: Record<string, unknown>, key, value) {
     const raw = this[key];
     if (Buffer.isBuffer(raw)) return `\\x${raw.toString('hex')}`;
@@ -165,10 +198,10 @@ export const createSqlProvider: ProviderFactory = (tool, { env, logger }) => {
       if (ctx.signal.aborted) throw ctx.signal.reason;
       running.pid = setup.rows[0]?.pid;
       const cursor = client.query(new Cursor(text, values));
-      const rows = await cursor.read(maxRows + 1);
+      const { rows, bytesCut } = await readRows(cursor, maxRows);
       running.pid = undefined;
       await cursor.close();
-      return rowsJson(rows, maxRows);
+      return rowsJson(rows, maxRows, bytesCut);
     } catch (err) {
       if (ctx.signal.aborted) throw ctx.signal.reason;
       throw failure(err, timeoutMs);

@@ -32,6 +32,9 @@ export function checkUrlTemplate(template: string): string[] {
     );
     return problems;
   }
+  if (origin[0].includes('@')) {
+    problems.push('has credentials in the URL; send them in a header (headers: [{ name, valueFrom }])');
+  }
   const after = template.slice(origin[0].length);
   if (after.startsWith('{') && !/^\{[/?&]/.test(after)) {
     problems.push('an expression right after the host could change it; use {/x}, {?x} or put a / first');

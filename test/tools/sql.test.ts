@@ -190,6 +190,21 @@ describe('sql with a configured query', () => {
     expect(await run(exact, {})).not.toHaveProperty('note');
   });
 
+  it('stops reading rows past 1 MiB and says so, so a huge result cannot fill the proxy', async () => {
+    const p = provider({
+      parameters: { type: 'object', properties: {} },
+      sql: {
+        connection: { value: db.url },
+        query: "SELECT n, repeat('x', 200000) AS pad FROM generate_series(1, 50) AS n",
+        maxRows: 50,
+      },
+    });
+    const result = (await run(p, {})) as { rowCount: number; note?: string };
+    expect(result.rowCount).toBeLessThan(50);
+    expect(result.rowCount).toBeGreaterThan(0);
+    expect(result.note).toBe(`cut after ${result.rowCount} rows (1 MiB read)`);
+  });
+
   it('lets go of session advisory locks, which outlive the transaction', async () => {
     const p = provider({
       parameters: { type: 'object', properties: { key: { type: 'integer' } } },

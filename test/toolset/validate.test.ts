@@ -96,6 +96,7 @@ describe('ToolSet validation', () => {
           parameters: { type: 'object', properties: { a: { type: 'nope' } } },
           http: { url: 'https://x.test/' },
         },
+        { name: 'creds', http: { url: 'https://user:secret@x.test/' } },
         {
           name: 'twovalues',
           http: { url: 'https://x.test/', headers: [{ name: 'A', value: 'x', valueFrom: { env: 'Y' } }] },
@@ -111,8 +112,9 @@ describe('ToolSet validation', () => {
     expect(byPath['spec.tools[5].http.url']).toMatch(/\{q\}/);
     expect(byPath['spec.tools[6].sql.args']).toMatch(/\$1\.\.\$2/);
     expect(byPath['spec.tools[7].parameters']).toMatch(/not a valid JSON Schema/);
-    expect(byPath['spec.tools[8].http.headers[0]']).toMatch(/exactly one of value or valueFrom/);
-    expect(byPath['spec.tools[9].name']).toBe('"dup" is already the name of spec.tools[0]');
+    expect(byPath['spec.tools[8].http.url']).toMatch(/credentials in the URL/);
+    expect(byPath['spec.tools[9].http.headers[0]']).toMatch(/exactly one of value or valueFrom/);
+    expect(byPath['spec.tools[10].name']).toBe('"dup" is already the name of spec.tools[0]');
   });
 
   it('gives YAML syntax errors a line', () => {
