@@ -1,0 +1,501 @@
+/**
+ * `npm run bench`: what earpiece adds to a streamed turn, against the same scripted vLLM server reached
+ * directly and through nginx as a bare proxy hop, at 1, 100 and 1,000 concurrent streams; the tool
+ * hand-offs on a tool turn; idle and peak memory; the tool memory's lookup cost. Prints a markdown table
+ * and writes it to bench/results/latest.md. Figures only: the targets are marked, never enforced.
+ *
+ * Method and caveats: docs/benchmark.md.
+ */
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { cpus, loadavg, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import { stringify } from 'yaml';
+import { type PhaseResult, phase, stream, type Target, target } from './load.js';
+import { type LookupCost, measureLookup } from './memory.js';
+import {
+  cpuSeconds,
+  type EarpieceProxy,
+  memoryMb,
+  type NginxProxy,
+  nginxVersion,
+  openFileLimits,
+  startEarpiece,
+  startNginx,
+  startUpstreamChild,
+  type UpstreamChild,
+} from './procs.js';
+import { ANSWER_TEXT } from './protocol.js';
+
+type Mode = 'direct' | 'nginx' | 'earpiece';
+/** Measured streams per worker and round: more where there are few workers. */
+function recordedPerWorker(concurrency: number): number {
+  return concurrency === 1 ? 7 : concurrency <= 100 ? 3 : 2;
+}
+const TOOL_TURNS = 300;
+const FILES_NEEDED = 8192;
+const TOOL_WARMUP = 20;
+
+const TARGETS = {
+  addedTtftMs: 0.5,
+  vsNginx: 1.1,
+  handoffMs: 1,
+  idleRssMb: 90,
+  lookupUs: 20,
+};
+
+const SYSTEM_PROMPT =
+  `# BASICS\n${'You are a friendly voice assistant. Your responses will be spoken out loud, so keep them short and write as a human would speak. '.repeat(24)}`.slice(
+    0,
+    3000,
+  );
+
+/** Unmute's request: model, messages, stream, temperature (the proxy adds tools and instructions). */
+function unmuteRequest(lastUser: string): string {
+  return JSON.stringify({
+    model: 'bench-model',
+    messages: [
+      { role: 'system', content: SYSTEM_PROMPT },
+      { role: 'user', content: 'Hello!' },
+      { role: 'assistant', content: 'Hi there, how can I help you today?' },
+      { role: 'user', content: lastUser },
+    ],
+    stream: true,
+    temperature: 0.7,
+  });
+}
+
+const STREAM_BODY = unmuteRequest('Tell me about the weather in Lisbon.');
+
+// ---- statistics ----
+
+function percentile(sorted: Float64Array, p: number): number {
+  if (sorted.length === 0) return Number.NaN;
+  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))] as number;
+}
+
+function sorted(values: number[]): Float64Array {
+  return Float64Array.from(values).sort();
+}
+
+interface Series {
+  ttft: number[];
+  gaps: number[];
+  streams: number;
+  chunks: number;
+  errors: Map<string, number>;
+  proxyCpu: number;
+  driverCpu: number;
+  upstreamCpu: number;
+  wallSeconds: number;
+}
+
+interface Summary {
+  ttftP50: number;
+  ttftP99: number;
+  gapP50: number;
+  gapP99: number;
+  samples: number;
+  errors: number;
+  errorKinds: string[];
+  cpuPer1k: number | undefined;
+  driverLoad: number;
+  upstreamLoad: number;
+  proxyLoad: number | undefined;
+  peakRssMb: number | undefined;
+}
+
+function summarize(s: Series, hasProxy: boolean, peakRssMb: number | undefined): Summary {
+  const t = sorted(s.ttft);
+  const g = sorted(s.gaps);
+  let errors = 0;
+  for (const n of s.errors.values()) errors += n;
+  return {
+    ttftP50: percentile(t, 50),
+    ttftP99: percentile(t, 99),
+    gapP50: percentile(g, 50),
+    gapP99: percentile(g, 99),
+    samples: s.ttft.length,
+    errors,
+    errorKinds: [...s.errors].map(([k, n]) => `${n}× ${k}`),
+    cpuPer1k: hasProxy ? (s.proxyCpu / s.chunks) * 1000 : undefined,
+    driverLoad: s.driverCpu / s.wallSeconds,
+    upstreamLoad: s.upstreamCpu / s.wallSeconds,
+    proxyLoad: hasProxy ? s.proxyCpu / s.wallSeconds : undefined,
+    peakRssMb,
+  };
+}
+
+// ---- formatting ----
+
+const ms = (v: number | undefined, digits = 2) =>
+  v === undefined || Number.isNaN(v) ? '—' : `${v.toFixed(digits)} ms`;
+const signedMs = (v: number) => (Number.isNaN(v) ? '—' : `${v >= 0 ? '+' : '−'}${Math.abs(v).toFixed(2)} ms`);
+const mark = (ok: boolean) => (ok ? 'pass' : '**FAIL**');
+
+// ---- the run ----
+
+interface Proxies {
+  upstream: UpstreamChild;
+  nginx: NginxProxy | undefined;
+  earpiece: EarpieceProxy;
+}
+
+function proxyPid(mode: Mode, p: Proxies): number | undefined {
+  if (mode === 'nginx') return p.nginx?.workerPid;
+  if (mode === 'earpiece') return p.earpiece.pid;
+  return undefined;
+}
+
+async function measuredPhase(
+  mode: Mode,
+  to: Target,
+  p: Proxies,
+  concurrency: number,
+  series: Series,
+): Promise<void> {
+  const pid = proxyPid(mode, p);
+  const proxyBefore = pid === undefined ? 0 : cpuSeconds(pid);
+  const upstreamBefore = cpuSeconds(p.upstream.pid);
+  const driverBefore = process.cpuUsage();
+  const r: PhaseResult = await phase(
+    to,
+    STREAM_BODY,
+    concurrency,
+    recordedPerWorker(concurrency),
+    ANSWER_TEXT,
+  );
+  const driver = process.cpuUsage(driverBefore);
+  series.driverCpu += (driver.user + driver.system) / 1e6;
+  series.upstreamCpu += cpuSeconds(p.upstream.pid) - upstreamBefore;
+  if (pid !== undefined) series.proxyCpu += cpuSeconds(pid) - proxyBefore;
+  series.ttft.push(...r.ttft);
+  for (const gap of r.gaps) series.gaps.push(gap);
+  series.streams += r.streams;
+  series.chunks += r.chunks;
+  series.wallSeconds += r.wallSeconds;
+  for (const [k, n] of r.errors) series.errors.set(k, (series.errors.get(k) ?? 0) + n);
+}
+
+interface Handoffs {
+  callToTool: number[];
+  toolToNext: number[];
+  errors: number;
+}
+
+/** Sequential tool turns through earpiece; the hand-off stamps come from the upstream child's clock. */
+async function toolTurns(p: Proxies, to: Target): Promise<Handoffs> {
+  let errors = 0;
+  for (let n = 0; n < TOOL_WARMUP + TOOL_TURNS; n++) {
+    const outcome = await stream(to, unmuteRequest(`What's the weather at bench-${n}?`));
+    if (!outcome.ok || !outcome.text.includes(`sunny at bench-${n}`)) errors++;
+  }
+  const stamps = await p.upstream.stamps();
+  const callToTool: number[] = [];
+  const toolToNext: number[] = [];
+  for (let n = TOOL_WARMUP; n < TOOL_WARMUP + TOOL_TURNS; n++) {
+    const s = stamps[String(n)];
+    if (
+      s?.callSent === undefined ||
+      s.toolAsked === undefined ||
+      s.toolAnswered === undefined ||
+      s.nextAsked === undefined
+    ) {
+      errors++;
+      continue;
+    }
+    callToTool.push(s.toolAsked - s.callSent);
+    toolToNext.push(s.nextAsked - s.toolAnswered);
+  }
+  return { callToTool, toolToNext, errors };
+}
+
+async function writeToolSet(dir: string, toolUrl: string): Promise<string> {
+  const path = join(dir, 'toolset.yaml');
+  await writeFile(
+    path,
+    stringify({
+      apiVersion: 'earpiece.dev/v1alpha1',
+      kind: 'ToolSet',
+      metadata: { name: 'bench' },
+      spec: {
+        instructions: 'You can look things up with tools. Answer in one or two short spoken sentences.',
+        tools: [
+          {
+            name: 'get_weather',
+            description: 'Current temperature and wind at a place.',
+            parameters: { type: 'object', properties: { place: { type: 'string' } }, required: ['place'] },
+            filler: 'One moment. ',
+            http: { url: `${toolUrl}/weather{?place}` },
+          },
+          { name: 'current_time', description: 'The current date and time.', builtin: 'time' },
+          { name: 'calculate', description: 'Evaluates an arithmetic expression.', builtin: 'calculator' },
+        ],
+      },
+    }),
+  );
+  return path;
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const { values } = parseArgs({
+    args: argv,
+    options: { rounds: { type: 'string', default: '3' }, streams: { type: 'string', default: '1,100,1000' } },
+  });
+  const rounds = Math.max(1, Number(values.rounds));
+  const levels = values.streams.split(',').map(Number);
+  const log = (line: string) => process.stderr.write(`${line}\n`);
+  const began = performance.now();
+  // Other work on the machine shows in every figure: the run reports the load it started under.
+  const loadBefore = loadavg()[0] as number;
+
+  const files = openFileLimits();
+  if (files.soft < FILES_NEEDED) {
+    if (files.hard < FILES_NEEDED || process.env.EARPIECE_BENCH_RAISED) {
+      log(
+        `The open-file limit is ${files.soft} (hard ${files.hard}); 1,000 streams need ${FILES_NEEDED}: raise it (ulimit -n).`,
+      );
+      return 1;
+    }
+    // The soft limit may be raised up to the hard one; the shell does it, then runs the benchmark again.
+    const child = spawn(
+      'sh',
+      [
+        '-c',
+        `ulimit -n ${FILES_NEEDED} && exec "$0" "$@"`,
+        process.execPath,
+        ...process.execArgv,
+        fileURLToPath(import.meta.url),
+        ...argv,
+      ],
+      {
+        stdio: 'inherit',
+        env: { ...process.env, EARPIECE_BENCH_RAISED: '1' },
+      },
+    );
+    const [code] = (await once(child, 'exit')) as [number | null];
+    return code ?? 1;
+  }
+
+  log('Tool memory lookup (in process)…');
+  const lookup: LookupCost = measureLookup();
+
+  const dir = await mkdtemp(join(tmpdir(), 'earpiece-bench-'));
+  const version = nginxVersion();
+  const upstream = await startUpstreamChild();
+  let nginx: NginxProxy | undefined;
+  let earpiece: EarpieceProxy | undefined;
+  let targets: Partial<Record<Mode, Target>> | undefined;
+  try {
+    if (version) nginx = await startNginx(join(dir, 'nginx'), upstream.upstreamUrl, version);
+    else log('nginx is not on PATH: the nginx column is skipped (Debian: apt-get install nginx-light).');
+    earpiece = await startEarpiece(await writeToolSet(dir, upstream.toolUrl), upstream.upstreamUrl);
+    const p: Proxies = { upstream, nginx, earpiece };
+    // Let start-up work (module loading, first GC) settle before reading the idle footprint.
+    await sleep(2000);
+    const idle = {
+      earpiece: memoryMb(earpiece.pid, 'VmRSS'),
+      nginx: nginx ? memoryMb(nginx.workerPid, 'VmRSS') : undefined,
+    };
+
+    const to: Partial<Record<Mode, Target>> = {
+      direct: target(upstream.upstreamUrl),
+      earpiece: target(earpiece.url),
+      ...(nginx ? { nginx: target(nginx.url) } : {}),
+    };
+    targets = to;
+    const modes = (['direct', 'nginx', 'earpiece'] as const).filter((m) => to[m]);
+    const results = new Map<number, Map<Mode, Summary>>();
+
+    for (const concurrency of levels) {
+      const series = new Map<Mode, Series>(
+        modes.map((m) => [
+          m,
+          {
+            ttft: [],
+            gaps: [],
+            streams: 0,
+            chunks: 0,
+            errors: new Map(),
+            proxyCpu: 0,
+            driverCpu: 0,
+            upstreamCpu: 0,
+            wallSeconds: 0,
+          },
+        ]),
+      );
+      for (let round = 0; round < rounds; round++) {
+        // Rotate which mode goes first, so drift over the run (heat, other tenants) spreads evenly.
+        const order = modes.map((_, i) => modes[(i + round) % modes.length] as Mode);
+        for (const mode of order) {
+          log(`${concurrency} stream(s), round ${round + 1}/${rounds}: ${mode}`);
+          await measuredPhase(mode, to[mode] as Target, p, concurrency, series.get(mode) as Series);
+          await sleep(300);
+        }
+      }
+      const peak: Partial<Record<Mode, number>> = {
+        earpiece: memoryMb(earpiece.pid, 'VmHWM'),
+        ...(nginx ? { nginx: memoryMb(nginx.workerPid, 'VmHWM') } : {}),
+      };
+      results.set(
+        concurrency,
+        new Map(modes.map((m) => [m, summarize(series.get(m) as Series, m !== 'direct', peak[m])])),
+      );
+    }
+
+    log(`Tool turns through earpiece (${TOOL_TURNS}, one at a time)…`);
+    const handoffs = await toolTurns(p, to.earpiece as Target);
+
+    const report = render({
+      results,
+      modes,
+      idle,
+      handoffs,
+      lookup,
+      rounds,
+      loadBefore,
+      nginxVersion: version,
+      seconds: (performance.now() - began) / 1000,
+    });
+    process.stdout.write(report);
+    const out = fileURLToPath(new URL('../../bench/results/latest.md', import.meta.url));
+    await writeFile(out, report);
+    log(`Written to ${out}`);
+    return 0;
+  } finally {
+    for (const t of Object.values(targets ?? {})) t.agent.destroy();
+    await earpiece?.close();
+    await nginx?.close();
+    await upstream.close();
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+function render(r: {
+  results: Map<number, Map<Mode, Summary>>;
+  modes: Mode[];
+  idle: { earpiece: number; nginx: number | undefined };
+  handoffs: Handoffs;
+  lookup: LookupCost;
+  rounds: number;
+  loadBefore: number;
+  nginxVersion: string | undefined;
+  seconds: number;
+}): string {
+  const lines: string[] = [];
+  const cpu = cpus();
+  lines.push(
+    `Run of ${new Date().toISOString().slice(0, 10)} on ${cpu.length} × ${cpu[0]?.model.trim() ?? 'CPU'}, Node ${process.versions.node}, ${r.nginxVersion ?? 'no nginx'}; ${r.rounds} interleaved rounds, ${Math.round(r.seconds)} s in all; 1-minute load average before the run ${r.loadBefore.toFixed(2)}.`,
+    '',
+    '| streams | path | TTFT p50 | TTFT p99 | added TTFT p50 | added TTFT p99 | added gap p50 | added gap p99 | proxy CPU s / 1k chunks | proxy peak RSS | errors |',
+    '|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|',
+  );
+  for (const [concurrency, byMode] of r.results) {
+    const direct = byMode.get('direct') as Summary;
+    for (const mode of r.modes) {
+      const s = byMode.get(mode) as Summary;
+      const base = mode === 'direct';
+      lines.push(
+        `| ${concurrency.toLocaleString('en')} | ${mode} | ${ms(s.ttftP50)} | ${ms(s.ttftP99)} | ${base ? '—' : signedMs(s.ttftP50 - direct.ttftP50)} | ${base ? '—' : signedMs(s.ttftP99 - direct.ttftP99)} | ${base ? '—' : signedMs(s.gapP50 - direct.gapP50)} | ${base ? '—' : signedMs(s.gapP99 - direct.gapP99)} | ${s.cpuPer1k === undefined ? '—' : s.cpuPer1k.toFixed(3)} | ${s.peakRssMb === undefined ? '—' : `${s.peakRssMb.toFixed(0)} MB`} | ${s.errors} |`,
+      );
+    }
+  }
+  if (!r.modes.includes('nginx')) lines.push('', 'nginx was not on PATH: the nginx rows were skipped.');
+
+  const h = r.handoffs;
+  const call = sorted(h.callToTool);
+  const next = sorted(h.toolToNext);
+  lines.push(
+    '',
+    `Tool turn through earpiece (${h.callToTool.length} turns, one at a time; one clock, in the process that serves both the model and the tool):`,
+    '',
+    '| hand-off | p50 | p99 | max |',
+    '|---|---:|---:|---:|',
+    `| model's last tool-call byte → tool request received | ${ms(percentile(call, 50), 3)} | ${ms(percentile(call, 99), 3)} | ${ms(call.at(-1), 3)} |`,
+    `| tool answer sent → next model request received | ${ms(percentile(next, 50), 3)} | ${ms(percentile(next, 99), 3)} | ${ms(next.at(-1), 3)} |`,
+  );
+  if (h.errors > 0) lines.push('', `${h.errors} tool turns failed or lacked a timestamp.`);
+
+  lines.push(
+    '',
+    `Proxy RSS at idle after start: earpiece ${r.idle.earpiece.toFixed(1)} MB${r.idle.nginx === undefined ? '' : `, nginx worker ${r.idle.nginx.toFixed(1)} MB`}. ` +
+      `Tool memory lookup (ToolMemory.prepare, 40 messages, ${r.lookup.historyChars.toLocaleString('en')} characters, median of ${r.lookup.hitRuns.length} runs): ` +
+      `${r.lookup.hitUs.toFixed(2)} µs with two exchanges spliced back, ${r.lookup.missUs.toFixed(2)} µs with none.`,
+  );
+
+  // Targets.
+  const at = (c: number, m: Mode) => r.results.get(c)?.get(m);
+  const one = at(1, 'earpiece');
+  const oneDirect = at(1, 'direct');
+  lines.push('', '| target | result | |', '|---|---|---|');
+  if (one && oneDirect) {
+    const added = one.ttftP50 - oneDirect.ttftP50;
+    lines.push(
+      `| added TTFT p50 ≤ ${TARGETS.addedTtftMs} ms at 1 stream | ${signedMs(added)} | ${mark(added <= TARGETS.addedTtftMs)} |`,
+    );
+  }
+  for (const c of [100, 1000]) {
+    const e = at(c, 'earpiece');
+    const n = at(c, 'nginx');
+    if (!e) continue;
+    if (n) {
+      for (const [label, ev, nv] of [
+        ['p50', e.ttftP50, n.ttftP50],
+        ['p99', e.ttftP99, n.ttftP99],
+      ] as const) {
+        const ratio = ev / nv;
+        lines.push(
+          `| TTFT ${label} ≤ ${TARGETS.vsNginx}× nginx at ${c.toLocaleString('en')} streams | ${ms(ev)} vs ${ms(nv)} (${ratio.toFixed(2)}×) | ${mark(ratio <= TARGETS.vsNginx)} |`,
+        );
+      }
+    } else {
+      lines.push(
+        `| TTFT ≤ ${TARGETS.vsNginx}× nginx at ${c.toLocaleString('en')} streams | no nginx in this run | — |`,
+      );
+    }
+    lines.push(
+      `| zero errors through earpiece at ${c.toLocaleString('en')} streams | ${e.errors}${e.errorKinds.length ? ` (${e.errorKinds.join('; ')})` : ''} | ${mark(e.errors === 0)} |`,
+    );
+  }
+  for (const [label, values] of [
+    ['last tool-call byte → tool request, p50 (p99)', call],
+    ['tool answer → next model request, p50 (p99)', next],
+  ] as const) {
+    const p50 = percentile(values, 50);
+    lines.push(
+      `| ${label} ≤ ${TARGETS.handoffMs} ms | ${ms(p50, 3)} (${ms(percentile(values, 99), 3)}) | ${mark(p50 <= TARGETS.handoffMs)} |`,
+    );
+  }
+  lines.push(
+    `| earpiece idle RSS ≤ ${TARGETS.idleRssMb} MB | ${r.idle.earpiece.toFixed(1)} MB | ${mark(r.idle.earpiece <= TARGETS.idleRssMb)} |`,
+    `| memory lookup ≤ ${TARGETS.lookupUs} µs (40 messages) | ${r.lookup.hitUs.toFixed(2)} µs | ${mark(r.lookup.hitUs <= TARGETS.lookupUs)} |`,
+  );
+
+  // Where the CPU went: the driver and the upstream share the two cores with the proxy.
+  lines.push(
+    '',
+    "CPU in use during each path's phases (cores): load generator / scripted model / proxy.",
+    '',
+    `| streams | ${r.modes.join(' | ')} |`,
+    `|---:|${r.modes.map(() => '---').join('|')}|`,
+  );
+  for (const [concurrency, byMode] of r.results) {
+    const cells = r.modes.map((m) => {
+      const s = byMode.get(m) as Summary;
+      return `${s.driverLoad.toFixed(2)} / ${s.upstreamLoad.toFixed(2)} / ${s.proxyLoad === undefined ? '—' : s.proxyLoad.toFixed(2)}`;
+    });
+    lines.push(`| ${concurrency.toLocaleString('en')} | ${cells.join(' | ')} |`);
+  }
+  const samples = [...r.results].map(
+    ([c, byMode]) =>
+      `${c.toLocaleString('en')}: ${(byMode.get('direct') as Summary).samples.toLocaleString('en')}`,
+  );
+  lines.push('', `Measured streams per path (after warm-up): ${samples.join(', ')}.`, '');
+  return lines.join('\n');
+}
+
+process.exitCode = await main(process.argv.slice(2));

@@ -1,0 +1,167 @@
+/**
+ * The benchmark's model server and HTTP tool, run as a child process of bench/run.ts (forked, so it has
+ * an IPC channel). Both live here so the tool hand-off timestamps come from one clock.
+ *
+ * The model streams in vLLM's format (the scripted upstream's builders): a role chunk, then 64 content
+ * chunks 20 ms apart, the finish chunk, usage and [DONE]. A request whose user asks for "the weather at
+ * bench-N" gets a tool call instead (fragments 2 ms apart, then finish + usage + [DONE] in one write);
+ * the request that carries the tool's result gets a short unpaced answer.
+ *
+ * Tool-turn timestamps, per turn N (ms, performance.timeOrigin + performance.now()):
+ *   callSent     the last byte of the tool-call message was written
+ *   toolAsked    the HTTP tool received the request (headers parsed)
+ *   toolAnswered the HTTP tool finished writing its answer
+ *   nextAsked    the model server received the request that carries the result (headers parsed)
+ */
+import { once } from 'node:events';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { type ScriptStep, textReply, toolCallReply, words } from '../src/proxy/scripted-upstream.js';
+import {
+  ANSWER_TEXT,
+  type ChildMessage,
+  CONTENT_CHUNKS,
+  PACE_MS,
+  type ParentMessage,
+  type TurnStamps,
+} from './protocol.js';
+
+const TOOL_PACE_MS = 2;
+
+/** A reply as the writes it is made of: text written after a pause (consecutive steps are one write). */
+interface Segment {
+  delayMs: number;
+  text: string;
+}
+
+function segments(steps: ScriptStep[]): Segment[] {
+  const out: Segment[] = [];
+  let delayMs = 0;
+  for (const step of steps) {
+    if (typeof step === 'object' && 'delayMs' in step && Object.keys(step).length === 1) {
+      delayMs += step.delayMs as number;
+      continue;
+    }
+    const text = typeof step === 'string' ? step : `data: ${JSON.stringify(step)}\n\n`;
+    const last = out.at(-1);
+    if (last && delayMs === 0) last.text += text;
+    else out.push({ delayMs, text });
+    delayMs = 0;
+  }
+  return out;
+}
+
+const now = () => performance.timeOrigin + performance.now();
+
+/** Writes the segments with their pauses; `onLast` runs right after the final write. */
+function play(res: ServerResponse, parts: Segment[], onLast?: () => void): void {
+  let i = 0;
+  const next = () => {
+    if (res.destroyed) return;
+    const part = parts[i++] as Segment;
+    if (i === parts.length) {
+      res.end(part.text);
+      onLast?.();
+      return;
+    }
+    res.write(part.text);
+    setTimeout(next, (parts[i] as Segment).delayMs);
+  };
+  res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache' });
+  const first = parts[0] as Segment;
+  if (first.delayMs > 0) setTimeout(next, first.delayMs);
+  else next();
+}
+
+/** A spoken answer of exactly 64 words, so textReply makes 64 content chunks. */
+function answerText(): string {
+  const text = ANSWER_TEXT;
+  const count = words(text).length;
+  if (count !== CONTENT_CHUNKS) throw new Error(`the answer has ${count} words, not ${CONTENT_CHUNKS}`);
+  return text;
+}
+
+function readBody(req: IncomingMessage): Promise<string> {
+  return new Promise((resolve, reject) => {
+    let body = '';
+    req.setEncoding('utf8');
+    req.on('data', (c: string) => {
+      body += c;
+    });
+    req.on('end', () => resolve(body));
+    req.on('error', reject);
+  });
+}
+
+async function listen(server: Server): Promise<string> {
+  // Kept-alive sockets outlive the gaps between benchmark phases (vLLM's uvicorn default, 5 s, would not).
+  server.keepAliveTimeout = 120_000;
+  server.headersTimeout = 121_000;
+  server.listen({ host: '127.0.0.1', port: 0, backlog: 4096 });
+  await once(server, 'listening');
+  return `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+}
+
+async function main(): Promise<void> {
+  const send = (message: ChildMessage) => process.send?.(message);
+  let turns: Record<string, TurnStamps> = {};
+  const turn = (id: string) => {
+    turns[id] ??= {};
+    return turns[id] as TurnStamps;
+  };
+
+  const stream = segments(textReply(answerText(), 'vllm-llama3json', { delayMs: PACE_MS }));
+
+  const model = createServer(async (req, res) => {
+    const arrived = now();
+    const body = await readBody(req);
+    if (req.method === 'GET' && req.url?.endsWith('/v1/models')) {
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(JSON.stringify({ object: 'list', data: [{ id: 'bench-model', object: 'model' }] }));
+      return;
+    }
+    const id = /bench-(\d+)/.exec(body)?.[1];
+    if (id === undefined) {
+      play(res, stream);
+    } else if (body.includes('"role":"tool"')) {
+      turn(id).nextAsked = arrived;
+      play(res, segments(textReply(`It is sunny at bench-${id}.`)));
+    } else {
+      const call = toolCallReply(
+        [{ name: 'get_weather', arguments: { place: `bench-${id}` } }],
+        'vllm-llama3json',
+        {
+          delayMs: TOOL_PACE_MS,
+        },
+      );
+      play(res, segments(call), () => {
+        turn(id).callSent = now();
+      });
+    }
+  });
+
+  const tool = createServer((req, res) => {
+    const arrived = now();
+    const place = new URL(req.url ?? '/', 'http://tool').searchParams.get('place') ?? '';
+    const id = /^bench-(\d+)$/.exec(place)?.[1];
+    req.resume();
+    const answer = JSON.stringify({ place, current: { temperature_2m: 21, wind_speed_10m: 12 } });
+    res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(answer) });
+    res.end(answer);
+    if (id !== undefined) {
+      turn(id).toolAsked = arrived;
+      turn(id).toolAnswered = now();
+    }
+  });
+
+  const [upstreamUrl, toolUrl] = await Promise.all([listen(model), listen(tool)]);
+  process.on('message', (message: ParentMessage) => {
+    if (message.type === 'stamps') send({ type: 'stamps', turns });
+    if (message.type === 'reset') turns = {};
+  });
+  // The parent's exit (or crash) closes the channel: nothing here may outlive it.
+  process.on('disconnect', () => process.exit(0));
+  send({ type: 'ready', upstreamUrl, toolUrl });
+}
+
+await main();
