@@ -294,6 +294,7 @@ class McpProvider implements ToolProvider {
       kind === 'streamable'
         ? new StreamableHTTPClientTransport(this.url, {
             requestInit,
+            fetch: cappedFetch,
             reconnectionOptions: {
               initialReconnectionDelay: BACKOFF_FIRST_MS,
               maxReconnectionDelay: BACKOFF_MAX_MS,
@@ -301,7 +302,7 @@ class McpProvider implements ToolProvider {
               maxRetries: 2,
             },
           })
-        : new SSEClientTransport(this.url, { requestInit });
+        : new SSEClientTransport(this.url, { requestInit, fetch: cappedFetch });
     const client = new Client(CLIENT_INFO, { capabilities: {} });
     const session: Session = { client, transport, kind, stale: false, probing: false };
     this.open.add(session);
@@ -472,6 +473,36 @@ function decodeLoosely(text: string): string {
     return text;
   }
 }
+
+/** The most a POST's response may carry (one JSON-RPC answer); a server past it is cut off. */
+export const MAX_MCP_RESPONSE_BYTES = 4 * 1024 * 1024;
+
+/**
+ * fetch with a size cap on the answers to our requests (POSTs), counted while reading, as the http tool
+ * does. GETs are the server's long-lived notification stream and stay uncapped.
+ */
+export const cappedFetch: typeof fetch = async (input, init) => {
+  const response = await fetch(input, init);
+  if ((init?.method ?? 'GET').toUpperCase() !== 'POST' || !response.body) return response;
+  let seen = 0;
+  const limit = new TransformStream<Uint8Array, Uint8Array>({
+    transform(chunk, controller) {
+      seen += chunk.byteLength;
+      if (seen > MAX_MCP_RESPONSE_BYTES) {
+        controller.error(
+          new Error(`the MCP server's answer is larger than ${MAX_MCP_RESPONSE_BYTES / 1024 / 1024} MiB`),
+        );
+        return;
+      }
+      controller.enqueue(chunk);
+    },
+  });
+  return new Response(response.body.pipeThrough(limit), {
+    status: response.status,
+    statusText: response.statusText,
+    headers: response.headers,
+  });
+};
 
 /** A short, single-line description of an error (fetch hides the reason in `cause`). */
 function errorText(err: unknown): string {

@@ -110,6 +110,10 @@ export async function startMcpServer(
       record('broken', {});
       return { isError: true, content: [{ type: 'text', text: 'the light is unreachable' }] };
     });
+    server.registerTool('huge', { description: 'Answers 5 MiB of text.' }, async () => {
+      record('huge', {});
+      return { content: [{ type: 'text', text: 'x'.repeat(5 * 1024 * 1024) }] };
+    });
     server.registerTool('snapshot', { description: 'A camera picture.' }, async () => {
       record('snapshot', {});
       return {

@@ -112,7 +112,7 @@ describe('mcp provider over Streamable HTTP', () => {
     expect(new Set(s.authorizations)).toEqual(
       new Set([`Basic ${Buffer.from('ha-user:pa@ss-word').toString('base64')}`]),
     );
-    expect(withUser.status?.()).toEqual({ url: s.url, state: 'connected', tools: 5 });
+    expect(withUser.status?.()).toEqual({ url: s.url, state: 'connected', tools: 6 });
 
     // A server whose 404 page quotes the request, as Express's does.
     const quoting = await startServer((req, res) => {
@@ -165,6 +165,15 @@ describe('mcp provider over Streamable HTTP', () => {
     expect(connected(p)).toBe(true);
   });
 
+  it('cuts off an answer larger than the cap while reading it, and keeps the connection', async () => {
+    const s = await server();
+    const p = provider({ url: s.url });
+    await waitFor(() => connected(p), 'connection');
+    const failure = await run(p, 'huge').catch((e: unknown) => e);
+    expect(failure).toBeInstanceOf(Error);
+    expect(await run(p, 'echo', { text: 'still here' })).toBe('echo: still here');
+  });
+
   it('a cancelled call sends MCP cancellation to the server', async () => {
     const s = await server();
     const p = provider({ url: s.url });
@@ -210,7 +219,7 @@ describe('mcp provider over Streamable HTTP', () => {
     await server({ port });
     await waitFor(() => connected(p), 'the reconnect', 30);
     expect(changes).toBe(1);
-    expect(p.status?.()).toEqual({ url: `http://127.0.0.1:${port}/mcp`, state: 'connected', tools: 5 });
+    expect(p.status?.()).toEqual({ url: `http://127.0.0.1:${port}/mcp`, state: 'connected', tools: 6 });
     expect(await run(p, 'echo', { text: 'up' })).toBe('echo: up');
   });
 
@@ -265,7 +274,7 @@ describe('mcp provider over Streamable HTTP', () => {
     expect(failure).toBeInstanceOf(ToolError);
     expect((failure as ToolError).message).toBe('the MCP server is unavailable');
     // The last known tools stay offered, so the model hears why a call failed rather than losing them.
-    expect(p.tools().length).toBe(5);
+    expect(p.tools().length).toBe(6);
   });
 
   it('close stops reconnecting', async () => {
@@ -286,7 +295,7 @@ describe('mcp provider over the older HTTP+SSE transport', () => {
     const s = await server({ transport: 'sse' });
     const p = provider({ url: s.url, headers: [{ name: 'Authorization', value: 'Bearer legacy' }] }, {});
     await waitFor(() => connected(p), 'connection');
-    expect(p.tools().length).toBe(5);
+    expect(p.tools().length).toBe(6);
     expect(await run(p, 'echo', { text: 'old' })).toBe('echo: old');
     expect(await run(p, 'snapshot')).toContain('[image omitted]');
     expect(new Set(s.authorizations)).toEqual(new Set(['Bearer legacy']));
