@@ -1,6 +1,6 @@
 /** The built CLI, as a user runs it (npm test builds first). */
 import { execFile } from 'node:child_process';
-import { mkdtemp, writeFile } from 'node:fs/promises';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -51,6 +51,7 @@ spec:
     await writeFile(file, 'spec: [');
     const broken = await earpiece('validate', file);
     expect(broken.code).toBe(1);
+    await rm(dir, { recursive: true, force: true });
   });
 });
 

@@ -37,6 +37,9 @@ export async function startTestProxy(
     metricsPort: 0,
     logger: createLogger('test', process.env.EARPIECE_TEST_LOG_LEVEL ?? 'silent'),
     ...options,
+  }).catch(async (err: unknown) => {
+    await rm(dir, { recursive: true, force: true });
+    throw err;
   });
   // Unmute: AsyncOpenAI(api_key="EMPTY", base_url=KYUTAI_LLM_URL + "/v1").
   const client = new OpenAI({ apiKey: 'EMPTY', baseURL: `${proxy.url}/v1`, maxRetries: 0 });

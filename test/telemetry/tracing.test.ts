@@ -1,5 +1,5 @@
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { pino } from 'pino';
@@ -276,7 +276,9 @@ describe('OpenTelemetry', () => {
 
 describe('loading OpenTelemetry', () => {
   // A fresh Node process per case: only there can one see which modules the telemetry loads.
-  const script = join(mkdtempSync(join(tmpdir(), 'earpiece-otel-')), 'probe.mjs');
+  const probeDir = mkdtempSync(join(tmpdir(), 'earpiece-otel-'));
+  afterAll(() => rmSync(probeDir, { recursive: true, force: true }));
+  const script = join(probeDir, 'probe.mjs');
   writeFileSync(
     script,
     `import { registerHooks } from 'node:module';
