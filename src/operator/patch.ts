@@ -5,9 +5,6 @@
  * has the sidecar comes back as a skip, so injecting twice changes nothing.
  */
 import type { V1Container, V1EnvVar, V1PodSpec } from '@kubernetes/client-node';
-import { specHash } from '../toolset/defaults.js';
-import type { ToolSet } from '../toolset/schema.js';
-import { renderForSidecar } from '../toolset/values.js';
 import { selectToolSet, type ToolSetLookup } from './select.js';
 import {
   ANNOTATION_TOOLSET_HASH,
@@ -104,9 +101,11 @@ export function buildInjection(template: PodTemplate, input: InjectInput): Injec
 
   const selection = selectToolSet({ labels, annotations }, input.namespace, input.toolsets);
   if (!selection.ok) return skip(selection.reason, selection.message);
-  const toolset = selection.toolset;
-  const name = toolset.metadata.name;
-  if (!input.toolsets.hasConfigMap(name)) {
+  const name = selection.toolset.metadata.name;
+  // The last valid configuration, which the sidecar mounts: env vars and hash come from it, not from the
+  // ToolSet as it is now, which may have been edited into an invalid state since.
+  const config = input.toolsets.config(name);
+  if (!config) {
     return skip(
       'toolset_not_ready',
       `ToolSet ${name} has never been valid, so ConfigMap ${configMapName(name)} does not exist; see kubectl describe toolset ${name}`,
@@ -118,7 +117,7 @@ export function buildInjection(template: PodTemplate, input: InjectInput): Injec
   const conflict = conflictWith(spec, settings.port, settings.metricsPort);
   if (conflict) return skip('conflict', conflict);
 
-  const handover = upstreamFor(spec, toolset, warnings);
+  const handover = upstreamFor(spec, name, config.upstreamNamed, warnings);
   if (!handover.ok) return skip('no_upstream', handover.message);
 
   const out = structuredClone(template) as PodTemplate & { spec: V1PodSpec };
@@ -134,7 +133,7 @@ export function buildInjection(template: PodTemplate, input: InjectInput): Injec
     ...settings,
     toolsetName: name,
     upstream: handover.env,
-    secretEnv: renderForSidecar(toolset).env,
+    secretEnv: config.secretEnv,
     extraEnv: input.sidecar.extraEnv,
   });
   if (settings.native) {
@@ -150,7 +149,7 @@ export function buildInjection(template: PodTemplate, input: InjectInput): Injec
   out.spec.volumes = [...(out.spec.volumes ?? []), ...sidecarVolumes(name)];
   out.metadata ??= {};
   out.metadata.labels = { ...out.metadata.labels, [LABEL_INJECTED]: 'true' };
-  out.metadata.annotations = { ...out.metadata.annotations, [ANNOTATION_TOOLSET_HASH]: specHash(toolset) };
+  out.metadata.annotations = { ...out.metadata.annotations, [ANNOTATION_TOOLSET_HASH]: config.hash };
   return { ok: true, template: out, toolset: name, warnings };
 }
 
@@ -242,7 +241,12 @@ type Handover = { ok: true; env: V1EnvVar | undefined } | { ok: false; message: 
  * app's own KYUTAI_LLM_URL (the last entry wins, as in Kubernetes). A reference (ConfigMap, Secret,
  * field) is handed over as the same reference, since its value is not known here.
  */
-function upstreamFor(spec: V1PodSpec, toolset: ToolSet, warnings: string[]): Handover {
+function upstreamFor(
+  spec: V1PodSpec,
+  toolsetName: string,
+  upstreamNamed: boolean,
+  warnings: string[],
+): Handover {
   const found: { container: V1Container; env: V1EnvVar }[] = [];
   for (const container of spec.containers) {
     const envs = (container.env ?? []).filter((e) => e.name === APP_URL_ENV);
@@ -250,10 +254,10 @@ function upstreamFor(spec: V1PodSpec, toolset: ToolSet, warnings: string[]): Han
     if (last) found.push({ container, env: last });
   }
   if (found.length === 0) {
-    if (toolset.spec.upstream?.url === undefined) {
+    if (!upstreamNamed) {
       return {
         ok: false,
-        message: `ToolSet ${toolset.metadata.name} names no spec.upstream.url and no container sets ${APP_URL_ENV} in env, so the proxy would have no upstream`,
+        message: `ToolSet ${toolsetName} names no spec.upstream.url and no container sets ${APP_URL_ENV} in env, so the proxy would have no upstream`,
       };
     }
     warnings.push(
@@ -261,7 +265,7 @@ function upstreamFor(spec: V1PodSpec, toolset: ToolSet, warnings: string[]): Han
     );
     return { ok: true, env: undefined };
   }
-  if (toolset.spec.upstream?.url !== undefined) return { ok: true, env: undefined };
+  if (upstreamNamed) return { ok: true, env: undefined };
 
   const [first] = found as [(typeof found)[number], ...typeof found];
   const differs = found.some((f) => JSON.stringify(f.env) !== JSON.stringify(first.env));

@@ -4,30 +4,42 @@
  * (the informer cache in the operator, the files given to `earpiece inject`).
  */
 import type { LabelSelectorSpec, ToolSet } from '../toolset/schema.js';
+import { type InjectionConfig, injectionConfig } from './configmap.js';
 import { ANNOTATION_TOOLSET } from './sidecar.js';
 
 /** The ToolSets of one namespace. */
 export interface ToolSetLookup {
   byName(name: string): ToolSet | undefined;
   all(): readonly ToolSet[];
-  /** Whether the ToolSet's ConfigMap exists: false for a ToolSet that has never been valid. */
-  hasConfigMap(name: string): boolean;
+  /**
+   * The ToolSet's last valid configuration (in the operator, read from its ConfigMap), which the
+   * sidecar will run: undefined for a ToolSet that has never been valid.
+   */
+  config(name: string): InjectionConfig | undefined;
 }
 
 /**
  * A lookup over a list of ToolSets, e.g. those given to `earpiece inject`. A ToolSet without a namespace
- * serves any namespace; `hasConfigMap` defaults to true (files were validated when read).
+ * serves any namespace; the configuration is the ToolSet's own (files were validated when read).
  */
 export function toolsetLookup(
   toolsets: readonly ToolSet[],
   namespace?: string,
-  hasConfigMap: (name: string) => boolean = () => true,
+  config: (toolset: ToolSet) => InjectionConfig | undefined = injectionConfig,
 ): ToolSetLookup {
   const here = toolsets.filter(
     (t) =>
       namespace === undefined || t.metadata.namespace === undefined || t.metadata.namespace === namespace,
   );
-  return { byName: (name) => here.find((t) => t.metadata.name === name), all: () => here, hasConfigMap };
+  const byName = (name: string) => here.find((t) => t.metadata.name === name);
+  return {
+    byName,
+    all: () => here,
+    config: (name) => {
+      const toolset = byName(name);
+      return toolset && config(toolset);
+    },
+  };
 }
 
 export type Selection =

@@ -23,6 +23,8 @@ export const LABEL_INJECT = 'earpiece.dev/inject';
 export const LABEL_INJECTED = 'earpiece.dev/injected';
 export const ANNOTATION_TOOLSET = 'earpiece.dev/toolset';
 export const ANNOTATION_TOOLSET_HASH = 'earpiece.dev/toolset-hash';
+/** On the ConfigMap: the sidecar env vars its configuration needs (names and Secret keys, never values). */
+export const ANNOTATION_SECRET_ENV = 'earpiece.dev/secret-env';
 
 /** Per-pod overrides, read from the pod template's annotations. Documented in docs/operator-injection.md. */
 export const OVERRIDE_ANNOTATIONS = {

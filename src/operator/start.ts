@@ -20,6 +20,7 @@ import { createLogger, type Logger } from '../telemetry/log.js';
 import { OperatorMetrics } from '../telemetry/operator-metrics.js';
 import { type Clock, systemClock } from './clock.js';
 import type { OperatorConfig } from './config.js';
+import { readInjectionConfig } from './configmap.js';
 import { MANAGED_BY, TOOLSETS, ToolSetController, type ToolSetObject } from './controller.js';
 import { EventRecorder, type EventSubject } from './events.js';
 import { Informer, InformerSet } from './informers.js';
@@ -197,12 +198,18 @@ export class ControlPlane {
     return this.leading;
   }
 
-  /** The ToolSets of one namespace, from the cache: what the webhook and the uninjected report select from. */
+  /**
+   * The ToolSets of one namespace from the cache, and their last valid configurations from their
+   * ConfigMaps: what the webhook and the uninjected report select from.
+   */
   lookup(namespace: string): ToolSetLookup {
     return {
       byName: (name) => this.toolsets.get(name, namespace),
       all: () => this.toolsets.list(namespace),
-      hasConfigMap: (name) => this.configMaps.get(configMapName(name), namespace) !== undefined,
+      config: (name) => {
+        const cm = this.configMaps.get(configMapName(name), namespace);
+        return cm && readInjectionConfig(cm);
+      },
     };
   }
 
@@ -211,7 +218,7 @@ export class ControlPlane {
     return {
       toolsetByName: (namespace, name) => this.lookup(namespace).byName(name),
       toolsetsInNamespace: (namespace) => this.lookup(namespace).all(),
-      hasConfigMap: (namespace, name) => this.lookup(namespace).hasConfigMap(name),
+      config: (namespace, name) => this.lookup(namespace).config(name),
       namespaceOptedIn: (namespace) => this.optedInNamespaces.get(namespace) !== undefined,
     };
   }

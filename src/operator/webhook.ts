@@ -13,6 +13,7 @@ import Fastify, { LogController } from 'fastify';
 import type { Logger } from '../telemetry/log.js';
 import type { ToolSet } from '../toolset/schema.js';
 import type { KeyPairPem } from './certs.js';
+import type { InjectionConfig } from './configmap.js';
 import { buildInjection, type PodTemplate, type SkipReason } from './patch.js';
 import type { SidecarConfig } from './sidecar.js';
 
@@ -22,8 +23,8 @@ const { compare } = fastJsonPatch;
 export interface WebhookLookups {
   toolsetByName(namespace: string, name: string): ToolSet | undefined;
   toolsetsInNamespace(namespace: string): readonly ToolSet[];
-  /** The ToolSet's ConfigMap exists, i.e. it has been valid at least once. */
-  hasConfigMap(namespace: string, toolsetName: string): boolean;
+  /** The ToolSet's last valid configuration, from its ConfigMap; undefined when it has never been valid. */
+  config(namespace: string, toolsetName: string): InjectionConfig | undefined;
   /** The namespace carries label earpiece.dev/inject=true. */
   namespaceOptedIn?(namespace: string): boolean;
 }
@@ -184,7 +185,7 @@ function review(
         toolsets: {
           byName: (name) => lookups.toolsetByName(namespace, name),
           all: () => lookups.toolsetsInNamespace(namespace),
-          hasConfigMap: (name) => lookups.hasConfigMap(namespace, name),
+          config: (name) => lookups.config(namespace, name),
         },
         sidecar: deps.sidecar,
       },

@@ -268,6 +268,60 @@ describe('ToolSet controller', () => {
     expect(stored('assistant')!.status).toMatchObject({ observedGeneration: 4 });
   });
 
+  it('injects the last valid configuration while the ToolSet is invalid', async () => {
+    const plane = controlPlane();
+    await plane.start();
+    api.create('toolsets', toolset('assistant', [weatherTool()], { upstream: undefined }));
+    await expect.poll(() => ready('assistant')?.status, POLL).toBe('True');
+    await settled(plane, 'assistant');
+    const good = configMap('assistant')!;
+    const weatherEnv = {
+      name: secretEnvName('weather', 'key'),
+      secretKeyRef: { name: 'weather', key: 'key' },
+    };
+    expect(good.metadata.annotations).toMatchObject({
+      'earpiece.dev/toolset-hash': expect.stringMatching(/^[0-9a-f]{16}$/),
+      'earpiece.dev/secret-env': JSON.stringify([weatherEnv]),
+    });
+
+    // An edit that swaps the Secret and names an upstream, made invalid by a bad duration: refused.
+    edit('assistant', (spec) => {
+      const tool = (spec.tools as ReturnType<typeof weatherTool>[])[0]!;
+      tool.http.headers[0]!.valueFrom.secretKeyRef = { name: 'weather-v2', key: 'token' };
+      tool.timeout = 'soon';
+      spec.upstream = { url: 'http://vllm:8000' };
+    });
+    await expect.poll(() => ready('assistant')?.status, POLL).toBe('False');
+    await settled(plane, 'assistant');
+    expect(configMap('assistant')).toEqual(good);
+
+    // A pod created now gets what the ConfigMap's configuration needs.
+    const result = buildInjection(
+      {
+        metadata: { labels: { app: 'unmute-backend', 'earpiece.dev/inject': 'true' } },
+        spec: {
+          containers: [
+            {
+              name: 'backend',
+              image: 'unmute',
+              env: [{ name: 'KYUTAI_LLM_URL', value: 'http://vllm:8000' }],
+            },
+          ],
+        },
+      },
+      { namespace: NS, namespaceOptedIn: false, toolsets: plane.lookup(NS), sidecar: DEFAULT_SIDECAR },
+    );
+    if (!result.ok) throw new Error(result.message);
+    const sidecar = result.template.spec!.initContainers!.find((c) => c.name === 'earpiece-proxy')!;
+    expect(sidecar.env?.filter((e) => e.valueFrom?.secretKeyRef)).toEqual([
+      { name: weatherEnv.name, valueFrom: { secretKeyRef: weatherEnv.secretKeyRef } },
+    ]);
+    expect(sidecar.env).toContainEqual({ name: 'EARPIECE_UPSTREAM_URL', value: 'http://vllm:8000' });
+    expect(result.template.metadata?.annotations?.['earpiece.dev/toolset-hash']).toBe(
+      good.metadata.annotations!['earpiece.dev/toolset-hash'],
+    );
+  });
+
   it('deletes the ConfigMap through its owner reference when the ToolSet goes', async () => {
     const plane = controlPlane();
     await plane.start();
@@ -653,7 +707,7 @@ describe('earpiece operator', () => {
 
       api.create('toolsets', toolset('assistant', [weatherTool()]));
       await expect.poll(() => ready('assistant')?.status, POLL).toBe('True');
-      await expect.poll(() => operator.plane.lookup(NS).hasConfigMap('assistant'), POLL).toBe(true);
+      await expect.poll(() => operator.plane.lookup(NS).config('assistant'), POLL).toBeDefined();
 
       const webhooks = api.get('mutatingwebhookconfigurations', undefined, 'earpiece-webhook')!.webhooks as {
         clientConfig: { caBundle: string };

@@ -73,7 +73,7 @@ beforeAll(async () => {
     lookups: {
       toolsetByName: (ns, name) => toolsetLookup(toolsets, ns).byName(name),
       toolsetsInNamespace: (ns) => toolsetLookup(toolsets, ns).all(),
-      hasConfigMap: () => true,
+      config: (ns, name) => toolsetLookup(toolsets, ns).config(name),
       namespaceOptedIn: (ns) => optedIn.has(ns),
     },
     sidecar: DEFAULT_SIDECAR,

@@ -2,7 +2,7 @@ import { readFileSync } from 'node:fs';
 import fc from 'fast-check';
 import fastJsonPatch from 'fast-json-patch';
 import { describe, expect, it } from 'vitest';
-import { renderConfigMap } from '../../src/operator/configmap.js';
+import { readInjectionConfig, renderConfigMap } from '../../src/operator/configmap.js';
 import {
   buildInjection,
   type InjectInput,
@@ -268,6 +268,45 @@ describe('buildInjection', () => {
     expect(result.ok).toBe(true);
   });
 
+  it("takes secret env vars, hash and upstream from the ToolSet's last valid ConfigMap, not the ToolSet now", () => {
+    // The ConfigMap holds the last valid version; the ToolSet has since been edited (to another Secret,
+    // and an upstream) into a version the controller refused, so it never reached the ConfigMap.
+    const lastGood = readInjectionConfig(renderConfigMap(assistant));
+    expect(lastGood).toEqual({
+      hash: specHash(assistant),
+      secretEnv: [{ name: secretEnvName('weather', 'key'), secretKeyRef: { name: 'weather', key: 'key' } }],
+      upstreamNamed: false,
+    });
+    const edited = structuredClone(assistant);
+    const header = (edited.spec.tools[0] as { http: { headers: { valueFrom: unknown }[] } }).http.headers[0]!;
+    header.valueFrom = { secretKeyRef: { name: 'weather-v2', key: 'token' } };
+    edited.spec.upstream = { url: 'http://vllm:8000' };
+    const { template } = injected(
+      pod(),
+      input({ toolsets: toolsetLookup([edited], 'voice', () => lastGood) }),
+    );
+    const env = envOf(sidecarOf(template));
+    expect(env[secretEnvName('weather', 'key')]).toEqual({ secretKeyRef: { name: 'weather', key: 'key' } });
+    expect(env).not.toHaveProperty(secretEnvName('weather-v2', 'token'));
+    expect(env.EARPIECE_UPSTREAM_URL).toBe('http://llm:8000');
+    expect(template.metadata?.annotations?.['earpiece.dev/toolset-hash']).toBe(specHash(assistant));
+  });
+
+  it('reads nothing from a ConfigMap without its annotations or with a list it did not write', () => {
+    const good = renderConfigMap(assistant);
+    const without = structuredClone(good);
+    delete without.metadata?.annotations?.['earpiece.dev/secret-env'];
+    expect(readInjectionConfig(without)).toBeUndefined();
+    const forged = structuredClone(good);
+    forged.metadata!.annotations!['earpiece.dev/secret-env'] = JSON.stringify([
+      { name: 'PATH', secretKeyRef: { name: 'weather', key: 'key' } },
+    ]);
+    expect(readInjectionConfig(forged)).toBeUndefined();
+    const garbled = structuredClone(good);
+    garbled.data = { 'toolset.yaml': 'spec: [' };
+    expect(readInjectionConfig(garbled)).toBeUndefined();
+  });
+
   it('reads back what an injected pod carries', () => {
     const { template } = injected(pod());
     expect(readInjection(template)).toEqual({
@@ -335,7 +374,7 @@ describe('skip reasons', () => {
     [
       'a ToolSet never valid',
       pod(),
-      input({ toolsets: toolsetLookup([assistant], 'voice', () => false) }),
+      input({ toolsets: toolsetLookup([assistant], 'voice', () => undefined) }),
       'toolset_not_ready',
       /ConfigMap earpiece-toolset-assistant does not exist/,
     ],

@@ -118,7 +118,7 @@ describe('uninjected pods', () => {
     await plane.start();
     await readyToolSet();
     await expect.poll(() => plane.toolsets.get('assistant', NS)?.status, POLL).toBeDefined();
-    await expect.poll(() => plane.lookup(NS).hasConfigMap('assistant'), POLL).toBe(true);
+    await expect.poll(() => plane.lookup(NS).config('assistant'), POLL).toBeDefined();
 
     const rs = replicaSet('backend-7d9f');
     pod('backend-7d9f-a', rs, OPTED_IN);

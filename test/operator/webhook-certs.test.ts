@@ -107,7 +107,7 @@ async function serve(certs: WebhookCertificates): Promise<WebhookServer> {
     port: 0,
     host: '127.0.0.1',
     certificate: certs.certificate,
-    lookups: { toolsetByName: () => undefined, toolsetsInNamespace: () => [], hasConfigMap: () => false },
+    lookups: { toolsetByName: () => undefined, toolsetsInNamespace: () => [], config: () => undefined },
     sidecar: DEFAULT_SIDECAR,
     logger,
   });

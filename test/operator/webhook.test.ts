@@ -44,7 +44,7 @@ beforeAll(async () => {
     lookups: {
       toolsetByName: (ns, name) => toolsetLookup(toolsets, ns).byName(name),
       toolsetsInNamespace: (ns) => toolsetLookup(toolsets, ns).all(),
-      hasConfigMap: (_ns, name) => ready.has(name),
+      config: (ns, name) => (ready.has(name) ? toolsetLookup(toolsets, ns).config(name) : undefined),
       namespaceOptedIn: (ns) => optedInNamespaces.has(ns),
     },
     sidecar: DEFAULT_SIDECAR,
@@ -287,7 +287,7 @@ describe('the webhook over HTTPS', () => {
         port: 0,
         host: '127.0.0.1',
         certificate: holder,
-        lookups: { toolsetByName: () => undefined, toolsetsInNamespace: () => [], hasConfigMap: () => false },
+        lookups: { toolsetByName: () => undefined, toolsetsInNamespace: () => [], config: () => undefined },
         sidecar: DEFAULT_SIDECAR,
         logger: createLogger('webhook-test', 'silent'),
         onInjection: () => {
