@@ -3,6 +3,7 @@
  * meaning taking precedence. The names are a contract with the chart; docs/operator.md lists them.
  */
 import { parseArgs } from 'node:util';
+import { parseDuration } from '../toolset/duration.js';
 import { DEFAULT_SIDECAR_IMAGE, type SidecarConfig, sidecarConfigFromEnv } from './sidecar.js';
 
 export type CertMode = 'operator' | 'cert-manager';
@@ -26,6 +27,11 @@ export interface OperatorConfig {
   certMode: CertMode;
   certSecretName: string;
   certDir: string;
+  /**
+   * After SIGTERM, how long /readyz answers 503 while the webhook keeps serving, before it closes: the
+   * API server may still send reviews until it has seen the replica leave the Service's endpoints.
+   */
+  shutdownGraceMs: number;
   /** Defaults of every injected sidecar (sidecar.ts reads them; the three flags below override). */
   sidecar: SidecarConfig;
 }
@@ -49,6 +55,7 @@ const SETTINGS = {
   'cert-mode': { env: 'EARPIECE_CERT_MODE', default: 'operator' },
   'cert-secret-name': { env: 'EARPIECE_CERT_SECRET_NAME', default: 'earpiece-webhook-tls' },
   'cert-dir': { env: 'EARPIECE_CERT_DIR', default: '/etc/earpiece/certs' },
+  'shutdown-grace': { env: 'EARPIECE_SHUTDOWN_GRACE', default: '5s' },
   'sidecar-image': { env: 'EARPIECE_SIDECAR_IMAGE', default: DEFAULT_SIDECAR_IMAGE },
   'sidecar-resources': { env: 'EARPIECE_SIDECAR_RESOURCES', default: '' },
   'native-sidecar': { env: 'EARPIECE_NATIVE_SIDECAR', default: 'true' },
@@ -125,6 +132,12 @@ export function loadConfig(
     const { text: t, name } = get(flag);
     return parsePort(t, name);
   };
+  const duration = (flag: Setting) => {
+    const { text: t, name } = get(flag);
+    const ms = parseDuration(t);
+    if (ms === undefined) throw new ConfigError(`${name}: "${t}" is not a duration (e.g. 5s, 0s)`);
+    return ms;
+  };
   const bool = (flag: Setting) => {
     const { text: t, name } = get(flag);
     return parseBoolean(t, name);
@@ -148,6 +161,7 @@ export function loadConfig(
       certMode: certMode.text,
       certSecretName: text('cert-secret-name'),
       certDir: text('cert-dir'),
+      shutdownGraceMs: duration('shutdown-grace'),
       sidecar,
     },
   };

@@ -1,11 +1,13 @@
 /**
  * Wiring. Every replica runs the informers (the webhook reads ToolSets from their cache), the webhook
  * and its certificates; only the Lease holder runs the controller's writes and the uninjected-pod
- * reports. SIGTERM (cmd/operator.ts calls stop()): the controller stops, the Lease is released, the
- * informers stop, the servers close.
+ * reports. SIGTERM (cmd/operator.ts calls stop()): /readyz turns 503 and the webhook keeps serving for
+ * the shutdown grace period, then the controller stops, the Lease is released, the informers stop, the
+ * servers close.
  */
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { setTimeout as sleep } from 'node:timers/promises';
 import {
   AdmissionregistrationV1Api,
   CoordinationV1Api,
@@ -50,6 +52,8 @@ export interface Timing {
   informerDelay?: (ms: number) => Promise<void>;
   informerRestartBaseMs?: number;
   uninjectedDebounceMs?: number;
+  /** The shutdown grace wait (default: a timer of config.shutdownGraceMs). */
+  shutdownDelay?: (ms: number) => Promise<void>;
 }
 
 export interface ControlPlaneOptions {
@@ -299,9 +303,12 @@ export interface RunningOperator {
   plane: ControlPlane;
   certificates: WebhookCertificates;
   ports: { webhook: number; probe: number; metrics: number };
-  /** Informers synced and the webhook serving: what /readyz answers. */
+  /** Informers synced, the webhook serving and not stopping: what /readyz answers. */
   ready(): boolean;
-  /** Graceful stop: controller and Lease first, then informers, then the servers. */
+  /**
+   * Graceful stop: not ready at once while the webhook serves on for the grace period (pods created
+   * meanwhile still get the sidecar), then controller and Lease, informers, and the servers.
+   */
   stop(): Promise<void>;
 }
 
@@ -313,12 +320,18 @@ export async function startOperator(o: OperatorOptions): Promise<RunningOperator
   const metrics = o.metrics ?? new OperatorMetrics();
   let webhook: WebhookServer | undefined;
   let plane: ControlPlane | undefined;
-  const ready = () => webhook !== undefined && plane?.synced === true;
+  let stopping = false;
+  let stopped: Promise<void> | undefined;
+  const ready = () => !stopping && webhook !== undefined && plane?.synced === true;
 
   const probes = await listen(host, config.probePort, (url) => {
     if (url === '/healthz') return { code: 200, body: 'ok' };
     if (url === '/readyz') {
-      const state = { informersSynced: plane?.synced === true, webhookServing: webhook !== undefined };
+      const state = {
+        informersSynced: plane?.synced === true,
+        webhookServing: webhook !== undefined,
+        stopping,
+      };
       return { code: ready() ? 200 : 503, body: JSON.stringify(state), type: 'application/json' };
     }
     return undefined;
@@ -377,7 +390,15 @@ export async function startOperator(o: OperatorOptions): Promise<RunningOperator
     certificates,
     ports: { webhook: webhook.port, probe: port(probes), metrics: port(metricsServer) },
     ready,
-    stop,
+    stop: () => {
+      stopped ??= (async () => {
+        stopping = true;
+        logger.info({ graceMs: config.shutdownGraceMs }, 'Stopping operator after the shutdown grace period');
+        await (o.timing?.shutdownDelay ?? sleep)(config.shutdownGraceMs);
+        await stop();
+      })();
+      return stopped;
+    },
   };
 }
 

@@ -153,6 +153,7 @@ describe('default values', () => {
       EARPIECE_SIDECAR_LOG_LEVEL: 'info',
       EARPIECE_SIDECAR_ENV: '[]',
       EARPIECE_LOG_LEVEL: 'info',
+      EARPIECE_SHUTDOWN_GRACE: '5s',
     });
     // The operator reads the sidecar's settings with the same parser it uses at start.
     expect(sidecarConfigFromEnv(env(container(deployment)) as NodeJS.ProcessEnv)).toEqual({
@@ -518,6 +519,20 @@ describe('switches and guards', () => {
       name: 'cluster-ca',
       kind: 'ClusterIssuer',
     });
+  });
+
+  it("gives the pod longer to stop than the operator's shutdown grace period and its last reviews", () => {
+    for (const set of [[], ['shutdownGraceSeconds=20', 'webhook.timeoutSeconds=30']]) {
+      const objects = render({ set });
+      const deployment = find(objects, 'Deployment', FULLNAME);
+      const { shutdownGraceMs } = operatorConfig(deployment);
+      const terminationGracePeriodSeconds = podSpec(deployment).terminationGracePeriodSeconds as number;
+      const [hook] = webhooks(objects);
+      expect(shutdownGraceMs).toBe(set.length ? 20_000 : 5000);
+      expect(terminationGracePeriodSeconds * 1000).toBeGreaterThan(
+        shutdownGraceMs + (hook!.timeoutSeconds as number) * 1000,
+      );
+    }
   });
 
   it('takes failurePolicy from the values', () => {

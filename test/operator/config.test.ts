@@ -20,6 +20,7 @@ describe('operator settings', () => {
       certMode: 'operator',
       certSecretName: 'earpiece-webhook-tls',
       certDir: '/etc/earpiece/certs',
+      shutdownGraceMs: 5000,
       sidecar: DEFAULT_SIDECAR,
     });
   });
@@ -34,6 +35,7 @@ describe('operator settings', () => {
       EARPIECE_WEBHOOK_PORT: '10443',
       EARPIECE_CERT_MODE: 'cert-manager',
       EARPIECE_CERT_DIR: '/certs',
+      EARPIECE_SHUTDOWN_GRACE: '1m30s',
       EARPIECE_SIDECAR_IMAGE: 'registry.example.com/earpiece:dev',
       EARPIECE_SIDECAR_RESOURCES: '{"requests":{"cpu":"10m"}}',
       EARPIECE_NATIVE_SIDECAR: 'false',
@@ -51,7 +53,9 @@ describe('operator settings', () => {
       webhookPort: 11443,
       certMode: 'cert-manager',
       certDir: '/certs',
+      shutdownGraceMs: 90_000,
     });
+    expect(loadConfig(['--shutdown-grace=0s'], env).config.shutdownGraceMs).toBe(0);
     expect(config.sidecar).toMatchObject({
       image: 'registry.example.com/earpiece:dev',
       resources: { requests: { cpu: '10m' } },
@@ -72,6 +76,9 @@ describe('operator settings', () => {
     expect(() => loadConfig([], { EARPIECE_SIDECAR_RESOURCES: '{"requests":' })).toThrow(
       /EARPIECE_SIDECAR_RESOURCES/,
     );
+    expect(() => loadConfig([], { EARPIECE_SHUTDOWN_GRACE: '5' })).toThrow(
+      'EARPIECE_SHUTDOWN_GRACE: "5" is not a duration (e.g. 5s, 0s)',
+    );
     expect(() => loadConfig(['--no-such-flag'], {})).toThrow(/no-such-flag/);
     let caught: unknown;
     try {
@@ -88,6 +95,7 @@ describe('operator settings', () => {
       'EARPIECE_WATCH_NAMESPACES',
       'EARPIECE_CERT_MODE',
       'EARPIECE_NATIVE_SIDECAR',
+      'EARPIECE_SHUTDOWN_GRACE',
       '--lease-name',
     ]) {
       expect(HELP).toContain(name);

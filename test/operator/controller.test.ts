@@ -687,6 +687,7 @@ describe('earpiece operator', () => {
         certMode: 'operator',
         certSecretName: 'earpiece-webhook-tls',
         certDir: '/nonexistent',
+        shutdownGraceMs: 0,
         sidecar: DEFAULT_SIDECAR,
       },
       host: '127.0.0.1',
@@ -702,6 +703,7 @@ describe('earpiece operator', () => {
       expect(JSON.parse((await get(ports.probe, '/readyz')).body)).toEqual({
         informersSynced: true,
         webhookServing: true,
+        stopping: false,
       });
       await expect.poll(() => operator.plane.isLeader, POLL).toBe(true);
 
@@ -785,6 +787,94 @@ describe('earpiece operator', () => {
       await expect.poll(() => api.watchCount(), POLL).toBe(0);
     } finally {
       if (!stopped) await operator.stop();
+    }
+  });
+  it('on stop answers /readyz 503 and keeps injecting for the grace period, then closes the webhook', async () => {
+    api.create('mutatingwebhookconfigurations', {
+      apiVersion: 'admissionregistration.k8s.io/v1',
+      kind: 'MutatingWebhookConfiguration',
+      metadata: { name: 'earpiece-webhook' },
+      webhooks: [{ name: 'pods.earpiece.dev', clientConfig: {} }],
+    });
+    let endGrace: (() => void) | undefined;
+    let graceMs: number | undefined;
+    const operator = await startOperator({
+      kc: api.kubeConfig('operator'),
+      config: {
+        namespace: 'earpiece-system',
+        podName: 'earpiece-operator-0',
+        watchNamespaces: [],
+        leaderElection: false,
+        leaseName: 'earpiece-operator',
+        webhookPort: 0,
+        probePort: 0,
+        metricsPort: 0,
+        webhookConfigName: 'earpiece-webhook',
+        webhookServiceName: 'earpiece-webhook',
+        certMode: 'operator',
+        certSecretName: 'earpiece-webhook-tls',
+        certDir: '/nonexistent',
+        shutdownGraceMs: 5000,
+        sidecar: DEFAULT_SIDECAR,
+      },
+      host: '127.0.0.1',
+      logger,
+      metrics: new OperatorMetrics({ defaultMetrics: false }),
+      // The grace period ends when the test says so.
+      timing: {
+        ...TIMING,
+        shutdownDelay: (ms) => {
+          graceMs = ms;
+          return new Promise<void>((resolve) => {
+            endGrace = resolve;
+          });
+        },
+      },
+    });
+    const { ports } = operator;
+    let stopping: Promise<void> | undefined;
+    try {
+      await expect.poll(async () => (await get(ports.probe, '/readyz')).status, POLL).toBe(200);
+      api.create('toolsets', toolset('assistant', [weatherTool()]));
+      await expect.poll(() => operator.plane.lookup(NS).config('assistant'), POLL).toBeDefined();
+      const webhooks = api.get('mutatingwebhookconfigurations', undefined, 'earpiece-webhook')!.webhooks as {
+        clientConfig: { caBundle: string };
+      }[];
+      const ca = Buffer.from(webhooks[0]!.clientConfig.caBundle, 'base64').toString();
+      const pod = {
+        apiVersion: 'v1',
+        kind: 'Pod',
+        metadata: {
+          generateName: 'backend-',
+          namespace: NS,
+          labels: { app: 'unmute-backend', 'earpiece.dev/inject': 'true' },
+        },
+        spec: {
+          containers: [
+            {
+              name: 'backend',
+              image: 'unmute',
+              env: [{ name: 'KYUTAI_LLM_URL', value: 'http://vllm:8000' }],
+            },
+          ],
+        },
+      };
+
+      stopping = operator.stop();
+      const readyz = await get(ports.probe, '/readyz');
+      expect(readyz.status).toBe(503);
+      expect(JSON.parse(readyz.body)).toMatchObject({ stopping: true });
+      expect(graceMs).toBe(5000);
+      // The API server has not yet seen the replica leave the endpoints: its reviews are still answered.
+      expect(await admit(ports.webhook, ca, pod)).toMatchObject({ allowed: true, patchType: 'JSONPatch' });
+
+      endGrace?.();
+      await stopping;
+      await expect(admit(ports.webhook, ca, pod)).rejects.toThrow();
+      await expect(get(ports.probe, '/readyz')).rejects.toThrow();
+    } finally {
+      endGrace?.();
+      await (stopping ?? operator.stop());
     }
   });
 });
