@@ -13,6 +13,7 @@
 import { stringify } from 'yaml';
 import { DURATION_PATTERN } from './duration.js';
 import { API_GROUP, API_VERSION, KIND, Spec, Status } from './schema.js';
+import { MAX_TOOLSET_NAME } from './validate.js';
 
 export const CRD_NAME = `toolsets.${API_GROUP}`;
 export const CRD_FILE = `crds/${CRD_NAME}.yaml`;
@@ -167,6 +168,13 @@ export function toolSetOpenApiSchema(): Schema {
       spec: structural(plain(Spec), 'spec'),
       status: structural(plain(Status), 'status'),
     },
+    // The only metadata a CRD's rules may read is the name; it becomes the ConfigMap's label value.
+    'x-kubernetes-validations': [
+      {
+        rule: `self.metadata.name.size() <= ${MAX_TOOLSET_NAME}`,
+        message: `metadata.name must be at most ${MAX_TOOLSET_NAME} characters: it becomes the value of the label earpiece.dev/toolset`,
+      },
+    ],
   };
 }
 

@@ -221,12 +221,22 @@ function checkPositiveDurations(toolset: ToolSet, issues: Issue[]): void {
   }
 }
 
+/** The name becomes the value of the ConfigMap's label earpiece.dev/toolset, and label values stop at 63. */
+export const MAX_TOOLSET_NAME = 63;
+
 /**
  * Rules beyond the schema. Also run on documents the schema rejected, so one pass reports everything:
  * a tool too malformed to check is left to the schema's issues.
  */
 export function semanticIssues(toolset: ToolSet): Issue[] {
   const issues: Issue[] = [];
+  const name: unknown = toolset.metadata?.name;
+  if (typeof name === 'string' && name.length > MAX_TOOLSET_NAME) {
+    issues.push({
+      path: 'metadata.name',
+      message: `is ${name.length} characters long; at most ${MAX_TOOLSET_NAME} are allowed, as it becomes the value of the label earpiece.dev/toolset`,
+    });
+  }
   const spec = toolset.spec;
   if (!spec || !Array.isArray(spec.tools)) return issues;
   try {

@@ -233,6 +233,16 @@ describe('the ToolSet CRD', () => {
     ['an unknown builtin', toolset({ tools: [{ name: 'x', builtin: 'clock' }] }), false],
     ['an upstream that is not http', toolset({ upstream: { url: 'ftp://x' }, tools: [] }), false],
     ['no spec', { ...base }, false],
+    [
+      'a name of 63 characters',
+      { ...toolset({ tools: [] }), metadata: { name: 'a'.repeat(63), namespace: 'voice' } },
+      true,
+    ],
+    [
+      'a name longer than a label value',
+      { ...toolset({ tools: [] }), metadata: { name: 'a'.repeat(64), namespace: 'voice' } },
+      false,
+    ],
   ];
   it.each(agreeing)('agrees with the runtime validator: %s', (_name, doc, valid) => {
     expect(validateToolSet(doc).ok).toBe(valid);

@@ -34,6 +34,17 @@ describe('ToolSet validation', () => {
     ]);
   });
 
+  it('refuses a name longer than the 63 characters of a label value', () => {
+    expect(validateToolSet({ ...base, metadata: { name: 'a'.repeat(63) } }).issues).toEqual([]);
+    expect(validateToolSet({ ...base, metadata: { name: 'a'.repeat(64) } }).issues).toEqual([
+      {
+        path: 'metadata.name',
+        message:
+          'is 64 characters long; at most 63 are allowed, as it becomes the value of the label earpiece.dev/toolset',
+      },
+    ]);
+  });
+
   it('names the field of a bad duration', () => {
     const doc = withTools(
       { name: 'a', builtin: 'time' },
