@@ -208,7 +208,11 @@ function applyToDocument(doc: Document, base: Path, ops: Operation[]): void {
 export function formatReport(r: WorkloadReport): string {
   const what = `${r.kind.toLowerCase()} "${r.name}"${r.namespace ? ` in namespace ${r.namespace}` : ''}`;
   if (r.result.ok) {
-    const lines = [`${what} injected with ToolSet ${r.result.toolset}`];
+    const { replaced } = r.result;
+    const again = replaced
+      ? ` (replacing its injection for ToolSet ${replaced.toolset}, hash ${replaced.hash ?? 'none'})`
+      : '';
+    const lines = [`${what} injected with ToolSet ${r.result.toolset}${again}`];
     for (const w of r.result.warnings) lines.push(`  warning: ${w}`);
     return lines.join('\n');
   }

@@ -2,7 +2,9 @@
  * The patch builder: a pod template and the facts about its namespace in, the injected template or a
  * skip reason out. No I/O, no clock, no Kubernetes client. The webhook diffs the result against the pod
  * into a JSON Patch; `earpiece inject` writes the same difference into the manifest. A pod that already
- * has the sidecar comes back as a skip, so injecting twice changes nothing.
+ * has the sidecar for the same ToolSet and configuration hash comes back as a skip, so injecting twice
+ * changes nothing; one injected for another configuration has the old injection taken out and is
+ * injected again, so its env vars match the configuration it mounts.
  */
 import type { V1Container, V1EnvVar, V1PodSpec } from '@kubernetes/client-node';
 import { selectToolSet, type ToolSetLookup } from './select.js';
@@ -25,6 +27,7 @@ import {
   sidecarContainer,
   sidecarVolumes,
   TMP_VOLUME,
+  UPSTREAM_ENV,
 } from './sidecar.js';
 
 export interface PodTemplate {
@@ -72,7 +75,14 @@ export interface InjectInput {
 }
 
 export type InjectResult =
-  | { ok: true; template: PodTemplate; toolset: string; warnings: string[] }
+  | {
+      ok: true;
+      template: PodTemplate;
+      toolset: string;
+      warnings: string[];
+      /** The injection that was taken out and done again: its ToolSet and hash. */
+      replaced?: { toolset: string; hash: string | undefined };
+    }
   | { ok: false; reason: SkipReason; message: string; warn: boolean };
 
 function skip(reason: SkipReason, message: string = SKIP_REASONS[reason].summary): InjectResult {
@@ -83,32 +93,50 @@ export function hasSidecar(spec: V1PodSpec | undefined): boolean {
   return [...(spec?.containers ?? []), ...(spec?.initContainers ?? [])].some((c) => c?.name === SIDECAR_NAME);
 }
 
-export function buildInjection(template: PodTemplate, input: InjectInput): InjectResult {
-  const spec = template.spec;
-  if (!spec || !Array.isArray(spec.containers) || spec.containers.length === 0) return skip('invalid_pod');
-  const labels = template.metadata?.labels ?? {};
-  const annotations = template.metadata?.annotations ?? {};
-
-  const label = labels[LABEL_INJECT];
+export function buildInjection(given: PodTemplate, input: InjectInput): InjectResult {
+  if (!given.spec || !Array.isArray(given.spec.containers) || given.spec.containers.length === 0)
+    return skip('invalid_pod');
+  const label = given.metadata?.labels?.[LABEL_INJECT];
   if (label === 'false') return skip('opted_out');
   if (label !== 'true' && !input.namespaceOptedIn) {
     return label === undefined
       ? skip('not_opted_in')
       : skip('not_opted_in', `label ${LABEL_INJECT} is "${label}"; only "true" opts the pod in`);
   }
-  if (hasSidecar(spec)) return skip('already_injected');
+
+  // An injected pod is looked at as it was before, and is left alone unless its configuration changed.
+  let previous: ReturnType<typeof readInjection>;
+  let template = given;
+  let upstreamLost = false;
+  if (hasSidecar(given.spec)) {
+    previous = readInjection(given);
+    // A container of that name that is not a whole injection: not ours to take out.
+    if (!previous) return skip('already_injected');
+    ({ template, upstreamLost } = stripInjection(given));
+  }
+  const spec = template.spec as V1PodSpec;
+  const labels = template.metadata?.labels ?? {};
+  const annotations = template.metadata?.annotations ?? {};
   if (spec.hostNetwork) return skip('host_network');
 
   const selection = selectToolSet({ labels, annotations }, input.namespace, input.toolsets);
-  if (!selection.ok) return skip(selection.reason, selection.message);
+  if (!selection.ok) return previous ? skip('already_injected') : skip(selection.reason, selection.message);
   const name = selection.toolset.metadata.name;
   // The last valid configuration, which the sidecar mounts: env vars and hash come from it, not from the
   // ToolSet as it is now, which may have been edited into an invalid state since.
   const config = input.toolsets.config(name);
   if (!config) {
+    if (previous) return skip('already_injected');
     return skip(
       'toolset_not_ready',
       `ToolSet ${name} has never been valid, so ConfigMap ${configMapName(name)} does not exist; see kubectl describe toolset ${name}`,
+    );
+  }
+  if (previous?.toolset === name && previous.hash === config.hash) return skip('already_injected');
+  if (upstreamLost && !config.upstreamNamed) {
+    return skip(
+      'no_upstream',
+      `the pod was injected for a configuration that named spec.upstream.url, so its own ${APP_URL_ENV} is no longer known; set spec.upstream.url in ToolSet ${name}, or inject the original manifest`,
     );
   }
 
@@ -150,7 +178,58 @@ export function buildInjection(template: PodTemplate, input: InjectInput): Injec
   out.metadata ??= {};
   out.metadata.labels = { ...out.metadata.labels, [LABEL_INJECTED]: 'true' };
   out.metadata.annotations = { ...out.metadata.annotations, [ANNOTATION_TOOLSET_HASH]: config.hash };
-  return { ok: true, template: out, toolset: name, warnings };
+  return {
+    ok: true,
+    template: out,
+    toolset: name,
+    warnings,
+    ...(previous ? { replaced: { toolset: previous.toolset, hash: previous.hash } } : {}),
+  };
+}
+
+/**
+ * The pod as it was before injection: the sidecar, its volumes, the label and the hash annotation taken
+ * out, and the app containers' KYUTAI_LLM_URL given back the value the sidecar was handed.
+ * `upstreamLost`: an app container points at the proxy but the sidecar had no EARPIECE_UPSTREAM_URL
+ * (its configuration named the upstream), so the app's own value is gone.
+ */
+export function stripInjection(template: PodTemplate): { template: PodTemplate; upstreamLost: boolean } {
+  const out = structuredClone(template) as PodTemplate & { spec: V1PodSpec };
+  const spec = out.spec;
+  const ours = (c: { name: string }) => c.name === SIDECAR_NAME;
+  const sidecar = [...(spec.initContainers ?? []), ...spec.containers].find(ours);
+  const sidecarEnv = sidecar?.env ?? [];
+  const port = sidecarEnv.find((e) => e.name === 'EARPIECE_PORT')?.value ?? String(PROXY_PORT);
+  const upstream = sidecarEnv.find((e) => e.name === UPSTREAM_ENV);
+  let upstreamLost = false;
+
+  spec.containers = spec.containers.filter((c) => !ours(c));
+  for (const env of spec.containers.flatMap((c) => c.env ?? [])) {
+    if (env.name !== APP_URL_ENV || env.valueFrom || env.value !== `http://127.0.0.1:${port}`) continue;
+    if (!upstream) {
+      upstreamLost = true;
+    } else if (upstream.valueFrom) {
+      delete env.value;
+      env.valueFrom = structuredClone(upstream.valueFrom);
+    } else {
+      env.value = upstream.value;
+    }
+  }
+  const initContainers = (spec.initContainers ?? []).filter((c) => !ours(c));
+  if (initContainers.length) spec.initContainers = initContainers;
+  else delete spec.initContainers;
+  const volumes = (spec.volumes ?? []).filter((v) => v.name !== CONFIG_VOLUME && v.name !== TMP_VOLUME);
+  if (volumes.length) spec.volumes = volumes;
+  else delete spec.volumes;
+
+  const meta = out.metadata;
+  if (meta) {
+    delete meta.labels?.[LABEL_INJECTED];
+    delete meta.annotations?.[ANNOTATION_TOOLSET_HASH];
+    if (meta.labels && Object.keys(meta.labels).length === 0) delete meta.labels;
+    if (meta.annotations && Object.keys(meta.annotations).length === 0) delete meta.annotations;
+  }
+  return { template: out, upstreamLost };
 }
 
 type Settings = Pick<
@@ -288,7 +367,7 @@ function upstreamFor(
     warnings.push(
       `${APP_URL_ENV} of container ${first.container.name} comes from a ${kind}, so its value is not known here; the sidecar reads the same ${kind} as EARPIECE_UPSTREAM_URL (or set spec.upstream.url in the ToolSet)`,
     );
-    return { ok: true, env: { name: 'EARPIECE_UPSTREAM_URL', valueFrom: structuredClone(valueFrom) } };
+    return { ok: true, env: { name: UPSTREAM_ENV, valueFrom: structuredClone(valueFrom) } };
   }
   if (!value) {
     return {
@@ -301,7 +380,7 @@ function upstreamFor(
       `${APP_URL_ENV} of container ${first.container.name} refers to other variables ($(...)), which the sidecar does not have; set spec.upstream.url in the ToolSet`,
     );
   }
-  return { ok: true, env: { name: 'EARPIECE_UPSTREAM_URL', value } };
+  return { ok: true, env: { name: UPSTREAM_ENV, value } };
 }
 
 /** What an injected pod carries: its ToolSet, the hash it was injected with, and its secret env vars. */

@@ -18,6 +18,8 @@ export const TMP_VOLUME = 'earpiece-tmp';
 /** The distroless "nonroot" user. */
 export const SIDECAR_UID = 65532;
 export const APP_URL_ENV = 'KYUTAI_LLM_URL';
+/** The sidecar's upstream when the ToolSet names none: the app's own KYUTAI_LLM_URL, handed over. */
+export const UPSTREAM_ENV = 'EARPIECE_UPSTREAM_URL';
 
 export const LABEL_INJECT = 'earpiece.dev/inject';
 export const LABEL_INJECTED = 'earpiece.dev/injected';

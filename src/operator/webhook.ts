@@ -206,7 +206,9 @@ function review(
       ...base,
       outcome: 'injected',
       toolset: result.toolset,
-      message: `injected the earpiece-proxy sidecar with ToolSet ${result.toolset}`,
+      message: result.replaced
+        ? `injected the earpiece-proxy sidecar again with ToolSet ${result.toolset}, replacing the one for ToolSet ${result.replaced.toolset} (hash ${result.replaced.hash ?? 'none'}) the pod came with`
+        : `injected the earpiece-proxy sidecar with ToolSet ${result.toolset}`,
       warnings: result.warnings,
       warn: false,
     });

@@ -235,6 +235,49 @@ describe('earpiece inject, the command', () => {
     expect(second.stderr).toContain('skipped (already_injected)');
   });
 
+  it('injects again when the ToolSet changed since the manifest was injected', async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'earpiece-inject-'));
+    try {
+      const first = await exec(['-t', `${DIR}/toolsets/assistant.yaml`, '-f', `${DIR}/unmute-backend.yaml`]);
+      // The ToolSet gains a tool with another Secret, as a GitOps repository would change it.
+      const changed = path.join(dir, 'assistant.yaml');
+      writeFileSync(
+        changed,
+        `${readFileSync(`${DIR}/toolsets/assistant.yaml`, 'utf8')}    - name: home
+      description: Home.
+      http:
+        url: https://home.example/state
+        headers:
+          - name: Authorization
+            valueFrom: { secretKeyRef: { name: home, key: token } }
+`,
+      );
+      const rerun = await exec(['-t', changed, '-f', '-'], first.stdout);
+      expect(rerun.code).toBe(0);
+      expect(rerun.stderr).toMatch(
+        /^deployment "unmute-backend" in namespace voice injected with ToolSet assistant \(replacing its injection for ToolSet assistant, hash [0-9a-f]{16}\)\n$/,
+      );
+      // What injecting the original manifest with the changed ToolSet gives.
+      const fresh = await exec(['-t', changed, '-f', `${DIR}/unmute-backend.yaml`]);
+      expect(parseDocs(rerun.stdout)).toEqual(parseDocs(fresh.stdout));
+      const template = (parseDocs(rerun.stdout)[1] as { spec: { template: PodTemplate } }).spec.template;
+      expect(template.spec?.initContainers?.filter((c) => c.name === 'earpiece-proxy')).toHaveLength(1);
+      expect(
+        template.spec?.initContainers?.[0]?.env?.some((e) => e.valueFrom?.secretKeyRef?.name === 'home'),
+      ).toBe(true);
+      expect(template.metadata?.annotations?.['earpiece.dev/toolset-hash']).not.toBe(
+        (parseDocs(first.stdout)[1] as { spec: { template: PodTemplate } }).spec.template.metadata
+          ?.annotations?.['earpiece.dev/toolset-hash'],
+      );
+      // And the same ToolSet again changes nothing.
+      const again = await exec(['-t', changed, '-f', '-'], rerun.stdout);
+      expect(again.stdout).toBe(rerun.stdout);
+      expect(again.stderr).toContain('skipped (already_injected)');
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it('prints the ConfigMap with --with-configmap, secrets only as env var names', async () => {
     const { code, stdout } = await exec([
       '--toolset',

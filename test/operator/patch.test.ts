@@ -437,6 +437,42 @@ describe('skip reasons', () => {
     expect(twice).toMatchObject({ ok: false, reason: 'already_injected', warn: false });
   });
 
+  it('injected for another configuration: the old injection is taken out and done again', () => {
+    const once = injected(pod()).template;
+    const edited = structuredClone(assistant);
+    const header = (edited.spec.tools[0] as { http: { headers: { valueFrom: unknown }[] } }).http.headers[0]!;
+    header.valueFrom = { secretKeyRef: { name: 'weather-v2', key: 'token' } };
+    const again = injected(once, input({}, [edited]));
+    expect(again.replaced).toEqual({ toolset: 'assistant', hash: specHash(assistant) });
+    // The same pod as injecting the original with the new ToolSet: one sidecar, the new env and hash.
+    expect(again.template).toEqual(injected(pod(), input({}, [edited])).template);
+    expect(envOf(sidecarOf(again.template))).toHaveProperty(secretEnvName('weather-v2', 'token'));
+    expect(envOf(sidecarOf(again.template))).not.toHaveProperty(secretEnvName('weather', 'key'));
+    expect(envOf(sidecarOf(again.template)).EARPIECE_UPSTREAM_URL).toBe('http://llm:8000');
+    expect(buildInjection(again.template, input({}, [edited]))).toMatchObject({ reason: 'already_injected' });
+
+    // Another ToolSet named by the pod: the volume follows it.
+    const other = toolset('other', { selector: undefined });
+    const moved = injected(
+      { ...once, metadata: { ...once.metadata, annotations: { 'earpiece.dev/toolset': 'other' } } },
+      input({}, [assistant, other]),
+    );
+    expect(moved.template.spec?.volumes?.[0]).toEqual({
+      name: 'earpiece-toolset',
+      configMap: { name: 'earpiece-toolset-other' },
+    });
+  });
+
+  it('cannot inject again without an upstream once the old one named it, and says so', () => {
+    const named = toolset('assistant', { upstream: { url: 'http://vllm:8000' } });
+    const once = injected(pod(), input({}, [named])).template;
+    const result = buildInjection(once, input({}, [assistant]));
+    expect(result).toMatchObject({ ok: false, reason: 'no_upstream' });
+    if (!result.ok) expect(result.message).toMatch(/KYUTAI_LLM_URL is no longer known/);
+    // A pod whose ToolSet is gone keeps its injection.
+    expect(buildInjection(once, input({}, []))).toMatchObject({ ok: false, reason: 'already_injected' });
+  });
+
   it('each reason is documented in docs/operator-injection.md', () => {
     const docs = readFileSync('docs/operator-injection.md', 'utf8');
     for (const reason of Object.keys(SKIP_REASONS)) expect(docs, reason).toContain(`\`${reason}\``);
@@ -523,6 +559,7 @@ describe('injection as a property', () => {
       native: fc.constantFrom('true', 'false', undefined),
       port: fc.constantFrom('18095', 'nope', undefined),
       upstream: fc.boolean(),
+      otherUpstream: fc.boolean(),
       restartPolicy: fc.constantFrom('Always', 'OnFailure', 'Never'),
     })
     .map((g) => {
@@ -542,13 +579,19 @@ describe('injection as a property', () => {
         },
       };
       const ts = toolset('assistant', g.upstream ? { upstream: { url: 'http://vllm:8000' } } : {});
-      return { podTemplate, inp: input({ namespaceOptedIn: g.namespaceOptedIn }, [ts]) };
+      // Another configuration of the same ToolSet, which the pod may have been injected for before.
+      const other: ToolSet = g.otherUpstream
+        ? { ...assistant, spec: { ...assistant.spec, upstream: { url: 'http://old:8000' } } }
+        : assistant;
+      const inp = input({ namespaceOptedIn: g.namespaceOptedIn }, [ts]);
+      return { podTemplate, inp, before: { ...inp, toolsets: toolsetLookup([other], 'voice') } };
     });
 
   it('injecting twice equals injecting once, the diff rebuilds the result, and the pod stays valid', async () => {
     let injectedRuns = 0;
+    let reinjectedRuns = 0;
     await fc.assert(
-      fc.asyncProperty(template, async ({ podTemplate, inp }) => {
+      fc.asyncProperty(template, async ({ podTemplate, inp, before }) => {
         const once = buildInjection(podTemplate, inp);
         if (!once.ok) {
           expect(buildInjection(podTemplate, inp)).toEqual(once);
@@ -556,6 +599,18 @@ describe('injection as a property', () => {
         }
         injectedRuns++;
         expect(buildInjection(once.template, inp)).toMatchObject({ ok: false, reason: 'already_injected' });
+        // Injected for another configuration, then for this one: as if injected for this one alone (unless
+        // the other one named the upstream and this one does not: the app's own URL is gone then).
+        const first = buildInjection(podTemplate, before);
+        const lost =
+          before.toolsets.config('assistant')?.upstreamNamed &&
+          !inp.toolsets.config('assistant')?.upstreamNamed;
+        if (first.ok && !lost) {
+          reinjectedRuns++;
+          const again = buildInjection(first.template, inp);
+          expect(again).toMatchObject({ ok: true, replaced: { toolset: 'assistant' } });
+          if (again.ok) expect(again.template).toEqual(once.template);
+        }
         const ops = fastJsonPatch.compare(podTemplate, once.template);
         expect(fastJsonPatch.applyPatch(structuredClone(podTemplate), ops, true, false).newDocument).toEqual(
           once.template,
@@ -572,5 +627,6 @@ describe('injection as a property', () => {
     );
     // The generator reaches the injecting path often, not only the skips.
     expect(injectedRuns).toBeGreaterThan(30);
+    expect(reinjectedRuns).toBeGreaterThan(15);
   });
 });

@@ -1,7 +1,9 @@
+import type { V1PodSpec } from '@kubernetes/client-node';
 import fastJsonPatch from 'fast-json-patch';
 import { Agent, request } from 'undici';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { createWebhookCertificates, type KeyPairPem } from '../../src/operator/certs.js';
+import { buildInjection, type PodTemplate } from '../../src/operator/patch.js';
 import { toolsetLookup } from '../../src/operator/select.js';
 import { DEFAULT_SIDECAR } from '../../src/operator/sidecar.js';
 import {
@@ -189,6 +191,43 @@ describe('the webhook over HTTPS', () => {
     const again = await admit(patched);
     expect(again).toEqual({ uid: again.uid, allowed: true });
     expect(outcomes.map((o) => o.outcome)).toEqual(['injected', 'already_injected']);
+  });
+
+  it('injects again a pod created injected for another configuration, as an earpiece inject manifest may be', async () => {
+    const original = pod({ app: 'unmute-backend', 'earpiece.dev/inject': 'true' });
+    const older = toolset('assistant', { app: 'unmute-backend' });
+    older.spec.tools.push({ name: 'calc', builtin: 'calculator' });
+    const offline = buildInjection(original as PodTemplate, {
+      namespace: 'voice',
+      namespaceOptedIn: false,
+      toolsets: toolsetLookup([older], 'voice'),
+      sidecar: DEFAULT_SIDECAR,
+    });
+    if (!offline.ok) throw new Error(offline.message);
+    const created = {
+      ...original,
+      metadata: { ...original.metadata, ...offline.template.metadata },
+      spec: offline.template.spec as V1PodSpec,
+    };
+
+    const response = await admit(created);
+    const ops = JSON.parse(Buffer.from(response.patch as string, 'base64').toString());
+    const patched = fastJsonPatch.applyPatch(structuredClone(created), ops, true, false).newDocument;
+    const current = toolsetLookup(toolsets, 'voice').config('assistant')!;
+    expect(patched.metadata.annotations?.['earpiece.dev/toolset-hash']).toBe(current.hash);
+    expect(patched.metadata.annotations?.['earpiece.dev/toolset-hash']).not.toBe(
+      created.metadata.annotations?.['earpiece.dev/toolset-hash'],
+    );
+    expect(patched.spec.initContainers?.map((c) => c.name)).toEqual(['earpiece-proxy']);
+    expect(patched.spec.containers[0]?.env).toEqual([
+      { name: 'KYUTAI_LLM_URL', value: 'http://127.0.0.1:8095' },
+    ]);
+    expect(outcomes.map((o) => o.outcome)).toEqual(['injected']);
+    expect(outcomes[0]?.message).toMatch(/again .* replacing the one for ToolSet assistant/);
+
+    // A reinvocation sees the pod as just injected: no change.
+    const again = await admit(patched);
+    expect(again).toEqual({ uid: again.uid, allowed: true });
   });
 
   it('warns and leaves the pod when no ToolSet, several, or a never-valid one applies', async () => {
