@@ -6,7 +6,7 @@
  * it spliced back, in place, between that user message and the spoken answer.
  *
  * Prefix hashes are computed in one pass over the messages (each extends the previous), with a fast
- * non-cryptographic hash of two 32-bit lanes (64 bits of key). A hit is also checked against the stored
+ * non-cryptographic hash (53 bits of key). A hit is also checked against the stored
  * message count and user text, which makes splicing another conversation's results vanishingly unlikely
  * without the cost of a cryptographic hash on every request.
  */
@@ -24,29 +24,43 @@ interface Entry {
   bytes: number;
 }
 
-const SEED_A = 0xdeadbeef;
-const SEED_B = 0x41c6ce57;
+/**
+ * A running hash of a message prefix (two 32-bit lanes, cyrb53-style): each message extends it. Two UTF-16
+ * code units go into each step (they fit 32 bits exactly), which halves the multiplications; each string's
+ * length goes in too, so "ab" and "ab\0" differ. No allocation per message: this runs on every request.
+ */
+class PrefixHash {
+  h1 = 0xdeadbeef;
+  h2 = 0x41c6ce57;
 
-/** Extends a running hash (two 32-bit lanes, cyrb53-style) with one message's role and text. */
-function extend(state: [number, number], role: string, text: string): [number, number] {
-  let [h1, h2] = state;
-  const feed = (s: string) => {
-    for (let i = 0; i < s.length; i++) {
-      const ch = s.charCodeAt(i);
-      h1 = Math.imul(h1 ^ ch, 2654435761);
-      h2 = Math.imul(h2 ^ ch, 1597334677);
+  add(role: string, text: string): void {
+    this.#feed(role);
+    this.#feed(text);
+    const h1 = this.h1;
+    const h2 = this.h2;
+    this.h1 = Math.imul(h1 ^ (h1 >>> 16), 2246822507) ^ Math.imul(h2 ^ (h2 >>> 13), 3266489909);
+    this.h2 = Math.imul(h2 ^ (h2 >>> 16), 2246822507) ^ Math.imul(this.h1 ^ (this.h1 >>> 13), 3266489909);
+  }
+
+  #feed(s: string): void {
+    let h1 = this.h1;
+    let h2 = this.h2;
+    const n = s.length;
+    let i = 0;
+    for (; i + 1 < n; i += 2) {
+      const v = s.charCodeAt(i) | (s.charCodeAt(i + 1) << 16);
+      h1 = Math.imul(h1 ^ v, 2654435761);
+      h2 = Math.imul(h2 ^ v, 1597334677);
     }
-  };
-  feed(role);
-  h1 = Math.imul(h1 ^ 0x1f, 2654435761);
-  feed(text);
-  h1 = Math.imul(h1 ^ (h1 >>> 16), 2246822507) ^ Math.imul(h2 ^ (h2 >>> 13), 3266489909);
-  h2 = Math.imul(h2 ^ (h2 >>> 16), 2246822507) ^ Math.imul(h1 ^ (h1 >>> 13), 3266489909);
-  return [h1 >>> 0, h2 >>> 0];
-}
+    const last = i < n ? s.charCodeAt(i) : 0;
+    this.h1 = Math.imul(h1 ^ last ^ (n << 16), 2654435761);
+    this.h2 = Math.imul(h2 ^ last ^ n, 1597334677);
+  }
 
-function key(state: [number, number]): string {
-  return `${state[0].toString(36)}:${state[1].toString(36)}`;
+  /** 53 bits (21 of one lane, 32 of the other): a number, which keys a Map faster than a string. */
+  key(): number {
+    return 4294967296 * ((this.h2 >>> 0) & 2097151) + (this.h1 >>> 0);
+  }
 }
 
 export interface MemoryOptions {
@@ -59,7 +73,7 @@ export interface MemoryOptions {
 }
 
 export class ToolMemory implements TurnMemory {
-  readonly #cache: LRUCache<string, Entry>;
+  readonly #cache: LRUCache<number, Entry>;
   readonly #options: MemoryOptions;
   readonly #onSplice: (exchanges: number) => void;
   readonly #onSize: (entries: number) => void;
@@ -72,7 +86,7 @@ export class ToolMemory implements TurnMemory {
     this.#onSplice = hooks.onSplice ?? (() => {});
     this.#onSize = hooks.onSize ?? (() => {});
     const now = options.now;
-    this.#cache = new LRUCache<string, Entry>({
+    this.#cache = new LRUCache<number, Entry>({
       max: Math.max(1, options.maxEntries),
       ttl: options.ttlMs,
       ttlAutopurge: false,
@@ -102,14 +116,14 @@ export class ToolMemory implements TurnMemory {
     this.#purgeNowAndThen();
     // One pass: the hash of each prefix extends the previous one. Candidates are user messages followed
     // by an assistant message (an answered turn), newest first.
-    let state: [number, number] = [SEED_A, SEED_B];
+    const hash = new PrefixHash();
     const hits: { at: number; entry: Entry }[] = [];
     for (let i = 0; i < clientMessages.length; i++) {
       const m = clientMessages[i] as ChatMessage;
       const text = messageText(m);
-      state = extend(state, m.role, text);
+      hash.add(m.role, text);
       if (m.role !== 'user' || clientMessages[i + 1]?.role !== 'assistant') continue;
-      const entry = this.#cache.get(key(state));
+      const entry = this.#cache.get(hash.key());
       if (entry && entry.count === i + 1 && entry.userText === text) hits.push({ at: i, entry });
     }
     if (hits.length === 0) return none;
@@ -146,12 +160,12 @@ export class ToolMemory implements TurnMemory {
     if (this.#options.turns === 0 || exchange.length === 0) return;
     const last = clientMessages.at(-1);
     if (last?.role !== 'user') return;
-    let state: [number, number] = [SEED_A, SEED_B];
-    for (const m of clientMessages) state = extend(state, m.role, messageText(m));
+    const hash = new PrefixHash();
+    for (const m of clientMessages) hash.add(m.role, messageText(m));
     // The spoken answer follows in the client's history; the remembered assistant message holds only the calls.
     const stored = exchange.map((m) => (m.role === 'assistant' ? { ...m, content: null } : m));
     const bytes = Buffer.byteLength(JSON.stringify(stored));
-    this.#cache.set(key(state), {
+    this.#cache.set(hash.key(), {
       count: clientMessages.length,
       userText: messageText(last),
       exchange: stored,
