@@ -150,6 +150,8 @@ export function buildInjection(given: PodTemplate, input: InjectInput): InjectRe
 
   const out = structuredClone(template) as PodTemplate & { spec: V1PodSpec };
   const proxyUrl = `http://127.0.0.1:${settings.port}`;
+  for (const container of envFromOnly(out.spec))
+    container.env = [...(container.env ?? []), { name: APP_URL_ENV, value: proxyUrl }];
   for (const container of out.spec.containers) {
     for (const env of container.env ?? []) {
       if (env.name !== APP_URL_ENV) continue;
@@ -316,9 +318,22 @@ function conflictWith(spec: V1PodSpec, port: number, metricsPort: number): strin
 type Handover = { ok: true; env: V1EnvVar | undefined } | { ok: false; message: string };
 
 /**
+ * App containers that may get KYUTAI_LLM_URL only through envFrom: injection gives them an explicit
+ * entry pointing at the proxy (an env entry wins over envFrom), since the value they would read is not
+ * known here.
+ */
+function envFromOnly(spec: V1PodSpec): V1Container[] {
+  return spec.containers.filter(
+    (c) => (c.envFrom?.length ?? 0) > 0 && !(c.env ?? []).some((e) => e.name === APP_URL_ENV),
+  );
+}
+
+/**
  * What the sidecar gets as EARPIECE_UPSTREAM_URL: nothing when the ToolSet names its upstream, else the
  * app's own KYUTAI_LLM_URL (the last entry wins, as in Kubernetes). A reference (ConfigMap, Secret,
- * field) is handed over as the same reference, since its value is not known here.
+ * field) is handed over as the same reference, since its value is not known here. A value that may come
+ * from envFrom cannot be handed over: the ConfigMap or Secret key it would come from, if any, is not
+ * known, and a sidecar without an upstream would never start and hold the app back.
  */
 function upstreamFor(
   spec: V1PodSpec,
@@ -332,16 +347,21 @@ function upstreamFor(
     const last = envs.at(-1);
     if (last) found.push({ container, env: last });
   }
+  const viaEnvFrom = envFromOnly(spec).map((c) => c.name);
   if (found.length === 0) {
     if (!upstreamNamed) {
       return {
         ok: false,
-        message: `ToolSet ${toolsetName} names no spec.upstream.url and no container sets ${APP_URL_ENV} in env, so the proxy would have no upstream`,
+        message: viaEnvFrom.length
+          ? `ToolSet ${toolsetName} names no spec.upstream.url, and container ${viaEnvFrom.join(', ')} can only get ${APP_URL_ENV} through envFrom, whose value cannot be known here to hand over to the proxy; set spec.upstream.url in the ToolSet, or ${APP_URL_ENV} in the container's env`
+          : `ToolSet ${toolsetName} names no spec.upstream.url and no container sets ${APP_URL_ENV} in env, so the proxy would have no upstream`,
       };
     }
-    warnings.push(
-      `no container sets ${APP_URL_ENV} in env, so nothing in the pod uses the proxy; set it to http://127.0.0.1:${PROXY_PORT}`,
-    );
+    if (viaEnvFrom.length === 0) {
+      warnings.push(
+        `no container sets ${APP_URL_ENV} in env, so nothing in the pod uses the proxy; set it to http://127.0.0.1:${PROXY_PORT}`,
+      );
+    }
     return { ok: true, env: undefined };
   }
   if (upstreamNamed) return { ok: true, env: undefined };
@@ -351,6 +371,11 @@ function upstreamFor(
   if (differs) {
     warnings.push(
       `containers ${found.map((f) => f.container.name).join(', ')} set different ${APP_URL_ENV} values; the proxy forwards to the one of ${first.container.name}`,
+    );
+  }
+  if (viaEnvFrom.length) {
+    warnings.push(
+      `container ${viaEnvFrom.join(', ')} takes its environment from envFrom; its ${APP_URL_ENV} now points at the proxy, which forwards to the one of ${first.container.name}`,
     );
   }
   const { value, valueFrom } = first.env;

@@ -260,6 +260,54 @@ describe('buildInjection', () => {
     expect(result.warnings).toEqual([expect.stringContaining('nothing in the pod uses the proxy')]);
   });
 
+  describe('a KYUTAI_LLM_URL that may come from envFrom', () => {
+    const envFrom = [{ configMapRef: { name: 'unmute-settings' } }];
+    const withEnvFrom = (env: Record<string, unknown>[]) => {
+      const template = pod({ env });
+      (template.spec?.containers[0] as { envFrom?: unknown }).envFrom = envFrom;
+      return template;
+    };
+
+    it('is overridden by an explicit entry pointing at the proxy when the ToolSet names its upstream', () => {
+      const named = toolset('assistant', { upstream: { url: 'http://vllm:8000' } });
+      const result = injected(withEnvFrom([{ name: 'TZ', value: 'UTC' }]), input({}, [named]));
+      expect(result.template.spec?.containers[0]?.env).toEqual([
+        { name: 'TZ', value: 'UTC' },
+        { name: 'KYUTAI_LLM_URL', value: 'http://127.0.0.1:8095' },
+      ]);
+      expect(result.template.spec?.containers[0]?.envFrom).toEqual(envFrom);
+      expect(result.warnings).toEqual([]);
+    });
+
+    it('cannot be handed over, so without spec.upstream.url the pod is skipped, saying why', () => {
+      const result = buildInjection(withEnvFrom([]), input());
+      expect(result).toMatchObject({ ok: false, reason: 'no_upstream', warn: true });
+      if (!result.ok)
+        expect(result.message).toMatch(/container backend can only get KYUTAI_LLM_URL through envFrom/);
+    });
+
+    it('is pointed at the proxy beside a container whose own value is handed over, with a warning', () => {
+      const template = pod();
+      template.spec?.containers.push({ name: 'worker', image: 'w', envFrom: envFrom as never });
+      const result = injected(template);
+      expect(envOf(sidecarOf(result.template)).EARPIECE_UPSTREAM_URL).toBe('http://llm:8000');
+      expect(result.template.spec?.containers[1]?.env).toEqual([
+        { name: 'KYUTAI_LLM_URL', value: 'http://127.0.0.1:8095' },
+      ]);
+      expect(result.warnings).toEqual([
+        expect.stringContaining('container worker takes its environment from envFrom'),
+      ]);
+    });
+
+    it('leaves an explicit entry as the one handed over', () => {
+      const result = injected(withEnvFrom([{ name: 'KYUTAI_LLM_URL', value: 'http://llm:8000' }]));
+      expect(envOf(sidecarOf(result.template)).EARPIECE_UPSTREAM_URL).toBe('http://llm:8000');
+      expect(result.template.spec?.containers[0]?.env).toEqual([
+        { name: 'KYUTAI_LLM_URL', value: 'http://127.0.0.1:8095' },
+      ]);
+    });
+  });
+
   it('injects a pod of an opted-in namespace without the label', () => {
     const result = buildInjection(
       pod({ labels: { app: 'unmute-backend' } }),
@@ -560,6 +608,7 @@ describe('injection as a property', () => {
       port: fc.constantFrom('18095', 'nope', undefined),
       upstream: fc.boolean(),
       otherUpstream: fc.boolean(),
+      envFrom: fc.array(fc.boolean(), { minLength: 4, maxLength: 4 }),
       restartPolicy: fc.constantFrom('Always', 'OnFailure', 'Never'),
     })
     .map((g) => {
@@ -575,7 +624,12 @@ describe('injection as a property', () => {
         spec: {
           restartPolicy: g.restartPolicy,
           ...(initName ? { initContainers: [{ name: initName, image: 'busybox' }] } : {}),
-          containers: appNames.map((n, i) => ({ name: n as string, image: 'app', env: g.envs[i] as never })),
+          containers: appNames.map((n, i) => ({
+            name: n as string,
+            image: 'app',
+            env: g.envs[i] as never,
+            ...(g.envFrom[i] ? { envFrom: [{ configMapRef: { name: 'settings' } }] } : {}),
+          })),
         },
       };
       const ts = toolset('assistant', g.upstream ? { upstream: { url: 'http://vllm:8000' } } : {});
