@@ -15,6 +15,8 @@ export interface OperatorConfig {
   podName: string;
   /** Namespaces whose ToolSets and pods are watched; empty: all. */
   watchNamespaces: string[];
+  /** Namespaces the webhook configuration never sends pods from: their pods are not reported uninjected. */
+  excludeNamespaces: string[];
   leaderElection: boolean;
   leaseName: string;
   webhookPort: number;
@@ -45,6 +47,10 @@ const SETTINGS = {
   namespace: { env: 'EARPIECE_NAMESPACE', default: 'earpiece-system' },
   'pod-name': { env: 'EARPIECE_POD_NAME', default: '' },
   'watch-namespaces': { env: 'EARPIECE_WATCH_NAMESPACES', default: '' },
+  'exclude-namespaces': {
+    env: 'EARPIECE_EXCLUDE_NAMESPACES',
+    default: 'kube-system,kube-public,kube-node-lease',
+  },
   'leader-election': { env: 'EARPIECE_LEADER_ELECTION', default: 'true' },
   'lease-name': { env: 'EARPIECE_LEASE_NAME', default: 'earpiece-operator' },
   'webhook-port': { env: 'EARPIECE_WEBHOOK_PORT', default: '9443' },
@@ -138,6 +144,11 @@ export function loadConfig(
     if (ms === undefined) throw new ConfigError(`${name}: "${t}" is not a duration (e.g. 5s, 0s)`);
     return ms;
   };
+  const list = (flag: Setting) =>
+    text(flag)
+      .split(',')
+      .map((s) => s.trim())
+      .filter(Boolean);
   const bool = (flag: Setting) => {
     const { text: t, name } = get(flag);
     return parseBoolean(t, name);
@@ -147,10 +158,8 @@ export function loadConfig(
     config: {
       namespace,
       podName,
-      watchNamespaces: text('watch-namespaces')
-        .split(',')
-        .map((s) => s.trim())
-        .filter(Boolean),
+      watchNamespaces: list('watch-namespaces'),
+      excludeNamespaces: list('exclude-namespaces'),
       leaderElection: bool('leader-election'),
       leaseName: text('lease-name'),
       webhookPort: port('webhook-port'),

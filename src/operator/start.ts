@@ -60,7 +60,13 @@ export interface ControlPlaneOptions {
   kc: KubeConfig;
   config: Pick<
     OperatorConfig,
-    'namespace' | 'podName' | 'watchNamespaces' | 'leaderElection' | 'leaseName' | 'sidecar'
+    | 'namespace'
+    | 'podName'
+    | 'watchNamespaces'
+    | 'excludeNamespaces'
+    | 'leaderElection'
+    | 'leaseName'
+    | 'sidecar'
   >;
   clock?: Clock;
   logger?: Logger;
@@ -170,6 +176,7 @@ export class ControlPlane {
     this.uninjected = new UninjectedReporter({
       pods: this.optedInPods,
       toolsets: (ns) => this.lookup(ns),
+      excludeNamespaces: config.excludeNamespaces,
       sidecar: config.sidecar,
       events: this.events,
       metrics: this.metrics,

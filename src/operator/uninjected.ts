@@ -18,6 +18,8 @@ export interface UninjectedOptions {
   /** Pods with label earpiece.dev/inject=true. */
   pods: InformerSet<V1Pod>;
   toolsets: (namespace: string) => ToolSetLookup;
+  /** Namespaces the webhook is never called for (kube-system, the operator's own, ...): not reported. */
+  excludeNamespaces: readonly string[];
   sidecar: SidecarConfig;
   events: EventRecorder;
   metrics?: OperatorMetrics;
@@ -75,9 +77,12 @@ export class UninjectedReporter {
   /** Counts the uninjected pods now, and reports the new ones. */
   async check(): Promise<UninjectedPod[]> {
     const found: { pod: V1Pod; entry: UninjectedPod }[] = [];
+    const excluded = new Set(this.o.excludeNamespaces);
     for (const pod of this.o.pods.list()) {
       const meta = pod.metadata;
       if (!meta?.uid || meta.deletionTimestamp) continue;
+      // The webhook is never asked about these pods, so deleting them would bring them back as they are.
+      if (excluded.has(meta.namespace ?? '')) continue;
       if (pod.status?.phase === 'Succeeded' || pod.status?.phase === 'Failed') continue;
       if (hasSidecar(pod.spec)) continue;
       found.push({

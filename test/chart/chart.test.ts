@@ -133,6 +133,7 @@ describe('default values', () => {
       EARPIECE_NAMESPACE: { fieldRef: { fieldPath: 'metadata.namespace' } },
       EARPIECE_POD_NAME: { fieldRef: { fieldPath: 'metadata.name' } },
       EARPIECE_WATCH_NAMESPACES: '',
+      EARPIECE_EXCLUDE_NAMESPACES: `kube-system,kube-public,kube-node-lease,${NAMESPACE}`,
       EARPIECE_LEADER_ELECTION: 'true',
       EARPIECE_LEASE_NAME: `${FULLNAME}-controller`,
       EARPIECE_WEBHOOK_PORT: '9443',
@@ -298,6 +299,10 @@ describe('default values', () => {
         },
       ]);
     }
+    // The operator knows them too, so it does not report their pods as uninjected.
+    expect(operatorConfig(find(objects, 'Deployment', FULLNAME)).excludeNamespaces).toEqual(
+      pods!.namespaceSelector.matchExpressions[0]!.values,
+    );
     expect(pods!.objectSelector).toEqual({ matchLabels: { 'earpiece.dev/inject': 'true' } });
     expect(pods!.namespaceSelector.matchLabels).toBeUndefined();
     expect(namespaces!.namespaceSelector.matchLabels).toEqual({ 'earpiece.dev/inject': 'true' });
@@ -533,6 +538,14 @@ describe('switches and guards', () => {
         shutdownGraceMs + (hook!.timeoutSeconds as number) * 1000,
       );
     }
+  });
+
+  it('tells the operator the namespaces the webhook leaves out, as the webhook has them', () => {
+    const objects = render({ set: [`webhook.excludeNamespaces={kube-system,${NAMESPACE},ops}`] });
+    const expected = ['kube-system', NAMESPACE, 'ops'];
+    expect(operatorConfig(find(objects, 'Deployment', FULLNAME)).excludeNamespaces).toEqual(expected);
+    for (const hook of webhooks(objects))
+      expect(hook.namespaceSelector.matchExpressions[0]!.values).toEqual(expected);
   });
 
   it('takes failurePolicy from the values', () => {

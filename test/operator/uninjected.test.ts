@@ -33,6 +33,7 @@ function controlPlane(user: string, metrics: OperatorMetrics, leaderElection = f
       namespace: 'earpiece-system',
       podName: user,
       watchNamespaces: [],
+      excludeNamespaces: ['kube-system', 'earpiece-system'],
       leaderElection,
       leaseName: 'earpiece-operator',
       sidecar: DEFAULT_SIDECAR,
@@ -71,13 +72,14 @@ function pod(
   owner: KObject,
   labels: Record<string, string>,
   extra: Partial<KObject> = {},
+  namespace = NS,
 ): KObject {
   return api.create('pods', {
     apiVersion: 'v1',
     kind: 'Pod',
     metadata: {
       name,
-      namespace: NS,
+      namespace,
       labels,
       ownerReferences: [
         {
@@ -168,6 +170,22 @@ describe('uninjected pods', () => {
     api.delete('pods', NS, 'backend-7d9f-a');
     api.delete('pods', NS, 'backend-7d9f-e');
     await expect.poll(() => gauge(metrics), POLL).toBe(0);
+  });
+
+  it('leaves out namespaces the webhook is never called for', async () => {
+    const metrics = new OperatorMetrics({ defaultMetrics: false });
+    const plane = controlPlane('operator', metrics);
+    await plane.start();
+    const rs = replicaSet('backend-2');
+    // Opted in by label, but the webhook configuration never sends pods of these namespaces.
+    pod('coredns-a', rs, OPTED_IN, {}, 'kube-system');
+    pod('earpiece-a', rs, OPTED_IN, {}, 'earpiece-system');
+    pod('backend-2-a', rs, OPTED_IN);
+    await expect.poll(() => plane.optedInPods.list().length, POLL).toBe(3);
+    await expect.poll(() => plane.uninjected.pods.map((p) => p.name), POLL).toEqual(['backend-2-a']);
+    expect(await gauge(metrics)).toBe(1);
+    expect(api.list('events', 'kube-system')).toEqual([]);
+    expect(api.list('events', 'earpiece-system')).toEqual([]);
   });
 
   it('is reported by the leader only', async () => {

@@ -25,6 +25,11 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/part-of: earpiece
 {{- end }}
 
+{{/* Namespaces the webhook is never called for: webhook.excludeNamespaces and the release's own, as JSON. */}}
+{{- define "earpiece.excludedNamespaces" -}}
+{{- concat .Values.webhook.excludeNamespaces (list .Release.Namespace) | uniq | toJson }}
+{{- end }}
+
 {{/* Selector labels of the operator's pods. */}}
 {{- define "earpiece.selectorLabels" -}}
 app.kubernetes.io/name: {{ include "earpiece.name" . }}
