@@ -3,7 +3,8 @@
  * "Observability"; label values are bounded: tool and toolset names come only from loaded ToolSets, anything
  * else is counted under `other`, so a model inventing tool names cannot grow the series count.
  */
-import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
+import { Counter, Gauge, Histogram, Registry } from 'prom-client';
+import { collectProcessMetrics } from './process-metrics.js';
 import type { ToolInfo, ToolOutcomeLabel, ToolRecord, TurnOutcome, TurnRecord } from './types.js';
 
 /** The label value that every name outside the loaded ToolSets folds into. */
@@ -45,12 +46,6 @@ export const ITERATION_BUCKETS = [0, 1, 2, 3, 4, 5, 6, 8, 10];
 const MAX_TOOLSETS = 32;
 const MAX_UNDECLARED_TOOLS = 64;
 
-const LINT_FAILING_DEFAULTS = [
-  'nodejs_active_handles_total',
-  'nodejs_active_requests_total',
-  'nodejs_active_resources_total',
-];
-
 export interface PromMetricsOptions {
   /** Toolset names known before any is loaded. */
   toolsets?: readonly string[];
@@ -85,11 +80,7 @@ export class PromMetrics {
 
   constructor(options: PromMetricsOptions = {}) {
     const registers = [this.registry];
-    if (options.defaultMetrics !== false) {
-      collectDefaultMetrics({ register: this.registry });
-      // Gauges named like counters fail `promtool check metrics`; the per-type gauges beside them hold the same.
-      for (const name of LINT_FAILING_DEFAULTS) this.registry.removeSingleMetric(name);
-    }
+    if (options.defaultMetrics !== false) collectProcessMetrics(this.registry);
     this.toolCalls = new Counter({
       name: 'earpiece_tool_calls_total',
       help: 'Tool calls by toolset, tool and outcome (cache_hit: answered from the result cache).',

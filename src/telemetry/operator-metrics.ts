@@ -3,20 +3,14 @@
  * injections by the webhook, reconciles of the controller, opted-in pods running without the sidecar,
  * and the Node.js process defaults. Label values are fixed sets, never object names.
  */
-import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
+import { Counter, Gauge, Histogram, Registry } from 'prom-client';
+import { collectProcessMetrics } from './process-metrics.js';
 
 export type ReconcileResult = 'ok' | 'invalid' | 'error' | 'deleted';
 export const RECONCILE_RESULTS: readonly ReconcileResult[] = ['ok', 'invalid', 'error', 'deleted'];
 
 /** Reconciles are a cache read, validation and up to three API writes. */
 export const RECONCILE_SECONDS_BUCKETS = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
-
-/** Gauges named like counters fail `promtool check metrics`; the per-type gauges beside them hold the same. */
-const LINT_FAILING_DEFAULTS = [
-  'nodejs_active_handles_total',
-  'nodejs_active_requests_total',
-  'nodejs_active_resources_total',
-];
 
 export class OperatorMetrics {
   readonly registry = new Registry();
@@ -27,10 +21,7 @@ export class OperatorMetrics {
 
   constructor(options: { defaultMetrics?: boolean } = {}) {
     const registers = [this.registry];
-    if (options.defaultMetrics !== false) {
-      collectDefaultMetrics({ register: this.registry });
-      for (const name of LINT_FAILING_DEFAULTS) this.registry.removeSingleMetric(name);
-    }
+    if (options.defaultMetrics !== false) collectProcessMetrics(this.registry);
     this.injections = new Counter({
       name: 'earpiece_injections_total',
       help: 'Pods seen by the injection webhook, by outcome (injected, skipped, error, ...).',
