@@ -13,6 +13,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { type CoordinationV1Api, type V1Lease, type V1LeaseSpec, V1MicroTime } from '@kubernetes/client-node';
 import type { Logger } from '../telemetry/log.js';
+import { statusOf } from './api-errors.js';
 import { type Clock, systemClock } from './clock.js';
 
 export interface LeaderElectionOptions {
@@ -124,7 +125,7 @@ export class LeaderElector {
     try {
       lease = await api.readNamespacedLease({ name, namespace });
     } catch (err) {
-      if (code(err) !== 404) return this.failed('read', err);
+      if (statusOf(err) !== 404) return this.failed('read', err);
       try {
         const now = this.micro();
         await api.createNamespacedLease({
@@ -184,7 +185,7 @@ export class LeaderElector {
 
   private failed(step: string, err: unknown): false {
     // 409: another candidate wrote first; that is the election working, not an error.
-    if (code(err) !== 409) {
+    if (statusOf(err) !== 409) {
       this.o.logger.debug({ lease: this.o.name, step, err: String(err) }, 'Failed to write Lease');
     }
     return false;
@@ -215,8 +216,4 @@ export class LeaderElector {
       this.o.logger.warn({ lease: name, err: String(err) }, 'Failed to release Lease');
     }
   }
-}
-
-function code(err: unknown): number | undefined {
-  return typeof err === 'object' && err !== null && 'code' in err ? Number(err.code) : undefined;
 }

@@ -25,6 +25,7 @@ import {
   type V1Secret,
 } from '@kubernetes/client-node';
 import type { Logger } from '../telemetry/log.js';
+import { statusOf } from './api-errors.js';
 import {
   certificateCovers,
   createCertificateAuthority,
@@ -190,7 +191,7 @@ export class WebhookCertificates {
       try {
         secret = await core.readNamespacedSecret({ name: secretName, namespace });
       } catch (err) {
-        if (code(err) !== 404) throw err;
+        if (statusOf(err) !== 404) throw err;
       }
       const now = this.clock.now();
       const current = materialOf(secret);
@@ -222,7 +223,7 @@ export class WebhookCertificates {
         }
       } catch (err) {
         // Another replica wrote first: read what it wrote and use that.
-        if ((code(err) === 409 || code(err) === 422) && attempt < 3) continue;
+        if ((statusOf(err) === 409 || statusOf(err) === 422) && attempt < 3) continue;
         throw err;
       }
       const what = !current
@@ -275,7 +276,7 @@ export class WebhookCertificates {
       try {
         config = await admission.readMutatingWebhookConfiguration({ name });
       } catch (err) {
-        if (code(err) !== 404) throw err;
+        if (statusOf(err) !== 404) throw err;
         logger.warn(
           { webhookConfiguration: name },
           'Found no MutatingWebhookConfiguration to put the CA into',
@@ -303,15 +304,11 @@ export class WebhookCertificates {
         logger.info({ webhookConfiguration: name, webhooks: ops.length }, 'Patched caBundle');
         return;
       } catch (err) {
-        if ((code(err) === 409 || code(err) === 422) && attempt < 3) continue;
+        if ((statusOf(err) === 409 || statusOf(err) === 422) && attempt < 3) continue;
         throw err;
       }
     }
   }
-}
-
-function code(err: unknown): number | undefined {
-  return typeof err === 'object' && err !== null && 'code' in err ? Number(err.code) : undefined;
 }
 
 function decode(data: Record<string, string> | undefined, key: string): string | undefined {
