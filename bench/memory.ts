@@ -7,6 +7,7 @@
 import { ToolMemory } from '../src/proxy/memory.js';
 import type { ChatMessage } from '../src/proxy/messages.js';
 import { DEFAULTS } from '../src/toolset/defaults.js';
+import { SYSTEM_PROMPT } from './protocol.js';
 
 const RUNS = 9;
 const ITERATIONS = 20_000;
@@ -19,15 +20,9 @@ export interface LookupCost {
   historyChars: number;
 }
 
-function systemPrompt(): string {
-  const part =
-    'You are a friendly voice assistant. Your responses will be spoken out loud, so keep them short and write as a human would speak. ';
-  return `# BASICS\n${part.repeat(24)}`.slice(0, 3000);
-}
-
 /** system + 19 user/assistant pairs + the new user message = 40 messages. */
 function history(tag: string): ChatMessage[] {
-  const messages: ChatMessage[] = [{ role: 'system', content: systemPrompt() }];
+  const messages: ChatMessage[] = [{ role: 'system', content: SYSTEM_PROMPT }];
   for (let i = 0; i < 19; i++) {
     messages.push({
       role: 'user',

@@ -7,6 +7,13 @@ export const PACE_MS = 20;
 const ANSWER_SENTENCE = 'It is twenty one degrees in Lisbon now, with a light breeze coming from the sea.';
 export const ANSWER_TEXT = Array.from({ length: 4 }, () => ANSWER_SENTENCE).join(' ');
 
+/** A system prompt of Unmute's size (about 3 KB: persona, style, silence rules). */
+export const SYSTEM_PROMPT =
+  `# BASICS\n${'You are a friendly voice assistant. Your responses will be spoken out loud, so keep them short and write as a human would speak. '.repeat(24)}`.slice(
+    0,
+    3000,
+  );
+
 /** One tool turn's timestamps, ms on the child's clock (performance.timeOrigin + performance.now()). */
 export interface TurnStamps {
   callSent?: number;
