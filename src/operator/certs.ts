@@ -12,11 +12,6 @@ export interface KeyPairPem {
   keyPem: string;
 }
 
-export interface WebhookCertificates {
-  ca: KeyPairPem;
-  serving: KeyPairPem;
-}
-
 export class CertificateError extends Error {
   readonly code = 'ERP_CERT';
 }
@@ -103,28 +98,6 @@ export function createServingCertificate(options: {
   ]);
   cert.sign(caKey, forge.md.sha256.create());
   return { certPem: forge.pki.certificateToPem(cert), keyPem: forge.pki.privateKeyToPem(keys.privateKey) };
-}
-
-/** A new CA and a serving certificate for `<service>.<namespace>.svc` and the other names of the Service. */
-export function createWebhookCertificates(options: {
-  service: string;
-  namespace: string;
-  now: Date;
-  clusterDomain?: string;
-  caValidityDays?: number;
-  validityDays?: number;
-}): WebhookCertificates {
-  const ca = createCertificateAuthority({
-    now: options.now,
-    ...(options.caValidityDays !== undefined ? { validityDays: options.caValidityDays } : {}),
-  });
-  const serving = createServingCertificate({
-    ca,
-    dnsNames: serviceDnsNames(options.service, options.namespace, options.clusterDomain),
-    now: options.now,
-    ...(options.validityDays !== undefined ? { validityDays: options.validityDays } : {}),
-  });
-  return { ca, serving };
 }
 
 /** Time to make a new one: unreadable, not yet valid, or expiring within `before` milliseconds of `now`. */

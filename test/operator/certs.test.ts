@@ -7,15 +7,15 @@ import {
   certificateCovers,
   createCertificateAuthority,
   createServingCertificate,
-  createWebhookCertificates,
   needsRotation,
   serviceDnsNames,
 } from '../../src/operator/certs.js';
+import { webhookCertificates } from '../support/certs.js';
 
 const DAY = 86_400_000;
 const now = new Date('2026-03-01T12:00:00Z');
 const names = serviceDnsNames('earpiece-webhook', 'earpiece');
-const { ca, serving } = createWebhookCertificates({
+const { ca, serving } = webhookCertificates({
   service: 'earpiece-webhook',
   namespace: 'earpiece',
   now,

@@ -12,7 +12,7 @@ import fastJsonPatch from 'fast-json-patch';
 import { Agent, request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parse, parseAllDocuments } from 'yaml';
-import { createWebhookCertificates, serviceDnsNames } from '../../src/operator/certs.js';
+import { serviceDnsNames } from '../../src/operator/certs.js';
 import { findWorkloads, injectManifests, namespacesOptedIn } from '../../src/operator/inject.js';
 import type { PodTemplate } from '../../src/operator/patch.js';
 import { toolsetLookup } from '../../src/operator/select.js';
@@ -20,6 +20,7 @@ import { DEFAULT_SIDECAR } from '../../src/operator/sidecar.js';
 import { CertificateHolder, startWebhookServer, type WebhookServer } from '../../src/operator/webhook.js';
 import { createLogger } from '../../src/telemetry/log.js';
 import { type ToolSet, validateToolSet } from '../../src/toolset/index.js';
+import { webhookCertificates } from '../support/certs.js';
 import { workloadIssues } from '../support/pod-rules.js';
 
 const DIR = 'test/fixtures/pods';
@@ -54,7 +55,7 @@ function expectedOutcomes(text: string): string[] {
   return line[1].trim().split(/\s+/);
 }
 
-const certificates = createWebhookCertificates({
+const certificates = webhookCertificates({
   service: 'earpiece-webhook',
   namespace: 'earpiece',
   now: new Date(),

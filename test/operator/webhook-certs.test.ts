@@ -10,7 +10,7 @@ import path from 'node:path';
 import { connect } from 'node:tls';
 import { AdmissionregistrationV1Api, CoreV1Api } from '@kubernetes/client-node';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { certificateCovers, createWebhookCertificates, serviceDnsNames } from '../../src/operator/certs.js';
+import { certificateCovers, serviceDnsNames } from '../../src/operator/certs.js';
 import type { Clock } from '../../src/operator/clock.js';
 import { DEFAULT_SIDECAR } from '../../src/operator/sidecar.js';
 import { startWebhookServer, type WebhookServer } from '../../src/operator/webhook.js';
@@ -20,6 +20,7 @@ import {
   type WebhookCertsOptions,
 } from '../../src/operator/webhook-certs.js';
 import { createLogger } from '../../src/telemetry/log.js';
+import { webhookCertificates } from '../support/certs.js';
 import { type FakeApiServer, type KObject, startFakeApiServer } from '../support/fake-apiserver.js';
 
 const NS = 'earpiece-system';
@@ -239,7 +240,7 @@ describe('webhook certificates (operator mode)', () => {
     expect(caBundles()).toEqual([ca, ca]);
 
     // A Secret made for some other Service name is not good for this one.
-    const foreign = createWebhookCertificates({ service: 'other', namespace: NS, now: clock.now() });
+    const foreign = webhookCertificates({ service: 'other', namespace: NS, now: clock.now() });
     const b64 = (s: string) => Buffer.from(s).toString('base64');
     const secret = api.get('secrets', NS, 'earpiece-webhook-tls')!;
     api.update('secrets', {
@@ -295,7 +296,7 @@ describe('webhook certificates (cert-manager mode)', () => {
   }
 
   it('serves the mounted certificate, follows its renewal, and leaves the caBundle to cert-manager', async () => {
-    const first = createWebhookCertificates({ service: SERVICE, namespace: NS, now: new Date() });
+    const first = webhookCertificates({ service: SERVICE, namespace: NS, now: new Date() });
     await publish(first.serving.certPem, first.serving.keyPem);
     const certs = manager('replica-1', { mode: 'cert-manager', certDir: dir });
     const holder = await certs.start();
@@ -305,7 +306,7 @@ describe('webhook certificates (cert-manager mode)', () => {
       new X509Certificate(first.serving.certPem).fingerprint256,
     );
 
-    const second = createWebhookCertificates({ service: SERVICE, namespace: NS, now: new Date() });
+    const second = webhookCertificates({ service: SERVICE, namespace: NS, now: new Date() });
     await publish(second.serving.certPem, second.serving.keyPem);
     await expect.poll(() => holder.current.certPem, { timeout: 10_000 }).toBe(second.serving.certPem);
     expect((await handshake(server.port, second.ca.certPem)).fingerprint256).toBe(

@@ -2,7 +2,7 @@ import type { V1PodSpec } from '@kubernetes/client-node';
 import fastJsonPatch from 'fast-json-patch';
 import { Agent, request } from 'undici';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { createWebhookCertificates, type KeyPairPem } from '../../src/operator/certs.js';
+import type { KeyPairPem } from '../../src/operator/certs.js';
 import { buildInjection, type PodTemplate } from '../../src/operator/patch.js';
 import { toolsetLookup } from '../../src/operator/select.js';
 import { DEFAULT_SIDECAR } from '../../src/operator/sidecar.js';
@@ -14,6 +14,7 @@ import {
 } from '../../src/operator/webhook.js';
 import { createLogger } from '../../src/telemetry/log.js';
 import type { ToolSet } from '../../src/toolset/index.js';
+import { webhookCertificates } from '../support/certs.js';
 import { workloadIssues } from '../support/pod-rules.js';
 
 const SERVICE = 'earpiece-webhook';
@@ -31,7 +32,7 @@ const toolsets = [
   toolset('lab-b', { team: 'lab' }),
 ];
 
-const first = createWebhookCertificates({ service: SERVICE, namespace: 'earpiece', now: new Date() });
+const first = webhookCertificates({ service: SERVICE, namespace: 'earpiece', now: new Date() });
 const holder = new CertificateHolder(first.serving);
 const outcomes: InjectionOutcome[] = [];
 let ready = new Set(['assistant', 'lab-a', 'lab-b']);
@@ -362,7 +363,7 @@ describe('the webhook over HTTPS', () => {
     expect(await health.body.text()).toBe('ok');
     await agent.close();
 
-    const second = createWebhookCertificates({ service: SERVICE, namespace: 'earpiece', now: new Date() });
+    const second = webhookCertificates({ service: SERVICE, namespace: 'earpiece', now: new Date() });
     const rotate = (pair: KeyPairPem) => holder.set(pair);
     rotate(second.serving);
     try {
