@@ -3,14 +3,16 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { CRD_FILE, renderCrdYaml } from '../src/toolset/crd.js';
+import { renderValidatorModule, VALIDATOR_FILE } from '../src/toolset/validator-gen.js';
 
 /** The chart renders the CRD from its own files/ (Helm never upgrades a chart's crds/ folder). */
 const CHART_CRD_FILE = 'charts/earpiece/files/toolsets.earpiece.dev.yaml';
 
 const HELP = `Usage: earpiece gen-crd [--output FILE | --output -] [--check]
 
-Writes the ToolSet CustomResourceDefinition, generated from the ToolSet schema, to
-${CRD_FILE} and the Helm chart's copy ${CHART_CRD_FILE} (or FILE; "-" prints it).
+Writes what is generated from the ToolSet schema: the CustomResourceDefinition to ${CRD_FILE}
+and the Helm chart's copy ${CHART_CRD_FILE}, and the proxy's standalone validator ${VALIDATOR_FILE}
+(with --output, only the CRD, to FILE; "-" prints it).
   --check   write nothing; exit 1 when a file differs from what would be written
 Exit status: 0 done (or up to date), 1 stale or not writable, 2 bad usage.`;
 
@@ -46,19 +48,24 @@ export async function main(argv: string[]): Promise<number> {
     process.stdout.write(text);
     return 0;
   }
-  const files = values.output
-    ? [values.output]
-    : [CRD_FILE, CHART_CRD_FILE].map((f) => path.join(packageRoot(), f));
+  const root = packageRoot();
+  const files: [string, string][] = values.output
+    ? [[values.output, text]]
+    : [
+        [path.join(root, CRD_FILE), text],
+        [path.join(root, CHART_CRD_FILE), text],
+        [path.join(root, VALIDATOR_FILE), renderValidatorModule()],
+      ];
   if (values.check) {
     let stale = false;
-    for (const file of files) {
+    for (const [file, text] of files) {
       if ((await readFile(file, 'utf8').catch(() => undefined)) === text) continue;
       console.error(`${file} is stale; run npm run gen:crd`);
       stale = true;
     }
     return stale ? 1 : 0;
   }
-  for (const file of files) {
+  for (const [file, text] of files) {
     try {
       await writeFile(file, text);
     } catch (err) {

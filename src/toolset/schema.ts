@@ -1,21 +1,22 @@
 /**
  * The one ToolSet schema. Runtime validation (ajv), the TypeScript types (TypeBox `Static`) and the
- * CustomResourceDefinition (crd.ts) are all derived from it, so the three can never disagree.
+ * CustomResourceDefinition (crd.ts) are all derived from it, so the three can never disagree. The proxy
+ * validates with standalone code generated from it (validator-gen.ts), so TypeBox, some 20 MB of
+ * modules, is never loaded at run time: everything else imports this file for its types only.
  *
  * The schema is kept structural (every property declared, no `oneOf` between shapes) because the
  * Kubernetes API server requires that of a CRD. Rules that span fields ("exactly one of http, mcp,
  * sql, builtin") live in validate.ts and, for the CRD, as CEL rules in crd.ts.
  */
 import { type Static, type TSchema, Type } from '@sinclair/typebox';
+import { API_GROUP, API_VERSION, KIND } from './api.js';
+
+export { API_GROUP, API_VERSION, KIND };
 
 /** A string enum as plain `enum` (not anyOf of consts): one clear error, and what a CRD expects. */
 function StringEnum<const T extends readonly string[]>(values: T, options: Record<string, unknown> = {}) {
   return Type.Unsafe<T[number]>({ type: 'string', enum: [...values], ...options });
 }
-
-export const API_GROUP = 'earpiece.dev';
-export const API_VERSION = 'v1alpha1';
-export const KIND = 'ToolSet';
 
 /** Go-style duration, as Kubernetes writes them: `500ms`, `5s`, `1m30s`. Checked by the `duration` format. */
 export const Duration = Type.String({

@@ -2,11 +2,12 @@
  * Validation: the schema (ajv), then the rules a schema cannot say. Every problem is reported, each
  * with the path of the field it is about (`spec.tools[2].timeout: "soon" is not a duration`).
  */
-import { Ajv, type ErrorObject } from 'ajv';
+import { Ajv, type ErrorObject, type ValidateFunction } from 'ajv';
 import addFormats from 'ajv-formats';
 import { parseDocument } from 'yaml';
 import { isDuration, parseDuration } from './duration.js';
-import { type ToolSet, ToolSetSchema, type ToolSpec, type ValueRef } from './schema.js';
+import type { ToolSet, ToolSpec, ValueRef } from './schema.js';
+import { validate as generatedValidator } from './toolset-validator.generated.js';
 import { checkUrlTemplate, templateVariables } from './url-template.js';
 
 export interface Issue {
@@ -25,7 +26,8 @@ export function createAjv(): Ajv {
 }
 
 const ajv = createAjv();
-const validateSchema = ajv.compile<ToolSet>(ToolSetSchema);
+/** The ToolSet schema's validator, generated ahead of time (validator-gen.ts). */
+const validateSchema = generatedValidator as unknown as ValidateFunction<ToolSet>;
 
 /** `/spec/tools/2/timeout` → `spec.tools[2].timeout` */
 export function pointerToPath(pointer: string): string {
