@@ -217,11 +217,21 @@ export interface EarpieceProxy {
   close(): Promise<void>;
 }
 
+/**
+ * The Node flags of the shipped image (Dockerfile ENTRYPOINT): a young generation sized for a sidecar that
+ * serves a few streams. EARPIECE_BENCH_NODE_FLAGS replaces them, to compare (" " for none).
+ */
+export const EARPIECE_NODE_FLAGS = (process.env.EARPIECE_BENCH_NODE_FLAGS ?? '--max-semi-space-size=2')
+  .split(' ')
+  .filter(Boolean);
+
 export async function startEarpiece(toolsetPath: string, upstreamUrl: string): Promise<EarpieceProxy> {
   const cli = fileURLToPath(new URL('../cmd/earpiece.js', import.meta.url));
   const child = spawn(
     process.execPath,
     [
+      // The container image starts node with these flags (Dockerfile ENTRYPOINT): the bench measures the same.
+      ...EARPIECE_NODE_FLAGS,
       cli,
       'proxy',
       '--toolset',
