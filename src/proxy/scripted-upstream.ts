@@ -8,6 +8,7 @@ import { randomBytes } from 'node:crypto';
 import { once } from 'node:events';
 import { createServer, type IncomingHttpHeaders, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
+import { drainOrClose } from './sinks.js';
 
 export type Dialect = 'vllm-llama3json' | 'vllm-hermes' | 'vllm-pythonic' | 'ollama' | 'llamacpp' | 'openai';
 export const DIALECTS: readonly Dialect[] = [
@@ -103,17 +104,7 @@ export async function startScriptedUpstream(options: {
         continue;
       }
       const text = typeof step === 'string' ? step : `data: ${JSON.stringify(step)}\n\n`;
-      if (!res.write(text)) {
-        await new Promise<void>((resolve) => {
-          const done = () => {
-            res.off('drain', done);
-            res.off('close', done);
-            resolve();
-          };
-          res.on('drain', done);
-          res.on('close', done);
-        });
-      }
+      if (!res.write(text)) await drainOrClose(res);
     }
   };
 

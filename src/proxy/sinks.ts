@@ -25,7 +25,7 @@ export interface TurnSink {
 }
 
 /** A client that stops reading and then hangs up never drains: 'close' must end the wait too. */
-function drainOrClose(res: ServerResponse): Promise<void> {
+export function drainOrClose(res: ServerResponse): Promise<void> {
   return new Promise((resolve) => {
     const done = () => {
       res.off('drain', done);

@@ -4,6 +4,7 @@
  * for the model; nothing here throws, and no error content carries a stack, a secret or a JSON dump.
  */
 import type { Logger } from '../telemetry/log.js';
+import { untilAborted } from './abort.js';
 import { type ArgumentCheck, parseArguments } from './arguments.js';
 import { cacheKey, type ToolCache } from './cache.js';
 import {
@@ -59,16 +60,6 @@ function unknownTool(name: string, names: string[]): string {
   const shown = JSON.stringify(name.length > 64 ? `${name.slice(0, 64)}…` : name);
   if (names.length === 0) return `error: there is no tool named ${shown}, and no tools are available`;
   return `error: there is no tool named ${shown}; the tools are ${names.map((n) => JSON.stringify(n)).join(', ')}`;
-}
-
-/** Resolves with the promise, or rejects with the signal's reason as soon as it aborts. */
-function untilAborted<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {
-  return new Promise<T>((resolve, reject) => {
-    const abort = () => reject(signal.reason);
-    if (signal.aborted) abort();
-    signal.addEventListener('abort', abort, { once: true });
-    promise.then(resolve, reject).finally(() => signal.removeEventListener('abort', abort));
-  });
 }
 
 /** Runs the executor under the tool's timeout; `signal` undefined means only the timeout can stop it. */

@@ -25,6 +25,7 @@ import type { Logger } from '../telemetry/log.js';
 import type { ResolvedTool } from '../toolset/defaults.js';
 import type { McpToolSpec } from '../toolset/schema.js';
 import { resolveValue } from '../toolset/values.js';
+import { untilAborted } from './abort.js';
 import { toolResultContent } from './mcp-content.js';
 import {
   type ProvidedTool,
@@ -510,22 +511,4 @@ function errorText(err: unknown): string {
   const cause = err.cause as { code?: string; message?: string } | undefined;
   const detail = cause ? `: ${cause.code ?? cause.message ?? ''}` : '';
   return `${err.message}${detail}`.replace(/\s+/g, ' ').slice(0, 300);
-}
-
-function untilAborted<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {
-  if (signal.aborted) return Promise.reject(signal.reason);
-  return new Promise<T>((resolve, reject) => {
-    const onAbort = () => reject(signal.reason);
-    signal.addEventListener('abort', onAbort, { once: true });
-    promise.then(
-      (value) => {
-        signal.removeEventListener('abort', onAbort);
-        resolve(value);
-      },
-      (err: unknown) => {
-        signal.removeEventListener('abort', onAbort);
-        reject(err);
-      },
-    );
-  });
 }

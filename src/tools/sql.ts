@@ -15,6 +15,7 @@ import Cursor from 'pg-cursor';
 import type { Logger } from '../telemetry/log.js';
 import type { SqlToolSpec } from '../toolset/schema.js';
 import { resolveValue } from '../toolset/values.js';
+import { untilAborted } from './abort.js';
 import { checkReadOnlySelect, loadSqlParser } from './sql-guard.js';
 import {
   type ProvidedTool,
@@ -304,21 +305,3 @@ export const createSqlProvider: ProviderFactory = (tool, { env, logger }) => {
   };
   return provider;
 };
-
-function untilAborted<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {
-  if (signal.aborted) return Promise.reject(signal.reason);
-  return new Promise<T>((resolve, reject) => {
-    const onAbort = () => reject(signal.reason);
-    signal.addEventListener('abort', onAbort, { once: true });
-    promise.then(
-      (value) => {
-        signal.removeEventListener('abort', onAbort);
-        resolve(value);
-      },
-      (err: unknown) => {
-        signal.removeEventListener('abort', onAbort);
-        reject(err);
-      },
-    );
-  });
-}
