@@ -20,6 +20,10 @@ export interface TurnStamps {
   toolAsked?: number;
   toolAnswered?: number;
   nextAsked?: number;
+  /** Barge-in: the model's response to this turn was closed by the proxy. */
+  upstreamClosed?: number;
+  /** Barge-in: the running tool's request was closed by the proxy. */
+  toolClosed?: number;
 }
 
 export type ChildMessage =

@@ -9,6 +9,7 @@
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { request } from 'node:http';
 import { cpus, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -44,6 +45,7 @@ const TARGETS = {
   addedTtftMs: 0.5,
   vsNginx: 1.1,
   handoffMs: 1,
+  cancelMs: 100,
   idleRssMb: 90,
   lookupUs: 20,
 };
@@ -186,6 +188,86 @@ interface Handoffs {
   errors: number;
 }
 
+const CANCEL_TURNS = 100;
+
+export interface Cancellations {
+  /** Client hang-up → the model's response closed by the proxy, ms. */
+  upstream: number[];
+  /** Client hang-up → the running tool's request closed by the proxy, ms. */
+  tool: number[];
+  errors: number;
+}
+
+/**
+ * Unmute's barge-in: the client closes the socket mid-answer (after the first word) or mid-tool (after the
+ * filler). The hang-up time is taken here and the closes in the child, on the same system clock
+ * (performance.timeOrigin + performance.now() in both processes).
+ */
+function interrupt(to: Target, body: string, after: string): Promise<number | undefined> {
+  return new Promise((resolve) => {
+    const guard = setTimeout(() => {
+      req.destroy();
+      resolve(undefined);
+    }, 10_000);
+    const req = request(to.url, {
+      method: 'POST',
+      agent: false,
+      headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) },
+    });
+    req.on('response', (res) => {
+      let seen = '';
+      res.setEncoding('utf8');
+      res.on('data', (text: string) => {
+        seen += text;
+        if (!seen.includes(after)) return;
+        // The tool request leaves right after the filler; give it a moment to be in flight.
+        const hangUp = () => {
+          clearTimeout(guard);
+          const at = performance.timeOrigin + performance.now();
+          req.destroy();
+          resolve(at);
+        };
+        res.removeAllListeners('data');
+        if (after === 'One moment.') setTimeout(hangUp, 50);
+        else hangUp();
+      });
+    });
+    req.on('error', () => {});
+    req.end(body);
+  });
+}
+
+async function cancellations(p: Proxies, to: Target): Promise<Cancellations> {
+  let errors = 0;
+  const hungUp: Record<string, number> = {};
+  for (let n = 0; n < CANCEL_TURNS; n++) {
+    for (const kind of ['stream', 'tool'] as const) {
+      const key = `${kind}-${n}`;
+      const at = await interrupt(
+        to,
+        unmuteRequest(`Talk about cancel-${key}, please.`),
+        kind === 'stream' ? '"delta":{"content":"' : 'One moment.',
+      );
+      if (at === undefined) errors++;
+      else hungUp[key] = at;
+    }
+  }
+  await sleep(1000); // every close has happened by now, or it never will
+  const stamps = await p.upstream.stamps();
+  const upstream: number[] = [];
+  const tool: number[] = [];
+  for (const [key, at] of Object.entries(hungUp)) {
+    const s = stamps[key];
+    const closed = key.startsWith('stream') ? s?.upstreamClosed : s?.toolClosed;
+    if (closed === undefined) {
+      errors++;
+      continue;
+    }
+    (key.startsWith('stream') ? upstream : tool).push(closed - at);
+  }
+  return { upstream, tool, errors };
+}
+
 /** Sequential tool turns through earpiece; the hand-off stamps come from the upstream child's clock. */
 async function toolTurns(p: Proxies, to: Target): Promise<Handoffs> {
   let errors = 0;
@@ -230,6 +312,13 @@ async function writeToolSet(dir: string, toolUrl: string): Promise<string> {
             parameters: { type: 'object', properties: { place: { type: 'string' } }, required: ['place'] },
             filler: 'One moment. ',
             http: { url: `${toolUrl}/weather{?place}` },
+          },
+          {
+            name: 'slow_lookup',
+            description: 'A lookup that takes a long time (the barge-in measurement).',
+            parameters: { type: 'object', properties: { id: { type: 'string' } }, required: ['id'] },
+            timeout: '30s',
+            http: { url: `${toolUrl}/slow{?id}` },
           },
           { name: 'current_time', description: 'The current date and time.', builtin: 'time' },
           { name: 'calculate', description: 'Evaluates an arithmetic expression.', builtin: 'calculator' },
@@ -349,12 +438,15 @@ export async function main(argv: string[]): Promise<number> {
 
     log(`Tool turns through earpiece (${TOOL_TURNS}, one at a time)…`);
     const handoffs = await toolTurns(p, to.earpiece as Target);
+    log(`Interrupted turns through earpiece (${CANCEL_TURNS} streams, ${CANCEL_TURNS} tool calls)…`);
+    const cancelled = await cancellations(p, to.earpiece as Target);
 
     const report = render({
       results,
       modes,
       idle,
       handoffs,
+      cancelled,
       lookup,
       rounds,
       loadBefore,
@@ -380,6 +472,7 @@ function render(r: {
   modes: Mode[];
   idle: { earpiece: number; nginx: number | undefined };
   handoffs: Handoffs;
+  cancelled: Cancellations;
   lookup: LookupCost;
   rounds: number;
   loadBefore: number;
@@ -427,6 +520,20 @@ function render(r: {
     `| tool answer sent → next model request received | ${ms(percentile(next, 50), 3)} | ${ms(percentile(next, 99), 3)} | ${ms(next.at(-1), 3)} |`,
   );
   if (h.errors > 0) lines.push('', `${h.errors} tool turns failed or lacked a timestamp.`);
+
+  const c = r.cancelled;
+  const sortedUpstream = sorted(c.upstream);
+  const sortedTool = sorted(c.tool);
+  lines.push(
+    '',
+    `Barge-in through earpiece (${CANCEL_TURNS} of each, one at a time; the client hangs up after the first word, or 50 ms after the filler while a tool runs):`,
+    '',
+    '| client hangs up → | p50 | p99 | max |',
+    '|---|---:|---:|---:|',
+    `| model's response closed by the proxy | ${ms(percentile(sortedUpstream, 50), 3)} | ${ms(percentile(sortedUpstream, 99), 3)} | ${ms(sortedUpstream.at(-1), 3)} |`,
+    `| running tool's request closed by the proxy | ${ms(percentile(sortedTool, 50), 3)} | ${ms(percentile(sortedTool, 99), 3)} | ${ms(sortedTool.at(-1), 3)} |`,
+  );
+  if (c.errors > 0) lines.push('', `${c.errors} interrupted turns failed or lacked a timestamp.`);
 
   lines.push(
     '',
@@ -477,6 +584,15 @@ function render(r: {
     const p50 = percentile(values, 50);
     lines.push(
       `| ${label} ≤ ${TARGETS.handoffMs} ms | ${ms(p50, 3)} (${ms(percentile(values, 99), 3)}) | ${mark(p50 <= TARGETS.handoffMs)} |`,
+    );
+  }
+  for (const [label, values] of [
+    ['hang-up → model response closed, max', sortedUpstream],
+    ['hang-up → tool request closed, max', sortedTool],
+  ] as const) {
+    const worst = values.at(-1) ?? Number.POSITIVE_INFINITY;
+    lines.push(
+      `| ${label} ≤ ${TARGETS.cancelMs} ms | ${ms(worst, 3)} | ${mark(worst <= TARGETS.cancelMs)} |`,
     );
   }
   lines.push(

@@ -7,6 +7,9 @@
  * bench-N" gets a tool call instead (fragments 2 ms apart, then finish + usage + [DONE] in one write);
  * the request that carries the tool's result gets a short unpaced answer.
  *
+ * Requests that say "cancel-stream-N" get the long answer and "cancel-tool-N" a call to the tool that never
+ * answers: the driver hangs up on them, and the close of the model response or tool request is stamped.
+ *
  * Tool-turn timestamps, per turn N (ms, performance.timeOrigin + performance.now()):
  *   callSent     the last byte of the tool-call message was written
  *   toolAsked    the HTTP tool received the request (headers parsed)
@@ -120,6 +123,20 @@ async function main(): Promise<void> {
       res.end(JSON.stringify({ object: 'list', data: [{ id: 'bench-model', object: 'model' }] }));
       return;
     }
+    const cancel = /cancel-(stream|tool)-(\d+)/.exec(body);
+    if (cancel) {
+      const key = `${cancel[1]}-${cancel[2]}`;
+      res.on('close', () => {
+        if (!res.writableFinished) turn(key).upstreamClosed = now();
+      });
+      if (cancel[1] === 'stream' || body.includes('"role":"tool"')) play(res, stream);
+      else
+        play(
+          res,
+          segments(toolCallReply([{ name: 'slow_lookup', arguments: { id: key } }], 'vllm-llama3json')),
+        );
+      return;
+    }
     const id = /bench-(\d+)/.exec(body)?.[1];
     if (id === undefined) {
       play(res, stream);
@@ -142,6 +159,16 @@ async function main(): Promise<void> {
 
   const tool = createServer((req, res) => {
     const arrived = now();
+    if (req.url?.startsWith('/slow')) {
+      // Never answers: only the proxy hanging up ends it.
+      const key = new URL(req.url, 'http://tool').searchParams.get('id') ?? '';
+      turn(key).toolAsked = arrived;
+      req.socket.on('close', () => {
+        turn(key).toolClosed = now();
+      });
+      req.resume();
+      return;
+    }
     const place = new URL(req.url ?? '/', 'http://tool').searchParams.get('place') ?? '';
     const id = /^bench-(\d+)$/.exec(place)?.[1];
     req.resume();
