@@ -1,35 +1,11 @@
 /** Defects found in review, each reproduced against the real proxy before it was fixed. */
 import { request } from 'node:http';
-import { afterEach, describe, expect, it } from 'vitest';
-import {
-  errorReply,
-  type RecordedRequest,
-  type ScriptedReply,
-  type ScriptedUpstream,
-  startScriptedUpstream,
-  textReply,
-  toolCallReply,
-} from '../../src/proxy/scripted-upstream.js';
-import { type ProxyHarness, startTestProxy, unmuteTurn } from '../support/proxy.js';
+import { describe, expect, it } from 'vitest';
+import { errorReply, textReply, toolCallReply } from '../../src/proxy/scripted-upstream.js';
+import { type ProxyHarness, unmuteTurn, useScriptedProxy } from '../support/proxy.js';
 
 const SYSTEM = { role: 'system' as const, content: 'Be brief.' };
-const cleanups: (() => Promise<void>)[] = [];
-afterEach(async () => {
-  while (cleanups.length) await cleanups.pop()?.();
-});
-
-async function setup(
-  respond: (req: RecordedRequest, i: number) => ScriptedReply | Promise<ScriptedReply>,
-  spec: Record<string, unknown>,
-) {
-  const upstream: ScriptedUpstream = await startScriptedUpstream({ respond });
-  const harness: ProxyHarness = await startTestProxy(spec, upstream.url);
-  cleanups.push(
-    () => upstream.close(),
-    () => harness.close(),
-  );
-  return { upstream, harness };
-}
+const { setup, defer } = useScriptedProxy();
 
 async function metric(harness: ProxyHarness, pattern: RegExp): Promise<number> {
   const text = await (await fetch(`${harness.proxy.metricsUrl}/metrics`)).text();
@@ -132,18 +108,13 @@ describe('review regressions', () => {
         },
       }),
     );
-    const upstream = await startScriptedUpstream({
-      respond: (req) =>
+    const { harness } = await setup(
+      (req) =>
         req.body.tools
           ? errorReply(400, '"auto" tool choice requires --enable-auto-tool-choice')
           : { sse: textReply('Ok.') },
-    });
-    const harness = await startTestProxy({ tools: [{ name: 'now', builtin: 'time' }] }, upstream.url, {
-      logger,
-    });
-    cleanups.push(
-      () => upstream.close(),
-      () => harness.close(),
+      { tools: [{ name: 'now', builtin: 'time' }] },
+      { logger },
     );
     const state = harness.proxy.current().upstreamState;
     await unmuteTurn(harness.client, [SYSTEM, { role: 'user', content: 'Time?' }]);
@@ -208,7 +179,7 @@ describe('behaviour that had no test', () => {
       }, 100);
     });
     await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-    cleanups.push(async () => void server.close());
+    defer(async () => void server.close());
     const url = `http://127.0.0.1:${(server.address() as { port: number }).port}`;
     const { harness } = await setup(
       (_req, i) =>

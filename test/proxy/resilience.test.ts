@@ -1,37 +1,18 @@
 import { once } from 'node:events';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import {
   errorReply,
   type RecordedRequest,
-  type ScriptedReply,
-  type ScriptedUpstream,
-  startScriptedUpstream,
   textReply,
   toolCallReply,
   toolResults,
 } from '../../src/proxy/scripted-upstream.js';
-import { type ProxyHarness, startTestProxy, unmuteTurn } from '../support/proxy.js';
+import { unmuteTurn, useScriptedProxy } from '../support/proxy.js';
 
 const SYSTEM = { role: 'system' as const, content: 'Be brief.' };
-const cleanups: (() => Promise<void>)[] = [];
-afterEach(async () => {
-  while (cleanups.length) await cleanups.pop()?.();
-});
-
-async function setup(
-  respond: (req: RecordedRequest, i: number) => ScriptedReply | Promise<ScriptedReply>,
-  spec: Record<string, unknown>,
-) {
-  const upstream: ScriptedUpstream = await startScriptedUpstream({ respond });
-  const harness: ProxyHarness = await startTestProxy(spec, upstream.url);
-  cleanups.push(
-    () => upstream.close(),
-    () => harness.close(),
-  );
-  return { upstream, harness };
-}
+const { setup, defer } = useScriptedProxy();
 
 /** An HTTP tool server that never answers, recording when each request's socket closes. */
 async function hangingToolServer() {
@@ -47,7 +28,7 @@ async function hangingToolServer() {
   server.listen(0, '127.0.0.1');
   await once(server, 'listening');
   const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
-  cleanups.push(async () => {
+  defer(async () => {
     server.closeAllConnections();
     server.close();
   });
@@ -114,7 +95,7 @@ describe('barge-in', () => {
     });
     server.listen(0, '127.0.0.1');
     await once(server, 'listening');
-    cleanups.push(async () => void server.close());
+    defer(async () => void server.close());
     const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
     const { upstream, harness } = await setup(
       () => ({ sse: toolCallReply([{ name: 'light_on', arguments: {} }]) }),

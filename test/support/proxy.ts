@@ -3,7 +3,14 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import OpenAI from 'openai';
+import { afterEach } from 'vitest';
 import { stringify } from 'yaml';
+import {
+  type RecordedRequest,
+  type ScriptedReply,
+  type ScriptedUpstream,
+  startScriptedUpstream,
+} from '../../src/proxy/scripted-upstream.js';
 import { type ProxyOptions, type RunningProxy, startProxy } from '../../src/proxy/start.js';
 import { createLogger } from '../../src/telemetry/log.js';
 
@@ -71,4 +78,30 @@ export async function unmuteTurn(
     if (content) text += content;
   }
   return { text, chunks };
+}
+
+/**
+ * A scripted upstream with the real proxy in front of it, both closed after each test. `defer` registers
+ * further clean-ups (servers a test starts), run in reverse order.
+ */
+export function useScriptedProxy() {
+  const cleanups: (() => Promise<void>)[] = [];
+  afterEach(async () => {
+    while (cleanups.length) await cleanups.pop()?.();
+  });
+  const defer = (cleanup: () => Promise<void>) => {
+    cleanups.push(cleanup);
+  };
+  const setup = async (
+    respond: (req: RecordedRequest, i: number) => ScriptedReply | Promise<ScriptedReply>,
+    spec: Record<string, unknown>,
+    options: Partial<ProxyOptions> = {},
+  ): Promise<{ upstream: ScriptedUpstream; harness: ProxyHarness }> => {
+    const upstream = await startScriptedUpstream({ respond });
+    defer(() => upstream.close());
+    const harness = await startTestProxy(spec, upstream.url, options);
+    defer(() => harness.close());
+    return { upstream, harness };
+  };
+  return { setup, defer };
 }
