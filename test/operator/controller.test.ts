@@ -10,12 +10,12 @@ import { parse as parseYaml } from 'yaml';
 import type { Clock } from '../../src/operator/clock.js';
 import { CONFIG_KEY } from '../../src/operator/configmap.js';
 import { toolSetKey } from '../../src/operator/controller.js';
-import { buildInjection } from '../../src/operator/patch.js';
 import { DEFAULT_SIDECAR } from '../../src/operator/sidecar.js';
 import { ControlPlane, startOperator, type Timing } from '../../src/operator/start.js';
 import { createLogger } from '../../src/telemetry/log.js';
 import { OperatorMetrics } from '../../src/telemetry/operator-metrics.js';
 import { secretEnvName } from '../../src/toolset/values.js';
+import { injectBackend } from '../support/backend-pod.js';
 import { type FakeApiServer, type KObject, startFakeApiServer } from '../support/fake-apiserver.js';
 
 const NS = 'voice';
@@ -297,28 +297,13 @@ describe('ToolSet controller', () => {
     expect(configMap('assistant')).toEqual(good);
 
     // A pod created now gets what the ConfigMap's configuration needs.
-    const result = buildInjection(
-      {
-        metadata: { labels: { app: 'unmute-backend', 'earpiece.dev/inject': 'true' } },
-        spec: {
-          containers: [
-            {
-              name: 'backend',
-              image: 'unmute',
-              env: [{ name: 'KYUTAI_LLM_URL', value: 'http://vllm:8000' }],
-            },
-          ],
-        },
-      },
-      { namespace: NS, namespaceOptedIn: false, toolsets: plane.lookup(NS), sidecar: DEFAULT_SIDECAR },
-    );
-    if (!result.ok) throw new Error(result.message);
-    const sidecar = result.template.spec!.initContainers!.find((c) => c.name === 'earpiece-proxy')!;
+    const injectedTemplate = injectBackend(NS, plane.lookup(NS));
+    const sidecar = injectedTemplate.spec!.initContainers!.find((c) => c.name === 'earpiece-proxy')!;
     expect(sidecar.env?.filter((e) => e.valueFrom?.secretKeyRef)).toEqual([
       { name: weatherEnv.name, valueFrom: { secretKeyRef: weatherEnv.secretKeyRef } },
     ]);
     expect(sidecar.env).toContainEqual({ name: 'EARPIECE_UPSTREAM_URL', value: 'http://vllm:8000' });
-    expect(result.template.metadata?.annotations?.['earpiece.dev/toolset-hash']).toBe(
+    expect(injectedTemplate.metadata?.annotations?.['earpiece.dev/toolset-hash']).toBe(
       good.metadata.annotations!['earpiece.dev/toolset-hash'],
     );
   });
@@ -450,27 +435,12 @@ describe('ToolSet controller', () => {
     await settled(plane, 'assistant');
 
     // A pod injected now, by the same builder the webhook uses.
-    const injected = buildInjection(
-      {
-        metadata: { labels: { app: 'unmute-backend', 'earpiece.dev/inject': 'true' } },
-        spec: {
-          containers: [
-            {
-              name: 'backend',
-              image: 'unmute',
-              env: [{ name: 'KYUTAI_LLM_URL', value: 'http://vllm:8000' }],
-            },
-          ],
-        },
-      },
-      { namespace: NS, namespaceOptedIn: false, toolsets: plane.lookup(NS), sidecar: DEFAULT_SIDECAR },
-    );
-    if (!injected.ok) throw new Error(injected.message);
+    const injectedTemplate = injectBackend(NS, plane.lookup(NS));
     api.create('pods', {
       apiVersion: 'v1',
       kind: 'Pod',
-      metadata: { ...injected.template.metadata, name: 'backend-1', namespace: NS },
-      spec: injected.template.spec,
+      metadata: { ...injectedTemplate.metadata, name: 'backend-1', namespace: NS },
+      spec: injectedTemplate.spec,
       status: { phase: 'Running' },
     } as KObject);
     await expect.poll(() => plane.injectedPods.list(NS).length, POLL).toBe(1);

@@ -4,11 +4,11 @@
  */
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { buildInjection } from '../../src/operator/patch.js';
 import { DEFAULT_SIDECAR } from '../../src/operator/sidecar.js';
 import { ControlPlane } from '../../src/operator/start.js';
 import { createLogger } from '../../src/telemetry/log.js';
 import { OperatorMetrics } from '../../src/telemetry/operator-metrics.js';
+import { injectBackend } from '../support/backend-pod.js';
 import { type FakeApiServer, type KObject, startFakeApiServer } from '../support/fake-apiserver.js';
 
 const NS = 'voice';
@@ -125,23 +125,8 @@ describe('uninjected pods', () => {
     const rs = replicaSet('backend-7d9f');
     pod('backend-7d9f-a', rs, OPTED_IN);
     // A pod the webhook did inject, a finished one, and one that never asked.
-    const injected = buildInjection(
-      {
-        metadata: { labels: OPTED_IN },
-        spec: {
-          containers: [
-            {
-              name: 'backend',
-              image: 'unmute',
-              env: [{ name: 'KYUTAI_LLM_URL', value: 'http://vllm:8000' }],
-            },
-          ],
-        },
-      },
-      { namespace: NS, namespaceOptedIn: false, toolsets: plane.lookup(NS), sidecar: DEFAULT_SIDECAR },
-    );
-    if (!injected.ok) throw new Error(injected.message);
-    pod('backend-7d9f-b', rs, injected.template.metadata!.labels!, { spec: injected.template.spec });
+    const injectedTemplate = injectBackend(NS, plane.lookup(NS), OPTED_IN);
+    pod('backend-7d9f-b', rs, injectedTemplate.metadata!.labels!, { spec: injectedTemplate.spec });
     pod('backend-7d9f-c', rs, OPTED_IN, { status: { phase: 'Succeeded' } });
     pod('backend-7d9f-d', rs, { app: 'unmute-backend' });
 
