@@ -15,8 +15,12 @@ export type FinishReason = 'stop' | 'length' | 'tool_calls';
 export interface TurnSink {
   /** True once the client has gone; writes are then dropped. */
   readonly closed: boolean;
-  /** Speakable text. Resolves when the socket can take more (back-pressure reaches the upstream read). */
-  content(text: string): Promise<void>;
+  /** The model has been asked: send the response head (every write also sends it first). */
+  begin(): void;
+  /** Speakable text. False when the client's socket is full: wait for `drained()` before more. */
+  content(text: string): boolean;
+  /** Resolves when the client's socket can take more, or the client has gone. */
+  drained(): Promise<void>;
   /** Calls to the client's own tools, passed back unchanged. */
   toolCalls(calls: AccumulatedToolCall[]): void;
   end(reason: FinishReason, usage?: Usage): void;
@@ -52,6 +56,7 @@ export class SseSink implements TurnSink {
   readonly #prefix: string;
   readonly #includeUsage: boolean;
   readonly #envelope: Envelope;
+  #begun = false;
   #ended = false;
 
   constructor(res: ServerResponse, envelope: Envelope, options: { includeUsage: boolean }) {
@@ -60,29 +65,42 @@ export class SseSink implements TurnSink {
     this.#includeUsage = options.includeUsage;
     // Every chunk shares this prefix; only the delta and finish_reason vary.
     this.#prefix = `data: {"id":${JSON.stringify(envelope.id)},"object":"chat.completion.chunk","created":${envelope.created},"model":${JSON.stringify(envelope.model)},"choices":[{"index":0,"delta":`;
-    res.writeHead(200, {
+  }
+
+  begin(): void {
+    if (this.#begun) return;
+    this.#begun = true;
+    if (this.closed) return;
+    this.#res.writeHead(200, {
       'content-type': 'text/event-stream; charset=utf-8',
       'cache-control': 'no-cache',
       connection: 'keep-alive',
       'x-accel-buffering': 'no',
     });
-    res.write(`${this.#prefix}{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}]}\n\n`);
+    this.#res.write(
+      `${this.#prefix}{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}]}\n\n`,
+    );
   }
 
   get closed(): boolean {
     return this.#ended || this.#res.destroyed || this.#res.writableEnded;
   }
 
-  async content(text: string): Promise<void> {
-    if (this.closed || text === '') return;
-    const ok = this.#res.write(
+  content(text: string): boolean {
+    if (this.closed || text === '') return true;
+    this.begin();
+    return this.#res.write(
       `${this.#prefix}{"content":${JSON.stringify(text)}},"logprobs":null,"finish_reason":null}]}\n\n`,
     );
-    if (!ok && !this.closed) await drainOrClose(this.#res);
+  }
+
+  drained(): Promise<void> {
+    return this.closed || !this.#res.writableNeedDrain ? Promise.resolve() : drainOrClose(this.#res);
   }
 
   toolCalls(calls: AccumulatedToolCall[]): void {
     if (this.closed) return;
+    this.begin();
     const deltas = calls.map((c, index) => ({
       index,
       id: c.id,
@@ -96,6 +114,7 @@ export class SseSink implements TurnSink {
 
   end(reason: FinishReason, usage?: Usage): void {
     if (this.closed) return;
+    this.begin();
     this.#ended = true;
     let out = `${this.#prefix}{},"logprobs":null,"finish_reason":"${reason}"}]}\n\n`;
     if (this.#includeUsage && usage) {
@@ -107,7 +126,7 @@ export class SseSink implements TurnSink {
 
   fail(_error: ProxyError, spoken: string): void {
     if (this.closed) return;
-    void this.content(spoken);
+    this.content(spoken);
     this.end('stop');
   }
 }
@@ -128,8 +147,16 @@ export class JsonSink implements TurnSink {
     return this.#ended || this.#res.destroyed;
   }
 
-  async content(text: string): Promise<void> {
+  /** The whole answer goes at the end. */
+  begin(): void {}
+
+  content(text: string): boolean {
     this.#text += text;
+    return true;
+  }
+
+  drained(): Promise<void> {
+    return Promise.resolve();
   }
 
   toolCalls(calls: AccumulatedToolCall[]): void {

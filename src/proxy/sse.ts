@@ -3,7 +3,7 @@
  * comments, BOM); this file adds what chat streams need on top: UTF-8 decoding across reads, `[DONE]`, the
  * in-band error shapes of vLLM, llama.cpp and OpenAI, and a size cap. No I/O of its own, no timers.
  */
-import { createParser, type EventSourceMessage } from 'eventsource-parser';
+import { createParser, type EventSourceMessage, type EventSourceParser } from 'eventsource-parser';
 import type { ChatChunk } from './chunks.js';
 
 const DEFAULT_MAX_EVENT_BYTES = 1024 * 1024;
@@ -34,59 +34,137 @@ type Parsed =
 const DONE = Symbol('done');
 
 /**
- * Yields each JSON chunk; returns {done:true} on `data: [DONE]` (also when it is the unterminated last line
- * at EOF), {done:false} at EOF without it. Throws UpstreamStreamError for an in-band error (a data payload
- * with a top-level `error`, an `event: error`, llama.cpp's legacy bare `error: {...}` field), malformed
- * JSON, or an event bigger than maxEventBytes (default 1 MiB). Comments/keep-alives, event/id/retry
- * fields are ignored. Stopping early (a consumer's `break`, [DONE], an error) ends the body's iteration,
- * which cancels an undici response body.
+ * Decodes a chat stream read by read, calling `onChunk` for each JSON chunk as soon as its event is
+ * complete. Synchronous, so a chunk costs no promise or iterator step between the socket and the sink.
+ * Throws UpstreamStreamError for an in-band error (a data payload with a top-level `error`, an
+ * `event: error`, llama.cpp's legacy bare `error: {...}` field), malformed JSON, or an event bigger than
+ * maxEventBytes (default 1 MiB). Comments/keep-alives, event/id/retry fields are ignored.
  */
-export async function* readChunks(
-  body: AsyncIterable<Uint8Array>,
-  options: { maxEventBytes?: number } = {},
-): AsyncGenerator<ChatChunk, { done: boolean }, undefined> {
-  const maxEventBytes = options.maxEventBytes ?? DEFAULT_MAX_EVENT_BYTES;
-  const parsed: Parsed[] = [];
-  const parser = createParser({
-    // Counted in UTF-16 units, each at least one UTF-8 byte, so it never trips below the byte cap.
-    maxBufferSize: maxEventBytes,
-    onEvent: (event) => parsed.push({ kind: 'event', event }),
-    onError: (error) => {
-      if (error.type === 'max-buffer-size-exceeded') parsed.push({ kind: 'too_large' });
-      else if (error.type === 'unknown-field' && error.field === 'error')
-        parsed.push({ kind: 'error_field', value: error.value ?? '' });
-    },
-  });
+export class ChunkDecoder {
+  readonly #onChunk: (chunk: ChatChunk) => void;
+  readonly #maxEventBytes: number;
+  readonly #parsed: Parsed[] = [];
+  readonly #parser: EventSourceParser;
   // Strips a leading BOM, and keeps a multi-byte character that is split across reads for the next read.
-  const decoder = new TextDecoder();
+  readonly #decoder = new TextDecoder();
   // eventsource-parser drops a partial line that cannot become a standard field, so llama.cpp's legacy
   // `error:` line would vanish when split across reads: it is fed whole lines only.
-  let partialLine = '';
+  #partialLine = '';
+  #done = false;
 
-  for await (const bytes of body) {
-    const text = decoder.decode(bytes, { stream: true });
+  constructor(onChunk: (chunk: ChatChunk) => void, options: { maxEventBytes?: number } = {}) {
+    this.#onChunk = onChunk;
+    this.#maxEventBytes = options.maxEventBytes ?? DEFAULT_MAX_EVENT_BYTES;
+    const parsed = this.#parsed;
+    this.#parser = createParser({
+      // Counted in UTF-16 units, each at least one UTF-8 byte, so it never trips below the byte cap.
+      maxBufferSize: this.#maxEventBytes,
+      onEvent: (event) => parsed.push({ kind: 'event', event }),
+      onError: (error) => {
+        if (error.type === 'max-buffer-size-exceeded') parsed.push({ kind: 'too_large' });
+        else if (error.type === 'unknown-field' && error.field === 'error')
+          parsed.push({ kind: 'error_field', value: error.value ?? '' });
+      },
+    });
+  }
+
+  /** True once `data: [DONE]` was read; later bytes are ignored. */
+  get done(): boolean {
+    return this.#done;
+  }
+
+  /** One read of the body. Returns `done`. */
+  feed(bytes: Uint8Array): boolean {
+    if (this.#done) return true;
+    const text = this.#decoder.decode(bytes, { stream: true });
     const end = Math.max(text.lastIndexOf('\n'), text.lastIndexOf('\r'));
     if (end === -1) {
-      partialLine += text;
+      this.#partialLine += text;
     } else {
-      parser.feed(partialLine + text.slice(0, end + 1));
-      partialLine = text.slice(end + 1);
+      this.#parser.feed(this.#partialLine + text.slice(0, end + 1));
+      this.#partialLine = text.slice(end + 1);
     }
-    if (partialLine.length > maxEventBytes + LINE_SLACK) parsed.push({ kind: 'too_large' });
-    for (const item of parsed.splice(0)) {
-      const chunk = interpret(item, maxEventBytes, false);
-      if (chunk === DONE) return { done: true };
-      if (chunk) yield chunk;
+    if (this.#partialLine.length > this.#maxEventBytes + LINE_SLACK) this.#parsed.push({ kind: 'too_large' });
+    return this.#drain(false);
+  }
+
+  /**
+   * The body ended. Returns true if the stream said `[DONE]` (also as the unterminated last line), false
+   * for a stream cut off without it.
+   */
+  end(): boolean {
+    if (this.#done) return true;
+    // Servers may omit the blank line after the last event (llama.cpp b10603 does after [DONE]).
+    this.#parser.feed(`${this.#partialLine}${this.#decoder.decode()}\n\n`);
+    this.#partialLine = '';
+    return this.#drain(true);
+  }
+
+  #drain(unterminated: boolean): boolean {
+    const parsed = this.#parsed;
+    for (let i = 0; i < parsed.length; i++) {
+      const chunk = interpret(parsed[i] as Parsed, this.#maxEventBytes, unterminated);
+      if (chunk === DONE) {
+        this.#done = true;
+        break;
+      }
+      if (chunk) this.#onChunk(chunk);
     }
+    parsed.length = 0;
+    return this.#done;
   }
-  // Servers may omit the blank line after the last event (llama.cpp b10603 does after [DONE]).
-  parser.feed(`${partialLine}${decoder.decode()}\n\n`);
-  for (const item of parsed.splice(0)) {
-    const chunk = interpret(item, maxEventBytes, true);
-    if (chunk === DONE) return { done: true };
-    if (chunk) yield chunk;
-  }
-  return { done: false };
+}
+
+/** What streamChunks reads: an upstream response body that pushes its reads (see upstream.ts). */
+export interface PushedBody {
+  read(reader: { data(bytes: Uint8Array): void; end(): void; error(err: Error): void }): void;
+  close(reason?: Error): void;
+}
+
+/**
+ * Runs a body through a ChunkDecoder. Resolves with true on `[DONE]` (without waiting for the body's end,
+ * which lets the socket go back to the pool), false when the body ended without it; rejects on a decoding
+ * error or a failed read, closing the body. `onChunk` runs in the tick the bytes arrived.
+ */
+export function streamChunks(
+  body: PushedBody,
+  onChunk: (chunk: ChatChunk) => void,
+  options?: { maxEventBytes?: number },
+): Promise<boolean> {
+  return new Promise((resolve, reject) => {
+    const decoder = new ChunkDecoder(onChunk, options);
+    let settled = false;
+    const fail = (err: unknown) => {
+      if (settled) return;
+      settled = true;
+      body.close(err instanceof Error ? err : undefined);
+      reject(err);
+    };
+    body.read({
+      data(bytes) {
+        if (settled) return;
+        try {
+          if (decoder.feed(bytes)) {
+            settled = true;
+            resolve(true);
+          }
+        } catch (err) {
+          fail(err);
+        }
+      },
+      end() {
+        if (settled) return;
+        try {
+          const done = decoder.end();
+          settled = true;
+          resolve(done);
+        } catch (err) {
+          fail(err);
+        }
+      },
+      error: fail,
+    });
+  });
 }
 
 /** One parser result → a chunk, DONE, nothing (keep-alive, or a truncated last event), or a throw. */

@@ -40,7 +40,7 @@ import {
 } from './messages.js';
 import { RawCallFilter } from './raw-calls.js';
 import type { TurnSink } from './sinks.js';
-import { readChunks } from './sse.js';
+import { streamChunks } from './sse.js';
 import { type ChatResponse, type Upstream, UpstreamHttpError } from './upstream.js';
 
 /** What the proxy learned about its upstream, shared by all turns. */
@@ -158,14 +158,6 @@ function completionAsChunks(completion: unknown): ChatChunk[] {
   ];
 }
 
-async function* chunksOf(response: ChatResponse): AsyncGenerator<ChatChunk, { done: boolean }> {
-  if (response.kind === 'json') {
-    yield* completionAsChunks(response.completion);
-    return { done: true };
-  }
-  return yield* readChunks(response.body);
-}
-
 function addUsage(total: Usage | undefined, more: Usage | undefined): Usage | undefined {
   if (!more) return total;
   if (!total) return { ...more };
@@ -203,9 +195,17 @@ export async function runTurn(request: TurnRequest, sink: TurnSink, deps: TurnDe
   const { toolset, tools, upstream, upstreamState, telemetry, logger } = deps;
   const toolsetName = toolset.name;
   const model = request.body.model ?? 'unknown';
-  const upstreamHost = new URL(upstream.origin);
-  const deadline = AbortSignal.timeout(toolset.limits.turnTimeoutMs);
-  const signal = AbortSignal.any([request.clientSignal, deadline]);
+  // One controller for the turn: the client's hang-up and the deadline both abort it.
+  const turnAbort = new AbortController();
+  const signal = turnAbort.signal;
+  const clientGone = () => turnAbort.abort(request.clientSignal.reason);
+  if (request.clientSignal.aborted) clientGone();
+  else request.clientSignal.addEventListener('abort', clientGone, { once: true });
+  let timedOut = false;
+  const deadline = setTimeout(() => {
+    timedOut = true;
+    turnAbort.abort(new ProxyError('ERP_TURN_TIMEOUT', `turn exceeded ${toolset.limits.turnTimeoutMs} ms`));
+  }, toolset.limits.turnTimeoutMs);
   const span = telemetry.startTurn(
     request.traceparent,
     turnAttributes(toolsetName, { 'gen_ai.request.model': model }),
@@ -236,12 +236,13 @@ export async function runTurn(request: TurnRequest, sink: TurnSink, deps: TurnDe
   const exchange: ChatMessage[] = [];
 
   let endsInSpace = true;
-  const speak = async (text: string) => {
-    if (text === '') return;
+  /** Returns false while the client's socket is full. */
+  const speak = (text: string): boolean => {
+    if (text === '') return true;
     if (firstContentAt === undefined) firstContentAt = performance.now();
     spoke = true;
     endsInSpace = /\s$/.test(text);
-    await sink.content(text);
+    return sink.content(text);
   };
 
   /** Opens one upstream stream, making the deliberate re-sends: no tools, no kwargs, trimmed history. */
@@ -268,8 +269,8 @@ export async function runTurn(request: TurnRequest, sink: TurnSink, deps: TurnDe
       }
       const chat = startChatSpan(span, {
         model,
-        serverAddress: upstreamHost.hostname,
-        serverPort: Number(upstreamHost.port || (upstreamHost.protocol === 'https:' ? 443 : 80)),
+        serverAddress: upstream.host,
+        serverPort: upstream.port,
         stream: true,
         toolsOffered: offerNow ? offer.length : 0,
       });
@@ -280,6 +281,8 @@ export async function runTurn(request: TurnRequest, sink: TurnSink, deps: TurnDe
           // With tracing on, the LLM server's spans go under this chat span.
           { authorization: request.authorization, traceparent: chat.traceparent?.() ?? request.traceparent },
           signal,
+          // The model's request goes on the wire first; the client's response head follows it.
+          () => sink.begin(),
         );
         return { response, offered: offerNow, chat, sentAt };
       } catch (err) {
@@ -345,39 +348,49 @@ export async function runTurn(request: TurnRequest, sink: TurnSink, deps: TurnDe
     const raw = new RawCallFilter((name) => tools.has(name));
     // Whitespace alone (vLLM's hermes parser streams "\n" between calls) is not speech: it waits for words.
     let pendingSpace = '';
-    const speakModel = async (text: string) => {
+    const speakModel = (text: string): boolean => {
       if (text.trim() === '') {
         pendingSpace += text;
-        return;
+        return true;
       }
       const out = pendingSpace + text;
       pendingSpace = '';
-      await speak(out);
+      return speak(out);
     };
     let firstTokenSeconds: number | undefined;
-    const stream = chunksOf(response);
-    let done = false;
+    // A full client socket pauses the upstream read until it drains (or the client leaves).
+    let paused = false;
+    const onChunk = (chunk: ChatChunk) => {
+      for (const event of accumulator.push(chunk)) {
+        if (firstTokenSeconds === undefined && event.type !== 'usage') {
+          firstTokenSeconds = (performance.now() - sentAt) / 1000;
+          telemetry.upstreamTimeToFirstToken(toolsetName, firstTokenSeconds);
+        }
+        if (event.type !== 'content') continue;
+        const keptUp = speakModel(raw.push(event.text));
+        if (keptUp || paused || response.kind !== 'sse') continue;
+        paused = true;
+        response.body.pause();
+        void sink.drained().then(() => {
+          paused = false;
+          response.body.resume();
+        });
+      }
+    };
+    let done: boolean;
     try {
-      for (;;) {
-        const next = await stream.next();
-        if (next.done) {
-          done = next.value.done;
-          break;
-        }
-        for (const event of accumulator.push(next.value)) {
-          if (firstTokenSeconds === undefined && event.type !== 'usage') {
-            firstTokenSeconds = (performance.now() - sentAt) / 1000;
-            telemetry.upstreamTimeToFirstToken(toolsetName, firstTokenSeconds);
-          }
-          if (event.type === 'content') await speakModel(raw.push(event.text));
-        }
+      if (response.kind === 'json') {
+        for (const chunk of completionAsChunks(response.completion)) onChunk(chunk);
+        done = true;
+      } else {
+        done = await streamChunks(response.body, onChunk);
       }
     } catch (err) {
       chat.end(signal.aborted ? 'cancelled' : 'upstream_stream');
       throw err;
     }
     const tail = raw.finish();
-    await speakModel(tail.text);
+    speakModel(tail.text);
     const snapshot = accumulator.snapshot();
     usage = addUsage(usage, snapshot.usage);
     chat.setAttributes(
@@ -454,7 +467,7 @@ export async function runTurn(request: TurnRequest, sink: TurnSink, deps: TurnDe
       if (runnable.length === 0) {
         if (final) outcome = 'max_iterations';
         // After tool rounds the user must hear something, even if the model went quiet.
-        if (!spoke && iterations > 1) await speak(toolset.voice.errorMessage);
+        if (!spoke && iterations > 1) speak(toolset.voice.errorMessage);
         sink.end(snapshot.finishReason === 'length' ? 'length' : 'stop', usage);
         break;
       }
@@ -467,10 +480,10 @@ export async function runTurn(request: TurnRequest, sink: TurnSink, deps: TurnDe
       }
       if (!spoke && !fillerSpoken) {
         fillerSpoken = true;
-        await speak(fillerFor(runnable, tools, toolset.voice.filler));
+        speak(fillerFor(runnable, tools, toolset.voice.filler));
       } else if (!endsInSpace) {
         // Unmute holds a word until whitespace follows: release it now, and keep it apart from the answer.
-        await speak(' ');
+        speak(' ');
       }
       const results = await runCalls(runnable);
       const assistant: ChatMessage = {
@@ -497,7 +510,7 @@ export async function runTurn(request: TurnRequest, sink: TurnSink, deps: TurnDe
       if (signal.aborted) throw signal.reason;
     }
   } catch (err) {
-    outcome = request.clientSignal.aborted ? 'cancelled' : deadline.aborted ? 'timeout' : 'error';
+    outcome = request.clientSignal.aborted ? 'cancelled' : timedOut ? 'timeout' : 'error';
     if (outcome === 'cancelled') {
       telemetry.clientDisconnected(toolsetName);
     } else {
@@ -517,6 +530,9 @@ export async function runTurn(request: TurnRequest, sink: TurnSink, deps: TurnDe
       );
     }
   }
+
+  clearTimeout(deadline);
+  request.clientSignal.removeEventListener('abort', clientGone);
 
   const remembered = exchange.filter((m) => m.role === 'tool' || (m.tool_calls?.length ?? 0) > 0);
   if (deps.memory && remembered.length > 0 && outcome !== 'cancelled')

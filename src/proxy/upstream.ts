@@ -1,11 +1,12 @@
 /**
- * The LLM server: one long-lived undici Pool per origin, `request()` with the turn's signal, the body
- * read with `for await` so a slow client slows the upstream socket rather than growing memory.
- * No transport retries: the deliberate re-sends (context length, tools unsupported, kwargs refused)
+ * The LLM server: one long-lived undici Pool per origin. A chat stream is read through undici's dispatch
+ * handler, so each read reaches the turn in the same tick it leaves the socket (no stream or iterator in
+ * between); the turn pauses the read while the client's socket is full, so a slow client slows the
+ * upstream socket rather than growing memory. No transport retries: the deliberate re-sends (context length, tools unsupported, kwargs refused)
  * are decisions of the turn loop, which this module names by classifying the upstream's refusals.
  */
 import type { IncomingHttpHeaders } from 'node:http';
-import { Pool } from 'undici';
+import { type Dispatcher, Pool } from 'undici';
 import { ProxyError } from './errors.js';
 
 export type UpstreamRefusal = 'context_length' | 'tools_unsupported' | 'kwargs_rejected' | 'other';
@@ -50,9 +51,73 @@ function summarize(body: string): string {
 }
 
 export type ChatResponse =
-  | { kind: 'sse'; body: AsyncIterable<Uint8Array> }
+  | { kind: 'sse'; body: UpstreamBody }
   /** A server that ignored `stream: true` and answered with one JSON completion. */
   | { kind: 'json'; completion: unknown };
+
+/** Receives a streamed body's reads, in order, in the tick they arrive. */
+export interface BodyReader {
+  data(bytes: Uint8Array): void;
+  end(): void;
+  error(err: Error): void;
+}
+
+/**
+ * A streamed chat response body. Reads wait in a queue until `read()` names the reader; then every read
+ * goes straight to it. `close()` aborts the response (its socket is not reused); a body read to its end
+ * leaves the kept-alive socket to the pool.
+ */
+export class UpstreamBody {
+  readonly #controller: Dispatcher.DispatchController;
+  #reader: BodyReader | undefined;
+  #queued: Uint8Array[] = [];
+  #state: 'open' | 'ended' | 'failed' = 'open';
+  #failure: Error | undefined;
+
+  constructor(controller: Dispatcher.DispatchController) {
+    this.#controller = controller;
+  }
+
+  read(reader: BodyReader): void {
+    this.#reader = reader;
+    const queued = this.#queued;
+    this.#queued = [];
+    for (const bytes of queued) reader.data(bytes);
+    if (this.#state === 'ended') reader.end();
+    else if (this.#state === 'failed') reader.error(this.#failure as Error);
+  }
+
+  pause(): void {
+    this.#controller.pause();
+  }
+
+  resume(): void {
+    this.#controller.resume();
+  }
+
+  /** Stops the response; the reader hears nothing more. */
+  close(reason: Error = new Error('response closed by the reader')): void {
+    this.#reader = undefined;
+    if (this.#state === 'open' && !this.#controller.aborted) this.#controller.abort(reason);
+  }
+
+  /** @internal from the dispatch handler */
+  push(bytes: Uint8Array): void {
+    if (this.#reader) this.#reader.data(bytes);
+    else if (this.#state === 'open') this.#queued.push(bytes);
+  }
+
+  /** @internal */
+  finish(err?: Error): void {
+    if (this.#state !== 'open') return;
+    this.#state = err ? 'failed' : 'ended';
+    this.#failure = err;
+    const reader = this.#reader;
+    if (!reader) return;
+    if (err) reader.error(err);
+    else reader.end();
+  }
+}
 
 const HOP_BY_HOP = new Set([
   'connection',
@@ -81,6 +146,8 @@ export interface UpstreamOptions {
 
 export class Upstream {
   readonly origin: string;
+  readonly host: string;
+  readonly port: number;
   readonly basePath: string;
   readonly #pool: Pool;
   readonly #authorization: string | undefined;
@@ -88,6 +155,8 @@ export class Upstream {
   constructor(readonly options: UpstreamOptions) {
     const url = new URL(options.url);
     this.origin = url.origin;
+    this.host = url.hostname;
+    this.port = Number(url.port || (url.protocol === 'https:' ? 443 : 80));
     this.basePath = url.pathname.replace(/\/+$/, '');
     this.#authorization = options.apiKey ? `Bearer ${options.apiKey}` : undefined;
     this.#pool = new Pool(this.origin, {
@@ -103,44 +172,109 @@ export class Upstream {
     return auth ? { authorization: auth } : {};
   }
 
-  /** POST /v1/chat/completions with `stream: true`. Throws UpstreamHttpError or ERP_UPSTREAM_UNREACHABLE. */
-  async chat(
+  /**
+   * POST /v1/chat/completions with `stream: true`. Throws UpstreamHttpError or ERP_UPSTREAM_UNREACHABLE.
+   * `onSent` runs once the request is written: undici holds a request for a reused socket until the next
+   * event-loop turn (idle-socket validation), and the caller's own writes should not go before it.
+   */
+  chat(
     body: Record<string, unknown>,
     headers: { authorization?: string | undefined; traceparent?: string | undefined },
     signal: AbortSignal,
+    onSent?: () => void,
   ): Promise<ChatResponse> {
-    let res: Awaited<ReturnType<Pool['request']>>;
-    try {
-      res = await this.#pool.request({
-        method: 'POST',
-        path: `${this.basePath}/v1/chat/completions`,
-        headers: {
-          'content-type': 'application/json',
-          accept: 'text/event-stream',
-          ...this.#authHeader(headers.authorization),
-          ...(headers.traceparent ? { traceparent: headers.traceparent } : {}),
-        },
-        body: JSON.stringify(body),
-        signal,
-      });
-    } catch (err) {
-      if (signal.aborted) throw err;
-      throw new ProxyError(
-        'ERP_UPSTREAM_UNREACHABLE',
-        `upstream ${this.origin} unreachable: ${(err as Error).message}`,
+    const requestHeaders: Record<string, string> = {
+      'content-type': 'application/json',
+      accept: 'text/event-stream',
+      ...this.#authHeader(headers.authorization),
+    };
+    if (headers.traceparent) requestHeaders.traceparent = headers.traceparent;
+    return new Promise((resolve, reject) => {
+      const origin = this.origin;
+      let controller: Dispatcher.DispatchController | undefined;
+      let kind: 'sse' | 'json' | 'refused' | undefined;
+      let status = 0;
+      let stream: UpstreamBody | undefined;
+      let parts: Buffer[] = [];
+      let size = 0;
+      const onAbort = () => controller?.abort(signal.reason as Error);
+      const settle = () => signal.removeEventListener('abort', onAbort);
+      if (signal.aborted) {
+        reject(signal.reason);
+        return;
+      }
+      signal.addEventListener('abort', onAbort, { once: true });
+      this.#pool.dispatch(
         {
-          cause: err,
+          method: 'POST',
+          path: `${this.basePath}/v1/chat/completions`,
+          headers: requestHeaders,
+          body: JSON.stringify(body),
+        },
+        {
+          onRequestStart(c) {
+            controller = c;
+            if (signal.aborted) c.abort(signal.reason as Error);
+          },
+          onRequestSent: onSent,
+          onResponseStart(c, statusCode, responseHeaders) {
+            status = statusCode;
+            if (statusCode >= 400) {
+              kind = 'refused';
+            } else if (String(responseHeaders['content-type'] ?? '').includes('application/json')) {
+              kind = 'json';
+            } else {
+              kind = 'sse';
+              stream = new UpstreamBody(c);
+              resolve({ kind: 'sse', body: stream });
+            }
+          },
+          onResponseData(c, chunk) {
+            if (kind === 'sse') {
+              (stream as UpstreamBody).push(chunk);
+              return;
+            }
+            parts.push(chunk);
+            size += chunk.length;
+            // An error body is only summarized: the rest is not worth reading.
+            if (kind === 'refused' && size >= MAX_ERROR_BODY) {
+              settle();
+              reject(new UpstreamHttpError(status, readParts(parts, MAX_ERROR_BODY)));
+              parts = [];
+              c.abort(new Error('upstream error body read'));
+            }
+          },
+          onResponseEnd() {
+            settle();
+            if (kind === 'sse') {
+              (stream as UpstreamBody).finish();
+            } else if (kind === 'refused') {
+              reject(new UpstreamHttpError(status, readParts(parts, MAX_ERROR_BODY)));
+            } else {
+              try {
+                resolve({ kind: 'json', completion: JSON.parse(readParts(parts)) });
+              } catch (err) {
+                reject(err);
+              }
+            }
+          },
+          onResponseError(_c, err) {
+            settle();
+            if (stream) {
+              stream.finish(err);
+            } else if (signal.aborted) {
+              reject(signal.reason);
+            } else {
+              reject(
+                new ProxyError('ERP_UPSTREAM_UNREACHABLE', `upstream ${origin} unreachable: ${err.message}`, {
+                  cause: err,
+                }),
+              );
+            }
+          },
         },
       );
-    }
-    if (res.statusCode >= 400) {
-      throw new UpstreamHttpError(res.statusCode, await readCapped(res.body, MAX_ERROR_BODY));
-    }
-    const type = String(res.headers['content-type'] ?? '');
-    if (type.includes('application/json')) {
-      return { kind: 'json', completion: await res.body.json() };
-    }
-    return { kind: 'sse', body: res.body };
+    });
   }
 
   /** Any other /v1/* request, passed through unchanged (bodies streamed both ways). */
@@ -176,19 +310,7 @@ export class Upstream {
   }
 }
 
-async function readCapped(
-  body: AsyncIterable<Uint8Array> & { destroy?: () => void },
-  cap: number,
-): Promise<string> {
-  const parts: Buffer[] = [];
-  let size = 0;
-  for await (const chunk of body) {
-    parts.push(Buffer.from(chunk));
-    size += chunk.length;
-    if (size >= cap) {
-      body.destroy?.();
-      break;
-    }
-  }
-  return Buffer.concat(parts).toString('utf8').slice(0, cap);
+function readParts(parts: Buffer[], cap?: number): string {
+  const text = Buffer.concat(parts).toString('utf8');
+  return cap === undefined ? text : text.slice(0, cap);
 }

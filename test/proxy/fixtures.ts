@@ -10,7 +10,7 @@ import { expect } from 'vitest';
 import { StreamAccumulator } from '../../src/proxy/accumulator.js';
 import type { ChatChunk, Usage } from '../../src/proxy/chunks.js';
 import { RawCallFilter } from '../../src/proxy/raw-calls.js';
-import { readChunks, UpstreamStreamError } from '../../src/proxy/sse.js';
+import { ChunkDecoder, UpstreamStreamError } from '../../src/proxy/sse.js';
 
 export const STREAM_FIXTURES_DIR = fileURLToPath(new URL('../fixtures/streams/', import.meta.url));
 const UPDATE = process.env.UPDATE_FIXTURES === '1';
@@ -29,7 +29,7 @@ export interface StreamFixture {
 /** Everything a stream decodes to, as stored in NAME.expected.json. */
 export interface Decoded {
   chunks: number;
-  /** readChunks' return value; null when it threw. */
+  /** Whether the stream said [DONE]; null when decoding threw. */
   done: boolean | null;
   error: { kind: string; message: string; detail: unknown } | null;
   id: string | null;
@@ -107,26 +107,19 @@ export function cut(bytes: Uint8Array, offsets: number[]): Uint8Array[] {
 }
 
 /** A response body that delivers the parts as separate reads. */
-export async function* body(parts: Uint8Array[]): AsyncGenerator<Uint8Array> {
-  for (const part of parts) yield part;
-}
-
 export interface Read {
   chunks: ChatChunk[];
   done: boolean | null;
   error: UpstreamStreamError | null;
 }
 
-/** Runs readChunks to the end over the given reads; an UpstreamStreamError is captured, others thrown. */
-export async function readAll(parts: Uint8Array[], options?: { maxEventBytes?: number }): Promise<Read> {
+/** Decodes the given reads to the end; an UpstreamStreamError is captured, others thrown. */
+export function readAll(parts: Uint8Array[], options?: { maxEventBytes?: number }): Read {
   const chunks: ChatChunk[] = [];
-  const stream = readChunks(body(parts), options);
+  const decoder = new ChunkDecoder((chunk) => chunks.push(chunk), options);
   try {
-    for (;;) {
-      const step = await stream.next();
-      if (step.done) return { chunks, done: step.value.done, error: null };
-      chunks.push(step.value);
-    }
+    for (const part of parts) if (decoder.feed(part)) return { chunks, done: true, error: null };
+    return { chunks, done: decoder.end(), error: null };
   } catch (error) {
     if (error instanceof UpstreamStreamError) return { chunks, done: null, error };
     throw error;
@@ -135,7 +128,7 @@ export async function readAll(parts: Uint8Array[], options?: { maxEventBytes?: n
 
 /** The whole pipeline below the tool loop: bytes → chunks → snapshot, and content → raw-call filter. */
 export async function decode(parts: Uint8Array[]): Promise<Decoded> {
-  const read = await readAll(parts);
+  const read = readAll(parts);
   const accumulator = new StreamAccumulator();
   const filter = new RawCallFilter((name) => FIXTURE_TOOLS.has(name));
   let spoken = '';

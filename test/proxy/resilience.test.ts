@@ -1,5 +1,5 @@
 import { once } from 'node:events';
-import { createServer, type Server } from 'node:http';
+import { createServer, request, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { describe, expect, it } from 'vitest';
 import {
@@ -9,7 +9,7 @@ import {
   toolCallReply,
   toolResults,
 } from '../../src/proxy/scripted-upstream.js';
-import { unmuteTurn, useScriptedProxy } from '../support/proxy.js';
+import { startTestProxy, unmuteTurn, useScriptedProxy } from '../support/proxy.js';
 
 const SYSTEM = { role: 'system' as const, content: 'Be brief.' };
 const { setup, defer } = useScriptedProxy();
@@ -42,6 +42,127 @@ const slowTool = (url: string, extra: Record<string, unknown> = {}) => ({
   timeout: '30s',
   http: { url: `${url}/slow` },
   ...extra,
+});
+
+describe('back-pressure', () => {
+  it('slows the model server to the pace of a client that stops reading, and loses nothing when it reads again', async () => {
+    // 64 MiB of answer in 64 KiB content chunks: far more than the loopback buffers between the three hold.
+    const piece = `${'x'.repeat(64 * 1024 - 1)} `;
+    const pieces = 1024;
+    const progress = { written: 0, finished: false };
+    const model = createServer((_req, res) => {
+      res.writeHead(200, { 'content-type': 'text/event-stream' });
+      const frame = `data: ${JSON.stringify({ choices: [{ index: 0, delta: { content: piece } }] })}\n\n`;
+      const write = () => {
+        while (progress.written < pieces) {
+          progress.written++;
+          if (!res.write(frame)) return void res.once('drain', write);
+        }
+        res.end(
+          `data: ${JSON.stringify({ choices: [{ index: 0, delta: {}, finish_reason: 'stop' }] })}\n\ndata: [DONE]\n\n`,
+        );
+        progress.finished = true;
+      };
+      write();
+    });
+    model.listen(0, '127.0.0.1');
+    await once(model, 'listening');
+    defer(async () => {
+      model.closeAllConnections();
+      model.close();
+    });
+    const harness = await startTestProxy(
+      { tools: [] },
+      `http://127.0.0.1:${(model.address() as AddressInfo).port}`,
+    );
+    defer(() => harness.close());
+
+    const { stalled, received } = await new Promise<{ stalled: typeof progress; received: number }>(
+      (resolve, reject) => {
+        const req = request(`${harness.proxy.url}/v1/chat/completions`, {
+          method: 'POST',
+          headers: { 'content-type': 'application/json' },
+        });
+        req.on('error', reject);
+        req.on('response', (res) => {
+          res.pause();
+          setTimeout(() => {
+            const stalled = { ...progress };
+            let bytes = 0;
+            res.on('data', (data: Buffer) => {
+              bytes += data.length;
+            });
+            res.on('end', () => resolve({ stalled, received: bytes }));
+            res.resume();
+          }, 1000);
+        });
+        req.end(JSON.stringify({ model: 'm', messages: [{ role: 'user', content: 'Talk' }], stream: true }));
+      },
+    );
+    // Stalled: the model server's writes waited on the proxy, which waited on this client.
+    expect(stalled.finished).toBe(false);
+    expect(stalled.written).toBeLessThan(pieces / 2);
+    expect(progress.finished).toBe(true);
+    expect(received).toBeGreaterThan(pieces * piece.length);
+  });
+});
+
+describe('response head', () => {
+  it('goes to the client once the model has the request, while the model is still silent', async () => {
+    let answer: () => void = () => {};
+    let heard: () => void = () => {};
+    const asked = new Promise<void>((resolve) => {
+      heard = resolve;
+    });
+    const model = createServer((req, res) => {
+      req.resume();
+      req.on('end', () => {
+        // A long prefill: nothing comes back until the test says so.
+        answer = () =>
+          res.end(
+            `data: ${JSON.stringify({ choices: [{ index: 0, delta: { content: 'Hi. ' } }] })}\n\n` +
+              `data: ${JSON.stringify({ choices: [{ index: 0, delta: {}, finish_reason: 'stop' }] })}\n\ndata: [DONE]\n\n`,
+          );
+        heard();
+      });
+    });
+    model.listen(0, '127.0.0.1');
+    await once(model, 'listening');
+    defer(async () => {
+      model.closeAllConnections();
+      model.close();
+    });
+    const harness = await startTestProxy(
+      { tools: [] },
+      `http://127.0.0.1:${(model.address() as AddressInfo).port}`,
+    );
+    defer(() => harness.close());
+
+    const body = await new Promise<string>((resolve, reject) => {
+      const req = request(`${harness.proxy.url}/v1/chat/completions`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+      });
+      req.on('error', reject);
+      req.on('response', (res) => {
+        expect([res.statusCode, res.headers['content-type']]).toEqual([
+          200,
+          'text/event-stream; charset=utf-8',
+        ]);
+        let text = '';
+        res.setEncoding('utf8');
+        res.on('data', (data: string) => {
+          text += data;
+        });
+        res.on('end', () => resolve(text));
+        // The head came before any answer; now the model speaks.
+        void asked.then(() => answer());
+      });
+      req.end(JSON.stringify({ model: 'm', messages: [{ role: 'user', content: 'Hi' }], stream: true }));
+    });
+    expect(body).toContain('"content":"Hi. "');
+    expect(body.trimEnd().endsWith('data: [DONE]')).toBe(true);
+  });
 });
 
 describe('barge-in', () => {

@@ -2,9 +2,9 @@ import { once } from 'node:events';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import fc from 'fast-check';
-import { request } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
-import { readChunks, UpstreamStreamError } from '../../src/proxy/sse.js';
+import { type PushedBody, streamChunks, UpstreamStreamError } from '../../src/proxy/sse.js';
+import { Upstream } from '../../src/proxy/upstream.js';
 import { cut, loadStreamFixture, loadStreamFixtures, type Read, readAll } from './fixtures.js';
 
 const encode = (text: string) => new TextEncoder().encode(text);
@@ -19,21 +19,19 @@ const outcome = (r: Read) => ({
   error: r.error && { kind: r.error.kind, message: r.error.message, detail: r.error.detail },
 });
 
-describe('readChunks framing', () => {
+describe('ChunkDecoder framing', () => {
   it.each([
     ['LF', '\n'],
     ['CRLF', '\r\n'],
     ['CR', '\r'],
   ])('reads events ended by %s', async (_, eol) => {
     const text = `data: ${JSON.stringify(one)}${eol}${eol}data: ${JSON.stringify(two)}${eol}${eol}data: [DONE]${eol}${eol}`;
-    expect(await read(text)).toEqual({ chunks: [one, two], done: true, error: null });
-    expect(outcome(await readAll(cut(encode(text), [...encode(text).keys()])))).toEqual(
-      outcome(await read(text)),
-    );
+    expect(read(text)).toEqual({ chunks: [one, two], done: true, error: null });
+    expect(outcome(readAll(cut(encode(text), [...encode(text).keys()])))).toEqual(outcome(read(text)));
   });
 
   it('joins multi-line data with a newline and takes data: without a space', async () => {
-    const r = await read('data:{"choices":\ndata: [{"index":0,"delta":{"content":"a"}}]}\n\ndata:[DONE]\n\n');
+    const r = read('data:{"choices":\ndata: [{"index":0,"delta":{"content":"a"}}]}\n\ndata:[DONE]\n\n');
     expect(r).toEqual({
       chunks: [{ choices: [{ index: 0, delta: { content: 'a' } }] }],
       done: true,
@@ -60,7 +58,7 @@ describe('readChunks framing', () => {
       '',
       '',
     ].join('\n');
-    expect(await read(text)).toEqual({ chunks: [one], done: true, error: null });
+    expect(read(text)).toEqual({ chunks: [one], done: true, error: null });
   });
 
   it('skips a leading byte order mark, also when it is split across reads', async () => {
@@ -71,8 +69,8 @@ describe('readChunks framing', () => {
       ...encode(`data: ${JSON.stringify(one)}\n\ndata: [DONE]\n\n`),
     ]);
     const expected = { chunks: [one], done: true, error: null };
-    expect(await readAll([bytes])).toEqual(expected);
-    expect(await readAll(cut(bytes, [1, 2, 3, 4]))).toEqual(expected);
+    expect(readAll([bytes])).toEqual(expected);
+    expect(readAll(cut(bytes, [1, 2, 3, 4]))).toEqual(expected);
   });
 
   it.each([
@@ -81,7 +79,7 @@ describe('readChunks framing', () => {
     ['one CR', 'data: [DONE]\r'],
     ['spaces', 'data:  [DONE] '],
   ])('ends on an unterminated [DONE] at EOF (%s)', async (_, last) => {
-    expect(await read(`data: ${JSON.stringify(one)}\n\n${last}`)).toEqual({
+    expect(read(`data: ${JSON.stringify(one)}\n\n${last}`)).toEqual({
       chunks: [one],
       done: true,
       error: null,
@@ -89,61 +87,84 @@ describe('readChunks framing', () => {
   });
 
   it('delivers a complete last event that lacks its blank line', async () => {
-    expect(await read(`data: ${JSON.stringify(one)}\n`)).toEqual({ chunks: [one], done: false, error: null });
+    expect(read(`data: ${JSON.stringify(one)}\n`)).toEqual({ chunks: [one], done: false, error: null });
   });
 
   it('reports EOF without [DONE] as done:false, dropping a cut-off last event', async () => {
     const text = `data: ${JSON.stringify(one)}\n\ndata: {"choices":[{"index":0,"delta":{"cont`;
-    expect(await read(text)).toEqual({ chunks: [one], done: false, error: null });
-    expect(await read('')).toEqual({ chunks: [], done: false, error: null });
-  });
-
-  it('stops reading the body at [DONE]', async () => {
-    let pulled = 0;
-    let closed = false;
-    async function* upstream() {
-      try {
-        for (const part of [
-          `data: ${JSON.stringify(one)}\n\ndata: [DONE]\n\ndata: {"x":1}\n\n`,
-          'data: never\n\n',
-        ]) {
-          pulled++;
-          yield encode(part);
-        }
-      } finally {
-        closed = true;
-      }
-    }
-    const chunks = [];
-    const stream = readChunks(upstream());
-    let step = await stream.next();
-    while (!step.done) {
-      chunks.push(step.value);
-      step = await stream.next();
-    }
-    expect([chunks, step.value, pulled, closed]).toEqual([[one], { done: true }, 1, true]);
-  });
-
-  it('closes the body when the consumer stops early', async () => {
-    let closed = false;
-    async function* upstream() {
-      try {
-        for (;;) yield encode(`data: ${JSON.stringify(one)}\n\n`);
-      } finally {
-        closed = true;
-      }
-    }
-    for await (const chunk of readChunks(upstream())) {
-      expect(chunk).toEqual(one);
-      break;
-    }
-    expect(closed).toBe(true);
+    expect(read(text)).toEqual({ chunks: [one], done: false, error: null });
+    expect(read('')).toEqual({ chunks: [], done: false, error: null });
   });
 });
 
-describe('readChunks errors', () => {
+/** A body whose reads the test pushes by hand, as undici's dispatch handler pushes them. */
+function handBody() {
+  let reader: Parameters<PushedBody['read']>[0] | undefined;
+  const state = { closed: undefined as Error | undefined | null };
+  const body: PushedBody = {
+    read: (r) => {
+      reader = r;
+    },
+    close: (reason) => {
+      state.closed = reason ?? null;
+    },
+  };
+  const push = (text: string) => reader?.data(encode(text));
+  return { body, push, end: () => reader?.end(), fail: (err: Error) => reader?.error(err), state };
+}
+
+describe('streamChunks', () => {
+  it('resolves at [DONE] without waiting for the end of the body, and ignores what follows', async () => {
+    const hand = handBody();
+    const chunks: unknown[] = [];
+    const result = streamChunks(hand.body, (chunk) => chunks.push(chunk));
+    hand.push(`data: ${JSON.stringify(one)}\n\ndata: [DONE]\n\ndata: {"x":1}\n\n`);
+    expect(await result).toBe(true);
+    hand.push('data: never\n\n');
+    hand.end();
+    // The body is left to end by itself, so its kept-alive socket can go back to the pool.
+    expect([chunks, hand.state.closed]).toEqual([[one], undefined]);
+  });
+
+  it('delivers each chunk in the tick its bytes arrive', async () => {
+    const hand = handBody();
+    const chunks: unknown[] = [];
+    const result = streamChunks(hand.body, (chunk) => chunks.push(chunk));
+    hand.push(`data: ${JSON.stringify(one)}\n\nda`);
+    expect(chunks).toEqual([one]);
+    hand.push(`ta: ${JSON.stringify(two)}\n\n`);
+    expect(chunks).toEqual([one, two]);
+    hand.end();
+    expect(await result).toBe(false);
+  });
+
+  it('closes the body and rejects on a decoding error or when the consumer throws', async () => {
+    const broken = handBody();
+    const decoding = streamChunks(broken.body, () => {});
+    broken.push('data: {"choices": [\n\n');
+    await expect(decoding).rejects.toMatchObject({ kind: 'malformed' });
+    expect(broken.state.closed).toBeInstanceOf(UpstreamStreamError);
+
+    const refusing = handBody();
+    const consuming = streamChunks(refusing.body, () => {
+      throw new Error('sink gone');
+    });
+    refusing.push(`data: ${JSON.stringify(one)}\n\n`);
+    await expect(consuming).rejects.toThrow('sink gone');
+    expect(refusing.state.closed).toMatchObject({ message: 'sink gone' });
+  });
+
+  it('rejects with the read error of a failed body', async () => {
+    const hand = handBody();
+    const result = streamChunks(hand.body, () => {});
+    hand.fail(new Error('socket hang up'));
+    await expect(result).rejects.toThrow('socket hang up');
+  });
+});
+
+describe('ChunkDecoder errors', () => {
   const expectError = async (text: string, kind: string, options?: { maxEventBytes?: number }) => {
-    const r = await read(text, options);
+    const r = read(text, options);
     expect(r.error).toBeInstanceOf(UpstreamStreamError);
     expect(r.error).toMatchObject({ code: 'ERP_UPSTREAM_STREAM', kind, name: 'UpstreamStreamError' });
     return r;
@@ -160,7 +181,7 @@ describe('readChunks errors', () => {
   });
 
   it('takes a chunk with "error": null as a chunk', async () => {
-    expect((await read(`data: ${JSON.stringify({ ...one, error: null })}\n\n`)).chunks).toHaveLength(1);
+    expect(read(`data: ${JSON.stringify({ ...one, error: null })}\n\n`).chunks).toHaveLength(1);
   });
 
   it('throws on an error event, with a JSON, text or empty payload', async () => {
@@ -177,10 +198,10 @@ describe('readChunks errors', () => {
 
   it("throws on llama.cpp's legacy error field, however the line is split", async () => {
     const { bytes } = loadStreamFixture('llamacpp-legacy-error-field');
-    const whole = await readAll([bytes]);
+    const whole = readAll([bytes]);
     expect(whole.error?.kind).toBe('error_event');
     expect(whole.error?.detail).toMatchObject({ code: 400, type: 'invalid_request_error' });
-    for (let at = 1; at < 40; at++) expect(outcome(await readAll(cut(bytes, [at])))).toEqual(outcome(whole));
+    for (let at = 1; at < 40; at++) expect(outcome(readAll(cut(bytes, [at])))).toEqual(outcome(whole));
   });
 
   it.each([
@@ -201,14 +222,14 @@ describe('readChunks errors', () => {
       `data: ${JSON.stringify({ choices: [{ index: 0, delta: { content } }] })}\n\n`;
     const frame = Buffer.byteLength(event('')) - 'data: \n\n'.length;
     // exactly at the cap is fine; one byte more is not
-    expect((await read(event('a'.repeat(100 - frame)), { maxEventBytes: 100 })).chunks).toHaveLength(1);
+    expect(read(event('a'.repeat(100 - frame)), { maxEventBytes: 100 }).chunks).toHaveLength(1);
     const r = await expectError(event('a'.repeat(101 - frame)), 'too_large', { maxEventBytes: 100 });
     expect(r.error?.detail).toEqual({ maxEventBytes: 100 });
     // 'é' is one UTF-16 unit but two bytes
     await expectError(event('é'.repeat(60)), 'too_large', { maxEventBytes: 100 });
     // over the cap across several data lines, and on one line that never ends
     await expectError(`${'data: xxxxxxxxxx\n'.repeat(20)}\n`, 'too_large', { maxEventBytes: 100 });
-    const endless = await readAll(cut(encode(`data: ${'x'.repeat(500)}`), [50, 100, 150, 200, 250]), {
+    const endless = readAll(cut(encode(`data: ${'x'.repeat(500)}`), [50, 100, 150, 200, 250]), {
       maxEventBytes: 100,
     });
     expect(endless.error?.kind).toBe('too_large');
@@ -216,22 +237,22 @@ describe('readChunks errors', () => {
 
   it('has a 1 MiB default cap', async () => {
     const big = `data: ${JSON.stringify({ choices: [{ index: 0, delta: { content: 'a'.repeat(1024 * 1024) } }] })}\n\n`;
-    expect((await read(big)).error?.kind).toBe('too_large');
+    expect(read(big).error?.kind).toBe('too_large');
     const fits = `data: ${JSON.stringify({ choices: [{ index: 0, delta: { content: 'a'.repeat(1000 * 1024) } }] })}\n\n`;
-    expect((await read(fits)).chunks).toHaveLength(1);
+    expect(read(fits).chunks).toHaveLength(1);
   });
 });
 
-describe('readChunks over the recorded streams', () => {
+describe('decoding the recorded streams', () => {
   const fixtures = loadStreamFixtures();
 
   it('yields the same chunks, end and error whatever the byte boundaries between reads', async () => {
     for (const fixture of fixtures) {
-      const whole = outcome(await readAll([fixture.bytes]));
+      const whole = outcome(readAll([fixture.bytes]));
       expect(whole.chunks.length + (whole.error ? 1 : 0)).toBeGreaterThan(0);
       await fc.assert(
         fc.asyncProperty(fc.array(fc.nat(fixture.bytes.length), { maxLength: 60 }), async (offsets) => {
-          expect(outcome(await readAll(cut(fixture.bytes, offsets)))).toEqual(whole);
+          expect(outcome(readAll(cut(fixture.bytes, offsets)))).toEqual(whole);
         }),
         { numRuns: 100 },
       );
@@ -253,6 +274,13 @@ describe('readChunks over the recorded streams', () => {
       return `http://127.0.0.1:${(server.address() as AddressInfo).port}/`;
     };
 
+    const chat = async (url: string) => {
+      const upstream = new Upstream({ url, timeoutMs: 5000 });
+      const response = await upstream.chat({ messages: [] }, {}, new AbortController().signal);
+      if (response.kind !== 'sse') throw new Error('expected a streamed response');
+      return { upstream, body: response.body };
+    };
+
     it('decodes an undici body written in small pieces like the whole buffer', async () => {
       const { bytes } = loadStreamFixture('vllm-llama3json-unicode-args');
       const url = await listen(async (_, res) => {
@@ -266,32 +294,29 @@ describe('readChunks over the recorded streams', () => {
         }
         res.end();
       });
-      const { body } = await request(url);
-      const chunks = [];
-      const stream = readChunks(body);
-      let step = await stream.next();
-      while (!step.done) {
-        chunks.push(step.value);
-        step = await stream.next();
-      }
-      const whole = await readAll([bytes]);
-      expect({ chunks, done: step.value.done }).toEqual({ chunks: whole.chunks, done: true });
+      const { upstream, body } = await chat(url);
+      const chunks: unknown[] = [];
+      const done = await streamChunks(body, (chunk) => chunks.push(chunk));
+      const whole = readAll([bytes]);
+      expect({ chunks, done }).toEqual({ chunks: whole.chunks, done: true });
+      await upstream.close();
     });
 
-    it('closes the upstream response when the consumer stops early', async () => {
+    it('closes the upstream response when the reader closes the body', async () => {
       let responseClosed: Promise<unknown> | undefined;
       const url = await listen((_, res) => {
         responseClosed = once(res, 'close');
         res.writeHead(200, { 'content-type': 'text/event-stream' });
         res.write(`data: ${JSON.stringify(one)}\n\n`);
       });
-      const { body } = await request(url);
-      for await (const chunk of readChunks(body)) {
-        expect(chunk).toEqual(one);
-        break;
-      }
+      const { upstream, body } = await chat(url);
+      const first = await new Promise((resolve) =>
+        body.read({ data: (bytes) => resolve(new TextDecoder().decode(bytes)), end() {}, error() {} }),
+      );
+      expect(first).toBe(`data: ${JSON.stringify(one)}\n\n`);
+      body.close();
       await responseClosed;
-      expect(body.destroyed).toBe(true);
+      await upstream.close();
     });
   });
 });
