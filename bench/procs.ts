@@ -273,3 +273,29 @@ export async function startEarpiece(toolsetPath: string, upstreamUrl: string): P
   });
   return { url, pid: child.pid as number, close: () => stop(child, 'SIGTERM') };
 }
+
+// ---- the bare Node.js hop (bench/node-hop.ts): the floor for a Node.js proxy ----
+
+export interface NodeHop {
+  url: string;
+  pid: number;
+  close(): Promise<void>;
+}
+
+export async function startNodeHop(upstreamUrl: string): Promise<NodeHop> {
+  const child = spawn(
+    process.execPath,
+    [...EARPIECE_NODE_FLAGS, fileURLToPath(new URL('./node-hop.js', import.meta.url)), upstreamUrl],
+    { stdio: ['ignore', 'pipe', 'inherit'] },
+  );
+  const url = await new Promise<string>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error('the bare Node hop did not start within 30 s')), 30_000);
+    child.once('exit', (code) => reject(new Error(`the bare Node hop exited with code ${code}`)));
+    child.stdout.setEncoding('utf8');
+    child.stdout.once('data', (text: string) => {
+      clearTimeout(timer);
+      resolve(text.trim());
+    });
+  });
+  return { url, pid: child.pid as number, close: () => stop(child, 'SIGTERM') };
+}

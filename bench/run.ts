@@ -23,16 +23,25 @@ import {
   type EarpieceProxy,
   memoryMb,
   type NginxProxy,
+  type NodeHop,
   nginxVersion,
   openFileLimits,
   startEarpiece,
   startNginx,
+  startNodeHop,
   startUpstreamChild,
   type UpstreamChild,
 } from './procs.js';
 import { ANSWER_TEXT, PACE_MS, SYSTEM_PROMPT } from './protocol.js';
 
-type Mode = 'direct' | 'nginx' | 'earpiece';
+/** `node` is the bare Node.js hop (bench/node-hop.ts): what Node itself costs as a proxy here. */
+type Mode = 'direct' | 'nginx' | 'node' | 'earpiece';
+const PATH_LABEL: Record<Mode, string> = {
+  direct: 'direct',
+  nginx: 'nginx',
+  node: 'bare Node hop',
+  earpiece: 'earpiece',
+};
 /** Measured streams per worker and round: more where there are few workers. */
 function recordedPerWorker(concurrency: number): number {
   return concurrency === 1 ? 7 : concurrency <= 100 ? 3 : 2;
@@ -142,12 +151,14 @@ const mark = (ok: boolean) => (ok ? 'pass' : '**FAIL**');
 interface Proxies {
   upstream: UpstreamChild;
   nginx: NginxProxy | undefined;
+  node: NodeHop;
   earpiece: EarpieceProxy;
 }
 
 function proxyPid(mode: Mode, p: Proxies): number | undefined {
   if (mode === 'nginx') return p.nginx?.workerPid;
   if (mode === 'earpiece') return p.earpiece.pid;
+  if (mode === 'node') return p.node.pid;
   return undefined;
 }
 
@@ -377,12 +388,14 @@ export async function main(argv: string[]): Promise<number> {
   const upstream = await startUpstreamChild();
   let nginx: NginxProxy | undefined;
   let earpiece: EarpieceProxy | undefined;
+  let node: NodeHop | undefined;
   let targets: Partial<Record<Mode, Target>> | undefined;
   try {
     if (version) nginx = await startNginx(join(dir, 'nginx'), upstream.upstreamUrl, version);
     else log('nginx is not on PATH: the nginx column is skipped (Debian: apt-get install nginx-light).');
     earpiece = await startEarpiece(await writeToolSet(dir, upstream.toolUrl), upstream.upstreamUrl);
-    const p: Proxies = { upstream, nginx, earpiece };
+    node = await startNodeHop(upstream.upstreamUrl);
+    const p: Proxies = { upstream, nginx, node, earpiece };
     // Let start-up work (module loading, first GC) settle before reading the idle footprint.
     await sleep(2000);
     const idle = {
@@ -393,10 +406,11 @@ export async function main(argv: string[]): Promise<number> {
     const to: Partial<Record<Mode, Target>> = {
       direct: target(upstream.upstreamUrl),
       earpiece: target(earpiece.url),
+      node: target(node.url),
       ...(nginx ? { nginx: target(nginx.url) } : {}),
     };
     targets = to;
-    const modes = (['direct', 'nginx', 'earpiece'] as const).filter((m) => to[m]);
+    const modes = (['direct', 'nginx', 'node', 'earpiece'] as const).filter((m) => to[m]);
     const results = new Map<number, Map<Mode, Summary>>();
 
     for (const concurrency of levels) {
@@ -461,6 +475,7 @@ export async function main(argv: string[]): Promise<number> {
   } finally {
     for (const t of Object.values(targets ?? {})) t.agent.destroy();
     await earpiece?.close();
+    await node?.close();
     await nginx?.close();
     await upstream.close();
     await rm(dir, { recursive: true, force: true });
@@ -493,7 +508,7 @@ function render(r: {
       const s = byMode.get(mode) as Summary;
       const base = mode === 'direct';
       lines.push(
-        `| ${concurrency.toLocaleString('en')} | ${mode} | ${ms(s.ttftP50)} | ${ms(s.ttftP99)} | ${base ? '—' : signedMs(s.ttftP50 - direct.ttftP50)} | ${base ? '—' : signedMs(s.ttftP99 - direct.ttftP99)} | ${base ? '—' : signedMs(s.gapP50 - direct.gapP50)} | ${base ? '—' : signedMs(s.gapP99 - direct.gapP99)} | ${s.cpuPer1k === undefined ? '—' : s.cpuPer1k.toFixed(3)} | ${s.peakRssMb === undefined ? '—' : `${s.peakRssMb.toFixed(0)} MB`} | ${s.errors} |`,
+        `| ${concurrency.toLocaleString('en')} | ${PATH_LABEL[mode]} | ${ms(s.ttftP50)} | ${ms(s.ttftP99)} | ${base ? '—' : signedMs(s.ttftP50 - direct.ttftP50)} | ${base ? '—' : signedMs(s.ttftP99 - direct.ttftP99)} | ${base ? '—' : signedMs(s.gapP50 - direct.gapP50)} | ${base ? '—' : signedMs(s.gapP99 - direct.gapP99)} | ${s.cpuPer1k === undefined ? '—' : s.cpuPer1k.toFixed(3)} | ${s.peakRssMb === undefined ? '—' : `${s.peakRssMb.toFixed(0)} MB`} | ${s.errors} |`,
       );
     }
   }
@@ -600,12 +615,42 @@ function render(r: {
     `| memory lookup ≤ ${TARGETS.lookupUs} µs (40 messages) | ${r.lookup.hitUs.toFixed(2)} µs | ${mark(r.lookup.hitUs <= TARGETS.lookupUs)} |`,
   );
 
+  // The same figures for the bare Node hop: what any Node.js proxy pays on this machine before its own work.
+  const hop = (c: number) => at(c, 'node');
+  if (hop(1) || hop(100) || hop(1000)) {
+    lines.push(
+      '',
+      'The floor for a Node.js proxy on this machine: the bare Node hop (bench/node-hop.ts) parses the body, adds tools and copies the response bytes, nothing more.',
+      '',
+      '| streams | measure | bare Node hop | earpiece |',
+      '|---:|---|---:|---:|',
+    );
+    for (const [c] of r.results) {
+      const h = hop(c);
+      const e = at(c, 'earpiece');
+      const d = at(c, 'direct');
+      const n = at(c, 'nginx');
+      if (!h || !e || !d) continue;
+      const level = c.toLocaleString('en');
+      lines.push(
+        `| ${level} | added TTFT p50 (p99) | ${signedMs(h.ttftP50 - d.ttftP50)} (${signedMs(h.ttftP99 - d.ttftP99)}) | ${signedMs(e.ttftP50 - d.ttftP50)} (${signedMs(e.ttftP99 - d.ttftP99)}) |`,
+      );
+      if (n)
+        lines.push(
+          `| ${level} | TTFT p50 (p99) against nginx | ${(h.ttftP50 / n.ttftP50).toFixed(2)}× (${(h.ttftP99 / n.ttftP99).toFixed(2)}×) | ${(e.ttftP50 / n.ttftP50).toFixed(2)}× (${(e.ttftP99 / n.ttftP99).toFixed(2)}×) |`,
+        );
+      lines.push(
+        `| ${level} | proxy CPU s / 1k chunks | ${h.cpuPer1k?.toFixed(3) ?? '—'} | ${e.cpuPer1k?.toFixed(3) ?? '—'} |`,
+      );
+    }
+  }
+
   // Where the CPU went: the driver and the upstream share the two cores with the proxy.
   lines.push(
     '',
     "CPU in use during each path's phases (cores): load generator / scripted model / proxy.",
     '',
-    `| streams | ${r.modes.join(' | ')} |`,
+    `| streams | ${r.modes.map((m) => PATH_LABEL[m]).join(' | ')} |`,
     `|---:|${r.modes.map(() => '---').join('|')}|`,
   );
   for (const [concurrency, byMode] of r.results) {

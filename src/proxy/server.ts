@@ -24,6 +24,9 @@ function base(deps: ServerDeps): FastifyInstance {
     loggerInstance: deps.logger,
     // A log line per request would cost more than the proxy itself adds to a turn.
     logController: new LogController({ disableRequestLogging: true }),
+    // No per-request child logger (a pino child and its redaction bindings on every turn): the routes log
+    // through the proxy's logger with their own fields.
+    childLoggerFactory: (logger) => logger,
     bodyLimit: BODY_LIMIT,
     return503OnClosing: true,
     forceCloseConnections: 'idle',

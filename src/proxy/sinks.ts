@@ -4,7 +4,7 @@
  * event), the JSON sink answers a non-streaming request (a failure is an HTTP error that the OpenAI SDK
  * must not retry, since a retry would run the tools again).
  */
-import { randomBytes } from 'node:crypto';
+import { randomUUID } from 'node:crypto';
 import type { ServerResponse } from 'node:http';
 import type { AccumulatedToolCall } from './accumulator.js';
 import type { Usage } from './chunks.js';
@@ -41,8 +41,9 @@ export function drainOrClose(res: ServerResponse): Promise<void> {
   });
 }
 
+/** vLLM's shape, `chatcmpl-` and 32 hex digits; randomUUID draws from a cached pool, not a syscall each time. */
 export function completionId(): string {
-  return `chatcmpl-${randomBytes(12).toString('hex')}`;
+  return `chatcmpl-${randomUUID().replaceAll('-', '')}`;
 }
 
 interface Envelope {

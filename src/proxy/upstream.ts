@@ -2,8 +2,9 @@
  * The LLM server: one long-lived undici Pool per origin. A chat stream is read through undici's dispatch
  * handler, so each read reaches the turn in the same tick it leaves the socket (no stream or iterator in
  * between); the turn pauses the read while the client's socket is full, so a slow client slows the
- * upstream socket rather than growing memory. No transport retries: the deliberate re-sends (context length, tools unsupported, kwargs refused)
- * are decisions of the turn loop, which this module names by classifying the upstream's refusals.
+ * upstream socket rather than growing memory. No transport retries: the deliberate re-sends (context
+ * length, tools unsupported, kwargs refused) are decisions of the turn loop, which this module names by
+ * classifying the upstream's refusals.
  */
 import type { IncomingHttpHeaders } from 'node:http';
 import { type Dispatcher, Pool } from 'undici';

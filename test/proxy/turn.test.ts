@@ -88,6 +88,7 @@ describe('a tool turn in every dialect', () => {
       expect(text).toBe('One moment. It is 21 degrees in Paris.');
       // One well-formed stream: one id, one finish_reason, no tool calls leaked to the client.
       expect(new Set(chunks.map((c) => c.id)).size).toBe(1);
+      expect(chunks[0]?.id).toMatch(/^chatcmpl-[0-9a-f]{32}$/);
       const finishes = chunks.flatMap((c) => c.choices.map((ch) => ch.finish_reason).filter(Boolean));
       expect(finishes).toEqual(['stop']);
       expect(chunks.some((c) => c.choices.some((ch) => ch.delta.tool_calls))).toBe(false);
