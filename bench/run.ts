@@ -46,6 +46,8 @@ const PATH_LABEL: Record<Mode, string> = {
 function recordedPerWorker(concurrency: number): number {
   return concurrency === 1 ? 7 : concurrency <= 100 ? 3 : 2;
 }
+const WARMUP_WORKERS = 50;
+const WARMUP_PER_WORKER = 6;
 const TOOL_TURNS = 300;
 const TOOL_WARMUP = 20;
 const FILES_NEEDED = 8192;
@@ -413,6 +415,13 @@ export async function main(argv: string[]): Promise<number> {
     const modes = (['direct', 'nginx', 'node', 'earpiece'] as const).filter((m) => to[m]);
     const results = new Map<number, Map<Mode, Summary>>();
 
+    // A sidecar has served many turns before any one that counts: every path first streams a few hundred
+    // unrecorded turns, so the figures are of code V8 has compiled, not of a process's first requests.
+    for (const mode of modes) {
+      log(`Warm-up: ${WARMUP_WORKERS * WARMUP_PER_WORKER} or more unrecorded streams: ${mode}`);
+      await phase(to[mode] as Target, STREAM_BODY, WARMUP_WORKERS, WARMUP_PER_WORKER, ANSWER_TEXT);
+    }
+
     for (const concurrency of levels) {
       const series = new Map<Mode, Series>(
         modes.map((m) => [
@@ -565,8 +574,10 @@ function render(r: {
   if (one && oneDirect) {
     const added = one.ttftP50 - oneDirect.ttftP50;
     const perRound = one.roundTtftP50.map((v, i) => signedMs(v - (oneDirect.roundTtftP50[i] as number)));
+    const floor = at(1, 'node');
+    const floorNote = floor ? `; bare Node hop ${signedMs(floor.ttftP50 - oneDirect.ttftP50)}` : '';
     lines.push(
-      `| added TTFT p50 ≤ ${TARGETS.addedTtftMs} ms at 1 stream | ${signedMs(added)} (rounds: ${perRound.join(', ')}) | ${mark(added <= TARGETS.addedTtftMs)} |`,
+      `| added TTFT p50 ≤ ${TARGETS.addedTtftMs} ms at 1 stream | ${signedMs(added)} (rounds: ${perRound.join(', ')}${floorNote}) | ${mark(added <= TARGETS.addedTtftMs)} |`,
     );
   }
   for (const c of [100, 1000]) {
@@ -574,13 +585,15 @@ function render(r: {
     const n = at(c, 'nginx');
     if (!e) continue;
     if (n) {
-      for (const [label, ev, nv] of [
-        ['p50', e.ttftP50, n.ttftP50],
-        ['p99', e.ttftP99, n.ttftP99],
+      const floor = at(c, 'node');
+      for (const [label, ev, nv, hv] of [
+        ['p50', e.ttftP50, n.ttftP50, floor?.ttftP50],
+        ['p99', e.ttftP99, n.ttftP99, floor?.ttftP99],
       ] as const) {
         const ratio = ev / nv;
+        const floorNote = hv === undefined ? '' : `; bare Node hop ${(hv / nv).toFixed(2)}×`;
         lines.push(
-          `| TTFT ${label} ≤ ${TARGETS.vsNginx}× nginx at ${c.toLocaleString('en')} streams | ${ms(ev)} vs ${ms(nv)} (${ratio.toFixed(2)}×) | ${mark(ratio <= TARGETS.vsNginx)} |`,
+          `| TTFT ${label} ≤ ${TARGETS.vsNginx}× nginx at ${c.toLocaleString('en')} streams | ${ms(ev)} vs ${ms(nv)} (${ratio.toFixed(2)}×${floorNote}) | ${mark(ratio <= TARGETS.vsNginx)} |`,
         );
       }
     } else {

@@ -361,11 +361,10 @@ export async function runTurn(request: TurnRequest, sink: TurnSink, deps: TurnDe
     // A full client socket pauses the upstream read until it drains (or the client leaves).
     let paused = false;
     const onChunk = (chunk: ChatChunk) => {
+      const timedAlready = firstTokenSeconds !== undefined;
       for (const event of accumulator.push(chunk)) {
-        if (firstTokenSeconds === undefined && event.type !== 'usage') {
+        if (firstTokenSeconds === undefined && event.type !== 'usage')
           firstTokenSeconds = (performance.now() - sentAt) / 1000;
-          telemetry.upstreamTimeToFirstToken(toolsetName, firstTokenSeconds);
-        }
         if (event.type !== 'content') continue;
         const keptUp = speakModel(raw.push(event.text));
         if (keptUp || paused || response.kind !== 'sse') continue;
@@ -376,6 +375,9 @@ export async function runTurn(request: TurnRequest, sink: TurnSink, deps: TurnDe
           response.body.resume();
         });
       }
+      // Recorded once the first words are on their way to the client, not before.
+      if (!timedAlready && firstTokenSeconds !== undefined)
+        telemetry.upstreamTimeToFirstToken(toolsetName, firstTokenSeconds);
     };
     let done: boolean;
     try {

@@ -129,6 +129,25 @@ describe('review regressions', () => {
 });
 
 describe('behaviour that had no test', () => {
+  it('records the model time to first token once per upstream call, and closes the active stream', async () => {
+    const { harness } = await setup(
+      (_req, i) =>
+        i === 0
+          ? { sse: toolCallReply([{ name: 'now', arguments: {} }]) }
+          : { sse: textReply('It is late. Go to bed.') },
+      { tools: [{ name: 'now', builtin: 'time' }] },
+    );
+    const { text } = await unmuteTurn(harness.client, [
+      SYSTEM,
+      { role: 'user', content: 'What time is it?' },
+    ]);
+    expect(text).toBe('One moment. It is late. Go to bed.');
+    expect(
+      await metric(harness, /^earpiece_upstream_time_to_first_token_seconds_count\{[^}]*\} (\d+)/m),
+    ).toBe(2);
+    expect(await metric(harness, /^earpiece_active_streams (\d+)/m)).toBe(0);
+  });
+
   it('returns only the client’s calls, over SSE, when a message calls client and ToolSet tools', async () => {
     const { upstream, harness } = await setup(
       () => ({

@@ -33,9 +33,8 @@ export async function chatRoutes(app: FastifyInstance, deps: ServerDeps): Promis
     const sink = streaming
       ? new SseSink(res, envelope, { includeUsage: streamOptions?.include_usage === true })
       : new JsonSink(res, envelope);
-    if (streaming) deps.telemetry.streamOpened();
     try {
-      await runTurn(
+      const turn = runTurn(
         {
           body: body as Record<string, unknown> & { messages: ChatMessage[] },
           authorization: request.headers.authorization,
@@ -47,6 +46,9 @@ export async function chatRoutes(app: FastifyInstance, deps: ServerDeps): Promis
         sink,
         { ...active, telemetry: deps.telemetry, logger: deps.logger },
       );
+      // Counted after the turn has dispatched its model request (runTurn runs up to its first wait at once).
+      if (streaming) deps.telemetry.streamOpened();
+      await turn;
     } catch (err) {
       // runTurn handles its own failures; this is the last guard so a stream always ends well-formed.
       deps.logger.error({ err }, 'Turn crashed; ended it with the error message.');
