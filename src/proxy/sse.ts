@@ -115,9 +115,16 @@ export class ChunkDecoder {
   }
 }
 
-/** What streamChunks reads: an upstream response body that pushes its reads (see upstream.ts). */
+/** Receives a pushed body's reads, in order, in the tick they arrive. */
+export interface BodyReader {
+  data(bytes: Uint8Array): void;
+  end(): void;
+  error(err: Error): void;
+}
+
+/** What streamChunks reads: a response body that pushes its reads (UpstreamBody in upstream.ts). */
 export interface PushedBody {
-  read(reader: { data(bytes: Uint8Array): void; end(): void; error(err: Error): void }): void;
+  read(reader: BodyReader): void;
   close(reason?: Error): void;
 }
 

@@ -9,6 +9,7 @@
 import type { IncomingHttpHeaders } from 'node:http';
 import { type Dispatcher, Pool } from 'undici';
 import { ProxyError } from './errors.js';
+import type { BodyReader, PushedBody } from './sse.js';
 
 export type UpstreamRefusal = 'context_length' | 'tools_unsupported' | 'kwargs_rejected' | 'other';
 
@@ -56,19 +57,12 @@ export type ChatResponse =
   /** A server that ignored `stream: true` and answered with one JSON completion. */
   | { kind: 'json'; completion: unknown };
 
-/** Receives a streamed body's reads, in order, in the tick they arrive. */
-export interface BodyReader {
-  data(bytes: Uint8Array): void;
-  end(): void;
-  error(err: Error): void;
-}
-
 /**
  * A streamed chat response body. Reads wait in a queue until `read()` names the reader; then every read
  * goes straight to it. `close()` aborts the response (its socket is not reused); a body read to its end
  * leaves the kept-alive socket to the pool.
  */
-export class UpstreamBody {
+export class UpstreamBody implements PushedBody {
   readonly #controller: Dispatcher.DispatchController;
   #reader: BodyReader | undefined;
   #queued: Uint8Array[] = [];

@@ -44,6 +44,22 @@ const slowTool = (url: string, extra: Record<string, unknown> = {}) => ({
   ...extra,
 });
 
+/** The proxy, with no tools, in front of a hand-written model server; both closed after the test. */
+async function proxyInFrontOf(model: Server) {
+  model.listen(0, '127.0.0.1');
+  await once(model, 'listening');
+  defer(async () => {
+    model.closeAllConnections();
+    model.close();
+  });
+  const harness = await startTestProxy(
+    { tools: [] },
+    `http://127.0.0.1:${(model.address() as AddressInfo).port}`,
+  );
+  defer(() => harness.close());
+  return harness;
+}
+
 describe('back-pressure', () => {
   it('slows the model server to the pace of a client that stops reading, and loses nothing when it reads again', async () => {
     // 64 MiB of answer in 64 KiB content chunks: far more than the loopback buffers between the three hold.
@@ -65,17 +81,7 @@ describe('back-pressure', () => {
       };
       write();
     });
-    model.listen(0, '127.0.0.1');
-    await once(model, 'listening');
-    defer(async () => {
-      model.closeAllConnections();
-      model.close();
-    });
-    const harness = await startTestProxy(
-      { tools: [] },
-      `http://127.0.0.1:${(model.address() as AddressInfo).port}`,
-    );
-    defer(() => harness.close());
+    const harness = await proxyInFrontOf(model);
 
     const { stalled, received } = await new Promise<{ stalled: typeof progress; received: number }>(
       (resolve, reject) => {
@@ -126,17 +132,7 @@ describe('response head', () => {
         heard();
       });
     });
-    model.listen(0, '127.0.0.1');
-    await once(model, 'listening');
-    defer(async () => {
-      model.closeAllConnections();
-      model.close();
-    });
-    const harness = await startTestProxy(
-      { tools: [] },
-      `http://127.0.0.1:${(model.address() as AddressInfo).port}`,
-    );
-    defer(() => harness.close());
+    const harness = await proxyInFrontOf(model);
 
     const body = await new Promise<string>((resolve, reject) => {
       const req = request(`${harness.proxy.url}/v1/chat/completions`, {

@@ -3,7 +3,7 @@ import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import fc from 'fast-check';
 import { afterEach, describe, expect, it } from 'vitest';
-import { type PushedBody, streamChunks, UpstreamStreamError } from '../../src/proxy/sse.js';
+import { type BodyReader, type PushedBody, streamChunks, UpstreamStreamError } from '../../src/proxy/sse.js';
 import { Upstream } from '../../src/proxy/upstream.js';
 import { cut, loadStreamFixture, loadStreamFixtures, type Read, readAll } from './fixtures.js';
 
@@ -99,7 +99,7 @@ describe('ChunkDecoder framing', () => {
 
 /** A body whose reads the test pushes by hand, as undici's dispatch handler pushes them. */
 function handBody() {
-  let reader: Parameters<PushedBody['read']>[0] | undefined;
+  let reader: BodyReader | undefined;
   const state = { closed: undefined as Error | undefined | null };
   const body: PushedBody = {
     read: (r) => {
