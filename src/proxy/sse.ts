@@ -68,12 +68,7 @@ export class ChunkDecoder {
     });
   }
 
-  /** True once `data: [DONE]` was read; later bytes are ignored. */
-  get done(): boolean {
-    return this.#done;
-  }
-
-  /** One read of the body. Returns `done`. */
+  /** One read of the body. Returns true once `data: [DONE]` was read; later bytes are ignored. */
   feed(bytes: Uint8Array): boolean {
     if (this.#done) return true;
     const text = this.#decoder.decode(bytes, { stream: true });
