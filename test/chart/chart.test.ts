@@ -136,6 +136,7 @@ describe('default values', () => {
       EARPIECE_EXCLUDE_NAMESPACES: `kube-system,kube-public,kube-node-lease,${NAMESPACE}`,
       EARPIECE_LEADER_ELECTION: 'true',
       EARPIECE_LEASE_NAME: `${FULLNAME}-controller`,
+      EARPIECE_INSTANCE: CLUSTER_NAME,
       EARPIECE_WEBHOOK_PORT: '9443',
       EARPIECE_PROBE_PORT: '8081',
       EARPIECE_METRICS_PORT: '8080',
@@ -344,6 +345,7 @@ describe('every option on', () => {
   it('renders every object, each valid for the API server or its CRD', async () => {
     expect(kinds(objects)).toEqual([
       'Certificate',
+      'Certificate',
       'ClusterRole',
       'ClusterRole',
       'ClusterRoleBinding',
@@ -351,6 +353,7 @@ describe('every option on', () => {
       'CustomResourceDefinition',
       'Deployment',
       'Deployment',
+      'Issuer',
       'Issuer',
       'MutatingWebhookConfiguration',
       'PodDisruptionBudget',
@@ -360,6 +363,8 @@ describe('every option on', () => {
       'RoleBinding',
       'RoleBinding',
       'RoleBinding',
+      'Secret',
+      'Secret',
       'Service',
       'Service',
       'ServiceAccount',
@@ -375,8 +380,9 @@ describe('every option on', () => {
       spec: { secretName: string; dnsNames: string[]; issuerRef: { name: string; kind: string } };
     };
     expect(certificate.spec.dnsNames).toContain(`${FULLNAME}.${NAMESPACE}.svc`);
-    expect(certificate.spec.issuerRef).toMatchObject({ name: `${FULLNAME}-selfsigned`, kind: 'Issuer' });
+    expect(certificate.spec.issuerRef).toMatchObject({ name: `${FULLNAME}-webhook-ca`, kind: 'Issuer' });
     find(objects, 'Issuer', `${FULLNAME}-selfsigned`);
+    find(objects, 'Issuer', `${FULLNAME}-webhook-ca`);
     const mwc = find(objects, 'MutatingWebhookConfiguration');
     expect(mwc.metadata.annotations).toEqual({
       'cert-manager.io/inject-ca-from': `${certificate.metadata.namespace}/${FULLNAME}-webhook`,
@@ -570,7 +576,9 @@ describe('switches and guards', () => {
     const text = notes();
     expect(text).toContain(`kubectl -n ${NAMESPACE} rollout status deployment/${FULLNAME}`);
     expect(text).toContain('earpiece.dev/inject');
-    expect(text).toContain('kubectl -n VOICE apply -f examples/weather-toolset.yaml');
+    // Everything it needs is in the notes: the ToolSet is printed, not a file of the repository.
+    expect(text).toContain("kubectl -n VOICE apply -f - <<'EOF'");
+    expect(text).not.toMatch(/examples\//);
   });
 });
 

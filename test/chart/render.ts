@@ -28,6 +28,11 @@ export function helm(args: string[]): HelmResult {
 }
 
 export interface RenderOptions {
+  /** Defaults: RELEASE in NAMESPACE. */
+  release?: string;
+  namespace?: string;
+  /** The chart folder or a packaged .tgz; defaults to CHART. */
+  chart?: string;
   values?: string[];
   set?: string[];
   apiVersions?: string[];
@@ -37,7 +42,7 @@ function renderArgs(command: string[], opts: RenderOptions): string[] {
   return [
     ...command,
     '--namespace',
-    NAMESPACE,
+    opts.namespace ?? NAMESPACE,
     ...(opts.values ?? []).flatMap((file) => ['--values', path.join(CHART, file)]),
     ...(opts.set ?? []).flatMap((s) => ['--set', s]),
     ...(opts.apiVersions ?? []).flatMap((a) => ['--api-versions', a]),
@@ -46,7 +51,7 @@ function renderArgs(command: string[], opts: RenderOptions): string[] {
 
 /** `helm template`; fails the test with helm's message when rendering fails. */
 export function render(opts: RenderOptions = {}): K8sObject[] {
-  const result = helm(renderArgs(['template', RELEASE, CHART], opts));
+  const result = helm(renderArgs(['template', opts.release ?? RELEASE, opts.chart ?? CHART], opts));
   if (result.status !== 0) throw new Error(`helm template failed: ${result.stderr}`);
   return parseAllDocuments(result.stdout)
     .map((doc) => {

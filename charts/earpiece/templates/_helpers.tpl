@@ -94,3 +94,8 @@ app.kubernetes.io/name: {{ include "earpiece.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/component: vllm
 {{- end }}
+
+{{/* The Secret holding vLLM's API key: an existing one, or the one the chart creates. */}}
+{{- define "earpiece.vllm.apiKeySecret" -}}
+{{- default (printf "%s-api-key" (include "earpiece.vllm.fullname" .)) .Values.vllm.apiKey.existingSecret }}
+{{- end }}
