@@ -302,6 +302,7 @@ export interface OperatorOptions extends Omit<ControlPlaneOptions, 'config'> {
     rotateBeforeMs?: number;
     caValidityDays?: number;
     servingValidityDays?: number;
+    caOverlapMs?: number;
     retryBaseMs?: number;
   };
 }

@@ -5,8 +5,9 @@
  *   (same CA) or the CA itself before expiry, and writes it back with optimistic concurrency, so
  *   replicas racing each other end up with the one that was written first. The CA bundle goes into
  *   every webhook of the MutatingWebhookConfiguration (again periodically, as a `helm upgrade` may reset
- *   it); while a new CA settles, the bundle also carries the previous one, so replicas still serving a
- *   certificate of the old CA stay trusted.
+ *   it). A CA rotation overlaps: the next CA joins the bundle first, and only after `caOverlapMs` does
+ *   it sign the serving certificate, by when every API server trusts it; the old CA then stays in the
+ *   bundle until it expires, so replicas still serving a certificate it signed stay trusted.
  * - cert-manager: tls.crt and tls.key are read from a mounted directory and watched; cert-manager's CA
  *   injector keeps the caBundle.
  * Either way the webhook gets new certificates through its CertificateHolder, without a restart.
@@ -44,6 +45,9 @@ export const SECRET_KEYS = {
   caKey: 'ca.key',
   /** The CA before the last CA rotation, kept in the bundle until it expires. */
   previousCaCert: 'ca-previous.crt',
+  /** The CA that will sign once the overlap is over; in the bundle already. */
+  nextCaCert: 'ca-next.crt',
+  nextCaKey: 'ca-next.key',
   cert: 'tls.crt',
   key: 'tls.key',
 } as const;
@@ -67,9 +71,15 @@ export interface WebhookCertsOptions {
   rotateBeforeMs?: number;
   caValidityDays?: number;
   servingValidityDays?: number;
+  /** How long the next CA is in the caBundle before it signs the serving certificate. */
+  caOverlapMs?: number;
   /** First wait after a failed check at start (doubles up to 30 s). */
   retryBaseMs?: number;
 }
+
+/** On the Secret: when the next CA joined the bundle (ISO 8601). */
+export const NEXT_CA_SINCE = 'earpiece.dev/next-ca-since';
+export const DEFAULT_CA_OVERLAP_MS = 86_400_000;
 
 export class CertError extends Error {
   readonly code = 'ERP_CERT';
@@ -80,6 +90,7 @@ const jsonPatch = setHeaderOptions('Content-Type', PatchStrategy.JsonPatch);
 interface Material {
   ca: KeyPairPem;
   previousCa: string | undefined;
+  next?: { ca: KeyPairPem; since: Date } | undefined;
   serving: KeyPairPem;
 }
 
@@ -198,12 +209,20 @@ export class WebhookCertificates {
       const next = this.renew(current, now);
       if (next === current && current) return current;
       const data = dataOf(next!);
+      const annotations = { ...secret?.metadata?.annotations };
+      delete annotations[NEXT_CA_SINCE];
+      if (next!.next) annotations[NEXT_CA_SINCE] = next!.next.since.toISOString();
       try {
         if (secret) {
           await core.replaceNamespacedSecret({
             name: secretName,
             namespace,
-            body: { ...secret, type: secret.type ?? 'kubernetes.io/tls', data },
+            body: {
+              ...secret,
+              metadata: { ...secret.metadata, annotations },
+              type: secret.type ?? 'kubernetes.io/tls',
+              data,
+            },
           });
         } else {
           await core.createNamespacedSecret({
@@ -215,6 +234,7 @@ export class WebhookCertificates {
                 name: secretName,
                 namespace,
                 labels: { 'app.kubernetes.io/name': 'earpiece', 'app.kubernetes.io/component': 'webhook' },
+                annotations,
               },
               type: 'kubernetes.io/tls',
               data,
@@ -230,7 +250,9 @@ export class WebhookCertificates {
         ? 'Created'
         : next!.ca.certPem !== current.ca.certPem
           ? 'Rotated CA of'
-          : 'Renewed';
+          : next!.next && !current.next
+            ? 'Added next CA to'
+            : 'Renewed';
       logger.info({ secret: secretName, namespace }, `${what} webhook certificate Secret`);
       return next!;
     }
@@ -239,6 +261,7 @@ export class WebhookCertificates {
   /** The same material when nothing needs doing, else new material. */
   private renew(current: Material | undefined, now: Date): Material {
     const rotateBefore = this.o.rotateBeforeMs ?? DEFAULT_ROTATE_BEFORE_MS;
+    const overlap = this.o.caOverlapMs ?? DEFAULT_CA_OVERLAP_MS;
     const dnsNames = serviceDnsNames(this.o.serviceName, this.o.namespace);
     const serving = (ca: KeyPairPem) =>
       createServingCertificate({
@@ -247,24 +270,38 @@ export class WebhookCertificates {
         now,
         ...(this.o.servingValidityDays !== undefined ? { validityDays: this.o.servingValidityDays } : {}),
       });
-    if (!current || needsRotation(current.ca.certPem, now, rotateBefore)) {
-      const ca = createCertificateAuthority({
+    const newCa = () =>
+      createCertificateAuthority({
         now,
         ...(this.o.caValidityDays !== undefined ? { validityDays: this.o.caValidityDays } : {}),
       });
-      const previous = current && !expired(current.ca.certPem, now) ? current.ca.certPem : undefined;
-      return { ca, previousCa: previous, serving: serving(ca) };
+    // Nothing to overlap with: no CA yet, or one no client accepts any more.
+    if (!current || (expired(current.ca.certPem, now) && !current.next)) {
+      const ca = newCa();
+      return { ca, previousCa: undefined, serving: serving(ca) };
     }
     const previousCa =
       current.previousCa && !expired(current.previousCa, now) ? current.previousCa : undefined;
+    const caExpired = expired(current.ca.certPem, now);
+    if (current.next && (now.getTime() - current.next.since.getTime() >= overlap || caExpired)) {
+      // Trusted for the whole overlap: the next CA signs from now on, the old one stays in the bundle.
+      const ca = current.next.ca;
+      return { ca, previousCa: caExpired ? undefined : current.ca.certPem, serving: serving(ca) };
+    }
+    let next: Material = { ...current, previousCa };
+    if (!current.next && needsRotation(current.ca.certPem, now, rotateBefore)) {
+      // Into the bundle first; the serving certificate keeps the current CA until the overlap is over.
+      next = { ...next, next: { ca: newCa(), since: now } };
+    }
     if (
       needsRotation(current.serving.certPem, now, rotateBefore) ||
       !certificateCovers(current.serving.certPem, dnsNames, current.ca.certPem)
     ) {
-      return { ...current, previousCa, serving: serving(current.ca) };
+      next = { ...next, serving: serving(current.ca) };
     }
-    if (previousCa !== current.previousCa) return { ...current, previousCa };
-    return current;
+    const changed =
+      next.next !== current.next || next.serving !== current.serving || previousCa !== current.previousCa;
+    return changed ? next : current;
   }
 
   /** Puts the bundle into every webhook of the configuration that does not have it yet. */
@@ -318,6 +355,9 @@ function decode(data: Record<string, string> | undefined, key: string): string |
 
 function materialOf(secret: V1Secret | undefined): Material | undefined {
   const data = secret?.data;
+  const nextCert = decode(data, SECRET_KEYS.nextCaCert);
+  const nextKey = decode(data, SECRET_KEYS.nextCaKey);
+  const since = new Date(secret?.metadata?.annotations?.[NEXT_CA_SINCE] ?? Number.NaN);
   const caCert = decode(data, SECRET_KEYS.caCert);
   const caKey = decode(data, SECRET_KEYS.caKey);
   const cert = decode(data, SECRET_KEYS.cert);
@@ -326,6 +366,11 @@ function materialOf(secret: V1Secret | undefined): Material | undefined {
   return {
     ca: { certPem: caCert, keyPem: caKey },
     previousCa: decode(data, SECRET_KEYS.previousCaCert),
+    // Without its start the overlap cannot be timed: a next CA that lost it is made again.
+    next:
+      nextCert && nextKey && !Number.isNaN(since.getTime())
+        ? { ca: { certPem: nextCert, keyPem: nextKey }, since }
+        : undefined,
     serving: { certPem: cert, keyPem: key },
   };
 }
@@ -338,6 +383,9 @@ function dataOf(m: Material): Record<string, string> {
     [SECRET_KEYS.cert]: b64(m.serving.certPem),
     [SECRET_KEYS.key]: b64(m.serving.keyPem),
     ...(m.previousCa ? { [SECRET_KEYS.previousCaCert]: b64(m.previousCa) } : {}),
+    ...(m.next
+      ? { [SECRET_KEYS.nextCaCert]: b64(m.next.ca.certPem), [SECRET_KEYS.nextCaKey]: b64(m.next.ca.keyPem) }
+      : {}),
   };
 }
 
@@ -353,8 +401,12 @@ function expired(certPem: string, now: Date): boolean {
   return needsRotation(certPem, now, 0);
 }
 
-/** The PEM bundle for caBundle: the CA, then the previous one while it is still valid. */
+/** The PEM bundle for caBundle: the CA, the next one during an overlap, the previous one while valid. */
 export function bundleOf(m: Material, now: Date): string {
-  const pems = [m.ca.certPem, ...(m.previousCa && !expired(m.previousCa, now) ? [m.previousCa] : [])];
+  const pems = [
+    m.ca.certPem,
+    ...(m.next ? [m.next.ca.certPem] : []),
+    ...(m.previousCa && !expired(m.previousCa, now) ? [m.previousCa] : []),
+  ];
   return pems.map((p) => (p.endsWith('\n') ? p : `${p}\n`)).join('');
 }

@@ -283,9 +283,7 @@ describe('two releases', () => {
   const second = render(COMBINATIONS['second release']!);
   // Objects without a namespace; the chart names them after the release and its namespace.
   const clusterScoped = (objects: K8sObject[]) =>
-    objects
-      .filter((o) => o.metadata.namespace === undefined)
-      .map((o) => `${o.kind}/${o.metadata.name}`);
+    objects.filter((o) => o.metadata.namespace === undefined).map((o) => `${o.kind}/${o.metadata.name}`);
 
   it('share no cluster-scoped object: the second leaves the CRD to the first', () => {
     const a = clusterScoped(first);

@@ -132,6 +132,9 @@ function handshake(port: number, ca?: string): Promise<X509Certificate> {
   });
 }
 
+const splitPem = (bundle: string) =>
+  bundle.match(/-----BEGIN CERTIFICATE-----[^-]+-----END CERTIFICATE-----/g) ?? [];
+
 describe('webhook certificates (operator mode)', () => {
   it('creates a CA and serving certificate, puts the CA into every webhook, and the webhook is trusted', async () => {
     const certs = manager();
@@ -192,38 +195,86 @@ describe('webhook certificates (operator mode)', () => {
     expect(caBundles()).toEqual([before['ca.crt'], before['ca.crt']]);
   });
 
-  it('rotates the CA before it expires, keeping the previous CA in the bundle while it is valid', async () => {
-    const certs = manager('replica-1', {
+  it('rotates the CA with an overlap: the next CA is trusted before it signs, the old one until it expires', async () => {
+    const timing = {
       caValidityDays: 60,
       servingValidityDays: 30,
       rotateBeforeMs: 10 * DAY,
-    });
+      caOverlapMs: DAY,
+    };
+    const certs = manager('replica-1', timing);
     await certs.start();
-    const before = secretData();
-    // Another replica still serves the old certificate for a while.
-    const other = manager('replica-2', {
-      caValidityDays: 60,
-      servingValidityDays: 30,
-      rotateBeforeMs: 10 * DAY,
-    });
+    // Another replica serves whatever it last loaded, a check behind.
+    const other = manager('replica-2', timing);
     await other.start();
+    const before = secretData();
+    /** Every replica's certificate verifies against the caBundle the API server has right now. */
+    const allTrusted = () => {
+      for (const bundle of caBundles())
+        for (const replica of [certs, other])
+          expect(
+            splitPem(bundle!).some((ca) =>
+              certificateCovers(replica.certificate.current.certPem, [HOST], ca),
+            ),
+          ).toBe(true);
+    };
+
     clock.advance(55 * DAY);
     await certs.check();
+    const overlapping = secretData();
+    expect(overlapping['ca-next.crt']).toBeDefined();
+    expect(overlapping['ca.crt']).toBe(before['ca.crt']);
+    // The serving certificate keeps the old CA while the new one reaches the API servers.
+    expect(certificateCovers(overlapping['tls.crt']!, [HOST], before['ca.crt'])).toBe(true);
+    expect(certificateCovers(overlapping['tls.crt']!, [HOST], overlapping['ca-next.crt'])).toBe(false);
+    expect(caBundles()).toEqual([
+      `${before['ca.crt']}${overlapping['ca-next.crt']}`,
+      `${before['ca.crt']}${overlapping['ca-next.crt']}`,
+    ]);
+    allTrusted();
+    await other.check();
+    allTrusted();
+
+    // Half the overlap: nothing changes yet.
+    clock.advance(DAY / 2);
+    await certs.check();
+    expect(secretData()).toEqual(overlapping);
+
+    clock.advance(DAY / 2);
+    await certs.check();
     const after = secretData();
-    expect(after['ca.crt']).not.toBe(before['ca.crt']);
+    expect(after['ca.crt']).toBe(overlapping['ca-next.crt']);
     expect(after['ca-previous.crt']).toBe(before['ca.crt']);
+    expect(after['ca-next.crt']).toBeUndefined();
     expect(certificateCovers(after['tls.crt']!, serviceDnsNames(SERVICE, NS), after['ca.crt'])).toBe(true);
     expect(caBundles()).toEqual([
       `${after['ca.crt']}${before['ca.crt']}`,
       `${after['ca.crt']}${before['ca.crt']}`,
     ]);
+    allTrusted(); // replica-2 still serves the certificate of the old CA
     await other.check();
     expect(other.certificate.current.certPem).toBe(after['tls.crt']);
+    allTrusted();
 
     // Once the old CA has expired it leaves the bundle.
     clock.advance(10 * DAY);
     await certs.check();
     expect(secretData()['ca-previous.crt']).toBeUndefined();
+    expect(caBundles()).toEqual([after['ca.crt'], after['ca.crt']]);
+  });
+
+  it('starts afresh, without an overlap, when the CA has already expired', async () => {
+    const timing = { caValidityDays: 60, servingValidityDays: 30, rotateBeforeMs: 10 * DAY };
+    const certs = manager('replica-1', timing);
+    await certs.start();
+    const before = secretData();
+    clock.advance(70 * DAY);
+    await certs.check();
+    const after = secretData();
+    expect(after['ca.crt']).not.toBe(before['ca.crt']);
+    expect(after['ca-previous.crt']).toBeUndefined();
+    expect(after['ca-next.crt']).toBeUndefined();
+    expect(certificateCovers(after['tls.crt']!, serviceDnsNames(SERVICE, NS), after['ca.crt'])).toBe(true);
     expect(caBundles()).toEqual([after['ca.crt'], after['ca.crt']]);
   });
 
