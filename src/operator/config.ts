@@ -15,6 +15,8 @@ export interface OperatorConfig {
   podName: string;
   /** Namespaces whose ToolSets and pods are watched; empty: all. */
   watchNamespaces: string[];
+  /** This operator's name on the ToolSets it reconciles (label earpiece.dev/operator); unique per release. */
+  instance: string;
   /** Namespaces the webhook configuration never sends pods from: their pods are not reported uninjected. */
   excludeNamespaces: string[];
   leaderElection: boolean;
@@ -53,6 +55,7 @@ const SETTINGS = {
   },
   'leader-election': { env: 'EARPIECE_LEADER_ELECTION', default: 'true' },
   'lease-name': { env: 'EARPIECE_LEASE_NAME', default: 'earpiece-operator' },
+  instance: { env: 'EARPIECE_INSTANCE', default: 'earpiece' },
   'webhook-port': { env: 'EARPIECE_WEBHOOK_PORT', default: '9443' },
   'probe-port': { env: 'EARPIECE_PROBE_PORT', default: '8081' },
   'metrics-port': { env: 'EARPIECE_METRICS_PORT', default: '8080' },
@@ -162,6 +165,7 @@ export function loadConfig(
       excludeNamespaces: list('exclude-namespaces'),
       leaderElection: bool('leader-election'),
       leaseName: text('lease-name'),
+      instance: text('instance'),
       webhookPort: port('webhook-port'),
       probePort: port('probe-port'),
       metricsPort: port('metrics-port'),

@@ -4,7 +4,9 @@
  * event, a restart or a missed watch:
  *   validate → (valid) server-side apply ConfigMap earpiece-toolset-<name> if it differs → status.
  * An invalid ToolSet never touches the last good ConfigMap: it gets Ready=False naming the fields, and
- * an Event. Status is written through the status subresource, only when it changes, and says Ready only
+ * an Event. Each ToolSet is reconciled by one operator: the first to label it earpiece.dev/operator with
+ * its instance (a release's, so two releases watching the same namespace never both write it); a
+ * ToolSet labelled for another instance is left alone. Status is written through the status subresource, only when it changes, and says Ready only
  * after the ConfigMap write succeeded. A deleted ToolSet needs nothing: the ConfigMap's owner reference
  * lets the garbage collector remove it.
  */
@@ -50,6 +52,9 @@ export const FIELD_MANAGER = 'earpiece';
 /** On every ConfigMap the controller writes; its ConfigMap informer selects on it. */
 export const MANAGED_BY = { key: 'app.kubernetes.io/managed-by', value: 'earpiece' } as const;
 export const TOOLSETS = { group: API_GROUP, version: API_VERSION, plural: 'toolsets' } as const;
+/** On a ToolSet: the instance of the operator that reconciles it (chart: `<namespace>-<release fullname>`). */
+export const OPERATOR_LABEL = 'earpiece.dev/operator';
+export const DEFAULT_INSTANCE = 'earpiece';
 
 /** A ToolSet as the API server returns it (status and metadata as stored). */
 export type ToolSetObject = ToolSet & {
@@ -67,6 +72,8 @@ export interface ControllerOptions {
   metrics?: OperatorMetrics;
   clock?: Clock;
   logger: Logger;
+  /** This operator's name on the ToolSets it claims (label earpiece.dev/operator); default `earpiece`. */
+  instance?: string;
   /** How often every cached ToolSet is reconciled again without an event. */
   resyncMs?: number;
   workers?: number;
@@ -76,6 +83,7 @@ export interface ControllerOptions {
 
 const ssa = setHeaderOptions('Content-Type', PatchStrategy.ServerSideApply);
 const merge = setHeaderOptions('Content-Type', PatchStrategy.MergePatch);
+const jsonPatch = setHeaderOptions('Content-Type', PatchStrategy.JsonPatch);
 
 export function toolSetKey(namespace: string | undefined, name: string): string {
   return `${namespace ?? ''}/${name}`;
@@ -175,6 +183,18 @@ export class ToolSetController {
       log.debug('Skipped deleted ToolSet');
       return 'deleted';
     }
+    const instance = this.o.instance ?? DEFAULT_INSTANCE;
+    const claimedBy = cached.metadata.labels?.[OPERATOR_LABEL];
+    if (claimedBy !== undefined && claimedBy !== instance) {
+      log.debug({ operator: claimedBy }, 'Left ToolSet of another operator alone');
+      return 'foreign';
+    }
+    if (claimedBy === undefined) {
+      // Fails when another operator labelled it first; the retry reads its label from the cache. On
+      // success the labelled ToolSet's watch event brings the reconcile that writes ConfigMap and status.
+      await this.claim(cached, instance);
+      return 'claimed';
+    }
     const generation = cached.metadata.generation;
     const cmName = configMapName(name);
     const existing = this.o.configMaps.get(cmName, namespace);
@@ -251,6 +271,32 @@ export class ToolSetController {
       ],
     });
     return 'ok';
+  }
+
+  /**
+   * Labels the ToolSet as this operator's. The patch tests the resourceVersion the cache showed, so of
+   * two operators claiming at once exactly one succeeds.
+   */
+  private async claim(cached: ToolSetObject, instance: string): Promise<void> {
+    const labelPath = `/metadata/labels/${OPERATOR_LABEL.replace('~', '~0').replace('/', '~1')}`;
+    await this.o.customObjects.patchNamespacedCustomObject(
+      {
+        ...TOOLSETS,
+        namespace: cached.metadata.namespace ?? '',
+        name: cached.metadata.name,
+        body: [
+          { op: 'test', path: '/metadata/resourceVersion', value: cached.metadata.resourceVersion },
+          ...(cached.metadata.labels ? [] : [{ op: 'add', path: '/metadata/labels', value: {} }]),
+          { op: 'add', path: labelPath, value: instance },
+        ],
+        fieldManager: FIELD_MANAGER,
+      },
+      jsonPatch,
+    );
+    this.o.logger.info(
+      { toolset: cached.metadata.name, namespace: cached.metadata.namespace, operator: instance },
+      'Claimed ToolSet',
+    );
   }
 
   private desiredConfigMap(toolset: ToolSet, owner: ToolSetObject): V1ConfigMap {

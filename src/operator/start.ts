@@ -67,7 +67,8 @@ export interface ControlPlaneOptions {
     | 'leaderElection'
     | 'leaseName'
     | 'sidecar'
-  >;
+  > &
+    Partial<Pick<OperatorConfig, 'instance'>>;
   clock?: Clock;
   logger?: Logger;
   metrics?: OperatorMetrics;
@@ -169,6 +170,7 @@ export class ControlPlane {
       metrics: this.metrics,
       clock,
       logger,
+      instance: config.instance,
       resyncMs: timing.resyncMs,
       retryBaseMs: timing.retryBaseMs,
       retryMaxMs: timing.retryMaxMs,

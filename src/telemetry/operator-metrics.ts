@@ -6,8 +6,19 @@
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 import { collectProcessMetrics } from './process-metrics.js';
 
-export type ReconcileResult = 'ok' | 'invalid' | 'error' | 'deleted';
-export const RECONCILE_RESULTS: readonly ReconcileResult[] = ['ok', 'invalid', 'error', 'deleted'];
+/**
+ * `claimed`: the ToolSet was labelled as this operator's (its reconcile follows); `foreign`: it belongs
+ * to another release's operator and was left alone.
+ */
+export type ReconcileResult = 'ok' | 'invalid' | 'error' | 'deleted' | 'claimed' | 'foreign';
+export const RECONCILE_RESULTS: readonly ReconcileResult[] = [
+  'ok',
+  'invalid',
+  'error',
+  'deleted',
+  'claimed',
+  'foreign',
+];
 
 /** Reconciles are a cache read, validation and up to three API writes. */
 export const RECONCILE_SECONDS_BUCKETS = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];

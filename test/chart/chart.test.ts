@@ -224,7 +224,7 @@ describe('default values', () => {
         for (const field of [rule.apiGroups, rule.resources, rule.verbs]) expect(field).not.toContain('*');
 
     expect(rules(find(objects, 'ClusterRole', CLUSTER_NAME))).toEqual([
-      { apiGroups: ['earpiece.dev'], resources: ['toolsets'], verbs: ['list', 'watch'] },
+      { apiGroups: ['earpiece.dev'], resources: ['toolsets'], verbs: ['list', 'watch', 'patch'] },
       { apiGroups: ['earpiece.dev'], resources: ['toolsets/status'], verbs: ['patch'] },
       { apiGroups: [''], resources: ['configmaps'], verbs: ['list', 'watch', 'create', 'patch'] },
       { apiGroups: [''], resources: ['events'], verbs: ['create', 'patch'] },

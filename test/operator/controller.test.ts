@@ -80,10 +80,16 @@ let clock: ManualClock;
 let metrics: OperatorMetrics;
 const planes: ControlPlane[] = [];
 
-function controlPlane(user = 'operator', leaderElection = false, timing: Timing = TIMING): ControlPlane {
+function controlPlane(
+  user = 'operator',
+  leaderElection = false,
+  timing: Timing = TIMING,
+  instance?: string,
+): ControlPlane {
   const plane = new ControlPlane({
     kc: api.kubeConfig(user),
     config: {
+      ...(instance ? { instance } : {}),
       namespace: 'earpiece-system',
       podName: user,
       watchNamespaces: [],
@@ -547,6 +553,76 @@ describe('ToolSet controller', () => {
     expect(Number(resumed?.resourceVersion)).toBeGreaterThanOrEqual(moved);
   });
 
+  it("claims a ToolSet for one release's operator; another release's operator leaves it alone", async () => {
+    // Two releases watching the same namespace, each leading on its own.
+    const first = controlPlane('first', false, TIMING, 'earpiece-system-earpiece');
+    const canary = controlPlane('canary', false, TIMING, 'earpiece-canary-earpiece-canary');
+    await Promise.all([first.start(), canary.start()]);
+    api.create('toolsets', toolset('assistant', [weatherTool()]));
+
+    await expect.poll(() => ready('assistant')?.status, POLL).toBe('True');
+    await settled(first, 'assistant');
+    await settled(canary, 'assistant');
+    const owner = stored('assistant')!.metadata.labels?.['earpiece.dev/operator'];
+    const winner = owner === 'earpiece-system-earpiece' ? 'first' : 'canary';
+    expect(['earpiece-system-earpiece', 'earpiece-canary-earpiece-canary']).toContain(owner);
+    // Status and ConfigMap come from the claimer alone.
+    const writers = api.writes
+      .filter((w) => w.changed && (w.resource === 'configmaps' || w.subresource === 'status'))
+      .map((w) => w.user);
+    expect(new Set(writers)).toEqual(new Set([winner]));
+    expect(api.writes.filter((w) => w.resource === 'toolsets' && !w.subresource && w.changed)).toHaveLength(
+      1,
+    );
+
+    // An edit is reconciled by the claimer only; the other counts it as foreign.
+    const before = api.writes.length;
+    api.update('toolsets', {
+      ...stored('assistant')!,
+      spec: {
+        ...(stored('assistant')!.spec as object),
+        tools: [weatherTool(), { name: 'now', builtin: 'time' }],
+      },
+    });
+    await expect.poll(() => (stored('assistant')!.status as { tools?: number }).tools, POLL).toBe(2);
+    await settled(first, 'assistant');
+    await settled(canary, 'assistant');
+    expect(
+      new Set(
+        api.writes
+          .slice(before)
+          .filter((w) => w.changed)
+          .map((w) => w.user),
+      ),
+    ).toEqual(new Set([winner]));
+    expect(await metrics.registry.getSingleMetricAsString('earpiece_reconcile_total')).toMatch(
+      /result="foreign"\} [1-9]/,
+    );
+  });
+
+  it('leaves a ToolSet labelled for another operator alone, and takes it when relabelled', async () => {
+    const plane = controlPlane('operator', false, TIMING, 'earpiece-system-earpiece');
+    await plane.start();
+    const labelled = toolset('assistant', [weatherTool()]);
+    labelled.metadata.labels = { 'earpiece.dev/operator': 'gone-release' };
+    api.create('toolsets', labelled);
+    await expect.poll(() => plane.toolsets.get('assistant', NS), POLL).toBeDefined();
+    await plane.controller.reconcile(toolSetKey(NS, 'assistant'));
+    expect(stored('assistant')!.status).toBeUndefined();
+    expect(configMap('assistant')).toBeUndefined();
+    expect(
+      api.writes.filter((w) => w.user === 'operator' && w.resource !== 'leases' && w.resource !== 'events'),
+    ).toEqual([]);
+
+    // Handing it over, as docs/upgrading.md says: remove the label (or set it to this instance).
+    const current = stored('assistant')!;
+    api.update('toolsets', { ...current, metadata: { ...current.metadata, labels: {} } });
+    await expect.poll(() => ready('assistant')?.status, POLL).toBe('True');
+    expect(stored('assistant')!.metadata.labels).toEqual({
+      'earpiece.dev/operator': 'earpiece-system-earpiece',
+    });
+  });
+
   it('hands the controller over when the leader stops, and when it is cut off', async () => {
     const one = controlPlane('replica-1', true);
     await one.start();
@@ -651,6 +727,7 @@ describe('earpiece operator', () => {
         excludeNamespaces: [],
         leaderElection: true,
         leaseName: 'earpiece-operator',
+        instance: 'earpiece',
         webhookPort: 0,
         probePort: 0,
         metricsPort: 0,
@@ -779,6 +856,7 @@ describe('earpiece operator', () => {
         excludeNamespaces: [],
         leaderElection: false,
         leaseName: 'earpiece-operator',
+        instance: 'earpiece',
         webhookPort: 0,
         probePort: 0,
         metricsPort: 0,
