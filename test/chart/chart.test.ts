@@ -580,6 +580,27 @@ describe('switches and guards', () => {
     expect(text).toContain("kubectl -n VOICE apply -f - <<'EOF'");
     expect(text).not.toMatch(/examples\//);
   });
+
+  it('prints a ToolSet that earpiece and the API server accept, with the API key of its vLLM', async () => {
+    for (const set of [[], ['vllm.enabled=true']]) {
+      const text = notes({ set });
+      // What the shell's heredoc hands kubectl: the lines up to the one that is just EOF.
+      const heredoc = /<<'EOF'\n([\s\S]*?)\nEOF\n/.exec(text)![1]!;
+      const toolset = parse(heredoc) as K8sObject;
+      toolset.metadata.namespace = 'voice';
+      expect(validateToolSet(toolset).issues).toEqual([]);
+      expect(await kubernetesIssues(toolset)).toEqual([]);
+      const apiKey = (toolset.spec as { upstream?: { apiKey: unknown } }).upstream?.apiKey;
+      if (set.length === 0) expect(apiKey).toBeUndefined();
+      else {
+        expect(apiKey).toEqual({
+          valueFrom: { secretKeyRef: { name: `${FULLNAME}-vllm-api-key`, key: 'api-key' } },
+        });
+        // …and the command that copies that Secret into the ToolSet's namespace.
+        expect(text).toContain(`kubectl -n VOICE create secret generic ${FULLNAME}-vllm-api-key`);
+      }
+    }
+  });
 });
 
 describe('values.schema.json', () => {

@@ -4,6 +4,8 @@
  * OpenAPI schema and the restricted Pod Security profile, the certificate rules, vLLM's hardening and two
  * releases side by side.
  */
+import { readdirSync } from 'node:fs';
+import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { parseAllDocuments } from 'yaml';
 import { type K8sObject, kubernetesIssues } from '../support/k8s-schema.js';
@@ -80,6 +82,13 @@ describe.each(Object.entries(COMBINATIONS))('%s', (_name, options) => {
   });
 });
 
+describe('helm lint --strict', () => {
+  it.each(readdirSync(path.join(CHART, 'ci')))('passes with ci/%s', (file) => {
+    const result = helm(['lint', '--strict', CHART, '--values', path.join(CHART, 'ci', file)]);
+    expect(result.stderr + result.stdout).toContain('0 chart(s) failed');
+  });
+});
+
 describe('Pod Security check', () => {
   // The combinations above trust an empty list from restrictedIssues.
   it('names what the restricted profile forbids', () => {
@@ -125,8 +134,16 @@ describe('the example ToolSet', () => {
         .flatMap((o) => (o ? [o.kind] : []));
     expect(section('HOOKS:', 'MANIFEST:')).toEqual(['ToolSet']);
     expect(section('MANIFEST:', 'NOTES:')).toContain('CustomResourceDefinition');
-    const toolset = find(render(options), 'ToolSet');
+    const objects = render(options);
+    const toolset = find(objects, 'ToolSet');
     expect(annotations(toolset)).toMatchObject({ 'helm.sh/hook-delete-policy': 'before-hook-creation' });
+    // Claimed for this release's operator from the start.
+    const operator = (
+      podSpecOf(find(objects, 'Deployment', RELEASE))!.containers as {
+        env: { name: string; value?: string }[];
+      }[]
+    )[0]!.env.find((e) => e.name === 'EARPIECE_INSTANCE')!.value;
+    expect(toolset.metadata.labels).toMatchObject({ 'earpiece.dev/operator': operator });
   });
 
   it("talks to the chart's vLLM with its API key, from a Secret in the ToolSet's namespace", () => {
@@ -195,6 +212,15 @@ describe('vLLM', () => {
         podSelector: { matchLabels: { 'app.kubernetes.io/name': 'prometheus' } },
       },
     ]);
+  });
+
+  it('admits injected sidecars of every namespace when the operator watches all', () => {
+    const all = render({ values: ['ci/vllm-networkpolicy-values.yaml'], set: ['watchNamespaces=null'] });
+    const from = (spec(find(all, 'NetworkPolicy')) as { ingress: { from: Obj[] }[] }).ingress[0]!.from;
+    expect(from[0]).toEqual({
+      podSelector: { matchLabels: { 'earpiece.dev/injected': 'true' } },
+      namespaceSelector: {},
+    });
   });
 
   it('is open to the whole cluster only without the NetworkPolicy', () => {
