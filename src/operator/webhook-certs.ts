@@ -90,7 +90,7 @@ const jsonPatch = setHeaderOptions('Content-Type', PatchStrategy.JsonPatch);
 interface Material {
   ca: KeyPairPem;
   previousCa: string | undefined;
-  next?: { ca: KeyPairPem; since: Date } | undefined;
+  nextCa?: { ca: KeyPairPem; since: Date } | undefined;
   serving: KeyPairPem;
 }
 
@@ -211,7 +211,7 @@ export class WebhookCertificates {
       const data = dataOf(next!);
       const annotations = { ...secret?.metadata?.annotations };
       delete annotations[NEXT_CA_SINCE];
-      if (next!.next) annotations[NEXT_CA_SINCE] = next!.next.since.toISOString();
+      if (next!.nextCa) annotations[NEXT_CA_SINCE] = next!.nextCa.since.toISOString();
       try {
         if (secret) {
           await core.replaceNamespacedSecret({
@@ -250,7 +250,7 @@ export class WebhookCertificates {
         ? 'Created'
         : next!.ca.certPem !== current.ca.certPem
           ? 'Rotated CA of'
-          : next!.next && !current.next
+          : next!.nextCa && !current.nextCa
             ? 'Added next CA to'
             : 'Renewed';
       logger.info({ secret: secretName, namespace }, `${what} webhook certificate Secret`);
@@ -276,32 +276,34 @@ export class WebhookCertificates {
         ...(this.o.caValidityDays !== undefined ? { validityDays: this.o.caValidityDays } : {}),
       });
     // Nothing to overlap with: no CA yet, or one no client accepts any more.
-    if (!current || (expired(current.ca.certPem, now) && !current.next)) {
+    if (!current || (expired(current.ca.certPem, now) && !current.nextCa)) {
       const ca = newCa();
       return { ca, previousCa: undefined, serving: serving(ca) };
     }
     const previousCa =
       current.previousCa && !expired(current.previousCa, now) ? current.previousCa : undefined;
     const caExpired = expired(current.ca.certPem, now);
-    if (current.next && (now.getTime() - current.next.since.getTime() >= overlap || caExpired)) {
+    if (current.nextCa && (now.getTime() - current.nextCa.since.getTime() >= overlap || caExpired)) {
       // Trusted for the whole overlap: the next CA signs from now on, the old one stays in the bundle.
-      const ca = current.next.ca;
+      const ca = current.nextCa.ca;
       return { ca, previousCa: caExpired ? undefined : current.ca.certPem, serving: serving(ca) };
     }
-    let next: Material = { ...current, previousCa };
-    if (!current.next && needsRotation(current.ca.certPem, now, rotateBefore)) {
+    let renewed: Material = { ...current, previousCa };
+    if (!current.nextCa && needsRotation(current.ca.certPem, now, rotateBefore)) {
       // Into the bundle first; the serving certificate keeps the current CA until the overlap is over.
-      next = { ...next, next: { ca: newCa(), since: now } };
+      renewed = { ...renewed, nextCa: { ca: newCa(), since: now } };
     }
     if (
       needsRotation(current.serving.certPem, now, rotateBefore) ||
       !certificateCovers(current.serving.certPem, dnsNames, current.ca.certPem)
     ) {
-      next = { ...next, serving: serving(current.ca) };
+      renewed = { ...renewed, serving: serving(current.ca) };
     }
     const changed =
-      next.next !== current.next || next.serving !== current.serving || previousCa !== current.previousCa;
-    return changed ? next : current;
+      renewed.nextCa !== current.nextCa ||
+      renewed.serving !== current.serving ||
+      previousCa !== current.previousCa;
+    return changed ? renewed : current;
   }
 
   /** Puts the bundle into every webhook of the configuration that does not have it yet. */
@@ -367,7 +369,7 @@ function materialOf(secret: V1Secret | undefined): Material | undefined {
     ca: { certPem: caCert, keyPem: caKey },
     previousCa: decode(data, SECRET_KEYS.previousCaCert),
     // Without its start the overlap cannot be timed: a next CA that lost it is made again.
-    next:
+    nextCa:
       nextCert && nextKey && !Number.isNaN(since.getTime())
         ? { ca: { certPem: nextCert, keyPem: nextKey }, since }
         : undefined,
@@ -383,8 +385,11 @@ function dataOf(m: Material): Record<string, string> {
     [SECRET_KEYS.cert]: b64(m.serving.certPem),
     [SECRET_KEYS.key]: b64(m.serving.keyPem),
     ...(m.previousCa ? { [SECRET_KEYS.previousCaCert]: b64(m.previousCa) } : {}),
-    ...(m.next
-      ? { [SECRET_KEYS.nextCaCert]: b64(m.next.ca.certPem), [SECRET_KEYS.nextCaKey]: b64(m.next.ca.keyPem) }
+    ...(m.nextCa
+      ? {
+          [SECRET_KEYS.nextCaCert]: b64(m.nextCa.ca.certPem),
+          [SECRET_KEYS.nextCaKey]: b64(m.nextCa.ca.keyPem),
+        }
       : {}),
   };
 }
@@ -405,7 +410,7 @@ function expired(certPem: string, now: Date): boolean {
 export function bundleOf(m: Material, now: Date): string {
   const pems = [
     m.ca.certPem,
-    ...(m.next ? [m.next.ca.certPem] : []),
+    ...(m.nextCa ? [m.nextCa.ca.certPem] : []),
     ...(m.previousCa && !expired(m.previousCa, now) ? [m.previousCa] : []),
   ];
   return pems.map((p) => (p.endsWith('\n') ? p : `${p}\n`)).join('');
