@@ -4,7 +4,7 @@
  * OpenAPI schema and the restricted Pod Security profile, the certificate rules, vLLM's hardening and two
  * releases side by side.
  */
-import { readdirSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { parseAllDocuments } from 'yaml';
@@ -26,8 +26,32 @@ const spec = (o: K8sObject) => o.spec as Obj;
 const annotations = (o: K8sObject) => (o.metadata.annotations ?? {}) as Record<string, string>;
 const hooks = (o: K8sObject) => (annotations(o)['helm.sh/hook'] ?? '').split(',').filter(Boolean);
 
-/** Every combination docs/kubernetes.md describes, as `helm template` options. */
+const DOCS = ['README.md', 'docs/kubernetes.md', 'docs/upgrading.md', 'charts/earpiece/README.md'];
+
+/**
+ * The `helm install` commands of the docs, as `helm template` options: release, namespace and every
+ * `--set`, with the monitoring API the guide assumes (kube-prometheus-stack).
+ */
+function documentedInstalls(): [string, RenderOptions][] {
+  const found: [string, RenderOptions][] = [];
+  for (const file of DOCS) {
+    const text = readFileSync(file, 'utf8').replace(/\\\n\s*/g, ' ');
+    for (const [line] of text.matchAll(/^helm install .*$/gm)) {
+      const words = [...line.matchAll(/'([^']*)'|(\S+)/g)].map((m) => m[1] ?? m[2]!);
+      const options: RenderOptions = { release: words[2], set: [], apiVersions: [MONITORING_API] };
+      for (const [i, word] of words.entries()) {
+        if (word === '-n' || word === '--namespace') options.namespace = words[i + 1];
+        if (word === '--set') options.set!.push(words[i + 1]!);
+      }
+      found.push([`${file}: helm install ${words[2]}`, options]);
+    }
+  }
+  return found;
+}
+
+/** Every combination the docs describe, as `helm template` options. */
 const COMBINATIONS: Record<string, RenderOptions> = {
+  ...Object.fromEntries(documentedInstalls()),
   default: {},
   'all-on': { values: ['ci/all-on-values.yaml'], apiVersions: [MONITORING_API] },
   'cert-manager': { values: ['ci/cert-manager-values.yaml'] },
@@ -36,6 +60,11 @@ const COMBINATIONS: Record<string, RenderOptions> = {
     namespace: 'earpiece-system-production',
     values: ['ci/cert-manager-values.yaml'],
   },
+  'an issuer of your own (cert-manager)': {
+    values: ['ci/cert-manager-values.yaml'],
+    set: ['certManager.issuerRef.name=cluster-ca', 'certManager.issuerRef.kind=ClusterIssuer'],
+  },
+  'Kubernetes 1.27 and 1.28 (no native sidecars)': { set: ['injection.nativeSidecar=false'] },
   'second release': {
     release: 'earpiece-canary',
     namespace: 'earpiece-canary',
@@ -86,6 +115,24 @@ describe('helm lint --strict', () => {
   it.each(readdirSync(path.join(CHART, 'ci')))('passes with ci/%s', (file) => {
     const result = helm(['lint', '--strict', CHART, '--values', path.join(CHART, 'ci', file)]);
     expect(result.stderr + result.stdout).toContain('0 chart(s) failed');
+  });
+});
+
+describe('the documented install commands', () => {
+  it('are all among the combinations checked above', () => {
+    const installs = documentedInstalls();
+    expect(installs.map(([name]) => name)).toEqual([
+      'README.md: helm install earpiece',
+      'docs/kubernetes.md: helm install earpiece',
+      'docs/upgrading.md: helm install earpiece-canary',
+      'charts/earpiece/README.md: helm install earpiece',
+    ]);
+    expect(installs.find(([n]) => n.startsWith('docs/upgrading.md'))![1]).toEqual({
+      release: 'earpiece-canary',
+      namespace: 'earpiece-canary',
+      set: ['crds.enabled=false', 'dashboards.enabled=false', 'watchNamespaces={voice-canary}'],
+      apiVersions: [MONITORING_API],
+    });
   });
 });
 
