@@ -14,8 +14,7 @@ import { resolveValue } from '../toolset/values.js';
 import type { ActiveToolSet } from './active.js';
 import { createMemory } from './memory.js';
 import { buildMetricsServer, buildServer } from './server.js';
-import { UpstreamState } from './turn.js';
-import { Upstream } from './upstream.js';
+import { Upstream, UpstreamState } from './upstream.js';
 
 export const DEFAULT_UPSTREAM_URL = 'http://127.0.0.1:8000';
 
