@@ -10,7 +10,7 @@ import {
   type ScriptedUpstream,
   startScriptedUpstream,
   textReply,
-} from '../../src/proxy/scripted-upstream.js';
+} from '../../src/demo/scripted-upstream.js';
 import { type ProxyHarness, startTestProxy } from '../support/proxy.js';
 
 setFlagsFromString('--expose-gc');

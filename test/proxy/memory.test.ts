@@ -9,7 +9,7 @@ import {
   textReply,
   toolCallReply,
   toolResults,
-} from '../../src/proxy/scripted-upstream.js';
+} from '../../src/demo/scripted-upstream.js';
 import { type ProxyHarness, startTestProxy, unmuteTurn } from '../support/proxy.js';
 
 const cleanups: (() => Promise<void>)[] = [];

@@ -6,7 +6,7 @@ import {
   type ScriptedUpstream,
   startScriptedUpstream,
   textReply,
-} from '../../src/proxy/scripted-upstream.js';
+} from '../../src/demo/scripted-upstream.js';
 import { type ProxyHarness, startTestProxy, toolsetDoc } from '../support/proxy.js';
 
 const cleanups: (() => Promise<void>)[] = [];
