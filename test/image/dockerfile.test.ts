@@ -14,7 +14,6 @@ import { createInterface } from 'node:readline';
 import OpenAI from 'openai';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parse, parseAllDocuments } from 'yaml';
-import { SIDECAR_NAME, SIDECAR_UID } from '../../src/operator/sidecar.js';
 import {
   type ScriptedUpstream,
   startScriptedUpstream,
@@ -22,6 +21,7 @@ import {
   toolCallReply,
   toolResults,
 } from '../../src/demo/scripted-upstream.js';
+import { SIDECAR_NAME, SIDECAR_UID } from '../../src/operator/sidecar.js';
 import { allowed } from '../chart/rbac.js';
 import { find, NAMESPACE, render } from '../chart/render.js';
 import { type FakeApiServer, type KObject, startFakeApiServer } from '../support/fake-apiserver.js';
