@@ -8,6 +8,7 @@ import { createTelemetry, type ProxyTelemetry } from '../telemetry/index.js';
 import { createLogger, type Logger } from '../telemetry/log.js';
 import { createToolRegistry } from '../tools/registry.js';
 import type { ResolvedToolSet } from '../toolset/defaults.js';
+import type { ToolSetErrorCode } from '../toolset/errors.js';
 import { loadToolSetFile, ToolSetWatcher } from '../toolset/load.js';
 import { formatIssues } from '../toolset/validate.js';
 import { resolveValue } from '../toolset/values.js';
@@ -44,7 +45,7 @@ export interface RunningProxy {
 }
 
 export class ToolSetLoadError extends Error {
-  readonly code = 'ERP_TOOLSET_INVALID';
+  readonly code: ToolSetErrorCode = 'ERP_TOOLSET_INVALID';
 }
 
 export async function startProxy(options: ProxyOptions): Promise<RunningProxy> {
