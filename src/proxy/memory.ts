@@ -192,7 +192,7 @@ export function createMemory(
   };
   if (previous instanceof ToolMemory && previous.sameOptions(options)) return previous;
   return new ToolMemory(options, {
-    onSplice: (n) => telemetry.memorySpliced(toolset.name, n),
-    onSize: (n) => telemetry.memoryEntries(toolset.name, n),
+    onSplice: (n) => telemetry.memory({ toolset: toolset.name, spliced: n }),
+    onSize: (n) => telemetry.memory({ toolset: toolset.name, entries: n }),
   });
 }

@@ -150,7 +150,7 @@ export class RequestPolicy {
             );
           }
           upstreamState.markToolsUnsupported();
-          telemetry.upstreamToolsUnsupported(toolset.name);
+          telemetry.upstreamCall({ toolset: toolset.name, refusal: 'tools_unsupported' });
           offerNow = false;
           continue;
         }

@@ -73,11 +73,11 @@ export async function startProxy(options: ProxyOptions): Promise<RunningProxy> {
     const sameUpstream = previous && previous.upstream.origin === upstream.origin;
     // Tool names are the only tool label values the metrics accept; MCP servers add theirs as they list them.
     const announce = () =>
-      telemetry.toolsetLoaded(
-        toolset.name,
-        toolset.hash,
-        tools.list().map((t) => ({ name: t.name, timeoutSeconds: t.timeoutMs / 1000 })),
-      );
+      telemetry.toolsetLoaded({
+        toolset: toolset.name,
+        hash: toolset.hash,
+        tools: tools.list().map((t) => ({ name: t.name, timeoutSeconds: t.timeoutMs / 1000 })),
+      });
     announce();
     tools.onChange(announce);
     return {

@@ -110,8 +110,7 @@ export async function runTurn(request: TurnRequest, sink: TurnSink, deps: TurnDe
     }
   } catch (err) {
     outcome = guard.outcome();
-    if (outcome === 'cancelled') telemetry.clientDisconnected(toolset.name);
-    else fail(err, outcome, speaker, deps);
+    if (outcome !== 'cancelled') fail(err, outcome, speaker, deps);
   }
   guard.dispose();
   if (outcome !== 'cancelled') policy.remember();
