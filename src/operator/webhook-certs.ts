@@ -38,6 +38,7 @@ import {
 } from './certs.js';
 import { type Clock, systemClock } from './clock.js';
 import type { CertMode } from './config.js';
+import type { OperatorErrorCode } from './errors.js';
 import { CertificateHolder } from './webhook.js';
 
 export const SECRET_KEYS = {
@@ -82,7 +83,7 @@ export const NEXT_CA_SINCE = 'earpiece.dev/next-ca-since';
 export const DEFAULT_CA_OVERLAP_MS = 86_400_000;
 
 export class CertError extends Error {
-  readonly code = 'ERP_CERT';
+  readonly code: OperatorErrorCode = 'ERP_CERT';
 }
 
 const jsonPatch = setHeaderOptions('Content-Type', PatchStrategy.JsonPatch);

@@ -5,8 +5,8 @@
 
 import type { ToolRegistry } from '../tools/registry.js';
 import type { ResolvedToolSet } from '../toolset/defaults.js';
-import type { TurnMemory, UpstreamState } from './turn.js';
-import type { Upstream } from './upstream.js';
+import type { TurnMemory } from './request-policy.js';
+import type { Upstream, UpstreamState } from './upstream.js';
 
 export interface ActiveToolSet {
   toolset: ResolvedToolSet;

@@ -8,14 +8,14 @@ import { createTelemetry, type ProxyTelemetry } from '../telemetry/index.js';
 import { createLogger, type Logger } from '../telemetry/log.js';
 import { createToolRegistry } from '../tools/registry.js';
 import type { ResolvedToolSet } from '../toolset/defaults.js';
+import type { ToolSetErrorCode } from '../toolset/errors.js';
 import { loadToolSetFile, ToolSetWatcher } from '../toolset/load.js';
 import { formatIssues } from '../toolset/validate.js';
 import { resolveValue } from '../toolset/values.js';
 import type { ActiveToolSet } from './active.js';
 import { createMemory } from './memory.js';
 import { buildMetricsServer, buildServer } from './server.js';
-import { UpstreamState } from './turn.js';
-import { Upstream } from './upstream.js';
+import { Upstream, UpstreamState } from './upstream.js';
 
 export const DEFAULT_UPSTREAM_URL = 'http://127.0.0.1:8000';
 
@@ -45,7 +45,7 @@ export interface RunningProxy {
 }
 
 export class ToolSetLoadError extends Error {
-  readonly code = 'ERP_TOOLSET_INVALID';
+  readonly code: ToolSetErrorCode = 'ERP_TOOLSET_INVALID';
 }
 
 export async function startProxy(options: ProxyOptions): Promise<RunningProxy> {
@@ -73,11 +73,11 @@ export async function startProxy(options: ProxyOptions): Promise<RunningProxy> {
     const sameUpstream = previous && previous.upstream.origin === upstream.origin;
     // Tool names are the only tool label values the metrics accept; MCP servers add theirs as they list them.
     const announce = () =>
-      telemetry.toolsetLoaded(
-        toolset.name,
-        toolset.hash,
-        tools.list().map((t) => ({ name: t.name, timeoutSeconds: t.timeoutMs / 1000 })),
-      );
+      telemetry.toolsetLoaded({
+        toolset: toolset.name,
+        hash: toolset.hash,
+        tools: tools.list().map((t) => ({ name: t.name, timeoutSeconds: t.timeoutMs / 1000 })),
+      });
     announce();
     tools.onChange(announce);
     return {

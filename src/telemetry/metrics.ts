@@ -5,7 +5,18 @@
  */
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 import { collectProcessMetrics } from './process-metrics.js';
-import type { ToolInfo, ToolOutcomeLabel, ToolRecord, TurnOutcome, TurnRecord } from './types.js';
+import type {
+  MemoryRecord,
+  StreamRecord,
+  TelemetryRecords,
+  ToolInfo,
+  ToolOutcomeLabel,
+  ToolRecord,
+  ToolSetRecord,
+  TurnOutcome,
+  TurnRecord,
+  UpstreamCallRecord,
+} from './types.js';
 
 /** The label value that every name outside the loaded ToolSets folds into. */
 export const OTHER = 'other';
@@ -54,7 +65,7 @@ export interface PromMetricsOptions {
 }
 
 /** The earpiece_* registry and the recording side of the Telemetry interface. */
-export class PromMetrics {
+export class PromMetrics implements TelemetryRecords {
   readonly registry = new Registry();
   private readonly toolsets = new Set<string>();
   /** Declared tools per toolset (name → timeout); absent when the toolset declared none. */
@@ -186,7 +197,7 @@ export class PromMetrics {
     return this.registry.metrics();
   }
 
-  toolsetLoaded(toolset: string, hash: string, tools?: readonly ToolInfo[]): void {
+  toolsetLoaded({ toolset, hash, tools }: ToolSetRecord): void {
     const name = this.addToolset(toolset);
     if (name === OTHER) return;
     const previousHash = this.loadedHash.get(name);
@@ -222,6 +233,7 @@ export class PromMetrics {
   turn(record: TurnRecord): void {
     const toolset = this.toolsetLabel(record.toolset);
     this.turns.inc({ toolset, outcome: record.outcome });
+    if (record.outcome === 'cancelled') this.disconnects.inc({ toolset });
     this.turnIterations.observe({ toolset }, record.iterations);
     if (record.seconds !== undefined)
       this.turnSeconds.observe({ toolset, outcome: record.outcome }, record.seconds);
@@ -230,34 +242,25 @@ export class PromMetrics {
     }
   }
 
-  upstreamTimeToFirstToken(toolset: string, seconds: number): void {
-    this.upstreamFirstToken.observe({ toolset: this.toolsetLabel(toolset) }, seconds);
+  upstreamCall(record: UpstreamCallRecord): void {
+    const labels = { toolset: this.toolsetLabel(record.toolset) };
+    if (record.timeToFirstTokenSeconds !== undefined)
+      this.upstreamFirstToken.observe(labels, record.timeToFirstTokenSeconds);
+    if (record.refusal === 'tools_unsupported') this.toolsUnsupported.inc(labels);
   }
 
-  streamOpened(): void {
-    this.activeStreams.inc();
+  stream(record: StreamRecord): void {
+    if (record.change === 'opened') this.activeStreams.inc();
+    else this.activeStreams.dec();
   }
 
-  streamClosed(): void {
-    this.activeStreams.dec();
-  }
-
-  clientDisconnected(toolset: string): void {
-    this.disconnects.inc({ toolset: this.toolsetLabel(toolset) });
-  }
-
-  upstreamToolsUnsupported(toolset: string): void {
-    this.toolsUnsupported.inc({ toolset: this.toolsetLabel(toolset) });
-  }
-
-  memorySpliced(toolset: string, exchanges: number): void {
-    const labels = { toolset: this.toolsetLabel(toolset) };
-    this.memorySplices.inc(labels);
-    this.memorySplicedExchanges.inc(labels, exchanges);
-  }
-
-  memoryEntries(toolset: string, entries: number): void {
-    this.memoryEntryCount.set({ toolset: this.toolsetLabel(toolset) }, entries);
+  memory(record: MemoryRecord): void {
+    const labels = { toolset: this.toolsetLabel(record.toolset) };
+    if (record.spliced !== undefined) {
+      this.memorySplices.inc(labels);
+      this.memorySplicedExchanges.inc(labels, record.spliced);
+    }
+    if (record.entries !== undefined) this.memoryEntryCount.set(labels, record.entries);
   }
 
   /** The label value for a tool name: declared names as they are, anything else `other`. */

@@ -21,6 +21,7 @@ export interface ToolRecord {
   seconds: number;
 }
 
+/** One finished turn. Outcome `cancelled` means the client hung up (counted as a disconnect too). */
 export interface TurnRecord {
   toolset: string;
   outcome: TurnOutcome;
@@ -30,6 +31,47 @@ export interface TurnRecord {
   timeToFirstContentSeconds: number | undefined;
   /** From request arrival to the end of the turn, when known. */
   seconds?: number;
+}
+
+/** One upstream call: its first token, or its refusal of tools (the upstream has no tool parser). */
+export interface UpstreamCallRecord {
+  toolset: string;
+  /** Request sent → first token, once the first words are on their way to the client. */
+  timeToFirstTokenSeconds?: number;
+  refusal?: 'tools_unsupported';
+}
+
+/** A streaming response opened or closed (the active-streams gauge). */
+export interface StreamRecord {
+  change: 'opened' | 'closed';
+}
+
+/** Tool memory: exchanges spliced into a request, or the number of entries now held. */
+export interface MemoryRecord {
+  toolset: string;
+  spliced?: number;
+  entries?: number;
+}
+
+/** A ToolSet loaded or reloaded, with the tool names it offers (the only tool label values), when known. */
+export interface ToolSetRecord {
+  toolset: string;
+  hash: string;
+  tools?: readonly ToolInfo[];
+}
+
+/**
+ * The measures, one record each: a new measure is a new field or record here, the code that makes it, and
+ * the sides (metrics.ts, tracing.ts) that read it.
+ */
+export interface TelemetryRecords {
+  turn(record: TurnRecord): void;
+  toolCall(record: ToolRecord): void;
+  upstreamCall(record: UpstreamCallRecord): void;
+  stream(record: StreamRecord): void;
+  memory(record: MemoryRecord): void;
+  /** Call again when the tool list changes (an MCP server connects or lists new tools). */
+  toolsetLoaded(record: ToolSetRecord): void;
 }
 
 /** A tool of a loaded ToolSet: its name becomes a metric label value; its timeout feeds the latency alert. */
@@ -55,27 +97,13 @@ export interface SpanHandle {
   traceparent?(): string | undefined;
 }
 
-export interface Telemetry {
+export interface Telemetry extends TelemetryRecords {
   /**
    * A turn's root span (`invoke_agent {gen_ai.agent.name}`, kind SERVER); `traceparent` is the client's W3C
    * header when it sent one. Children: `chat {model}` (client) per upstream call and `execute_tool {tool}`
    * (internal) per tool call; genai.ts builds their names and attributes.
    */
   startTurn(traceparent: string | undefined, attributes: Attributes): SpanHandle;
-  toolCall(record: ToolRecord): void;
-  turn(record: TurnRecord): void;
-  upstreamTimeToFirstToken(toolset: string, seconds: number): void;
-  streamOpened(): void;
-  streamClosed(): void;
-  clientDisconnected(toolset: string): void;
-  upstreamToolsUnsupported(toolset: string): void;
-  /**
-   * A ToolSet was loaded or reloaded. `tools` are the only tool names used as label values (others fold into
-   * `other`); call again when the list changes (an MCP server connects or lists new tools).
-   */
-  toolsetLoaded(toolset: string, hash: string, tools?: readonly ToolInfo[]): void;
-  memorySpliced(toolset: string, exchanges: number): void;
-  memoryEntries(toolset: string, entries: number): void;
   /** Flushes exporters; called on SIGTERM. */
   shutdown(): Promise<void>;
 }

@@ -1,7 +1,5 @@
 import fc from 'fast-check';
 import { afterEach, describe, expect, it } from 'vitest';
-import { ToolMemory } from '../../src/proxy/memory.js';
-import type { ChatMessage } from '../../src/proxy/messages.js';
 import {
   type RecordedRequest,
   type ScriptedUpstream,
@@ -9,7 +7,9 @@ import {
   textReply,
   toolCallReply,
   toolResults,
-} from '../../src/proxy/scripted-upstream.js';
+} from '../../src/demo/scripted-upstream.js';
+import { ToolMemory } from '../../src/proxy/memory.js';
+import type { ChatMessage } from '../../src/proxy/messages.js';
 import { type ProxyHarness, startTestProxy, unmuteTurn } from '../support/proxy.js';
 
 const cleanups: (() => Promise<void>)[] = [];
@@ -199,6 +199,14 @@ describe('ToolMemory', () => {
       memory.prepare([...first, { role: 'assistant', content: 'x' }, { role: 'user', content: 'q2' }])
         .spliced,
     ).toBe(0);
+  });
+
+  it('does not keep an exchange bigger than maxBytes', () => {
+    const memory = new ToolMemory({ turns: 5, ttlMs: 60_000, maxBytes: 1000, maxEntries: 10 });
+    memory.remember([{ role: 'user', content: 'q1' }], exchange('x'.repeat(5000)));
+    expect(memory.size).toBe(0);
+    memory.remember([{ role: 'user', content: 'q2' }], exchange('small'));
+    expect(memory.size).toBe(1);
   });
 
   it('never reorders, drops or changes a client message (property)', () => {

@@ -47,14 +47,14 @@ export async function chatRoutes(app: FastifyInstance, deps: ServerDeps): Promis
         { ...active, telemetry: deps.telemetry, logger: deps.logger },
       );
       // Counted after the turn has dispatched its model request (runTurn runs up to its first wait at once).
-      if (streaming) deps.telemetry.streamOpened();
+      if (streaming) deps.telemetry.stream({ change: 'opened' });
       await turn;
     } catch (err) {
       // runTurn handles its own failures; this is the last guard so a stream always ends well-formed.
       deps.logger.error({ err }, 'Turn crashed; ended it with the error message.');
       sink.fail(new ProxyError('ERP_UPSTREAM_STREAM', 'internal error'), active.toolset.voice.errorMessage);
     } finally {
-      if (streaming) deps.telemetry.streamClosed();
+      if (streaming) deps.telemetry.stream({ change: 'closed' });
     }
   });
 }
