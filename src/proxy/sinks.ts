@@ -72,10 +72,10 @@ export class SseSink implements TurnSink {
     if (this.#begun) return;
     this.#begun = true;
     if (this.closed) return;
+    // No connection header: Node keeps the connection alive unless the client asked to close it.
     this.#res.writeHead(200, {
       'content-type': 'text/event-stream; charset=utf-8',
       'cache-control': 'no-cache',
-      connection: 'keep-alive',
       'x-accel-buffering': 'no',
     });
     this.#res.write(
