@@ -6,9 +6,10 @@
  */
 import { randomUUID } from 'node:crypto';
 import type { ServerResponse } from 'node:http';
+import { secretScrubber } from '../telemetry/scrub.js';
 import type { AccumulatedToolCall } from './accumulator.js';
 import type { Usage } from './chunks.js';
-import { errorBody, type ProxyError } from './errors.js';
+import { errorBody, ProxyError } from './errors.js';
 
 export type FinishReason = 'stop' | 'length' | 'tool_calls';
 
@@ -138,10 +139,13 @@ export class JsonSink implements TurnSink {
   #text = '';
   #calls: AccumulatedToolCall[] = [];
   #ended = false;
+  readonly #secrets: readonly (string | undefined)[];
 
-  constructor(res: ServerResponse, envelope: Envelope) {
+  /** `secrets`: kept out of the error body (an upstream's error text may quote the request's Authorization). */
+  constructor(res: ServerResponse, envelope: Envelope, secrets: readonly (string | undefined)[] = []) {
     this.#res = res;
     this.#envelope = envelope;
+    this.#secrets = secrets;
   }
 
   get closed(): boolean {
@@ -197,7 +201,8 @@ export class JsonSink implements TurnSink {
   fail(error: ProxyError): void {
     if (this.closed) return;
     this.#ended = true;
-    const body = JSON.stringify(errorBody(error));
+    const scrubbed = new ProxyError(error.code, secretScrubber(this.#secrets)(error.message));
+    const body = JSON.stringify(errorBody(scrubbed));
     this.#res.writeHead(error.status, {
       'content-type': 'application/json',
       'content-length': Buffer.byteLength(body),

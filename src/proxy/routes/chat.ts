@@ -23,7 +23,7 @@ export async function chatRoutes(app: FastifyInstance, deps: ServerDeps): Promis
     const streaming = body.stream === true;
     const sink = streaming
       ? new SseSink(res, envelope, { includeUsage: body.stream_options?.include_usage === true })
-      : new JsonSink(res, envelope);
+      : new JsonSink(res, envelope, [request.headers.authorization, active.upstream.options.apiKey]);
     reply.hijack();
     const client = new AbortController();
     res.on('close', () => {
