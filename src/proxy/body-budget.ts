@@ -3,13 +3,15 @@
  * their sum, many clients each sending a large body slowly hold as much memory as they like. A body's
  * bytes count from their arrival (its declared length at once, a chunked body as it comes) until its
  * response is over, since the parsed request lives as long as its turn. Past the budget the request is
- * refused with ERP_OVERLOADED and its connection closed, without reading the rest.
+ * refused with ERP_OVERLOADED at once and its connection closed (fastify closes it after a body error, as
+ * the client may still be sending), without reading the rest.
  */
 import { Transform, type TransformCallback } from 'node:stream';
 import type { FastifyReply, FastifyRequest, preParsingHookHandler } from 'fastify';
 import { ProxyError } from './errors.js';
 
-export const DEFAULT_BODY_BYTES_IN_FLIGHT = 64 * 1024 * 1024;
+/** Two of the largest bodies; a parsed body and its copies hold a few times its bytes. */
+export const DEFAULT_BODY_BYTES_IN_FLIGHT = 32 * 1024 * 1024;
 
 export class BodyBudget {
   #used = 0;

@@ -35,7 +35,9 @@ export function asProxyError(err: FastifyError | ProxyError | Error): ProxyError
 }
 
 export function sendError(reply: FastifyReply, err: ProxyError): FastifyReply {
-  return reply.code(err.status).header('x-should-retry', 'false').send(errorBody(err));
+  // Only an overloaded proxy is worth asking again; the rest would fail the same way.
+  if (err.code !== 'ERP_OVERLOADED') reply.header('x-should-retry', 'false');
+  return reply.code(err.status).send(errorBody(err));
 }
 
 export function errorHandler(logger: Logger) {
@@ -43,8 +45,6 @@ export function errorHandler(logger: Logger) {
     const proxyError = asProxyError(err);
     if (proxyError.code === 'ERP_INTERNAL')
       logger.error({ err, url: request.url }, 'Request failed inside the proxy.');
-    // A refused body may still be arriving: close the connection rather than read the rest.
-    if (proxyError.status === 413 || proxyError.status === 503) reply.header('connection', 'close');
     return sendError(reply, proxyError);
   };
 }
