@@ -45,6 +45,8 @@ export function errorHandler(logger: Logger) {
     const proxyError = asProxyError(err);
     if (proxyError.code === 'ERP_INTERNAL')
       logger.error({ err, url: request.url }, 'Request failed inside the proxy.');
+    // A refused body may still be arriving: close the connection rather than read the rest.
+    if (proxyError.status === 413 || proxyError.status === 503) reply.header('connection', 'close');
     return sendError(reply, proxyError);
   };
 }
