@@ -127,3 +127,27 @@ export async function requestFlood(
   );
   return answers;
 }
+
+export interface FloodPeak {
+  name: string;
+  answers: Answers;
+  /** The proxy's resident-memory peak (VmHWM) during this flood alone, MB. */
+  peakMb: number;
+  seconds: number;
+}
+
+/** The floods the benchmark reports on: the red team's slow bodies, large bodies, many non-streaming turns. */
+export const FLOODS: { name: string; run: (url: string) => Promise<Answers> }[] = [
+  {
+    name: '1,500 slow bodies of 512 KB (never finished)',
+    run: (url) => slowBodies(url, { clients: 1500, bytes: 512 * 1024, forMs: 60_000 }),
+  },
+  {
+    name: '60 bodies of 8 MB, 30 at a time',
+    run: (url) => requestFlood(url, { total: 60, concurrency: 30, bytes: 8 * 1024 * 1024 }),
+  },
+  {
+    name: '1,000 non-streaming turns, 100 at a time',
+    run: (url) => requestFlood(url, { total: 1000, concurrency: 100, bytes: 2048 }),
+  },
+];
