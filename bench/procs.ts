@@ -4,7 +4,7 @@
  */
 import { type ChildProcess, execFileSync, fork, spawn } from 'node:child_process';
 import { once } from 'node:events';
-import { readFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { type AddressInfo, connect, createServer } from 'node:net';
 import { join } from 'node:path';
@@ -34,6 +34,16 @@ export function memoryMb(pid: number, field: 'VmRSS' | 'VmHWM'): number {
   const kb = new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(status)?.[1];
   if (kb === undefined) throw new Error(`/proc/${pid}/status has no ${field}`);
   return Number(kb) / 1024;
+}
+
+/** Starts a new peak: VmHWM becomes the current RSS (Linux: clear_refs 5). False where that is refused. */
+export function resetPeakMemory(pid: number): boolean {
+  try {
+    writeFileSync(`/proc/${pid}/clear_refs`, '5');
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 /** The open-file limits; 1,000 streams through a proxy need about 2,000 descriptors in one process. */

@@ -18,6 +18,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { stringify } from 'yaml';
+import { FLOODS, type FloodPeak } from './floods.js';
 import {
   burst,
   type Expected,
@@ -37,6 +38,7 @@ import {
   type NodeHop,
   nginxVersion,
   openFileLimits,
+  resetPeakMemory,
   startEarpiece,
   startNginx,
   startNodeHop,
@@ -587,6 +589,7 @@ export async function main(argv: string[]): Promise<number> {
     const handoffs = await toolTurns(p, to.earpiece as Target);
     log(`Interrupted turns through earpiece (${CANCEL_TURNS} streams, ${CANCEL_TURNS} tool calls)…`);
     const cancelled = await cancellations(p, to.earpiece as Target);
+    const floods = await floodPeaks(earpiece, log);
 
     const report = render({
       results,
@@ -597,6 +600,7 @@ export async function main(argv: string[]): Promise<number> {
       idle,
       handoffs,
       cancelled,
+      floods,
       lookup,
       rounds,
       loadBefore,
@@ -618,6 +622,28 @@ export async function main(argv: string[]): Promise<number> {
   }
 }
 
+/** Each flood alone against earpiece, with its own RSS peak; undefined where the peak cannot be reset. */
+async function floodPeaks(
+  earpiece: EarpieceProxy,
+  log: (line: string) => void,
+): Promise<FloodPeak[] | undefined> {
+  const peaks: FloodPeak[] = [];
+  for (const flood of FLOODS) {
+    log(`Flood: ${flood.name}…`);
+    await sleep(1000);
+    if (!resetPeakMemory(earpiece.pid)) return undefined;
+    const began = performance.now();
+    const answers = await flood.run(earpiece.url);
+    peaks.push({
+      name: flood.name,
+      answers,
+      peakMb: memoryMb(earpiece.pid, 'VmHWM'),
+      seconds: (performance.now() - began) / 1000,
+    });
+  }
+  return peaks;
+}
+
 function render(r: {
   results: Map<number, Map<Mode, Summary>>;
   single: Map<Mode, Samples>;
@@ -627,6 +653,7 @@ function render(r: {
   idle: { earpiece: number; nginx: number | undefined };
   handoffs: Handoffs;
   cancelled: Cancellations;
+  floods: FloodPeak[] | undefined;
   lookup: LookupCost;
   rounds: number;
   loadBefore: number;
@@ -695,6 +722,27 @@ function render(r: {
       `Tool memory lookup (ToolMemory.prepare, 40 messages, ${r.lookup.historyChars.toLocaleString('en')} characters, median of ${r.lookup.hitRuns.length} runs): ` +
       `${r.lookup.hitUs.toFixed(2)} µs with two exchanges spliced back, ${r.lookup.missUs.toFixed(2)} µs with none.`,
   );
+
+  if (r.floods) {
+    lines.push(
+      '',
+      'Hostile clients at earpiece (each flood alone; the proxy with its default request timeout and body budget):',
+      '',
+      '| flood | answers | proxy RSS peak | seconds |',
+      '|---|---|---:|---:|',
+      ...r.floods.map(
+        (f) =>
+          `| ${f.name} | ${Object.entries(f.answers)
+            .map(([k, n]) => `${n} × ${k}`)
+            .join(', ')} | ${f.peakMb.toFixed(0)} MB | ${f.seconds.toFixed(1)} |`,
+      ),
+    );
+  } else {
+    lines.push(
+      '',
+      'Floods skipped: this kernel does not let the benchmark reset the peak RSS (/proc/PID/clear_refs).',
+    );
+  }
 
   // Targets.
   const at = (c: number, m: Mode) => r.results.get(c)?.get(m);

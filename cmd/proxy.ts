@@ -1,6 +1,9 @@
 import { parseArgs } from 'node:util';
+import { DEFAULT_BODY_BYTES_IN_FLIGHT } from '../src/proxy/body-budget.js';
+import { DEFAULT_REQUEST_TIMEOUT_MS, type ServerLimits } from '../src/proxy/server.js';
 import { DEFAULT_UPSTREAM_URL, startProxy, ToolSetLoadError } from '../src/proxy/start.js';
 import { createLogger } from '../src/telemetry/log.js';
+import { parseDuration } from '../src/toolset/duration.js';
 
 const HELP = `Usage: earpiece proxy --toolset FILE [--upstream URL] [--port 8095] [--metrics-port 9464] [--host 0.0.0.0]
 
@@ -12,13 +15,31 @@ Runs the tool-calling proxy. Point Unmute at it with KYUTAI_LLM_URL=http://127.0
   --port N             chat port (env EARPIECE_PORT, default 8095)
   --host ADDR          chat listen address (env EARPIECE_HOST, default 0.0.0.0)
   --metrics-port N     /metrics, /healthz, /readyz (env EARPIECE_METRICS_PORT, default 9464)
-                       listening on EARPIECE_METRICS_HOST (default 0.0.0.0)`;
+                       listening on EARPIECE_METRICS_HOST (default 0.0.0.0)
+  --request-timeout D  longest wait for a whole request, body included (env EARPIECE_REQUEST_TIMEOUT,
+                       default ${DEFAULT_REQUEST_TIMEOUT_MS / 1000}s); a slower client is answered 408
+  --max-body-bytes-in-flight N
+                       memory all request bodies together may hold (env EARPIECE_MAX_BODY_BYTES_IN_FLIGHT,
+                       default ${DEFAULT_BODY_BYTES_IN_FLIGHT}); past it a request is answered 503`;
 
 function port(value: string, name: string): number {
   const n = Number(value);
   if (!Number.isInteger(n) || n < 0 || n > 65535)
     throw new RangeError(`${name} must be a port number, not "${value}"`);
   return n;
+}
+
+function limits(timeout: string, bytes: string): ServerLimits {
+  const requestTimeoutMs = parseDuration(timeout);
+  // Node takes whole milliseconds; 0 would turn the timeout off.
+  if (requestTimeoutMs === undefined || requestTimeoutMs < 1 || requestTimeoutMs >= 2 ** 31)
+    throw new RangeError(
+      `--request-timeout must be a duration from 1ms to 596h, such as 10s, not "${timeout}"`,
+    );
+  const maxBodyBytesInFlight = Number(bytes);
+  if (!Number.isSafeInteger(maxBodyBytesInFlight) || maxBodyBytesInFlight < 1)
+    throw new RangeError(`--max-body-bytes-in-flight must be a positive number of bytes, not "${bytes}"`);
+  return { requestTimeoutMs: Math.ceil(requestTimeoutMs), maxBodyBytesInFlight };
 }
 
 export async function main(argv: string[]): Promise<number> {
@@ -30,6 +51,8 @@ export async function main(argv: string[]): Promise<number> {
       port: { type: 'string' },
       host: { type: 'string' },
       'metrics-port': { type: 'string' },
+      'request-timeout': { type: 'string' },
+      'max-body-bytes-in-flight': { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
   });
@@ -43,11 +66,17 @@ export async function main(argv: string[]): Promise<number> {
     console.error(`earpiece proxy: --toolset FILE (or EARPIECE_TOOLSET) is required\n\n${HELP}`);
     return 2;
   }
-  let ports: { port: number; metricsPort: number };
+  let settings: { port: number; metricsPort: number; limits: ServerLimits };
   try {
-    ports = {
+    settings = {
       port: port(values.port ?? env.EARPIECE_PORT ?? '8095', '--port'),
       metricsPort: port(values['metrics-port'] ?? env.EARPIECE_METRICS_PORT ?? '9464', '--metrics-port'),
+      limits: limits(
+        values['request-timeout'] ?? env.EARPIECE_REQUEST_TIMEOUT ?? `${DEFAULT_REQUEST_TIMEOUT_MS}ms`,
+        values['max-body-bytes-in-flight'] ??
+          env.EARPIECE_MAX_BODY_BYTES_IN_FLIGHT ??
+          String(DEFAULT_BODY_BYTES_IN_FLIGHT),
+      ),
     };
   } catch (err) {
     console.error(`earpiece proxy: ${(err as Error).message}`);
@@ -60,9 +89,10 @@ export async function main(argv: string[]): Promise<number> {
       toolsetPath,
       upstreamUrl: values.upstream ?? env.EARPIECE_UPSTREAM_URL,
       host: values.host ?? env.EARPIECE_HOST ?? '0.0.0.0',
-      port: ports.port,
+      port: settings.port,
       metricsHost: env.EARPIECE_METRICS_HOST ?? '0.0.0.0',
-      metricsPort: ports.metricsPort,
+      metricsPort: settings.metricsPort,
+      limits: settings.limits,
       logger,
     });
   } catch (err) {

@@ -6,7 +6,42 @@ export const ERRORS = {
   ERP_BAD_REQUEST: {
     status: 400,
     type: 'invalid_request_error',
-    summary: 'The request body is not a chat completion request.',
+    summary: 'The request is not a chat completion request (a field is missing or of the wrong type).',
+  },
+  ERP_NOT_FOUND: {
+    status: 404,
+    type: 'invalid_request_error',
+    summary: 'No such route.',
+  },
+  ERP_PATH_REFUSED: {
+    status: 400,
+    type: 'invalid_request_error',
+    summary: 'A pass-through path that leaves /v1/ once normalised.',
+  },
+  ERP_REQUEST_TIMEOUT: {
+    status: 408,
+    type: 'invalid_request_error',
+    summary: 'The request body did not arrive within the request timeout.',
+  },
+  ERP_BODY_TOO_LARGE: {
+    status: 413,
+    type: 'invalid_request_error',
+    summary: 'The request body is larger than the proxy accepts.',
+  },
+  ERP_UNSUPPORTED_MEDIA_TYPE: {
+    status: 415,
+    type: 'invalid_request_error',
+    summary: 'The request body is not JSON.',
+  },
+  ERP_OVERLOADED: {
+    status: 503,
+    type: 'api_error',
+    summary: 'The request bodies being received already hold the memory set aside for them.',
+  },
+  ERP_INTERNAL: {
+    status: 500,
+    type: 'api_error',
+    summary: 'A fault in the proxy itself.',
   },
   ERP_UPSTREAM_UNREACHABLE: {
     status: 502,

@@ -6,8 +6,10 @@
  * start rules these forms out. After that, text passes through, except that a tagged marker (`<tool_call>`,
  * `<|python_tag|>`, `[TOOL_CALLS]`) later in the message is held from its first character until it is ruled
  * out, and from a whole marker on nothing more is spoken. Held markup is never spoken: its complete calls to
- * known tools are handed back to be run, the rest is dropped.
+ * known tools are handed back to be run (at most MAX_TOOL_CALL_INDEX, the cap streamed calls have), the rest
+ * is dropped. Each character is looked at a bounded number of times, however the text is split into deltas.
  */
+import { MAX_TOOL_CALL_INDEX } from './accumulator.js';
 
 export interface RawCall {
   name: string;
@@ -17,12 +19,16 @@ export interface RawCall {
 
 const MARKERS = ['<tool_call>', '<|python_tag|>', '[TOOL_CALLS]'] as const;
 const [HERMES, PYTHON_TAG, MISTRAL] = MARKERS;
+const LONGEST_MARKER = Math.max(...MARKERS.map((m) => m.length));
+/** Anything String.prototype.trim keeps. */
+const NOT_SPACE = /\S/;
 
 type Verdict = 'undecided' | 'markup' | 'text';
 
 export class RawCallFilter {
   #verdict: Verdict = 'undecided';
   #held = '';
+  #start = new MessageStart();
 
   constructor(private readonly isToolName: (name: string) => boolean) {}
 
@@ -31,7 +37,7 @@ export class RawCallFilter {
     if (this.#verdict === 'text') return this.#scanText(text);
     this.#held += text;
     if (this.#verdict === 'markup') return '';
-    this.#verdict = classify(this.#held);
+    this.#verdict = this.#start.push(text);
     if (this.#verdict !== 'text') return '';
     const released = this.#held;
     this.#held = '';
@@ -45,15 +51,18 @@ export class RawCallFilter {
     for (let i = 0; i < buffer.length; i++) {
       const c = buffer[i];
       if (c !== '<' && c !== '[') continue;
-      const rest = buffer.slice(i);
-      if (MARKERS.some((m) => rest.startsWith(m))) {
+      if (MARKERS.some((m) => buffer.startsWith(m, i))) {
         this.#verdict = 'markup';
-        this.#held = rest;
+        this.#held = buffer.slice(i);
         return buffer.slice(0, i);
       }
-      if (MARKERS.some((m) => m.startsWith(rest))) {
-        this.#held = rest;
-        return buffer.slice(0, i);
+      // Only the last few characters can be the start of a marker cut by the end of the delta.
+      if (buffer.length - i < LONGEST_MARKER) {
+        const rest = buffer.slice(i);
+        if (MARKERS.some((m) => m.startsWith(rest))) {
+          this.#held = rest;
+          return buffer.slice(0, i);
+        }
       }
     }
     return buffer;
@@ -68,26 +77,46 @@ export class RawCallFilter {
     const verdict = this.#verdict;
     this.#held = '';
     this.#verdict = 'undecided';
-    if (verdict === 'markup')
-      return { text: '', calls: parseRawCalls(held).filter((c) => this.isToolName(c.name)) };
+    this.#start = new MessageStart();
+    if (verdict === 'markup') {
+      const calls = parseRawCalls(held).filter((c) => this.isToolName(c.name));
+      return { text: '', calls: calls.slice(0, MAX_TOOL_CALL_INDEX) };
+    }
     // Still undecided, or text ending in half a marker ("[TOOL", "<tool", "{"): only whitespace is kept.
     return { text: held.trim() === '' ? held : '', calls: [] };
   }
 }
 
-/** Whether a message beginning with `held` is raw-call markup, plain text, or cannot be told yet. */
-function classify(held: string): Verdict {
-  const start = held.trimStart();
-  if (start === '') return 'undecided';
-  for (const marker of MARKERS) {
-    if (start.startsWith(marker)) return 'markup';
-    if (marker.startsWith(start)) return 'undecided';
+/**
+ * Whether a message is raw-call markup, plain text, or cannot be told yet, fed one delta at a time. Each
+ * delta is read once, and the message so far never is: the held text is a rope of deltas, and reading it
+ * by index would copy all of it on every delta (a long run of whitespace deltas made this quadratic).
+ */
+class MessageStart {
+  /** The message from its first character that is not whitespace, cut at the longest marker. */
+  #head = '';
+
+  push(delta: string): Verdict {
+    let text = delta;
+    const startsHere = this.#head === '';
+    if (startsHere) {
+      const first = text.search(NOT_SPACE);
+      if (first === -1) return 'undecided';
+      text = text.slice(first);
+    }
+    if (this.#head.length < LONGEST_MARKER) this.#head += text.slice(0, LONGEST_MARKER - this.#head.length);
+    const head = this.#head;
+    for (const marker of MARKERS) {
+      if (head.startsWith(marker)) return 'markup';
+      if (head.length < marker.length && marker.startsWith(head)) return 'undecided';
+    }
+    if (head[0] !== '{') return 'text';
+    // A JSON object starts with a key; "{Hello" or "{ and" is text. Until then only whitespace followed the brace.
+    const afterBrace = startsHere ? text.slice(1) : text;
+    const next = afterBrace.search(NOT_SPACE);
+    if (next === -1) return 'undecided';
+    return afterBrace[next] === '"' ? 'markup' : 'text';
   }
-  if (start[0] !== '{') return 'text';
-  // A JSON object starts with a key; "{Hello" or "{ and" is text.
-  const afterBrace = start.slice(1).trimStart();
-  if (afterBrace === '') return 'undecided';
-  return afterBrace[0] === '"' ? 'markup' : 'text';
 }
 
 /** Every well-formed call in a held message, known tool or not. */

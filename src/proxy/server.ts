@@ -6,6 +6,8 @@ import Fastify, { type FastifyInstance, LogController } from 'fastify';
 import type { ProxyTelemetry } from '../telemetry/index.js';
 import type { Logger } from '../telemetry/log.js';
 import type { ActiveToolSet } from './active.js';
+import { BodyBudget, DEFAULT_BODY_BYTES_IN_FLIGHT } from './body-budget.js';
+import { clientErrorHandler, errorHandler, notFoundHandler } from './http-errors.js';
 import { chatRoutes } from './routes/chat.js';
 import { healthRoutes } from './routes/health.js';
 import { passthroughRoutes } from './routes/passthrough.js';
@@ -17,10 +19,22 @@ export interface ServerDeps {
   logger: Logger;
 }
 
-const BODY_LIMIT = 16 * 1024 * 1024;
+export interface ServerLimits {
+  /** Longest wait for a whole request, headers and body (a slow body holds memory; Node's 0 waits forever). */
+  requestTimeoutMs: number;
+  /** What all request bodies together may hold (see body-budget.ts). */
+  maxBodyBytesInFlight: number;
+}
 
-function base(deps: ServerDeps): FastifyInstance {
-  return Fastify({
+export const DEFAULT_REQUEST_TIMEOUT_MS = 10_000;
+const BODY_LIMIT = 16 * 1024 * 1024;
+const DEFAULT_LIMITS: ServerLimits = {
+  requestTimeoutMs: DEFAULT_REQUEST_TIMEOUT_MS,
+  maxBodyBytesInFlight: DEFAULT_BODY_BYTES_IN_FLIGHT,
+};
+
+function base(deps: ServerDeps, limits: ServerLimits): FastifyInstance {
+  const app = Fastify({
     loggerInstance: deps.logger,
     // A log line per request would cost more than the proxy itself adds to a turn.
     logController: new LogController({ disableRequestLogging: true }),
@@ -31,11 +45,24 @@ function base(deps: ServerDeps): FastifyInstance {
     return503OnClosing: true,
     forceCloseConnections: 'idle',
     keepAliveTimeout: 65_000,
+    requestTimeout: limits.requestTimeoutMs,
+    http: {
+      // Node checks the request timeout this often (30 s by default, three times the whole timeout).
+      connectionsCheckingInterval: Math.min(1000, limits.requestTimeoutMs),
+      headersTimeout: limits.requestTimeoutMs,
+    },
+    clientErrorHandler,
+    // A field of the wrong type is the client's mistake to hear about, not to have guessed at.
+    ajv: { customOptions: { coerceTypes: false } },
   }) as unknown as FastifyInstance;
+  app.setErrorHandler(errorHandler(deps.logger));
+  app.setNotFoundHandler(notFoundHandler);
+  return app;
 }
 
-export function buildServer(deps: ServerDeps): FastifyInstance {
-  const app = base(deps);
+export function buildServer(deps: ServerDeps, limits: ServerLimits = DEFAULT_LIMITS): FastifyInstance {
+  const app = base(deps, limits);
+  app.addHook('preParsing', new BodyBudget(limits.maxBodyBytesInFlight, BODY_LIMIT).hook);
   app.register(async (scope) => chatRoutes(scope, deps));
   app.register(async (scope) => passthroughRoutes(scope, deps));
   app.register(async (scope) => healthRoutes(scope, deps));
@@ -43,7 +70,7 @@ export function buildServer(deps: ServerDeps): FastifyInstance {
 }
 
 export function buildMetricsServer(deps: ServerDeps): FastifyInstance {
-  const app = base(deps);
+  const app = base(deps, DEFAULT_LIMITS);
   app.get('/metrics', async (_request, reply) =>
     reply.header('content-type', deps.telemetry.contentType).send(await deps.telemetry.metrics()),
   );

@@ -6,6 +6,7 @@
  */
 import { randomUUID } from 'node:crypto';
 import type { ServerResponse } from 'node:http';
+import { secretScrubber } from '../telemetry/scrub.js';
 import { type AccumulatedToolCall, MAX_MESSAGE_CHARS } from './accumulator.js';
 import type { Usage } from './chunks.js';
 import { errorBody, ProxyError } from './errors.js';
@@ -72,10 +73,10 @@ export class SseSink implements TurnSink {
     if (this.#begun) return;
     this.#begun = true;
     if (this.closed) return;
+    // No connection header: Node keeps the connection alive unless the client asked to close it.
     this.#res.writeHead(200, {
       'content-type': 'text/event-stream; charset=utf-8',
       'cache-control': 'no-cache',
-      connection: 'keep-alive',
       'x-accel-buffering': 'no',
     });
     this.#res.write(
@@ -140,10 +141,13 @@ export class JsonSink implements TurnSink {
   #ended = false;
   /** The answer passed MAX_MESSAGE_CHARS: it is not held whole, and the client gets an error instead. */
   #tooLarge = false;
+  readonly #secrets: readonly (string | undefined)[];
 
-  constructor(res: ServerResponse, envelope: Envelope) {
+  /** `secrets`: kept out of the error body (an upstream's error text may quote the request's Authorization). */
+  constructor(res: ServerResponse, envelope: Envelope, secrets: readonly (string | undefined)[] = []) {
     this.#res = res;
     this.#envelope = envelope;
+    this.#secrets = secrets;
   }
 
   get closed(): boolean {
@@ -206,7 +210,8 @@ export class JsonSink implements TurnSink {
   fail(error: ProxyError): void {
     if (this.closed) return;
     this.#ended = true;
-    const body = JSON.stringify(errorBody(error));
+    const scrubbed = new ProxyError(error.code, secretScrubber(this.#secrets)(error.message));
+    const body = JSON.stringify(errorBody(scrubbed));
     this.#res.writeHead(error.status, {
       'content-type': 'application/json',
       'content-length': Buffer.byteLength(body),

@@ -14,7 +14,7 @@ import { formatIssues } from '../toolset/validate.js';
 import { resolveValue } from '../toolset/values.js';
 import type { ActiveToolSet } from './active.js';
 import { createMemory } from './memory.js';
-import { buildMetricsServer, buildServer } from './server.js';
+import { buildMetricsServer, buildServer, type ServerLimits } from './server.js';
 import { Upstream, UpstreamState } from './upstream.js';
 
 export const DEFAULT_UPSTREAM_URL = 'http://127.0.0.1:8000';
@@ -32,6 +32,8 @@ export interface ProxyOptions {
   telemetry?: ProxyTelemetry;
   /** Follow changes of the ToolSet file (default true). */
   watch?: boolean;
+  /** The chat port's request timeout and body memory (defaults in server.ts). */
+  limits?: ServerLimits;
 }
 
 export interface RunningProxy {
@@ -101,7 +103,7 @@ export async function startProxy(options: ProxyOptions): Promise<RunningProxy> {
   };
 
   const deps = { current: () => active, isReady: () => ready, telemetry, logger };
-  const app = buildServer(deps);
+  const app = buildServer(deps, options.limits);
   const metricsApp = buildMetricsServer(deps);
   await app.listen({ host: options.host ?? '0.0.0.0', port: options.port ?? 8095 });
   await metricsApp.listen({ host: options.metricsHost ?? '0.0.0.0', port: options.metricsPort ?? 9464 });

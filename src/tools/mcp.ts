@@ -22,6 +22,7 @@ import {
   ToolListChangedNotificationSchema,
 } from '@modelcontextprotocol/sdk/types.js';
 import type { Logger } from '../telemetry/log.js';
+import { secretScrubber } from '../telemetry/scrub.js';
 import type { ResolvedTool } from '../toolset/defaults.js';
 import type { McpToolSpec } from '../toolset/schema.js';
 import { resolveValue } from '../toolset/values.js';
@@ -126,14 +127,12 @@ class McpProvider implements ToolProvider {
       .slice(1)
       .split('&')
       .map((p) => p.slice(p.indexOf('=') + 1));
-    const secrets = [
-      ...Object.values(this.headers).flatMap((v) => [v, v.slice(v.indexOf(' ') + 1)]),
+    const scrub = secretScrubber([
+      ...Object.values(this.headers),
       ...[username, password, ...user],
       ...[...queryValues, ...this.url.searchParams.values()],
-    ]
-      .filter((s) => s.length >= 4)
-      .sort((a, b) => b.length - a.length);
-    this.errorText = (err) => secrets.reduce((text, s) => text.split(s).join('[redacted]'), errorText(err));
+    ]);
+    this.errorText = (err) => scrub(errorText(err));
     this.logger = options.logger.child({ mcp: this.displayUrl });
     this.connectNow();
   }

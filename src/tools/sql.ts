@@ -13,6 +13,7 @@
 import pg from 'pg';
 import Cursor from 'pg-cursor';
 import type { Logger } from '../telemetry/log.js';
+import { secretScrubber } from '../telemetry/scrub.js';
 import type { SqlToolSpec } from '../toolset/schema.js';
 import { resolveValue } from '../toolset/values.js';
 import { untilAborted } from './abort.js';
@@ -81,9 +82,7 @@ function scrubber(connectionString: string): (text: string) => string {
     const match = /(?:^|\s)password\s*=\s*('(?:[^'\\]|\\.)*'|\S+)/.exec(connectionString);
     if (match?.[1]) secrets.push(match[1].replace(/^'|'$/g, ''));
   }
-  // Very short passwords would blank out ordinary words; the whole string is still removed.
-  const patterns = secrets.filter((s, i) => i === 0 || s.length >= 4);
-  return (text) => patterns.reduce((out, secret) => out.split(secret).join('[redacted]'), text);
+  return secretScrubber(secrets);
 }
 
 /** Compact JSON; bytea as Postgres hex text rather than Node's Buffer JSON. */

@@ -1,6 +1,6 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { StreamAccumulator } from '../../src/proxy/accumulator.js';
+import { MAX_TOOL_CALL_INDEX, StreamAccumulator } from '../../src/proxy/accumulator.js';
 import type { ChatChunk } from '../../src/proxy/chunks.js';
 import { type RawCall, RawCallFilter } from '../../src/proxy/raw-calls.js';
 
@@ -202,5 +202,37 @@ describe('RawCallFilter', () => {
       if (event.type === 'content') spoken += f.push(event.text);
     expect(spoken).toBe('');
     expect(f.finish()).toEqual({ text: '', calls: [paris] });
+  });
+});
+
+describe('RawCallFilter limits', () => {
+  // Hang guards, not timings: the quadratic filter took about a minute on these; the linear one, milliseconds.
+  it.each([
+    ['whitespace', [] as string[]],
+    ['a brace, then whitespace', ['{']],
+  ])('reads a long undecided start (%s, 300,000 deltas) in linear time', { timeout: 10_000 }, (_, before) => {
+    const f = new RawCallFilter((name) => TOOLS.has(name));
+    for (const piece of before) expect(f.push(piece)).toBe('');
+    let spoken = '';
+    for (let i = 0; i < 300_000; i++) spoken += f.push(i % 2 ? ' ' : '\n');
+    expect(spoken).toBe('');
+    if (before.length === 0) {
+      expect(f.push('Hello.')).toMatch(/^[\s]+Hello\.$/);
+      expect(f.finish()).toEqual({ text: '', calls: [] });
+    } else {
+      expect(f.push('"x')).toBe('');
+      expect(f.finish().calls).toEqual([]);
+    }
+  });
+
+  it(`hands back at most ${MAX_TOOL_CALL_INDEX} calls from markup, as for streamed calls`, () => {
+    const block = '<tool_call>{"name": "get_time", "arguments": {}}</tool_call>\n';
+    const { spoken, calls } = filter([block.repeat(500)]);
+    expect(spoken).toBe('');
+    expect(calls).toHaveLength(MAX_TOOL_CALL_INDEX);
+    const bare = filter([
+      Array.from({ length: 500 }, () => '{"name": "get_time", "parameters": {}}').join('; '),
+    ]);
+    expect(bare.calls).toHaveLength(MAX_TOOL_CALL_INDEX);
   });
 });

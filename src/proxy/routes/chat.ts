@@ -1,21 +1,29 @@
 /** POST /v1/chat/completions: the client's turn, streamed (SSE sink) or not (JSON sink). */
 import type { FastifyInstance } from 'fastify';
-import { errorBody, ProxyError } from '../errors.js';
+import { type ChatRequestBody, ChatRequestSchema } from '../chat-request.js';
+import { ProxyError } from '../errors.js';
 import type { ChatMessage } from '../messages.js';
 import type { ServerDeps } from '../server.js';
 import { completionId, JsonSink, SseSink } from '../sinks.js';
 import { runTurn } from '../turn.js';
 
 export async function chatRoutes(app: FastifyInstance, deps: ServerDeps): Promise<void> {
-  app.post('/v1/chat/completions', async (request, reply) => {
+  // The schema check answers a malformed request with a 400 naming the field (http-errors.ts), before any
+  // of it is read here: nothing below may throw on a client's input once the reply is hijacked.
+  app.post('/v1/chat/completions', { schema: { body: ChatRequestSchema } }, async (request, reply) => {
     const receivedAt = performance.now();
-    const body = request.body as Record<string, unknown> | null;
-    if (!body || typeof body !== 'object' || !Array.isArray(body.messages) || body.messages.length === 0) {
-      const err = new ProxyError('ERP_BAD_REQUEST', 'messages must be a non-empty array');
-      return reply.code(err.status).header('x-should-retry', 'false').send(errorBody(err));
-    }
+    const body = request.body as ChatRequestBody;
     const active = deps.current();
     const res = reply.raw;
+    const envelope = {
+      id: completionId(),
+      model: body.model ?? 'unknown',
+      created: Math.floor(Date.now() / 1000),
+    };
+    const streaming = body.stream === true;
+    const sink = streaming
+      ? new SseSink(res, envelope, { includeUsage: body.stream_options?.include_usage === true })
+      : new JsonSink(res, envelope, [request.headers.authorization, active.upstream.options.apiKey]);
     reply.hijack();
     const client = new AbortController();
     res.on('close', () => {
@@ -23,20 +31,10 @@ export async function chatRoutes(app: FastifyInstance, deps: ServerDeps): Promis
     });
     // Gone while the body was read: 'close' has already fired.
     if (res.destroyed) client.abort(new Error('client closed the connection'));
-    const envelope = {
-      id: completionId(),
-      model: String(body.model ?? 'unknown'),
-      created: Math.floor(Date.now() / 1000),
-    };
-    const streaming = body.stream === true;
-    const streamOptions = body.stream_options as { include_usage?: boolean } | undefined;
-    const sink = streaming
-      ? new SseSink(res, envelope, { includeUsage: streamOptions?.include_usage === true })
-      : new JsonSink(res, envelope);
     try {
       const turn = runTurn(
         {
-          body: body as Record<string, unknown> & { messages: ChatMessage[] },
+          body: body as Record<string, unknown> & { messages: ChatMessage[]; model?: string },
           authorization: request.headers.authorization,
           traceparent:
             typeof request.headers.traceparent === 'string' ? request.headers.traceparent : undefined,
@@ -52,7 +50,7 @@ export async function chatRoutes(app: FastifyInstance, deps: ServerDeps): Promis
     } catch (err) {
       // runTurn handles its own failures; this is the last guard so a stream always ends well-formed.
       deps.logger.error({ err }, 'Turn crashed; ended it with the error message.');
-      sink.fail(new ProxyError('ERP_UPSTREAM_STREAM', 'internal error'), active.toolset.voice.errorMessage);
+      sink.fail(new ProxyError('ERP_INTERNAL', 'internal error'), active.toolset.voice.errorMessage);
     } finally {
       if (streaming) deps.telemetry.stream({ change: 'closed' });
     }

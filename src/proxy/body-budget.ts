@@ -1,0 +1,70 @@
+/**
+ * The memory all request bodies together may hold. fastify's bodyLimit bounds one body; without a bound on
+ * their sum, many clients each sending a large body slowly hold as much memory as they like. A body's
+ * bytes count from their arrival (its declared length at once, a chunked body as it comes) until its
+ * response is over, since the parsed request lives as long as its turn. Past the budget the request is
+ * refused with ERP_OVERLOADED at once and its connection closed (fastify closes it after a body error, as
+ * the client may still be sending), without reading the rest.
+ */
+import { Transform, type TransformCallback } from 'node:stream';
+import type { FastifyReply, FastifyRequest, preParsingHookHandler } from 'fastify';
+import { ProxyError } from './errors.js';
+
+/** Two of the largest bodies; a parsed body and its copies hold a few times its bytes. */
+export const DEFAULT_BODY_BYTES_IN_FLIGHT = 32 * 1024 * 1024;
+
+export class BodyBudget {
+  #used = 0;
+
+  constructor(
+    readonly maxBytes: number,
+    /** fastify's per-body limit: a larger declared body is refused by fastify itself, with 413. */
+    private readonly bodyLimit: number,
+  ) {}
+
+  /** Bytes held by bodies now. */
+  get used(): number {
+    return this.#used;
+  }
+
+  readonly hook: preParsingHookHandler = (request: FastifyRequest, reply: FastifyReply, payload, done) => {
+    const declared = Number(request.headers['content-length']);
+    const chunked = request.headers['transfer-encoding'] !== undefined;
+    if (!chunked && !(declared > 0)) return done(null, payload);
+    let held = 0;
+    const take = (bytes: number): boolean => {
+      if (this.#used + bytes > this.maxBytes) return false;
+      this.#used += bytes;
+      held += bytes;
+      return true;
+    };
+    reply.raw.once('close', () => {
+      this.#used -= held;
+      held = 0;
+    });
+    if (!chunked) {
+      if (declared > this.bodyLimit) return done(null, payload);
+      return take(declared) ? done(null, payload) : done(this.#refusal());
+    }
+    const budget = this;
+    const counted = new Transform({
+      transform(chunk: Buffer, _encoding, callback: TransformCallback) {
+        if (take(chunk.length)) callback(null, chunk);
+        else callback(budget.#refusal());
+      },
+    });
+    payload.on('error', (err) => counted.destroy(err));
+    done(null, payload.pipe(counted));
+  };
+
+  #refusal(): ProxyError {
+    // statusCode: what fastify's body reader keeps (any other error becomes a 400).
+    return Object.assign(
+      new ProxyError(
+        'ERP_OVERLOADED',
+        `request bodies in flight already hold ${this.maxBytes} bytes, the most this proxy accepts; try again`,
+      ),
+      { statusCode: 503 },
+    );
+  }
+}

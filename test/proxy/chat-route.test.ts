@@ -1,0 +1,177 @@
+/** POST /v1/chat/completions at the front door: what a client may send, and how it is answered. */
+import { Agent, request } from 'node:http';
+import { describe, expect, it } from 'vitest';
+import { textReply } from '../../src/demo/scripted-upstream.js';
+import { type ProxyHarness, useScriptedProxy } from '../support/proxy.js';
+
+const { setup } = useScriptedProxy();
+
+async function post(
+  harness: ProxyHarness,
+  body: string,
+  headers: Record<string, string> = {},
+): Promise<{ status: number; headers: Headers; json: unknown }> {
+  // A hang guard: a request the proxy never answers fails here, not at the test timeout.
+  const res = await fetch(`${harness.proxy.url}/v1/chat/completions`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', ...headers },
+    body,
+    signal: AbortSignal.timeout(5_000),
+  });
+  const text = await res.text();
+  return { status: res.status, headers: res.headers, json: text ? JSON.parse(text) : undefined };
+}
+
+const USER = { role: 'user', content: 'Hi' };
+
+describe('a malformed chat request', () => {
+  // Each of these once crashed after the reply was hijacked (never answered) or inside the turn (502).
+  it.each([
+    ['a model whose String() throws', { model: { toString: 1 }, messages: [USER] }, '/model'],
+    ['a model that is an object', { model: { name: 'm' }, messages: [USER] }, '/model'],
+    ['a message that is null', { model: 'm', messages: [null] }, '/messages/0'],
+    ['a message without a role', { model: 'm', messages: [{ content: 'Hi' }] }, '/messages/0'],
+    [
+      'a role that is an object',
+      { model: 'm', messages: [{ role: { toString: 1 }, content: 'Hi' }] },
+      '/role',
+    ],
+    [
+      'a content part whose text throws',
+      { model: 'm', messages: [{ role: 'user', content: [{ type: 'text', text: { toString: 1 } }] }] },
+      '/text',
+    ],
+    [
+      'content that is an object',
+      { model: 'm', messages: [{ role: 'user', content: { a: 1 } }] },
+      '/content',
+    ],
+    ['a client tool that is null', { model: 'm', messages: [USER], tools: [null] }, '/tools/0'],
+    [
+      'a client tool whose name is an object',
+      { model: 'm', messages: [USER], tools: [{ type: 'function', function: { name: {} } }] },
+      '/name',
+    ],
+    [
+      'stream_options that is a string',
+      { model: 'm', messages: [USER], stream_options: 'x' },
+      '/stream_options',
+    ],
+    ['stream that is a word', { model: 'm', messages: [USER], stream: 'yes' }, '/stream'],
+    ['no messages', { model: 'm', messages: [] }, '/messages'],
+    ['messages that is an object', { model: 'm', messages: { role: 'user' } }, '/messages'],
+    ['a body that is an array', [USER], 'body'],
+  ])('is answered 400 ERP_BAD_REQUEST naming the field: %s', async (_, body, field) => {
+    const { upstream, harness } = await setup(() => ({ sse: textReply('Hello.') }), { tools: [] });
+    for (const stream of [false, true]) {
+      const sent =
+        Array.isArray(body) || 'stream' in body ? body : { ...(body as Record<string, unknown>), stream };
+      const res = await post(harness, JSON.stringify(sent));
+      expect(res.status).toBe(400);
+      expect(res.headers.get('x-should-retry')).toBe('false');
+      const error = (res.json as { error: { code: string; type: string; message: string } }).error;
+      expect(error).toMatchObject({ code: 'ERP_BAD_REQUEST', type: 'invalid_request_error', param: null });
+      expect(error.message).toContain(field);
+    }
+    expect(upstream.requests).toHaveLength(0);
+    // The proxy is still there for the next client.
+    const ok = await post(harness, JSON.stringify({ model: 'm', messages: [USER] }));
+    expect(ok.status).toBe(200);
+  });
+
+  it('is answered in the OpenAI shape when the body is not JSON, not JSON at all, empty or too large', async () => {
+    const { upstream, harness } = await setup(() => ({ sse: textReply('Hello.') }), { tools: [] });
+    const cases: [string, Record<string, string>, number, string][] = [
+      ['{"model": "m", "messages": [', {}, 400, 'ERP_BAD_REQUEST'],
+      ['', {}, 400, 'ERP_BAD_REQUEST'],
+      ['<model>m</model>', { 'content-type': 'application/xml' }, 415, 'ERP_UNSUPPORTED_MEDIA_TYPE'],
+      [
+        JSON.stringify({ model: 'm', messages: [{ role: 'user', content: 'x'.repeat(17 * 1024 * 1024) }] }),
+        {},
+        413,
+        'ERP_BODY_TOO_LARGE',
+      ],
+    ];
+    for (const [body, headers, status, code] of cases) {
+      const res = await post(harness, body, headers);
+      expect(res.status, code).toBe(status);
+      expect(res.json).toMatchObject({ error: { code, param: null } });
+    }
+    expect(upstream.requests).toHaveLength(0);
+  });
+
+  it('passes a well-formed request on with its fields as sent', async () => {
+    const { upstream, harness } = await setup(() => ({ sse: textReply('Hello.') }), { tools: [] });
+    const res = await post(
+      harness,
+      JSON.stringify({
+        model: 'm',
+        messages: [
+          { role: 'system', content: 'Be brief.' },
+          {
+            role: 'user',
+            content: [
+              { type: 'text', text: 'Hi' },
+              { type: 'image_url', image_url: { url: 'x' } },
+            ],
+          },
+          { role: 'assistant', content: null, tool_calls: [{ id: 'a', type: 'function', function: {} }] },
+          { role: 'tool', tool_call_id: 'a', content: '{}' },
+        ],
+        temperature: 0.3,
+        stream: null,
+        stream_options: null,
+        tools: null,
+      }),
+    );
+    expect(res.status).toBe(200);
+    expect((res.json as { model: string }).model).toBe('m');
+    expect(upstream.requests[0]?.body.temperature).toBe(0.3);
+  });
+});
+
+describe('the streamed answer', () => {
+  function streamOnce(
+    harness: ProxyHarness,
+    connection: 'close' | 'keep-alive',
+  ): Promise<{ connection: string | undefined; socketClosed: boolean; body: string }> {
+    return new Promise((resolve, reject) => {
+      const req = request(`${harness.proxy.url}/v1/chat/completions`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', connection },
+        agent: new Agent({ keepAlive: true }),
+        timeout: 5_000,
+      });
+      req.on('timeout', () => req.destroy(new Error('no answer')));
+      req.on('error', reject);
+      req.on('response', (res) => {
+        let body = '';
+        res.setEncoding('utf8');
+        res.on('data', (d: string) => {
+          body += d;
+        });
+        res.on('end', () => {
+          // The server closes a connection the client asked to close; a kept-alive one stays open.
+          setTimeout(() => {
+            const socketClosed = req.socket?.destroyed === true || req.socket?.readableEnded === true;
+            req.socket?.destroy();
+            resolve({ connection: res.headers.connection, socketClosed, body });
+          }, 200);
+        });
+      });
+      req.end(JSON.stringify({ model: 'm', messages: [USER], stream: true }));
+    });
+  }
+
+  it('honours a client that asks to close the connection, and keeps it alive otherwise', async () => {
+    const { harness } = await setup(() => ({ sse: textReply('Hello there.') }), { tools: [] });
+    const closing = await streamOnce(harness, 'close');
+    expect(closing.connection).toBe('close');
+    expect(closing.socketClosed).toBe(true);
+    expect(closing.body).toContain('data: [DONE]');
+    const kept = await streamOnce(harness, 'keep-alive');
+    expect(kept.connection).toBe('keep-alive');
+    expect(kept.socketClosed).toBe(false);
+    expect(kept.body).toContain('data: [DONE]');
+  });
+});
