@@ -41,6 +41,15 @@ export const OVERRIDE_ANNOTATIONS = {
   nativeSidecar: 'earpiece.dev/native-sidecar',
 } as const;
 
+/** `auto`: native where the API server supports it (1.29+), decided by the operator at start. */
+export const NATIVE_SIDECAR_VALUES = ['true', 'false', 'auto'];
+
+/** True when EARPIECE_NATIVE_SIDECAR leaves the choice to the API server's version (unset or auto). */
+export function nativeSidecarAuto(env: NodeJS.ProcessEnv): boolean {
+  const value = env.EARPIECE_NATIVE_SIDECAR;
+  return value === undefined || value === '' || value === 'auto';
+}
+
 export function configMapName(toolsetName: string): string {
   return `earpiece-toolset-${toolsetName}`;
 }
@@ -55,6 +64,11 @@ export interface SidecarConfig {
   resources: V1ResourceRequirements;
   /** An init container with restartPolicy Always (Kubernetes 1.29+), else a plain container. */
   nativeSidecar: boolean;
+  /**
+   * Secrets (in the pod's namespace) for pulling the sidecar image, merged into every injected pod's
+   * imagePullSecrets: without them a private registry holds the sidecar, and so the app, in ImagePullBackOff.
+   */
+  imagePullSecrets: string[];
   logLevel: string;
   /** Added to the sidecar as they are, e.g. OTEL_EXPORTER_OTLP_ENDPOINT. */
   extraEnv: V1EnvVar[];
@@ -68,6 +82,7 @@ export const DEFAULT_SIDECAR: SidecarConfig = {
   imagePullPolicy: 'IfNotPresent',
   resources: { requests: { cpu: '50m', memory: '128Mi' }, limits: { memory: '256Mi' } },
   nativeSidecar: true,
+  imagePullSecrets: [],
   logLevel: 'info',
   extraEnv: [],
 };
@@ -79,8 +94,9 @@ export class SidecarConfigError extends Error {
 /**
  * The operator's sidecar defaults from its environment: EARPIECE_SIDECAR_IMAGE,
  * EARPIECE_SIDECAR_IMAGE_PULL_POLICY, EARPIECE_SIDECAR_RESOURCES (JSON, as in a pod spec),
- * EARPIECE_NATIVE_SIDECAR (true/false), EARPIECE_SIDECAR_LOG_LEVEL, EARPIECE_SIDECAR_ENV (JSON list
- * of env vars). A bad value is an error naming the variable, so a misconfigured chart fails at start.
+ * EARPIECE_NATIVE_SIDECAR (true, false, or auto: true here, and the operator asks the API server at
+ * start), EARPIECE_SIDECAR_IMAGE_PULL_SECRETS (JSON list of {"name": ...}, as in a pod spec),
+ * EARPIECE_SIDECAR_LOG_LEVEL, EARPIECE_SIDECAR_ENV (JSON list of env vars). A bad value is an error naming the variable, so a misconfigured chart fails at start.
  */
 export function sidecarConfigFromEnv(env: NodeJS.ProcessEnv): SidecarConfig {
   const config = structuredClone(DEFAULT_SIDECAR);
@@ -105,9 +121,19 @@ export function sidecarConfigFromEnv(env: NodeJS.ProcessEnv): SidecarConfig {
   }
   const native = get('EARPIECE_NATIVE_SIDECAR');
   if (native !== undefined) {
-    if (native !== 'true' && native !== 'false')
-      fail('EARPIECE_NATIVE_SIDECAR', `"${native}" is not true or false`);
-    config.nativeSidecar = native === 'true';
+    if (!NATIVE_SIDECAR_VALUES.includes(native))
+      fail('EARPIECE_NATIVE_SIDECAR', `"${native}" is not one of ${NATIVE_SIDECAR_VALUES.join(', ')}`);
+    config.nativeSidecar = native !== 'false';
+  }
+  const secrets = get('EARPIECE_SIDECAR_IMAGE_PULL_SECRETS');
+  if (secrets !== undefined) {
+    const parsed = parseJson(secrets);
+    const names = Array.isArray(parsed)
+      ? parsed.map((s) => (typeof s === 'string' ? s : (s as { name?: unknown } | null)?.name))
+      : [];
+    if (!Array.isArray(parsed) || !names.every((n) => typeof n === 'string' && n !== ''))
+      fail('EARPIECE_SIDECAR_IMAGE_PULL_SECRETS', 'is not a JSON list of secret references ({"name": ...})');
+    config.imagePullSecrets = [...new Set(names as string[])];
   }
   const level = get('EARPIECE_SIDECAR_LOG_LEVEL');
   if (level !== undefined) {

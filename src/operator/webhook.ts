@@ -206,9 +206,11 @@ function review(
       ...base,
       outcome: 'injected',
       toolset: result.toolset,
-      message: result.replaced
-        ? `injected the earpiece-proxy sidecar again with ToolSet ${result.toolset}, replacing the one for ToolSet ${result.replaced.toolset} (hash ${result.replaced.hash ?? 'none'}) the pod came with`
-        : `injected the earpiece-proxy sidecar with ToolSet ${result.toolset}`,
+      message: result.updated
+        ? `updated the earpiece-proxy sidecar the pod came with (ToolSet ${result.toolset}): ${result.updated.join('; ')}`
+        : result.replaced
+          ? `injected the earpiece-proxy sidecar again with ToolSet ${result.toolset}, replacing the one for ToolSet ${result.replaced.toolset} (hash ${result.replaced.hash ?? 'none'}) the pod came with`
+          : `injected the earpiece-proxy sidecar with ToolSet ${result.toolset}`,
       warnings: result.warnings,
       warn: false,
     });
