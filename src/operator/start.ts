@@ -28,6 +28,7 @@ import { EventRecorder, type EventSubject } from './events.js';
 import { Informer, InformerSet } from './informers.js';
 import { LeaderElector } from './leader.js';
 import type { ToolSetLookup } from './select.js';
+import { sidecarForServer } from './server-version.js';
 import { configMapName, LABEL_INJECT, LABEL_INJECTED } from './sidecar.js';
 import { UninjectedReporter } from './uninjected.js';
 import {
@@ -321,9 +322,12 @@ export interface RunningOperator {
 
 /** The whole `earpiece operator`: probes and metrics first, then informers, certificates, webhook. */
 export async function startOperator(o: OperatorOptions): Promise<RunningOperator> {
-  const { config, kc } = o;
+  const { kc } = o;
   const host = o.host ?? '0.0.0.0';
   const logger = o.logger ?? createLogger('operator');
+  const config = o.config.nativeSidecarAuto
+    ? { ...o.config, sidecar: await sidecarForServer(kc, o.config.sidecar, logger) }
+    : o.config;
   const metrics = o.metrics ?? new OperatorMetrics();
   let webhook: WebhookServer | undefined;
   let plane: ControlPlane | undefined;
@@ -347,7 +351,7 @@ export async function startOperator(o: OperatorOptions): Promise<RunningOperator
     url === '/metrics' ? { code: 200, body: await metrics.metrics(), type: metrics.contentType } : undefined,
   );
 
-  plane = new ControlPlane({ ...o, logger, metrics });
+  plane = new ControlPlane({ ...o, config, logger, metrics });
   const certificates = new WebhookCertificates({
     mode: config.certMode,
     core: kc.makeApiClient(CoreV1Api),

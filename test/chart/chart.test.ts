@@ -150,7 +150,8 @@ describe('default values', () => {
         limits: { memory: '256Mi' },
         requests: { cpu: '50m', memory: '128Mi' },
       }),
-      EARPIECE_NATIVE_SIDECAR: 'true',
+      EARPIECE_SIDECAR_IMAGE_PULL_SECRETS: '[]',
+      EARPIECE_NATIVE_SIDECAR: 'auto',
       EARPIECE_SIDECAR_LOG_LEVEL: 'info',
       EARPIECE_SIDECAR_ENV: '[]',
       EARPIECE_LOG_LEVEL: 'info',
@@ -162,9 +163,34 @@ describe('default values', () => {
       imagePullPolicy: 'IfNotPresent',
       resources: { limits: { memory: '256Mi' }, requests: { cpu: '50m', memory: '128Mi' } },
       nativeSidecar: true,
+      imagePullSecrets: [],
       logLevel: 'info',
       extraEnv: [],
     });
+  });
+
+  it('gives the chart-wide image pull secrets to the sidecars as well', () => {
+    const rendered = render({ set: ['imagePullSecrets[0].name=regcred', 'imagePullSecrets[1].name=mirror'] });
+    const deployment = find(rendered, 'Deployment', FULLNAME);
+    const spec = (deployment as unknown as { spec: { template: { spec: { imagePullSecrets: unknown } } } })
+      .spec;
+    expect(spec.template.spec.imagePullSecrets).toEqual([{ name: 'regcred' }, { name: 'mirror' }]);
+    expect(sidecarConfigFromEnv(env(container(deployment)) as NodeJS.ProcessEnv).imagePullSecrets).toEqual([
+      'regcred',
+      'mirror',
+    ]);
+  });
+
+  it.each([
+    ['1.27.3', [], 'false'],
+    ['1.28.0', [], 'false'],
+    ['1.29.0', [], 'auto'],
+    ['1.33.1', [], 'auto'],
+    ['1.28.0', ['injection.nativeSidecar=true'], 'true'],
+    ['1.33.1', ['injection.nativeSidecar=false'], 'false'],
+  ])('on Kubernetes %s with %j sets EARPIECE_NATIVE_SIDECAR=%s', (kubeVersion, set, expected) => {
+    const deployment = find(render({ kubeVersion, set }), 'Deployment', FULLNAME);
+    expect(env(container(deployment)).EARPIECE_NATIVE_SIDECAR).toBe(expected);
   });
 
   it('configures the operator with the names of the objects the chart creates', () => {
