@@ -21,6 +21,9 @@ export const APP_URL_ENV = 'KYUTAI_LLM_URL';
 /** The sidecar's upstream when the ToolSet names none: the app's own KYUTAI_LLM_URL, handed over. */
 export const UPSTREAM_ENV = 'EARPIECE_UPSTREAM_URL';
 
+/** The startup probe's window (one probe a second): the app containers wait this long at most. */
+export const SIDECAR_STARTUP_SECONDS = 120;
+
 export const LABEL_INJECT = 'earpiece.dev/inject';
 export const LABEL_INJECTED = 'earpiece.dev/injected';
 export const ANNOTATION_TOOLSET = 'earpiece.dev/toolset';
@@ -256,7 +259,7 @@ export function sidecarContainer(s: SidecarSpec): V1Container {
     ...(s.native ? { restartPolicy: 'Always' } : {}),
     env,
     ports: [{ name: METRICS_PORT_NAME, containerPort: s.metricsPort, protocol: 'TCP' }],
-    startupProbe: probe('/readyz', 1, 120),
+    startupProbe: probe('/readyz', 1, SIDECAR_STARTUP_SECONDS),
     livenessProbe: probe('/healthz', 10, 3),
     resources: structuredClone(s.resources),
     securityContext: {

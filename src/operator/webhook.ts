@@ -78,6 +78,8 @@ export interface WebhookServerOptions {
   sidecar: SidecarConfig;
   logger: Logger;
   onInjection?: (outcome: InjectionOutcome) => void;
+  /** How long each review took (earpiece_webhook_duration_seconds). */
+  onReviewed?: (operation: 'mutate', seconds: number) => void;
   /** Bytes; a pod is at most about 1.5 MB in etcd, and the review wraps it once for CREATE. */
   bodyLimit?: number;
 }
@@ -249,7 +251,9 @@ export async function startWebhookServer(options: WebhookServerOptions): Promise
         .code(400)
         .send({ message: 'expected an admission.k8s.io/v1 AdmissionReview with request.uid' });
     }
+    const started = performance.now();
     const response = review(body.request, options);
+    options.onReviewed?.('mutate', (performance.now() - started) / 1000);
     return { apiVersion: 'admission.k8s.io/v1', kind: 'AdmissionReview', response };
   });
 
