@@ -1,8 +1,8 @@
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { describe, expect, test } from 'vitest';
-import { stringify } from 'yaml';
+import { parse, stringify } from 'yaml';
 import { prometheusBinary, promtool } from '../support/prometheus.js';
 
 const RULES = resolve('charts/earpiece/rules/earpiece.rules.yaml');
@@ -129,6 +129,29 @@ describe('alert rules', () => {
     const { status, output } = promtool(path!, ['check', 'rules', RULES]);
     expect(output).toContain('SUCCESS: 12 rules found');
     expect(status).toBe(0);
+  });
+
+  test('every alert links its runbook, which says what it means, how to confirm it and how to fix it', async () => {
+    const rules = (
+      parse(await readFile(RULES, 'utf8')) as {
+        groups: { rules: { alert: string; annotations: Record<string, string> }[] }[];
+      }
+    ).groups.flatMap((g) => g.rules);
+    const runbooks = await readFile(resolve('docs/runbooks.md'), 'utf8');
+    const sections = new Map(
+      runbooks
+        .split(/^## /m)
+        .slice(1)
+        .map((section) => [section.split('\n')[0]!.trim(), section]),
+    );
+    expect(rules.length).toBe(12);
+    for (const { alert, annotations } of rules) {
+      expect(annotations.runbook_url, alert).toBe(`${RUNBOOKS}${alert.toLowerCase()}`);
+      const section = sections.get(alert);
+      expect(section, `docs/runbooks.md has no "## ${alert}"`).toBeDefined();
+      for (const part of ['**Meaning.**', '**Confirm.**', '**Fix.**']) expect(section, alert).toContain(part);
+    }
+    expect([...sections.keys()].sort()).toEqual(rules.map((r) => r.alert).sort());
   });
 
   test.skipIf(!path)('each alert fires on the condition it names and stays quiet otherwise', async () => {
