@@ -3,7 +3,13 @@ import path from 'node:path';
 import { text as readStream } from 'node:stream/consumers';
 import { parseArgs } from 'node:util';
 import { parseAllDocuments } from 'yaml';
-import { formatReport, injectManifests, ManifestError, type WorkloadReport } from '../src/operator/inject.js';
+import {
+  checkYaml,
+  formatReport,
+  injectManifests,
+  ManifestError,
+  type WorkloadReport,
+} from '../src/operator/inject.js';
 import { type SidecarConfig, SidecarConfigError, sidecarConfigFromEnv } from '../src/operator/sidecar.js';
 import { formatIssues, type ToolSet, validateToolSet } from '../src/toolset/index.js';
 
@@ -62,11 +68,12 @@ function parseToolSets(name: string, text: string): ToolSet[] {
   if (!Array.isArray(docs)) return [];
   const toolsets: ToolSet[] = [];
   for (const doc of docs) {
-    const [error] = doc.errors;
-    if (error)
-      throw new InputError(
-        `${name}: line ${error.linePos?.[0].line ?? '?'}: ${error.message.split('\n')[0]}`,
-      );
+    try {
+      checkYaml(doc, text);
+    } catch (err) {
+      if (err instanceof ManifestError) throw new InputError(`${name}: ${err.message}`);
+      throw err;
+    }
     const value: unknown = doc.toJS();
     if (value === null || value === undefined) continue;
     const result = validateToolSet(value);

@@ -136,38 +136,45 @@ export function parseManifests(text: string): Document.Parsed[] {
   // YAML 1.1, as kubectl reads manifests: `yes` and `on` are booleans there.
   const docs = parseAllDocuments(text, { version: '1.1', prettyErrors: true });
   if (!Array.isArray(docs)) return [];
-  const templated = /\{\{.*\}\}/.test(text);
-  const lineOf = (offset: number) => text.slice(0, offset).split('\n').length;
   for (const [i, doc] of docs.entries()) {
-    const [error] = doc.errors;
-    if (error) {
-      const where = error.linePos ? `line ${error.linePos[0].line}: ` : '';
-      throw new ManifestError(
-        templated ? `${where}${UNRENDERED}` : `${where}${error.message.split('\n')[0]}`,
-      );
-    }
-    let mapKey: number | undefined;
-    visit(doc, {
-      Pair(_, pair) {
-        if (!isCollection(pair.key)) return undefined;
-        mapKey = pair.key.range?.[0] ?? 0;
-        return visit.BREAK;
-      },
-    });
-    if (mapKey !== undefined)
-      throw new ManifestError(
-        `line ${lineOf(mapKey)}: ${templated ? UNRENDERED : 'a map or list is used as a key'}`,
-      );
+    checkYaml(doc, text);
     if (doc.contents === null) continue;
     const root = doc.contents;
     const field = (key: string) => (isMap(root) ? root.get(key) : undefined);
     if (typeof field('apiVersion') !== 'string' || typeof field('kind') !== 'string') {
       throw new ManifestError(
-        `document ${i + 1} (line ${lineOf(root.range?.[0] ?? 0)}) is not a Kubernetes object: it needs apiVersion and kind`,
+        `document ${i + 1} (line ${lineOf(text, root.range?.[0] ?? 0)}) is not a Kubernetes object: it needs apiVersion and kind`,
       );
     }
   }
   return docs;
+}
+
+const lineOf = (text: string, offset: number) => text.slice(0, offset).split('\n').length;
+
+/**
+ * A ManifestError for a document of `text` that does not parse or uses a map as a key (what an
+ * unrendered `{{ ... }}` parses as); toJS() would make such a key "[object Object]" with a Node warning.
+ */
+export function checkYaml(doc: Document.Parsed, text: string): void {
+  const templated = /\{\{.*\}\}/.test(text);
+  const [error] = doc.errors;
+  if (error) {
+    const where = error.linePos ? `line ${error.linePos[0].line}: ` : '';
+    throw new ManifestError(templated ? `${where}${UNRENDERED}` : `${where}${error.message.split('\n')[0]}`);
+  }
+  let mapKey: number | undefined;
+  visit(doc, {
+    Pair(_, pair) {
+      if (!isCollection(pair.key)) return undefined;
+      mapKey = pair.key.range?.[0] ?? 0;
+      return visit.BREAK;
+    },
+  });
+  if (mapKey !== undefined)
+    throw new ManifestError(
+      `line ${lineOf(text, mapKey)}: ${templated ? UNRENDERED : 'a map or list is used as a key'}`,
+    );
 }
 
 /**
