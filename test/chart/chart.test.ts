@@ -490,6 +490,22 @@ describe('every option on', () => {
     expect(rule.spec).toEqual({ groups: file.groups });
   });
 
+  it('points the runbook links where metrics.prometheusRule.runbookBaseUrl says', () => {
+    const rendered = render({
+      values: ['ci/all-on-values.yaml'],
+      set: ['metrics.prometheusRule.runbookBaseUrl=https://wiki.example/earpiece'],
+      apiVersions: [MONITORING_API],
+    });
+    const rules = (
+      find(rendered, 'PrometheusRule') as unknown as {
+        spec: { groups: { rules: { alert: string; annotations: { runbook_url: string } }[] }[] };
+      }
+    ).spec.groups.flatMap((g) => g.rules);
+    expect(rules.length).toBeGreaterThan(0);
+    for (const r of rules)
+      expect(r.annotations.runbook_url).toBe(`https://wiki.example/earpiece#${r.alert.toLowerCase()}`);
+  });
+
   it('runs vLLM with tool calling on, a context of at least 4096 tokens and a GPU', () => {
     const vllm = find(objects, 'Deployment', `${FULLNAME}-vllm`);
     const c = container(vllm);
