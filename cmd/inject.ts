@@ -4,7 +4,13 @@ import { text as readStream } from 'node:stream/consumers';
 import { parseArgs } from 'node:util';
 import { parseAllDocuments } from 'yaml';
 import type { OperatorErrorCode } from '../src/operator/errors.js';
-import { formatReport, injectManifests, ManifestError } from '../src/operator/inject.js';
+import {
+  checkYaml,
+  formatReport,
+  injectManifests,
+  ManifestError,
+  type WorkloadReport,
+} from '../src/operator/inject.js';
 import { type SidecarConfig, SidecarConfigError, sidecarConfigFromEnv } from '../src/operator/sidecar.js';
 import { formatIssues, type ToolSet, validateToolSet } from '../src/toolset/index.js';
 
@@ -20,13 +26,19 @@ Options:
   -t, --toolset FILE       a ToolSet file (may hold several documents); repeat for more
   -f, --filename PATH      a manifest file, a directory of *.yaml/*.yml/*.json, or - for stdin; repeat for more
       --with-configmap     also print the ConfigMap earpiece-toolset-<name> of each ToolSet injected
-      --image IMAGE        the sidecar image (default: $EARPIECE_SIDECAR_IMAGE or the release image)
+      --image IMAGE        the sidecar image (default: $EARPIECE_SIDECAR_IMAGE or the release image);
+                           also replaces the image of a sidecar injected before
+      --image-pull-secret NAME
+                           a Secret for pulling the sidecar image, added to each injected pod's
+                           imagePullSecrets (it must exist in the pod's namespace); repeat for more
       --no-native-sidecar  add the sidecar as a plain container (clusters before Kubernetes 1.29)
+      --allow-skip         print the manifests even when an opted-in workload was skipped
   -h, --help               this text
 The EARPIECE_SIDECAR_* variables the operator reads set the other sidecar defaults here too.
 
-Exit status: 0 manifests printed (skipped workloads are reported, not errors); 1 a file cannot be
-read, a manifest is not YAML, or a ToolSet is invalid (nothing is printed); 2 bad usage.`;
+Exit status: 0 manifests printed; 1 a file cannot be read, a manifest is not Kubernetes YAML (or is an
+unrendered template), or a ToolSet is invalid; 2 bad usage; 3 an opted-in workload was skipped (it
+would run without the sidecar) and --allow-skip was not given. Nothing is printed unless the status is 0.`;
 
 /** A file that cannot be used: reported on stderr with status 1. */
 class InputError extends Error {
@@ -57,11 +69,12 @@ function parseToolSets(name: string, text: string): ToolSet[] {
   if (!Array.isArray(docs)) return [];
   const toolsets: ToolSet[] = [];
   for (const doc of docs) {
-    const [error] = doc.errors;
-    if (error)
-      throw new InputError(
-        `${name}: line ${error.linePos?.[0].line ?? '?'}: ${error.message.split('\n')[0]}`,
-      );
+    try {
+      checkYaml(doc, text);
+    } catch (err) {
+      if (err instanceof ManifestError) throw new InputError(`${name}: ${err.message}`);
+      throw err;
+    }
     const value: unknown = doc.toJS();
     if (value === null || value === undefined) continue;
     const result = validateToolSet(value);
@@ -84,7 +97,9 @@ export async function main(argv: string[]): Promise<number> {
     filename?: string[];
     'with-configmap'?: boolean;
     image?: string;
+    'image-pull-secret'?: string[];
     'native-sidecar'?: boolean;
+    'allow-skip'?: boolean;
     help?: boolean;
   };
   try {
@@ -96,7 +111,9 @@ export async function main(argv: string[]): Promise<number> {
         filename: { type: 'string', short: 'f', multiple: true },
         'with-configmap': { type: 'boolean' },
         image: { type: 'string' },
+        'image-pull-secret': { type: 'string', multiple: true },
         'native-sidecar': { type: 'boolean' },
+        'allow-skip': { type: 'boolean' },
         help: { type: 'boolean', short: 'h' },
       },
     }));
@@ -123,9 +140,11 @@ export async function main(argv: string[]): Promise<number> {
   }
   if (values.image) sidecar.image = values.image;
   if (values['native-sidecar'] !== undefined) sidecar.nativeSidecar = values['native-sidecar'];
+  if (values['image-pull-secret'])
+    sidecar.imagePullSecrets = [...new Set([...sidecar.imagePullSecrets, ...values['image-pull-secret']])];
 
   const outputs: string[] = [];
-  const reports: string[] = [];
+  const reports: WorkloadReport[] = [];
   try {
     const toolsets: ToolSet[] = [];
     for (const file of values.toolset)
@@ -146,7 +165,7 @@ export async function main(argv: string[]): Promise<number> {
             withConfigMaps: values['with-configmap'] ?? false,
           });
           outputs.push(result.text);
-          reports.push(...result.reports.map(formatReport));
+          reports.push(...result.reports);
         } catch (err) {
           if (err instanceof ManifestError) throw new InputError(`${input.name}: ${err.message}`);
           throw err;
@@ -158,12 +177,21 @@ export async function main(argv: string[]): Promise<number> {
     console.error(err.message);
     return 1;
   }
+  for (const report of reports) console.error(formatReport(report));
+  // An opted-in workload without the sidecar would run without tools, silently: not a success.
+  const skipped = reports.filter((r) => !r.result.ok && r.result.warn);
+  if (skipped.length > 0 && !values['allow-skip']) {
+    const names = skipped.map((r) => `${r.kind.toLowerCase()} "${r.name}"`).join(', ');
+    console.error(
+      `earpiece inject: ${skipped.length} opted-in workload${skipped.length === 1 ? ' was' : 's were'} skipped (${names}); fix them, or pass --allow-skip to print the manifests anyway`,
+    );
+    return 3;
+  }
   // Several inputs become one stream: each ends in a newline and the next starts a new document.
   const text = outputs
     .filter((t) => t.trim() !== '')
     .map((t, i) => `${i > 0 && !/^---/.test(t) ? '---\n' : ''}${t.endsWith('\n') ? t : `${t}\n`}`)
     .join('');
   process.stdout.write(text);
-  for (const line of reports) console.error(line);
   return 0;
 }

@@ -5,7 +5,12 @@
 import { parseArgs } from 'node:util';
 import { parseDuration } from '../toolset/duration.js';
 import type { OperatorErrorCode } from './errors.js';
-import { DEFAULT_SIDECAR_IMAGE, type SidecarConfig, sidecarConfigFromEnv } from './sidecar.js';
+import {
+  DEFAULT_SIDECAR_IMAGE,
+  nativeSidecarAuto,
+  type SidecarConfig,
+  sidecarConfigFromEnv,
+} from './sidecar.js';
 
 export type CertMode = 'operator' | 'cert-manager';
 
@@ -39,6 +44,8 @@ export interface OperatorConfig {
   shutdownGraceMs: number;
   /** Defaults of every injected sidecar (sidecar.ts reads them; the three flags below override). */
   sidecar: SidecarConfig;
+  /** Native sidecar or not was left to the API server's version (EARPIECE_NATIVE_SIDECAR unset or auto). */
+  nativeSidecarAuto: boolean;
 }
 
 export class ConfigError extends Error {
@@ -68,7 +75,7 @@ const SETTINGS = {
   'shutdown-grace': { env: 'EARPIECE_SHUTDOWN_GRACE', default: '5s' },
   'sidecar-image': { env: 'EARPIECE_SIDECAR_IMAGE', default: DEFAULT_SIDECAR_IMAGE },
   'sidecar-resources': { env: 'EARPIECE_SIDECAR_RESOURCES', default: '' },
-  'native-sidecar': { env: 'EARPIECE_NATIVE_SIDECAR', default: 'true' },
+  'native-sidecar': { env: 'EARPIECE_NATIVE_SIDECAR', default: 'auto' },
 } as const;
 
 type Setting = keyof typeof SETTINGS;
@@ -177,6 +184,7 @@ export function loadConfig(
       certDir: text('cert-dir'),
       shutdownGraceMs: duration('shutdown-grace'),
       sidecar,
+      nativeSidecarAuto: nativeSidecarAuto(sidecarEnv),
     },
   };
 }

@@ -38,6 +38,7 @@ import type { InformerSet } from './informers.js';
 import { readInjection } from './patch.js';
 import { WorkQueue } from './queue.js';
 import { configMapName } from './sidecar.js';
+import type { SidecarProblem } from './sidecar-problems.js';
 import {
   buildStatus,
   type ConditionInput,
@@ -45,6 +46,7 @@ import {
   issuesMessage,
   READY,
   RESTART_REQUIRED,
+  SIDECARS_READY,
   sameStatus,
 } from './status.js';
 
@@ -68,6 +70,8 @@ export interface ControllerOptions {
   configMaps: InformerSet<V1ConfigMap>;
   /** Injected pods (label earpiece.dev/injected=true), for RestartRequired. */
   pods: InformerSet<V1Pod>;
+  /** The ToolSet's pods without a working sidecar (sidecar-problems.ts), for SidecarsReady. */
+  sidecarProblems?: (namespace: string, name: string) => readonly SidecarProblem[];
   events: EventRecorder;
   metrics?: OperatorMetrics;
   clock?: Clock;
@@ -151,6 +155,11 @@ export class ToolSetController {
     this.leading = false;
     clearInterval(this.resync);
     await this.queue.stop();
+  }
+
+  /** Reconciles these ToolSets (`namespace/name`) soon, e.g. when their pods' sidecars changed. */
+  refresh(keys: readonly string[]): void {
+    for (const key of keys) this.enqueue(key);
   }
 
   private enqueue(key: string): void {
@@ -268,6 +277,7 @@ export class ToolSetController {
           message: `ConfigMap ${cmName} holds ${tools} tool ${tools === 1 ? 'entry' : 'entries'}`,
         },
         this.restartCondition(toolset, namespace),
+        ...this.sidecarCondition(toolset, namespace),
       ],
     });
     return 'ok';
@@ -357,6 +367,27 @@ export class ToolSetController {
       reason: 'SecretEnvMissing',
       message: `pods ${shown.join(', ')}${more > 0 ? ` and ${more} more` : ''} started before secret ${secrets.join(', ')} was added and lack its env var; restart them (e.g. kubectl rollout restart) to use it`,
     };
+  }
+
+  /** One line naming the pods whose sidecar does not work, and why; none where nobody looks for them. */
+  private sidecarCondition(toolset: ToolSet, namespace: string): ConditionInput[] {
+    if (!this.o.sidecarProblems) return [];
+    const problems = [...this.o.sidecarProblems(namespace, toolset.metadata.name)].sort((a, b) =>
+      a.name.localeCompare(b.name),
+    );
+    if (problems.length === 0) {
+      return [{ type: SIDECARS_READY, status: 'True', reason: 'SidecarsReady', message: '' }];
+    }
+    const shown = problems.slice(0, 10).map((p) => `${p.name} (${p.reason})`);
+    const more = problems.length - shown.length;
+    return [
+      {
+        type: SIDECARS_READY,
+        status: 'False',
+        reason: 'SidecarProblems',
+        message: `pods ${shown.join(', ')}${more > 0 ? ` and ${more} more` : ''} have no working earpiece-proxy sidecar; the Warning Events on their workloads say what to do`,
+      },
+    ];
   }
 
   /** Writes status through the status subresource when it differs; true when it wrote. */

@@ -8,7 +8,16 @@
  */
 import type { V1ConfigMap } from '@kubernetes/client-node';
 import fastJsonPatch, { type Operation } from 'fast-json-patch';
-import { type Document, isMap, isScalar, isSeq, parseAllDocuments, stringify } from 'yaml';
+import {
+  type Document,
+  isCollection,
+  isMap,
+  isScalar,
+  isSeq,
+  parseAllDocuments,
+  stringify,
+  visit,
+} from 'yaml';
 import type { ToolSet } from '../toolset/schema.js';
 import { renderConfigMap } from './configmap.js';
 import type { OperatorErrorCode } from './errors.js';
@@ -115,18 +124,67 @@ export interface InjectManifestsResult {
   configMaps: V1ConfigMap[];
 }
 
-/** Injects every opted-in workload of a YAML stream. Throws ManifestError for YAML that does not parse. */
-export function injectManifests(text: string, options: InjectManifestsOptions): InjectManifestsResult {
+const UNRENDERED =
+  'it looks like an unrendered template ({{ ... }}); render it first (helm template, kustomize build) and inject the result';
+
+/**
+ * The documents of a YAML stream, or a ManifestError saying what is wrong: YAML that does not parse, a
+ * template not rendered yet (`{{ .Values.x }}` parses as a map used as a key), or a document that is
+ * not a Kubernetes object (a Markdown file may parse as a string). Checked before toJS(), which would
+ * turn a map key into "[object Object]" with a Node warning.
+ */
+export function parseManifests(text: string): Document.Parsed[] {
   // YAML 1.1, as kubectl reads manifests: `yes` and `on` are booleans there.
   const docs = parseAllDocuments(text, { version: '1.1', prettyErrors: true });
-  if (!Array.isArray(docs)) return { text, reports: [], configMaps: [] };
-  for (const doc of docs) {
-    const [error] = doc.errors;
-    if (error) {
-      const where = error.linePos ? `line ${error.linePos[0].line}: ` : '';
-      throw new ManifestError(`${where}${error.message.split('\n')[0]}`);
+  if (!Array.isArray(docs)) return [];
+  for (const [i, doc] of docs.entries()) {
+    checkYaml(doc, text);
+    if (doc.contents === null) continue;
+    const root = doc.contents;
+    const field = (key: string) => (isMap(root) ? root.get(key) : undefined);
+    if (typeof field('apiVersion') !== 'string' || typeof field('kind') !== 'string') {
+      throw new ManifestError(
+        `document ${i + 1} (line ${lineOf(text, root.range?.[0] ?? 0)}) is not a Kubernetes object: it needs apiVersion and kind`,
+      );
     }
   }
+  return docs;
+}
+
+const lineOf = (text: string, offset: number) => text.slice(0, offset).split('\n').length;
+
+/**
+ * A ManifestError for a document of `text` that does not parse or uses a map as a key (what an
+ * unrendered `{{ ... }}` parses as); toJS() would make such a key "[object Object]" with a Node warning.
+ */
+export function checkYaml(doc: Document.Parsed, text: string): void {
+  const templated = /\{\{.*\}\}/.test(text);
+  const [error] = doc.errors;
+  if (error) {
+    const where = error.linePos ? `line ${error.linePos[0].line}: ` : '';
+    throw new ManifestError(templated ? `${where}${UNRENDERED}` : `${where}${error.message.split('\n')[0]}`);
+  }
+  let mapKey: number | undefined;
+  visit(doc, {
+    Pair(_, pair) {
+      if (!isCollection(pair.key)) return undefined;
+      mapKey = pair.key.range?.[0] ?? 0;
+      return visit.BREAK;
+    },
+  });
+  if (mapKey !== undefined)
+    throw new ManifestError(
+      `line ${lineOf(text, mapKey)}: ${templated ? UNRENDERED : 'a map or list is used as a key'}`,
+    );
+}
+
+/**
+ * Injects every opted-in workload of a YAML stream. Throws ManifestError for input that is not
+ * Kubernetes YAML (see parseManifests).
+ */
+export function injectManifests(text: string, options: InjectManifestsOptions): InjectManifestsResult {
+  const docs = parseManifests(text);
+  if (docs.length === 0) return { text, reports: [], configMaps: [] };
   const objects = docs.map((d) => d.toJS() as unknown);
   const optedIn = namespacesOptedIn(objects);
   const reports: WorkloadReport[] = [];
@@ -209,11 +267,13 @@ function applyToDocument(doc: Document, base: Path, ops: Operation[]): void {
 export function formatReport(r: WorkloadReport): string {
   const what = `${r.kind.toLowerCase()} "${r.name}"${r.namespace ? ` in namespace ${r.namespace}` : ''}`;
   if (r.result.ok) {
-    const { replaced } = r.result;
+    const { replaced, updated } = r.result;
     const again = replaced
       ? ` (replacing its injection for ToolSet ${replaced.toolset}, hash ${replaced.hash ?? 'none'})`
       : '';
-    const lines = [`${what} injected with ToolSet ${r.result.toolset}${again}`];
+    const lines = updated
+      ? [`${what} updated (ToolSet ${r.result.toolset}): ${updated.join('; ')}`]
+      : [`${what} injected with ToolSet ${r.result.toolset}${again}`];
     for (const w of r.result.warnings) lines.push(`  warning: ${w}`);
     return lines.join('\n');
   }

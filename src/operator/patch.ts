@@ -3,8 +3,9 @@
  * skip reason out. No I/O, no clock, no Kubernetes client. The webhook diffs the result against the pod
  * into a JSON Patch; `earpiece inject` writes the same difference into the manifest. A pod that already
  * has the sidecar for the same ToolSet and configuration hash comes back as a skip, so injecting twice
- * changes nothing; one injected for another configuration has the old injection taken out and is
- * injected again, so its env vars match the configuration it mounts.
+ * changes nothing, unless its sidecar image or image pull secrets are not the ones asked for now (a new
+ * `--image`, a chart upgrade): those alone are updated. One injected for another configuration has the
+ * old injection taken out and is injected again, so its env vars match the configuration it mounts.
  */
 import type { V1Container, V1EnvVar, V1PodSpec } from '@kubernetes/client-node';
 import { selectToolSet, type ToolSetLookup } from './select.js';
@@ -82,6 +83,8 @@ export type InjectResult =
       warnings: string[];
       /** The injection that was taken out and done again: its ToolSet and hash. */
       replaced?: { toolset: string; hash: string | undefined };
+      /** An injection already current but for these changes (new image, pull secrets added). */
+      updated?: string[];
     }
   | { ok: false; reason: SkipReason; message: string; warn: boolean };
 
@@ -132,7 +135,13 @@ export function buildInjection(given: PodTemplate, input: InjectInput): InjectRe
       `ToolSet ${name} has never been valid, so ConfigMap ${configMapName(name)} does not exist; see kubectl describe toolset ${name}`,
     );
   }
-  if (previous?.toolset === name && previous.hash === config.hash) return skip('already_injected');
+  const warnings: string[] = [];
+  const settings = overrides(annotations, input.sidecar, warnings);
+  if (previous?.toolset === name && previous.hash === config.hash) {
+    const refreshed = refreshInjection(given, settings.image, input.sidecar.imagePullSecrets);
+    if (!refreshed) return skip('already_injected');
+    return { ok: true, template: refreshed.template, toolset: name, warnings, updated: refreshed.changes };
+  }
   if (upstreamLost && !config.upstreamNamed) {
     return skip(
       'no_upstream',
@@ -140,8 +149,6 @@ export function buildInjection(given: PodTemplate, input: InjectInput): InjectRe
     );
   }
 
-  const warnings: string[] = [];
-  const settings = overrides(annotations, input.sidecar, warnings);
   const conflict = conflictWith(spec, settings.port, settings.metricsPort);
   if (conflict) return skip('conflict', conflict);
 
@@ -177,6 +184,7 @@ export function buildInjection(given: PodTemplate, input: InjectInput): InjectRe
     }
   }
   out.spec.volumes = [...(out.spec.volumes ?? []), ...sidecarVolumes(name)];
+  mergePullSecrets(out.spec, input.sidecar.imagePullSecrets);
   out.metadata ??= {};
   out.metadata.labels = { ...out.metadata.labels, [LABEL_INJECTED]: 'true' };
   out.metadata.annotations = { ...out.metadata.annotations, [ANNOTATION_TOOLSET_HASH]: config.hash };
@@ -187,6 +195,40 @@ export function buildInjection(given: PodTemplate, input: InjectInput): InjectRe
     warnings,
     ...(previous ? { replaced: { toolset: previous.toolset, hash: previous.hash } } : {}),
   };
+}
+
+/**
+ * Adds the sidecar's image pull secrets the pod does not list yet, after its own; returns those added.
+ * Never removed again: the pod may have listed them itself.
+ */
+function mergePullSecrets(spec: V1PodSpec, names: readonly string[]): string[] {
+  const have = new Set((spec.imagePullSecrets ?? []).map((s) => s?.name));
+  const added = names.filter((n) => !have.has(n));
+  if (added.length)
+    spec.imagePullSecrets = [...(spec.imagePullSecrets ?? []), ...added.map((name) => ({ name }))];
+  return added;
+}
+
+/**
+ * A current injection given the sidecar image and pull secrets asked for now; undefined when it has them.
+ * Only these two change: everything else the configuration hash already vouches for.
+ */
+function refreshInjection(
+  given: PodTemplate,
+  image: string,
+  pullSecrets: readonly string[],
+): { template: PodTemplate; changes: string[] } | undefined {
+  const out = structuredClone(given) as PodTemplate & { spec: V1PodSpec };
+  const changes: string[] = [];
+  const sidecar = [...(out.spec.initContainers ?? []), ...out.spec.containers].find(
+    (c) => c.name === SIDECAR_NAME,
+  );
+  if (sidecar && sidecar.image !== image) {
+    changes.push(`image ${sidecar.image ?? '(none)'} replaced by ${image}`);
+    sidecar.image = image;
+  }
+  for (const name of mergePullSecrets(out.spec, pullSecrets)) changes.push(`image pull secret ${name} added`);
+  return changes.length ? { template: out, changes } : undefined;
 }
 
 /**

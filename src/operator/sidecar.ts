@@ -22,6 +22,9 @@ export const APP_URL_ENV = 'KYUTAI_LLM_URL';
 /** The sidecar's upstream when the ToolSet names none: the app's own KYUTAI_LLM_URL, handed over. */
 export const UPSTREAM_ENV = 'EARPIECE_UPSTREAM_URL';
 
+/** The startup probe's window (one probe a second): the app containers wait this long at most. */
+export const SIDECAR_STARTUP_SECONDS = 120;
+
 export const LABEL_INJECT = 'earpiece.dev/inject';
 export const LABEL_INJECTED = 'earpiece.dev/injected';
 export const ANNOTATION_TOOLSET = 'earpiece.dev/toolset';
@@ -42,6 +45,15 @@ export const OVERRIDE_ANNOTATIONS = {
   nativeSidecar: 'earpiece.dev/native-sidecar',
 } as const;
 
+/** `auto`: native where the API server supports it (1.29+), decided by the operator at start. */
+export const NATIVE_SIDECAR_VALUES = ['true', 'false', 'auto'];
+
+/** True when EARPIECE_NATIVE_SIDECAR leaves the choice to the API server's version (unset or auto). */
+export function nativeSidecarAuto(env: NodeJS.ProcessEnv): boolean {
+  const value = env.EARPIECE_NATIVE_SIDECAR;
+  return value === undefined || value === '' || value === 'auto';
+}
+
 export function configMapName(toolsetName: string): string {
   return `earpiece-toolset-${toolsetName}`;
 }
@@ -56,6 +68,11 @@ export interface SidecarConfig {
   resources: V1ResourceRequirements;
   /** An init container with restartPolicy Always (Kubernetes 1.29+), else a plain container. */
   nativeSidecar: boolean;
+  /**
+   * Secrets (in the pod's namespace) for pulling the sidecar image, merged into every injected pod's
+   * imagePullSecrets: without them a private registry holds the sidecar, and so the app, in ImagePullBackOff.
+   */
+  imagePullSecrets: string[];
   logLevel: string;
   /** Added to the sidecar as they are, e.g. OTEL_EXPORTER_OTLP_ENDPOINT. */
   extraEnv: V1EnvVar[];
@@ -69,6 +86,7 @@ export const DEFAULT_SIDECAR: SidecarConfig = {
   imagePullPolicy: 'IfNotPresent',
   resources: { requests: { cpu: '50m', memory: '128Mi' }, limits: { memory: '256Mi' } },
   nativeSidecar: true,
+  imagePullSecrets: [],
   logLevel: 'info',
   extraEnv: [],
 };
@@ -80,8 +98,9 @@ export class SidecarConfigError extends Error {
 /**
  * The operator's sidecar defaults from its environment: EARPIECE_SIDECAR_IMAGE,
  * EARPIECE_SIDECAR_IMAGE_PULL_POLICY, EARPIECE_SIDECAR_RESOURCES (JSON, as in a pod spec),
- * EARPIECE_NATIVE_SIDECAR (true/false), EARPIECE_SIDECAR_LOG_LEVEL, EARPIECE_SIDECAR_ENV (JSON list
- * of env vars). A bad value is an error naming the variable, so a misconfigured chart fails at start.
+ * EARPIECE_NATIVE_SIDECAR (true, false, or auto: true here, and the operator asks the API server at
+ * start), EARPIECE_SIDECAR_IMAGE_PULL_SECRETS (JSON list of {"name": ...}, as in a pod spec),
+ * EARPIECE_SIDECAR_LOG_LEVEL, EARPIECE_SIDECAR_ENV (JSON list of env vars). A bad value is an error naming the variable, so a misconfigured chart fails at start.
  */
 export function sidecarConfigFromEnv(env: NodeJS.ProcessEnv): SidecarConfig {
   const config = structuredClone(DEFAULT_SIDECAR);
@@ -106,9 +125,19 @@ export function sidecarConfigFromEnv(env: NodeJS.ProcessEnv): SidecarConfig {
   }
   const native = get('EARPIECE_NATIVE_SIDECAR');
   if (native !== undefined) {
-    if (native !== 'true' && native !== 'false')
-      fail('EARPIECE_NATIVE_SIDECAR', `"${native}" is not true or false`);
-    config.nativeSidecar = native === 'true';
+    if (!NATIVE_SIDECAR_VALUES.includes(native))
+      fail('EARPIECE_NATIVE_SIDECAR', `"${native}" is not one of ${NATIVE_SIDECAR_VALUES.join(', ')}`);
+    config.nativeSidecar = native !== 'false';
+  }
+  const secrets = get('EARPIECE_SIDECAR_IMAGE_PULL_SECRETS');
+  if (secrets !== undefined) {
+    const parsed = parseJson(secrets);
+    const names = Array.isArray(parsed)
+      ? parsed.map((s) => (typeof s === 'string' ? s : (s as { name?: unknown } | null)?.name))
+      : [];
+    if (!Array.isArray(parsed) || !names.every((n) => typeof n === 'string' && n !== ''))
+      fail('EARPIECE_SIDECAR_IMAGE_PULL_SECRETS', 'is not a JSON list of secret references ({"name": ...})');
+    config.imagePullSecrets = [...new Set(names as string[])];
   }
   const level = get('EARPIECE_SIDECAR_LOG_LEVEL');
   if (level !== undefined) {
@@ -231,7 +260,7 @@ export function sidecarContainer(s: SidecarSpec): V1Container {
     ...(s.native ? { restartPolicy: 'Always' } : {}),
     env,
     ports: [{ name: METRICS_PORT_NAME, containerPort: s.metricsPort, protocol: 'TCP' }],
-    startupProbe: probe('/readyz', 1, 120),
+    startupProbe: probe('/readyz', 1, SIDECAR_STARTUP_SECONDS),
     livenessProbe: probe('/healthz', 10, 3),
     resources: structuredClone(s.resources),
     securityContext: {

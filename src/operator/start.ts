@@ -1,10 +1,11 @@
 /**
  * Wiring. Every replica runs the informers (the webhook reads ToolSets from their cache), the webhook
- * and its certificates; only the Lease holder runs the controller's writes and the uninjected-pod
- * reports. SIGTERM (cmd/operator.ts calls stop()): /readyz turns 503 and the webhook keeps serving for
+ * and its certificates; only the Lease holder runs the controller's writes, the pods of opted-in
+ * namespaces and the sidecar-problem reports. SIGTERM (cmd/operator.ts calls stop()): /readyz turns 503 and the webhook keeps serving for
  * the shutdown grace period, then the controller stops, the Lease is released, the informers stop, the
  * servers close.
  */
+import { X509Certificate } from 'node:crypto';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -27,9 +28,12 @@ import { MANAGED_BY, TOOLSETS, ToolSetController, type ToolSetObject } from './c
 import { EventRecorder, type EventSubject } from './events.js';
 import { Informer, InformerSet } from './informers.js';
 import { LeaderElector } from './leader.js';
+import { NamespacePods } from './namespace-pods.js';
 import type { ToolSetLookup } from './select.js';
+import { sidecarForServer } from './server-version.js';
 import { configMapName, LABEL_INJECT, LABEL_INJECTED } from './sidecar.js';
-import { UninjectedReporter } from './uninjected.js';
+import { SidecarProblemReporter } from './sidecar-problems.js';
+import { condition, READY } from './status.js';
 import {
   type InjectionOutcome,
   startWebhookServer,
@@ -51,7 +55,10 @@ export interface Timing {
   /** The informers' reconnect and restart waits. */
   informerDelay?: (ms: number) => Promise<void>;
   informerRestartBaseMs?: number;
-  uninjectedDebounceMs?: number;
+  /** Pod events are gathered this long before sidecar problems are looked for. */
+  problemDebounceMs?: number;
+  /** Sidecar problems are looked for again this often without events (not ready past the window). */
+  problemRecheckMs?: number;
   /** The shutdown grace wait (default: a timer of config.shutdownGraceMs). */
   shutdownDelay?: (ms: number) => Promise<void>;
 }
@@ -75,7 +82,7 @@ export interface ControlPlaneOptions {
   timing?: Timing;
 }
 
-/** Informers, controller, Lease and uninjected-pod reports: everything that talks to the API server. */
+/** Informers, controller, Lease and sidecar-problem reports: everything that talks to the API server. */
 export class ControlPlane {
   readonly toolsets: InformerSet<ToolSetObject>;
   readonly configMaps: InformerSet<V1ConfigMap>;
@@ -84,7 +91,9 @@ export class ControlPlane {
   /** Namespaces labelled earpiece.dev/inject=true. */
   readonly optedInNamespaces: InformerSet<V1Namespace>;
   readonly controller: ToolSetController;
-  readonly uninjected: UninjectedReporter;
+  /** Pods of opted-in namespaces, watched by the leader only. */
+  readonly namespacePods: NamespacePods;
+  readonly sidecarProblems: SidecarProblemReporter;
   readonly events: EventRecorder;
   readonly metrics: OperatorMetrics;
   private readonly elector: LeaderElector | undefined;
@@ -166,6 +175,7 @@ export class ControlPlane {
       toolsets: this.toolsets,
       configMaps: this.configMaps,
       pods: this.injectedPods,
+      sidecarProblems: (namespace, name) => this.sidecarProblems.forToolSet(namespace, name),
       events: this.events,
       metrics: this.metrics,
       clock,
@@ -175,16 +185,43 @@ export class ControlPlane {
       retryBaseMs: timing.retryBaseMs,
       retryMaxMs: timing.retryMaxMs,
     });
-    this.uninjected = new UninjectedReporter({
-      pods: this.optedInPods,
+    const notOptedOut = `${LABEL_INJECT}!=false`;
+    this.namespacePods = new NamespacePods({
+      namespaces: this.optedInNamespaces,
+      allowed: (ns) =>
+        (config.watchNamespaces.length === 0 || config.watchNamespaces.includes(ns)) &&
+        !config.excludeNamespaces.includes(ns),
+      make: (ns) =>
+        new Informer<V1Pod>({
+          ...informerOptions,
+          kind: 'Pod',
+          path: `/api/v1/namespaces/${ns}/pods`,
+          labelSelector: notOptedOut,
+          list: () => core.listNamespacedPod({ namespace: ns, labelSelector: notOptedOut }),
+        }),
+    });
+    this.sidecarProblems = new SidecarProblemReporter({
+      pods: [this.optedInPods, this.injectedPods, this.namespacePods],
+      namespaceOptedIn: (ns) => this.optedInNamespaces.get(ns) !== undefined,
       toolsets: (ns) => this.lookup(ns),
       excludeNamespaces: config.excludeNamespaces,
       sidecar: config.sidecar,
       events: this.events,
       metrics: this.metrics,
       logger,
-      debounceMs: timing.uninjectedDebounceMs,
+      clock,
+      onToolSetsChanged: (keys) => this.controller.refresh(keys),
+      debounceMs: timing.problemDebounceMs,
+      recheckMs: timing.problemRecheckMs,
     });
+    this.metrics.watchToolSets(() =>
+      this.leading
+        ? this.toolsets.list().map((t) => ({
+            namespace: t.metadata.namespace ?? '',
+            ready: condition(t.status, READY)?.status === 'True',
+          }))
+        : [],
+    );
     if (config.leaderElection) {
       this.elector = new LeaderElector({
         api: kc.makeApiClient(CoordinationV1Api),
@@ -213,7 +250,7 @@ export class ControlPlane {
 
   /**
    * The ToolSets of one namespace from the cache, and their last valid configurations from their
-   * ConfigMaps: what the webhook and the uninjected report select from.
+   * ConfigMaps: what the webhook and the sidecar-problem report select from.
    */
   lookup(namespace: string): ToolSetLookup {
     return {
@@ -279,15 +316,18 @@ export class ControlPlane {
   private async lead(): Promise<void> {
     this.leading = true;
     this.logger.info({ identity: this.o.config.podName }, 'Started leading');
+    this.metrics.leading(true);
     this.controller.start();
-    this.uninjected.start();
+    this.namespacePods.start();
+    this.sidecarProblems.start();
   }
 
   private async follow(): Promise<void> {
     if (!this.leading) return;
     this.leading = false;
-    this.uninjected.stop();
-    await this.controller.stop();
+    this.metrics.leading(false);
+    this.sidecarProblems.stop();
+    await Promise.all([this.controller.stop(), this.namespacePods.stop()]);
     this.logger.info({ identity: this.o.config.podName }, 'Stopped leading');
   }
 }
@@ -324,9 +364,12 @@ export interface RunningOperator {
 
 /** The whole `earpiece operator`: probes and metrics first, then informers, certificates, webhook. */
 export async function startOperator(o: OperatorOptions): Promise<RunningOperator> {
-  const { config, kc } = o;
+  const { kc } = o;
   const host = o.host ?? '0.0.0.0';
   const logger = o.logger ?? createLogger('operator');
+  const config = o.config.nativeSidecarAuto
+    ? { ...o.config, sidecar: await sidecarForServer(kc, o.config.sidecar, logger) }
+    : o.config;
   const metrics = o.metrics ?? new OperatorMetrics();
   let webhook: WebhookServer | undefined;
   let plane: ControlPlane | undefined;
@@ -350,7 +393,7 @@ export async function startOperator(o: OperatorOptions): Promise<RunningOperator
     url === '/metrics' ? { code: 200, body: await metrics.metrics(), type: metrics.contentType } : undefined,
   );
 
-  plane = new ControlPlane({ ...o, logger, metrics });
+  plane = new ControlPlane({ ...o, config, logger, metrics });
   const certificates = new WebhookCertificates({
     mode: config.certMode,
     core: kc.makeApiClient(CoreV1Api),
@@ -384,7 +427,9 @@ export async function startOperator(o: OperatorOptions): Promise<RunningOperator
       sidecar: config.sidecar,
       logger,
       onInjection: (outcome) => running.onInjection(outcome),
+      onReviewed: (operation, seconds) => metrics.webhookReview(operation, seconds),
     });
+    metrics.watchCertificate(() => notAfter(holder.current.certPem));
   } catch (err) {
     await stop();
     throw err;
@@ -433,6 +478,15 @@ async function listen(host: string, portNumber: number, route: (url: string) => 
     server.listen(portNumber, host, () => resolve());
   });
   return server;
+}
+
+/** When a PEM certificate expires; undefined when it cannot be read. */
+function notAfter(certPem: string): Date | undefined {
+  try {
+    return new X509Certificate(certPem).validToDate;
+  } catch {
+    return undefined;
+  }
 }
 
 function port(server: Server): number {

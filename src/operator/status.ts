@@ -19,6 +19,8 @@ export interface ConditionInput {
 
 export const READY = 'Ready';
 export const RESTART_REQUIRED = 'RestartRequired';
+/** False while pods of the ToolSet run without a working sidecar (not injected, ImagePullBackOff, ...). */
+export const SIDECARS_READY = 'SidecarsReady';
 
 /** metav1.Time: RFC 3339 with whole seconds. */
 export function kubeTime(date: Date): string {

@@ -78,6 +78,8 @@ export interface WebhookServerOptions {
   sidecar: SidecarConfig;
   logger: Logger;
   onInjection?: (outcome: InjectionOutcome) => void;
+  /** How long each review took (earpiece_webhook_duration_seconds). */
+  onReviewed?: (operation: 'mutate', seconds: number) => void;
   /** Bytes; a pod is at most about 1.5 MB in etcd, and the review wraps it once for CREATE. */
   bodyLimit?: number;
 }
@@ -206,9 +208,11 @@ function review(
       ...base,
       outcome: 'injected',
       toolset: result.toolset,
-      message: result.replaced
-        ? `injected the earpiece-proxy sidecar again with ToolSet ${result.toolset}, replacing the one for ToolSet ${result.replaced.toolset} (hash ${result.replaced.hash ?? 'none'}) the pod came with`
-        : `injected the earpiece-proxy sidecar with ToolSet ${result.toolset}`,
+      message: result.updated
+        ? `updated the earpiece-proxy sidecar the pod came with (ToolSet ${result.toolset}): ${result.updated.join('; ')}`
+        : result.replaced
+          ? `injected the earpiece-proxy sidecar again with ToolSet ${result.toolset}, replacing the one for ToolSet ${result.replaced.toolset} (hash ${result.replaced.hash ?? 'none'}) the pod came with`
+          : `injected the earpiece-proxy sidecar with ToolSet ${result.toolset}`,
       warnings: result.warnings,
       warn: false,
     });
@@ -247,7 +251,9 @@ export async function startWebhookServer(options: WebhookServerOptions): Promise
         .code(400)
         .send({ message: 'expected an admission.k8s.io/v1 AdmissionReview with request.uid' });
     }
+    const started = performance.now();
     const response = review(body.request, options);
+    options.onReviewed?.('mutate', (performance.now() - started) / 1000);
     return { apiVersion: 'admission.k8s.io/v1', kind: 'AdmissionReview', response };
   });
 

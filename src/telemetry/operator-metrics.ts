@@ -1,7 +1,8 @@
 /**
  * The operator's Prometheus metrics, on its own registry (served on the operator's metrics port):
- * injections by the webhook, reconciles of the controller, opted-in pods running without the sidecar,
- * and the Node.js process defaults. Label values are fixed sets, never object names.
+ * injections by the webhook and its latency, reconciles of the controller, ToolSets by readiness, opted-in
+ * pods without a working sidecar, the leader, the webhook certificate's expiry, and the Node.js process
+ * defaults. Label values are fixed sets or namespaces, never the names of pods or ToolSets.
  */
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 import { collectProcessMetrics } from './process-metrics.js';
@@ -29,6 +30,11 @@ export class OperatorMetrics {
   private readonly reconciles: Counter<'result'>;
   private readonly reconcileSeconds: Histogram<'result'>;
   private readonly uninjected: Gauge;
+  private readonly problems: Gauge<'namespace' | 'reason'>;
+  private readonly leader: Gauge;
+  private readonly webhookSeconds: Histogram<'operation'>;
+  private toolsetSource: () => readonly { namespace: string; ready: boolean }[] = () => [];
+  private certificateSource: () => Date | undefined = () => undefined;
 
   constructor(options: { defaultMetrics?: boolean } = {}) {
     const registers = [this.registry];
@@ -57,8 +63,48 @@ export class OperatorMetrics {
       help: 'Pods opted in to injection (earpiece.dev/inject=true) that run without the earpiece sidecar.',
       registers,
     });
+    this.problems = new Gauge({
+      name: 'earpiece_sidecar_problem_pods',
+      help: 'Opted-in pods without a working earpiece sidecar, by reason (not_injected, not_ready, or the kubelet reason such as ImagePullBackOff).',
+      labelNames: ['namespace', 'reason'],
+      registers,
+    });
+    this.leader = new Gauge({
+      name: 'earpiece_leader',
+      help: '1 while this replica holds the Lease and runs the controller, else 0.',
+      registers,
+    });
+    this.webhookSeconds = new Histogram({
+      name: 'earpiece_webhook_duration_seconds',
+      help: 'Time the webhook took to answer an admission review.',
+      labelNames: ['operation'],
+      buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
+      registers,
+    });
+    const source = () => this.toolsetSource();
+    new Gauge({
+      name: 'earpiece_toolsets',
+      help: 'ToolSets by readiness (ready="false": invalid, or its ConfigMap cannot be written); leader only.',
+      labelNames: ['namespace', 'ready'],
+      registers,
+      collect() {
+        this.reset();
+        for (const t of source()) this.inc({ namespace: t.namespace, ready: String(t.ready) });
+      },
+    });
+    const certificate = () => this.certificateSource();
+    new Gauge({
+      name: 'earpiece_webhook_certificate_expiry_timestamp_seconds',
+      help: 'When the serving certificate of the webhook expires (Unix time).',
+      registers,
+      collect() {
+        const notAfter = certificate();
+        if (notAfter) this.set(notAfter.getTime() / 1000);
+      },
+    });
     // Known label values start at zero, so rates and alerts have series before the first event.
     for (const result of RECONCILE_RESULTS) this.reconciles.inc({ result }, 0);
+    this.leader.set(0);
   }
 
   /** The webhook's onInjection. */
@@ -73,6 +119,30 @@ export class OperatorMetrics {
 
   uninjectedPods(count: number): void {
     this.uninjected.set(count);
+  }
+
+  /** Counted per namespace and reason; a pair that no longer occurs goes away. */
+  sidecarProblems(pods: readonly { namespace: string; reason: string }[]): void {
+    this.problems.reset();
+    for (const p of pods) this.problems.inc({ namespace: p.namespace, reason: p.reason });
+  }
+
+  leading(leading: boolean): void {
+    this.leader.set(leading ? 1 : 0);
+  }
+
+  webhookReview(operation: string, seconds: number): void {
+    this.webhookSeconds.observe({ operation }, seconds);
+  }
+
+  /** Where earpiece_toolsets reads the ToolSets from when scraped (empty on followers). */
+  watchToolSets(source: () => readonly { namespace: string; ready: boolean }[]): void {
+    this.toolsetSource = source;
+  }
+
+  /** Where the certificate expiry is read from when scraped. */
+  watchCertificate(notAfter: () => Date | undefined): void {
+    this.certificateSource = notAfter;
   }
 
   metrics(): Promise<string> {

@@ -151,7 +151,8 @@ describe('default values', () => {
         limits: { memory: '256Mi' },
         requests: { cpu: '50m', memory: '128Mi' },
       }),
-      EARPIECE_NATIVE_SIDECAR: 'true',
+      EARPIECE_SIDECAR_IMAGE_PULL_SECRETS: '[]',
+      EARPIECE_NATIVE_SIDECAR: 'auto',
       EARPIECE_SIDECAR_LOG_LEVEL: 'info',
       EARPIECE_SIDECAR_ENV: '[]',
       EARPIECE_LOG_LEVEL: 'info',
@@ -163,9 +164,34 @@ describe('default values', () => {
       imagePullPolicy: 'IfNotPresent',
       resources: { limits: { memory: '256Mi' }, requests: { cpu: '50m', memory: '128Mi' } },
       nativeSidecar: true,
+      imagePullSecrets: [],
       logLevel: 'info',
       extraEnv: [],
     });
+  });
+
+  it('gives the chart-wide image pull secrets to the sidecars as well', () => {
+    const rendered = render({ set: ['imagePullSecrets[0].name=regcred', 'imagePullSecrets[1].name=mirror'] });
+    const deployment = find(rendered, 'Deployment', FULLNAME);
+    const spec = (deployment as unknown as { spec: { template: { spec: { imagePullSecrets: unknown } } } })
+      .spec;
+    expect(spec.template.spec.imagePullSecrets).toEqual([{ name: 'regcred' }, { name: 'mirror' }]);
+    expect(sidecarConfigFromEnv(env(container(deployment)) as NodeJS.ProcessEnv).imagePullSecrets).toEqual([
+      'regcred',
+      'mirror',
+    ]);
+  });
+
+  it.each([
+    ['1.27.3', [], 'false'],
+    ['1.28.0', [], 'false'],
+    ['1.29.0', [], 'auto'],
+    ['1.33.1', [], 'auto'],
+    ['1.28.0', ['injection.nativeSidecar=true'], 'true'],
+    ['1.33.1', ['injection.nativeSidecar=false'], 'false'],
+  ])('on Kubernetes %s with %j sets EARPIECE_NATIVE_SIDECAR=%s', (kubeVersion, set, expected) => {
+    const deployment = find(render({ kubeVersion, set }), 'Deployment', FULLNAME);
+    expect(env(container(deployment)).EARPIECE_NATIVE_SIDECAR).toBe(expected);
   });
 
   it('configures the operator with the names of the objects the chart creates', () => {
@@ -468,6 +494,22 @@ describe('every option on', () => {
     const rule = find(objects, 'PrometheusRule');
     const file = parse(readFileSync(path.join(CHART, 'rules/earpiece.rules.yaml'), 'utf8'));
     expect(rule.spec).toEqual({ groups: file.groups });
+  });
+
+  it('points the runbook links where metrics.prometheusRule.runbookBaseUrl says', () => {
+    const rendered = render({
+      values: ['ci/all-on-values.yaml'],
+      set: ['metrics.prometheusRule.runbookBaseUrl=https://wiki.example/earpiece'],
+      apiVersions: [MONITORING_API],
+    });
+    const rules = (
+      find(rendered, 'PrometheusRule') as unknown as {
+        spec: { groups: { rules: { alert: string; annotations: { runbook_url: string } }[] }[] };
+      }
+    ).spec.groups.flatMap((g) => g.rules);
+    expect(rules.length).toBeGreaterThan(0);
+    for (const r of rules)
+      expect(r.annotations.runbook_url).toBe(`https://wiki.example/earpiece#${r.alert.toLowerCase()}`);
   });
 
   it('runs vLLM with tool calling on, a context of at least 4096 tokens and a GPU', () => {

@@ -36,6 +36,8 @@ export interface RenderOptions {
   values?: string[];
   set?: string[];
   apiVersions?: string[];
+  /** The cluster's version as `.Capabilities.KubeVersion` shows it (helm's default otherwise). */
+  kubeVersion?: string;
 }
 
 function renderArgs(command: string[], opts: RenderOptions): string[] {
@@ -46,6 +48,7 @@ function renderArgs(command: string[], opts: RenderOptions): string[] {
     ...(opts.values ?? []).flatMap((file) => ['--values', path.join(CHART, file)]),
     ...(opts.set ?? []).flatMap((s) => ['--set', s]),
     ...(opts.apiVersions ?? []).flatMap((a) => ['--api-versions', a]),
+    ...(opts.kubeVersion ? ['--kube-version', opts.kubeVersion] : []),
   ];
 }
 

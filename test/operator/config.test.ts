@@ -24,6 +24,7 @@ describe('operator settings', () => {
       certDir: '/etc/earpiece/certs',
       shutdownGraceMs: 5000,
       sidecar: DEFAULT_SIDECAR,
+      nativeSidecarAuto: true,
     });
   });
 
@@ -67,6 +68,18 @@ describe('operator settings', () => {
       resources: { requests: { cpu: '10m' } },
       nativeSidecar: true,
     });
+    // An explicit value wins over the API server's version; auto (or nothing) leaves it to the server.
+    expect(config.nativeSidecarAuto).toBe(false);
+    expect(loadConfig([], { EARPIECE_NATIVE_SIDECAR: 'auto' }).config).toMatchObject({
+      nativeSidecarAuto: true,
+      sidecar: { nativeSidecar: true },
+    });
+    expect(
+      loadConfig([], { EARPIECE_SIDECAR_IMAGE_PULL_SECRETS: '[{"name":"regcred"},"mirror"]' }).config.sidecar,
+    ).toMatchObject({ imagePullSecrets: ['regcred', 'mirror'] });
+    expect(() => loadConfig([], { EARPIECE_SIDECAR_IMAGE_PULL_SECRETS: 'regcred' })).toThrow(
+      'EARPIECE_SIDECAR_IMAGE_PULL_SECRETS: is not a JSON list of secret references',
+    );
   });
 
   it('names the setting at fault', () => {

@@ -37,7 +37,7 @@ const TIMING: Timing = {
   informerRestartBaseMs: 50,
   retryBaseMs: 20,
   retryMaxMs: 200,
-  uninjectedDebounceMs: 20,
+  problemDebounceMs: 20,
   leaseDurationMs: 1000,
   renewDeadlineMs: 700,
   retryPeriodMs: 100,
@@ -201,6 +201,14 @@ describe('ToolSet controller', () => {
           type: 'RestartRequired',
           status: 'False',
           reason: 'PodsUpToDate',
+          message: '',
+          lastTransitionTime: '2026-01-01T00:00:00Z',
+          observedGeneration: 1,
+        },
+        {
+          type: 'SidecarsReady',
+          status: 'True',
+          reason: 'SidecarsReady',
           message: '',
           lastTransitionTime: '2026-01-01T00:00:00Z',
           observedGeneration: 1,
@@ -738,6 +746,7 @@ describe('earpiece operator', () => {
         certDir: '/nonexistent',
         shutdownGraceMs: 0,
         sidecar: DEFAULT_SIDECAR,
+        nativeSidecarAuto: false,
       },
       host: '127.0.0.1',
       logger,
@@ -838,6 +847,84 @@ describe('earpiece operator', () => {
       if (!stopped) await operator.stop();
     }
   });
+  it.each([
+    ['v1.28.9-eks-036c24b', true, 'containers'],
+    ['v1.29.0', true, 'initContainers'],
+    ['v1.28.9-eks-036c24b', false, 'initContainers'],
+  ])('on an API server %s (auto: %s) injects the sidecar into %s', async (version, auto, where) => {
+    api.version = version;
+    api.create('mutatingwebhookconfigurations', {
+      apiVersion: 'admissionregistration.k8s.io/v1',
+      kind: 'MutatingWebhookConfiguration',
+      metadata: { name: 'earpiece-webhook' },
+      webhooks: [{ name: 'pods.earpiece.dev', clientConfig: {} }],
+    });
+    const operator = await startOperator({
+      kc: api.kubeConfig('operator'),
+      config: {
+        namespace: 'earpiece-system',
+        podName: 'earpiece-operator-0',
+        instance: 'earpiece',
+        watchNamespaces: [],
+        excludeNamespaces: [],
+        leaderElection: false,
+        leaseName: 'earpiece-operator',
+        webhookPort: 0,
+        probePort: 0,
+        metricsPort: 0,
+        webhookConfigName: 'earpiece-webhook',
+        webhookServiceName: 'earpiece-webhook',
+        certMode: 'operator',
+        certSecretName: 'earpiece-webhook-tls',
+        certDir: '/nonexistent',
+        shutdownGraceMs: 0,
+        // auto leaves it to the server; false stands for an explicit true (the default config's value).
+        sidecar: DEFAULT_SIDECAR,
+        nativeSidecarAuto: auto,
+      },
+      host: '127.0.0.1',
+      logger,
+      metrics: new OperatorMetrics({ defaultMetrics: false }),
+      timing: TIMING,
+    });
+    try {
+      api.create('toolsets', toolset('assistant', [weatherTool()]));
+      await expect.poll(() => operator.plane.lookup(NS).config('assistant'), POLL).toBeDefined();
+      const webhooks = api.get('mutatingwebhookconfigurations', undefined, 'earpiece-webhook')!.webhooks as {
+        clientConfig: { caBundle: string };
+      }[];
+      const ca = Buffer.from(webhooks[0]!.clientConfig.caBundle, 'base64').toString();
+      const response = await admit(operator.ports.webhook, ca, {
+        apiVersion: 'v1',
+        kind: 'Pod',
+        metadata: {
+          name: 'backend',
+          namespace: NS,
+          labels: { app: 'unmute-backend', 'earpiece.dev/inject': 'true' },
+        },
+        spec: {
+          containers: [
+            {
+              name: 'backend',
+              image: 'unmute',
+              env: [{ name: 'KYUTAI_LLM_URL', value: 'http://vllm:8000' }],
+            },
+          ],
+        },
+      });
+      const ops = JSON.parse(Buffer.from(String(response.patch), 'base64').toString()) as {
+        path: string;
+        value: { name?: string }[] | { name?: string };
+      }[];
+      const sidecarAt = ops
+        .filter((op) => [op.value].flat().some((v) => v?.name === 'earpiece-proxy'))
+        .map((op) => op.path.split('/')[2]);
+      expect(sidecarAt).toEqual([where]);
+    } finally {
+      await operator.stop();
+    }
+  });
+
   it('on stop answers /readyz 503 and keeps injecting for the grace period, then closes the webhook', async () => {
     api.create('mutatingwebhookconfigurations', {
       apiVersion: 'admissionregistration.k8s.io/v1',
@@ -867,6 +954,7 @@ describe('earpiece operator', () => {
         certDir: '/nonexistent',
         shutdownGraceMs: 5000,
         sidecar: DEFAULT_SIDECAR,
+        nativeSidecarAuto: false,
       },
       host: '127.0.0.1',
       logger,

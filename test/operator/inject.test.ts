@@ -16,7 +16,7 @@ import { serviceDnsNames } from '../../src/operator/certs.js';
 import { findWorkloads, injectManifests, namespacesOptedIn } from '../../src/operator/inject.js';
 import type { PodTemplate } from '../../src/operator/patch.js';
 import { toolsetLookup } from '../../src/operator/select.js';
-import { DEFAULT_SIDECAR } from '../../src/operator/sidecar.js';
+import { DEFAULT_SIDECAR, type SidecarConfig } from '../../src/operator/sidecar.js';
 import { CertificateHolder, startWebhookServer, type WebhookServer } from '../../src/operator/webhook.js';
 import { createLogger } from '../../src/telemetry/log.js';
 import { type ToolSet, validateToolSet } from '../../src/toolset/index.js';
@@ -46,7 +46,14 @@ const readCase = (name: string) => readFileSync(`${DIR}/${name}.yaml`, 'utf8');
 const goldenPath = (name: string) => `${DIR}/${name}.injected.yaml`;
 const parseDocs = (text: string) =>
   parseAllDocuments(text, { version: '1.1' }).map((d) => d.toJS() as unknown);
-const inject = (text: string) => injectManifests(text, { toolsets, sidecar: DEFAULT_SIDECAR });
+/** The operator's sidecar settings for a case: the defaults, with a fixture's `# sidecar: {...}` line. */
+function sidecarFor(text: string): SidecarConfig {
+  const line = /^# sidecar: (.*)$/m.exec(text);
+  return { ...structuredClone(DEFAULT_SIDECAR), ...(line?.[1] ? JSON.parse(line[1]) : {}) };
+}
+/** What the webhook serves with; each case sets it before sending its pods. */
+const webhookSidecar: SidecarConfig = structuredClone(DEFAULT_SIDECAR);
+const inject = (text: string, sidecar = sidecarFor(text)) => injectManifests(text, { toolsets, sidecar });
 
 /** The `# expect:` line at the top of a fixture: one outcome per workload, in order. */
 function expectedOutcomes(text: string): string[] {
@@ -77,7 +84,7 @@ beforeAll(async () => {
       config: (ns, name) => toolsetLookup(toolsets, ns).config(name),
       namespaceOptedIn: (ns) => optedIn.has(ns),
     },
-    sidecar: DEFAULT_SIDECAR,
+    sidecar: webhookSidecar,
     logger: createLogger('webhook-test', 'silent'),
   });
 });
@@ -164,6 +171,7 @@ describe('the pod fixture corpus', () => {
     });
 
     it('the webhook gives the same pods', async () => {
+      Object.assign(webhookSidecar, sidecarFor(input));
       const viaWebhook = await throughWebhook(parseDocs(input));
       expect(viaWebhook).toEqual(parseDocs(readFileSync(goldenPath(name), 'utf8')));
     });
@@ -177,7 +185,7 @@ describe('the pod fixture corpus', () => {
 
     it('a second run changes nothing', () => {
       const golden = readFileSync(goldenPath(name), 'utf8');
-      const again = inject(golden);
+      const again = inject(golden, sidecarFor(input));
       expect(again.text).toBe(golden);
       expect(again.reports.every((r) => !r.result.ok)).toBe(true);
     });
@@ -316,6 +324,114 @@ describe('earpiece inject, the command', () => {
     } finally {
       rmSync(dir, { recursive: true });
     }
+  });
+
+  it('fails with status 3 and a summary when an opted-in workload was skipped, unless --allow-skip', async () => {
+    // several-toolsets.yaml: one pod that two ToolSets select, one that names a missing ToolSet, ...
+    const args = ['-t', `${DIR}/toolsets/research-a.yaml`, '-t', `${DIR}/toolsets/research-b.yaml`];
+    const failed = await exec([...args, '-f', `${DIR}/several-toolsets.yaml`]);
+    expect(failed.code).toBe(3);
+    expect(failed.stdout).toBe('');
+    expect(failed.stderr).toContain('skipped (several_toolsets)');
+    expect(failed.stderr).toMatch(
+      /earpiece inject: \d+ opted-in workloads? (was|were) skipped \(.*\); fix them, or pass --allow-skip/,
+    );
+    const allowed = await exec([...args, '-f', `${DIR}/several-toolsets.yaml`, '--allow-skip']);
+    expect(allowed.code).toBe(0);
+    expect(allowed.stdout).toBe(readFileSync(goldenPath('several-toolsets'), 'utf8'));
+    // Workloads that never asked for the sidecar are no failure.
+    const quiet = await exec(['-t', `${DIR}/toolsets/assistant.yaml`, '-f', `${DIR}/not-opted-in.yaml`]);
+    expect(quiet.code).toBe(0);
+  });
+
+  it('refuses input that is not Kubernetes YAML with status 1, naming what is wrong, without Node warnings', async () => {
+    const t = ['-t', `${DIR}/toolsets/assistant.yaml`, '-f', '-'];
+    const markdown = await exec(t, '# Unmute on Kubernetes\n\nLabel the backend and watch Grafana.\n');
+    expect(markdown).toMatchObject({ code: 1, stdout: '' });
+    expect(markdown.stderr).toBe(
+      '(stdin): document 1 (line 3) is not a Kubernetes object: it needs apiVersion and kind\n',
+    );
+    const template = [
+      'apiVersion: apps/v1',
+      'kind: Deployment',
+      'metadata:',
+      '  name: {{ include "unmute.fullname" . }}',
+      'spec:',
+      '  template:',
+      '    metadata:',
+      '      labels:',
+      '        earpiece.dev/inject: "true"',
+      '',
+    ].join('\n');
+    const unrendered = await exec(t, template);
+    expect(unrendered).toMatchObject({ code: 1, stdout: '' });
+    expect(unrendered.stderr).toBe(
+      '(stdin): line 4: it looks like an unrendered template ({{ ... }}); render it first (helm template, kustomize build) and inject the result\n',
+    );
+    const helmFile = await exec([
+      '-t',
+      `${DIR}/toolsets/assistant.yaml`,
+      '-f',
+      'charts/earpiece/templates/vllm.yaml',
+    ]);
+    expect(helmFile.code).toBe(1);
+    expect(helmFile.stderr).toMatch(
+      /^charts\/earpiece\/templates\/vllm\.yaml: line \d+: it looks like an unrendered template/,
+    );
+    expect(helmFile.stderr.split('\n')).toHaveLength(2);
+  });
+
+  it('replaces the image of a sidecar injected before, and merges image pull secrets once', async () => {
+    const t = ['-t', `${DIR}/toolsets/assistant.yaml`];
+    const first = await exec([
+      ...t,
+      '-f',
+      `${DIR}/pull-secrets.yaml`,
+      '--image-pull-secret',
+      'earpiece-registry',
+    ]);
+    expect(first.code).toBe(0);
+    const templateOf = (text: string) =>
+      (parseDocs(text)[0] as { spec: { template: PodTemplate } }).spec.template.spec!;
+    expect(templateOf(first.stdout).imagePullSecrets).toEqual([
+      { name: 'app-registry' },
+      { name: 'shared-registry' },
+      { name: 'earpiece-registry' },
+    ]);
+    const image = 'registry.example/earpiece:0.2.0';
+    const second = await exec(
+      [
+        ...t,
+        '-f',
+        '-',
+        '--image',
+        image,
+        '--image-pull-secret',
+        'earpiece-registry',
+        '--image-pull-secret',
+        'mirror',
+      ],
+      first.stdout,
+    );
+    expect(second.code).toBe(0);
+    expect(second.stderr).toBe(
+      `deployment "unmute-backend" in namespace voice updated (ToolSet assistant): image ghcr.io/earpiece-dev/earpiece:0.1.0 replaced by ${image}; image pull secret mirror added\n`,
+    );
+    const spec = templateOf(second.stdout);
+    expect(spec.initContainers?.map((c) => [c.name, c.image])).toEqual([['earpiece-proxy', image]]);
+    expect(spec.imagePullSecrets?.map((s) => s.name)).toEqual([
+      'app-registry',
+      'shared-registry',
+      'earpiece-registry',
+      'mirror',
+    ]);
+    // The same flags again: nothing left to change.
+    const third = await exec(
+      [...t, '-f', '-', '--image', image, '--image-pull-secret', 'mirror'],
+      second.stdout,
+    );
+    expect(third).toMatchObject({ code: 0, stdout: second.stdout });
+    expect(third.stderr).toContain('skipped (already_injected)');
   });
 
   it('answers bad usage with status 2 and the help text', async () => {

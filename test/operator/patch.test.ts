@@ -536,6 +536,7 @@ describe('the sidecar settings', () => {
         EARPIECE_SIDECAR_IMAGE_PULL_POLICY: 'Always',
         EARPIECE_SIDECAR_RESOURCES: '{"requests":{"cpu":"10m"}}',
         EARPIECE_NATIVE_SIDECAR: 'false',
+        EARPIECE_SIDECAR_IMAGE_PULL_SECRETS: '[{"name":"regcred"},{"name":"regcred"}]',
         EARPIECE_SIDECAR_LOG_LEVEL: 'warn',
         EARPIECE_SIDECAR_ENV: '[{"name":"OTEL_EXPORTER_OTLP_ENDPOINT","value":"http://otel:4318"}]',
       }),
@@ -544,13 +545,15 @@ describe('the sidecar settings', () => {
       imagePullPolicy: 'Always',
       resources: { requests: { cpu: '10m' } },
       nativeSidecar: false,
+      imagePullSecrets: ['regcred'],
       logLevel: 'warn',
       extraEnv: [{ name: 'OTEL_EXPORTER_OTLP_ENDPOINT', value: 'http://otel:4318' }],
     });
     const bad: [string, string, RegExp][] = [
       ['EARPIECE_SIDECAR_RESOURCES', '{"requests":{"cpu":"lots"}}', /requests.cpu: "lots" is not a quantity/],
       ['EARPIECE_SIDECAR_RESOURCES', 'cpu=1', /is not JSON/],
-      ['EARPIECE_NATIVE_SIDECAR', 'yes', /"yes" is not true or false/],
+      ['EARPIECE_NATIVE_SIDECAR', 'yes', /"yes" is not one of true, false, auto/],
+      ['EARPIECE_SIDECAR_IMAGE_PULL_SECRETS', '[{"nom":"x"}]', /is not a JSON list of secret references/],
       ['EARPIECE_SIDECAR_IMAGE_PULL_POLICY', 'Sometimes', /"Sometimes" is not one of Always/],
       ['EARPIECE_SIDECAR_ENV', '{"a":1}', /is not a JSON list of env vars/],
     ];

@@ -327,6 +327,8 @@ function comparable(obj: KObject): unknown {
 export interface FakeApiServerOptions {
   /** How often open watches that asked for bookmarks get one. */
   bookmarkIntervalMs?: number;
+  /** What GET /version reports, as `v1.33.0`; managed clusters add suffixes (`v1.28.9-eks-036c24b`). */
+  version?: string;
 }
 
 export class FakeApiServer {
@@ -346,7 +348,11 @@ export class FakeApiServer {
   readonly requests: RequestInfo[] = [];
   url = '';
 
+  /** GET /version answers with this (settable, as an upgrade of the control plane would change it). */
+  version: string;
+
   constructor(options: FakeApiServerOptions = {}) {
+    this.version = options.version ?? 'v1.33.0';
     this.server = createServer((req, res) => {
       this.handle(req, res).catch((err: unknown) => {
         const e =
@@ -490,6 +496,7 @@ export class FakeApiServer {
   private async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const url = new URL(req.url ?? '/', 'http://fake');
     const user = /^Bearer (.+)$/.exec(req.headers.authorization ?? '')?.[1] ?? 'anonymous';
+    if (url.pathname === '/version' && req.method === 'GET') return this.sendVersion(res);
     const route = this.route(url.pathname);
     const method = req.method ?? 'GET';
     const watch = url.searchParams.get('watch') === 'true' || url.searchParams.get('watch') === '1';
@@ -624,6 +631,17 @@ export class FakeApiServer {
       });
     }
     throw new StatusError(405, 'MethodNotAllowed', `${method} is not supported`);
+  }
+
+  /** version.Info as the API server gives it; a managed cluster's minor may carry a `+`. */
+  private sendVersion(res: ServerResponse): void {
+    const [, major = '1', minor = '0'] = /^v(\d+)\.(\d+)/.exec(this.version) ?? [];
+    this.send(res, 200, {
+      major,
+      minor: this.version.includes('-') ? `${minor}+` : minor,
+      gitVersion: this.version,
+      platform: 'linux/amd64',
+    });
   }
 
   private route(pathname: string): {

@@ -74,6 +74,8 @@ export interface ScrapeJob {
   targets: string[];
   /** Extra labels for the targets (as Prometheus Operator adds `namespace`, `pod`). */
   labels?: Record<string, string>;
+  /** The target's own labels win over `labels` (kube-state-metrics, and the operator's `namespace`). */
+  honorLabels?: boolean;
 }
 
 export interface PrometheusQueryResult {
@@ -104,6 +106,7 @@ export async function startPrometheus(
     rule_files: ruleFiles,
     scrape_configs: jobs.map((job) => ({
       job_name: job.job,
+      ...(job.honorLabels ? { honor_labels: true } : {}),
       static_configs: [{ targets: job.targets, labels: job.labels ?? {} }],
     })),
   };

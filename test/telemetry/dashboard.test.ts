@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { describe, expect, test } from 'vitest';
 import { stringify } from 'yaml';
 import { createTelemetry } from '../../src/telemetry/index.js';
+import { OperatorMetrics } from '../../src/telemetry/operator-metrics.js';
 import {
   allPanels,
   labelValuesQuery,
@@ -11,12 +12,42 @@ import {
   panelQueries,
   substitute,
 } from '../support/dashboard.js';
+import { KubeMetrics } from '../support/kube-metrics.js';
 import { parseExposition, prometheusBinary, promtool } from '../support/prometheus.js';
 import { VLLM_METRIC_NAMES } from '../support/vllm-metrics.js';
 
 const dashboard = loadDashboard();
 /** Grafana's reference to the datasource variable. */
 const DATASOURCE = ['$', '{datasource}'].join('');
+
+/** The sample names the operator exposes once every kind of record was made. */
+async function operatorNames(): Promise<string[]> {
+  const m = new OperatorMetrics();
+  m.injection('injected');
+  m.reconcile('ok', 0.01);
+  m.leading(true);
+  m.sidecarProblems([{ namespace: 'voice', reason: 'ImagePullBackOff' }]);
+  m.webhookReview('mutate', 0.002);
+  m.watchToolSets(() => [{ namespace: 'voice', ready: true }]);
+  m.watchCertificate(() => new Date());
+  return parseExposition(await m.metrics()).map((s) => s.name);
+}
+
+/** The sample names of kube-state-metrics and cAdvisor about the sidecars (their stand-in's). */
+async function kubeNames(): Promise<string[]> {
+  const kube = new KubeMetrics();
+  const pod = { namespace: 'voice', pod: 'p', memoryLimitBytes: 1, workingSetBytes: 1 };
+  kube.pod({ ...pod, native: true });
+  kube.pod({ ...pod, pod: 'q', native: false });
+  kube.restarted({ ...pod, native: true }, 'OOMKilled');
+  kube.restarted({ ...pod, pod: 'q', native: false }, 'OOMKilled');
+  const target = await kube.listen();
+  try {
+    return parseExposition(await (await fetch(`http://${target}/metrics`)).text()).map((s) => s.name);
+  } finally {
+    await kube.close();
+  }
+}
 
 /** The sample names the proxy exposes once every kind of record was made. */
 async function exposedNames(): Promise<Set<string>> {
@@ -27,7 +58,11 @@ async function exposedNames(): Promise<Set<string>> {
   t.upstreamCall({ toolset: 'assistant', timeToFirstTokenSeconds: 0.05 });
   t.memory({ toolset: 'assistant', spliced: 1 });
   t.memory({ toolset: 'assistant', entries: 1 });
-  return new Set(parseExposition(await t.metrics()).map((s) => s.name));
+  return new Set([
+    ...parseExposition(await t.metrics()).map((s) => s.name),
+    ...(await operatorNames()),
+    ...(await kubeNames()),
+  ]);
 }
 
 describe('Grafana dashboard', () => {
@@ -35,6 +70,7 @@ describe('Grafana dashboard', () => {
     const variables = dashboard.templating.list;
     expect(variables.map((v) => [v.name, v.type])).toEqual([
       ['datasource', 'datasource'],
+      ['cluster', 'query'],
       ['namespace', 'query'],
       ['toolset', 'query'],
       ['tool', 'query'],
@@ -82,12 +118,36 @@ describe('Grafana dashboard', () => {
     expect(has(/vllm:time_to_first_token_seconds_bucket/)).toBe(true);
     expect(has(/earpiece_active_streams/)).toBe(true);
     expect(has(/earpiece_client_disconnects_total/)).toBe(true);
+    // The operator row, the sidecars' health and the model server beside them.
+    const titles = allPanels(dashboard).map((p) => p.title);
+    expect(titles).toEqual(
+      expect.arrayContaining([
+        'Operator',
+        'Reconciles by result',
+        'Injections by outcome',
+        'Pods with sidecar problems by reason',
+        'Webhook latency',
+        'Webhook certificate expires in',
+        'Turn duration',
+        'Sidecar memory against its limit',
+        'Event-loop lag (p99)',
+        'vLLM time to first token',
+      ]),
+    );
+    expect(has(/earpiece_sidecar_problem_pods/)).toBe(true);
+    expect(has(/earpiece_webhook_certificate_expiry_timestamp_seconds/)).toBe(true);
+    expect(has(/container_memory_working_set_bytes.*kube_pod_init_container_resource_limits/)).toBe(true);
+    // Every query honours the cluster variable.
+    for (const { where, expr } of panelQueries(dashboard))
+      expect(expr, where).toContain('cluster=~"$cluster"');
   });
 
-  test('every metric a panel names is one the proxy or vLLM exposes', async () => {
+  test('every metric a panel names is one the proxy, the operator, vLLM or kube-state-metrics exposes', async () => {
     const names = await exposedNames();
     for (const { where, expr } of panelQueries(dashboard)) {
-      for (const [metric] of expr.matchAll(/\b(?:earpiece_[a-z_]+|vllm:[a-z_:]+)/g)) {
+      for (const [metric] of expr.matchAll(
+        /\b(?:earpiece_[a-z_]+|vllm:[a-z_:]+|kube_[a-z_]+|container_[a-z_]+|nodejs_[a-z0-9_]+)/g,
+      )) {
         if (metric.startsWith('vllm:')) expect(VLLM_METRIC_NAMES, where).toContain(metric);
         else expect(names.has(metric), `${where}: ${metric}`).toBe(true);
       }

@@ -1,8 +1,8 @@
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { describe, expect, test } from 'vitest';
-import { stringify } from 'yaml';
+import { parse, stringify } from 'yaml';
 import { prometheusBinary, promtool } from '../support/prometheus.js';
 
 const RULES = resolve('charts/earpiece/rules/earpiece.rules.yaml');
@@ -37,9 +37,51 @@ const descriptions = new Map<string, (labels: Record<string, string>) => string>
   [
     'EarpieceNoTraffic',
     (l) =>
-      `earpiece proxies of ${l.namespace}/${l.toolset} are running, but no chat turn reached them in 30 minutes. If users are talking, Unmute is not pointed at the sidecar: check KYUTAI_LLM_URL of the backend container (the webhook sets it to http://127.0.0.1:8095).`,
+      `earpiece proxies of ${l.namespace}/${l.toolset} are running and vLLM answered requests in the last 30 minutes, but no chat turn reached the proxies. Unmute is not pointed at the sidecar: check KYUTAI_LLM_URL of the backend container (the webhook sets it to http://127.0.0.1:8095).`,
+  ],
+  [
+    'EarpieceOperatorDown',
+    () =>
+      'For 5 minutes no earpiece operator replica was scraped, or none held the leader Lease. Pods created meanwhile start without the earpiece sidecar (webhook failurePolicy Ignore) or are refused (Fail), and ToolSet changes are not applied.',
+  ],
+  [
+    'EarpieceSidecarNotRunning',
+    (l) =>
+      `The earpiece-proxy sidecar of 2 pods in namespace ${l.namespace} is not running (${l.reason}), so their Unmute backend does not start. The Warning Events on their workloads (reason SidecarNotReady) name the pods and the fix.`,
+  ],
+  [
+    'EarpiecePodsNotInjected',
+    (l) =>
+      `1 pods in namespace ${l.namespace} are opted in to injection but have no earpiece sidecar, so their voice assistant has no tools. The Warning Events on their workloads (reason UninjectedPod) say why.`,
+  ],
+  [
+    'EarpieceToolSetInvalid',
+    (l) =>
+      `1 ToolSets in namespace ${l.namespace} have been not Ready for 10 minutes. Their pods keep the last valid configuration, and a ToolSet that was never valid gets no sidecar at all.`,
+  ],
+  [
+    'EarpieceWebhookCertificateExpiring',
+    (l) =>
+      `The serving certificate of the earpiece webhook in namespace ${l.namespace} expires in 9d 22h 30m 0s and has not been renewed. Once it expires the API server cannot call the webhook, and new pods start without the sidecar.`,
+  ],
+  [
+    'EarpieceSlowFirstWord',
+    (l) =>
+      `For 15 minutes 5% of the turns through ToolSet ${l.namespace}/${l.toolset} waited more than 2 seconds for their first spoken word (4.861s at the 95th percentile). Compare the model's own time to first token on the dashboard.`,
+  ],
+  [
+    'EarpieceSidecarRestarting',
+    (l) =>
+      `The earpiece-proxy sidecar of ${l.namespace}/${l.pod} restarted at least 3 times in 30 minutes. Each restart drops the voice turns running through it.`,
+  ],
+  [
+    'EarpieceSidecarOOMKilled',
+    (l) =>
+      `The earpiece-proxy sidecar of ${l.namespace}/${l.pod} ran out of memory and was restarted in the last 30 minutes. Raise its memory limit (chart value injection.resources, or pod annotation earpiece.dev/proxy-memory-limit).`,
   ],
 ]);
+
+const RUNBOOKS = 'https://github.com/earpiece-dev/earpiece/blob/main/docs/runbooks.md#';
 
 /** Runs the cases through promtool's rule unit tests: the real rule engine, on synthetic series. */
 async function runCases(
@@ -63,7 +105,11 @@ async function runCases(
               alertname: c.alert,
               exp_alerts: c.expected.map(({ labels, summary }) => ({
                 exp_labels: labels,
-                exp_annotations: { summary, description: descriptions.get(c.alert)?.(labels) },
+                exp_annotations: {
+                  summary,
+                  description: descriptions.get(c.alert)?.(labels),
+                  runbook_url: `${RUNBOOKS}${c.alert.toLowerCase()}`,
+                },
               })),
             },
           ],
@@ -81,8 +127,31 @@ describe('alert rules', () => {
 
   test.skipIf(!path)('the rule file passes promtool check rules', () => {
     const { status, output } = promtool(path!, ['check', 'rules', RULES]);
-    expect(output).toContain('SUCCESS: 4 rules found');
+    expect(output).toContain('SUCCESS: 12 rules found');
     expect(status).toBe(0);
+  });
+
+  test('every alert links its runbook, which says what it means, how to confirm it and how to fix it', async () => {
+    const rules = (
+      parse(await readFile(RULES, 'utf8')) as {
+        groups: { rules: { alert: string; annotations: Record<string, string> }[] }[];
+      }
+    ).groups.flatMap((g) => g.rules);
+    const runbooks = await readFile(resolve('docs/runbooks.md'), 'utf8');
+    const sections = new Map(
+      runbooks
+        .split(/^## /m)
+        .slice(1)
+        .map((section) => [section.split('\n')[0]!.trim(), section]),
+    );
+    expect(rules.length).toBe(12);
+    for (const { alert, annotations } of rules) {
+      expect(annotations.runbook_url, alert).toBe(`${RUNBOOKS}${alert.toLowerCase()}`);
+      const section = sections.get(alert);
+      expect(section, `docs/runbooks.md has no "## ${alert}"`).toBeDefined();
+      for (const part of ['**Meaning.**', '**Confirm.**', '**Fix.**']) expect(section, alert).toContain(part);
+    }
+    expect([...sections.keys()].sort()).toEqual(rules.map((r) => r.alert).sort());
   });
 
   test.skipIf(!path)('each alert fires on the condition it names and stays quiet otherwise', async () => {
@@ -96,6 +165,20 @@ describe('alert rules', () => {
       `earpiece_turns_total{namespace="${ns}",toolset="${toolset}",outcome="${outcome}"}`;
     const info = (toolset: string) =>
       `earpiece_toolset_info{namespace="${ns}",toolset="${toolset}",hash="h"}`;
+    const vllmRequests = 'vllm:request_success_total{namespace="ai",model_name="m",finished_reason="stop"}';
+    const leader = (pod: string) => `earpiece_leader{namespace="earpiece-system",pod="${pod}"}`;
+    const problem = (reason: string) =>
+      `earpiece_sidecar_problem_pods{namespace="${ns}",reason="${reason}",pod="earpiece-0"}`;
+    const toolsets = (ready: string) =>
+      `earpiece_toolsets{namespace="${ns}",ready="${ready}",pod="earpiece-0"}`;
+    const expiry = (namespace: string) =>
+      `earpiece_webhook_certificate_expiry_timestamp_seconds{namespace="${namespace}",pod="earpiece-0"}`;
+    const firstWord = (toolset: string, le: string) =>
+      `earpiece_time_to_first_content_seconds_bucket{namespace="${ns}",toolset="${toolset}",le="${le}"}`;
+    const restarts = (kind: string, pod: string) =>
+      `kube_pod_${kind}_status_restarts_total{namespace="${ns}",pod="${pod}",container="earpiece-proxy"}`;
+    const oomKilled = (pod: string) =>
+      `kube_pod_init_container_status_last_terminated_reason{namespace="${ns}",pod="${pod}",container="earpiece-proxy",reason="OOMKilled"}`;
 
     const { status, output } = await runCases(path!, [
       {
@@ -169,22 +252,169 @@ describe('alert rules', () => {
           [info('idle')]: '1x70',
           [turns('busy', 'ok')]: '0+3x70',
           [turns('idle', 'ok')]: '0x70',
+          [vllmRequests]: '0+5x70',
         },
         alert: 'EarpieceNoTraffic',
         at: '65m',
         expected: [
           {
             labels: { severity: 'info', namespace: ns, toolset: 'idle' },
-            summary: 'No turns through the earpiece proxies of ToolSet idle for 30 minutes',
+            summary: 'No turns through the earpiece proxies of ToolSet idle while vLLM serves requests',
           },
         ],
       },
       {
         // Up only 20 minutes so far: not yet.
-        series: { [info('idle')]: '1x20', [turns('idle', 'ok')]: '0x20' },
+        series: { [info('idle')]: '1x20', [turns('idle', 'ok')]: '0x20', [vllmRequests]: '0+5x20' },
         alert: 'EarpieceNoTraffic',
         at: '20m',
         expected: [],
+      },
+      {
+        // A quiet night: nobody talks to the proxies, nor to vLLM.
+        series: { [info('idle')]: '1x600', [turns('idle', 'ok')]: '0x600', [vllmRequests]: '100x600' },
+        alert: 'EarpieceNoTraffic',
+        at: '9h',
+        expected: [],
+      },
+      {
+        // Scraped, but no replica holds the Lease.
+        series: { [leader('earpiece-0')]: '0x20', [leader('earpiece-1')]: '0x20' },
+        alert: 'EarpieceOperatorDown',
+        at: '10m',
+        expected: [{ labels: { severity: 'critical' }, summary: 'No earpiece operator is leading' }],
+      },
+      {
+        // Not scraped at all.
+        series: { 'up{job="something-else"}': '1x20' },
+        alert: 'EarpieceOperatorDown',
+        at: '10m',
+        expected: [{ labels: { severity: 'critical' }, summary: 'No earpiece operator is leading' }],
+      },
+      {
+        series: { [leader('earpiece-0')]: '0x20', [leader('earpiece-1')]: '1x20' },
+        alert: 'EarpieceOperatorDown',
+        at: '10m',
+        expected: [],
+      },
+      {
+        series: { [problem('ImagePullBackOff')]: '2x20', [problem('not_injected')]: '1x20' },
+        alert: 'EarpieceSidecarNotRunning',
+        at: '10m',
+        expected: [
+          {
+            labels: { severity: 'critical', namespace: ns, reason: 'ImagePullBackOff' },
+            summary: `2 pods in ${ns} have an earpiece sidecar in ImagePullBackOff`,
+          },
+        ],
+      },
+      {
+        series: { [problem('not_injected')]: '1x20' },
+        alert: 'EarpieceSidecarNotRunning',
+        at: '10m',
+        expected: [],
+      },
+      {
+        series: { [problem('not_injected')]: '1x30', [problem('CrashLoopBackOff')]: '2x30' },
+        alert: 'EarpiecePodsNotInjected',
+        at: '20m',
+        expected: [
+          {
+            labels: { severity: 'warning', namespace: ns },
+            summary: `1 opted-in pods in ${ns} run without the earpiece sidecar`,
+          },
+        ],
+      },
+      {
+        // A pod that missed the webhook for 10 minutes only (recreated meanwhile): no page.
+        series: { [problem('not_injected')]: '1x10 _x20' },
+        alert: 'EarpiecePodsNotInjected',
+        at: '25m',
+        expected: [],
+      },
+      {
+        series: { [toolsets('false')]: '1x20', [toolsets('true')]: '3x20' },
+        alert: 'EarpieceToolSetInvalid',
+        at: '15m',
+        expected: [
+          { labels: { severity: 'warning', namespace: ns }, summary: `1 ToolSets in ${ns} are not Ready` },
+        ],
+      },
+      {
+        series: { [toolsets('false')]: '0x20', [toolsets('true')]: '3x20' },
+        alert: 'EarpieceToolSetInvalid',
+        at: '15m',
+        expected: [],
+      },
+      {
+        // Expires 10 days after the test's start; rules are evaluated from Unix time 0.
+        series: { [expiry('earpiece-system')]: `${10 * 86400}x120` },
+        alert: 'EarpieceWebhookCertificateExpiring',
+        at: '90m',
+        expected: [
+          {
+            labels: { severity: 'warning', namespace: 'earpiece-system' },
+            summary: 'The earpiece webhook certificate expires in 9d 22h 30m 0s',
+          },
+        ],
+      },
+      {
+        series: { [expiry('earpiece-system')]: `${60 * 86400}x120` },
+        alert: 'EarpieceWebhookCertificateExpiring',
+        at: '90m',
+        expected: [],
+      },
+      {
+        // slow: most first words between 2.5 s and 5 s; fast: all under a second.
+        series: {
+          [firstWord('slow', '1')]: '0+1x30',
+          [firstWord('slow', '2.5')]: '0+2x30',
+          [firstWord('slow', '5')]: '0+20x30',
+          [firstWord('slow', '+Inf')]: '0+20x30',
+          [firstWord('fast', '1')]: '0+20x30',
+          [firstWord('fast', '2.5')]: '0+20x30',
+          [firstWord('fast', '5')]: '0+20x30',
+          [firstWord('fast', '+Inf')]: '0+20x30',
+        },
+        alert: 'EarpieceSlowFirstWord',
+        at: '28m',
+        expected: [
+          {
+            labels: { severity: 'warning', namespace: ns, toolset: 'slow' },
+            summary: 'p95 time to the first spoken word of ToolSet slow is 4.861s',
+          },
+        ],
+      },
+      {
+        // A native sidecar restarts as an init container; a plain one as a container. Two restarts: not yet.
+        series: {
+          [restarts('init_container', 'backend-a')]: '0+1x40',
+          [restarts('container', 'backend-b')]: '0+1x40',
+          [restarts('init_container', 'backend-c')]: '0x30 1 2',
+        },
+        alert: 'EarpieceSidecarRestarting',
+        at: '40m',
+        expected: ['backend-a', 'backend-b'].map((pod) => ({
+          labels: { severity: 'warning', namespace: ns, pod },
+          summary: `The earpiece sidecar of pod ${pod} keeps restarting`,
+        })),
+      },
+      {
+        // backend-a was OOM-killed and restarted just now; backend-b's OOM kill is long past.
+        series: {
+          [oomKilled('backend-a')]: '1x40',
+          [restarts('init_container', 'backend-a')]: '0x30 1x10',
+          [oomKilled('backend-b')]: '1x40',
+          [restarts('init_container', 'backend-b')]: '1x40',
+        },
+        alert: 'EarpieceSidecarOOMKilled',
+        at: '35m',
+        expected: [
+          {
+            labels: { severity: 'warning', namespace: ns, pod: 'backend-a' },
+            summary: 'The earpiece sidecar of pod backend-a was OOM-killed',
+          },
+        ],
       },
     ]);
     expect(output).toContain('SUCCESS');

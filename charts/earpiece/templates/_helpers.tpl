@@ -63,6 +63,20 @@ app.kubernetes.io/component: operator
 {{- end }}
 {{- end }}
 
+{{/*
+Native sidecars: the value given, else false before Kubernetes 1.29 (which has none), else auto: the
+operator asks the API server at start, which also covers a `helm template` rendered for another cluster.
+*/}}
+{{- define "earpiece.nativeSidecar" -}}
+{{- if kindIs "bool" .Values.injection.nativeSidecar }}
+{{- .Values.injection.nativeSidecar }}
+{{- else if semverCompare ">=1.29.0-0" .Capabilities.KubeVersion.Version }}
+{{- "auto" }}
+{{- else }}
+{{- "false" }}
+{{- end }}
+{{- end }}
+
 {{/* Cluster-scoped objects are named after the release and its namespace, so two releases never clash. */}}
 {{- define "earpiece.clusterName" -}}
 {{- printf "%s-%s" .Release.Namespace (include "earpiece.fullname" .) | trunc 63 | trimSuffix "-" }}

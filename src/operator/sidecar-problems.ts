@@ -1,0 +1,303 @@
+/**
+ * Opted-in pods that do not have a working sidecar, however they were opted in (their own label or
+ * their namespace's):
+ * - `not_injected`: running without it, created while the webhook was unreachable (failurePolicy
+ *   Ignore lets them through) or skipped by it (no ToolSet selects them, ...);
+ * - the kubelet's reason when the sidecar waits or died (`ImagePullBackOff`, `CrashLoopBackOff`,
+ *   `CreateContainerConfigError`, `OOMKilled`, ...): as a native sidecar it holds the app back;
+ * - `not_ready`: started but not ready past its startup window.
+ * They are counted in `earpiece_sidecar_problem_pods{namespace,reason}` (and the uninjected ones in
+ * `earpiece_uninjected_pods`), each gets one Warning Event on its owner (the ReplicaSet, Job, ... that
+ * made it) saying what to do, and their ToolSet lists them in its status. Run by the leader only, so
+ * replicas neither repeat the Events nor add up the gauges.
+ */
+import type { V1ContainerStatus, V1Pod } from '@kubernetes/client-node';
+import type { Logger } from '../telemetry/log.js';
+import type { OperatorMetrics } from '../telemetry/operator-metrics.js';
+import { type Clock, systemClock } from './clock.js';
+import type { EventRecorder, EventSubject } from './events.js';
+import { buildInjection, hasSidecar, readInjection } from './patch.js';
+import { selectToolSet, type ToolSetLookup } from './select.js';
+import { LABEL_INJECT, SIDECAR_NAME, SIDECAR_STARTUP_SECONDS, type SidecarConfig } from './sidecar.js';
+
+/** A source of pods to look at (an informer cache); several may hold the same pod. */
+export interface PodSource {
+  list(): ReadonlyArray<V1Pod>;
+  onChange(handler: () => void): void;
+}
+
+export interface SidecarProblemOptions {
+  /** Opted-in pods by their own label, injected pods, and the pods of opted-in namespaces. */
+  pods: readonly PodSource[];
+  /** The namespace carries label earpiece.dev/inject=true. */
+  namespaceOptedIn: (namespace: string) => boolean;
+  toolsets: (namespace: string) => ToolSetLookup;
+  /** Namespaces the webhook is never called for (kube-system, the operator's own, ...): not reported. */
+  excludeNamespaces: readonly string[];
+  sidecar: SidecarConfig;
+  events: EventRecorder;
+  metrics?: OperatorMetrics;
+  logger: Logger;
+  clock?: Clock;
+  /** Called with the ToolSets (`namespace/name`) whose list of pods with a problem changed. */
+  onToolSetsChanged?: (keys: string[]) => void;
+  /** Pod events are gathered for this long before the pods are looked at again. */
+  debounceMs?: number;
+  /** Looked at again this often without events: `not_ready` comes with time alone. */
+  recheckMs?: number;
+}
+
+export const NOT_INJECTED = 'not_injected';
+export const NOT_READY = 'not_ready';
+
+export interface SidecarProblem {
+  namespace: string;
+  name: string;
+  uid: string;
+  /** `not_injected`, `not_ready`, or the kubelet's reason (ImagePullBackOff, CrashLoopBackOff, ...). */
+  reason: string;
+  /** What is wrong and what to do, as a sentence. */
+  message: string;
+  /** The ToolSet the pod has (or would get), for its status. */
+  toolset: string | undefined;
+}
+
+/** Kubelet reasons that are only steps on the way up: a problem only once they outlast the startup window. */
+const STARTING = new Set(['ContainerCreating', 'PodInitializing']);
+/** Beyond the startup probe's own window: the kubelet may take a while to pull and start. */
+const STARTUP_WINDOW_MS = (SIDECAR_STARTUP_SECONDS + 60) * 1000;
+
+/** What is wrong with the pod's sidecar, now, or undefined when it is fine (or still starting). */
+export function sidecarStatusProblem(pod: V1Pod, now: Date): { reason: string; detail: string } | undefined {
+  const status = [
+    ...(pod.status?.initContainerStatuses ?? []),
+    ...(pod.status?.containerStatuses ?? []),
+  ].find((s) => s.name === SIDECAR_NAME);
+  if (!status) return undefined;
+  const since = (s: V1ContainerStatus) =>
+    new Date(s.state?.running?.startedAt ?? pod.status?.startTime ?? pod.metadata?.creationTimestamp ?? now);
+  const late = now.getTime() - since(status).getTime() > STARTUP_WINDOW_MS;
+  const waiting = status.state?.waiting;
+  if (waiting) {
+    const reason = waiting.reason ?? 'Waiting';
+    if (STARTING.has(reason)) return late ? { reason: NOT_READY, detail: `still ${reason}` } : undefined;
+    return { reason, detail: waiting.message ?? '' };
+  }
+  const terminated = status.state?.terminated;
+  if (terminated) {
+    return {
+      reason: terminated.reason ?? 'Terminated',
+      detail: `exit code ${terminated.exitCode}${terminated.message ? `: ${terminated.message}` : ''}`,
+    };
+  }
+  if (!status.ready && late) return { reason: NOT_READY, detail: 'running but not ready' };
+  return undefined;
+}
+
+/** The fix, by reason: what on-call should do first. */
+function advice(pod: V1Pod, reason: string, detail: string, image: string | undefined): string {
+  const name = pod.metadata?.name ?? '';
+  const namespace = pod.metadata?.namespace ?? '';
+  const why = detail ? ` (${detail})` : '';
+  const holds = 'as a native sidecar it holds the app container back';
+  switch (reason) {
+    case 'ImagePullBackOff':
+    case 'ErrImagePull':
+    case 'InvalidImageName':
+      return `the ${SIDECAR_NAME} image ${image ?? ''} cannot be pulled${why}; ${holds}. For a private registry set the chart's imagePullSecrets (or earpiece inject --image-pull-secret) to a Secret that exists in namespace ${namespace}`;
+    case 'CrashLoopBackOff':
+    case 'Error':
+      return `the ${SIDECAR_NAME} sidecar keeps exiting${why}; ${holds}. See kubectl -n ${namespace} logs ${name} -c ${SIDECAR_NAME} --previous`;
+    case 'OOMKilled':
+      return `the ${SIDECAR_NAME} sidecar ran out of memory${why}; raise its limit (chart value injection.resources, or pod annotation earpiece.dev/proxy-memory-limit)`;
+    case 'CreateContainerConfigError':
+      return `the ${SIDECAR_NAME} sidecar cannot be created${why}; a Secret the ToolSet references is probably missing in namespace ${namespace}`;
+    case NOT_READY:
+      return `the ${SIDECAR_NAME} sidecar is not ready after ${STARTUP_WINDOW_MS / 1000} s${why}; its /readyz needs a valid ToolSet: see kubectl -n ${namespace} logs ${name} -c ${SIDECAR_NAME}`;
+    default:
+      return `the ${SIDECAR_NAME} sidecar is ${reason}${why}; see kubectl -n ${namespace} describe pod ${name}`;
+  }
+}
+
+export class SidecarProblemReporter {
+  private active = false;
+  private timer: NodeJS.Timeout | undefined;
+  private recheck: NodeJS.Timeout | undefined;
+  /** The reason each pod was last reported with (by uid): one Event per pod and reason. */
+  private readonly reported = new Map<string, string>();
+  private last: SidecarProblem[] = [];
+  private readonly clock: Clock;
+
+  constructor(private readonly o: SidecarProblemOptions) {
+    this.clock = o.clock ?? systemClock;
+    for (const source of o.pods) source.onChange(() => this.schedule());
+  }
+
+  /** The pods found at the last look. */
+  get pods(): readonly SidecarProblem[] {
+    return this.last;
+  }
+
+  /** The pods with a problem that belong to one ToolSet. */
+  forToolSet(namespace: string, name: string): SidecarProblem[] {
+    return this.last.filter((p) => p.namespace === namespace && p.toolset === name);
+  }
+
+  start(): void {
+    this.active = true;
+    this.schedule();
+    this.recheck = setInterval(() => this.schedule(), this.o.recheckMs ?? 30_000);
+    this.recheck.unref();
+  }
+
+  stop(): void {
+    this.active = false;
+    clearTimeout(this.timer);
+    clearInterval(this.recheck);
+    this.timer = undefined;
+    const before = this.last;
+    this.last = [];
+    this.reported.clear();
+    this.o.metrics?.uninjectedPods(0);
+    this.o.metrics?.sidecarProblems([]);
+    this.notify(before, []);
+  }
+
+  /** Pod events from any source land here: the newest state is read when the timer fires. */
+  private schedule(): void {
+    if (!this.active || this.timer) return;
+    this.timer = setTimeout(() => {
+      this.timer = undefined;
+      void this.check();
+    }, this.o.debounceMs ?? 1000);
+    this.timer.unref();
+  }
+
+  /** Looks at every opted-in pod now, counts those with a problem, and reports the new ones. */
+  async check(): Promise<SidecarProblem[]> {
+    const excluded = new Set(this.o.excludeNamespaces);
+    const now = this.clock.now();
+    const seen = new Set<string>();
+    const found: { pod: V1Pod; problem: SidecarProblem }[] = [];
+    for (const source of this.o.pods) {
+      for (const pod of source.list()) {
+        const meta = pod.metadata;
+        if (!meta?.uid || seen.has(meta.uid) || meta.deletionTimestamp) continue;
+        seen.add(meta.uid);
+        const namespace = meta.namespace ?? '';
+        // The webhook is never asked about these pods, so deleting them would bring them back as they are.
+        if (excluded.has(namespace)) continue;
+        if (pod.status?.phase === 'Succeeded' || pod.status?.phase === 'Failed') continue;
+        const problem = this.problemOf(pod, namespace, now);
+        if (problem) found.push({ pod, problem });
+      }
+    }
+    const problems = found.map((f) => f.problem);
+    if (!this.active) return problems;
+    const before = this.last;
+    this.last = problems;
+    this.o.metrics?.uninjectedPods(problems.filter((p) => p.reason === NOT_INJECTED).length);
+    this.o.metrics?.sidecarProblems(problems);
+    const present = new Set(problems.map((p) => p.uid));
+    for (const uid of this.reported.keys()) if (!present.has(uid)) this.reported.delete(uid);
+    this.notify(before, problems);
+    for (const { pod, problem } of found) {
+      if (this.reported.get(problem.uid) === problem.reason) continue;
+      this.reported.set(problem.uid, problem.reason);
+      this.o.logger.warn(
+        { pod: problem.name, namespace: problem.namespace, reason: problem.reason, why: problem.message },
+        problem.reason === NOT_INJECTED ? 'Found uninjected pod' : 'Found pod whose sidecar is not ready',
+      );
+      await this.o.events.record(
+        ownerOf(pod),
+        'Warning',
+        problem.reason === NOT_INJECTED ? 'UninjectedPod' : 'SidecarNotReady',
+        problem.reason === NOT_INJECTED
+          ? `pod ${problem.name} is opted in (${pod.metadata?.labels?.[LABEL_INJECT] === 'true' ? '' : 'by its namespace, '}${LABEL_INJECT}=true) but runs without the earpiece sidecar: ${problem.message}`
+          : `pod ${problem.name}: ${problem.message}`,
+      );
+    }
+    return problems;
+  }
+
+  private problemOf(pod: V1Pod, namespace: string, now: Date): SidecarProblem | undefined {
+    const meta = pod.metadata ?? {};
+    const base = { namespace, name: meta.name ?? '', uid: meta.uid ?? '' };
+    if (!hasSidecar(pod.spec)) {
+      const label = meta.labels?.[LABEL_INJECT];
+      const optedIn = label === 'true' || (label !== 'false' && this.o.namespaceOptedIn(namespace));
+      if (!optedIn) return undefined;
+      const selection = selectToolSet(meta, namespace, this.o.toolsets(namespace));
+      return {
+        ...base,
+        reason: NOT_INJECTED,
+        message: this.why(pod, namespace),
+        toolset: selection.ok ? selection.toolset.metadata.name : undefined,
+      };
+    }
+    const problem = sidecarStatusProblem(pod, now);
+    if (!problem) return undefined;
+    const sidecar = [...(pod.spec?.initContainers ?? []), ...(pod.spec?.containers ?? [])].find(
+      (c) => c.name === SIDECAR_NAME,
+    );
+    return {
+      ...base,
+      reason: problem.reason,
+      message: advice(pod, problem.reason, problem.detail, sidecar?.image),
+      toolset: readInjection({ metadata: { annotations: meta.annotations }, spec: pod.spec })?.toolset,
+    };
+  }
+
+  /** The webhook's own decision for this pod, now: a skip reason, or "it would be injected". */
+  private why(pod: V1Pod, namespace: string): string {
+    const result = buildInjection(
+      { metadata: { labels: pod.metadata?.labels, annotations: pod.metadata?.annotations }, spec: pod.spec },
+      {
+        namespace,
+        namespaceOptedIn: this.o.namespaceOptedIn(namespace),
+        toolsets: this.o.toolsets(namespace),
+        sidecar: this.o.sidecar,
+      },
+    );
+    if (result.ok) {
+      return 'it would be injected now, so the webhook did not see it (unreachable when the pod was created?); delete the pod so its controller recreates it with the sidecar';
+    }
+    return result.message;
+  }
+
+  /** Tells which ToolSets' lists changed, so their status is written again. */
+  private notify(before: readonly SidecarProblem[], after: readonly SidecarProblem[]): void {
+    if (!this.o.onToolSetsChanged) return;
+    const lines = (list: readonly SidecarProblem[]) => {
+      const byToolSet = new Map<string, string[]>();
+      for (const p of list) {
+        if (!p.toolset) continue;
+        const key = `${p.namespace}/${p.toolset}`;
+        byToolSet.set(key, [...(byToolSet.get(key) ?? []), `${p.name}:${p.reason}`]);
+      }
+      return byToolSet;
+    };
+    const old = lines(before);
+    const now = lines(after);
+    const changed = [...new Set([...old.keys(), ...now.keys()])].filter(
+      (k) => (old.get(k) ?? []).sort().join() !== (now.get(k) ?? []).sort().join(),
+    );
+    if (changed.length) this.o.onToolSetsChanged(changed);
+  }
+}
+
+/** Events go on the pod's controller (ReplicaSet, Job, ...), where users look; a bare pod gets them itself. */
+function ownerOf(pod: V1Pod): EventSubject {
+  const meta = pod.metadata ?? {};
+  const owner = meta.ownerReferences?.find((r) => r.controller) ?? meta.ownerReferences?.[0];
+  if (owner) {
+    return {
+      apiVersion: owner.apiVersion,
+      kind: owner.kind,
+      name: owner.name,
+      namespace: meta.namespace,
+      uid: owner.uid,
+    };
+  }
+  return { apiVersion: 'v1', kind: 'Pod', name: meta.name ?? '', namespace: meta.namespace, uid: meta.uid };
+}

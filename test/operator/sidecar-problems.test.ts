@@ -1,0 +1,386 @@
+/**
+ * Opted-in pods running without the sidecar: counted in earpiece_uninjected_pods and reported once each
+ * with an Event on their owner, by the leader only.
+ */
+import { setTimeout as sleep } from 'node:timers/promises';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { DEFAULT_SIDECAR } from '../../src/operator/sidecar.js';
+import { ControlPlane } from '../../src/operator/start.js';
+import { createLogger } from '../../src/telemetry/log.js';
+import { OperatorMetrics } from '../../src/telemetry/operator-metrics.js';
+import { injectBackend } from '../support/backend-pod.js';
+import { type FakeApiServer, type KObject, startFakeApiServer } from '../support/fake-apiserver.js';
+
+const NS = 'voice';
+const logger = createLogger('test', 'silent');
+const POLL = { timeout: 10_000, interval: 20 };
+
+let api: FakeApiServer;
+const planes: ControlPlane[] = [];
+
+beforeEach(async () => {
+  api = await startFakeApiServer({ bookmarkIntervalMs: 200 });
+});
+afterEach(async () => {
+  await Promise.all(planes.splice(0).map((p) => p.stop()));
+  await api.close();
+});
+
+function controlPlane(user: string, metrics: OperatorMetrics, leaderElection = false): ControlPlane {
+  const plane = new ControlPlane({
+    kc: api.kubeConfig(user),
+    config: {
+      namespace: 'earpiece-system',
+      podName: user,
+      watchNamespaces: [],
+      excludeNamespaces: ['kube-system', 'earpiece-system'],
+      leaderElection,
+      leaseName: 'earpiece-operator',
+      sidecar: DEFAULT_SIDECAR,
+    },
+    logger,
+    metrics,
+    timing: {
+      informerDelay: (ms) => sleep(Math.min(ms, 50)),
+      retryBaseMs: 20,
+      problemDebounceMs: 20,
+      problemRecheckMs: 100,
+      leaseDurationMs: 1000,
+      renewDeadlineMs: 700,
+      retryPeriodMs: 100,
+    },
+  });
+  planes.push(plane);
+  return plane;
+}
+
+async function gauge(metrics: OperatorMetrics): Promise<number> {
+  const line = (await metrics.metrics()).split('\n').find((l) => l.startsWith('earpiece_uninjected_pods '));
+  return Number(line?.split(' ')[1]);
+}
+
+function replicaSet(name: string): KObject {
+  return api.create('replicasets', {
+    apiVersion: 'apps/v1',
+    kind: 'ReplicaSet',
+    metadata: { name, namespace: NS },
+    spec: { selector: { matchLabels: { app: 'unmute-backend' } } },
+  });
+}
+
+function pod(
+  name: string,
+  owner: KObject,
+  labels: Record<string, string>,
+  extra: Partial<KObject> = {},
+  namespace = NS,
+): KObject {
+  return api.create('pods', {
+    apiVersion: 'v1',
+    kind: 'Pod',
+    metadata: {
+      name,
+      namespace,
+      labels,
+      ownerReferences: [
+        {
+          apiVersion: 'apps/v1',
+          kind: 'ReplicaSet',
+          name: owner.metadata.name!,
+          uid: owner.metadata.uid!,
+          controller: true,
+        },
+      ],
+    },
+    spec: {
+      containers: [
+        { name: 'backend', image: 'unmute', env: [{ name: 'KYUTAI_LLM_URL', value: 'http://vllm:8000' }] },
+      ],
+    },
+    status: { phase: 'Running' },
+    ...extra,
+  });
+}
+
+const OPTED_IN = { app: 'unmute-backend', 'earpiece.dev/inject': 'true' };
+
+async function readyToolSet(): Promise<void> {
+  api.create('toolsets', {
+    apiVersion: 'earpiece.dev/v1alpha1',
+    kind: 'ToolSet',
+    metadata: { name: 'assistant', namespace: NS },
+    spec: { selector: { matchLabels: { app: 'unmute-backend' } }, tools: [{ name: 'now', builtin: 'time' }] },
+  });
+  await expect.poll(() => api.get('configmaps', NS, 'earpiece-toolset-assistant'), POLL).toBeDefined();
+}
+
+describe('uninjected pods', () => {
+  it('counts opted-in pods without the sidecar and reports each once on its owner', async () => {
+    const metrics = new OperatorMetrics({ defaultMetrics: false });
+    const plane = controlPlane('operator', metrics);
+    await plane.start();
+    await readyToolSet();
+    await expect.poll(() => plane.toolsets.get('assistant', NS)?.status, POLL).toBeDefined();
+    await expect.poll(() => plane.lookup(NS).config('assistant'), POLL).toBeDefined();
+
+    const rs = replicaSet('backend-7d9f');
+    pod('backend-7d9f-a', rs, OPTED_IN);
+    // A pod the webhook did inject, a finished one, and one that never asked.
+    const injectedTemplate = injectBackend(NS, plane.lookup(NS), OPTED_IN);
+    pod('backend-7d9f-b', rs, injectedTemplate.metadata!.labels!, { spec: injectedTemplate.spec });
+    pod('backend-7d9f-c', rs, OPTED_IN, { status: { phase: 'Succeeded' } });
+    pod('backend-7d9f-d', rs, { app: 'unmute-backend' });
+
+    await expect.poll(() => gauge(metrics), POLL).toBe(1);
+    await expect.poll(() => api.list('events', NS).length, POLL).toBe(1);
+    const [event] = api.list('events', NS);
+    expect(event).toMatchObject({
+      type: 'Warning',
+      reason: 'UninjectedPod',
+      involvedObject: { kind: 'ReplicaSet', name: 'backend-7d9f', uid: rs.metadata.uid },
+    });
+    expect(event!.message).toContain('pod backend-7d9f-a is opted in');
+    expect(event!.message).toContain('the webhook did not see it');
+    expect(plane.sidecarProblems.pods.map((p) => p.name)).toEqual(['backend-7d9f-a']);
+
+    // A second one, which no ToolSet selects: counted, and the Event says why.
+    pod('backend-7d9f-e', rs, { app: 'other', 'earpiece.dev/inject': 'true' });
+    await expect.poll(() => gauge(metrics), POLL).toBe(2);
+    await expect.poll(() => api.list('events', NS).length, POLL).toBe(2);
+    const second = api.list('events', NS).find((e) => String(e.message).includes('backend-7d9f-e'));
+    expect(second!.message).toContain('no ToolSet in namespace voice selects this pod');
+
+    // Re-counting reports nothing new; pods that go leave the count.
+    await plane.sidecarProblems.check();
+    expect(api.list('events', NS)).toHaveLength(2);
+    api.delete('pods', NS, 'backend-7d9f-a');
+    api.delete('pods', NS, 'backend-7d9f-e');
+    await expect.poll(() => gauge(metrics), POLL).toBe(0);
+  });
+
+  it('leaves out namespaces the webhook is never called for', async () => {
+    const metrics = new OperatorMetrics({ defaultMetrics: false });
+    const plane = controlPlane('operator', metrics);
+    await plane.start();
+    const rs = replicaSet('backend-2');
+    // Opted in by label, but the webhook configuration never sends pods of these namespaces.
+    pod('coredns-a', rs, OPTED_IN, {}, 'kube-system');
+    pod('earpiece-a', rs, OPTED_IN, {}, 'earpiece-system');
+    pod('backend-2-a', rs, OPTED_IN);
+    await expect.poll(() => plane.optedInPods.list().length, POLL).toBe(3);
+    await expect.poll(() => plane.sidecarProblems.pods.map((p) => p.name), POLL).toEqual(['backend-2-a']);
+    expect(await gauge(metrics)).toBe(1);
+    expect(api.list('events', 'kube-system')).toEqual([]);
+    expect(api.list('events', 'earpiece-system')).toEqual([]);
+  });
+
+  it('is reported by the leader only', async () => {
+    const leaderMetrics = new OperatorMetrics({ defaultMetrics: false });
+    const followerMetrics = new OperatorMetrics({ defaultMetrics: false });
+    const leader = controlPlane('replica-1', leaderMetrics, true);
+    await leader.start();
+    await expect.poll(() => leader.isLeader, POLL).toBe(true);
+    const follower = controlPlane('replica-2', followerMetrics, true);
+    await follower.start();
+    const rs = replicaSet('backend-1');
+    pod('backend-1-a', rs, OPTED_IN);
+    await expect.poll(() => gauge(leaderMetrics), POLL).toBe(1);
+    await expect.poll(() => follower.optedInPods.list(NS).length, POLL).toBe(1);
+    await sleep(100);
+    expect(await gauge(followerMetrics)).toBe(0);
+    expect(api.list('events', NS).map((e) => e.reportingInstance)).toEqual(['replica-1']);
+  });
+});
+
+async function problems(metrics: OperatorMetrics): Promise<Record<string, number>> {
+  const lines = (await metrics.metrics())
+    .split('\n')
+    .filter((l) => l.startsWith('earpiece_sidecar_problem_pods{'));
+  return Object.fromEntries(
+    lines.map((l) => {
+      const [series, value] = l.split(' ');
+      return [series!.replace('earpiece_sidecar_problem_pods', ''), Number(value)];
+    }),
+  );
+}
+
+const sidecarsReady = (name = 'assistant') =>
+  (
+    api.get('toolsets', NS, name)?.status as { conditions?: Record<string, string>[] } | undefined
+  )?.conditions?.find((c) => c.type === 'SidecarsReady');
+
+describe('sidecar problems', () => {
+  it('reports a pod opted in by its namespace label and created without the sidecar', async () => {
+    const metrics = new OperatorMetrics({ defaultMetrics: false });
+    const plane = controlPlane('operator', metrics);
+    await plane.start();
+    api.create('namespaces', {
+      apiVersion: 'v1',
+      kind: 'Namespace',
+      metadata: { name: NS, labels: { 'earpiece.dev/inject': 'true' } },
+    });
+    await readyToolSet();
+    await expect.poll(() => plane.lookup(NS).config('assistant'), POLL).toBeDefined();
+    await expect.poll(() => plane.namespacePods.watched, POLL).toEqual([NS]);
+
+    const rs = replicaSet('backend-9');
+    // No label of its own: only its namespace opts it in. One labelled "false" stays out.
+    pod('backend-9-a', rs, { app: 'unmute-backend' });
+    pod('backend-9-b', rs, { app: 'unmute-backend', 'earpiece.dev/inject': 'false' });
+
+    await expect
+      .poll(() => problems(metrics), POLL)
+      .toEqual({ '{namespace="voice",reason="not_injected"}': 1 });
+    expect(await gauge(metrics)).toBe(1);
+    await expect.poll(() => api.list('events', NS).length, POLL).toBe(1);
+    const [event] = api.list('events', NS);
+    expect(event).toMatchObject({
+      type: 'Warning',
+      reason: 'UninjectedPod',
+      involvedObject: { kind: 'ReplicaSet', name: 'backend-9' },
+    });
+    expect(event!.message).toBe(
+      'pod backend-9-a is opted in (by its namespace, earpiece.dev/inject=true) but runs without the earpiece sidecar: it would be injected now, so the webhook did not see it (unreachable when the pod was created?); delete the pod so its controller recreates it with the sidecar',
+    );
+    await expect
+      .poll(() => sidecarsReady(), POLL)
+      .toMatchObject({
+        status: 'False',
+        reason: 'SidecarProblems',
+        message: expect.stringContaining(
+          'pods backend-9-a (not_injected) have no working earpiece-proxy sidecar',
+        ),
+      });
+
+    // The namespace loses its label: its pods are no longer watched nor reported.
+    const ns = api.get('namespaces', undefined, NS)!;
+    api.update('namespaces', { ...ns, metadata: { ...ns.metadata, labels: {} } });
+    await expect.poll(() => plane.namespacePods.watched, POLL).toEqual([]);
+    await expect.poll(() => problems(metrics), POLL).toEqual({});
+    await expect.poll(() => sidecarsReady()?.status, POLL).toBe('True');
+  });
+
+  it('reports an injected pod whose sidecar waits in ImagePullBackOff, until it runs', async () => {
+    const metrics = new OperatorMetrics({ defaultMetrics: false });
+    const plane = controlPlane('operator', metrics);
+    await plane.start();
+    await readyToolSet();
+    await expect.poll(() => plane.lookup(NS).config('assistant'), POLL).toBeDefined();
+    await expect.poll(() => sidecarsReady()?.status, POLL).toBe('True');
+
+    const rs = replicaSet('backend-3');
+    const template = injectBackend(NS, plane.lookup(NS), OPTED_IN);
+    pod('backend-3-a', rs, template.metadata!.labels!, {
+      spec: template.spec,
+      status: { phase: 'Pending' },
+    });
+    const setStatus = (status: Record<string, unknown>) =>
+      api.update('pods', { ...api.get('pods', NS, 'backend-3-a')!, status }, 'status');
+    const proxy = (state: Record<string, unknown>, ready: boolean) => ({
+      phase: ready ? 'Running' : 'Pending',
+      startTime: new Date().toISOString(),
+      initContainerStatuses: [
+        {
+          name: 'earpiece-proxy',
+          image: 'ghcr.io/earpiece-dev/earpiece:0.1.0',
+          imageID: '',
+          ready,
+          restartCount: 0,
+          started: ready,
+          state,
+        },
+      ],
+    });
+    setStatus(
+      proxy(
+        {
+          waiting: {
+            reason: 'ImagePullBackOff',
+            message: 'Back-off pulling image "ghcr.io/earpiece-dev/earpiece:0.1.0"',
+          },
+        },
+        false,
+      ),
+    );
+    await expect
+      .poll(() => problems(metrics), POLL)
+      .toEqual({
+        '{namespace="voice",reason="ImagePullBackOff"}': 1,
+      });
+    expect(await gauge(metrics)).toBe(0);
+    await expect.poll(() => api.list('events', NS).length, POLL).toBe(1);
+    const [event] = api.list('events', NS);
+    expect(event).toMatchObject({
+      type: 'Warning',
+      reason: 'SidecarNotReady',
+      involvedObject: { kind: 'ReplicaSet', name: 'backend-3', uid: rs.metadata.uid },
+    });
+    expect(event!.message).toBe(
+      `pod backend-3-a: the earpiece-proxy image ghcr.io/earpiece-dev/earpiece:0.1.0 cannot be pulled (Back-off pulling image "ghcr.io/earpiece-dev/earpiece:0.1.0"); as a native sidecar it holds the app container back. For a private registry set the chart's imagePullSecrets (or earpiece inject --image-pull-secret) to a Secret that exists in namespace ${NS}`,
+    );
+    await expect
+      .poll(() => sidecarsReady(), POLL)
+      .toMatchObject({
+        status: 'False',
+        message: expect.stringMatching(/^pods backend-3-a \(ImagePullBackOff\) have no working/),
+      });
+    expect(plane.sidecarProblems.pods.map((p) => [p.name, p.reason, p.toolset])).toEqual([
+      ['backend-3-a', 'ImagePullBackOff', 'assistant'],
+    ]);
+
+    // Another reason for the same pod is reported again.
+    setStatus(proxy({ waiting: { reason: 'CrashLoopBackOff', message: 'back-off 10s restarting' } }, false));
+    await expect
+      .poll(() => problems(metrics), POLL)
+      .toEqual({
+        '{namespace="voice",reason="CrashLoopBackOff"}': 1,
+      });
+    await expect
+      .poll(() => api.list('events', NS).map((e) => e.reason), POLL)
+      .toEqual(['SidecarNotReady', 'SidecarNotReady']);
+    expect(
+      api
+        .list('events', NS)
+        .map((e) => e.message)
+        .at(-1),
+    ).toContain(`kubectl -n ${NS} logs backend-3-a -c earpiece-proxy --previous`);
+
+    // The image is pulled and the proxy runs: no longer reported, and the ToolSet says so.
+    setStatus(proxy({ running: { startedAt: new Date().toISOString() } }, true));
+    await expect.poll(() => problems(metrics), POLL).toEqual({});
+    await expect.poll(() => sidecarsReady()?.status, POLL).toBe('True');
+    expect(plane.sidecarProblems.pods).toEqual([]);
+  });
+
+  it('reports a sidecar that runs but is not ready past its startup window', async () => {
+    const metrics = new OperatorMetrics({ defaultMetrics: false });
+    const plane = controlPlane('operator', metrics);
+    await plane.start();
+    await readyToolSet();
+    await expect.poll(() => plane.lookup(NS).config('assistant'), POLL).toBeDefined();
+    const rs = replicaSet('backend-4');
+    const template = injectBackend(NS, plane.lookup(NS), OPTED_IN);
+    const status = (startedAt: Date) => ({
+      phase: 'Pending',
+      initContainerStatuses: [
+        {
+          name: 'earpiece-proxy',
+          image: 'earpiece',
+          imageID: '',
+          ready: false,
+          restartCount: 0,
+          state: { running: { startedAt: startedAt.toISOString() } },
+        },
+      ],
+    });
+    pod('backend-4-a', rs, template.metadata!.labels!, { spec: template.spec });
+    pod('backend-4-b', rs, template.metadata!.labels!, { spec: template.spec });
+    const set = (name: string, s: Record<string, unknown>) =>
+      api.update('pods', { ...api.get('pods', NS, name)!, status: s }, 'status');
+    set('backend-4-a', status(new Date(Date.now() - 10 * 60_000)));
+    // Started a moment ago: still within its window.
+    set('backend-4-b', status(new Date()));
+    await expect.poll(() => problems(metrics), POLL).toEqual({ '{namespace="voice",reason="not_ready"}': 1 });
+    expect(plane.sidecarProblems.pods.map((p) => p.name)).toEqual(['backend-4-a']);
+  });
+});

@@ -1,0 +1,206 @@
+/**
+ * The real `earpiece operator` against the API fake, in the situations on-call must see: a namespace
+ * labelled earpiece.dev/inject=true with a ToolSet, a pod there that missed the webhook, a pod whose
+ * sidecar image cannot be pulled (a private registry without imagePullSecrets), and one whose sidecar
+ * crash-loops. Its metrics port is what a ServiceMonitor would scrape.
+ */
+import { request as httpsRequest } from 'node:https';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { DEFAULT_SIDECAR } from '../../src/operator/sidecar.js';
+import { type RunningOperator, startOperator } from '../../src/operator/start.js';
+import { createLogger } from '../../src/telemetry/log.js';
+import { injectBackend } from './backend-pod.js';
+import { type FakeApiServer, startFakeApiServer } from './fake-apiserver.js';
+
+export interface ScriptedOperator {
+  api: FakeApiServer;
+  operator: RunningOperator;
+  /** host:port of the operator's /metrics. */
+  metricsTarget: string;
+  /** Sends a backend pod through the webhook, as the API server does on every pod creation. */
+  admit(name: string): Promise<void>;
+  close(): Promise<void>;
+}
+
+async function until<T>(what: string, check: () => T | undefined): Promise<T> {
+  for (let i = 0; i < 400; i++) {
+    const value = check();
+    if (value !== undefined && value !== false) return value;
+    await sleep(25);
+  }
+  throw new Error(`timed out waiting for ${what}`);
+}
+
+export async function startScriptedOperator(namespace: string): Promise<ScriptedOperator> {
+  const api = await startFakeApiServer({ bookmarkIntervalMs: 200 });
+  api.create('mutatingwebhookconfigurations', {
+    apiVersion: 'admissionregistration.k8s.io/v1',
+    kind: 'MutatingWebhookConfiguration',
+    metadata: { name: 'earpiece-webhook' },
+    webhooks: [{ name: 'pods.earpiece.dev', clientConfig: {} }],
+  });
+  api.create('namespaces', {
+    apiVersion: 'v1',
+    kind: 'Namespace',
+    metadata: { name: namespace, labels: { 'earpiece.dev/inject': 'true' } },
+  });
+  const operator = await startOperator({
+    kc: api.kubeConfig('operator'),
+    config: {
+      namespace: 'earpiece-system',
+      podName: 'earpiece-operator-0',
+      instance: 'earpiece',
+      watchNamespaces: [],
+      excludeNamespaces: ['kube-system', 'earpiece-system'],
+      leaderElection: true,
+      leaseName: 'earpiece-operator',
+      webhookPort: 0,
+      probePort: 0,
+      metricsPort: 0,
+      webhookConfigName: 'earpiece-webhook',
+      webhookServiceName: 'earpiece-webhook',
+      certMode: 'operator',
+      certSecretName: 'earpiece-webhook-tls',
+      certDir: '/nonexistent',
+      shutdownGraceMs: 0,
+      sidecar: DEFAULT_SIDECAR,
+      nativeSidecarAuto: true,
+    },
+    host: '127.0.0.1',
+    logger: createLogger('operator', process.env.EARPIECE_TEST_LOG_LEVEL ?? 'silent'),
+    timing: {
+      informerDelay: (ms) => sleep(Math.min(ms, 50)),
+      problemDebounceMs: 50,
+      problemRecheckMs: 500,
+      leaseDurationMs: 2000,
+      renewDeadlineMs: 1500,
+      retryPeriodMs: 200,
+    },
+  });
+  api.create('toolsets', {
+    apiVersion: 'earpiece.dev/v1alpha1',
+    kind: 'ToolSet',
+    metadata: { name: 'assistant', namespace },
+    spec: { selector: { matchLabels: { app: 'unmute-backend' } }, tools: [{ name: 'now', builtin: 'time' }] },
+  });
+  const lookup = operator.plane.lookup(namespace);
+  await until('the ToolSet ConfigMap', () => lookup.config('assistant'));
+
+  const ca = await until('the webhook CA bundle', () => {
+    const webhooks = api.get('mutatingwebhookconfigurations', undefined, 'earpiece-webhook')?.webhooks as
+      | { clientConfig: { caBundle?: string } }[]
+      | undefined;
+    const bundle = webhooks?.[0]?.clientConfig.caBundle;
+    return bundle ? Buffer.from(bundle, 'base64').toString() : undefined;
+  });
+
+  // Injected, but the sidecar image sits in a private registry the pods have no pull secret for.
+  const injected = injectBackend(namespace, lookup, { app: 'unmute-backend', 'earpiece.dev/inject': 'true' });
+  const sidecarPod = (name: string, state: Record<string, unknown>) => {
+    api.create('pods', {
+      apiVersion: 'v1',
+      kind: 'Pod',
+      metadata: {
+        name,
+        namespace,
+        labels: injected.metadata?.labels,
+        annotations: injected.metadata?.annotations,
+      },
+      spec: injected.spec,
+    });
+    const pod = api.get('pods', namespace, name)!;
+    api.update(
+      'pods',
+      {
+        ...pod,
+        status: {
+          phase: 'Pending',
+          startTime: new Date().toISOString(),
+          initContainerStatuses: [
+            { name: 'earpiece-proxy', image: 'earpiece', imageID: '', ready: false, restartCount: 3, state },
+          ],
+        },
+      },
+      'status',
+    );
+  };
+  sidecarPod('backend-private', {
+    waiting: {
+      reason: 'ImagePullBackOff',
+      message: 'Back-off pulling image "registry.example/earpiece:0.1.0"',
+    },
+  });
+  sidecarPod('backend-crashing', { waiting: { reason: 'CrashLoopBackOff', message: 'back-off 40s' } });
+  // Opted in by its namespace only, created while the webhook was away.
+  api.create('pods', {
+    apiVersion: 'v1',
+    kind: 'Pod',
+    metadata: { name: 'backend-missed', namespace, labels: { app: 'unmute-backend' } },
+    spec: {
+      containers: [
+        { name: 'backend', image: 'unmute', env: [{ name: 'KYUTAI_LLM_URL', value: 'http://vllm:8000' }] },
+      ],
+    },
+    status: { phase: 'Running' },
+  });
+  await until('the sidecar problems', () => operator.plane.sidecarProblems.pods.length === 3);
+
+  const admit = (name: string) =>
+    new Promise<void>((resolve, reject) => {
+      const body = JSON.stringify({
+        apiVersion: 'admission.k8s.io/v1',
+        kind: 'AdmissionReview',
+        request: {
+          uid: name,
+          kind: { group: '', version: 'v1', kind: 'Pod' },
+          resource: { group: '', version: 'v1', resource: 'pods' },
+          namespace,
+          operation: 'CREATE',
+          object: {
+            apiVersion: 'v1',
+            kind: 'Pod',
+            metadata: { name, namespace, labels: { app: 'unmute-backend' } },
+            spec: {
+              containers: [
+                {
+                  name: 'backend',
+                  image: 'unmute',
+                  env: [{ name: 'KYUTAI_LLM_URL', value: 'http://vllm:8000' }],
+                },
+              ],
+            },
+          },
+        },
+      });
+      const req = httpsRequest(
+        {
+          host: '127.0.0.1',
+          port: operator.ports.webhook,
+          path: '/mutate',
+          method: 'POST',
+          ca,
+          servername: 'earpiece-webhook.earpiece-system.svc',
+          headers: { 'content-type': 'application/json' },
+        },
+        (res) => {
+          res.resume();
+          res.on('end', () =>
+            res.statusCode === 200 ? resolve() : reject(new Error(`webhook: ${res.statusCode}`)),
+          );
+        },
+      );
+      req.on('error', reject);
+      req.end(body);
+    });
+
+  return {
+    api,
+    operator,
+    metricsTarget: `127.0.0.1:${operator.ports.metrics}`,
+    admit,
+    close: async () => {
+      await operator.stop();
+      await api.close();
+    },
+  };
+}
