@@ -235,7 +235,9 @@ describe('ToolSet controller', () => {
       lastTransitionTime: '2026-01-01T00:02:00Z',
       observedGeneration: 3,
     });
-    expect(ready('assistant')!.message).toContain('spec.tools[0].timeout: "soon" is not a duration');
+    expect(ready('assistant')!.message).toContain(
+      'spec.tools[0].timeout: "soon" is not a duration (use 500ms, 5s, 10m)',
+    );
     expect(ready('assistant')!.message).toContain(
       'ConfigMap earpiece-toolset-assistant keeps the last valid',
     );
