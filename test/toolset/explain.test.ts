@@ -126,9 +126,8 @@ describe('kubectl explain toolset', () => {
   it('prints the description of every field of spec', async () => {
     const spec = (toolSetOpenApiSchema().properties as Record<string, Schema>).spec as Schema;
     // Explaining an object lists its fields with their descriptions, so one call per object covers all.
-    const objects: [string, Schema][] = [['toolset.spec', spec], ...properties(spec, 'toolset.spec')].filter(
-      ([, s]) => ((s.items as Schema | undefined) ?? s).properties !== undefined,
-    ) as [string, Schema][];
+    const all: [string, Schema][] = [['toolset.spec', spec], ...properties(spec, 'toolset.spec')];
+    const objects = all.filter(([, s]) => ((s.items as Schema | undefined) ?? s).properties !== undefined);
     let fields = 0;
     for (const [path, schema] of objects) {
       const out = flat(await explain(path));
