@@ -381,6 +381,9 @@ export async function startOperator(o: OperatorOptions): Promise<RunningOperator
       sidecar: config.sidecar,
       logger,
       onInjection: (outcome) => running.onInjection(outcome),
+      onToolSetAdmission: ({ allowed, issues, ...review }) => {
+        if (!allowed) logger.info({ ...review, problems: issues.length }, 'Refused an invalid ToolSet');
+      },
     });
   } catch (err) {
     await stop();

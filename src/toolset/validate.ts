@@ -4,7 +4,7 @@
  */
 import { Ajv, type ErrorObject, type ValidateFunction } from 'ajv';
 import addFormats from 'ajv-formats';
-import { parseDocument } from 'yaml';
+import { parseDocument, type YAMLError } from 'yaml';
 import { DURATION_FORMS, isDuration, MAX_DURATION, MAX_DURATION_MS, parseDuration } from './duration.js';
 import type { ToolSet, ToolSpec, ValueRef } from './schema.js';
 import { validate as generatedValidator } from './toolset-validator.generated.js';
@@ -302,16 +302,23 @@ export function validateToolSet(doc: unknown): ParseResult {
   return issues.length ? { ok: false, issues } : { ok: true, toolset: doc, issues: [] };
 }
 
+/**
+ * A YAML syntax error as an issue on the line where the problem starts (`line`, when the caller knows
+ * it better than the parser's position), without the parser's trailing position and excerpt.
+ */
+export function yamlIssue(error: YAMLError, line?: number): Issue {
+  const at = line ?? error.linePos?.[0].line;
+  const message = (error.message.split('\n')[0] ?? error.message).replace(/ at line \d+, column \d+:?$/, '');
+  return { path: at === undefined ? '(yaml)' : `line ${at}`, message };
+}
+
 /** Parses YAML (or JSON) text and validates it. YAML syntax errors are issues with a line number. */
 export function parseToolSet(text: string): ParseResult {
   const document = parseDocument(text, { prettyErrors: true });
   if (document.errors.length) {
     return {
       ok: false,
-      issues: document.errors.map((e) => ({
-        path: e.linePos ? `line ${e.linePos[0].line}` : '(yaml)',
-        message: e.message.split('\n')[0] ?? e.message,
-      })),
+      issues: document.errors.map((e) => yamlIssue(e)),
     };
   }
   const doc: unknown = document.toJS();
