@@ -6,7 +6,7 @@
  */
 import { isCollection, isMap, isScalar, LineCounter, parseAllDocuments, visit } from 'yaml';
 import type { ToolSet } from './schema.js';
-import { type Issue, parseToolSet, validateToolSet, yamlIssue } from './validate.js';
+import { type Issue, type ParseResult, parseToolSet, validateToolSet, yamlIssue } from './validate.js';
 import { unresolvableValues } from './values.js';
 
 export interface CheckOptions {
@@ -36,9 +36,13 @@ export function toolSetWarnings(toolset: ToolSet, options: CheckOptions = {}): I
   return warnings;
 }
 
-/** A parsed document (an AdmissionReview's object, or one document of a file). */
+/** A parsed document, such as an AdmissionReview's object. */
 export function checkToolSet(doc: unknown, options: CheckOptions = {}): CheckResult {
-  const result = validateToolSet(doc);
+  return withWarnings(validateToolSet(doc), options);
+}
+
+/** The verdict of validateToolSet or parseToolSet, with the warnings of a valid ToolSet. */
+function withWarnings(result: ParseResult, options: CheckOptions): CheckResult {
   if (!result.ok) return { ok: false, issues: result.issues, warnings: [] };
   return { ...result, warnings: toolSetWarnings(result.toolset, options) };
 }
@@ -92,11 +96,7 @@ export function checkToolSetText(text: string, options: CheckOptions = {}): Docu
       checks.push({ ...base, result: undefined });
       continue;
     }
-    const parsed = parseToolSet(text.slice(start, end));
-    const result: CheckResult = parsed.ok
-      ? { ...parsed, warnings: toolSetWarnings(parsed.toolset, options) }
-      : { ok: false, issues: parsed.issues, warnings: [] };
-    checks.push({ ...base, result });
+    checks.push({ ...base, result: withWarnings(parseToolSet(text.slice(start, end)), options) });
   }
   return checks;
 }

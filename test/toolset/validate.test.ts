@@ -1,7 +1,7 @@
 import { readFile } from 'node:fs/promises';
 import { describe, expect, it } from 'vitest';
 import { MAX_DURATION, parseDuration } from '../../src/toolset/duration.js';
-import { parseToolSet, resolveToolSet, validateToolSet } from '../../src/toolset/index.js';
+import { checkToolSetText, parseToolSet, resolveToolSet, validateToolSet } from '../../src/toolset/index.js';
 import { renderForSidecar, secretEnvName, unresolvableValues } from '../../src/toolset/values.js';
 
 const base = {
@@ -132,6 +132,20 @@ describe('ToolSet validation', () => {
     const result = parseToolSet('apiVersion: earpiece.dev/v1alpha1\nkind: [\n');
     expect(result.ok).toBe(false);
     expect(result.issues[0]?.path).toMatch(/^line \d+/);
+    // The parser's own position and excerpt are left out: the path has the line.
+    expect(result.issues[0]?.message).not.toMatch(/(column \d+|:)$/);
+  });
+
+  it("points a multi-document file's YAML error at the line where the unclosed quote or bracket starts", () => {
+    // The parser notices the missing quote at the end of the text, lines after line 5.
+    const text = 'kind: ToolSet\n---\nkind: ToolSet\nmetadata:\n  name: "x\nspec:\n  tools: []\n';
+    const [first, second] = checkToolSetText(text);
+    expect(first).toMatchObject({ document: 1, line: 1, kind: 'ToolSet' });
+    expect(second?.line).toBe(3);
+    expect(second?.result?.issues[0]).toEqual({
+      path: 'line 5',
+      message: expect.stringMatching(/^Missing closing "quote$/),
+    });
   });
 
   it('parses Go durations', () => {
