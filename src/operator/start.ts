@@ -29,6 +29,7 @@ import { Informer, InformerSet } from './informers.js';
 import { LeaderElector } from './leader.js';
 import type { ToolSetLookup } from './select.js';
 import { configMapName, LABEL_INJECT, LABEL_INJECTED } from './sidecar.js';
+import type { ToolSetAdmission } from './toolset-admission.js';
 import { UninjectedReporter } from './uninjected.js';
 import {
   type InjectionOutcome,
@@ -234,6 +235,12 @@ export class ControlPlane {
     };
   }
 
+  /** The validating webhook's decisions: counted, and a refusal logged (the user sees its problems). */
+  onToolSetAdmission({ allowed, issues, ...review }: ToolSetAdmission): void {
+    this.metrics.toolsetAdmission(allowed);
+    if (!allowed) this.logger.info({ ...review, problems: issues.length }, 'Refused an invalid ToolSet');
+  }
+
   /** The webhook's decisions: counted, and an Event on the pod's owner (not for dry runs). */
   onInjection(o: InjectionOutcome): void {
     this.metrics.injection(o.outcome);
@@ -381,9 +388,7 @@ export async function startOperator(o: OperatorOptions): Promise<RunningOperator
       sidecar: config.sidecar,
       logger,
       onInjection: (outcome) => running.onInjection(outcome),
-      onToolSetAdmission: ({ allowed, issues, ...review }) => {
-        if (!allowed) logger.info({ ...review, problems: issues.length }, 'Refused an invalid ToolSet');
-      },
+      onToolSetAdmission: (decision) => running.onToolSetAdmission(decision),
     });
   } catch (err) {
     await stop();
