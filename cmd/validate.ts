@@ -1,43 +1,123 @@
 import { readFile } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
-import { parseToolSet, resolveToolSet } from '../src/toolset/index.js';
+import {
+  type CheckOptions,
+  checkToolSetText,
+  type DocumentCheck,
+  type Issue,
+  resolveToolSet,
+} from '../src/toolset/index.js';
 
-const HELP = `Usage: earpiece validate FILE...
+const HELP = `Usage: earpiece validate [--local] [--output text|json] FILE...
 
-Checks ToolSet files and prints every problem, one per line, as "FILE: path: message".
-A secretKeyRef is valid here: only the proxy, run outside Kubernetes, refuses it.
-Exit status: 0 when every file is valid, 1 otherwise.`;
+Checks the ToolSets in YAML or JSON files, as the operator's admission webhook does, and prints every
+problem as "FILE: path: message". A file may hold several documents of any kind (as GitOps repositories
+keep them): each ToolSet is checked, other kinds are passed over, and FILE#N names the Nth document.
+
+Warnings (exit status 0): a ToolSet without spec.selector, and with --local a secretKeyRef, which only
+the operator can resolve.
+
+Options:
+  --local          check for \`earpiece proxy\` run outside Kubernetes
+  --output json    one JSON report on stdout, for CI
+Exit status: 0 when every ToolSet is valid, 1 otherwise, 2 for bad usage.`;
+
+interface FileReport {
+  file: string;
+  /** Set when the file cannot be read at all. */
+  error?: string;
+  documents: DocumentReport[];
+}
+
+interface DocumentReport {
+  document: number;
+  line: number;
+  kind: string | undefined;
+  name: string | undefined;
+  /** null: a document of another kind, passed over. */
+  valid: boolean | null;
+  tools?: number;
+  hash?: string;
+  errors: Issue[];
+  warnings: Issue[];
+}
+
+function report(check: DocumentCheck): DocumentReport {
+  const { result, ...where } = check;
+  if (!result) return { ...where, valid: null, errors: [], warnings: [] };
+  if (!result.ok) return { ...where, valid: false, errors: result.issues, warnings: result.warnings };
+  const resolved = resolveToolSet(result.toolset);
+  return {
+    ...where,
+    valid: true,
+    tools: resolved.tools.length,
+    hash: resolved.hash,
+    errors: [],
+    warnings: result.warnings,
+  };
+}
+
+async function checkFile(file: string, options: CheckOptions): Promise<FileReport> {
+  let text: string;
+  try {
+    text = await readFile(file, 'utf8');
+  } catch (err) {
+    return { file, error: `cannot be read: ${(err as NodeJS.ErrnoException).code ?? err}`, documents: [] };
+  }
+  const documents = checkToolSetText(text, options).map(report);
+  if (documents.length === 0) return { file, error: 'has no document', documents };
+  return { file, documents };
+}
+
+/** Text output: problems and warnings on stderr, verdicts on stdout. */
+function printText(reports: FileReport[]): void {
+  for (const { file, error, documents } of reports) {
+    if (error) console.error(`${file}: ${error}`);
+    const several = documents.length > 1;
+    for (const d of documents) {
+      const where = several ? `${file}#${d.document}` : file;
+      const what = `${d.kind ?? 'ToolSet'}${d.name ? ` ${d.name}` : ''}`;
+      if (d.valid === null) console.log(`${where}: ${what} is not a ToolSet; passed over`);
+      for (const e of d.errors) console.error(`${where}: ${e.path}: ${e.message}`);
+      for (const w of d.warnings) console.error(`${where}: warning: ${w.path}: ${w.message}`);
+      if (d.valid) console.log(`${where}: ${what} is valid (${d.tools} tool entries, hash ${d.hash})`);
+    }
+  }
+}
 
 export async function main(argv: string[]): Promise<number> {
-  const { positionals, values } = parseArgs({
-    args: argv,
-    allowPositionals: true,
-    options: { help: { type: 'boolean', short: 'h' } },
-  });
+  let parsed: ReturnType<typeof parse>;
+  try {
+    parsed = parse(argv);
+  } catch (err) {
+    console.error(`earpiece validate: ${(err as Error).message}\n\n${HELP}`);
+    return 2;
+  }
+  const { positionals, values } = parsed;
   if (values.help || positionals.length === 0) {
     console.log(HELP);
     return values.help ? 0 : 2;
   }
-  let failed = false;
-  for (const file of positionals) {
-    let text: string;
-    try {
-      text = await readFile(file, 'utf8');
-    } catch (err) {
-      console.error(`${file}: cannot be read: ${(err as NodeJS.ErrnoException).code ?? err}`);
-      failed = true;
-      continue;
-    }
-    const result = parseToolSet(text);
-    if (result.ok) {
-      const resolved = resolveToolSet(result.toolset);
-      console.log(
-        `${file}: ToolSet ${resolved.name} is valid (${resolved.tools.length} tool entries, hash ${resolved.hash})`,
-      );
-    } else {
-      failed = true;
-      for (const issue of result.issues) console.error(`${file}: ${issue.path}: ${issue.message}`);
-    }
+  if (values.output !== 'text' && values.output !== 'json') {
+    console.error(`earpiece validate: --output must be text or json, not "${values.output}"`);
+    return 2;
   }
-  return failed ? 1 : 0;
+  const reports: FileReport[] = [];
+  for (const file of positionals) reports.push(await checkFile(file, { local: values.local === true }));
+  const valid = reports.every((r) => !r.error && r.documents.every((d) => d.valid !== false));
+  if (values.output === 'json') console.log(JSON.stringify({ valid, files: reports }, null, 2));
+  else printText(reports);
+  return valid ? 0 : 1;
+}
+
+function parse(argv: string[]) {
+  return parseArgs({
+    args: argv,
+    allowPositionals: true,
+    options: {
+      help: { type: 'boolean', short: 'h' },
+      local: { type: 'boolean' },
+      output: { type: 'string', short: 'o', default: 'text' },
+    },
+  });
 }

@@ -34,6 +34,7 @@ import { sidecarForServer } from './server-version.js';
 import { configMapName, LABEL_INJECT, LABEL_INJECTED } from './sidecar.js';
 import { SidecarProblemReporter } from './sidecar-problems.js';
 import { condition, READY } from './status.js';
+import type { ToolSetAdmission } from './toolset-admission.js';
 import {
   type InjectionOutcome,
   startWebhookServer,
@@ -273,6 +274,12 @@ export class ControlPlane {
     };
   }
 
+  /** The validating webhook's decisions: counted, and a refusal logged (the user sees its problems). */
+  onToolSetAdmission({ allowed, issues, ...review }: ToolSetAdmission): void {
+    this.metrics.toolsetAdmission(allowed);
+    if (!allowed) this.logger.info({ ...review, problems: issues.length }, 'Refused an invalid ToolSet');
+  }
+
   /** The webhook's decisions: counted, and an Event on the pod's owner (not for dry runs). */
   onInjection(o: InjectionOutcome): void {
     this.metrics.injection(o.outcome);
@@ -428,6 +435,7 @@ export async function startOperator(o: OperatorOptions): Promise<RunningOperator
       logger,
       onInjection: (outcome) => running.onInjection(outcome),
       onReviewed: (operation, seconds) => metrics.webhookReview(operation, seconds),
+      onToolSetAdmission: (decision) => running.onToolSetAdmission(decision),
     });
     metrics.watchCertificate(() => notAfter(holder.current.certPem));
   } catch (err) {

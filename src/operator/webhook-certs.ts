@@ -4,7 +4,7 @@
  *   and then periodically, each replica reads it, creates it if missing, renews the serving certificate
  *   (same CA) or the CA itself before expiry, and writes it back with optimistic concurrency, so
  *   replicas racing each other end up with the one that was written first. The CA bundle goes into
- *   every webhook of the MutatingWebhookConfiguration (again periodically, as a `helm upgrade` may reset
+ *   every webhook of the Mutating- and ValidatingWebhookConfiguration (again periodically, as a `helm upgrade` may reset
  *   it). A CA rotation overlaps: the next CA joins the bundle first, and only after `caOverlapMs` does
  *   it sign the serving certificate, by when every API server trusts it; the old CA then stays in the
  *   bundle until it expires, so replicas still serving a certificate it signed stay trusted.
@@ -24,6 +24,7 @@ import {
   setHeaderOptions,
   type V1MutatingWebhookConfiguration,
   type V1Secret,
+  type V1ValidatingWebhookConfiguration,
 } from '@kubernetes/client-node';
 import type { Logger } from '../telemetry/log.js';
 import { statusOf } from './api-errors.js';
@@ -307,23 +308,39 @@ export class WebhookCertificates {
     return changed ? renewed : current;
   }
 
-  /** Puts the bundle into every webhook of the configuration that does not have it yet. */
+  /** Puts the bundle into every webhook of both configurations: pods' injection, ToolSets' validation. */
   private async ensureCaBundle(bundle: string): Promise<void> {
-    const { admission, webhookConfigName: name, logger } = this.o;
+    const { admission } = this.o;
+    await this.patchCaBundle(bundle, {
+      kind: 'MutatingWebhookConfiguration',
+      read: (name) => admission.readMutatingWebhookConfiguration({ name }),
+      patch: (name, body) => admission.patchMutatingWebhookConfiguration({ name, body }, jsonPatch),
+    });
+    await this.patchCaBundle(bundle, {
+      kind: 'ValidatingWebhookConfiguration',
+      // The chart leaves it out when ToolSet validation is turned off.
+      optional: true,
+      read: (name) => admission.readValidatingWebhookConfiguration({ name }),
+      patch: (name, body) => admission.patchValidatingWebhookConfiguration({ name, body }, jsonPatch),
+    });
+  }
+
+  /** Puts the bundle into every webhook of one configuration that does not have it yet. */
+  private async patchCaBundle(bundle: string, config: WebhookConfigurationApi): Promise<void> {
+    const { webhookConfigName: name, logger } = this.o;
     const encoded = Buffer.from(bundle).toString('base64');
     for (let attempt = 0; ; attempt++) {
-      let config: V1MutatingWebhookConfiguration;
+      let current: WebhookConfiguration;
       try {
-        config = await admission.readMutatingWebhookConfiguration({ name });
+        current = await config.read(name);
       } catch (err) {
         if (statusOf(err) !== 404) throw err;
-        logger.warn(
-          { webhookConfiguration: name },
-          'Found no MutatingWebhookConfiguration to put the CA into',
-        );
+        if (!config.optional) {
+          logger.warn({ webhookConfiguration: name }, `Found no ${config.kind} to put the CA into`);
+        }
         return;
       }
-      const ops = (config.webhooks ?? []).flatMap((w, i) =>
+      const ops = (current.webhooks ?? []).flatMap((w, i) =>
         w.clientConfig?.caBundle === encoded
           ? []
           : [{ op: 'add', path: `/webhooks/${i}/clientConfig/caBundle`, value: encoded }],
@@ -331,17 +348,14 @@ export class WebhookCertificates {
       if (ops.length === 0) return;
       try {
         // The test pins the webhook list we computed the indexes from.
-        await admission.patchMutatingWebhookConfiguration(
-          {
-            name,
-            body: [
-              { op: 'test', path: '/metadata/resourceVersion', value: config.metadata?.resourceVersion },
-              ...ops,
-            ],
-          },
-          jsonPatch,
+        await config.patch(name, [
+          { op: 'test', path: '/metadata/resourceVersion', value: current.metadata?.resourceVersion },
+          ...ops,
+        ]);
+        logger.info(
+          { webhookConfiguration: name, kind: config.kind, webhooks: ops.length },
+          'Patched caBundle',
         );
-        logger.info({ webhookConfiguration: name, webhooks: ops.length }, 'Patched caBundle');
         return;
       } catch (err) {
         if ((statusOf(err) === 409 || statusOf(err) === 422) && attempt < 3) continue;
@@ -349,6 +363,17 @@ export class WebhookCertificates {
       }
     }
   }
+}
+
+type WebhookConfiguration = V1MutatingWebhookConfiguration | V1ValidatingWebhookConfiguration;
+
+/** Reading and JSON-patching one kind of webhook configuration. */
+interface WebhookConfigurationApi {
+  kind: 'MutatingWebhookConfiguration' | 'ValidatingWebhookConfiguration';
+  /** Absent is normal: no warning. */
+  optional?: boolean;
+  read(name: string): Promise<WebhookConfiguration>;
+  patch(name: string, body: object[]): Promise<unknown>;
 }
 
 function decode(data: Record<string, string> | undefined, key: string): string | undefined {

@@ -1,5 +1,6 @@
 /**
- * The mutating admission webhook: a thin HTTPS shell around the patch builder. `POST /mutate` takes an
+ * The admission webhooks, over one HTTPS server: `POST /validate` checks ToolSets (toolset-admission.ts),
+ * and the mutating webhook is a thin shell around the patch builder. `POST /mutate` takes an
  * AdmissionReview v1, picks the ToolSet through lookups the caller backs with its informer caches,
  * builds the injected pod, diffs it into a JSON Patch and answers. It never refuses a pod: anything
  * it cannot handle is allowed unchanged with a warning, and only a body that is not an AdmissionReview
@@ -16,6 +17,7 @@ import type { KeyPairPem } from './certs.js';
 import type { InjectionConfig } from './configmap.js';
 import { buildInjection, type PodTemplate, type SkipReason } from './patch.js';
 import type { SidecarConfig } from './sidecar.js';
+import { admitToolSet, type ToolSetAdmission } from './toolset-admission.js';
 
 const { compare } = fastJsonPatch;
 
@@ -80,6 +82,8 @@ export interface WebhookServerOptions {
   onInjection?: (outcome: InjectionOutcome) => void;
   /** How long each review took (earpiece_webhook_duration_seconds). */
   onReviewed?: (operation: 'mutate', seconds: number) => void;
+  /** Each ToolSet the validating webhook (`POST /validate`) decided on. */
+  onToolSetAdmission?: (decision: ToolSetAdmission) => void;
   /** Bytes; a pod is at most about 1.5 MB in etcd, and the review wraps it once for CREATE. */
   bodyLimit?: number;
 }
@@ -254,6 +258,16 @@ export async function startWebhookServer(options: WebhookServerOptions): Promise
     const started = performance.now();
     const response = review(body.request, options);
     options.onReviewed?.('mutate', (performance.now() - started) / 1000);
+    return { apiVersion: 'admission.k8s.io/v1', kind: 'AdmissionReview', response };
+  });
+  app.post('/validate', async (request, reply) => {
+    const body = request.body;
+    if (!isReview(body)) {
+      return reply
+        .code(400)
+        .send({ message: 'expected an admission.k8s.io/v1 AdmissionReview with request.uid' });
+    }
+    const response = admitToolSet(body.request, options.onToolSetAdmission);
     return { apiVersion: 'admission.k8s.io/v1', kind: 'AdmissionReview', response };
   });
 

@@ -1,6 +1,6 @@
 /**
  * The operator's Prometheus metrics, on its own registry (served on the operator's metrics port):
- * injections by the webhook and its latency, reconciles of the controller, ToolSets by readiness, opted-in
+ * injections by the webhook and its latency, ToolSets it checked at admission, reconciles of the controller, ToolSets by readiness, opted-in
  * pods without a working sidecar, the leader, the webhook certificate's expiry, and the Node.js process
  * defaults. Label values are fixed sets or namespaces, never the names of pods or ToolSets.
  */
@@ -27,6 +27,7 @@ export const RECONCILE_SECONDS_BUCKETS = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 
 export class OperatorMetrics {
   readonly registry = new Registry();
   private readonly injections: Counter<'outcome'>;
+  private readonly admissions: Counter<'result'>;
   private readonly reconciles: Counter<'result'>;
   private readonly reconcileSeconds: Histogram<'result'>;
   private readonly uninjected: Gauge;
@@ -43,6 +44,12 @@ export class OperatorMetrics {
       name: 'earpiece_injections_total',
       help: 'Pods seen by the injection webhook, by outcome (injected, skipped, error, ...).',
       labelNames: ['outcome'],
+      registers,
+    });
+    this.admissions = new Counter({
+      name: 'earpiece_toolset_admissions_total',
+      help: 'ToolSet CREATEs and UPDATEs checked by the validating webhook, by result (allowed, refused).',
+      labelNames: ['result'],
       registers,
     });
     this.reconciles = new Counter({
@@ -105,6 +112,12 @@ export class OperatorMetrics {
     // Known label values start at zero, so rates and alerts have series before the first event.
     for (const result of RECONCILE_RESULTS) this.reconciles.inc({ result }, 0);
     this.leader.set(0);
+    for (const result of ['allowed', 'refused']) this.admissions.inc({ result }, 0);
+  }
+
+  /** The validating webhook's onToolSetAdmission. */
+  toolsetAdmission(allowed: boolean): void {
+    this.admissions.inc({ result: allowed ? 'allowed' : 'refused' });
   }
 
   /** The webhook's onInjection. */

@@ -11,7 +11,7 @@
  * validate.ts checks and that are cheap in CEL are added as `x-kubernetes-validations`.
  */
 import { stringify } from 'yaml';
-import { DURATION_PATTERN } from './duration.js';
+import { DURATION_PATTERN, MAX_DURATION } from './duration.js';
 import type { ToolSetErrorCode } from './errors.js';
 import { API_GROUP, API_VERSION, KIND, Spec, Status } from './schema.js';
 import { MAX_TOOLSET_NAME } from './validate.js';
@@ -22,37 +22,80 @@ export const CRD_FILE = `crds/${CRD_NAME}.yaml`;
 /**
  * CEL's cost estimate grows with list length and string size, and the API server refuses rules whose
  * worst case exceeds its budget. Unique tool names compare every name with every other, so the CRD
- * bounds the list (a voice model copes with a handful of tools, never hundreds) and the name's length
- * (the same 64 characters TOOL_NAME_PATTERN allows).
+ * bounds the list (a voice model copes with a handful of tools, never hundreds); schema.ts bounds
+ * every string.
  */
 export const MAX_TOOLS = 128;
-const MAX_TOOL_NAME = 64;
 
 type Schema = Record<string, unknown>;
-type Rule = { rule: string; message: string };
+/**
+ * A CEL rule as the API server takes it: `messageExpression` names the offending value in the error
+ * (`message` stays as the fallback when it cannot be evaluated), `fieldPath` points the error at the
+ * field the rule is about (it cannot index a list, so list-wide rules report the list).
+ */
+type Rule = {
+  rule: string;
+  message: string;
+  messageExpression?: string;
+  fieldPath?: string;
+  reason?: string;
+};
 
 const EXECUTOR_RULES: Rule[] = [
   {
     rule: '[has(self.http), has(self.mcp), has(self.sql), has(self.builtin)].filter(x, x).size() == 1',
     message: 'needs exactly one of http, mcp, sql or builtin',
+    messageExpression:
+      "(has(self.name) ? 'tool ' + self.name + ' ' : '') + 'needs exactly one of http, mcp, sql or builtin'",
   },
-  { rule: 'has(self.mcp) || has(self.name)', message: 'name is required (only an mcp entry has none)' },
+  {
+    rule: 'has(self.mcp) || has(self.name)',
+    message: 'name is required (only an mcp entry has none)',
+    fieldPath: '.name',
+    reason: 'FieldValueRequired',
+  },
   {
     rule: '!has(self.mcp) || !(has(self.name) || has(self.description) || has(self.parameters))',
     message: 'an mcp entry takes its names, descriptions and parameters from the server; use mcp.prefix',
+    messageExpression:
+      "'the mcp entry for ' + self.mcp.url + ' takes its names, descriptions and parameters from the server; remove ' + (has(self.name) ? 'name' : has(self.description) ? 'description' : 'parameters') + ' (use mcp.prefix to rename)'",
+    fieldPath: '.mcp',
+    reason: 'FieldValueForbidden',
   },
 ];
 
 const UNIQUE_NAMES: Rule = {
   rule: 'self.all(t, !has(t.name) || self.exists_one(u, has(u.name) && u.name == t.name))',
   message: 'tool names must be unique',
+  messageExpression:
+    "'tool name \"' + self.filter(t, has(t.name) && !self.exists_one(u, has(u.name) && u.name == t.name))[0].name + '\" is used more than once; tool names must be unique'",
+  reason: 'FieldValueDuplicate',
+};
+
+/**
+ * The URL template's origin must be literal, as checkUrlTemplate (url-template.ts) requires: a scheme,
+ * a host without expressions, then nothing, a path, a query, or a `{/x}` `{?x}` `{&x}` expression.
+ */
+const LITERAL_ORIGIN: Rule = {
+  rule: "self.matches('^https?://[^/?#{}\\\\s]+($|[/?#]|\\\\{[/?&])')",
+  message: 'must start with http:// or https:// and a literal host; arguments may only add a path or a query',
+  messageExpression:
+    "'\"' + self + '\" could let an argument change the host: start with http:// or https:// and a literal host, then add arguments to the path or query ({/x}, {?x})'",
+};
+
+/** Node's timers cap a delay at MAX_DURATION; a longer one fires at once, failing every turn. */
+const DURATION_CAP: Rule = {
+  // The pattern is checked first, as CEL's duration() fails on what is not one.
+  rule: `!self.matches('${DURATION_PATTERN.replaceAll('\\', '\\\\')}') || duration(self) <= duration('${MAX_DURATION}')`,
+  message: `is longer than the largest allowed duration, ${MAX_DURATION}`,
+  messageExpression: `'"' + self + '" is longer than the largest allowed duration, ${MAX_DURATION}'`,
 };
 
 /** Extra CRD-only keywords, by the path the walk gives each schema (`[]` stands for list items). */
 const AT_PATH: Record<string, Schema> = {
   'spec.tools': { maxItems: MAX_TOOLS, 'x-kubernetes-validations': [UNIQUE_NAMES] },
   'spec.tools[]': { 'x-kubernetes-validations': EXECUTOR_RULES },
-  'spec.tools[].name': { maxLength: MAX_TOOL_NAME },
+  'spec.tools[].http.url': { 'x-kubernetes-validations': [LITERAL_ORIGIN] },
   // Server-side apply merges conditions by type, as every Kubernetes status does.
   'status.conditions': { 'x-kubernetes-list-type': 'map', 'x-kubernetes-list-map-keys': ['type'] },
 };
@@ -102,8 +145,10 @@ function structural(schema: Schema, path: string): Schema {
     if (COPIED.includes(key)) {
       out[key] = value;
     } else if (key === 'format') {
-      if (value === 'duration') out.pattern = DURATION_PATTERN;
-      else if (typeof value === 'string' && FORMATS_KEPT.has(value)) out.format = value;
+      if (value === 'duration') {
+        out.pattern = DURATION_PATTERN;
+        out['x-kubernetes-validations'] = [DURATION_CAP];
+      } else if (typeof value === 'string' && FORMATS_KEPT.has(value)) out.format = value;
       else throw new CrdSchemaError(`${path}: format ${String(value)} has no CRD equivalent`);
     } else if (key === 'properties') {
       const props = value as Record<string, Schema>;

@@ -15,6 +15,16 @@ const PART = /(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)/g;
 /** Also used by the CRD as the `pattern` of every duration field. */
 export const DURATION_PATTERN = WHOLE.source;
 
+/**
+ * The longest duration a ToolSet may give: Node.js timers hold at most 2^31 - 1 ms and fire a longer
+ * delay after 1 ms instead, which would time out every turn at once.
+ */
+export const MAX_DURATION_MS = 2 ** 31 - 1;
+export const MAX_DURATION = '596h31m23.647s';
+
+/** How a duration error says what is accepted. */
+export const DURATION_FORMS = '500ms, 5s, 10m';
+
 export function isDuration(text: string): boolean {
   return WHOLE.test(text);
 }

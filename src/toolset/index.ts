@@ -1,4 +1,5 @@
 export * from './api.js';
+export * from './check.js';
 export * from './defaults.js';
 export * from './duration.js';
 export * from './load.js';

@@ -4,8 +4,8 @@
  */
 import { Ajv, type ErrorObject, type ValidateFunction } from 'ajv';
 import addFormats from 'ajv-formats';
-import { parseDocument } from 'yaml';
-import { isDuration, parseDuration } from './duration.js';
+import { parseDocument, type YAMLError } from 'yaml';
+import { DURATION_FORMS, isDuration, MAX_DURATION, MAX_DURATION_MS, parseDuration } from './duration.js';
 import type { ToolSet, ToolSpec, ValueRef } from './schema.js';
 import { validate as generatedValidator } from './toolset-validator.generated.js';
 import { checkUrlTemplate, templateVariables } from './url-template.js';
@@ -54,7 +54,10 @@ function schemaIssue(e: ErrorObject): Issue | undefined {
     case 'format':
       return {
         path,
-        message: `${JSON.stringify(e.data)} is not a ${p.format === 'duration' ? 'duration' : p.format}`,
+        message:
+          p.format === 'duration'
+            ? `${JSON.stringify(e.data)} is not a duration (use ${DURATION_FORMS})`
+            : `${JSON.stringify(e.data)} is not a ${p.format}`,
       };
     case 'enum':
       return {
@@ -204,8 +207,11 @@ function checkTool(tool: ToolSpec, path: string, issues: Issue[]): void {
   }
 }
 
-/** Durations that must be longer than zero (a zero turn timeout would fail every turn at once). */
-function checkPositiveDurations(toolset: ToolSet, issues: Issue[]): void {
+/**
+ * Durations must be longer than zero and at most MAX_DURATION: a zero turn timeout, or one past what a
+ * Node.js timer holds, would fail every turn at once.
+ */
+function checkDurations(toolset: ToolSet, issues: Issue[]): void {
   const spec = toolset.spec;
   const fields: [string, unknown][] = [
     ['spec.limits.turnTimeout', spec.limits?.turnTimeout],
@@ -217,8 +223,14 @@ function checkPositiveDurations(toolset: ToolSet, issues: Issue[]): void {
     ]),
   ];
   for (const [path, value] of fields) {
-    if (typeof value === 'string' && parseDuration(value) === 0) {
-      issues.push({ path, message: `${JSON.stringify(value)} must be longer than zero` });
+    if (typeof value !== 'string') continue;
+    const ms = parseDuration(value);
+    if (ms === 0) issues.push({ path, message: `${JSON.stringify(value)} must be longer than zero` });
+    if (ms !== undefined && ms > MAX_DURATION_MS) {
+      issues.push({
+        path,
+        message: `${JSON.stringify(value)} is longer than the largest allowed duration, ${MAX_DURATION}`,
+      });
     }
   }
 }
@@ -243,7 +255,7 @@ export function semanticIssues(toolset: ToolSet): Issue[] {
   if (!spec || !Array.isArray(spec.tools)) return issues;
   try {
     checkValue(spec.upstream?.apiKey, 'spec.upstream.apiKey', issues);
-    checkPositiveDurations(toolset, issues);
+    checkDurations(toolset, issues);
   } catch {}
   if (spec.upstream?.url && /\/v1\/?$/.test(spec.upstream.url)) {
     issues.push({
@@ -290,16 +302,23 @@ export function validateToolSet(doc: unknown): ParseResult {
   return issues.length ? { ok: false, issues } : { ok: true, toolset: doc, issues: [] };
 }
 
+/**
+ * A YAML syntax error as an issue on the line where the problem starts (`line`, when the caller knows
+ * it better than the parser's position), without the parser's trailing position and excerpt.
+ */
+export function yamlIssue(error: YAMLError, line?: number): Issue {
+  const at = line ?? error.linePos?.[0].line;
+  const message = (error.message.split('\n')[0] ?? error.message).replace(/ at line \d+, column \d+:?$/, '');
+  return { path: at === undefined ? '(yaml)' : `line ${at}`, message };
+}
+
 /** Parses YAML (or JSON) text and validates it. YAML syntax errors are issues with a line number. */
 export function parseToolSet(text: string): ParseResult {
   const document = parseDocument(text, { prettyErrors: true });
   if (document.errors.length) {
     return {
       ok: false,
-      issues: document.errors.map((e) => ({
-        path: e.linePos ? `line ${e.linePos[0].line}` : '(yaml)',
-        message: e.message.split('\n')[0] ?? e.message,
-      })),
+      issues: document.errors.map((e) => yamlIssue(e)),
     };
   }
   const doc: unknown = document.toJS();

@@ -101,6 +101,7 @@ describe('default values', () => {
       'RoleBinding',
       'Service',
       'ServiceAccount',
+      'ValidatingWebhookConfiguration',
     ]);
     await expectValid(objects);
   });
@@ -260,7 +261,7 @@ describe('default values', () => {
       { apiGroups: [''], resources: ['namespaces'], verbs: ['list', 'watch'] },
       {
         apiGroups: ['admissionregistration.k8s.io'],
-        resources: ['mutatingwebhookconfigurations'],
+        resources: ['mutatingwebhookconfigurations', 'validatingwebhookconfigurations'],
         resourceNames: [CLUSTER_NAME],
         verbs: ['get', 'patch'],
       },
@@ -396,6 +397,7 @@ describe('every option on', () => {
       'ServiceAccount',
       'ServiceMonitor',
       'ToolSet',
+      'ValidatingWebhookConfiguration',
     ]);
     await expectValid(objects);
   });
@@ -409,10 +411,10 @@ describe('every option on', () => {
     expect(certificate.spec.issuerRef).toMatchObject({ name: `${FULLNAME}-webhook-ca`, kind: 'Issuer' });
     find(objects, 'Issuer', `${FULLNAME}-selfsigned`);
     find(objects, 'Issuer', `${FULLNAME}-webhook-ca`);
-    const mwc = find(objects, 'MutatingWebhookConfiguration');
-    expect(mwc.metadata.annotations).toEqual({
-      'cert-manager.io/inject-ca-from': `${certificate.metadata.namespace}/${FULLNAME}-webhook`,
-    });
+    for (const kind of ['MutatingWebhookConfiguration', 'ValidatingWebhookConfiguration'])
+      expect(find(objects, kind).metadata.annotations, kind).toEqual({
+        'cert-manager.io/inject-ca-from': `${certificate.metadata.namespace}/${FULLNAME}-webhook`,
+      });
 
     const deployment = find(objects, 'Deployment', FULLNAME);
     const config = operatorConfig(deployment);
@@ -451,6 +453,16 @@ describe('every option on', () => {
         values: ['voice', 'voice-staging'],
       });
     }
+    // ToolSet validation covers the ToolSets the operator reconciles.
+    const validating = find(objects, 'ValidatingWebhookConfiguration') as unknown as { webhooks: Webhook[] };
+    expect(validating.webhooks[0]).toMatchObject({
+      failurePolicy: 'Fail',
+      namespaceSelector: {
+        matchExpressions: [
+          { key: 'kubernetes.io/metadata.name', operator: 'In', values: ['voice', 'voice-staging'] },
+        ],
+      },
+    });
     expect(operatorConfig(find(objects, 'Deployment', FULLNAME)).watchNamespaces).toEqual([
       'voice',
       'voice-staging',
@@ -594,6 +606,58 @@ describe('switches and guards', () => {
     expect(operatorConfig(find(objects, 'Deployment', FULLNAME)).excludeNamespaces).toEqual(expected);
     for (const hook of webhooks(objects))
       expect(hook.namespaceSelector.matchExpressions[0]!.values).toEqual(expected);
+  });
+
+  it('validates ToolSets through /validate, on the Service and certificate of the injection webhook', () => {
+    const objects = render();
+    const config = find(objects, 'ValidatingWebhookConfiguration', CLUSTER_NAME) as unknown as {
+      webhooks: (Webhook & { rules: unknown[] })[];
+    };
+    const mutating = webhooks(objects)[0]!;
+    expect(config.webhooks).toEqual([
+      {
+        name: 'toolsets.validate.earpiece.dev',
+        clientConfig: { service: { ...mutating.clientConfig.service, path: '/validate' } },
+        rules: [
+          {
+            operations: ['CREATE', 'UPDATE'],
+            apiGroups: ['earpiece.dev'],
+            apiVersions: ['v1alpha1'],
+            resources: ['toolsets'],
+            scope: 'Namespaced',
+          },
+        ],
+        matchPolicy: 'Equivalent',
+        failurePolicy: 'Ignore',
+        sideEffects: 'None',
+        timeoutSeconds: mutating.timeoutSeconds,
+        admissionReviewVersions: ['v1'],
+      },
+    ]);
+    // The operator keeps its caBundle, under the name it is configured with.
+    const sa = { name: FULLNAME, namespace: NAMESPACE };
+    const patch = (name: string) =>
+      allowed(objects, sa, {
+        verb: 'patch',
+        apiGroup: 'admissionregistration.k8s.io',
+        resource: 'validatingwebhookconfigurations',
+        namespace: undefined,
+        name,
+      });
+    expect(patch(operatorConfig(find(objects, 'Deployment', FULLNAME)).webhookConfigName)).toBe(true);
+    expect(patch('someone-elses')).toBe(false);
+  });
+
+  it('takes the ToolSet validation failurePolicy from the values, and leaves validation out when told to', () => {
+    const failing = render({ set: ['toolsetValidation.failurePolicy=Fail'] });
+    const config = find(failing, 'ValidatingWebhookConfiguration') as unknown as { webhooks: Webhook[] };
+    expect(config.webhooks[0]?.failurePolicy).toBe('Fail');
+    // The injection webhook keeps its own.
+    for (const hook of webhooks(failing)) expect(hook.failurePolicy).toBe('Ignore');
+    expect(kinds(render({ set: ['toolsetValidation.enabled=false'] }))).not.toContain(
+      'ValidatingWebhookConfiguration',
+    );
+    expect(renderError({ set: ['toolsetValidation.failurePolicy=Maybe'] })).toContain('failurePolicy');
   });
 
   it('takes failurePolicy from the values', () => {

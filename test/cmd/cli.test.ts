@@ -45,7 +45,9 @@ spec:
     );
     const result = await earpiece('validate', file);
     expect(result.code).toBe(1);
-    expect(result.stderr).toContain(`${file}: spec.tools[2].timeout: "soon" is not a duration`);
+    expect(result.stderr).toContain(
+      `${file}: spec.tools[2].timeout: "soon" is not a duration (use 500ms, 5s, 10m)`,
+    );
     expect(result.stderr).toContain(`${file}: spec.tools[3].name: "a" is already the name of spec.tools[0]`);
     expect(result.stderr.trim().split('\n')).toHaveLength(2);
     await writeFile(file, 'spec: [');

@@ -224,6 +224,8 @@ describe('Dockerfile, built', () => {
     for (const ns of [NAMESPACE, 'voice'])
       api.create('namespaces', { apiVersion: 'v1', kind: 'Namespace', metadata: { name: ns } });
     api.create('mutatingwebhookconfigurations', webhookConfig as unknown as KObject);
+    const validatingConfig = find(chart, 'ValidatingWebhookConfiguration');
+    api.create('validatingwebhookconfigurations', validatingConfig as unknown as KObject);
 
     const kubeconfig = path.join(out, 'kubeconfig');
     writeFileSync(kubeconfig, api.kubeConfig('operator').exportConfig());
@@ -273,6 +275,12 @@ describe('Dockerfile, built', () => {
     };
     const caBundle = patched.webhooks[0]!.clientConfig.caBundle!;
     expect(patched.webhooks.map((w) => w.clientConfig.caBundle)).toEqual([caBundle, caBundle]);
+    const validating = api.get(
+      'validatingwebhookconfigurations',
+      undefined,
+      validatingConfig.metadata.name,
+    ) as unknown as { webhooks: { clientConfig: { caBundle?: string } }[] };
+    expect(validating.webhooks.map((w) => w.clientConfig.caBundle)).toEqual([caBundle]);
 
     // The walk-through: the weather ToolSet becomes Ready, with its ConfigMap.
     const weather = parse(readFileSync('examples/weather-toolset.yaml', 'utf8')) as KObject;
@@ -349,6 +357,8 @@ describe('Dockerfile, built', () => {
         'create secrets',
         'get mutatingwebhookconfigurations',
         'patch mutatingwebhookconfigurations',
+        'get validatingwebhookconfigurations',
+        'patch validatingwebhookconfigurations',
       ]),
     );
     expect(requests.filter((r) => !allowed(chart, account, r))).toEqual([]);
@@ -364,6 +374,7 @@ type Container = { args?: string[]; env?: { name: string; value?: string }[] };
 const API_GROUPS: Record<string, string> = {
   leases: 'coordination.k8s.io',
   mutatingwebhookconfigurations: 'admissionregistration.k8s.io',
+  validatingwebhookconfigurations: 'admissionregistration.k8s.io',
   toolsets: 'earpiece.dev',
   replicasets: 'apps',
 };

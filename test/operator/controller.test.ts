@@ -249,7 +249,9 @@ describe('ToolSet controller', () => {
       lastTransitionTime: '2026-01-01T00:02:00Z',
       observedGeneration: 3,
     });
-    expect(ready('assistant')!.message).toContain('spec.tools[0].timeout: "soon" is not a duration');
+    expect(ready('assistant')!.message).toContain(
+      'spec.tools[0].timeout: "soon" is not a duration (use 500ms, 5s, 10m)',
+    );
     expect(ready('assistant')!.message).toContain(
       'ConfigMap earpiece-toolset-assistant keeps the last valid',
     );
@@ -677,7 +679,13 @@ describe('earpiece operator', () => {
   }
 
   /** An AdmissionReview over TLS, trusting only the caBundle, addressed to the Service name. */
-  function admit(port: number, ca: string, pod: Record<string, unknown>): Promise<Record<string, unknown>> {
+  function admit(
+    port: number,
+    ca: string,
+    pod: Record<string, unknown>,
+    path = '/mutate',
+    overrides: Record<string, unknown> = {},
+  ): Promise<Record<string, unknown>> {
     const body = JSON.stringify({
       apiVersion: 'admission.k8s.io/v1',
       kind: 'AdmissionReview',
@@ -688,6 +696,7 @@ describe('earpiece operator', () => {
         namespace: NS,
         operation: 'CREATE',
         object: pod,
+        ...overrides,
       },
     });
     return new Promise((resolve, reject) => {
@@ -695,7 +704,7 @@ describe('earpiece operator', () => {
         {
           host: '127.0.0.1',
           port,
-          path: '/mutate',
+          path,
           method: 'POST',
           ca,
           servername: 'earpiece-webhook.earpiece-system.svc',
@@ -847,6 +856,82 @@ describe('earpiece operator', () => {
       if (!stopped) await operator.stop();
     }
   });
+  it('validates ToolSets on /validate, trusted through the caBundle it keeps, and counts the decisions', async () => {
+    for (const [plural, kind] of [
+      ['mutatingwebhookconfigurations', 'MutatingWebhookConfiguration'],
+      ['validatingwebhookconfigurations', 'ValidatingWebhookConfiguration'],
+    ] as const) {
+      api.create(plural, {
+        apiVersion: 'admissionregistration.k8s.io/v1',
+        kind,
+        metadata: { name: 'earpiece-webhook' },
+        webhooks: [{ name: 'x.earpiece.dev', clientConfig: {} }],
+      });
+    }
+    const operator = await startOperator({
+      kc: api.kubeConfig('operator'),
+      config: {
+        namespace: 'earpiece-system',
+        podName: 'earpiece-operator-0',
+        instance: 'earpiece',
+        watchNamespaces: [],
+        excludeNamespaces: [],
+        leaderElection: false,
+        leaseName: 'earpiece-operator',
+        webhookPort: 0,
+        probePort: 0,
+        metricsPort: 0,
+        webhookConfigName: 'earpiece-webhook',
+        webhookServiceName: 'earpiece-webhook',
+        certMode: 'operator',
+        certSecretName: 'earpiece-webhook-tls',
+        certDir: '/nonexistent',
+        shutdownGraceMs: 0,
+        sidecar: DEFAULT_SIDECAR,
+        nativeSidecarAuto: false,
+      },
+      host: '127.0.0.1',
+      logger,
+      metrics: new OperatorMetrics(),
+      timing: TIMING,
+    });
+    try {
+      const { ports } = operator;
+      await expect.poll(async () => (await get(ports.probe, '/readyz')).status, POLL).toBe(200);
+      const bundle = (plural: string) =>
+        (
+          api.get(plural, undefined, 'earpiece-webhook')!.webhooks as {
+            clientConfig: { caBundle?: string };
+          }[]
+        )[0]!.clientConfig.caBundle;
+      expect(bundle('validatingwebhookconfigurations')).toBe(bundle('mutatingwebhookconfigurations'));
+      const ca = Buffer.from(bundle('validatingwebhookconfigurations')!, 'base64').toString();
+
+      const toolsetReview = (spec: Record<string, unknown>) =>
+        admit(ports.webhook, ca, { ...toolset('assistant', []), spec }, '/validate', {
+          kind: { group: 'earpiece.dev', version: 'v1alpha1', kind: 'ToolSet' },
+          resource: { group: 'earpiece.dev', version: 'v1alpha1', resource: 'toolsets' },
+        });
+      const good = await toolsetReview({ selector: { matchLabels: { app: 'a' } }, tools: [weatherTool()] });
+      expect(good).toEqual({ uid: 'a1b2', allowed: true });
+      const bad = await toolsetReview({ tools: [{ ...weatherTool(), timeout: 'soon' }] });
+      expect(bad).toMatchObject({
+        allowed: false,
+        status: {
+          code: 422,
+          message:
+            'ToolSet assistant has 1 problem:\nspec.tools[0].timeout: "soon" is not a duration (use 500ms, 5s, 10m)',
+        },
+      });
+
+      const text = (await get(ports.metrics, '/metrics')).body;
+      expect(text).toMatch(/earpiece_toolset_admissions_total\{result="allowed"\} 1/);
+      expect(text).toMatch(/earpiece_toolset_admissions_total\{result="refused"\} 1/);
+    } finally {
+      await operator.stop();
+    }
+  });
+
   it.each([
     ['v1.28.9-eks-036c24b', true, 'containers'],
     ['v1.29.0', true, 'initContainers'],

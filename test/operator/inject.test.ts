@@ -320,7 +320,9 @@ describe('earpiece inject, the command', () => {
       const { code, stdout, stderr } = await exec(['--toolset', file, '-f', `${DIR}/job.yaml`]);
       expect(code).toBe(1);
       expect(stdout).toBe('');
-      expect(stderr).toBe(`${file}: ToolSet reports: spec.tools[0].timeout: "soon" is not a duration\n`);
+      expect(stderr).toBe(
+        `${file}: ToolSet reports: spec.tools[0].timeout: "soon" is not a duration (use 500ms, 5s, 10m)\n`,
+      );
     } finally {
       rmSync(dir, { recursive: true });
     }

@@ -94,9 +94,10 @@ const secretData = () =>
       (api.get('secrets', NS, 'earpiece-webhook-tls')?.data ?? {}) as Record<string, string>,
     ).map(([k, v]) => [k, Buffer.from(v, 'base64').toString('utf8')]),
   );
-const caBundles = () =>
+/** The caBundles of the webhook configuration (the other tests run without a validating one). */
+const caBundles = (plural = 'mutatingwebhookconfigurations') =>
   (
-    (api.get('mutatingwebhookconfigurations', undefined, 'earpiece-webhook')?.webhooks ?? []) as {
+    (api.get(plural, undefined, 'earpiece-webhook')?.webhooks ?? []) as {
       clientConfig: { caBundle?: string };
     }[]
   ).map((w) =>
@@ -149,6 +150,27 @@ describe('webhook certificates (operator mode)', () => {
     const server = await serve(certs);
     const presented = await handshake(server.port, caBundles()[0]);
     expect(presented.fingerprint256).toBe(new X509Certificate(data['tls.crt']!).fingerprint256);
+  });
+
+  it('puts the CA into the ToolSet validating webhook too, which then trusts the serving certificate', async () => {
+    api.create('validatingwebhookconfigurations', {
+      apiVersion: 'admissionregistration.k8s.io/v1',
+      kind: 'ValidatingWebhookConfiguration',
+      metadata: { name: 'earpiece-webhook' },
+      webhooks: [
+        {
+          name: 'toolsets.validate.earpiece.dev',
+          clientConfig: { service: { name: SERVICE, namespace: NS, path: '/validate' } },
+        },
+      ],
+    });
+    const certs = manager();
+    await certs.start();
+    const ca = secretData()['ca.crt'];
+    expect(caBundles()).toEqual([ca, ca]);
+    expect(caBundles('validatingwebhookconfigurations')).toEqual([ca]);
+    const server = await serve(certs);
+    await handshake(server.port, caBundles('validatingwebhookconfigurations')[0]);
   });
 
   it('reuses the Secret on restart and on other replicas, writing nothing', async () => {

@@ -96,6 +96,17 @@ const RESOURCES: ResourceType[] = [
     custom: false,
   },
   {
+    group: 'admissionregistration.k8s.io',
+    version: 'v1',
+    plural: 'validatingwebhookconfigurations',
+    kind: 'ValidatingWebhookConfiguration',
+    namespaced: false,
+    status: false,
+    generation: true,
+    unconditionalUpdate: true,
+    custom: false,
+  },
+  {
     group: 'apps',
     version: 'v1',
     plural: 'replicasets',

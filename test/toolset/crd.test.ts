@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs';
 import { readdir, readFile } from 'node:fs/promises';
 import { run } from '@bufbuild/cel';
 import { Ajv } from 'ajv';
@@ -14,6 +15,7 @@ import {
 import { validateToolSet } from '../../src/toolset/index.js';
 
 type Schema = Record<string, unknown>;
+type Rule = { rule: string; message: string; messageExpression?: string; fieldPath?: string };
 
 /** Every schema node of the CRD with its path, `[]` for list items and `{}` for map values. */
 function* nodes(schema: Schema, path = ''): Generator<[string, Schema]> {
@@ -49,11 +51,13 @@ function crdIssues(doc: unknown): string[] {
   const issues: string[] = [];
   const visit = (schema: Schema, value: unknown, path: string) => {
     if (value === undefined || value === null) return;
-    for (const { rule, message } of (schema['x-kubernetes-validations'] ?? []) as {
-      rule: string;
-      message: string;
-    }[])
-      if (run(rule, { self: value as never }) !== true) issues.push(`${path}: ${message}`);
+    for (const { rule, message, messageExpression, fieldPath } of (schema['x-kubernetes-validations'] ??
+      []) as Rule[]) {
+      if (run(rule, { self: value as never }) === true) continue;
+      // As the API server reports it: at fieldPath, with the messageExpression's text.
+      const text = messageExpression ? String(run(messageExpression, { self: value as never })) : message;
+      issues.push(`${path}${fieldPath ?? ''}: ${text}`);
+    }
     if (Array.isArray(value) && schema.items)
       for (const [i, v] of value.entries()) visit(schema.items as Schema, v, `${path}[${i}]`);
     if (!Array.isArray(value) && typeof value === 'object')
@@ -105,6 +109,7 @@ describe('the ToolSet CRD', () => {
     expect(free).toEqual(['spec.tools[].parameters']);
     expect(Object.fromEntries(all)['spec.tools[].parameters']).toEqual({
       type: 'object',
+      description: expect.stringContaining('JSON Schema'),
       'x-kubernetes-preserve-unknown-fields': true,
     });
     expect(Object.fromEntries(all).metadata).toEqual({ type: 'object' });
@@ -234,6 +239,31 @@ describe('the ToolSet CRD', () => {
     ['an upstream that is not http', toolset({ upstream: { url: 'ftp://x' }, tools: [] }), false],
     ['no spec', { ...base }, false],
     [
+      'a duration of 2^31 ms, past what a timer holds',
+      toolset({ limits: { turnTimeout: '720h' }, tools: [] }),
+      false,
+    ],
+    [
+      'the largest duration a timer holds',
+      toolset({ limits: { turnTimeout: '596h31m23.647s' }, tools: [] }),
+      true,
+    ],
+    [
+      'a URL template whose argument sets the host',
+      toolset({ tools: [{ ...weather, http: { url: 'https://{city}.example/' } }] }),
+      false,
+    ],
+    [
+      'a URL template whose argument follows the host',
+      toolset({ tools: [{ ...weather, http: { url: 'https://w.example{city}' } }] }),
+      false,
+    ],
+    [
+      'a URL template with a path and query expression',
+      toolset({ tools: [{ ...weather, http: { url: 'https://w.example{/city}{?city}' } }] }),
+      true,
+    ],
+    [
       'a name of 63 characters',
       { ...toolset({ tools: [] }), metadata: { name: 'a'.repeat(63), namespace: 'voice' } },
       true,
@@ -280,5 +310,72 @@ describe('the ToolSet CRD', () => {
     const many = Array.from({ length: MAX_TOOLS + 1 }, (_, i) => ({ name: `t${i}`, builtin: 'time' }));
     expect(crdIssues(toolset({ tools: many }))).toEqual(['/spec/tools must NOT have more than 128 items']);
     expect(crdIssues(toolset({ tools: many.slice(1) }))).toEqual([]);
+  });
+
+  it('describes every field of spec and status, for kubectl explain', () => {
+    const schema = toolSetOpenApiSchema() as { properties: Record<string, Schema> };
+    const undescribed = ['spec', 'status'].flatMap((root) =>
+      [...nodes(schema.properties[root] as Schema, root)]
+        // Properties, which kubectl explain lists; list items and map values are told by their field.
+        .filter(([path]) => !/(\[\]|\{\})$/.test(path))
+        .filter(([, node]) => typeof node.description !== 'string' || node.description.length < 10)
+        .map(([path]) => path),
+    );
+    expect(undescribed).toEqual([]);
+  });
+
+  it('bounds every string and list of spec, so CEL costs and object sizes stay small', () => {
+    const spec = (toolSetOpenApiSchema() as { properties: Record<string, Schema> }).properties.spec as Schema;
+    const unbounded = [...nodes(spec, 'spec')]
+      .filter(
+        ([, n]) =>
+          (n.type === 'string' && n.enum === undefined && n.maxLength === undefined) ||
+          (n.type === 'array' && n.maxItems === undefined),
+      )
+      .map(([path]) => path);
+    expect(unbounded).toEqual([]);
+  });
+
+  it('names the offending value and field in its CEL errors', () => {
+    const duplicate = toolset({
+      tools: [
+        { name: 'now', builtin: 'time' },
+        { name: 'calc', builtin: 'calculator' },
+        { name: 'calc', builtin: 'calculator' },
+      ],
+    });
+    expect(crdIssues(duplicate)).toEqual([
+      'spec.tools: tool name "calc" is used more than once; tool names must be unique',
+    ]);
+    const host = toolset({ tools: [{ ...weather, http: { url: 'https://{city}.example/' } }] });
+    expect(crdIssues(host)).toEqual([
+      'spec.tools[0].http.url: "https://{city}.example/" could let an argument change the host: start with http:// or https:// and a literal host, then add arguments to the path or query ({/x}, {?x})',
+    ]);
+    expect(crdIssues(toolset({ tools: [{ http: { url: 'https://x' } }] }))).toEqual([
+      'spec.tools[0].name: name is required (only an mcp entry has none)',
+    ]);
+    expect(crdIssues(toolset({ tools: [{ name: 'ha', mcp: { url: 'http://ha/mcp' } }] }))).toEqual([
+      'spec.tools[0].mcp: the mcp entry for http://ha/mcp takes its names, descriptions and parameters from the server; remove name (use mcp.prefix to rename)',
+    ]);
+    expect(
+      crdIssues(toolset({ tools: [{ name: 'x', builtin: 'time', sql: { connection: {} } }] })),
+    ).toContain('spec.tools[0]: tool x needs exactly one of http, mcp, sql or builtin');
+    expect(crdIssues(toolset({ limits: { toolTimeout: '720h' }, tools: [] }))).toEqual([
+      'spec.limits.toolTimeout: "720h" is longer than the largest allowed duration, 596h31m23.647s',
+    ]);
+  });
+
+  it('serves v1alpha1 and marks exactly one version as the storage version', () => {
+    const versions = (
+      toolSetCrd() as { spec: { versions: { name: string; served: boolean; storage: boolean }[] } }
+    ).spec.versions;
+    expect(versions.filter((v) => v.storage).map((v) => v.name)).toEqual(['v1alpha1']);
+    expect(versions.every((v) => v.served)).toBe(true);
+    // The file on disk and the chart's copy say the same.
+    for (const file of [CRD_FILE, 'charts/earpiece/files/toolsets.earpiece.dev.yaml']) {
+      const onDisk = parse(readFileSync(file, 'utf8')) as typeof versions extends never ? never : Schema;
+      const stored = ((onDisk.spec as Schema).versions as { storage: boolean }[]).filter((v) => v.storage);
+      expect(stored, file).toHaveLength(1);
+    }
   });
 });

@@ -1,7 +1,7 @@
 import { readFile } from 'node:fs/promises';
 import { describe, expect, it } from 'vitest';
-import { parseDuration } from '../../src/toolset/duration.js';
-import { parseToolSet, resolveToolSet, validateToolSet } from '../../src/toolset/index.js';
+import { MAX_DURATION, parseDuration } from '../../src/toolset/duration.js';
+import { checkToolSetText, parseToolSet, resolveToolSet, validateToolSet } from '../../src/toolset/index.js';
 import { renderForSidecar, secretEnvName, unresolvableValues } from '../../src/toolset/values.js';
 
 const base = {
@@ -52,7 +52,7 @@ describe('ToolSet validation', () => {
       { name: 'c', builtin: 'time', timeout: 'soon' },
     );
     expect(validateToolSet(doc).issues).toEqual([
-      { path: 'spec.tools[2].timeout', message: '"soon" is not a duration' },
+      { path: 'spec.tools[2].timeout', message: '"soon" is not a duration (use 500ms, 5s, 10m)' },
     ]);
   });
 
@@ -70,7 +70,7 @@ describe('ToolSet validation', () => {
     const issues = validateToolSet(doc).issues.map((i) => `${i.path}: ${i.message}`);
     expect(issues).toEqual(
       expect.arrayContaining([
-        'spec.limits.turnTimeout: "later" is not a duration',
+        'spec.limits.turnTimeout: "later" is not a duration (use 500ms, 5s, 10m)',
         'spec.limits.maxIterations: must be >= 1',
         'spec.tools[0].builtin: "clock" is not one of time, calculator',
         'spec.tools[1].htp: is not a known field',
@@ -132,6 +132,20 @@ describe('ToolSet validation', () => {
     const result = parseToolSet('apiVersion: earpiece.dev/v1alpha1\nkind: [\n');
     expect(result.ok).toBe(false);
     expect(result.issues[0]?.path).toMatch(/^line \d+/);
+    // The parser's own position and excerpt are left out: the path has the line.
+    expect(result.issues[0]?.message).not.toMatch(/(column \d+|:)$/);
+  });
+
+  it("points a multi-document file's YAML error at the line where the unclosed quote or bracket starts", () => {
+    // The parser notices the missing quote at the end of the text, lines after line 5.
+    const text = 'kind: ToolSet\n---\nkind: ToolSet\nmetadata:\n  name: "x\nspec:\n  tools: []\n';
+    const [first, second] = checkToolSetText(text);
+    expect(first).toMatchObject({ document: 1, line: 1, kind: 'ToolSet' });
+    expect(second?.line).toBe(3);
+    expect(second?.result?.issues[0]).toEqual({
+      path: 'line 5',
+      message: expect.stringMatching(/^Missing closing "quote$/),
+    });
   });
 
   it('parses Go durations', () => {
@@ -190,6 +204,34 @@ describe('durations that must be positive', () => {
       { path: 'spec.limits.turnTimeout', message: '"0s" must be longer than zero' },
       { path: 'spec.memory.ttl', message: '"0ms" must be longer than zero' },
       { path: 'spec.tools[0].cache.ttl', message: '"0m" must be longer than zero' },
+    ]);
+  });
+});
+
+describe('durations a Node.js timer cannot hold', () => {
+  // A delay of 2^31 ms or more fires after 1 ms, so `turnTimeout: 720h` used to time out every turn.
+  it('refuses 2^31 ms and more, naming the largest allowed value', () => {
+    expect(parseDuration(MAX_DURATION)).toBe(2 ** 31 - 1);
+    const doc = {
+      ...base,
+      spec: {
+        limits: { turnTimeout: '720h', toolTimeout: MAX_DURATION },
+        tools: [{ name: 't', builtin: 'time', timeout: '2147483648ms', cache: { ttl: '596h31m23.648s' } }],
+      },
+    };
+    expect(validateToolSet(doc).issues).toEqual([
+      {
+        path: 'spec.limits.turnTimeout',
+        message: '"720h" is longer than the largest allowed duration, 596h31m23.647s',
+      },
+      {
+        path: 'spec.tools[0].timeout',
+        message: '"2147483648ms" is longer than the largest allowed duration, 596h31m23.647s',
+      },
+      {
+        path: 'spec.tools[0].cache.ttl',
+        message: '"596h31m23.648s" is longer than the largest allowed duration, 596h31m23.647s',
+      },
     ]);
   });
 });

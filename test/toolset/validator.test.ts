@@ -21,7 +21,7 @@ status: { conditions: [{ type: Ready, status: "True", reason: Valid, message: ""
       { path: 'status.conditions[0].lastTransitionTime', message: '"yesterday" is not a date-time' },
     ]);
     expect(parseToolSet(doc('2026-11-25T16:00:00Z', '3 s')).issues).toEqual([
-      { path: 'spec.tools[0].timeout', message: '"3 s" is not a duration' },
+      { path: 'spec.tools[0].timeout', message: '"3 s" is not a duration (use 500ms, 5s, 10m)' },
     ]);
   });
 });

@@ -1,0 +1,314 @@
+/**
+ * The validating webhook for ToolSets, over HTTPS, with AdmissionReview JSON as the API server sends
+ * it. Its refusals carry the lines `earpiece validate` prints (the golden file of the same document).
+ */
+import { readFile } from 'node:fs/promises';
+import { Agent, request } from 'undici';
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { parse } from 'yaml';
+import { DEFAULT_SIDECAR } from '../../src/operator/sidecar.js';
+import type { ToolSetAdmission } from '../../src/operator/toolset-admission.js';
+import { CertificateHolder, startWebhookServer, type WebhookServer } from '../../src/operator/webhook.js';
+import { createLogger } from '../../src/telemetry/log.js';
+import { webhookCertificates } from '../support/certs.js';
+
+const SERVICE = 'earpiece-webhook';
+const certs = webhookCertificates({ service: SERVICE, namespace: 'earpiece', now: new Date() });
+const decisions: ToolSetAdmission[] = [];
+let server: WebhookServer;
+
+beforeAll(async () => {
+  server = await startWebhookServer({
+    port: 0,
+    host: '127.0.0.1',
+    certificate: new CertificateHolder(certs.serving),
+    lookups: { toolsetByName: () => undefined, toolsetsInNamespace: () => [], config: () => undefined },
+    sidecar: DEFAULT_SIDECAR,
+    logger: createLogger('admission-test', 'silent'),
+    onToolSetAdmission: (d) => decisions.push(d),
+  });
+});
+afterAll(() => server?.close());
+beforeEach(() => {
+  decisions.length = 0;
+});
+
+async function post(body: string | object, path = '/validate') {
+  const agent = new Agent({ connect: { ca: certs.ca.certPem, servername: `${SERVICE}.earpiece.svc` } });
+  try {
+    const res = await request(`https://127.0.0.1:${server.port}${path}`, {
+      method: 'POST',
+      dispatcher: agent,
+      headers: { 'content-type': 'application/json' },
+      body: typeof body === 'string' ? body : JSON.stringify(body),
+    });
+    return { status: res.statusCode, body: (await res.body.json()) as Record<string, unknown> };
+  } finally {
+    await agent.close();
+  }
+}
+
+const UID = 'b1e4c7a2-0d6f-4c55-9a1e-3f2d7c9e8a10';
+
+/** A ToolSet as the API server hands it to admission: defaulted metadata, uid, managed fields. */
+function stored(spec: unknown, name = 'assistant') {
+  return {
+    apiVersion: 'earpiece.dev/v1alpha1',
+    kind: 'ToolSet',
+    metadata: {
+      name,
+      namespace: 'voice',
+      uid: '6c1f6a0e-2b7e-4d8e-a4c1-0f3b1c2d9e77',
+      generation: 1,
+      creationTimestamp: '2026-12-06T10:00:00Z',
+      annotations: { 'kubectl.kubernetes.io/last-applied-configuration': '{}' },
+      managedFields: [
+        { manager: 'kubectl-client-side-apply', operation: 'Update', apiVersion: 'earpiece.dev/v1alpha1' },
+      ],
+    },
+    spec,
+  };
+}
+
+function review(object: unknown, overrides: Record<string, unknown> = {}) {
+  const gvk = { group: 'earpiece.dev', version: 'v1alpha1', kind: 'ToolSet' };
+  const gvr = { group: 'earpiece.dev', version: 'v1alpha1', resource: 'toolsets' };
+  return {
+    apiVersion: 'admission.k8s.io/v1',
+    kind: 'AdmissionReview',
+    request: {
+      uid: UID,
+      kind: gvk,
+      resource: gvr,
+      requestKind: gvk,
+      requestResource: gvr,
+      name: (object as { metadata?: { name?: string } } | undefined)?.metadata?.name,
+      namespace: 'voice',
+      operation: 'CREATE',
+      userInfo: { username: 'kubernetes-admin', groups: ['kubeadm:cluster-admins', 'system:authenticated'] },
+      object,
+      oldObject: null,
+      dryRun: false,
+      options: {
+        apiVersion: 'meta.k8s.io/v1',
+        kind: 'CreateOptions',
+        fieldManager: 'kubectl-client-side-apply',
+      },
+      ...overrides,
+    },
+  };
+}
+
+type Response = {
+  uid: string;
+  allowed: boolean;
+  status?: {
+    code: number;
+    reason: string;
+    message: string;
+    details?: { causes: { field: string; message: string }[] };
+  };
+  warnings?: string[];
+};
+
+async function admit(object: unknown, overrides: Record<string, unknown> = {}): Promise<Response> {
+  const { status, body } = await post(review(object, overrides));
+  expect(status).toBe(200);
+  expect(body).toMatchObject({ apiVersion: 'admission.k8s.io/v1', kind: 'AdmissionReview' });
+  const response = (body as { response: Response }).response;
+  expect(response.uid).toBe(UID);
+  return response;
+}
+
+const valid = {
+  selector: { matchLabels: { app: 'unmute-backend' } },
+  tools: [{ name: 'now', description: 'The time.', builtin: 'time' }],
+};
+const withTools = (...tools: unknown[]) => ({ ...valid, tools });
+const weather = {
+  name: 'weather',
+  parameters: { type: 'object', properties: { city: { type: 'string' } } },
+};
+
+describe('the ToolSet validating webhook', () => {
+  it('allows a valid ToolSet, with no warnings', async () => {
+    expect(await admit(stored(valid))).toEqual({ uid: UID, allowed: true });
+    expect(decisions).toEqual([
+      {
+        namespace: 'voice',
+        name: 'assistant',
+        operation: 'CREATE',
+        allowed: true,
+        issues: [],
+        dryRun: false,
+      },
+    ]);
+  });
+
+  it('allows a ToolSet without a selector, and says who will use it', async () => {
+    const response = await admit(stored({ tools: valid.tools }));
+    expect(response.allowed).toBe(true);
+    expect(response.warnings).toEqual([
+      'earpiece: spec.selector: is not set: only pods that name this ToolSet in the annotation earpiece.dev/toolset get its tools',
+    ]);
+  });
+
+  // One document per kind of error: the schema, a rule across fields, the URL template, names, limits.
+  const refused: [string, unknown, string, string][] = [
+    [
+      'a bad duration',
+      { ...valid, limits: { turnTimeout: '1min' } },
+      'spec.limits.turnTimeout',
+      '"1min" is not a duration (use 500ms, 5s, 10m)',
+    ],
+    [
+      'a duration a timer cannot hold',
+      { ...valid, limits: { turnTimeout: '720h' } },
+      'spec.limits.turnTimeout',
+      '"720h" is longer than the largest allowed duration, 596h31m23.647s',
+    ],
+    ['an unknown field', { ...valid, tool: [] }, 'spec.tool', 'is not a known field'],
+    [
+      'two executors',
+      withTools({ name: 'x', builtin: 'time', http: { url: 'https://x.example/' } }),
+      'spec.tools[0]',
+      'needs exactly one of http, mcp, sql or builtin (has http, builtin)',
+    ],
+    [
+      'a URL template that could change the host',
+      withTools({ ...weather, http: { url: 'https://{city}.example/' } }),
+      'spec.tools[0].http.url',
+      'must start with http:// or https:// and a literal host (arguments can never set the host)',
+    ],
+    [
+      'an undeclared template variable',
+      withTools({ ...weather, http: { url: 'https://w.example/{town}' } }),
+      'spec.tools[0].http.url',
+      'uses {town}, which parameters.properties does not declare',
+    ],
+    [
+      'a parameter schema that does not compile',
+      withTools({
+        name: 'w',
+        parameters: { type: 'object', properties: { a: { type: 'strin' } } },
+        http: { url: 'https://w.example/' },
+      }),
+      'spec.tools[0].parameters',
+      'is not a valid JSON Schema',
+    ],
+    [
+      'an upstream URL ending in /v1',
+      { ...valid, upstream: { url: 'http://vllm:8000/v1' } },
+      'spec.upstream.url',
+      'ends in /v1; give the base URL without /v1 (as in KYUTAI_LLM_URL)',
+    ],
+    [
+      'a duplicate tool name',
+      withTools({ name: 'now', builtin: 'time' }, { name: 'now', builtin: 'calculator' }),
+      'spec.tools[1].name',
+      '"now" is already the name of spec.tools[0]',
+    ],
+    [
+      'SQL placeholders without args',
+      withTools({
+        name: 'q',
+        parameters: { type: 'object' },
+        sql: { connection: { value: 'postgres://db' }, query: 'SELECT $1' },
+      }),
+      'spec.tools[0].sql.args',
+      'has 0 entries but the query uses $1..$1',
+    ],
+  ];
+  it.each(refused)('refuses %s, naming the field', async (_what, spec, field, message) => {
+    const response = await admit(stored(spec));
+    expect(response.allowed).toBe(false);
+    expect(response.status).toMatchObject({ code: 422, reason: 'Invalid' });
+    expect(response.status?.message).toContain(`\n${field}: ${message}`);
+    expect(response.status?.details?.causes).toContainEqual({
+      field,
+      message: expect.stringContaining(message),
+      reason: 'FieldValueInvalid',
+    });
+    expect(decisions.at(-1)).toMatchObject({ allowed: false, name: 'assistant' });
+  });
+
+  it('refuses with every problem, in the lines earpiece validate prints for the same file', async () => {
+    const doc = parse(await readFile('test/fixtures/validate/broken.yaml', 'utf8')) as { spec: unknown };
+    const golden = await readFile('test/fixtures/validate/broken.golden', 'utf8');
+    const lines = golden
+      .split('--- stderr\n')[1]
+      ?.trim()
+      .split('\n')
+      .map((l) => l.replace('test/fixtures/validate/broken.yaml: ', ''));
+    const response = await admit(stored(doc.spec, 'broken'));
+    expect(response.allowed).toBe(false);
+    expect(response.status?.message).toBe(
+      `ToolSet broken has ${lines?.length} problems:\n${lines?.join('\n')}`,
+    );
+    expect(response.status?.details?.causes).toHaveLength(lines?.length ?? -1);
+  });
+
+  it('checks an UPDATE that changes the spec', async () => {
+    const before = stored(valid);
+    const after = stored({ ...valid, limits: { toolTimeout: 'soon' } });
+    const response = await admit(after, { operation: 'UPDATE', oldObject: before });
+    expect(response.allowed).toBe(false);
+    expect(response.status?.message).toBe(
+      'ToolSet assistant has 1 problem:\nspec.limits.toolTimeout: "soon" is not a duration (use 500ms, 5s, 10m)',
+    );
+    // Fixing it is an UPDATE too.
+    expect((await admit(before, { operation: 'UPDATE', oldObject: after })).allowed).toBe(true);
+  });
+
+  it('lets an UPDATE that leaves an invalid spec as it is through, with the problems as warnings', async () => {
+    // A ToolSet that got in while the webhook was down still takes labels and finalizers.
+    const invalid = stored({ ...valid, limits: { toolTimeout: 'soon' } });
+    const labelled = { ...invalid, metadata: { ...invalid.metadata, labels: { team: 'voice' } } };
+    const response = await admit(labelled, { operation: 'UPDATE', oldObject: invalid });
+    expect(response.allowed).toBe(true);
+    expect(response.warnings).toEqual([
+      'earpiece: the spec is unchanged but invalid: spec.limits.toolTimeout: "soon" is not a duration (use 500ms, 5s, 10m)',
+    ]);
+  });
+
+  it('answers a dry run as the real request, without side effects to skip', async () => {
+    const bad = stored({ ...valid, limits: { turnTimeout: '0s' } });
+    const real = await admit(bad);
+    const dry = await admit(bad, { dryRun: true, options: { kind: 'CreateOptions', dryRun: ['All'] } });
+    expect(dry).toEqual(real);
+    expect(decisions.map((d) => d.dryRun)).toEqual([false, true]);
+    expect((await admit(stored(valid), { dryRun: true })).allowed).toBe(true);
+  });
+
+  it('refuses a review whose object is missing, and answers 400 to a body that is not a review', async () => {
+    const response = await admit(undefined, { object: null });
+    expect(response).toMatchObject({ allowed: false, status: { code: 400, reason: 'BadRequest' } });
+    expect((await post('{"apiVersion": ')).status).toBe(400);
+    expect((await post({ hello: 'world' })).status).toBe(400);
+    expect(
+      (await post({ apiVersion: 'admission.k8s.io/v1', kind: 'AdmissionReview', request: {} })).status,
+    ).toBe(400);
+  });
+
+  it('allows what it is not meant to see, saying the rules are wrong', async () => {
+    const response = await admit(
+      { apiVersion: 'v1', kind: 'Pod', metadata: { name: 'p' } },
+      {
+        kind: { group: '', version: 'v1', kind: 'Pod' },
+      },
+    );
+    expect(response.allowed).toBe(true);
+    expect(response.warnings?.[0]).toMatch(/only ToolSet CREATE and UPDATE are validated/);
+    expect((await admit(stored(valid), { operation: 'DELETE' })).allowed).toBe(true);
+  });
+
+  it('keeps many problems within the API server warning limits', async () => {
+    const tools = Array.from({ length: 30 }, (_, i) => ({ name: `t${i}`, builtin: 'time', timeout: 'soon' }));
+    const invalid = stored({ ...valid, tools });
+    const response = await admit(invalid, { operation: 'UPDATE', oldObject: invalid });
+    expect(response.allowed).toBe(true);
+    expect(response.warnings).toHaveLength(12);
+    expect(response.warnings?.at(-1)).toBe('earpiece: and 19 more');
+    expect(response.warnings?.every((w) => w.length <= 256)).toBe(true);
+  });
+});
