@@ -1,6 +1,5 @@
-import { readFile } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
-import { parseToolSet, resolveToolSet } from '../src/toolset/index.js';
+import { parseToolSet, readToolSetFile, resolveToolSet } from '../src/toolset/index.js';
 
 const HELP = `Usage: earpiece validate FILE...
 
@@ -20,15 +19,13 @@ export async function main(argv: string[]): Promise<number> {
   }
   let failed = false;
   for (const file of positionals) {
-    let text: string;
-    try {
-      text = await readFile(file, 'utf8');
-    } catch (err) {
-      console.error(`${file}: cannot be read: ${(err as NodeJS.ErrnoException).code ?? err}`);
+    const read = await readToolSetFile(file);
+    if (!read.ok) {
+      console.error(`${file}: ${read.issue.message}`);
       failed = true;
       continue;
     }
-    const result = parseToolSet(text);
+    const result = parseToolSet(read.text);
     if (result.ok) {
       const resolved = resolveToolSet(result.toolset);
       console.log(

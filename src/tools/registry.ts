@@ -7,7 +7,7 @@
 import type { Dispatcher } from 'undici';
 import { createLogger, type Logger } from '../telemetry/log.js';
 import type { ResolvedTool, ResolvedToolSet } from '../toolset/defaults.js';
-import { type ArgumentCheck, compileArgumentCheck } from './arguments.js';
+import { type ArgumentCheck, createArgumentCompiler } from './arguments.js';
 import { BUILTINS, createBuiltinExecutor } from './builtin.js';
 import { ToolCache } from './cache.js';
 import { type CallableTool, callTool } from './call.js';
@@ -103,12 +103,13 @@ function buildTable(
   }
 
   const table: Table = { tools: new Map(), offers: [], owners: new Map() };
+  const compile = createArgumentCompiler();
   for (const candidate of candidates) {
     const { tool, provider } = candidate;
     if (winners.get(tool.name) !== candidate) continue;
     let check = checks.get(tool.parameters);
     if (!check) {
-      check = compileArgumentCheck(tool.parameters, (problem) =>
+      check = compile(tool.parameters, (problem) =>
         logger.warn(
           { tool: tool.name, problem },
           `The parameters schema of "${tool.name}" cannot be compiled; its arguments are not checked`,
