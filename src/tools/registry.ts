@@ -30,7 +30,11 @@ export interface ToolRegistry extends ToolRunner {
   /** Called when a provider's tools change (an MCP server listed new ones, or reconnected). */
   onChange(listener: () => void): void;
   /** Per-provider state for /readyz (mcp servers: url, state connected|connecting|down, lastError, tools). */
-  status(): { mcp: Array<{ url: string; state: ProviderState; lastError?: string; tools: number }> };
+  status(): {
+    mcp: Array<{ url: string; state: ProviderState; lastError?: string; tools: number }>;
+    /** What an operator should know: a superuser SQL role, an MCP list cut to the cap. */
+    warnings: string[];
+  };
   close(): Promise<void>;
 }
 
@@ -252,7 +256,7 @@ export async function createToolRegistry(
         const state = provider.kind === 'mcp' ? provider.status?.() : undefined;
         if (state) mcp.push(state);
       }
-      return { mcp };
+      return { mcp, warnings: providers.flatMap((provider) => provider.warnings?.() ?? []) };
     },
     close,
   };
