@@ -227,23 +227,14 @@ export const createSqlProvider: ProviderFactory = (tool, { env, logger }) => {
     warnings = [warning];
     log.warn({ role: rows[0].role }, warning);
   };
-  // At start, over a connection of its own; a database that is down now is checked on the first call.
-  const startClient = new pg.Client({ connectionString, connectionTimeoutMillis: CONNECT_TIMEOUT_MS });
-  startClient.on('error', () => undefined);
-  // Ended once, by whichever comes first: the check or close(); a second end() can wait forever.
-  let ending: Promise<void> | undefined;
-  const endStartClient = () => {
-    ending ??= startClient.end().catch(() => undefined);
-    return ending;
-  };
+  // At start; a database that is down now is checked on the first call.
   const checkingAtStart = (async () => {
+    pool ??= acquirePool(connectionString, scrub, log);
     try {
-      await startClient.connect();
-      await checkRole(startClient);
+      const client = await pool.connect();
+      await checkRole(client).finally(() => client.release());
     } catch (err) {
       log.debug({ err: scrub((err as Error).message) }, 'Could not check the database role at start');
-    } finally {
-      await endStartClient();
     }
   })();
   /** Calls still cleaning up after their caller gave up (aborted); close() waits for them. */
@@ -403,7 +394,6 @@ export const createSqlProvider: ProviderFactory = (tool, { env, logger }) => {
     async close() {
       if (closed) return;
       closed = true;
-      await endStartClient();
       await Promise.all([...settling, checkingAtStart]);
       if (pool) await releasePool(connectionString);
     },
