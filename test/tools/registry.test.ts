@@ -89,7 +89,7 @@ describe('tool registry: offering', () => {
     });
     expect(r.has('calc')).toBe(true);
     expect(r.has('get_weather')).toBe(false);
-    expect(r.status()).toEqual({ mcp: [] });
+    expect(r.status()).toEqual({ mcp: [], warnings: [] });
   });
 
   it('offers a tool with when.keywords only when a keyword starts a word of a recent user message', async () => {
