@@ -61,7 +61,13 @@ function parseToolSets(name: string, text: string): ToolSet[] {
       throw new InputError(
         `${name}: line ${error.linePos?.[0].line ?? '?'}: ${error.message.split('\n')[0]}`,
       );
-    const value: unknown = doc.toJS();
+    let value: unknown;
+    try {
+      value = doc.toJS();
+    } catch (err) {
+      // yaml refuses aliases that would expand past its limit (a "billion laughs" document).
+      throw new InputError(`${name}: cannot be read: ${(err as Error).message}`);
+    }
     if (value === null || value === undefined) continue;
     const result = validateToolSet(value);
     if (!result.ok) {
