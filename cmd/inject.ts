@@ -75,7 +75,13 @@ function parseToolSets(name: string, text: string): ToolSet[] {
       if (err instanceof ManifestError) throw new InputError(`${name}: ${err.message}`);
       throw err;
     }
-    const value: unknown = doc.toJS();
+    let value: unknown;
+    try {
+      value = doc.toJS();
+    } catch (err) {
+      // yaml refuses aliases that would expand past its limit (a "billion laughs" document).
+      throw new InputError(`${name}: cannot be read: ${(err as Error).message}`);
+    }
     if (value === null || value === undefined) continue;
     const result = validateToolSet(value);
     if (!result.ok) {

@@ -1,10 +1,10 @@
-import { readFile } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
 import {
   type CheckOptions,
   checkToolSetText,
   type DocumentCheck,
   type Issue,
+  readToolSetFile,
   resolveToolSet,
 } from '../src/toolset/index.js';
 
@@ -58,13 +58,9 @@ function report(check: DocumentCheck): DocumentReport {
 }
 
 async function checkFile(file: string, options: CheckOptions): Promise<FileReport> {
-  let text: string;
-  try {
-    text = await readFile(file, 'utf8');
-  } catch (err) {
-    return { file, error: `cannot be read: ${(err as NodeJS.ErrnoException).code ?? err}`, documents: [] };
-  }
-  const documents = checkToolSetText(text, options).map(report);
+  const read = await readToolSetFile(file);
+  if (!read.ok) return { file, error: read.issue.message, documents: [] };
+  const documents = checkToolSetText(read.text, options).map(report);
   if (documents.length === 0) return { file, error: 'has no document', documents };
   return { file, documents };
 }

@@ -207,9 +207,16 @@ export class PromMetrics implements TelemetryRecords {
     this.toolsetInfo.set({ toolset: name, hash }, 1);
     if (tools === undefined) return;
 
-    for (const tool of this.declaredTools.get(name)?.keys() ?? [])
-      this.toolTimeout.remove({ toolset: name, tool });
     const declared = new Map(tools.map((tool) => [tool.name, tool]));
+    for (const tool of this.declaredTools.get(name)?.keys() ?? []) {
+      this.toolTimeout.remove({ toolset: name, tool });
+      if (declared.has(tool)) continue;
+      // A tool no longer offered takes its series along: the names an MCP server lists come and go.
+      for (const outcome of TOOL_OUTCOMES) {
+        this.toolCalls.remove({ toolset: name, tool, outcome });
+        this.toolSeconds.remove({ toolset: name, tool, outcome });
+      }
+    }
     this.declaredTools.set(name, declared);
     for (const tool of declared.values()) {
       if (tool.timeoutSeconds !== undefined) {

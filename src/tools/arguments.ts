@@ -31,30 +31,33 @@ export function parseArguments(text: string): ParsedArguments {
 /** Returns a sentence naming the fields that are wrong, or undefined when the arguments fit. */
 export type ArgumentCheck = (args: Record<string, unknown>) => string | undefined;
 
-let shared: Ajv | undefined;
-
-/**
- * Compiles a tool's schema. One the validator cannot compile (an MCP server may send anything) is
- * reported through `onUnusable` and then checks nothing, so the tool stays callable.
- */
-export function compileArgumentCheck(
+/** Compiles a tool's schema into its check. */
+export type ArgumentCompiler = (
   parameters: Record<string, unknown>,
   onUnusable: (problem: string) => void,
-): ArgumentCheck {
-  shared ??= createAjv();
-  // $schema and $id name a draft or register a global id; neither matters for one tool's arguments.
-  const { $schema: _schema, $id: _id, ...schema } = parameters;
-  let validate: ReturnType<Ajv['compile']>;
-  try {
-    validate = shared.compile(schema);
-  } catch (err) {
-    onUnusable((err as Error).message);
-    return () => undefined;
-  } finally {
-    // ajv caches every compiled schema by object; reloads and MCP list changes would keep them all.
-    shared.removeSchema(schema);
-  }
-  return (args) => (validate(args) ? undefined : describeErrors(validate.errors ?? []));
+) => ArgumentCheck;
+
+/**
+ * A compiler for one batch of tools (one tool table). ajv keeps everything it compiled for as long as
+ * the instance lives, and removeSchema does not let all of it go, so each batch has an instance of its
+ * own, dropped with the checks it made. A schema the validator cannot compile (an MCP server may send
+ * anything) is reported through `onUnusable` and then checks nothing, so the tool stays callable.
+ */
+export function createArgumentCompiler(): ArgumentCompiler {
+  let ajv: Ajv | undefined;
+  return (parameters, onUnusable) => {
+    ajv ??= createAjv();
+    // $schema and $id name a draft or register a global id; neither matters for one tool's arguments.
+    const { $schema: _schema, $id: _id, ...schema } = parameters;
+    let validate: ReturnType<Ajv['compile']>;
+    try {
+      validate = ajv.compile(schema);
+    } catch (err) {
+      onUnusable((err as Error).message);
+      return () => undefined;
+    }
+    return (args) => (validate(args) ? undefined : describeErrors(validate.errors ?? []));
+  };
 }
 
 const MAX_PROBLEMS = 6;

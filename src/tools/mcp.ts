@@ -28,6 +28,7 @@ import type { McpToolSpec } from '../toolset/schema.js';
 import { resolveValue } from '../toolset/values.js';
 import { untilAborted } from './abort.js';
 import { toolResultContent } from './mcp-content.js';
+import { createSessionFetch } from './mcp-fetch.js';
 import {
   type ProvidedTool,
   type ProviderFactory,
@@ -47,6 +48,15 @@ const PROBE_TIMEOUT_MS = 5_000;
 /** The registry aborts at the deadline; the SDK's own timer is only a backstop behind it. */
 const CALL_TIMEOUT_SLACK_MS = 1_000;
 const TOOL_NAME_MAX = 64;
+/**
+ * The most tools one server's entry offers: every offered tool goes to the model on every turn (OpenAI
+ * takes at most 128 in a request), and each has its own metric series. mcp.include chooses others.
+ */
+export const MAX_TOOLS_PER_SERVER = 64;
+/** A tools/list_changed storm lists at most once per this interval; the changes in between are coalesced. */
+const RELIST_INTERVAL_MS = 1_000;
+/** A server that pages on without end is read no further. */
+const MAX_LIST_PAGES = 100;
 
 type TransportKind = 'streamable' | 'sse';
 
@@ -92,6 +102,10 @@ class McpProvider implements ToolProvider {
   private legacy = false;
   private refreshing = false;
   private refreshAgain = false;
+  private relistTimer: NodeJS.Timeout | undefined;
+  private listedAt = 0;
+  /** Set while the server lists more tools than MAX_TOOLS_PER_SERVER; for the log and /readyz. */
+  private capWarning: string | undefined;
   private closed = false;
   private readonly listeners = new Set<() => void>();
 
@@ -150,6 +164,10 @@ class McpProvider implements ToolProvider {
     };
   }
 
+  warnings(): string[] {
+    return this.capWarning === undefined ? [] : [this.capWarning];
+  }
+
   onChange(listener: () => void): void {
     this.listeners.add(listener);
   }
@@ -158,6 +176,7 @@ class McpProvider implements ToolProvider {
     this.closed = true;
     this.state = 'down';
     clearTimeout(this.timer);
+    clearTimeout(this.relistTimer);
     this.listeners.clear();
     const current = this.session;
     this.session = undefined;
@@ -242,7 +261,7 @@ class McpProvider implements ToolProvider {
         'Connected to MCP server and listed its tools',
       );
       this.setTools(tools);
-      if (session.stale) void this.refresh(session);
+      if (session.stale) this.listChanged(session);
       return session;
     } catch (err) {
       if (session) await this.closeSession(session);
@@ -290,11 +309,12 @@ class McpProvider implements ToolProvider {
 
   private async openWith(kind: TransportKind): Promise<Session> {
     const requestInit = { headers: this.headers };
+    const sessionFetch = createSessionFetch();
     const transport =
       kind === 'streamable'
         ? new StreamableHTTPClientTransport(this.url, {
             requestInit,
-            fetch: cappedFetch,
+            fetch: sessionFetch,
             reconnectionOptions: {
               initialReconnectionDelay: BACKOFF_FIRST_MS,
               maxReconnectionDelay: BACKOFF_MAX_MS,
@@ -302,13 +322,11 @@ class McpProvider implements ToolProvider {
               maxRetries: 2,
             },
           })
-        : new SSEClientTransport(this.url, { requestInit, fetch: cappedFetch });
+        : new SSEClientTransport(this.url, { requestInit, fetch: sessionFetch });
     const client = new Client(CLIENT_INFO, { capabilities: {} });
     const session: Session = { client, transport, kind, stale: false, probing: false };
     this.open.add(session);
-    client.setNotificationHandler(ToolListChangedNotificationSchema, () => {
-      void this.refresh(session);
-    });
+    client.setNotificationHandler(ToolListChangedNotificationSchema, () => this.listChanged(session));
     client.onerror = (err) => this.transportError(session, err);
     try {
       await client.connect(transport, { timeout: SETUP_TIMEOUT_MS });
@@ -358,27 +376,41 @@ class McpProvider implements ToolProvider {
 
   // ---- tool list ---------------------------------------------------------------------------------
 
-  private async refresh(session: Session): Promise<void> {
+  /** Lists again soon: at once after a quiet spell, else once RELIST_INTERVAL_MS has passed since the last. */
+  private listChanged(session: Session): void {
     if (this.session !== session) {
       session.stale = true;
       return;
     }
+    if (this.relistTimer || this.closed) return;
+    const wait = Math.max(0, this.listedAt + RELIST_INTERVAL_MS - Date.now());
+    this.relistTimer = setTimeout(() => {
+      this.relistTimer = undefined;
+      void this.refresh(session);
+    }, wait);
+    this.relistTimer.unref();
+  }
+
+  private async refresh(session: Session): Promise<void> {
+    if (this.session !== session) return;
     if (this.refreshing) {
       this.refreshAgain = true;
       return;
     }
     this.refreshing = true;
+    this.listedAt = Date.now();
     try {
-      do {
-        this.refreshAgain = false;
-        const tools = await listTools(session.client);
-        if (this.session === session) this.setTools(tools);
-      } while (this.refreshAgain && this.session === session);
+      const tools = await listTools(session.client);
+      if (this.session === session) this.setTools(tools);
     } catch (err) {
       this.logger.warn({ err: this.errorText(err) }, 'Listing the MCP server tools failed');
       this.probe(session);
     } finally {
       this.refreshing = false;
+      if (this.refreshAgain) {
+        this.refreshAgain = false;
+        this.listChanged(session);
+      }
     }
   }
 
@@ -387,8 +419,10 @@ class McpProvider implements ToolProvider {
     const prefix = this.spec.prefix ?? '';
     const provided: ProvidedTool[] = [];
     const names = new Set<string>();
+    let offerable = 0;
     for (const t of listed) {
       if (include && !include.has(t.name)) continue;
+      if (++offerable > MAX_TOOLS_PER_SERVER) continue;
       // OpenAI function names allow [a-zA-Z0-9_-]{1,64}; MCP names may hold more. The server gets the original.
       const name = `${prefix}${t.name}`.replace(/[^a-zA-Z0-9_-]/g, '_').slice(0, TOOL_NAME_MAX);
       if (names.has(name)) {
@@ -413,6 +447,11 @@ class McpProvider implements ToolProvider {
     this.provided = provided;
     if (fingerprint === this.fingerprint) return;
     this.fingerprint = fingerprint;
+    this.capWarning =
+      offerable > MAX_TOOLS_PER_SERVER
+        ? `MCP server ${this.displayUrl} lists ${offerable} tools; only the first ${MAX_TOOLS_PER_SERVER} are offered (the cap per server); choose others with mcp.include`
+        : undefined;
+    if (this.capWarning) this.logger.warn({ listed: offerable, cap: MAX_TOOLS_PER_SERVER }, this.capWarning);
     for (const listener of this.listeners) {
       try {
         listener();
@@ -426,13 +465,14 @@ class McpProvider implements ToolProvider {
 async function listTools(client: Client): Promise<Tool[]> {
   const tools: Tool[] = [];
   let cursor: string | undefined;
+  let pages = 0;
   do {
     const page = await client.listTools(cursor === undefined ? {} : { cursor }, {
       timeout: SETUP_TIMEOUT_MS,
     });
     tools.push(...page.tools);
     cursor = page.nextCursor;
-  } while (cursor !== undefined);
+  } while (cursor !== undefined && ++pages < MAX_LIST_PAGES);
   return tools;
 }
 
@@ -473,36 +513,6 @@ function decodeLoosely(text: string): string {
     return text;
   }
 }
-
-/** The most a POST's response may carry (one JSON-RPC answer); a server past it is cut off. */
-export const MAX_MCP_RESPONSE_BYTES = 4 * 1024 * 1024;
-
-/**
- * fetch with a size cap on the answers to our requests (POSTs), counted while reading, as the http tool
- * does. GETs are the server's long-lived notification stream and stay uncapped.
- */
-export const cappedFetch: typeof fetch = async (input, init) => {
-  const response = await fetch(input, init);
-  if ((init?.method ?? 'GET').toUpperCase() !== 'POST' || !response.body) return response;
-  let seen = 0;
-  const limit = new TransformStream<Uint8Array, Uint8Array>({
-    transform(chunk, controller) {
-      seen += chunk.byteLength;
-      if (seen > MAX_MCP_RESPONSE_BYTES) {
-        controller.error(
-          new Error(`the MCP server's answer is larger than ${MAX_MCP_RESPONSE_BYTES / 1024 / 1024} MiB`),
-        );
-        return;
-      }
-      controller.enqueue(chunk);
-    },
-  });
-  return new Response(response.body.pipeThrough(limit), {
-    status: response.status,
-    statusText: response.statusText,
-    headers: response.headers,
-  });
-};
 
 /** A short, single-line description of an error (fetch hides the reason in `cause`). */
 function errorText(err: unknown): string {

@@ -7,7 +7,7 @@
 import type { Dispatcher } from 'undici';
 import { createLogger, type Logger } from '../telemetry/log.js';
 import type { ResolvedTool, ResolvedToolSet } from '../toolset/defaults.js';
-import { type ArgumentCheck, compileArgumentCheck } from './arguments.js';
+import { type ArgumentCheck, createArgumentCompiler } from './arguments.js';
 import { BUILTINS, createBuiltinExecutor } from './builtin.js';
 import { ToolCache } from './cache.js';
 import { type CallableTool, callTool } from './call.js';
@@ -30,7 +30,11 @@ export interface ToolRegistry extends ToolRunner {
   /** Called when a provider's tools change (an MCP server listed new ones, or reconnected). */
   onChange(listener: () => void): void;
   /** Per-provider state for /readyz (mcp servers: url, state connected|connecting|down, lastError, tools). */
-  status(): { mcp: Array<{ url: string; state: ProviderState; lastError?: string; tools: number }> };
+  status(): {
+    mcp: Array<{ url: string; state: ProviderState; lastError?: string; tools: number }>;
+    /** What an operator should know: a superuser SQL role, an MCP list cut to the cap. */
+    warnings: string[];
+  };
   close(): Promise<void>;
 }
 
@@ -103,12 +107,13 @@ function buildTable(
   }
 
   const table: Table = { tools: new Map(), offers: [], owners: new Map() };
+  const compile = createArgumentCompiler();
   for (const candidate of candidates) {
     const { tool, provider } = candidate;
     if (winners.get(tool.name) !== candidate) continue;
     let check = checks.get(tool.parameters);
     if (!check) {
-      check = compileArgumentCheck(tool.parameters, (problem) =>
+      check = compile(tool.parameters, (problem) =>
         logger.warn(
           { tool: tool.name, problem },
           `The parameters schema of "${tool.name}" cannot be compiled; its arguments are not checked`,
@@ -251,7 +256,7 @@ export async function createToolRegistry(
         const state = provider.kind === 'mcp' ? provider.status?.() : undefined;
         if (state) mcp.push(state);
       }
-      return { mcp };
+      return { mcp, warnings: providers.flatMap((provider) => provider.warnings?.() ?? []) };
     },
     close,
   };

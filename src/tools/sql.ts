@@ -10,6 +10,7 @@
  *
  * Connection strings are secrets: they are never logged, and error messages are scrubbed of them.
  */
+import type { Socket } from 'node:net';
 import pg from 'pg';
 import Cursor from 'pg-cursor';
 import type { Logger } from '../telemetry/log.js';
@@ -85,35 +86,98 @@ function scrubber(connectionString: string): (text: string) => string {
   return secretScrubber(secrets);
 }
 
-/** Compact JSON; bytea as Postgres hex text rather than Node's Buffer JSON. */
-/** Rows are read in batches and reading stops past this many bytes: the model sees a few KB anyway. */
+/** Reading stops past this many bytes of rows: the model sees a few KB anyway. */
 const MAX_READ_BYTES = 1024 * 1024;
+/**
+ * What the connection may bring in while one statement's rows are read. A single row can be a
+ * gigabyte, and pg holds a whole row before handing it over, so only the socket can stop it early.
+ */
+const MAX_WIRE_BYTES = 2 * MAX_READ_BYTES;
 const BATCH_ROWS = 16;
 
-/** At most maxRows + 1 rows (the extra one tells that the cap cut), stopping early past MAX_READ_BYTES. */
-async function readRows(cursor: Cursor, maxRows: number): Promise<{ rows: unknown[]; bytesCut: boolean }> {
-  const rows: unknown[] = [];
-  let bytes = 0;
-  while (rows.length <= maxRows) {
-    const batch = await cursor.read(Math.min(BATCH_ROWS, maxRows + 1 - rows.length));
-    for (const row of batch) {
-      rows.push(row);
-      bytes += approximateBytes(row);
-    }
-    if (batch.length === 0 || rows.length > maxRows) break;
-    if (bytes > MAX_READ_BYTES) return { rows, bytesCut: true };
-  }
-  return { rows, bytesCut: false };
+interface ReadRows {
+  rows: Record<string, unknown>[];
+  bytesCut: boolean;
+  /** The connection was cut mid-row to stop a result too large to read: it cannot be used again. */
+  broken: boolean;
 }
 
-function approximateBytes(row: unknown): number {
+/**
+ * At most maxRows + 1 rows (the extra one tells that the cap cut), stopping early past MAX_READ_BYTES.
+ * The first batch is one row; later batches hold as many rows as the bytes left allow at the size rows
+ * had so far, so a batch cannot overshoot the limit by more than one row.
+ */
+async function readRows(
+  client: pg.PoolClient,
+  cursor: Cursor<unknown[]>,
+  maxRows: number,
+): Promise<ReadRows> {
+  const rows: Record<string, unknown>[] = [];
+  let names: string[] = [];
+  let bytes = 0;
+  const socket = (client as unknown as { connection: { stream: Socket } }).connection.stream;
+  let wire = 0;
+  let cut = false;
+  const count = (chunk: Buffer) => {
+    wire += chunk.length;
+    if (wire > MAX_WIRE_BYTES && !cut) {
+      cut = true;
+      socket.destroy();
+    }
+  };
+  socket.on('data', count);
+  try {
+    while (rows.length <= maxRows) {
+      const room =
+        rows.length === 0 ? 1 : Math.floor((MAX_READ_BYTES - bytes) / Math.max(1, bytes / rows.length));
+      const size = Math.max(1, Math.min(room, BATCH_ROWS, maxRows + 1 - rows.length));
+      const batch = await readBatch(cursor, size);
+      if (batch.fields) names = columnNames(batch.fields);
+      for (const values of batch.rows) {
+        rows.push(Object.fromEntries(names.map((name, i) => [name, values[i]])));
+        bytes += approximateBytes(values);
+      }
+      if (batch.rows.length === 0 || rows.length > maxRows) break;
+      if (bytes > MAX_READ_BYTES) return { rows, bytesCut: true, broken: false };
+    }
+  } catch (err) {
+    if (cut) return { rows, bytesCut: true, broken: true };
+    throw err;
+  } finally {
+    socket.off('data', count);
+  }
+  return { rows, bytesCut: false, broken: false };
+}
+
+function readBatch(
+  cursor: Cursor<unknown[]>,
+  size: number,
+): Promise<{ rows: unknown[][]; fields?: pg.FieldDef[] }> {
+  return new Promise((resolve, reject) => {
+    cursor.read(size, (err, rows, result) => (err ? reject(err) : resolve({ rows, fields: result?.fields })));
+  });
+}
+
+/** Column names, made unique: `SELECT a.id, b.id` keeps both, as `id` and `id_2`. */
+function columnNames(fields: pg.FieldDef[]): string[] {
+  const taken = new Set<string>();
+  return fields.map(({ name }) => {
+    let unique = name;
+    for (let n = 2; taken.has(unique); n++) unique = `${name}_${n}`;
+    taken.add(unique);
+    return unique;
+  });
+}
+
+function approximateBytes(values: unknown[]): number {
   let n = 0;
-  for (const value of Object.values(row as Record<string, unknown>)) {
+  for (const value of values) {
     n += typeof value === 'string' ? value.length : Buffer.isBuffer(value) ? value.length * 2 : 16;
   }
   return n;
 }
 
+/** Compact JSON; bytea as Postgres hex text rather than Node's Buffer JSON. */
 function rowsJson(rows: unknown[], maxRows: number, bytesCut = false): string {
   const cut = rows.length > maxRows;
   const kept = cut ? rows.slice(0, maxRows) : rows;
@@ -144,6 +208,34 @@ export const createSqlProvider: ProviderFactory = (tool, { env, logger }) => {
 
   let pool: pg.Pool | undefined;
   let closed = false;
+  /** Whether the role was checked, and what an operator should know about it (/readyz). */
+  let roleChecked = false;
+  let warnings: string[] = [];
+
+  /**
+   * The read-only transaction is the guard, but a superuser can leave it (`SET SESSION
+   * CHARACTERISTICS`, `COPY ... TO PROGRAM` in a function): say so at start and in /readyz.
+   */
+  const checkRole = async (client: pg.ClientBase): Promise<void> => {
+    const { rows } = await client.query<{ superuser: boolean; role: string }>(
+      "SELECT current_setting('is_superuser') = 'on' AS superuser, current_user AS role",
+    );
+    roleChecked = true;
+    if (!rows[0]?.superuser) return;
+    const warning = `sql tool "${name}" connects as the superuser role "${rows[0].role}"; give it a role that can only read what the tool needs`;
+    warnings = [warning];
+    log.warn({ role: rows[0].role }, warning);
+  };
+  // At start; a database that is down now is checked on the first call.
+  const checkingAtStart = (async () => {
+    pool ??= acquirePool(connectionString, scrub, log);
+    try {
+      const client = await pool.connect();
+      await checkRole(client).finally(() => client.release());
+    } catch (err) {
+      log.debug({ err: scrub((err as Error).message) }, 'Could not check the database role at start');
+    }
+  })();
   /** Calls still cleaning up after their caller gave up (aborted); close() waits for them. */
   const settling = new Set<Promise<unknown>>();
 
@@ -189,6 +281,10 @@ export const createSqlProvider: ProviderFactory = (tool, { env, logger }) => {
     running: Running,
   ): Promise<string> => {
     const timeoutMs = Math.max(1, ctx.deadline - Date.now());
+    // A connection that breaks while checked out (cut for size, a database restart) reports through the
+    // query that fails; its 'error' event would otherwise have no listener and end the process.
+    const ignore = () => undefined;
+    client.on('error', ignore);
     try {
       await client.query('BEGIN READ ONLY');
       const setup = await client.query<{ pid: number }>(
@@ -197,10 +293,11 @@ export const createSqlProvider: ProviderFactory = (tool, { env, logger }) => {
       );
       if (ctx.signal.aborted) throw ctx.signal.reason;
       running.pid = setup.rows[0]?.pid;
-      const cursor = client.query(new Cursor(text, values));
-      const { rows, bytesCut } = await readRows(cursor, maxRows);
+      // Rows as arrays, named here: as objects, pg lets a repeated column name overwrite the first.
+      const cursor = client.query(new Cursor<unknown[]>(text, values, { rowMode: 'array' }));
+      const { rows, bytesCut, broken } = await readRows(client, cursor, maxRows);
       running.pid = undefined;
-      await cursor.close();
+      if (!broken) await cursor.close();
       return rowsJson(rows, maxRows, bytesCut);
     } catch (err) {
       if (ctx.signal.aborted) throw ctx.signal.reason;
@@ -213,7 +310,10 @@ export const createSqlProvider: ProviderFactory = (tool, { env, logger }) => {
       // the transaction, so they are let go too, before the connection serves anyone else. A client that
       // cannot do both is dropped.
       await client.query('ROLLBACK; SELECT pg_advisory_unlock_all()').then(
-        () => client.release(),
+        () => {
+          client.off('error', ignore);
+          client.release();
+        },
         (err: Error) => client.release(err),
       );
     }
@@ -253,6 +353,7 @@ export const createSqlProvider: ProviderFactory = (tool, { env, logger }) => {
       throw new ToolError('the database is unavailable', 'ERP_SQL_UNAVAILABLE');
     }
 
+    if (!roleChecked) await checkRole(client).catch(() => undefined);
     const running: Running = {};
     const work = execute(client, text, values, ctx, running);
     const onAbort = () => {
@@ -279,14 +380,7 @@ export const createSqlProvider: ProviderFactory = (tool, { env, logger }) => {
         ].join(' ')
       : (tool.spec.description ?? ''),
     parameters: freeForm
-      ? {
-          type: 'object',
-          properties: {
-            sql: { type: 'string', description: 'One PostgreSQL SELECT statement. Nothing that writes.' },
-          },
-          required: ['sql'],
-          additionalProperties: false,
-        }
+      ? freeFormParameters(tool.spec.parameters as DeclaredParameters | undefined)
       : ((tool.spec.parameters as Record<string, unknown> | undefined) ?? { type: 'object', properties: {} }),
     executor: { run },
     config: tool,
@@ -295,12 +389,34 @@ export const createSqlProvider: ProviderFactory = (tool, { env, logger }) => {
   const provider: ToolProvider = {
     kind: 'sql',
     tools: () => [provided],
+    warnings: () => warnings,
     async close() {
       if (closed) return;
       closed = true;
-      await Promise.all(settling);
+      await Promise.all([...settling, checkingAtStart]);
       if (pool) await releasePool(connectionString);
     },
   };
   return provider;
 };
+
+interface DeclaredParameters {
+  description?: string;
+  properties?: { sql?: { description?: string } };
+}
+
+/**
+ * The one argument of sql without query. Declared parameters (validated to declare only `sql`, a
+ * string) lend their descriptions: what the tables hold is worth telling the model.
+ */
+function freeFormParameters(declared: DeclaredParameters | undefined): Record<string, unknown> {
+  const sql =
+    declared?.properties?.sql?.description ?? 'One PostgreSQL SELECT statement. Nothing that writes.';
+  return {
+    type: 'object',
+    ...(declared?.description === undefined ? {} : { description: declared.description }),
+    properties: { sql: { type: 'string', description: sql } },
+    required: ['sql'],
+    additionalProperties: false,
+  };
+}

@@ -49,6 +49,8 @@ export interface ToolProvider {
   tools(): ProvidedTool[];
   /** Connection state for /readyz (mcp servers); absent for stateless executors. */
   status?(): { url: string; state: ProviderState; lastError?: string; tools: number };
+  /** What an operator should know about this entry (a risky setting, a cut list), for the log and /readyz. */
+  warnings?(): string[];
   /** Subscribes to list changes (mcp notifications/tools/list_changed, reconnects). */
   onChange?(listener: () => void): void;
   close?(): Promise<void>;

@@ -5,8 +5,8 @@
  * keeps the last good ToolSet and says why.
  */
 import { EventEmitter } from 'node:events';
-import { type FSWatcher, watch } from 'node:fs';
-import { readFile } from 'node:fs/promises';
+import { constants, type FSWatcher, watch } from 'node:fs';
+import { open } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { type ResolvedToolSet, resolveToolSet } from './defaults.js';
 import { type Issue, parseToolSet } from './validate.js';
@@ -25,20 +25,56 @@ export function loadToolSetText(text: string, env: NodeJS.ProcessEnv = process.e
   return { ok: true, toolset: resolveToolSet(parsed.toolset), text };
 }
 
+/** A ConfigMap holds at most 1 MiB; a ToolSet is a few KB. */
+export const MAX_TOOLSET_BYTES = 1024 * 1024;
+
+/** `missing`: there is no file at the path (a rename or symlink swap in progress, perhaps). */
+export type ReadResult = { ok: true; text: string } | { ok: false; issue: Issue; missing: boolean };
+
+/**
+ * Reads a ToolSet file: a regular file of at most MAX_TOOLSET_BYTES. The open does not block, so a
+ * FIFO or device put in the file's place is refused at once instead of holding a thread forever.
+ */
+export async function readToolSetFile(path: string): Promise<ReadResult> {
+  const refuse = (message: string, missing = false): ReadResult => ({
+    ok: false,
+    issue: { path, message },
+    missing,
+  });
+  let handle: Awaited<ReturnType<typeof open>>;
+  try {
+    handle = await open(path, constants.O_RDONLY | constants.O_NONBLOCK);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    return refuse(`cannot be read: ${code ?? err}`, code === 'ENOENT');
+  }
+  try {
+    const info = await handle.stat();
+    if (!info.isFile()) return refuse('is not a regular file');
+    // Read one byte past the limit rather than trust the size: the file may grow while it is read.
+    const buffer = Buffer.alloc(MAX_TOOLSET_BYTES + 1);
+    let length = 0;
+    for (;;) {
+      const { bytesRead } = await handle.read(buffer, length, buffer.length - length, null);
+      if (bytesRead === 0) break;
+      length += bytesRead;
+      if (length > MAX_TOOLSET_BYTES) return refuse(`is larger than ${MAX_TOOLSET_BYTES / 1024 / 1024} MiB`);
+    }
+    return { ok: true, text: buffer.toString('utf8', 0, length) };
+  } catch (err) {
+    return refuse(`cannot be read: ${(err as NodeJS.ErrnoException).code ?? err}`);
+  } finally {
+    await handle.close();
+  }
+}
+
 export async function loadToolSetFile(
   path: string,
   env: NodeJS.ProcessEnv = process.env,
 ): Promise<LoadResult> {
-  let text: string;
-  try {
-    text = await readFile(path, 'utf8');
-  } catch (err) {
-    return {
-      ok: false,
-      issues: [{ path, message: `cannot be read: ${(err as NodeJS.ErrnoException).code ?? err}` }],
-    };
-  }
-  return loadToolSetText(text, env);
+  const read = await readToolSetFile(path);
+  if (!read.ok) return { ok: false, issues: [read.issue] };
+  return loadToolSetText(read.text, env);
 }
 
 export interface ToolSetWatcherEvents {
@@ -54,6 +90,8 @@ export class ToolSetWatcher extends EventEmitter<ToolSetWatcherEvents> {
   #watcher: FSWatcher | undefined;
   #timer: NodeJS.Timeout | undefined;
   #lastText: string;
+  /** The last reason the file could not be read, so a lasting one is reported once. */
+  #lastProblem: string | undefined;
   #reading: Promise<void> = Promise.resolve();
 
   constructor(
@@ -76,7 +114,12 @@ export class ToolSetWatcher extends EventEmitter<ToolSetWatcherEvents> {
 
   /** Re-reads now; resolves when done. Tests and SIGHUP use it. */
   check(): Promise<void> {
-    this.#reading = this.#reading.then(() => this.#read());
+    // A read that throws must not end the chain: every later check would be skipped.
+    this.#reading = this.#reading.then(() =>
+      this.#read().catch((err: unknown) => {
+        this.emit('rejected', [{ path: this.path, message: `cannot be loaded: ${(err as Error).message}` }]);
+      }),
+    );
     return this.#reading;
   }
 
@@ -86,12 +129,16 @@ export class ToolSetWatcher extends EventEmitter<ToolSetWatcherEvents> {
   }
 
   async #read(): Promise<void> {
-    let text: string;
-    try {
-      text = await readFile(this.path, 'utf8');
-    } catch {
-      return; // mid-swap: the next event re-reads
+    const read = await readToolSetFile(this.path);
+    if (!read.ok) {
+      // Missing is a swap in progress (the next event re-reads); anything else is reported, once.
+      if (read.missing || this.#lastProblem === read.issue.message) return;
+      this.#lastProblem = read.issue.message;
+      this.emit('rejected', [read.issue]);
+      return;
     }
+    this.#lastProblem = undefined;
+    const text = read.text;
     if (text === this.#lastText) return;
     this.#lastText = text;
     const result = loadToolSetText(text, this.env);

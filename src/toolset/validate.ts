@@ -3,7 +3,9 @@
  * with the path of the field it is about (`spec.tools[2].timeout: "soon" is not a duration`).
  */
 import { Ajv, type ErrorObject, type ValidateFunction } from 'ajv';
+import type { RegExpEngine } from 'ajv/dist/types/index.js';
 import addFormats from 'ajv-formats';
+import { RE2JS } from 're2js';
 import { parseDocument, type YAMLError } from 'yaml';
 import { DURATION_FORMS, isDuration, MAX_DURATION, MAX_DURATION_MS, parseDuration } from './duration.js';
 import type { ToolSet, ToolSpec, ValueRef } from './schema.js';
@@ -17,15 +19,31 @@ export interface Issue {
 
 export type ParseResult = { ok: true; toolset: ToolSet; issues: [] } | { ok: false; issues: Issue[] };
 
-/** An ajv instance that knows the `duration` format; also used to compile tool parameter schemas. */
+/**
+ * `pattern`s come from ToolSets and MCP servers: RE2 matches in linear time, so a pattern such as
+ * `^(a+)+$` cannot stall the event loop. Patterns RE2 cannot express (lookaround, backreferences) do
+ * not compile, and the schema holding them is reported as unusable.
+ */
+const linearRegExp: RegExpEngine = Object.assign(
+  (pattern: string) => {
+    const re = RE2JS.compile(pattern);
+    return { test: (s: string) => re.test(s) };
+  },
+  { code: 'linearRegExp' },
+);
+
+/**
+ * An ajv instance that knows the `duration` format; also used to compile tool parameter schemas.
+ * ajv keeps every schema it compiled (and their patterns) for as long as the instance lives, so
+ * callers make one per batch of schemas and let it go with them.
+ */
 export function createAjv(): Ajv {
-  const ajv = new Ajv({ allErrors: true, strict: false, verbose: true });
+  const ajv = new Ajv({ allErrors: true, strict: false, verbose: true, code: { regExp: linearRegExp } });
   addFormats.default(ajv);
   ajv.addFormat('duration', isDuration);
   return ajv;
 }
 
-const ajv = createAjv();
 /** The ToolSet schema's validator, generated ahead of time (validator-gen.ts). */
 const validateSchema = generatedValidator as unknown as ValidateFunction<ToolSet>;
 
@@ -92,7 +110,7 @@ function checkValue(v: ValueRef | undefined, path: string, issues: Issue[]): voi
 
 const EXECUTORS = ['http', 'mcp', 'sql', 'builtin'] as const;
 
-function checkTool(tool: ToolSpec, path: string, issues: Issue[]): void {
+function checkTool(tool: ToolSpec, path: string, issues: Issue[], ajv: () => Ajv): void {
   const kinds = EXECUTORS.filter((k) => tool[k] !== undefined);
   if (kinds.length !== 1) {
     issues.push({
@@ -128,7 +146,7 @@ function checkTool(tool: ToolSpec, path: string, issues: Issue[]): void {
       });
     }
     try {
-      ajv.compile(params);
+      ajv().compile(params);
     } catch (err) {
       issues.push({
         path: `${path}.parameters`,
@@ -176,12 +194,7 @@ function checkTool(tool: ToolSpec, path: string, issues: Issue[]): void {
     checkValue(s.connection, `${path}.sql.connection`, issues);
     if (s.query === undefined) {
       if (s.args !== undefined) issues.push({ path: `${path}.sql.args`, message: 'needs sql.query' });
-      if (tool.parameters !== undefined) {
-        issues.push({
-          path: `${path}.parameters`,
-          message: 'is set by earpiece for sql without query (the model writes the SELECT in argument "sql")',
-        });
-      }
+      checkFreeFormSqlParameters(tool.parameters, path, issues);
     } else {
       const placeholders = new Set([...s.query.matchAll(/\$(\d+)/g)].map((m) => Number(m[1])));
       const highest = Math.max(0, ...placeholders);
@@ -204,6 +217,30 @@ function checkTool(tool: ToolSpec, path: string, issues: Issue[]): void {
   }
   if (tool.builtin !== undefined && tool.parameters !== undefined) {
     issues.push({ path: `${path}.parameters`, message: `builtin ${tool.builtin} has its own parameters` });
+  }
+}
+
+/**
+ * Without a query the model writes the SELECT in argument "sql", so declared parameters may only
+ * describe that argument (the tables it can read, say): one property, `sql`, a string.
+ */
+function checkFreeFormSqlParameters(parameters: unknown, path: string, issues: Issue[]): void {
+  if (parameters === undefined) return;
+  const properties = (parameters as { properties?: unknown }).properties;
+  const props = properties && typeof properties === 'object' ? (properties as Record<string, unknown>) : {};
+  const sql = props.sql as { type?: unknown } | undefined;
+  if (sql?.type !== 'string') {
+    issues.push({
+      path: `${path}.parameters.properties.sql`,
+      message:
+        'must be declared with type "string" (sql without query: the model writes the SELECT in argument "sql")',
+    });
+  }
+  for (const name of Object.keys(props).filter((n) => n !== 'sql')) {
+    issues.push({
+      path: `${path}.parameters.properties.${name}`,
+      message: 'is not an argument of sql without query, which takes only "sql"',
+    });
   }
 }
 
@@ -264,11 +301,17 @@ export function semanticIssues(toolset: ToolSet): Issue[] {
     });
   }
   const seen = new Map<string, number>();
+  // One ajv for this document's parameter schemas, dropped with it.
+  let ajv: Ajv | undefined;
+  const compiler = () => {
+    ajv ??= createAjv();
+    return ajv;
+  };
   spec.tools.forEach((tool, i) => {
     const path = `spec.tools[${i}]`;
     if (tool === null || typeof tool !== 'object') return;
     try {
-      checkTool(tool, path, issues);
+      checkTool(tool, path, issues, compiler);
     } catch {
       // Malformed beyond what these rules can read; the schema has named the problem.
     }
@@ -321,7 +364,13 @@ export function parseToolSet(text: string): ParseResult {
       issues: document.errors.map((e) => yamlIssue(e)),
     };
   }
-  const doc: unknown = document.toJS();
+  let doc: unknown;
+  try {
+    doc = document.toJS();
+  } catch (err) {
+    // yaml refuses aliases that would expand past its limit (a "billion laughs" document).
+    return { ok: false, issues: [{ path: '(yaml)', message: `cannot be read: ${(err as Error).message}` }] };
+  }
   if (doc === null || typeof doc !== 'object') {
     return { ok: false, issues: [{ path: '(document)', message: 'is not a ToolSet object' }] };
   }

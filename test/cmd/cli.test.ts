@@ -1,5 +1,5 @@
 /** The built CLI, as a user runs it (npm test builds first). */
-import { execFile } from 'node:child_process';
+import { execFile, execFileSync } from 'node:child_process';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -53,6 +53,28 @@ spec:
     await writeFile(file, 'spec: [');
     const broken = await earpiece('validate', file);
     expect(broken.code).toBe(1);
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it('reports an alias bomb, a FIFO and an oversized file as problems, without a stack trace', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'earpiece-validate-'));
+    const bomb = join(dir, 'bomb.yaml');
+    const levels = ['a: &a [x, x, x, x, x, x, x, x, x]'];
+    for (const [i, name] of [...'bcdefgh'].entries()) {
+      levels.push(`${name}: &${name} [${Array(9).fill(`*${'abcdefgh'[i]}`).join(', ')}]`);
+    }
+    await writeFile(bomb, levels.join('\n'));
+    const fifo = join(dir, 'fifo.yaml');
+    execFileSync('mkfifo', [fifo]);
+    const large = join(dir, 'large.yaml');
+    await writeFile(large, `#${'x'.repeat(1024 * 1024)}\n`);
+    const result = await earpiece('validate', bomb, fifo, large);
+    expect(result.code).toBe(1);
+    expect(result.stderr.trim().split('\n')).toEqual([
+      `${bomb}: (yaml): cannot be read: Excessive alias count indicates a resource exhaustion attack`,
+      `${fifo}: is not a regular file`,
+      `${large}: is larger than 1 MiB`,
+    ]);
     await rm(dir, { recursive: true, force: true });
   });
 });

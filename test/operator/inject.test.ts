@@ -450,6 +450,26 @@ describe('earpiece inject, the command', () => {
     expect(code).toBe(1);
     expect(stderr).toMatch(/^\(stdin\): line \d+: /);
   });
+
+  it('reports a ToolSet that is a YAML alias bomb, status 1, without a stack trace', async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'earpiece-inject-'));
+    try {
+      const bomb = path.join(dir, 'bomb.yaml');
+      const levels = ['a: &a [x, x, x, x, x, x, x, x, x]'];
+      for (const [i, name] of [...'bcdefgh'].entries()) {
+        levels.push(`${name}: &${name} [${Array(9).fill(`*${'abcdefgh'[i]}`).join(', ')}]`);
+      }
+      writeFileSync(bomb, levels.join('\n'));
+      const { code, stdout, stderr } = await exec(['-t', bomb, '-f', `${DIR}/unmute-backend.yaml`]);
+      expect(code).toBe(1);
+      expect(stdout).toBe('');
+      expect(stderr).toBe(
+        `${bomb}: cannot be read: Excessive alias count indicates a resource exhaustion attack\n`,
+      );
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
 });
 
 describe('the checks the corpus relies on', () => {

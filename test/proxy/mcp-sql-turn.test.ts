@@ -80,10 +80,15 @@ async function start(
   return { upstream, harness };
 }
 
-async function readyz(h: ProxyHarness): Promise<{ mcp: { state: string; tools: number; url: string }[] }> {
+interface Readyz {
+  mcp: { state: string; tools: number; url: string }[];
+  warnings?: string[];
+}
+
+async function readyz(h: ProxyHarness): Promise<Readyz> {
   const response = await fetch(`${h.proxy.url}/readyz`);
   expect(response.status).toBe(200);
-  return (await response.json()) as { mcp: { state: string; tools: number; url: string }[] };
+  return (await response.json()) as Readyz;
 }
 
 async function waitForMcp(h: ProxyHarness, state: string, seconds = 30): Promise<void> {
@@ -118,6 +123,12 @@ describe('a turn with MCP and SQL tools', () => {
     }, mcp.url);
     await waitForMcp(harness, 'connected');
     expect((await readyz(harness)).mcp).toEqual([{ url: mcp.url, state: 'connected', tools: 2 }]);
+    // The SQL tool connects as the test server's superuser, which /readyz names.
+    await expect
+      .poll(async () => (await readyz(harness)).warnings, { timeout: 20_000 })
+      .toContainEqual(
+        expect.stringMatching(/^sql tool "order_status" connects as the superuser role "postgres"/),
+      );
 
     const { text, chunks } = await unmuteTurn(harness.client, [
       SYSTEM,

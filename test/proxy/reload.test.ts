@@ -1,9 +1,11 @@
+import { execFileSync } from 'node:child_process';
 import { mkdir, rename, rm, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { stringify } from 'yaml';
 import { type ScriptedUpstream, startScriptedUpstream, textReply } from '../../src/demo/scripted-upstream.js';
 import { type ProxyHarness, startTestProxy, toolsetDoc } from '../support/proxy.js';
+import { capturingLogger } from '../tools/helpers.js';
 
 const cleanups: (() => Promise<void>)[] = [];
 afterEach(async () => {
@@ -112,5 +114,55 @@ describe('ToolSet reload', () => {
         upstream.url,
       ),
     ).rejects.toThrow(/use valueFrom\.env/);
+  });
+
+  it('keeps the last good ToolSet when an edit is an alias bomb, a FIFO or too large, and reloads after', async () => {
+    const upstream = await startScriptedUpstream({ respond: () => ({ sse: textReply('Ok.') }) });
+    const { logger, lines } = capturingLogger();
+    const harness = await startTestProxy(spec('first_tool'), upstream.url, { logger, watch: false });
+    cleanups.push(
+      () => upstream.close(),
+      () => harness.close(),
+    );
+    const rejections = () =>
+      lines()
+        .filter((l) => l.msg === 'Kept the last good ToolSet: the edited file is invalid.')
+        .map((l) => (l as unknown as { issues: string[] }).issues.join('; '));
+    const replaceWith = async (write: (tmp: string) => Promise<void>) => {
+      const tmp = join(harness.dir, '.toolset.yaml.tmp');
+      await write(tmp);
+      await rename(tmp, harness.toolsetPath);
+      // A hang guard: a reload that blocks on the file never returns.
+      await Promise.race([
+        harness.proxy.reload(),
+        new Promise((_, reject) => setTimeout(() => reject(new Error('reload hung')), 10_000)),
+      ]);
+      expect(await offeredTools(harness, upstream)).toEqual(['first_tool']);
+    };
+
+    const bomb = ['a: &a [x, x, x, x, x, x, x, x, x]'];
+    for (const [i, name] of [...'bcdefgh'].entries()) {
+      bomb.push(`${name}: &${name} [${Array(9).fill(`*${'abcdefgh'[i]}`).join(', ')}]`);
+    }
+    await replaceWith((tmp) => writeFile(tmp, bomb.join('\n')));
+    expect(rejections().at(-1)).toBe(
+      '(yaml): cannot be read: Excessive alias count indicates a resource exhaustion attack',
+    );
+
+    await replaceWith(async (tmp) => {
+      execFileSync('mkfifo', [tmp]);
+    });
+    expect(rejections().at(-1)).toBe(`${harness.toolsetPath}: is not a regular file`);
+
+    const large = stringify(toolsetDoc(spec('large_tool')));
+    await replaceWith((tmp) => writeFile(tmp, `${large}#${'x'.repeat(1024 * 1024)}\n`));
+    expect(rejections().at(-1)).toBe(`${harness.toolsetPath}: is larger than 1 MiB`);
+
+    const tmp = join(harness.dir, '.toolset.yaml.tmp');
+    await writeFile(tmp, stringify(toolsetDoc(spec('second_tool'))));
+    await rename(tmp, harness.toolsetPath);
+    await harness.proxy.reload();
+    expect(await offeredTools(harness, upstream)).toEqual(['second_tool']);
+    expect((await fetch(`${harness.proxy.url}/readyz`)).status).toBe(200);
   });
 });

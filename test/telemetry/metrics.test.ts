@@ -158,6 +158,22 @@ describe('Prometheus metrics', () => {
     ]);
   });
 
+  test('the series of tools no longer offered go, so names that come and go cannot pile up', async () => {
+    const t = await createTelemetry();
+    for (let list = 0; list < 20; list++) {
+      const tools = Array.from({ length: 10 }, (_, i) => ({ name: `tool_${list}_${i}`, timeoutSeconds: 5 }));
+      t.toolsetLoaded({ toolset: 'assistant', hash: 'hash-1', tools });
+      t.toolCall({ toolset: 'assistant', tool: `tool_${list}_0`, outcome: 'ok', seconds: 0.1 });
+    }
+    const tools = new Set(
+      [
+        ...(await samples(t, 'earpiece_tool_calls_total')),
+        ...(await samples(t, 'earpiece_tool_call_duration_seconds_count')),
+      ].map((s) => s.labels.tool),
+    );
+    expect([...tools].sort()).toEqual(Array.from({ length: 10 }, (_, i) => `tool_19_${i}`).sort());
+  });
+
   test('a reload replaces the toolset info and the timeouts of removed tools', async () => {
     const t = await loaded();
     t.toolsetLoaded({

@@ -6,9 +6,11 @@ import { createServer } from 'node:net';
 import { pino } from 'pino';
 import { afterEach, describe, expect, it } from 'vitest';
 import { createMcpProvider } from '../../src/tools/mcp.js';
+import { createToolRegistry } from '../../src/tools/registry.js';
 import { type ToolContext, ToolError, type ToolProvider } from '../../src/tools/types.js';
 import { type ResolvedTool, resolveToolSet } from '../../src/toolset/defaults.js';
 import { formatIssues, validateToolSet } from '../../src/toolset/validate.js';
+import { type HostileMcpServer, startHostileMcpServer } from '../support/hostile-mcp.js';
 import { type McpTestServer, startMcpServer } from '../support/mcp-server.js';
 import { capturingLogger, startServer } from './helpers.js';
 
@@ -287,6 +289,116 @@ describe('mcp provider over Streamable HTTP', () => {
     await new Promise((resolve) => setTimeout(resolve, 2_000));
     expect(s.sessionCount()).toBe(0);
     expect(p.status?.().state).toBe('down');
+  });
+});
+
+describe('mcp provider against a hostile server', () => {
+  async function hostile(): Promise<HostileMcpServer> {
+    const s = await startHostileMcpServer();
+    cleanup.push(() => s.close());
+    return s;
+  }
+
+  it('offers at most 64 tools of a server listing 10,000, and says so', async () => {
+    const s = await hostile();
+    s.tools = 10_000;
+    const { logger: capturing, lines } = capturingLogger();
+    const p = createMcpProvider(mcpTool({ url: s.url }), { env: {}, logger: capturing });
+    cleanup.push(() => p.close?.() ?? Promise.resolve());
+    await waitFor(() => connected(p), 'connection');
+    expect(p.tools()).toHaveLength(64);
+    expect(p.tools()[63]?.name).toBe('tool_63');
+    expect(p.status?.()).toMatchObject({ tools: 64 });
+    const warning = `MCP server ${s.url} lists 10000 tools; only the first 64 are offered (the cap per server); choose others with mcp.include`;
+    expect(p.warnings?.()).toEqual([warning]);
+    expect(lines().filter((l) => l.msg === warning)).toHaveLength(1);
+  });
+
+  it('coalesces a tools/list_changed storm into a few listings', async () => {
+    const s = await hostile();
+    const p = provider({ url: s.url });
+    await waitFor(() => connected(p), 'connection');
+    await waitFor(() => s.openSockets() > 0 && s.listings === 1, 'the first listing');
+    s.tools = 5;
+    // Two seconds of notifications: listing after each (or in a loop while they come) lists hundreds of times.
+    await s.storm(2_000);
+    await waitFor(() => p.tools().length === 5, 'the changed list');
+    await new Promise((resolve) => setTimeout(resolve, 1_500));
+    // At most one listing a second, and one after the storm for the changes it coalesced.
+    expect(s.listings).toBeGreaterThanOrEqual(2);
+    expect(s.listings).toBeLessThanOrEqual(6);
+  });
+
+  it('fails at once on an answer over 4 MiB or one with another id, and keeps the session', async () => {
+    const s = await hostile();
+    const p = provider({ url: s.url });
+    await waitFor(() => connected(p), 'connection');
+    // A tool timeout far beyond the test's: only an immediate failure passes.
+    s.mode = 'oversized';
+    await expect(run(p, 'tool_0', {}, ctx(undefined, 600))).rejects.toMatchObject({
+      code: 'ERP_MCP_CALL_FAILED',
+      message: "the MCP server's answer is larger than 4 MiB",
+    });
+    s.mode = 'wrong-id';
+    await expect(run(p, 'tool_0', {}, ctx(undefined, 600))).rejects.toMatchObject({
+      code: 'ERP_MCP_CALL_FAILED',
+      message: expect.stringMatching(/^the MCP server answered with the id \d+, not \d+$/),
+    });
+    s.mode = 'ok';
+    expect(await run(p, 'tool_0')).toBe('ok');
+    expect(connected(p)).toBe(true);
+  }, 20_000);
+
+  it('lets go of the connection of every cancelled or timed-out call', async () => {
+    const s = await hostile();
+    const p = provider({ url: s.url });
+    await waitFor(() => connected(p), 'connection');
+    const idle = s.openSockets();
+    s.mode = 'hang';
+    const calls = Array.from({ length: 30 }, (_, i) => {
+      const abort = new AbortController();
+      // Half barge-ins, half tool timeouts (the registry aborts at the deadline).
+      const call = run(p, 'tool_0', {}, ctx(abort.signal, 60));
+      return { abort, call, timeout: i % 2 === 1 };
+    });
+    await waitFor(() => s.calls === 30, 'the calls to arrive');
+    expect(s.openSockets()).toBeGreaterThanOrEqual(30);
+    for (const { abort, timeout } of calls) {
+      abort.abort(timeout ? new DOMException('the tool timed out', 'TimeoutError') : undefined);
+    }
+    await Promise.allSettled(calls.map((c) => c.call));
+    await waitFor(() => s.openSockets() <= idle + 1, 'the connections to close');
+    s.mode = 'ok';
+    expect(await run(p, 'tool_0')).toBe('ok');
+  });
+
+  it('checks arguments against a hostile pattern in linear time', async () => {
+    const s = await hostile();
+    s.pattern = '^(a+)+$';
+    const registry = await createToolRegistry(
+      resolveToolSet(
+        (() => {
+          const result = validateToolSet({
+            apiVersion: 'earpiece.dev/v1alpha1',
+            kind: 'ToolSet',
+            metadata: { name: 'test' },
+            spec: { tools: [{ mcp: { url: s.url } }] },
+          });
+          if (!result.ok) throw new Error(formatIssues(result.issues));
+          return result.toolset;
+        })(),
+      ),
+      { env: {}, logger },
+    );
+    cleanup.push(() => registry.close());
+    await waitFor(() => registry.has('tool_0'), 'the tools');
+    // Backtracking would take longer than the age of the universe on these 40 characters.
+    const outcome = await registry.call(
+      { id: 'c1', name: 'tool_0', arguments: JSON.stringify({ q: `${'a'.repeat(40)}!` }) },
+      new AbortController().signal,
+    );
+    expect(outcome.content).toMatch(/must match pattern/);
+    expect(s.calls).toBe(0);
   });
 });
 

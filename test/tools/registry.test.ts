@@ -1,3 +1,5 @@
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
 import { afterEach, describe, expect, it } from 'vitest';
 import { createBuiltinExecutor } from '../../src/tools/builtin.js';
 import {
@@ -87,7 +89,7 @@ describe('tool registry: offering', () => {
     });
     expect(r.has('calc')).toBe(true);
     expect(r.has('get_weather')).toBe(false);
-    expect(r.status()).toEqual({ mcp: [] });
+    expect(r.status()).toEqual({ mcp: [], warnings: [] });
   });
 
   it('offers a tool with when.keywords only when a keyword starts a word of a recent user message', async () => {
@@ -286,5 +288,53 @@ describe('tool table: lists that change at runtime', () => {
     second.list([]);
     expect(table.current().tools.get('weather')?.description).toBe('weather from entry 0');
     expect(table.current()).toBe(table.current());
+  });
+});
+
+describe('tool table: memory', () => {
+  it('lets go of the compiled schemas of lists that were replaced', () => {
+    setFlagsFromString('--expose-gc');
+    const gc = runInNewContext('gc') as () => void;
+    const config = toolset([{ name: 'x', builtin: 'time' }]).tools[0]!;
+    const list = () =>
+      Array.from(
+        { length: 20 },
+        (_, i): ProvidedTool => ({
+          name: `tool_${i}`,
+          description: '',
+          parameters: {
+            type: 'object',
+            properties: { city: { type: 'string', pattern: `^[a-z]{${i + 1}}$` }, n: { type: 'integer' } },
+            required: ['city'],
+          },
+          executor: createBuiltinExecutor('time'),
+          config,
+        }),
+      );
+    let tools = list();
+    let changed = () => {};
+    const provider: ToolProvider = {
+      kind: 'mcp',
+      tools: () => tools,
+      onChange: (listener) => {
+        changed = listener;
+      },
+    };
+    const table = new ToolTable([provider], silentLogger);
+    const relist = (times: number) => {
+      for (let i = 0; i < times; i++) {
+        tools = list();
+        changed();
+        expect(table.current().tools.size).toBe(20);
+      }
+    };
+    relist(10);
+    gc();
+    const before = process.memoryUsage().heapUsed;
+    relist(100);
+    gc();
+    gc();
+    // Kept schemas cost about 4 KB each: these 2,000 would hold 8 MB.
+    expect(process.memoryUsage().heapUsed - before).toBeLessThan(2 * 1024 * 1024);
   });
 });

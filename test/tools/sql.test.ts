@@ -463,3 +463,80 @@ describe('sql secrets', () => {
     }, 'the connections to close');
   });
 });
+
+describe('sql results that could hurt the proxy', () => {
+  it('cuts the connection rather than read rows far past 1 MiB', async () => {
+    // Sixteen rows of 20 MB: the first is cut on the wire, long before it is whole.
+    const p = provider({
+      parameters: { type: 'object', properties: {} },
+      sql: {
+        connection: { value: db.url },
+        query: "SELECT n, repeat('x', 20 * 1024 * 1024) AS pad FROM generate_series(1, 16) AS n",
+      },
+    });
+    expect(await run(p, {})).toEqual({ rows: [], rowCount: 0, note: 'cut after 0 rows (1 MiB read)' });
+    // The pool dropped the cut connection and serves the next call.
+    expect(await run(freeForm(), { sql: 'SELECT 1 AS one' })).toEqual({ rows: [{ one: 1 }], rowCount: 1 });
+  });
+
+  it('reads rows in batches that stay within 1 MiB', async () => {
+    const p = provider({
+      parameters: { type: 'object', properties: {} },
+      sql: {
+        connection: { value: db.url },
+        query: "SELECT n, repeat('x', 300000) AS pad FROM generate_series(1, 16) AS n",
+      },
+    });
+    // 300 KB rows: one, then as many as fit; the read stops at the fourth, not at sixteen.
+    expect(await run(p, {})).toMatchObject({ rowCount: 4, note: 'cut after 4 rows (1 MiB read)' });
+  });
+
+  it('keeps every column when names repeat', async () => {
+    expect(await run(freeForm(), { sql: 'SELECT 1 AS id, 2 AS id, 3 AS id_2, 4' })).toEqual({
+      rows: [{ id: 1, id_2: 2, id_2_2: 3, '?column?': 4 }],
+      rowCount: 1,
+    });
+  });
+});
+
+describe('sql settings an operator should hear about', () => {
+  it('warns at start when the tool connects as a superuser', async () => {
+    const p = freeForm();
+    await waitFor(() => (p.warnings?.() ?? []).length > 0, 'the role check');
+    const warning =
+      'sql tool "orders" connects as the superuser role "postgres"; give it a role that can only read what the tool needs';
+    expect(p.warnings?.()).toEqual([warning]);
+    expect(logLines.some((l) => (JSON.parse(l) as { msg: string }).msg === warning)).toBe(true);
+
+    await db.admin.query("CREATE ROLE reader LOGIN PASSWORD 'reader-password'");
+    await db.admin.query('GRANT SELECT ON orders TO reader');
+    const reader = provider({
+      sql: { connection: { value: db.url.replace(`postgres:${db.password}`, 'reader:reader-password') } },
+    });
+    expect(await run(reader, { sql: 'SELECT count(*)::int AS n FROM orders' })).toEqual({
+      rows: [{ n: 10 }],
+      rowCount: 1,
+    });
+    expect(reader.warnings?.()).toEqual([]);
+  });
+
+  it('sql without query keeps the descriptions its declared parameters give', () => {
+    const p = provider({
+      parameters: {
+        type: 'object',
+        description: 'Order lookups.',
+        properties: {
+          sql: { type: 'string', description: 'A SELECT on orders(id, customer, status, eta).' },
+        },
+      },
+      sql: { connection: { value: db.url } },
+    });
+    expect(p.tools()[0]?.parameters).toEqual({
+      type: 'object',
+      description: 'Order lookups.',
+      properties: { sql: { type: 'string', description: 'A SELECT on orders(id, customer, status, eta).' } },
+      required: ['sql'],
+      additionalProperties: false,
+    });
+  });
+});

@@ -1,4 +1,6 @@
 import { readFile } from 'node:fs/promises';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
 import { describe, expect, it } from 'vitest';
 import { MAX_DURATION, parseDuration } from '../../src/toolset/duration.js';
 import { checkToolSetText, parseToolSet, resolveToolSet, validateToolSet } from '../../src/toolset/index.js';
@@ -231,6 +233,105 @@ describe('durations a Node.js timer cannot hold', () => {
       {
         path: 'spec.tools[0].cache.ttl',
         message: '"596h31m23.648s" is longer than the largest allowed duration, 596h31m23.647s',
+      },
+    ]);
+  });
+});
+
+describe('hostile documents', () => {
+  it('refuses a YAML alias bomb with a clear issue instead of expanding it', () => {
+    const levels = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]'];
+    for (const [i, name] of [...'bcdefghi'].entries()) {
+      const prev = 'abcdefghi'[i];
+      levels.push(`${name}: &${name} [${Array(9).fill(`*${prev}`).join(',')}]`);
+    }
+    const result = parseToolSet(levels.join('\n'));
+    expect(result).toEqual({
+      ok: false,
+      issues: [
+        {
+          path: '(yaml)',
+          message: 'cannot be read: Excessive alias count indicates a resource exhaustion attack',
+        },
+      ],
+    });
+  });
+
+  it('compiles parameter patterns with a linear-time engine, refusing what it cannot express', () => {
+    const withPattern = (pattern: string) =>
+      withTools({
+        name: 'p',
+        parameters: { type: 'object', properties: { q: { type: 'string', pattern } } },
+        http: { url: 'https://x.test/' },
+      });
+    expect(validateToolSet(withPattern('^(a+)+$')).issues).toEqual([]);
+    expect(validateToolSet(withPattern('^(?=a)a$')).issues).toEqual([
+      {
+        path: 'spec.tools[0].parameters',
+        message: expect.stringMatching(/^is not a valid JSON Schema: .*unsupported Perl syntax/),
+      },
+    ]);
+  });
+
+  it('lets go of the parameter schemas it compiled', () => {
+    // --expose-gc for this process only, to measure what survives a collection.
+    setFlagsFromString('--expose-gc');
+    const gc = runInNewContext('gc') as () => void;
+    const doc = () =>
+      withTools(
+        ...Array.from({ length: 5 }, (_, i) => ({
+          name: `t${i}`,
+          parameters: {
+            type: 'object',
+            properties: { city: { type: 'string', pattern: `^[a-z]{${i + 1}}$` }, n: { type: 'integer' } },
+            required: ['city'],
+          },
+          http: { url: 'https://x.test/' },
+        })),
+      );
+    for (let i = 0; i < 20; i++) validateToolSet(doc());
+    gc();
+    const before = process.memoryUsage().heapUsed;
+    let valid = 0;
+    for (let i = 0; i < 400; i++) valid += Number(validateToolSet(doc()).ok);
+    gc();
+    gc();
+    const grown = process.memoryUsage().heapUsed - before;
+    expect(valid).toBe(400);
+    // Kept schemas cost about 4 KB each: these 2,000 would hold 8 MB.
+    expect(grown).toBeLessThan(2 * 1024 * 1024);
+  });
+});
+
+describe('sql without query', () => {
+  const sqlTool = (parameters?: Record<string, unknown>) =>
+    withTools({
+      name: 'q',
+      sql: { connection: { value: 'postgres://x' } },
+      ...(parameters ? { parameters } : {}),
+    });
+
+  it('accepts parameters that describe the "sql" argument', () => {
+    const parameters = {
+      type: 'object',
+      properties: { sql: { type: 'string', description: 'SELECT from orders(id, total) only.' } },
+      required: ['sql'],
+    };
+    expect(validateToolSet(sqlTool(parameters)).issues).toEqual([]);
+  });
+
+  it('refuses parameters the tool cannot take', () => {
+    const issues = validateToolSet(
+      sqlTool({ type: 'object', properties: { sql: { type: 'integer' }, table: { type: 'string' } } }),
+    ).issues;
+    expect(issues).toEqual([
+      {
+        path: 'spec.tools[0].parameters.properties.sql',
+        message: expect.stringMatching(/^must be declared with type "string"/),
+      },
+      {
+        path: 'spec.tools[0].parameters.properties.table',
+        message: 'is not an argument of sql without query, which takes only "sql"',
       },
     ]);
   });

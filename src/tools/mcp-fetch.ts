@@ -1,0 +1,241 @@
+/**
+ * The fetch one MCP session uses: it stands between the SDK and the server for what the SDK leaves to
+ * the tool timeout or never closes.
+ *
+ * - An answer to one of our requests larger than MAX_MCP_RESPONSE_BYTES, counted while reading, or one
+ *   that carries another request's id, is not JSON, or ends without a result, becomes a JSON-RPC error
+ *   for that request at once. The SDK would otherwise wait for a response that never comes.
+ * - A request the SDK gives up on (it sends `notifications/cancelled` on abort and on its own timeout)
+ *   has its answer stream ended and its connection let go; the SDK itself leaves it open.
+ *
+ * Only POSTs are guarded. GETs are the server's long-lived notification stream.
+ */
+import { createParser, type EventSourceMessage } from 'eventsource-parser';
+
+/** The most one answer may carry. */
+export const MAX_MCP_RESPONSE_BYTES = 4 * 1024 * 1024;
+
+type RequestId = string | number;
+
+interface OutgoingMessage {
+  id?: RequestId;
+  method?: string;
+  params?: { requestId?: RequestId };
+}
+
+/** JSON-RPC "internal error": the answer could not be used. */
+const BAD_ANSWER = -32603;
+
+export function createSessionFetch(): typeof fetch {
+  /** Requests whose answers are still open, and how to end each. */
+  const open = new Map<RequestId, AbortController>();
+
+  return async (input, init) => {
+    if ((init?.method ?? 'GET').toUpperCase() !== 'POST') return fetch(input, init);
+    const message = outgoing(init?.body);
+    if (message?.method === 'notifications/cancelled' && message.params?.requestId !== undefined) {
+      open.get(message.params.requestId)?.abort();
+    }
+    const id = message?.method !== undefined ? message.id : undefined;
+    if (id === undefined) return guardAnswer(await fetch(input, init), undefined, undefined, () => {});
+
+    const stop = new AbortController();
+    open.set(id, stop);
+    const done = () => {
+      if (open.get(id) === stop) open.delete(id);
+    };
+    const signal = init?.signal ? AbortSignal.any([init.signal, stop.signal]) : stop.signal;
+    let response: Response;
+    try {
+      response = await fetch(input, { ...init, signal });
+    } catch (err) {
+      done();
+      throw err;
+    }
+    return guardAnswer(response, id, stop.signal, done);
+  };
+}
+
+function outgoing(body: RequestInit['body']): OutgoingMessage | undefined {
+  if (typeof body !== 'string') return undefined;
+  try {
+    const parsed: unknown = JSON.parse(body);
+    return parsed !== null && typeof parsed === 'object' && !Array.isArray(parsed)
+      ? (parsed as OutgoingMessage)
+      : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+const TOO_LARGE = `the MCP server's answer is larger than ${MAX_MCP_RESPONSE_BYTES / 1024 / 1024} MiB`;
+
+/**
+ * The answer to a POST, read through the checks above. `id` is the request's (undefined for
+ * notifications, whose answers are only capped); `stopped` ends the answer quietly, as cancelled.
+ */
+function guardAnswer(
+  response: Response,
+  id: RequestId | undefined,
+  stopped: AbortSignal | undefined,
+  done: () => void,
+): Response {
+  if (!response.body) {
+    done();
+    return response;
+  }
+  const type = response.headers.get('content-type') ?? '';
+  const mode = id === undefined || !response.ok ? 'raw' : /text\/event-stream/i.test(type) ? 'sse' : 'json';
+  const reader = response.body.getReader();
+  const encoder = new TextEncoder();
+  const decoder = new TextDecoder();
+  let seen = 0;
+  let json = '';
+  let answered = false;
+  let resumable = false;
+  let pending = '';
+  const parser = createParser({
+    onEvent: (event) => {
+      pending += serialize(checkEvent(event));
+    },
+    onRetry: (ms) => {
+      pending += `retry: ${ms}\n\n`;
+    },
+  });
+
+  const checkEvent = (event: EventSourceMessage): EventSourceMessage => {
+    if (event.id) resumable = true;
+    if (event.event && event.event !== 'message') return event;
+    const problem = wrongAnswer(event.data, id as RequestId);
+    if (problem === 'not-an-answer') return event;
+    answered = true;
+    return problem ? { ...event, data: errorText(id as RequestId, problem) } : event;
+  };
+
+  let finished = false;
+  const finish = (controller: ReadableStreamDefaultController<Uint8Array>, tail = '') => {
+    if (finished) return;
+    finished = true;
+    if (tail) controller.enqueue(encoder.encode(tail));
+    controller.close();
+    void reader.cancel().catch(() => undefined);
+    done();
+  };
+
+  const body = new ReadableStream<Uint8Array>({
+    // Reads until something can be passed on: a pull that enqueues nothing is not called again.
+    async pull(controller) {
+      while (!finished) {
+        let chunk: Awaited<ReturnType<typeof reader.read>>;
+        try {
+          chunk = await reader.read();
+        } catch (err) {
+          if (stopped?.aborted) return finish(controller);
+          finished = true;
+          done();
+          controller.error(err);
+          return;
+        }
+        if (chunk.done) {
+          if (mode === 'json') return finish(controller, checkJson(json, id as RequestId));
+          if (mode === 'sse' && !answered && !resumable && !stopped?.aborted) {
+            // Nothing more will come for this request: say so rather than let the call wait for its timeout.
+            return finish(
+              controller,
+              errorEvent(id as RequestId, 'the MCP server ended its answer without a result'),
+            );
+          }
+          return finish(controller);
+        }
+        seen += chunk.value.byteLength;
+        if (seen > MAX_MCP_RESPONSE_BYTES) {
+          if (mode === 'raw') {
+            finished = true;
+            done();
+            void reader.cancel().catch(() => undefined);
+            controller.error(new Error(TOO_LARGE));
+            return;
+          }
+          return finish(
+            controller,
+            mode === 'json' ? errorText(id as RequestId, TOO_LARGE) : errorEvent(id as RequestId, TOO_LARGE),
+          );
+        }
+        if (mode === 'raw') {
+          controller.enqueue(chunk.value);
+          return;
+        }
+        if (mode === 'json') {
+          json += decoder.decode(chunk.value, { stream: true });
+          continue;
+        }
+        parser.feed(decoder.decode(chunk.value, { stream: true }));
+        if (pending) {
+          controller.enqueue(encoder.encode(pending));
+          pending = '';
+          return;
+        }
+      }
+    },
+    cancel() {
+      finished = true;
+      done();
+      return reader.cancel();
+    },
+  });
+  // A cancelled request's answer ends now, whether or not the server is still sending.
+  stopped?.addEventListener('abort', () => void reader.cancel().catch(() => undefined), { once: true });
+  return new Response(body, {
+    status: response.status,
+    statusText: response.statusText,
+    headers: response.headers,
+  });
+}
+
+/** Why `data` is no good as the answer to request `id`; undefined if it is; 'not-an-answer' for other messages. */
+function wrongAnswer(data: string, id: RequestId): string | undefined | 'not-an-answer' {
+  let message: unknown;
+  try {
+    message = JSON.parse(data);
+  } catch {
+    return 'not-an-answer';
+  }
+  if (message === null || typeof message !== 'object' || Array.isArray(message)) return 'not-an-answer';
+  const m = message as Record<string, unknown>;
+  if (!('result' in m) && !('error' in m)) return 'not-an-answer';
+  return m.id === id
+    ? undefined
+    : `the MCP server answered with the id ${JSON.stringify(m.id)}, not ${JSON.stringify(id)}`;
+}
+
+function checkJson(text: string, id: RequestId): string {
+  let message: unknown;
+  try {
+    message = JSON.parse(text);
+  } catch {
+    return errorText(id, 'the MCP server answered with something that is not JSON');
+  }
+  const answers = Array.isArray(message) ? message : [message];
+  for (const answer of answers) {
+    const problem = wrongAnswer(JSON.stringify(answer), id);
+    if (problem !== undefined && problem !== 'not-an-answer') return errorText(id, problem);
+  }
+  return text;
+}
+
+function errorText(id: RequestId, message: string): string {
+  return JSON.stringify({ jsonrpc: '2.0', id, error: { code: BAD_ANSWER, message } });
+}
+
+function errorEvent(id: RequestId, message: string): string {
+  return serialize({ data: errorText(id, message), event: undefined, id: undefined });
+}
+
+function serialize(event: EventSourceMessage): string {
+  const lines = [
+    ...(event.id ? [`id: ${event.id}`] : []),
+    ...(event.event ? [`event: ${event.event}`] : []),
+    ...event.data.split('\n').map((line) => `data: ${line}`),
+  ];
+  return `${lines.join('\n')}\n\n`;
+}

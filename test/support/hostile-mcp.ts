@@ -1,0 +1,144 @@
+/**
+ * A hostile MCP server for tests: Streamable HTTP written by hand (JSON answers, one session), so it
+ * can do what the SDK's server never would: list thousands of tools, flood the client with
+ * tools/list_changed, answer a call with 5 MiB, with another request's id, or never. It counts what it
+ * sees and the TCP connections it holds open.
+ */
+import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
+import type { AddressInfo, Socket } from 'node:net';
+
+/** How tools/call is answered. */
+export type CallMode = 'ok' | 'hang' | 'oversized' | 'wrong-id';
+
+export interface HostileMcpServer {
+  url: string;
+  /** How many tools tools/list returns, all on one page. */
+  tools: number;
+  mode: CallMode;
+  /** A `pattern` for every tool's `q` argument. */
+  pattern: string | undefined;
+  /** tools/list requests seen, and tools/call requests seen. */
+  listings: number;
+  calls: number;
+  /** TCP connections open now. */
+  openSockets(): number;
+  /** Sends tools/list_changed notifications on the client's event stream for `ms`, every millisecond or so. */
+  storm(ms: number): Promise<void>;
+  close(): Promise<void>;
+}
+
+interface Request {
+  id?: number | string;
+  method?: string;
+  params?: Record<string, unknown>;
+}
+
+export async function startHostileMcpServer(): Promise<HostileMcpServer> {
+  const sockets = new Set<Socket>();
+  const streams = new Set<ServerResponse>();
+  const hanging = new Set<ServerResponse>();
+
+  const answer = (res: ServerResponse, id: Request['id'], result: unknown) => {
+    res.writeHead(200, { 'content-type': 'application/json', 'mcp-session-id': 'hostile' });
+    res.end(JSON.stringify({ jsonrpc: '2.0', id, result }));
+  };
+
+  const toolList = () =>
+    Array.from({ length: state.tools }, (_, i) => ({
+      name: `tool_${i}`,
+      description: `Tool number ${i}.`,
+      inputSchema: {
+        type: 'object',
+        properties: { q: { type: 'string', ...(state.pattern ? { pattern: state.pattern } : {}) } },
+      },
+    }));
+
+  const call = (req: Request, res: ServerResponse) => {
+    state.calls++;
+    const ok = { content: [{ type: 'text', text: 'ok' }] };
+    switch (state.mode) {
+      case 'ok':
+        return answer(res, req.id, ok);
+      case 'wrong-id':
+        return answer(res, typeof req.id === 'number' ? req.id + 1000 : `${req.id}-other`, ok);
+      case 'oversized':
+        return answer(res, req.id, { content: [{ type: 'text', text: 'x'.repeat(5 * 1024 * 1024) }] });
+      case 'hang':
+        // Headers of an event stream, then nothing: the answer never comes and the stream stays open.
+        res.writeHead(200, { 'content-type': 'text/event-stream', 'mcp-session-id': 'hostile' });
+        res.flushHeaders();
+        hanging.add(res);
+        res.on('close', () => hanging.delete(res));
+        return;
+    }
+  };
+
+  const handle = async (req: IncomingMessage, res: ServerResponse) => {
+    if (req.method === 'GET') {
+      res.writeHead(200, { 'content-type': 'text/event-stream', 'mcp-session-id': 'hostile' });
+      res.flushHeaders();
+      streams.add(res);
+      res.on('close', () => streams.delete(res));
+      return;
+    }
+    if (req.method === 'DELETE') return void res.writeHead(200).end();
+    const chunks: Buffer[] = [];
+    for await (const chunk of req) chunks.push(chunk as Buffer);
+    const message = JSON.parse(Buffer.concat(chunks).toString('utf8')) as Request;
+    if (message.id === undefined) return void res.writeHead(202).end();
+    switch (message.method) {
+      case 'initialize':
+        return answer(res, message.id, {
+          protocolVersion: message.params?.protocolVersion,
+          capabilities: { tools: { listChanged: true } },
+          serverInfo: { name: 'hostile', version: '1.0.0' },
+        });
+      case 'tools/list':
+        state.listings++;
+        return answer(res, message.id, { tools: toolList() });
+      case 'tools/call':
+        return call(message, res);
+      default:
+        return answer(res, message.id, {});
+    }
+  };
+
+  const http = createServer((req, res) => {
+    handle(req, res).catch(() => {
+      if (!res.headersSent) res.writeHead(500).end();
+    });
+  });
+  http.on('connection', (socket) => {
+    sockets.add(socket);
+    socket.on('close', () => sockets.delete(socket));
+  });
+  await new Promise<void>((resolve) => http.listen(0, '127.0.0.1', resolve));
+  const { port } = http.address() as AddressInfo;
+
+  const state: HostileMcpServer = {
+    url: `http://127.0.0.1:${port}/mcp`,
+    tools: 3,
+    mode: 'ok',
+    pattern: undefined,
+    listings: 0,
+    calls: 0,
+    openSockets: () => sockets.size,
+    async storm(ms) {
+      const event = `event: message\ndata: ${JSON.stringify({ jsonrpc: '2.0', method: 'notifications/tools/list_changed' })}\n\n`;
+      const until = Date.now() + ms;
+      while (Date.now() < until) {
+        for (const stream of streams) {
+          if (!stream.write(event)) await new Promise((resolve) => stream.once('drain', resolve));
+        }
+        await new Promise((resolve) => setTimeout(resolve, 1));
+      }
+    },
+    async close() {
+      for (const res of [...streams, ...hanging]) res.destroy();
+      const closed = new Promise<void>((resolve) => http.close(() => resolve()));
+      http.closeAllConnections();
+      await closed;
+    },
+  };
+  return state;
+}
