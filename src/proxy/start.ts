@@ -68,7 +68,16 @@ export async function startProxy(options: ProxyOptions): Promise<RunningProxy> {
   };
 
   const build = async (toolset: ResolvedToolSet, previous?: ActiveToolSet): Promise<ActiveToolSet> => {
-    const tools = await createToolRegistry(toolset, { env, logger });
+    const tools = await createToolRegistry(toolset, {
+      env,
+      logger,
+      onSharedState: (e) =>
+        telemetry.sharedState(
+          e.kind === 'connection'
+            ? { toolset: toolset.name, event: e.up ? 'up' : 'down' }
+            : { toolset: toolset.name, event: 'fallback', operation: e.operation },
+        ),
+    });
     const upstream = upstreamFor(toolset);
     const sameUpstream = previous && previous.upstream.origin === upstream.origin;
     // Tool names are the only tool label values the metrics accept; MCP servers add theirs as they list them.

@@ -51,6 +51,7 @@ export async function createTelemetry(options: TelemetryOptions = {}): Promise<P
       prom.toolsetLoaded(toolset, hash, tools),
     memorySpliced: (toolset, exchanges) => prom.memorySpliced(toolset, exchanges),
     memoryEntries: (toolset, entries) => prom.memoryEntries(toolset, entries),
+    sharedState: (record) => prom.sharedState(record),
     shutdown: () => {
       shutdown ??= tracing?.shutdown() ?? Promise.resolve();
       return shutdown;

@@ -20,5 +20,6 @@ export const noopTelemetry: Telemetry = {
   toolsetLoaded() {},
   memorySpliced() {},
   memoryEntries() {},
+  sharedState() {},
   shutdown: async () => {},
 };

@@ -10,7 +10,8 @@ export type ToolOutcomeLabel =
   | 'invalid_arguments'
   | 'unknown_tool'
   | 'cancelled'
-  | 'cache_hit';
+  | 'cache_hit'
+  | 'rate_limited';
 
 export type TurnOutcome = 'ok' | 'error' | 'timeout' | 'cancelled' | 'max_iterations';
 
@@ -31,6 +32,11 @@ export interface TurnRecord {
   /** From request arrival to the end of the turn, when known. */
   seconds?: number;
 }
+
+/** The shared state (Redis) of a ToolSet: connection changes, and each operation decided in-process instead. */
+export type SharedStateRecord =
+  | { toolset: string; event: 'up' | 'down' }
+  | { toolset: string; event: 'fallback'; operation: 'rate_limit' | 'cache' | 'store' };
 
 /** A tool of a loaded ToolSet: its name becomes a metric label value; its timeout feeds the latency alert. */
 export interface ToolInfo {
@@ -75,6 +81,7 @@ export interface Telemetry {
    */
   toolsetLoaded(toolset: string, hash: string, tools?: readonly ToolInfo[]): void;
   memorySpliced(toolset: string, exchanges: number): void;
+  sharedState(record: SharedStateRecord): void;
   memoryEntries(toolset: string, entries: number): void;
   /** Flushes exporters; called on SIGTERM. */
   shutdown(): Promise<void>;

@@ -9,9 +9,9 @@ import { createLogger, type Logger } from '../telemetry/log.js';
 import type { ResolvedTool, ResolvedToolSet } from '../toolset/defaults.js';
 import { type ArgumentCheck, compileArgumentCheck } from './arguments.js';
 import { BUILTINS, createBuiltinExecutor } from './builtin.js';
-import { ToolCache } from './cache.js';
 import { type CallableTool, callTool } from './call.js';
 import { createHttpDispatcher, createHttpExecutor } from './http.js';
+import { type SharedStateEvent, type SharedStateStatus, ToolState } from './tool-state.js';
 import type {
   ProvidedTool,
   ProviderOptions,
@@ -29,16 +29,24 @@ export interface ToolRegistry extends ToolRunner {
   list(): Array<{ name: string; kind: ResolvedTool['kind']; timeoutMs: number }>;
   /** Called when a provider's tools change (an MCP server listed new ones, or reconnected). */
   onChange(listener: () => void): void;
-  /** Per-provider state for /readyz (mcp servers: url, state connected|connecting|down, lastError, tools). */
-  status(): { mcp: Array<{ url: string; state: ProviderState; lastError?: string; tools: number }> };
+  /**
+   * Per-provider state for /readyz (mcp servers: url, state connected|connecting|down, lastError, tools),
+   * and the shared state's connection when the ToolSet has one.
+   */
+  status(): {
+    mcp: Array<{ url: string; state: ProviderState; lastError?: string; tools: number }>;
+    sharedState?: SharedStateStatus;
+  };
   close(): Promise<void>;
 }
 
 export interface ToolRegistryOptions {
   env?: NodeJS.ProcessEnv;
   logger?: Logger;
-  /** Clock in epoch milliseconds for cache ttls and the time builtin. */
+  /** Clock in epoch milliseconds for cache ttls, rate limits and the time builtin. */
   now?: () => number;
+  /** Shared state (Redis) connection changes, and operations decided in-process because it could not answer. */
+  onSharedState?: (event: SharedStateEvent) => void;
 }
 
 const NO_PARAMETERS = { type: 'object', properties: {} };
@@ -168,9 +176,10 @@ export async function createToolRegistry(
   const now = options.now ?? Date.now;
   const providerOptions: ProviderOptions = { env, logger };
   let dispatcher: Dispatcher | undefined;
+  let state: ToolState | undefined;
   const providers: ToolProvider[] = [];
   const close = async () => {
-    await Promise.allSettled(providers.map((p) => p.close?.()));
+    await Promise.allSettled([...providers.map((p) => p.close?.()), state?.close()]);
     await dispatcher?.close();
   };
 
@@ -209,12 +218,18 @@ export async function createToolRegistry(
         providers.push(createSqlProvider(config, providerOptions));
       }
     }
+    state = await ToolState.create(toolset, {
+      env,
+      logger,
+      now,
+      ...(options.onSharedState ? { onSharedState: options.onSharedState } : {}),
+    });
   } catch (err) {
     await close();
     throw err;
   }
 
-  const cache = new ToolCache({ maxEntries: toolset.cacheMaxEntries, now });
+  const shared = state;
   const table = new ToolTable(providers, logger);
   const current = () => table.current();
 
@@ -239,7 +254,7 @@ export async function createToolRegistry(
     call(call: ToolCall, signal: AbortSignal): Promise<ToolOutcome> {
       const tools = current().tools;
       return callTool(tools.get(call.name), call, signal, {
-        cache,
+        state: shared,
         maxResultBytes: toolset.limits.maxResultBytes,
         names: () => [...tools.keys()],
         logger,
@@ -251,7 +266,8 @@ export async function createToolRegistry(
         const state = provider.kind === 'mcp' ? provider.status?.() : undefined;
         if (state) mcp.push(state);
       }
-      return { mcp };
+      const sharedState = shared.status();
+      return sharedState ? { mcp, sharedState } : { mcp };
     },
     close,
   };

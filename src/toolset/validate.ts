@@ -115,6 +115,14 @@ function checkTool(tool: ToolSpec, path: string, issues: Issue[]): void {
     issues.push({ path: `${path}.name`, message: 'is required' });
   }
 
+  const limit = tool.rateLimit;
+  if (limit && typeof limit.burst === 'number' && limit.burst > limit.requests) {
+    issues.push({
+      path: `${path}.rateLimit.burst`,
+      message: `${limit.burst} is more than requests (${limit.requests}); a burst can only spread a quota, not add to it`,
+    });
+  }
+
   const declared = new Set<string>();
   if (tool.parameters !== undefined) {
     const params = tool.parameters as Record<string, unknown>;
@@ -204,6 +212,22 @@ function checkTool(tool: ToolSpec, path: string, issues: Issue[]): void {
   }
 }
 
+/** A literal Redis URL is checked now; one from the environment when the proxy starts. */
+function checkRedisUrl(url: string | undefined, issues: Issue[]): void {
+  if (url === undefined) return;
+  const problem = redisUrlProblem(url);
+  if (problem) issues.push({ path: 'spec.sharedState.redis.url.value', message: problem });
+}
+
+/** Why a text is not a Redis URL, without echoing it (it may carry a password); undefined when it is one. */
+export function redisUrlProblem(url: string): string | undefined {
+  const parsed = URL.parse(url);
+  if (!parsed || (parsed.protocol !== 'redis:' && parsed.protocol !== 'rediss:') || !parsed.hostname) {
+    return 'is not a redis:// or rediss:// URL with a host';
+  }
+  return undefined;
+}
+
 /** Durations that must be longer than zero (a zero turn timeout would fail every turn at once). */
 function checkPositiveDurations(toolset: ToolSet, issues: Issue[]): void {
   const spec = toolset.spec;
@@ -214,6 +238,7 @@ function checkPositiveDurations(toolset: ToolSet, issues: Issue[]): void {
     ...spec.tools.flatMap((t, i): [string, unknown][] => [
       [`spec.tools[${i}].timeout`, t?.timeout],
       [`spec.tools[${i}].cache.ttl`, t?.cache?.ttl],
+      [`spec.tools[${i}].rateLimit.per`, t?.rateLimit?.per],
     ]),
   ];
   for (const [path, value] of fields) {
@@ -243,6 +268,8 @@ export function semanticIssues(toolset: ToolSet): Issue[] {
   if (!spec || !Array.isArray(spec.tools)) return issues;
   try {
     checkValue(spec.upstream?.apiKey, 'spec.upstream.apiKey', issues);
+    checkValue(spec.sharedState?.redis?.url, 'spec.sharedState.redis.url', issues);
+    checkRedisUrl(spec.sharedState?.redis?.url?.value, issues);
     checkPositiveDurations(toolset, issues);
   } catch {}
   if (spec.upstream?.url && /\/v1\/?$/.test(spec.upstream.url)) {
