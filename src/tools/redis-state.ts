@@ -10,8 +10,9 @@
  * - `store`: the result with its ttl, and the lock released if still ours; `release`: the lock alone.
  *
  * A voice turn must never wait on Redis: commands fail at once while disconnected (no offline queue),
- * time out after 50 ms, and a call's operations share one 50 ms budget. After a failure the client is
- * left alone for a second while ioredis reconnects with backoff; the caller then decides in-process.
+ * time out after 50 ms, and a call's operations share one 50 ms budget. After a failure Redis is left
+ * alone for a second, then two, up to ten, while ioredis reconnects with backoff; meanwhile the caller
+ * decides in-process at once.
  */
 import { Redis } from 'ioredis';
 import type { Logger } from '../telemetry/log.js';
@@ -19,8 +20,12 @@ import type { ResolvedRateLimit } from '../toolset/defaults.js';
 import { REDIS_BUDGET_MS, RedisBudget } from './budget.js';
 import { burstWindowMs } from './rate-limit.js';
 
-/** How long Redis is left alone after a command failed or timed out (ioredis reconnects meanwhile). */
-const RETRY_AFTER_MS = 1000;
+/**
+ * How long Redis is left alone after a command failed or timed out (ioredis reconnects meanwhile),
+ * doubling while it keeps failing.
+ */
+const REST_START_MS = 1000;
+const REST_CAP_MS = 10_000;
 const BACKOFF_START_MS = 100;
 const BACKOFF_CAP_MS = 5000;
 
@@ -110,6 +115,7 @@ export class RedisState {
   #state: SharedStateConnection = 'connecting';
   #lastError: string | undefined;
   #restUntil = 0;
+  #failures = 0;
 
   constructor(options: RedisStateOptions) {
     this.#logger = options.logger;
@@ -200,16 +206,21 @@ export class RedisState {
     try {
       const pending = command();
       // commandTimeout bounds a whole budget; a call that spent part of it races the rest.
-      if (remaining >= REDIS_BUDGET_MS) return await pending;
       pending.catch(() => {});
-      return await Promise.race([
-        pending,
-        new Promise<never>((_, reject) => {
-          timer = setTimeout(() => reject(new Error('Command timed out')), remaining);
-        }),
-      ]);
+      const result =
+        remaining >= REDIS_BUDGET_MS
+          ? await pending
+          : await Promise.race([
+              pending,
+              new Promise<never>((_, reject) => {
+                timer = setTimeout(() => reject(new Error('Command timed out')), remaining);
+              }),
+            ]);
+      this.#failures = 0;
+      return result;
     } catch (err) {
-      this.#restUntil = performance.now() + RETRY_AFTER_MS;
+      this.#failures++;
+      this.#restUntil = performance.now() + Math.min(REST_START_MS * 2 ** (this.#failures - 1), REST_CAP_MS);
       this.#failed(err as Error);
       throw new SharedStateUnavailable((err as Error).message);
     } finally {
@@ -235,6 +246,7 @@ export class RedisState {
     this.#state = state;
     if (state === 'connected') {
       this.#restUntil = 0;
+      this.#failures = 0;
       this.#logger.info({ endpoint: this.#endpoint }, 'Connected to the shared state.');
       this.#onConnection?.(true);
     } else if (was === 'connected') {

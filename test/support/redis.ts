@@ -17,6 +17,9 @@ export interface TestRedis {
   stop(): Promise<void>;
   /** Starts it again on the same port. */
   start(): Promise<void>;
+  /** Freezes the server (SIGSTOP): connections stay open, nothing answers. `resume()` thaws it. */
+  pause(): void;
+  resume(): void;
   /** Stops it and closes the admin client; for afterAll. */
   close(): Promise<void>;
 }
@@ -76,6 +79,7 @@ export async function startRedis(): Promise<TestRedis> {
     if (!running || running.exitCode !== null) return;
     const exited = once(running, 'exit');
     running.kill('SIGKILL');
+    running.kill('SIGCONT');
     await exited;
   };
   return {
@@ -90,6 +94,8 @@ export async function startRedis(): Promise<TestRedis> {
       return admin;
     },
     stop,
+    pause: () => child?.kill('SIGSTOP'),
+    resume: () => child?.kill('SIGCONT'),
     start: async () => {
       child = await launch(port);
     },

@@ -263,6 +263,37 @@ function certainlyOverLimit(
   });
 }
 
+describe('a Redis that stops answering', () => {
+  it('costs a call one command timeout, then is left alone until it answers again', async () => {
+    const s = await toolServer();
+    const tool = weather(s.origin, { cache: { ttl: '10m' }, rateLimit: { requests: 100, per: '1m' } });
+    const events: SharedStateEvent[] = [];
+    const a = await sidecar([tool], events);
+    redis.pause();
+    try {
+      const started = performance.now();
+      expect((await call(a, 'slow')).outcome).toBe('ok');
+      expect((await call(a, 'slower')).outcome).toBe('ok');
+      // A hang guard only; the 50 ms bound is measured by `npm run bench`.
+      expect(performance.now() - started).toBeLessThan(5000);
+      // The first call's cache lookup timed out; everything after it was decided here at once.
+      expect(events.filter((e) => e.kind === 'fallback')).toEqual([
+        { kind: 'fallback', operation: 'cache' },
+        { kind: 'fallback', operation: 'rate_limit' },
+        { kind: 'fallback', operation: 'cache' },
+        { kind: 'fallback', operation: 'rate_limit' },
+      ]);
+      expect(a.status().sharedState).toMatchObject({ fallback: true, lastError: 'Command timed out' });
+    } finally {
+      redis.resume();
+    }
+    await until(() => a.status().sharedState?.fallback === false);
+    const b = await sidecar([tool]);
+    await call(b, 'thawed');
+    expect((await call(a, 'thawed')).outcome).toBe('cache_hit');
+  });
+});
+
 describe('the fleet-wide rate limit (property)', () => {
   it('never starts more runs in any window than the limit, for any interleaving across two sidecars', async () => {
     const s = await toolServer();
