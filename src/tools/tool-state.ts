@@ -14,6 +14,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from '../telemetry/log.js';
 import { canonicalJson, type ResolvedToolSet } from '../toolset/defaults.js';
+import { redisUrlProblem } from '../toolset/validate.js';
 import { resolveValue } from '../toolset/values.js';
 import { RedisBudget } from './budget.js';
 import { ToolCache } from './cache.js';
@@ -44,6 +45,13 @@ export interface Fetched {
   hit: boolean;
   /** How long the result stays cached: the tool's ttl, or what is left of it for a shared hit. */
   ttlMs: number;
+}
+
+/** The sidecar's Redis URL for ToolSets that name no spec.sharedState (set by the chart's sharedState.redis). */
+export const SHARED_STATE_ENV = 'EARPIECE_SHARED_STATE_REDIS_URL';
+
+export class ToolStateError extends Error {
+  readonly code = 'ERP_SHARED_STATE_CONFIG';
 }
 
 const POLL_START_MS = 5;
@@ -105,9 +113,22 @@ export class ToolState {
     return new ToolState(toolset, undefined, options);
   }
 
+  /**
+   * Shared state when the ToolSet names it, else when the sidecar was given one for every ToolSet
+   * (EARPIECE_SHARED_STATE_REDIS_URL, from the chart's sharedState.redis); otherwise in-process only.
+   */
   static async create(toolset: ResolvedToolSet, options: ToolStateOptions): Promise<ToolState> {
-    if (!toolset.sharedState) return ToolState.local(toolset, options);
-    const url = resolveValue(toolset.sharedState.redisUrl, 'spec.sharedState.redis.url', options.env);
+    const fromEnv = options.env[SHARED_STATE_ENV] ? SHARED_STATE_ENV : undefined;
+    if (!toolset.sharedState && !fromEnv) return ToolState.local(toolset, options);
+    const url = toolset.sharedState
+      ? resolveValue(toolset.sharedState.redisUrl, 'spec.sharedState.redis.url', options.env)
+      : (options.env[SHARED_STATE_ENV] as string);
+    const problem = redisUrlProblem(url);
+    if (problem) {
+      throw new ToolStateError(
+        `${toolset.sharedState ? 'spec.sharedState.redis.url' : SHARED_STATE_ENV}: ${problem}`,
+      );
+    }
     const { RedisState } = await import('./redis-state.js');
     const redis = new RedisState({
       url,

@@ -210,6 +210,40 @@ describe('two sidecars sharing a Redis', () => {
   });
 });
 
+describe('the sidecar-wide Redis (chart value sharedState.redis)', () => {
+  it('is used for a ToolSet that names no shared state, and a bad URL stops the start with its name', async () => {
+    const s = await toolServer();
+    const tool = weather(s.origin, { cache: { ttl: '1m' } });
+    const start = (url: string) =>
+      createToolRegistry(toolset([tool]), {
+        env: { EARPIECE_SHARED_STATE_REDIS_URL: url, WEATHER_KEY: 'k' },
+        logger: silentLogger,
+      });
+    const [a, b] = [await start(redis.url), await start(redis.url)];
+    cleanups.push(
+      () => a.close(),
+      () => b.close(),
+    );
+    await until(
+      () => a.status().sharedState?.state === 'connected' && b.status().sharedState?.state === 'connected',
+    );
+    expect(a.status().sharedState?.endpoint).toBe(`redis://127.0.0.1:${redis.port}`);
+    await call(a, 'Aveiro');
+    expect((await call(b, 'Aveiro')).outcome).toBe('cache_hit');
+    await expect(start('http://user:pw@redis:6379')).rejects.toMatchObject({
+      code: 'ERP_SHARED_STATE_CONFIG',
+      message: 'EARPIECE_SHARED_STATE_REDIS_URL: is not a redis:// or rediss:// URL with a host',
+    });
+    // Without either, no Redis at all.
+    const local = await createToolRegistry(toolset([tool]), {
+      env: { WEATHER_KEY: 'k' },
+      logger: silentLogger,
+    });
+    cleanups.push(() => local.close());
+    expect(local.status().sharedState).toBeUndefined();
+  });
+});
+
 describe('a Redis outage', () => {
   it("falls back to each sidecar's own cache and limits at once, reports it, and recovers", async () => {
     const s = await toolServer();
