@@ -143,18 +143,20 @@ async function registry(spec: Record<string, unknown>): Promise<ToolRegistry> {
 const shared = (url: string) => ({ sharedState: { redis: { url: { value: url } } } });
 const signal = new AbortController().signal;
 
+/** Times n calls; `other` counts those with another outcome (a Redis that missed the budget: run here). */
 async function timeCalls(
   r: ToolRegistry,
   args: (i: number) => string,
   n: number,
   expect: string,
-): Promise<number[]> {
-  const out: number[] = [];
+): Promise<number[] & { other: number }> {
+  const out = Object.assign([] as number[], { other: 0 });
   for (let i = 0; i < n; i++) {
     const started = performance.now();
     const o = await r.call({ id: `c${i}`, name: 'weather', arguments: args(i) }, signal);
     out.push(performance.now() - started);
-    if (o.outcome !== expect) throw new Error(`call ${i}: ${o.outcome}, expected ${expect}: ${o.content}`);
+    if (o.outcome === 'error') throw new Error(`call ${i} failed: ${o.content}`);
+    if (o.outcome !== expect) out.other++;
   }
   return out;
 }
