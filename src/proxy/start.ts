@@ -32,6 +32,8 @@ export interface ProxyOptions {
   telemetry?: ProxyTelemetry;
   /** Follow changes of the ToolSet file (default true). */
   watch?: boolean;
+  /** A tool call's time for the shared state (default 50 ms); tests on a loaded machine give it more. */
+  sharedStateBudgetMs?: number;
 }
 
 export interface RunningProxy {
@@ -71,6 +73,9 @@ export async function startProxy(options: ProxyOptions): Promise<RunningProxy> {
     const tools = await createToolRegistry(toolset, {
       env,
       logger,
+      ...(options.sharedStateBudgetMs === undefined
+        ? {}
+        : { sharedStateBudgetMs: options.sharedStateBudgetMs }),
       onSharedState: (e) =>
         telemetry.sharedState(
           e.kind === 'connection'

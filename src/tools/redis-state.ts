@@ -98,6 +98,8 @@ interface Scripts {
 export interface RedisStateOptions {
   url: string;
   logger: Logger;
+  /** A call's time for Redis, all operations together (default 50 ms). */
+  budgetMs?: number;
   /** Called when the connection comes up or goes down. */
   onConnection?: (up: boolean) => void;
 }
@@ -116,13 +118,15 @@ export class RedisState {
   #lastError: string | undefined;
   #restUntil = 0;
   #failures = 0;
+  readonly #budgetMs: number;
 
   constructor(options: RedisStateOptions) {
     this.#logger = options.logger;
     this.#endpoint = endpointOf(options.url);
     this.#onConnection = options.onConnection;
+    this.#budgetMs = options.budgetMs ?? REDIS_BUDGET_MS;
     this.#client = new Redis(options.url, {
-      commandTimeout: REDIS_BUDGET_MS,
+      commandTimeout: this.#budgetMs,
       enableOfflineQueue: false,
       maxRetriesPerRequest: 0,
       autoResendUnfulfilledCommands: false,
@@ -137,6 +141,11 @@ export class RedisState {
     this.#client.on('ready', () => this.#set('connected'));
     this.#client.on('close', () => this.#set('down'));
     this.#client.on('error', (err: Error) => this.#failed(err));
+  }
+
+  /** A new call's time for Redis. */
+  budget(): RedisBudget {
+    return new RedisBudget(this.#budgetMs);
   }
 
   status(): SharedStateStatus {
@@ -171,22 +180,20 @@ export class RedisState {
   }
 
   store(result: string, lock: string, content: string, ttlMs: number, token: string): Promise<void> {
-    return this.#run(new RedisBudget(), () =>
+    return this.#run(this.budget(), () =>
       this.#client.earpieceStore(result, lock, content, ttlMs, token),
     ).then(() => undefined);
   }
 
   /** Keeps a held lock alive while its run goes on. */
   extend(lock: string, token: string, lockMs: number): Promise<void> {
-    return this.#run(new RedisBudget(), () => this.#client.earpieceExtend(lock, token, lockMs)).then(
+    return this.#run(this.budget(), () => this.#client.earpieceExtend(lock, token, lockMs)).then(
       () => undefined,
     );
   }
 
   release(lock: string, token: string): Promise<void> {
-    return this.#run(new RedisBudget(), () => this.#client.earpieceRelease(lock, token)).then(
-      () => undefined,
-    );
+    return this.#run(this.budget(), () => this.#client.earpieceRelease(lock, token)).then(() => undefined);
   }
 
   async close(): Promise<void> {
@@ -208,7 +215,7 @@ export class RedisState {
       // commandTimeout bounds a whole budget; a call that spent part of it races the rest.
       pending.catch(() => {});
       const result =
-        remaining >= REDIS_BUDGET_MS
+        remaining >= this.#budgetMs
           ? await pending
           : await Promise.race([
               pending,
