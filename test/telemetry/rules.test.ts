@@ -39,6 +39,11 @@ const descriptions = new Map<string, (labels: Record<string, string>) => string>
     (l) =>
       `earpiece proxies of ${l.namespace}/${l.toolset} are running, but no chat turn reached them in 30 minutes. If users are talking, Unmute is not pointed at the sidecar: check KYUTAI_LLM_URL of the backend container (the webhook sets it to http://127.0.0.1:8095).`,
   ],
+  [
+    'EarpieceSharedStateDown',
+    (l) =>
+      `Sidecars of ${l.namespace}/${l.toolset} fall back to their own tool cache and rate limits: voice turns go on (each call waits at most 50 ms on Redis), but each sidecar now allows a tool's whole quota on its own and pays for lookups the others made. Check Redis and the sidecars' /readyz (sharedState.lastError).`,
+  ],
 ]);
 
 /** Runs the cases through promtool's rule unit tests: the real rule engine, on synthetic series. */
@@ -81,7 +86,7 @@ describe('alert rules', () => {
 
   test.skipIf(!path)('the rule file passes promtool check rules', () => {
     const { status, output } = promtool(path!, ['check', 'rules', RULES]);
-    expect(output).toContain('SUCCESS: 4 rules found');
+    expect(output).toContain('SUCCESS: 5 rules found');
     expect(status).toBe(0);
   });
 
@@ -178,6 +183,30 @@ describe('alert rules', () => {
             summary: 'No turns through the earpiece proxies of ToolSet idle for 30 minutes',
           },
         ],
+      },
+      {
+        // Two of three sidecars of "fleet" lost Redis; "steady" is connected throughout.
+        series: {
+          [`earpiece_shared_state_up{namespace="${ns}",toolset="fleet",pod="a"}`]: '1x5 0x20',
+          [`earpiece_shared_state_up{namespace="${ns}",toolset="fleet",pod="b"}`]: '1x5 0x20',
+          [`earpiece_shared_state_up{namespace="${ns}",toolset="fleet",pod="c"}`]: '1x25',
+          [`earpiece_shared_state_up{namespace="${ns}",toolset="steady",pod="d"}`]: '1x25',
+        },
+        alert: 'EarpieceSharedStateDown',
+        at: '15m',
+        expected: [
+          {
+            labels: { severity: 'warning', namespace: ns, toolset: 'fleet' },
+            summary: '2 sidecars of ToolSet fleet cannot reach the shared state',
+          },
+        ],
+      },
+      {
+        // Down for two minutes, then back: shorter than the 5 minutes it must last.
+        series: { [`earpiece_shared_state_up{namespace="${ns}",toolset="fleet",pod="a"}`]: '1x5 0x2 1x10' },
+        alert: 'EarpieceSharedStateDown',
+        at: '10m',
+        expected: [],
       },
       {
         // Up only 20 minutes so far: not yet.
