@@ -119,6 +119,7 @@ export class RedisState {
   #restUntil = 0;
   #failures = 0;
   readonly #budgetMs: number;
+  #closed = false;
 
   constructor(options: RedisStateOptions) {
     this.#logger = options.logger;
@@ -197,6 +198,8 @@ export class RedisState {
   }
 
   async close(): Promise<void> {
+    // A retired ToolSet's connection going away says nothing about the shared state of the one now loaded.
+    this.#closed = true;
     this.#client.disconnect();
   }
 
@@ -248,7 +251,7 @@ export class RedisState {
   }
 
   #set(state: SharedStateConnection): void {
-    if (state === this.#state) return;
+    if (state === this.#state || this.#closed) return;
     const was = this.#state;
     this.#state = state;
     if (state === 'connected') {

@@ -120,11 +120,11 @@ export class ToolState {
    * (EARPIECE_SHARED_STATE_REDIS_URL, from the chart's sharedState.redis); otherwise in-process only.
    */
   static async create(toolset: ResolvedToolSet, options: ToolStateOptions): Promise<ToolState> {
-    const fromEnv = options.env[SHARED_STATE_ENV] ? SHARED_STATE_ENV : undefined;
-    if (!toolset.sharedState && !fromEnv) return ToolState.local(toolset, options);
+    const sidecarUrl = options.env[SHARED_STATE_ENV] || undefined;
+    if (!toolset.sharedState && !sidecarUrl) return ToolState.local(toolset, options);
     const url = toolset.sharedState
       ? resolveValue(toolset.sharedState.redisUrl, 'spec.sharedState.redis.url', options.env)
-      : (options.env[SHARED_STATE_ENV] as string);
+      : (sidecarUrl as string);
     const problem = redisUrlProblem(url);
     if (problem) {
       throw new ToolStateError(

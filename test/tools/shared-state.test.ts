@@ -259,6 +259,21 @@ describe('the sidecar-wide Redis (chart value sharedState.redis)', () => {
   });
 });
 
+describe('a retired ToolSet', () => {
+  it("reports nothing when its connection closes: the shared state is the loaded ToolSet's to report", async () => {
+    const events: SharedStateEvent[] = [];
+    const old = await sidecar([weather('http://127.0.0.1:9')], events);
+    expect(events).toEqual([
+      { kind: 'connection', up: false },
+      { kind: 'connection', up: true },
+    ]);
+    cleanups.pop();
+    await old.close();
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    expect(events).toHaveLength(2);
+  });
+});
+
 describe('a Redis outage', () => {
   it("falls back to each sidecar's own cache and limits at once, reports it, and recovers", async () => {
     const s = await toolServer();
