@@ -1,7 +1,8 @@
 /**
  * One tool call end to end, in this order: unknown name, JSON arguments, the tool's schema, the cache
- * (this sidecar's, then the fleet's), the rate limit, then the executor under the tool's timeout. Every failure becomes an outcome with a short sentence
- * for the model; nothing here throws, and no error content carries a stack, a secret or a JSON dump.
+ * (this sidecar's, then the fleet's), the rate limit, then the executor under the tool's timeout. Every
+ * failure becomes an outcome with a short sentence for the model; nothing here throws, and no error
+ * content carries a stack, a secret or a JSON dump.
  */
 import type { Logger } from '../telemetry/log.js';
 import { untilAborted } from './abort.js';
