@@ -46,6 +46,13 @@ import {
   type UpstreamChild,
 } from './procs.js';
 import { ANSWER_TEXT, BRIEF_CHUNKS, BRIEF_TEXT, CONTENT_CHUNKS, PACE_MS, SYSTEM_PROMPT } from './protocol.js';
+import {
+  measureSharedState,
+  REDIS_BOUND_MS,
+  redisAvailable,
+  type SharedStateCost,
+  sharedStateReport,
+} from './shared-state.js';
 
 /** `node` is the bare Node.js hop (bench/node-hop.ts): what Node itself costs as a proxy here. */
 type Mode = 'direct' | 'nginx' | 'node' | 'earpiece';
@@ -496,6 +503,7 @@ export async function main(argv: string[]): Promise<number> {
 
   log('Tool memory lookup (in process)…');
   const lookup: LookupCost = measureLookup();
+  const sharedState = redisAvailable() ? await measureSharedState(log) : undefined;
 
   const dir = await mkdtemp(join(tmpdir(), 'earpiece-bench-'));
   const version = nginxVersion();
@@ -602,6 +610,7 @@ export async function main(argv: string[]): Promise<number> {
       cancelled,
       floods,
       lookup,
+      sharedState,
       rounds,
       loadBefore,
       nginxVersion: version,
@@ -655,6 +664,7 @@ function render(r: {
   cancelled: Cancellations;
   floods: FloodPeak[] | undefined;
   lookup: LookupCost;
+  sharedState: SharedStateCost | undefined;
   rounds: number;
   loadBefore: number;
   nginxVersion: string | undefined;
@@ -722,6 +732,7 @@ function render(r: {
       `Tool memory lookup (ToolMemory.prepare, 40 messages, ${r.lookup.historyChars.toLocaleString('en')} characters, median of ${r.lookup.hitRuns.length} runs): ` +
       `${r.lookup.hitUs.toFixed(2)} µs with two exchanges spliced back, ${r.lookup.missUs.toFixed(2)} µs with none.`,
   );
+  lines.push(...sharedStateReport(r.sharedState));
 
   if (r.floods) {
     lines.push(
@@ -837,6 +848,11 @@ function render(r: {
   lines.push(
     `| earpiece idle RSS ≤ ${TARGETS.idleRssMb} MB | ${r.idle.earpiece.toFixed(1)} MB | ${mark(r.idle.earpiece <= TARGETS.idleRssMb)} |`,
     `| memory lookup ≤ ${TARGETS.lookupUs} µs (40 messages) | ${r.lookup.hitUs.toFixed(2)} µs | ${mark(r.lookup.hitUs <= TARGETS.lookupUs)} |`,
+    ...(r.sharedState
+      ? [
+          `| Redis frozen: wait on Redis ≤ ${REDIS_BOUND_MS} ms per call (first call minus an in-process one) | ${ms(r.sharedState.frozenFirst - r.sharedState.frozen.p50)} | ${mark(r.sharedState.frozenFirst - r.sharedState.frozen.p50 <= REDIS_BOUND_MS)} |`,
+        ]
+      : []),
   );
 
   lines.push(

@@ -34,6 +34,8 @@ export interface ProxyOptions {
   watch?: boolean;
   /** The chat port's request timeout and body memory (defaults in server.ts). */
   limits?: ServerLimits;
+  /** A tool call's time for the shared state (default 50 ms); tests on a loaded machine give it more. */
+  sharedStateBudgetMs?: number;
 }
 
 export interface RunningProxy {
@@ -70,7 +72,19 @@ export async function startProxy(options: ProxyOptions): Promise<RunningProxy> {
   };
 
   const build = async (toolset: ResolvedToolSet, previous?: ActiveToolSet): Promise<ActiveToolSet> => {
-    const tools = await createToolRegistry(toolset, { env, logger });
+    const tools = await createToolRegistry(toolset, {
+      env,
+      logger,
+      ...(options.sharedStateBudgetMs === undefined
+        ? {}
+        : { sharedStateBudgetMs: options.sharedStateBudgetMs }),
+      onSharedState: (e) =>
+        telemetry.sharedState(
+          e.kind === 'connection'
+            ? { toolset: toolset.name, event: e.up ? 'up' : 'down' }
+            : { toolset: toolset.name, event: 'fallback', operation: e.operation },
+        ),
+    });
     const upstream = upstreamFor(toolset);
     const sameUpstream = previous && previous.upstream.origin === upstream.origin;
     // Tool names are the only tool label values the metrics accept; MCP servers add theirs as they list them.

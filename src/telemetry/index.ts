@@ -47,6 +47,7 @@ export async function createTelemetry(options: TelemetryOptions = {}): Promise<P
     stream: (record) => prom.stream(record),
     memory: (record) => prom.memory(record),
     toolsetLoaded: (record) => prom.toolsetLoaded(record),
+    sharedState: (record) => prom.sharedState(record),
     shutdown: () => {
       shutdown ??= tracing?.shutdown() ?? Promise.resolve();
       return shutdown;

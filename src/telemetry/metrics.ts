@@ -7,6 +7,7 @@ import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 import { collectProcessMetrics } from './process-metrics.js';
 import type {
   MemoryRecord,
+  SharedStateRecord,
   StreamRecord,
   TelemetryRecords,
   ToolInfo,
@@ -29,6 +30,7 @@ export const TOOL_OUTCOMES: readonly ToolOutcomeLabel[] = [
   'unknown_tool',
   'cancelled',
   'cache_hit',
+  'rate_limited',
 ];
 export const TURN_OUTCOMES: readonly TurnOutcome[] = [
   'ok',
@@ -88,13 +90,15 @@ export class PromMetrics implements TelemetryRecords {
   private readonly memorySplicedExchanges: Counter<'toolset'>;
   private readonly memoryEntryCount: Gauge<'toolset'>;
   private readonly toolsetInfo: Gauge<'toolset' | 'hash'>;
+  private readonly sharedStateUp: Gauge<'toolset'>;
+  private readonly sharedStateFallbacks: Counter<'toolset' | 'operation'>;
 
   constructor(options: PromMetricsOptions = {}) {
     const registers = [this.registry];
     if (options.defaultMetrics !== false) collectProcessMetrics(this.registry);
     this.toolCalls = new Counter({
       name: 'earpiece_tool_calls_total',
-      help: 'Tool calls by toolset, tool and outcome (cache_hit: answered from the result cache).',
+      help: "Tool calls by toolset, tool and outcome (cache_hit: answered from the result cache; rate_limited: refused by the tool's rate limit).",
       labelNames: ['toolset', 'tool', 'outcome'],
       registers,
     });
@@ -186,7 +190,28 @@ export class PromMetrics implements TelemetryRecords {
       labelNames: ['toolset', 'hash'],
       registers,
     });
+    this.sharedStateUp = new Gauge({
+      name: 'earpiece_shared_state_up',
+      help: "Whether the ToolSet's shared state (Redis) is connected (1) or tool calls fall back to this sidecar's cache and limits (0). Absent without spec.sharedState.",
+      labelNames: ['toolset'],
+      registers,
+    });
+    this.sharedStateFallbacks = new Counter({
+      name: 'earpiece_shared_state_fallbacks_total',
+      help: 'Tool call operations decided in this sidecar because the shared state did not answer within 50 ms (rate_limit, cache, store).',
+      labelNames: ['toolset', 'operation'],
+      registers,
+    });
     for (const name of options.toolsets ?? []) this.addToolset(name);
+  }
+
+  sharedState(record: SharedStateRecord): void {
+    const toolset = this.toolsetLabel(record.toolset);
+    if (record.event === 'fallback') {
+      this.sharedStateFallbacks.inc({ toolset, operation: record.operation });
+      return;
+    }
+    this.sharedStateUp.set({ toolset }, record.event === 'up' ? 1 : 0);
   }
 
   get contentType(): string {

@@ -16,5 +16,6 @@ export const noopTelemetry: Telemetry = {
   stream() {},
   memory() {},
   toolsetLoaded() {},
+  sharedState() {},
   shutdown: async () => {},
 };

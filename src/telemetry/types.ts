@@ -10,7 +10,8 @@ export type ToolOutcomeLabel =
   | 'invalid_arguments'
   | 'unknown_tool'
   | 'cancelled'
-  | 'cache_hit';
+  | 'cache_hit'
+  | 'rate_limited';
 
 export type TurnOutcome = 'ok' | 'error' | 'timeout' | 'cancelled' | 'max_iterations';
 
@@ -72,7 +73,13 @@ export interface TelemetryRecords {
   memory(record: MemoryRecord): void;
   /** Call again when the tool list changes (an MCP server connects or lists new tools). */
   toolsetLoaded(record: ToolSetRecord): void;
+  sharedState(record: SharedStateRecord): void;
 }
+
+/** The shared state (Redis) of a ToolSet: connection changes, and each operation decided in-process instead. */
+export type SharedStateRecord =
+  | { toolset: string; event: 'up' | 'down' }
+  | { toolset: string; event: 'fallback'; operation: 'rate_limit' | 'cache' | 'store' };
 
 /** A tool of a loaded ToolSet: its name becomes a metric label value; its timeout feeds the latency alert. */
 export interface ToolInfo {

@@ -1,14 +1,18 @@
 /**
- * One tool call end to end, in this order: unknown name, JSON arguments, the tool's schema, the cache,
- * then the executor under the tool's timeout. Every failure becomes an outcome with a short sentence
- * for the model; nothing here throws, and no error content carries a stack, a secret or a JSON dump.
+ * One tool call end to end, in this order: unknown name, JSON arguments, the tool's schema, the cache
+ * (this sidecar's, then the fleet's), the rate limit, then the executor under the tool's timeout. Every
+ * failure becomes an outcome with a short sentence for the model; nothing here throws, and no error
+ * content carries a stack, a secret or a JSON dump.
  */
 import type { Logger } from '../telemetry/log.js';
 import { untilAborted } from './abort.js';
 import { type ArgumentCheck, parseArguments } from './arguments.js';
-import { cacheKey, type ToolCache } from './cache.js';
+import { cacheKey } from './cache.js';
+import type { ToolState } from './tool-state.js';
 import {
+  CallTimeout,
   type ProvidedTool,
+  RateLimited,
   type ToolCall,
   ToolError,
   type ToolOutcome,
@@ -20,15 +24,13 @@ export interface CallableTool extends ProvidedTool {
 }
 
 export interface CallOptions {
-  cache: ToolCache;
+  /** Cache, calls in flight and rate limits: in this process, and across the fleet with shared state. */
+  state: ToolState;
   maxResultBytes: number;
   /** Every tool's name, for the answer to an unknown one. */
   names: () => string[];
   logger?: Logger;
 }
-
-/** The abort reason of a call's own timeout, told apart from the caller leaving. */
-class CallTimeout extends Error {}
 
 const CUT_MARKER = '…(truncated)';
 
@@ -62,18 +64,23 @@ function unknownTool(name: string, names: string[]): string {
   return `error: there is no tool named ${shown}; the tools are ${names.map((n) => JSON.stringify(n)).join(', ')}`;
 }
 
-/** Runs the executor under the tool's timeout; `signal` undefined means only the timeout can stop it. */
+/**
+ * Runs the executor under what is left of the tool's timeout (all of it unless the call waited on
+ * another sidecar's run); `signal` undefined means only the timeout can stop it.
+ */
 async function execute(
   tool: CallableTool,
   args: Record<string, unknown>,
   signal: AbortSignal | undefined,
   maxResultBytes: number,
+  timeoutMs = tool.config.timeoutMs,
 ): Promise<string> {
+  if (timeoutMs <= 0) throw new CallTimeout();
   const timeout = new AbortController();
-  const timer = setTimeout(() => timeout.abort(new CallTimeout()), tool.config.timeoutMs);
+  const timer = setTimeout(() => timeout.abort(new CallTimeout()), timeoutMs);
   const combined = signal ? AbortSignal.any([signal, timeout.signal]) : timeout.signal;
   try {
-    const ctx = { signal: combined, deadline: Date.now() + tool.config.timeoutMs, toolName: tool.name };
+    const ctx = { signal: combined, deadline: Date.now() + timeoutMs, toolName: tool.name };
     // An executor that ignores its signal still cannot hold the call past an abort.
     const value = await untilAborted(tool.executor.run(args, ctx), combined);
     return cutToBytes(stringify(value), maxResultBytes);
@@ -123,22 +130,42 @@ export async function callTool(
     if (problem) return done('invalid_arguments', `error: invalid arguments for ${tool.name}: ${problem}`);
 
     if (caller?.aborted) throw caller.reason;
+    const { state } = options;
+    const budget = state.budget();
+    // Only a tool with a rate limit waits for the check; the others start in this very tick.
+    const limited = tool.config.rateLimit !== undefined;
+    const admitted = async () => {
+      if (!(await state.admit(tool, budget))) throw new RateLimited();
+    };
     const ttl = tool.config.cacheTtlMs;
     if (ttl === undefined) {
+      if (limited) await admitted();
       return done('ok', await execute(tool, parsed.args, caller, options.maxResultBytes));
     }
     const key = cacheKey(tool.name, parsed.args);
-    const hit = options.cache.get(key);
+    const hit = state.cache.get(key);
     if (hit !== undefined) return done('cache_hit', hit);
-    const content = await options.cache.shared(key, caller, async (shared) => {
-      const result = await execute(tool, parsed.args, shared, options.maxResultBytes);
-      options.cache.set(key, result, ttl);
-      return result;
+    // Only the caller that starts the flight learns whether the fleet answered from its cache.
+    let fromCache = false;
+    const content = await state.cache.shared(key, caller, async (shared) => {
+      const fetched = await state.fetchOrRun(tool, parsed.args, ttl, shared, budget, async (timeoutMs) => {
+        if (limited) await admitted();
+        return execute(tool, parsed.args, shared, options.maxResultBytes, timeoutMs);
+      });
+      fromCache = fetched.hit;
+      state.cache.set(key, fetched.content, fetched.ttlMs);
+      return fetched.content;
     });
-    return done('ok', content);
+    return done(fromCache ? 'cache_hit' : 'ok', content);
   } catch (err) {
     if (err instanceof CallTimeout) {
       return done('timeout', `error: ${tool.name} timed out after ${seconds(tool.config.timeoutMs)}`);
+    }
+    if (err instanceof RateLimited) {
+      return done(
+        'rate_limited',
+        `error: ${tool.name} is busy (its rate limit is reached); try again in a moment`,
+      );
     }
     if (caller?.aborted) return done('cancelled', `error: ${tool.name} was cancelled`);
     return done('error', `error: ${tool.name} failed: ${describeFailure(err, tool, options.logger)}`);

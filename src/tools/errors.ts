@@ -23,6 +23,10 @@ export const TOOL_ERRORS = {
   ERP_SQL_TIMEOUT: "The query ran past the tool's timeout and was cancelled.",
   ERP_SQL_FAILED: 'The database rejected the query (the message, with any connection string scrubbed).',
   ERP_SQL_UNAVAILABLE: 'The database could not be reached.',
+  ERP_TOOL_RATE_LIMITED:
+    "The tool's `rateLimit` is used up (across the fleet with shared state); the model reads that the tool is busy.",
+  ERP_SHARED_STATE_UNAVAILABLE:
+    "Redis did not answer within the call's 50 ms budget or is disconnected; the sidecar decides alone (never seen by the model).",
 } as const;
 
 export type ToolErrorCode = keyof typeof TOOL_ERRORS;

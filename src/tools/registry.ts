@@ -9,9 +9,9 @@ import { createLogger, type Logger } from '../telemetry/log.js';
 import type { ResolvedTool, ResolvedToolSet } from '../toolset/defaults.js';
 import { type ArgumentCheck, createArgumentCompiler } from './arguments.js';
 import { BUILTINS, createBuiltinExecutor } from './builtin.js';
-import { ToolCache } from './cache.js';
 import { type CallableTool, callTool } from './call.js';
 import { createHttpDispatcher, createHttpExecutor } from './http.js';
+import { type SharedStateEvent, type SharedStateStatus, ToolState } from './tool-state.js';
 import type {
   ProvidedTool,
   ProviderOptions,
@@ -29,9 +29,13 @@ export interface ToolRegistry extends ToolRunner {
   list(): Array<{ name: string; kind: ResolvedTool['kind']; timeoutMs: number }>;
   /** Called when a provider's tools change (an MCP server listed new ones, or reconnected). */
   onChange(listener: () => void): void;
-  /** Per-provider state for /readyz (mcp servers: url, state connected|connecting|down, lastError, tools). */
+  /**
+   * Per-provider state for /readyz (mcp servers: url, state connected|connecting|down, lastError, tools),
+   * and the shared state's connection when the ToolSet has one.
+   */
   status(): {
     mcp: Array<{ url: string; state: ProviderState; lastError?: string; tools: number }>;
+    sharedState?: SharedStateStatus;
     /** What an operator should know: a superuser SQL role, an MCP list cut to the cap. */
     warnings: string[];
   };
@@ -41,8 +45,12 @@ export interface ToolRegistry extends ToolRunner {
 export interface ToolRegistryOptions {
   env?: NodeJS.ProcessEnv;
   logger?: Logger;
-  /** Clock in epoch milliseconds for cache ttls and the time builtin. */
+  /** Clock in epoch milliseconds for cache ttls, rate limits and the time builtin. */
   now?: () => number;
+  /** Shared state (Redis) connection changes, and operations decided in-process because it could not answer. */
+  onSharedState?: (event: SharedStateEvent) => void;
+  /** A tool call's time for the shared state (default 50 ms); tests on a loaded machine give it more. */
+  sharedStateBudgetMs?: number;
 }
 
 const NO_PARAMETERS = { type: 'object', properties: {} };
@@ -173,9 +181,10 @@ export async function createToolRegistry(
   const now = options.now ?? Date.now;
   const providerOptions: ProviderOptions = { env, logger };
   let dispatcher: Dispatcher | undefined;
+  let state: ToolState | undefined;
   const providers: ToolProvider[] = [];
   const close = async () => {
-    await Promise.allSettled(providers.map((p) => p.close?.()));
+    await Promise.allSettled([...providers.map((p) => p.close?.()), state?.close()]);
     await dispatcher?.close();
   };
 
@@ -214,12 +223,19 @@ export async function createToolRegistry(
         providers.push(createSqlProvider(config, providerOptions));
       }
     }
+    state = await ToolState.create(toolset, {
+      env,
+      logger,
+      now,
+      ...(options.onSharedState ? { onSharedState: options.onSharedState } : {}),
+      ...(options.sharedStateBudgetMs === undefined ? {} : { redisBudgetMs: options.sharedStateBudgetMs }),
+    });
   } catch (err) {
     await close();
     throw err;
   }
 
-  const cache = new ToolCache({ maxEntries: toolset.cacheMaxEntries, now });
+  const shared = state;
   const table = new ToolTable(providers, logger);
   const current = () => table.current();
 
@@ -244,7 +260,7 @@ export async function createToolRegistry(
     call(call: ToolCall, signal: AbortSignal): Promise<ToolOutcome> {
       const tools = current().tools;
       return callTool(tools.get(call.name), call, signal, {
-        cache,
+        state: shared,
         maxResultBytes: toolset.limits.maxResultBytes,
         names: () => [...tools.keys()],
         logger,
@@ -256,7 +272,9 @@ export async function createToolRegistry(
         const state = provider.kind === 'mcp' ? provider.status?.() : undefined;
         if (state) mcp.push(state);
       }
-      return { mcp, warnings: providers.flatMap((provider) => provider.warnings?.() ?? []) };
+      const sharedState = shared.status();
+      const warnings = providers.flatMap((provider) => provider.warnings?.() ?? []);
+      return sharedState ? { mcp, warnings, sharedState } : { mcp, warnings };
     },
     close,
   };

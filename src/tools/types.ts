@@ -31,6 +31,14 @@ export class ToolError extends Error {
   }
 }
 
+/** The abort reason of a call's own timeout, told apart from the caller leaving. */
+export class CallTimeout extends Error {}
+
+/** A run refused by the tool's rate limit. */
+export class RateLimited extends Error {
+  readonly code: ToolErrorCode = 'ERP_TOOL_RATE_LIMITED';
+}
+
 /** One tool as offered to the model, with the executor that runs it. */
 export interface ProvidedTool {
   name: string;

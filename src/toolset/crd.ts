@@ -96,6 +96,14 @@ const AT_PATH: Record<string, Schema> = {
   'spec.tools': { maxItems: MAX_TOOLS, 'x-kubernetes-validations': [UNIQUE_NAMES] },
   'spec.tools[]': { 'x-kubernetes-validations': EXECUTOR_RULES },
   'spec.tools[].http.url': { 'x-kubernetes-validations': [LITERAL_ORIGIN] },
+  'spec.tools[].rateLimit': {
+    'x-kubernetes-validations': [
+      {
+        rule: '!has(self.burst) || self.burst <= self.requests',
+        message: 'burst cannot be more than requests',
+      },
+    ],
+  },
   // Server-side apply merges conditions by type, as every Kubernetes status does.
   'status.conditions': { 'x-kubernetes-list-type': 'map', 'x-kubernetes-list-map-keys': ['type'] },
 };

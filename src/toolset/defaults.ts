@@ -43,6 +43,14 @@ export interface ResolvedTool {
   keywords: string[] | undefined;
   onInterrupt: 'cancel' | 'finish';
   memory: boolean;
+  /** Undefined: no limit. `burst` defaults to `requests`. */
+  rateLimit: ResolvedRateLimit | undefined;
+}
+
+export interface ResolvedRateLimit {
+  requests: number;
+  perMs: number;
+  burst: number;
 }
 
 export interface ResolvedToolSet {
@@ -57,6 +65,8 @@ export interface ResolvedToolSet {
   instructions: string | undefined;
   cacheMaxEntries: number;
   memory: { turns: number; ttlMs: number; maxBytes: number };
+  /** Undefined: every sidecar keeps its own cache and limits. */
+  sharedState: { redisUrl: ValueRef } | undefined;
   tools: ResolvedTool[];
 }
 
@@ -112,6 +122,7 @@ export function resolveToolSet(toolset: ToolSet): ResolvedToolSet {
       ttlMs: ms(s.memory?.ttl, DEFAULTS.memoryTtl),
       maxBytes: s.memory?.maxBytes ?? DEFAULTS.memoryMaxBytes,
     },
+    sharedState: s.sharedState ? { redisUrl: s.sharedState.redis.url } : undefined,
     tools: s.tools.map((spec, index) => ({
       index,
       kind: spec.http ? 'http' : spec.mcp ? 'mcp' : spec.sql ? 'sql' : 'builtin',
@@ -122,6 +133,13 @@ export function resolveToolSet(toolset: ToolSet): ResolvedToolSet {
       keywords: spec.when?.keywords,
       onInterrupt: spec.onInterrupt ?? 'cancel',
       memory: spec.memory ?? true,
+      rateLimit: spec.rateLimit
+        ? {
+            requests: spec.rateLimit.requests,
+            perMs: ms(spec.rateLimit.per, '1m'),
+            burst: spec.rateLimit.burst ?? spec.rateLimit.requests,
+          }
+        : undefined,
     })),
   };
 }

@@ -6,6 +6,8 @@ export const TOOLSET_ERRORS = {
     'The CRD generator met a schema construct a structural CRD cannot express (a development error, caught by `npm run gen:crd`).',
   ERP_TOOLSET_INVALID:
     '`earpiece proxy` was started with a ToolSet that does not validate or whose values cannot be resolved here; every problem is printed, and the process exits 1.',
+  ERP_SHARED_STATE_CONFIG:
+    "The shared state's Redis URL is not a `redis://` or `rediss://` URL with a host; the proxy does not start with it.",
 } as const;
 
 export type ToolSetErrorCode = keyof typeof TOOLSET_ERRORS;

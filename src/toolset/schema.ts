@@ -262,6 +262,55 @@ export const SqlTool = Type.Object(
   },
 );
 
+export const RateLimit = Type.Object(
+  {
+    requests: Type.Integer({
+      minimum: 1,
+      maximum: 100000,
+      description:
+        'Most calls that may start in any window of length `per` (60 with per: 1m holds a 60-a-minute quota).',
+    }),
+    per: DurationOf('Length of the sliding window, such as 1s, 1m or 1h.'),
+    burst: Type.Optional(
+      Type.Integer({
+        minimum: 1,
+        maximum: 100000,
+        description:
+          'Most calls that may start back to back: at most `burst` in any stretch of burst × per / requests, so a quota is spread over its window. At most `requests`; defaults to `requests`.',
+      }),
+    ),
+  },
+  {
+    additionalProperties: false,
+    description:
+      'A quota checked before each run of the tool (cache hits and shared in-flight calls do not count). A call over it becomes a short "busy" result the model answers from. Per sidecar, or across every sidecar of the ToolSet with spec.sharedState. On an mcp entry, each of its tools gets this quota of its own.',
+  },
+);
+
+export const SharedState = Type.Object(
+  {
+    redis: Type.Object(
+      {
+        url: Type.Object(Value.properties, {
+          additionalProperties: false,
+          description:
+            'redis:// or rediss:// URL of a Redis or Valkey server, with its password if any: usually valueFrom a secretKeyRef (in a pod) or an env variable.',
+        }),
+      },
+      {
+        additionalProperties: false,
+        description:
+          'A Redis (or Valkey) every sidecar of this ToolSet reaches. When it is down or slower than 50 ms, each sidecar falls back to its own cache and limits and reconnects with backoff.',
+      },
+    ),
+  },
+  {
+    additionalProperties: false,
+    description:
+      'State shared by every sidecar of this ToolSet: rate limits hold across the fleet, cached results are shared, and identical calls in flight run once. Without it, each sidecar keeps its own.',
+  },
+);
+
 export const BUILTINS = ['time', 'calculator'] as const;
 export const Builtin = StringEnum(BUILTINS, {
   description:
@@ -309,6 +358,7 @@ export const Tool = Type.Object(
         },
       ),
     ),
+    rateLimit: Type.Optional(RateLimit),
     filler: Type.Optional(
       Type.String({
         maxLength: LIMIT.spoken,
@@ -478,6 +528,7 @@ export const Spec = Type.Object(
         },
       ),
     ),
+    sharedState: Type.Optional(SharedState),
     tools: Type.Array(Tool, {
       maxItems: 128,
       description: 'The tools offered to the model, at most 128 (a voice model copes with a handful).',
@@ -550,6 +601,8 @@ export type HeaderSpec = Static<typeof Header>;
 export type HttpToolSpec = Static<typeof HttpTool>;
 export type McpToolSpec = Static<typeof McpTool>;
 export type SqlToolSpec = Static<typeof SqlTool>;
+export type RateLimitSpec = Static<typeof RateLimit>;
+export type SharedStateSpec = Static<typeof SharedState>;
 export type BuiltinName = (typeof BUILTINS)[number];
 export type ToolSpec = Static<typeof Tool>;
 export type ToolSetSpec = Static<typeof Spec>;

@@ -136,6 +136,14 @@ function checkTool(tool: ToolSpec, path: string, issues: Issue[], ajv: () => Ajv
     issues.push({ path: `${path}.name`, message: 'is required' });
   }
 
+  const limit = tool.rateLimit;
+  if (limit && typeof limit.burst === 'number' && limit.burst > limit.requests) {
+    issues.push({
+      path: `${path}.rateLimit.burst`,
+      message: `${limit.burst} is more than requests (${limit.requests}); a burst can only spread a quota, not add to it`,
+    });
+  }
+
   const declared = new Set<string>();
   if (tool.parameters !== undefined) {
     const params = tool.parameters as Record<string, unknown>;
@@ -220,6 +228,22 @@ function checkTool(tool: ToolSpec, path: string, issues: Issue[], ajv: () => Ajv
   }
 }
 
+/** A literal Redis URL is checked now; one from the environment when the proxy starts. */
+function checkRedisUrl(url: string | undefined, issues: Issue[]): void {
+  if (url === undefined) return;
+  const problem = redisUrlProblem(url);
+  if (problem) issues.push({ path: 'spec.sharedState.redis.url.value', message: problem });
+}
+
+/** Why a text is not a Redis URL, without echoing it (it may carry a password); undefined when it is one. */
+export function redisUrlProblem(url: string): string | undefined {
+  const parsed = URL.parse(url);
+  if (!parsed || (parsed.protocol !== 'redis:' && parsed.protocol !== 'rediss:') || !parsed.hostname) {
+    return 'is not a redis:// or rediss:// URL with a host';
+  }
+  return undefined;
+}
+
 /**
  * Without a query the model writes the SELECT in argument "sql", so declared parameters may only
  * describe that argument (the tables it can read, say): one property, `sql`, a string.
@@ -257,6 +281,7 @@ function checkDurations(toolset: ToolSet, issues: Issue[]): void {
     ...spec.tools.flatMap((t, i): [string, unknown][] => [
       [`spec.tools[${i}].timeout`, t?.timeout],
       [`spec.tools[${i}].cache.ttl`, t?.cache?.ttl],
+      [`spec.tools[${i}].rateLimit.per`, t?.rateLimit?.per],
     ]),
   ];
   for (const [path, value] of fields) {
@@ -292,6 +317,8 @@ export function semanticIssues(toolset: ToolSet): Issue[] {
   if (!spec || !Array.isArray(spec.tools)) return issues;
   try {
     checkValue(spec.upstream?.apiKey, 'spec.upstream.apiKey', issues);
+    checkValue(spec.sharedState?.redis?.url, 'spec.sharedState.redis.url', issues);
+    checkRedisUrl(spec.sharedState?.redis?.url?.value, issues);
     checkDurations(toolset, issues);
   } catch {}
   if (spec.upstream?.url && /\/v1\/?$/.test(spec.upstream.url)) {

@@ -720,3 +720,40 @@ describe('values.schema.json', () => {
     expect(renderError({ set: [set] })).toContain(where);
   });
 });
+
+describe('sharedState.redis', () => {
+  const sidecarEnv = (set: string[]) =>
+    sidecarConfigFromEnv(env(container(find(render({ set }), 'Deployment', FULLNAME))) as NodeJS.ProcessEnv)
+      .extraEnv;
+
+  it('passes an existing Redis to every sidecar: from a Secret, or as a plain URL, after injection.env', () => {
+    expect(sidecarEnv([])).toEqual([]);
+    expect(
+      sidecarEnv([
+        'injection.env[0].name=OTEL_EXPORTER_OTLP_ENDPOINT',
+        'injection.env[0].value=http://collector:4318',
+        'sharedState.redis.existingSecret.name=fleet-redis',
+      ]),
+    ).toEqual([
+      { name: 'OTEL_EXPORTER_OTLP_ENDPOINT', value: 'http://collector:4318' },
+      {
+        name: 'EARPIECE_SHARED_STATE_REDIS_URL',
+        valueFrom: { secretKeyRef: { name: 'fleet-redis', key: 'url' } },
+      },
+    ]);
+    expect(sidecarEnv(['sharedState.redis.url=redis://redis.cache:6379/2'])).toEqual([
+      { name: 'EARPIECE_SHARED_STATE_REDIS_URL', value: 'redis://redis.cache:6379/2' },
+    ]);
+  });
+
+  it('refuses a URL that is not redis://, and both a URL and a Secret', () => {
+    expect(renderError({ set: ['sharedState.redis.url=http://redis:6379'] })).toMatch(
+      /sharedState\/redis\/url/,
+    );
+    expect(
+      renderError({
+        set: ['sharedState.redis.url=redis://r:6379', 'sharedState.redis.existingSecret.name=s'],
+      }),
+    ).toMatch(/give url or existingSecret.name, not both/);
+  });
+});

@@ -109,8 +109,23 @@ describe('Prometheus metrics', () => {
     ]);
     expect(turns.every((s) => s.value === 0)).toBe(true);
     const calls = await samples(t, 'earpiece_tool_calls_total');
-    expect(calls).toHaveLength(TOOLS.length * 7);
+    expect(calls).toHaveLength(TOOLS.length * 8);
+    expect(value(calls, { tool: 'get_weather', outcome: 'rate_limited' })).toBe(0);
     expect(value(await samples(t, 'earpiece_client_disconnects_total'), { toolset: 'assistant' })).toBe(0);
+  });
+
+  test('the shared state: up while connected, and each operation decided in the sidecar', async () => {
+    const t = await loaded();
+    t.sharedState({ toolset: 'assistant', event: 'down' });
+    expect(value(await samples(t, 'earpiece_shared_state_up'), { toolset: 'assistant' })).toBe(0);
+    t.sharedState({ toolset: 'assistant', event: 'fallback', operation: 'rate_limit' });
+    t.sharedState({ toolset: 'assistant', event: 'fallback', operation: 'cache' });
+    t.sharedState({ toolset: 'assistant', event: 'fallback', operation: 'cache' });
+    t.sharedState({ toolset: 'assistant', event: 'up' });
+    expect(value(await samples(t, 'earpiece_shared_state_up'), { toolset: 'assistant' })).toBe(1);
+    const fallbacks = await samples(t, 'earpiece_shared_state_fallbacks_total');
+    expect(value(fallbacks, { toolset: 'assistant', operation: 'cache' })).toBe(2);
+    expect(value(fallbacks, { toolset: 'assistant', operation: 'rate_limit' })).toBe(1);
   });
 
   test('tool names outside the ToolSet, and unknown toolsets, fold into "other"', async () => {

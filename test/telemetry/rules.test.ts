@@ -79,6 +79,11 @@ const descriptions = new Map<string, (labels: Record<string, string>) => string>
     (l) =>
       `The earpiece-proxy sidecar of ${l.namespace}/${l.pod} ran out of memory and was restarted in the last 30 minutes. Raise its memory limit (chart value injection.resources, or pod annotation earpiece.dev/proxy-memory-limit).`,
   ],
+  [
+    'EarpieceSharedStateDown',
+    (l) =>
+      `Sidecars of ${l.namespace}/${l.toolset} fall back to their own tool cache and rate limits: voice turns go on (each call waits at most 50 ms on Redis), but each sidecar now allows a tool's whole quota on its own and pays for lookups the others made. Check Redis and the sidecars' /readyz (sharedState.lastError).`,
+  ],
 ]);
 
 const RUNBOOKS = 'https://github.com/earpiece-dev/earpiece/blob/main/docs/runbooks.md#';
@@ -127,7 +132,7 @@ describe('alert rules', () => {
 
   test.skipIf(!path)('the rule file passes promtool check rules', () => {
     const { status, output } = promtool(path!, ['check', 'rules', RULES]);
-    expect(output).toContain('SUCCESS: 12 rules found');
+    expect(output).toContain('SUCCESS: 13 rules found');
     expect(status).toBe(0);
   });
 
@@ -144,7 +149,7 @@ describe('alert rules', () => {
         .slice(1)
         .map((section) => [section.split('\n')[0]!.trim(), section]),
     );
-    expect(rules.length).toBe(12);
+    expect(rules.length).toBe(13);
     for (const { alert, annotations } of rules) {
       expect(annotations.runbook_url, alert).toBe(`${RUNBOOKS}${alert.toLowerCase()}`);
       const section = sections.get(alert);
@@ -262,6 +267,30 @@ describe('alert rules', () => {
             summary: 'No turns through the earpiece proxies of ToolSet idle while vLLM serves requests',
           },
         ],
+      },
+      {
+        // Two of three sidecars of "fleet" lost Redis; "steady" is connected throughout.
+        series: {
+          [`earpiece_shared_state_up{namespace="${ns}",toolset="fleet",pod="a"}`]: '1x5 0x20',
+          [`earpiece_shared_state_up{namespace="${ns}",toolset="fleet",pod="b"}`]: '1x5 0x20',
+          [`earpiece_shared_state_up{namespace="${ns}",toolset="fleet",pod="c"}`]: '1x25',
+          [`earpiece_shared_state_up{namespace="${ns}",toolset="steady",pod="d"}`]: '1x25',
+        },
+        alert: 'EarpieceSharedStateDown',
+        at: '15m',
+        expected: [
+          {
+            labels: { severity: 'warning', namespace: ns, toolset: 'fleet' },
+            summary: '2 sidecars of ToolSet fleet cannot reach the shared state',
+          },
+        ],
+      },
+      {
+        // Down for two minutes, then back: shorter than the 5 minutes it must last.
+        series: { [`earpiece_shared_state_up{namespace="${ns}",toolset="fleet",pod="a"}`]: '1x5 0x2 1x10' },
+        alert: 'EarpieceSharedStateDown',
+        at: '10m',
+        expected: [],
       },
       {
         // Up only 20 minutes so far: not yet.

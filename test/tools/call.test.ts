@@ -1,7 +1,7 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { ToolCache } from '../../src/tools/cache.js';
 import { type CallableTool, callTool, cutToBytes } from '../../src/tools/call.js';
+import { ToolState } from '../../src/tools/tool-state.js';
 import type { ToolExecutor } from '../../src/tools/types.js';
 import { capturingLogger, silentLogger, toolset } from './helpers.js';
 
@@ -19,7 +19,7 @@ function tool(executor: ToolExecutor, config: Partial<typeof base> = {}): Callab
 }
 
 const options = (logger = silentLogger) => ({
-  cache: new ToolCache({ maxEntries: 10 }),
+  state: ToolState.local(toolset([], { cache: { maxEntries: 10 } }), { env: {}, logger }),
   maxResultBytes: 2048,
   names: () => ['t'],
   logger,

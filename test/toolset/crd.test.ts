@@ -379,3 +379,26 @@ describe('the ToolSet CRD', () => {
     }
   });
 });
+
+describe('rate limits and shared state in the CRD', () => {
+  it('accepts them as validate.ts does, and refuses a burst above requests', () => {
+    const shared = { redis: { url: secret('fleet-redis', 'url') } };
+    const limited = (rateLimit: Record<string, unknown>) =>
+      toolset({ sharedState: shared, tools: [{ ...weather, rateLimit }] });
+    expect(crdIssues(limited({ requests: 60, per: '1m', burst: 10 }))).toEqual([]);
+    expect(crdIssues(limited({ requests: 5, per: '1m', burst: 6 }))).toEqual([
+      'spec.tools[0].rateLimit: burst cannot be more than requests',
+    ]);
+    expect(crdIssues(limited({ requests: 5, per: 'soon' }))).toEqual([
+      expect.stringMatching(/^\/spec\/tools\/0\/rateLimit\/per must match pattern/),
+    ]);
+    expect(
+      crdIssues(
+        toolset({
+          sharedState: { redis: { url: { value: 'redis://r', ...secret('a', 'b') } } },
+          tools: [weather],
+        }),
+      ),
+    ).toEqual(['spec.sharedState.redis.url: needs exactly one of value or valueFrom']);
+  });
+});

@@ -336,3 +336,78 @@ describe('sql without query', () => {
     ]);
   });
 });
+
+describe('rate limits and shared state', () => {
+  it('resolves a rate limit, burst defaulting to requests, on tools and mcp entries', () => {
+    const result = validateToolSet(
+      withTools(
+        { name: 'w', builtin: 'time', rateLimit: { requests: 60, per: '1m' } },
+        { mcp: { url: 'http://ha.test/mcp' }, rateLimit: { requests: 10, per: '1s', burst: 2 } },
+      ),
+    );
+    expect(result.issues).toEqual([]);
+    if (!result.ok) return;
+    expect(resolveToolSet(result.toolset).tools.map((t) => t.rateLimit)).toEqual([
+      { requests: 60, perMs: 60_000, burst: 60 },
+      { requests: 10, perMs: 1000, burst: 2 },
+    ]);
+  });
+
+  it('refuses a burst above requests, a zero window and a malformed limit, naming the field', () => {
+    const issues = validateToolSet(
+      withTools(
+        { name: 'a', builtin: 'time', rateLimit: { requests: 5, per: '1m', burst: 6 } },
+        { name: 'b', builtin: 'time', rateLimit: { requests: 5, per: '0s' } },
+        { name: 'c', builtin: 'time', rateLimit: { requests: 0, per: 'soon' } },
+      ),
+    ).issues;
+    expect(issues).toEqual(
+      expect.arrayContaining([
+        {
+          path: 'spec.tools[0].rateLimit.burst',
+          message: '6 is more than requests (5); a burst can only spread a quota, not add to it',
+        },
+        { path: 'spec.tools[1].rateLimit.per', message: '"0s" must be longer than zero' },
+        { path: 'spec.tools[2].rateLimit.requests', message: expect.stringMatching(/>= 1/) },
+        { path: 'spec.tools[2].rateLimit.per', message: '"soon" is not a duration (use 500ms, 5s, 10m)' },
+      ]),
+    );
+  });
+
+  it('takes the Redis URL as a value, checks a literal one without echoing it, and resolves it', () => {
+    const shared = (url: Record<string, unknown>) => ({
+      ...base,
+      spec: { ...base.spec, sharedState: { redis: { url } } },
+    });
+    expect(validateToolSet(shared({ valueFrom: { env: 'REDIS_URL' } })).issues).toEqual([]);
+    const bad = validateToolSet(shared({ value: 'http://:hunter2@redis:6379' })).issues;
+    expect(bad).toEqual([
+      { path: 'spec.sharedState.redis.url.value', message: 'is not a redis:// or rediss:// URL with a host' },
+    ]);
+    expect(JSON.stringify(bad)).not.toContain('hunter2');
+    expect(validateToolSet(shared({ value: 'redis://r', valueFrom: { env: 'X' } })).issues).toEqual([
+      { path: 'spec.sharedState.redis.url', message: 'needs exactly one of value or valueFrom' },
+    ]);
+    const ok = validateToolSet(shared({ valueFrom: { env: 'REDIS_URL' } }));
+    if (!ok.ok) throw new Error('invalid');
+    expect(resolveToolSet(ok.toolset).sharedState).toEqual({ redisUrl: { valueFrom: { env: 'REDIS_URL' } } });
+    expect(unresolvableValues(ok.toolset, {})).toEqual([
+      { path: 'spec.sharedState.redis.url', message: 'environment variable REDIS_URL is not set' },
+    ]);
+  });
+
+  it('renders a Redis URL from a Secret as a sidecar env var, like every secretKeyRef', () => {
+    const result = validateToolSet({
+      ...base,
+      spec: {
+        ...base.spec,
+        sharedState: { redis: { url: { valueFrom: { secretKeyRef: { name: 'redis', key: 'url' } } } } },
+      },
+    });
+    if (!result.ok) throw new Error('invalid');
+    const { toolset, env } = renderForSidecar(result.toolset);
+    const name = secretEnvName('redis', 'url');
+    expect(env).toEqual([{ name, secretKeyRef: { name: 'redis', key: 'url' } }]);
+    expect(toolset.spec.sharedState).toEqual({ redis: { url: { valueFrom: { env: name } } } });
+  });
+});

@@ -77,6 +77,26 @@ operator asks the API server at start, which also covers a `helm template` rende
 {{- end }}
 {{- end }}
 
+{{/*
+The env of every injected sidecar: injection.env, and the shared state's Redis URL when sharedState.redis
+names one (a Secret wins over a plain URL).
+*/}}
+{{- define "earpiece.sidecarEnv" -}}
+{{- $env := list }}
+{{- range .Values.injection.env }}{{ $env = append $env . }}{{ end }}
+{{- with .Values.sharedState.redis }}
+{{- if and .url .existingSecret.name }}
+{{- fail "sharedState.redis: give url or existingSecret.name, not both" }}
+{{- end }}
+{{- if .existingSecret.name }}
+{{- $env = append $env (dict "name" "EARPIECE_SHARED_STATE_REDIS_URL" "valueFrom" (dict "secretKeyRef" (dict "name" .existingSecret.name "key" .existingSecret.key))) }}
+{{- else if .url }}
+{{- $env = append $env (dict "name" "EARPIECE_SHARED_STATE_REDIS_URL" "value" .url) }}
+{{- end }}
+{{- end }}
+{{- toJson $env }}
+{{- end }}
+
 {{/* Cluster-scoped objects are named after the release and its namespace, so two releases never clash. */}}
 {{- define "earpiece.clusterName" -}}
 {{- printf "%s-%s" .Release.Namespace (include "earpiece.fullname" .) | trunc 63 | trimSuffix "-" }}

@@ -1,7 +1,8 @@
 /**
  * /healthz: the process serves. /readyz: a valid ToolSet is loaded and the server listens. The body
- * reports MCP servers and whether the upstream takes tools, but neither changes the status: a down MCP
- * server or a restarting vLLM must not take the pod out of its Service. `warnings` (when there are any)
+ * reports MCP servers, whether the upstream takes tools and the shared state (Redis), but none changes
+ * the status: a down MCP server, a restarting vLLM or a Redis outage (the sidecar falls back to its own
+ * cache and limits) must not take the pod out of its Service. `warnings` (when there are any)
  * names settings an operator should change, such as a SQL tool connected as a superuser.
  */
 import type { FastifyInstance } from 'fastify';
@@ -12,12 +13,13 @@ export async function healthRoutes(app: FastifyInstance, deps: ServerDeps): Prom
   app.get('/readyz', async (_request, reply) => {
     const ready = deps.isReady();
     const active = deps.current();
-    const { mcp, warnings } = active.tools.status();
+    const { mcp, warnings, sharedState } = active.tools.status();
     return reply.code(ready ? 200 : 503).send({
       status: ready ? 'ready' : 'not ready',
       toolset: { name: active.toolset.name, hash: active.toolset.hash },
       upstream: { url: active.upstream.origin, toolsAccepted: active.upstreamState.toolsAccepted },
       mcp,
+      ...(sharedState ? { sharedState } : {}),
       ...(warnings.length ? { warnings } : {}),
     });
   });
