@@ -7,6 +7,7 @@ import type { ToolRegistry } from '../tools/registry.js';
 import type { ResolvedToolSet } from '../toolset/defaults.js';
 import type { TurnMemory, UpstreamState } from './turn.js';
 import type { Upstream } from './upstream.js';
+import type { LanguagePicker } from './voice.js';
 
 export interface ActiveToolSet {
   toolset: ResolvedToolSet;
@@ -14,4 +15,6 @@ export interface ActiveToolSet {
   upstream: Upstream;
   upstreamState: UpstreamState;
   memory: TurnMemory | undefined;
+  /** Picks the language of the proxy's own lines (filler, still-working, error message). */
+  language: LanguagePicker;
 }

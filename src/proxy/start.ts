@@ -16,6 +16,7 @@ import { createMemory } from './memory.js';
 import { buildMetricsServer, buildServer } from './server.js';
 import { UpstreamState } from './turn.js';
 import { Upstream } from './upstream.js';
+import { LanguagePicker } from './voice.js';
 
 export const DEFAULT_UPSTREAM_URL = 'http://127.0.0.1:8000';
 
@@ -87,6 +88,7 @@ export async function startProxy(options: ProxyOptions): Promise<RunningProxy> {
       // What we learned about the upstream (no tools, no kwargs) survives a reload to the same server.
       upstreamState: sameUpstream ? previous.upstreamState : new UpstreamState(),
       memory: createMemory(toolset, telemetry, previous?.memory),
+      language: LanguagePicker.for(toolset),
     };
   };
 

@@ -22,7 +22,7 @@ import {
 import type { Logger } from '../telemetry/log.js';
 import type { SpanHandle, Telemetry, TurnOutcome } from '../telemetry/types.js';
 import type { ToolCall, ToolDefinition, ToolOutcome, ToolRunner } from '../tools/types.js';
-import type { ResolvedToolSet } from '../toolset/defaults.js';
+import type { ResolvedToolSet, VoiceText } from '../toolset/defaults.js';
 import {
   type AccumulatedToolCall,
   type AssistantSnapshot,
@@ -42,6 +42,7 @@ import { RawCallFilter } from './raw-calls.js';
 import type { TurnSink } from './sinks.js';
 import { streamChunks } from './sse.js';
 import { type ChatResponse, type Upstream, UpstreamHttpError } from './upstream.js';
+import { type LanguagePicker, TurnVoice } from './voice.js';
 
 /** What the proxy learned about its upstream, shared by all turns. */
 export class UpstreamState {
@@ -77,6 +78,8 @@ export interface TurnDeps {
   logger: Logger;
   /** Reshapes the outgoing history (memory splices) and hears about finished exchanges. */
   memory?: TurnMemory;
+  /** Picks the language of the proxy's own lines; without it, maps speak en or their first entry. */
+  language?: LanguagePicker;
 }
 
 export interface TurnMemory {
@@ -169,10 +172,15 @@ function addUsage(total: Usage | undefined, more: Usage | undefined): Usage | un
 }
 
 /** The filler for a round of calls: the first call (by index) whose tool has one decides. */
-function fillerFor(calls: AccumulatedToolCall[], tools: ToolRunner, fallback: string): string {
+function fillerFor(
+  calls: AccumulatedToolCall[],
+  tools: ToolRunner,
+  fallback: VoiceText,
+  voice: TurnVoice,
+): string {
   for (const call of calls) {
     const own = tools.has(call.name) ? tools.filler(call.name) : undefined;
-    const text = own ?? fallback;
+    const text = voice.line(own ?? fallback);
     if (text !== '') return /\s$/.test(text) ? text : `${text} `;
   }
   return '';
@@ -212,6 +220,7 @@ export async function runTurn(request: TurnRequest, sink: TurnSink, deps: TurnDe
   );
 
   const clientMessages = request.body.messages;
+  const voice = new TurnVoice(deps.language, clientMessages);
   const prepared = deps.memory?.prepare(clientMessages);
   let history = withInstructions(prepared?.messages ?? clientMessages, toolset.instructions);
   // Messages before this turn's own tool rounds; what follows is the turn's exchange so far.
@@ -469,7 +478,7 @@ export async function runTurn(request: TurnRequest, sink: TurnSink, deps: TurnDe
       if (runnable.length === 0) {
         if (final) outcome = 'max_iterations';
         // After tool rounds the user must hear something, even if the model went quiet.
-        if (!spoke && iterations > 1) speak(toolset.voice.errorMessage);
+        if (!spoke && iterations > 1) speak(voice.line(toolset.voice.errorMessage));
         sink.end(snapshot.finishReason === 'length' ? 'length' : 'stop', usage);
         break;
       }
@@ -482,7 +491,7 @@ export async function runTurn(request: TurnRequest, sink: TurnSink, deps: TurnDe
       }
       if (!spoke && !fillerSpoken) {
         fillerSpoken = true;
-        speak(fillerFor(runnable, tools, toolset.voice.filler));
+        speak(fillerFor(runnable, tools, toolset.voice.filler, voice));
       } else if (!endsInSpace) {
         // Unmute holds a word until whitespace follows: release it now, and keep it apart from the answer.
         speak(' ');
@@ -528,7 +537,9 @@ export async function runTurn(request: TurnRequest, sink: TurnSink, deps: TurnDe
       );
       sink.fail(
         proxyError,
-        spoke && !endsInSpace ? ` ${toolset.voice.errorMessage}` : toolset.voice.errorMessage,
+        spoke && !endsInSpace
+          ? ` ${voice.line(toolset.voice.errorMessage)}`
+          : voice.line(toolset.voice.errorMessage),
       );
     }
   }

@@ -24,6 +24,21 @@ export const Duration = Type.String({
   description: 'Go-style duration such as 500ms, 5s or 10m.',
 });
 
+/** Marks a voice line: crd.ts gives it the CEL rule below, validate.ts checks its shape with a clear message. */
+export const VOICE_TEXT_KEYWORD = 'x-earpiece-voice-text';
+
+/**
+ * A line the proxy speaks: one string, or a map from a BCP 47 primary language tag to the line in that
+ * language. A union a CRD cannot type, so the node is free-form JSON there and its shape is a CEL rule.
+ */
+export function VoiceTextSchema(description: string) {
+  return Type.Unsafe<string | Record<string, string>>({
+    description: `${description} A string, or a map from a language tag to a string ({ en: "One moment. ", fr: "Un instant. " }): the proxy picks the language of the user's last messages, else en, else the first entry.`,
+    'x-kubernetes-preserve-unknown-fields': true,
+    [VOICE_TEXT_KEYWORD]: true,
+  });
+}
+
 export const SecretKeyRef = Type.Object(
   { name: Type.String({ minLength: 1 }), key: Type.String({ minLength: 1 }) },
   {
@@ -128,7 +143,18 @@ export const Tool = Type.Object(
     parameters: Type.Optional(Parameters),
     timeout: Type.Optional(Duration),
     cache: Type.Optional(Type.Object({ ttl: Duration }, { additionalProperties: false })),
-    filler: Type.Optional(Type.String()),
+    filler: Type.Optional(
+      VoiceTextSchema(
+        'Spoken when the model calls this tool without saying anything first; overrides voice.filler; "" means none for this tool.',
+      ),
+    ),
+    deferAfter: Type.Optional(
+      Type.String({
+        format: 'duration',
+        description:
+          'When a call is still running after this long, the model is told the result will follow and the turn ends; the call runs on to its timeout and its result is spoken on the next turn (through tool memory, so memory.turns must be above 0). Must be shorter than the timeout.',
+      }),
+    ),
     when: Type.Optional(
       Type.Object(
         { keywords: Type.Array(Type.String({ minLength: 1 }), { minItems: 1 }) },
@@ -174,7 +200,35 @@ export const Spec = Type.Object(
     ),
     voice: Type.Optional(
       Type.Object(
-        { filler: Type.Optional(Type.String()), errorMessage: Type.Optional(Type.String()) },
+        {
+          filler: Type.Optional(
+            VoiceTextSchema(
+              'Spoken when the model calls a tool without saying anything first, so the user hears at once that something is happening. "" turns it off. Default "One moment. ".',
+            ),
+          ),
+          errorMessage: Type.Optional(
+            VoiceTextSchema(
+              'Spoken when the model cannot answer (the LLM server failed or the turn timed out): the voice session goes on instead of ending on an error.',
+            ),
+          ),
+          stillWorking: Type.Optional(
+            VoiceTextSchema(
+              'Spoken once when tools have run for stillWorkingAfter with nothing new said, and never once the answer has begun. "" turns it off. Default "Still working on it. ".',
+            ),
+          ),
+          stillWorkingAfter: Type.Optional(
+            Type.String({
+              format: 'duration',
+              description: 'How long a tool turn may stay silent before stillWorking is spoken. Default 3s.',
+            }),
+          ),
+          speakable: Type.Optional(
+            Type.Boolean({
+              description:
+                "Remove what a TTS would read literally from the model's text: markdown emphasis, headings, list bullets, code fences and emojis; a bare URL becomes its host name. Default true.",
+            }),
+          ),
+        },
         { additionalProperties: false },
       ),
     ),

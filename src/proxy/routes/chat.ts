@@ -5,6 +5,7 @@ import type { ChatMessage } from '../messages.js';
 import type { ServerDeps } from '../server.js';
 import { completionId, JsonSink, SseSink } from '../sinks.js';
 import { runTurn } from '../turn.js';
+import { voiceText } from '../voice.js';
 
 export async function chatRoutes(app: FastifyInstance, deps: ServerDeps): Promise<void> {
   app.post('/v1/chat/completions', async (request, reply) => {
@@ -52,7 +53,10 @@ export async function chatRoutes(app: FastifyInstance, deps: ServerDeps): Promis
     } catch (err) {
       // runTurn handles its own failures; this is the last guard so a stream always ends well-formed.
       deps.logger.error({ err }, 'Turn crashed; ended it with the error message.');
-      sink.fail(new ProxyError('ERP_UPSTREAM_STREAM', 'internal error'), active.toolset.voice.errorMessage);
+      sink.fail(
+        new ProxyError('ERP_UPSTREAM_STREAM', 'internal error'),
+        voiceText(active.toolset.voice.errorMessage, active.language.pick(body.messages as ChatMessage[])),
+      );
     } finally {
       if (streaming) deps.telemetry.streamClosed();
     }
