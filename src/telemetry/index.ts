@@ -51,6 +51,8 @@ export async function createTelemetry(options: TelemetryOptions = {}): Promise<P
       prom.toolsetLoaded(toolset, hash, tools),
     memorySpliced: (toolset, exchanges) => prom.memorySpliced(toolset, exchanges),
     memoryEntries: (toolset, entries) => prom.memoryEntries(toolset, entries),
+    deferredCall: (toolset, outcome) => prom.deferredCall(toolset, outcome),
+    upstreamRateLimited: (toolset) => prom.upstreamRateLimited(toolset),
     shutdown: () => {
       shutdown ??= tracing?.shutdown() ?? Promise.resolve();
       return shutdown;

@@ -5,7 +5,14 @@
  */
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 import { collectProcessMetrics } from './process-metrics.js';
-import type { ToolInfo, ToolOutcomeLabel, ToolRecord, TurnOutcome, TurnRecord } from './types.js';
+import type {
+  DeferredOutcome,
+  ToolInfo,
+  ToolOutcomeLabel,
+  ToolRecord,
+  TurnOutcome,
+  TurnRecord,
+} from './types.js';
 
 /** The label value that every name outside the loaded ToolSets folds into. */
 export const OTHER = 'other';
@@ -76,6 +83,8 @@ export class PromMetrics {
   private readonly memorySplices: Counter<'toolset'>;
   private readonly memorySplicedExchanges: Counter<'toolset'>;
   private readonly memoryEntryCount: Gauge<'toolset'>;
+  private readonly deferredCalls: Counter<'toolset' | 'outcome'>;
+  private readonly rateLimited: Counter<'toolset'>;
   private readonly toolsetInfo: Gauge<'toolset' | 'hash'>;
 
   constructor(options: PromMetricsOptions = {}) {
@@ -160,6 +169,18 @@ export class PromMetrics {
     this.memorySplicedExchanges = new Counter({
       name: 'earpiece_memory_spliced_exchanges_total',
       help: 'Remembered tool exchanges put back into requests.',
+      labelNames: ['toolset'],
+      registers,
+    });
+    this.deferredCalls = new Counter({
+      name: 'earpiece_deferred_calls_total',
+      help: 'Tool calls still running at their deferAfter, by what became of them: delivered (the late result reached the next request), expired, failed or cancelled.',
+      labelNames: ['toolset', 'outcome'],
+      registers,
+    });
+    this.rateLimited = new Counter({
+      name: 'earpiece_upstream_rate_limited_total',
+      help: 'Model requests the upstream refused with 429; the turn spoke voice.errorMessage and was not retried.',
       labelNames: ['toolset'],
       registers,
     });
@@ -256,6 +277,14 @@ export class PromMetrics {
     this.memorySplicedExchanges.inc(labels, exchanges);
   }
 
+  deferredCall(toolset: string, outcome: DeferredOutcome): void {
+    this.deferredCalls.inc({ toolset: this.toolsetLabel(toolset), outcome });
+  }
+
+  upstreamRateLimited(toolset: string): void {
+    this.rateLimited.inc({ toolset: this.toolsetLabel(toolset) });
+  }
+
   memoryEntries(toolset: string, entries: number): void {
     this.memoryEntryCount.set({ toolset: this.toolsetLabel(toolset) }, entries);
   }
@@ -299,6 +328,7 @@ export class PromMetrics {
       this.disconnects.inc({ toolset }, 0);
       this.toolsUnsupported.inc({ toolset }, 0);
       this.memorySplices.inc({ toolset }, 0);
+      this.rateLimited.inc({ toolset }, 0);
     }
     return toolset;
   }

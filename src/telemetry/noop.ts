@@ -20,5 +20,7 @@ export const noopTelemetry: Telemetry = {
   toolsetLoaded() {},
   memorySpliced() {},
   memoryEntries() {},
+  deferredCall() {},
+  upstreamRateLimited() {},
   shutdown: async () => {},
 };

@@ -14,6 +14,13 @@ export type ToolOutcomeLabel =
 
 export type TurnOutcome = 'ok' | 'error' | 'timeout' | 'cancelled' | 'max_iterations';
 
+/**
+ * What became of a deferred call (one still running at its tool's deferAfter): its late result was spliced into
+ * the conversation's next request (`delivered`), or it was dropped because it timed out (`expired`), failed
+ * (`failed`) or was stopped by the user's barge-in (`cancelled`).
+ */
+export type DeferredOutcome = 'delivered' | 'expired' | 'failed' | 'cancelled';
+
 export interface ToolRecord {
   toolset: string;
   tool: string;
@@ -76,6 +83,9 @@ export interface Telemetry {
   toolsetLoaded(toolset: string, hash: string, tools?: readonly ToolInfo[]): void;
   memorySpliced(toolset: string, exchanges: number): void;
   memoryEntries(toolset: string, entries: number): void;
+  deferredCall(toolset: string, outcome: DeferredOutcome): void;
+  /** The upstream answered 429 (a hosted model's rate limit): the turn spoke voice.errorMessage, no retry. */
+  upstreamRateLimited(toolset: string): void;
   /** Flushes exporters; called on SIGTERM. */
   shutdown(): Promise<void>;
 }
