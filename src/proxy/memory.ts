@@ -167,9 +167,14 @@ export class ToolMemory implements TurnMemory, LateResults {
     // Late results first: they are what the model has promised to tell the user.
     const ranked = [...hits.filter((h) => h.entry.late), ...hits.filter((h) => !h.entry.late).reverse()];
     const arrived: string[] = [];
+    let ordinary = 0;
     for (const { at, entry } of ranked) {
-      if (chosen.size >= this.#options.turns && !entry.late) break;
-      if (bytes + entry.bytes > this.#options.maxBytes && !entry.late) continue;
+      // A late result goes back on top of the newest memory.turns exchanges, whatever their size.
+      if (!entry.late) {
+        if (ordinary >= this.#options.turns) break;
+        if (bytes + entry.bytes > this.#options.maxBytes) continue;
+        ordinary++;
+      }
       bytes += entry.bytes;
       chosen.set(at, entry.exchange);
       if (entry.late) {
