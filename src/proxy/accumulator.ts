@@ -1,19 +1,25 @@
 /**
- * Chunks → one assistant message snapshot, plus the events the tool loop acts on while it streams.
+ * Chunks → one assistant message, plus the events the turn acts on while it streams.
  * This is where the upstream dialects meet (vLLM per tool parser, Ollama, llama.cpp, OpenAI): calls are
  * keyed by their `index`, never by id; ids and names are assigned, arguments concatenated. Only
- * choice 0 is read (Unmute never asks for n>1). No I/O, no timers.
+ * choice 0 is read (Unmute never asks for n>1). Given the ToolSet's tool names, content goes through the
+ * raw tool-call filter, so `content` events are what may be spoken and calls written as text come back
+ * from `finish()` like any other. One message is capped at MAX_MESSAGE_CHARS. No I/O, no timers.
  */
 import { randomInt } from 'node:crypto';
 import type { ChatChunk, ChunkDelta, ToolCallDelta, Usage } from './chunks.js';
+import { ProxyError } from './errors.js';
+import { RawCallFilter } from './raw-calls.js';
 
 export type StreamEvent =
-  /** Speakable model text, in order, as it arrives (never reasoning, never refusal). */
+  /** Model text that may be spoken, in order, as it arrives (never reasoning, refusal or raw-call markup). */
   | { type: 'content'; text: string }
   /** reasoning_content / reasoning deltas (the proxy never forwards them). */
   | { type: 'reasoning'; text: string }
   /** First time a call's name is known. */
   | { type: 'tool_call_start'; index: number; name: string }
+  /** A call's arguments are complete: the next call has begun. (At the message's end, `finish()` has the rest.) */
+  | { type: 'tool_call_ready'; call: AccumulatedToolCall }
   | { type: 'usage'; usage: Usage };
 
 export interface AccumulatedToolCall {
@@ -37,14 +43,33 @@ export interface AssistantSnapshot {
   usage: Usage | undefined;
 }
 
+/** The message as the turn uses it: the snapshot, with the calls to run (structured, else recovered from text). */
+export interface AssistantMessage extends AssistantSnapshot {
+  calls: AccumulatedToolCall[];
+  /** The calls were recovered from raw text in `content` (which then is markup, not an answer). */
+  callsFromText: boolean;
+}
+
+export type FinishedMessage =
+  /** `tail`: held-back text that turned out speakable, to be spoken before anything else. */
+  { ok: true; tail: string; message: AssistantMessage } | { ok: false; tail: string; error: ProxyError };
+
 /** Bounds untrusted indexes, as openai-node does (MAX_STREAM_TOOL_CALLS). */
 export const MAX_TOOL_CALL_INDEX = 128;
+
+/**
+ * What one message may make the proxy hold, in characters: reasoning and tool-call arguments together (past
+ * this the model is running away, and the proxy stops reading), and, separately, the content kept for the
+ * history. Content beyond its cap is still spoken as it streams (the turn deadline bounds it) but not kept.
+ */
+export const MAX_MESSAGE_CHARS = 1024 * 1024;
 
 interface CallState {
   index: number;
   id: string | undefined;
   name: string | undefined;
   arguments: string;
+  ready: boolean;
 }
 
 export class StreamAccumulator {
@@ -58,7 +83,23 @@ export class StreamAccumulator {
   readonly #calls = new Map<number, CallState>();
   /** The call the last index-less fragment belongs to. */
   #lastIndex: number | undefined;
+  #highestIndex = -1;
+  #chars = 0;
+  /** The content passed its cap: what follows is spoken, not kept. */
+  #contentCut = false;
+  readonly #maxChars: number;
+  readonly #raw: RawCallFilter | undefined;
 
+  /**
+   * `isToolName`: the ToolSet's tool names, which turns on the raw tool-call filter (without it, content
+   * events are the content as sent).
+   */
+  constructor(options: { isToolName?: (name: string) => boolean; maxChars?: number } = {}) {
+    this.#raw = options.isToolName ? new RawCallFilter(options.isToolName) : undefined;
+    this.#maxChars = options.maxChars ?? MAX_MESSAGE_CHARS;
+  }
+
+  /** Throws ProxyError ERP_UPSTREAM_TOO_LARGE once the message passes the cap. */
   push(chunk: ChatChunk): StreamEvent[] {
     const events: StreamEvent[] = [];
     if (!isObject(chunk)) return events;
@@ -79,6 +120,28 @@ export class StreamAccumulator {
       events.push({ type: 'usage', usage: chunk.usage });
     }
     return events;
+  }
+
+  /**
+   * The message is over: `done` says the stream ended as it should ([DONE] or a whole completion). A
+   * stream cut off before any finish_reason is a typed error, whatever it carried.
+   */
+  finish(done: boolean): FinishedMessage {
+    const raw = this.#raw?.finish();
+    const tail = raw?.text ?? '';
+    if (!done && this.#finishReason === null)
+      return {
+        ok: false,
+        tail,
+        error: new ProxyError('ERP_UPSTREAM_STREAM', 'upstream stream ended before it finished the message'),
+      };
+    const snapshot = this.snapshot();
+    const recovered = snapshot.toolCalls.length === 0 ? (raw?.calls ?? []) : [];
+    const calls =
+      recovered.length > 0
+        ? recovered.map((c, index) => ({ index, id: generateCallId(), name: c.name, arguments: c.arguments }))
+        : snapshot.toolCalls;
+    return { ok: true, tail, message: { ...snapshot, calls, callsFromText: recovered.length > 0 } };
   }
 
   snapshot(): AssistantSnapshot {
@@ -104,12 +167,15 @@ export class StreamAccumulator {
     // Some servers send both fields with the same text (one is the other's deprecated alias).
     const reasoning = nonEmpty(delta.reasoning_content) ? delta.reasoning_content : delta.reasoning;
     if (nonEmpty(reasoning)) {
+      this.#count(reasoning);
       this.#reasoning += reasoning;
       events.push({ type: 'reasoning', text: reasoning });
     }
     if (nonEmpty(delta.content)) {
-      this.#content += delta.content;
-      events.push({ type: 'content', text: delta.content });
+      if (this.#content.length + delta.content.length > this.#maxChars) this.#contentCut = true;
+      if (!this.#contentCut) this.#content += delta.content;
+      const text = this.#raw ? this.#raw.push(delta.content) : delta.content;
+      if (text !== '') events.push({ type: 'content', text });
     }
     if (nonEmpty(delta.refusal)) this.#refusal += delta.refusal;
     if (Array.isArray(delta.tool_calls)) {
@@ -123,8 +189,21 @@ export class StreamAccumulator {
     if (index === undefined) return;
     let call = this.#calls.get(index);
     if (!call) {
-      call = { index, id: undefined, name: undefined, arguments: '' };
+      call = { index, id: undefined, name: undefined, arguments: '', ready: false };
       this.#calls.set(index, call);
+      // A new call means the ones before it are complete (servers stream one call after another).
+      if (index > this.#highestIndex) {
+        this.#highestIndex = index;
+        for (const earlier of this.#calls.values()) {
+          if (earlier.index >= index || earlier.ready || earlier.name === undefined) continue;
+          earlier.ready = true;
+          earlier.id ??= generateCallId();
+          events.push({
+            type: 'tool_call_ready',
+            call: { index: earlier.index, id: earlier.id, name: earlier.name, arguments: earlier.arguments },
+          });
+        }
+      }
     }
     this.#lastIndex = index;
     if (nonEmpty(entry.id)) call.id = entry.id;
@@ -134,9 +213,24 @@ export class StreamAccumulator {
       call.name = name;
     }
     const args: unknown = fn?.arguments;
-    if (typeof args === 'string') call.arguments = appendArguments(call.arguments, args);
+    if (typeof args === 'string') {
+      this.#count(args);
+      call.arguments = appendArguments(call.arguments, args);
+    }
     // A server that sends the arguments as an object means the whole of them.
-    else if (isObject(args)) call.arguments = JSON.stringify(args);
+    else if (isObject(args)) {
+      call.arguments = JSON.stringify(args);
+      this.#count(call.arguments);
+    }
+  }
+
+  #count(text: string): void {
+    this.#chars += text.length;
+    if (this.#chars > this.#maxChars)
+      throw new ProxyError(
+        'ERP_UPSTREAM_TOO_LARGE',
+        `upstream sent a message with more than ${this.#maxChars} characters of reasoning and tool-call arguments`,
+      );
   }
 
   /**

@@ -5,8 +5,9 @@
 
 import type { ToolRegistry } from '../tools/registry.js';
 import type { ResolvedToolSet } from '../toolset/defaults.js';
-import type { TurnMemory, UpstreamState } from './turn.js';
-import type { Upstream } from './upstream.js';
+import type { DeferredCalls } from './deferral.js';
+import type { TurnMemory } from './request-policy.js';
+import type { Upstream, UpstreamState } from './upstream.js';
 import type { LanguagePicker } from './voice.js';
 
 export interface ActiveToolSet {
@@ -17,4 +18,6 @@ export interface ActiveToolSet {
   memory: TurnMemory | undefined;
   /** Picks the language of the proxy's own lines (filler, still-working, error message). */
   language: LanguagePicker;
+  /** Calls of tools with deferAfter that outlast it, and where their late results go. */
+  deferred: DeferredCalls;
 }

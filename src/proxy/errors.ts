@@ -23,6 +23,12 @@ export const ERRORS = {
     type: 'api_error',
     summary: 'The LLM server sent an error or a broken stream mid-answer.',
   },
+  ERP_UPSTREAM_TOO_LARGE: {
+    status: 502,
+    type: 'api_error',
+    summary:
+      'The LLM server sent a message or completion larger than the proxy takes (1 MiB of text, 4 MiB of JSON).',
+  },
   ERP_CONTEXT_LENGTH: {
     status: 400,
     type: 'invalid_request_error',

@@ -14,7 +14,7 @@ import { LRUCache } from 'lru-cache';
 import type { Telemetry } from '../telemetry/types.js';
 import type { ResolvedToolSet } from '../toolset/defaults.js';
 import { type ChatMessage, messageText } from './messages.js';
-import type { TurnMemory } from './turn.js';
+import type { TurnMemory } from './request-policy.js';
 
 interface Entry {
   /** Number of client messages in the prefix, and the text of its last (user) message. */
@@ -260,6 +260,8 @@ export class ToolMemory implements TurnMemory, LateResults {
     // The spoken answer follows in the client's history; the remembered assistant message holds only the calls.
     const stored = exchange.map((m) => (m.role === 'assistant' ? { ...m, content: null } : m));
     const bytes = Buffer.byteLength(JSON.stringify(stored));
+    // Too big to ever be spliced back: not kept (a runaway call's arguments must not sit in memory).
+    if (bytes > this.#options.maxBytes) return;
     this.#cache.set(hash.key(), {
       count: clientMessages.length,
       userText: messageText(last),

@@ -6,9 +6,9 @@
  */
 import { randomUUID } from 'node:crypto';
 import type { ServerResponse } from 'node:http';
-import type { AccumulatedToolCall } from './accumulator.js';
+import { type AccumulatedToolCall, MAX_MESSAGE_CHARS } from './accumulator.js';
 import type { Usage } from './chunks.js';
-import { errorBody, type ProxyError } from './errors.js';
+import { errorBody, ProxyError } from './errors.js';
 
 export type FinishReason = 'stop' | 'length' | 'tool_calls';
 
@@ -138,6 +138,8 @@ export class JsonSink implements TurnSink {
   #text = '';
   #calls: AccumulatedToolCall[] = [];
   #ended = false;
+  /** The answer passed MAX_MESSAGE_CHARS: it is not held whole, and the client gets an error instead. */
+  #tooLarge = false;
 
   constructor(res: ServerResponse, envelope: Envelope) {
     this.#res = res;
@@ -152,7 +154,8 @@ export class JsonSink implements TurnSink {
   begin(): void {}
 
   content(text: string): boolean {
-    this.#text += text;
+    if (this.#text.length + text.length > MAX_MESSAGE_CHARS) this.#tooLarge = true;
+    else if (!this.#tooLarge) this.#text += text;
     return true;
   }
 
@@ -166,6 +169,12 @@ export class JsonSink implements TurnSink {
 
   end(reason: FinishReason, usage?: Usage): void {
     if (this.closed) return;
+    if (this.#tooLarge) {
+      this.fail(
+        new ProxyError('ERP_UPSTREAM_TOO_LARGE', `the answer is longer than ${MAX_MESSAGE_CHARS} characters`),
+      );
+      return;
+    }
     this.#ended = true;
     const { id, model, created } = this.#envelope;
     const message: Record<string, unknown> = {

@@ -12,10 +12,10 @@ import { loadToolSetFile, ToolSetWatcher } from '../toolset/load.js';
 import { formatIssues } from '../toolset/validate.js';
 import { resolveValue } from '../toolset/values.js';
 import type { ActiveToolSet } from './active.js';
+import { DeferredCalls } from './deferral.js';
 import { createMemory } from './memory.js';
 import { buildMetricsServer, buildServer } from './server.js';
-import { UpstreamState } from './turn.js';
-import { Upstream } from './upstream.js';
+import { Upstream, UpstreamState } from './upstream.js';
 import { LanguagePicker } from './voice.js';
 
 export const DEFAULT_UPSTREAM_URL = 'http://127.0.0.1:8000';
@@ -81,14 +81,16 @@ export async function startProxy(options: ProxyOptions): Promise<RunningProxy> {
       );
     announce();
     tools.onChange(announce);
+    const memory = createMemory(toolset, telemetry, previous?.memory);
     return {
       toolset,
       tools,
       upstream,
       // What we learned about the upstream (no tools, no kwargs) survives a reload to the same server.
       upstreamState: sameUpstream ? previous.upstreamState : new UpstreamState(),
-      memory: createMemory(toolset, telemetry, previous?.memory),
+      memory,
       language: LanguagePicker.for(toolset),
+      deferred: new DeferredCalls(memory, (outcome) => telemetry.deferredCall(toolset.name, outcome), logger),
     };
   };
 

@@ -1,15 +1,42 @@
 /**
- * The LLM server: one long-lived undici Pool per origin. A chat stream is read through undici's dispatch
- * handler, so each read reaches the turn in the same tick it leaves the socket (no stream or iterator in
- * between); the turn pauses the read while the client's socket is full, so a slow client slows the
- * upstream socket rather than growing memory. No transport retries: the deliberate re-sends (context
- * length, tools unsupported, kwargs refused) are decisions of the turn loop, which this module names by
- * classifying the upstream's refusals.
+ * The LLM server: one long-lived undici Pool per origin. A chat answer comes back as one ChunkSource,
+ * whether the server streamed it (SSE) or ignored `stream` and sent one JSON completion. A stream is read
+ * through undici's dispatch handler, so each read reaches the turn in the same tick it leaves the socket
+ * (no stream or iterator in between); the reader pauses the source while the client's socket is full, so
+ * a slow client slows the upstream socket rather than growing memory. No transport retries: the
+ * deliberate re-sends (context length, tools unsupported, kwargs refused) are the request policy's
+ * (request-policy.ts), which this module serves by classifying the upstream's refusals and keeping what
+ * it learned about the server in UpstreamState.
  */
 import type { IncomingHttpHeaders } from 'node:http';
 import { type Dispatcher, Pool } from 'undici';
+import type { ChatChunk, Usage } from './chunks.js';
 import { ProxyError } from './errors.js';
-import type { BodyReader, PushedBody } from './sse.js';
+import { type BodyReader, type PushedBody, streamChunks } from './sse.js';
+
+/** What the proxy learned about its upstream, shared by all turns. */
+export class UpstreamState {
+  #toolsUnsupportedUntil = 0;
+  #warned = false;
+  kwargsRejected = false;
+  constructor(private readonly now: () => number = Date.now) {}
+
+  /** True only the first time: the refusal is logged once, with the flags to add. */
+  firstToolsRefusal(): boolean {
+    const first = !this.#warned;
+    this.#warned = true;
+    return first;
+  }
+
+  /** vLLM without --enable-auto-tool-choice refuses any request with tools: send none for 60 s. */
+  markToolsUnsupported(): void {
+    this.#toolsUnsupportedUntil = this.now() + 60_000;
+  }
+
+  get toolsAccepted(): boolean {
+    return this.now() >= this.#toolsUnsupportedUntil;
+  }
+}
 
 export type UpstreamRefusal = 'context_length' | 'tools_unsupported' | 'kwargs_rejected' | 'other';
 
@@ -28,11 +55,28 @@ export function classifyRefusal(status: number, body: string): UpstreamRefusal {
   return 'other';
 }
 
+/** A client's headers passed on to the model server: OpenRouter's app attribution (hosted upstreams read them). */
+export const ATTRIBUTION_HEADERS = ['http-referer', 'x-title'] as const;
+
+/** `retry-after` in seconds (delta-seconds or an HTTP date), or undefined when absent or unreadable. */
+export function retryAfterSeconds(
+  value: string | string[] | undefined,
+  now = Date.now(),
+): number | undefined {
+  const text = Array.isArray(value) ? value[0] : value;
+  if (text === undefined || text.trim() === '') return undefined;
+  if (/^\d+$/.test(text.trim())) return Number(text.trim());
+  const date = Date.parse(text);
+  return Number.isNaN(date) ? undefined : Math.max(0, Math.ceil((date - now) / 1000));
+}
+
 export class UpstreamHttpError extends ProxyError {
   readonly refusal: UpstreamRefusal;
   constructor(
     readonly upstreamStatus: number,
     readonly upstreamBody: string,
+    /** A 429's or 503's `retry-after`, in seconds. */
+    readonly retryAfter?: number,
   ) {
     const refusal = classifyRefusal(upstreamStatus, upstreamBody);
     super(
@@ -52,10 +96,102 @@ function summarize(body: string): string {
   return body.slice(0, 300);
 }
 
-export type ChatResponse =
-  | { kind: 'sse'; body: UpstreamBody }
-  /** A server that ignored `stream: true` and answered with one JSON completion. */
-  | { kind: 'json'; completion: unknown };
+/** One chat answer, read chunk by chunk, whatever its wire form. */
+export interface ChunkSource {
+  /**
+   * Hands every chunk to `onChunk` as it arrives. Resolves true when the answer said it was complete
+   * (`[DONE]`, or a whole JSON completion), false for a stream cut off without it; rejects on a broken
+   * stream or when `onChunk` throws, closing the response.
+   */
+  read(onChunk: (chunk: ChatChunk) => void): Promise<boolean>;
+  /** Stops reading from the socket until `resume()` (the client's socket is full). */
+  pause(): void;
+  resume(): void;
+}
+
+/**
+ * A non-streamed completion's body is capped while it is read, as tool answers are: a voice answer is a
+ * few hundred bytes, and a runaway server must not be buffered whole.
+ */
+export const MAX_COMPLETION_BYTES = 4 * 1024 * 1024;
+
+/** A server that ignored `stream: true` and answered with one JSON completion: the chunk it would have streamed. */
+class CompletionSource implements ChunkSource {
+  constructor(readonly completion: unknown) {}
+
+  read(onChunk: (chunk: ChatChunk) => void): Promise<boolean> {
+    try {
+      onChunk(completionAsChunk(this.completion));
+      return Promise.resolve(true);
+    } catch (err) {
+      return Promise.reject(err);
+    }
+  }
+
+  pause(): void {}
+  resume(): void {}
+}
+
+/** A streamed answer: its body's reads decoded as they arrive. */
+class StreamSource implements ChunkSource {
+  constructor(readonly body: UpstreamBody) {}
+
+  read(onChunk: (chunk: ChatChunk) => void): Promise<boolean> {
+    return streamChunks(this.body, onChunk);
+  }
+
+  pause(): void {
+    this.body.pause();
+  }
+
+  resume(): void {
+    this.body.resume();
+  }
+}
+
+function completionAsChunk(completion: unknown): ChatChunk {
+  const c = completion as {
+    id?: string;
+    model?: string;
+    choices?: {
+      message?: {
+        content?: string | null;
+        tool_calls?: { id?: string; function?: { name?: string; arguments?: string } }[];
+      };
+      finish_reason?: string;
+    }[];
+    usage?: Usage;
+  };
+  const choice = c.choices?.[0];
+  const message = choice?.message ?? {};
+  return {
+    id: c.id,
+    model: c.model,
+    choices: [
+      {
+        index: 0,
+        delta: {
+          role: 'assistant',
+          content: message.content ?? null,
+          tool_calls: (message.tool_calls ?? []).map((t, index) => ({
+            index,
+            id: t.id,
+            type: 'function',
+            function: t.function,
+          })),
+        },
+        finish_reason: choice?.finish_reason ?? 'stop',
+      },
+    ],
+    usage: c.usage,
+  };
+}
+
+/** A model request on its way: `sent` settles once it is on the wire (or has failed), `response` with the answer. */
+export interface ChatCall {
+  sent: Promise<void>;
+  response: Promise<ChunkSource>;
+}
 
 /**
  * A streamed chat response body. Reads wait in a queue until `read()` names the reader; then every read
@@ -168,34 +304,49 @@ export class Upstream {
   }
 
   /**
-   * POST /v1/chat/completions with `stream: true`. Throws UpstreamHttpError or ERP_UPSTREAM_UNREACHABLE.
-   * `onSent` runs once the request is written: undici holds a request for a reused socket until the next
-   * event-loop turn (idle-socket validation), and the caller's own writes should not go before it.
+   * POST /v1/chat/completions with `stream: true`. The response rejects with UpstreamHttpError,
+   * ERP_UPSTREAM_UNREACHABLE, or ERP_UPSTREAM_TOO_LARGE (a JSON completion over MAX_COMPLETION_BYTES).
+   * `sent` settles once the request is written: undici holds a request for a reused socket until the next
+   * event-loop turn (idle-socket validation), and the client's response head should not go before it.
    */
   chat(
     body: Record<string, unknown>,
-    headers: { authorization?: string | undefined; traceparent?: string | undefined },
+    headers: {
+      authorization?: string | undefined;
+      traceparent?: string | undefined;
+      /** The client's ATTRIBUTION_HEADERS, passed on as they came. */
+      attribution?: Record<string, string> | undefined;
+    },
     signal: AbortSignal,
-    onSent?: () => void,
-  ): Promise<ChatResponse> {
+  ): ChatCall {
     const requestHeaders: Record<string, string> = {
+      ...headers.attribution,
       'content-type': 'application/json',
       accept: 'text/event-stream',
       ...this.#authHeader(headers.authorization),
     };
     if (headers.traceparent) requestHeaders.traceparent = headers.traceparent;
-    return new Promise((resolve, reject) => {
+    let markSent!: () => void;
+    const sent = new Promise<void>((resolve) => {
+      markSent = resolve;
+    });
+    const response = new Promise<ChunkSource>((resolve, reject) => {
       const origin = this.origin;
       let controller: Dispatcher.DispatchController | undefined;
       let kind: 'sse' | 'json' | 'refused' | undefined;
       let status = 0;
+      let retryAfter: number | undefined;
       let stream: UpstreamBody | undefined;
       let parts: Buffer[] = [];
       let size = 0;
       const onAbort = () => controller?.abort(signal.reason as Error);
-      const settle = () => signal.removeEventListener('abort', onAbort);
+      const fail = (err: unknown) => {
+        signal.removeEventListener('abort', onAbort);
+        markSent();
+        reject(err);
+      };
       if (signal.aborted) {
-        reject(signal.reason);
+        fail(signal.reason);
         return;
       }
       signal.addEventListener('abort', onAbort, { once: true });
@@ -211,9 +362,10 @@ export class Upstream {
             controller = c;
             if (signal.aborted) c.abort(signal.reason as Error);
           },
-          onRequestSent: onSent,
+          onRequestSent: markSent,
           onResponseStart(c, statusCode, responseHeaders) {
             status = statusCode;
+            retryAfter = retryAfterSeconds(responseHeaders['retry-after']);
             if (statusCode >= 400) {
               kind = 'refused';
             } else if (String(responseHeaders['content-type'] ?? '').includes('application/json')) {
@@ -221,7 +373,7 @@ export class Upstream {
             } else {
               kind = 'sse';
               stream = new UpstreamBody(c);
-              resolve({ kind: 'sse', body: stream });
+              resolve(new StreamSource(stream));
             }
           },
           onResponseData(c, chunk) {
@@ -233,34 +385,47 @@ export class Upstream {
             size += chunk.length;
             // An error body is only summarized: the rest is not worth reading.
             if (kind === 'refused' && size >= MAX_ERROR_BODY) {
-              settle();
-              reject(new UpstreamHttpError(status, readParts(parts, MAX_ERROR_BODY)));
+              fail(new UpstreamHttpError(status, readParts(parts, MAX_ERROR_BODY), retryAfter));
               parts = [];
               c.abort(new Error('upstream error body read'));
+            } else if (kind === 'json' && size > MAX_COMPLETION_BYTES) {
+              fail(
+                new ProxyError(
+                  'ERP_UPSTREAM_TOO_LARGE',
+                  `upstream sent a completion larger than ${MAX_COMPLETION_BYTES} bytes`,
+                ),
+              );
+              parts = [];
+              c.abort(new Error('upstream completion too large'));
             }
           },
           onResponseEnd() {
-            settle();
+            signal.removeEventListener('abort', onAbort);
             if (kind === 'sse') {
               (stream as UpstreamBody).finish();
             } else if (kind === 'refused') {
-              reject(new UpstreamHttpError(status, readParts(parts, MAX_ERROR_BODY)));
+              fail(new UpstreamHttpError(status, readParts(parts, MAX_ERROR_BODY), retryAfter));
             } else {
               try {
-                resolve({ kind: 'json', completion: JSON.parse(readParts(parts)) });
-              } catch (err) {
-                reject(err);
+                resolve(new CompletionSource(JSON.parse(readParts(parts))));
+              } catch {
+                fail(
+                  new ProxyError(
+                    'ERP_UPSTREAM_STREAM',
+                    'upstream sent a JSON completion that does not parse',
+                  ),
+                );
               }
             }
           },
           onResponseError(_c, err) {
-            settle();
             if (stream) {
+              signal.removeEventListener('abort', onAbort);
               stream.finish(err);
             } else if (signal.aborted) {
-              reject(signal.reason);
+              fail(signal.reason);
             } else {
-              reject(
+              fail(
                 new ProxyError('ERP_UPSTREAM_UNREACHABLE', `upstream ${origin} unreachable: ${err.message}`, {
                   cause: err,
                 }),
@@ -270,6 +435,7 @@ export class Upstream {
         },
       );
     });
+    return { sent, response };
   }
 
   /** Any other /v1/* request, passed through unchanged (bodies streamed both ways). */

@@ -231,7 +231,8 @@ describe('StreamAccumulator', () => {
       [0, 'f', '{"q": 1}'],
       [1, 'g', '{"q": 2}'],
     ]);
-    expect(events.map((e) => e.type)).toEqual(['tool_call_start', 'tool_call_start']);
+    // Call 0 is complete once call 1 begins, even inside one chunk.
+    expect(events.map((e) => e.type)).toEqual(['tool_call_start', 'tool_call_ready', 'tool_call_start']);
   });
 
   it('allows interleaved calls', () => {
@@ -258,6 +259,7 @@ describe('StreamAccumulator', () => {
       { type: 'content', text: ' check.' },
       { type: 'tool_call_start', index: 0, name: 'f' },
       { type: 'content', text: '\n' },
+      { type: 'tool_call_ready', call: { index: 0, id: 'a', name: 'f', arguments: '{}' } },
       { type: 'tool_call_start', index: 1, name: 'g' },
     ]);
     expect(accumulator.snapshot().content).toBe('Let me check.\n');
@@ -337,7 +339,7 @@ describe('StreamAccumulator', () => {
       [0, 'a'],
       [MAX_TOOL_CALL_INDEX - 1, 'b'],
     ]);
-    expect(events).toHaveLength(2);
+    expect(events.map((e) => e.type)).toEqual(['tool_call_start', 'tool_call_ready', 'tool_call_start']);
   });
 
   it('reads only choice 0', () => {

@@ -9,7 +9,6 @@ import { fileURLToPath } from 'node:url';
 import { expect } from 'vitest';
 import { StreamAccumulator } from '../../src/proxy/accumulator.js';
 import type { ChatChunk, Usage } from '../../src/proxy/chunks.js';
-import { RawCallFilter } from '../../src/proxy/raw-calls.js';
 import { ChunkDecoder, UpstreamStreamError } from '../../src/proxy/sse.js';
 
 export const STREAM_FIXTURES_DIR = fileURLToPath(new URL('../fixtures/streams/', import.meta.url));
@@ -126,19 +125,21 @@ export function readAll(parts: Uint8Array[], options?: { maxEventBytes?: number 
   }
 }
 
-/** The whole pipeline below the tool loop: bytes → chunks → snapshot, and content → raw-call filter. */
+/**
+ * The production pipeline below the tool loop: bytes → ChunkDecoder → StreamAccumulator (with the raw
+ * tool-call filter, as turns run it) → finish().
+ */
 export async function decode(parts: Uint8Array[]): Promise<Decoded> {
   const read = readAll(parts);
-  const accumulator = new StreamAccumulator();
-  const filter = new RawCallFilter((name) => FIXTURE_TOOLS.has(name));
+  const accumulator = new StreamAccumulator({ isToolName: (name) => FIXTURE_TOOLS.has(name) });
   let spoken = '';
   for (const chunk of read.chunks) {
-    for (const event of accumulator.push(chunk))
-      if (event.type === 'content') spoken += filter.push(event.text);
+    for (const event of accumulator.push(chunk)) if (event.type === 'content') spoken += event.text;
   }
-  const end = filter.finish();
-  spoken += end.text;
+  const finished = accumulator.finish(read.done === true);
+  spoken += finished.tail;
   const snapshot = accumulator.snapshot();
+  const rawCalls = finished.ok && finished.message.callsFromText ? finished.message.calls : [];
   return {
     chunks: read.chunks.length,
     done: read.done,
@@ -152,7 +153,7 @@ export async function decode(parts: Uint8Array[]): Promise<Decoded> {
     finishReason: snapshot.finishReason,
     usage: snapshot.usage ?? null,
     spoken,
-    rawCalls: end.calls.map((call) => ({ name: call.name, parsedArguments: parseOrMark(call.arguments) })),
+    rawCalls: rawCalls.map((call) => ({ name: call.name, parsedArguments: parseOrMark(call.arguments) })),
   };
 }
 

@@ -201,6 +201,14 @@ describe('ToolMemory', () => {
     ).toBe(0);
   });
 
+  it('does not keep an exchange bigger than maxBytes', () => {
+    const memory = new ToolMemory({ turns: 5, ttlMs: 60_000, maxBytes: 1000, maxEntries: 10 });
+    memory.remember([{ role: 'user', content: 'q1' }], exchange('x'.repeat(5000)));
+    expect(memory.size).toBe(0);
+    memory.remember([{ role: 'user', content: 'q2' }], exchange('small'));
+    expect(memory.size).toBe(1);
+  });
+
   it('never reorders, drops or changes a client message (property)', () => {
     const message = fc.record({
       role: fc.constantFrom('system', 'user', 'assistant'),

@@ -13,6 +13,95 @@ async function metric(harness: ProxyHarness, pattern: RegExp): Promise<number> {
 }
 
 describe('review regressions', () => {
+  const weatherTool = {
+    name: 'get_time',
+    builtin: 'time',
+  };
+
+  it('speaks the error message when the answer after a tool round is empty (the filler is not an answer)', async () => {
+    const { harness } = await setup(
+      (_req, i) => ({ sse: i === 0 ? toolCallReply([{ name: 'get_time', arguments: {} }]) : textReply('') }),
+      { tools: [weatherTool] },
+    );
+    const { text } = await unmuteTurn(harness.client, [SYSTEM, { role: 'user', content: 'Time?' }]);
+    expect(text).toBe("One moment. Sorry, I couldn't do that right now. ");
+  });
+
+  it('speaks the error message when the model still calls tools at the iteration cap', async () => {
+    const { upstream, harness } = await setup(
+      () => ({ sse: toolCallReply([{ name: 'get_time', arguments: {} }]) }),
+      {
+        limits: { maxIterations: 1 },
+        tools: [weatherTool],
+      },
+    );
+    const { text } = await unmuteTurn(harness.client, [SYSTEM, { role: 'user', content: 'Time?' }]);
+    expect(text).toBe("One moment. Sorry, I couldn't do that right now. ");
+    expect(upstream.requests.map((r) => Boolean(r.body.tools))).toEqual([true, false]);
+  });
+
+  it('stops reading a message whose tool-call arguments pass the cap, and speaks the error message', async () => {
+    const piece = 'x'.repeat(64 * 1024);
+    const events = Array.from(
+      { length: 40 },
+      () =>
+        `data: {"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"${piece}"}}]}}]}\n\n`,
+    );
+    const { upstream, harness } = await setup(
+      () => ({
+        sse: [
+          'data: {"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"c","function":{"name":"get_time","arguments":"{\\"a\\": \\""}}]}}]}\n\n',
+          // Paced, so the model is still writing when the proxy stops reading.
+          ...events.flatMap((e) => [e, { delayMs: 10 }]),
+          'data: [DONE]\n\n',
+        ],
+      }),
+      { tools: [weatherTool] },
+    );
+    const { text } = await unmuteTurn(harness.client, [SYSTEM, { role: 'user', content: 'Time?' }]);
+    expect(text).toBe("Sorry, I couldn't do that right now. ");
+    expect(await upstream.closed(0)).toBe('aborted');
+    expect(upstream.requests).toHaveLength(1);
+  });
+
+  it('caps a non-streamed upstream completion while reading it, and answers with a clear error', async () => {
+    const huge = {
+      choices: [{ index: 0, message: { role: 'assistant', content: 'y'.repeat(6 * 1024 * 1024) } }],
+    };
+    const { harness } = await setup(() => ({ json: huge }), { tools: [] });
+    const response = await fetch(`${harness.proxy.url}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ model: 'm', messages: [{ role: 'user', content: 'Hi' }] }),
+    });
+    expect(response.status).toBe(502);
+    expect(response.headers.get('x-should-retry')).toBe('false');
+    expect(((await response.json()) as { error: { code: string } }).error.code).toBe(
+      'ERP_UPSTREAM_TOO_LARGE',
+    );
+    const { text } = await unmuteTurn(harness.client, [SYSTEM, { role: 'user', content: 'Hi' }]);
+    expect(text).toBe("Sorry, I couldn't do that right now. ");
+  });
+
+  it('answers a non-streaming client with an error rather than hold an answer past the cap', async () => {
+    const words = `${'word '.repeat(13_000)}`;
+    const events = Array.from(
+      { length: 20 },
+      () => `data: {"choices":[{"index":0,"delta":{"content":"${words}"}}]}\n\n`,
+    );
+    const stop = 'data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\ndata: [DONE]\n\n';
+    const { harness } = await setup(() => ({ sse: [...events, stop] }), { tools: [] });
+    const response = await fetch(`${harness.proxy.url}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ model: 'm', messages: [{ role: 'user', content: 'Talk' }] }),
+    });
+    expect(response.status).toBe(502);
+    expect(((await response.json()) as { error: { code: string } }).error.code).toBe(
+      'ERP_UPSTREAM_TOO_LARGE',
+    );
+  });
+
   it('drops the client’s own chat_template_kwargs too when the upstream refuses the field (no resend loop)', async () => {
     const { upstream, harness } = await setup(
       (req) =>

@@ -276,9 +276,8 @@ describe('decoding the recorded streams', () => {
 
     const chat = async (url: string) => {
       const upstream = new Upstream({ url, timeoutMs: 5000 });
-      const response = await upstream.chat({ messages: [] }, {}, new AbortController().signal);
-      if (response.kind !== 'sse') throw new Error('expected a streamed response');
-      return { upstream, body: response.body };
+      const source = await upstream.chat({ messages: [] }, {}, new AbortController().signal).response;
+      return { upstream, source };
     };
 
     it('decodes an undici body written in small pieces like the whole buffer', async () => {
@@ -294,27 +293,29 @@ describe('decoding the recorded streams', () => {
         }
         res.end();
       });
-      const { upstream, body } = await chat(url);
+      const { upstream, source } = await chat(url);
       const chunks: unknown[] = [];
-      const done = await streamChunks(body, (chunk) => chunks.push(chunk));
+      const done = await source.read((chunk) => chunks.push(chunk));
       const whole = readAll([bytes]);
       expect({ chunks, done }).toEqual({ chunks: whole.chunks, done: true });
       await upstream.close();
     });
 
-    it('closes the upstream response when the reader closes the body', async () => {
+    it('closes the upstream response when the reader stops', async () => {
       let responseClosed: Promise<unknown> | undefined;
       const url = await listen((_, res) => {
         responseClosed = once(res, 'close');
         res.writeHead(200, { 'content-type': 'text/event-stream' });
         res.write(`data: ${JSON.stringify(one)}\n\n`);
       });
-      const { upstream, body } = await chat(url);
-      const first = await new Promise((resolve) =>
-        body.read({ data: (bytes) => resolve(new TextDecoder().decode(bytes)), end() {}, error() {} }),
-      );
-      expect(first).toBe(`data: ${JSON.stringify(one)}\n\n`);
-      body.close();
+      const { upstream, source } = await chat(url);
+      const seen: unknown[] = [];
+      const read = source.read((chunk) => {
+        seen.push(chunk);
+        throw new Error('the reader stops');
+      });
+      await expect(read).rejects.toThrow('the reader stops');
+      expect(seen).toEqual([one]);
       await responseClosed;
       await upstream.close();
     });

@@ -1,6 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { UpstreamState } from '../../src/proxy/turn.js';
-import { classifyRefusal } from '../../src/proxy/upstream.js';
+import { classifyRefusal, UpstreamState } from '../../src/proxy/upstream.js';
 
 describe('classifyRefusal', () => {
   it.each([

@@ -1,11 +1,22 @@
 /** POST /v1/chat/completions: the client's turn, streamed (SSE sink) or not (JSON sink). */
+import type { IncomingHttpHeaders } from 'node:http';
 import type { FastifyInstance } from 'fastify';
 import { errorBody, ProxyError } from '../errors.js';
 import type { ChatMessage } from '../messages.js';
 import type { ServerDeps } from '../server.js';
 import { completionId, JsonSink, SseSink } from '../sinks.js';
 import { runTurn } from '../turn.js';
+import { ATTRIBUTION_HEADERS } from '../upstream.js';
 import { voiceText } from '../voice.js';
+
+/** The client's OpenRouter attribution headers, when it sent any. */
+function attributionHeaders(headers: IncomingHttpHeaders): Record<string, string> | undefined {
+  const entries = ATTRIBUTION_HEADERS.flatMap((name) => {
+    const value = headers[name];
+    return typeof value === 'string' ? [[name, value] as const] : [];
+  });
+  return entries.length > 0 ? Object.fromEntries(entries) : undefined;
+}
 
 export async function chatRoutes(app: FastifyInstance, deps: ServerDeps): Promise<void> {
   app.post('/v1/chat/completions', async (request, reply) => {
@@ -41,6 +52,7 @@ export async function chatRoutes(app: FastifyInstance, deps: ServerDeps): Promis
           authorization: request.headers.authorization,
           traceparent:
             typeof request.headers.traceparent === 'string' ? request.headers.traceparent : undefined,
+          attribution: attributionHeaders(request.headers),
           clientSignal: client.signal,
           receivedAt,
         },

@@ -1,0 +1,85 @@
+/**
+ * One model message, read from an accepted upstream call: its speakable text goes to the speaker as it
+ * arrives (the read pauses while the client's socket is full), each call whose arguments are complete goes
+ * to the tool round at once, and the finished message comes back, or the failure is thrown.
+ */
+import { chatResponseAttributes } from '../telemetry/genai.js';
+import type { Telemetry } from '../telemetry/types.js';
+import { type AssistantMessage, StreamAccumulator } from './accumulator.js';
+import type { ChatChunk } from './chunks.js';
+import type { OpenedCall } from './request-policy.js';
+import { SpeakableFilter } from './speakable.js';
+import type { Speaker } from './speaker.js';
+import type { ToolRound } from './tool-round.js';
+
+export interface ReadParts {
+  speaker: Speaker;
+  /** Receives calls as their arguments complete; undefined when none may start before the message ends. */
+  round: ToolRound | undefined;
+  /** The ToolSet's tool names: their calls written as text are recovered, never spoken. */
+  isToolName: (name: string) => boolean;
+  telemetry: Telemetry;
+  toolset: string;
+  signal: AbortSignal;
+  /** voice.speakable: the model's text goes through a SpeakableFilter on its way to the speaker. */
+  speakable: boolean;
+}
+
+export async function readMessage(opened: OpenedCall, parts: ReadParts): Promise<AssistantMessage> {
+  const { source, chat, sentAt } = opened;
+  const { speaker, round, telemetry } = parts;
+  const accumulator = new StreamAccumulator({ isToolName: parts.isToolName });
+  speaker.startMessage();
+  const filter = parts.speakable ? new SpeakableFilter() : undefined;
+  let firstTokenSeconds: number | undefined;
+  let paused = false;
+  const resume = () => {
+    paused = false;
+    source.resume();
+  };
+  const onChunk = (chunk: ChatChunk) => {
+    const timedAlready = firstTokenSeconds !== undefined;
+    for (const event of accumulator.push(chunk)) {
+      if (firstTokenSeconds === undefined && event.type !== 'usage')
+        firstTokenSeconds = (performance.now() - sentAt) / 1000;
+      if (event.type === 'tool_call_ready') round?.ready(event.call);
+      if (event.type !== 'content') continue;
+      // A full client socket pauses the upstream read until it drains (or the client leaves).
+      if (speaker.model(filter ? filter.push(event.text) : event.text) || paused) continue;
+      paused = true;
+      source.pause();
+      void speaker.drained().then(resume);
+    }
+    // Recorded once the first words are on their way to the client, not before.
+    if (!timedAlready && firstTokenSeconds !== undefined)
+      telemetry.upstreamTimeToFirstToken(parts.toolset, firstTokenSeconds);
+  };
+  let done: boolean;
+  try {
+    done = await source.read(onChunk);
+  } catch (err) {
+    chat.end(parts.signal.aborted ? 'cancelled' : 'upstream_stream');
+    throw err;
+  }
+  const finished = accumulator.finish(done);
+  speaker.model(filter ? filter.push(finished.tail) + filter.finish() : finished.tail);
+  if (!finished.ok) {
+    chat.end('upstream_stream');
+    throw finished.error;
+  }
+  const { message } = finished;
+  chat.setAttributes(
+    chatResponseAttributes({
+      ...(message.id ? { responseId: message.id } : {}),
+      ...(message.model ? { responseModel: message.model } : {}),
+      finishReasons: [message.finishReason ?? 'none'],
+      ...(firstTokenSeconds !== undefined ? { timeToFirstChunkSeconds: firstTokenSeconds } : {}),
+      ...(message.usage?.prompt_tokens !== undefined ? { inputTokens: message.usage.prompt_tokens } : {}),
+      ...(message.usage?.completion_tokens !== undefined
+        ? { outputTokens: message.usage.completion_tokens }
+        : {}),
+    }),
+  );
+  chat.end();
+  return message;
+}

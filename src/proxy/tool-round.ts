@@ -1,0 +1,182 @@
+/**
+ * One round of the model's calls to ToolSet tools. A call starts as soon as its arguments are complete
+ * (`ready`, while the model still streams the next call), or when the message ends (`finish`); at most
+ * `maxParallelCalls` run at once, and the results come back in index order. Before the first tool request
+ * leaves, the filler is decided: the first call by index whose tool has one (else voice.filler).
+ */
+import { startToolSpan, toolResultAttributes } from '../telemetry/genai.js';
+import type { Logger } from '../telemetry/log.js';
+import type { SpanHandle, Telemetry } from '../telemetry/types.js';
+import type { ToolCall, ToolOutcome, ToolRunner } from '../tools/types.js';
+import type { VoiceText } from '../toolset/defaults.js';
+import type { AccumulatedToolCall } from './accumulator.js';
+import type { Deferral, DeferredCalls } from './deferral.js';
+
+export interface ToolRoundParts {
+  tools: ToolRunner;
+  toolset: string;
+  maxParallelCalls: number;
+  /** voice.filler, for calls whose tool names none of its own. */
+  filler: VoiceText;
+  /** A voice line in the turn's language. */
+  line: (text: VoiceText) => string;
+  /** Where calls of tools with deferAfter run; without it every call is awaited to its end. */
+  deferred?: DeferredCalls | undefined;
+  /** The turn's signal: the client's hang-up and the deadline. */
+  signal: AbortSignal;
+  /** The client's own signal, to log tools that finish after it left (onInterrupt: finish). */
+  clientSignal: AbortSignal;
+  span: SpanHandle;
+  telemetry: Telemetry;
+  logger: Logger;
+  /** Called once, before the first tool request leaves, with the filler ('' for none). */
+  beforeFirstCall(filler: string): void;
+}
+
+interface Entry {
+  call: AccumulatedToolCall;
+  outcome?: Promise<ToolOutcome>;
+}
+
+export class ToolRound {
+  readonly #parts: ToolRoundParts;
+  /** Made when the first call starts: most turns run no tools. */
+  #abort: AbortController | undefined;
+  #signal: AbortSignal | undefined;
+  /** By index; `#order` keeps the indexes sorted. */
+  readonly #entries = new Map<number, Entry>();
+  #order: number[] = [];
+  #filler: string | undefined;
+  #running = 0;
+  #waiting: Array<() => void> = [];
+  /** Calls that outlasted their deferAfter: they run on after the turn. */
+  readonly deferrals: Deferral[] = [];
+
+  constructor(parts: ToolRoundParts) {
+    this.#parts = parts;
+  }
+
+  /** A call whose arguments are complete, while the message goes on. */
+  ready(call: AccumulatedToolCall): void {
+    this.#add(call);
+    this.#decideFiller(false);
+    this.#startReady();
+  }
+
+  /** The message has ended with these calls: starts the rest; resolves with every outcome, in index order. */
+  finish(calls: readonly AccumulatedToolCall[]): Promise<ToolOutcome[]> {
+    for (const call of calls) this.#add(call);
+    this.#decideFiller(true);
+    this.#startReady();
+    return Promise.all(this.#order.map((i) => this.#entries.get(i)?.outcome as Promise<ToolOutcome>));
+  }
+
+  /** The calls as they ran, in index order (for the assistant message sent back upstream). */
+  get calls(): AccumulatedToolCall[] {
+    return this.#order.map((i) => (this.#entries.get(i) as Entry).call);
+  }
+
+  /** The message failed: calls already started are stopped (onInterrupt: finish tools run on). */
+  abandon(reason: unknown): void {
+    this.#abort?.abort(reason);
+  }
+
+  #add(call: AccumulatedToolCall): void {
+    if (this.#entries.has(call.index)) return;
+    this.#entries.set(call.index, { call });
+    this.#order.push(call.index);
+    this.#order.sort((a, b) => a - b);
+  }
+
+  /** The first call by index whose tool has a filler decides; until one has, later calls might. */
+  #decideFiller(messageEnded: boolean): void {
+    if (this.#filler !== undefined) return;
+    const { tools, filler, line } = this.#parts;
+    for (const index of this.#order) {
+      const { name } = (this.#entries.get(index) as Entry).call;
+      const text = line((tools.has(name) ? tools.filler(name) : undefined) ?? filler);
+      if (text !== '') {
+        this.#filler = /\s$/.test(text) ? text : `${text} `;
+        break;
+      }
+    }
+    if (this.#filler === undefined && messageEnded) this.#filler = '';
+    if (this.#filler !== undefined) this.#parts.beforeFirstCall(this.#filler);
+  }
+
+  #startReady(): void {
+    if (this.#filler === undefined) return;
+    for (const index of this.#order) {
+      const entry = this.#entries.get(index) as Entry;
+      entry.outcome ??= this.#limited(entry.call);
+    }
+  }
+
+  async #limited(call: AccumulatedToolCall): Promise<ToolOutcome> {
+    if (this.#running >= this.#parts.maxParallelCalls)
+      await new Promise<void>((resolve) => this.#waiting.push(resolve));
+    this.#running++;
+    try {
+      return await this.#run(call);
+    } finally {
+      this.#running--;
+      this.#waiting.shift()?.();
+    }
+  }
+
+  async #run(c: AccumulatedToolCall): Promise<ToolOutcome> {
+    const { tools, telemetry, logger } = this.#parts;
+    const call: ToolCall = { id: c.id, name: c.name, arguments: c.arguments };
+    const span = startToolSpan(this.#parts.span, {
+      name: c.name,
+      callId: c.id,
+      // Run by the proxy: an extension, or a datastore for SQL (GenAI conventions).
+      type: tools.kind(c.name) === 'sql' ? 'datastore' : 'extension',
+      arguments: c.arguments,
+    });
+    if (!this.#signal) {
+      this.#abort = new AbortController();
+      this.#signal = AbortSignal.any([this.#parts.signal, this.#abort.signal]);
+    }
+    const record = (outcome: ToolOutcome, late: boolean) => {
+      telemetry.toolCall({
+        toolset: this.#parts.toolset,
+        tool: c.name,
+        outcome: outcome.outcome,
+        seconds: outcome.seconds,
+      });
+      if (!late && this.#parts.clientSignal.aborted && outcome.outcome !== 'cancelled') {
+        logger.info(
+          { tool: c.name, outcome: outcome.outcome },
+          'Tool finished after the client left (onInterrupt: finish).',
+        );
+      }
+      span.setAttributes({
+        'earpiece.tool.outcome': outcome.outcome,
+        'earpiece.tool.deferred': late,
+        ...toolResultAttributes(outcome.content),
+      });
+      span.end(outcome.outcome === 'ok' || outcome.outcome === 'cache_hit' ? undefined : outcome.outcome);
+    };
+    const signal = this.#signal;
+    const deferAfterMs = tools.has(c.name) ? tools.deferAfter(c.name) : undefined;
+    const deferred = this.#parts.deferred;
+    if (deferAfterMs === undefined || !deferred) {
+      const outcome = await tools.call(call, signal);
+      record(outcome, false);
+      return outcome;
+    }
+    const { outcome, deferral } = await deferred.run(call, () => tools.call(call, signal), {
+      deferAfterMs,
+      clientSignal: this.#parts.clientSignal,
+    });
+    if (!deferral) {
+      record(outcome, false);
+      return outcome;
+    }
+    // The real outcome is recorded when it lands; the model reads the pending one now.
+    this.deferrals.push(deferral);
+    void deferral.outcome.then((late) => record(late, true));
+    return outcome;
+  }
+}

@@ -1,0 +1,180 @@
+/**
+ * Tools start mid-stream: a call whose arguments are complete (the next call has begun) runs while the
+ * model still streams the rest of its message. The model here streams call 0 whole, then call 1's
+ * arguments piece by piece, and holds back the last piece until it sees tool 0's request (or a guard
+ * of several seconds passes), so the order is what the test checks, not a timing.
+ */
+import { once } from 'node:events';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { afterEach, describe, expect, it } from 'vitest';
+import { startTestProxy, unmuteTurn } from '../support/proxy.js';
+
+const SYSTEM = { role: 'system' as const, content: 'Be brief.' };
+const GUARD_MS = 5000;
+
+const cleanups: (() => Promise<void>)[] = [];
+afterEach(async () => {
+  while (cleanups.length) await cleanups.pop()?.();
+});
+
+async function listen(handler: (req: IncomingMessage, res: ServerResponse) => void): Promise<string> {
+  const server: Server = createServer(handler);
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  cleanups.push(async () => {
+    server.closeAllConnections();
+    await new Promise((r) => server.close(r));
+  });
+  return `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+}
+
+function signalled(): { promise: Promise<void>; fire: () => void } {
+  let fire!: () => void;
+  const promise = new Promise<void>((r) => {
+    fire = r;
+  });
+  return { promise, fire };
+}
+
+const chunk = (delta: Record<string, unknown>, finish: string | null = null) =>
+  `data: ${JSON.stringify({ id: 'chatcmpl-1', object: 'chat.completion.chunk', model: 'm', choices: [{ index: 0, delta, finish_reason: finish }] })}\n\n`;
+const call = (index: number, fn: Record<string, unknown>, id?: string) =>
+  chunk({ tool_calls: [{ index, ...(id ? { id, type: 'function' } : {}), function: fn }] });
+
+/**
+ * A model whose first answer calls get_weather twice: call 0 (`firstArgs`) whole, then call 1 for Oslo in
+ * 40 pieces, the last one held until `release` fires (or the guard passes). Its second answer is text.
+ */
+async function twoCallModel(firstArgs: string, release: Promise<void>) {
+  const requests: Array<Record<string, unknown>> = [];
+  const state = { heldBackUntilTool: false, firstAborted: signalled() };
+  const url = await listen(async (req, res) => {
+    let body = '';
+    for await (const part of req) body += part;
+    requests.push(JSON.parse(body));
+    res.writeHead(200, { 'content-type': 'text/event-stream' });
+    if (requests.length > 1) {
+      res.write(chunk({ role: 'assistant', content: 'Sunny in both.' }));
+      res.end(`${chunk({}, 'stop')}data: [DONE]\n\n`);
+      return;
+    }
+    res.on('close', () => {
+      if (!res.writableFinished) state.firstAborted.fire();
+    });
+    res.write(chunk({ role: 'assistant', content: '' }));
+    res.write(call(0, { name: 'get_weather', arguments: '' }, 'call_0'));
+    res.write(call(0, { arguments: firstArgs }));
+    res.write(call(1, { name: 'get_weather', arguments: '' }, 'call_1'));
+    const args = JSON.stringify({ city: 'Oslo' }).padEnd(40, ' ');
+    for (const piece of args.slice(0, -1)) {
+      res.write(call(1, { arguments: piece }));
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    const guard = new Promise<'guard'>((r) => setTimeout(() => r('guard'), GUARD_MS));
+    state.heldBackUntilTool = (await Promise.race([release.then(() => 'tool' as const), guard])) === 'tool';
+    if (res.destroyed) return;
+    res.write(call(1, { arguments: args.at(-1) }));
+    res.write(chunk({}, 'tool_calls'));
+    res.end('data: [DONE]\n\n');
+  });
+  return { url, requests, state };
+}
+
+function weatherSpec(url: string) {
+  return {
+    tools: [
+      {
+        name: 'get_weather',
+        description: 'Weather for a city',
+        parameters: { type: 'object', properties: { city: { type: 'string' } }, required: ['city'] },
+        http: { url: `${url}/weather{?city}` },
+      },
+    ],
+  };
+}
+
+describe('tools that start mid-stream', () => {
+  it("requests tool 0 before call 1's arguments end, and sends the results back in index order", async () => {
+    const toolZero = signalled();
+    const cities: string[] = [];
+    const weather = await listen((req, res) => {
+      const city = new URL(req.url ?? '/', 'http://x').searchParams.get('city') ?? '';
+      cities.push(city);
+      if (city === 'Paris') toolZero.fire();
+      res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ city, sky: 'sunny' }));
+    });
+    const model = await twoCallModel(JSON.stringify({ city: 'Paris' }), toolZero.promise);
+    const harness = await startTestProxy(weatherSpec(weather), model.url);
+    cleanups.push(() => harness.close());
+
+    const { text } = await unmuteTurn(harness.client, [
+      SYSTEM,
+      { role: 'user', content: 'Weather in Paris and Oslo?' },
+    ]);
+
+    expect(model.state.heldBackUntilTool).toBe(true);
+    expect(text).toBe('One moment. Sunny in both.');
+    expect(cities).toEqual(['Paris', 'Oslo']);
+    const followUp = model.requests[1] as {
+      messages: Array<{ role: string; tool_call_id?: string; content?: string }>;
+    };
+    const tools = followUp.messages.filter((m) => m.role === 'tool');
+    expect(tools.map((m) => m.tool_call_id)).toEqual(['call_0', 'call_1']);
+    expect(tools.map((m) => JSON.parse(m.content ?? '{}').city)).toEqual(['Paris', 'Oslo']);
+  });
+
+  it('turns call 0 with arguments that fail the schema into an error result, and still runs call 1', async () => {
+    const cities: string[] = [];
+    const weather = await listen((req, res) => {
+      const city = new URL(req.url ?? '/', 'http://x').searchParams.get('city') ?? '';
+      cities.push(city);
+      res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ city, sky: 'sunny' }));
+    });
+    // Nothing to wait for: call 0 never reaches the weather service.
+    const model = await twoCallModel(JSON.stringify({ city: 5 }), Promise.resolve());
+    const harness = await startTestProxy(weatherSpec(weather), model.url);
+    cleanups.push(() => harness.close());
+
+    const { text } = await unmuteTurn(harness.client, [SYSTEM, { role: 'user', content: 'Weather?' }]);
+
+    expect(text).toBe('One moment. Sunny in both.');
+    expect(cities).toEqual(['Oslo']);
+    const followUp = model.requests[1] as { messages: Array<{ role: string; content?: string }> };
+    const [first, second] = followUp.messages.filter((m) => m.role === 'tool');
+    expect(first?.content).toMatch(/city/);
+    expect(first?.content).toMatch(/error|invalid/i);
+    expect(JSON.parse(second?.content ?? '{}')).toEqual({ city: 'Oslo', sky: 'sunny' });
+  });
+
+  it('cancels tool 0 when the client hangs up while call 1 still streams', async () => {
+    const toolZero = signalled();
+    const toolZeroClosed = signalled();
+    const weather = await listen((req, res) => {
+      toolZero.fire();
+      // Never answers: only the proxy's abort ends this request.
+      res.on('close', () => toolZeroClosed.fire());
+      req.resume();
+    });
+    const never = new Promise<void>(() => {});
+    const model = await twoCallModel(JSON.stringify({ city: 'Paris' }), never);
+    const harness = await startTestProxy(weatherSpec(weather), model.url);
+    cleanups.push(() => harness.close());
+
+    const client = new AbortController();
+    const turn = harness.client.chat.completions
+      .create(
+        { model: 'm', messages: [SYSTEM, { role: 'user', content: 'Weather?' }], stream: true },
+        { signal: client.signal },
+      )
+      .then(async (stream) => {
+        for await (const _ of stream);
+      })
+      .catch(() => {});
+    await toolZero.promise;
+    client.abort();
+    await Promise.all([toolZeroClosed.promise, model.state.firstAborted.promise, turn]);
+    expect(model.state.heldBackUntilTool).toBe(false);
+    expect(model.requests).toHaveLength(1);
+  });
+});
