@@ -1,6 +1,8 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
+import { textReply, toolCallReply } from '../../src/proxy/scripted-upstream.js';
 import { SpeakableFilter, speakable } from '../../src/proxy/speakable.js';
+import { unmuteTurn, useScriptedProxy } from '../support/proxy.js';
 
 /** One construct each: what the model wrote, and what the TTS should get. */
 const GOLDEN: [string, string, string][] = [
@@ -116,5 +118,38 @@ describe('speakable text', () => {
         }
       }),
     );
+  });
+});
+
+describe('speakable text through the proxy', () => {
+  const { setup } = useScriptedProxy();
+  const SYSTEM = { role: 'system' as const, content: 'You are a helpful voice assistant.' };
+  const model = (_req: unknown, i: number) =>
+    i === 0
+      ? { sse: toolCallReply([{ name: 'now', arguments: {} }]) }
+      : { sse: textReply('**Sure!** It is *noon* 🕛, see https://time.example.com/now.') };
+
+  it("filters the model's text only: the proxy's own lines are spoken as written", async () => {
+    const { harness } = await setup(model, {
+      voice: { filler: 'One *moment*. ' },
+      tools: [{ name: 'now', builtin: 'time' }],
+    });
+    const { text } = await unmuteTurn(harness.client, [
+      SYSTEM,
+      { role: 'user', content: 'What time is it?' },
+    ]);
+    expect(text).toBe('One *moment*. Sure! It is noon , see time.example.com.');
+  });
+
+  it('is off with speakable: false', async () => {
+    const { harness } = await setup(model, {
+      voice: { speakable: false },
+      tools: [{ name: 'now', builtin: 'time' }],
+    });
+    const { text } = await unmuteTurn(harness.client, [
+      SYSTEM,
+      { role: 'user', content: 'What time is it?' },
+    ]);
+    expect(text).toBe('One moment. **Sure!** It is *noon* 🕛, see https://time.example.com/now.');
   });
 });
