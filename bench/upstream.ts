@@ -19,7 +19,13 @@
 import { once } from 'node:events';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { type ScriptStep, textReply, toolCallReply, words } from '../src/proxy/scripted-upstream.js';
+import {
+  type TimedWrite,
+  textReply,
+  timedWrites,
+  toolCallReply,
+  words,
+} from '../src/demo/scripted-upstream.js';
 import {
   ANSWER_TEXT,
   type ChildMessage,
@@ -31,47 +37,24 @@ import {
 
 const TOOL_PACE_MS = 2;
 
-/** A reply as the writes it is made of: text written after a pause (consecutive steps are one write). */
-interface Segment {
-  delayMs: number;
-  text: string;
-}
-
-function segments(steps: ScriptStep[]): Segment[] {
-  const out: Segment[] = [];
-  let delayMs = 0;
-  for (const step of steps) {
-    if (typeof step === 'object' && 'delayMs' in step && Object.keys(step).length === 1) {
-      delayMs += step.delayMs as number;
-      continue;
-    }
-    const text = typeof step === 'string' ? step : `data: ${JSON.stringify(step)}\n\n`;
-    const last = out.at(-1);
-    if (last && delayMs === 0) last.text += text;
-    else out.push({ delayMs, text });
-    delayMs = 0;
-  }
-  return out;
-}
-
 const now = () => performance.timeOrigin + performance.now();
 
 /** Writes the segments with their pauses; `onLast` runs right after the final write. */
-function play(res: ServerResponse, parts: Segment[], onLast?: () => void): void {
+function play(res: ServerResponse, parts: TimedWrite[], onLast?: () => void): void {
   let i = 0;
   const next = () => {
     if (res.destroyed) return;
-    const part = parts[i++] as Segment;
+    const part = parts[i++] as TimedWrite;
     if (i === parts.length) {
       res.end(part.text);
       onLast?.();
       return;
     }
     res.write(part.text);
-    setTimeout(next, (parts[i] as Segment).delayMs);
+    setTimeout(next, (parts[i] as TimedWrite).delayMs);
   };
   res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache' });
-  const first = parts[0] as Segment;
+  const first = parts[0] as TimedWrite;
   if (first.delayMs > 0) setTimeout(next, first.delayMs);
   else next();
 }
@@ -113,7 +96,7 @@ async function main(): Promise<void> {
     return turns[id] as TurnStamps;
   };
 
-  const stream = segments(textReply(answerText(), 'vllm-llama3json', { delayMs: PACE_MS }));
+  const stream = timedWrites(textReply(answerText(), 'vllm-llama3json', { delayMs: PACE_MS }));
 
   const model = createServer(async (req, res) => {
     const arrived = now();
@@ -133,7 +116,7 @@ async function main(): Promise<void> {
       else
         play(
           res,
-          segments(toolCallReply([{ name: 'slow_lookup', arguments: { id: key } }], 'vllm-llama3json')),
+          timedWrites(toolCallReply([{ name: 'slow_lookup', arguments: { id: key } }], 'vllm-llama3json')),
         );
       return;
     }
@@ -142,7 +125,7 @@ async function main(): Promise<void> {
       play(res, stream);
     } else if (body.includes('"role":"tool"')) {
       turn(id).nextAsked = arrived;
-      play(res, segments(textReply(`It is sunny at bench-${id}.`)));
+      play(res, timedWrites(textReply(`It is sunny at bench-${id}.`)));
     } else {
       const call = toolCallReply(
         [{ name: 'get_weather', arguments: { place: `bench-${id}` } }],
@@ -151,7 +134,7 @@ async function main(): Promise<void> {
           delayMs: TOOL_PACE_MS,
         },
       );
-      play(res, segments(call), () => {
+      play(res, timedWrites(call), () => {
         turn(id).callSent = now();
       });
     }

@@ -3,29 +3,18 @@
  * that streams in vLLM's tool-call format, a local weather service, and the real proxy between them;
  * the client is Unmute's exact request shape, and what it would speak is printed as it streams.
  */
-import { once } from 'node:events';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { createServer } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { stringify } from 'yaml';
-import {
-  type RecordedRequest,
-  type ScriptedReply,
-  startScriptedUpstream,
-  textReply,
-  toolCallReply,
-} from '../src/proxy/scripted-upstream.js';
+import { startHomeServer } from '../src/demo/home-mcp.js';
+import { demoModel } from '../src/demo/model.js';
+import { startScriptedUpstream } from '../src/demo/scripted-upstream.js';
+import { startWeatherService } from '../src/demo/weather.js';
 import { startProxy } from '../src/proxy/start.js';
 import { createTelemetry } from '../src/telemetry/index.js';
 import { createLogger } from '../src/telemetry/log.js';
-
-const CITIES: Record<string, { latitude: number; longitude: number; temperature: number; wind: number }> = {
-  lisbon: { latitude: 38.72, longitude: -9.14, temperature: 24, wind: 12 },
-  oslo: { latitude: 59.91, longitude: 10.75, temperature: 7, wind: 31 },
-};
 
 const CONVERSATION = [
   "What's the weather in Lisbon?",
@@ -34,96 +23,6 @@ const CONVERSATION = [
   "And what's 12.5 times 4?",
   'Please turn on the kitchen light.',
 ];
-
-/** A smart-home MCP server (Streamable HTTP, stateless), like Home Assistant's /api/mcp. */
-async function startHomeServer(): Promise<{ url: string; lights: Map<string, boolean>; close(): void }> {
-  const { McpServer } = await import('@modelcontextprotocol/sdk/server/mcp.js');
-  const { StreamableHTTPServerTransport } = await import(
-    '@modelcontextprotocol/sdk/server/streamableHttp.js'
-  );
-  const { z } = await import('zod');
-  const lights = new Map([['kitchen', false]]);
-  const http = createServer(async (req, res) => {
-    const server = new McpServer({ name: 'demo-home', version: '1.0.0' });
-    server.registerTool(
-      'TurnOn',
-      { description: 'Turns on a light by room name.', inputSchema: { room: z.string() } },
-      async ({ room }) => {
-        lights.set(room, true);
-        return { content: [{ type: 'text', text: `The ${room} light is on.` }] };
-      },
-    );
-    const transport = new StreamableHTTPServerTransport({ sessionIdGenerator: undefined });
-    res.on('close', () => void transport.close());
-    await server.connect(transport);
-    const chunks: Buffer[] = [];
-    for await (const c of req) chunks.push(c as Buffer);
-    const text = Buffer.concat(chunks).toString('utf8');
-    await transport.handleRequest(req, res, text ? JSON.parse(text) : undefined);
-  });
-  http.listen(0, '127.0.0.1');
-  await once(http, 'listening');
-  return {
-    url: `http://127.0.0.1:${(http.address() as AddressInfo).port}/mcp`,
-    lights,
-    close: () => http.close(),
-  };
-}
-
-/** The stand-in model: decides from the last message what a tool-calling model would do. */
-function model(request: RecordedRequest): ScriptedReply {
-  const messages = request.body.messages ?? [];
-  const last = messages.at(-1);
-  const dialect = 'vllm-hermes';
-  if (last?.role === 'tool') {
-    let parsed: unknown;
-    try {
-      parsed = JSON.parse(String(last.content));
-    } catch {
-      parsed = String(last.content);
-    }
-    const result = (typeof parsed === 'object' && parsed !== null ? parsed : {}) as Record<string, unknown>;
-    if ('temperature_2m' in result) {
-      return {
-        sse: textReply(`It's ${result.temperature_2m} degrees and mostly sunny.`, dialect, { delayMs: 30 }),
-      };
-    }
-    if (typeof parsed === 'string' && parsed.includes('light')) {
-      return { sse: textReply(`Done. ${parsed}`, dialect, { delayMs: 30 }) };
-    }
-    if ('weekday' in result) {
-      const time = String(result.datetime).slice(11, 16);
-      return { sse: textReply(`It's ${time} on ${result.weekday} in Tokyo.`, dialect, { delayMs: 30 }) };
-    }
-    return { sse: textReply(`That makes ${String(last.content)}.`, dialect, { delayMs: 30 }) };
-  }
-  const text = String(last?.content ?? '').toLowerCase();
-  const city = Object.keys(CITIES).find((c) => text.includes(c));
-  if (text.includes('weather') && city) {
-    const { latitude, longitude } = CITIES[city] as (typeof CITIES)[string];
-    return { sse: toolCallReply([{ name: 'get_weather', arguments: { latitude, longitude } }], dialect) };
-  }
-  if (text.includes('windy')) {
-    // The earlier weather result is in the history again (tool memory), so the model can answer from it.
-    const remembered = messages.find(
-      (m) => m.role === 'tool' && String(m.content).includes('wind_speed_10m'),
-    );
-    const wind = remembered ? JSON.parse(String(remembered.content)).wind_speed_10m : undefined;
-    const answer =
-      wind === undefined
-        ? "I'd have to check again."
-        : `The wind is at ${wind} kilometres per hour, so just a breeze.`;
-    return { sse: textReply(answer, dialect, { delayMs: 30 }) };
-  }
-  if (text.includes('light')) {
-    return { sse: toolCallReply([{ name: 'home_TurnOn', arguments: { room: 'kitchen' } }], dialect) };
-  }
-  if (text.includes('times'))
-    return { sse: toolCallReply([{ name: 'calculate', arguments: { expression: '12.5 * 4' } }], dialect) };
-  if (text.includes('time'))
-    return { sse: toolCallReply([{ name: 'current_time', arguments: { timezone: 'Asia/Tokyo' } }], dialect) };
-  return { sse: textReply('Hi! Ask me about the weather or the time.', dialect, { delayMs: 30 }) };
-}
 
 export async function main(argv: string[]): Promise<number> {
   const { values } = parseArgs({ args: argv, options: { help: { type: 'boolean', short: 'h' } } });
@@ -135,27 +34,9 @@ export async function main(argv: string[]): Promise<number> {
   }
   const out = process.stdout;
 
-  // A local weather service shaped like Open-Meteo's /v1/forecast.
-  const weather = createServer((req, res) => {
-    const url = new URL(req.url ?? '/', 'http://localhost');
-    const lat = Number(url.searchParams.get('latitude'));
-    const found = Object.values(CITIES).find((c) => Math.abs(c.latitude - lat) < 0.01);
-    res.writeHead(200, { 'content-type': 'application/json' });
-    res.end(
-      JSON.stringify({
-        latitude: lat,
-        current: {
-          time: new Date().toISOString(),
-          temperature_2m: found?.temperature ?? 15,
-          wind_speed_10m: found?.wind ?? 5,
-        },
-      }),
-    );
-  });
-  weather.listen(0, '127.0.0.1');
-  await once(weather, 'listening');
-  const weatherUrl = `http://127.0.0.1:${(weather.address() as AddressInfo).port}`;
-  const upstream = await startScriptedUpstream({ respond: model, models: ['Qwen/Qwen2.5-7B-Instruct'] });
+  const weather = await startWeatherService();
+  const weatherUrl = weather.url;
+  const upstream = await startScriptedUpstream({ respond: demoModel, models: ['Qwen/Qwen2.5-7B-Instruct'] });
   const home = await startHomeServer();
 
   const dir = await mkdtemp(join(tmpdir(), 'earpiece-demo-'));

@@ -3,7 +3,7 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { createServer } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
-import { startScriptedUpstream, textReply } from '../../src/proxy/scripted-upstream.js';
+import { startScriptedUpstream, textReply } from '../../src/demo/scripted-upstream.js';
 
 async function freePort(): Promise<number> {
   const server = createServer().listen(0, '127.0.0.1');

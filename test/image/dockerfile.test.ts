@@ -14,14 +14,14 @@ import { createInterface } from 'node:readline';
 import OpenAI from 'openai';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parse, parseAllDocuments } from 'yaml';
-import { SIDECAR_NAME, SIDECAR_UID } from '../../src/operator/sidecar.js';
 import {
   type ScriptedUpstream,
   startScriptedUpstream,
   textReply,
   toolCallReply,
   toolResults,
-} from '../../src/proxy/scripted-upstream.js';
+} from '../../src/demo/scripted-upstream.js';
+import { SIDECAR_NAME, SIDECAR_UID } from '../../src/operator/sidecar.js';
 import { allowed } from '../chart/rbac.js';
 import { find, NAMESPACE, render } from '../chart/render.js';
 import { type FakeApiServer, type KObject, startFakeApiServer } from '../support/fake-apiserver.js';

@@ -6,11 +6,7 @@ import { request } from 'node:http';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import {
-  type ScriptedUpstream,
-  startScriptedUpstream,
-  textReply,
-} from '../../src/proxy/scripted-upstream.js';
+import { type ScriptedUpstream, startScriptedUpstream, textReply } from '../../src/demo/scripted-upstream.js';
 import { type ProxyHarness, startTestProxy } from '../support/proxy.js';
 
 setFlagsFromString('--expose-gc');

@@ -13,7 +13,7 @@ import {
   textReply,
   toolCallReply,
   toolResults,
-} from '../../src/proxy/scripted-upstream.js';
+} from '../../src/demo/scripted-upstream.js';
 import { type McpTestServer, startEverythingServer, startMcpServer } from '../support/mcp-server.js';
 import { startPostgres, type TestPostgres } from '../support/postgres.js';
 import { type ProxyHarness, startTestProxy, unmuteTurn } from '../support/proxy.js';

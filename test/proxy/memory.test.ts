@@ -1,7 +1,5 @@
 import fc from 'fast-check';
 import { afterEach, describe, expect, it } from 'vitest';
-import { ToolMemory } from '../../src/proxy/memory.js';
-import type { ChatMessage } from '../../src/proxy/messages.js';
 import {
   type RecordedRequest,
   type ScriptedUpstream,
@@ -9,7 +7,9 @@ import {
   textReply,
   toolCallReply,
   toolResults,
-} from '../../src/proxy/scripted-upstream.js';
+} from '../../src/demo/scripted-upstream.js';
+import { ToolMemory } from '../../src/proxy/memory.js';
+import type { ChatMessage } from '../../src/proxy/messages.js';
 import { type ProxyHarness, startTestProxy, unmuteTurn } from '../support/proxy.js';
 
 const cleanups: (() => Promise<void>)[] = [];

@@ -1,7 +1,7 @@
 /** Defects found in review, each reproduced against the real proxy before it was fixed. */
 import { request } from 'node:http';
 import { describe, expect, it } from 'vitest';
-import { errorReply, textReply, toolCallReply } from '../../src/proxy/scripted-upstream.js';
+import { errorReply, textReply, toolCallReply } from '../../src/demo/scripted-upstream.js';
 import { type ProxyHarness, unmuteTurn, useScriptedProxy } from '../support/proxy.js';
 
 const SYSTEM = { role: 'system' as const, content: 'Be brief.' };

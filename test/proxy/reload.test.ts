@@ -2,11 +2,7 @@ import { mkdir, rename, rm, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { stringify } from 'yaml';
-import {
-  type ScriptedUpstream,
-  startScriptedUpstream,
-  textReply,
-} from '../../src/proxy/scripted-upstream.js';
+import { type ScriptedUpstream, startScriptedUpstream, textReply } from '../../src/demo/scripted-upstream.js';
 import { type ProxyHarness, startTestProxy, toolsetDoc } from '../support/proxy.js';
 
 const cleanups: (() => Promise<void>)[] = [];

@@ -8,7 +8,7 @@ import {
   textReply,
   toolCallReply,
   toolResults,
-} from '../../src/proxy/scripted-upstream.js';
+} from '../../src/demo/scripted-upstream.js';
 import { startTestProxy, unmuteTurn, useScriptedProxy } from '../support/proxy.js';
 
 const SYSTEM = { role: 'system' as const, content: 'Be brief.' };

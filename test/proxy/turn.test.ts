@@ -10,7 +10,7 @@ import {
   textReply,
   toolCallReply,
   toolResults,
-} from '../../src/proxy/scripted-upstream.js';
+} from '../../src/demo/scripted-upstream.js';
 import { type ProxyHarness, startTestProxy, unmuteTurn } from '../support/proxy.js';
 
 const SYSTEM = { role: 'system' as const, content: 'You are a helpful voice assistant.' };

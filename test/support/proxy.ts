@@ -10,7 +10,7 @@ import {
   type ScriptedReply,
   type ScriptedUpstream,
   startScriptedUpstream,
-} from '../../src/proxy/scripted-upstream.js';
+} from '../../src/demo/scripted-upstream.js';
 import { type ProxyOptions, type RunningProxy, startProxy } from '../../src/proxy/start.js';
 import { createLogger } from '../../src/telemetry/log.js';
 

@@ -23,7 +23,7 @@ import {
   startScriptedUpstream,
   textReply,
   toolCallReply,
-} from '../../src/proxy/scripted-upstream.js';
+} from '../../src/demo/scripted-upstream.js';
 import { type RunningProxy, startProxy } from '../../src/proxy/start.js';
 import { createLogger } from '../../src/telemetry/log.js';
 import { labelValuesQuery, loadDashboard, panelQueries, substitute } from '../support/dashboard.js';

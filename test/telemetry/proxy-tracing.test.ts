@@ -13,7 +13,7 @@ import {
   textReply,
   toolCallReply,
   toolResults,
-} from '../../src/proxy/scripted-upstream.js';
+} from '../../src/demo/scripted-upstream.js';
 import { startProxy } from '../../src/proxy/start.js';
 import { createLogger } from '../../src/telemetry/log.js';
 import { OtlpReceiver, SPAN_KIND } from '../support/otlp-receiver.js';

@@ -8,7 +8,7 @@ import { randomBytes } from 'node:crypto';
 import { once } from 'node:events';
 import { createServer, type IncomingHttpHeaders, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
-import { drainOrClose } from './sinks.js';
+import { drainOrClose } from '../proxy/sinks.js';
 
 export type Dialect = 'vllm-llama3json' | 'vllm-hermes' | 'vllm-pythonic' | 'ollama' | 'llamacpp' | 'openai';
 export const DIALECTS: readonly Dialect[] = [
@@ -58,6 +58,33 @@ export interface ScriptedUpstream {
 const isDelay = (s: ScriptStep): s is { delayMs: number } =>
   typeof s === 'object' && 'delayMs' in s && Object.keys(s).length === 1;
 
+/** The SSE text of a step that is not a pause: raw text as is, an object as one `data:` event. */
+export function eventText(step: string | Record<string, unknown>): string {
+  return typeof step === 'string' ? step : `data: ${JSON.stringify(step)}\n\n`;
+}
+
+/** A reply as the writes it is made of: text written after a pause (consecutive steps are one write). */
+export interface TimedWrite {
+  delayMs: number;
+  text: string;
+}
+
+export function timedWrites(steps: ScriptStep[]): TimedWrite[] {
+  const out: TimedWrite[] = [];
+  let delayMs = 0;
+  for (const step of steps) {
+    if (isDelay(step)) {
+      delayMs += step.delayMs;
+      continue;
+    }
+    const last = out.at(-1);
+    if (last && delayMs === 0) last.text += eventText(step);
+    else out.push({ delayMs, text: eventText(step) });
+    delayMs = 0;
+  }
+  return out;
+}
+
 function sleep(ms: number, signal: AbortSignal): Promise<void> {
   return new Promise((resolve) => {
     const t = setTimeout(resolve, ms);
@@ -103,8 +130,7 @@ export async function startScriptedUpstream(options: {
         await sleep(step.delayMs, signal);
         continue;
       }
-      const text = typeof step === 'string' ? step : `data: ${JSON.stringify(step)}\n\n`;
-      if (!res.write(text)) await drainOrClose(res);
+      if (!res.write(eventText(step))) await drainOrClose(res);
     }
   };
 
