@@ -5,7 +5,7 @@
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { toolResults } from '../../src/proxy/scripted-upstream.js';
+import { toolResults } from '../../src/demo/scripted-upstream.js';
 import { unmuteTurn, useScriptedProxy } from '../support/proxy.js';
 import { loadStreamFixture } from './fixtures.js';
 

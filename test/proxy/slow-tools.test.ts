@@ -14,7 +14,7 @@ import {
   textReply,
   toolCallReply,
   toolResults,
-} from '../../src/proxy/scripted-upstream.js';
+} from '../../src/demo/scripted-upstream.js';
 import { unmuteTurn, useScriptedProxy } from '../support/proxy.js';
 
 /** A tool server: GET /work?ms=N&id=X answers {"done": X} after N ms; it records runs and aborted requests. */

@@ -1,6 +1,6 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { textReply, toolCallReply } from '../../src/proxy/scripted-upstream.js';
+import { textReply, toolCallReply } from '../../src/demo/scripted-upstream.js';
 import { SpeakableFilter, speakable } from '../../src/proxy/speakable.js';
 import { unmuteTurn, useScriptedProxy } from '../support/proxy.js';
 
