@@ -33,6 +33,8 @@ import {
   type UpstreamChild,
 } from './procs.js';
 import { ANSWER_TEXT, PACE_MS, SYSTEM_PROMPT } from './protocol.js';
+import { measureSilence, renderSilence } from './silence.js';
+import { measureSpeakable, renderSpeakable } from './speakable.js';
 
 /** `node` is the bare Node.js hop (bench/node-hop.ts): what Node itself costs as a proxy here. */
 type Mode = 'direct' | 'nginx' | 'node' | 'earpiece';
@@ -345,11 +347,24 @@ async function writeToolSet(dir: string, toolUrl: string): Promise<string> {
 export async function main(argv: string[]): Promise<number> {
   const { values } = parseArgs({
     args: argv,
-    options: { rounds: { type: 'string', default: '3' }, streams: { type: 'string', default: '1,100,1000' } },
+    options: {
+      rounds: { type: 'string', default: '3' },
+      streams: { type: 'string', default: '1,100,1000' },
+      // `--only voice`: the silence on tool turns and the speakable filter's cost, without the stream load.
+      only: { type: 'string' },
+    },
   });
   const rounds = Math.max(1, Number(values.rounds));
   const levels = values.streams.split(',').map(Number);
   const log = (line: string) => process.stderr.write(`${line}\n`);
+  if (values.only === 'voice') {
+    const report = await voiceReport(log);
+    process.stdout.write(report);
+    const out = fileURLToPath(new URL('../../bench/results/voice.md', import.meta.url));
+    await writeFile(out, report);
+    log(`Written to ${out}`);
+    return 0;
+  }
   const began = performance.now();
   // Other work on the machine shows in every figure: the run reports the load it started under.
   const loadBefore = loadavg()[0] as number;
@@ -464,6 +479,7 @@ export async function main(argv: string[]): Promise<number> {
     log(`Interrupted turns through earpiece (${CANCEL_TURNS} streams, ${CANCEL_TURNS} tool calls)…`);
     const cancelled = await cancellations(p, to.earpiece as Target);
 
+    const voice = await voiceReport(log);
     const report = render({
       results,
       modes,
@@ -476,9 +492,9 @@ export async function main(argv: string[]): Promise<number> {
       nginxVersion: version,
       seconds: (performance.now() - began) / 1000,
     });
-    process.stdout.write(report);
+    process.stdout.write(report + voice);
     const out = fileURLToPath(new URL('../../bench/results/latest.md', import.meta.url));
-    await writeFile(out, report);
+    await writeFile(out, report + voice);
     log(`Written to ${out}`);
     return 0;
   } finally {
@@ -489,6 +505,21 @@ export async function main(argv: string[]): Promise<number> {
     await upstream.close();
     await rm(dir, { recursive: true, force: true });
   }
+}
+
+/** The voice figures: silence on tool turns (real proxy, real waits) and the speakable filter's cost. */
+async function voiceReport(log: (line: string) => void): Promise<string> {
+  const loadBefore = loadavg()[0] as number;
+  log('Speakable-text filter (in process)…');
+  const speakable = renderSpeakable(measureSpeakable());
+  const silence = renderSilence(await measureSilence(log));
+  return [
+    '',
+    `## Voice (load average ${loadBefore.toFixed(2)} at the start: on a shared machine these figures are noisy)`,
+    '',
+    silence,
+    speakable,
+  ].join('\n');
 }
 
 function render(r: {
