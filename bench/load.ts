@@ -125,6 +125,34 @@ export interface PhaseResult {
   wallSeconds: number;
 }
 
+/** What a stream must carry to count: the model's text, in this many content chunks. */
+export interface Expected {
+  text: string;
+  chunks: number;
+}
+
+function emptyResult(): PhaseResult {
+  return { ttft: [], gaps: [], streams: 0, chunks: 0, errors: new Map(), wallSeconds: 0 };
+}
+
+/** Adds one stream's outcome to a result: an error, or (when recorded) its TTFT and gaps. */
+function tally(result: PhaseResult, outcome: StreamOutcome, expected: Expected, record: boolean): void {
+  result.streams++;
+  result.chunks += outcome.arrivals.length;
+  let error = outcome.error;
+  if (!error && outcome.arrivals.length !== expected.chunks)
+    error = `${outcome.arrivals.length} content chunks, not ${expected.chunks}`;
+  if (!error && outcome.text !== expected.text) error = 'content differs from what the model sent';
+  if (error) {
+    result.errors.set(error, (result.errors.get(error) ?? 0) + 1);
+    return;
+  }
+  if (!record) return;
+  result.ttft.push(outcome.ttftMs);
+  const a = outcome.arrivals;
+  for (let i = 1; i < a.length; i++) result.gaps.push((a[i] as number) - (a[i - 1] as number));
+}
+
 /**
  * N workers, each streaming back to back: one warm-up stream (new sockets, a cold path), then
  * `recorded` measured streams, then more unmeasured ones until every worker is done, so the measured
@@ -136,35 +164,12 @@ export async function phase(
   body: string,
   concurrency: number,
   recorded: number,
-  expectedText: string,
+  expected: Expected,
 ): Promise<PhaseResult> {
-  const result: PhaseResult = {
-    ttft: [],
-    gaps: [],
-    streams: 0,
-    chunks: 0,
-    errors: new Map(),
-    wallSeconds: 0,
-  };
+  const result = emptyResult();
   const started = performance.now();
   let measuring = concurrency;
-  const one = async (record: boolean) => {
-    const outcome = await stream(to, body);
-    result.streams++;
-    result.chunks += outcome.arrivals.length;
-    let error = outcome.error;
-    if (!error && outcome.arrivals.length !== CONTENT_CHUNKS)
-      error = `${outcome.arrivals.length} content chunks, not ${CONTENT_CHUNKS}`;
-    if (!error && outcome.text !== expectedText) error = 'content differs from what the model sent';
-    if (error) {
-      result.errors.set(error, (result.errors.get(error) ?? 0) + 1);
-      return;
-    }
-    if (!record) return;
-    result.ttft.push(outcome.ttftMs);
-    const a = outcome.arrivals;
-    for (let i = 1; i < a.length; i++) result.gaps.push((a[i] as number) - (a[i - 1] as number));
-  };
+  const one = async (record: boolean) => tally(result, await stream(to, body), expected, record);
   const worker = async (index: number) => {
     if (concurrency > 1) await sleep((index * STREAM_MS) / concurrency);
     await one(false);
@@ -173,6 +178,35 @@ export async function phase(
     while (measuring > 0) await one(false);
   };
   await Promise.all(Array.from({ length: concurrency }, (_, i) => worker(i)));
+  result.wallSeconds = (performance.now() - started) / 1000;
+  return result;
+}
+
+/** `count` streams one after another, every one recorded (the one-stream TTFT samples). */
+export async function sequence(
+  to: Target,
+  body: string,
+  count: number,
+  expected: Expected,
+): Promise<PhaseResult> {
+  const result = emptyResult();
+  const started = performance.now();
+  for (let i = 0; i < count; i++) tally(result, await stream(to, body), expected, true);
+  result.wallSeconds = (performance.now() - started) / 1000;
+  return result;
+}
+
+/** `count` requests sent at once, as a crowd of users who all stop talking in the same instant. */
+export async function burst(
+  to: Target,
+  body: string,
+  count: number,
+  expected: Expected,
+): Promise<PhaseResult> {
+  const result = emptyResult();
+  const started = performance.now();
+  const outcomes = await Promise.all(Array.from({ length: count }, () => stream(to, body)));
+  for (const outcome of outcomes) tally(result, outcome, expected, true);
   result.wallSeconds = (performance.now() - started) / 1000;
   return result;
 }

@@ -7,6 +7,11 @@ export const PACE_MS = 20;
 const ANSWER_SENTENCE = 'It is twenty one degrees in Lisbon now, with a light breeze coming from the sea.';
 export const ANSWER_TEXT = Array.from({ length: 4 }, () => ANSWER_SENTENCE).join(' ');
 
+/** A brief answer (8 chunks, 5 ms apart) for the one-stream TTFT samples: many samples in little time. */
+export const BRIEF_TEXT = 'It is twenty one degrees in Lisbon now.';
+export const BRIEF_CHUNKS = 8;
+export const BRIEF_PACE_MS = 5;
+
 /** A system prompt of Unmute's size (about 3 KB: persona, style, silence rules). */
 export const SYSTEM_PROMPT =
   `# BASICS\n${'You are a friendly voice assistant. Your responses will be spoken out loud, so keep them short and write as a human would speak. '.repeat(24)}`.slice(
@@ -20,6 +25,10 @@ export interface TurnStamps {
   toolAsked?: number;
   toolAnswered?: number;
   nextAsked?: number;
+  /** Two calls in one message: the model wrote call 1's first delta (call 0's arguments are complete). */
+  firstCallComplete?: number;
+  /** Two calls in one message: the model wrote call 1's last argument token. */
+  secondCallEnd?: number;
   /** Barge-in: the model's response to this turn was closed by the proxy. */
   upstreamClosed?: number;
   /** Barge-in: the running tool's request was closed by the proxy. */

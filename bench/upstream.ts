@@ -20,6 +20,7 @@ import { once } from 'node:events';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import {
+  type ScriptStep,
   type TimedWrite,
   textReply,
   timedWrites,
@@ -28,6 +29,8 @@ import {
 } from '../src/demo/scripted-upstream.js';
 import {
   ANSWER_TEXT,
+  BRIEF_PACE_MS,
+  BRIEF_TEXT,
   type ChildMessage,
   CONTENT_CHUNKS,
   PACE_MS,
@@ -36,27 +39,72 @@ import {
 } from './protocol.js';
 
 const TOOL_PACE_MS = 2;
+/** The second call's arguments, in tokens (a two-call message at a realistic pace). */
+const SECOND_CALL_TOKENS = 40;
 
 const now = () => performance.timeOrigin + performance.now();
 
-/** Writes the segments with their pauses; `onLast` runs right after the final write. */
-function play(res: ServerResponse, parts: TimedWrite[], onLast?: () => void): void {
+/** Writes the segments with their pauses; `onWrite` runs right after each write (its index; the last ends the response). */
+function play(
+  res: ServerResponse,
+  parts: TimedWrite[],
+  onWrite?: (index: number, last: boolean) => void,
+): void {
   let i = 0;
   const next = () => {
     if (res.destroyed) return;
-    const part = parts[i++] as TimedWrite;
+    const index = i++;
+    const part = parts[index] as TimedWrite;
     if (i === parts.length) {
       res.end(part.text);
-      onLast?.();
+      onWrite?.(index, true);
       return;
     }
     res.write(part.text);
+    onWrite?.(index, false);
     setTimeout(next, (parts[i] as TimedWrite).delayMs);
   };
   res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache' });
   const first = parts[0] as TimedWrite;
   if (first.delayMs > 0) setTimeout(next, first.delayMs);
   else next();
+}
+
+/**
+ * Two calls in one message at a model's pace (vLLM's chunk shape): call 0 whole, then, a token later,
+ * call 1's name (which completes call 0), then call 1's arguments in SECOND_CALL_TOKENS tokens.
+ * Returns the writes and the index of the write that begins call 1.
+ */
+function twoCallMessage(key: string): { writes: TimedWrite[]; secondBegins: number } {
+  const envelope = {
+    id: `chatcmpl-two-${key}`,
+    object: 'chat.completion.chunk',
+    created: 0,
+    model: 'bench-model',
+  };
+  const chunk = (delta: Record<string, unknown>, finish: string | null = null) => ({
+    ...envelope,
+    choices: [{ index: 0, delta, logprobs: null, finish_reason: finish }],
+  });
+  const call = (index: number, fn: Record<string, unknown>, id?: string) =>
+    chunk({ tool_calls: [{ index, ...(id ? { id, type: 'function' } : {}), function: fn }] });
+  const second = JSON.stringify({ place: `two-${key}-b`.padEnd(SECOND_CALL_TOKENS * 2, '.') });
+  const tokens = Array.from({ length: SECOND_CALL_TOKENS }, (_, i) =>
+    second.slice(
+      Math.floor((i * second.length) / SECOND_CALL_TOKENS),
+      Math.floor(((i + 1) * second.length) / SECOND_CALL_TOKENS),
+    ),
+  );
+  const steps: ScriptStep[] = [
+    chunk({ role: 'assistant', content: '' }),
+    call(0, { name: 'get_weather', arguments: JSON.stringify({ place: `two-${key}` }) }, `call0${key}`),
+    { delayMs: PACE_MS },
+    call(1, { name: 'get_weather', arguments: '' }, `call1${key}`),
+    ...tokens.flatMap((t) => [{ delayMs: PACE_MS }, call(1, { arguments: t })]),
+    chunk({}, 'tool_calls'),
+    'data: [DONE]\n\n',
+  ];
+  return { writes: timedWrites(steps), secondBegins: 1 };
 }
 
 /** A spoken answer of exactly 64 words, so textReply makes 64 content chunks. */
@@ -97,6 +145,7 @@ async function main(): Promise<void> {
   };
 
   const stream = timedWrites(textReply(answerText(), 'vllm-llama3json', { delayMs: PACE_MS }));
+  const briefStream = timedWrites(textReply(BRIEF_TEXT, 'vllm-llama3json', { delayMs: BRIEF_PACE_MS }));
 
   const model = createServer(async (req, res) => {
     const arrived = now();
@@ -120,6 +169,25 @@ async function main(): Promise<void> {
         );
       return;
     }
+    const brief = body.includes('brief-answer');
+    if (brief) {
+      play(res, briefStream);
+      return;
+    }
+    const two = /two-calls-(\d+)/.exec(body)?.[1];
+    if (two !== undefined) {
+      if (body.includes('"role":"tool"')) {
+        play(res, timedWrites(textReply('Sunny at both.')));
+        return;
+      }
+      const { writes, secondBegins } = twoCallMessage(two);
+      play(res, writes, (index) => {
+        if (index === secondBegins) turn(`two-${two}`).firstCallComplete = now();
+        // The last write carries call 1's last argument token (and the finish chunk with it).
+        if (index === writes.length - 1) turn(`two-${two}`).secondCallEnd = now();
+      });
+      return;
+    }
     const id = /bench-(\d+)/.exec(body)?.[1];
     if (id === undefined) {
       play(res, stream);
@@ -134,8 +202,8 @@ async function main(): Promise<void> {
           delayMs: TOOL_PACE_MS,
         },
       );
-      play(res, timedWrites(call), () => {
-        turn(id).callSent = now();
+      play(res, timedWrites(call), (_, last) => {
+        if (last) turn(id).callSent = now();
       });
     }
   });
@@ -153,6 +221,8 @@ async function main(): Promise<void> {
       return;
     }
     const place = new URL(req.url ?? '/', 'http://tool').searchParams.get('place') ?? '';
+    const first = /^two-(\d+)$/.exec(place)?.[1];
+    if (first !== undefined) turn(`two-${first}`).toolAsked = arrived;
     const id = /^bench-(\d+)$/.exec(place)?.[1];
     req.resume();
     const answer = JSON.stringify({ place, current: { temperature_2m: 21, wind_speed_10m: 12 } });

@@ -3,6 +3,7 @@ import path from 'node:path';
 import { text as readStream } from 'node:stream/consumers';
 import { parseArgs } from 'node:util';
 import { parseAllDocuments } from 'yaml';
+import type { OperatorErrorCode } from '../src/operator/errors.js';
 import { formatReport, injectManifests, ManifestError } from '../src/operator/inject.js';
 import { type SidecarConfig, SidecarConfigError, sidecarConfigFromEnv } from '../src/operator/sidecar.js';
 import { formatIssues, type ToolSet, validateToolSet } from '../src/toolset/index.js';
@@ -29,7 +30,7 @@ read, a manifest is not YAML, or a ToolSet is invalid (nothing is printed); 2 ba
 
 /** A file that cannot be used: reported on stderr with status 1. */
 class InputError extends Error {
-  readonly code = 'ERP_INJECT_INPUT';
+  readonly code: OperatorErrorCode = 'ERP_INJECT_INPUT';
 }
 
 async function readInput(file: string): Promise<{ name: string; text: string }[]> {

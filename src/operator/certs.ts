@@ -6,6 +6,7 @@
  */
 import { X509Certificate } from 'node:crypto';
 import forge from 'node-forge';
+import type { OperatorErrorCode } from './errors.js';
 
 export interface KeyPairPem {
   certPem: string;
@@ -13,7 +14,7 @@ export interface KeyPairPem {
 }
 
 export class CertificateError extends Error {
-  readonly code = 'ERP_CERT';
+  readonly code: OperatorErrorCode = 'ERP_CERT';
 }
 
 const DAY_MS = 86_400_000;

@@ -4,6 +4,7 @@
  */
 import { parseArgs } from 'node:util';
 import { parseDuration } from '../toolset/duration.js';
+import type { OperatorErrorCode } from './errors.js';
 import { DEFAULT_SIDECAR_IMAGE, type SidecarConfig, sidecarConfigFromEnv } from './sidecar.js';
 
 export type CertMode = 'operator' | 'cert-manager';
@@ -39,7 +40,7 @@ export interface OperatorConfig {
 }
 
 export class ConfigError extends Error {
-  readonly code = 'ERP_CONFIG';
+  readonly code: OperatorErrorCode = 'ERP_CONFIG';
 }
 
 /** Each setting: flag name, environment variable, default. */

@@ -11,6 +11,7 @@ import fastJsonPatch, { type Operation } from 'fast-json-patch';
 import { type Document, isMap, isScalar, isSeq, parseAllDocuments, stringify } from 'yaml';
 import type { ToolSet } from '../toolset/schema.js';
 import { renderConfigMap } from './configmap.js';
+import type { OperatorErrorCode } from './errors.js';
 import { buildInjection, type InjectResult, type PodTemplate } from './patch.js';
 import { toolsetLookup } from './select.js';
 import { LABEL_INJECT, type SidecarConfig } from './sidecar.js';
@@ -18,7 +19,7 @@ import { LABEL_INJECT, type SidecarConfig } from './sidecar.js';
 const { compare } = fastJsonPatch;
 
 export class ManifestError extends Error {
-  readonly code = 'ERP_MANIFEST';
+  readonly code: OperatorErrorCode = 'ERP_MANIFEST';
 }
 
 type Path = (string | number)[];

@@ -15,6 +15,7 @@ import { type CoordinationV1Api, type V1Lease, type V1LeaseSpec, V1MicroTime } f
 import type { Logger } from '../telemetry/log.js';
 import { statusOf } from './api-errors.js';
 import { type Clock, systemClock } from './clock.js';
+import { ConfigError } from './config.js';
 
 export interface LeaderElectionOptions {
   api: CoordinationV1Api;
@@ -51,9 +52,7 @@ export class LeaderElector {
       clock: options.clock ?? systemClock,
     };
     if (this.o.renewDeadlineMs >= this.o.leaseDurationMs) {
-      throw Object.assign(new Error('leader election: the renew deadline must be shorter than the lease'), {
-        code: 'ERP_CONFIG',
-      });
+      throw new ConfigError('leader election: the renew deadline must be shorter than the lease');
     }
   }
 

@@ -5,6 +5,7 @@
  */
 import type { V1Container, V1EnvVar, V1ResourceRequirements, V1Volume } from '@kubernetes/client-node';
 import type { SecretEnv } from '../toolset/values.js';
+import type { OperatorErrorCode } from './errors.js';
 
 export const SIDECAR_NAME = 'earpiece-proxy';
 export const PROXY_PORT = 8095;
@@ -73,7 +74,7 @@ export const DEFAULT_SIDECAR: SidecarConfig = {
 };
 
 export class SidecarConfigError extends Error {
-  readonly code = 'ERP_SIDECAR_CONFIG';
+  readonly code: OperatorErrorCode = 'ERP_SIDECAR_CONFIG';
 }
 
 /**

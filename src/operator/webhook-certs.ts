@@ -37,6 +37,7 @@ import {
 } from './certs.js';
 import { type Clock, systemClock } from './clock.js';
 import type { CertMode } from './config.js';
+import type { OperatorErrorCode } from './errors.js';
 import { CertificateHolder } from './webhook.js';
 
 export const SECRET_KEYS = {
@@ -72,7 +73,7 @@ export interface WebhookCertsOptions {
 }
 
 export class CertError extends Error {
-  readonly code = 'ERP_CERT';
+  readonly code: OperatorErrorCode = 'ERP_CERT';
 }
 
 const jsonPatch = setHeaderOptions('Content-Type', PatchStrategy.JsonPatch);

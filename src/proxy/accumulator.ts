@@ -99,9 +99,16 @@ export class StreamAccumulator {
     this.#maxChars = options.maxChars ?? MAX_MESSAGE_CHARS;
   }
 
-  /** Throws ProxyError ERP_UPSTREAM_TOO_LARGE once the message passes the cap. */
+  /** One array for every push: most chunks carry one event or none, and a turn reads them at once. */
+  readonly #events: StreamEvent[] = [];
+
+  /**
+   * The chunk's events, in order. The array is reused by the next push: read it before pushing again.
+   * Throws ProxyError ERP_UPSTREAM_TOO_LARGE once the message passes the cap.
+   */
   push(chunk: ChatChunk): StreamEvent[] {
-    const events: StreamEvent[] = [];
+    const events = this.#events;
+    events.length = 0;
     if (!isObject(chunk)) return events;
     if (this.#id === undefined && nonEmpty(chunk.id)) this.#id = chunk.id;
     if (this.#model === undefined && nonEmpty(chunk.model)) this.#model = chunk.model;

@@ -287,10 +287,10 @@ export function createMemory(
   };
   if (previous instanceof ToolMemory && previous.sameOptions(options)) return previous;
   return new ToolMemory(options, {
-    onSplice: (n) => telemetry.memorySpliced(toolset.name, n),
-    onSize: (n) => telemetry.memoryEntries(toolset.name, n),
+    onSplice: (n) => telemetry.memory({ toolset: toolset.name, spliced: n }),
+    onSize: (n) => telemetry.memory({ toolset: toolset.name, entries: n }),
     onLate: (tools) => {
-      for (const _ of tools) telemetry.deferredCall(toolset.name, 'delivered');
+      for (const _ of tools) telemetry.deferredCall({ toolset: toolset.name, outcome: 'delivered' });
     },
   });
 }

@@ -52,7 +52,7 @@ export async function readMessage(opened: OpenedCall, parts: ReadParts): Promise
     }
     // Recorded once the first words are on their way to the client, not before.
     if (!timedAlready && firstTokenSeconds !== undefined)
-      telemetry.upstreamTimeToFirstToken(parts.toolset, firstTokenSeconds);
+      telemetry.upstreamCall({ toolset: parts.toolset, timeToFirstTokenSeconds: firstTokenSeconds });
   };
   let done: boolean;
   try {

@@ -147,7 +147,7 @@ export class RequestPolicy {
         chat.end(`http_${err.upstreamStatus}`);
         if (err.upstreamStatus === 429) {
           // A hosted model's rate limit: waiting out retry-after would be silence; the user hears the error line now.
-          telemetry.upstreamRateLimited(toolset.name);
+          telemetry.upstreamCall({ toolset: toolset.name, refusal: 'rate_limited' });
           logger.warn(
             { upstream: upstream.origin, retryAfterSeconds: err.retryAfter },
             'Upstream rate limit (429): spoke the error message; not retried mid-turn.',
@@ -162,7 +162,7 @@ export class RequestPolicy {
             );
           }
           upstreamState.markToolsUnsupported();
-          telemetry.upstreamToolsUnsupported(toolset.name);
+          telemetry.upstreamCall({ toolset: toolset.name, refusal: 'tools_unsupported' });
           offerNow = false;
           continue;
         }

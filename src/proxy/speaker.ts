@@ -7,6 +7,9 @@ import type { Usage } from './chunks.js';
 import type { ProxyError } from './errors.js';
 import type { FinishReason, TurnSink } from './sinks.js';
 
+const NON_SPACE = /\S/;
+const SPACE = /\s/;
+
 export class Speaker {
   readonly #sink: TurnSink;
   /** performance.now() of the first content written, filler included. */
@@ -39,7 +42,7 @@ export class Speaker {
   /** The model's text. False while the client's socket is full: wait for `drained()`. */
   model(text: string): boolean {
     if (text === '') return true;
-    if (text.trim() === '') {
+    if (!NON_SPACE.test(text)) {
       this.#pendingSpace += text;
       return true;
     }
@@ -94,7 +97,7 @@ export class Speaker {
     this.lastContentAt = performance.now();
     this.firstContentAt ??= this.lastContentAt;
     this.#spoke = true;
-    this.#endsInSpace = /\s$/.test(text);
+    this.#endsInSpace = SPACE.test(text.charAt(text.length - 1));
     return this.#sink.content(text);
   }
 }

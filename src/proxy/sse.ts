@@ -5,6 +5,7 @@
  */
 import { createParser, type EventSourceMessage, type EventSourceParser } from 'eventsource-parser';
 import type { ChatChunk } from './chunks.js';
+import type { ErrorCode } from './errors.js';
 
 const DEFAULT_MAX_EVENT_BYTES = 1024 * 1024;
 /** Room for a field name ("data: ") on an unterminated line before the cap applies to it. */
@@ -14,7 +15,7 @@ const SNIPPET_CHARS = 120;
 export type UpstreamStreamErrorKind = 'error_event' | 'malformed' | 'too_large';
 
 export class UpstreamStreamError extends Error {
-  readonly code = 'ERP_UPSTREAM_STREAM';
+  readonly code: ErrorCode = 'ERP_UPSTREAM_STREAM';
   override readonly name = 'UpstreamStreamError';
   constructor(
     readonly kind: UpstreamStreamErrorKind,

@@ -8,6 +8,7 @@ import { createTelemetry, type ProxyTelemetry } from '../telemetry/index.js';
 import { createLogger, type Logger } from '../telemetry/log.js';
 import { createToolRegistry } from '../tools/registry.js';
 import type { ResolvedToolSet } from '../toolset/defaults.js';
+import type { ToolSetErrorCode } from '../toolset/errors.js';
 import { loadToolSetFile, ToolSetWatcher } from '../toolset/load.js';
 import { formatIssues } from '../toolset/validate.js';
 import { resolveValue } from '../toolset/values.js';
@@ -46,7 +47,7 @@ export interface RunningProxy {
 }
 
 export class ToolSetLoadError extends Error {
-  readonly code = 'ERP_TOOLSET_INVALID';
+  readonly code: ToolSetErrorCode = 'ERP_TOOLSET_INVALID';
 }
 
 export async function startProxy(options: ProxyOptions): Promise<RunningProxy> {
@@ -74,11 +75,11 @@ export async function startProxy(options: ProxyOptions): Promise<RunningProxy> {
     const sameUpstream = previous && previous.upstream.origin === upstream.origin;
     // Tool names are the only tool label values the metrics accept; MCP servers add theirs as they list them.
     const announce = () =>
-      telemetry.toolsetLoaded(
-        toolset.name,
-        toolset.hash,
-        tools.list().map((t) => ({ name: t.name, timeoutSeconds: t.timeoutMs / 1000 })),
-      );
+      telemetry.toolsetLoaded({
+        toolset: toolset.name,
+        hash: toolset.hash,
+        tools: tools.list().map((t) => ({ name: t.name, timeoutSeconds: t.timeoutMs / 1000 })),
+      });
     announce();
     tools.onChange(announce);
     const memory = createMemory(toolset, telemetry, previous?.memory);
@@ -90,7 +91,11 @@ export async function startProxy(options: ProxyOptions): Promise<RunningProxy> {
       upstreamState: sameUpstream ? previous.upstreamState : new UpstreamState(),
       memory,
       language: LanguagePicker.for(toolset),
-      deferred: new DeferredCalls(memory, (outcome) => telemetry.deferredCall(toolset.name, outcome), logger),
+      deferred: new DeferredCalls(
+        memory,
+        (outcome) => telemetry.deferredCall({ toolset: toolset.name, outcome }),
+        logger,
+      ),
     };
   };
 

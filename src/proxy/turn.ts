@@ -143,8 +143,7 @@ export async function runTurn(request: TurnRequest, sink: TurnSink, deps: TurnDe
     }
   } catch (err) {
     outcome = guard.outcome();
-    if (outcome === 'cancelled') telemetry.clientDisconnected(toolset.name);
-    else fail(err, outcome, speaker, deps, voice);
+    if (outcome !== 'cancelled') fail(err, outcome, speaker, deps, voice);
   }
   stillWorking.stop();
   guard.dispose();

@@ -5,7 +5,7 @@
 import type { Logger } from './log.js';
 import { OTHER, PromMetrics } from './metrics.js';
 import { noopSpan } from './noop.js';
-import type { Attributes, SpanHandle, Telemetry, ToolInfo } from './types.js';
+import type { Attributes, SpanHandle, Telemetry } from './types.js';
 
 export * from './genai.js';
 export { OTHER } from './metrics.js';
@@ -40,19 +40,14 @@ export async function createTelemetry(options: TelemetryOptions = {}): Promise<P
     metrics: () => prom.metrics(),
     startTurn: (traceparent: string | undefined, attributes: Attributes): SpanHandle =>
       tracing?.startTurn(traceparent, attributes) ?? noopSpan,
+    // The records go to Prometheus; OpenTelemetry's metrics come from the spans (gen_ai.client.operation.duration).
     toolCall: (record) => prom.toolCall(record),
     turn: (record) => prom.turn(record),
-    upstreamTimeToFirstToken: (toolset, seconds) => prom.upstreamTimeToFirstToken(toolset, seconds),
-    streamOpened: () => prom.streamOpened(),
-    streamClosed: () => prom.streamClosed(),
-    clientDisconnected: (toolset) => prom.clientDisconnected(toolset),
-    upstreamToolsUnsupported: (toolset) => prom.upstreamToolsUnsupported(toolset),
-    toolsetLoaded: (toolset: string, hash: string, tools?: readonly ToolInfo[]) =>
-      prom.toolsetLoaded(toolset, hash, tools),
-    memorySpliced: (toolset, exchanges) => prom.memorySpliced(toolset, exchanges),
-    memoryEntries: (toolset, entries) => prom.memoryEntries(toolset, entries),
-    deferredCall: (toolset, outcome) => prom.deferredCall(toolset, outcome),
-    upstreamRateLimited: (toolset) => prom.upstreamRateLimited(toolset),
+    upstreamCall: (record) => prom.upstreamCall(record),
+    stream: (record) => prom.stream(record),
+    memory: (record) => prom.memory(record),
+    toolsetLoaded: (record) => prom.toolsetLoaded(record),
+    deferredCall: (record) => prom.deferredCall(record),
     shutdown: () => {
       shutdown ??= tracing?.shutdown() ?? Promise.resolve();
       return shutdown;

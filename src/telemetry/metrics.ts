@@ -6,12 +6,17 @@
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 import { collectProcessMetrics } from './process-metrics.js';
 import type {
-  DeferredOutcome,
+  DeferredRecord,
+  MemoryRecord,
+  StreamRecord,
+  TelemetryRecords,
   ToolInfo,
   ToolOutcomeLabel,
   ToolRecord,
+  ToolSetRecord,
   TurnOutcome,
   TurnRecord,
+  UpstreamCallRecord,
 } from './types.js';
 
 /** The label value that every name outside the loaded ToolSets folds into. */
@@ -61,7 +66,7 @@ export interface PromMetricsOptions {
 }
 
 /** The earpiece_* registry and the recording side of the Telemetry interface. */
-export class PromMetrics {
+export class PromMetrics implements TelemetryRecords {
   readonly registry = new Registry();
   private readonly toolsets = new Set<string>();
   /** Declared tools per toolset (name → timeout); absent when the toolset declared none. */
@@ -80,11 +85,11 @@ export class PromMetrics {
   private readonly activeStreams: Gauge;
   private readonly disconnects: Counter<'toolset'>;
   private readonly toolsUnsupported: Counter<'toolset'>;
+  private readonly rateLimited: Counter<'toolset'>;
+  private readonly deferredCalls: Counter<'toolset' | 'outcome'>;
   private readonly memorySplices: Counter<'toolset'>;
   private readonly memorySplicedExchanges: Counter<'toolset'>;
   private readonly memoryEntryCount: Gauge<'toolset'>;
-  private readonly deferredCalls: Counter<'toolset' | 'outcome'>;
-  private readonly rateLimited: Counter<'toolset'>;
   private readonly toolsetInfo: Gauge<'toolset' | 'hash'>;
 
   constructor(options: PromMetricsOptions = {}) {
@@ -154,6 +159,18 @@ export class PromMetrics {
       labelNames: ['toolset'],
       registers,
     });
+    this.rateLimited = new Counter({
+      name: 'earpiece_upstream_rate_limited_total',
+      help: 'Model requests the upstream refused with 429; the turn spoke voice.errorMessage and was not retried.',
+      labelNames: ['toolset'],
+      registers,
+    });
+    this.deferredCalls = new Counter({
+      name: 'earpiece_deferred_calls_total',
+      help: 'Tool calls still running at their deferAfter, by what became of them: delivered (the late result reached the next request), expired, failed or cancelled.',
+      labelNames: ['toolset', 'outcome'],
+      registers,
+    });
     this.toolsUnsupported = new Counter({
       name: 'earpiece_upstream_tools_unsupported_total',
       help: 'Turns resent without tools because the upstream rejected them (no tool-call parser).',
@@ -169,18 +186,6 @@ export class PromMetrics {
     this.memorySplicedExchanges = new Counter({
       name: 'earpiece_memory_spliced_exchanges_total',
       help: 'Remembered tool exchanges put back into requests.',
-      labelNames: ['toolset'],
-      registers,
-    });
-    this.deferredCalls = new Counter({
-      name: 'earpiece_deferred_calls_total',
-      help: 'Tool calls still running at their deferAfter, by what became of them: delivered (the late result reached the next request), expired, failed or cancelled.',
-      labelNames: ['toolset', 'outcome'],
-      registers,
-    });
-    this.rateLimited = new Counter({
-      name: 'earpiece_upstream_rate_limited_total',
-      help: 'Model requests the upstream refused with 429; the turn spoke voice.errorMessage and was not retried.',
       labelNames: ['toolset'],
       registers,
     });
@@ -207,7 +212,7 @@ export class PromMetrics {
     return this.registry.metrics();
   }
 
-  toolsetLoaded(toolset: string, hash: string, tools?: readonly ToolInfo[]): void {
+  toolsetLoaded({ toolset, hash, tools }: ToolSetRecord): void {
     const name = this.addToolset(toolset);
     if (name === OTHER) return;
     const previousHash = this.loadedHash.get(name);
@@ -243,6 +248,7 @@ export class PromMetrics {
   turn(record: TurnRecord): void {
     const toolset = this.toolsetLabel(record.toolset);
     this.turns.inc({ toolset, outcome: record.outcome });
+    if (record.outcome === 'cancelled') this.disconnects.inc({ toolset });
     this.turnIterations.observe({ toolset }, record.iterations);
     if (record.seconds !== undefined)
       this.turnSeconds.observe({ toolset, outcome: record.outcome }, record.seconds);
@@ -251,42 +257,30 @@ export class PromMetrics {
     }
   }
 
-  upstreamTimeToFirstToken(toolset: string, seconds: number): void {
-    this.upstreamFirstToken.observe({ toolset: this.toolsetLabel(toolset) }, seconds);
+  deferredCall(record: DeferredRecord): void {
+    this.deferredCalls.inc({ toolset: this.toolsetLabel(record.toolset), outcome: record.outcome });
   }
 
-  streamOpened(): void {
-    this.activeStreams.inc();
+  upstreamCall(record: UpstreamCallRecord): void {
+    const labels = { toolset: this.toolsetLabel(record.toolset) };
+    if (record.timeToFirstTokenSeconds !== undefined)
+      this.upstreamFirstToken.observe(labels, record.timeToFirstTokenSeconds);
+    if (record.refusal === 'tools_unsupported') this.toolsUnsupported.inc(labels);
+    if (record.refusal === 'rate_limited') this.rateLimited.inc(labels);
   }
 
-  streamClosed(): void {
-    this.activeStreams.dec();
+  stream(record: StreamRecord): void {
+    if (record.change === 'opened') this.activeStreams.inc();
+    else this.activeStreams.dec();
   }
 
-  clientDisconnected(toolset: string): void {
-    this.disconnects.inc({ toolset: this.toolsetLabel(toolset) });
-  }
-
-  upstreamToolsUnsupported(toolset: string): void {
-    this.toolsUnsupported.inc({ toolset: this.toolsetLabel(toolset) });
-  }
-
-  memorySpliced(toolset: string, exchanges: number): void {
-    const labels = { toolset: this.toolsetLabel(toolset) };
-    this.memorySplices.inc(labels);
-    this.memorySplicedExchanges.inc(labels, exchanges);
-  }
-
-  deferredCall(toolset: string, outcome: DeferredOutcome): void {
-    this.deferredCalls.inc({ toolset: this.toolsetLabel(toolset), outcome });
-  }
-
-  upstreamRateLimited(toolset: string): void {
-    this.rateLimited.inc({ toolset: this.toolsetLabel(toolset) });
-  }
-
-  memoryEntries(toolset: string, entries: number): void {
-    this.memoryEntryCount.set({ toolset: this.toolsetLabel(toolset) }, entries);
+  memory(record: MemoryRecord): void {
+    const labels = { toolset: this.toolsetLabel(record.toolset) };
+    if (record.spliced !== undefined) {
+      this.memorySplices.inc(labels);
+      this.memorySplicedExchanges.inc(labels, record.spliced);
+    }
+    if (record.entries !== undefined) this.memoryEntryCount.set(labels, record.entries);
   }
 
   /** The label value for a tool name: declared names as they are, anything else `other`. */
@@ -327,8 +321,8 @@ export class PromMetrics {
       for (const outcome of TURN_OUTCOMES) this.turns.inc({ toolset, outcome }, 0);
       this.disconnects.inc({ toolset }, 0);
       this.toolsUnsupported.inc({ toolset }, 0);
-      this.memorySplices.inc({ toolset }, 0);
       this.rateLimited.inc({ toolset }, 0);
+      this.memorySplices.inc({ toolset }, 0);
     }
     return toolset;
   }

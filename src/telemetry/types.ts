@@ -14,13 +14,6 @@ export type ToolOutcomeLabel =
 
 export type TurnOutcome = 'ok' | 'error' | 'timeout' | 'cancelled' | 'max_iterations';
 
-/**
- * What became of a deferred call (one still running at its tool's deferAfter): its late result was spliced into
- * the conversation's next request (`delivered`), or it was dropped because it timed out (`expired`), failed
- * (`failed`) or was stopped by the user's barge-in (`cancelled`).
- */
-export type DeferredOutcome = 'delivered' | 'expired' | 'failed' | 'cancelled';
-
 export interface ToolRecord {
   toolset: string;
   tool: string;
@@ -28,6 +21,7 @@ export interface ToolRecord {
   seconds: number;
 }
 
+/** One finished turn. Outcome `cancelled` means the client hung up (counted as a disconnect too). */
 export interface TurnRecord {
   toolset: string;
   outcome: TurnOutcome;
@@ -37,6 +31,61 @@ export interface TurnRecord {
   timeToFirstContentSeconds: number | undefined;
   /** From request arrival to the end of the turn, when known. */
   seconds?: number;
+}
+
+/** One upstream call: its first token, or its refusal of tools (the upstream has no tool parser). */
+export interface UpstreamCallRecord {
+  toolset: string;
+  /** Request sent → first token, once the first words are on their way to the client. */
+  timeToFirstTokenSeconds?: number;
+  /** tools_unsupported: the upstream has no tool parser; rate_limited: a 429 (the turn spoke its error line). */
+  refusal?: 'tools_unsupported' | 'rate_limited';
+}
+
+/**
+ * What became of a deferred call (one still running at its tool's deferAfter): its late result was spliced into
+ * the conversation's next request (`delivered`), or it was dropped because it timed out (`expired`), failed
+ * (`failed`) or was stopped by the user's barge-in (`cancelled`).
+ */
+export type DeferredOutcome = 'delivered' | 'expired' | 'failed' | 'cancelled';
+
+export interface DeferredRecord {
+  toolset: string;
+  outcome: DeferredOutcome;
+}
+
+/** A streaming response opened or closed (the active-streams gauge). */
+export interface StreamRecord {
+  change: 'opened' | 'closed';
+}
+
+/** Tool memory: exchanges spliced into a request, or the number of entries now held. */
+export interface MemoryRecord {
+  toolset: string;
+  spliced?: number;
+  entries?: number;
+}
+
+/** A ToolSet loaded or reloaded, with the tool names it offers (the only tool label values), when known. */
+export interface ToolSetRecord {
+  toolset: string;
+  hash: string;
+  tools?: readonly ToolInfo[];
+}
+
+/**
+ * The measures, one record each: a new measure is a new field or record here, the code that makes it, and
+ * the sides (metrics.ts, tracing.ts) that read it.
+ */
+export interface TelemetryRecords {
+  turn(record: TurnRecord): void;
+  toolCall(record: ToolRecord): void;
+  upstreamCall(record: UpstreamCallRecord): void;
+  stream(record: StreamRecord): void;
+  memory(record: MemoryRecord): void;
+  /** Call again when the tool list changes (an MCP server connects or lists new tools). */
+  toolsetLoaded(record: ToolSetRecord): void;
+  deferredCall(record: DeferredRecord): void;
 }
 
 /** A tool of a loaded ToolSet: its name becomes a metric label value; its timeout feeds the latency alert. */
@@ -62,30 +111,13 @@ export interface SpanHandle {
   traceparent?(): string | undefined;
 }
 
-export interface Telemetry {
+export interface Telemetry extends TelemetryRecords {
   /**
    * A turn's root span (`invoke_agent {gen_ai.agent.name}`, kind SERVER); `traceparent` is the client's W3C
    * header when it sent one. Children: `chat {model}` (client) per upstream call and `execute_tool {tool}`
    * (internal) per tool call; genai.ts builds their names and attributes.
    */
   startTurn(traceparent: string | undefined, attributes: Attributes): SpanHandle;
-  toolCall(record: ToolRecord): void;
-  turn(record: TurnRecord): void;
-  upstreamTimeToFirstToken(toolset: string, seconds: number): void;
-  streamOpened(): void;
-  streamClosed(): void;
-  clientDisconnected(toolset: string): void;
-  upstreamToolsUnsupported(toolset: string): void;
-  /**
-   * A ToolSet was loaded or reloaded. `tools` are the only tool names used as label values (others fold into
-   * `other`); call again when the list changes (an MCP server connects or lists new tools).
-   */
-  toolsetLoaded(toolset: string, hash: string, tools?: readonly ToolInfo[]): void;
-  memorySpliced(toolset: string, exchanges: number): void;
-  memoryEntries(toolset: string, entries: number): void;
-  deferredCall(toolset: string, outcome: DeferredOutcome): void;
-  /** The upstream answered 429 (a hosted model's rate limit): the turn spoke voice.errorMessage, no retry. */
-  upstreamRateLimited(toolset: string): void;
   /** Flushes exporters; called on SIGTERM. */
   shutdown(): Promise<void>;
 }

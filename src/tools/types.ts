@@ -4,6 +4,7 @@
  */
 import type { ToolOutcomeLabel } from '../telemetry/types.js';
 import type { ResolvedTool, VoiceText } from '../toolset/defaults.js';
+import type { ToolErrorCode } from './errors.js';
 
 export type { ToolOutcomeLabel };
 
@@ -24,7 +25,7 @@ export interface ToolExecutor {
 export class ToolError extends Error {
   constructor(
     message: string,
-    readonly code = 'ERP_TOOL_FAILED',
+    readonly code: ToolErrorCode = 'ERP_TOOL_FAILED',
   ) {
     super(message);
   }

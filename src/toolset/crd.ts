@@ -12,6 +12,7 @@
  */
 import { stringify } from 'yaml';
 import { DURATION_PATTERN } from './duration.js';
+import type { ToolSetErrorCode } from './errors.js';
 import { API_GROUP, API_VERSION, KIND, Spec, Status, VOICE_TEXT_KEYWORD } from './schema.js';
 import { MAX_TOOLSET_NAME } from './validate.js';
 
@@ -98,7 +99,7 @@ const COPIED = [
 const FORMATS_KEPT = new Set(['date-time']);
 
 export class CrdSchemaError extends Error {
-  readonly code = 'ERP_CRD_SCHEMA';
+  readonly code: ToolSetErrorCode = 'ERP_CRD_SCHEMA';
 }
 
 function structural(schema: Schema, path: string): Schema {

@@ -5,10 +5,11 @@
  * rendered config only ever holds `valueFrom.env` and no secret sits in a ConfigMap.
  */
 import { createHash } from 'node:crypto';
+import type { ToolSetErrorCode } from './errors.js';
 import type { ToolSet, ValueRef } from './schema.js';
 
 export class ValueError extends Error {
-  readonly code = 'ERP_VALUE';
+  readonly code: ToolSetErrorCode = 'ERP_VALUE';
 }
 
 /** Resolves a value against the process environment. Throws a ValueError naming what is missing. */

@@ -126,13 +126,16 @@ describe('streamChunks', () => {
     expect([chunks, hand.state.closed]).toEqual([[one], undefined]);
   });
 
-  it('delivers each chunk in the tick its bytes arrive', async () => {
+  it('delivers each event once its bytes are in, without waiting for the next read or the end', async () => {
     const hand = handBody();
     const chunks: unknown[] = [];
     const result = streamChunks(hand.body, (chunk) => chunks.push(chunk));
+    const settle = () => new Promise((resolve) => setImmediate(resolve));
     hand.push(`data: ${JSON.stringify(one)}\n\nda`);
+    await settle();
     expect(chunks).toEqual([one]);
     hand.push(`ta: ${JSON.stringify(two)}\n\n`);
+    await settle();
     expect(chunks).toEqual([one, two]);
     hand.end();
     expect(await result).toBe(false);

@@ -21,12 +21,12 @@ const DATASOURCE = ['$', '{datasource}'].join('');
 /** The sample names the proxy exposes once every kind of record was made. */
 async function exposedNames(): Promise<Set<string>> {
   const t = await createTelemetry();
-  t.toolsetLoaded('assistant', 'h', [{ name: 'get_weather', timeoutSeconds: 3 }]);
+  t.toolsetLoaded({ toolset: 'assistant', hash: 'h', tools: [{ name: 'get_weather', timeoutSeconds: 3 }] });
   t.toolCall({ toolset: 'assistant', tool: 'get_weather', outcome: 'ok', seconds: 0.1 });
   t.turn({ toolset: 'assistant', outcome: 'ok', iterations: 2, timeToFirstContentSeconds: 0.2, seconds: 1 });
-  t.upstreamTimeToFirstToken('assistant', 0.05);
-  t.memorySpliced('assistant', 1);
-  t.memoryEntries('assistant', 1);
+  t.upstreamCall({ toolset: 'assistant', timeToFirstTokenSeconds: 0.05 });
+  t.memory({ toolset: 'assistant', spliced: 1 });
+  t.memory({ toolset: 'assistant', entries: 1 });
   return new Set(parseExposition(await t.metrics()).map((s) => s.name));
 }
 

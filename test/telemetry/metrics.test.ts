@@ -10,7 +10,7 @@ const TOOLS = [
 
 async function loaded(): Promise<ProxyTelemetry> {
   const telemetry = await createTelemetry();
-  telemetry.toolsetLoaded('assistant', 'hash-1', TOOLS);
+  telemetry.toolsetLoaded({ toolset: 'assistant', hash: 'hash-1', tools: TOOLS });
   return telemetry;
 }
 
@@ -36,14 +36,13 @@ function recordEverything(t: ProxyTelemetry): void {
     seconds: 1.4,
   });
   t.turn({ toolset: 'assistant', outcome: 'cancelled', iterations: 1, timeToFirstContentSeconds: undefined });
-  t.upstreamTimeToFirstToken('assistant', 0.045);
-  t.streamOpened();
-  t.streamOpened();
-  t.streamClosed();
-  t.clientDisconnected('assistant');
-  t.upstreamToolsUnsupported('assistant');
-  t.memorySpliced('assistant', 2);
-  t.memoryEntries('assistant', 7);
+  t.upstreamCall({ toolset: 'assistant', timeToFirstTokenSeconds: 0.045 });
+  t.stream({ change: 'opened' });
+  t.stream({ change: 'opened' });
+  t.stream({ change: 'closed' });
+  t.upstreamCall({ toolset: 'assistant', refusal: 'tools_unsupported' });
+  t.memory({ toolset: 'assistant', spliced: 2 });
+  t.memory({ toolset: 'assistant', entries: 7 });
 }
 
 describe('Prometheus metrics', () => {
@@ -149,7 +148,7 @@ describe('Prometheus metrics', () => {
 
   test('without a declared tool list, names the proxy ran are kept and invented ones are not', async () => {
     const t = await createTelemetry();
-    t.toolsetLoaded('assistant', 'hash-1');
+    t.toolsetLoaded({ toolset: 'assistant', hash: 'hash-1' });
     t.toolCall({ toolset: 'assistant', tool: 'home_turn_on', outcome: 'ok', seconds: 0.1 });
     t.toolCall({ toolset: 'assistant', tool: 'made_up', outcome: 'unknown_tool', seconds: 0 });
     const calls = await samples(t, 'earpiece_tool_calls_total');
@@ -161,7 +160,11 @@ describe('Prometheus metrics', () => {
 
   test('a reload replaces the toolset info and the timeouts of removed tools', async () => {
     const t = await loaded();
-    t.toolsetLoaded('assistant', 'hash-2', [{ name: 'get_weather', timeoutSeconds: 2 }]);
+    t.toolsetLoaded({
+      toolset: 'assistant',
+      hash: 'hash-2',
+      tools: [{ name: 'get_weather', timeoutSeconds: 2 }],
+    });
     expect(await samples(t, 'earpiece_toolset_info')).toEqual([
       { name: 'earpiece_toolset_info', labels: { toolset: 'assistant', hash: 'hash-2' }, value: 1 },
     ]);

@@ -53,10 +53,14 @@ async function startOtel(extra: Record<string, string> = {}): Promise<ProxyTelem
     ...extra,
   });
   telemetry = await createTelemetry();
-  telemetry.toolsetLoaded('assistant', 'hash-1', [
-    { name: 'get_weather', timeoutSeconds: 3 },
-    { name: 'current_time', timeoutSeconds: 5 },
-  ]);
+  telemetry.toolsetLoaded({
+    toolset: 'assistant',
+    hash: 'hash-1',
+    tools: [
+      { name: 'get_weather', timeoutSeconds: 3 },
+      { name: 'current_time', timeoutSeconds: 5 },
+    ],
+  });
   return telemetry;
 }
 

@@ -60,7 +60,7 @@ export async function chatRoutes(app: FastifyInstance, deps: ServerDeps): Promis
         { ...active, telemetry: deps.telemetry, logger: deps.logger },
       );
       // Counted after the turn has dispatched its model request (runTurn runs up to its first wait at once).
-      if (streaming) deps.telemetry.streamOpened();
+      if (streaming) deps.telemetry.stream({ change: 'opened' });
       await turn;
     } catch (err) {
       // runTurn handles its own failures; this is the last guard so a stream always ends well-formed.
@@ -70,7 +70,7 @@ export async function chatRoutes(app: FastifyInstance, deps: ServerDeps): Promis
         voiceText(active.toolset.voice.errorMessage, active.language.pick(body.messages as ChatMessage[])),
       );
     } finally {
-      if (streaming) deps.telemetry.streamClosed();
+      if (streaming) deps.telemetry.stream({ change: 'closed' });
     }
   });
 }

@@ -1,0 +1,11 @@
+/** The codes of errors in loading a ToolSet or generating its CRD. docs/errors.md lists exactly these (test/errors.test.ts). */
+export const TOOLSET_ERRORS = {
+  ERP_VALUE:
+    'A `value`/`valueFrom` cannot be resolved: the environment variable is not set, or a `secretKeyRef` is used outside Kubernetes (use `valueFrom.env`).',
+  ERP_CRD_SCHEMA:
+    'The CRD generator met a schema construct a structural CRD cannot express (a development error, caught by `npm run gen:crd`).',
+  ERP_TOOLSET_INVALID:
+    '`earpiece proxy` was started with a ToolSet that does not validate or whose values cannot be resolved here; every problem is printed, and the process exits 1.',
+} as const;
+
+export type ToolSetErrorCode = keyof typeof TOOLSET_ERRORS;
