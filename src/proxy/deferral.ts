@@ -74,7 +74,7 @@ export class DeferredCalls {
     call: ToolCall,
     start: () => Promise<ToolOutcome>,
     options: DeferOptions,
-  ): Promise<{ outcome: ToolOutcome; deferral?: Deferral }> {
+  ): Promise<{ outcome: ToolOutcome; deferral?: Deferral; pending: boolean }> {
     const key = sameCallKey(call);
     const joined = key === undefined ? undefined : this.#inFlight.get(key);
     let outcome: Promise<ToolOutcome>;
@@ -107,7 +107,7 @@ export class DeferredCalls {
       if (first !== 'deferred') {
         // A later turn asked for the same call and got its result in time: no late delivery for it.
         if (joined) joined.claimed = true;
-        return { outcome: first };
+        return { outcome: first, pending: false };
       }
       const deferral: Deferral =
         key !== undefined
@@ -121,7 +121,9 @@ export class DeferredCalls {
           seconds: options.deferAfterMs / 1000,
           remember: true,
         },
+        // A joined run is delivered late by the turn that started it, not again by this one.
         deferral: joined ? undefined : deferral,
+        pending: true,
       };
     } finally {
       clearTimeout(timer);

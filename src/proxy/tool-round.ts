@@ -166,14 +166,16 @@ export class ToolRound {
       record(outcome, false);
       return outcome;
     }
-    const { outcome, deferral } = await deferred.run(call, () => tools.call(call, signal), {
+    const { outcome, deferral, pending } = await deferred.run(call, () => tools.call(call, signal), {
       deferAfterMs,
       clientSignal: this.#parts.clientSignal,
     });
-    if (!deferral) {
+    if (!pending) {
       record(outcome, false);
       return outcome;
     }
+    // Joined a run an earlier turn deferred: that turn records it and delivers its result.
+    if (!deferral) return outcome;
     // The real outcome is recorded when it lands; the model reads the pending one now.
     this.deferrals.push(deferral);
     void deferral.outcome.then((late) => record(late, true));
