@@ -114,6 +114,8 @@ export class ToolMemory implements TurnMemory, LateResults {
       onSize?: (n: number) => void;
       /** Late results spliced into a request (each is delivered once). */
       onLate?: (tools: string[]) => void;
+      /** Late results that expired or were evicted before any request carried them. */
+      onLateLost?: (tools: string[]) => void;
     } = {},
   ) {
     this.#options = options;
@@ -125,6 +127,9 @@ export class ToolMemory implements TurnMemory, LateResults {
       max: Math.max(1, options.maxEntries),
       ttl: options.ttlMs,
       ttlAutopurge: false,
+      dispose: (entry, _key, reason) => {
+        if (entry.late && (reason === 'expire' || reason === 'evict')) hooks.onLateLost?.(entry.late);
+      },
       // A fake clock must be read every time; lru-cache otherwise caches `now` for a millisecond.
       ...(now ? { perf: { now }, ttlResolution: 0 } : {}),
     });
@@ -291,6 +296,9 @@ export function createMemory(
     onSize: (n) => telemetry.memory({ toolset: toolset.name, entries: n }),
     onLate: (tools) => {
       for (const _ of tools) telemetry.deferredCall({ toolset: toolset.name, outcome: 'delivered' });
+    },
+    onLateLost: (tools) => {
+      for (const _ of tools) telemetry.deferredCall({ toolset: toolset.name, outcome: 'expired' });
     },
   });
 }

@@ -314,6 +314,21 @@ describe('late results in tool memory', () => {
     expect(prepared.messages[2]).toEqual(call('c2'));
   });
 
+  it('counts a late result that expires before any request carries it', () => {
+    // lru-cache takes a start time of 0 for "no ttl": the clock starts later.
+    let now = 5_000;
+    const lost: string[][] = [];
+    const memory = new ToolMemory(
+      { ...options, now: () => now },
+      { onLateLost: (tools) => lost.push(tools) },
+    );
+    const first: ChatMessage[] = [sys, question];
+    memory.late(first, [call('c3'), result('c3', '{"minutes":5}')]);
+    now += options.ttlMs + 1;
+    memory.prepare([...first, { role: 'assistant', content: 'Soon.' }, { role: 'user', content: '...' }]);
+    expect(lost).toEqual([['commute']]);
+  });
+
   it('puts a late result back even past the newest memory.turns exchanges', () => {
     const memory = new ToolMemory({ ...options, turns: 1 });
     const first: ChatMessage[] = [sys, question];
