@@ -53,6 +53,8 @@ import {
   type SharedStateCost,
   sharedStateReport,
 } from './shared-state.js';
+import { measureSilence, renderSilence } from './silence.js';
+import { measureSpeakable, renderSpeakable } from './speakable.js';
 
 /** `node` is the bare Node.js hop (bench/node-hop.ts): what Node itself costs as a proxy here. */
 type Mode = 'direct' | 'nginx' | 'node' | 'earpiece';
@@ -462,6 +464,8 @@ export async function main(argv: string[]): Promise<number> {
       streams: { type: 'string', default: '1,100,1000' },
       burst: { type: 'string', default: '100,1000' },
       single: { type: 'string', default: String(TARGETS.oneStreamSamples + 10) },
+      // `--only voice`: the silence on tool turns and the speakable filter's cost, without the stream load.
+      only: { type: 'string' },
     },
   });
   const rounds = Math.max(1, Number(values.rounds));
@@ -469,6 +473,14 @@ export async function main(argv: string[]): Promise<number> {
   const bursts = values.burst.split(',').filter(Boolean).map(Number);
   const singlePerRound = Math.ceil(Math.max(1, Number(values.single)) / rounds);
   const log = (line: string) => process.stderr.write(`${line}\n`);
+  if (values.only === 'voice') {
+    const report = await voiceReport(log);
+    process.stdout.write(report);
+    const out = fileURLToPath(new URL('../../bench/results/voice.md', import.meta.url));
+    await writeFile(out, report);
+    log(`Written to ${out}`);
+    return 0;
+  }
   const began = performance.now();
   // Other work on the machine shows in every figure: the run reports the load it started under.
   const loadBefore = loadavg()[0] as number;
@@ -599,6 +611,7 @@ export async function main(argv: string[]): Promise<number> {
     const cancelled = await cancellations(p, to.earpiece as Target);
     const floods = await floodPeaks(earpiece, log);
 
+    const voice = await voiceReport(log);
     const report = render({
       results,
       single,
@@ -616,9 +629,9 @@ export async function main(argv: string[]): Promise<number> {
       nginxVersion: version,
       seconds: (performance.now() - began) / 1000,
     });
-    process.stdout.write(report);
+    process.stdout.write(report + voice);
     const out = fileURLToPath(new URL('../../bench/results/latest.md', import.meta.url));
-    await writeFile(out, report);
+    await writeFile(out, report + voice);
     log(`Written to ${out}`);
     return 0;
   } finally {
@@ -651,6 +664,21 @@ async function floodPeaks(
     });
   }
   return peaks;
+}
+
+/** The voice figures: silence on tool turns (real proxy, real waits) and the speakable filter's cost. */
+async function voiceReport(log: (line: string) => void): Promise<string> {
+  const loadBefore = loadavg()[0] as number;
+  log('Speakable-text filter (in process)…');
+  const speakable = renderSpeakable(measureSpeakable());
+  const silence = renderSilence(await measureSilence(log));
+  return [
+    '',
+    `## Voice (load average ${loadBefore.toFixed(2)} at the start: on a shared machine these figures are noisy)`,
+    '',
+    silence,
+    speakable,
+  ].join('\n');
 }
 
 function render(r: {

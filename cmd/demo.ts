@@ -22,6 +22,12 @@ const CONVERSATION = [
   'What time is it in Tokyo?',
   "And what's 12.5 times 4?",
   'Please turn on the kitchen light.',
+  // A slow tool: the still-working line fills the silence.
+  "What's the week looking like?",
+  // A tool slower than a turn should wait (deferAfter): the answer comes on the next turn.
+  'Can you plan my cycling route to work?',
+  // Unmute's silence marker, sent after the user has been quiet for a while: it carries the late result.
+  '...',
 ];
 
 export async function main(argv: string[]): Promise<number> {
@@ -67,6 +73,19 @@ export async function main(argv: string[]): Promise<number> {
           },
           { name: 'current_time', description: 'The current time in a time zone.', builtin: 'time' },
           { name: 'calculate', description: 'Arithmetic.', builtin: 'calculator' },
+          {
+            name: 'get_outlook',
+            description: "The week's weather outlook.",
+            filler: 'Let me look at the week. ',
+            http: { url: `${weatherUrl}/v1/outlook` },
+          },
+          {
+            name: 'plan_route',
+            description: 'Plans a cycling route to work (slow).',
+            timeout: '10s',
+            deferAfter: '2s',
+            http: { url: `${weatherUrl}/v1/route` },
+          },
           // Every tool the smart-home MCP server lists, prefixed; a light switch completes even on barge-in.
           { mcp: { url: home.url, prefix: 'home_' }, filler: 'Sure. ', onInterrupt: 'finish' },
         ],
@@ -114,6 +133,10 @@ export async function main(argv: string[]): Promise<number> {
   ];
   try {
     for (const question of CONVERSATION) {
+      // Unmute sends its silence marker after the user has been quiet for some seconds.
+      if (question === '...') await new Promise((r) => setTimeout(r, 5000));
+      // A deferred call that finished after its turn.
+      for (const line of pendingToolLines.splice(0)) out.write(`${line.trim()} (after its turn ended)\n\n`);
       history.push({ role: 'user', content: question });
       out.write(`you:       ${question}\nassistant: `);
       const started = performance.now();
@@ -160,6 +183,13 @@ export async function main(argv: string[]): Promise<number> {
     );
     out.write('put back into the history (Unmute itself keeps only what was spoken).\n');
     out.write(`The kitchen light is ${home.lights.get('kitchen') ? 'on' : 'off'}, switched through MCP.\n`);
+    out.write(
+      'The week\'s outlook took longer than voice.stillWorkingAfter (3 s): "Still working on it." filled the silence.\n',
+    );
+    out.write(
+      'The route took longer than its deferAfter (2 s): the turn ended on a promise, and the late result was put\n' +
+        "into the next request (Unmute's silence marker) with a note that it had just arrived.\n",
+    );
   } finally {
     await proxy.close();
     await upstream.close();

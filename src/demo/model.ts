@@ -6,6 +6,16 @@ export function demoModel(request: RecordedRequest): ScriptedReply {
   const messages = request.body.messages ?? [];
   const last = messages.at(-1);
   const dialect = 'vllm-hermes';
+  // A late result has arrived (the proxy's note after the history): say it.
+  if (last?.role === 'system' && /has just arrived/.test(String(last.content))) {
+    const route = messages.find((m) => m.role === 'tool' && String(m.content).includes('minutes'));
+    const { minutes, via } = route ? JSON.parse(String(route.content)) : { minutes: '?', via: '?' };
+    return {
+      sse: textReply(`By the way, your route is ready: ${minutes} minutes by ${via}.`, dialect, {
+        delayMs: 30,
+      }),
+    };
+  }
   if (last?.role === 'tool') {
     let parsed: unknown;
     try {
@@ -14,6 +24,16 @@ export function demoModel(request: RecordedRequest): ScriptedReply {
       parsed = String(last.content);
     }
     const result = (typeof parsed === 'object' && parsed !== null ? parsed : {}) as Record<string, unknown>;
+    if (String(last.content).startsWith('pending')) {
+      return {
+        sse: textReply("It's taking a while; I'll tell you as soon as your route is ready.", dialect, {
+          delayMs: 30,
+        }),
+      };
+    }
+    if ('summary' in result) {
+      return { sse: textReply(`The week looks ${result.summary}.`, dialect, { delayMs: 30 }) };
+    }
     if ('temperature_2m' in result) {
       return {
         sse: textReply(`It's ${result.temperature_2m} degrees and mostly sunny.`, dialect, { delayMs: 30 }),
@@ -46,6 +66,9 @@ export function demoModel(request: RecordedRequest): ScriptedReply {
         : `The wind is at ${wind} kilometres per hour, so just a breeze.`;
     return { sse: textReply(answer, dialect, { delayMs: 30 }) };
   }
+  if (text.includes('week')) return { sse: toolCallReply([{ name: 'get_outlook', arguments: {} }], dialect) };
+  if (text.includes('route')) return { sse: toolCallReply([{ name: 'plan_route', arguments: {} }], dialect) };
+  if (text === '...') return { sse: textReply('Still there?', dialect, { delayMs: 30 }) };
   if (text.includes('light')) {
     return { sse: toolCallReply([{ name: 'home_TurnOn', arguments: { room: 'kitchen' } }], dialect) };
   }

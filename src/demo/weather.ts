@@ -11,9 +11,24 @@ export const CITIES: Record<
   oslo: { latitude: 59.91, longitude: 10.75, temperature: 7, wind: 31 },
 };
 
+/** Paths of the demo's slow services, how long each takes, and what it answers. */
+export const SLOW: Record<string, { ms: number; body: unknown }> = {
+  '/v1/outlook': { ms: 3800, body: { days: 7, summary: 'dry and mild, rain on Sunday' } },
+  '/v1/route': { ms: 6000, body: { minutes: 47, via: 'the river path' } },
+};
+
 export async function startWeatherService(): Promise<{ url: string; close(): void }> {
   const weather = createServer((req, res) => {
     const url = new URL(req.url ?? '/', 'http://localhost');
+    // Two slow services: a week's outlook (a few seconds) and a route planner (longer than a turn should wait).
+    const slow = SLOW[url.pathname];
+    if (slow) {
+      const timer = setTimeout(() => {
+        res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(slow.body));
+      }, slow.ms);
+      res.on('close', () => clearTimeout(timer));
+      return;
+    }
     const lat = Number(url.searchParams.get('latitude'));
     const found = Object.values(CITIES).find((c) => Math.abs(c.latitude - lat) < 0.01);
     res.writeHead(200, { 'content-type': 'application/json' });

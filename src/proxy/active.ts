@@ -5,8 +5,10 @@
 
 import type { ToolRegistry } from '../tools/registry.js';
 import type { ResolvedToolSet } from '../toolset/defaults.js';
+import type { DeferredCalls } from './deferral.js';
 import type { TurnMemory } from './request-policy.js';
 import type { Upstream, UpstreamState } from './upstream.js';
+import type { LanguagePicker } from './voice.js';
 
 export interface ActiveToolSet {
   toolset: ResolvedToolSet;
@@ -14,4 +16,8 @@ export interface ActiveToolSet {
   upstream: Upstream;
   upstreamState: UpstreamState;
   memory: TurnMemory | undefined;
+  /** Picks the language of the proxy's own lines (filler, still-working, error message). */
+  language: LanguagePicker;
+  /** Calls of tools with deferAfter that outlast it, and where their late results go. */
+  deferred: DeferredCalls;
 }

@@ -22,6 +22,27 @@ interface Entry {
   userText: string;
   exchange: ChatMessage[];
   bytes: number;
+  /** Tools whose result arrived after the turn had ended, not yet spliced into a request. */
+  late?: string[];
+}
+
+/** Where a late result goes: into the exchange of the turn that made the call. */
+export interface LateResults {
+  /**
+   * A deferred call's finished exchange (its assistant tool_calls message and its tool message), for the
+   * conversation whose request was `clientMessages`. It replaces the pending result in place, and the
+   * next request of that conversation carries it with a note that it has just arrived.
+   */
+  late(clientMessages: ChatMessage[], exchange: ChatMessage[]): void;
+}
+
+/** The one-line note that tells the model a result has just arrived, and what to do with it. */
+export function lateNote(tools: readonly string[]): ChatMessage {
+  const names = tools.map((t) => JSON.stringify(t)).join(' and ');
+  return {
+    role: 'system',
+    content: `The result of ${names}, which was still pending when you last answered, has just arrived (above, in place of the pending note): tell the user now, briefly.`,
+  };
 }
 
 /**
@@ -63,6 +84,13 @@ class PrefixHash {
   }
 }
 
+/** The key an exchange is remembered under: the hash of the client's messages up to the turn's question. */
+function prefixKey(clientMessages: readonly ChatMessage[]): number {
+  const hash = new PrefixHash();
+  for (const m of clientMessages) hash.add(m.role, messageText(m));
+  return hash.key();
+}
+
 export interface MemoryOptions {
   turns: number;
   ttlMs: number;
@@ -72,24 +100,36 @@ export interface MemoryOptions {
   now?: () => number;
 }
 
-export class ToolMemory implements TurnMemory {
+export class ToolMemory implements TurnMemory, LateResults {
   readonly #cache: LRUCache<number, Entry>;
   readonly #options: MemoryOptions;
   readonly #onSplice: (exchanges: number) => void;
   readonly #onSize: (entries: number) => void;
+  readonly #onLate: (tools: string[]) => void;
 
   constructor(
     options: MemoryOptions,
-    hooks: { onSplice?: (n: number) => void; onSize?: (n: number) => void } = {},
+    hooks: {
+      onSplice?: (n: number) => void;
+      onSize?: (n: number) => void;
+      /** Late results spliced into a request (each is delivered once). */
+      onLate?: (tools: string[]) => void;
+      /** Late results that expired or were evicted before any request carried them. */
+      onLateLost?: (tools: string[]) => void;
+    } = {},
   ) {
     this.#options = options;
     this.#onSplice = hooks.onSplice ?? (() => {});
     this.#onSize = hooks.onSize ?? (() => {});
+    this.#onLate = hooks.onLate ?? (() => {});
     const now = options.now;
     this.#cache = new LRUCache<number, Entry>({
       max: Math.max(1, options.maxEntries),
       ttl: options.ttlMs,
       ttlAutopurge: false,
+      dispose: (entry, _key, reason) => {
+        if (entry.late && (reason === 'expire' || reason === 'evict')) hooks.onLateLost?.(entry.late);
+      },
       // A fake clock must be read every time; lru-cache otherwise caches `now` for a millisecond.
       ...(now ? { perf: { now }, ttlResolution: 0 } : {}),
     });
@@ -129,11 +169,24 @@ export class ToolMemory implements TurnMemory {
     if (hits.length === 0) return none;
     const chosen = new Map<number, ChatMessage[]>();
     let bytes = 0;
-    for (let h = hits.length - 1; h >= 0 && chosen.size < this.#options.turns; h--) {
-      const { at, entry } = hits[h] as (typeof hits)[number];
-      if (bytes + entry.bytes > this.#options.maxBytes) continue;
+    // Late results first: they are what the model has promised to tell the user.
+    const ranked = [...hits.filter((h) => h.entry.late), ...hits.filter((h) => !h.entry.late).reverse()];
+    const arrived: string[] = [];
+    let ordinary = 0;
+    for (const { at, entry } of ranked) {
+      // A late result goes back on top of the newest memory.turns exchanges, whatever their size.
+      if (!entry.late) {
+        if (ordinary >= this.#options.turns) break;
+        if (bytes + entry.bytes > this.#options.maxBytes) continue;
+        ordinary++;
+      }
       bytes += entry.bytes;
       chosen.set(at, entry.exchange);
+      if (entry.late) {
+        arrived.push(...entry.late);
+        // Spliced once as late; from now on it is ordinary memory.
+        entry.late = undefined;
+      }
     }
     if (chosen.size === 0) return none;
     const messages: ChatMessage[] = [];
@@ -141,6 +194,10 @@ export class ToolMemory implements TurnMemory {
       messages.push(clientMessages[i] as ChatMessage);
       const exchange = chosen.get(i);
       if (exchange) messages.push(...exchange);
+    }
+    if (arrived.length > 0) {
+      messages.push(lateNote(arrived));
+      this.#onLate(arrived);
     }
     this.#onSplice(chosen.size);
     return { messages, spliced: chosen.size, withoutMemory: clientMessages };
@@ -154,6 +211,49 @@ export class ToolMemory implements TurnMemory {
     if (now - this.#lastPurge < 1000) return;
     this.#lastPurge = now;
     if (this.#cache.purgeStale()) this.#onSize(this.#cache.size);
+  }
+
+  late(clientMessages: ChatMessage[], exchange: ChatMessage[]): void {
+    const last = clientMessages.at(-1);
+    if (this.#options.turns === 0 || last?.role !== 'user') return;
+    const key = prefixKey(clientMessages);
+    const entry = this.#cache.get(key);
+    const calls = exchange.flatMap(
+      (m) => (m.tool_calls ?? []) as { id: string; function: { name: string } }[],
+    );
+    const results = exchange.filter((m) => m.role === 'tool');
+    let stored: ChatMessage[];
+    if (entry && entry.count === clientMessages.length) {
+      // In place: the real result replaces the pending one the model saw.
+      const ids = new Set(results.map((m) => m.tool_call_id));
+      const known = new Set(
+        entry.exchange.flatMap((m) => ((m.tool_calls ?? []) as { id: string }[]).map((c) => c.id)),
+      );
+      stored = entry.exchange.map((m) =>
+        m.role === 'tool' && ids.has(m.tool_call_id)
+          ? (results.find((r) => r.tool_call_id === m.tool_call_id) as ChatMessage)
+          : m,
+      );
+      const missing = exchange.filter(
+        (m) =>
+          (m.role === 'tool' && !known.has(m.tool_call_id as string)) ||
+          (m.role === 'assistant' &&
+            ((m.tool_calls ?? []) as { id: string }[]).some((c) => !known.has(c.id))),
+      );
+      stored = [...stored, ...missing.map((m) => (m.role === 'assistant' ? { ...m, content: null } : m))];
+    } else {
+      stored = exchange.map((m) => (m.role === 'assistant' ? { ...m, content: null } : m));
+    }
+    const bytes = Buffer.byteLength(JSON.stringify(stored));
+    const late = [...new Set([...(entry?.late ?? []), ...calls.map((c) => c.function.name)])];
+    this.#cache.set(key, {
+      count: clientMessages.length,
+      userText: messageText(last),
+      exchange: stored,
+      bytes,
+      late,
+    });
+    this.#onSize(this.#cache.size);
   }
 
   remember(clientMessages: ChatMessage[], exchange: ChatMessage[]): void {
@@ -194,5 +294,11 @@ export function createMemory(
   return new ToolMemory(options, {
     onSplice: (n) => telemetry.memory({ toolset: toolset.name, spliced: n }),
     onSize: (n) => telemetry.memory({ toolset: toolset.name, entries: n }),
+    onLate: (tools) => {
+      for (const _ of tools) telemetry.deferredCall({ toolset: toolset.name, outcome: 'delivered' });
+    },
+    onLateLost: (tools) => {
+      for (const _ of tools) telemetry.deferredCall({ toolset: toolset.name, outcome: 'expired' });
+    },
   });
 }

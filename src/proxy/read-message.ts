@@ -8,6 +8,7 @@ import type { Telemetry } from '../telemetry/types.js';
 import { type AssistantMessage, StreamAccumulator } from './accumulator.js';
 import type { ChatChunk } from './chunks.js';
 import type { OpenedCall } from './request-policy.js';
+import { SpeakableFilter } from './speakable.js';
 import type { Speaker } from './speaker.js';
 import type { ToolRound } from './tool-round.js';
 
@@ -20,6 +21,8 @@ export interface ReadParts {
   telemetry: Telemetry;
   toolset: string;
   signal: AbortSignal;
+  /** voice.speakable: the model's text goes through a SpeakableFilter on its way to the speaker. */
+  speakable: boolean;
 }
 
 export async function readMessage(opened: OpenedCall, parts: ReadParts): Promise<AssistantMessage> {
@@ -27,6 +30,7 @@ export async function readMessage(opened: OpenedCall, parts: ReadParts): Promise
   const { speaker, round, telemetry } = parts;
   const accumulator = new StreamAccumulator({ isToolName: parts.isToolName });
   speaker.startMessage();
+  const filter = parts.speakable ? new SpeakableFilter() : undefined;
   let firstTokenSeconds: number | undefined;
   let paused = false;
   const resume = () => {
@@ -41,7 +45,7 @@ export async function readMessage(opened: OpenedCall, parts: ReadParts): Promise
       if (event.type === 'tool_call_ready') round?.ready(event.call);
       if (event.type !== 'content') continue;
       // A full client socket pauses the upstream read until it drains (or the client leaves).
-      if (speaker.model(event.text) || paused) continue;
+      if (speaker.model(filter ? filter.push(event.text) : event.text) || paused) continue;
       paused = true;
       source.pause();
       void speaker.drained().then(resume);
@@ -58,7 +62,7 @@ export async function readMessage(opened: OpenedCall, parts: ReadParts): Promise
     throw err;
   }
   const finished = accumulator.finish(done);
-  speaker.model(finished.tail);
+  speaker.model(filter ? filter.push(finished.tail) + filter.finish() : finished.tail);
   if (!finished.ok) {
     chat.end('upstream_stream');
     throw finished.error;

@@ -36,6 +36,8 @@ export interface PolicyParts {
   body: Record<string, unknown> & { messages: ChatMessage[]; model?: string };
   authorization: string | undefined;
   traceparent: string | undefined;
+  /** The client's HTTP-Referer and X-Title (OpenRouter's app attribution), passed on. */
+  attribution?: Record<string, string> | undefined;
   toolset: ResolvedToolSet;
   tools: ToolRunner;
   upstream: Upstream;
@@ -130,6 +132,7 @@ export class RequestPolicy {
         {
           authorization: this.#parts.authorization,
           traceparent: chat.traceparent?.() ?? this.#parts.traceparent,
+          attribution: this.#parts.attribution,
         },
         signal,
       );
@@ -142,6 +145,15 @@ export class RequestPolicy {
           throw err;
         }
         chat.end(`http_${err.upstreamStatus}`);
+        if (err.upstreamStatus === 429) {
+          // A hosted model's rate limit: waiting out retry-after would be silence; the user hears the error line now.
+          telemetry.upstreamCall({ toolset: toolset.name, refusal: 'rate_limited' });
+          logger.warn(
+            { upstream: upstream.origin, retryAfterSeconds: err.retryAfter },
+            'Upstream rate limit (429): spoke the error message; not retried mid-turn.',
+          );
+          throw err;
+        }
         if (err.refusal === 'tools_unsupported' && offerNow) {
           if (upstreamState.firstToolsRefusal()) {
             logger.warn(

@@ -14,6 +14,8 @@ export class Speaker {
   readonly #sink: TurnSink;
   /** performance.now() of the first content written, filler included. */
   firstContentAt: number | undefined;
+  /** performance.now() of the last content written: where a silence starts. */
+  lastContentAt: number | undefined;
   #spoke = false;
   #fillerSpoken = false;
   #endsInSpace = true;
@@ -92,7 +94,8 @@ export class Speaker {
 
   #write(text: string): boolean {
     if (text === '') return true;
-    this.firstContentAt ??= performance.now();
+    this.lastContentAt = performance.now();
+    this.firstContentAt ??= this.lastContentAt;
     this.#spoke = true;
     this.#endsInSpace = SPACE.test(text.charAt(text.length - 1));
     return this.#sink.content(text);

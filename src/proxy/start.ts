@@ -13,9 +13,11 @@ import { loadToolSetFile, ToolSetWatcher } from '../toolset/load.js';
 import { formatIssues } from '../toolset/validate.js';
 import { resolveValue } from '../toolset/values.js';
 import type { ActiveToolSet } from './active.js';
+import { DeferredCalls } from './deferral.js';
 import { createMemory } from './memory.js';
 import { buildMetricsServer, buildServer, type ServerLimits } from './server.js';
 import { Upstream, UpstreamState } from './upstream.js';
+import { LanguagePicker } from './voice.js';
 
 export const DEFAULT_UPSTREAM_URL = 'http://127.0.0.1:8000';
 
@@ -96,13 +98,20 @@ export async function startProxy(options: ProxyOptions): Promise<RunningProxy> {
       });
     announce();
     tools.onChange(announce);
+    const memory = createMemory(toolset, telemetry, previous?.memory);
     return {
       toolset,
       tools,
       upstream,
       // What we learned about the upstream (no tools, no kwargs) survives a reload to the same server.
       upstreamState: sameUpstream ? previous.upstreamState : new UpstreamState(),
-      memory: createMemory(toolset, telemetry, previous?.memory),
+      memory,
+      language: LanguagePicker.for(toolset),
+      deferred: new DeferredCalls(
+        memory,
+        (outcome) => telemetry.deferredCall({ toolset: toolset.name, outcome }),
+        logger,
+      ),
     };
   };
 

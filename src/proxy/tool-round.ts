@@ -8,14 +8,20 @@ import { startToolSpan, toolResultAttributes } from '../telemetry/genai.js';
 import type { Logger } from '../telemetry/log.js';
 import type { SpanHandle, Telemetry } from '../telemetry/types.js';
 import type { ToolCall, ToolOutcome, ToolRunner } from '../tools/types.js';
+import type { VoiceText } from '../toolset/defaults.js';
 import type { AccumulatedToolCall } from './accumulator.js';
+import type { Deferral, DeferredCalls } from './deferral.js';
 
 export interface ToolRoundParts {
   tools: ToolRunner;
   toolset: string;
   maxParallelCalls: number;
   /** voice.filler, for calls whose tool names none of its own. */
-  filler: string;
+  filler: VoiceText;
+  /** A voice line in the turn's language. */
+  line: (text: VoiceText) => string;
+  /** Where calls of tools with deferAfter run; without it every call is awaited to its end. */
+  deferred?: DeferredCalls | undefined;
   /** The turn's signal: the client's hang-up and the deadline. */
   signal: AbortSignal;
   /** The client's own signal, to log tools that finish after it left (onInterrupt: finish). */
@@ -43,6 +49,8 @@ export class ToolRound {
   #filler: string | undefined;
   #running = 0;
   #waiting: Array<() => void> = [];
+  /** Calls that outlasted their deferAfter: they run on after the turn. */
+  readonly deferrals: Deferral[] = [];
 
   constructor(parts: ToolRoundParts) {
     this.#parts = parts;
@@ -83,10 +91,10 @@ export class ToolRound {
   /** The first call by index whose tool has a filler decides; until one has, later calls might. */
   #decideFiller(messageEnded: boolean): void {
     if (this.#filler !== undefined) return;
-    const { tools, filler } = this.#parts;
+    const { tools, filler, line } = this.#parts;
     for (const index of this.#order) {
       const { name } = (this.#entries.get(index) as Entry).call;
-      const text = (tools.has(name) ? tools.filler(name) : undefined) ?? filler;
+      const text = line((tools.has(name) ? tools.filler(name) : undefined) ?? filler);
       if (text !== '') {
         this.#filler = /\s$/.test(text) ? text : `${text} `;
         break;
@@ -130,24 +138,47 @@ export class ToolRound {
       this.#abort = new AbortController();
       this.#signal = AbortSignal.any([this.#parts.signal, this.#abort.signal]);
     }
-    const outcome = await tools.call(call, this.#signal);
-    telemetry.toolCall({
-      toolset: this.#parts.toolset,
-      tool: c.name,
-      outcome: outcome.outcome,
-      seconds: outcome.seconds,
-    });
-    if (this.#parts.clientSignal.aborted && outcome.outcome !== 'cancelled') {
-      logger.info(
-        { tool: c.name, outcome: outcome.outcome },
-        'Tool finished after the client left (onInterrupt: finish).',
-      );
+    const record = (outcome: ToolOutcome, late: boolean) => {
+      telemetry.toolCall({
+        toolset: this.#parts.toolset,
+        tool: c.name,
+        outcome: outcome.outcome,
+        seconds: outcome.seconds,
+      });
+      if (!late && this.#parts.clientSignal.aborted && outcome.outcome !== 'cancelled') {
+        logger.info(
+          { tool: c.name, outcome: outcome.outcome },
+          'Tool finished after the client left (onInterrupt: finish).',
+        );
+      }
+      span.setAttributes({
+        'earpiece.tool.outcome': outcome.outcome,
+        'earpiece.tool.deferred': late,
+        ...toolResultAttributes(outcome.content),
+      });
+      span.end(outcome.outcome === 'ok' || outcome.outcome === 'cache_hit' ? undefined : outcome.outcome);
+    };
+    const signal = this.#signal;
+    const deferAfterMs = tools.has(c.name) ? tools.deferAfter(c.name) : undefined;
+    const deferred = this.#parts.deferred;
+    if (deferAfterMs === undefined || !deferred) {
+      const outcome = await tools.call(call, signal);
+      record(outcome, false);
+      return outcome;
     }
-    span.setAttributes({
-      'earpiece.tool.outcome': outcome.outcome,
-      ...toolResultAttributes(outcome.content),
+    const { outcome, deferral, pending } = await deferred.run(call, () => tools.call(call, signal), {
+      deferAfterMs,
+      clientSignal: this.#parts.clientSignal,
     });
-    span.end(outcome.outcome === 'ok' || outcome.outcome === 'cache_hit' ? undefined : outcome.outcome);
+    if (!pending) {
+      record(outcome, false);
+      return outcome;
+    }
+    // Joined a run an earlier turn deferred: that turn records it and delivers its result.
+    if (!deferral) return outcome;
+    // The real outcome is recorded when it lands; the model reads the pending one now.
+    this.deferrals.push(deferral);
+    void deferral.outcome.then((late) => record(late, true));
     return outcome;
   }
 }

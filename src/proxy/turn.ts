@@ -18,14 +18,17 @@ import type { SpanHandle, Telemetry, TurnOutcome } from '../telemetry/types.js';
 import type { ToolRunner } from '../tools/types.js';
 import type { ResolvedToolSet } from '../toolset/defaults.js';
 import type { Usage } from './chunks.js';
+import type { Deferral, DeferredCalls } from './deferral.js';
 import { ProxyError } from './errors.js';
 import type { ChatMessage } from './messages.js';
 import { readMessage } from './read-message.js';
 import { RequestPolicy, type TurnMemory } from './request-policy.js';
 import type { TurnSink } from './sinks.js';
 import { Speaker } from './speaker.js';
+import { StillWorking } from './still-working.js';
 import { ToolRound } from './tool-round.js';
 import type { Upstream, UpstreamState } from './upstream.js';
+import { type LanguagePicker, TurnVoice } from './voice.js';
 
 export type { TurnMemory };
 
@@ -38,12 +41,18 @@ export interface TurnDeps {
   logger: Logger;
   /** Reshapes the outgoing history (memory splices) and hears about finished exchanges. */
   memory?: TurnMemory | undefined;
+  /** Picks the language of the proxy's own lines; without it, a map speaks en or its first entry. */
+  language?: LanguagePicker | undefined;
+  /** Runs calls of tools with deferAfter and delivers their late results; without it none is deferred. */
+  deferred?: DeferredCalls | undefined;
 }
 
 export interface TurnRequest {
   body: Record<string, unknown> & { messages: ChatMessage[]; model?: string };
   authorization: string | undefined;
   traceparent: string | undefined;
+  /** The client's HTTP-Referer and X-Title, passed on to the model server. */
+  attribution?: Record<string, string> | undefined;
   /** Aborts when the client hangs up (the user barged in). */
   clientSignal: AbortSignal;
   /** performance.now() when the request arrived. */
@@ -58,15 +67,29 @@ export async function runTurn(request: TurnRequest, sink: TurnSink, deps: TurnDe
     turnAttributes(toolset.name, { 'gen_ai.request.model': request.body.model ?? 'unknown' }),
   );
   const speaker = new Speaker(sink);
+  const voice = new TurnVoice(deps.language, request.body.messages);
   const policy = new RequestPolicy({ ...request, ...deps, span, onRequestSent: () => speaker.begin() });
   const isToolName = (name: string) => tools.has(name);
   let iterations = 0;
   let usage: Usage | undefined;
   let outcome: TurnOutcome = 'ok';
+  // Once the model speaks after a tool round, the answer has begun: no still-working line after that.
+  let answerBegan = false;
+  const stillWorking = new StillWorking({
+    afterMs: toolset.voice.stillWorkingAfterMs,
+    text: () => voice.line(toolset.voice.stillWorking),
+    silentSince: () => speaker.lastContentAt ?? request.receivedAt,
+    speak: (text) => {
+      if (!answerBegan && !(iterations > 0 && speaker.answered)) speaker.line(text);
+    },
+  });
+  const deferrals: Deferral[] = [];
   try {
     for (;;) {
       const final = iterations >= toolset.limits.maxIterations;
-      const round = final ? undefined : newRound(request, deps, span, guard.signal, speaker);
+      const round = final
+        ? undefined
+        : newRound(request, deps, span, guard.signal, speaker, voice, () => stillWorking.toolsStarted());
       let message: Awaited<ReturnType<typeof readMessage>>;
       try {
         const opened = await policy.open(final, guard.signal);
@@ -79,11 +102,13 @@ export async function runTurn(request: TurnRequest, sink: TurnSink, deps: TurnDe
           isToolName,
           toolset: toolset.name,
           signal: guard.signal,
+          speakable: toolset.voice.speakable,
         });
       } catch (err) {
         round?.abandon(err);
         throw err;
       }
+      if (iterations > 0 && speaker.answered) answerBegan = true;
       iterations++;
       usage = addUsage(usage, message.usage);
       // The stream may have been read to its end after the client left or the deadline passed.
@@ -92,8 +117,9 @@ export async function runTurn(request: TurnRequest, sink: TurnSink, deps: TurnDe
       if (!round || calls.length === 0) {
         if (final) outcome = 'max_iterations';
         // After a tool round, or a message of calls that will not run, the user must still hear an answer.
+        stillWorking.stop();
         if ((iterations > 1 || message.calls.length > 0) && !speaker.answered)
-          speaker.line(toolset.voice.errorMessage);
+          speaker.line(voice.line(toolset.voice.errorMessage));
         speaker.end(message.finishReason === 'length' ? 'length' : 'stop', usage);
         break;
       }
@@ -104,16 +130,26 @@ export async function runTurn(request: TurnRequest, sink: TurnSink, deps: TurnDe
         speaker.end('tool_calls', usage);
         break;
       }
-      const results = await round.finish(calls);
+      stillWorking.toolsStarted();
+      let results: Awaited<ReturnType<ToolRound['finish']>>;
+      try {
+        results = await round.finish(calls);
+      } finally {
+        stillWorking.toolsFinished();
+        deferrals.push(...round.deferrals);
+      }
       policy.addRound(message, round.calls, results);
       if (guard.signal.aborted) throw guard.signal.reason;
     }
   } catch (err) {
     outcome = guard.outcome();
-    if (outcome !== 'cancelled') fail(err, outcome, speaker, deps);
+    if (outcome !== 'cancelled') fail(err, outcome, speaker, deps, voice);
   }
+  stillWorking.stop();
   guard.dispose();
   if (outcome !== 'cancelled') policy.remember();
+  // After the exchange (with its pending results) is remembered: late results replace them when they land.
+  if (deferrals.length > 0) deps.deferred?.settle(request.body.messages, deferrals);
   telemetry.turn({
     toolset: toolset.name,
     outcome,
@@ -133,23 +169,30 @@ function newRound(
   span: SpanHandle,
   signal: AbortSignal,
   speaker: Speaker,
+  voice: TurnVoice,
+  toolsStarted: () => void,
 ): ToolRound {
   return new ToolRound({
     tools: deps.tools,
     toolset: deps.toolset.name,
     maxParallelCalls: deps.toolset.limits.maxParallelCalls,
     filler: deps.toolset.voice.filler,
+    line: (text) => voice.line(text),
+    deferred: deps.deferred,
     signal,
     clientSignal: request.clientSignal,
     span,
     telemetry: deps.telemetry,
     logger: deps.logger,
-    beforeFirstCall: (filler) => speaker.beforeTools(filler),
+    beforeFirstCall: (filler) => {
+      speaker.beforeTools(filler);
+      toolsStarted();
+    },
   });
 }
 
 /** A failed turn: logged, and the error message spoken (or, for a non-streaming client, an HTTP error). */
-function fail(err: unknown, outcome: TurnOutcome, speaker: Speaker, deps: TurnDeps): void {
+function fail(err: unknown, outcome: TurnOutcome, speaker: Speaker, deps: TurnDeps, voice: TurnVoice): void {
   const { toolset } = deps;
   const error =
     err instanceof ProxyError
@@ -161,7 +204,7 @@ function fail(err: unknown, outcome: TurnOutcome, speaker: Speaker, deps: TurnDe
     { code: error.code, err: error.message, outcome },
     'Turn failed; spoke the error message.',
   );
-  speaker.fail(error, toolset.voice.errorMessage);
+  speaker.fail(error, voice.line(toolset.voice.errorMessage));
 }
 
 /** The turn's one signal: the client's hang-up and the deadline both abort it. */

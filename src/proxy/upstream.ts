@@ -55,11 +55,28 @@ export function classifyRefusal(status: number, body: string): UpstreamRefusal {
   return 'other';
 }
 
+/** A client's headers passed on to the model server: OpenRouter's app attribution (hosted upstreams read them). */
+export const ATTRIBUTION_HEADERS = ['http-referer', 'x-title'] as const;
+
+/** `retry-after` in seconds (delta-seconds or an HTTP date), or undefined when absent or unreadable. */
+export function retryAfterSeconds(
+  value: string | string[] | undefined,
+  now = Date.now(),
+): number | undefined {
+  const text = Array.isArray(value) ? value[0] : value;
+  if (text === undefined || text.trim() === '') return undefined;
+  if (/^\d+$/.test(text.trim())) return Number(text.trim());
+  const date = Date.parse(text);
+  return Number.isNaN(date) ? undefined : Math.max(0, Math.ceil((date - now) / 1000));
+}
+
 export class UpstreamHttpError extends ProxyError {
   readonly refusal: UpstreamRefusal;
   constructor(
     readonly upstreamStatus: number,
     readonly upstreamBody: string,
+    /** A 429's or 503's `retry-after`, in seconds. */
+    readonly retryAfter?: number,
   ) {
     const refusal = classifyRefusal(upstreamStatus, upstreamBody);
     super(
@@ -294,10 +311,16 @@ export class Upstream {
    */
   chat(
     body: Record<string, unknown>,
-    headers: { authorization?: string | undefined; traceparent?: string | undefined },
+    headers: {
+      authorization?: string | undefined;
+      traceparent?: string | undefined;
+      /** The client's ATTRIBUTION_HEADERS, passed on as they came. */
+      attribution?: Record<string, string> | undefined;
+    },
     signal: AbortSignal,
   ): ChatCall {
     const requestHeaders: Record<string, string> = {
+      ...headers.attribution,
       'content-type': 'application/json',
       accept: 'text/event-stream',
       ...this.#authHeader(headers.authorization),
@@ -312,6 +335,7 @@ export class Upstream {
       let controller: Dispatcher.DispatchController | undefined;
       let kind: 'sse' | 'json' | 'refused' | undefined;
       let status = 0;
+      let retryAfter: number | undefined;
       let stream: UpstreamBody | undefined;
       let parts: Buffer[] = [];
       let size = 0;
@@ -341,6 +365,7 @@ export class Upstream {
           onRequestSent: markSent,
           onResponseStart(c, statusCode, responseHeaders) {
             status = statusCode;
+            retryAfter = retryAfterSeconds(responseHeaders['retry-after']);
             if (statusCode >= 400) {
               kind = 'refused';
             } else if (String(responseHeaders['content-type'] ?? '').includes('application/json')) {
@@ -360,7 +385,7 @@ export class Upstream {
             size += chunk.length;
             // An error body is only summarized: the rest is not worth reading.
             if (kind === 'refused' && size >= MAX_ERROR_BODY) {
-              fail(new UpstreamHttpError(status, readParts(parts, MAX_ERROR_BODY)));
+              fail(new UpstreamHttpError(status, readParts(parts, MAX_ERROR_BODY), retryAfter));
               parts = [];
               c.abort(new Error('upstream error body read'));
             } else if (kind === 'json' && size > MAX_COMPLETION_BYTES) {
@@ -379,7 +404,7 @@ export class Upstream {
             if (kind === 'sse') {
               (stream as UpstreamBody).finish();
             } else if (kind === 'refused') {
-              fail(new UpstreamHttpError(status, readParts(parts, MAX_ERROR_BODY)));
+              fail(new UpstreamHttpError(status, readParts(parts, MAX_ERROR_BODY), retryAfter));
             } else {
               try {
                 resolve(new CompletionSource(JSON.parse(readParts(parts))));

@@ -48,6 +48,7 @@ export async function createTelemetry(options: TelemetryOptions = {}): Promise<P
     memory: (record) => prom.memory(record),
     toolsetLoaded: (record) => prom.toolsetLoaded(record),
     sharedState: (record) => prom.sharedState(record),
+    deferredCall: (record) => prom.deferredCall(record),
     shutdown: () => {
       shutdown ??= tracing?.shutdown() ?? Promise.resolve();
       return shutdown;

@@ -6,6 +6,7 @@
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 import { collectProcessMetrics } from './process-metrics.js';
 import type {
+  DeferredRecord,
   MemoryRecord,
   SharedStateRecord,
   StreamRecord,
@@ -86,6 +87,8 @@ export class PromMetrics implements TelemetryRecords {
   private readonly activeStreams: Gauge;
   private readonly disconnects: Counter<'toolset'>;
   private readonly toolsUnsupported: Counter<'toolset'>;
+  private readonly rateLimited: Counter<'toolset'>;
+  private readonly deferredCalls: Counter<'toolset' | 'outcome'>;
   private readonly memorySplices: Counter<'toolset'>;
   private readonly memorySplicedExchanges: Counter<'toolset'>;
   private readonly memoryEntryCount: Gauge<'toolset'>;
@@ -158,6 +161,18 @@ export class PromMetrics implements TelemetryRecords {
       name: 'earpiece_client_disconnects_total',
       help: 'Clients that hung up before their turn ended (barge-in).',
       labelNames: ['toolset'],
+      registers,
+    });
+    this.rateLimited = new Counter({
+      name: 'earpiece_upstream_rate_limited_total',
+      help: 'Model requests the upstream refused with 429; the turn spoke voice.errorMessage and was not retried.',
+      labelNames: ['toolset'],
+      registers,
+    });
+    this.deferredCalls = new Counter({
+      name: 'earpiece_deferred_calls_total',
+      help: 'Tool calls still running at their deferAfter, by what became of them: delivered (the late result reached the next request), expired, failed or cancelled.',
+      labelNames: ['toolset', 'outcome'],
       registers,
     });
     this.toolsUnsupported = new Counter({
@@ -274,11 +289,16 @@ export class PromMetrics implements TelemetryRecords {
     }
   }
 
+  deferredCall(record: DeferredRecord): void {
+    this.deferredCalls.inc({ toolset: this.toolsetLabel(record.toolset), outcome: record.outcome });
+  }
+
   upstreamCall(record: UpstreamCallRecord): void {
     const labels = { toolset: this.toolsetLabel(record.toolset) };
     if (record.timeToFirstTokenSeconds !== undefined)
       this.upstreamFirstToken.observe(labels, record.timeToFirstTokenSeconds);
     if (record.refusal === 'tools_unsupported') this.toolsUnsupported.inc(labels);
+    if (record.refusal === 'rate_limited') this.rateLimited.inc(labels);
   }
 
   stream(record: StreamRecord): void {
@@ -333,6 +353,7 @@ export class PromMetrics implements TelemetryRecords {
       for (const outcome of TURN_OUTCOMES) this.turns.inc({ toolset, outcome }, 0);
       this.disconnects.inc({ toolset }, 0);
       this.toolsUnsupported.inc({ toolset }, 0);
+      this.rateLimited.inc({ toolset }, 0);
       this.memorySplices.inc({ toolset }, 0);
     }
     return toolset;

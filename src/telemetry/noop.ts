@@ -17,5 +17,6 @@ export const noopTelemetry: Telemetry = {
   memory() {},
   toolsetLoaded() {},
   sharedState() {},
+  deferredCall() {},
   shutdown: async () => {},
 };

@@ -39,7 +39,20 @@ export interface UpstreamCallRecord {
   toolset: string;
   /** Request sent → first token, once the first words are on their way to the client. */
   timeToFirstTokenSeconds?: number;
-  refusal?: 'tools_unsupported';
+  /** tools_unsupported: the upstream has no tool parser; rate_limited: a 429 (the turn spoke its error line). */
+  refusal?: 'tools_unsupported' | 'rate_limited';
+}
+
+/**
+ * What became of a deferred call (one still running at its tool's deferAfter): its late result was spliced into
+ * the conversation's next request (`delivered`), or it was dropped because it timed out (`expired`), failed
+ * (`failed`) or was stopped by the user's barge-in (`cancelled`).
+ */
+export type DeferredOutcome = 'delivered' | 'expired' | 'failed' | 'cancelled';
+
+export interface DeferredRecord {
+  toolset: string;
+  outcome: DeferredOutcome;
 }
 
 /** A streaming response opened or closed (the active-streams gauge). */
@@ -74,6 +87,7 @@ export interface TelemetryRecords {
   /** Call again when the tool list changes (an MCP server connects or lists new tools). */
   toolsetLoaded(record: ToolSetRecord): void;
   sharedState(record: SharedStateRecord): void;
+  deferredCall(record: DeferredRecord): void;
 }
 
 /** The shared state (Redis) of a ToolSet: connection changes, and each operation decided in-process instead. */

@@ -247,6 +247,7 @@ export async function createToolRegistry(
     },
     has: (name: string) => current().tools.has(name),
     filler: (name: string) => current().tools.get(name)?.config.filler,
+    deferAfter: (name: string) => current().tools.get(name)?.config.deferAfterMs,
     kind: (name: string) => current().tools.get(name)?.config.kind,
     list: () =>
       [...current().tools.values()].map((t) => ({

@@ -3,7 +3,7 @@
  * and return a value or throw; outcome labels, truncation, caching and timing live in call.ts.
  */
 import type { ToolOutcomeLabel } from '../telemetry/types.js';
-import type { ResolvedTool } from '../toolset/defaults.js';
+import type { ResolvedTool, VoiceText } from '../toolset/defaults.js';
 import type { ToolErrorCode } from './errors.js';
 
 export type { ToolOutcomeLabel };
@@ -94,7 +94,9 @@ export interface ToolRunner {
   /** Whether a name is one of the ToolSet's tools (else it may be a client tool). */
   has(name: string): boolean;
   /** The filler configured for a tool: undefined = use voice.filler, "" = none. */
-  filler(name: string): string | undefined;
+  filler(name: string): VoiceText | undefined;
+  /** How long a call of this tool is awaited before the model gets a pending result (undefined: to its end). */
+  deferAfter(name: string): number | undefined;
   /** The executor kind of a tool (http, mcp, sql, builtin), for telemetry. */
   kind(name: string): ResolvedTool['kind'] | undefined;
   /** Runs one call end to end. Never throws: every failure is an outcome with a short error content. */

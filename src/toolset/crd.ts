@@ -13,7 +13,7 @@
 import { stringify } from 'yaml';
 import { DURATION_PATTERN, MAX_DURATION } from './duration.js';
 import type { ToolSetErrorCode } from './errors.js';
-import { API_GROUP, API_VERSION, KIND, Spec, Status } from './schema.js';
+import { API_GROUP, API_VERSION, KIND, Spec, Status, VOICE_TEXT_KEYWORD } from './schema.js';
 import { MAX_TOOLSET_NAME } from './validate.js';
 
 export const CRD_NAME = `toolsets.${API_GROUP}`;
@@ -127,6 +127,12 @@ function rulesForShape(properties: Record<string, unknown>): Rule[] {
   return [];
 }
 
+/** A voice line is free-form JSON in the CRD (a string-or-map union has no structural type); this rule gives it its shape. */
+const VOICE_TEXT_RULE: Rule = {
+  rule: "type(self) == string || (type(self) == map && size(self) > 0 && self.all(k, k.matches('^[a-z]{2,3}$') && type(self[k]) == string))",
+  message: 'must be a string, or a map from a language tag such as en or fr to a string',
+};
+
 const COPIED = [
   'type',
   'description',
@@ -182,6 +188,8 @@ function structural(schema: Schema, path: string): Schema {
       // false: pruning and strict field validation already refuse unknown fields.
     } else if (key === 'x-kubernetes-preserve-unknown-fields') {
       out[key] = value;
+    } else if (key === VOICE_TEXT_KEYWORD) {
+      out['x-kubernetes-validations'] = [{ ...VOICE_TEXT_RULE }];
     } else {
       throw new CrdSchemaError(`${path}: keyword ${key} has no structural CRD equivalent`);
     }

@@ -15,10 +15,15 @@ export const DEFAULTS = {
   cacheMaxEntries: 1000,
   filler: 'One moment. ',
   errorMessage: "Sorry, I couldn't do that right now. ",
+  stillWorking: 'Still working on it. ',
+  stillWorkingAfter: '3s',
   memoryTurns: 2,
   memoryTtl: '15m',
   memoryMaxBytes: 4096,
 } as const;
+
+/** A voice line as written: one string, or one per language (primary language tag → text). */
+export type VoiceText = string | Readonly<Record<string, string>>;
 
 export type ToolKind = 'http' | 'mcp' | 'sql' | 'builtin';
 
@@ -39,7 +44,9 @@ export interface ResolvedTool {
   /** Undefined: results are not cached. */
   cacheTtlMs: number | undefined;
   /** Undefined: fall back to voice.filler. "" means no filler for this tool. */
-  filler: string | undefined;
+  filler: VoiceText | undefined;
+  /** Undefined: the call is never deferred; the turn waits for it up to its timeout. */
+  deferAfterMs: number | undefined;
   keywords: string[] | undefined;
   onInterrupt: 'cancel' | 'finish';
   memory: boolean;
@@ -61,7 +68,13 @@ export interface ResolvedToolSet {
   source: ToolSet;
   upstream: { url: string | undefined; apiKey: ValueRef | undefined; disableThinking: boolean };
   limits: Limits;
-  voice: { filler: string; errorMessage: string };
+  voice: {
+    filler: VoiceText;
+    errorMessage: VoiceText;
+    stillWorking: VoiceText;
+    stillWorkingAfterMs: number;
+    speakable: boolean;
+  };
   instructions: string | undefined;
   cacheMaxEntries: number;
   memory: { turns: number; ttlMs: number; maxBytes: number };
@@ -114,6 +127,9 @@ export function resolveToolSet(toolset: ToolSet): ResolvedToolSet {
     voice: {
       filler: s.voice?.filler ?? DEFAULTS.filler,
       errorMessage: s.voice?.errorMessage ?? DEFAULTS.errorMessage,
+      stillWorking: s.voice?.stillWorking ?? DEFAULTS.stillWorking,
+      stillWorkingAfterMs: ms(s.voice?.stillWorkingAfter, DEFAULTS.stillWorkingAfter),
+      speakable: s.voice?.speakable ?? true,
     },
     instructions: s.instructions,
     cacheMaxEntries: s.cache?.maxEntries ?? DEFAULTS.cacheMaxEntries,
@@ -130,6 +146,7 @@ export function resolveToolSet(toolset: ToolSet): ResolvedToolSet {
       timeoutMs: spec.timeout ? ms(spec.timeout, DEFAULTS.toolTimeout) : toolTimeoutMs,
       cacheTtlMs: spec.cache ? ms(spec.cache.ttl, '0s') : undefined,
       filler: spec.filler,
+      deferAfterMs: spec.deferAfter ? ms(spec.deferAfter, '0s') : undefined,
       keywords: spec.when?.keywords,
       onInterrupt: spec.onInterrupt ?? 'cancel',
       memory: spec.memory ?? true,

@@ -56,6 +56,21 @@ export function DurationOf(description: string) {
   return Type.String({ ...Duration, description: `${description} ${DURATION_FORM}` });
 }
 
+/** Marks a voice line: crd.ts gives it the CEL rule below, validate.ts checks its shape with a clear message. */
+export const VOICE_TEXT_KEYWORD = 'x-earpiece-voice-text';
+
+/**
+ * A line the proxy speaks: one string, or a map from a BCP 47 primary language tag to the line in that
+ * language. A union a CRD cannot type, so the node is free-form JSON there and its shape is a CEL rule.
+ */
+export function VoiceTextSchema(description: string) {
+  return Type.Unsafe<string | Record<string, string>>({
+    description: `${description} A string, or a map from a language tag to a string ({ en: "One moment. ", fr: "Un instant. " }): the proxy picks the language of the user's last messages, else en, else the first entry.`,
+    'x-kubernetes-preserve-unknown-fields': true,
+    [VOICE_TEXT_KEYWORD]: true,
+  });
+}
+
 export const SecretKeyRef = Type.Object(
   {
     name: Type.String({
@@ -360,11 +375,14 @@ export const Tool = Type.Object(
     ),
     rateLimit: Type.Optional(RateLimit),
     filler: Type.Optional(
-      Type.String({
-        maxLength: LIMIT.spoken,
-        description:
-          'Spoken while this tool runs, instead of voice.filler; "" for none. Example: "Let me check the weather. "',
-      }),
+      VoiceTextSchema(
+        'Spoken while this tool runs, instead of voice.filler; "" for none. Example: "Let me check the weather. "',
+      ),
+    ),
+    deferAfter: Type.Optional(
+      DurationOf(
+        'When a call is still running after this long, the model is told the result will follow and the turn ends; the call runs on to its timeout and its result is spoken on the next turn (through tool memory, so memory.turns must be above 0). Must be shorter than the timeout.',
+      ),
     ),
     when: Type.Optional(
       Type.Object(
@@ -467,20 +485,34 @@ export const Spec = Type.Object(
       Type.Object(
         {
           filler: Type.Optional(
-            Type.String({
-              maxLength: LIMIT.spoken,
-              description: 'Spoken once while tools run; default "One moment. ".',
-            }),
+            VoiceTextSchema(
+              'Spoken when the model calls a tool without saying anything first, so the user hears at once that something is happening. "" turns it off. Default "One moment. ".',
+            ),
           ),
           errorMessage: Type.Optional(
-            Type.String({
-              maxLength: LIMIT.spoken,
+            VoiceTextSchema(
+              'Spoken when the model cannot answer (the LLM server failed or the turn timed out): the voice session goes on instead of ending on an error.',
+            ),
+          ),
+          stillWorking: Type.Optional(
+            VoiceTextSchema(
+              'Spoken once when tools have run for stillWorkingAfter with nothing new said, and never once the answer has begun. "" turns it off. Default "Still working on it. ".',
+            ),
+          ),
+          stillWorkingAfter: Type.Optional(
+            DurationOf('How long a tool turn may stay silent before stillWorking is spoken. Default 3s.'),
+          ),
+          speakable: Type.Optional(
+            Type.Boolean({
               description:
-                'Spoken when the LLM server fails mid-turn; default "Sorry, I couldn\'t do that right now. ".',
+                "Remove what a TTS would read literally from the model's text: markdown emphasis, headings, list bullets, code fences and emojis; a bare URL becomes its host name. Default true.",
             }),
           ),
         },
-        { additionalProperties: false, description: 'What the proxy itself says.' },
+        {
+          additionalProperties: false,
+          description: "What the proxy itself says, and how the model's text is made speakable.",
+        },
       ),
     ),
     instructions: Type.Optional(

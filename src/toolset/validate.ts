@@ -268,6 +268,66 @@ function checkFreeFormSqlParameters(parameters: unknown, path: string, issues: I
   }
 }
 
+const LANGUAGE_TAG = /^[a-z]{2,3}$/;
+
+/** A voice line: a string, or a non-empty map from a primary language tag to a string. */
+function checkVoiceText(value: unknown, path: string, issues: Issue[]): void {
+  if (value === undefined || typeof value === 'string') return;
+  const shape = 'must be a string, or a map from a language tag such as en or fr to a string';
+  if (value === null || typeof value !== 'object' || Array.isArray(value)) {
+    issues.push({ path, message: shape });
+    return;
+  }
+  const entries = Object.entries(value);
+  if (entries.length === 0) issues.push({ path, message: `${shape} (the map is empty)` });
+  for (const [tag, text] of entries) {
+    if (!LANGUAGE_TAG.test(tag)) {
+      issues.push({
+        path: `${path}.${tag}`,
+        message: 'is not a primary language tag (two or three lower-case letters, such as en or fr)',
+      });
+    } else if (typeof text !== 'string') {
+      issues.push({ path: `${path}.${tag}`, message: 'must be a string' });
+    }
+  }
+}
+
+/** The voice lines, and the deferral rules: deferAfter below the timeout, and memory to deliver through. */
+function checkVoice(toolset: ToolSet, issues: Issue[]): void {
+  const spec = toolset.spec;
+  const voice = spec.voice;
+  for (const field of ['filler', 'errorMessage', 'stillWorking'] as const)
+    checkVoiceText(voice?.[field], `spec.voice.${field}`, issues);
+  const defaultTimeout = spec.limits?.toolTimeout ?? '5s';
+  spec.tools.forEach((tool, i) => {
+    if (tool === null || typeof tool !== 'object') return;
+    checkVoiceText(tool.filler, `spec.tools[${i}].filler`, issues);
+    if (typeof tool.deferAfter !== 'string') return;
+    const path = `spec.tools[${i}].deferAfter`;
+    const defer = parseDuration(tool.deferAfter);
+    const timeoutText = typeof tool.timeout === 'string' ? tool.timeout : defaultTimeout;
+    const timeout = parseDuration(timeoutText);
+    if (defer !== undefined && timeout !== undefined && defer >= timeout) {
+      issues.push({
+        path,
+        message: `${JSON.stringify(tool.deferAfter)} must be shorter than the tool's timeout (${timeoutText}): the call runs on after it`,
+      });
+    }
+    if (spec.memory?.turns === 0) {
+      issues.push({
+        path,
+        message: 'needs spec.memory.turns above 0: a late result reaches the next turn through tool memory',
+      });
+    }
+    if (tool.memory === false) {
+      issues.push({
+        path,
+        message: 'needs memory: true on the tool: a late result reaches the next turn through tool memory',
+      });
+    }
+  });
+}
+
 /**
  * Durations must be longer than zero and at most MAX_DURATION: a zero turn timeout, or one past what a
  * Node.js timer holds, would fail every turn at once.
@@ -278,8 +338,10 @@ function checkDurations(toolset: ToolSet, issues: Issue[]): void {
     ['spec.limits.turnTimeout', spec.limits?.turnTimeout],
     ['spec.limits.toolTimeout', spec.limits?.toolTimeout],
     ['spec.memory.ttl', spec.memory?.ttl],
+    ['spec.voice.stillWorkingAfter', spec.voice?.stillWorkingAfter],
     ...spec.tools.flatMap((t, i): [string, unknown][] => [
       [`spec.tools[${i}].timeout`, t?.timeout],
+      [`spec.tools[${i}].deferAfter`, t?.deferAfter],
       [`spec.tools[${i}].cache.ttl`, t?.cache?.ttl],
       [`spec.tools[${i}].rateLimit.per`, t?.rateLimit?.per],
     ]),
@@ -320,6 +382,7 @@ export function semanticIssues(toolset: ToolSet): Issue[] {
     checkValue(spec.sharedState?.redis?.url, 'spec.sharedState.redis.url', issues);
     checkRedisUrl(spec.sharedState?.redis?.url?.value, issues);
     checkDurations(toolset, issues);
+    checkVoice(toolset, issues);
   } catch {}
   if (spec.upstream?.url && /\/v1\/?$/.test(spec.upstream.url)) {
     issues.push({

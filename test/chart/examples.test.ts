@@ -32,12 +32,13 @@ const template = (deployment: K8sObject) =>
 const envOf = (c: Container | undefined) => Object.fromEntries((c?.env ?? []).map((e) => [e.name, e.value]));
 
 describe('examples/', () => {
-  it.each(['examples/weather-toolset.yaml', 'examples/home-assistant-toolset.yaml'])(
-    '%s is a valid ToolSet for earpiece and for the API server',
-    async (file) => {
-      expect(await kubernetesIssues(toolset(file) as unknown as K8sObject)).toEqual([]);
-    },
-  );
+  it.each([
+    'examples/weather-toolset.yaml',
+    'examples/home-assistant-toolset.yaml',
+    'examples/openrouter-toolset.yaml',
+  ])('%s is a valid ToolSet for earpiece and for the API server', async (file) => {
+    expect(await kubernetesIssues(toolset(file) as unknown as K8sObject)).toEqual([]);
+  });
 
   it('asks Open-Meteo the right questions', () => {
     const tools = toolset('examples/weather-toolset.yaml').spec.tools;

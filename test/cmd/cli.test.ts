@@ -90,6 +90,14 @@ describe('earpiece demo', () => {
     expect(result.stdout).toMatch(
       /Sure\. \n\s+↳ tool home_TurnOn: ok[\s\S]*The kitchen light is on, switched through MCP/,
     );
+    // A slow tool: the still-working line after the filler, before the answer.
+    expect(result.stdout).toMatch(
+      /Let me look at the week\. Still working on it\. \n\s+↳ tool get_outlook: ok[\s\S]*The week looks dry/,
+    );
+    // A deferred tool: the turn ends on a promise; the result is spoken on the next turn (the silence marker).
+    expect(result.stdout).toMatch(
+      /One moment\. It's taking a while; I'll tell you[\s\S]*↳ tool plan_route: ok[\s\S]*you: {7}\.\.\.\nassistant: By the way, your route is ready: 47 minutes/,
+    );
   });
 });
 

@@ -158,6 +158,31 @@ describe('what the recorded streams prove', () => {
     expect(d.spoken).toBe('');
     expect(d.rawCalls).toEqual([{ name: 'get_weather', parsedArguments: { city: 'Paris' } }]);
   });
+
+  it("decodes OpenRouter's streams to the same turns as vLLM's, tools included", async () => {
+    const turn = (d: Awaited<ReturnType<typeof decoded>>) => ({
+      spoken: d.spoken,
+      calls: d.toolCalls.map((c) => ({ name: c.name, arguments: c.parsedArguments })),
+      finishReason: d.finishReason,
+      error: d.error?.kind ?? null,
+    });
+    // Keep-alive comments, a reasoning delta, `role` on every delta, and usage with cost in a chunk without choices.
+    const call = await decoded('openrouter-tool-call');
+    expect(turn(call)).toEqual(turn(await decoded('vllm-llama3json-single-tool')));
+    expect(call.usage).toMatchObject({ total_tokens: 225, cost: 0.0000612 });
+    const text = await decoded('openrouter-reasoning-then-content');
+    expect(turn(text)).toEqual(turn(await decoded('vllm-plain-text-include-usage')));
+    expect(text.reasoning).toBe('The user asks for the capital of France.');
+    // A mid-stream error: a top-level error object beside a choice with finish_reason "error".
+    const failed = await decoded('openrouter-midstream-error');
+    expect(turn(failed)).toEqual({
+      spoken: 'The capital',
+      calls: [],
+      finishReason: null,
+      error: 'error_event',
+    });
+    expect(failed.error?.message).toContain('Provider disconnected unexpectedly');
+  });
 });
 
 describe('StreamAccumulator', () => {

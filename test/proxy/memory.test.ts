@@ -244,3 +244,110 @@ describe('ToolMemory', () => {
     );
   });
 });
+
+describe('late results in tool memory', () => {
+  const sys = { role: 'system', content: 'You are a voice assistant.' };
+  const question = { role: 'user', content: 'How long is my commute today?' };
+  const call = (id: string) => ({
+    role: 'assistant',
+    content: null,
+    tool_calls: [{ id, type: 'function', function: { name: 'commute', arguments: '{}' } }],
+  });
+  const result = (id: string, content: string) => ({ role: 'tool', tool_call_id: id, content });
+  const options = { turns: 2, ttlMs: 60_000, maxBytes: 4096, maxEntries: 100 };
+
+  it('replaces the pending result in place, notes it once, then keeps it as ordinary memory', () => {
+    const delivered: string[][] = [];
+    const memory = new ToolMemory(options, { onLate: (tools) => delivered.push(tools) });
+    const first: ChatMessage[] = [sys, question];
+    memory.remember(first, [call('c1'), result('c1', 'pending: commute is still running')]);
+    memory.late(first, [call('c1'), result('c1', '{"minutes":42}')]);
+
+    const next: ChatMessage[] = [
+      ...first,
+      { role: 'assistant', content: 'I will tell you soon.' },
+      { role: 'user', content: '...' },
+    ];
+    const prepared = memory.prepare(next).messages;
+    expect(prepared.map((m) => m.role)).toEqual([
+      'system',
+      'user',
+      'assistant',
+      'tool',
+      'assistant',
+      'user',
+      'system',
+    ]);
+    expect(prepared[3]).toEqual(result('c1', '{"minutes":42}'));
+    expect(String(prepared.at(-1)?.content)).toMatch(/result of "commute".*has just arrived/);
+    expect(delivered).toEqual([['commute']]);
+
+    // Spliced once as late: the next request has the result in place, without the note.
+    const again = memory.prepare([
+      ...next,
+      { role: 'assistant', content: 'It is 42 minutes.' },
+      { role: 'user', content: 'Thanks.' },
+    ]);
+    expect(again.messages.filter((m) => m.role === 'tool')).toEqual([result('c1', '{"minutes":42}')]);
+    expect(again.messages.at(-1)).toEqual({ role: 'user', content: 'Thanks.' });
+    expect(delivered).toHaveLength(1);
+  });
+
+  it('keeps a late result of a turn the user interrupted (nothing was remembered for it)', () => {
+    const memory = new ToolMemory(options);
+    const first: ChatMessage[] = [sys, question];
+    memory.late(first, [call('c2'), result('c2', '{"minutes":17}')]);
+    const prepared = memory.prepare([
+      ...first,
+      { role: 'assistant', content: 'One moment.' },
+      { role: 'user', content: 'Hello?' },
+    ]);
+    expect(prepared.messages.map((m) => m.role)).toEqual([
+      'system',
+      'user',
+      'assistant',
+      'tool',
+      'assistant',
+      'user',
+      'system',
+    ]);
+    expect(prepared.messages[2]).toEqual(call('c2'));
+  });
+
+  it('counts a late result that expires before any request carries it', () => {
+    // lru-cache takes a start time of 0 for "no ttl": the clock starts later.
+    let now = 5_000;
+    const lost: string[][] = [];
+    const memory = new ToolMemory(
+      { ...options, now: () => now },
+      { onLateLost: (tools) => lost.push(tools) },
+    );
+    const first: ChatMessage[] = [sys, question];
+    memory.late(first, [call('c3'), result('c3', '{"minutes":5}')]);
+    now += options.ttlMs + 1;
+    memory.prepare([...first, { role: 'assistant', content: 'Soon.' }, { role: 'user', content: '...' }]);
+    expect(lost).toEqual([['commute']]);
+  });
+
+  it('puts a late result back even past the newest memory.turns exchanges', () => {
+    const memory = new ToolMemory({ ...options, turns: 1 });
+    const first: ChatMessage[] = [sys, question];
+    memory.remember(first, [call('c1'), result('c1', 'pending')]);
+    memory.late(first, [call('c1'), result('c1', '{"minutes":42}')]);
+    const second: ChatMessage[] = [
+      ...first,
+      { role: 'assistant', content: 'Soon.' },
+      { role: 'user', content: 'And the weather?' },
+    ];
+    memory.remember(second, [call('w1'), result('w1', '{"sunny":true}')]);
+    const prepared = memory.prepare([
+      ...second,
+      { role: 'assistant', content: 'Sunny.' },
+      { role: 'user', content: '...' },
+    ]);
+    expect(prepared.messages.filter((m) => m.role === 'tool').map((m) => m.content)).toEqual([
+      '{"minutes":42}',
+      '{"sunny":true}',
+    ]);
+  });
+});

@@ -95,7 +95,20 @@ describe('the ToolSet CRD', () => {
   it('is a structural schema: every field typed, no unions, free JSON only where declared', () => {
     const schema = toolSetOpenApiSchema();
     const all = [...nodes(schema)];
+    // Voice lines are a string or a map by language: free-form JSON, as the API server allows, shaped by a CEL rule.
+    const voiceLines = [
+      'spec.voice.filler',
+      'spec.voice.errorMessage',
+      'spec.voice.stillWorking',
+      'spec.tools[].filler',
+    ];
     for (const [path, node] of all) {
+      if (voiceLines.includes(path)) {
+        expect(node).toMatchObject({ 'x-kubernetes-preserve-unknown-fields': true });
+        expect(node).not.toHaveProperty('properties');
+        expect((node['x-kubernetes-validations'] as unknown[]).length, `${path} has its rule`).toBe(1);
+        continue;
+      }
       expect(node.type, `${path || '(root)'} has a type`).toBeTypeOf('string');
       for (const keyword of ['oneOf', 'anyOf', 'allOf', 'not', '$ref', 'patternProperties', 'const'])
         expect(node, `${path} uses ${keyword}`).not.toHaveProperty(keyword);
@@ -106,7 +119,7 @@ describe('the ToolSet CRD', () => {
       if (node.format) expect(node.format, `${path} format`).toBe('date-time');
     }
     const free = all.filter(([, n]) => n['x-kubernetes-preserve-unknown-fields']).map(([p]) => p);
-    expect(free).toEqual(['spec.tools[].parameters']);
+    expect(free.sort()).toEqual(['spec.tools[].parameters', ...voiceLines].sort());
     expect(Object.fromEntries(all)['spec.tools[].parameters']).toEqual({
       type: 'object',
       description: expect.stringContaining('JSON Schema'),
@@ -264,6 +277,27 @@ describe('the ToolSet CRD', () => {
       true,
     ],
     [
+      'voice lines as strings and as maps by language',
+      toolset({
+        voice: {
+          filler: { en: 'One moment. ', fr: 'Un instant. ' },
+          stillWorking: '',
+          stillWorkingAfter: '2s',
+          speakable: false,
+        },
+        tools: [{ name: 'x', builtin: 'time', filler: { fr: 'Je regarde. ' }, deferAfter: '2s' }],
+      }),
+      true,
+    ],
+    ['a voice line that is a number', toolset({ voice: { filler: 3 }, tools: [] }), false],
+    [
+      'a voice map keyed by a name',
+      toolset({ voice: { errorMessage: { English: 'Sorry. ' } }, tools: [] }),
+      false,
+    ],
+    ['a voice map with a non-string', toolset({ voice: { stillWorking: { en: ['a'] } }, tools: [] }), false],
+    ['an empty voice map', toolset({ tools: [{ name: 'x', builtin: 'time', filler: {} }] }), false],
+    [
       'a name of 63 characters',
       { ...toolset({ tools: [] }), metadata: { name: 'a'.repeat(63), namespace: 'voice' } },
       true,
@@ -300,6 +334,14 @@ describe('the ToolSet CRD', () => {
       }),
     ],
     ['an upstream URL ending in /v1', toolset({ upstream: { url: 'http://vllm:8000/v1' }, tools: [] })],
+    [
+      'deferAfter not below the timeout',
+      toolset({ tools: [{ name: 'x', builtin: 'time', timeout: '2s', deferAfter: '2s' }] }),
+    ],
+    [
+      'deferAfter without tool memory',
+      toolset({ memory: { turns: 0 }, tools: [{ name: 'x', builtin: 'time', deferAfter: '1s' }] }),
+    ],
   ];
   it.each(runtimeOnly)('leaves to the controller: %s', (_name, doc) => {
     expect(validateToolSet(doc).ok).toBe(false);

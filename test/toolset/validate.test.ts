@@ -411,3 +411,83 @@ describe('rate limits and shared state', () => {
     expect(toolset.spec.sharedState).toEqual({ redis: { url: { valueFrom: { env: name } } } });
   });
 });
+
+describe('voice lines and deferred calls', () => {
+  it('takes a string or a map by language, and applies the voice defaults', () => {
+    const doc = {
+      ...base,
+      spec: {
+        voice: { filler: { en: 'One moment. ', fr: 'Un instant. ' }, stillWorkingAfter: '2s' },
+        tools: [
+          { name: 't', builtin: 'time', timeout: '10s', deferAfter: '4s', filler: { fr: 'Je regarde. ' } },
+        ],
+      },
+    };
+    const result = validateToolSet(doc);
+    expect(result.issues).toEqual([]);
+    if (!result.ok) return;
+    const resolved = resolveToolSet(result.toolset);
+    expect(resolved.voice).toEqual({
+      filler: { en: 'One moment. ', fr: 'Un instant. ' },
+      errorMessage: "Sorry, I couldn't do that right now. ",
+      stillWorking: 'Still working on it. ',
+      stillWorkingAfterMs: 2000,
+      speakable: true,
+    });
+    expect(resolved.tools[0]).toMatchObject({
+      deferAfterMs: 4000,
+      timeoutMs: 10000,
+      filler: { fr: 'Je regarde. ' },
+    });
+  });
+
+  it('names each malformed voice line', () => {
+    const doc = {
+      ...base,
+      spec: {
+        voice: { filler: 3, errorMessage: { English: 'Sorry. ' }, stillWorking: { en: 1 } },
+        tools: [{ name: 't', builtin: 'time', filler: {} }],
+      },
+    };
+    expect(validateToolSet(doc).issues).toEqual([
+      {
+        path: 'spec.voice.filler',
+        message: 'must be a string, or a map from a language tag such as en or fr to a string',
+      },
+      {
+        path: 'spec.voice.errorMessage.English',
+        message: 'is not a primary language tag (two or three lower-case letters, such as en or fr)',
+      },
+      { path: 'spec.voice.stillWorking.en', message: 'must be a string' },
+      {
+        path: 'spec.tools[0].filler',
+        message:
+          'must be a string, or a map from a language tag such as en or fr to a string (the map is empty)',
+      },
+    ]);
+  });
+
+  it('wants deferAfter below the timeout, and tool memory to deliver the late result through', () => {
+    const doc = {
+      ...base,
+      spec: {
+        limits: { toolTimeout: '3s' },
+        memory: { turns: 0 },
+        tools: [
+          { name: 'a', builtin: 'time', deferAfter: '3s' },
+          { name: 'b', builtin: 'time', timeout: '10s', deferAfter: '0s' },
+          { name: 'c', builtin: 'time', timeout: '10s', deferAfter: '2s', memory: false },
+        ],
+      },
+    };
+    const messages = validateToolSet(doc).issues.map((i) => `${i.path}: ${i.message}`);
+    expect(messages).toEqual([
+      'spec.tools[1].deferAfter: "0s" must be longer than zero',
+      `spec.tools[0].deferAfter: "3s" must be shorter than the tool's timeout (3s): the call runs on after it`,
+      'spec.tools[0].deferAfter: needs spec.memory.turns above 0: a late result reaches the next turn through tool memory',
+      'spec.tools[1].deferAfter: needs spec.memory.turns above 0: a late result reaches the next turn through tool memory',
+      'spec.tools[2].deferAfter: needs spec.memory.turns above 0: a late result reaches the next turn through tool memory',
+      'spec.tools[2].deferAfter: needs memory: true on the tool: a late result reaches the next turn through tool memory',
+    ]);
+  });
+});

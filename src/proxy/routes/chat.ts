@@ -1,4 +1,5 @@
 /** POST /v1/chat/completions: the client's turn, streamed (SSE sink) or not (JSON sink). */
+import type { IncomingHttpHeaders } from 'node:http';
 import type { FastifyInstance } from 'fastify';
 import { type ChatRequestBody, ChatRequestSchema } from '../chat-request.js';
 import { ProxyError } from '../errors.js';
@@ -6,6 +7,17 @@ import type { ChatMessage } from '../messages.js';
 import type { ServerDeps } from '../server.js';
 import { completionId, JsonSink, SseSink } from '../sinks.js';
 import { runTurn } from '../turn.js';
+import { ATTRIBUTION_HEADERS } from '../upstream.js';
+import { voiceText } from '../voice.js';
+
+/** The client's OpenRouter attribution headers, when it sent any. */
+function attributionHeaders(headers: IncomingHttpHeaders): Record<string, string> | undefined {
+  const entries = ATTRIBUTION_HEADERS.flatMap((name) => {
+    const value = headers[name];
+    return typeof value === 'string' ? [[name, value] as const] : [];
+  });
+  return entries.length > 0 ? Object.fromEntries(entries) : undefined;
+}
 
 export async function chatRoutes(app: FastifyInstance, deps: ServerDeps): Promise<void> {
   // The schema check answers a malformed request with a 400 naming the field (http-errors.ts), before any
@@ -38,6 +50,7 @@ export async function chatRoutes(app: FastifyInstance, deps: ServerDeps): Promis
           authorization: request.headers.authorization,
           traceparent:
             typeof request.headers.traceparent === 'string' ? request.headers.traceparent : undefined,
+          attribution: attributionHeaders(request.headers),
           clientSignal: client.signal,
           receivedAt,
         },
@@ -50,7 +63,10 @@ export async function chatRoutes(app: FastifyInstance, deps: ServerDeps): Promis
     } catch (err) {
       // runTurn handles its own failures; this is the last guard so a stream always ends well-formed.
       deps.logger.error({ err }, 'Turn crashed; ended it with the error message.');
-      sink.fail(new ProxyError('ERP_INTERNAL', 'internal error'), active.toolset.voice.errorMessage);
+      sink.fail(
+        new ProxyError('ERP_INTERNAL', 'internal error'),
+        voiceText(active.toolset.voice.errorMessage, active.language.pick(body.messages as ChatMessage[])),
+      );
     } finally {
       if (streaming) deps.telemetry.stream({ change: 'closed' });
     }

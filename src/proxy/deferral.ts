@@ -1,0 +1,181 @@
+/**
+ * Calls that outlast their tool's `deferAfter`. The model gets a short pending result at once (so it tells
+ * the user the answer will follow) and the turn ends; the call runs on to its timeout under the usual
+ * barge-in rule. When it finishes, its real exchange goes into tool memory for that conversation, marked
+ * late, and the conversation's next request (the user's next words, or Unmute's `...` silence marker)
+ * carries it with a note that it has just arrived. A failed or expired late result is dropped, counted
+ * and logged. A deferred call never runs twice: the same call (tool and arguments) asked for again while
+ * it runs joins it.
+ */
+import type { Logger } from '../telemetry/log.js';
+import type { DeferredOutcome } from '../telemetry/types.js';
+import type { ToolCall, ToolOutcome } from '../tools/types.js';
+import { canonicalJson } from '../toolset/defaults.js';
+import type { LateResults } from './memory.js';
+import type { ChatMessage } from './messages.js';
+
+/** What the model reads for a call that is still running. */
+export function pendingContent(tool: string): string {
+  return `pending: ${tool} is still running; its result will arrive later. Tell the user you will let them know as soon as it is ready. Do not call ${tool} again for this.`;
+}
+
+/** A call that outlasted its deferAfter, still running. */
+export interface Deferral {
+  call: ToolCall;
+  outcome: Promise<ToolOutcome>;
+  /** Set when a later turn joined the run and got its result as an ordinary one. */
+  claimed: boolean;
+}
+
+export interface DeferOptions {
+  deferAfterMs: number;
+  /** The client's hang-up: a call still running then is deferred at once (the turn is over). */
+  clientSignal: AbortSignal;
+}
+
+function sameCallKey(call: ToolCall): string | undefined {
+  try {
+    return `${call.name}\0${canonicalJson(JSON.parse(call.arguments))}`;
+  } catch {
+    return undefined;
+  }
+}
+
+function dropReason(outcome: ToolOutcome): DeferredOutcome | undefined {
+  if (outcome.outcome === 'ok' || outcome.outcome === 'cache_hit') return undefined;
+  if (outcome.outcome === 'timeout') return 'expired';
+  if (outcome.outcome === 'cancelled') return 'cancelled';
+  return 'failed';
+}
+
+/** The deferred calls of one ToolSet: the calls in flight, and where their late results go. */
+export class DeferredCalls {
+  readonly #inFlight = new Map<string, Deferral>();
+  readonly #memory: LateResults | undefined;
+  readonly #report: (outcome: DeferredOutcome) => void;
+  readonly #logger: Logger;
+
+  constructor(memory: LateResults | undefined, report: (outcome: DeferredOutcome) => void, logger: Logger) {
+    this.#memory = memory;
+    this.#report = report;
+    this.#logger = logger;
+  }
+
+  /** Calls in flight after their turn (for tests and shutdown logs). */
+  get running(): number {
+    return this.#inFlight.size;
+  }
+
+  /**
+   * Runs a call whose tool has deferAfter, or joins the same call already running from an earlier turn.
+   * Resolves with the real outcome when it comes in time, else with a pending one and the running call.
+   */
+  async run(
+    call: ToolCall,
+    start: () => Promise<ToolOutcome>,
+    options: DeferOptions,
+  ): Promise<{ outcome: ToolOutcome; deferral?: Deferral; pending: boolean }> {
+    const key = sameCallKey(call);
+    const joined = key === undefined ? undefined : this.#inFlight.get(key);
+    let outcome: Promise<ToolOutcome>;
+    if (joined) {
+      this.#logger.info(
+        { tool: call.name },
+        'Joined a deferred call still running instead of running it again.',
+      );
+      outcome = joined.outcome.then((o) => ({ ...o, call }));
+    } else {
+      outcome = start();
+      if (key !== undefined) {
+        const entry: Deferral = { call, outcome, claimed: false };
+        this.#inFlight.set(key, entry);
+        void outcome.finally(() => {
+          if (this.#inFlight.get(key) === entry) this.#inFlight.delete(key);
+        });
+      }
+    }
+    let timer: NodeJS.Timeout | undefined;
+    let onAbort: (() => void) | undefined;
+    const deferred = new Promise<'deferred'>((resolve) => {
+      timer = setTimeout(() => resolve('deferred'), options.deferAfterMs);
+      onAbort = () => resolve('deferred');
+      if (options.clientSignal.aborted) onAbort();
+      else options.clientSignal.addEventListener('abort', onAbort, { once: true });
+    });
+    try {
+      const first = await Promise.race([outcome, deferred]);
+      if (first !== 'deferred') {
+        // A later turn asked for the same call and got its result in time: no late delivery for it.
+        if (joined) joined.claimed = true;
+        return { outcome: first, pending: false };
+      }
+      const deferral: Deferral =
+        key !== undefined
+          ? (this.#inFlight.get(key) ?? { call, outcome, claimed: false })
+          : { call, outcome, claimed: false };
+      return {
+        outcome: {
+          call,
+          content: pendingContent(call.name),
+          outcome: 'ok',
+          seconds: options.deferAfterMs / 1000,
+          remember: true,
+        },
+        // A joined run is delivered late by the turn that started it, not again by this one.
+        deferral: joined ? undefined : deferral,
+        pending: true,
+      };
+    } finally {
+      clearTimeout(timer);
+      if (onAbort) options.clientSignal.removeEventListener('abort', onAbort);
+    }
+  }
+
+  /**
+   * The turn has ended (its exchange, with the pending results, is remembered): each deferred call's result,
+   * when it lands, goes into memory under the client's messages of that turn.
+   */
+  settle(clientMessages: ChatMessage[], deferrals: readonly Deferral[]): void {
+    for (const deferral of deferrals) {
+      void deferral.outcome.then((outcome) =>
+        setImmediate(() => this.#land(clientMessages, deferral, outcome)),
+      );
+    }
+  }
+
+  /** Runs a macrotask after the result: a later turn that joined the call has claimed it by then. */
+  #land(clientMessages: ChatMessage[], deferral: Deferral, outcome: ToolOutcome): void {
+    const tool = deferral.call.name;
+    if (deferral.claimed) {
+      this.#report('delivered');
+      return;
+    }
+    const dropped = dropReason(outcome);
+    if (dropped !== undefined || !this.#memory) {
+      this.#report(dropped ?? 'failed');
+      this.#logger.info(
+        { tool, outcome: outcome.outcome, seconds: outcome.seconds },
+        'Dropped the late result of a deferred call.',
+      );
+      return;
+    }
+    this.#memory.late(clientMessages, [
+      {
+        role: 'assistant',
+        content: null,
+        tool_calls: [
+          {
+            id: deferral.call.id,
+            type: 'function',
+            function: { name: tool, arguments: deferral.call.arguments },
+          },
+        ],
+      },
+      { role: 'tool', tool_call_id: deferral.call.id, content: outcome.content },
+    ]);
+    this.#logger.info(
+      { tool, seconds: outcome.seconds },
+      'A deferred call finished; its result goes to the next request.',
+    );
+  }
+}

@@ -1,0 +1,329 @@
+/**
+ * Slow tools as the user hears them: the still-working line, deferred calls whose late results reach the
+ * next request, and voice lines in the user's language. A real HTTP tool that answers after a delay, the
+ * scripted model, the real proxy and the official client. Delays are far apart so ordering, not timing,
+ * is what the tests pin.
+ */
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import {
+  lastUserText,
+  type RecordedRequest,
+  type ScriptedReply,
+  textReply,
+  toolCallReply,
+  toolResults,
+} from '../../src/demo/scripted-upstream.js';
+import { unmuteTurn, useScriptedProxy } from '../support/proxy.js';
+
+/** A tool server: GET /work?ms=N&id=X answers {"done": X} after N ms; it records runs and aborted requests. */
+let server: Server;
+let toolUrl: string;
+const runs: string[] = [];
+const aborted: string[] = [];
+const finished: string[] = [];
+beforeAll(async () => {
+  server = createServer((req, res) => {
+    const url = new URL(req.url ?? '/', 'http://x');
+    const id = url.searchParams.get('id') ?? '?';
+    runs.push(id);
+    const timer = setTimeout(
+      () => {
+        finished.push(id);
+        res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ done: id }));
+      },
+      Number(url.searchParams.get('ms') ?? 0),
+    );
+    res.on('close', () => {
+      if (!res.writableFinished) {
+        clearTimeout(timer);
+        aborted.push(id);
+      }
+    });
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  toolUrl = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+});
+afterAll(() => new Promise<void>((r) => server.close(() => r())));
+
+const SYSTEM = { role: 'system' as const, content: 'You are a helpful voice assistant.' };
+type Msg = { role: 'system' | 'user' | 'assistant'; content: string };
+
+function workTool(name: string, extra: Record<string, unknown> = {}) {
+  return {
+    name,
+    description: 'Does some work that takes a while.',
+    parameters: {
+      type: 'object',
+      properties: { ms: { type: 'integer' }, id: { type: 'string' } },
+      required: ['ms', 'id'],
+    },
+    http: { url: `${toolUrl}/work{?ms,id}` },
+    ...extra,
+  };
+}
+
+/**
+ * The model: a user message naming a tool ("work 1500 a") calls it with those arguments; a pending result
+ * gets a promise; a late-result note gets the result said; a tool result gets an answer.
+ */
+function model(req: RecordedRequest): ScriptedReply {
+  const messages = req.body.messages ?? [];
+  const last = messages.at(-1);
+  if (last?.role === 'system' && /has just arrived/.test(String(last.content))) {
+    const results = toolResults(req).filter((r) => !r.startsWith('pending'));
+    return { sse: textReply(`It just arrived: ${results.at(-1)}.`) };
+  }
+  if (last?.role === 'tool') {
+    const content = String(last.content);
+    if (content.startsWith('pending')) return { sse: textReply("I'll tell you as soon as it is ready.") };
+    return { sse: textReply(`Done: ${content}.`) };
+  }
+  const ask = lastUserText(req).match(/(\w+) (\d+) (\w+)/);
+  if (ask && req.body.tools?.length) {
+    return {
+      sse: toolCallReply([{ name: ask[1] as string, arguments: { ms: Number(ask[2]), id: ask[3] } }]),
+    };
+  }
+  return { sse: textReply('Okay.') };
+}
+
+async function metric(metricsUrl: string, line: RegExp): Promise<number> {
+  const text = await (await fetch(`${metricsUrl}/metrics`)).text();
+  const found = text.split('\n').find((l) => line.test(l));
+  return found ? Number(found.split(' ').at(-1)) : 0;
+}
+
+async function until(check: () => boolean, what: string): Promise<void> {
+  const started = Date.now();
+  while (!check()) {
+    if (Date.now() - started > 15_000)
+      throw new Error(`gave up waiting for ${what} (runs ${runs}, finished ${finished}, aborted ${aborted})`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+const { setup } = useScriptedProxy();
+
+describe('still working', () => {
+  it('is spoken once, after the filler, while a slow tool runs', async () => {
+    const { harness } = await setup(model, {
+      voice: { stillWorkingAfter: '200ms' },
+      tools: [workTool('work')],
+    });
+    const { text } = await unmuteTurn(harness.client, [SYSTEM, { role: 'user', content: 'work 1200 s1' }]);
+    expect(text).toBe('One moment. Still working on it. Done: {"done":"s1"}.');
+  });
+
+  it('is not spoken when the tool is done before the threshold', async () => {
+    const { harness } = await setup(model, { tools: [workTool('work')] });
+    const { text } = await unmuteTurn(harness.client, [SYSTEM, { role: 'user', content: 'work 10 s2' }]);
+    expect(text).toBe('One moment. Done: {"done":"s2"}.');
+  });
+
+  it('is never spoken once the answer has begun', async () => {
+    // The model answers part of the question after the first tool, then calls a slow second one.
+    const { harness } = await setup(
+      (req, i) =>
+        i === 0
+          ? { sse: toolCallReply([{ name: 'work', arguments: { ms: 10, id: 'a1' } }]) }
+          : i === 1
+            ? {
+                sse: toolCallReply([{ name: 'work', arguments: { ms: 1200, id: 'a2' } }], 'vllm-hermes', {
+                  content: 'The first part is done. ',
+                }),
+              }
+            : model(req),
+      { voice: { stillWorkingAfter: '200ms' }, tools: [workTool('work')] },
+    );
+    const { text } = await unmuteTurn(harness.client, [
+      SYSTEM,
+      { role: 'user', content: 'two parts please' },
+    ]);
+    expect(text).toBe('One moment. The first part is done. Done: {"done":"a2"}.');
+  });
+
+  it('is off with ""', async () => {
+    const { harness } = await setup(model, {
+      voice: { stillWorking: '', stillWorkingAfter: '200ms' },
+      tools: [workTool('work')],
+    });
+    const { text } = await unmuteTurn(harness.client, [SYSTEM, { role: 'user', content: 'work 800 s3' }]);
+    expect(text).toBe('One moment. Done: {"done":"s3"}.');
+  });
+});
+
+describe('voice lines in the user language', () => {
+  const voice = {
+    filler: { en: 'One moment. ', fr: 'Un instant. ' },
+    stillWorking: { en: 'Still working on it. ', fr: 'Je cherche encore. ' },
+    stillWorkingAfter: '200ms',
+  };
+
+  it.each([
+    ['English', 'Could you please run the work 900 en1 for me now?', 'One moment. Still working on it. '],
+    [
+      'French',
+      "Pourriez-vous lancer le travail work 900 fr1 pour moi s'il vous plaît ?",
+      'Un instant. Je cherche encore. ',
+    ],
+    [
+      'an unknown language (falls back to en)',
+      'このタスクを work 900 ja1 お願いします',
+      'One moment. Still working on it. ',
+    ],
+  ])('%s', async (_name, question, heard) => {
+    const { harness } = await setup(model, { voice, tools: [workTool('work')] });
+    const { text } = await unmuteTurn(harness.client, [SYSTEM, { role: 'user', content: question }]);
+    expect(text.startsWith(heard), text).toBe(true);
+  });
+});
+
+describe('late results', () => {
+  it('a 6 s tool with deferAfter 2s: the turn ends on a promise, and the next request (...) carries the result in place', async () => {
+    const { harness, upstream } = await setup(model, {
+      tools: [workTool('report', { timeout: '10s', deferAfter: '2s' })],
+    });
+    const question: Msg = { role: 'user', content: 'report 6000 r1' };
+    const first = await unmuteTurn(harness.client, [SYSTEM, question]);
+    expect(first.text).toBe("One moment. I'll tell you as soon as it is ready.");
+    expect(finished).not.toContain('r1');
+    await until(() => finished.includes('r1'), 'the report');
+    await new Promise((r) => setTimeout(r, 50));
+
+    // Unmute's silence marker, some seconds later.
+    const history: Msg[] = [SYSTEM, question, { role: 'assistant', content: first.text }];
+    const second = await unmuteTurn(harness.client, [...history, { role: 'user', content: '...' }]);
+    expect(second.text).toBe('It just arrived: {"done":"r1"}.');
+    const sent = upstream.requests.at(-1)?.body.messages ?? [];
+    expect(sent.map((m) => m.role)).toEqual([
+      'system',
+      'user',
+      'assistant',
+      'tool',
+      'assistant',
+      'user',
+      'system',
+    ]);
+    expect(sent[3]?.content).toBe('{"done":"r1"}');
+    expect(runs.filter((r) => r === 'r1')).toHaveLength(1);
+    expect(
+      await metric(harness.proxy.metricsUrl, /^earpiece_deferred_calls_total\{.*outcome="delivered"/),
+    ).toBe(1);
+  }, 30_000);
+
+  it('a real user message carries it too, once; later requests have it as ordinary memory', async () => {
+    const { harness, upstream } = await setup(model, {
+      tools: [workTool('report', { timeout: '5s', deferAfter: '300ms' })],
+    });
+    const question: Msg = { role: 'user', content: 'report 900 r2' };
+    const first = await unmuteTurn(harness.client, [SYSTEM, question]);
+    expect(first.text).toBe("One moment. I'll tell you as soon as it is ready.");
+    await until(() => finished.includes('r2'), 'the report');
+    await new Promise((r) => setTimeout(r, 50));
+    const history: Msg[] = [SYSTEM, question, { role: 'assistant', content: first.text }];
+    const second = await unmuteTurn(harness.client, [
+      ...history,
+      { role: 'user', content: 'Thanks, anything else?' },
+    ]);
+    expect(second.text).toBe('It just arrived: {"done":"r2"}.');
+    const third = await unmuteTurn(harness.client, [
+      ...history,
+      { role: 'user', content: 'Thanks, anything else?' },
+      { role: 'assistant', content: second.text },
+      { role: 'user', content: 'No, bye.' },
+    ]);
+    expect(third.text).toBe('Okay.');
+    const sent = upstream.requests.at(-1)?.body.messages ?? [];
+    expect(sent.filter((m) => m.role === 'tool').map((m) => m.content)).toEqual(['{"done":"r2"}']);
+    expect(sent.at(-1)).toEqual({ role: 'user', content: 'No, bye.' });
+  });
+
+  it.each([
+    ['cancel', 'drops it', false],
+    ['finish', 'keeps it', true],
+  ] as const)('a client that hangs up mid-tool: %s %s', async (onInterrupt, _what, kept) => {
+    const id = `hangup${onInterrupt}`;
+    const { harness, upstream } = await setup(model, {
+      tools: [workTool('report', { timeout: '5s', deferAfter: '3s', onInterrupt })],
+    });
+    const question: Msg = { role: 'user', content: `report 800 ${id}` };
+    const abort = new AbortController();
+    const stream = await harness.client.chat.completions.create(
+      { model: 'scripted-model', messages: [SYSTEM, question], stream: true },
+      { signal: abort.signal },
+    );
+    // The user talks over the filler: Unmute cancels the request.
+    try {
+      for await (const chunk of stream) if (chunk.choices[0]?.delta.content) abort.abort();
+    } catch {
+      // The SDK may end the iteration with an abort error, or quietly.
+    }
+    expect(abort.signal.aborted).toBe(true);
+    if (kept) await until(() => finished.includes(id), 'the tool to finish');
+    else await until(() => aborted.includes(id), 'the tool to be stopped');
+    await new Promise((r) => setTimeout(r, 50));
+    const next = await unmuteTurn(harness.client, [
+      SYSTEM,
+      question,
+      { role: 'assistant', content: 'One moment.' },
+      { role: 'user', content: 'Hello?' },
+    ]);
+    const sent = upstream.requests.at(-1)?.body.messages ?? [];
+    if (kept) {
+      expect(next.text).toBe(`It just arrived: {"done":"${id}"}.`);
+      expect(sent.filter((m) => m.role === 'tool').map((m) => m.content)).toEqual([`{"done":"${id}"}`]);
+    } else {
+      expect(next.text).toBe('Okay.');
+      expect(sent.some((m) => m.role === 'tool')).toBe(false);
+      expect(
+        await metric(harness.proxy.metricsUrl, /^earpiece_deferred_calls_total\{.*outcome="cancelled"/),
+      ).toBe(1);
+    }
+  });
+
+  it('an expired late result is dropped and counted', async () => {
+    const { harness, upstream } = await setup(model, {
+      tools: [workTool('report', { timeout: '700ms', deferAfter: '200ms' })],
+    });
+    const question: Msg = { role: 'user', content: 'report 3000 x1' };
+    const first = await unmuteTurn(harness.client, [SYSTEM, question]);
+    expect(first.text).toBe("One moment. I'll tell you as soon as it is ready.");
+    await until(() => aborted.includes('x1'), 'the tool timeout');
+    await new Promise((r) => setTimeout(r, 50));
+    await unmuteTurn(harness.client, [
+      SYSTEM,
+      question,
+      { role: 'assistant', content: first.text },
+      { role: 'user', content: '...' },
+    ]);
+    const sent = upstream.requests.at(-1)?.body.messages ?? [];
+    // The pending exchange is ordinary memory; no result and no note.
+    expect(sent.filter((m) => m.role === 'tool').map((m) => String(m.content).slice(0, 7))).toEqual([
+      'pending',
+    ]);
+    expect(sent.at(-1)).toEqual({ role: 'user', content: '...' });
+    expect(
+      await metric(harness.proxy.metricsUrl, /^earpiece_deferred_calls_total\{.*outcome="expired"/),
+    ).toBe(1);
+  });
+
+  it('never runs a deferred call twice: the same call asked again joins the running one', async () => {
+    const { harness } = await setup(model, {
+      tools: [workTool('report', { timeout: '5s', deferAfter: '1s' })],
+    });
+    const question: Msg = { role: 'user', content: 'report 1600 d1' };
+    const first = await unmuteTurn(harness.client, [SYSTEM, question]);
+    expect(first.text).toBe("One moment. I'll tell you as soon as it is ready.");
+    // The user asks again at once; the model calls the same tool with the same arguments.
+    const second = await unmuteTurn(harness.client, [
+      SYSTEM,
+      question,
+      { role: 'assistant', content: first.text },
+      { role: 'user', content: 'report 1600 d1' },
+    ]);
+    expect(second.text).toBe('One moment. Done: {"done":"d1"}.');
+    expect(runs.filter((r) => r === 'd1')).toHaveLength(1);
+  });
+});
