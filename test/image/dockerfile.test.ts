@@ -104,7 +104,8 @@ describe('Dockerfile, built', () => {
     await upstream?.close();
     await api?.close();
     rmSync(out, { recursive: true, force: true });
-  });
+    // The unpacked image holds node_modules and a Node binary: deleting it is slow on a busy disk.
+  }, 180_000);
 
   const run = (args: string[]) =>
     spawnSync(image.entrypoint[0]!, [...image.entrypoint.slice(1), ...args], {
