@@ -114,9 +114,15 @@ export class RequestPolicy {
    */
   async open(final: boolean, signal: AbortSignal): Promise<OpenedCall> {
     const { upstream, upstreamState, telemetry, logger, toolset } = this.#parts;
-    const offer = final ? [] : [...this.#clientTools, ...this.#ownTools];
+    // Only the ToolSet's tools (the usual case): the registry's own array, whose JSON is cached.
+    const offer = final
+      ? []
+      : this.#clientTools.length === 0
+        ? this.#ownTools
+        : [...this.#clientTools, ...this.#ownTools];
     let offerNow = offer.length > 0 && upstreamState.toolsAccepted;
     for (;;) {
+      const sentKwargs = this.#sendsKwargs || this.#passthrough.chat_template_kwargs !== undefined;
       const body = this.#body(offerNow ? offer : undefined);
       const chat = startChatSpan(this.#parts.span, {
         model: this.#model,
@@ -166,7 +172,7 @@ export class RequestPolicy {
           offerNow = false;
           continue;
         }
-        if (err.refusal === 'kwargs_rejected' && body.chat_template_kwargs !== undefined) {
+        if (err.refusal === 'kwargs_rejected' && sentKwargs) {
           logger.warn(
             { upstream: upstream.origin },
             'Upstream refused chat_template_kwargs; no longer sending them.',
@@ -222,24 +228,33 @@ export class RequestPolicy {
     return this.#parts.body.model ?? 'unknown';
   }
 
-  #body(tools: ToolDefinition[] | undefined): Record<string, unknown> {
-    const { body: request, toolset, upstreamState } = this.#parts;
-    const body: Record<string, unknown> = {
+  /**
+   * The request body's JSON: the small head serialized per call, the tools' JSON as cached, and the history
+   * last (the one part that changes between calls).
+   */
+  #body(tools: ToolDefinition[] | undefined): string {
+    const request = this.#parts.body;
+    const head: Record<string, unknown> = {
       ...this.#passthrough,
-      messages: this.#history,
       stream: true,
       stream_options: { include_usage: true },
     };
     if (tools) {
-      body.tools = tools;
-      if (request.tool_choice !== undefined) body.tool_choice = request.tool_choice;
-      if (request.parallel_tool_calls !== undefined) body.parallel_tool_calls = request.parallel_tool_calls;
+      if (request.tool_choice !== undefined) head.tool_choice = request.tool_choice;
+      if (request.parallel_tool_calls !== undefined) head.parallel_tool_calls = request.parallel_tool_calls;
     }
-    if (toolset.upstream.disableThinking && !upstreamState.kwargsRejected) {
+    if (this.#sendsKwargs) {
       const own = (this.#passthrough.chat_template_kwargs as Record<string, unknown> | undefined) ?? {};
-      body.chat_template_kwargs = { ...own, enable_thinking: false };
+      head.chat_template_kwargs = { ...own, enable_thinking: false };
     }
-    return body;
+    // `head` always holds `stream`, so its JSON ends in `}` after at least one member.
+    const opening = JSON.stringify(head).slice(0, -1);
+    const toolsMember = tools ? `,"tools":${toolsJson(tools)}` : '';
+    return `${opening}${toolsMember},"messages":${JSON.stringify(this.#history)}}`;
+  }
+
+  get #sendsKwargs(): boolean {
+    return this.#parts.toolset.upstream.disableThinking && !this.#parts.upstreamState.kwargsRejected;
   }
 
   /** Remembered exchanges go first, then (once) the oldest half of the client's turns. False: nothing left to drop. */
@@ -266,6 +281,21 @@ export class RequestPolicy {
     );
     return true;
   }
+}
+
+/**
+ * The JSON of a tool list, cached per list: the registry hands out one array per ToolSet load (while no
+ * keyword leaves a tool out), so its definitions are serialized once, not on every turn.
+ */
+const TOOLS_JSON = new WeakMap<readonly ToolDefinition[], string>();
+
+function toolsJson(tools: readonly ToolDefinition[]): string {
+  let json = TOOLS_JSON.get(tools);
+  if (json === undefined) {
+    json = JSON.stringify(tools);
+    TOOLS_JSON.set(tools, json);
+  }
+  return json;
 }
 
 function isJson(text: string): boolean {

@@ -304,13 +304,13 @@ export class Upstream {
   }
 
   /**
-   * POST /v1/chat/completions with `stream: true`. The response rejects with UpstreamHttpError,
+   * POST /v1/chat/completions with `stream: true`; `body` is its JSON. The response rejects with UpstreamHttpError,
    * ERP_UPSTREAM_UNREACHABLE, or ERP_UPSTREAM_TOO_LARGE (a JSON completion over MAX_COMPLETION_BYTES).
    * `sent` settles once the request is written: undici holds a request for a reused socket until the next
    * event-loop turn (idle-socket validation), and the client's response head should not go before it.
    */
   chat(
-    body: Record<string, unknown>,
+    body: string,
     headers: {
       authorization?: string | undefined;
       traceparent?: string | undefined;
@@ -355,7 +355,7 @@ export class Upstream {
           method: 'POST',
           path: `${this.basePath}/v1/chat/completions`,
           headers: requestHeaders,
-          body: JSON.stringify(body),
+          body,
         },
         {
           onRequestStart(c) {

@@ -5,7 +5,7 @@
 import type { Logger } from './log.js';
 import { OTHER, PromMetrics } from './metrics.js';
 import { noopSpan } from './noop.js';
-import type { Attributes, SpanHandle, Telemetry } from './types.js';
+import type { Attributes, SpanHandle, Telemetry, TelemetryRecords } from './types.js';
 
 export * from './genai.js';
 export { OTHER } from './metrics.js';
@@ -40,20 +40,40 @@ export async function createTelemetry(options: TelemetryOptions = {}): Promise<P
     metrics: () => prom.metrics(),
     startTurn: (traceparent: string | undefined, attributes: Attributes): SpanHandle =>
       tracing?.startTurn(traceparent, attributes) ?? noopSpan,
-    // The records go to Prometheus; OpenTelemetry's metrics come from the spans (gen_ai.client.operation.duration).
-    toolCall: (record) => prom.toolCall(record),
-    turn: (record) => prom.turn(record),
-    upstreamCall: (record) => prom.upstreamCall(record),
-    stream: (record) => prom.stream(record),
-    memory: (record) => prom.memory(record),
-    toolsetLoaded: (record) => prom.toolsetLoaded(record),
-    sharedState: (record) => prom.sharedState(record),
-    deferredCall: (record) => prom.deferredCall(record),
+    ...everySide(tracing ? [prom, tracing.records] : [prom]),
     shutdown: () => {
       shutdown ??= tracing?.shutdown() ?? Promise.resolve();
       return shutdown;
     },
   };
+}
+
+/** Every kind of record; the type makes a new record fail to compile until it is listed here. */
+const RECORD_KINDS: Record<keyof TelemetryRecords, true> = {
+  turn: true,
+  toolCall: true,
+  upstreamCall: true,
+  stream: true,
+  memory: true,
+  toolsetLoaded: true,
+  sharedState: true,
+  deferredCall: true,
+};
+
+/** The records, each handed to every side that reads them (Prometheus, and OpenTelemetry when on). */
+function everySide(sides: readonly TelemetryRecords[]): TelemetryRecords {
+  const records: Record<string, (record: never) => void> = {};
+  for (const kind of Object.keys(RECORD_KINDS) as (keyof TelemetryRecords)[]) {
+    const receivers = sides.map((side) => side[kind].bind(side) as (record: never) => void);
+    const [only] = receivers;
+    records[kind] =
+      receivers.length === 1 && only
+        ? only
+        : (record) => {
+            for (const receive of receivers) receive(record);
+          };
+  }
+  return records as unknown as TelemetryRecords;
 }
 
 async function startTracing(prom: PromMetrics, logger: Logger | undefined) {

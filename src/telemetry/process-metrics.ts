@@ -12,6 +12,8 @@ export const LINT_FAILING_DEFAULTS = [
 ] as const;
 
 export function collectProcessMetrics(registry: Registry): void {
-  collectDefaultMetrics({ register: registry });
+  // The event-loop lag histogram samples on a timer: every 10 ms by default, 100 wake-ups a second that
+  // cost an idle proxy more CPU than all else it does; every 100 ms the lag percentiles still show.
+  collectDefaultMetrics({ register: registry, eventLoopMonitoringPrecision: 100 });
   for (const name of LINT_FAILING_DEFAULTS) registry.removeSingleMetric(name);
 }

@@ -1,7 +1,8 @@
 /**
  * OpenTelemetry for the proxy, following the GenAI semantic conventions: a turn span, `chat {model}` (CLIENT)
  * per upstream call and `execute_tool {tool}` per tool call, and the metrics `gen_ai.client.operation.duration`,
- * `gen_ai.client.token.usage` and `gen_ai.execute_tool.duration`, derived from those spans when they end.
+ * `gen_ai.client.token.usage` and `gen_ai.execute_tool.duration`, derived from those spans when they end,
+ * and the metrics read from the proxy's telemetry records (GenAiRecords), as the Prometheus side reads them.
  *
  * Only index.ts imports this module, dynamically, when an OTEL_* variable asks for it; the SDK (with all
  * its exporters) is large and an idle proxy without OpenTelemetry must stay small. Everything is configured
@@ -15,6 +16,7 @@ import {
   defaultTextMapSetter,
   diag,
   type Histogram,
+  type Meter,
   metrics,
   type Attributes as OtelAttributes,
   SpanKind as OtelSpanKind,
@@ -29,7 +31,23 @@ import { W3CTraceContextPropagator } from '@opentelemetry/core';
 import { NodeSDK } from '@opentelemetry/sdk-node';
 import { DEFAULT_PROVIDER } from './genai.js';
 import type { Logger } from './log.js';
-import type { Attributes, SpanHandle, SpanKind } from './types.js';
+import type {
+  Attributes,
+  DeferredRecord,
+  MemoryRecord,
+  SharedStateRecord,
+  SpanHandle,
+  SpanKind,
+  StreamRecord,
+  TelemetryRecords,
+  ToolRecord,
+  ToolSetRecord,
+  TurnRecord,
+  UpstreamCallRecord,
+} from './types.js';
+
+/** Bucket advice of the GenAI conventions for counts of calls per agent invocation. */
+export const GEN_AI_CALLS_BUCKETS = [1, 2, 3, 4, 5, 6, 8, 10, 15, 20, 30, 50];
 
 /** Bucket advice of the GenAI conventions for durations in seconds (the SDK default is shaped for ms). */
 export const GEN_AI_DURATION_BUCKETS = [
@@ -85,6 +103,8 @@ export class Tracing {
   private readonly toolDuration: Histogram;
   /** The incoming `traceparent` is honoured whatever OTEL_PROPAGATORS says. */
   readonly traceContext = new W3CTraceContextPropagator();
+  /** The proxy's telemetry records, as OpenTelemetry metrics. */
+  readonly records: TelemetryRecords;
 
   readonly options: TracingOptions;
 
@@ -127,6 +147,7 @@ export class Tracing {
       unit: 's',
       advice: { explicitBucketBoundaries: GEN_AI_DURATION_BUCKETS },
     });
+    this.records = new GenAiRecords(meter);
   }
 
   startTurn(traceparent: string | undefined, attributes: Attributes): SpanHandle {
@@ -208,6 +229,48 @@ export class Tracing {
       diag.disable();
     }
   }
+}
+
+/**
+ * The records that the GenAI conventions have a metric for; the others have none on this side. A turn is
+ * one agent invocation: `gen_ai.invoke_agent.duration` and `gen_ai.invoke_agent.inference_calls`.
+ */
+class GenAiRecords implements TelemetryRecords {
+  readonly #agentDuration: Histogram;
+  readonly #inferenceCalls: Histogram;
+
+  constructor(meter: Meter) {
+    this.#agentDuration = meter.createHistogram('gen_ai.invoke_agent.duration', {
+      description: 'Duration of an agent invocation.',
+      unit: 's',
+      advice: { explicitBucketBoundaries: GEN_AI_DURATION_BUCKETS },
+    });
+    this.#inferenceCalls = meter.createHistogram('gen_ai.invoke_agent.inference_calls', {
+      description: 'Number of inference calls made in an agent invocation.',
+      unit: '{call}',
+      advice: { explicitBucketBoundaries: GEN_AI_CALLS_BUCKETS },
+    });
+  }
+
+  turn(record: TurnRecord): void {
+    const attributes: OtelAttributes = {
+      'gen_ai.operation.name': 'invoke_agent',
+      'gen_ai.agent.name': record.toolset,
+    };
+    // As on the turn span: a turn that ran out of iterations still answered.
+    if (record.outcome !== 'ok' && record.outcome !== 'max_iterations')
+      attributes['error.type'] = record.outcome;
+    if (record.seconds !== undefined) this.#agentDuration.record(record.seconds, attributes);
+    this.#inferenceCalls.record(record.iterations, attributes);
+  }
+
+  toolCall(_record: ToolRecord): void {}
+  upstreamCall(_record: UpstreamCallRecord): void {}
+  stream(_record: StreamRecord): void {}
+  memory(_record: MemoryRecord): void {}
+  toolsetLoaded(_record: ToolSetRecord): void {}
+  sharedState(_record: SharedStateRecord): void {}
+  deferredCall(_record: DeferredRecord): void {}
 }
 
 class OtelSpanHandle implements SpanHandle {

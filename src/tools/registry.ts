@@ -74,6 +74,8 @@ interface Offer {
 export interface Table {
   tools: Map<string, CallableTool>;
   offers: Offer[];
+  /** Every offer's definition, one array per table: the request body's tools JSON is cached against it. */
+  definitions: ToolDefinition[];
   /** Which provider holds each name, so a clash at runtime never takes a name from its holder. */
   owners: Map<string, ToolProvider>;
 }
@@ -114,7 +116,7 @@ function buildTable(
     );
   }
 
-  const table: Table = { tools: new Map(), offers: [], owners: new Map() };
+  const table: Table = { tools: new Map(), offers: [], definitions: [], owners: new Map() };
   const compile = createArgumentCompiler();
   for (const candidate of candidates) {
     const { tool, provider } = candidate;
@@ -143,6 +145,7 @@ function buildTable(
       keywords: tool.config.keywords?.length ? keywordPattern(tool.config.keywords) : undefined,
     });
   }
+  table.definitions = table.offers.map((o) => o.definition);
   return table;
 }
 
@@ -241,9 +244,11 @@ export async function createToolRegistry(
 
   return {
     offered(recentUserText: readonly string[]): ToolDefinition[] {
-      return current()
-        .offers.filter((o) => !o.keywords || recentUserText.some((text) => o.keywords?.test(text)))
-        .map((o) => o.definition);
+      const { offers, definitions } = current();
+      const offer = (o: Offer) => !o.keywords || recentUserText.some((text) => o.keywords?.test(text));
+      // All offered (the usual case): the table's own array, whose JSON the request policy has cached.
+      if (offers.every(offer)) return definitions;
+      return offers.filter(offer).map((o) => o.definition);
     },
     has: (name: string) => current().tools.has(name),
     filler: (name: string) => current().tools.get(name)?.config.filler,

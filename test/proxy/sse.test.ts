@@ -279,7 +279,8 @@ describe('decoding the recorded streams', () => {
 
     const chat = async (url: string) => {
       const upstream = new Upstream({ url, timeoutMs: 5000 });
-      const source = await upstream.chat({ messages: [] }, {}, new AbortController().signal).response;
+      const source = await upstream.chat(JSON.stringify({ messages: [] }), {}, new AbortController().signal)
+        .response;
       return { upstream, source };
     };
 

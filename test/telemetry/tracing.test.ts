@@ -212,6 +212,47 @@ describe('OpenTelemetry', () => {
     expect(tools[0]?.explicitBounds).toEqual(GEN_AI_DURATION_BUCKETS);
   });
 
+  test('turn records become the GenAI agent metrics, and still reach Prometheus', async () => {
+    const t = await startOtel();
+    t.turn({
+      toolset: 'assistant',
+      outcome: 'ok',
+      iterations: 2,
+      seconds: 0.8,
+      timeToFirstContentSeconds: 0.2,
+    });
+    t.turn({
+      toolset: 'assistant',
+      outcome: 'timeout',
+      iterations: 1,
+      seconds: 12,
+      timeToFirstContentSeconds: 1,
+    });
+    expect(await t.metrics()).toMatch(/earpiece_turns_total\{[^}]*outcome="timeout"[^}]*\} 1/);
+    await t.shutdown();
+    await receiver.waitFor((r) => r.histogramPoints.some((p) => p.metric === 'gen_ai.invoke_agent.duration'));
+
+    const points = (metric: string) =>
+      receiver.histogramPoints
+        .filter((p) => p.metric === metric)
+        .map((p) => [
+          p.attributes['error.type'] ?? null,
+          p.count,
+          p.sum,
+          p.unit,
+          p.attributes['gen_ai.agent.name'],
+        ])
+        .sort();
+    expect(points('gen_ai.invoke_agent.duration')).toEqual([
+      [null, 1, 0.8, 's', 'assistant'],
+      ['timeout', 1, 12, 's', 'assistant'],
+    ]);
+    expect(points('gen_ai.invoke_agent.inference_calls')).toEqual([
+      [null, 1, 2, '{call}', 'assistant'],
+      ['timeout', 1, 1, '{call}', 'assistant'],
+    ]);
+  });
+
   test('tool arguments and results are recorded only with EARPIECE_OTEL_CAPTURE_CONTENT=true', async () => {
     const t = await startOtel({ EARPIECE_OTEL_CAPTURE_CONTENT: 'true' });
     twoToolTurn(t);
