@@ -35,6 +35,7 @@ import {
   type RunningPrometheus,
   startPrometheus,
 } from '../support/prometheus.js';
+import { startRedis, type TestRedis } from '../support/redis.js';
 import { type ScriptedOperator, startScriptedOperator } from '../support/scripted-operator.js';
 import { VllmMetrics } from '../support/vllm-metrics.js';
 
@@ -150,6 +151,8 @@ describe.skipIf(!prometheusPath || !promtoolPath)('observability with a real Pro
   let client: OpenAI;
   let operator: ScriptedOperator;
   let kube: KubeMetrics;
+  // The busy ToolSet shares its tool state through a real Redis, so the shared-state series exist.
+  let redis: TestRedis;
 
   beforeAll(async () => {
     dir = await mkdtemp(join(tmpdir(), 'earpiece-observability-'));
@@ -157,10 +160,12 @@ describe.skipIf(!prometheusPath || !promtoolPath)('observability with a real Pro
     const toolsUrl = `http://127.0.0.1:${(tools.address() as AddressInfo).port}`;
     const vllm = new VllmMetrics(MODEL);
     upstream = await startScriptedUpstream({ respond: respond(vllm), metrics: () => vllm.text() });
+    redis = await startRedis();
     await writeFile(
       join(dir, 'assistant.yaml'),
       toolsetFile('assistant', {
         limits: { toolTimeout: '2s', turnTimeout: '20s' },
+        sharedState: { redis: { url: { value: redis.url } } },
         tools: [
           {
             name: 'get_weather',
@@ -259,6 +264,7 @@ describe.skipIf(!prometheusPath || !promtoolPath)('observability with a real Pro
     await kube?.close();
     await busy?.close();
     await idle?.close();
+    await redis?.close();
     await upstream?.close();
     tools?.closeAllConnections();
     tools?.close();
