@@ -330,6 +330,7 @@ describe('behaviour that had no test', () => {
       unprocessable: [422, "Field required: body -> messages -> 0 -> 'role'"],
       key: [401, 'invalid api key'],
       quota: [429, 'rate limit exceeded'],
+      long: [400, "This model's maximum context length is 1536 tokens."],
     };
     const { upstream, harness } = await setup(
       (req) => {
@@ -361,8 +362,11 @@ describe('behaviour that had no test', () => {
       const refused = await ask(content);
       expect([refused.status, refused.code]).toEqual([502, 'ERP_UPSTREAM_STATUS']);
     }
+    // A context-length refusal with nothing left to drop keeps its own code.
+    const long = await ask('long');
+    expect([long.status, long.code]).toEqual([400, 'ERP_CONTEXT_LENGTH']);
     // Each was asked once: a client mistake is not re-sent.
-    expect(upstream.requests).toHaveLength(5);
+    expect(upstream.requests).toHaveLength(6);
 
     // A voice client hears the error line; its session goes on.
     const { text } = await unmuteTurn(harness.client, [SYSTEM, { role: 'user', content: 'malformed' }]);
