@@ -53,6 +53,16 @@ export const ERRORS = {
     type: 'api_error',
     summary: 'The LLM server answered with an HTTP error.',
   },
+  ERP_UPSTREAM_REJECTED: {
+    status: 400,
+    type: 'invalid_request_error',
+    summary: "The LLM server refused the request's own input (HTTP 400 or 422).",
+  },
+  ERP_UPSTREAM_REQUEST_TOO_LARGE: {
+    status: 413,
+    type: 'invalid_request_error',
+    summary: 'The LLM server refused the request as too large (HTTP 413).',
+  },
   ERP_UPSTREAM_STREAM: {
     status: 502,
     type: 'api_error',

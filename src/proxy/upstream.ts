@@ -11,7 +11,7 @@
 import type { IncomingHttpHeaders } from 'node:http';
 import { type Dispatcher, Pool } from 'undici';
 import type { ChatChunk, Usage } from './chunks.js';
-import { ProxyError } from './errors.js';
+import { type ErrorCode, ProxyError } from './errors.js';
 import { type BodyReader, type PushedBody, streamChunks } from './sse.js';
 
 /** What the proxy learned about its upstream, shared by all turns. */
@@ -80,11 +80,23 @@ export class UpstreamHttpError extends ProxyError {
   ) {
     const refusal = classifyRefusal(upstreamStatus, upstreamBody);
     super(
-      refusal === 'context_length' ? 'ERP_CONTEXT_LENGTH' : 'ERP_UPSTREAM_STATUS',
+      upstreamErrorCode(upstreamStatus, refusal),
       `upstream answered HTTP ${upstreamStatus}: ${summarize(upstreamBody)}`,
     );
     this.refusal = refusal;
   }
+}
+
+/**
+ * The client's own input refused (a malformed message, a body too large) is the client's 4xx, not a 502:
+ * the SDK raises it as a bad request instead of blaming the server. 401, 403, 404 and 429 stay 502s: they
+ * are the proxy's key or model name, or the provider's quota, which the client cannot fix.
+ */
+function upstreamErrorCode(status: number, refusal: UpstreamRefusal): ErrorCode {
+  if (refusal === 'context_length') return 'ERP_CONTEXT_LENGTH';
+  if (status === 400 || status === 422) return 'ERP_UPSTREAM_REJECTED';
+  if (status === 413) return 'ERP_UPSTREAM_REQUEST_TOO_LARGE';
+  return 'ERP_UPSTREAM_STATUS';
 }
 
 function summarize(body: string): string {

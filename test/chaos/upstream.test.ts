@@ -16,6 +16,7 @@ import { Agent, fetch } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { stringify } from 'yaml';
 import { chatBody, requestFlood, slowBodies } from '../../bench/floods.js';
+import { drainOrClose } from '../../src/proxy/sinks.js';
 
 /** Generous: idle is under 100 MB; the attacks reached 866 MB and more. */
 const RSS_LIMIT_MB = 512;
@@ -32,18 +33,56 @@ function sseHead(res: ServerResponse): void {
   res.writeHead(200, { 'content-type': 'text/event-stream' });
 }
 
+/** How much of a flood the hostile server wrote before the proxy hung up, and whether it got to the end. */
+interface Sent {
+  bytes: number;
+  complete: boolean;
+}
+
+/** The last flood's tally: a capped read shows as a response cut off far short of its end. */
+let sent: Sent = { bytes: 0, complete: false };
+
+function tally(res: ServerResponse): Sent {
+  const tallied: Sent = { bytes: 0, complete: false };
+  res.once('finish', () => {
+    tallied.complete = true;
+  });
+  sent = tallied;
+  return tallied;
+}
+
+/** Writes `text` unless the proxy has hung up; waits while its socket is full. False once it has gone. */
+async function send(res: ServerResponse, text: string, tallied: Sent): Promise<boolean> {
+  if (res.destroyed) return false;
+  tallied.bytes += text.length;
+  if (!res.write(text)) await drainOrClose(res);
+  return !res.destroyed;
+}
+
 /** Writes `events` with back-pressure, then the finish and [DONE]. */
 async function streamEvents(res: ServerResponse, events: Iterable<string>): Promise<void> {
+  const tallied = tally(res);
   sseHead(res);
   let batch = '';
   for (const event of events) {
     batch += event;
     if (batch.length < 256 * 1024) continue;
-    if (!res.write(batch)) await Promise.race([once(res, 'drain'), once(res, 'close')]);
+    if (!(await send(res, batch, tallied))) return;
     batch = '';
-    if (res.destroyed) return;
   }
   res.end(`${batch}${chunk({}, 'stop')}data: [DONE]\n\n`);
+}
+
+/** A server that ignores `stream: true` and sends one JSON completion of 300 MB, 1 MiB at a time. */
+async function hugeCompletion(res: ServerResponse): Promise<void> {
+  const tallied = tally(res);
+  res.writeHead(200, { 'content-type': 'application/json' });
+  const head =
+    '{"id":"chatcmpl-up","object":"chat.completion","created":1,"model":"m","choices":[{"index":0,"finish_reason":"stop","message":{"role":"assistant","content":"';
+  if (!(await send(res, head, tallied))) return;
+  const piece = 'y'.repeat(1024 * 1024);
+  for (let i = 0; i < 300; i++) if (!(await send(res, piece, tallied))) return;
+  res.end('"}}]}');
 }
 
 function* repeat(event: string, times: number): Iterable<string> {
@@ -93,6 +132,27 @@ async function hostile(req: IncomingMessage, res: ServerResponse): Promise<void>
     case 'big-message':
       // 64 MB of words in 64 KB deltas.
       return streamEvents(res, repeat(chunk({ content: 'word '.repeat(13_107) }), 1024));
+    case 'huge-completion':
+      return hugeCompletion(res);
+    case 'huge-arguments':
+      // 128 MB of arguments to one call, in 64 KB deltas.
+      return streamEvents(res, [
+        chunk({
+          role: 'assistant',
+          tool_calls: [
+            {
+              index: 0,
+              id: 'call-1',
+              type: 'function',
+              function: { name: 'count_me', arguments: '{"a": "' },
+            },
+          ],
+        }),
+        ...repeat(
+          chunk({ tool_calls: [{ index: 0, function: { arguments: 'x'.repeat(64 * 1024) } }] }),
+          2048,
+        ),
+      ]);
     default:
       return streamEvents(res, [
         chunk({ role: 'assistant', content: '' }),
@@ -227,6 +287,32 @@ function clientSockets(): number {
   return open;
 }
 
+/** Runs `attack` while sampling the proxy's resident memory: the peak, not only what is left after. */
+async function peakRssDuring<T>(attack: () => Promise<T>): Promise<{ result: T; peakMb: number }> {
+  let peakMb = rssMb();
+  const timer = setInterval(() => {
+    peakMb = Math.max(peakMb, rssMb());
+  }, 20);
+  try {
+    const result = await attack();
+    return { result, peakMb: Math.max(peakMb, rssMb()) };
+  } finally {
+    clearInterval(timer);
+  }
+}
+
+/** One non-streaming request, as an SDK other than Unmute's would send it. */
+async function completion(content: string): Promise<{ status: number; retry: string | null; body: unknown }> {
+  const res = await fetch(`${proxyUrl}/v1/chat/completions`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ model: 'm', messages: [{ role: 'user', content }] }),
+    signal: AbortSignal.timeout(90_000),
+    dispatcher,
+  });
+  return { status: res.status, retry: res.headers.get('x-should-retry'), body: await res.json() };
+}
+
 interface Turn {
   status: number;
   text: string;
@@ -338,6 +424,45 @@ describe('a hostile LLM server', () => {
   it('a 64 MB message: streamed through, memory bounded', async () => {
     const t = await turn('scenario:big-message');
     expectWellFormed(t);
+    await expectWell();
+  });
+
+  it('a 64 MB message to a non-streaming client: a clear 502 instead of the answer held whole', async () => {
+    const { result, peakMb } = await peakRssDuring(() => completion('scenario:big-message'));
+    expect(result.status).toBe(502);
+    expect(result.retry).toBe('false');
+    expect(result.body).toMatchObject({ error: { code: 'ERP_UPSTREAM_TOO_LARGE' } });
+    expect(peakMb).toBeLessThan(RSS_LIMIT_MB);
+    await expectWell();
+  });
+
+  it('a 300 MB non-streamed completion: read no further than the cap, the error heard, memory bounded', async () => {
+    const { result: t, peakMb } = await peakRssDuring(() => turn('scenario:huge-completion'));
+    expectWellFormed(t);
+    expect(t.text).toBe("Sorry, I couldn't do that right now. ");
+    expect(sent.complete).toBe(false);
+    expect(sent.bytes).toBeLessThan(32 * 1024 * 1024);
+    const { result, peakMb: jsonPeakMb } = await peakRssDuring(() => completion('scenario:huge-completion'));
+    expect(result.status).toBe(502);
+    expect(result.body).toMatchObject({ error: { code: 'ERP_UPSTREAM_TOO_LARGE' } });
+    expect(sent.complete).toBe(false);
+    expect(Math.max(peakMb, jsonPeakMb)).toBeLessThan(RSS_LIMIT_MB);
+    await expectWell();
+  });
+
+  it('128 MB of tool-call arguments over 2,048 events: read no further than the cap, no tool run', async () => {
+    toolHits = 0;
+    const { result: t, peakMb } = await peakRssDuring(() => turn('scenario:huge-arguments'));
+    expectWellFormed(t);
+    expect(t.text).toBe("Sorry, I couldn't do that right now. ");
+    expect(sent.complete).toBe(false);
+    expect(sent.bytes).toBeLessThan(32 * 1024 * 1024);
+    const { result, peakMb: jsonPeakMb } = await peakRssDuring(() => completion('scenario:huge-arguments'));
+    expect(result.status).toBe(502);
+    expect(result.body).toMatchObject({ error: { code: 'ERP_UPSTREAM_TOO_LARGE' } });
+    expect(sent.complete).toBe(false);
+    expect(toolHits).toBe(0);
+    expect(Math.max(peakMb, jsonPeakMb)).toBeLessThan(RSS_LIMIT_MB);
     await expectWell();
   });
 });

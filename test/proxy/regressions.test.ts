@@ -1,7 +1,8 @@
 /** Defects found in review, each reproduced against the real proxy before it was fixed. */
 import { request } from 'node:http';
+import { type APIError, BadRequestError } from 'openai';
 import { describe, expect, it } from 'vitest';
-import { errorReply, textReply, toolCallReply } from '../../src/demo/scripted-upstream.js';
+import { errorReply, lastUserText, textReply, toolCallReply } from '../../src/demo/scripted-upstream.js';
 import { type ProxyHarness, unmuteTurn, useScriptedProxy } from '../support/proxy.js';
 
 const SYSTEM = { role: 'system' as const, content: 'Be brief.' };
@@ -320,5 +321,55 @@ describe('behaviour that had no test', () => {
     const { harness } = await setup(() => ({ hang: true }), { limits: { turnTimeout: '200ms' }, tools: [] });
     await unmuteTurn(harness.client, [SYSTEM, { role: 'user', content: 'Hi' }]);
     expect(await metric(harness, /^earpiece_turns_total\{toolset="test",outcome="timeout"\} (\d+)/m)).toBe(1);
+  });
+
+  it('answers the client’s own input refused upstream (400, 413, 422) as the client’s 4xx, not a 502', async () => {
+    const refusals: Record<string, [number, string]> = {
+      malformed: [400, 'messages.1.content: Input should be a valid string'],
+      huge: [413, 'request entity too large'],
+      unprocessable: [422, "Field required: body -> messages -> 0 -> 'role'"],
+      key: [401, 'invalid api key'],
+      quota: [429, 'rate limit exceeded'],
+      long: [400, "This model's maximum context length is 1536 tokens."],
+    };
+    const { upstream, harness } = await setup(
+      (req) => {
+        const [status, message] = refusals[lastUserText(req)] ?? [500, 'unexpected'];
+        return errorReply(status, message);
+      },
+      { tools: [{ name: 'get_time', builtin: 'time' }] },
+    );
+    const ask = (content: string) =>
+      harness.client.chat.completions.create({ model: 'm', messages: [{ role: 'user', content }] }).then(
+        () => {
+          throw new Error('expected a refusal');
+        },
+        (err: unknown) => err as InstanceType<typeof APIError>,
+      );
+
+    const malformed = await ask('malformed');
+    expect(malformed).toBeInstanceOf(BadRequestError);
+    expect(malformed.status).toBe(400);
+    expect(malformed.code).toBe('ERP_UPSTREAM_REJECTED');
+    expect(malformed.type).toBe('invalid_request_error');
+    expect(malformed.message).toContain('messages.1.content: Input should be a valid string');
+    const unprocessable = await ask('unprocessable');
+    expect([unprocessable.status, unprocessable.code]).toEqual([400, 'ERP_UPSTREAM_REJECTED']);
+    const huge = await ask('huge');
+    expect([huge.status, huge.code]).toEqual([413, 'ERP_UPSTREAM_REQUEST_TOO_LARGE']);
+    // The proxy's key and the provider's quota are not the client's to fix.
+    for (const content of ['key', 'quota']) {
+      const refused = await ask(content);
+      expect([refused.status, refused.code]).toEqual([502, 'ERP_UPSTREAM_STATUS']);
+    }
+    // A context-length refusal with nothing left to drop keeps its own code.
+    const long = await ask('long');
+    expect([long.status, long.code]).toEqual([400, 'ERP_CONTEXT_LENGTH']);
+    // Each was asked once: a client mistake is not re-sent.
+    expect(upstream.requests).toHaveLength(6);
+
+    // A voice client hears the error line; its session goes on.
+    const { text } = await unmuteTurn(harness.client, [SYSTEM, { role: 'user', content: 'malformed' }]);
+    expect(text).toBe("Sorry, I couldn't do that right now. ");
   });
 });
