@@ -3,40 +3,64 @@
  * reads is typed here, so a client's mistake (a `model` that is an object, a message without a role, a
  * content part whose text is a number) is a 400 naming the field, never a crash inside a turn. Fields the
  * proxy only passes on to the model are left to the model server.
+ *
+ * Plain JSON Schema, not TypeBox: the proxy never loads TypeBox (some 9 MB of idle memory in a sidecar).
  */
-import { type Static, Type } from '@sinclair/typebox';
 
-const Nullable = <T extends ReturnType<typeof Type.String>>(schema: T) => Type.Union([schema, Type.Null()]);
-
-const ContentPart = Type.Object({ type: Type.Optional(Type.String()), text: Type.Optional(Type.String()) });
-
-const Message = Type.Object({
-  role: Type.String({ minLength: 1 }),
-  content: Type.Optional(Type.Union([Type.String(), Type.Null(), Type.Array(ContentPart)])),
-  name: Type.Optional(Type.String()),
-  tool_call_id: Type.Optional(Type.String()),
-  tool_calls: Type.Optional(Type.Union([Type.Array(Type.Object({})), Type.Null()])),
+const string = { type: 'string' } as const;
+const boolean = { type: 'boolean' } as const;
+const nullable = (schema: object) => ({ anyOf: [schema, { type: 'null' }] });
+const object = (properties: Record<string, object> = {}, required: string[] = []) => ({
+  type: 'object',
+  properties,
+  ...(required.length ? { required } : {}),
 });
 
-const ClientTool = Type.Object({
-  type: Type.Optional(Type.String()),
-  function: Type.Optional(Type.Object({ name: Type.Optional(Type.String()) })),
-});
+const contentPart = object({ type: string, text: string });
 
-export const ChatRequestSchema = Type.Object({
-  model: Type.Optional(Nullable(Type.String())),
-  messages: Type.Array(Message, { minItems: 1 }),
-  stream: Type.Optional(Type.Union([Type.Boolean(), Type.Null()])),
-  stream_options: Type.Optional(
-    Type.Union([
-      Type.Object({ include_usage: Type.Optional(Type.Union([Type.Boolean(), Type.Null()])) }),
-      Type.Null(),
-    ]),
-  ),
-  tools: Type.Optional(Type.Union([Type.Array(ClientTool), Type.Null()])),
-  tool_choice: Type.Optional(Type.Union([Type.String(), Type.Object({}), Type.Null()])),
-  parallel_tool_calls: Type.Optional(Type.Union([Type.Boolean(), Type.Null()])),
-  chat_template_kwargs: Type.Optional(Type.Union([Type.Object({}), Type.Null()])),
-});
+const message = object(
+  {
+    role: { type: 'string', minLength: 1 },
+    content: { anyOf: [string, { type: 'null' }, { type: 'array', items: contentPart }] },
+    name: string,
+    tool_call_id: string,
+    tool_calls: nullable({ type: 'array', items: object() }),
+  },
+  ['role'],
+);
 
-export type ChatRequestBody = Static<typeof ChatRequestSchema>;
+const clientTool = object({ type: string, function: object({ name: string }) });
+
+export const ChatRequestSchema = object(
+  {
+    model: nullable(string),
+    messages: { type: 'array', items: message, minItems: 1 },
+    stream: nullable(boolean),
+    stream_options: nullable(object({ include_usage: nullable(boolean) })),
+    tools: nullable({ type: 'array', items: clientTool }),
+    tool_choice: { anyOf: [string, object(), { type: 'null' }] },
+    parallel_tool_calls: nullable(boolean),
+    chat_template_kwargs: nullable(object()),
+  },
+  ['messages'],
+);
+
+interface ChatRequestMessage {
+  role: string;
+  content?: string | null | { type?: string; text?: string }[];
+  name?: string;
+  tool_call_id?: string;
+  tool_calls?: Record<string, unknown>[] | null;
+}
+
+/** What ChatRequestSchema admits. */
+export interface ChatRequestBody {
+  model?: string | null;
+  messages: ChatRequestMessage[];
+  stream?: boolean | null;
+  stream_options?: { include_usage?: boolean | null } | null;
+  tools?: { type?: string; function?: { name?: string } }[] | null;
+  tool_choice?: string | Record<string, unknown> | null;
+  parallel_tool_calls?: boolean | null;
+  chat_template_kwargs?: Record<string, unknown> | null;
+}
