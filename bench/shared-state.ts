@@ -27,13 +27,13 @@ import {
   toolResults,
 } from '../src/demo/scripted-upstream.js';
 import { startProxy } from '../src/proxy/start.js';
-import { REDIS_BUDGET_MS } from '../src/tools/budget.js';
+import { REDIS_BOUND_MS } from '../src/tools/budget.js';
 import { createToolRegistry, type ToolRegistry } from '../src/tools/registry.js';
 import { resolveToolSet } from '../src/toolset/defaults.js';
 import { validateToolSet } from '../src/toolset/validate.js';
 
 /** The fallback bound a voice turn relies on. */
-export const REDIS_BOUND_MS = REDIS_BUDGET_MS;
+export { REDIS_BOUND_MS };
 const CALLS = 2000;
 const TURNS = 200;
 const FROZEN_CALLS = 20;

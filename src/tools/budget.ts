@@ -1,5 +1,11 @@
-/** The most a tool call waits on the shared state (Redis), over all its operations. */
-export const REDIS_BUDGET_MS = 50;
+/** The bound the product promises: a tool call never waits on the shared state (Redis) longer than this. */
+export const REDIS_BOUND_MS = 50;
+
+/**
+ * What a call's Redis operations may take in all: under the bound by the few milliseconds a busy event
+ * loop fires a timer late, so the wait a caller sees stays within REDIS_BOUND_MS.
+ */
+export const REDIS_BUDGET_MS = 45;
 
 /**
  * A call's time for Redis: every operation of one call draws on it, so a slow Redis costs a call at
