@@ -34,6 +34,7 @@ import { validateToolSet } from '../src/toolset/validate.js';
 
 /** The fallback bound a voice turn relies on. */
 export { REDIS_BOUND_MS };
+
 const CALLS = 2000;
 const TURNS = 200;
 const FROZEN_CALLS = 20;
