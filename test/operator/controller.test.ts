@@ -17,6 +17,7 @@ import { OperatorMetrics } from '../../src/telemetry/operator-metrics.js';
 import { secretEnvName } from '../../src/toolset/values.js';
 import { injectBackend } from '../support/backend-pod.js';
 import { type FakeApiServer, type KObject, startFakeApiServer } from '../support/fake-apiserver.js';
+import { testOperatorConfig } from '../support/scripted-operator.js';
 
 const NS = 'voice';
 const logger = createLogger('test', process.env.TEST_LOG ?? 'silent');
@@ -737,26 +738,7 @@ describe('earpiece operator', () => {
     });
     const operator = await startOperator({
       kc: api.kubeConfig('operator'),
-      config: {
-        namespace: 'earpiece-system',
-        podName: 'earpiece-operator-0',
-        watchNamespaces: [],
-        excludeNamespaces: [],
-        leaderElection: true,
-        leaseName: 'earpiece-operator',
-        instance: 'earpiece',
-        webhookPort: 0,
-        probePort: 0,
-        metricsPort: 0,
-        webhookConfigName: 'earpiece-webhook',
-        webhookServiceName: 'earpiece-webhook',
-        certMode: 'operator',
-        certSecretName: 'earpiece-webhook-tls',
-        certDir: '/nonexistent',
-        shutdownGraceMs: 0,
-        sidecar: DEFAULT_SIDECAR,
-        nativeSidecarAuto: false,
-      },
+      config: testOperatorConfig({ leaderElection: true }),
       host: '127.0.0.1',
       logger,
       metrics: new OperatorMetrics(),
@@ -870,26 +852,7 @@ describe('earpiece operator', () => {
     }
     const operator = await startOperator({
       kc: api.kubeConfig('operator'),
-      config: {
-        namespace: 'earpiece-system',
-        podName: 'earpiece-operator-0',
-        instance: 'earpiece',
-        watchNamespaces: [],
-        excludeNamespaces: [],
-        leaderElection: false,
-        leaseName: 'earpiece-operator',
-        webhookPort: 0,
-        probePort: 0,
-        metricsPort: 0,
-        webhookConfigName: 'earpiece-webhook',
-        webhookServiceName: 'earpiece-webhook',
-        certMode: 'operator',
-        certSecretName: 'earpiece-webhook-tls',
-        certDir: '/nonexistent',
-        shutdownGraceMs: 0,
-        sidecar: DEFAULT_SIDECAR,
-        nativeSidecarAuto: false,
-      },
+      config: testOperatorConfig(),
       host: '127.0.0.1',
       logger,
       metrics: new OperatorMetrics(),
@@ -946,27 +909,8 @@ describe('earpiece operator', () => {
     });
     const operator = await startOperator({
       kc: api.kubeConfig('operator'),
-      config: {
-        namespace: 'earpiece-system',
-        podName: 'earpiece-operator-0',
-        instance: 'earpiece',
-        watchNamespaces: [],
-        excludeNamespaces: [],
-        leaderElection: false,
-        leaseName: 'earpiece-operator',
-        webhookPort: 0,
-        probePort: 0,
-        metricsPort: 0,
-        webhookConfigName: 'earpiece-webhook',
-        webhookServiceName: 'earpiece-webhook',
-        certMode: 'operator',
-        certSecretName: 'earpiece-webhook-tls',
-        certDir: '/nonexistent',
-        shutdownGraceMs: 0,
-        // auto leaves it to the server; false stands for an explicit true (the default config's value).
-        sidecar: DEFAULT_SIDECAR,
-        nativeSidecarAuto: auto,
-      },
+      // auto leaves it to the server; false stands for an explicit true (the default config's value).
+      config: testOperatorConfig({ nativeSidecarAuto: auto }),
       host: '127.0.0.1',
       logger,
       metrics: new OperatorMetrics({ defaultMetrics: false }),
@@ -1021,26 +965,7 @@ describe('earpiece operator', () => {
     let graceMs: number | undefined;
     const operator = await startOperator({
       kc: api.kubeConfig('operator'),
-      config: {
-        namespace: 'earpiece-system',
-        podName: 'earpiece-operator-0',
-        watchNamespaces: [],
-        excludeNamespaces: [],
-        leaderElection: false,
-        leaseName: 'earpiece-operator',
-        instance: 'earpiece',
-        webhookPort: 0,
-        probePort: 0,
-        metricsPort: 0,
-        webhookConfigName: 'earpiece-webhook',
-        webhookServiceName: 'earpiece-webhook',
-        certMode: 'operator',
-        certSecretName: 'earpiece-webhook-tls',
-        certDir: '/nonexistent',
-        shutdownGraceMs: 5000,
-        sidecar: DEFAULT_SIDECAR,
-        nativeSidecarAuto: false,
-      },
+      config: testOperatorConfig({ shutdownGraceMs: 5000 }),
       host: '127.0.0.1',
       logger,
       metrics: new OperatorMetrics({ defaultMetrics: false }),

@@ -6,11 +6,37 @@
  */
 import { request as httpsRequest } from 'node:https';
 import { setTimeout as sleep } from 'node:timers/promises';
+import type { OperatorConfig } from '../../src/operator/config.js';
 import { DEFAULT_SIDECAR } from '../../src/operator/sidecar.js';
 import { type RunningOperator, startOperator } from '../../src/operator/start.js';
 import { createLogger } from '../../src/telemetry/log.js';
 import { injectBackend } from './backend-pod.js';
 import { type FakeApiServer, startFakeApiServer } from './fake-apiserver.js';
+
+/** A whole operator config for tests: one replica, ports chosen by the OS, certificates it makes itself. */
+export function testOperatorConfig(overrides: Partial<OperatorConfig> = {}): OperatorConfig {
+  return {
+    namespace: 'earpiece-system',
+    podName: 'earpiece-operator-0',
+    instance: 'earpiece',
+    watchNamespaces: [],
+    excludeNamespaces: [],
+    leaderElection: false,
+    leaseName: 'earpiece-operator',
+    webhookPort: 0,
+    probePort: 0,
+    metricsPort: 0,
+    webhookConfigName: 'earpiece-webhook',
+    webhookServiceName: 'earpiece-webhook',
+    certMode: 'operator',
+    certSecretName: 'earpiece-webhook-tls',
+    certDir: '/nonexistent',
+    shutdownGraceMs: 0,
+    sidecar: DEFAULT_SIDECAR,
+    nativeSidecarAuto: false,
+    ...overrides,
+  };
+}
 
 export interface ScriptedOperator {
   api: FakeApiServer;
@@ -46,26 +72,11 @@ export async function startScriptedOperator(namespace: string): Promise<Scripted
   });
   const operator = await startOperator({
     kc: api.kubeConfig('operator'),
-    config: {
-      namespace: 'earpiece-system',
-      podName: 'earpiece-operator-0',
-      instance: 'earpiece',
-      watchNamespaces: [],
+    config: testOperatorConfig({
       excludeNamespaces: ['kube-system', 'earpiece-system'],
       leaderElection: true,
-      leaseName: 'earpiece-operator',
-      webhookPort: 0,
-      probePort: 0,
-      metricsPort: 0,
-      webhookConfigName: 'earpiece-webhook',
-      webhookServiceName: 'earpiece-webhook',
-      certMode: 'operator',
-      certSecretName: 'earpiece-webhook-tls',
-      certDir: '/nonexistent',
-      shutdownGraceMs: 0,
-      sidecar: DEFAULT_SIDECAR,
       nativeSidecarAuto: true,
-    },
+    }),
     host: '127.0.0.1',
     logger: createLogger('operator', process.env.EARPIECE_TEST_LOG_LEVEL ?? 'silent'),
     timing: {
