@@ -6,7 +6,7 @@
  * hears the answer; the proxy's resident memory stays bounded; it holds no connection to the MCP
  * server beyond its session's.
  */
-import { type ChildProcess, spawn } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { readFileSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
@@ -21,6 +21,7 @@ import {
   toolCallReply,
 } from '../../src/demo/scripted-upstream.js';
 import { type HostileMcpServer, startHostileMcpServer } from '../support/hostile-mcp.js';
+import { startProxyProcess } from '../support/proxy-process.js';
 
 /** Generous: idle is under 100 MB. */
 const RSS_LIMIT_MB = 512;
@@ -56,37 +57,12 @@ beforeAll(async () => {
       spec: { limits: { turnTimeout: '60s', toolTimeout: '30s' }, tools: [{ mcp: { url: mcp.url } }] },
     }),
   );
-  proxy = spawn(
-    process.execPath,
-    ['dist/cmd/earpiece.js', 'proxy', '--toolset', toolset, '--upstream', upstream.url, '--port', '0'],
-    {
-      env: {
-        ...process.env,
-        EARPIECE_HOST: '127.0.0.1',
-        EARPIECE_METRICS_HOST: '127.0.0.1',
-        EARPIECE_METRICS_PORT: '0',
-        EARPIECE_LOG_LEVEL: 'info',
-      },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    },
-  );
-  proxy.stdout?.setEncoding('utf8');
-  proxy.stderr?.setEncoding('utf8');
-  proxy.stderr?.on('data', (text: string) => {
+  const started = await startProxyProcess(toolset, upstream.url, {}, (text) => {
     logs += text;
   });
-  [proxyUrl, metricsUrl] = await new Promise<[string, string]>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`the proxy did not start:\n${logs}`)), 30_000);
-    proxy.once('exit', (code) => reject(new Error(`the proxy exited with ${code}:\n${logs}`)));
-    proxy.stdout?.on('data', (text: string) => {
-      logs += text;
-      const line = /\{[^\n]*"Proxy listening\."[^\n]*\}/.exec(logs)?.[0];
-      if (!line) return;
-      clearTimeout(timer);
-      const { url, metrics } = JSON.parse(line) as { url: string; metrics: string };
-      resolve([url, metrics]);
-    });
-  });
+  proxy = started.child;
+  proxyUrl = started.url;
+  metricsUrl = started.metricsUrl;
   await waitFor(async () => (await readyz()).mcp[0]?.state === 'connected', 'the MCP session');
   idleSockets = mcp.openSockets();
 });

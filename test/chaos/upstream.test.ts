@@ -4,7 +4,7 @@
  * contract (one id, the role first, content, one finish_reason, [DONE], never an `error` event) and the
  * user hears the answer; the process's resident memory stays bounded; every client connection is closed.
  */
-import { type ChildProcess, spawn } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
@@ -17,6 +17,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { stringify } from 'yaml';
 import { chatBody, requestFlood, slowBodies } from '../../bench/floods.js';
 import { drainOrClose } from '../../src/proxy/sinks.js';
+import { startProxyProcess } from '../support/proxy-process.js';
 
 /** Generous: idle is under 100 MB; the attacks reached 866 MB and more. */
 const RSS_LIMIT_MB = 512;
@@ -202,48 +203,16 @@ beforeAll(async () => {
       },
     }),
   );
-  proxy = spawn(
-    process.execPath,
-    [
-      'dist/cmd/earpiece.js',
-      'proxy',
-      '--toolset',
-      toolset,
-      '--upstream',
-      upstreamUrl,
-      '--port',
-      '0',
-      '--metrics-port',
-      '0',
-    ],
-    {
-      env: {
-        ...process.env,
-        EARPIECE_HOST: '127.0.0.1',
-        EARPIECE_METRICS_HOST: '127.0.0.1',
-        EARPIECE_LOG_LEVEL: 'info',
-        EARPIECE_REQUEST_TIMEOUT: '3s',
-        CHAOS_UPSTREAM_KEY: SECRET_KEY,
-      },
-      stdio: ['ignore', 'pipe', 'pipe'],
+  const started = await startProxyProcess(
+    toolset,
+    upstreamUrl,
+    { EARPIECE_REQUEST_TIMEOUT: '3s', CHAOS_UPSTREAM_KEY: SECRET_KEY },
+    (text) => {
+      logs += text;
     },
   );
-  proxy.stdout?.setEncoding('utf8');
-  proxy.stderr?.setEncoding('utf8');
-  proxy.stderr?.on('data', (text: string) => {
-    logs += text;
-  });
-  proxyUrl = await new Promise<string>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`the proxy did not start:\n${logs}`)), 30_000);
-    proxy.once('exit', (code) => reject(new Error(`the proxy exited with ${code}:\n${logs}`)));
-    proxy.stdout?.on('data', (text: string) => {
-      logs += text;
-      const line = /\{[^\n]*"Proxy listening\."[^\n]*\}/.exec(logs)?.[0];
-      if (!line) return;
-      clearTimeout(timer);
-      resolve((JSON.parse(line) as { url: string }).url);
-    });
-  });
+  proxy = started.child;
+  proxyUrl = started.url;
 });
 
 afterAll(async () => {
