@@ -130,6 +130,16 @@ export class StreamAccumulator {
   }
 
   /**
+   * A chunk that says nothing but choice 0's text (the decoder's fast lane): returns what of it may be
+   * spoken now, as push() would in a `content` event.
+   */
+  pushContent(text: string): string {
+    if (this.#content.length + text.length > this.#maxChars) this.#contentCut = true;
+    if (!this.#contentCut) this.#content += text;
+    return this.#raw ? this.#raw.push(text) : text;
+  }
+
+  /**
    * The message is over: `done` says the stream ended as it should ([DONE] or a whole completion). A
    * stream cut off before any finish_reason is a typed error, whatever it carried.
    */
@@ -179,9 +189,7 @@ export class StreamAccumulator {
       events.push({ type: 'reasoning', text: reasoning });
     }
     if (nonEmpty(delta.content)) {
-      if (this.#content.length + delta.content.length > this.#maxChars) this.#contentCut = true;
-      if (!this.#contentCut) this.#content += delta.content;
-      const text = this.#raw ? this.#raw.push(delta.content) : delta.content;
+      const text = this.pushContent(delta.content);
       if (text !== '') events.push({ type: 'content', text });
     }
     if (nonEmpty(delta.refusal)) this.#refusal += delta.refusal;

@@ -37,18 +37,25 @@ export async function readMessage(opened: OpenedCall, parts: ReadParts): Promise
     paused = false;
     source.resume();
   };
+  const speak = (text: string) => {
+    // A full client socket pauses the upstream read until it drains (or the client leaves).
+    if (speaker.model(filter ? filter.push(text) : text) || paused) return;
+    paused = true;
+    source.pause();
+    void speaker.drained().then(resume);
+  };
+  // Text-only chunks after the first come here (the decoder's fast lane): the first was timed already.
+  const onContent = (text: string) => {
+    const spoken = accumulator.pushContent(text);
+    if (spoken !== '') speak(spoken);
+  };
   const onChunk = (chunk: ChatChunk) => {
     const timedAlready = firstTokenSeconds !== undefined;
     for (const event of accumulator.push(chunk)) {
       if (firstTokenSeconds === undefined && event.type !== 'usage')
         firstTokenSeconds = (performance.now() - sentAt) / 1000;
       if (event.type === 'tool_call_ready') round?.ready(event.call);
-      if (event.type !== 'content') continue;
-      // A full client socket pauses the upstream read until it drains (or the client leaves).
-      if (speaker.model(filter ? filter.push(event.text) : event.text) || paused) continue;
-      paused = true;
-      source.pause();
-      void speaker.drained().then(resume);
+      if (event.type === 'content') speak(event.text);
     }
     // Recorded once the first words are on their way to the client, not before.
     if (!timedAlready && firstTokenSeconds !== undefined)
@@ -56,7 +63,7 @@ export async function readMessage(opened: OpenedCall, parts: ReadParts): Promise
   };
   let done: boolean;
   try {
-    done = await source.read(onChunk);
+    done = await source.read(onChunk, onContent);
   } catch (err) {
     chat.end(parts.signal.aborted ? 'cancelled' : 'upstream_stream');
     throw err;

@@ -47,6 +47,9 @@ export function completionId(): string {
   return `chatcmpl-${randomUUID().replaceAll('-', '')}`;
 }
 
+/** A string with nothing past U+007F is the same bytes in latin1 as in UTF-8, which Node writes without a scan. */
+const NON_ASCII = /[\u0080-\uffff]/;
+
 interface Envelope {
   id: string;
   model: string;
@@ -56,6 +59,7 @@ interface Envelope {
 export class SseSink implements TurnSink {
   readonly #res: ServerResponse;
   readonly #prefix: string;
+  readonly #asciiPrefix: boolean;
   readonly #includeUsage: boolean;
   readonly #envelope: Envelope;
   #begun = false;
@@ -93,6 +97,7 @@ export class SseSink implements TurnSink {
     this.begin();
     return this.#res.write(
       `${this.#prefix}{"content":${JSON.stringify(text)}},"logprobs":null,"finish_reason":null}]}\n\n`,
+      this.#asciiPrefix && !NON_ASCII.test(text) ? 'latin1' : 'utf8',
     );
   }
 

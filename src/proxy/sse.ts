@@ -5,6 +5,7 @@
  */
 import { createParser, type EventSourceMessage, type EventSourceParser } from 'eventsource-parser';
 import type { ChatChunk } from './chunks.js';
+import { ContentFrame } from './content-frame.js';
 import type { ErrorCode } from './errors.js';
 
 const DEFAULT_MAX_EVENT_BYTES = 1024 * 1024;
@@ -27,6 +28,16 @@ export class UpstreamStreamError extends Error {
   }
 }
 
+export interface DecoderOptions {
+  /** Default 1 MiB. */
+  maxEventBytes?: number;
+  /**
+   * Takes the text of chunks that say nothing else, in place of `onChunk`, once a chunk of the same frame
+   * has gone to `onChunk` (content-frame.ts). Without it, every chunk goes to `onChunk`.
+   */
+  onContent?: ((text: string) => void) | undefined;
+}
+
 type Parsed =
   | { kind: 'event'; event: EventSourceMessage }
   | { kind: 'error_field'; value: string }
@@ -43,6 +54,7 @@ const DONE = Symbol('done');
  */
 export class ChunkDecoder {
   readonly #onChunk: (chunk: ChatChunk) => void;
+  readonly #onContent: ((text: string) => void) | undefined;
   readonly #maxEventBytes: number;
   readonly #parsed: Parsed[] = [];
   readonly #parser: EventSourceParser;
@@ -52,9 +64,14 @@ export class ChunkDecoder {
   // `error:` line would vanish when split across reads: it is fed whole lines only.
   #partialLine = '';
   #done = false;
+  /** The frame of the last text-only chunk; see content-frame.ts. */
+  #frame: ContentFrame | undefined;
+  /** Everything read so far is whole events, decoded: a read may start the fast lane. */
+  #atBoundary = false;
 
-  constructor(onChunk: (chunk: ChatChunk) => void, options: { maxEventBytes?: number } = {}) {
+  constructor(onChunk: (chunk: ChatChunk) => void, options: DecoderOptions = {}) {
     this.#onChunk = onChunk;
+    this.#onContent = options.onContent;
     this.#maxEventBytes = options.maxEventBytes ?? DEFAULT_MAX_EVENT_BYTES;
     const parsed = this.#parsed;
     this.#parser = createParser({
@@ -72,7 +89,9 @@ export class ChunkDecoder {
   /** One read of the body. Returns true once `data: [DONE]` was read; later bytes are ignored. */
   feed(bytes: Uint8Array): boolean {
     if (this.#done) return true;
-    const text = this.#decoder.decode(bytes, { stream: true });
+    const taken = this.#atBoundary && this.#frame ? this.#fastLane(bytes) : 0;
+    if (taken === bytes.length) return false;
+    const text = this.#decoder.decode(taken === 0 ? bytes : bytes.subarray(taken), { stream: true });
     const end = Math.max(text.lastIndexOf('\n'), text.lastIndexOf('\r'));
     if (end === -1) {
       this.#partialLine += text;
@@ -80,8 +99,28 @@ export class ChunkDecoder {
       this.#parser.feed(this.#partialLine + text.slice(0, end + 1));
       this.#partialLine = text.slice(end + 1);
     }
+    // Ending in a blank line, the read left the parser between events and the UTF-8 decoder empty.
+    this.#atBoundary = this.#partialLine === '' && text.endsWith('\n\n');
     if (this.#partialLine.length > this.#maxEventBytes + LINE_SLACK) this.#parsed.push({ kind: 'too_large' });
     return this.#drain(false);
+  }
+
+  /** Hands on the read's leading events that match the frame; returns how many bytes they took. */
+  #fastLane(read: Uint8Array): number {
+    const frame = this.#frame as ContentFrame;
+    const bytes = Buffer.isBuffer(read) ? read : Buffer.from(read.buffer, read.byteOffset, read.byteLength);
+    const onContent = this.#onContent as (text: string) => void;
+    let start = 0;
+    while (start < bytes.length) {
+      // JSON text holds no raw line feed: the frame's event ends at the first one, followed by another.
+      const lineEnd = bytes.indexOf(0x0a, start);
+      if (lineEnd === -1 || bytes[lineEnd + 1] !== 0x0a || lineEnd - start > this.#maxEventBytes) break;
+      const text = frame.match(bytes, start, lineEnd + 2);
+      if (text === undefined) break;
+      onContent(text);
+      start = lineEnd + 2;
+    }
+    return start;
   }
 
   /**
@@ -99,12 +138,16 @@ export class ChunkDecoder {
   #drain(unterminated: boolean): boolean {
     const parsed = this.#parsed;
     for (let i = 0; i < parsed.length; i++) {
-      const chunk = interpret(parsed[i] as Parsed, this.#maxEventBytes, unterminated);
+      const item = parsed[i] as Parsed;
+      const chunk = interpret(item, this.#maxEventBytes, unterminated);
       if (chunk === DONE) {
         this.#done = true;
         break;
       }
-      if (chunk) this.#onChunk(chunk);
+      if (!chunk) continue;
+      if (this.#onContent && item.kind === 'event' && item.event.event === undefined)
+        this.#frame = ContentFrame.of(item.event.data, chunk) ?? this.#frame;
+      this.#onChunk(chunk);
     }
     parsed.length = 0;
     return this.#done;
@@ -132,7 +175,7 @@ export interface PushedBody {
 export function streamChunks(
   body: PushedBody,
   onChunk: (chunk: ChatChunk) => void,
-  options?: { maxEventBytes?: number },
+  options?: DecoderOptions,
 ): Promise<boolean> {
   return new Promise((resolve, reject) => {
     const decoder = new ChunkDecoder(onChunk, options);

@@ -19,6 +19,9 @@ import { buildMetricsServer, buildServer, type ServerLimits } from './server.js'
 import { Upstream, UpstreamState } from './upstream.js';
 import { LanguagePicker } from './voice.js';
 
+/** Connections waiting to be accepted. */
+const LISTEN_BACKLOG = 4096;
+
 export const DEFAULT_UPSTREAM_URL = 'http://127.0.0.1:8000';
 
 export interface ProxyOptions {
@@ -128,7 +131,9 @@ export async function startProxy(options: ProxyOptions): Promise<RunningProxy> {
   const deps = { current: () => active, isReady: () => ready, telemetry, logger };
   const app = buildServer(deps, options.limits);
   const metricsApp = buildMetricsServer(deps);
-  await app.listen({ host: options.host ?? '0.0.0.0', port: options.port ?? 8095 });
+  // Node's default backlog of 511 drops connections when Unmute reconnects many sessions at once (after a
+  // restart), and a dropped SYN costs the user a 1 s retransmission; the kernel caps it at somaxconn.
+  await app.listen({ host: options.host ?? '0.0.0.0', port: options.port ?? 8095, backlog: LISTEN_BACKLOG });
   await metricsApp.listen({ host: options.metricsHost ?? '0.0.0.0', port: options.metricsPort ?? 9464 });
   ready = true;
 

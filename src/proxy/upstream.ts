@@ -113,9 +113,10 @@ export interface ChunkSource {
   /**
    * Hands every chunk to `onChunk` as it arrives. Resolves true when the answer said it was complete
    * (`[DONE]`, or a whole JSON completion), false for a stream cut off without it; rejects on a broken
-   * stream or when `onChunk` throws, closing the response.
+   * stream or when `onChunk` throws, closing the response. `onContent`, when given, may take the text of
+   * chunks that say nothing else in place of `onChunk` (see content-frame.ts).
    */
-  read(onChunk: (chunk: ChatChunk) => void): Promise<boolean>;
+  read(onChunk: (chunk: ChatChunk) => void, onContent?: (text: string) => void): Promise<boolean>;
   /** Stops reading from the socket until `resume()` (the client's socket is full). */
   pause(): void;
   resume(): void;
@@ -148,8 +149,8 @@ class CompletionSource implements ChunkSource {
 class StreamSource implements ChunkSource {
   constructor(readonly body: UpstreamBody) {}
 
-  read(onChunk: (chunk: ChatChunk) => void): Promise<boolean> {
-    return streamChunks(this.body, onChunk);
+  read(onChunk: (chunk: ChatChunk) => void, onContent?: (text: string) => void): Promise<boolean> {
+    return streamChunks(this.body, onChunk, { onContent });
   }
 
   pause(): void {

@@ -126,24 +126,55 @@ export function readAll(parts: Uint8Array[], options?: { maxEventBytes?: number 
 }
 
 /**
- * The production pipeline below the tool loop: bytes → ChunkDecoder → StreamAccumulator (with the raw
- * tool-call filter, as turns run it) → finish().
+ * The production pipeline below the tool loop: bytes → ChunkDecoder (with its fast lane for text-only
+ * chunks, as turns read them) → StreamAccumulator (with the raw tool-call filter) → finish().
  */
-export async function decode(parts: Uint8Array[]): Promise<Decoded> {
-  const read = readAll(parts);
+export async function decode(parts: Uint8Array[], options: { fastLane?: boolean } = {}): Promise<Decoded> {
+  return (await decodeCounting(parts, options)).decoded;
+}
+
+/** decode(), and how many chunks came through the decoder's fast lane. */
+export async function decodeCounting(
+  parts: Uint8Array[],
+  { fastLane = true }: { fastLane?: boolean } = {},
+): Promise<{ decoded: Decoded; fastLane: number }> {
   const accumulator = new StreamAccumulator({ isToolName: (name) => FIXTURE_TOOLS.has(name) });
   let spoken = '';
-  for (const chunk of read.chunks) {
-    for (const event of accumulator.push(chunk)) if (event.type === 'content') spoken += event.text;
+  let chunks = 0;
+  let laned = 0;
+  const decoder = new ChunkDecoder(
+    (chunk) => {
+      chunks++;
+      for (const event of accumulator.push(chunk)) if (event.type === 'content') spoken += event.text;
+    },
+    {
+      onContent: fastLane
+        ? (text) => {
+            chunks++;
+            laned++;
+            spoken += accumulator.pushContent(text);
+          }
+        : undefined,
+    },
+  );
+  let done: boolean | null = false;
+  let error: UpstreamStreamError | null = null;
+  try {
+    for (const part of parts) if (!done) done = decoder.feed(part);
+    if (!done) done = decoder.end();
+  } catch (err) {
+    if (!(err instanceof UpstreamStreamError)) throw err;
+    done = null;
+    error = err;
   }
-  const finished = accumulator.finish(read.done === true);
+  const finished = accumulator.finish(done === true);
   spoken += finished.tail;
   const snapshot = accumulator.snapshot();
   const rawCalls = finished.ok && finished.message.callsFromText ? finished.message.calls : [];
-  return {
-    chunks: read.chunks.length,
-    done: read.done,
-    error: read.error && { kind: read.error.kind, message: read.error.message, detail: read.error.detail },
+  const decoded: Decoded = {
+    chunks,
+    done,
+    error: error && { kind: error.kind, message: error.message, detail: error.detail },
     id: snapshot.id ?? null,
     model: snapshot.model ?? null,
     content: snapshot.content,
@@ -155,6 +186,7 @@ export async function decode(parts: Uint8Array[]): Promise<Decoded> {
     spoken,
     rawCalls: rawCalls.map((call) => ({ name: call.name, parsedArguments: parseOrMark(call.arguments) })),
   };
+  return { decoded, fastLane: laned };
 }
 
 function parseOrMark(text: string): unknown {

@@ -137,6 +137,22 @@ describe('turn behaviour', () => {
     expect(results).toEqual(['Paris', 'Oslo']);
   });
 
+  it.each([
+    ['an ASCII model name', 'scripted-model'],
+    ['a model name in another script', 'modèle-東京'],
+  ])('streams words in any script, quotes and backslashes included, with %s', async (_, model) => {
+    // One write per word, so most words come through the decoder's fast lane and the sink's latin1 path.
+    const said = 'Il fait 21 °C à Tōkyō (東京) ß, "sunny" and a back\\slash; then plain ASCII words again.';
+    const { harness } = await setup(() => ({ sse: textReply(said, 'vllm-llama3json', { delayMs: 2 }) }));
+    const { text, chunks } = await unmuteTurn(
+      harness.client,
+      [SYSTEM, { role: 'user', content: 'Weather?' }],
+      model,
+    );
+    expect(text).toBe(said);
+    expect(new Set(chunks.map((c) => c.model))).toEqual(new Set([model]));
+  });
+
   it('offers no tools on the opening Hello! and on the silence marker', async () => {
     const { upstream, harness } = await setup(() => ({ sse: textReply('Hi there!') }));
     await unmuteTurn(harness.client, [SYSTEM, { role: 'user', content: 'Hello!' }]);
