@@ -71,6 +71,7 @@ export class SseSink implements TurnSink {
     this.#includeUsage = options.includeUsage;
     // Every chunk shares this prefix; only the delta and finish_reason vary.
     this.#prefix = `data: {"id":${JSON.stringify(envelope.id)},"object":"chat.completion.chunk","created":${envelope.created},"model":${JSON.stringify(envelope.model)},"choices":[{"index":0,"delta":`;
+    this.#asciiPrefix = !NON_ASCII.test(this.#prefix);
   }
 
   begin(): void {
