@@ -2,8 +2,7 @@
  * One round of the model's calls to ToolSet tools. A call starts as soon as its arguments are complete
  * (`ready`, while the model still streams the next call), or when the message ends (`finish`); at most
  * `maxParallelCalls` run at once, and the results come back in index order. Before the first tool request
- * leaves, the filler is decided: the first call by index whose tool has one (else voice.filler); it is
- * handed to the turn as the requests start.
+ * leaves, the filler is decided: the first call by index whose tool has one (else voice.filler).
  */
 import { startToolSpan, toolResultAttributes } from '../telemetry/genai.js';
 import type { Logger } from '../telemetry/log.js';
@@ -30,7 +29,7 @@ export interface ToolRoundParts {
   span: SpanHandle;
   telemetry: Telemetry;
   logger: Logger;
-  /** Called once, as the first tool requests start, with the filler ('' for none). */
+  /** Called once, before the first tool request leaves, with the filler ('' for none). */
   beforeFirstCall(filler: string): void;
 }
 
@@ -60,13 +59,15 @@ export class ToolRound {
   /** A call whose arguments are complete, while the message goes on. */
   ready(call: AccumulatedToolCall): void {
     this.#add(call);
-    this.#start(false);
+    this.#decideFiller(false);
+    this.#startReady();
   }
 
   /** The message has ended with these calls: starts the rest; resolves with every outcome, in index order. */
   finish(calls: readonly AccumulatedToolCall[]): Promise<ToolOutcome[]> {
     for (const call of calls) this.#add(call);
-    this.#start(true);
+    this.#decideFiller(true);
+    this.#startReady();
     return Promise.all(this.#order.map((i) => this.#entries.get(i)?.outcome as Promise<ToolOutcome>));
   }
 
@@ -87,17 +88,6 @@ export class ToolRound {
     this.#order.sort((a, b) => a - b);
   }
 
-  /**
-   * Starts what may start. The filler is decided before the first tool request leaves, and handed on once
-   * the requests are on their way: the tools' latency counts, its words can follow.
-   */
-  #start(messageEnded: boolean): void {
-    const undecided = this.#filler === undefined;
-    this.#decideFiller(messageEnded);
-    this.#startReady();
-    if (undecided && this.#filler !== undefined) this.#parts.beforeFirstCall(this.#filler);
-  }
-
   /** The first call by index whose tool has a filler decides; until one has, later calls might. */
   #decideFiller(messageEnded: boolean): void {
     if (this.#filler !== undefined) return;
@@ -111,6 +101,7 @@ export class ToolRound {
       }
     }
     if (this.#filler === undefined && messageEnded) this.#filler = '';
+    if (this.#filler !== undefined) this.#parts.beforeFirstCall(this.#filler);
   }
 
   #startReady(): void {

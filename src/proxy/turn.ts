@@ -185,10 +185,8 @@ function newRound(
     telemetry: deps.telemetry,
     logger: deps.logger,
     beforeFirstCall: (filler) => {
+      speaker.beforeTools(filler);
       toolsStarted();
-      // undici writes a request on a reused socket in the check phase (setImmediate, its idle-socket
-      // check); queued after it, the filler's write to the client no longer goes first.
-      setImmediate(() => speaker.beforeTools(filler));
     },
   });
 }
