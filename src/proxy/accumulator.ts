@@ -7,7 +7,14 @@
  * from `finish()` like any other. One message is capped at MAX_MESSAGE_CHARS. No I/O, no timers.
  */
 import { randomInt } from 'node:crypto';
-import type { ChatChunk, ChunkDelta, ToolCallDelta, Usage } from './chunks.js';
+import {
+  type ChatChunk,
+  type ChunkDelta,
+  isObject,
+  nonEmpty,
+  type ToolCallDelta,
+  type Usage,
+} from './chunks.js';
 import { ProxyError } from './errors.js';
 import { RawCallFilter } from './raw-calls.js';
 
@@ -302,12 +309,4 @@ export function generateCallId(): string {
   let id = '';
   for (let i = 0; i < 9; i++) id += ALNUM[randomInt(ALNUM.length)];
   return id;
-}
-
-function nonEmpty(value: unknown): value is string {
-  return typeof value === 'string' && value.length > 0;
-}
-
-function isObject(value: unknown): value is Record<string, unknown> {
-  return typeof value === 'object' && value !== null && !Array.isArray(value);
 }

@@ -1,7 +1,8 @@
 /**
  * Wire types of OpenAI `chat.completion.chunk` as upstream servers really send them. Every field is optional
  * and nullable because vLLM, Ollama, llama.cpp and gateways each leave out or null different ones
- * (docs: upstream-streams research §0, §5); unknown keys are allowed and ignored.
+ * (docs: upstream-streams research §0, §5); unknown keys are allowed and ignored. The two guards below are how
+ * the decoder, the accumulator and the raw-call filter read such values.
  */
 
 export interface Usage {
@@ -41,4 +42,14 @@ export interface ChatChunk {
   choices?: ChunkChoice[] | null;
   usage?: Usage | null;
   [k: string]: unknown;
+}
+
+/** A JSON object (not an array, not null), as the fields of a chunk must be before they are read. */
+export function isObject(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
+
+/** A string with something in it: servers send `""` and `null` for fields they leave empty. */
+export function nonEmpty(value: unknown): value is string {
+  return typeof value === 'string' && value.length > 0;
 }

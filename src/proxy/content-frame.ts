@@ -5,7 +5,7 @@
  * text are the frame; an event whose bytes are that frame around a JSON string is the same chunk with other
  * text, so its text is taken straight from the bytes. Everything else, and any doubt, takes the slow way.
  */
-import type { ChatChunk } from './chunks.js';
+import { type ChatChunk, isObject, nonEmpty } from './chunks.js';
 
 const QUOTE = 0x22;
 const BACKSLASH = 0x5c;
@@ -91,12 +91,4 @@ function parseString(body: string): string | undefined {
   } catch {
     return undefined;
   }
-}
-
-function nonEmpty(value: unknown): value is string {
-  return typeof value === 'string' && value.length > 0;
-}
-
-function isObject(value: unknown): value is Record<string, unknown> {
-  return typeof value === 'object' && value !== null && !Array.isArray(value);
 }

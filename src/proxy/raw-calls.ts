@@ -10,6 +10,7 @@
  * is dropped. Each character is looked at a bounded number of times, however the text is split into deltas.
  */
 import { MAX_TOOL_CALL_INDEX } from './accumulator.js';
+import { isObject } from './chunks.js';
 
 export interface RawCall {
   name: string;
@@ -204,8 +205,4 @@ function parseJson(text: string): unknown {
   } catch {
     return undefined;
   }
-}
-
-function isObject(value: unknown): value is Record<string, unknown> {
-  return typeof value === 'object' && value !== null && !Array.isArray(value);
 }

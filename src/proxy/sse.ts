@@ -4,7 +4,7 @@
  * in-band error shapes of vLLM, llama.cpp and OpenAI, and a size cap. No I/O of its own, no timers.
  */
 import { createParser, type EventSourceMessage, type EventSourceParser } from 'eventsource-parser';
-import type { ChatChunk } from './chunks.js';
+import { type ChatChunk, isObject } from './chunks.js';
 import { ContentFrame } from './content-frame.js';
 import type { ErrorCode } from './errors.js';
 
@@ -286,10 +286,6 @@ function parseLoose(text: string): unknown {
   } catch {
     return text;
   }
-}
-
-function isObject(value: unknown): value is Record<string, unknown> {
-  return typeof value === 'object' && value !== null && !Array.isArray(value);
 }
 
 function byteLength(text: string): number {
