@@ -7,8 +7,7 @@ import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import type { ChatChunk } from '../../src/proxy/chunks.js';
 import { ContentFrame } from '../../src/proxy/content-frame.js';
-import { ChunkDecoder } from '../../src/proxy/sse.js';
-import { decode, decodeCounting, loadStreamFixtures } from './fixtures.js';
+import { decode, decodeCounting, feedAll, loadStreamFixtures } from './fixtures.js';
 
 const encoder = new TextEncoder();
 
@@ -36,7 +35,8 @@ function eventReads(text: string): Uint8Array[] {
 /** What each path hands on: chunks (slow) and texts (fast), in order. */
 function trace(reads: Uint8Array[]): { chunks: ChatChunk[]; texts: string[]; order: string[] } {
   const out = { chunks: [] as ChatChunk[], texts: [] as string[], order: [] as string[] };
-  const decoder = new ChunkDecoder(
+  feedAll(
+    reads,
     (chunk) => {
       out.chunks.push(chunk);
       out.order.push('chunk');
@@ -48,7 +48,6 @@ function trace(reads: Uint8Array[]): { chunks: ChatChunk[]; texts: string[]; ord
       },
     },
   );
-  for (const read of reads) if (decoder.feed(read)) break;
   return out;
 }
 

@@ -9,7 +9,7 @@ import { fileURLToPath } from 'node:url';
 import { expect } from 'vitest';
 import { StreamAccumulator } from '../../src/proxy/accumulator.js';
 import type { ChatChunk, Usage } from '../../src/proxy/chunks.js';
-import { ChunkDecoder, UpstreamStreamError } from '../../src/proxy/sse.js';
+import { ChunkDecoder, type DecoderOptions, UpstreamStreamError } from '../../src/proxy/sse.js';
 
 export const STREAM_FIXTURES_DIR = fileURLToPath(new URL('../fixtures/streams/', import.meta.url));
 const UPDATE = process.env.UPDATE_FIXTURES === '1';
@@ -115,12 +115,21 @@ export interface Read {
 /** Decodes the given reads to the end; an UpstreamStreamError is captured, others thrown. */
 export function readAll(parts: Uint8Array[], options?: { maxEventBytes?: number }): Read {
   const chunks: ChatChunk[] = [];
-  const decoder = new ChunkDecoder((chunk) => chunks.push(chunk), options);
+  return { chunks, ...feedAll(parts, (chunk) => chunks.push(chunk), options) };
+}
+
+/** Feeds the reads to a ChunkDecoder until [DONE] or their end; `done` is null when decoding threw. */
+export function feedAll(
+  parts: Uint8Array[],
+  onChunk: (chunk: ChatChunk) => void,
+  options?: DecoderOptions,
+): Omit<Read, 'chunks'> {
+  const decoder = new ChunkDecoder(onChunk, options);
   try {
-    for (const part of parts) if (decoder.feed(part)) return { chunks, done: true, error: null };
-    return { chunks, done: decoder.end(), error: null };
+    for (const part of parts) if (decoder.feed(part)) return { done: true, error: null };
+    return { done: decoder.end(), error: null };
   } catch (error) {
-    if (error instanceof UpstreamStreamError) return { chunks, done: null, error };
+    if (error instanceof UpstreamStreamError) return { done: null, error };
     throw error;
   }
 }
@@ -142,7 +151,8 @@ export async function decodeCounting(
   let spoken = '';
   let chunks = 0;
   let laned = 0;
-  const decoder = new ChunkDecoder(
+  const { done, error } = feedAll(
+    parts,
     (chunk) => {
       chunks++;
       for (const event of accumulator.push(chunk)) if (event.type === 'content') spoken += event.text;
@@ -157,16 +167,6 @@ export async function decodeCounting(
         : undefined,
     },
   );
-  let done: boolean | null = false;
-  let error: UpstreamStreamError | null = null;
-  try {
-    for (const part of parts) if (!done) done = decoder.feed(part);
-    if (!done) done = decoder.end();
-  } catch (err) {
-    if (!(err instanceof UpstreamStreamError)) throw err;
-    done = null;
-    error = err;
-  }
   const finished = accumulator.finish(done === true);
   spoken += finished.tail;
   const snapshot = accumulator.snapshot();
