@@ -21,6 +21,7 @@ import {
   toolCallReply,
 } from '../../src/demo/scripted-upstream.js';
 import { type HostileMcpServer, startHostileMcpServer } from '../support/hostile-mcp.js';
+import { toolsetDoc } from '../support/proxy.js';
 import { startProxyProcess } from '../support/proxy-process.js';
 
 /** Generous: idle is under 100 MB. */
@@ -50,12 +51,12 @@ beforeAll(async () => {
   const toolset = join(dir, 'toolset.yaml');
   await writeFile(
     toolset,
-    stringify({
-      apiVersion: 'earpiece.dev/v1alpha1',
-      kind: 'ToolSet',
-      metadata: { name: 'chaos-mcp' },
-      spec: { limits: { turnTimeout: '60s', toolTimeout: '30s' }, tools: [{ mcp: { url: mcp.url } }] },
-    }),
+    stringify(
+      toolsetDoc(
+        { limits: { turnTimeout: '60s', toolTimeout: '30s' }, tools: [{ mcp: { url: mcp.url } }] },
+        'chaos-mcp',
+      ),
+    ),
   );
   const started = await startProxyProcess(toolset, upstream.url, {}, (text) => {
     logs += text;

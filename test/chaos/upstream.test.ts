@@ -17,6 +17,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { stringify } from 'yaml';
 import { chatBody, requestFlood, slowBodies } from '../../bench/floods.js';
 import { drainOrClose } from '../../src/proxy/sinks.js';
+import { toolsetDoc } from '../support/proxy.js';
 import { startProxyProcess } from '../support/proxy-process.js';
 
 /** Generous: idle is under 100 MB; the attacks reached 866 MB and more. */
@@ -192,16 +193,16 @@ beforeAll(async () => {
   const toolset = join(dir, 'toolset.yaml');
   await writeFile(
     toolset,
-    stringify({
-      apiVersion: 'earpiece.dev/v1alpha1',
-      kind: 'ToolSet',
-      metadata: { name: 'chaos' },
-      spec: {
-        upstream: { apiKey: { valueFrom: { env: 'CHAOS_UPSTREAM_KEY' } } },
-        limits: { turnTimeout: '60s', maxParallelCalls: 8 },
-        tools: [{ name: 'count_me', description: 'Counts.', http: { url: `${toolsUrl}/count` } }],
-      },
-    }),
+    stringify(
+      toolsetDoc(
+        {
+          upstream: { apiKey: { valueFrom: { env: 'CHAOS_UPSTREAM_KEY' } } },
+          limits: { turnTimeout: '60s', maxParallelCalls: 8 },
+          tools: [{ name: 'count_me', description: 'Counts.', http: { url: `${toolsUrl}/count` } }],
+        },
+        'chaos',
+      ),
+    ),
   );
   const started = await startProxyProcess(
     toolset,

@@ -17,6 +17,7 @@ import {
 import { startProxy } from '../../src/proxy/start.js';
 import { createLogger } from '../../src/telemetry/log.js';
 import { OtlpReceiver, SPAN_KIND } from '../support/otlp-receiver.js';
+import { toolsetDoc } from '../support/proxy.js';
 
 const CLIENT_TRACE_ID = '0af7651916cd43dd8448eb211c80319c';
 const CLIENT_SPAN_ID = 'b7ad6b7169203331';
@@ -52,22 +53,22 @@ test('a two-tool turn through the real proxy exports its spans under the client 
   const toolsetPath = join(dir, 'toolset.yaml');
   await writeFile(
     toolsetPath,
-    stringify({
-      apiVersion: 'earpiece.dev/v1alpha1',
-      kind: 'ToolSet',
-      metadata: { name: 'assistant' },
-      spec: {
-        tools: [
-          {
-            name: 'get_weather',
-            description: 'Weather for a city',
-            parameters: { type: 'object', properties: { city: { type: 'string' } }, required: ['city'] },
-            http: { url: `http://127.0.0.1:${(weather.address() as AddressInfo).port}/weather{?city}` },
-          },
-          { name: 'current_time', builtin: 'time' },
-        ],
-      },
-    }),
+    stringify(
+      toolsetDoc(
+        {
+          tools: [
+            {
+              name: 'get_weather',
+              description: 'Weather for a city',
+              parameters: { type: 'object', properties: { city: { type: 'string' } }, required: ['city'] },
+              http: { url: `http://127.0.0.1:${(weather.address() as AddressInfo).port}/weather{?city}` },
+            },
+            { name: 'current_time', builtin: 'time' },
+          ],
+        },
+        'assistant',
+      ),
+    ),
   );
   Object.assign(process.env, {
     OTEL_EXPORTER_OTLP_ENDPOINT: receiver.endpoint,
