@@ -1,7 +1,8 @@
 /**
  * One model message, read from an accepted upstream call: its speakable text goes to the speaker as it
- * arrives (the read pauses while the client's socket is full), each call whose arguments are complete goes
- * to the tool round at once, and the finished message comes back, or the failure is thrown.
+ * arrives (the read pauses while the client's socket is full), each call's name (which may decide the
+ * filler) and each call whose arguments are complete go to the tool round at once, and the finished message
+ * comes back, or the failure is thrown.
  */
 import { chatResponseAttributes } from '../telemetry/genai.js';
 import type { Telemetry } from '../telemetry/types.js';
@@ -14,7 +15,10 @@ import type { ToolRound } from './tool-round.js';
 
 export interface ReadParts {
   speaker: Speaker;
-  /** Receives calls as their arguments complete; undefined when none may start before the message ends. */
+  /**
+   * Receives calls' names as they stream and calls as their arguments complete; undefined when none may
+   * start before the message ends.
+   */
   round: ToolRound | undefined;
   /** The ToolSet's tool names: their calls written as text are recovered, never spoken. */
   isToolName: (name: string) => boolean;
@@ -54,6 +58,7 @@ export async function readMessage(opened: OpenedCall, parts: ReadParts): Promise
     for (const event of accumulator.push(chunk)) {
       if (firstTokenSeconds === undefined && event.type !== 'usage')
         firstTokenSeconds = (performance.now() - sentAt) / 1000;
+      if (event.type === 'tool_call_start') round?.named(event.index, event.name);
       if (event.type === 'tool_call_ready') round?.ready(event.call);
       if (event.type === 'content') speak(event.text);
     }

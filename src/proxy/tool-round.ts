@@ -1,8 +1,10 @@
 /**
  * One round of the model's calls to ToolSet tools. A call starts as soon as its arguments are complete
  * (`ready`, while the model still streams the next call), or when the message ends (`finish`); at most
- * `maxParallelCalls` run at once, and the results come back in index order. Before the first tool request
- * leaves, the filler is decided: the first call by index whose tool has one (else voice.filler).
+ * `maxParallelCalls` run at once, and the results come back in index order. The filler is the first call's
+ * by index whose tool has one (else voice.filler). It is spoken as soon as that is known, which is often
+ * when the first call's name arrives (`named`), long before its arguments end, and always before the first
+ * tool request leaves.
  */
 import { startToolSpan, toolResultAttributes } from '../telemetry/genai.js';
 import type { Logger } from '../telemetry/log.js';
@@ -29,8 +31,10 @@ export interface ToolRoundParts {
   span: SpanHandle;
   telemetry: Telemetry;
   logger: Logger;
-  /** Called once, before the first tool request leaves, with the filler ('' for none). */
-  beforeFirstCall(filler: string): void;
+  /** Called once, as soon as the filler is decided and before the first tool request leaves ('' for none). */
+  speakFiller(filler: string): void;
+  /** Called once, when the first call starts. */
+  toolsStarted(): void;
 }
 
 interface Entry {
@@ -42,11 +46,13 @@ export class ToolRound {
   readonly #parts: ToolRoundParts;
   /** Made when the first call starts: most turns run no tools. */
   #abort: AbortController | undefined;
-  #signal: AbortSignal | undefined;
   /** By index; `#order` keeps the indexes sorted. */
   readonly #entries = new Map<number, Entry>();
   #order: number[] = [];
+  /** Tool names by call index, as soon as they stream: they may decide the filler before any call is ready. */
+  readonly #names: string[] = [];
   #filler: string | undefined;
+  #started = false;
   #running = 0;
   #waiting: Array<() => void> = [];
   /** Calls that outlasted their deferAfter: they run on after the turn. */
@@ -54,6 +60,12 @@ export class ToolRound {
 
   constructor(parts: ToolRoundParts) {
     this.#parts = parts;
+  }
+
+  /** A call's name has streamed; its arguments have not yet. */
+  named(index: number, name: string): void {
+    this.#names[index] = name;
+    this.#decideFiller(false);
   }
 
   /** A call whose arguments are complete, while the message goes on. */
@@ -88,27 +100,43 @@ export class ToolRound {
     this.#order.sort((a, b) => a - b);
   }
 
-  /** The first call by index whose tool has a filler decides; until one has, later calls might. */
+  /**
+   * The first call by index whose tool has a filler decides. While the message streams, calls 0, 1, …
+   * without a gap must all be known up to that one, since a call not yet seen may come before it.
+   */
   #decideFiller(messageEnded: boolean): void {
     if (this.#filler !== undefined) return;
-    const { tools, filler, line } = this.#parts;
-    for (const index of this.#order) {
-      const { name } = (this.#entries.get(index) as Entry).call;
-      const text = line((tools.has(name) ? tools.filler(name) : undefined) ?? filler);
+    const names = this.#names;
+    for (const index of this.#order) names[index] = (this.#entries.get(index) as Entry).call.name;
+    const indexes = messageEnded ? this.#order : names.keys();
+    for (const index of indexes) {
+      const name = names[index];
+      if (name === undefined) break;
+      const text = this.#fillerOf(name);
       if (text !== '') {
         this.#filler = /\s$/.test(text) ? text : `${text} `;
         break;
       }
     }
     if (this.#filler === undefined && messageEnded) this.#filler = '';
-    if (this.#filler !== undefined) this.#parts.beforeFirstCall(this.#filler);
+    if (this.#filler !== undefined) this.#parts.speakFiller(this.#filler);
+  }
+
+  #fillerOf(name: string): string {
+    const { tools, filler, line } = this.#parts;
+    return line((tools.has(name) ? tools.filler(name) : undefined) ?? filler);
   }
 
   #startReady(): void {
     if (this.#filler === undefined) return;
     for (const index of this.#order) {
       const entry = this.#entries.get(index) as Entry;
-      entry.outcome ??= this.#limited(entry.call);
+      if (entry.outcome) continue;
+      if (!this.#started) {
+        this.#started = true;
+        this.#parts.toolsStarted();
+      }
+      entry.outcome = this.#limited(entry.call);
     }
   }
 
@@ -134,9 +162,13 @@ export class ToolRound {
       type: tools.kind(c.name) === 'sql' ? 'datastore' : 'extension',
       arguments: c.arguments,
     });
-    if (!this.#signal) {
-      this.#abort = new AbortController();
-      this.#signal = AbortSignal.any([this.#parts.signal, this.#abort.signal]);
+    // The turn's signal, or a failed message (abandon): one controller, lighter than AbortSignal.any.
+    if (!this.#abort) {
+      const abort = new AbortController();
+      const turn = this.#parts.signal;
+      if (turn.aborted) abort.abort(turn.reason);
+      else turn.addEventListener('abort', () => abort.abort(turn.reason), { once: true });
+      this.#abort = abort;
     }
     const record = (outcome: ToolOutcome, late: boolean) => {
       telemetry.toolCall({
@@ -158,7 +190,7 @@ export class ToolRound {
       });
       span.end(outcome.outcome === 'ok' || outcome.outcome === 'cache_hit' ? undefined : outcome.outcome);
     };
-    const signal = this.#signal;
+    const signal = this.#abort.signal;
     const deferAfterMs = tools.has(c.name) ? tools.deferAfter(c.name) : undefined;
     const deferred = this.#parts.deferred;
     if (deferAfterMs === undefined || !deferred) {

@@ -3,7 +3,7 @@
  *
  *   RequestPolicy.open ─▶ readMessage ─▶ no calls: finish (stop) ─ client's calls: finish (tool_calls)
  *        ▲                  │ text ─▶ Speaker (spacing, filler, first content) ─▶ sink
- *        │                  │ calls whose arguments are complete ─▶ ToolRound (starts them at once)
+ *        │                  │ calls' names (the filler), complete calls ─▶ ToolRound (starts them at once)
  *        └─ policy.addRound ◀ ToolRound.finish (results in index order)
  *   after maxIterations: one call without tools. Any failure ─▶ voice.errorMessage, stop.
  *
@@ -184,10 +184,8 @@ function newRound(
     span,
     telemetry: deps.telemetry,
     logger: deps.logger,
-    beforeFirstCall: (filler) => {
-      speaker.beforeTools(filler);
-      toolsStarted();
-    },
+    speakFiller: (filler) => speaker.beforeTools(filler),
+    toolsStarted,
   });
 }
 

@@ -119,11 +119,9 @@ export function createHttpExecutor(spec: HttpToolSpec, options: HttpExecutorOpti
   return {
     async run(args, ctx) {
       const url = expand(args);
-      let text: string;
-      let contentType: string;
-      let statusCode: number;
+      let response: HttpResponse;
       try {
-        const response = await options.dispatcher.request({
+        response = await send(options.dispatcher, {
           origin,
           path: url.pathname + url.search,
           method,
@@ -131,15 +129,66 @@ export function createHttpExecutor(spec: HttpToolSpec, options: HttpExecutorOpti
           body: sendsBody ? JSON.stringify(args) : undefined,
           signal: ctx.signal,
         });
-        statusCode = response.statusCode;
-        contentType = String(response.headers['content-type'] ?? '');
-        text = await response.body.text();
       } catch (err) {
         throw failed(err, ctx);
       }
-      return interpret(text, contentType, statusCode, spec.select, host);
+      return interpret(response.text, response.contentType, response.statusCode, spec.select, host);
     },
   };
+}
+
+interface HttpResponse {
+  statusCode: number;
+  contentType: string;
+  text: string;
+}
+
+/**
+ * One request on the dispatcher's handler API, the body collected whole (the size interceptor bounds it).
+ * Lighter than undici's request(), whose response body is a stream: this sits on the hand-off from the
+ * model's call to the tool.
+ */
+function send(
+  dispatcher: Dispatcher,
+  request: Dispatcher.DispatchOptions & { signal: AbortSignal },
+): Promise<HttpResponse> {
+  const { signal, ...options } = request;
+  return new Promise((resolve, reject) => {
+    if (signal.aborted) {
+      reject(signal.reason);
+      return;
+    }
+    let controller: Dispatcher.DispatchController | undefined;
+    let statusCode = 0;
+    let contentType = '';
+    const parts: Buffer[] = [];
+    const onAbort = () => controller?.abort(signal.reason as Error);
+    const settle = (err: unknown, response?: HttpResponse) => {
+      signal.removeEventListener('abort', onAbort);
+      if (response) resolve(response);
+      else reject(err);
+    };
+    signal.addEventListener('abort', onAbort, { once: true });
+    dispatcher.dispatch(options, {
+      onRequestStart(c) {
+        controller = c;
+        if (signal.aborted) c.abort(signal.reason as Error);
+      },
+      onResponseStart(_c, status, responseHeaders) {
+        statusCode = status;
+        contentType = String(responseHeaders['content-type'] ?? '');
+      },
+      onResponseData(_c, chunk) {
+        parts.push(chunk);
+      },
+      onResponseEnd() {
+        settle(undefined, { statusCode, contentType, text: Buffer.concat(parts).toString('utf8') });
+      },
+      onResponseError(_c, err) {
+        settle(signal.aborted ? signal.reason : err);
+      },
+    });
+  });
 }
 
 function interpret(

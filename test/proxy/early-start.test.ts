@@ -94,7 +94,91 @@ function weatherSpec(url: string) {
   };
 }
 
+/**
+ * A model whose first answer streams the calls in `names` one after another, each with `{"city":"Oslo"}`,
+ * and holds back every call's arguments until `release` fires (or the guard passes). Its second answer is
+ * text.
+ */
+async function heldArgumentsModel(names: string[], release: Promise<void>) {
+  const state = { heldBackUntilFiller: false };
+  let requests = 0;
+  const url = await listen(async (req, res) => {
+    for await (const _ of req);
+    res.writeHead(200, { 'content-type': 'text/event-stream' });
+    if (++requests > 1) {
+      res.write(chunk({ role: 'assistant', content: 'Sunny.' }));
+      res.end(`${chunk({}, 'stop')}data: [DONE]\n\n`);
+      return;
+    }
+    res.write(chunk({ role: 'assistant', content: '' }));
+    for (const [index, name] of names.entries()) {
+      res.write(call(index, { name, arguments: '' }, `call_${index}`));
+    }
+    const guard = new Promise<'guard'>((r) => setTimeout(() => r('guard'), GUARD_MS));
+    state.heldBackUntilFiller =
+      (await Promise.race([release.then(() => 'filler' as const), guard])) === 'filler';
+    for (const index of names.keys()) res.write(call(index, { arguments: '{"city":"Oslo"}' }));
+    res.write(chunk({}, 'tool_calls'));
+    res.end('data: [DONE]\n\n');
+  });
+  return { url, state };
+}
+
+/** Streams a turn, firing `onFirstWords` when the first content arrives; resolves with the whole text. */
+async function streamTurn(harness: Awaited<ReturnType<typeof startTestProxy>>, onFirstWords: () => void) {
+  const stream = await harness.client.chat.completions.create({
+    model: 'm',
+    messages: [SYSTEM, { role: 'user', content: 'Weather?' }],
+    stream: true,
+  });
+  let text = '';
+  for await (const part of stream) {
+    const content = part.choices[0]?.delta.content;
+    if (!content) continue;
+    if (text === '') onFirstWords();
+    text += content;
+  }
+  return text;
+}
+
 describe('tools that start mid-stream', () => {
+  it("speaks the filler when the first call's name arrives, before its arguments", async () => {
+    const weather = await listen((_req, res) => {
+      res.writeHead(200, { 'content-type': 'application/json' }).end('{"sky":"sunny"}');
+    });
+    const heard = signalled();
+    const model = await heldArgumentsModel(['get_weather'], heard.promise);
+    const harness = await startTestProxy(weatherSpec(weather), model.url);
+    cleanups.push(() => harness.close());
+
+    const text = await streamTurn(harness, heard.fire);
+
+    expect(model.state.heldBackUntilFiller).toBe(true);
+    expect(text).toBe('One moment. Sunny.');
+  });
+
+  it("waits for call 1's name when call 0's tool has no filler, and speaks call 1's", async () => {
+    const weather = await listen((_req, res) => {
+      res.writeHead(200, { 'content-type': 'application/json' }).end('{"sky":"sunny"}');
+    });
+    const heard = signalled();
+    const model = await heldArgumentsModel(['quiet_weather', 'get_weather'], heard.promise);
+    const [tool] = weatherSpec(weather).tools;
+    const spec = {
+      tools: [
+        { ...tool, filler: 'Checking the sky. ' },
+        { ...tool, name: 'quiet_weather', filler: '' },
+      ],
+    };
+    const harness = await startTestProxy(spec, model.url);
+    cleanups.push(() => harness.close());
+
+    const text = await streamTurn(harness, heard.fire);
+
+    expect(model.state.heldBackUntilFiller).toBe(true);
+    expect(text).toBe('Checking the sky. Sunny.');
+  });
+
   it("requests tool 0 before call 1's arguments end, and sends the results back in index order", async () => {
     const toolZero = signalled();
     const cities: string[] = [];
