@@ -9,6 +9,12 @@ import { ContentFrame } from './content-frame.js';
 import type { ErrorCode } from './errors.js';
 
 const DEFAULT_MAX_EVENT_BYTES = 1024 * 1024;
+/**
+ * Reads in a row where the lane took nothing with the last frame and a new one was learned: past this the
+ * message's chunks differ in more than their text (OpenAI's per-chunk `obfuscation` padding), and learning
+ * each one only costs.
+ */
+const MAX_UNUSED_FRAMES = 3;
 /** Room for a field name ("data: ") on an unterminated line before the cap applies to it. */
 const LINE_SLACK = 16;
 const SNIPPET_CHARS = 120;
@@ -66,6 +72,9 @@ export class ChunkDecoder {
   #done = false;
   /** The frame of the last text-only chunk; see content-frame.ts. */
   #frame: ContentFrame | undefined;
+  /** Reads in a row whose frame failed and was learned again; at MAX_UNUSED_FRAMES, no more learning. */
+  #unusedFrames = 0;
+  #learned = false;
   /** Everything read so far is whole events, decoded: a read may start the fast lane. */
   #atBoundary = false;
 
@@ -89,7 +98,9 @@ export class ChunkDecoder {
   /** One read of the body. Returns true once `data: [DONE]` was read; later bytes are ignored. */
   feed(bytes: Uint8Array): boolean {
     if (this.#done) return true;
-    const taken = this.#atBoundary && this.#frame ? this.#fastLane(bytes) : 0;
+    const tried = this.#atBoundary && this.#frame !== undefined;
+    const taken = tried ? this.#fastLane(bytes) : 0;
+    if (taken > 0) this.#unusedFrames = 0;
     if (taken === bytes.length) return false;
     const text = this.#decoder.decode(taken === 0 ? bytes : bytes.subarray(taken), { stream: true });
     const end = Math.max(text.lastIndexOf('\n'), text.lastIndexOf('\r'));
@@ -102,7 +113,11 @@ export class ChunkDecoder {
     // Ending in a blank line, the read left the parser between events and the UTF-8 decoder empty.
     this.#atBoundary = this.#partialLine === '' && text.endsWith('\n\n');
     if (this.#partialLine.length > this.#maxEventBytes + LINE_SLACK) this.#parsed.push({ kind: 'too_large' });
-    return this.#drain(false);
+    this.#learned = false;
+    const done = this.#drain(false);
+    if (tried && taken === 0 && this.#learned && ++this.#unusedFrames >= MAX_UNUSED_FRAMES)
+      this.#frame = undefined;
+    return done;
   }
 
   /** Hands on the read's leading events that match the frame; returns how many bytes they took. */
@@ -146,11 +161,19 @@ export class ChunkDecoder {
       }
       if (!chunk) continue;
       if (this.#onContent && item.kind === 'event' && item.event.event === undefined)
-        this.#frame = ContentFrame.of(item.event.data, chunk) ?? this.#frame;
+        this.#learn(item.event.data, chunk);
       this.#onChunk(chunk);
     }
     parsed.length = 0;
     return this.#done;
+  }
+
+  #learn(data: string, chunk: ChatChunk): void {
+    if (this.#unusedFrames >= MAX_UNUSED_FRAMES) return;
+    const frame = ContentFrame.of(data, chunk);
+    if (!frame) return;
+    this.#frame = frame;
+    this.#learned = true;
   }
 }
 

@@ -4,7 +4,7 @@
  * bytes, and anything it cannot be sure of must take the slow way.
  */
 import fc from 'fast-check';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import type { ChatChunk } from '../../src/proxy/chunks.js';
 import { ContentFrame } from '../../src/proxy/content-frame.js';
 import { decode, decodeCounting, feedAll, loadStreamFixtures } from './fixtures.js';
@@ -140,6 +140,42 @@ describe('the fast lane', () => {
     const crlf = trace(eventReads(`${frame}${next}`.replaceAll('\n', '\r\n')));
     expect(crlf.texts).toEqual([]);
     expect(crlf.chunks).toHaveLength(2);
+  });
+});
+
+describe('learning frames', () => {
+  /** OpenAI's chunks carry random padding of random length (`obfuscation`): no two share a frame. */
+  const padded = (content: string, n: number) =>
+    `data: ${JSON.stringify({ id: 'chatcmpl-x', object: 'chat.completion.chunk', created: 1, model: 'gpt-4o', choices: [{ index: 0, delta: { content }, logprobs: null, finish_reason: null }], obfuscation: 'p'.repeat(n % 7) + n })}\n\n`;
+
+  it('stops for a message whose chunks differ in more than their text, and decodes it the same', async () => {
+    const words = Array.from({ length: 40 }, (_, i) => ` w${i}`);
+    const reads = eventReads([...words.map((w, i) => padded(w, i)), finish].join(''));
+    const learn = vi.spyOn(ContentFrame, 'of');
+    let fast: Awaited<ReturnType<typeof decodeCounting>>;
+    try {
+      fast = await decodeCounting(reads);
+      // The first frame, then three that failed in a row: no more for this message.
+      expect(learn).toHaveBeenCalledTimes(4);
+    } finally {
+      learn.mockRestore();
+    }
+    expect(fast.fastLane).toBe(0);
+    expect(fast.decoded).toEqual(await decode(reads, { fastLane: false }));
+    expect(fast.decoded.content).toBe(words.join(''));
+  });
+
+  it('keeps the lane when a frame fails now and then', () => {
+    const words = Array.from({ length: 12 }, (_, i) => ` w${i}`);
+    // Two padded chunks (frames that fail), then plain ones: the lane takes the plain ones after the first.
+    const stream = [
+      padded(words[0] as string, 0),
+      padded(words[1] as string, 1),
+      ...words.slice(2).map((w) => vllmChunk({ content: w })),
+      finish,
+    ];
+    const { texts } = trace(eventReads(stream.join('')));
+    expect(texts).toEqual(words.slice(3));
   });
 });
 
