@@ -8,7 +8,10 @@
  * - A request the SDK gives up on (it sends `notifications/cancelled` on abort and on its own timeout)
  *   has its answer stream ended and its connection let go; the SDK itself leaves it open.
  *
- * Only POSTs are guarded. GETs are the server's long-lived notification stream.
+ * - The long-lived event stream a GET opens (the server's notifications; on the older HTTP+SSE transport
+ *   every answer too) passes through unchanged, but one event larger than MAX_MCP_RESPONSE_BYTES ends it
+ *   with an error: the SDK would buffer an event without end. The SDK then opens a new one, or the
+ *   session reconnects.
  */
 import { createParser, type EventSourceMessage } from 'eventsource-parser';
 
@@ -31,7 +34,9 @@ export function createSessionFetch(): typeof fetch {
   const open = new Map<RequestId, AbortController>();
 
   return async (input, init) => {
-    if ((init?.method ?? 'GET').toUpperCase() !== 'POST') return fetch(input, init);
+    const method = (init?.method ?? 'GET').toUpperCase();
+    if (method === 'GET') return capEvents(await fetch(input, init));
+    if (method !== 'POST') return fetch(input, init);
     const message = outgoing(init?.body);
     if (message?.method === 'notifications/cancelled' && message.params?.requestId !== undefined) {
       open.get(message.params.requestId)?.abort();
@@ -185,6 +190,52 @@ function guardAnswer(
   });
   // A cancelled request's answer ends now, whether or not the server is still sending.
   stopped?.addEventListener('abort', () => void reader.cancel().catch(() => undefined), { once: true });
+  return new Response(body, {
+    status: response.status,
+    statusText: response.statusText,
+    headers: response.headers,
+  });
+}
+
+const EVENT_TOO_LARGE = `the MCP server sent an event larger than ${MAX_MCP_RESPONSE_BYTES / 1024 / 1024} MiB`;
+
+/** An event stream passed on byte for byte, ended with an error at the first event over the cap. */
+function capEvents(response: Response): Response {
+  if (!response.body || !/text\/event-stream/i.test(response.headers.get('content-type') ?? ''))
+    return response;
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder();
+  let tooLarge = false;
+  // Only measures: the parser's buffer is what one event holds, in UTF-16 units (never more than its bytes).
+  const parser = createParser({
+    maxBufferSize: MAX_MCP_RESPONSE_BYTES,
+    onEvent: () => {},
+    onError: (error) => {
+      if (error.type === 'max-buffer-size-exceeded') tooLarge = true;
+    },
+  });
+  const body = new ReadableStream<Uint8Array>({
+    async pull(controller) {
+      let chunk: Awaited<ReturnType<typeof reader.read>>;
+      try {
+        chunk = await reader.read();
+      } catch (err) {
+        controller.error(err);
+        return;
+      }
+      if (chunk.done) return controller.close();
+      try {
+        parser.feed(decoder.decode(chunk.value, { stream: true }));
+      } catch {
+        // A tripped parser throws on every later feed.
+        tooLarge = true;
+      }
+      if (!tooLarge) return controller.enqueue(chunk.value);
+      controller.error(new Error(EVENT_TOO_LARGE));
+      void reader.cancel().catch(() => undefined);
+    },
+    cancel: (reason) => reader.cancel(reason),
+  });
   return new Response(body, {
     status: response.status,
     statusText: response.statusText,

@@ -1,8 +1,8 @@
 /**
  * A hostile MCP server for tests: Streamable HTTP written by hand (JSON answers, one session), so it
  * can do what the SDK's server never would: list thousands of tools, flood the client with
- * tools/list_changed, answer a call with 5 MiB, with another request's id, or never. It counts what it
- * sees and the TCP connections it holds open.
+ * tools/list_changed, answer a call with 5 MiB, with another request's id, or never, or send one event
+ * without end on the client's event stream. It counts what it sees and the TCP connections it holds open.
  */
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
@@ -24,6 +24,13 @@ export interface HostileMcpServer {
   openSockets(): number;
   /** Sends tools/list_changed notifications on the client's event stream for `ms`, every millisecond or so. */
   storm(ms: number): Promise<void>;
+  /**
+   * Starts one event on the client's event stream and writes up to `bytes` of its data line, never ending
+   * it. Resolves with what was written once the client closed the stream, or all of it was written.
+   */
+  endlessEvent(bytes: number): Promise<{ written: number; closedByClient: boolean }>;
+  /** Event streams (GETs) opened so far. */
+  eventStreams: number;
   close(): Promise<void>;
 }
 
@@ -75,6 +82,7 @@ export async function startHostileMcpServer(): Promise<HostileMcpServer> {
 
   const handle = async (req: IncomingMessage, res: ServerResponse) => {
     if (req.method === 'GET') {
+      state.eventStreams++;
       res.writeHead(200, { 'content-type': 'text/event-stream', 'mcp-session-id': 'hostile' });
       res.flushHeaders();
       streams.add(res);
@@ -132,6 +140,28 @@ export async function startHostileMcpServer(): Promise<HostileMcpServer> {
         }
         await new Promise((resolve) => setTimeout(resolve, 1));
       }
+    },
+    eventStreams: 0,
+    async endlessEvent(bytes) {
+      const [stream] = streams;
+      if (!stream) throw new Error('no event stream is open');
+      const piece = 'x'.repeat(64 * 1024);
+      let written = 0;
+      let closedByClient = false;
+      stream.once('close', () => {
+        closedByClient = true;
+      });
+      stream.write('event: message\ndata: ');
+      while (written < bytes && !closedByClient) {
+        if (!stream.write(piece)) {
+          await new Promise((resolve) => {
+            stream.once('drain', resolve);
+            stream.once('close', resolve);
+          });
+        }
+        written += piece.length;
+      }
+      return { written, closedByClient };
     },
     async close() {
       for (const res of [...streams, ...hanging]) res.destroy();

@@ -349,6 +349,19 @@ describe('mcp provider against a hostile server', () => {
     expect(connected(p)).toBe(true);
   }, 20_000);
 
+  it("ends the server's event stream at an event past 4 MiB, and keeps the session", async () => {
+    const s = await hostile();
+    const p = provider({ url: s.url });
+    await waitFor(() => connected(p), 'connection');
+    await waitFor(() => s.eventStreams > 0, 'the event stream');
+    const flood = await s.endlessEvent(64 * 1024 * 1024);
+    expect(flood.closedByClient).toBe(true);
+    // 4 MiB read, plus what the sockets' buffers held when the client let go.
+    expect(flood.written).toBeLessThan(16 * 1024 * 1024);
+    expect(await run(p, 'tool_0')).toBe('ok');
+    expect(connected(p)).toBe(true);
+  }, 20_000);
+
   it('lets go of the connection of every cancelled or timed-out call', async () => {
     const s = await hostile();
     const p = provider({ url: s.url });
