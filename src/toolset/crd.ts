@@ -57,8 +57,10 @@ const EXECUTOR_RULES: Rule[] = [
   {
     rule: '!has(self.mcp) || !(has(self.name) || has(self.description) || has(self.parameters))',
     message: 'an mcp entry takes its names, descriptions and parameters from the server; use mcp.prefix',
+    // Not the URL: it may carry credentials (user:pass@) or a key, and the API server's message goes to the
+    // client and its logs.
     messageExpression:
-      "'the mcp entry for ' + self.mcp.url + ' takes its names, descriptions and parameters from the server; remove ' + (has(self.name) ? 'name' : has(self.description) ? 'description' : 'parameters') + ' (use mcp.prefix to rename)'",
+      "'an mcp entry takes its names, descriptions and parameters from the server; remove ' + (has(self.name) ? 'name' : has(self.description) ? 'description' : 'parameters') + ' (use mcp.prefix to rename)'",
     fieldPath: '.mcp',
     reason: 'FieldValueForbidden',
   },
@@ -78,9 +80,9 @@ const UNIQUE_NAMES: Rule = {
  */
 const LITERAL_ORIGIN: Rule = {
   rule: "self.matches('^https?://[^/?#{}\\\\s]+($|[/?#]|\\\\{[/?&])')",
-  message: 'must start with http:// or https:// and a literal host; arguments may only add a path or a query',
-  messageExpression:
-    "'\"' + self + '\" could let an argument change the host: start with http:// or https:// and a literal host, then add arguments to the path or query ({/x}, {?x})'",
+  // Not the template itself: a key written into its query string would go to the client and its logs.
+  message:
+    'could let an argument change the host: start with http:// or https:// and a literal host, then add arguments to the path or query ({/x}, {?x})',
 };
 
 /** Node's timers cap a delay at MAX_DURATION; a longer one fires at once, failing every turn. */

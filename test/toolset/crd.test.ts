@@ -378,7 +378,7 @@ describe('the ToolSet CRD', () => {
     expect(unbounded).toEqual([]);
   });
 
-  it('names the offending value and field in its CEL errors', () => {
+  it('names the offending value (never a URL) and field in its CEL errors', () => {
     const duplicate = toolset({
       tools: [
         { name: 'now', builtin: 'time' },
@@ -389,15 +389,16 @@ describe('the ToolSet CRD', () => {
     expect(crdIssues(duplicate)).toEqual([
       'spec.tools: tool name "calc" is used more than once; tool names must be unique',
     ]);
-    const host = toolset({ tools: [{ ...weather, http: { url: 'https://{city}.example/' } }] });
+    // The URL is not repeated: a key in its query string, or credentials in an mcp URL, would go to the client.
+    const host = toolset({ tools: [{ ...weather, http: { url: 'https://{city}.example/?key=s3cret' } }] });
     expect(crdIssues(host)).toEqual([
-      'spec.tools[0].http.url: "https://{city}.example/" could let an argument change the host: start with http:// or https:// and a literal host, then add arguments to the path or query ({/x}, {?x})',
+      'spec.tools[0].http.url: could let an argument change the host: start with http:// or https:// and a literal host, then add arguments to the path or query ({/x}, {?x})',
     ]);
     expect(crdIssues(toolset({ tools: [{ http: { url: 'https://x' } }] }))).toEqual([
       'spec.tools[0].name: name is required (only an mcp entry has none)',
     ]);
-    expect(crdIssues(toolset({ tools: [{ name: 'ha', mcp: { url: 'http://ha/mcp' } }] }))).toEqual([
-      'spec.tools[0].mcp: the mcp entry for http://ha/mcp takes its names, descriptions and parameters from the server; remove name (use mcp.prefix to rename)',
+    expect(crdIssues(toolset({ tools: [{ name: 'ha', mcp: { url: 'http://me:s3cret@ha/mcp' } }] }))).toEqual([
+      'spec.tools[0].mcp: an mcp entry takes its names, descriptions and parameters from the server; remove name (use mcp.prefix to rename)',
     ]);
     expect(
       crdIssues(toolset({ tools: [{ name: 'x', builtin: 'time', sql: { connection: {} } }] })),
