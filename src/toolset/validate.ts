@@ -189,10 +189,8 @@ function checkTool(tool: ToolSpec, path: string, issues: Issue[], ajv: () => Ajv
   }
   if (tool.mcp) {
     if (!/^https?:\/\//.test(tool.mcp.url)) {
-      issues.push({
-        path: `${path}.mcp.url`,
-        message: `${JSON.stringify(tool.mcp.url)} is not an http(s) URL`,
-      });
+      // Not echoed: it may carry credentials (user:pass@), and issues reach logs, Events and status.
+      issues.push({ path: `${path}.mcp.url`, message: 'is not an http:// or https:// URL' });
     }
     for (const [i, hd] of (tool.mcp.headers ?? []).entries())
       checkValue(hd, `${path}.mcp.headers[${i}]`, issues);

@@ -47,6 +47,12 @@ describe('ToolSet validation', () => {
     ]);
   });
 
+  it('refuses an mcp URL that is not http(s) without echoing it', () => {
+    const issues = validateToolSet(withTools({ mcp: { url: 'ftp://me:s3cret@ha/mcp' } })).issues;
+    expect(issues).toEqual([{ path: 'spec.tools[0].mcp.url', message: 'is not an http:// or https:// URL' }]);
+    expect(JSON.stringify(issues)).not.toContain('s3cret');
+  });
+
   it('names the field of a bad duration', () => {
     const doc = withTools(
       { name: 'a', builtin: 'time' },
