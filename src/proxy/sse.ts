@@ -74,7 +74,6 @@ export class ChunkDecoder {
   #frame: ContentFrame | undefined;
   /** Reads in a row whose frame failed and was learned again; at MAX_UNUSED_FRAMES, no more learning. */
   #unusedFrames = 0;
-  #learned = false;
   /** Everything read so far is whole events, decoded: a read may start the fast lane. */
   #atBoundary = false;
 
@@ -113,9 +112,9 @@ export class ChunkDecoder {
     // Ending in a blank line, the read left the parser between events and the UTF-8 decoder empty.
     this.#atBoundary = this.#partialLine === '' && text.endsWith('\n\n');
     if (this.#partialLine.length > this.#maxEventBytes + LINE_SLACK) this.#parsed.push({ kind: 'too_large' });
-    this.#learned = false;
+    const frame = this.#frame;
     const done = this.#drain(false);
-    if (tried && taken === 0 && this.#learned && ++this.#unusedFrames >= MAX_UNUSED_FRAMES)
+    if (tried && taken === 0 && this.#frame !== frame && ++this.#unusedFrames >= MAX_UNUSED_FRAMES)
       this.#frame = undefined;
     return done;
   }
@@ -170,10 +169,7 @@ export class ChunkDecoder {
 
   #learn(data: string, chunk: ChatChunk): void {
     if (this.#unusedFrames >= MAX_UNUSED_FRAMES) return;
-    const frame = ContentFrame.of(data, chunk);
-    if (!frame) return;
-    this.#frame = frame;
-    this.#learned = true;
+    this.#frame = ContentFrame.of(data, chunk) ?? this.#frame;
   }
 }
 
