@@ -96,6 +96,7 @@ export class ToolRound {
   #add(call: AccumulatedToolCall): void {
     if (this.#entries.has(call.index)) return;
     this.#entries.set(call.index, { call });
+    this.#names[call.index] = call.name;
     this.#order.push(call.index);
     this.#order.sort((a, b) => a - b);
   }
@@ -107,7 +108,6 @@ export class ToolRound {
   #decideFiller(messageEnded: boolean): void {
     if (this.#filler !== undefined) return;
     const names = this.#names;
-    for (const index of this.#order) names[index] = (this.#entries.get(index) as Entry).call.name;
     const indexes = messageEnded ? this.#order : names.keys();
     for (const index of indexes) {
       const name = names[index];
