@@ -29,6 +29,8 @@ interface OutgoingMessage {
 /** JSON-RPC "internal error": the answer could not be used. */
 const BAD_ANSWER = -32603;
 
+const EVENT_STREAM = /text\/event-stream/i;
+
 export function createSessionFetch(): typeof fetch {
   /** Requests whose answers are still open, and how to end each. */
   const open = new Map<RequestId, AbortController>();
@@ -90,7 +92,7 @@ function guardAnswer(
     return response;
   }
   const type = response.headers.get('content-type') ?? '';
-  const mode = id === undefined || !response.ok ? 'raw' : /text\/event-stream/i.test(type) ? 'sse' : 'json';
+  const mode = id === undefined || !response.ok ? 'raw' : EVENT_STREAM.test(type) ? 'sse' : 'json';
   const reader = response.body.getReader();
   const encoder = new TextEncoder();
   const decoder = new TextDecoder();
@@ -201,8 +203,7 @@ const EVENT_TOO_LARGE = `the MCP server sent an event larger than ${MAX_MCP_RESP
 
 /** An event stream passed on byte for byte, ended with an error at the first event over the cap. */
 function capEvents(response: Response): Response {
-  if (!response.body || !/text\/event-stream/i.test(response.headers.get('content-type') ?? ''))
-    return response;
+  if (!response.body || !EVENT_STREAM.test(response.headers.get('content-type') ?? '')) return response;
   const reader = response.body.getReader();
   const decoder = new TextDecoder();
   let tooLarge = false;
