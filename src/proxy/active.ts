@@ -6,6 +6,7 @@
 import type { ToolRegistry } from '../tools/registry.js';
 import type { ResolvedToolSet } from '../toolset/defaults.js';
 import type { DeferredCalls } from './deferral.js';
+import type { LateResults } from './memory.js';
 import type { TurnMemory } from './request-policy.js';
 import type { Upstream, UpstreamState } from './upstream.js';
 import type { LanguagePicker } from './voice.js';
@@ -15,9 +16,10 @@ export interface ActiveToolSet {
   tools: ToolRegistry;
   upstream: Upstream;
   upstreamState: UpstreamState;
-  memory: TurnMemory | undefined;
+  /** Read by each turn, and written by deferred calls' late results. */
+  memory: (TurnMemory & LateResults) | undefined;
   /** Picks the language of the proxy's own lines (filler, still-working, error message). */
   language: LanguagePicker;
-  /** Calls of tools with deferAfter that outlast it, and where their late results go. */
+  /** Calls of tools with deferAfter that outlast it: the same object in every set, across reloads. */
   deferred: DeferredCalls;
 }

@@ -48,14 +48,25 @@ function dropReason(outcome: ToolOutcome): DeferredOutcome | undefined {
   return 'failed';
 }
 
-/** The deferred calls of one ToolSet: the calls in flight, and where their late results go. */
+/**
+ * The proxy's deferred calls, kept across ToolSet reloads: a call outlives the turn, and so may outlive the
+ * set it started on. Its late result goes into the memory of the set current when it lands, and the same
+ * call asked for after a reload still joins it.
+ */
 export class DeferredCalls {
   readonly #inFlight = new Map<string, Deferral>();
-  readonly #memory: LateResults | undefined;
+  /** Every call started here and not yet settled, joinable or not: what a retired set's tools wait for. */
+  readonly #running = new Set<Promise<ToolOutcome>>();
+  readonly #memory: () => LateResults | undefined;
   readonly #report: (outcome: DeferredOutcome) => void;
   readonly #logger: Logger;
 
-  constructor(memory: LateResults | undefined, report: (outcome: DeferredOutcome) => void, logger: Logger) {
+  /** `memory`: the current set's tool memory, read when a late result lands. */
+  constructor(
+    memory: () => LateResults | undefined,
+    report: (outcome: DeferredOutcome) => void,
+    logger: Logger,
+  ) {
     this.#memory = memory;
     this.#report = report;
     this.#logger = logger;
@@ -64,6 +75,11 @@ export class DeferredCalls {
   /** Calls in flight after their turn (for tests and shutdown logs). */
   get running(): number {
     return this.#inFlight.size;
+  }
+
+  /** Resolves when every call running now has settled (a retired set closes its tools after that). */
+  async settled(): Promise<void> {
+    await Promise.allSettled([...this.#running]);
   }
 
   /**
@@ -86,6 +102,8 @@ export class DeferredCalls {
       outcome = joined.outcome.then((o) => ({ ...o, call }));
     } else {
       outcome = start();
+      this.#running.add(outcome);
+      void outcome.finally(() => this.#running.delete(outcome));
       if (key !== undefined) {
         const entry: Deferral = { call, outcome, claimed: false };
         this.#inFlight.set(key, entry);
@@ -151,7 +169,8 @@ export class DeferredCalls {
       return;
     }
     const dropped = dropReason(outcome);
-    if (dropped !== undefined || !this.#memory) {
+    const memory = this.#memory();
+    if (dropped !== undefined || !memory) {
       this.#report(dropped ?? 'failed');
       this.#logger.info(
         { tool, outcome: outcome.outcome, seconds: outcome.seconds },
@@ -159,7 +178,7 @@ export class DeferredCalls {
       );
       return;
     }
-    this.#memory.late(clientMessages, [
+    memory.late(clientMessages, [
       {
         role: 'assistant',
         content: null,

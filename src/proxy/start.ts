@@ -76,6 +76,13 @@ export async function startProxy(options: ProxyOptions): Promise<RunningProxy> {
     return new Upstream({ url, apiKey, timeoutMs: toolset.limits.turnTimeoutMs });
   };
 
+  // One for the process, not per set: a deferred call outlives its turn, and may outlive the set it began on.
+  const deferred = new DeferredCalls(
+    () => active.memory,
+    (outcome) => telemetry.deferredCall({ toolset: active.toolset.name, outcome }),
+    logger,
+  );
+
   const build = async (toolset: ResolvedToolSet, previous?: ActiveToolSet): Promise<ActiveToolSet> => {
     const tools = await createToolRegistry(toolset, {
       env,
@@ -110,21 +117,20 @@ export async function startProxy(options: ProxyOptions): Promise<RunningProxy> {
       upstreamState: sameUpstream ? previous.upstreamState : new UpstreamState(),
       memory,
       language: LanguagePicker.for(toolset),
-      deferred: new DeferredCalls(
-        memory,
-        (outcome) => telemetry.deferredCall({ toolset: toolset.name, outcome }),
-        logger,
-      ),
+      deferred,
     };
   };
 
   let active = await build(loaded.toolset);
   let ready = false;
   const retire = (old: ActiveToolSet) => {
-    // Turns that started on the old set keep it until they end; the turn timeout bounds that.
+    // Turns that started on the old set keep it until they end; the turn timeout bounds that. Calls they
+    // deferred run on to their tool timeout, on the old set's tools (an MCP session would cut them).
     setTimeout(() => {
-      void old.tools.close();
-      void old.upstream.close();
+      void deferred.settled().then(() => {
+        void old.tools.close();
+        void old.upstream.close();
+      });
     }, old.toolset.limits.turnTimeoutMs).unref();
   };
 

@@ -4,9 +4,11 @@
  * scripted model, the real proxy and the official client. Delays are far apart so ordering, not timing,
  * is what the tests pin.
  */
+import { writeFile } from 'node:fs/promises';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { stringify } from 'yaml';
 import {
   lastUserText,
   type RecordedRequest,
@@ -15,7 +17,8 @@ import {
   toolCallReply,
   toolResults,
 } from '../../src/demo/scripted-upstream.js';
-import { unmuteTurn, useScriptedProxy } from '../support/proxy.js';
+import { startMcpServer } from '../support/mcp-server.js';
+import { type ProxyHarness, toolsetDoc, unmuteTurn, useScriptedProxy } from '../support/proxy.js';
 
 /** A tool server: GET /work?ms=N&id=X answers {"done": X} after N ms; it records runs and aborted requests. */
 let server: Server;
@@ -104,7 +107,7 @@ async function until(check: () => boolean, what: string): Promise<void> {
   }
 }
 
-const { setup } = useScriptedProxy();
+const { setup, defer } = useScriptedProxy();
 
 describe('still working', () => {
   it('is spoken once, after the filler, while a slow tool runs', async () => {
@@ -326,4 +329,90 @@ describe('late results', () => {
     expect(second.text).toBe('One moment. Done: {"done":"d1"}.');
     expect(runs.filter((r) => r === 'd1')).toHaveLength(1);
   });
+});
+
+describe('late results across a ToolSet reload', () => {
+  /** Rewrites the ToolSet with other memory settings, so the reload gives the proxy a new tool memory. */
+  async function reloadWithNewMemory(harness: ProxyHarness, spec: Record<string, unknown>): Promise<void> {
+    await writeFile(harness.toolsetPath, stringify(toolsetDoc({ ...spec, memory: { turns: 3 } })));
+    await harness.proxy.reload();
+  }
+
+  it('a result that lands after the reload still reaches the next request', async () => {
+    const spec = { tools: [workTool('report', { timeout: '5s', deferAfter: '300ms' })] };
+    const { harness } = await setup(model, spec);
+    const question: Msg = { role: 'user', content: 'report 1200 z1' };
+    const first = await unmuteTurn(harness.client, [SYSTEM, question]);
+    expect(first.text).toBe("One moment. I'll tell you as soon as it is ready.");
+    await reloadWithNewMemory(harness, spec);
+    await until(() => finished.includes('z1'), 'the report');
+    await new Promise((r) => setTimeout(r, 50));
+    const second = await unmuteTurn(harness.client, [
+      SYSTEM,
+      question,
+      { role: 'assistant', content: first.text },
+      { role: 'user', content: '...' },
+    ]);
+    expect(second.text).toBe('It just arrived: {"done":"z1"}.');
+  });
+
+  it('the same call asked again after the reload joins the one still running', async () => {
+    const spec = { tools: [workTool('report', { timeout: '5s', deferAfter: '1s' })] };
+    const { harness } = await setup(model, spec);
+    const question: Msg = { role: 'user', content: 'report 1600 j1' };
+    const first = await unmuteTurn(harness.client, [SYSTEM, question]);
+    expect(first.text).toBe("One moment. I'll tell you as soon as it is ready.");
+    await reloadWithNewMemory(harness, spec);
+    const second = await unmuteTurn(harness.client, [
+      SYSTEM,
+      question,
+      { role: 'assistant', content: first.text },
+      { role: 'user', content: 'report 1600 j1' },
+    ]);
+    expect(second.text).toBe('One moment. Done: {"done":"j1"}.');
+    expect(runs.filter((r) => r === 'j1')).toHaveLength(1);
+  });
+
+  it("an MCP call deferred before the reload keeps the old set's connection until it lands", async () => {
+    const mcp = await startMcpServer();
+    defer(() => mcp.stop());
+    // The model calls slow(id, seconds) for "slow <seconds> <id>", and says what a result tells it.
+    const slowModel = (req: RecordedRequest): ScriptedReply => {
+      const last = req.body.messages?.at(-1);
+      if (last?.role === 'system' && /has just arrived/.test(String(last.content)))
+        return { sse: textReply(`It just arrived: ${toolResults(req).at(-1)}.`) };
+      if (last?.role === 'tool') return { sse: textReply("I'll tell you as soon as it is ready.") };
+      const ask = lastUserText(req).match(/slow ([\d.]+) (\w+)/);
+      if (ask && req.body.tools?.length)
+        return { sse: toolCallReply([{ name: 'slow', arguments: { id: ask[2], seconds: Number(ask[1]) } }]) };
+      return { sse: textReply('Okay.') };
+    };
+    // The old set is retired one turn timeout (1 s) after the reload; the call needs 2.5 s.
+    const spec = {
+      limits: { turnTimeout: '1s' },
+      tools: [{ mcp: { url: mcp.url, include: ['slow'] }, timeout: '5s', deferAfter: '300ms' }],
+    };
+    const { harness } = await setup(slowModel, spec);
+    await until(
+      () =>
+        harness.proxy
+          .current()
+          .tools.list()
+          .some((t) => t.name === 'slow'),
+      'the MCP tools',
+    );
+    const question: Msg = { role: 'user', content: 'slow 2.5 m1' };
+    const first = await unmuteTurn(harness.client, [SYSTEM, question]);
+    expect(first.text).toBe("One moment. I'll tell you as soon as it is ready.");
+    await reloadWithNewMemory(harness, spec);
+    await new Promise((r) => setTimeout(r, 2600));
+    const second = await unmuteTurn(harness.client, [
+      SYSTEM,
+      question,
+      { role: 'assistant', content: first.text },
+      { role: 'user', content: '...' },
+    ]);
+    expect(mcp.cancelled).not.toContain('m1');
+    expect(second.text).toBe('It just arrived: slept 2.5s.');
+  }, 20_000);
 });
