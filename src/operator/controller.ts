@@ -37,7 +37,7 @@ import type { EventRecorder } from './events.js';
 import type { InformerSet } from './informers.js';
 import { readInjection } from './patch.js';
 import { WorkQueue } from './queue.js';
-import { configMapName } from './sidecar.js';
+import { configMapName, LABEL_OPERATOR } from './sidecar.js';
 import type { SidecarProblem } from './sidecar-problems.js';
 import {
   buildStatus,
@@ -54,8 +54,6 @@ export const FIELD_MANAGER = 'earpiece';
 /** On every ConfigMap the controller writes; its ConfigMap informer selects on it. */
 export const MANAGED_BY = { key: 'app.kubernetes.io/managed-by', value: 'earpiece' } as const;
 export const TOOLSETS = { group: API_GROUP, version: API_VERSION, plural: 'toolsets' } as const;
-/** On a ToolSet: the instance of the operator that reconciles it (chart: `<namespace>-<release fullname>`). */
-export const OPERATOR_LABEL = 'earpiece.dev/operator';
 export const DEFAULT_INSTANCE = 'earpiece';
 
 /** A ToolSet as the API server returns it (status and metadata as stored). */
@@ -193,7 +191,7 @@ export class ToolSetController {
       return 'deleted';
     }
     const instance = this.o.instance ?? DEFAULT_INSTANCE;
-    const claimedBy = cached.metadata.labels?.[OPERATOR_LABEL];
+    const claimedBy = cached.metadata.labels?.[LABEL_OPERATOR];
     if (claimedBy !== undefined && claimedBy !== instance) {
       log.debug({ operator: claimedBy }, 'Left ToolSet of another operator alone');
       return 'foreign';
@@ -288,7 +286,7 @@ export class ToolSetController {
    * two operators claiming at once exactly one succeeds.
    */
   private async claim(cached: ToolSetObject, instance: string): Promise<void> {
-    const labelPath = `/metadata/labels/${OPERATOR_LABEL.replace('~', '~0').replace('/', '~1')}`;
+    const labelPath = `/metadata/labels/${LABEL_OPERATOR.replace('~', '~0').replace('/', '~1')}`;
     await this.o.customObjects.patchNamespacedCustomObject(
       {
         ...TOOLSETS,

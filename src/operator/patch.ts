@@ -16,6 +16,7 @@ import {
   configMapName,
   LABEL_INJECT,
   LABEL_INJECTED,
+  LABEL_OPERATOR,
   LOG_LEVELS,
   METRICS_PORT,
   OVERRIDE_ANNOTATIONS,
@@ -56,6 +57,11 @@ export const SKIP_REASONS = {
   toolset_not_found: { warn: true, summary: 'the ToolSet the pod names does not exist' },
   no_toolset: { warn: true, summary: 'no ToolSet in the namespace selects the pod' },
   several_toolsets: { warn: true, summary: 'several ToolSets select the pod' },
+  // Quiet: that release's webhook sees the same pod and injects it.
+  other_operator: {
+    warn: false,
+    summary: `the ToolSet is labelled ${LABEL_OPERATOR} for another release's operator, whose webhook injects the pod`,
+  },
   toolset_not_ready: { warn: true, summary: 'the ToolSet has never been valid, so it has no ConfigMap' },
   no_upstream: {
     warn: true,
@@ -73,6 +79,11 @@ export interface InjectInput {
   namespaceOptedIn: boolean;
   toolsets: ToolSetLookup;
   sidecar: SidecarConfig;
+  /**
+   * The webhook's operator instance: a ToolSet labelled for another one is left to that release. Undefined
+   * (`earpiece inject`) injects whatever the label says.
+   */
+  instance?: string | undefined;
 }
 
 export type InjectResult =
@@ -125,6 +136,14 @@ export function buildInjection(given: PodTemplate, input: InjectInput): InjectRe
   const selection = selectToolSet({ labels, annotations }, input.namespace, input.toolsets);
   if (!selection.ok) return previous ? skip('already_injected') : skip(selection.reason, selection.message);
   const name = selection.toolset.metadata.name;
+  const owner = selection.toolset.metadata.labels?.[LABEL_OPERATOR];
+  if (input.instance !== undefined && owner !== undefined && owner !== input.instance) {
+    if (previous) return skip('already_injected');
+    return skip(
+      'other_operator',
+      `ToolSet ${name} is reconciled by operator ${owner} (label ${LABEL_OPERATOR}), not ${input.instance}: that release's webhook injects the pod`,
+    );
+  }
   // The last valid configuration, which the sidecar mounts: env vars and hash come from it, not from the
   // ToolSet as it is now, which may have been edited into an invalid state since.
   const config = input.toolsets.config(name);

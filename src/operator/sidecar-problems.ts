@@ -18,7 +18,13 @@ import { type Clock, systemClock } from './clock.js';
 import type { EventRecorder, EventSubject } from './events.js';
 import { buildInjection, hasSidecar, readInjection } from './patch.js';
 import { selectToolSet, type ToolSetLookup } from './select.js';
-import { LABEL_INJECT, SIDECAR_NAME, SIDECAR_STARTUP_SECONDS, type SidecarConfig } from './sidecar.js';
+import {
+  LABEL_INJECT,
+  LABEL_OPERATOR,
+  SIDECAR_NAME,
+  SIDECAR_STARTUP_SECONDS,
+  type SidecarConfig,
+} from './sidecar.js';
 
 /** A source of pods to look at (an informer cache); several may hold the same pod. */
 export interface PodSource {
@@ -35,6 +41,8 @@ export interface SidecarProblemOptions {
   /** Namespaces the webhook is never called for (kube-system, the operator's own, ...): not reported. */
   excludeNamespaces: readonly string[];
   sidecar: SidecarConfig;
+  /** This operator's instance: a pod whose ToolSet is another release's is that release's to report. */
+  instance?: string | undefined;
   events: EventRecorder;
   metrics?: OperatorMetrics;
   logger: Logger;
@@ -228,6 +236,8 @@ export class SidecarProblemReporter {
       const optedIn = label === 'true' || (label !== 'false' && this.o.namespaceOptedIn(namespace));
       if (!optedIn) return undefined;
       const selection = selectToolSet(meta, namespace, this.o.toolsets(namespace));
+      const owner = selection.ok ? selection.toolset.metadata.labels?.[LABEL_OPERATOR] : undefined;
+      if (this.o.instance !== undefined && owner !== undefined && owner !== this.o.instance) return undefined;
       return {
         ...base,
         reason: NOT_INJECTED,
@@ -257,6 +267,7 @@ export class SidecarProblemReporter {
         namespaceOptedIn: this.o.namespaceOptedIn(namespace),
         toolsets: this.o.toolsets(namespace),
         sidecar: this.o.sidecar,
+        instance: this.o.instance,
       },
     );
     if (result.ok) {

@@ -26,6 +26,8 @@ export const UPSTREAM_ENV = 'EARPIECE_UPSTREAM_URL';
 export const SIDECAR_STARTUP_SECONDS = 120;
 
 export const LABEL_INJECT = 'earpiece.dev/inject';
+/** On a ToolSet: the instance of the operator that reconciles it (chart: `<namespace>-<release fullname>`). */
+export const LABEL_OPERATOR = 'earpiece.dev/operator';
 export const LABEL_INJECTED = 'earpiece.dev/injected';
 export const ANNOTATION_TOOLSET = 'earpiece.dev/toolset';
 export const ANNOTATION_TOOLSET_HASH = 'earpiece.dev/toolset-hash';

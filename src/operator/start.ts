@@ -24,7 +24,13 @@ import { OperatorMetrics } from '../telemetry/operator-metrics.js';
 import { type Clock, systemClock } from './clock.js';
 import type { OperatorConfig } from './config.js';
 import { readInjectionConfig } from './configmap.js';
-import { MANAGED_BY, TOOLSETS, ToolSetController, type ToolSetObject } from './controller.js';
+import {
+  DEFAULT_INSTANCE,
+  MANAGED_BY,
+  TOOLSETS,
+  ToolSetController,
+  type ToolSetObject,
+} from './controller.js';
 import { EventRecorder, type EventSubject } from './events.js';
 import { Informer, InformerSet } from './informers.js';
 import { LeaderElector } from './leader.js';
@@ -181,7 +187,7 @@ export class ControlPlane {
       metrics: this.metrics,
       clock,
       logger,
-      instance: config.instance,
+      instance: config.instance ?? DEFAULT_INSTANCE,
       resyncMs: timing.resyncMs,
       retryBaseMs: timing.retryBaseMs,
       retryMaxMs: timing.retryMaxMs,
@@ -207,6 +213,7 @@ export class ControlPlane {
       toolsets: (ns) => this.lookup(ns),
       excludeNamespaces: config.excludeNamespaces,
       sidecar: config.sidecar,
+      instance: config.instance ?? DEFAULT_INSTANCE,
       events: this.events,
       metrics: this.metrics,
       logger,
@@ -432,6 +439,7 @@ export async function startOperator(o: OperatorOptions): Promise<RunningOperator
       certificate: holder,
       lookups: plane.webhookLookups(),
       sidecar: config.sidecar,
+      instance: config.instance,
       logger,
       onInjection: (outcome) => running.onInjection(outcome),
       onReviewed: (operation, seconds) => metrics.webhookReview(operation, seconds),

@@ -78,6 +78,8 @@ export interface WebhookServerOptions {
   certificate: CertificateHolder;
   lookups: WebhookLookups;
   sidecar: SidecarConfig;
+  /** This release's operator instance: pods whose ToolSet is labelled for another are left to it. */
+  instance?: string | undefined;
   logger: Logger;
   onInjection?: (outcome: InjectionOutcome) => void;
   /** How long each review took (earpiece_webhook_duration_seconds). */
@@ -142,7 +144,7 @@ type Pod = {
 /** The decision for one review, without HTTP. */
 function review(
   request: AdmissionRequest,
-  deps: Pick<WebhookServerOptions, 'lookups' | 'sidecar' | 'logger' | 'onInjection'>,
+  deps: Pick<WebhookServerOptions, 'lookups' | 'sidecar' | 'instance' | 'logger' | 'onInjection'>,
 ): AdmissionResponse {
   const allow = (extra: Partial<AdmissionResponse> = {}): AdmissionResponse => ({
     uid: request.uid,
@@ -194,6 +196,7 @@ function review(
           config: (name) => lookups.config(namespace, name),
         },
         sidecar: deps.sidecar,
+        instance: deps.instance,
       },
     );
     if (!result.ok) {

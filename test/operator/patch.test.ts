@@ -420,6 +420,24 @@ describe('skip reasons', () => {
       /ToolSets assistant, other all select/,
     ],
     [
+      "a ToolSet labelled for another release's operator",
+      pod(),
+      input({
+        instance: 'stable',
+        toolsets: toolsetLookup(
+          [
+            {
+              ...assistant,
+              metadata: { ...assistant.metadata, labels: { 'earpiece.dev/operator': 'canary' } },
+            },
+          ],
+          'voice',
+        ),
+      }),
+      'other_operator',
+      /ToolSet assistant is reconciled by operator canary \(label earpiece.dev\/operator\), not stable/,
+    ],
+    [
       'a ToolSet never valid',
       pod(),
       input({ toolsets: toolsetLookup([assistant], 'voice', () => undefined) }),
@@ -477,6 +495,16 @@ describe('skip reasons', () => {
     const result = buildInjection(template, inp);
     expect(result).toMatchObject({ ok: false, reason, warn: SKIP_REASONS[reason].warn });
     if (!result.ok) expect(result.message).toMatch(message);
+  });
+
+  it('a ToolSet labelled for this operator, or for any when no instance is given (earpiece inject), is injected', () => {
+    const labelled = {
+      ...assistant,
+      metadata: { ...assistant.metadata, labels: { 'earpiece.dev/operator': 'canary' } },
+    };
+    const toolsets = toolsetLookup([labelled], 'voice');
+    expect(buildInjection(pod(), input({ instance: 'canary', toolsets }))).toMatchObject({ ok: true });
+    expect(buildInjection(pod(), input({ toolsets }))).toMatchObject({ ok: true });
   });
 
   it('already injected: a second run returns the pod unchanged', () => {

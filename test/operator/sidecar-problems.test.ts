@@ -158,6 +158,30 @@ describe('uninjected pods', () => {
     await expect.poll(() => gauge(metrics), POLL).toBe(0);
   });
 
+  it("leaves out pods whose ToolSet another release's operator reconciles: its webhook injects them", async () => {
+    const metrics = new OperatorMetrics({ defaultMetrics: false });
+    const plane = controlPlane('operator', metrics);
+    await plane.start();
+    api.create('toolsets', {
+      apiVersion: 'earpiece.dev/v1alpha1',
+      kind: 'ToolSet',
+      metadata: { name: 'canary', namespace: NS, labels: { 'earpiece.dev/operator': 'voice-canary' } },
+      spec: {
+        selector: { matchLabels: { app: 'canary-backend' } },
+        tools: [{ name: 'now', builtin: 'time' }],
+      },
+    });
+    await expect.poll(() => plane.toolsets.get('canary', NS), POLL).toBeDefined();
+    const rs = replicaSet('backend-3');
+    pod('backend-3-canary', rs, { app: 'canary-backend', 'earpiece.dev/inject': 'true' });
+    // One that is this operator's to report, so the check has run when it shows.
+    pod('backend-3-other', rs, { app: 'other', 'earpiece.dev/inject': 'true' });
+    await expect.poll(() => plane.sidecarProblems.pods.map((p) => p.name), POLL).toEqual(['backend-3-other']);
+    await plane.sidecarProblems.check();
+    expect(plane.sidecarProblems.pods.map((p) => p.name)).toEqual(['backend-3-other']);
+    expect(await gauge(metrics)).toBe(1);
+  });
+
   it('leaves out namespaces the webhook is never called for', async () => {
     const metrics = new OperatorMetrics({ defaultMetrics: false });
     const plane = controlPlane('operator', metrics);

@@ -258,6 +258,67 @@ describe('the webhook over HTTPS', () => {
     ]);
   });
 
+  it('two releases: each webhook injects only the pods whose ToolSet is labelled for its own operator', async () => {
+    const claimed = [
+      {
+        ...toolset('assistant', { app: 'unmute-backend' }),
+        metadata: { name: 'assistant', namespace: 'voice', labels: { 'earpiece.dev/operator': 'canary' } },
+      },
+      toolset('unclaimed', { app: 'fresh' }),
+    ];
+    const decided: Record<string, InjectionOutcome[]> = { stable: [], canary: [] };
+    const start = (instance: string) =>
+      startWebhookServer({
+        port: 0,
+        host: '127.0.0.1',
+        certificate: holder,
+        lookups: {
+          toolsetByName: (ns, name) => toolsetLookup(claimed, ns).byName(name),
+          toolsetsInNamespace: (ns) => toolsetLookup(claimed, ns).all(),
+          config: (ns, name) => toolsetLookup(claimed, ns).config(name),
+        },
+        sidecar: DEFAULT_SIDECAR,
+        instance,
+        logger: createLogger('webhook-test', 'silent'),
+        onInjection: (o) => decided[instance]?.push(o),
+      });
+    const [stable, canary] = await Promise.all([start('stable'), start('canary')]);
+    try {
+      const admitAt = async (port: number, object: unknown) =>
+        (
+          (await post(review(object), first.ca.certPem, '/mutate', port)).body as unknown as {
+            response: Response;
+          }
+        ).response;
+      // Both webhooks match the pod, in either order: only the canary's injects it, and the stable one is quiet.
+      const original = pod({ app: 'unmute-backend', 'earpiece.dev/inject': 'true' });
+      const byStable = await admitAt(stable.port, original);
+      expect(byStable).toEqual({ uid: byStable.uid, allowed: true });
+      const byCanary = await admitAt(canary.port, original);
+      expect(byCanary.patch).toBeDefined();
+      const injected = fastJsonPatch.applyPatch(
+        structuredClone(original),
+        JSON.parse(Buffer.from(byCanary.patch as string, 'base64').toString()),
+      ).newDocument;
+      const afterCanary = await admitAt(stable.port, injected);
+      expect(afterCanary).toEqual({ uid: afterCanary.uid, allowed: true });
+      expect(decided.stable?.map((o) => [o.outcome, o.warn])).toEqual([
+        ['other_operator', false],
+        ['already_injected', false],
+      ]);
+      expect(decided.stable?.[0]?.message).toBe(
+        "ToolSet assistant is reconciled by operator canary (label earpiece.dev/operator), not stable: that release's webhook injects the pod",
+      );
+      expect(decided.canary?.map((o) => o.outcome)).toEqual(['injected']);
+      // A ToolSet no operator has claimed yet is either's, as its reconcile will be.
+      const fresh = pod({ app: 'fresh', 'earpiece.dev/inject': 'true' });
+      expect((await admitAt(stable.port, fresh)).patch).toBeDefined();
+      expect((await admitAt(canary.port, fresh)).patch).toBeDefined();
+    } finally {
+      await Promise.all([stable.close(), canary.close()]);
+    }
+  });
+
   it("returns the builder's warnings beside the patch", async () => {
     const response = await admit(
       pod(
