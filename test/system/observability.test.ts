@@ -74,6 +74,9 @@ function respond(vllm: VllmMetrics) {
     if (said.includes('oracle')) return call('ask_oracle', { question: 'why' });
     if (said.includes('no city')) return call('get_weather', { town: 'Lyon' });
     if (said.includes('engine')) return errorReply(500, 'The engine died');
+    if (said.includes('too many')) return errorReply(429, 'Rate limit reached for requests');
+    if (said.includes('book a table')) return call('book_table', { people: 2 });
+    if (said.includes('the report')) return call('prepare_report', {});
     if (said.includes('story')) {
       return {
         sse: textReply(
@@ -92,6 +95,14 @@ async function startToolService(): Promise<Server> {
   const server = createServer((req, res) => {
     if (req.url?.startsWith('/weather')) {
       res.writeHead(200, { 'content-type': 'application/json' }).end('{"temperature":21}');
+    } else if (req.url?.startsWith('/book')) {
+      res.writeHead(200, { 'content-type': 'application/json' }).end('{"booked":true}');
+    } else if (req.url?.startsWith('/report')) {
+      // Slower than the tool's deferAfter: the turn ends on a promise, and the result comes late.
+      setTimeout(
+        () => res.writeHead(200, { 'content-type': 'application/json' }).end('{"report":"ready"}'),
+        600,
+      );
     } else if (req.url?.startsWith('/broken')) {
       res.writeHead(500, { 'content-type': 'application/json' }).end('{"error":"down"}');
     }
@@ -183,6 +194,22 @@ describe.skipIf(!prometheusPath || !promtoolPath)('observability with a real Pro
             http: { url: `${toolsUrl}/search{?q}` },
           },
           {
+            name: 'book_table',
+            description: 'Books a table',
+            parameters: { type: 'object', properties: { people: { type: 'integer' } } },
+            // One booking an hour, across every sidecar of the ToolSet: the second is refused.
+            rateLimit: { requests: 1, per: '1h' },
+            http: { url: `${toolsUrl}/book{?people}` },
+          },
+          {
+            name: 'prepare_report',
+            description: 'Prepares a report',
+            parameters: { type: 'object', properties: {} },
+            timeout: '3s',
+            deferAfter: '200ms',
+            http: { url: `${toolsUrl}/report` },
+          },
+          {
             name: 'broken_tool',
             description: 'A service that is down',
             parameters: { type: 'object', properties: {} },
@@ -248,6 +275,12 @@ describe.skipIf(!prometheusPath || !promtoolPath)('observability with a real Pro
     // Two rounds with scrapes between: series born in the first round show their increase in the second.
     for (let round = 0; round < 2; round++) {
       await traffic(client);
+      if (round === 0) {
+        // Redis stops answering for one turn: the booking's rate limit is decided in the sidecar.
+        redis.pause();
+        await traffic(client, ['Please book a table for two.']);
+        redis.resume();
+      }
       await operator.admit(`backend-new-${round}`);
       // A crash-looping sidecar, and one killed once for memory.
       kube.restarted(SIDECAR_PODS[2]!, 'Error');
@@ -280,7 +313,15 @@ describe.skipIf(!prometheusPath || !promtoolPath)('observability with a real Pro
       'outcome',
       `sum by (outcome) (increase(earpiece_tool_calls_total{toolset="assistant"}[${RATE_INTERVAL}]))`,
     );
-    for (const outcome of ['ok', 'cache_hit', 'timeout', 'error', 'unknown_tool', 'invalid_arguments']) {
+    for (const outcome of [
+      'ok',
+      'cache_hit',
+      'timeout',
+      'error',
+      'unknown_tool',
+      'invalid_arguments',
+      'rate_limited',
+    ]) {
       expect(calls[outcome], `tool outcome ${outcome}`).toBeGreaterThan(0);
     }
     const turns = await byLabel(
@@ -297,6 +338,15 @@ describe.skipIf(!prometheusPath || !promtoolPath)('observability with a real Pro
         ),
       )[0],
     ).toBeGreaterThan(0);
+    const counted = async (promql: string) =>
+      values(await prometheus.query(`sum(increase(${promql}[${RATE_INTERVAL}]))`))[0] ?? 0;
+    expect(await counted('earpiece_deferred_calls_total{outcome="delivered"}')).toBeGreaterThan(0);
+    expect(await counted('earpiece_upstream_rate_limited_total')).toBeGreaterThan(0);
+    // Born in the first round's freeze, so its first sample already counts it: read the value itself.
+    const fallbacks = await prometheus.query(
+      'sum(earpiece_shared_state_fallbacks_total{operation="rate_limit"})',
+    );
+    expect(values(fallbacks)[0]).toBeGreaterThan(0);
     // The model's invented tool is counted, but never as a label value of its own.
     expect(await prometheus.labelValues('tool', 'earpiece_tool_calls_total')).not.toContain('ask_oracle');
   });
@@ -403,18 +453,19 @@ describe.skipIf(!prometheusPath || !promtoolPath)('observability with a real Pro
 });
 
 /** One round of turns, in the order a day of conversations might bring them. */
-async function traffic(client: OpenAI): Promise<void> {
-  const turn = async (text: string) => {
-    const stream = await client.chat.completions.create({
-      model: MODEL,
-      stream: true,
-      messages: [
-        { role: 'system', content: 'You are a helpful voice assistant.' },
-        { role: 'user', content: text },
-      ],
-    });
-    for await (const _ of stream);
+async function traffic(client: OpenAI, only?: string[]): Promise<void> {
+  const system = { role: 'system' as const, content: 'You are a helpful voice assistant.' };
+  const converse = async (messages: OpenAI.Chat.ChatCompletionMessageParam[]) => {
+    const stream = await client.chat.completions.create({ model: MODEL, stream: true, messages });
+    let text = '';
+    for await (const chunk of stream) text += chunk.choices[0]?.delta.content ?? '';
+    return text;
   };
+  const turn = (text: string) => converse([system, { role: 'user', content: text }]);
+  if (only) {
+    for (const text of only) await turn(text);
+    return;
+  }
   await turn('What is the weather in Paris right now?');
   await turn('And the weather in Paris again, please?');
   await turn('Any news today?');
@@ -424,6 +475,19 @@ async function traffic(client: OpenAI): Promise<void> {
   await turn('Start the engine.');
   await turn('Please keep looking until you find it.');
   await turn('Good morning to you.');
+  await turn('Please book a table for two.');
+  await turn('Please book a table for two, again.');
+  await turn('There were too many requests just now.');
+  // A slow report: the turn ends on a promise, and the next request of the conversation gets the result.
+  const question = { role: 'user' as const, content: 'Prepare the report, please.' };
+  const promised = await converse([system, question]);
+  await new Promise((r) => setTimeout(r, 800));
+  await converse([
+    system,
+    question,
+    { role: 'assistant', content: promised },
+    { role: 'user', content: '...' },
+  ]);
   // The user barges in after the first words of a long answer.
   const story = await client.chat.completions.create({
     model: MODEL,

@@ -58,6 +58,10 @@ async function exposedNames(): Promise<Set<string>> {
   t.upstreamCall({ toolset: 'assistant', timeToFirstTokenSeconds: 0.05 });
   t.memory({ toolset: 'assistant', spliced: 1 });
   t.memory({ toolset: 'assistant', entries: 1 });
+  t.upstreamCall({ toolset: 'assistant', refusal: 'rate_limited' });
+  t.deferredCall({ toolset: 'assistant', outcome: 'delivered' });
+  t.sharedState({ toolset: 'assistant', event: 'up' });
+  t.sharedState({ toolset: 'assistant', event: 'fallback', operation: 'cache' });
   return new Set([
     ...parseExposition(await t.metrics()).map((s) => s.name),
     ...(await operatorNames()),
@@ -132,8 +136,17 @@ describe('Grafana dashboard', () => {
         'Sidecar memory against its limit',
         'Event-loop lag (p99)',
         'vLLM time to first token',
+        'Tool calls refused by their rate limit',
+        'Shared state (Redis)',
+        'Deferred calls by outcome',
+        'Model server refusals (429)',
       ]),
     );
+    expect(has(/outcome="rate_limited"/)).toBe(true);
+    expect(has(/earpiece_shared_state_up/)).toBe(true);
+    expect(has(/earpiece_shared_state_fallbacks_total/)).toBe(true);
+    expect(has(/earpiece_deferred_calls_total/)).toBe(true);
+    expect(has(/earpiece_upstream_rate_limited_total/)).toBe(true);
     expect(has(/earpiece_sidecar_problem_pods/)).toBe(true);
     expect(has(/earpiece_webhook_certificate_expiry_timestamp_seconds/)).toBe(true);
     expect(has(/container_memory_working_set_bytes.*kube_pod_init_container_resource_limits/)).toBe(true);
