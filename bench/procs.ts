@@ -235,8 +235,12 @@ export const EARPIECE_NODE_FLAGS = (process.env.EARPIECE_BENCH_NODE_FLAGS ?? '--
   .split(' ')
   .filter(Boolean);
 
-export async function startEarpiece(toolsetPath: string, upstreamUrl: string): Promise<EarpieceProxy> {
-  const cli = fileURLToPath(new URL('../cmd/earpiece.js', import.meta.url));
+/** `cli`: another build's dist/cmd/earpiece.js (ab.ts); this build's by default. */
+export async function startEarpiece(
+  toolsetPath: string,
+  upstreamUrl: string,
+  cli = fileURLToPath(new URL('../cmd/earpiece.js', import.meta.url)),
+): Promise<EarpieceProxy> {
   const child = spawn(
     process.execPath,
     [

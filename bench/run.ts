@@ -17,18 +17,8 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { stringify } from 'yaml';
 import { FLOODS, type FloodPeak } from './floods.js';
-import {
-  burst,
-  type Expected,
-  type PhaseResult,
-  phase,
-  sequence,
-  stream,
-  type Target,
-  target,
-} from './load.js';
+import { burst, type PhaseResult, phase, sequence, stream, type Target, target } from './load.js';
 import { type LookupCost, measureLookup } from './memory.js';
 import {
   cpuSeconds,
@@ -45,7 +35,7 @@ import {
   startUpstreamChild,
   type UpstreamChild,
 } from './procs.js';
-import { ANSWER_TEXT, BRIEF_CHUNKS, BRIEF_TEXT, CONTENT_CHUNKS, PACE_MS, SYSTEM_PROMPT } from './protocol.js';
+import { PACE_MS } from './protocol.js';
 import {
   measureSharedState,
   REDIS_BOUND_MS,
@@ -55,6 +45,14 @@ import {
 } from './shared-state.js';
 import { measureSilence, renderSilence } from './silence.js';
 import { measureSpeakable, renderSpeakable } from './speakable.js';
+import {
+  BRIEF_BODY,
+  BRIEF_EXPECTED,
+  STREAM_BODY,
+  STREAM_EXPECTED,
+  unmuteRequest,
+  writeToolSet,
+} from './workload.js';
 
 /** `node` is the bare Node.js hop (bench/node-hop.ts): what Node itself costs as a proxy here. */
 type Mode = 'direct' | 'nginx' | 'node' | 'earpiece';
@@ -93,26 +91,6 @@ const TARGETS = {
   idleRssMb: 90,
   lookupUs: 20,
 };
-
-/** Unmute's request: model, messages, stream, temperature (the proxy adds tools and instructions). */
-function unmuteRequest(lastUser: string): string {
-  return JSON.stringify({
-    model: 'bench-model',
-    messages: [
-      { role: 'system', content: SYSTEM_PROMPT },
-      { role: 'user', content: 'Hello!' },
-      { role: 'assistant', content: 'Hi there, how can I help you today?' },
-      { role: 'user', content: lastUser },
-    ],
-    stream: true,
-    temperature: 0.7,
-  });
-}
-
-const STREAM_BODY = unmuteRequest('Tell me about the weather in Lisbon.');
-const STREAM_EXPECTED: Expected = { text: ANSWER_TEXT, chunks: CONTENT_CHUNKS };
-const BRIEF_BODY = unmuteRequest('Tell me about Lisbon, a brief-answer please.');
-const BRIEF_EXPECTED: Expected = { text: BRIEF_TEXT, chunks: BRIEF_CHUNKS };
 
 // ---- statistics ----
 
@@ -425,40 +403,6 @@ async function twoCallTurns(p: Proxies, to: Target): Promise<EarlyStart> {
     if (s.toolAsked < s.secondCallEnd) beforeSecondEnded++;
   }
   return { afterComplete, beforeSecondEnded, errors };
-}
-
-async function writeToolSet(dir: string, toolUrl: string): Promise<string> {
-  const path = join(dir, 'toolset.yaml');
-  await writeFile(
-    path,
-    stringify({
-      apiVersion: 'earpiece.dev/v1alpha1',
-      kind: 'ToolSet',
-      metadata: { name: 'bench' },
-      spec: {
-        instructions: 'You can look things up with tools. Answer in one or two short spoken sentences.',
-        tools: [
-          {
-            name: 'get_weather',
-            description: 'Current temperature and wind at a place.',
-            parameters: { type: 'object', properties: { place: { type: 'string' } }, required: ['place'] },
-            filler: 'One moment. ',
-            http: { url: `${toolUrl}/weather{?place}` },
-          },
-          {
-            name: 'slow_lookup',
-            description: 'A lookup that takes a long time (the barge-in measurement).',
-            parameters: { type: 'object', properties: { id: { type: 'string' } }, required: ['id'] },
-            timeout: '30s',
-            http: { url: `${toolUrl}/slow{?id}` },
-          },
-          { name: 'current_time', description: 'The current date and time.', builtin: 'time' },
-          { name: 'calculate', description: 'Evaluates an arithmetic expression.', builtin: 'calculator' },
-        ],
-      },
-    }),
-  );
-  return path;
 }
 
 export async function main(argv: string[]): Promise<number> {
