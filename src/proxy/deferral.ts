@@ -103,13 +103,15 @@ export class DeferredCalls {
     } else {
       outcome = start();
       this.#running.add(outcome);
-      void outcome.finally(() => this.#running.delete(outcome));
+      const forget = () => this.#running.delete(outcome);
+      outcome.then(forget, forget);
       if (key !== undefined) {
         const entry: Deferral = { call, outcome, claimed: false };
         this.#inFlight.set(key, entry);
-        void outcome.finally(() => {
+        const leave = () => {
           if (this.#inFlight.get(key) === entry) this.#inFlight.delete(key);
-        });
+        };
+        outcome.then(leave, leave);
       }
     }
     let timer: NodeJS.Timeout | undefined;

@@ -123,14 +123,18 @@ export async function startProxy(options: ProxyOptions): Promise<RunningProxy> {
 
   let active = await build(loaded.toolset);
   let ready = false;
+  /** Replaced sets whose tools are still open; close() closes them too. */
+  const retiring = new Set<ActiveToolSet>();
+  const closeSet = async (set: ActiveToolSet) => {
+    if (!retiring.delete(set) && set !== active) return;
+    await Promise.all([set.tools.close(), set.upstream.close()]);
+  };
   const retire = (old: ActiveToolSet) => {
+    retiring.add(old);
     // Turns that started on the old set keep it until they end; the turn timeout bounds that. Calls they
     // deferred run on to their tool timeout, on the old set's tools (an MCP session would cut them).
     setTimeout(() => {
-      void deferred.settled().then(() => {
-        void old.tools.close();
-        void old.upstream.close();
-      });
+      void deferred.settled().then(() => closeSet(old));
     }, old.toolset.limits.turnTimeoutMs).unref();
   };
 
@@ -208,7 +212,7 @@ export async function startProxy(options: ProxyOptions): Promise<RunningProxy> {
       clearTimeout(drain);
       clearInterval(sweep);
       await metricsApp.close();
-      await Promise.all([active.tools.close(), active.upstream.close()]);
+      await Promise.all([active, ...retiring].map(closeSet));
       await telemetry.shutdown();
     },
   };

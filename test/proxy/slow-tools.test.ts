@@ -405,7 +405,8 @@ describe('late results across a ToolSet reload', () => {
     const first = await unmuteTurn(harness.client, [SYSTEM, question]);
     expect(first.text).toBe("One moment. I'll tell you as soon as it is ready.");
     await reloadWithNewMemory(harness, spec);
-    await new Promise((r) => setTimeout(r, 2600));
+    await until(() => mcp.finished.includes('m1'), 'the MCP call');
+    await new Promise((r) => setTimeout(r, 50));
     const second = await unmuteTurn(harness.client, [
       SYSTEM,
       question,
@@ -414,5 +415,7 @@ describe('late results across a ToolSet reload', () => {
     ]);
     expect(mcp.cancelled).not.toContain('m1');
     expect(second.text).toBe('It just arrived: slept 2.5s.');
+    // Once the call has landed, the old set's session is closed; the new set's stays.
+    await until(() => mcp.sessionCount() === 1, "the old set's MCP session to close");
   }, 20_000);
 });

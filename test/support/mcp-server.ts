@@ -25,9 +25,10 @@ export interface McpTestServer {
   port: number;
   /** Tool calls in arrival order. */
   calls: { name: string; args: Record<string, unknown> }[];
-  /** `slow` calls (by their `id`) that started, and those the client cancelled. */
+  /** `slow` calls (by their `id`) that started, those the client cancelled, and those that ran to their end. */
   started: string[];
   cancelled: string[];
+  finished: string[];
   /** Authorization header of every HTTP request (undefined when absent). */
   authorizations: (string | undefined)[];
   /** Registers a tool that answers `text` on every session, now and later (sends list_changed). */
@@ -60,6 +61,7 @@ export async function startMcpServer(
   const calls: McpTestServer['calls'] = [];
   const started: string[] = [];
   const cancelled: string[] = [];
+  const finished: string[] = [];
   const authorizations: (string | undefined)[] = [];
 
   const buildServer = (): McpServer => {
@@ -96,7 +98,10 @@ export async function startMcpServer(
         record('slow', args);
         started.push(args.id);
         await new Promise<void>((resolve) => {
-          const timer = setTimeout(resolve, args.seconds * 1000);
+          const timer = setTimeout(() => {
+            finished.push(args.id);
+            resolve();
+          }, args.seconds * 1000);
           extra.signal.addEventListener('abort', () => {
             clearTimeout(timer);
             cancelled.push(args.id);
@@ -226,6 +231,7 @@ export async function startMcpServer(
     calls,
     started,
     cancelled,
+    finished,
     authorizations,
     addTool(name, text) {
       extraTools.set(name, text);
