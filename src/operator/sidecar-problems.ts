@@ -14,6 +14,7 @@
 import type { V1ContainerStatus, V1Pod } from '@kubernetes/client-node';
 import type { Logger } from '../telemetry/log.js';
 import type { OperatorMetrics } from '../telemetry/operator-metrics.js';
+import type { ToolSet } from '../toolset/schema.js';
 import { type Clock, systemClock } from './clock.js';
 import type { EventRecorder, EventSubject } from './events.js';
 import { buildInjection, hasSidecar, readInjection } from './patch.js';
@@ -236,8 +237,6 @@ export class SidecarProblemReporter {
       const optedIn = label === 'true' || (label !== 'false' && this.o.namespaceOptedIn(namespace));
       if (!optedIn) return undefined;
       const selection = selectToolSet(meta, namespace, this.o.toolsets(namespace));
-      const owner = selection.ok ? selection.toolset.metadata.labels?.[LABEL_OPERATOR] : undefined;
-      if (this.o.instance !== undefined && owner !== undefined && owner !== this.o.instance) return undefined;
       return {
         ...base,
         reason: NOT_INJECTED,
@@ -247,6 +246,14 @@ export class SidecarProblemReporter {
     }
     const problem = sidecarStatusProblem(pod, now);
     if (!problem) return undefined;
+    const injectedFor = readInjection({
+      metadata: { annotations: meta.annotations },
+      spec: pod.spec,
+    })?.toolset;
+    // A sidecar another release's webhook injected is that release's operator's to report.
+    const injectedToolSet =
+      injectedFor === undefined ? undefined : this.o.toolsets(namespace).byName(injectedFor);
+    if (this.#otherOperator(injectedToolSet) !== undefined) return undefined;
     const sidecar = [...(pod.spec?.initContainers ?? []), ...(pod.spec?.containers ?? [])].find(
       (c) => c.name === SIDECAR_NAME,
     );
@@ -254,8 +261,16 @@ export class SidecarProblemReporter {
       ...base,
       reason: problem.reason,
       message: advice(pod, problem.reason, problem.detail, sidecar?.image),
-      toolset: readInjection({ metadata: { annotations: meta.annotations }, spec: pod.spec })?.toolset,
+      toolset: injectedFor,
     };
+  }
+
+  /** The operator a ToolSet is labelled for, when it is another than this one. */
+  #otherOperator(toolset: ToolSet | undefined): string | undefined {
+    const owner = toolset?.metadata.labels?.[LABEL_OPERATOR];
+    return this.o.instance !== undefined && owner !== undefined && owner !== this.o.instance
+      ? owner
+      : undefined;
   }
 
   /** The webhook's own decision for this pod, now: a skip reason, or "it would be injected". */
@@ -272,6 +287,13 @@ export class SidecarProblemReporter {
     );
     if (result.ok) {
       return 'it would be injected now, so the webhook did not see it (unreachable when the pod was created?); delete the pod so its controller recreates it with the sidecar';
+    }
+    if (result.reason === 'other_operator') {
+      // That release's webhook should have injected it: its label may outlive the release (an uninstall).
+      const selection = selectToolSet(pod.metadata ?? {}, namespace, this.o.toolsets(namespace));
+      const name = selection.ok ? selection.toolset.metadata.name : '';
+      const owner = selection.ok ? this.#otherOperator(selection.toolset) : undefined;
+      return `ToolSet ${name} is labelled ${LABEL_OPERATOR}=${owner}, and that operator's webhook did not inject the pod: is its release still installed? To let this operator take the ToolSet: kubectl -n ${namespace} label toolset ${name} ${LABEL_OPERATOR}-`;
     }
     return result.message;
   }

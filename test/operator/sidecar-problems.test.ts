@@ -4,10 +4,12 @@
  */
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { toolsetLookup } from '../../src/operator/select.js';
 import { DEFAULT_SIDECAR } from '../../src/operator/sidecar.js';
 import { ControlPlane } from '../../src/operator/start.js';
 import { createLogger } from '../../src/telemetry/log.js';
 import { OperatorMetrics } from '../../src/telemetry/operator-metrics.js';
+import type { ToolSet } from '../../src/toolset/index.js';
 import { injectBackend } from '../support/backend-pod.js';
 import { type FakeApiServer, type KObject, startFakeApiServer } from '../support/fake-apiserver.js';
 
@@ -158,11 +160,11 @@ describe('uninjected pods', () => {
     await expect.poll(() => gauge(metrics), POLL).toBe(0);
   });
 
-  it("leaves out pods whose ToolSet another release's operator reconciles: its webhook injects them", async () => {
+  it('a ToolSet labelled for another release: that release reports its sidecars; a pod it never injected is reported here, naming the label', async () => {
     const metrics = new OperatorMetrics({ defaultMetrics: false });
     const plane = controlPlane('operator', metrics);
     await plane.start();
-    api.create('toolsets', {
+    const canary = api.create('toolsets', {
       apiVersion: 'earpiece.dev/v1alpha1',
       kind: 'ToolSet',
       metadata: { name: 'canary', namespace: NS, labels: { 'earpiece.dev/operator': 'voice-canary' } },
@@ -170,16 +172,40 @@ describe('uninjected pods', () => {
         selector: { matchLabels: { app: 'canary-backend' } },
         tools: [{ name: 'now', builtin: 'time' }],
       },
-    });
+    }) as unknown as ToolSet;
     await expect.poll(() => plane.toolsets.get('canary', NS), POLL).toBeDefined();
     const rs = replicaSet('backend-3');
-    pod('backend-3-canary', rs, { app: 'canary-backend', 'earpiece.dev/inject': 'true' });
-    // One that is this operator's to report, so the check has run when it shows.
-    pod('backend-3-other', rs, { app: 'other', 'earpiece.dev/inject': 'true' });
-    await expect.poll(() => plane.sidecarProblems.pods.map((p) => p.name), POLL).toEqual(['backend-3-other']);
+    const labels = { app: 'canary-backend', 'earpiece.dev/inject': 'true' };
+    // Injected by the canary's webhook, its sidecar waiting on its image: the canary's operator reports it.
+    const template = injectBackend(NS, toolsetLookup([canary], NS), labels);
+    pod('backend-3-injected', rs, template.metadata!.labels!, {
+      spec: template.spec,
+      status: {
+        phase: 'Pending',
+        startTime: new Date(Date.now() - 600_000).toISOString(),
+        initContainerStatuses: [
+          {
+            name: 'earpiece-proxy',
+            image: 'ghcr.io/earpiece-dev/earpiece:0.1.0',
+            imageID: '',
+            ready: false,
+            restartCount: 0,
+            started: false,
+            state: { waiting: { reason: 'ImagePullBackOff', message: 'Back-off pulling image' } },
+          },
+        ],
+      },
+    });
+    // Never injected, although the canary's webhook should have: reported here, with the way out.
+    pod('backend-3-missed', rs, labels);
+    await expect
+      .poll(() => plane.sidecarProblems.pods.map((p) => p.name), POLL)
+      .toEqual(['backend-3-missed']);
     await plane.sidecarProblems.check();
-    expect(plane.sidecarProblems.pods.map((p) => p.name)).toEqual(['backend-3-other']);
-    expect(await gauge(metrics)).toBe(1);
+    expect(plane.sidecarProblems.pods.map((p) => p.name)).toEqual(['backend-3-missed']);
+    expect(plane.sidecarProblems.pods[0]?.message).toBe(
+      "ToolSet canary is labelled earpiece.dev/operator=voice-canary, and that operator's webhook did not inject the pod: is its release still installed? To let this operator take the ToolSet: kubectl -n voice label toolset canary earpiece.dev/operator-",
+    );
   });
 
   it('leaves out namespaces the webhook is never called for', async () => {
