@@ -92,8 +92,14 @@ export async function main(argv: string[]): Promise<number> {
     );
     return 2;
   }
-  const rounds = Math.max(1, Number(values.rounds));
-  const each = Math.max(1, Math.floor(Number(values.streams) / 2));
+  const rounds = Number(values.rounds);
+  const each = Math.floor(Number(values.streams) / 2);
+  if (!Number.isInteger(rounds) || rounds < 1 || !Number.isInteger(each) || each < 1) {
+    log(
+      `--rounds must be a whole number from 1 and --streams one from 2 (got ${values.rounds}, ${values.streams}).`,
+    );
+    return 2;
+  }
 
   const dir = await mkdtemp(join(tmpdir(), 'earpiece-ab-'));
   const upstream = await startUpstreamChild();
@@ -112,7 +118,11 @@ export async function main(argv: string[]): Promise<number> {
     const results: Round[] = [];
     for (let i = 0; i < rounds; i++) {
       log(`Round ${i + 1}/${rounds}: ${each} streams through each build at once`);
-      const [b, h] = await Promise.all([share(base, each), share(head, each)]);
+      // Which build's requests reach the model server first alternates from round to round.
+      const [b, h] =
+        i % 2 === 0
+          ? await Promise.all([share(base, each), share(head, each)])
+          : await Promise.all([share(head, each), share(base, each)]).then(([hh, bb]) => [bb, hh] as const);
       results.push({ cpuPerChunkUs: [b.cpuUs, h.cpuUs], ttftP50Ms: [b.ttftMs, h.ttftMs] });
       await sleep(300);
     }
