@@ -29,6 +29,8 @@ export interface Deferral {
 
 export interface DeferOptions {
   deferAfterMs: number;
+  /** The tools the call runs on: a retired set closes them once its own calls have settled. */
+  runner: object;
   /** The client's hang-up: a call still running then is deferred at once (the turn is over). */
   clientSignal: AbortSignal;
 }
@@ -55,8 +57,8 @@ function dropReason(outcome: ToolOutcome): DeferredOutcome | undefined {
  */
 export class DeferredCalls {
   readonly #inFlight = new Map<string, Deferral>();
-  /** Every call started here and not yet settled, joinable or not: what a retired set's tools wait for. */
-  readonly #running = new Set<Promise<ToolOutcome>>();
+  /** Calls started and not yet settled, joinable or not, by the tools they run on. */
+  readonly #running = new Map<object, Set<Promise<ToolOutcome>>>();
   readonly #memory: () => LateResults | undefined;
   readonly #report: (outcome: DeferredOutcome) => void;
   readonly #logger: Logger;
@@ -77,9 +79,9 @@ export class DeferredCalls {
     return this.#inFlight.size;
   }
 
-  /** Resolves when every call running now has settled (a retired set closes its tools after that). */
-  async settled(): Promise<void> {
-    await Promise.allSettled([...this.#running]);
+  /** Resolves when every call running now on `runner` has settled (a retired set closes its tools after that). */
+  async settled(runner: object): Promise<void> {
+    await Promise.allSettled([...(this.#running.get(runner) ?? [])]);
   }
 
   /**
@@ -102,8 +104,13 @@ export class DeferredCalls {
       outcome = joined.outcome.then((o) => ({ ...o, call }));
     } else {
       outcome = start();
-      this.#running.add(outcome);
-      const forget = () => this.#running.delete(outcome);
+      const running = this.#running.get(options.runner) ?? new Set();
+      this.#running.set(options.runner, running.add(outcome));
+      const forget = () => {
+        running.delete(outcome);
+        if (running.size === 0 && this.#running.get(options.runner) === running)
+          this.#running.delete(options.runner);
+      };
       outcome.then(forget, forget);
       if (key !== undefined) {
         const entry: Deferral = { call, outcome, claimed: false };

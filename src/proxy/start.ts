@@ -134,7 +134,7 @@ export async function startProxy(options: ProxyOptions): Promise<RunningProxy> {
     // Turns that started on the old set keep it until they end; the turn timeout bounds that. Calls they
     // deferred run on to their tool timeout, on the old set's tools (an MCP session would cut them).
     setTimeout(() => {
-      void deferred.settled().then(() => closeSet(old));
+      void deferred.settled(old.tools).then(() => closeSet(old));
     }, old.toolset.limits.turnTimeoutMs).unref();
   };
 

@@ -201,6 +201,7 @@ export class ToolRound {
     const { outcome, deferral, pending } = await deferred.run(call, () => tools.call(call, signal), {
       deferAfterMs,
       clientSignal: this.#parts.clientSignal,
+      runner: tools,
     });
     if (!pending) {
       record(outcome, false);

@@ -373,21 +373,22 @@ describe('late results across a ToolSet reload', () => {
     expect(runs.filter((r) => r === 'j1')).toHaveLength(1);
   });
 
-  it("an MCP call deferred before the reload keeps the old set's connection until it lands", async () => {
+  /** The model calls slow(id, seconds) for "slow <seconds> <id>", and says what a result tells it. */
+  const slowModel = (req: RecordedRequest): ScriptedReply => {
+    const last = req.body.messages?.at(-1);
+    if (last?.role === 'system' && /has just arrived/.test(String(last.content)))
+      return { sse: textReply(`It just arrived: ${toolResults(req).at(-1)}.`) };
+    if (last?.role === 'tool') return { sse: textReply("I'll tell you as soon as it is ready.") };
+    const ask = lastUserText(req).match(/slow ([\d.]+) (\w+)/);
+    if (ask && req.body.tools?.length)
+      return { sse: toolCallReply([{ name: 'slow', arguments: { id: ask[2], seconds: Number(ask[1]) } }]) };
+    return { sse: textReply('Okay.') };
+  };
+
+  /** A real MCP server's `slow` tool, deferred after 300 ms; a set is retired one turn timeout (1 s) after a reload. */
+  async function slowMcpProxy() {
     const mcp = await startMcpServer();
     defer(() => mcp.stop());
-    // The model calls slow(id, seconds) for "slow <seconds> <id>", and says what a result tells it.
-    const slowModel = (req: RecordedRequest): ScriptedReply => {
-      const last = req.body.messages?.at(-1);
-      if (last?.role === 'system' && /has just arrived/.test(String(last.content)))
-        return { sse: textReply(`It just arrived: ${toolResults(req).at(-1)}.`) };
-      if (last?.role === 'tool') return { sse: textReply("I'll tell you as soon as it is ready.") };
-      const ask = lastUserText(req).match(/slow ([\d.]+) (\w+)/);
-      if (ask && req.body.tools?.length)
-        return { sse: toolCallReply([{ name: 'slow', arguments: { id: ask[2], seconds: Number(ask[1]) } }]) };
-      return { sse: textReply('Okay.') };
-    };
-    // The old set is retired one turn timeout (1 s) after the reload; the call needs 2.5 s.
     const spec = {
       limits: { turnTimeout: '1s' },
       tools: [{ mcp: { url: mcp.url, include: ['slow'] }, timeout: '5s', deferAfter: '300ms' }],
@@ -401,6 +402,12 @@ describe('late results across a ToolSet reload', () => {
           .some((t) => t.name === 'slow'),
       'the MCP tools',
     );
+    return { mcp, spec, harness };
+  }
+
+  it("an MCP call deferred before the reload keeps the old set's connection until it lands", async () => {
+    // The call needs 2.5 s, well past the old set's retirement.
+    const { mcp, spec, harness } = await slowMcpProxy();
     const question: Msg = { role: 'user', content: 'slow 2.5 m1' };
     const first = await unmuteTurn(harness.client, [SYSTEM, question]);
     expect(first.text).toBe("One moment. I'll tell you as soon as it is ready.");
@@ -417,5 +424,19 @@ describe('late results across a ToolSet reload', () => {
     expect(second.text).toBe('It just arrived: slept 2.5s.');
     // Once the call has landed, the old set's session is closed; the new set's stays.
     await until(() => mcp.sessionCount() === 1, "the old set's MCP session to close");
+  }, 20_000);
+
+  it("a call deferred on the new set does not hold the old set's connection open", async () => {
+    const { mcp, spec, harness } = await slowMcpProxy();
+    expect(mcp.sessionCount()).toBe(1);
+    await reloadWithNewMemory(harness, spec);
+    await until(() => mcp.sessionCount() === 2, "the new set's MCP session");
+    const first = await unmuteTurn(harness.client, [SYSTEM, { role: 'user', content: 'slow 4 n1' }]);
+    expect(first.text).toBe("One moment. I'll tell you as soon as it is ready.");
+    // The old set closes one turn timeout after the reload, while the new set's call still runs.
+    await until(() => mcp.sessionCount() === 1, "the old set's MCP session to close");
+    expect(mcp.finished).not.toContain('n1');
+    await until(() => mcp.finished.includes('n1'), 'the new call');
+    expect(mcp.cancelled).not.toContain('n1');
   }, 20_000);
 });
