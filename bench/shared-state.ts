@@ -12,13 +12,12 @@
  */
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
 import { once } from 'node:events';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { createServer as createHttpServer } from 'node:http';
 import { type AddressInfo, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pino } from 'pino';
-import { stringify } from 'yaml';
 import {
   type RecordedRequest,
   startScriptedUpstream,
@@ -29,7 +28,9 @@ import {
 import { startProxy } from '../src/proxy/start.js';
 import { REDIS_BOUND_MS } from '../src/tools/budget.js';
 import { createToolRegistry, type ToolRegistry } from '../src/tools/registry.js';
+import { toolSetDocument } from '../src/toolset/api.js';
 import { resolveToolSet } from '../src/toolset/defaults.js';
+import { writeToolSetFile } from '../src/toolset/load.js';
 import { validateToolSet } from '../src/toolset/validate.js';
 
 /** The fallback bound a voice turn relies on. */
@@ -123,12 +124,7 @@ function toolSpec(toolUrl: string, extra: Record<string, unknown> = {}) {
 }
 
 async function registry(spec: Record<string, unknown>): Promise<ToolRegistry> {
-  const result = validateToolSet({
-    apiVersion: 'earpiece.dev/v1alpha1',
-    kind: 'ToolSet',
-    metadata: { name: 'bench' },
-    spec,
-  });
+  const result = validateToolSet(toolSetDocument('bench', spec));
   if (!result.ok) throw new Error(JSON.stringify(result.issues));
   const r = await createToolRegistry(resolveToolSet(result.toolset), { env: {}, logger: silent });
   if (spec.sharedState) {
@@ -169,12 +165,8 @@ async function timeTurns(
   upstreamUrl: string,
 ): Promise<number[]> {
   const dir = await mkdtemp(join(tmpdir(), 'earpiece-bench-shared-'));
-  const path = join(dir, 'toolset.yaml');
   const spec = { voice: { filler: '' }, ...(redisUrl ? shared(redisUrl) : {}), tools: [toolSpec(toolUrl)] };
-  await writeFile(
-    path,
-    stringify({ apiVersion: 'earpiece.dev/v1alpha1', kind: 'ToolSet', metadata: { name: 'bench' }, spec }),
-  );
+  const path = await writeToolSetFile(dir, 'bench', spec);
   const proxy = await startProxy({
     toolsetPath: path,
     upstreamUrl,

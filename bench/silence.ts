@@ -6,13 +6,12 @@
  * (`voice.stillWorkingAfter` + 0.5 s, for every case up to the deferral). The deferred call's result is
  * then checked on the next request (Unmute's `...` silence marker). Run alone: `node dist/bench/silence.js`.
  */
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { stringify } from 'yaml';
 import {
   type RecordedRequest,
   type ScriptedReply,
@@ -22,6 +21,7 @@ import {
 } from '../src/demo/scripted-upstream.js';
 import { startProxy } from '../src/proxy/start.js';
 import { createLogger } from '../src/telemetry/log.js';
+import { writeToolSetFile } from '../src/toolset/load.js';
 
 const STILL_WORKING_AFTER_S = 3;
 const CASES = [
@@ -112,26 +112,17 @@ export async function measureSilence(log: (line: string) => void = () => {}): Pr
   const toolUrl = `http://127.0.0.1:${(tools.address() as AddressInfo).port}`;
   const upstream = await startScriptedUpstream({ respond: model });
   const dir = await mkdtemp(join(tmpdir(), 'earpiece-bench-silence-'));
-  const toolsetPath = join(dir, 'toolset.yaml');
-  await writeFile(
-    toolsetPath,
-    stringify({
-      apiVersion: 'earpiece.dev/v1alpha1',
-      kind: 'ToolSet',
-      metadata: { name: 'silence' },
-      spec: {
-        limits: { turnTimeout: '30s' },
-        voice: { stillWorkingAfter: `${STILL_WORKING_AFTER_S}s` },
-        tools: CASES.map((c) => ({
-          name: c.tool,
-          description: `Takes ${c.seconds} s.`,
-          timeout: '20s',
-          ...(c.deferAfter ? { deferAfter: c.deferAfter } : {}),
-          http: { url: `${toolUrl}/${c.tool}` },
-        })),
-      },
-    }),
-  );
+  const toolsetPath = await writeToolSetFile(dir, 'silence', {
+    limits: { turnTimeout: '30s' },
+    voice: { stillWorkingAfter: `${STILL_WORKING_AFTER_S}s` },
+    tools: CASES.map((c) => ({
+      name: c.tool,
+      description: `Takes ${c.seconds} s.`,
+      timeout: '20s',
+      ...(c.deferAfter ? { deferAfter: c.deferAfter } : {}),
+      http: { url: `${toolUrl}/${c.tool}` },
+    })),
+  });
   const proxy = await startProxy({
     toolsetPath,
     upstreamUrl: upstream.url,

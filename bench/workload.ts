@@ -1,10 +1,4 @@
-/**
- * What the benchmark asks of a proxy: Unmute's request shape, the answers it must get back, and the ToolSet
- * earpiece runs with. Shared by the full run (run.ts) and the side-by-side comparison of two builds (ab.ts).
- */
-import { writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
-import { stringify } from 'yaml';
+import { writeToolSetFile } from '../src/toolset/load.js';
 import type { Expected } from './load.js';
 import { ANSWER_TEXT, BRIEF_CHUNKS, BRIEF_TEXT, CONTENT_CHUNKS, SYSTEM_PROMPT } from './protocol.js';
 
@@ -29,35 +23,25 @@ export const BRIEF_BODY = unmuteRequest('Tell me about Lisbon, a brief-answer pl
 export const BRIEF_EXPECTED: Expected = { text: BRIEF_TEXT, chunks: BRIEF_CHUNKS };
 
 export async function writeToolSet(dir: string, toolUrl: string): Promise<string> {
-  const path = join(dir, 'toolset.yaml');
-  await writeFile(
-    path,
-    stringify({
-      apiVersion: 'earpiece.dev/v1alpha1',
-      kind: 'ToolSet',
-      metadata: { name: 'bench' },
-      spec: {
-        instructions: 'You can look things up with tools. Answer in one or two short spoken sentences.',
-        tools: [
-          {
-            name: 'get_weather',
-            description: 'Current temperature and wind at a place.',
-            parameters: { type: 'object', properties: { place: { type: 'string' } }, required: ['place'] },
-            filler: 'One moment. ',
-            http: { url: `${toolUrl}/weather{?place}` },
-          },
-          {
-            name: 'slow_lookup',
-            description: 'A lookup that takes a long time (the barge-in measurement).',
-            parameters: { type: 'object', properties: { id: { type: 'string' } }, required: ['id'] },
-            timeout: '30s',
-            http: { url: `${toolUrl}/slow{?id}` },
-          },
-          { name: 'current_time', description: 'The current date and time.', builtin: 'time' },
-          { name: 'calculate', description: 'Evaluates an arithmetic expression.', builtin: 'calculator' },
-        ],
+  return writeToolSetFile(dir, 'bench', {
+    instructions: 'You can look things up with tools. Answer in one or two short spoken sentences.',
+    tools: [
+      {
+        name: 'get_weather',
+        description: 'Current temperature and wind at a place.',
+        parameters: { type: 'object', properties: { place: { type: 'string' } }, required: ['place'] },
+        filler: 'One moment. ',
+        http: { url: `${toolUrl}/weather{?place}` },
       },
-    }),
-  );
-  return path;
+      {
+        name: 'slow_lookup',
+        description: 'A lookup that takes a long time (the barge-in measurement).',
+        parameters: { type: 'object', properties: { id: { type: 'string' } }, required: ['id'] },
+        timeout: '30s',
+        http: { url: `${toolUrl}/slow{?id}` },
+      },
+      { name: 'current_time', description: 'The current date and time.', builtin: 'time' },
+      { name: 'calculate', description: 'Evaluates an arithmetic expression.', builtin: 'calculator' },
+    ],
+  });
 }

@@ -3,11 +3,10 @@
  * that streams in vLLM's tool-call format, a local weather service, and the real proxy between them;
  * the client is Unmute's exact request shape, and what it would speak is printed as it streams.
  */
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { stringify } from 'yaml';
 import { startHomeServer } from '../src/demo/home-mcp.js';
 import { demoModel } from '../src/demo/model.js';
 import { startScriptedUpstream } from '../src/demo/scripted-upstream.js';
@@ -15,6 +14,7 @@ import { startWeatherService } from '../src/demo/weather.js';
 import { startProxy } from '../src/proxy/start.js';
 import { createTelemetry } from '../src/telemetry/index.js';
 import { createLogger } from '../src/telemetry/log.js';
+import { writeToolSetFile } from '../src/toolset/load.js';
 
 const CONVERSATION = [
   "What's the weather in Lisbon?",
@@ -46,52 +46,43 @@ export async function main(argv: string[]): Promise<number> {
   const home = await startHomeServer();
 
   const dir = await mkdtemp(join(tmpdir(), 'earpiece-demo-'));
-  const toolsetPath = join(dir, 'toolset.yaml');
-  await writeFile(
-    toolsetPath,
-    stringify({
-      apiVersion: 'earpiece.dev/v1alpha1',
-      kind: 'ToolSet',
-      metadata: { name: 'demo' },
-      spec: {
-        instructions: 'You can look things up with tools. Answer in one short spoken sentence.',
-        tools: [
-          {
-            name: 'get_weather',
-            description: 'Current temperature and wind for a place.',
-            parameters: {
-              type: 'object',
-              properties: { latitude: { type: 'number' }, longitude: { type: 'number' } },
-              required: ['latitude', 'longitude'],
-            },
-            filler: 'Let me check the weather. ',
-            cache: { ttl: '10m' },
-            http: {
-              url: `${weatherUrl}/v1/forecast{?latitude,longitude}&current=temperature_2m,wind_speed_10m`,
-              select: '/current',
-            },
-          },
-          { name: 'current_time', description: 'The current time in a time zone.', builtin: 'time' },
-          { name: 'calculate', description: 'Arithmetic.', builtin: 'calculator' },
-          {
-            name: 'get_outlook',
-            description: "The week's weather outlook.",
-            filler: 'Let me look at the week. ',
-            http: { url: `${weatherUrl}/v1/outlook` },
-          },
-          {
-            name: 'plan_route',
-            description: 'Plans a cycling route to work (slow).',
-            timeout: '10s',
-            deferAfter: '2s',
-            http: { url: `${weatherUrl}/v1/route` },
-          },
-          // Every tool the smart-home MCP server lists, prefixed; a light switch completes even on barge-in.
-          { mcp: { url: home.url, prefix: 'home_' }, filler: 'Sure. ', onInterrupt: 'finish' },
-        ],
+  const toolsetPath = await writeToolSetFile(dir, 'demo', {
+    instructions: 'You can look things up with tools. Answer in one short spoken sentence.',
+    tools: [
+      {
+        name: 'get_weather',
+        description: 'Current temperature and wind for a place.',
+        parameters: {
+          type: 'object',
+          properties: { latitude: { type: 'number' }, longitude: { type: 'number' } },
+          required: ['latitude', 'longitude'],
+        },
+        filler: 'Let me check the weather. ',
+        cache: { ttl: '10m' },
+        http: {
+          url: `${weatherUrl}/v1/forecast{?latitude,longitude}&current=temperature_2m,wind_speed_10m`,
+          select: '/current',
+        },
       },
-    }),
-  );
+      { name: 'current_time', description: 'The current time in a time zone.', builtin: 'time' },
+      { name: 'calculate', description: 'Arithmetic.', builtin: 'calculator' },
+      {
+        name: 'get_outlook',
+        description: "The week's weather outlook.",
+        filler: 'Let me look at the week. ',
+        http: { url: `${weatherUrl}/v1/outlook` },
+      },
+      {
+        name: 'plan_route',
+        description: 'Plans a cycling route to work (slow).',
+        timeout: '10s',
+        deferAfter: '2s',
+        http: { url: `${weatherUrl}/v1/route` },
+      },
+      // Every tool the smart-home MCP server lists, prefixed; a light switch completes even on barge-in.
+      { mcp: { url: home.url, prefix: 'home_' }, filler: 'Sure. ', onInterrupt: 'finish' },
+    ],
+  });
 
   // Tool lines are shown where they happened in the stream: after the filler, before the answer.
   const pendingToolLines: string[] = [];

@@ -2,3 +2,11 @@
 export const API_GROUP = 'earpiece.dev';
 export const API_VERSION = 'v1alpha1';
 export const KIND = 'ToolSet';
+
+/** A ToolSet document around a spec, as `kubectl apply` and `earpiece proxy --toolset` take it. */
+export function toolSetDocument<S>(
+  name: string,
+  spec: S,
+): { apiVersion: string; kind: typeof KIND; metadata: { name: string }; spec: S } {
+  return { apiVersion: `${API_GROUP}/${API_VERSION}`, kind: KIND, metadata: { name }, spec };
+}

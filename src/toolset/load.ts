@@ -6,8 +6,10 @@
  */
 import { EventEmitter } from 'node:events';
 import { constants, type FSWatcher, watch } from 'node:fs';
-import { open } from 'node:fs/promises';
-import { dirname } from 'node:path';
+import { open, writeFile } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
+import { stringify } from 'yaml';
+import { toolSetDocument } from './api.js';
 import { type ResolvedToolSet, resolveToolSet } from './defaults.js';
 import { type Issue, parseToolSet } from './validate.js';
 import { unresolvableValues } from './values.js';
@@ -30,6 +32,13 @@ export const MAX_TOOLSET_BYTES = 1024 * 1024;
 
 /** `missing`: there is no file at the path (a rename or symlink swap in progress, perhaps). */
 export type ReadResult = { ok: true; text: string } | { ok: false; issue: Issue; missing: boolean };
+
+/** Writes the ToolSet `name` with `spec` as `toolset.yaml` in `dir` (the demo, the benchmark); returns its path. */
+export async function writeToolSetFile(dir: string, name: string, spec: unknown): Promise<string> {
+  const path = join(dir, 'toolset.yaml');
+  await writeFile(path, stringify(toolSetDocument(name, spec)));
+  return path;
+}
 
 /**
  * Reads a ToolSet file: a regular file of at most MAX_TOOLSET_BYTES. The open does not block, so a

@@ -13,6 +13,7 @@ import {
 } from '../../src/demo/scripted-upstream.js';
 import { type ProxyOptions, type RunningProxy, startProxy } from '../../src/proxy/start.js';
 import { createLogger } from '../../src/telemetry/log.js';
+import { toolSetDocument } from '../../src/toolset/api.js';
 
 export interface ProxyHarness {
   proxy: RunningProxy;
@@ -24,7 +25,7 @@ export interface ProxyHarness {
 }
 
 export function toolsetDoc(spec: Record<string, unknown>, name = 'test'): Record<string, unknown> {
-  return { apiVersion: 'earpiece.dev/v1alpha1', kind: 'ToolSet', metadata: { name }, spec };
+  return toolSetDocument(name, spec);
 }
 
 export async function startTestProxy(

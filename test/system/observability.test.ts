@@ -26,6 +26,7 @@ import {
 } from '../../src/demo/scripted-upstream.js';
 import { type RunningProxy, startProxy } from '../../src/proxy/start.js';
 import { createLogger } from '../../src/telemetry/log.js';
+import { toolSetDocument } from '../../src/toolset/api.js';
 import { labelValuesQuery, loadDashboard, panelQueries, substitute } from '../support/dashboard.js';
 import { KubeMetrics } from '../support/kube-metrics.js';
 import {
@@ -114,7 +115,7 @@ async function startToolService(): Promise<Server> {
 }
 
 function toolsetFile(name: string, spec: Record<string, unknown>): string {
-  return stringify({ apiVersion: 'earpiece.dev/v1alpha1', kind: 'ToolSet', metadata: { name }, spec });
+  return stringify(toolSetDocument(name, spec));
 }
 
 const hostPort = (url: string) => new URL(url).host;

@@ -1,9 +1,19 @@
-import { readFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { describe, expect, it } from 'vitest';
 import { MAX_DURATION, parseDuration } from '../../src/toolset/duration.js';
-import { checkToolSetText, parseToolSet, resolveToolSet, validateToolSet } from '../../src/toolset/index.js';
+import {
+  checkToolSetText,
+  loadToolSetFile,
+  parseToolSet,
+  resolveToolSet,
+  toolSetDocument,
+  validateToolSet,
+  writeToolSetFile,
+} from '../../src/toolset/index.js';
 import { renderForSidecar, secretEnvName, unresolvableValues } from '../../src/toolset/values.js';
 
 const base = {
@@ -495,5 +505,30 @@ describe('voice lines and deferred calls', () => {
       'spec.tools[2].deferAfter: needs spec.memory.turns above 0: a late result reaches the next turn through tool memory',
       'spec.tools[2].deferAfter: needs memory: true on the tool: a late result reaches the next turn through tool memory',
     ]);
+  });
+});
+
+describe('ToolSet files written by the demo and the benchmark', () => {
+  it('writeToolSetFile writes a document that loads back as the same spec', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'earpiece-toolset-file-'));
+    try {
+      const spec = { instructions: 'Be brief.', tools: [{ name: 'now', builtin: 'time' }] };
+      const path = await writeToolSetFile(dir, 'written', spec);
+      expect(path).toBe(join(dir, 'toolset.yaml'));
+      const loaded = await loadToolSetFile(path, {});
+      expect(loaded.ok).toBe(true);
+      if (loaded.ok) {
+        expect(loaded.toolset.name).toBe('written');
+        expect(loaded.toolset.instructions).toBe('Be brief.');
+      }
+      expect(toolSetDocument('written', spec)).toEqual({
+        apiVersion: 'earpiece.dev/v1alpha1',
+        kind: 'ToolSet',
+        metadata: { name: 'written' },
+        spec,
+      });
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 });
