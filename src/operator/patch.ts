@@ -8,6 +8,7 @@
  * old injection taken out and is injected again, so its env vars match the configuration it mounts.
  */
 import type { V1Container, V1EnvVar, V1PodSpec } from '@kubernetes/client-node';
+import type { ToolSet } from '../toolset/schema.js';
 import { selectToolSet, type ToolSetLookup } from './select.js';
 import {
   ANNOTATION_TOOLSET_HASH,
@@ -103,6 +104,15 @@ function skip(reason: SkipReason, message: string = SKIP_REASONS[reason].summary
   return { ok: false, reason, message, warn: SKIP_REASONS[reason].warn };
 }
 
+/** The operator a ToolSet is labelled for, when `instance` is given and that operator is another one. */
+export function otherOperator(
+  toolset: ToolSet | undefined,
+  instance: string | undefined,
+): string | undefined {
+  const owner = toolset?.metadata.labels?.[LABEL_OPERATOR];
+  return instance !== undefined && owner !== undefined && owner !== instance ? owner : undefined;
+}
+
 export function hasSidecar(spec: V1PodSpec | undefined): boolean {
   return [...(spec?.containers ?? []), ...(spec?.initContainers ?? [])].some((c) => c?.name === SIDECAR_NAME);
 }
@@ -136,8 +146,8 @@ export function buildInjection(given: PodTemplate, input: InjectInput): InjectRe
   const selection = selectToolSet({ labels, annotations }, input.namespace, input.toolsets);
   if (!selection.ok) return previous ? skip('already_injected') : skip(selection.reason, selection.message);
   const name = selection.toolset.metadata.name;
-  const owner = selection.toolset.metadata.labels?.[LABEL_OPERATOR];
-  if (input.instance !== undefined && owner !== undefined && owner !== input.instance) {
+  const owner = otherOperator(selection.toolset, input.instance);
+  if (owner !== undefined) {
     if (previous) return skip('already_injected');
     return skip(
       'other_operator',

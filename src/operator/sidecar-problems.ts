@@ -17,7 +17,7 @@ import type { OperatorMetrics } from '../telemetry/operator-metrics.js';
 import type { ToolSet } from '../toolset/schema.js';
 import { type Clock, systemClock } from './clock.js';
 import type { EventRecorder, EventSubject } from './events.js';
-import { buildInjection, hasSidecar, readInjection } from './patch.js';
+import { buildInjection, hasSidecar, otherOperator, readInjection } from './patch.js';
 import { selectToolSet, type ToolSetLookup } from './select.js';
 import {
   LABEL_INJECT,
@@ -236,12 +236,13 @@ export class SidecarProblemReporter {
       const label = meta.labels?.[LABEL_INJECT];
       const optedIn = label === 'true' || (label !== 'false' && this.o.namespaceOptedIn(namespace));
       if (!optedIn) return undefined;
-      const selection = selectToolSet(meta, namespace, this.o.toolsets(namespace));
+      const selected = selectToolSet(meta, namespace, this.o.toolsets(namespace));
+      const toolset = selected.ok ? selected.toolset : undefined;
       return {
         ...base,
         reason: NOT_INJECTED,
-        message: this.why(pod, namespace),
-        toolset: selection.ok ? selection.toolset.metadata.name : undefined,
+        message: this.why(pod, namespace, toolset),
+        toolset: toolset?.metadata.name,
       };
     }
     const problem = sidecarStatusProblem(pod, now);
@@ -253,7 +254,7 @@ export class SidecarProblemReporter {
     // A sidecar another release's webhook injected is that release's operator's to report.
     const injectedToolSet =
       injectedFor === undefined ? undefined : this.o.toolsets(namespace).byName(injectedFor);
-    if (this.#otherOperator(injectedToolSet) !== undefined) return undefined;
+    if (otherOperator(injectedToolSet, this.o.instance) !== undefined) return undefined;
     const sidecar = [...(pod.spec?.initContainers ?? []), ...(pod.spec?.containers ?? [])].find(
       (c) => c.name === SIDECAR_NAME,
     );
@@ -265,16 +266,8 @@ export class SidecarProblemReporter {
     };
   }
 
-  /** The operator a ToolSet is labelled for, when it is another than this one. */
-  #otherOperator(toolset: ToolSet | undefined): string | undefined {
-    const owner = toolset?.metadata.labels?.[LABEL_OPERATOR];
-    return this.o.instance !== undefined && owner !== undefined && owner !== this.o.instance
-      ? owner
-      : undefined;
-  }
-
-  /** The webhook's own decision for this pod, now: a skip reason, or "it would be injected". */
-  private why(pod: V1Pod, namespace: string): string {
+  /** The webhook's own decision for this pod, now: a skip reason, or "it would be injected". `toolset`: the one that selects it. */
+  private why(pod: V1Pod, namespace: string, toolset: ToolSet | undefined): string {
     const result = buildInjection(
       { metadata: { labels: pod.metadata?.labels, annotations: pod.metadata?.annotations }, spec: pod.spec },
       {
@@ -290,9 +283,8 @@ export class SidecarProblemReporter {
     }
     if (result.reason === 'other_operator') {
       // That release's webhook should have injected it: its label may outlive the release (an uninstall).
-      const selection = selectToolSet(pod.metadata ?? {}, namespace, this.o.toolsets(namespace));
-      const name = selection.ok ? selection.toolset.metadata.name : '';
-      const owner = selection.ok ? this.#otherOperator(selection.toolset) : undefined;
+      const name = toolset?.metadata.name;
+      const owner = otherOperator(toolset, this.o.instance);
       return `ToolSet ${name} is labelled ${LABEL_OPERATOR}=${owner}, and that operator's webhook did not inject the pod: is its release still installed? To let this operator take the ToolSet: kubectl -n ${namespace} label toolset ${name} ${LABEL_OPERATOR}-`;
     }
     return result.message;
