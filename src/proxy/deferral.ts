@@ -96,6 +96,8 @@ export class DeferredCalls {
     const key = sameCallKey(call);
     const joined = key === undefined ? undefined : this.#inFlight.get(key);
     let outcome: Promise<ToolOutcome>;
+    /** The run this turn started (none when it joined one). */
+    let started: Deferral | undefined;
     if (joined) {
       this.#logger.info(
         { tool: call.name },
@@ -103,23 +105,19 @@ export class DeferredCalls {
       );
       outcome = joined.outcome.then((o) => ({ ...o, call }));
     } else {
-      outcome = start();
+      const entry: Deferral = { call, outcome: start(), claimed: false };
+      outcome = entry.outcome;
+      started = entry;
       const running = this.#running.get(options.runner) ?? new Set();
-      this.#running.set(options.runner, running.add(outcome));
-      const forget = () => {
-        running.delete(outcome);
+      this.#running.set(options.runner, running.add(entry.outcome));
+      if (key !== undefined) this.#inFlight.set(key, entry);
+      const settle = () => {
+        running.delete(entry.outcome);
         if (running.size === 0 && this.#running.get(options.runner) === running)
           this.#running.delete(options.runner);
+        if (key !== undefined && this.#inFlight.get(key) === entry) this.#inFlight.delete(key);
       };
-      outcome.then(forget, forget);
-      if (key !== undefined) {
-        const entry: Deferral = { call, outcome, claimed: false };
-        this.#inFlight.set(key, entry);
-        const leave = () => {
-          if (this.#inFlight.get(key) === entry) this.#inFlight.delete(key);
-        };
-        outcome.then(leave, leave);
-      }
+      entry.outcome.then(settle, settle);
     }
     let timer: NodeJS.Timeout | undefined;
     let onAbort: (() => void) | undefined;
@@ -136,10 +134,6 @@ export class DeferredCalls {
         if (joined) joined.claimed = true;
         return { outcome: first, pending: false };
       }
-      const deferral: Deferral =
-        key !== undefined
-          ? (this.#inFlight.get(key) ?? { call, outcome, claimed: false })
-          : { call, outcome, claimed: false };
       return {
         outcome: {
           call,
@@ -149,7 +143,7 @@ export class DeferredCalls {
           remember: true,
         },
         // A joined run is delivered late by the turn that started it, not again by this one.
-        deferral: joined ? undefined : deferral,
+        deferral: started,
         pending: true,
       };
     } finally {
