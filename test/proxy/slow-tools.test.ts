@@ -92,6 +92,12 @@ function model(req: RecordedRequest): ScriptedReply {
   return { sse: textReply('Okay.') };
 }
 
+/** The conversation after `question` was answered with `answer`, and the user's `next` words if any. */
+function nextTurn(question: Msg, answer: string, next?: string): Msg[] {
+  const history: Msg[] = [SYSTEM, question, { role: 'assistant', content: answer }];
+  return next === undefined ? history : [...history, { role: 'user', content: next }];
+}
+
 async function metric(metricsUrl: string, line: RegExp): Promise<number> {
   const text = await (await fetch(`${metricsUrl}/metrics`)).text();
   const found = text.split('\n').find((l) => line.test(l));
@@ -196,8 +202,7 @@ describe('late results', () => {
     await new Promise((r) => setTimeout(r, 50));
 
     // Unmute's silence marker, some seconds later.
-    const history: Msg[] = [SYSTEM, question, { role: 'assistant', content: first.text }];
-    const second = await unmuteTurn(harness.client, [...history, { role: 'user', content: '...' }]);
+    const second = await unmuteTurn(harness.client, nextTurn(question, first.text, '...'));
     expect(second.text).toBe('It just arrived: {"done":"r1"}.');
     const sent = upstream.requests.at(-1)?.body.messages ?? [];
     expect(sent.map((m) => m.role)).toEqual([
@@ -225,7 +230,7 @@ describe('late results', () => {
     expect(first.text).toBe("One moment. I'll tell you as soon as it is ready.");
     await until(() => finished.includes('r2'), 'the report');
     await new Promise((r) => setTimeout(r, 50));
-    const history: Msg[] = [SYSTEM, question, { role: 'assistant', content: first.text }];
+    const history = nextTurn(question, first.text);
     const second = await unmuteTurn(harness.client, [
       ...history,
       { role: 'user', content: 'Thanks, anything else?' },
@@ -295,12 +300,7 @@ describe('late results', () => {
     expect(first.text).toBe("One moment. I'll tell you as soon as it is ready.");
     await until(() => aborted.includes('x1'), 'the tool timeout');
     await new Promise((r) => setTimeout(r, 50));
-    await unmuteTurn(harness.client, [
-      SYSTEM,
-      question,
-      { role: 'assistant', content: first.text },
-      { role: 'user', content: '...' },
-    ]);
+    await unmuteTurn(harness.client, nextTurn(question, first.text, '...'));
     const sent = upstream.requests.at(-1)?.body.messages ?? [];
     // The pending exchange is ordinary memory; no result and no note.
     expect(sent.filter((m) => m.role === 'tool').map((m) => String(m.content).slice(0, 7))).toEqual([
@@ -320,12 +320,7 @@ describe('late results', () => {
     const first = await unmuteTurn(harness.client, [SYSTEM, question]);
     expect(first.text).toBe("One moment. I'll tell you as soon as it is ready.");
     // The user asks again at once; the model calls the same tool with the same arguments.
-    const second = await unmuteTurn(harness.client, [
-      SYSTEM,
-      question,
-      { role: 'assistant', content: first.text },
-      { role: 'user', content: 'report 1600 d1' },
-    ]);
+    const second = await unmuteTurn(harness.client, nextTurn(question, first.text, 'report 1600 d1'));
     expect(second.text).toBe('One moment. Done: {"done":"d1"}.');
     expect(runs.filter((r) => r === 'd1')).toHaveLength(1);
   });
@@ -347,12 +342,7 @@ describe('late results across a ToolSet reload', () => {
     await reloadWithNewMemory(harness, spec);
     await until(() => finished.includes('z1'), 'the report');
     await new Promise((r) => setTimeout(r, 50));
-    const second = await unmuteTurn(harness.client, [
-      SYSTEM,
-      question,
-      { role: 'assistant', content: first.text },
-      { role: 'user', content: '...' },
-    ]);
+    const second = await unmuteTurn(harness.client, nextTurn(question, first.text, '...'));
     expect(second.text).toBe('It just arrived: {"done":"z1"}.');
   });
 
@@ -363,12 +353,7 @@ describe('late results across a ToolSet reload', () => {
     const first = await unmuteTurn(harness.client, [SYSTEM, question]);
     expect(first.text).toBe("One moment. I'll tell you as soon as it is ready.");
     await reloadWithNewMemory(harness, spec);
-    const second = await unmuteTurn(harness.client, [
-      SYSTEM,
-      question,
-      { role: 'assistant', content: first.text },
-      { role: 'user', content: 'report 1600 j1' },
-    ]);
+    const second = await unmuteTurn(harness.client, nextTurn(question, first.text, 'report 1600 j1'));
     expect(second.text).toBe('One moment. Done: {"done":"j1"}.');
     expect(runs.filter((r) => r === 'j1')).toHaveLength(1);
   });
@@ -414,12 +399,7 @@ describe('late results across a ToolSet reload', () => {
     await reloadWithNewMemory(harness, spec);
     await until(() => mcp.finished.includes('m1'), 'the MCP call');
     await new Promise((r) => setTimeout(r, 50));
-    const second = await unmuteTurn(harness.client, [
-      SYSTEM,
-      question,
-      { role: 'assistant', content: first.text },
-      { role: 'user', content: '...' },
-    ]);
+    const second = await unmuteTurn(harness.client, nextTurn(question, first.text, '...'));
     expect(mcp.cancelled).not.toContain('m1');
     expect(second.text).toBe('It just arrived: slept 2.5s.');
     // Once the call has landed, the old set's session is closed; the new set's stays.
