@@ -4,7 +4,7 @@
  * barge-in rule. When it finishes, its real exchange goes into tool memory for that conversation, marked
  * late, and the conversation's next request (the user's next words, or Unmute's `...` silence marker)
  * carries it with a note that it has just arrived. A failed or expired late result is dropped, counted
- * and logged. A deferred call never runs twice: the same call (tool and arguments) asked for again while
+ * and logged, as is one that lands after a reload turned tool memory off. A deferred call never runs twice: the same call (tool and arguments) asked for again while
  * it runs joins it.
  */
 import type { Logger } from '../telemetry/log.js';
@@ -29,15 +29,17 @@ export interface Deferral {
 
 export interface DeferOptions {
   deferAfterMs: number;
+  /** The tool's definition hash: a call joins a run only if its tool is defined the same (a reload may change it). */
+  definition: string;
   /** The tools the call runs on: a retired set closes them once its own calls have settled. */
   runner: object;
   /** The client's hang-up: a call still running then is deferred at once (the turn is over). */
   clientSignal: AbortSignal;
 }
 
-function sameCallKey(call: ToolCall): string | undefined {
+function sameCallKey(call: ToolCall, definition: string): string | undefined {
   try {
-    return `${call.name}\0${canonicalJson(JSON.parse(call.arguments))}`;
+    return `${call.name}\0${definition}\0${canonicalJson(JSON.parse(call.arguments))}`;
   } catch {
     return undefined;
   }
@@ -93,7 +95,7 @@ export class DeferredCalls {
     start: () => Promise<ToolOutcome>,
     options: DeferOptions,
   ): Promise<{ outcome: ToolOutcome; deferral?: Deferral; pending: boolean }> {
-    const key = sameCallKey(call);
+    const key = sameCallKey(call, options.definition);
     const joined = key === undefined ? undefined : this.#inFlight.get(key);
     let outcome: Promise<ToolOutcome>;
     /** The run this turn started (none when it joined one). */
@@ -174,10 +176,12 @@ export class DeferredCalls {
     const dropped = dropReason(outcome);
     const memory = this.#memory();
     if (dropped !== undefined || !memory) {
-      this.#report(dropped ?? 'failed');
+      this.#report(dropped ?? 'discarded');
       this.#logger.info(
         { tool, outcome: outcome.outcome, seconds: outcome.seconds },
-        'Dropped the late result of a deferred call.',
+        dropped
+          ? 'Dropped the late result of a deferred call.'
+          : 'Dropped the late result of a deferred call: tool memory is off since a reload.',
       );
       return;
     }

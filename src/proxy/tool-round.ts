@@ -191,15 +191,16 @@ export class ToolRound {
       span.end(outcome.outcome === 'ok' || outcome.outcome === 'cache_hit' ? undefined : outcome.outcome);
     };
     const signal = this.#abort.signal;
-    const deferAfterMs = tools.has(c.name) ? tools.deferAfter(c.name) : undefined;
+    const deferAfter = tools.has(c.name) ? tools.deferAfter(c.name) : undefined;
     const deferred = this.#parts.deferred;
-    if (deferAfterMs === undefined || !deferred) {
+    if (deferAfter === undefined || !deferred) {
       const outcome = await tools.call(call, signal);
       record(outcome, false);
       return outcome;
     }
     const { outcome, deferral, pending } = await deferred.run(call, () => tools.call(call, signal), {
-      deferAfterMs,
+      deferAfterMs: deferAfter.ms,
+      definition: deferAfter.definition,
       clientSignal: this.#parts.clientSignal,
       runner: tools,
     });

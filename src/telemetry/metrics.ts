@@ -171,7 +171,7 @@ export class PromMetrics implements TelemetryRecords {
     });
     this.deferredCalls = new Counter({
       name: 'earpiece_deferred_calls_total',
-      help: 'Tool calls still running at their deferAfter, by what became of them: delivered (the late result reached the next request), expired, failed or cancelled.',
+      help: 'Tool calls still running at their deferAfter, by what became of them: delivered (the late result reached the next request), expired, failed, cancelled, or discarded (tool memory turned off by a reload).',
       labelNames: ['toolset', 'outcome'],
       registers,
     });

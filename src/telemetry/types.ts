@@ -46,9 +46,10 @@ export interface UpstreamCallRecord {
 /**
  * What became of a deferred call (one still running at its tool's deferAfter): its late result was spliced into
  * the conversation's next request (`delivered`), or it was dropped because it timed out (`expired`), failed
- * (`failed`) or was stopped by the user's barge-in (`cancelled`).
+ * (`failed`), was stopped by the user's barge-in (`cancelled`), or came back after a reload turned tool memory
+ * off, leaving nowhere to keep it (`discarded`).
  */
-export type DeferredOutcome = 'delivered' | 'expired' | 'failed' | 'cancelled';
+export type DeferredOutcome = 'delivered' | 'expired' | 'failed' | 'cancelled' | 'discarded';
 
 export interface DeferredRecord {
   toolset: string;

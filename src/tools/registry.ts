@@ -11,7 +11,7 @@ import { type ArgumentCheck, createArgumentCompiler } from './arguments.js';
 import { BUILTINS, createBuiltinExecutor } from './builtin.js';
 import { type CallableTool, callTool } from './call.js';
 import { createHttpDispatcher, createHttpExecutor } from './http.js';
-import { type SharedStateEvent, type SharedStateStatus, ToolState } from './tool-state.js';
+import { definitionHash, type SharedStateEvent, type SharedStateStatus, ToolState } from './tool-state.js';
 import type {
   ProvidedTool,
   ProviderOptions,
@@ -252,7 +252,11 @@ export async function createToolRegistry(
     },
     has: (name: string) => current().tools.has(name),
     filler: (name: string) => current().tools.get(name)?.config.filler,
-    deferAfter: (name: string) => current().tools.get(name)?.config.deferAfterMs,
+    deferAfter(name: string) {
+      const tool = current().tools.get(name);
+      const ms = tool?.config.deferAfterMs;
+      return tool && ms !== undefined ? { ms, definition: definitionHash(tool) } : undefined;
+    },
     kind: (name: string) => current().tools.get(name)?.config.kind,
     list: () =>
       [...current().tools.values()].map((t) => ({

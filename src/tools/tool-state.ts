@@ -79,16 +79,26 @@ function sha(text: string): string {
   return createHash('sha256').update(text).digest('hex').slice(0, 24);
 }
 
-/** The hash that names a tool's results: what it is called, what it takes and how it runs. */
+const definitionHashes = new WeakMap<object, string>();
+
+/**
+ * The hash that names a tool's results, and the deferred runs a later call may join: what the tool is
+ * called, what it takes and how it runs. Kept per tool object (a table rebuild or a reload makes new ones).
+ */
 export function definitionHash(tool: Pick<ProvidedTool, 'name' | 'description' | 'parameters' | 'config'>) {
-  return sha(
-    canonicalJson({
-      name: tool.name,
-      description: tool.description,
-      parameters: tool.parameters,
-      spec: withoutLiterals(tool.config.spec),
-    }),
-  );
+  let hash = definitionHashes.get(tool);
+  if (hash === undefined) {
+    hash = sha(
+      canonicalJson({
+        name: tool.name,
+        description: tool.description,
+        parameters: tool.parameters,
+        spec: withoutLiterals(tool.config.spec),
+      }),
+    );
+    definitionHashes.set(tool, hash);
+  }
+  return hash;
 }
 
 export class ToolState {
@@ -98,7 +108,6 @@ export class ToolState {
   readonly #redis: RedisState | undefined;
   readonly #prefix: string;
   readonly #onEvent: ((event: SharedStateEvent) => void) | undefined;
-  readonly #hashes = new WeakMap<object, string>();
   readonly #process = randomBytes(6).toString('hex');
   #sequence = 0;
 
@@ -185,7 +194,7 @@ export class ToolState {
     if (!redis || !budget) return { content: await run(left()), hit: false, ttlMs };
 
     const argsHash = sha(canonicalJson(args));
-    const id = `${tool.name}:${this.#definitionHash(tool)}:${argsHash}`;
+    const id = `${tool.name}:${definitionHash(tool)}:${argsHash}`;
     const resultKey = `${this.#prefix}r:${id}`;
     const lockKey = `${this.#prefix}l:${id}`;
     const token = this.#token();
@@ -230,15 +239,6 @@ export class ToolState {
 
   async close(): Promise<void> {
     await this.#redis?.close();
-  }
-
-  #definitionHash(tool: ProvidedTool): string {
-    let hash = this.#hashes.get(tool);
-    if (hash === undefined) {
-      hash = definitionHash(tool);
-      this.#hashes.set(tool, hash);
-    }
-    return hash;
   }
 
   #token(): string {

@@ -95,8 +95,11 @@ export interface ToolRunner {
   has(name: string): boolean;
   /** The filler configured for a tool: undefined = use voice.filler, "" = none. */
   filler(name: string): VoiceText | undefined;
-  /** How long a call of this tool is awaited before the model gets a pending result (undefined: to its end). */
-  deferAfter(name: string): number | undefined;
+  /**
+   * How long a call of this tool is awaited before the model gets a pending result (undefined: to its end),
+   * and the hash of the tool's definition: a later call joins a deferred run only on the same definition.
+   */
+  deferAfter(name: string): { ms: number; definition: string } | undefined;
   /** The executor kind of a tool (http, mcp, sql, builtin), for telemetry. */
   kind(name: string): ResolvedTool['kind'] | undefined;
   /** Runs one call end to end. Never throws: every failure is an outcome with a short error content. */

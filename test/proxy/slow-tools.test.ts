@@ -358,6 +358,47 @@ describe('late results across a ToolSet reload', () => {
     expect(runs.filter((r) => r === 'j1')).toHaveLength(1);
   });
 
+  it('a call of a tool the reload changed runs afresh instead of joining the old run', async () => {
+    const before = { tools: [workTool('report', { timeout: '5s', deferAfter: '1s' })] };
+    const { harness } = await setup(model, before);
+    const question: Msg = { role: 'user', content: 'report 1600 c1' };
+    const first = await unmuteTurn(harness.client, [SYSTEM, question]);
+    expect(first.text).toBe("One moment. I'll tell you as soon as it is ready.");
+    const changed = workTool('report', { timeout: '5s', deferAfter: '1s' });
+    await reloadWithNewMemory(harness, {
+      tools: [{ ...changed, http: { url: `${toolUrl}/work{?ms,id}&v=2` } }],
+    });
+    const second = await unmuteTurn(harness.client, nextTurn(question, first.text, 'report 1600 c1'));
+    expect(second.text).toBe("One moment. I'll tell you as soon as it is ready.");
+    expect(runs.filter((r) => r === 'c1')).toHaveLength(2);
+  });
+
+  it('a result that lands after a reload turned tool memory off is discarded and counted apart', async () => {
+    const { harness, upstream } = await setup(model, {
+      tools: [workTool('report', { timeout: '5s', deferAfter: '300ms' })],
+    });
+    const question: Msg = { role: 'user', content: 'report 1200 o1' };
+    const first = await unmuteTurn(harness.client, [SYSTEM, question]);
+    expect(first.text).toBe("One moment. I'll tell you as soon as it is ready.");
+    await writeFile(
+      harness.toolsetPath,
+      stringify(toolsetDoc({ memory: { turns: 0 }, tools: [workTool('report', { timeout: '5s' })] })),
+    );
+    await harness.proxy.reload();
+    await until(() => finished.includes('o1'), 'the report');
+    const discarded = /^earpiece_deferred_calls_total\{.*outcome="discarded"/;
+    const started = Date.now();
+    while ((await metric(harness.proxy.metricsUrl, discarded)) === 0 && Date.now() - started < 5000)
+      await new Promise((r) => setTimeout(r, 20));
+    expect(await metric(harness.proxy.metricsUrl, discarded)).toBe(1);
+    const failed = /^earpiece_deferred_calls_total\{.*outcome="failed"/;
+    expect(await metric(harness.proxy.metricsUrl, failed)).toBe(0);
+    const second = await unmuteTurn(harness.client, nextTurn(question, first.text, '...'));
+    expect(second.text).toBe('Okay.');
+    const sent = upstream.requests.at(-1)?.body.messages ?? [];
+    expect(sent.some((m) => m.role === 'tool')).toBe(false);
+  });
+
   /** The model calls slow(id, seconds) for "slow <seconds> <id>", and says what a result tells it. */
   const slowModel = (req: RecordedRequest): ScriptedReply => {
     const last = req.body.messages?.at(-1);
