@@ -8,10 +8,13 @@
  * - A request the SDK gives up on (it sends `notifications/cancelled` on abort and on its own timeout)
  *   has its answer stream ended and its connection let go; the SDK itself leaves it open.
  *
- * - The long-lived event stream a GET opens (the server's notifications; on the older HTTP+SSE transport
- *   every answer too) passes through unchanged, but one event larger than MAX_MCP_RESPONSE_BYTES ends it
- *   with an error: the SDK would buffer an event without end. The SDK then opens a new one, or the
- *   session reconnects.
+ * - The long-lived event stream a GET opens (the server's notifications) passes through unchanged, but one
+ *   event larger than MAX_MCP_RESPONSE_BYTES ends it with an error: the SDK would buffer an event without
+ *   end. The SDK then opens a new one, or the session reconnects.
+ * - On the older HTTP+SSE transport every answer comes on that stream too, matched by its id alone. An
+ *   answer to a request the SDK has given up on (a barge-in) is dropped; one with an id no request has
+ *   fails the calls still waiting at once. The SDK would take either for a broken session and reconnect,
+ *   and the waiting calls would hear nothing until their timeout.
  */
 import { createParser, type EventSourceMessage } from 'eventsource-parser';
 
@@ -31,20 +34,27 @@ const BAD_ANSWER = -32603;
 
 const EVENT_STREAM = /text\/event-stream/i;
 
-export function createSessionFetch(): typeof fetch {
+/** Requests given up on whose answers may still come, kept per session; past this the oldest is forgotten. */
+const MAX_CANCELLED = 256;
+
+/** `transport`: 'sse' for the older HTTP+SSE transport, whose answers all come on the GET's event stream. */
+export function createSessionFetch(transport: 'streamable' | 'sse'): typeof fetch {
   /** Requests whose answers are still open, and how to end each. */
   const open = new Map<RequestId, AbortController>();
+  const streamed = transport === 'sse' ? new StreamedAnswers() : undefined;
 
   return async (input, init) => {
     const method = (init?.method ?? 'GET').toUpperCase();
-    if (method === 'GET') return capEvents(await fetch(input, init));
+    if (method === 'GET') return capEvents(await fetch(input, init), streamed);
     if (method !== 'POST') return fetch(input, init);
     const message = outgoing(init?.body);
     if (message?.method === 'notifications/cancelled' && message.params?.requestId !== undefined) {
       open.get(message.params.requestId)?.abort();
+      streamed?.cancelled(message.params.requestId);
     }
     const id = message?.method !== undefined ? message.id : undefined;
     if (id === undefined) return guardAnswer(await fetch(input, init), undefined, undefined, () => {});
+    if (streamed) return streamed.post(id, () => fetch(input, init));
 
     const stop = new AbortController();
     open.set(id, stop);
@@ -201,39 +211,118 @@ function guardAnswer(
 
 const EVENT_TOO_LARGE = `the MCP server sent an event larger than ${MAX_MCP_RESPONSE_BYTES / 1024 / 1024} MiB`;
 
-/** An event stream passed on byte for byte, ended with an error at the first event over the cap. */
-function capEvents(response: Response): Response {
+/**
+ * The older transport's answers, which all come on the one event stream: which requests still wait for
+ * one, and which the SDK has given up on.
+ */
+class StreamedAnswers {
+  /** By request id: true while the SDK waits for the answer, false once it has given up on it. */
+  readonly #requests = new Map<RequestId, boolean>();
+  /** How many of those are false. */
+  #givenUp = 0;
+
+  /** Sends a request whose answer will come on the event stream (the POST itself gets a 202). */
+  async post(id: RequestId, send: () => Promise<Response>): Promise<Response> {
+    this.#requests.set(id, true);
+    try {
+      const response = await send();
+      // A refused POST fails the request in the SDK; no answer follows.
+      if (!response.ok) this.#requests.delete(id);
+      return response;
+    } catch (err) {
+      this.#requests.delete(id);
+      throw err;
+    }
+  }
+
+  cancelled(id: RequestId): void {
+    if (!this.#requests.get(id)) return;
+    this.#requests.set(id, false);
+    if (++this.#givenUp <= MAX_CANCELLED) return;
+    // The oldest one given up on is forgotten: its answer, should it still come, counts as a stray.
+    for (const [other, waiting] of this.#requests) {
+      if (waiting) continue;
+      this.#requests.delete(other);
+      this.#givenUp--;
+      break;
+    }
+  }
+
+  /** What to pass on to the SDK for one event of the stream. */
+  pass(event: EventSourceMessage): string {
+    const answer = event.event && event.event !== 'message' ? undefined : answerOf(event.data);
+    if (!answer) return serialize(event);
+    const waiting = this.#requests.get(answer.id as RequestId);
+    if (waiting !== undefined) {
+      this.#requests.delete(answer.id as RequestId);
+      if (!waiting) this.#givenUp--;
+      return waiting ? serialize(event) : '';
+    }
+    // An id no request has: which call it was meant for cannot be known, so every waiting one fails now.
+    let errors = '';
+    for (const [id, stillWaiting] of this.#requests) {
+      if (!stillWaiting) continue;
+      errors += errorEvent(id, wrongId(answer.id, id));
+      this.#requests.delete(id);
+    }
+    return errors;
+  }
+}
+
+/**
+ * An event stream passed on, ended with an error at the first event over the cap: byte for byte, or, with
+ * `answers` (the older transport), event by event through its checks.
+ */
+function capEvents(response: Response, answers?: StreamedAnswers): Response {
   if (!response.body || !EVENT_STREAM.test(response.headers.get('content-type') ?? '')) return response;
   const reader = response.body.getReader();
   const decoder = new TextDecoder();
+  const encoder = new TextEncoder();
   let tooLarge = false;
-  // Only measures: the parser's buffer is what one event holds, in UTF-16 units (never more than its bytes).
+  let pending = '';
+  // The parser's buffer is what one event holds, in UTF-16 units (never more than its bytes).
   const parser = createParser({
     maxBufferSize: MAX_MCP_RESPONSE_BYTES,
-    onEvent: () => {},
+    onEvent: (event) => {
+      if (answers) pending += answers.pass(event);
+    },
+    onRetry: (ms) => {
+      if (answers) pending += `retry: ${ms}\n\n`;
+    },
     onError: (error) => {
       if (error.type === 'max-buffer-size-exceeded') tooLarge = true;
     },
   });
   const body = new ReadableStream<Uint8Array>({
+    // Reads until something can be passed on: a pull that enqueues nothing is not called again.
     async pull(controller) {
-      let chunk: Awaited<ReturnType<typeof reader.read>>;
-      try {
-        chunk = await reader.read();
-      } catch (err) {
-        controller.error(err);
-        return;
+      for (;;) {
+        let chunk: Awaited<ReturnType<typeof reader.read>>;
+        try {
+          chunk = await reader.read();
+        } catch (err) {
+          controller.error(err);
+          return;
+        }
+        if (chunk.done) return controller.close();
+        try {
+          parser.feed(decoder.decode(chunk.value, { stream: true }));
+        } catch {
+          // A tripped parser throws on every later feed.
+          tooLarge = true;
+        }
+        if (tooLarge) {
+          controller.error(new Error(EVENT_TOO_LARGE));
+          void reader.cancel().catch(() => undefined);
+          return;
+        }
+        if (!answers) return controller.enqueue(chunk.value);
+        if (pending) {
+          controller.enqueue(encoder.encode(pending));
+          pending = '';
+          return;
+        }
       }
-      if (chunk.done) return controller.close();
-      try {
-        parser.feed(decoder.decode(chunk.value, { stream: true }));
-      } catch {
-        // A tripped parser throws on every later feed.
-        tooLarge = true;
-      }
-      if (!tooLarge) return controller.enqueue(chunk.value);
-      controller.error(new Error(EVENT_TOO_LARGE));
-      void reader.cancel().catch(() => undefined);
     },
     cancel: (reason) => reader.cancel(reason),
   });
@@ -244,20 +333,28 @@ function capEvents(response: Response): Response {
   });
 }
 
-/** Why `data` is no good as the answer to request `id`; undefined if it is; 'not-an-answer' for other messages. */
-function wrongAnswer(data: string, id: RequestId): string | undefined | 'not-an-answer' {
+/** The JSON-RPC answer (result or error) in `data`, or undefined for other messages and what is not JSON. */
+function answerOf(data: string): { id: unknown } | undefined {
   let message: unknown;
   try {
     message = JSON.parse(data);
   } catch {
-    return 'not-an-answer';
+    return undefined;
   }
-  if (message === null || typeof message !== 'object' || Array.isArray(message)) return 'not-an-answer';
+  if (message === null || typeof message !== 'object' || Array.isArray(message)) return undefined;
   const m = message as Record<string, unknown>;
-  if (!('result' in m) && !('error' in m)) return 'not-an-answer';
-  return m.id === id
-    ? undefined
-    : `the MCP server answered with the id ${JSON.stringify(m.id)}, not ${JSON.stringify(id)}`;
+  return 'result' in m || 'error' in m ? { id: m.id } : undefined;
+}
+
+function wrongId(answered: unknown, asked: RequestId): string {
+  return `the MCP server answered with the id ${JSON.stringify(answered)}, not ${JSON.stringify(asked)}`;
+}
+
+/** Why `data` is no good as the answer to request `id`; undefined if it is; 'not-an-answer' for other messages. */
+function wrongAnswer(data: string, id: RequestId): string | undefined | 'not-an-answer' {
+  const answer = answerOf(data);
+  if (!answer) return 'not-an-answer';
+  return answer.id === id ? undefined : wrongId(answer.id, id);
 }
 
 function checkJson(text: string, id: RequestId): string {

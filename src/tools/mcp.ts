@@ -309,7 +309,7 @@ class McpProvider implements ToolProvider {
 
   private async openWith(kind: TransportKind): Promise<Session> {
     const requestInit = { headers: this.headers };
-    const sessionFetch = createSessionFetch();
+    const sessionFetch = createSessionFetch(kind);
     const transport =
       kind === 'streamable'
         ? new StreamableHTTPClientTransport(this.url, {

@@ -1,14 +1,17 @@
 /**
- * A hostile MCP server for tests: Streamable HTTP written by hand (JSON answers, one session), so it
- * can do what the SDK's server never would: list thousands of tools, flood the client with
- * tools/list_changed, answer a call with 5 MiB, with another request's id, or never, or send one event
- * without end on the client's event stream. It counts what it sees and the TCP connections it holds open.
+ * A hostile MCP server for tests: Streamable HTTP written by hand (JSON answers, one session), or the older
+ * HTTP+SSE transport (every answer on the one event stream, after a 202 to the POST), so it can do what the
+ * SDK's server never would: list thousands of tools, flood the client with tools/list_changed, answer a
+ * call with 5 MiB, with another request's id, late or never, or send one event without end on the client's
+ * event stream. It counts what it sees and the TCP connections it holds open.
  */
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 
-/** How tools/call is answered. */
-export type CallMode = 'ok' | 'hang' | 'oversized' | 'wrong-id';
+/** How tools/call is answered ('late': after LATE_MS). */
+export type CallMode = 'ok' | 'hang' | 'oversized' | 'wrong-id' | 'late';
+
+export const LATE_MS = 400;
 
 export interface HostileMcpServer {
   url: string;
@@ -40,14 +43,24 @@ interface Request {
   params?: Record<string, unknown>;
 }
 
-export async function startHostileMcpServer(): Promise<HostileMcpServer> {
+export async function startHostileMcpServer(
+  options: { transport?: 'streamable' | 'sse' } = {},
+): Promise<HostileMcpServer> {
+  const legacy = options.transport === 'sse';
   const sockets = new Set<Socket>();
   const streams = new Set<ServerResponse>();
   const hanging = new Set<ServerResponse>();
 
+  /** Streamable HTTP answers in the POST's response; HTTP+SSE on the event stream, after a 202 to the POST. */
   const answer = (res: ServerResponse, id: Request['id'], result: unknown) => {
+    const message = JSON.stringify({ jsonrpc: '2.0', id, result });
+    if (legacy) {
+      if (!res.headersSent) res.writeHead(202).end('Accepted');
+      for (const stream of streams) stream.write(`event: message\ndata: ${message}\n\n`);
+      return;
+    }
     res.writeHead(200, { 'content-type': 'application/json', 'mcp-session-id': 'hostile' });
-    res.end(JSON.stringify({ jsonrpc: '2.0', id, result }));
+    res.end(message);
   };
 
   const toolList = () =>
@@ -70,7 +83,12 @@ export async function startHostileMcpServer(): Promise<HostileMcpServer> {
         return answer(res, typeof req.id === 'number' ? req.id + 1000 : `${req.id}-other`, ok);
       case 'oversized':
         return answer(res, req.id, { content: [{ type: 'text', text: 'x'.repeat(5 * 1024 * 1024) }] });
+      case 'late':
+        if (legacy) res.writeHead(202).end('Accepted');
+        setTimeout(() => answer(res, req.id, ok), LATE_MS);
+        return;
       case 'hang':
+        if (legacy) return void res.writeHead(202).end('Accepted');
         // Headers of an event stream, then nothing: the answer never comes and the stream stays open.
         res.writeHead(200, { 'content-type': 'text/event-stream', 'mcp-session-id': 'hostile' });
         res.flushHeaders();
@@ -85,10 +103,13 @@ export async function startHostileMcpServer(): Promise<HostileMcpServer> {
       state.eventStreams++;
       res.writeHead(200, { 'content-type': 'text/event-stream', 'mcp-session-id': 'hostile' });
       res.flushHeaders();
+      if (legacy) res.write('event: endpoint\ndata: /messages\n\n');
       streams.add(res);
       res.on('close', () => streams.delete(res));
       return;
     }
+    // The older transport has no POST at its URL: the client falls back to it after this 4xx.
+    if (legacy && req.method === 'POST' && req.url !== '/messages') return void res.writeHead(405).end();
     if (req.method === 'DELETE') return void res.writeHead(200).end();
     const chunks: Buffer[] = [];
     for await (const chunk of req) chunks.push(chunk as Buffer);
@@ -124,7 +145,7 @@ export async function startHostileMcpServer(): Promise<HostileMcpServer> {
   const { port } = http.address() as AddressInfo;
 
   const state: HostileMcpServer = {
-    url: `http://127.0.0.1:${port}/mcp`,
+    url: `http://127.0.0.1:${port}/${legacy ? 'sse' : 'mcp'}`,
     tools: 3,
     mode: 'ok',
     pattern: undefined,

@@ -10,7 +10,7 @@ import { createToolRegistry } from '../../src/tools/registry.js';
 import { type ToolContext, ToolError, type ToolProvider } from '../../src/tools/types.js';
 import { type ResolvedTool, resolveToolSet } from '../../src/toolset/defaults.js';
 import { formatIssues, validateToolSet } from '../../src/toolset/validate.js';
-import { type HostileMcpServer, startHostileMcpServer } from '../support/hostile-mcp.js';
+import { type HostileMcpServer, LATE_MS, startHostileMcpServer } from '../support/hostile-mcp.js';
 import { type McpTestServer, startMcpServer } from '../support/mcp-server.js';
 import { capturingLogger, startServer } from './helpers.js';
 
@@ -425,6 +425,45 @@ describe('mcp provider over the older HTTP+SSE transport', () => {
     expect(await run(p, 'snapshot')).toContain('[image omitted]');
     expect(new Set(s.authorizations)).toEqual(new Set(['Bearer legacy']));
   });
+
+  /** A hand-written HTTP+SSE server: every answer comes on the event stream, matched by its id alone. */
+  async function hostileLegacy(): Promise<{ s: HostileMcpServer; p: ToolProvider }> {
+    const s = await startHostileMcpServer({ transport: 'sse' });
+    cleanup.push(() => s.close());
+    const p = provider({ url: s.url });
+    await waitFor(() => connected(p), 'connection');
+    return { s, p };
+  }
+
+  it('fails a call at once on an answer with another id, and keeps the session', async () => {
+    const { s, p } = await hostileLegacy();
+    s.mode = 'wrong-id';
+    // A tool timeout far beyond the test's: only an immediate failure passes.
+    await expect(run(p, 'tool_0', {}, ctx(undefined, 600))).rejects.toMatchObject({
+      code: 'ERP_MCP_CALL_FAILED',
+      message: expect.stringMatching(/^the MCP server answered with the id \d+, not \d+$/),
+    });
+    s.mode = 'ok';
+    expect(await run(p, 'tool_0')).toBe('ok');
+    expect(connected(p)).toBe(true);
+    expect(s.eventStreams).toBe(1);
+  }, 20_000);
+
+  it('lets the late answer of a cut-off call go by without ending the session', async () => {
+    const { s, p } = await hostileLegacy();
+    s.mode = 'late';
+    const abort = new AbortController();
+    const call = run(p, 'tool_0', {}, ctx(abort.signal));
+    await waitFor(() => s.calls === 1, 'the call');
+    abort.abort();
+    await expect(call).rejects.toBeInstanceOf(Error);
+    // The answer the SDK no longer waits for arrives.
+    await new Promise((resolve) => setTimeout(resolve, LATE_MS + 300));
+    s.mode = 'ok';
+    expect(await run(p, 'tool_0')).toBe('ok');
+    expect(connected(p)).toBe(true);
+    expect(s.eventStreams).toBe(1);
+  }, 20_000);
 
   it('reconnects after the server restarts', async () => {
     const s = await server({ transport: 'sse' });
