@@ -4,8 +4,8 @@
  * barge-in rule. When it finishes, its real exchange goes into tool memory for that conversation, marked
  * late, and the conversation's next request (the user's next words, or Unmute's `...` silence marker)
  * carries it with a note that it has just arrived. A failed or expired late result is dropped, counted
- * and logged, as is one that lands after a reload turned tool memory off. A deferred call never runs twice: the same call (tool and arguments) asked for again while
- * it runs joins it.
+ * and logged, as is one that lands after a reload turned tool memory off. A deferred call never runs
+ * twice: the same call (tool, its definition and arguments) asked for again while it runs joins it.
  */
 import type { Logger } from '../telemetry/log.js';
 import type { DeferredOutcome } from '../telemetry/types.js';
