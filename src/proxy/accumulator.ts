@@ -65,9 +65,10 @@ export type FinishedMessage =
 export const MAX_TOOL_CALL_INDEX = 128;
 
 /**
- * What one message may make the proxy hold, in characters: reasoning and tool-call arguments together (past
- * this the model is running away, and the proxy stops reading), and, separately, the content kept for the
- * history. Content beyond its cap is still spoken as it streams (the turn deadline bounds it) but not kept.
+ * What one message may make the proxy hold, in characters: reasoning, refusal and tool calls together, those
+ * written as text and held back by the raw-call filter included (past this the model is running away, and
+ * the proxy stops reading), and, separately, the content kept for the history. Content beyond its cap is
+ * still spoken as it streams (the turn deadline bounds it) but not kept.
  */
 export const MAX_MESSAGE_CHARS = 1024 * 1024;
 
@@ -143,7 +144,11 @@ export class StreamAccumulator {
   pushContent(text: string): string {
     if (this.#content.length + text.length > this.#maxChars) this.#contentCut = true;
     if (!this.#contentCut) this.#content += text;
-    return this.#raw ? this.#raw.push(text) : text;
+    if (!this.#raw) return text;
+    const spoken = this.#raw.push(text);
+    // Held markup is tool calls written as text: the same cap as calls streamed as such.
+    if (this.#chars + this.#raw.held > this.#maxChars) this.#tooLarge();
+    return spoken;
   }
 
   /**
@@ -199,7 +204,10 @@ export class StreamAccumulator {
       const text = this.pushContent(delta.content);
       if (text !== '') events.push({ type: 'content', text });
     }
-    if (nonEmpty(delta.refusal)) this.#refusal += delta.refusal;
+    if (nonEmpty(delta.refusal)) {
+      this.#count(delta.refusal);
+      this.#refusal += delta.refusal;
+    }
     if (Array.isArray(delta.tool_calls)) {
       for (const entry of delta.tool_calls) if (isObject(entry)) this.#applyToolCall(entry, events);
     }
@@ -248,11 +256,14 @@ export class StreamAccumulator {
 
   #count(text: string): void {
     this.#chars += text.length;
-    if (this.#chars > this.#maxChars)
-      throw new ProxyError(
-        'ERP_UPSTREAM_TOO_LARGE',
-        `upstream sent a message with more than ${this.#maxChars} characters of reasoning and tool-call arguments`,
-      );
+    if (this.#chars > this.#maxChars) this.#tooLarge();
+  }
+
+  #tooLarge(): never {
+    throw new ProxyError(
+      'ERP_UPSTREAM_TOO_LARGE',
+      `upstream sent a message with more than ${this.#maxChars} characters of reasoning, refusal and tool calls`,
+    );
   }
 
   /**

@@ -33,6 +33,11 @@ export class RawCallFilter {
 
   constructor(private readonly isToolName: (name: string) => boolean) {}
 
+  /** Characters held back now: raw-call markup, or a message start that cannot be told apart yet. */
+  get held(): number {
+    return this.#held.length;
+  }
+
   /** Text that may be spoken now ('' while held back). */
   push(text: string): string {
     if (this.#verdict === 'text') return this.#scanText(text);

@@ -4,8 +4,10 @@
  * slash. This filter sits between the model and the sink and removes emphasis markers (`*`, `_`, `~~`,
  * backticks), heading marks, list bullets, code fence lines and emojis, and turns a bare URL into its
  * host name. It is streaming: a marker split across deltas (`*` then `*bold**`) is recognised, and
- * only the characters of one unfinished marker are ever held back (a `#` run at a line start, a
- * `_` or `~` waiting for its neighbour, the start of `https://`, a URL's host until it ends).
+ * only the characters of one unfinished marker are ever held back (a `#` run at a line start that may
+ * still be a heading, a `_` or `~` waiting for its neighbour, the start of `https://`, a URL's host until
+ * it ends or passes a DNS name's length, a few dots after a URL), so each character is read a bounded
+ * number of times however long a run the model sends.
  */
 
 type Mode = 'text' | 'host' | 'path' | 'fence';
@@ -27,6 +29,10 @@ function isHostChar(c: string): boolean {
 
 /** Punctuation that ends a sentence after a URL rather than belonging to it. */
 const TRAILING = new Set(['.', ',', ';', ':', '!', '?']);
+/** More than this after a URL is no sentence's end ("……" from a looping model): it is decided as text. */
+const MAX_TRAILING_HELD = 16;
+/** The longest DNS name: a longer "host" is not one, and the rest goes as a path does. */
+const MAX_HOST_CHARS = 253;
 const URL_END = new Set([')', ']', '>', '"', "'", '»']);
 
 /**
@@ -99,6 +105,11 @@ export class SpeakableFilter {
       }
       if (this.#mode === 'host') {
         if (isHostChar(c)) {
+          if (this.#host.length >= MAX_HOST_CHARS) {
+            out += this.#hostName();
+            this.#mode = 'path';
+            continue;
+          }
           this.#host += c;
           i++;
           continue;
@@ -126,7 +137,7 @@ export class SpeakableFilter {
         if (TRAILING.has(c)) {
           let j = i;
           while (j < n && TRAILING.has(s[j] as string)) j++;
-          if (j === n && !final) {
+          if (j === n && !final && j - i <= MAX_TRAILING_HELD) {
             this.#hold = s.slice(i);
             break;
           }
@@ -175,11 +186,12 @@ export class SpeakableFilter {
       if (this.#lineStart && (c === '#' || c === '`')) {
         let j = i;
         while (j < n && s[j] === c) j++;
-        if (j === n && !final) {
+        const run = j - i;
+        // Held only while it may still turn out a heading (up to six #) or a fence (three backticks).
+        if (j === n && !final && run < (c === '#' ? 7 : 3)) {
           this.#hold = s.slice(i);
           break;
         }
-        const run = j - i;
         if (c === '`') {
           if (run >= 3) this.#mode = 'fence';
           this.#skip(s, i, run);

@@ -9,6 +9,8 @@ import type { FinishReason, TurnSink } from './sinks.js';
 
 const NON_SPACE = /\S/;
 const SPACE = /\s/;
+/** Whitespace kept while no word follows: more says nothing more to a TTS, and a stuck model may send it without end. */
+const MAX_PENDING_SPACE = 64;
 
 export class Speaker {
   readonly #sink: TurnSink;
@@ -43,7 +45,8 @@ export class Speaker {
   model(text: string): boolean {
     if (text === '') return true;
     if (!NON_SPACE.test(text)) {
-      this.#pendingSpace += text;
+      if (this.#pendingSpace.length < MAX_PENDING_SPACE)
+        this.#pendingSpace += text.slice(0, MAX_PENDING_SPACE - this.#pendingSpace.length);
       return true;
     }
     const out = this.#pendingSpace + text;

@@ -10,6 +10,7 @@
  */
 import type { IncomingHttpHeaders } from 'node:http';
 import { type Dispatcher, Pool } from 'undici';
+import { secretScrubber } from '../telemetry/scrub.js';
 import type { ChatChunk, Usage } from './chunks.js';
 import { type ErrorCode, ProxyError } from './errors.js';
 import { type BodyReader, type PushedBody, streamChunks } from './sse.js';
@@ -353,6 +354,13 @@ export class Upstream {
       let parts: Buffer[] = [];
       let size = 0;
       const onAbort = () => controller?.abort(signal.reason as Error);
+      // A refusal may quote the key it was sent ("Incorrect API key provided: sk-…"); its text goes to logs.
+      const refused = () =>
+        new UpstreamHttpError(
+          status,
+          secretScrubber([requestHeaders.authorization])(readParts(parts, MAX_ERROR_BODY)),
+          retryAfter,
+        );
       const fail = (err: unknown) => {
         signal.removeEventListener('abort', onAbort);
         markSent();
@@ -398,7 +406,7 @@ export class Upstream {
             size += chunk.length;
             // An error body is only summarized: the rest is not worth reading.
             if (kind === 'refused' && size >= MAX_ERROR_BODY) {
-              fail(new UpstreamHttpError(status, readParts(parts, MAX_ERROR_BODY), retryAfter));
+              fail(refused());
               parts = [];
               c.abort(new Error('upstream error body read'));
             } else if (kind === 'json' && size > MAX_COMPLETION_BYTES) {
@@ -417,7 +425,7 @@ export class Upstream {
             if (kind === 'sse') {
               (stream as UpstreamBody).finish();
             } else if (kind === 'refused') {
-              fail(new UpstreamHttpError(status, readParts(parts, MAX_ERROR_BODY), retryAfter));
+              fail(refused());
             } else {
               try {
                 resolve(new CompletionSource(JSON.parse(readParts(parts))));

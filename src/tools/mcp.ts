@@ -24,7 +24,7 @@ import {
 import type { Logger } from '../telemetry/log.js';
 import { secretScrubber } from '../telemetry/scrub.js';
 import type { ResolvedTool } from '../toolset/defaults.js';
-import type { McpToolSpec } from '../toolset/schema.js';
+import { LIMIT, type McpToolSpec } from '../toolset/schema.js';
 import { resolveValue } from '../toolset/values.js';
 import { untilAborted } from './abort.js';
 import { toolResultContent } from './mcp-content.js';
@@ -57,6 +57,11 @@ export const MAX_TOOLS_PER_SERVER = 64;
 const RELIST_INTERVAL_MS = 1_000;
 /** A server that pages on without end is read no further. */
 const MAX_LIST_PAGES = 100;
+/**
+ * A listed tool's input schema goes to the model on every turn, as a declared tool's parameters do: one
+ * larger than this (as JSON) costs the voice turn more than the tool can give, and the tool is left out.
+ */
+export const MAX_MCP_SCHEMA_CHARS = 64 * 1024;
 
 type TransportKind = 'streamable' | 'sse';
 
@@ -429,12 +434,22 @@ class McpProvider implements ToolProvider {
         this.logger.warn({ tool: t.name, name }, 'Skipped an MCP tool whose name clashes after cleaning');
         continue;
       }
+      const parameters = parametersOf(t);
+      const schemaChars = JSON.stringify(parameters).length;
+      if (schemaChars > MAX_MCP_SCHEMA_CHARS) {
+        this.logger.warn(
+          { tool: t.name, chars: schemaChars, cap: MAX_MCP_SCHEMA_CHARS },
+          'Skipped an MCP tool whose input schema is larger than the cap',
+        );
+        continue;
+      }
       names.add(name);
       const original = t.name;
       provided.push({
         name,
-        description: t.description ?? t.title ?? '',
-        parameters: parametersOf(t),
+        // Held to the length a declared tool's description may have.
+        description: (t.description ?? t.title ?? '').slice(0, LIMIT.text),
+        parameters,
         executor: { run: (args, ctx) => this.call(original, args, ctx) },
         config: this.tool,
       });

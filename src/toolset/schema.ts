@@ -23,7 +23,7 @@ function StringEnum<const T extends readonly string[]>(values: T, options: Recor
  * etcd's 1.5 MB, and the API server's CEL cost estimates small; the runtime validator holds the same
  * bounds, so a document the proxy accepts from a file is one the API server would accept too.
  */
-const LIMIT = {
+export const LIMIT = {
   /** Names of tools, env vars, label values and the like. */
   name: 64,
   /** Kubernetes object names (Secrets) and keys. */

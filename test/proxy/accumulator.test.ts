@@ -186,6 +186,43 @@ describe('what the recorded streams prove', () => {
 });
 
 describe('StreamAccumulator', () => {
+  /** What `fn` threw (undefined when it did not). */
+  function thrown(fn: () => void): unknown {
+    try {
+      fn();
+    } catch (err) {
+      return err;
+    }
+    return undefined;
+  }
+  const delta = (d: ChunkDelta): ChatChunk => ({ choices: [{ index: 0, delta: d }] });
+
+  it('counts refusal text toward the message cap', () => {
+    const acc = new StreamAccumulator({ maxChars: 1000 });
+    acc.push(delta({ refusal: 'x'.repeat(600) }));
+    expect(thrown(() => acc.push(delta({ refusal: 'x'.repeat(600) })))).toMatchObject({
+      code: 'ERP_UPSTREAM_TOO_LARGE',
+    });
+  });
+
+  it('counts a tool call written as text toward the cap, by chunk and by the fast lane alike', () => {
+    const start = '<tool_call>{"name": "get_time", "arguments": {"q": "';
+    for (const feed of [
+      (acc: StreamAccumulator, text: string) => acc.push(delta({ content: text })),
+      (acc: StreamAccumulator, text: string) => acc.pushContent(text),
+    ]) {
+      const acc = new StreamAccumulator({ isToolName: (n) => n === 'get_time', maxChars: 1000 });
+      feed(acc, start);
+      const error = thrown(() => {
+        for (let i = 0; i < 10; i++) feed(acc, 'x'.repeat(200));
+      });
+      expect(error).toMatchObject({ code: 'ERP_UPSTREAM_TOO_LARGE' });
+    }
+    // Spoken text is not held, so it is not counted.
+    const acc = new StreamAccumulator({ isToolName: (n) => n === 'get_time', maxChars: 1000 });
+    for (let i = 0; i < 10; i++) expect(acc.pushContent('word '.repeat(40))).toBe('word '.repeat(40));
+  });
+
   it('keys calls by index and assigns id, type and name instead of concatenating them', () => {
     const { events, accumulator } = run([
       calls({ index: 0, id: 'call_a', type: 'function', function: { name: 'get_weather' } }),

@@ -4,6 +4,7 @@ import { type APIError, BadRequestError } from 'openai';
 import { describe, expect, it } from 'vitest';
 import { errorReply, lastUserText, textReply, toolCallReply } from '../../src/demo/scripted-upstream.js';
 import { type ProxyHarness, unmuteTurn, useScriptedProxy } from '../support/proxy.js';
+import { capturingLogger } from '../tools/helpers.js';
 
 const SYSTEM = { role: 'system' as const, content: 'Be brief.' };
 const { setup, defer } = useScriptedProxy();
@@ -83,6 +84,54 @@ describe('review regressions', () => {
     );
     const { text } = await unmuteTurn(harness.client, [SYSTEM, { role: 'user', content: 'Hi' }]);
     expect(text).toBe("Sorry, I couldn't do that right now. ");
+  });
+
+  it('keeps the model server key out of the log when its refusal quotes the key alone', async () => {
+    const key = 'sk-test-9f8e7d6c5b4a';
+    const { logger, lines } = capturingLogger();
+    const { harness } = await setup(
+      () => errorReply(401, `Incorrect API key provided: ${key}. You can find your key at example.com.`),
+      { tools: [], upstream: { apiKey: { value: key } } },
+      { logger },
+    );
+    const { text } = await unmuteTurn(harness.client, [SYSTEM, { role: 'user', content: 'Hi' }]);
+    expect(text).toBe("Sorry, I couldn't do that right now. ");
+    const logged = JSON.stringify(lines());
+    expect(logged).toContain('Incorrect API key provided: [redacted]');
+    expect(logged).not.toContain(key);
+  });
+
+  it('stops reading a message whose tool call, written as text, runs past the cap', async () => {
+    const { upstream, harness } = await setup(
+      () => ({
+        sse: [
+          `data: {"choices":[{"index":0,"delta":{"role":"assistant","content":"<tool_call>{\\"name\\": \\"get_time\\", \\"arguments\\": {\\"q\\": \\""}}]}\n\n`,
+          ...Array.from(
+            { length: 40 },
+            () => `data: {"choices":[{"index":0,"delta":{"content":"${'x'.repeat(64 * 1024)}"}}]}\n\n`,
+          ),
+          'data: {"choices":[{"index":0,"delta":{"content":"\\"}}</tool_call>"},"finish_reason":"stop"}]}\n\ndata: [DONE]\n\n',
+        ],
+      }),
+      { tools: [weatherTool] },
+    );
+    const { text } = await unmuteTurn(harness.client, [SYSTEM, { role: 'user', content: 'Time?' }]);
+    expect(text).toBe("Sorry, I couldn't do that right now. ");
+    // The model was not asked again with the call's result: the call never ran.
+    expect(upstream.requests).toHaveLength(1);
+  });
+
+  it('keeps a bounded run of whitespace while no word follows it', async () => {
+    const space = Array.from(
+      { length: 5000 },
+      () => 'data: {"choices":[{"index":0,"delta":{"content":"  "}}]}\n\n',
+    );
+    const { harness } = await setup(
+      () => ({ sse: [...textReply('Hi').slice(0, 2), ...space, ...textReply('there.').slice(1)] }),
+      { tools: [] },
+    );
+    const { text } = await unmuteTurn(harness.client, [SYSTEM, { role: 'user', content: 'Hi' }]);
+    expect(text).toMatch(/^Hi\s{1,64}there\.$/);
   });
 
   it('answers a non-streaming client with an error rather than hold an answer past the cap', async () => {

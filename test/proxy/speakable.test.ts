@@ -105,6 +105,31 @@ describe('speakable text', () => {
     );
   });
 
+  it('holds a bounded number of characters however long a run the model sends', () => {
+    const runs: { start: string; piece: string; heard: string; most: number }[] = [
+      // Seven # at a line start are no heading: they are text.
+      { start: '\n', piece: '#', heard: `\n${'#'.repeat(10_000)}`, most: 6 },
+      // A run of dots after a URL is no sentence's end.
+      {
+        start: 'See https://example.com/page',
+        piece: '..........',
+        heard: `See example.com${'.'.repeat(100_000)}`,
+        most: 16 + 10,
+      },
+      // No DNS name is longer than 253 characters: the rest goes as a path.
+      { start: 'https://', piece: 'a', heard: 'a'.repeat(253), most: 253 },
+    ];
+    for (const { start, piece, heard, most } of runs) {
+      const filter = new SpeakableFilter();
+      let out = filter.push(start);
+      for (let i = 0; i < 10_000; i++) {
+        out += filter.push(piece);
+        expect(filter.held).toBeLessThanOrEqual(most);
+      }
+      expect(out + filter.finish()).toBe(heard);
+    }
+  });
+
   it('holds back at most the characters of one marker, outside a URL', () => {
     const alphabet = fc.constantFrom(...'ab *_~#`-+\nh:/tps.👍'.split(/(?:)/u));
     fc.assert(

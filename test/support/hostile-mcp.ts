@@ -20,6 +20,8 @@ export interface HostileMcpServer {
   mode: CallMode;
   /** A `pattern` for every tool's `q` argument. */
   pattern: string | undefined;
+  /** tool_0 listed with a 100,000-character description, tool_1 with a 100 KB input schema. */
+  oversizedListing: boolean;
   /** tools/list requests seen, and tools/call requests seen. */
   listings: number;
   calls: number;
@@ -66,10 +68,15 @@ export async function startHostileMcpServer(
   const toolList = () =>
     Array.from({ length: state.tools }, (_, i) => ({
       name: `tool_${i}`,
-      description: `Tool number ${i}.`,
+      description: state.oversizedListing && i === 0 ? 'd'.repeat(100_000) : `Tool number ${i}.`,
       inputSchema: {
         type: 'object',
-        properties: { q: { type: 'string', ...(state.pattern ? { pattern: state.pattern } : {}) } },
+        properties: {
+          q: { type: 'string', ...(state.pattern ? { pattern: state.pattern } : {}) },
+          ...(state.oversizedListing && i === 1
+            ? { mode: { type: 'string', enum: Array.from({ length: 10_000 }, (_, n) => `mode_${n}`) } }
+            : {}),
+        },
       },
     }));
 
@@ -149,6 +156,7 @@ export async function startHostileMcpServer(
     tools: 3,
     mode: 'ok',
     pattern: undefined,
+    oversizedListing: false,
     listings: 0,
     calls: 0,
     openSockets: () => sockets.size,

@@ -314,6 +314,15 @@ describe('mcp provider against a hostile server', () => {
     expect(lines().filter((l) => l.msg === warning)).toHaveLength(1);
   });
 
+  it('cuts a listed description to 4096 characters and leaves out a tool whose schema passes 64 KB', async () => {
+    const s = await hostile();
+    s.oversizedListing = true;
+    const p = provider({ url: s.url });
+    await waitFor(() => connected(p), 'connection');
+    expect(p.tools().map((t) => t.name)).toEqual(['tool_0', 'tool_2']);
+    expect(p.tools()[0]?.description).toBe('d'.repeat(4096));
+  });
+
   it('coalesces a tools/list_changed storm into a few listings', async () => {
     const s = await hostile();
     const p = provider({ url: s.url });
