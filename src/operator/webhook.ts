@@ -88,7 +88,15 @@ export interface WebhookServerOptions {
   onToolSetAdmission?: (decision: ToolSetAdmission) => void;
   /** Bytes; a pod is at most about 1.5 MB in etcd, and the review wraps it once for CREATE. */
   bodyLimit?: number;
+  /**
+   * Longest wait for a whole request, headers and body, in ms (fastify's default 0 waits forever, so a
+   * trickled body pins memory and a connection while admission starves).
+   */
+  requestTimeoutMs?: number;
 }
+
+/** The API server gives up on a webhook after its timeoutSeconds: 10 s by default, 30 s at most. */
+const DEFAULT_REQUEST_TIMEOUT_MS = 10_000;
 
 export interface WebhookServer {
   port: number;
@@ -239,8 +247,20 @@ function review(
 
 export async function startWebhookServer(options: WebhookServerOptions): Promise<WebhookServer> {
   const { certificate, logger } = options;
+  const requestTimeoutMs = options.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS;
   const app = Fastify({
-    https: { cert: certificate.current.certPem, key: certificate.current.keyPem, minVersion: 'TLSv1.2' },
+    https: {
+      cert: certificate.current.certPem,
+      key: certificate.current.keyPem,
+      minVersion: 'TLSv1.2',
+      // Node's server options ride along with the TLS ones (fastify reads `http` only for plain HTTP).
+      // Node checks the request timeout this often (30 s by default, three times the whole timeout).
+      connectionsCheckingInterval: Math.min(1000, requestTimeoutMs),
+      headersTimeout: requestTimeoutMs,
+      // A client that never finishes the TLS handshake holds its connection too (120 s by default).
+      handshakeTimeout: requestTimeoutMs,
+    },
+    requestTimeout: requestTimeoutMs,
     bodyLimit: options.bodyLimit ?? 6 * 1024 * 1024,
     loggerInstance: logger,
     logController: new LogController({ disableRequestLogging: true }),

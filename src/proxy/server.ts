@@ -71,6 +71,10 @@ export function buildServer(deps: ServerDeps, limits: ServerLimits = DEFAULT_LIM
 
 export function buildMetricsServer(deps: ServerDeps): FastifyInstance {
   const app = base(deps, DEFAULT_LIMITS);
+  // This port listens beyond the pod and no route of it takes a body, yet fastify would read and parse
+  // one (up to 16 MiB) for the 404 handler. With no parsers it answers 404 without reading the body, which
+  // Node then discards as it comes: nothing is held, so no body budget or limit of its own is needed.
+  app.removeAllContentTypeParsers();
   app.get('/metrics', async (_request, reply) =>
     reply.header('content-type', deps.telemetry.contentType).send(await deps.telemetry.metrics()),
   );

@@ -1,3 +1,5 @@
+import { type Socket, connect as tcpConnect } from 'node:net';
+import { connect as tlsConnect } from 'node:tls';
 import type { V1PodSpec } from '@kubernetes/client-node';
 import fastJsonPatch from 'fast-json-patch';
 import { Agent, request } from 'undici';
@@ -416,6 +418,58 @@ describe('the webhook over HTTPS', () => {
         await noisy.close();
       }
     });
+  });
+
+  it('drops a request that does not arrive whole within the request timeout, and a stalled handshake', async () => {
+    const slow = await startWebhookServer({
+      port: 0,
+      host: '127.0.0.1',
+      certificate: holder,
+      lookups: { toolsetByName: () => undefined, toolsetsInNamespace: () => [], config: () => undefined },
+      sidecar: DEFAULT_SIDECAR,
+      logger: createLogger('webhook-test', 'silent'),
+      requestTimeoutMs: 500,
+    });
+    /** Everything the server wrote once it closed the connection; a generous guard, not a timing check. */
+    const answer = (socket: Socket) =>
+      new Promise<string>((resolve, reject) => {
+        let text = '';
+        socket.setEncoding('utf8');
+        socket.on('data', (d: string) => {
+          text += d;
+        });
+        socket.on('error', () => {});
+        const guard = setTimeout(() => {
+          socket.destroy();
+          reject(new Error(`the connection is still open; got ${JSON.stringify(text)}`));
+        }, 5_000);
+        socket.on('close', () => {
+          clearTimeout(guard);
+          resolve(text);
+        });
+      });
+    const secure = () =>
+      tlsConnect({ host: '127.0.0.1', port: slow.port, ca: first.ca.certPem, servername: SERVER_NAME });
+    try {
+      // A body that declares 1000 bytes and sends 10.
+      const trickle = secure();
+      trickle.write(
+        'POST /mutate HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{"kind":"A',
+      );
+      // Headers that never end.
+      const silent = secure();
+      silent.write('POST /validate HTTP/1.1\r\nhost: x\r\n');
+      // A TLS handshake that never starts.
+      const mute = tcpConnect(slow.port, '127.0.0.1');
+      const [trickled, silenced] = await Promise.all([answer(trickle), answer(silent), answer(mute)]);
+      expect(trickled).toMatch(/^HTTP\/1\.1 408 /);
+      expect(silenced).toMatch(/^HTTP\/1\.1 408 /);
+      // A whole review still gets its answer.
+      const { status } = await post(review(pod({})), first.ca.certPem, '/mutate', slow.port);
+      expect(status).toBe(200);
+    } finally {
+      await slow.close();
+    }
   });
 
   it('serves a rotated certificate to new connections without a restart', async () => {

@@ -1,4 +1,7 @@
-/** The chat port itself: slow and oversized bodies, and the errors fastify and Node raise before a route runs. */
+/**
+ * The chat port itself: slow and oversized bodies, and the errors fastify and Node raise before a route
+ * runs; and the metrics port, which takes no bodies.
+ */
 import { connect, type Socket } from 'node:net';
 import { describe, expect, it } from 'vitest';
 import { textReply } from '../../src/demo/scripted-upstream.js';
@@ -6,9 +9,12 @@ import { type ProxyHarness, useScriptedProxy } from '../support/proxy.js';
 
 const { setup, defer } = useScriptedProxy();
 
-/** A raw connection to the chat port; `answer` resolves with everything the proxy wrote once it closes. */
-function rawClient(harness: ProxyHarness): { socket: Socket; answer: Promise<string> } {
-  const { port } = new URL(harness.proxy.url);
+/** A raw connection to the chat port, or `url`'s; `answer` resolves with all the proxy wrote once it closes. */
+function rawClient(
+  harness: ProxyHarness,
+  url = harness.proxy.url,
+): { socket: Socket; answer: Promise<string> } {
+  const { port } = new URL(url);
   const socket = connect(Number(port), '127.0.0.1');
   defer(async () => void socket.destroy());
   let text = '';
@@ -105,6 +111,26 @@ describe('bodies in flight', () => {
       `${head(Buffer.byteLength(body)).replace('HTTP/1.1\r\n', 'HTTP/1.1\r\nconnection: close\r\n')}${body}`,
     );
     expect(await fits.answer).toMatch(/^HTTP\/1\.1 200/);
+  });
+});
+
+describe('the metrics port', () => {
+  it('never reads a request body: a POST gets 404 at once, unparsed', async () => {
+    const { harness } = await setup(() => ({ sse: textReply('Hello.') }), { tools: [] });
+    const post = (length: number) =>
+      `POST /metrics HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: ${length}\r\n\r\n`;
+    // 8 MiB declared and a few bytes sent: answered without waiting for the rest (it would be a 408 if read).
+    const large = rawClient(harness, harness.proxy.metricsUrl);
+    large.socket.write(`${post(8 * 1024 * 1024)}{"model":`);
+    expect(errorOf(await large.answer)).toEqual({ status: 404, code: 'ERP_NOT_FOUND' });
+    // Not JSON: never parsed, so no 400.
+    const garbage = rawClient(harness, harness.proxy.metricsUrl);
+    garbage.socket.write(`${post(4)}{bad`);
+    expect(errorOf(await garbage.answer)).toEqual({ status: 404, code: 'ERP_NOT_FOUND' });
+    const metrics = await fetch(`${harness.proxy.metricsUrl}/metrics`, {
+      signal: AbortSignal.timeout(5_000),
+    });
+    expect(metrics.status).toBe(200);
   });
 });
 
