@@ -4,8 +4,9 @@
  * barge-in rule. When it finishes, its real exchange goes into tool memory for that conversation, marked
  * late, and the conversation's next request (the user's next words, or Unmute's `...` silence marker)
  * carries it with a note that it has just arrived. A failed or expired late result is dropped, counted
- * and logged, as is one that lands after a reload turned tool memory off. A deferred call never runs
- * twice: the same call (tool, its definition and arguments) asked for again while it runs joins it.
+ * and logged, as is one tool memory has no room for (off since a reload, or larger than memory.maxBytes).
+ * A deferred call never runs twice: the same call (tool, its definition and arguments) asked for again
+ * while it runs joins it.
  */
 import type { Logger } from '../telemetry/log.js';
 import type { DeferredOutcome } from '../telemetry/types.js';
@@ -185,7 +186,7 @@ export class DeferredCalls {
       );
       return;
     }
-    memory.late(clientMessages, [
+    const kept = memory.late(clientMessages, [
       {
         role: 'assistant',
         content: null,
@@ -199,6 +200,14 @@ export class DeferredCalls {
       },
       { role: 'tool', tool_call_id: deferral.call.id, content: outcome.content },
     ]);
+    if (!kept) {
+      this.#report('discarded');
+      this.#logger.info(
+        { tool, seconds: outcome.seconds, bytes: Buffer.byteLength(outcome.content) },
+        'Dropped the late result of a deferred call: it does not fit in tool memory (memory.maxBytes).',
+      );
+      return;
+    }
     this.#logger.info(
       { tool, seconds: outcome.seconds },
       'A deferred call finished; its result goes to the next request.',

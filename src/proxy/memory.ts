@@ -31,9 +31,11 @@ export interface LateResults {
   /**
    * A deferred call's finished exchange (its assistant tool_calls message and its tool message), for the
    * conversation whose request was `clientMessages`. It replaces the pending result in place, and the
-   * next request of that conversation carries it with a note that it has just arrived.
+   * next request of that conversation carries it with a note that it has just arrived. False when nothing
+   * was kept: the exchange, with the turn's other results, is larger than memory.maxBytes (or the request
+   * did not end with a user message, so there is no turn to put it under).
    */
-  late(clientMessages: ChatMessage[], exchange: ChatMessage[]): void;
+  late(clientMessages: ChatMessage[], exchange: ChatMessage[]): boolean;
 }
 
 /** The one-line note that tells the model a result has just arrived, and what to do with it. */
@@ -174,12 +176,11 @@ export class ToolMemory implements TurnMemory, LateResults {
     const arrived: string[] = [];
     let ordinary = 0;
     for (const { at, entry } of ranked) {
-      // A late result goes back on top of the newest memory.turns exchanges, whatever their size.
-      if (!entry.late) {
-        if (ordinary >= this.#options.turns) break;
-        if (bytes + entry.bytes > this.#options.maxBytes) continue;
-        ordinary++;
-      }
+      // A late result goes back on top of the newest memory.turns exchanges, within maxBytes like them; one
+      // that does not fit stays late for a later request, where it ranks first.
+      if (!entry.late && ordinary >= this.#options.turns) break;
+      if (bytes + entry.bytes > this.#options.maxBytes) continue;
+      if (!entry.late) ordinary++;
       bytes += entry.bytes;
       chosen.set(at, entry.exchange);
       if (entry.late) {
@@ -213,9 +214,9 @@ export class ToolMemory implements TurnMemory, LateResults {
     if (this.#cache.purgeStale()) this.#onSize(this.#cache.size);
   }
 
-  late(clientMessages: ChatMessage[], exchange: ChatMessage[]): void {
+  late(clientMessages: ChatMessage[], exchange: ChatMessage[]): boolean {
     const last = clientMessages.at(-1);
-    if (this.#options.turns === 0 || last?.role !== 'user') return;
+    if (this.#options.turns === 0 || last?.role !== 'user') return false;
     const key = prefixKey(clientMessages);
     const entry = this.#cache.get(key);
     const calls = exchange.flatMap(
@@ -245,6 +246,8 @@ export class ToolMemory implements TurnMemory, LateResults {
       stored = exchange.map((m) => (m.role === 'assistant' ? { ...m, content: null } : m));
     }
     const bytes = Buffer.byteLength(JSON.stringify(stored));
+    // The bound remember() holds: an entry larger than maxBytes is never kept (the pending one stays).
+    if (bytes > this.#options.maxBytes) return false;
     const late = [...new Set([...(entry?.late ?? []), ...calls.map((c) => c.function.name)])];
     this.#cache.set(key, {
       count: clientMessages.length,
@@ -254,6 +257,7 @@ export class ToolMemory implements TurnMemory, LateResults {
       late,
     });
     this.#onSize(this.#cache.size);
+    return true;
   }
 
   remember(clientMessages: ChatMessage[], exchange: ChatMessage[]): void {

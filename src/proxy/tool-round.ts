@@ -1,8 +1,10 @@
 /**
  * One round of the model's calls to ToolSet tools. A call starts as soon as its arguments are complete
  * (`ready`, while the model still streams the next call), or when the message ends (`finish`); at most
- * `maxParallelCalls` run at once, and the results come back in index order. The filler is the first call's
- * by index whose tool has one (else voice.filler). It is spoken as soon as that is known, which is often
+ * `maxParallelCalls` run at once in the turn, and the results come back in index order. A deferred call holds
+ * its slot until it really ends, after its round or the turn if need be; its deferAfter clock starts when the
+ * turn asks for it, so one still queued for a slot then is answered as pending too. The filler is the first call's by index
+ * whose tool has one (else voice.filler). It is spoken as soon as that is known, which is often
  * when the first call's name arrives (`named`), long before its arguments end, and always before the first
  * tool request leaves.
  */
@@ -17,7 +19,8 @@ import type { Deferral, DeferredCalls } from './deferral.js';
 export interface ToolRoundParts {
   tools: ToolRunner;
   toolset: string;
-  maxParallelCalls: number;
+  /** The turn's maxParallelCalls slots, shared by its rounds: a deferred call holds one past its round. */
+  slots: ToolSlots;
   /** voice.filler, for calls whose tool names none of its own. */
   filler: VoiceText;
   /** A voice line in the turn's language. */
@@ -42,6 +45,29 @@ interface Entry {
   outcome?: Promise<ToolOutcome>;
 }
 
+/** A turn's limit on tool calls running at once (maxParallelCalls). */
+export class ToolSlots {
+  readonly #size: number;
+  #running = 0;
+  readonly #waiting: Array<() => void> = [];
+
+  constructor(size: number) {
+    this.#size = size;
+  }
+
+  /** Runs `work` in a slot, waiting for one to free. */
+  async run<T>(work: () => Promise<T>): Promise<T> {
+    if (this.#running >= this.#size) await new Promise<void>((resolve) => this.#waiting.push(resolve));
+    this.#running++;
+    try {
+      return await work();
+    } finally {
+      this.#running--;
+      this.#waiting.shift()?.();
+    }
+  }
+}
+
 export class ToolRound {
   readonly #parts: ToolRoundParts;
   /** Made when the first call starts: most turns run no tools. */
@@ -53,8 +79,8 @@ export class ToolRound {
   readonly #names: string[] = [];
   #filler: string | undefined;
   #started = false;
-  #running = 0;
-  #waiting: Array<() => void> = [];
+  /** First outcomes (a result, or a pending one) of calls that may be deferred. */
+  readonly #deferrable: Promise<ToolOutcome>[] = [];
   /** Calls that outlasted their deferAfter: they run on after the turn. */
   readonly deferrals: Deferral[] = [];
 
@@ -88,9 +114,14 @@ export class ToolRound {
     return this.#order.map((i) => (this.#entries.get(i) as Entry).call);
   }
 
-  /** The message failed: calls already started are stopped (onInterrupt: finish tools run on). */
-  abandon(reason: unknown): void {
+  /**
+   * The message failed: calls already started are stopped (onInterrupt: finish tools run on). Resolves
+   * with the calls deferred meanwhile (a hang-up defers at once), so their late results are not lost.
+   */
+  async abandon(reason: unknown): Promise<Deferral[]> {
     this.#abort?.abort(reason);
+    await Promise.allSettled(this.#deferrable);
+    return this.deferrals;
   }
 
   #add(call: AccumulatedToolCall): void {
@@ -129,6 +160,7 @@ export class ToolRound {
 
   #startReady(): void {
     if (this.#filler === undefined) return;
+    const { tools, deferred } = this.#parts;
     for (const index of this.#order) {
       const entry = this.#entries.get(index) as Entry;
       if (entry.outcome) continue;
@@ -136,23 +168,20 @@ export class ToolRound {
         this.#started = true;
         this.#parts.toolsStarted();
       }
-      entry.outcome = this.#limited(entry.call);
+      const name = entry.call.name;
+      const deferAfter = deferred && tools.has(name) ? tools.deferAfter(name) : undefined;
+      // A deferrable call takes a slot only to run the tool: its pending result must not wait for one.
+      if (deferAfter) {
+        entry.outcome = this.#run(entry.call, deferAfter);
+        this.#deferrable.push(entry.outcome);
+      } else {
+        entry.outcome = this.#parts.slots.run(() => this.#run(entry.call, undefined));
+      }
     }
   }
 
-  async #limited(call: AccumulatedToolCall): Promise<ToolOutcome> {
-    if (this.#running >= this.#parts.maxParallelCalls)
-      await new Promise<void>((resolve) => this.#waiting.push(resolve));
-    this.#running++;
-    try {
-      return await this.#run(call);
-    } finally {
-      this.#running--;
-      this.#waiting.shift()?.();
-    }
-  }
-
-  async #run(c: AccumulatedToolCall): Promise<ToolOutcome> {
+  /** `deferAfter`, read when the call was asked for, decided whether it waits for a slot first. */
+  async #run(c: AccumulatedToolCall, deferAfter: ReturnType<ToolRunner['deferAfter']>): Promise<ToolOutcome> {
     const { tools, telemetry, logger } = this.#parts;
     const call: ToolCall = { id: c.id, name: c.name, arguments: c.arguments };
     const span = startToolSpan(this.#parts.span, {
@@ -191,14 +220,15 @@ export class ToolRound {
       span.end(outcome.outcome === 'ok' || outcome.outcome === 'cache_hit' ? undefined : outcome.outcome);
     };
     const signal = this.#abort.signal;
-    const deferAfter = tools.has(c.name) ? tools.deferAfter(c.name) : undefined;
     const deferred = this.#parts.deferred;
     if (deferAfter === undefined || !deferred) {
       const outcome = await tools.call(call, signal);
       record(outcome, false);
       return outcome;
     }
-    const { outcome, deferral, pending } = await deferred.run(call, () => tools.call(call, signal), {
+    // Only a run this turn starts takes a slot (a joined one never calls start), and holds it to the end.
+    const start = () => this.#parts.slots.run(() => tools.call(call, signal));
+    const { outcome, deferral, pending } = await deferred.run(call, start, {
       deferAfterMs: deferAfter.ms,
       definition: deferAfter.definition,
       clientSignal: this.#parts.clientSignal,

@@ -26,7 +26,7 @@ import { RequestPolicy, type TurnMemory } from './request-policy.js';
 import type { TurnSink } from './sinks.js';
 import { Speaker } from './speaker.js';
 import { StillWorking } from './still-working.js';
-import { ToolRound } from './tool-round.js';
+import { ToolRound, ToolSlots } from './tool-round.js';
 import type { Upstream, UpstreamState } from './upstream.js';
 import { type LanguagePicker, TurnVoice } from './voice.js';
 
@@ -84,12 +84,17 @@ export async function runTurn(request: TurnRequest, sink: TurnSink, deps: TurnDe
     },
   });
   const deferrals: Deferral[] = [];
+  const slots = new ToolSlots(toolset.limits.maxParallelCalls);
+  /** The calls a failed message had started, deferred by then or not. */
+  let abandoned: Promise<Deferral[]> | undefined;
   try {
     for (;;) {
       const final = iterations >= toolset.limits.maxIterations;
       const round = final
         ? undefined
-        : newRound(request, deps, span, guard.signal, speaker, voice, () => stillWorking.toolsStarted());
+        : newRound(request, deps, span, guard.signal, speaker, voice, slots, () =>
+            stillWorking.toolsStarted(),
+          );
       let message: Awaited<ReturnType<typeof readMessage>>;
       try {
         const opened = await policy.open(final, guard.signal);
@@ -105,7 +110,7 @@ export async function runTurn(request: TurnRequest, sink: TurnSink, deps: TurnDe
           speakable: toolset.voice.speakable,
         });
       } catch (err) {
-        round?.abandon(err);
+        abandoned = round?.abandon(err);
         throw err;
       }
       if (iterations > 0 && speaker.answered) answerBegan = true;
@@ -147,6 +152,7 @@ export async function runTurn(request: TurnRequest, sink: TurnSink, deps: TurnDe
   }
   stillWorking.stop();
   guard.dispose();
+  if (abandoned) deferrals.push(...(await abandoned));
   if (outcome !== 'cancelled') policy.remember();
   // After the exchange (with its pending results) is remembered: late results replace them when they land.
   if (deferrals.length > 0) deps.deferred?.settle(request.body.messages, deferrals);
@@ -170,12 +176,13 @@ function newRound(
   signal: AbortSignal,
   speaker: Speaker,
   voice: TurnVoice,
+  slots: ToolSlots,
   toolsStarted: () => void,
 ): ToolRound {
   return new ToolRound({
     tools: deps.tools,
     toolset: deps.toolset.name,
-    maxParallelCalls: deps.toolset.limits.maxParallelCalls,
+    slots,
     filler: deps.toolset.voice.filler,
     line: (text) => voice.line(text),
     deferred: deps.deferred,

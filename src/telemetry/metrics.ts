@@ -171,7 +171,7 @@ export class PromMetrics implements TelemetryRecords {
     });
     this.deferredCalls = new Counter({
       name: 'earpiece_deferred_calls_total',
-      help: 'Tool calls still running at their deferAfter, by what became of them: delivered (the late result reached the next request), expired, failed, cancelled, or discarded (tool memory turned off by a reload).',
+      help: 'Tool calls still running at their deferAfter, by what became of them: delivered (the late result reached the next request), expired, failed, cancelled, or discarded (no room in tool memory: turned off by a reload, or the result larger than memory.maxBytes).',
       labelNames: ['toolset', 'outcome'],
       registers,
     });

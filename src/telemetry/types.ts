@@ -46,8 +46,8 @@ export interface UpstreamCallRecord {
 /**
  * What became of a deferred call (one still running at its tool's deferAfter): its late result was spliced into
  * the conversation's next request (`delivered`), or it was dropped because it timed out (`expired`), failed
- * (`failed`), was stopped by the user's barge-in (`cancelled`), or came back after a reload turned tool memory
- * off, leaving nowhere to keep it (`discarded`).
+ * (`failed`), was stopped by the user's barge-in (`cancelled`), or found no room in tool memory: turned off by
+ * a reload, or the result larger than memory.maxBytes (`discarded`).
  */
 export type DeferredOutcome = 'delivered' | 'expired' | 'failed' | 'cancelled' | 'discarded';
 

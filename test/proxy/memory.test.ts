@@ -329,6 +329,62 @@ describe('late results in tool memory', () => {
     expect(lost).toEqual([['commute']]);
   });
 
+  it('keeps no late result larger than maxBytes, as remember() keeps no such exchange, and says so', () => {
+    const delivered: string[][] = [];
+    const memory = new ToolMemory(options, { onLate: (tools) => delivered.push(tools) });
+    const first: ChatMessage[] = [sys, question];
+    const big = JSON.stringify({ route: 'x'.repeat(10_000) });
+    const next: ChatMessage[] = [
+      ...first,
+      { role: 'assistant', content: 'I will tell you soon.' },
+      { role: 'user', content: '...' },
+    ];
+    memory.remember(first, [call('c1'), result('c1', big)]);
+    expect(memory.size).toBe(0);
+    // A turn the user interrupted: nothing was remembered for it.
+    expect(memory.late(first, [call('c1'), result('c1', big)])).toBe(false);
+    expect(memory.size).toBe(0);
+    expect(memory.prepare(next).spliced).toBe(0);
+    // A turn that ended on the pending result: that stays, without the result or a note.
+    memory.remember(first, [call('c1'), result('c1', 'pending: commute is still running')]);
+    expect(memory.late(first, [call('c1'), result('c1', big)])).toBe(false);
+    const prepared = memory.prepare(next).messages;
+    expect(prepared.filter((m) => m.role === 'tool').map((m) => m.content)).toEqual([
+      'pending: commute is still running',
+    ]);
+    expect(prepared.at(-1)).toEqual({ role: 'user', content: '...' });
+    expect(delivered).toEqual([]);
+  });
+
+  it('holds maxBytes across late results: one that does not fit goes to the next request', () => {
+    const delivered: string[][] = [];
+    const memory = new ToolMemory(options, { onLate: (tools) => delivered.push(tools) });
+    const report = (n: number) => JSON.stringify({ report: String(n).repeat(2500) });
+    const first: ChatMessage[] = [sys, question];
+    const second: ChatMessage[] = [
+      ...first,
+      { role: 'assistant', content: 'Soon.' },
+      { role: 'user', content: 'And tomorrow?' },
+    ];
+    expect(memory.late(first, [call('c1'), result('c1', report(1))])).toBe(true);
+    expect(memory.late(second, [call('c2'), result('c2', report(2))])).toBe(true);
+    const third: ChatMessage[] = [
+      ...second,
+      { role: 'assistant', content: 'Soon too.' },
+      { role: 'user', content: '...' },
+    ];
+    const tools = (messages: ChatMessage[]) =>
+      messages.filter((m) => m.role === 'tool').map((m) => m.content);
+    expect(tools(memory.prepare(third).messages)).toEqual([report(1)]);
+    const fourth = memory.prepare([
+      ...third,
+      { role: 'assistant', content: 'One is in.' },
+      { role: 'user', content: '...' },
+    ]);
+    expect(tools(fourth.messages)).toEqual([report(2)]);
+    expect(delivered).toEqual([['commute'], ['commute']]);
+  });
+
   it('puts a late result back even past the newest memory.turns exchanges', () => {
     const memory = new ToolMemory({ ...options, turns: 1 });
     const first: ChatMessage[] = [sys, question];

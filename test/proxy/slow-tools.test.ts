@@ -20,17 +20,24 @@ import {
 import { startMcpServer } from '../support/mcp-server.js';
 import { type ProxyHarness, toolsetDoc, unmuteTurn, useScriptedProxy } from '../support/proxy.js';
 
-/** A tool server: GET /work?ms=N&id=X answers {"done": X} after N ms; it records runs and aborted requests. */
+/**
+ * A tool server: GET /work?ms=N&id=X answers {"done": X} after N ms; it records runs, aborted requests, and
+ * the requests open when each arrived (itself included), so a test can tell how many ran at once.
+ */
 let server: Server;
 let toolUrl: string;
 const runs: string[] = [];
 const aborted: string[] = [];
 const finished: string[] = [];
+const open = new Set<string>();
+const openOnArrival = new Map<string, string[]>();
 beforeAll(async () => {
   server = createServer((req, res) => {
     const url = new URL(req.url ?? '/', 'http://x');
     const id = url.searchParams.get('id') ?? '?';
     runs.push(id);
+    open.add(id);
+    openOnArrival.set(id, [...open]);
     const timer = setTimeout(
       () => {
         finished.push(id);
@@ -39,6 +46,7 @@ beforeAll(async () => {
       Number(url.searchParams.get('ms') ?? 0),
     );
     res.on('close', () => {
+      open.delete(id);
       if (!res.writableFinished) {
         clearTimeout(timer);
         aborted.push(id);
@@ -311,6 +319,145 @@ describe('late results', () => {
       await metric(harness.proxy.metricsUrl, /^earpiece_deferred_calls_total\{.*outcome="expired"/),
     ).toBe(1);
   });
+
+  it('a late result larger than memory.maxBytes is discarded and counted', async () => {
+    const { harness, upstream } = await setup(model, {
+      memory: { maxBytes: 200 },
+      tools: [workTool('report', { timeout: '5s', deferAfter: '200ms' })],
+    });
+    const question: Msg = { role: 'user', content: 'report 600 big1' };
+    const first = await unmuteTurn(harness.client, [SYSTEM, question]);
+    expect(first.text).toBe("One moment. I'll tell you as soon as it is ready.");
+    await until(() => finished.includes('big1'), 'the report');
+    const discarded = /^earpiece_deferred_calls_total\{.*outcome="discarded"/;
+    const started = Date.now();
+    while ((await metric(harness.proxy.metricsUrl, discarded)) === 0 && Date.now() - started < 5000)
+      await new Promise((r) => setTimeout(r, 20));
+    expect(await metric(harness.proxy.metricsUrl, discarded)).toBe(1);
+    const second = await unmuteTurn(harness.client, nextTurn(question, first.text, '...'));
+    expect(second.text).toBe('Okay.');
+    const sent = upstream.requests.at(-1)?.body.messages ?? [];
+    expect(sent.some((m) => m.role === 'tool')).toBe(false);
+    const delivered = /^earpiece_deferred_calls_total\{.*outcome="delivered"/;
+    expect(await metric(harness.proxy.metricsUrl, delivered)).toBe(0);
+  });
+
+  it('deferred calls hold their maxParallelCalls slot to the end; queued ones are pending too', async () => {
+    const ids = ['par1', 'par2', 'par3', 'par4', 'par5', 'par6'];
+    const { harness } = await setup(
+      (req) =>
+        req.body.messages?.at(-1)?.role === 'tool'
+          ? model(req)
+          : { sse: toolCallReply(ids.map((id) => ({ name: 'report', arguments: { ms: 1500, id } }))) },
+      {
+        limits: { maxParallelCalls: 2 },
+        tools: [workTool('report', { timeout: '5s', deferAfter: '150ms' })],
+      },
+    );
+    const first = await unmuteTurn(harness.client, [SYSTEM, { role: 'user', content: 'six reports' }]);
+    expect(first.text).toBe("One moment. I'll tell you as soon as it is ready.");
+    // The turn ended long before the first two finished: the other four got their pending result queued.
+    expect(runs.filter((r) => ids.includes(r))).toHaveLength(2);
+    await until(() => ids.every((id) => finished.includes(id)), 'all six reports');
+    const atOnce = ids.map((id) => (openOnArrival.get(id) ?? []).filter((o) => ids.includes(o)).length);
+    expect(Math.max(...atOnce)).toBe(2);
+  }, 20_000);
+
+  it('a hang-up cancels deferred calls still queued for a slot as well as the running ones', async () => {
+    const ids = ['hq1', 'hq2', 'hq3', 'hq4'];
+    const { harness } = await setup(
+      () => ({ sse: toolCallReply(ids.map((id) => ({ name: 'report', arguments: { ms: 3000, id } }))) }),
+      {
+        limits: { maxParallelCalls: 2 },
+        tools: [workTool('report', { timeout: '5s', deferAfter: '2s' })],
+      },
+    );
+    const abort = new AbortController();
+    const stream = await harness.client.chat.completions.create(
+      {
+        model: 'scripted-model',
+        messages: [SYSTEM, { role: 'user', content: 'four reports' }],
+        stream: true,
+      },
+      { signal: abort.signal },
+    );
+    try {
+      for await (const chunk of stream) if (chunk.choices[0]?.delta.content) abort.abort();
+    } catch {
+      // The SDK may end the iteration with an abort error, or quietly.
+    }
+    await until(() => ['hq1', 'hq2'].every((id) => aborted.includes(id)), 'the running calls to be stopped');
+    const cancelled = /^earpiece_deferred_calls_total\{.*outcome="cancelled"/;
+    const started = Date.now();
+    while ((await metric(harness.proxy.metricsUrl, cancelled)) < 4 && Date.now() - started < 5000)
+      await new Promise((r) => setTimeout(r, 20));
+    expect(await metric(harness.proxy.metricsUrl, cancelled)).toBe(4);
+    // The queued two were cancelled before they took a slot: no request of theirs ever left.
+    expect(runs.filter((r) => ids.includes(r))).toEqual(['hq1', 'hq2']);
+  });
+
+  it("a deferred call keeps its slot in the turn's next round too", async () => {
+    const { harness } = await setup(
+      (req) => {
+        const last = req.body.messages?.at(-1);
+        if (last?.role === 'tool' && String(last.content).startsWith('pending'))
+          return { sse: toolCallReply([{ name: 'quick', arguments: { ms: 0, id: 'rq2' } }]) };
+        if (last?.role === 'tool') return model(req);
+        return { sse: toolCallReply([{ name: 'report', arguments: { ms: 1000, id: 'rq1' } }]) };
+      },
+      {
+        limits: { maxParallelCalls: 1 },
+        tools: [workTool('report', { timeout: '5s', deferAfter: '150ms' }), workTool('quick')],
+      },
+    );
+    const first = await unmuteTurn(harness.client, [SYSTEM, { role: 'user', content: 'a report' }]);
+    expect(first.text).toBe('One moment. Done: {"done":"rq2"}.');
+    // The second round's call waited for the first round's deferred one to end.
+    expect(openOnArrival.get('rq2')).not.toContain('rq1');
+    expect(finished.indexOf('rq1')).toBeLessThan(finished.indexOf('rq2'));
+  });
+
+  it('a call started while the model still streams keeps its late result when the user hangs up then', async () => {
+    const question: Msg = { role: 'user', content: 'two reports' };
+    const { harness, upstream } = await setup(
+      (req) =>
+        lastUserText(req) === 'two reports' && req.body.messages?.at(-1)?.role === 'user'
+          ? {
+              sse: toolCallReply(
+                [
+                  { name: 'report', arguments: { ms: 600, id: 'early1' } },
+                  { name: 'report', arguments: { ms: 600, id: 'early2', pad: 'x'.repeat(200) } },
+                ],
+                'vllm-llama3json',
+                { delayMs: 60 },
+              ),
+            }
+          : model(req),
+      { tools: [workTool('report', { timeout: '5s', deferAfter: '3s', onInterrupt: 'finish' })] },
+    );
+    const abort = new AbortController();
+    const stream = await harness.client.chat.completions.create(
+      { model: 'scripted-model', messages: [SYSTEM, question], stream: true },
+      { signal: abort.signal },
+    );
+    // The user talks over the filler once the first report has started, while the second call still streams.
+    const hangUp = until(() => runs.includes('early1'), 'the first report to start').then(() =>
+      abort.abort(),
+    );
+    try {
+      for await (const _ of stream);
+    } catch {
+      // The SDK may end the iteration with an abort error, or quietly.
+    }
+    await hangUp;
+    expect(runs).not.toContain('early2');
+    await until(() => finished.includes('early1'), 'the first report to finish');
+    await new Promise((r) => setTimeout(r, 50));
+    const next = await unmuteTurn(harness.client, nextTurn(question, 'One moment.', '...'));
+    expect(next.text).toBe('It just arrived: {"done":"early1"}.');
+    const sent = upstream.requests.at(-1)?.body.messages ?? [];
+    expect(sent.filter((m) => m.role === 'tool').map((m) => m.content)).toEqual(['{"done":"early1"}']);
+  }, 20_000);
 
   it('never runs a deferred call twice: the same call asked again joins the running one', async () => {
     const { harness } = await setup(model, {
