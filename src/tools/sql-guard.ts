@@ -60,6 +60,10 @@ const OUTSIDE_TRANSACTION = new RegExp(
     'dblink\\w*',
     'query_to_xml\\w*',
     'ts_stat',
+    'ts_rewrite',
+    // tablefunc's, when the extension is installed.
+    'crosstab\\d*',
+    'connectby',
   ].join('|')})$`,
   'i',
 );

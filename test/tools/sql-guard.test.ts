@@ -71,6 +71,11 @@ describe('checkReadOnlySelect', () => {
       ['SELECT count(*) FILTER (WHERE pg_advisory_lock(1) IS NULL) FROM t', 'pg_advisory_lock'],
       ['SELECT U&"lo\\005fexport"(42, \'/tmp/x\')', 'lo_export'],
       ["SELECT query_to_xml('SELECT lo_export(42, ''/tmp/x'')', true, true, '')", 'query_to_xml'],
+      [
+        "SELECT ts_rewrite('a'::tsquery, 'SELECT ''a''::tsquery, ''b''::tsquery FROM dblink(''h'', ''x'') t(a tsquery)')",
+        'ts_rewrite',
+      ],
+      ["SELECT * FROM crosstab('SELECT lo_export(42, ''/tmp/x'')') AS c(a int)", 'crosstab'],
       ['SELECT pg_terminate_backend(pid) FROM pg_stat_activity', 'pg_terminate_backend'],
       ["SELECT PG_LOGICAL_EMIT_MESSAGE(false, 'p', 'm')", 'pg_logical_emit_message'],
     ].map(([sql, name]) => [
