@@ -28,12 +28,31 @@ export function toolSetWarnings(toolset: ToolSet, options: CheckOptions = {}): I
         'is not set: only pods that name this ToolSet in the annotation earpiece.dev/toolset get its tools',
     });
   }
+  toolset.spec.tools.forEach((tool, i) => {
+    if (tool.mcp && urlCarriesCredentials(tool.mcp.url)) {
+      // The URL itself is not echoed: warnings reach kubectl, Events and logs.
+      warnings.push({
+        path: `spec.tools[${i}].mcp.url`,
+        message:
+          'carries credentials (user:password@ or a query string), stored in plain text in the ToolSet and the ConfigMap rendered from it: put them in mcp.headers with valueFrom.secretKeyRef instead',
+      });
+    }
+  });
   if (options.local) {
     // Environment variables are the local user's to set; only a secretKeyRef can never resolve here.
     const secrets = unresolvableValues(toolset, {}).filter((i) => i.message.startsWith('secretKeyRef'));
     warnings.push(...secrets);
   }
   return warnings;
+}
+
+function urlCarriesCredentials(text: string): boolean {
+  try {
+    const url = new URL(text);
+    return url.username !== '' || url.password !== '' || url.search !== '';
+  } catch {
+    return false;
+  }
 }
 
 /** A parsed document, such as an AdmissionReview's object. */

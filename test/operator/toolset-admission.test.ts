@@ -153,6 +153,19 @@ describe('the ToolSet validating webhook', () => {
     ]);
   });
 
+  it('allows an MCP URL that carries credentials, and says where they end up without echoing them', async () => {
+    const response = await admit(
+      stored(withTools({ mcp: { url: 'https://ha:s3cretPass@home.example/api/mcp?token=tok_ABC123' } })),
+    );
+    expect(response.allowed).toBe(true);
+    expect(response.warnings).toEqual([
+      'earpiece: spec.tools[0].mcp.url: carries credentials (user:password@ or a query string), stored in plain text in the ToolSet and the ConfigMap rendered from it: put them in mcp.headers with valueFrom.secretKeyRef instead',
+    ]);
+    expect(JSON.stringify(response)).not.toMatch(/s3cretPass|tok_ABC123/);
+    const plain = await admit(stored(withTools({ mcp: { url: 'https://home.example/api/mcp' } })));
+    expect(plain.warnings).toBeUndefined();
+  });
+
   // One document per kind of error: the schema, a rule across fields, the URL template, names, limits.
   const refused: [string, unknown, string, string][] = [
     [
