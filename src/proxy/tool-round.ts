@@ -115,8 +115,9 @@ export class ToolRound {
   }
 
   /**
-   * The message failed: calls already started are stopped (onInterrupt: finish tools run on). Resolves
-   * with the calls deferred meanwhile (a hang-up defers at once), so their late results are not lost.
+   * The round is cut short (its message failed, or the turn ended while its calls ran): calls already
+   * started are stopped (onInterrupt: finish tools run on). Resolves with the calls deferred meanwhile (a
+   * hang-up defers at once), so their late results are not lost.
    */
   async abandon(reason: unknown): Promise<Deferral[]> {
     this.#abort?.abort(reason);

@@ -15,6 +15,7 @@
 import { turnAttributes } from '../telemetry/genai.js';
 import type { Logger } from '../telemetry/log.js';
 import type { SpanHandle, Telemetry, TurnOutcome } from '../telemetry/types.js';
+import { untilAborted } from '../tools/abort.js';
 import type { ToolRunner } from '../tools/types.js';
 import type { ResolvedToolSet } from '../toolset/defaults.js';
 import type { Usage } from './chunks.js';
@@ -85,7 +86,7 @@ export async function runTurn(request: TurnRequest, sink: TurnSink, deps: TurnDe
   });
   const deferrals: Deferral[] = [];
   const slots = new ToolSlots(toolset.limits.maxParallelCalls);
-  /** The calls a failed message had started, deferred by then or not. */
+  /** A round cut short (its message failed, or the turn ended while its calls ran): the calls it deferred. */
   let abandoned: Promise<Deferral[]> | undefined;
   try {
     for (;;) {
@@ -121,10 +122,25 @@ export async function runTurn(request: TurnRequest, sink: TurnSink, deps: TurnDe
       const calls = round ? message.calls : [];
       if (!round || calls.length === 0) {
         if (final) outcome = 'max_iterations';
-        // After a tool round, or a message of calls that will not run, the user must still hear an answer.
         stillWorking.stop();
-        if ((iterations > 1 || message.calls.length > 0) && !speaker.answered)
+        // Nothing to speak after a tool round, from calls that will not run, or from a model that only
+        // reasoned or refused (or ran out of tokens doing so): the user must still hear an answer, and the
+        // turn counts as failed. A first answer that is simply empty is the model's choice (to Unmute's
+        // silence marker, say) and stays silent.
+        const triedToAnswer =
+          iterations > 1 ||
+          message.calls.length > 0 ||
+          message.reasoning !== '' ||
+          message.refusal !== '' ||
+          message.finishReason === 'length';
+        if (!speaker.answered && triedToAnswer) {
+          if (outcome === 'ok') outcome = 'error';
+          deps.logger.warn(
+            { finishReason: message.finishReason, iterations, calls: message.calls.length },
+            'The model said nothing to speak; spoke the error message.',
+          );
           speaker.line(voice.line(toolset.voice.errorMessage));
+        }
         speaker.end(message.finishReason === 'length' ? 'length' : 'stop', usage);
         break;
       }
@@ -138,11 +154,17 @@ export async function runTurn(request: TurnRequest, sink: TurnSink, deps: TurnDe
       stillWorking.toolsStarted();
       let results: Awaited<ReturnType<ToolRound['finish']>>;
       try {
-        results = await round.finish(calls);
+        // The deadline holds even for tools that finish after a hang-up (onInterrupt: finish): they run
+        // on, and are counted when they end, but the turn speaks its error line now.
+        results = await untilAborted(round.finish(calls), guard.signal);
+      } catch (err) {
+        // Calls deferred by the hang-up or the deadline still deliver their results.
+        abandoned = round.abandon(err);
+        throw err;
       } finally {
         stillWorking.toolsFinished();
-        deferrals.push(...round.deferrals);
       }
+      deferrals.push(...round.deferrals);
       policy.addRound(message, round.calls, results);
       if (guard.signal.aborted) throw guard.signal.reason;
     }
@@ -152,6 +174,8 @@ export async function runTurn(request: TurnRequest, sink: TurnSink, deps: TurnDe
   }
   stillWorking.stop();
   guard.dispose();
+  // The client has its whole answer by now: what follows is bookkeeping, not the turn's time.
+  const endedAt = performance.now();
   if (abandoned) deferrals.push(...(await abandoned));
   if (outcome !== 'cancelled') policy.remember();
   // After the exchange (with its pending results) is remembered: late results replace them when they land.
@@ -160,7 +184,7 @@ export async function runTurn(request: TurnRequest, sink: TurnSink, deps: TurnDe
     toolset: toolset.name,
     outcome,
     iterations,
-    seconds: (performance.now() - request.receivedAt) / 1000,
+    seconds: (endedAt - request.receivedAt) / 1000,
     timeToFirstContentSeconds:
       speaker.firstContentAt === undefined ? undefined : (speaker.firstContentAt - request.receivedAt) / 1000,
   });

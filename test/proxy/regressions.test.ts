@@ -29,6 +29,29 @@ describe('review regressions', () => {
     expect(text).toBe("One moment. Sorry, I couldn't do that right now. ");
   });
 
+  it('speaks the error message when the first answer only reasons and runs out of tokens, and counts it failed', async () => {
+    const { harness } = await setup(
+      () => ({
+        sse: [
+          'data: {"choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}\n\n',
+          'data: {"choices":[{"index":0,"delta":{"reasoning_content":"The user greets me. I should"}}]}\n\n',
+          'data: {"choices":[{"index":0,"delta":{},"finish_reason":"length"}]}\n\ndata: [DONE]\n\n',
+        ],
+      }),
+      { tools: [] },
+    );
+    const { text } = await unmuteTurn(harness.client, [SYSTEM, { role: 'user', content: 'Hi' }]);
+    expect(text).toBe("Sorry, I couldn't do that right now. ");
+    expect(await metric(harness, /^earpiece_turns_total\{toolset="test",outcome="error"\} (\d+)/m)).toBe(1);
+  });
+
+  it('leaves a first answer that is simply empty silent (the model may choose to say nothing)', async () => {
+    const { harness } = await setup(() => ({ sse: textReply('') }), { tools: [] });
+    const { text } = await unmuteTurn(harness.client, [SYSTEM, { role: 'user', content: '...' }]);
+    expect(text).toBe('');
+    expect(await metric(harness, /^earpiece_turns_total\{toolset="test",outcome="ok"\} (\d+)/m)).toBe(1);
+  });
+
   it('speaks the error message when the model still calls tools at the iteration cap', async () => {
     const { upstream, harness } = await setup(
       () => ({ sse: toolCallReply([{ name: 'get_time', arguments: {} }]) }),

@@ -473,6 +473,23 @@ describe('late results', () => {
   });
 });
 
+describe('the turn deadline', () => {
+  it('holds while a tool that finishes after a hang-up (onInterrupt: finish) runs on', async () => {
+    const { harness } = await setup(model, {
+      limits: { turnTimeout: '1s' },
+      tools: [workTool('report', { timeout: '10s', onInterrupt: 'finish' })],
+    });
+    const started = Date.now();
+    const { text } = await unmuteTurn(harness.client, [SYSTEM, { role: 'user', content: 'report 6000 dl1' }]);
+    expect(text).toBe("One moment. Sorry, I couldn't do that right now. ");
+    // A guard, far from both the 1 s deadline and the 6 s tool.
+    expect(Date.now() - started).toBeLessThan(4000);
+    // The tool was not stopped: it runs on to its end.
+    expect(runs).toContain('dl1');
+    expect(aborted).not.toContain('dl1');
+  });
+});
+
 describe('late results across a ToolSet reload', () => {
   /** Rewrites the ToolSet with other memory settings, so the reload gives the proxy a new tool memory. */
   async function reloadWithNewMemory(harness: ProxyHarness, spec: Record<string, unknown>): Promise<void> {
