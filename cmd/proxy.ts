@@ -4,6 +4,7 @@ import { DEFAULT_REQUEST_TIMEOUT_MS, type ServerLimits } from '../src/proxy/serv
 import { DEFAULT_UPSTREAM_URL, startProxy, ToolSetLoadError } from '../src/proxy/start.js';
 import { createLogger } from '../src/telemetry/log.js';
 import { parseDuration } from '../src/toolset/duration.js';
+import { upstreamUrlProblem } from '../src/toolset/validate.js';
 
 const HELP = `Usage: earpiece proxy --toolset FILE [--upstream URL] [--port 8095] [--metrics-port 9464] [--host 0.0.0.0]
 
@@ -27,6 +28,15 @@ function port(value: string, name: string): number {
   if (!Number.isInteger(n) || n < 0 || n > 65535)
     throw new RangeError(`${name} must be a port number, not "${value}"`);
   return n;
+}
+
+/** The LLM server's URL, checked up front; a problem names where the URL came from and never echoes it (user:pass@). */
+function upstreamUrl(flag: string | undefined, env: string | undefined): string | undefined {
+  const url = flag ?? env;
+  const problem = url === undefined ? undefined : upstreamUrlProblem(url);
+  if (!problem) return url;
+  const setting = flag === undefined ? 'EARPIECE_UPSTREAM_URL (--upstream)' : '--upstream';
+  throw new RangeError(`${setting} ${problem}`);
 }
 
 function limits(timeout: string, bytes: string): ServerLimits {
@@ -66,9 +76,10 @@ export async function main(argv: string[]): Promise<number> {
     console.error(`earpiece proxy: --toolset FILE (or EARPIECE_TOOLSET) is required\n\n${HELP}`);
     return 2;
   }
-  let settings: { port: number; metricsPort: number; limits: ServerLimits };
+  let settings: { upstreamUrl: string | undefined; port: number; metricsPort: number; limits: ServerLimits };
   try {
     settings = {
+      upstreamUrl: upstreamUrl(values.upstream, env.EARPIECE_UPSTREAM_URL),
       port: port(values.port ?? env.EARPIECE_PORT ?? '8095', '--port'),
       metricsPort: port(values['metrics-port'] ?? env.EARPIECE_METRICS_PORT ?? '9464', '--metrics-port'),
       limits: limits(
@@ -87,7 +98,7 @@ export async function main(argv: string[]): Promise<number> {
   try {
     proxy = await startProxy({
       toolsetPath,
-      upstreamUrl: values.upstream ?? env.EARPIECE_UPSTREAM_URL,
+      upstreamUrl: settings.upstreamUrl,
       host: values.host ?? env.EARPIECE_HOST ?? '0.0.0.0',
       port: settings.port,
       metricsHost: env.EARPIECE_METRICS_HOST ?? '0.0.0.0',

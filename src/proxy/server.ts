@@ -12,9 +12,17 @@ import { chatRoutes } from './routes/chat.js';
 import { healthRoutes } from './routes/health.js';
 import { passthroughRoutes } from './routes/passthrough.js';
 
+/** An edited ToolSet that was not loaded: why (credentials scrubbed) and when (ISO 8601). */
+export interface ReloadFailure {
+  message: string;
+  at: string;
+}
+
 export interface ServerDeps {
   current(): ActiveToolSet;
   isReady(): boolean;
+  /** The last edit of the ToolSet that could not be loaded; undefined once a later one loaded. */
+  lastReloadFailure?(): ReloadFailure | undefined;
   telemetry: ProxyTelemetry;
   logger: Logger;
 }

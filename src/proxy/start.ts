@@ -6,6 +6,7 @@
 import type { AddressInfo } from 'node:net';
 import { createTelemetry, type ProxyTelemetry } from '../telemetry/index.js';
 import { createLogger, type Logger } from '../telemetry/log.js';
+import { scrubCredentials } from '../telemetry/scrub.js';
 import { createToolRegistry } from '../tools/registry.js';
 import type { ResolvedToolSet } from '../toolset/defaults.js';
 import type { ToolSetErrorCode } from '../toolset/errors.js';
@@ -15,7 +16,13 @@ import { resolveValue } from '../toolset/values.js';
 import type { ActiveToolSet } from './active.js';
 import { DeferredCalls } from './deferral.js';
 import { createMemory } from './memory.js';
-import { buildMetricsServer, buildServer, type ServerLimits } from './server.js';
+import {
+  buildMetricsServer,
+  buildServer,
+  type ReloadFailure,
+  type ServerDeps,
+  type ServerLimits,
+} from './server.js';
 import { Upstream, UpstreamState } from './upstream.js';
 import { LanguagePicker } from './voice.js';
 
@@ -97,28 +104,35 @@ export async function startProxy(options: ProxyOptions): Promise<RunningProxy> {
             : { toolset: toolset.name, event: 'fallback', operation: e.operation },
         ),
     });
-    const upstream = upstreamFor(toolset);
-    const sameUpstream = previous && previous.upstream.origin === upstream.origin;
-    // Tool names are the only tool label values the metrics accept; MCP servers add theirs as they list them.
-    const announce = () =>
-      telemetry.toolsetLoaded({
-        toolset: toolset.name,
-        hash: toolset.hash,
-        tools: tools.list().map((t) => ({ name: t.name, timeoutSeconds: t.timeoutMs / 1000 })),
-      });
-    announce();
-    tools.onChange(announce);
-    const memory = createMemory(toolset, telemetry, previous?.memory);
-    return {
-      toolset,
-      tools,
-      upstream,
-      // What we learned about the upstream (no tools, no kwargs) survives a reload to the same server.
-      upstreamState: sameUpstream ? previous.upstreamState : new UpstreamState(),
-      memory,
-      language: LanguagePicker.for(toolset),
-      deferred,
-    };
+    let upstream: Upstream | undefined;
+    try {
+      upstream = upstreamFor(toolset);
+      const sameUpstream = previous && previous.upstream.origin === upstream.origin;
+      // Tool names are the only tool label values the metrics accept; MCP servers add theirs as they list them.
+      const announce = () =>
+        telemetry.toolsetLoaded({
+          toolset: toolset.name,
+          hash: toolset.hash,
+          tools: tools.list().map((t) => ({ name: t.name, timeoutSeconds: t.timeoutMs / 1000 })),
+        });
+      announce();
+      tools.onChange(announce);
+      const memory = createMemory(toolset, telemetry, previous?.memory);
+      return {
+        toolset,
+        tools,
+        upstream,
+        // What we learned about the upstream (no tools, no kwargs) survives a reload to the same server.
+        upstreamState: sameUpstream ? previous.upstreamState : new UpstreamState(),
+        memory,
+        language: LanguagePicker.for(toolset),
+        deferred,
+      };
+    } catch (err) {
+      // The registry already holds MCP sessions, a SQL pool, a Redis client: a set never served must not keep them.
+      await Promise.all([tools.close(), upstream?.close()]);
+      throw err;
+    }
   };
 
   let active = await build(loaded.toolset);
@@ -138,7 +152,20 @@ export async function startProxy(options: ProxyOptions): Promise<RunningProxy> {
     }, old.toolset.limits.turnTimeoutMs).unref();
   };
 
-  const deps = { current: () => active, isReady: () => ready, telemetry, logger };
+  /** The last edit that could not be loaded, for /readyz; cleared by the next one that loads. */
+  let lastReloadFailure: ReloadFailure | undefined;
+  const reloadFailed = (message: string) => {
+    lastReloadFailure = { message: scrubCredentials(message), at: new Date().toISOString() };
+    telemetry.toolsetReloadFailed({ toolset: active.toolset.name });
+  };
+
+  const deps: ServerDeps = {
+    current: () => active,
+    isReady: () => ready,
+    lastReloadFailure: () => lastReloadFailure,
+    telemetry,
+    logger,
+  };
   const app = buildServer(deps, options.limits);
   const metricsApp = buildMetricsServer(deps);
   // Node's default backlog of 511 drops connections when Unmute reconnects many sessions at once (after a
@@ -156,8 +183,10 @@ export async function startProxy(options: ProxyOptions): Promise<RunningProxy> {
         const old = active;
         active = next;
         retire(old);
+        lastReloadFailure = undefined;
         logger.info({ toolset: toolset.name, hash: toolset.hash }, 'Loaded the changed ToolSet.');
       } catch (err) {
+        reloadFailed((err as Error).message);
         logger.error(
           { err: (err as Error).message },
           'Kept the last good ToolSet: the new one could not be started.',
@@ -166,10 +195,10 @@ export async function startProxy(options: ProxyOptions): Promise<RunningProxy> {
     });
   });
   watcher.on('rejected', (issues) => {
-    logger.error(
-      { issues: issues.map((i) => `${i.path}: ${i.message}`) },
-      'Kept the last good ToolSet: the edited file is invalid.',
-    );
+    const problems = issues.map((i) => `${i.path}: ${i.message}`);
+    logger.error({ issues: problems }, 'Kept the last good ToolSet: the edited file is invalid.');
+    // After any swap still starting: this edit came later, so a load finishing now must not clear it.
+    swapping = swapping.then(() => reloadFailed(problems.join('; ')));
   });
   if (options.watch !== false) watcher.start();
 

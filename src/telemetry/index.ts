@@ -56,6 +56,7 @@ const RECORD_KINDS: Record<keyof TelemetryRecords, true> = {
   stream: true,
   memory: true,
   toolsetLoaded: true,
+  toolsetReloadFailed: true,
   sharedState: true,
   deferredCall: true,
 };

@@ -15,6 +15,7 @@ import type {
   ToolOutcomeLabel,
   ToolRecord,
   ToolSetRecord,
+  ToolSetReloadFailureRecord,
   TurnOutcome,
   TurnRecord,
   UpstreamCallRecord,
@@ -93,6 +94,7 @@ export class PromMetrics implements TelemetryRecords {
   private readonly memorySplicedExchanges: Counter<'toolset'>;
   private readonly memoryEntryCount: Gauge<'toolset'>;
   private readonly toolsetInfo: Gauge<'toolset' | 'hash'>;
+  private readonly reloadFailures: Counter<'toolset'>;
   private readonly sharedStateUp: Gauge<'toolset'>;
   private readonly sharedStateFallbacks: Counter<'toolset' | 'operation'>;
 
@@ -120,7 +122,7 @@ export class PromMetrics implements TelemetryRecords {
     });
     this.turns = new Counter({
       name: 'earpiece_turns_total',
-      help: 'Chat completion turns by outcome (error: the upstream failed and the error message was spoken).',
+      help: 'Chat completion turns by outcome (error: the upstream failed, or the model gave nothing to speak, and the error message was spoken).',
       labelNames: ['toolset', 'outcome'],
       registers,
     });
@@ -205,6 +207,12 @@ export class PromMetrics implements TelemetryRecords {
       labelNames: ['toolset', 'hash'],
       registers,
     });
+    this.reloadFailures = new Counter({
+      name: 'earpiece_toolset_reload_failures_total',
+      help: 'Edits of the ToolSet file that were not loaded (invalid, a value not resolvable here, tools that could not start); the last good ToolSet still serves and /readyz names the last failure.',
+      labelNames: ['toolset'],
+      registers,
+    });
     this.sharedStateUp = new Gauge({
       name: 'earpiece_shared_state_up',
       help: "Whether the ToolSet's shared state (Redis) is connected (1) or tool calls fall back to this sidecar's cache and limits (0). Absent without spec.sharedState.",
@@ -264,6 +272,10 @@ export class PromMetrics implements TelemetryRecords {
       }
       for (const outcome of TOOL_OUTCOMES) this.toolCalls.inc({ toolset: name, tool: tool.name, outcome }, 0);
     }
+  }
+
+  toolsetReloadFailed(record: ToolSetReloadFailureRecord): void {
+    this.reloadFailures.inc({ toolset: this.toolsetLabel(record.toolset) });
   }
 
   toolCall(record: ToolRecord): void {
@@ -355,6 +367,7 @@ export class PromMetrics implements TelemetryRecords {
       this.toolsUnsupported.inc({ toolset }, 0);
       this.rateLimited.inc({ toolset }, 0);
       this.memorySplices.inc({ toolset }, 0);
+      this.reloadFailures.inc({ toolset }, 0);
     }
     return toolset;
   }

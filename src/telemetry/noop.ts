@@ -16,6 +16,7 @@ export const noopTelemetry: Telemetry = {
   stream() {},
   memory() {},
   toolsetLoaded() {},
+  toolsetReloadFailed() {},
   sharedState() {},
   deferredCall() {},
   shutdown: async () => {},

@@ -42,6 +42,7 @@ import type {
   TelemetryRecords,
   ToolRecord,
   ToolSetRecord,
+  ToolSetReloadFailureRecord,
   TurnRecord,
   UpstreamCallRecord,
 } from './types.js';
@@ -269,6 +270,7 @@ class GenAiRecords implements TelemetryRecords {
   stream(_record: StreamRecord): void {}
   memory(_record: MemoryRecord): void {}
   toolsetLoaded(_record: ToolSetRecord): void {}
+  toolsetReloadFailed(_record: ToolSetReloadFailureRecord): void {}
   sharedState(_record: SharedStateRecord): void {}
   deferredCall(_record: DeferredRecord): void {}
 }

@@ -75,6 +75,12 @@ export interface ToolSetRecord {
   tools?: readonly ToolInfo[];
 }
 
+/** An edit of the ToolSet file that was not loaded (invalid, or its tools could not start). */
+export interface ToolSetReloadFailureRecord {
+  /** The ToolSet that still serves. */
+  toolset: string;
+}
+
 /**
  * The measures, one record each: a new measure is a new field or record here, the code that makes it, and
  * the sides (metrics.ts, tracing.ts) that read it.
@@ -87,6 +93,7 @@ export interface TelemetryRecords {
   memory(record: MemoryRecord): void;
   /** Call again when the tool list changes (an MCP server connects or lists new tools). */
   toolsetLoaded(record: ToolSetRecord): void;
+  toolsetReloadFailed(record: ToolSetReloadFailureRecord): void;
   sharedState(record: SharedStateRecord): void;
   deferredCall(record: DeferredRecord): void;
 }

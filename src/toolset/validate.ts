@@ -242,6 +242,32 @@ export function redisUrlProblem(url: string): string | undefined {
   return undefined;
 }
 
+const MAX_PORT = 65535;
+
+/** The port of a URL that parsing refused, past any user:pass@ (a password may hold `:` or `@`). */
+function unparsedPort(url: string): string | undefined {
+  const authority = url.replace(/^[a-z][a-z0-9+.-]*:\/\//i, '').split(/[/?#]/, 1)[0] ?? '';
+  const hostAndPort = authority.slice(authority.lastIndexOf('@') + 1);
+  return /^(?:\[[^\]]*\]|[^:[\]]*):(\d+)$/.exec(hostAndPort)?.[1];
+}
+
+/**
+ * Why a text is not an LLM server base URL the proxy can connect to, without echoing it (it may carry
+ * user:pass@); undefined when it is one.
+ */
+export function upstreamUrlProblem(url: string): string | undefined {
+  const parsed = URL.parse(url);
+  const portProblem = (port: string) => `has port ${port}; a port is a number from 1 to ${MAX_PORT}`;
+  if (!parsed) {
+    const port = unparsedPort(url);
+    if (port !== undefined && Number(port) > MAX_PORT) return portProblem(port);
+    return 'is not a valid URL: check its host, its port and that it has no spaces';
+  }
+  if (parsed.protocol !== 'http:' && parsed.protocol !== 'https:') return 'is not an http:// or https:// URL';
+  if (parsed.port === '0') return portProblem('0');
+  return undefined;
+}
+
 /**
  * Without a query the model writes the SELECT in argument "sql", so declared parameters may only
  * describe that argument (the tables it can read, say): one property, `sql`, a string.
@@ -382,6 +408,12 @@ export function semanticIssues(toolset: ToolSet): Issue[] {
     checkDurations(toolset, issues);
     checkVoice(toolset, issues);
   } catch {}
+  const upstreamUrl = spec.upstream?.url;
+  // Another scheme is the schema's issue.
+  if (typeof upstreamUrl === 'string' && /^https?:\/\//.test(upstreamUrl)) {
+    const problem = upstreamUrlProblem(upstreamUrl);
+    if (problem) issues.push({ path: 'spec.upstream.url', message: problem });
+  }
   if (spec.upstream?.url && /\/v1\/?$/.test(spec.upstream.url)) {
     issues.push({
       path: 'spec.upstream.url',

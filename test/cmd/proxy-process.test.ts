@@ -105,4 +105,27 @@ describe('earpiece proxy process', () => {
     expect(code).toBe(1);
     expect(stderr).toMatch(/apiVersion: is required/);
   });
+
+  it('exits 2 with one line naming the setting of an unusable upstream URL, never echoing it', async () => {
+    const cases = [
+      { args: ['--upstream', 'http://me:s3cret@vllm:80000'], env: {}, line: '--upstream has port 80000' },
+      { args: [], env: { EARPIECE_UPSTREAM_URL: 'http://me:s3cret@[::1' }, line: 'EARPIECE_UPSTREAM_URL' },
+    ];
+    for (const { args, env, line } of cases) {
+      const child = spawn(
+        process.execPath,
+        ['dist/cmd/earpiece.js', 'proxy', '--toolset', 'examples/toolset.yaml', ...args],
+        { env: { ...process.env, ...env }, stdio: 'pipe' },
+      );
+      children.push(child);
+      let stderr = '';
+      child.stderr?.on('data', (d) => {
+        stderr += d;
+      });
+      const [code] = await once(child, 'exit');
+      expect(code).toBe(2);
+      expect(stderr.trimEnd().split('\n')).toEqual([expect.stringContaining(`earpiece proxy: ${line}`)]);
+      expect(stderr).not.toContain('s3cret');
+    }
+  });
 });

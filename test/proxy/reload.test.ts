@@ -4,6 +4,8 @@ import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { stringify } from 'yaml';
 import { type ScriptedUpstream, startScriptedUpstream, textReply } from '../../src/demo/scripted-upstream.js';
+import { createTelemetry } from '../../src/telemetry/index.js';
+import { startMcpServer } from '../support/mcp-server.js';
 import { type ProxyHarness, startTestProxy, toolsetDoc } from '../support/proxy.js';
 import { capturingLogger } from '../tools/helpers.js';
 
@@ -32,6 +34,22 @@ async function eventually(check: () => Promise<boolean>): Promise<void> {
   }
 }
 
+interface Readiness {
+  lastReloadFailure?: { message: string; at: string };
+}
+
+async function readiness(harness: ProxyHarness): Promise<Readiness> {
+  const res = await fetch(`${harness.proxy.url}/readyz`);
+  expect(res.status).toBe(200);
+  return (await res.json()) as Readiness;
+}
+
+async function reloadFailures(harness: ProxyHarness): Promise<number> {
+  const text = await (await fetch(`${harness.proxy.metricsUrl}/metrics`)).text();
+  const value = /^earpiece_toolset_reload_failures_total\{toolset="test"\} (\S+)$/m.exec(text)?.[1];
+  return Number(value);
+}
+
 describe('ToolSet reload', () => {
   it('follows an atomic rename, and keeps the last good ToolSet on a bad edit', async () => {
     const upstream = await startScriptedUpstream({ respond: () => ({ sse: textReply('Ok.') }) });
@@ -56,6 +74,72 @@ describe('ToolSet reload', () => {
     expect(await offeredTools(harness, upstream)).toEqual(['second_tool']);
     const ready = await fetch(`${harness.proxy.url}/readyz`);
     expect(ready.status).toBe(200);
+  });
+
+  it('counts an edit it cannot load and names it on /readyz until an edit loads', async () => {
+    const upstream = await startScriptedUpstream({ respond: () => ({ sse: textReply('Ok.') }) });
+    const harness = await startTestProxy(spec('first_tool'), upstream.url, { env: {}, watch: false });
+    cleanups.push(
+      () => upstream.close(),
+      () => harness.close(),
+    );
+    expect(await reloadFailures(harness)).toBe(0);
+    expect((await readiness(harness)).lastReloadFailure).toBeUndefined();
+
+    // What a sidecar sees when an edit needs an environment variable it was not started with.
+    const needsEnv = { ...spec('second_tool'), upstream: { apiKey: { valueFrom: { env: 'NOT_SET_VAR' } } } };
+    await writeFile(harness.toolsetPath, stringify(toolsetDoc(needsEnv)));
+    const before = Date.now();
+    await harness.proxy.reload();
+    expect(await offeredTools(harness, upstream)).toEqual(['first_tool']);
+    expect(await reloadFailures(harness)).toBe(1);
+    const failure = (await readiness(harness)).lastReloadFailure;
+    expect(failure?.message).toBe('spec.upstream.apiKey: environment variable NOT_SET_VAR is not set');
+    expect(Date.parse(failure?.at ?? '')).toBeGreaterThanOrEqual(before);
+
+    await writeFile(harness.toolsetPath, stringify(toolsetDoc(spec('second_tool'))));
+    await harness.proxy.reload();
+    expect(await offeredTools(harness, upstream)).toEqual(['second_tool']);
+    expect((await readiness(harness)).lastReloadFailure).toBeUndefined();
+    expect(await reloadFailures(harness)).toBe(1);
+  });
+
+  it('closes the tools of an edit that could not start, and keeps serving the last good set', async () => {
+    const upstream = await startScriptedUpstream({ respond: () => ({ sse: textReply('Ok.') }) });
+    // The old transport's session ends with its stream, so a session the proxy closes leaves the count.
+    const mcp = await startMcpServer({ transport: 'sse' });
+    cleanups.push(() => mcp.stop());
+    const telemetry = await createTelemetry();
+    const harness = await startTestProxy(spec('first_tool'), upstream.url, {
+      watch: false,
+      // Stands in for any step after the tools opened that throws (an unusable upstream URL once did).
+      telemetry: {
+        ...telemetry,
+        toolsetLoaded: (record) => {
+          if (record.toolset === 'unstartable') throw new Error('the set could not start');
+          telemetry.toolsetLoaded(record);
+        },
+      },
+    });
+    cleanups.push(
+      () => upstream.close(),
+      () => harness.close(),
+    );
+
+    const withMcp = { tools: [{ mcp: { url: mcp.url } }] };
+    await writeFile(harness.toolsetPath, stringify(toolsetDoc(withMcp, 'unstartable')));
+    await harness.proxy.reload();
+    // Far longer than a local MCP connection takes: a session left open would be counted by now.
+    await new Promise((r) => setTimeout(r, 1000));
+    expect(mcp.sessionCount()).toBe(0);
+    expect(await offeredTools(harness, upstream)).toEqual(['first_tool']);
+    expect((await readiness(harness)).lastReloadFailure?.message).toBe('the set could not start');
+    expect(await reloadFailures(harness)).toBe(1);
+
+    // The same server keeps a session for a set that starts.
+    await writeFile(harness.toolsetPath, stringify(toolsetDoc(withMcp)));
+    await harness.proxy.reload();
+    await eventually(async () => mcp.sessionCount() === 1);
   });
 
   it('follows a ConfigMap-style ..data symlink swap', async () => {

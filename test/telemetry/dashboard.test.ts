@@ -62,6 +62,7 @@ async function exposedNames(): Promise<Set<string>> {
   t.deferredCall({ toolset: 'assistant', outcome: 'delivered' });
   t.sharedState({ toolset: 'assistant', event: 'up' });
   t.sharedState({ toolset: 'assistant', event: 'fallback', operation: 'cache' });
+  t.toolsetReloadFailed({ toolset: 'assistant' });
   return new Set([
     ...parseExposition(await t.metrics()).map((s) => s.name),
     ...(await operatorNames()),
@@ -140,6 +141,7 @@ describe('Grafana dashboard', () => {
         'Shared state (Redis)',
         'Deferred calls by outcome',
         'Model server refusals (429)',
+        'ToolSet edits not loaded',
       ]),
     );
     expect(has(/outcome="rate_limited"/)).toBe(true);
@@ -147,6 +149,7 @@ describe('Grafana dashboard', () => {
     expect(has(/earpiece_shared_state_fallbacks_total/)).toBe(true);
     expect(has(/earpiece_deferred_calls_total/)).toBe(true);
     expect(has(/earpiece_upstream_rate_limited_total/)).toBe(true);
+    expect(has(/earpiece_toolset_reload_failures_total/)).toBe(true);
     expect(has(/earpiece_sidecar_problem_pods/)).toBe(true);
     expect(has(/earpiece_webhook_certificate_expiry_timestamp_seconds/)).toBe(true);
     expect(has(/container_memory_working_set_bytes.*kube_pod_init_container_resource_limits/)).toBe(true);

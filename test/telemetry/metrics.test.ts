@@ -43,6 +43,7 @@ function recordEverything(t: ProxyTelemetry): void {
   t.upstreamCall({ toolset: 'assistant', refusal: 'tools_unsupported' });
   t.memory({ toolset: 'assistant', spliced: 2 });
   t.memory({ toolset: 'assistant', entries: 7 });
+  t.toolsetReloadFailed({ toolset: 'assistant' });
 }
 
 describe('Prometheus metrics', () => {
@@ -83,6 +84,7 @@ describe('Prometheus metrics', () => {
     expect(value(await samples(t, 'earpiece_memory_splices_total'), {})).toBe(1);
     expect(value(await samples(t, 'earpiece_memory_spliced_exchanges_total'), {})).toBe(2);
     expect(value(await samples(t, 'earpiece_memory_entries'), {})).toBe(7);
+    expect(value(await samples(t, 'earpiece_toolset_reload_failures_total'), {})).toBe(1);
     expect(await samples(t, 'earpiece_tool_timeout_seconds')).toEqual([
       {
         name: 'earpiece_tool_timeout_seconds',
@@ -112,6 +114,9 @@ describe('Prometheus metrics', () => {
     expect(calls).toHaveLength(TOOLS.length * 8);
     expect(value(calls, { tool: 'get_weather', outcome: 'rate_limited' })).toBe(0);
     expect(value(await samples(t, 'earpiece_client_disconnects_total'), { toolset: 'assistant' })).toBe(0);
+    expect(value(await samples(t, 'earpiece_toolset_reload_failures_total'), { toolset: 'assistant' })).toBe(
+      0,
+    );
   });
 
   test('the shared state: up while connected, and each operation decided in the sidecar', async () => {

@@ -63,6 +63,28 @@ describe('ToolSet validation', () => {
     expect(JSON.stringify(issues)).not.toContain('s3cret');
   });
 
+  it('refuses an upstream URL the proxy could not connect to, without echoing it', () => {
+    const upstream = (url: string) => validateToolSet({ ...base, spec: { ...base.spec, upstream: { url } } });
+    const invalid = 'is not a valid URL: check its host, its port and that it has no spaces';
+    for (const [url, message] of [
+      ['http://vllm:80000', 'has port 80000; a port is a number from 1 to 65535'],
+      ['http://me:s3cret@vllm:80000/', 'has port 80000; a port is a number from 1 to 65535'],
+      ['http://vllm:0', 'has port 0; a port is a number from 1 to 65535'],
+      ['http://', invalid],
+      ['http://a b', invalid],
+      ['http://[::1', invalid],
+      ['https://me:s3cret@vllm host:8000', invalid],
+    ]) {
+      const issues = upstream(url as string).issues;
+      expect(issues, url).toEqual([{ path: 'spec.upstream.url', message }]);
+      expect(JSON.stringify(issues)).not.toContain('s3cret');
+    }
+    for (const url of ['http://vllm:8000', 'https://me:s3cret@[::1]:65535/base', 'http://vllm'])
+      expect(upstream(url).issues, url).toEqual([]);
+    // The scheme is the schema's issue, reported once.
+    expect(upstream('ftp://vllm:80000').issues.map((i) => i.path)).toEqual(['spec.upstream.url']);
+  });
+
   it('names the field of a bad duration', () => {
     const doc = withTools(
       { name: 'a', builtin: 'time' },

@@ -4,6 +4,8 @@
  * the status: a down MCP server, a restarting vLLM or a Redis outage (the sidecar falls back to its own
  * cache and limits) must not take the pod out of its Service. `warnings` (when there are any)
  * names settings an operator should change, such as a SQL tool connected as a superuser.
+ * `lastReloadFailure` names the last edit of the ToolSet that could not be loaded: the last good set still
+ * serves, so that leaves the status alone too, but without it only the log would tell.
  */
 import type { FastifyInstance } from 'fastify';
 import type { ServerDeps } from '../server.js';
@@ -14,6 +16,7 @@ export async function healthRoutes(app: FastifyInstance, deps: ServerDeps): Prom
     const ready = deps.isReady();
     const active = deps.current();
     const { mcp, warnings, sharedState } = active.tools.status();
+    const lastReloadFailure = deps.lastReloadFailure?.();
     return reply.code(ready ? 200 : 503).send({
       status: ready ? 'ready' : 'not ready',
       toolset: { name: active.toolset.name, hash: active.toolset.hash },
@@ -21,6 +24,7 @@ export async function healthRoutes(app: FastifyInstance, deps: ServerDeps): Prom
       mcp,
       ...(sharedState ? { sharedState } : {}),
       ...(warnings.length ? { warnings } : {}),
+      ...(lastReloadFailure ? { lastReloadFailure } : {}),
     });
   });
 }
