@@ -9,6 +9,8 @@
  * - every write is a replace with the resourceVersion it read, so two candidates never both win (409);
  * - on a graceful stop the leader releases the Lease (no holder, 1 s), so another replica takes over
  *   without waiting for expiry.
+ * A failed Lease request is logged at warn once, not at every retry, until it fails differently or
+ * works again: a replica that can never take the Lease (RBAC, an API outage) reconciles nothing.
  */
 import { setTimeout as sleep } from 'node:timers/promises';
 import { type CoordinationV1Api, type V1Lease, type V1LeaseSpec, V1MicroTime } from '@kubernetes/client-node';
@@ -32,6 +34,19 @@ export interface LeaderElectionOptions {
   onStoppedLeading: () => void | Promise<void>;
 }
 
+type LeaseStep = 'read' | 'create' | 'acquire' | 'renew';
+
+/** A Lease request that went wrong; a 409 is not one (another candidate wrote first). */
+interface LeaseFailure {
+  step: LeaseStep;
+  /** Undefined when no HTTP answer came (a connection error, a request that hung). */
+  status: number | undefined;
+  cause: string;
+}
+
+/** One try at the Lease: held, or not (with the failure, unless another replica holds it or won the race). */
+type Attempt = { held: true } | { held: false; failure?: LeaseFailure };
+
 export class LeaderElector {
   private readonly o: Required<Omit<LeaderElectionOptions, 'clock'>> & { clock: Clock };
   private readonly abort = new AbortController();
@@ -41,7 +56,11 @@ export class LeaderElector {
   private observed: { record: string; at: number } | undefined;
   private lastLeader: string | undefined;
   /** The Lease request in flight, which stop() lets finish before releasing. */
-  private attempt: Promise<boolean> | undefined;
+  private attempt: Promise<Attempt> | undefined;
+  /** What that request does, to name it when it hangs. */
+  private step: LeaseStep = 'read';
+  /** The failure last logged at warn (step and status, or message when no status came). */
+  private reportedFailure: string | undefined;
 
   constructor(options: LeaderElectionOptions) {
     this.o = {
@@ -79,6 +98,8 @@ export class LeaderElector {
   private async run(): Promise<void> {
     const signal = this.abort.signal;
     let lastRenew = 0;
+    /** The last failure since lastRenew: why a leader that loses the Lease lost it. */
+    let failureSinceRenew: LeaseFailure | undefined;
     while (!signal.aborted) {
       // A request that hangs must not keep a leader leading past its deadline, which runs from the last
       // renewal (as client-go's does), not from the start of this attempt: a hang that began late in the
@@ -88,23 +109,45 @@ export class LeaderElector {
         : this.o.renewDeadlineMs;
       const attempt = new AbortController();
       this.attempt = this.tryAcquireOrRenew();
-      const ok = await Promise.race([
+      // Undefined: no answer within the budget.
+      const result = await Promise.race([
         this.attempt,
-        sleep(budget, false, { signal: AbortSignal.any([signal, attempt.signal]) }).catch(() => false),
+        sleep(budget, undefined, { signal: AbortSignal.any([signal, attempt.signal]) }).catch(
+          () => undefined,
+        ),
       ]);
       attempt.abort();
       if (signal.aborted) break;
       const now = performance.now();
-      if (ok) {
+      if (result?.held) {
+        this.report(undefined);
         lastRenew = now;
+        failureSinceRenew = undefined;
         if (!this.leading) {
           this.leading = true;
           this.o.logger.info({ lease: this.o.name, identity: this.o.identity }, 'Acquired Lease');
           await this.o.onStartedLeading();
         }
-      } else if (this.leading && now - lastRenew >= this.o.renewDeadlineMs) {
+      } else if (result) {
+        // Answered: a request failed, or another replica holds the Lease or wrote it first (no failure).
+        this.report(result.failure);
+        failureSinceRenew = result.failure ?? failureSinceRenew;
+      } else if (this.leading) {
+        // The renew deadline ran out: not a failure of its own, unless no other came before it.
+        failureSinceRenew ??= {
+          step: this.step,
+          status: undefined,
+          cause: 'no answer before the renew deadline',
+        };
+      } else {
+        this.report({ step: this.step, status: undefined, cause: `no answer within ${budget} ms` });
+      }
+      if (this.leading && now - lastRenew >= this.o.renewDeadlineMs) {
         this.leading = false;
-        this.o.logger.warn({ lease: this.o.name, identity: this.o.identity }, 'Lost Lease');
+        const why = failureSinceRenew
+          ? { step: failureSinceRenew.step, status: failureSinceRenew.status, err: failureSinceRenew.cause }
+          : { err: 'another replica holds it', leader: this.lastLeader };
+        this.o.logger.warn({ lease: this.o.name, identity: this.o.identity, ...why }, 'Lost Lease');
         await this.o.onStoppedLeading();
       }
       // client-go's jitter: candidates do not retry in lockstep.
@@ -117,16 +160,18 @@ export class LeaderElector {
     return new V1MicroTime(this.o.clock.now().getTime());
   }
 
-  private async tryAcquireOrRenew(): Promise<boolean> {
+  private async tryAcquireOrRenew(): Promise<Attempt> {
     const { api, namespace, name, identity } = this.o;
     const durationSeconds = Math.max(1, Math.round(this.o.leaseDurationMs / 1000));
     let lease: V1Lease;
     try {
+      this.step = 'read';
       lease = await api.readNamespacedLease({ name, namespace });
     } catch (err) {
       if (statusOf(err) !== 404) return this.failed('read', err);
       try {
         const now = this.micro();
+        this.step = 'create';
         await api.createNamespacedLease({
           namespace,
           body: {
@@ -141,7 +186,7 @@ export class LeaderElector {
           },
         });
         this.observe({ holderIdentity: identity });
-        return true;
+        return { held: true };
       } catch (createErr) {
         return this.failed('create', createErr);
       }
@@ -155,7 +200,7 @@ export class LeaderElector {
         this.o.logger.info({ lease: name, leader: holder }, 'Observed new leader');
       }
       const expiresAt = (this.observed?.at ?? 0) + (spec.leaseDurationSeconds ?? durationSeconds) * 1000;
-      if (performance.now() < expiresAt) return false;
+      if (performance.now() < expiresAt) return { held: false };
     }
     const now = this.micro();
     const next: V1LeaseSpec = {
@@ -168,12 +213,14 @@ export class LeaderElector {
       next.acquireTime = now;
       next.leaseTransitions = (spec.leaseTransitions ?? 0) + 1;
     }
+    const step = holder === identity ? 'renew' : 'acquire';
     try {
+      this.step = step;
       await api.replaceNamespacedLease({ name, namespace, body: { ...lease, spec: next } });
       this.observe(next);
-      return true;
+      return { held: true };
     } catch (err) {
-      return this.failed('update', err);
+      return this.failed(step, err);
     }
   }
 
@@ -182,12 +229,30 @@ export class LeaderElector {
     if (this.observed?.record !== record) this.observed = { record, at: performance.now() };
   }
 
-  private failed(step: string, err: unknown): false {
+  private failed(step: LeaseStep, err: unknown): Attempt {
+    const status = statusOf(err);
     // 409: another candidate wrote first; that is the election working, not an error.
-    if (statusOf(err) !== 409) {
-      this.o.logger.debug({ lease: this.o.name, step, err: String(err) }, 'Failed to write Lease');
+    if (status === 409) return { held: false };
+    return { held: false, failure: { step, status, cause: describe(err) } };
+  }
+
+  /** Logs a failure at warn unless it is the one last logged (then at debug); a try without one rearms. */
+  private report(failure: LeaseFailure | undefined): void {
+    const key = failure && `${failure.step} ${failure.status ?? failure.cause}`;
+    if (failure) {
+      const level = key === this.reportedFailure ? 'debug' : 'warn';
+      this.o.logger[level](
+        {
+          lease: this.o.name,
+          identity: this.o.identity,
+          step: failure.step,
+          status: failure.status,
+          err: failure.cause,
+        },
+        `Failed to ${failure.step} Lease`,
+      );
     }
-    return false;
+    this.reportedFailure = key;
   }
 
   private async release(): Promise<void> {
@@ -212,7 +277,26 @@ export class LeaderElector {
       });
       this.o.logger.info({ lease: name, identity }, 'Released Lease');
     } catch (err) {
-      this.o.logger.warn({ lease: name, err: String(err) }, 'Failed to release Lease');
+      this.o.logger.warn({ lease: name, err: describe(err) }, 'Failed to release Lease');
     }
+  }
+}
+
+/** An API error as its status and the API server's message (not the whole response); another error's message. */
+function describe(err: unknown): string {
+  const status = statusOf(err);
+  if (status === undefined) return err instanceof Error ? err.message : String(err);
+  const message = statusMessage((err as { body?: unknown }).body);
+  return `HTTP ${status}${message ? `: ${message}` : ''}`;
+}
+
+/** The message of a metav1.Status response body, as text or parsed. */
+function statusMessage(body: unknown): string | undefined {
+  try {
+    const parsed: unknown = typeof body === 'string' ? JSON.parse(body) : body;
+    const message = (parsed as { message?: unknown } | undefined)?.message;
+    return typeof message === 'string' ? message : undefined;
+  } catch {
+    return undefined;
   }
 }

@@ -32,6 +32,7 @@ import {
   TMP_VOLUME,
   UPSTREAM_ENV,
 } from './sidecar.js';
+import { condition, READY } from './status.js';
 
 export interface PodTemplate {
   metadata?: {
@@ -63,7 +64,10 @@ export const SKIP_REASONS = {
     warn: false,
     summary: `the ToolSet is labelled ${LABEL_OPERATOR} for another release's operator, whose webhook injects the pod`,
   },
-  toolset_not_ready: { warn: true, summary: 'the ToolSet has never been valid, so it has no ConfigMap' },
+  toolset_not_ready: {
+    warn: true,
+    summary: 'the ToolSet has no ConfigMap: it has never been valid, or the operator has not written it yet',
+  },
   no_upstream: {
     warn: true,
     summary: `the ToolSet names no spec.upstream.url and no container gives ${APP_URL_ENV} to hand over`,
@@ -102,6 +106,20 @@ export type InjectResult =
 
 function skip(reason: SkipReason, message: string = SKIP_REASONS[reason].summary): InjectResult {
   return { ok: false, reason, message, warn: SKIP_REASONS[reason].warn };
+}
+
+/**
+ * The controller's verdict on the ToolSet's spec as it is now: Ready=False with reason InvalidToolSet
+ * (controller.ts). Without it (no status yet, a failed ConfigMap write, a status from before the last
+ * edit) a missing ConfigMap only means the operator has not written it yet.
+ */
+function statusSaysInvalid(toolset: ToolSet): boolean {
+  const ready = condition(toolset.status, READY);
+  return (
+    ready?.status === 'False' &&
+    ready.reason === 'InvalidToolSet' &&
+    ready.observedGeneration === toolset.metadata.generation
+  );
 }
 
 /** The operator a ToolSet is labelled for, when `instance` is given and that operator is another one. */
@@ -159,9 +177,13 @@ export function buildInjection(given: PodTemplate, input: InjectInput): InjectRe
   const config = input.toolsets.config(name);
   if (!config) {
     if (previous) return skip('already_injected');
+    const namespace = input.namespace ?? selection.toolset.metadata.namespace;
+    const describeCommand = `kubectl describe toolset ${name}${namespace ? ` -n ${namespace}` : ''}`;
     return skip(
       'toolset_not_ready',
-      `ToolSet ${name} has never been valid, so ConfigMap ${configMapName(name)} does not exist; see kubectl describe toolset ${name}`,
+      statusSaysInvalid(selection.toolset)
+        ? `ToolSet ${name} has never been valid, so ConfigMap ${configMapName(name)} does not exist; see ${describeCommand}`
+        : `ConfigMap ${configMapName(name)} of ToolSet ${name} is not written yet (see ${describeCommand}); recreate the pod once the ToolSet is Ready`,
     );
   }
   const warnings: string[] = [];

@@ -13,7 +13,8 @@ export interface ToolSetLookup {
   all(): readonly ToolSet[];
   /**
    * The ToolSet's last valid configuration (in the operator, read from its ConfigMap), which the
-   * sidecar will run: undefined for a ToolSet that has never been valid.
+   * sidecar will run: undefined for a ToolSet that has never been valid, or whose ConfigMap the operator
+   * has not written yet.
    */
   config(name: string): InjectionConfig | undefined;
 }

@@ -25,7 +25,7 @@ const { compare } = fastJsonPatch;
 export interface WebhookLookups {
   toolsetByName(namespace: string, name: string): ToolSet | undefined;
   toolsetsInNamespace(namespace: string): readonly ToolSet[];
-  /** The ToolSet's last valid configuration, from its ConfigMap; undefined when it has never been valid. */
+  /** The ToolSet's last valid configuration, from its ConfigMap; undefined until the operator has written one. */
   config(namespace: string, toolsetName: string): InjectionConfig | undefined;
   /** The namespace carries label earpiece.dev/inject=true. */
   namespaceOptedIn?(namespace: string): boolean;

@@ -4,13 +4,13 @@
  */
 import { createServer, request as httpRequest, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { Writable } from 'node:stream';
 import { CoordinationV1Api, KubeConfig } from '@kubernetes/client-node';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { LeaderElector } from '../../src/operator/leader.js';
 import { createLogger } from '../../src/telemetry/log.js';
-import { type FakeApiServer, startFakeApiServer } from '../support/fake-apiserver.js';
+import { type FakeApiServer, type RequestInfo, startFakeApiServer } from '../support/fake-apiserver.js';
 
-const logger = createLogger('test', 'silent');
 let api: FakeApiServer;
 const electors: LeaderElector[] = [];
 const relays: Server[] = [];
@@ -30,7 +30,11 @@ afterEach(async () => {
 interface Candidate {
   elector: LeaderElector;
   log: string[];
+  /** What the elector logged at warn, parsed. */
+  warnings: Record<string, unknown>[];
 }
+
+const WARN = 40;
 
 function candidate(
   identity: string,
@@ -38,6 +42,14 @@ function candidate(
   options: { kc?: KubeConfig; leaseDurationMs?: number; renewDeadlineMs?: number } = {},
 ): Candidate {
   const log: string[] = [];
+  const warnings: Record<string, unknown>[] = [];
+  const sink = new Writable({
+    write(chunk, _encoding, done) {
+      const line = JSON.parse(String(chunk)) as Record<string, unknown>;
+      if (line.level === WARN) warnings.push(line);
+      done();
+    },
+  });
   const elector = new LeaderElector({
     api: (options.kc ?? api.kubeConfig(identity)).makeApiClient(CoordinationV1Api),
     namespace: 'earpiece-system',
@@ -46,7 +58,7 @@ function candidate(
     leaseDurationMs: options.leaseDurationMs ?? 1000,
     renewDeadlineMs: options.renewDeadlineMs ?? 700,
     retryPeriodMs: 100,
-    logger,
+    logger: createLogger('test', 'debug', sink),
     onStartedLeading: () => {
       log.push('started');
       onLead?.();
@@ -56,7 +68,7 @@ function candidate(
     },
   });
   electors.push(elector);
-  return { elector, log };
+  return { elector, log, warnings };
 }
 
 /**
@@ -127,7 +139,7 @@ describe('leader election', () => {
       namespace: 'earpiece-system',
       name: 'earpiece-operator',
       identity: 'a',
-      logger,
+      logger: createLogger('test', 'silent'),
       onStartedLeading: () => undefined,
       onStoppedLeading: () => undefined,
     });
@@ -188,5 +200,51 @@ describe('leader election', () => {
     await expect.poll(() => b.elector.isLeader, { timeout: 10_000 }).toBe(true);
     expect(order).toEqual(['b started while a leads: false']);
     expect(a.log).toEqual(['started', 'stopped']);
+    // The renewals that failed say why, not the one cut off by the deadline.
+    expect(a.warnings.find((w) => w.msg === 'Lost Lease')).toMatchObject({ step: 'read', status: 503 });
+  });
+
+  it('warns once per distinct Lease failure, naming the step and status, and again after the Lease was held', async () => {
+    let refused: (r: RequestInfo) => boolean = (r) => r.resource === 'leases';
+    api.fail((r) => refused(r), 403, Number.MAX_SAFE_INTEGER);
+    const a = candidate('a');
+    const summary = () => a.warnings.map((w) => [w.msg, w.step, w.status]);
+    const leaseRequests = () => api.requests.filter((r) => r.resource === 'leases').length;
+    /** Lets at least `retries` more Lease requests happen. */
+    const retried = async (retries: number) => {
+      const before = leaseRequests();
+      await expect.poll(leaseRequests, { timeout: 10_000 }).toBeGreaterThanOrEqual(before + retries);
+    };
+    const recover = async () => {
+      refused = () => false;
+      await expect.poll(() => a.elector.isLeader, { timeout: 10_000 }).toBe(true);
+    };
+    a.elector.start();
+
+    // Missing RBAC: refused at every retry, one warning.
+    await retried(5);
+    expect(summary()).toEqual([['Failed to read Lease', 'read', 403]]);
+    expect(a.warnings[0]?.err).toMatch(/^HTTP 403: injected failure for GET /);
+
+    // The same failure after the Lease was held in between: warned again, and the loss says why.
+    await recover();
+    refused = (r) => r.resource === 'leases';
+    await expect.poll(() => a.log, { timeout: 10_000 }).toEqual(['started', 'stopped']);
+    await retried(5);
+    expect(summary()).toEqual([
+      ['Failed to read Lease', 'read', 403],
+      ['Failed to read Lease', 'read', 403],
+      ['Lost Lease', 'read', 403],
+    ]);
+
+    // Only renewals refused: another step, warned once.
+    await recover();
+    refused = (r) => r.resource === 'leases' && r.method === 'PUT';
+    await expect.poll(() => a.log, { timeout: 10_000 }).toEqual(['started', 'stopped', 'started', 'stopped']);
+    await retried(6);
+    expect(summary().slice(3)).toEqual([
+      ['Failed to renew Lease', 'renew', 403],
+      ['Lost Lease', 'renew', 403],
+    ]);
   });
 });

@@ -368,6 +368,27 @@ describe('buildInjection', () => {
 
 describe('skip reasons', () => {
   const several = [assistant, toolset('other')];
+  /** The assistant at generation 2, with the Ready condition the controller wrote for `observedGeneration`. */
+  const withReady = (status: 'True' | 'False', reason: string, observedGeneration = 2): ToolSet => ({
+    ...assistant,
+    metadata: { ...assistant.metadata, generation: 2 },
+    status: {
+      observedGeneration,
+      conditions: [
+        {
+          type: 'Ready',
+          status,
+          reason,
+          message: '',
+          lastTransitionTime: '2025-01-01T00:00:00Z',
+          observedGeneration,
+        },
+      ],
+    },
+  });
+  const withoutConfigMap = (t: ToolSet) => input({ toolsets: toolsetLookup([t], 'voice', () => undefined) });
+  const notWrittenYet =
+    /^ConfigMap earpiece-toolset-assistant of ToolSet assistant is not written yet \(see kubectl describe toolset assistant -n voice\); recreate the pod once the ToolSet is Ready$/;
   const cases: [string, PodTemplate, InjectInput, keyof typeof SKIP_REASONS, RegExp][] = [
     [
       'a pod without containers',
@@ -440,9 +461,37 @@ describe('skip reasons', () => {
     [
       'a ToolSet never valid',
       pod(),
-      input({ toolsets: toolsetLookup([assistant], 'voice', () => undefined) }),
+      withoutConfigMap(withReady('False', 'InvalidToolSet')),
       'toolset_not_ready',
-      /ConfigMap earpiece-toolset-assistant does not exist/,
+      /^ToolSet assistant has never been valid, so ConfigMap earpiece-toolset-assistant does not exist; see kubectl describe toolset assistant -n voice$/,
+    ],
+    [
+      'a valid ToolSet not reconciled yet (no status)',
+      pod(),
+      withoutConfigMap(assistant),
+      'toolset_not_ready',
+      notWrittenYet,
+    ],
+    [
+      'a valid ToolSet whose ConfigMap is not in the cache yet',
+      pod(),
+      withoutConfigMap(withReady('True', 'Valid')),
+      'toolset_not_ready',
+      notWrittenYet,
+    ],
+    [
+      'a valid ToolSet whose ConfigMap write failed',
+      pod(),
+      withoutConfigMap(withReady('False', 'ConfigMapWriteFailed')),
+      'toolset_not_ready',
+      notWrittenYet,
+    ],
+    [
+      'a ToolSet edited since the operator found it invalid',
+      pod(),
+      withoutConfigMap(withReady('False', 'InvalidToolSet', 1)),
+      'toolset_not_ready',
+      notWrittenYet,
     ],
     [
       'no upstream at all',

@@ -233,7 +233,7 @@ describe('the webhook over HTTPS', () => {
     expect(again).toEqual({ uid: again.uid, allowed: true });
   });
 
-  it('warns and leaves the pod when no ToolSet, several, or a never-valid one applies', async () => {
+  it('warns and leaves the pod when no ToolSet, several, or one whose ConfigMap is not written yet applies', async () => {
     const none = await admit(pod({ app: 'other', 'earpiece.dev/inject': 'true' }));
     expect(none.patch).toBeUndefined();
     expect(none.warnings).toEqual([
@@ -246,12 +246,15 @@ describe('the webhook over HTTPS', () => {
       'earpiece: no sidecar: ToolSets lab-a, lab-b all select this pod; name one with annotation earpiece.dev/toolset',
     ]);
 
+    // A valid ToolSet (no status yet) applied together with its Deployment, before the operator wrote its ConfigMap.
     ready.delete('assistant');
     const notReady = await admit(pod({ app: 'unmute-backend', 'earpiece.dev/inject': 'true' }));
     expect(notReady.patch).toBeUndefined();
-    expect(notReady.warnings).toEqual([
-      expect.stringContaining('ConfigMap earpiece-toolset-assistant does not exist'),
-    ]);
+    const notWritten =
+      'ConfigMap earpiece-toolset-assistant of ToolSet assistant is not written yet (see kubectl describe toolset assistant -n voice); recreate the pod once the ToolSet is Ready';
+    expect(notReady.warnings).toEqual([`earpiece: no sidecar: ${notWritten}`]);
+    // The same words go into the InjectionSkipped Event.
+    expect(outcomes.at(-1)?.message).toBe(notWritten);
 
     expect(outcomes.map((o) => [o.outcome, o.warn])).toEqual([
       ['no_toolset', true],
