@@ -43,6 +43,7 @@ import {
   buildStatus,
   type ConditionInput,
   condition,
+  INVALID_TOOLSET,
   issuesMessage,
   READY,
   RESTART_REQUIRED,
@@ -221,11 +222,11 @@ export class ToolSetController {
       const wrote = await this.writeStatus(cached, {
         observedGeneration: generation,
         tools: owned ? (cached.status?.tools ?? 0) : 0,
-        conditions: [{ type: READY, status: 'False', reason: 'InvalidToolSet', message }, ...others],
+        conditions: [{ type: READY, status: 'False', reason: INVALID_TOOLSET, message }, ...others],
       });
       if (wrote) {
         log.info({ generation, issues: validation.issues.length }, 'Rejected invalid ToolSet');
-        await this.o.events.record(subject(cached), 'Warning', 'InvalidToolSet', fields);
+        await this.o.events.record(subject(cached), 'Warning', INVALID_TOOLSET, fields);
       }
       return 'invalid';
     }

@@ -32,7 +32,7 @@ import {
   TMP_VOLUME,
   UPSTREAM_ENV,
 } from './sidecar.js';
-import { condition, READY } from './status.js';
+import { condition, INVALID_TOOLSET, READY } from './status.js';
 
 export interface PodTemplate {
   metadata?: {
@@ -117,7 +117,7 @@ function statusSaysInvalid(toolset: ToolSet): boolean {
   const ready = condition(toolset.status, READY);
   return (
     ready?.status === 'False' &&
-    ready.reason === 'InvalidToolSet' &&
+    ready.reason === INVALID_TOOLSET &&
     ready.observedGeneration === toolset.metadata.generation
   );
 }

@@ -18,6 +18,8 @@ export interface ConditionInput {
 }
 
 export const READY = 'Ready';
+/** Ready's reason when the spec as it is now does not validate; the webhook reads it too. */
+export const INVALID_TOOLSET = 'InvalidToolSet';
 export const RESTART_REQUIRED = 'RestartRequired';
 /** False while pods of the ToolSet run without a working sidecar (not injected, ImagePullBackOff, ...). */
 export const SIDECARS_READY = 'SidecarsReady';
