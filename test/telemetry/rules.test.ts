@@ -80,6 +80,11 @@ const descriptions = new Map<string, (labels: Record<string, string>) => string>
       `The earpiece-proxy sidecar of ${l.namespace}/${l.pod} ran out of memory and was restarted in the last 30 minutes. Raise its memory limit (chart value injection.resources, or pod annotation earpiece.dev/proxy-memory-limit).`,
   ],
   [
+    'EarpieceToolSetNotLoaded',
+    (l) =>
+      `Sidecars of ${l.namespace}/${l.toolset} could not load an edit of their ToolSet in the last 15 minutes and go on serving the one before it. Their /readyz (lastReloadFailure) and logs name the field at fault.`,
+  ],
+  [
     'EarpieceSharedStateDown',
     (l) =>
       `Sidecars of ${l.namespace}/${l.toolset} fall back to their own tool cache and rate limits: voice turns go on (each call waits at most 50 ms on Redis), but each sidecar now allows a tool's whole quota on its own and pays for lookups the others made. Check Redis and the sidecars' /readyz (sharedState.lastError).`,
@@ -132,7 +137,7 @@ describe('alert rules', () => {
 
   test.skipIf(!path)('the rule file passes promtool check rules', () => {
     const { status, output } = promtool(path!, ['check', 'rules', RULES]);
-    expect(output).toContain('SUCCESS: 13 rules found');
+    expect(output).toContain('SUCCESS: 14 rules found');
     expect(status).toBe(0);
   });
 
@@ -149,7 +154,7 @@ describe('alert rules', () => {
         .slice(1)
         .map((section) => [section.split('\n')[0]!.trim(), section]),
     );
-    expect(rules.length).toBe(13);
+    expect(rules.length).toBe(14);
     for (const { alert, annotations } of rules) {
       expect(annotations.runbook_url, alert).toBe(`${RUNBOOKS}${alert.toLowerCase()}`);
       const section = sections.get(alert);
@@ -174,6 +179,8 @@ describe('alert rules', () => {
     const leader = (pod: string) => `earpiece_leader{namespace="earpiece-system",pod="${pod}"}`;
     const problem = (reason: string) =>
       `earpiece_sidecar_problem_pods{namespace="${ns}",reason="${reason}",pod="earpiece-0"}`;
+    const reloadFailures = (toolset: string, pod: string) =>
+      `earpiece_toolset_reload_failures_total{namespace="${ns}",toolset="${toolset}",pod="${pod}"}`;
     const toolsets = (ready: string) =>
       `earpiece_toolsets{namespace="${ns}",ready="${ready}",pod="earpiece-0"}`;
     const expiry = (namespace: string) =>
@@ -444,6 +451,29 @@ describe('alert rules', () => {
             summary: 'The earpiece sidecar of pod backend-a was OOM-killed',
           },
         ],
+      },
+      {
+        // "assistant": one sidecar refused an edit at minute 10; "steady" never did.
+        series: {
+          [reloadFailures('assistant', 'backend-a')]: '0x10 1x20',
+          [reloadFailures('assistant', 'backend-b')]: '0x30',
+          [reloadFailures('steady', 'backend-c')]: '0x30',
+        },
+        alert: 'EarpieceToolSetNotLoaded',
+        at: '15m',
+        expected: [
+          {
+            labels: { severity: 'warning', namespace: ns, toolset: 'assistant' },
+            summary: 'Sidecars of ToolSet assistant refused an edit of it',
+          },
+        ],
+      },
+      {
+        // Quiet again 15 minutes after the last refusal.
+        series: { [reloadFailures('assistant', 'backend-a')]: '0x10 1x30' },
+        alert: 'EarpieceToolSetNotLoaded',
+        at: '30m',
+        expected: [],
       },
     ]);
     expect(output).toContain('SUCCESS');
