@@ -28,6 +28,14 @@ export function toolSetWarnings(toolset: ToolSet, options: CheckOptions = {}): I
         'is not set: only pods that name this ToolSet in the annotation earpiece.dev/toolset get its tools',
     });
   }
+  const upstream = URL.parse(toolset.spec.upstream?.url ?? '');
+  if (upstream && (upstream.username !== '' || upstream.password !== '')) {
+    warnings.push({
+      path: 'spec.upstream.url',
+      message:
+        'carries user:password@, which is never sent (the proxy keeps only the scheme, host, port and path) and is stored in plain text: give the key as spec.upstream.apiKey with valueFrom.secretKeyRef',
+    });
+  }
   toolset.spec.tools.forEach((tool, i) => {
     if (tool.mcp && urlCarriesCredentials(tool.mcp.url)) {
       // The URL itself is not echoed: warnings reach kubectl, Events and logs.

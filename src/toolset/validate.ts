@@ -265,6 +265,8 @@ export function upstreamUrlProblem(url: string): string | undefined {
   }
   if (parsed.protocol !== 'http:' && parsed.protocol !== 'https:') return 'is not an http:// or https:// URL';
   if (parsed.port === '0') return portProblem('0');
+  if (/\/v1\/?$/.test(parsed.pathname))
+    return 'ends in /v1; give the base URL without /v1 (as in KYUTAI_LLM_URL)';
   return undefined;
 }
 
@@ -413,12 +415,6 @@ export function semanticIssues(toolset: ToolSet): Issue[] {
   if (typeof upstreamUrl === 'string' && /^https?:\/\//.test(upstreamUrl)) {
     const problem = upstreamUrlProblem(upstreamUrl);
     if (problem) issues.push({ path: 'spec.upstream.url', message: problem });
-  }
-  if (spec.upstream?.url && /\/v1\/?$/.test(spec.upstream.url)) {
-    issues.push({
-      path: 'spec.upstream.url',
-      message: 'ends in /v1; give the base URL without /v1 (as in KYUTAI_LLM_URL)',
-    });
   }
   const seen = new Map<string, number>();
   // One ajv for this document's parameter schemas, dropped with it.

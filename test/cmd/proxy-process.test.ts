@@ -110,6 +110,8 @@ describe('earpiece proxy process', () => {
     const cases = [
       { args: ['--upstream', 'http://me:s3cret@vllm:80000'], env: {}, line: '--upstream has port 80000' },
       { args: [], env: { EARPIECE_UPSTREAM_URL: 'http://me:s3cret@[::1' }, line: 'EARPIECE_UPSTREAM_URL' },
+      // What Unmute's KYUTAI_LLM_URL never has: the client adds /v1 itself.
+      { args: ['--upstream', 'http://me:s3cret@vllm:8000/v1'], env: {}, line: '--upstream ends in /v1' },
     ];
     for (const { args, env, line } of cases) {
       const child = spawn(

@@ -166,6 +166,15 @@ describe('the ToolSet validating webhook', () => {
     expect(plain.warnings).toBeUndefined();
   });
 
+  it('warns that user:password@ in spec.upstream.url is never sent', async () => {
+    const response = await admit(stored({ ...valid, upstream: { url: 'http://me:s3cret@vllm:8000' } }));
+    expect(response.allowed).toBe(true);
+    expect(response.warnings).toEqual([
+      'earpiece: spec.upstream.url: carries user:password@, which is never sent (the proxy keeps only the scheme, host, port and path) and is stored in plain text: give the key as spec.upstream.apiKey with valueFrom.secretKeyRef',
+    ]);
+    expect(JSON.stringify(response)).not.toContain('s3cret');
+  });
+
   // One document per kind of error: the schema, a rule across fields, the URL template, names, limits.
   const refused: [string, unknown, string, string][] = [
     [
