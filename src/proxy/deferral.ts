@@ -200,11 +200,13 @@ export class DeferredCalls {
       },
       { role: 'tool', tool_call_id: deferral.call.id, content: outcome.content },
     ]);
-    if (!kept) {
+    if (kept !== 'kept') {
       this.#report('discarded');
       this.#logger.info(
         { tool, seconds: outcome.seconds, bytes: Buffer.byteLength(outcome.content) },
-        'Dropped the late result of a deferred call: it does not fit in tool memory (memory.maxBytes).',
+        kept === 'too_large'
+          ? 'Dropped the late result of a deferred call: it does not fit in tool memory (memory.maxBytes).'
+          : 'Dropped the late result of a deferred call: its request ended with no user message to keep it under.',
       );
       return;
     }

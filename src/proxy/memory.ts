@@ -31,11 +31,12 @@ export interface LateResults {
   /**
    * A deferred call's finished exchange (its assistant tool_calls message and its tool message), for the
    * conversation whose request was `clientMessages`. It replaces the pending result in place, and the
-   * next request of that conversation carries it with a note that it has just arrived. False when nothing
-   * was kept: the exchange, with the turn's other results, is larger than memory.maxBytes (or the request
-   * did not end with a user message, so there is no turn to put it under).
+   * next request of that conversation carries it with a note that it has just arrived. Says whether it
+   * was kept, or why not: the exchange, with the turn's other results, is larger than memory.maxBytes
+   * (`too_large`), or the request did not end with a user message, so there is no turn to put it under
+   * (`no_turn`).
    */
-  late(clientMessages: ChatMessage[], exchange: ChatMessage[]): boolean;
+  late(clientMessages: ChatMessage[], exchange: ChatMessage[]): 'kept' | 'too_large' | 'no_turn';
 }
 
 /** The one-line note that tells the model a result has just arrived, and what to do with it. */
@@ -214,9 +215,9 @@ export class ToolMemory implements TurnMemory, LateResults {
     if (this.#cache.purgeStale()) this.#onSize(this.#cache.size);
   }
 
-  late(clientMessages: ChatMessage[], exchange: ChatMessage[]): boolean {
+  late(clientMessages: ChatMessage[], exchange: ChatMessage[]): 'kept' | 'too_large' | 'no_turn' {
     const last = clientMessages.at(-1);
-    if (this.#options.turns === 0 || last?.role !== 'user') return false;
+    if (this.#options.turns === 0 || last?.role !== 'user') return 'no_turn';
     const key = prefixKey(clientMessages);
     const entry = this.#cache.get(key);
     const calls = exchange.flatMap(
@@ -247,7 +248,7 @@ export class ToolMemory implements TurnMemory, LateResults {
     }
     const bytes = Buffer.byteLength(JSON.stringify(stored));
     // The bound remember() holds: an entry larger than maxBytes is never kept (the pending one stays).
-    if (bytes > this.#options.maxBytes) return false;
+    if (bytes > this.#options.maxBytes) return 'too_large';
     const late = [...new Set([...(entry?.late ?? []), ...calls.map((c) => c.function.name)])];
     this.#cache.set(key, {
       count: clientMessages.length,
@@ -257,7 +258,7 @@ export class ToolMemory implements TurnMemory, LateResults {
       late,
     });
     this.#onSize(this.#cache.size);
-    return true;
+    return 'kept';
   }
 
   remember(clientMessages: ChatMessage[], exchange: ChatMessage[]): void {

@@ -11,7 +11,7 @@
 import { startToolSpan, toolResultAttributes } from '../telemetry/genai.js';
 import type { Logger } from '../telemetry/log.js';
 import type { SpanHandle, Telemetry } from '../telemetry/types.js';
-import type { ToolCall, ToolOutcome, ToolRunner } from '../tools/types.js';
+import type { Deferrable, ToolCall, ToolOutcome, ToolRunner } from '../tools/types.js';
 import type { VoiceText } from '../toolset/defaults.js';
 import type { AccumulatedToolCall } from './accumulator.js';
 import type { Deferral, DeferredCalls } from './deferral.js';
@@ -57,13 +57,15 @@ export class ToolSlots {
 
   /** Runs `work` in a slot, waiting for one to free. */
   async run<T>(work: () => Promise<T>): Promise<T> {
+    // A freed slot passes straight to the next waiter, so a call that arrives meanwhile cannot take it too.
     if (this.#running >= this.#size) await new Promise<void>((resolve) => this.#waiting.push(resolve));
-    this.#running++;
+    else this.#running++;
     try {
       return await work();
     } finally {
-      this.#running--;
-      this.#waiting.shift()?.();
+      const next = this.#waiting.shift();
+      if (next) next();
+      else this.#running--;
     }
   }
 }
@@ -170,10 +172,10 @@ export class ToolRound {
         this.#parts.toolsStarted();
       }
       const name = entry.call.name;
-      const deferAfter = deferred && tools.has(name) ? tools.deferAfter(name) : undefined;
+      const deferrable = deferred && tools.has(name) ? tools.deferral(name) : undefined;
       // A deferrable call takes a slot only to run the tool: its pending result must not wait for one.
-      if (deferAfter) {
-        entry.outcome = this.#run(entry.call, deferAfter);
+      if (deferrable) {
+        entry.outcome = this.#run(entry.call, deferrable);
         this.#deferrable.push(entry.outcome);
       } else {
         entry.outcome = this.#parts.slots.run(() => this.#run(entry.call, undefined));
@@ -181,8 +183,8 @@ export class ToolRound {
     }
   }
 
-  /** `deferAfter`, read when the call was asked for, decided whether it waits for a slot first. */
-  async #run(c: AccumulatedToolCall, deferAfter: ReturnType<ToolRunner['deferAfter']>): Promise<ToolOutcome> {
+  /** `deferrable`, read when the call was asked for, decided whether it waits for a slot first. */
+  async #run(c: AccumulatedToolCall, deferrable: Deferrable | undefined): Promise<ToolOutcome> {
     const { tools, telemetry, logger } = this.#parts;
     const call: ToolCall = { id: c.id, name: c.name, arguments: c.arguments };
     const span = startToolSpan(this.#parts.span, {
@@ -222,7 +224,7 @@ export class ToolRound {
     };
     const signal = this.#abort.signal;
     const deferred = this.#parts.deferred;
-    if (deferAfter === undefined || !deferred) {
+    if (deferrable === undefined || !deferred) {
       const outcome = await tools.call(call, signal);
       record(outcome, false);
       return outcome;
@@ -230,8 +232,8 @@ export class ToolRound {
     // Only a run this turn starts takes a slot (a joined one never calls start), and holds it to the end.
     const start = () => this.#parts.slots.run(() => tools.call(call, signal));
     const { outcome, deferral, pending } = await deferred.run(call, start, {
-      deferAfterMs: deferAfter.ms,
-      definition: deferAfter.definition,
+      deferAfterMs: deferrable.afterMs,
+      definition: deferrable.definition,
       clientSignal: this.#parts.clientSignal,
       runner: tools,
     });

@@ -117,20 +117,23 @@ export async function runTurn(request: TurnRequest, sink: TurnSink, deps: TurnDe
       if (iterations > 0 && speaker.answered) answerBegan = true;
       iterations++;
       usage = addUsage(usage, message.usage);
-      // The stream may have been read to its end after the client left or the deadline passed.
-      if (guard.signal.aborted) throw guard.signal.reason;
+      // The stream may have been read to its end after the client left or the deadline passed; calls it
+      // started meanwhile may have been deferred.
+      if (guard.signal.aborted) {
+        abandoned = round?.abandon(guard.signal.reason);
+        throw guard.signal.reason;
+      }
       const calls = round ? message.calls : [];
       if (!round || calls.length === 0) {
         if (final) outcome = 'max_iterations';
         stillWorking.stop();
-        // Nothing to speak after a tool round, from calls that will not run, or from a model that only
-        // reasoned or refused (or ran out of tokens doing so): the user must still hear an answer, and the
-        // turn counts as failed. A first answer that is simply empty is the model's choice (to Unmute's
-        // silence marker, say) and stays silent.
+        // Nothing to speak after a tool round, from calls that will not run, from a refusal, or from a
+        // model that ran out of tokens before its answer: the user must still hear one, and the turn counts
+        // as failed. A first answer with nothing to say (reasoning or not) is the model's choice, to
+        // Unmute's silence marker say, and stays silent.
         const triedToAnswer =
           iterations > 1 ||
           message.calls.length > 0 ||
-          message.reasoning !== '' ||
           message.refusal !== '' ||
           message.finishReason === 'length';
         if (!speaker.answered && triedToAnswer) {
@@ -158,7 +161,8 @@ export async function runTurn(request: TurnRequest, sink: TurnSink, deps: TurnDe
         // on, and are counted when they end, but the turn speaks its error line now.
         results = await untilAborted(round.finish(calls), guard.signal);
       } catch (err) {
-        // Calls deferred by the hang-up or the deadline still deliver their results.
+        // Calls the hang-up or the deadline deferred (onInterrupt: finish tools, which run on) still
+        // deliver their results; the others are stopped and counted cancelled.
         abandoned = round.abandon(err);
         throw err;
       } finally {
@@ -174,17 +178,25 @@ export async function runTurn(request: TurnRequest, sink: TurnSink, deps: TurnDe
   }
   stillWorking.stop();
   guard.dispose();
-  // The client has its whole answer by now: what follows is bookkeeping, not the turn's time.
-  const endedAt = performance.now();
-  if (abandoned) deferrals.push(...(await abandoned));
-  if (outcome !== 'cancelled') policy.remember();
-  // After the exchange (with its pending results) is remembered: late results replace them when they land.
-  if (deferrals.length > 0) deps.deferred?.settle(request.body.messages, deferrals);
+  const remember = () => {
+    if (outcome !== 'cancelled') policy.remember();
+    // After the exchange (with its pending results) is remembered: late results replace them when they land.
+    if (deferrals.length > 0) deps.deferred?.settle(request.body.messages, deferrals);
+  };
+  // A round cut short settles its deferrals within their deferAfter; the turn is over for the client now.
+  if (abandoned)
+    void abandoned
+      .then((late) => {
+        deferrals.push(...late);
+        remember();
+      })
+      .catch((err: unknown) => deps.logger.error({ err }, 'Could not remember a turn cut short.'));
+  else remember();
   telemetry.turn({
     toolset: toolset.name,
     outcome,
     iterations,
-    seconds: (endedAt - request.receivedAt) / 1000,
+    seconds: (performance.now() - request.receivedAt) / 1000,
     timeToFirstContentSeconds:
       speaker.firstContentAt === undefined ? undefined : (speaker.firstContentAt - request.receivedAt) / 1000,
   });

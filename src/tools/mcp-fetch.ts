@@ -54,7 +54,11 @@ export function createSessionFetch(transport: 'streamable' | 'sse'): typeof fetc
     }
     const id = message?.method !== undefined ? message.id : undefined;
     if (id === undefined) return guardAnswer(await fetch(input, init), undefined, undefined, () => {});
-    if (streamed) return streamed.post(id, () => fetch(input, init));
+    // The answer comes on the event stream; the POST's own body is only read when it refuses (capped).
+    if (streamed)
+      return streamed.post(id, async () =>
+        guardAnswer(await fetch(input, init), undefined, undefined, () => {}),
+      );
 
     const stop = new AbortController();
     open.set(id, stop);
@@ -223,21 +227,23 @@ class StreamedAnswers {
 
   /** Sends a request whose answer will come on the event stream (the POST itself gets a 202). */
   async post(id: RequestId, send: () => Promise<Response>): Promise<Response> {
-    this.#requests.set(id, true);
+    this.#requests.set(answerKey(id), true);
     try {
       const response = await send();
       // A refused POST fails the request in the SDK; no answer follows.
-      if (!response.ok) this.#requests.delete(id);
+      if (!response.ok) this.#requests.delete(answerKey(id));
       return response;
     } catch (err) {
-      this.#requests.delete(id);
+      this.#requests.delete(answerKey(id));
       throw err;
     }
   }
 
+  /** The SDK no longer waits for this answer (a cancel, or a failure this class gave it). */
   cancelled(id: RequestId): void {
-    if (!this.#requests.get(id)) return;
-    this.#requests.set(id, false);
+    const key = answerKey(id);
+    if (!this.#requests.get(key)) return;
+    this.#requests.set(key, false);
     if (++this.#givenUp <= MAX_CANCELLED) return;
     // The oldest one given up on is forgotten: its answer, should it still come, counts as a stray.
     for (const [other, waiting] of this.#requests) {
@@ -252,18 +258,20 @@ class StreamedAnswers {
   pass(event: EventSourceMessage): string {
     const answer = event.event && event.event !== 'message' ? undefined : answerOf(event.data);
     if (!answer) return serialize(event);
-    const waiting = this.#requests.get(answer.id as RequestId);
+    const key = answerKey(answer.id as RequestId);
+    const waiting = this.#requests.get(key);
     if (waiting !== undefined) {
-      this.#requests.delete(answer.id as RequestId);
+      this.#requests.delete(key);
       if (!waiting) this.#givenUp--;
       return waiting ? serialize(event) : '';
     }
     // An id no request has: which call it was meant for cannot be known, so every waiting one fails now.
+    // Each is then given up, not forgotten: its real answer, should it still come, goes by quietly.
     let errors = '';
-    for (const [id, stillWaiting] of this.#requests) {
+    for (const [id, stillWaiting] of [...this.#requests]) {
       if (!stillWaiting) continue;
       errors += errorEvent(id, wrongId(answer.id, id));
-      this.#requests.delete(id);
+      this.cancelled(id);
     }
     return errors;
   }
@@ -333,6 +341,12 @@ function capEvents(response: Response, answers?: StreamedAnswers): Response {
   });
 }
 
+/** An answer's id as the SDK matches it (Number(id)): a server may echo 3 as "3". */
+function answerKey(id: RequestId): RequestId {
+  const n = Number(id);
+  return Number.isFinite(n) ? n : id;
+}
+
 /** The JSON-RPC answer (result or error) in `data`, or undefined for other messages and what is not JSON. */
 function answerOf(data: string): { id: unknown } | undefined {
   let message: unknown;
@@ -354,7 +368,7 @@ function wrongId(answered: unknown, asked: RequestId): string {
 function wrongAnswer(data: string, id: RequestId): string | undefined | 'not-an-answer' {
   const answer = answerOf(data);
   if (!answer) return 'not-an-answer';
-  return answer.id === id ? undefined : wrongId(answer.id, id);
+  return answerKey(answer.id as RequestId) === answerKey(id) ? undefined : wrongId(answer.id, id);
 }
 
 function checkJson(text: string, id: RequestId): string {

@@ -252,10 +252,10 @@ export async function createToolRegistry(
     },
     has: (name: string) => current().tools.has(name),
     filler: (name: string) => current().tools.get(name)?.config.filler,
-    deferAfter(name: string) {
+    deferral(name: string) {
       const tool = current().tools.get(name);
-      const ms = tool?.config.deferAfterMs;
-      return tool && ms !== undefined ? { ms, definition: definitionHash(tool) } : undefined;
+      const afterMs = tool?.config.deferAfterMs;
+      return tool && afterMs !== undefined ? { afterMs, definition: definitionHash(tool) } : undefined;
     },
     kind: (name: string) => current().tools.get(name)?.config.kind,
     list: () =>

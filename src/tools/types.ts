@@ -87,6 +87,12 @@ export interface ToolOutcome {
   remember: boolean;
 }
 
+/** A tool whose calls are deferred when they run long (its `deferAfter`). */
+export interface Deferrable {
+  afterMs: number;
+  definition: string;
+}
+
 /** What the tool loop needs from the tools side. */
 export interface ToolRunner {
   /** Tool definitions to offer, given the text of the last user messages (for `when.keywords`). */
@@ -96,10 +102,11 @@ export interface ToolRunner {
   /** The filler configured for a tool: undefined = use voice.filler, "" = none. */
   filler(name: string): VoiceText | undefined;
   /**
-   * How long a call of this tool is awaited before the model gets a pending result (undefined: to its end),
-   * and the hash of the tool's definition: a later call joins a deferred run only on the same definition.
+   * How a call of this tool may be deferred (undefined: it is awaited to its end): after how long the model
+   * gets a pending result (`afterMs`), and the hash of the tool's definition, since a later call joins a
+   * deferred run only on the same definition.
    */
-  deferAfter(name: string): { ms: number; definition: string } | undefined;
+  deferral(name: string): Deferrable | undefined;
   /** The executor kind of a tool (http, mcp, sql, builtin), for telemetry. */
   kind(name: string): ResolvedTool['kind'] | undefined;
   /** Runs one call end to end. Never throws: every failure is an outcome with a short error content. */

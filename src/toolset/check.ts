@@ -28,8 +28,7 @@ export function toolSetWarnings(toolset: ToolSet, options: CheckOptions = {}): I
         'is not set: only pods that name this ToolSet in the annotation earpiece.dev/toolset get its tools',
     });
   }
-  const upstream = URL.parse(toolset.spec.upstream?.url ?? '');
-  if (upstream && (upstream.username !== '' || upstream.password !== '')) {
+  if (urlCredentials(toolset.spec.upstream?.url).userinfo) {
     warnings.push({
       path: 'spec.upstream.url',
       message:
@@ -37,12 +36,12 @@ export function toolSetWarnings(toolset: ToolSet, options: CheckOptions = {}): I
     });
   }
   toolset.spec.tools.forEach((tool, i) => {
-    if (tool.mcp && urlCarriesCredentials(tool.mcp.url)) {
+    const mcp = urlCredentials(tool.mcp?.url);
+    if (mcp.userinfo || mcp.query) {
       // The URL itself is not echoed: warnings reach kubectl, Events and logs.
       warnings.push({
         path: `spec.tools[${i}].mcp.url`,
-        message:
-          'carries credentials (user:password@ or a query string), stored in plain text in the ToolSet and the ConfigMap rendered from it: put them in mcp.headers with valueFrom.secretKeyRef instead',
+        message: `${mcp.userinfo ? 'carries user:password@' : 'has a query string, which may carry a token'}, stored in plain text in the ToolSet and the ConfigMap rendered from it: put credentials in mcp.headers with valueFrom.secretKeyRef instead`,
       });
     }
   });
@@ -54,13 +53,13 @@ export function toolSetWarnings(toolset: ToolSet, options: CheckOptions = {}): I
   return warnings;
 }
 
-function urlCarriesCredentials(text: string): boolean {
-  try {
-    const url = new URL(text);
-    return url.username !== '' || url.password !== '' || url.search !== '';
-  } catch {
-    return false;
-  }
+/** What of a URL may hold a secret (nothing for a missing or unparsable one). */
+function urlCredentials(text: string | undefined): { userinfo: boolean; query: boolean } {
+  const url = URL.parse(text ?? '');
+  return {
+    userinfo: !!url && (url.username !== '' || url.password !== ''),
+    query: !!url && url.search !== '',
+  };
 }
 
 /** A parsed document, such as an AdmissionReview's object. */

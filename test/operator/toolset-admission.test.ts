@@ -159,9 +159,15 @@ describe('the ToolSet validating webhook', () => {
     );
     expect(response.allowed).toBe(true);
     expect(response.warnings).toEqual([
-      'earpiece: spec.tools[0].mcp.url: carries credentials (user:password@ or a query string), stored in plain text in the ToolSet and the ConfigMap rendered from it: put them in mcp.headers with valueFrom.secretKeyRef instead',
+      'earpiece: spec.tools[0].mcp.url: carries user:password@, stored in plain text in the ToolSet and the ConfigMap rendered from it: put credentials in mcp.headers with valueFrom.secretKeyRef instead',
     ]);
     expect(JSON.stringify(response)).not.toMatch(/s3cretPass|tok_ABC123/);
+    const query = await admit(
+      stored(withTools({ mcp: { url: 'https://home.example/api/mcp?token=tok_XYZ' } })),
+    );
+    expect(query.warnings).toEqual([
+      'earpiece: spec.tools[0].mcp.url: has a query string, which may carry a token, stored in plain text in the ToolSet and the ConfigMap rendered from it: put credentials in mcp.headers with valueFrom.secretKeyRef instead',
+    ]);
     const plain = await admit(stored(withTools({ mcp: { url: 'https://home.example/api/mcp' } })));
     expect(plain.warnings).toBeUndefined();
   });

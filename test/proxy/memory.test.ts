@@ -342,12 +342,16 @@ describe('late results in tool memory', () => {
     memory.remember(first, [call('c1'), result('c1', big)]);
     expect(memory.size).toBe(0);
     // A turn the user interrupted: nothing was remembered for it.
-    expect(memory.late(first, [call('c1'), result('c1', big)])).toBe(false);
+    expect(memory.late(first, [call('c1'), result('c1', big)])).toBe('too_large');
+    // A request that did not end with the user's words has no turn to keep a result under.
+    expect(
+      memory.late([...first, { role: 'assistant', content: 'Hi' }], [call('c1'), result('c1', '{}')]),
+    ).toBe('no_turn');
     expect(memory.size).toBe(0);
     expect(memory.prepare(next).spliced).toBe(0);
     // A turn that ended on the pending result: that stays, without the result or a note.
     memory.remember(first, [call('c1'), result('c1', 'pending: commute is still running')]);
-    expect(memory.late(first, [call('c1'), result('c1', big)])).toBe(false);
+    expect(memory.late(first, [call('c1'), result('c1', big)])).toBe('too_large');
     const prepared = memory.prepare(next).messages;
     expect(prepared.filter((m) => m.role === 'tool').map((m) => m.content)).toEqual([
       'pending: commute is still running',
@@ -366,8 +370,8 @@ describe('late results in tool memory', () => {
       { role: 'assistant', content: 'Soon.' },
       { role: 'user', content: 'And tomorrow?' },
     ];
-    expect(memory.late(first, [call('c1'), result('c1', report(1))])).toBe(true);
-    expect(memory.late(second, [call('c2'), result('c2', report(2))])).toBe(true);
+    expect(memory.late(first, [call('c1'), result('c1', report(1))])).toBe('kept');
+    expect(memory.late(second, [call('c2'), result('c2', report(2))])).toBe('kept');
     const third: ChatMessage[] = [
       ...second,
       { role: 'assistant', content: 'Soon too.' },

@@ -8,8 +8,8 @@
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 
-/** How tools/call is answered ('late': after LATE_MS). */
-export type CallMode = 'ok' | 'hang' | 'oversized' | 'wrong-id' | 'late';
+/** How tools/call is answered ('late': after LATE_MS; 'stray': another id at once, then its own after LATE_MS). */
+export type CallMode = 'ok' | 'hang' | 'oversized' | 'wrong-id' | 'late' | 'stray';
 
 export const LATE_MS = 400;
 
@@ -92,6 +92,11 @@ export async function startHostileMcpServer(
         return answer(res, req.id, { content: [{ type: 'text', text: 'x'.repeat(5 * 1024 * 1024) }] });
       case 'late':
         if (legacy) res.writeHead(202).end('Accepted');
+        setTimeout(() => answer(res, req.id, ok), LATE_MS);
+        return;
+      case 'stray':
+        // Only the older transport can answer twice: its answers share the event stream.
+        answer(res, typeof req.id === 'number' ? req.id + 1000 : `${req.id}-other`, ok);
         setTimeout(() => answer(res, req.id, ok), LATE_MS);
         return;
       case 'hang':

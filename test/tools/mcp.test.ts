@@ -458,6 +458,19 @@ describe('mcp provider over the older HTTP+SSE transport', () => {
     expect(s.eventStreams).toBe(1);
   }, 20_000);
 
+  it("a stray answer fails the waiting call once: that call's own late answer does not fail the next", async () => {
+    const { s, p } = await hostileLegacy();
+    s.mode = 'stray';
+    await expect(run(p, 'tool_0', {}, ctx(undefined, 600))).rejects.toMatchObject({
+      code: 'ERP_MCP_CALL_FAILED',
+    });
+    // Waiting when the first call's own answer comes, LATE_MS after it was asked.
+    s.mode = 'late';
+    expect(await run(p, 'tool_0')).toBe('ok');
+    expect(connected(p)).toBe(true);
+    expect(s.eventStreams).toBe(1);
+  }, 20_000);
+
   it('lets the late answer of a cut-off call go by without ending the session', async () => {
     const { s, p } = await hostileLegacy();
     s.mode = 'late';
