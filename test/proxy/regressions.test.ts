@@ -45,11 +45,31 @@ describe('review regressions', () => {
     expect(await metric(harness, /^earpiece_turns_total\{toolset="test",outcome="error"\} (\d+)/m)).toBe(1);
   });
 
-  it('leaves a first answer that is simply empty silent (the model may choose to say nothing)', async () => {
-    const { harness } = await setup(() => ({ sse: textReply('') }), { tools: [] });
-    const { text } = await unmuteTurn(harness.client, [SYSTEM, { role: 'user', content: '...' }]);
-    expect(text).toBe('');
-    expect(await metric(harness, /^earpiece_turns_total\{toolset="test",outcome="ok"\} (\d+)/m)).toBe(1);
+  it('speaks the error message for a first answer that is only a refusal', async () => {
+    const { harness } = await setup(
+      () => ({
+        sse: [
+          'data: {"choices":[{"index":0,"delta":{"role":"assistant","refusal":"I cannot help with that."}}]}\n\n',
+          'data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\ndata: [DONE]\n\n',
+        ],
+      }),
+      { tools: [] },
+    );
+    const { text } = await unmuteTurn(harness.client, [SYSTEM, { role: 'user', content: 'Hi' }]);
+    expect(text).toBe("Sorry, I couldn't do that right now. ");
+  });
+
+  it('leaves a first answer with nothing to say silent, thought through or not (the model may choose that)', async () => {
+    const thought = [
+      'data: {"choices":[{"index":0,"delta":{"role":"assistant","reasoning_content":"Silence again. Wait."}}]}\n\n',
+      'data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\ndata: [DONE]\n\n',
+    ];
+    const { harness } = await setup((_req, i) => ({ sse: i === 0 ? textReply('') : thought }), { tools: [] });
+    for (let i = 0; i < 2; i++) {
+      const { text } = await unmuteTurn(harness.client, [SYSTEM, { role: 'user', content: '...' }]);
+      expect(text).toBe('');
+    }
+    expect(await metric(harness, /^earpiece_turns_total\{toolset="test",outcome="ok"\} (\d+)/m)).toBe(2);
   });
 
   it('speaks the error message when the model still calls tools at the iteration cap', async () => {
