@@ -8,8 +8,12 @@
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 
-/** How tools/call is answered ('late': after LATE_MS; 'stray': another id at once, then its own after LATE_MS). */
-export type CallMode = 'ok' | 'hang' | 'oversized' | 'wrong-id' | 'late' | 'stray';
+/**
+ * How tools/call is answered ('late': after LATE_MS; 'stray': another id at once, then its own after
+ * LATE_MS; 'string-id': its id as a string, as some servers echo it; 'refused': HTTP 500 and a body of up to
+ * 64 MiB, written as fast as the client reads it).
+ */
+export type CallMode = 'ok' | 'hang' | 'oversized' | 'wrong-id' | 'late' | 'stray' | 'string-id' | 'refused';
 
 export const LATE_MS = 400;
 
@@ -36,6 +40,8 @@ export interface HostileMcpServer {
   endlessEvent(bytes: number): Promise<{ written: number; closedByClient: boolean }>;
   /** Event streams (GETs) opened so far. */
   eventStreams: number;
+  /** What mode 'refused' wrote of its body, and whether the client let go of it first. */
+  refusal: { written: number; closedByClient: boolean };
   close(): Promise<void>;
 }
 
@@ -94,6 +100,11 @@ export async function startHostileMcpServer(
         if (legacy) res.writeHead(202).end('Accepted');
         setTimeout(() => answer(res, req.id, ok), LATE_MS);
         return;
+      case 'string-id':
+        return answer(res, String(req.id), ok);
+      case 'refused':
+        void refuse(res);
+        return;
       case 'stray':
         // Only the older transport can answer twice: its answers share the event stream.
         answer(res, typeof req.id === 'number' ? req.id + 1000 : `${req.id}-other`, ok);
@@ -108,6 +119,24 @@ export async function startHostileMcpServer(
         res.on('close', () => hanging.delete(res));
         return;
     }
+  };
+
+  const refuse = async (res: ServerResponse) => {
+    res.writeHead(500, { 'content-type': 'text/plain' });
+    const piece = 'x'.repeat(64 * 1024);
+    res.once('close', () => {
+      if (!res.writableFinished) state.refusal.closedByClient = true;
+    });
+    while (state.refusal.written < 64 * 1024 * 1024 && !res.destroyed) {
+      if (!res.write(piece)) {
+        await new Promise((resolve) => {
+          res.once('drain', resolve);
+          res.once('close', resolve);
+        });
+      }
+      state.refusal.written += piece.length;
+    }
+    res.end();
   };
 
   const handle = async (req: IncomingMessage, res: ServerResponse) => {
@@ -176,6 +205,7 @@ export async function startHostileMcpServer(
       }
     },
     eventStreams: 0,
+    refusal: { written: 0, closedByClient: false },
     async endlessEvent(bytes) {
       const [stream] = streams;
       if (!stream) throw new Error('no event stream is open');

@@ -471,6 +471,21 @@ describe('mcp provider over the older HTTP+SSE transport', () => {
     expect(s.eventStreams).toBe(1);
   }, 20_000);
 
+  it('matches an answer whose id comes back as a string, as the SDK does', async () => {
+    const { s, p } = await hostileLegacy();
+    s.mode = 'string-id';
+    expect(await run(p, 'tool_0', {}, ctx(undefined, 600))).toBe('ok');
+  });
+
+  it('reads the body of a refused request no further than 4 MiB', async () => {
+    const { s, p } = await hostileLegacy();
+    s.mode = 'refused';
+    await expect(run(p, 'tool_0', {}, ctx(undefined, 600))).rejects.toBeInstanceOf(Error);
+    await waitFor(() => s.refusal.closedByClient, 'the client to let go of the body');
+    // 4 MiB read, plus what the sockets' buffers held when the client let go.
+    expect(s.refusal.written).toBeLessThan(16 * 1024 * 1024);
+  }, 20_000);
+
   it('lets the late answer of a cut-off call go by without ending the session', async () => {
     const { s, p } = await hostileLegacy();
     s.mode = 'late';
