@@ -31,6 +31,7 @@ import {
   type ToolSetStatus,
   validateToolSet,
 } from '../toolset/index.js';
+import { describeApiError } from './api-errors.js';
 import { type Clock, systemClock } from './clock.js';
 import { renderConfigMap } from './configmap.js';
 import type { EventRecorder } from './events.js';
@@ -115,7 +116,7 @@ export class ToolSetController {
       maxDelayMs: o.retryMaxMs,
       onRetry: (key, err, attempt, delayMs) =>
         o.logger.warn(
-          { key, attempt, retryInMs: delayMs, err: describe(err) },
+          { key, attempt, retryInMs: delayMs, err: describeApiError(err) },
           'Failed to reconcile ToolSet',
         ),
     });
@@ -255,7 +256,7 @@ export class ToolSetController {
               type: READY,
               status: 'False',
               reason: 'ConfigMapWriteFailed',
-              message: `writing ConfigMap ${cmName} failed: ${describe(err)}`,
+              message: `writing ConfigMap ${cmName} failed: ${describeApiError(err)}`,
             },
             ...carriedOver(cached),
           ],
@@ -469,14 +470,4 @@ function subject(t: ToolSetObject) {
     namespace: t.metadata.namespace,
     uid: t.metadata.uid,
   };
-}
-
-function describe(err: unknown): string {
-  const e = err as { code?: number; body?: unknown; message?: string };
-  if (typeof e?.code === 'number' && e.body !== undefined) {
-    const body = typeof e.body === 'string' ? e.body : JSON.stringify(e.body);
-    const message = /"message":"((?:[^"\\]|\\.)*)"/.exec(body)?.[1];
-    return `HTTP ${e.code}${message ? `: ${message}` : ''}`;
-  }
-  return e?.message ?? String(err);
 }

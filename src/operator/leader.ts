@@ -15,7 +15,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { type CoordinationV1Api, type V1Lease, type V1LeaseSpec, V1MicroTime } from '@kubernetes/client-node';
 import type { Logger } from '../telemetry/log.js';
-import { statusOf } from './api-errors.js';
+import { describeApiError, statusOf } from './api-errors.js';
 import { type Clock, systemClock } from './clock.js';
 import { ConfigError } from './config.js';
 
@@ -233,7 +233,7 @@ export class LeaderElector {
     const status = statusOf(err);
     // 409: another candidate wrote first; that is the election working, not an error.
     if (status === 409) return { held: false };
-    return { held: false, failure: { step, status, cause: describe(err) } };
+    return { held: false, failure: { step, status, cause: describeApiError(err) } };
   }
 
   /** Logs a failure at warn unless it is the one last logged (then at debug); a try without one rearms. */
@@ -277,26 +277,7 @@ export class LeaderElector {
       });
       this.o.logger.info({ lease: name, identity }, 'Released Lease');
     } catch (err) {
-      this.o.logger.warn({ lease: name, err: describe(err) }, 'Failed to release Lease');
+      this.o.logger.warn({ lease: name, err: describeApiError(err) }, 'Failed to release Lease');
     }
-  }
-}
-
-/** An API error as its status and the API server's message (not the whole response); another error's message. */
-function describe(err: unknown): string {
-  const status = statusOf(err);
-  if (status === undefined) return err instanceof Error ? err.message : String(err);
-  const message = statusMessage((err as { body?: unknown }).body);
-  return `HTTP ${status}${message ? `: ${message}` : ''}`;
-}
-
-/** The message of a metav1.Status response body, as text or parsed. */
-function statusMessage(body: unknown): string | undefined {
-  try {
-    const parsed: unknown = typeof body === 'string' ? JSON.parse(body) : body;
-    const message = (parsed as { message?: unknown } | undefined)?.message;
-    return typeof message === 'string' ? message : undefined;
-  } catch {
-    return undefined;
   }
 }
