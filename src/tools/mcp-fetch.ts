@@ -53,12 +53,11 @@ export function createSessionFetch(transport: 'streamable' | 'sse'): typeof fetc
       streamed?.cancelled(message.params.requestId);
     }
     const id = message?.method !== undefined ? message.id : undefined;
-    if (id === undefined) return guardAnswer(await fetch(input, init), undefined, undefined, () => {});
-    // The answer comes on the event stream; the POST's own body is only read when it refuses (capped).
-    if (streamed)
-      return streamed.post(id, async () =>
-        guardAnswer(await fetch(input, init), undefined, undefined, () => {}),
-      );
+    /** A response with no answer of ours to check in it: its body is only capped. */
+    const capped = async () => guardAnswer(await fetch(input, init), undefined, undefined, () => {});
+    if (id === undefined) return capped();
+    // The answer comes on the event stream; the POST's own body is only read when it refuses.
+    if (streamed) return streamed.post(id, capped);
 
     const stop = new AbortController();
     open.set(id, stop);
