@@ -13,6 +13,7 @@ import {
   type InjectionOutcome,
   startWebhookServer,
   type WebhookServer,
+  type WebhookServerOptions,
 } from '../../src/operator/webhook.js';
 import { createLogger } from '../../src/telemetry/log.js';
 import type { ToolSet } from '../../src/toolset/index.js';
@@ -36,6 +37,19 @@ const toolsets = [
 
 const first = webhookCertificates({ service: SERVICE, namespace: 'earpiece', now: new Date() });
 const holder = new CertificateHolder(first.serving);
+
+/** A second webhook server that knows no ToolSets, with `options` on top. */
+function bareWebhook(options: Partial<WebhookServerOptions>): Promise<WebhookServer> {
+  return startWebhookServer({
+    port: 0,
+    host: '127.0.0.1',
+    certificate: holder,
+    lookups: { toolsetByName: () => undefined, toolsetsInNamespace: () => [], config: () => undefined },
+    sidecar: DEFAULT_SIDECAR,
+    logger: createLogger('webhook-test', 'silent'),
+    ...options,
+  });
+}
 const outcomes: InjectionOutcome[] = [];
 let ready = new Set(['assistant', 'lab-a', 'lab-b']);
 let optedInNamespaces = new Set<string>();
@@ -389,13 +403,7 @@ describe('the webhook over HTTPS', () => {
     });
 
     it('still answers when the outcome callback throws', async () => {
-      const noisy = await startWebhookServer({
-        port: 0,
-        host: '127.0.0.1',
-        certificate: holder,
-        lookups: { toolsetByName: () => undefined, toolsetsInNamespace: () => [], config: () => undefined },
-        sidecar: DEFAULT_SIDECAR,
-        logger: createLogger('webhook-test', 'silent'),
+      const noisy = await bareWebhook({
         onInjection: () => {
           throw new Error('metrics are down');
         },
@@ -424,15 +432,7 @@ describe('the webhook over HTTPS', () => {
   });
 
   it('drops a request that does not arrive whole within the request timeout, and a stalled handshake', async () => {
-    const slow = await startWebhookServer({
-      port: 0,
-      host: '127.0.0.1',
-      certificate: holder,
-      lookups: { toolsetByName: () => undefined, toolsetsInNamespace: () => [], config: () => undefined },
-      sidecar: DEFAULT_SIDECAR,
-      logger: createLogger('webhook-test', 'silent'),
-      requestTimeoutMs: 500,
-    });
+    const slow = await bareWebhook({ requestTimeoutMs: 500 });
     /** Everything the server wrote once it closed the connection; a generous guard, not a timing check. */
     const answer = (socket: Socket) =>
       new Promise<string>((resolve, reject) => {

@@ -112,6 +112,17 @@ async function metric(metricsUrl: string, line: RegExp): Promise<number> {
   return found ? Number(found.split(' ').at(-1)) : 0;
 }
 
+/** The metric once it reaches `atLeast`, or as it stands after a 5 s guard (a late result lands after its turn). */
+async function metricReaching(metricsUrl: string, line: RegExp, atLeast: number): Promise<number> {
+  const started = Date.now();
+  let value = await metric(metricsUrl, line);
+  while (value < atLeast && Date.now() - started < 5000) {
+    await new Promise((r) => setTimeout(r, 20));
+    value = await metric(metricsUrl, line);
+  }
+  return value;
+}
+
 async function until(check: () => boolean, what: string): Promise<void> {
   const started = Date.now();
   while (!check()) {
@@ -330,10 +341,7 @@ describe('late results', () => {
     expect(first.text).toBe("One moment. I'll tell you as soon as it is ready.");
     await until(() => finished.includes('big1'), 'the report');
     const discarded = /^earpiece_deferred_calls_total\{.*outcome="discarded"/;
-    const started = Date.now();
-    while ((await metric(harness.proxy.metricsUrl, discarded)) === 0 && Date.now() - started < 5000)
-      await new Promise((r) => setTimeout(r, 20));
-    expect(await metric(harness.proxy.metricsUrl, discarded)).toBe(1);
+    expect(await metricReaching(harness.proxy.metricsUrl, discarded, 1)).toBe(1);
     const second = await unmuteTurn(harness.client, nextTurn(question, first.text, '...'));
     expect(second.text).toBe('Okay.');
     const sent = upstream.requests.at(-1)?.body.messages ?? [];
@@ -388,10 +396,7 @@ describe('late results', () => {
     }
     await until(() => ['hq1', 'hq2'].every((id) => aborted.includes(id)), 'the running calls to be stopped');
     const cancelled = /^earpiece_deferred_calls_total\{.*outcome="cancelled"/;
-    const started = Date.now();
-    while ((await metric(harness.proxy.metricsUrl, cancelled)) < 4 && Date.now() - started < 5000)
-      await new Promise((r) => setTimeout(r, 20));
-    expect(await metric(harness.proxy.metricsUrl, cancelled)).toBe(4);
+    expect(await metricReaching(harness.proxy.metricsUrl, cancelled, 4)).toBe(4);
     // The queued two were cancelled before they took a slot: no request of theirs ever left.
     expect(runs.filter((r) => ids.includes(r))).toEqual(['hq1', 'hq2']);
   });
@@ -551,10 +556,7 @@ describe('late results across a ToolSet reload', () => {
     await harness.proxy.reload();
     await until(() => finished.includes('o1'), 'the report');
     const discarded = /^earpiece_deferred_calls_total\{.*outcome="discarded"/;
-    const started = Date.now();
-    while ((await metric(harness.proxy.metricsUrl, discarded)) === 0 && Date.now() - started < 5000)
-      await new Promise((r) => setTimeout(r, 20));
-    expect(await metric(harness.proxy.metricsUrl, discarded)).toBe(1);
+    expect(await metricReaching(harness.proxy.metricsUrl, discarded, 1)).toBe(1);
     const failed = /^earpiece_deferred_calls_total\{.*outcome="failed"/;
     expect(await metric(harness.proxy.metricsUrl, failed)).toBe(0);
     const second = await unmuteTurn(harness.client, nextTurn(question, first.text, '...'));

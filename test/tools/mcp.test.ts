@@ -73,6 +73,12 @@ async function freePort(): Promise<number> {
 
 const connected = (p: ToolProvider) => p.status?.().state === 'connected';
 
+/** How a call fails when the server answers it with another request's id, on either transport. */
+const WRONG_ID = {
+  code: 'ERP_MCP_CALL_FAILED',
+  message: expect.stringMatching(/^the MCP server answered with the id \d+, not \d+$/),
+};
+
 describe('mcp provider over Streamable HTTP', () => {
   it('offers the listed tools with their schemas, prefixed and filtered, and sends headers from env', async () => {
     const s = await server();
@@ -349,10 +355,7 @@ describe('mcp provider against a hostile server', () => {
       message: "the MCP server's answer is larger than 4 MiB",
     });
     s.mode = 'wrong-id';
-    await expect(run(p, 'tool_0', {}, ctx(undefined, 600))).rejects.toMatchObject({
-      code: 'ERP_MCP_CALL_FAILED',
-      message: expect.stringMatching(/^the MCP server answered with the id \d+, not \d+$/),
-    });
+    await expect(run(p, 'tool_0', {}, ctx(undefined, 600))).rejects.toMatchObject(WRONG_ID);
     s.mode = 'ok';
     expect(await run(p, 'tool_0')).toBe('ok');
     expect(connected(p)).toBe(true);
@@ -448,10 +451,7 @@ describe('mcp provider over the older HTTP+SSE transport', () => {
     const { s, p } = await hostileLegacy();
     s.mode = 'wrong-id';
     // A tool timeout far beyond the test's: only an immediate failure passes.
-    await expect(run(p, 'tool_0', {}, ctx(undefined, 600))).rejects.toMatchObject({
-      code: 'ERP_MCP_CALL_FAILED',
-      message: expect.stringMatching(/^the MCP server answered with the id \d+, not \d+$/),
-    });
+    await expect(run(p, 'tool_0', {}, ctx(undefined, 600))).rejects.toMatchObject(WRONG_ID);
     s.mode = 'ok';
     expect(await run(p, 'tool_0')).toBe('ok');
     expect(connected(p)).toBe(true);
