@@ -109,6 +109,16 @@ function summarize(body: string): string {
   return body.slice(0, 300);
 }
 
+/** A refusal's error; its body may quote the key it was sent ("Incorrect API key provided: sk-…"), and goes to logs. */
+function refusal(
+  status: number,
+  body: string,
+  retryAfter: number | undefined,
+  authorization: string | undefined,
+): UpstreamHttpError {
+  return new UpstreamHttpError(status, secretScrubber([authorization])(body), retryAfter);
+}
+
 /** One chat answer, read chunk by chunk, whatever its wire form. */
 export interface ChunkSource {
   /**
@@ -354,13 +364,6 @@ export class Upstream {
       let parts: Buffer[] = [];
       let size = 0;
       const onAbort = () => controller?.abort(signal.reason as Error);
-      // A refusal may quote the key it was sent ("Incorrect API key provided: sk-…"); its text goes to logs.
-      const refused = () =>
-        new UpstreamHttpError(
-          status,
-          secretScrubber([requestHeaders.authorization])(readParts(parts, MAX_ERROR_BODY)),
-          retryAfter,
-        );
       const fail = (err: unknown) => {
         signal.removeEventListener('abort', onAbort);
         markSent();
@@ -406,7 +409,9 @@ export class Upstream {
             size += chunk.length;
             // An error body is only summarized: the rest is not worth reading.
             if (kind === 'refused' && size >= MAX_ERROR_BODY) {
-              fail(refused());
+              fail(
+                refusal(status, readParts(parts, MAX_ERROR_BODY), retryAfter, requestHeaders.authorization),
+              );
               parts = [];
               c.abort(new Error('upstream error body read'));
             } else if (kind === 'json' && size > MAX_COMPLETION_BYTES) {
@@ -425,7 +430,9 @@ export class Upstream {
             if (kind === 'sse') {
               (stream as UpstreamBody).finish();
             } else if (kind === 'refused') {
-              fail(refused());
+              fail(
+                refusal(status, readParts(parts, MAX_ERROR_BODY), retryAfter, requestHeaders.authorization),
+              );
             } else {
               try {
                 resolve(new CompletionSource(JSON.parse(readParts(parts))));
