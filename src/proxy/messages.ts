@@ -46,12 +46,21 @@ export function needsNoTools(messages: ChatMessage[]): boolean {
   return users.length === 1 && text === 'Hello!';
 }
 
-/** Text of the last `count` user messages, newest last: the window `when.keywords` looks at. */
+/**
+ * What `recentUserText` keeps of each message: its end. Spoken turns are far shorter; the bound keeps the
+ * synchronous work on it (keyword matching, language detection) small whatever a client sends.
+ */
+export const RECENT_TEXT_CHARS = 1000;
+
+/**
+ * The last RECENT_TEXT_CHARS characters of each of the last `count` user messages, newest last: the window
+ * `when.keywords` and language detection look at.
+ */
 export function recentUserText(messages: ChatMessage[], count = 2): string[] {
   const out: string[] = [];
   for (let i = messages.length - 1; i >= 0 && out.length < count; i--) {
     const m = messages[i] as ChatMessage;
-    if (m.role === 'user') out.unshift(messageText(m));
+    if (m.role === 'user') out.unshift(messageText(m).slice(-RECENT_TEXT_CHARS));
   }
   return out;
 }

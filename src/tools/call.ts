@@ -123,6 +123,9 @@ export async function callTool(
     remember: tool?.config.memory ?? true,
   });
   if (!tool) return done('unknown_tool', unknownTool(call.name, options.names()));
+  // A call that had not started when the turn ended (one queued for a maxParallelCalls slot) never starts:
+  // onInterrupt: finish lets a side effect under way complete, it does not begin new ones for a user who left.
+  if (signal.aborted) return done('cancelled', `error: ${tool.name} was cancelled`);
   // onInterrupt: finish — a side effect such as switching a light completes; only its timeout stops it.
   const caller = tool.config.onInterrupt === 'finish' ? undefined : signal;
   try {

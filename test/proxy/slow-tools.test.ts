@@ -401,6 +401,36 @@ describe('late results', () => {
     expect(runs.filter((r) => ids.includes(r))).toEqual(['hq1', 'hq2']);
   });
 
+  it('a hang-up lets running onInterrupt: finish calls complete, but starts none still queued for a slot', async () => {
+    const ids = ['fq1', 'fq2', 'fq3', 'fq4'];
+    const { harness } = await setup(
+      () => ({ sse: toolCallReply(ids.map((id) => ({ name: 'switch', arguments: { ms: 400, id } }))) }),
+      {
+        limits: { maxParallelCalls: 2 },
+        tools: [workTool('switch', { timeout: '5s', onInterrupt: 'finish' })],
+      },
+    );
+    const abort = new AbortController();
+    const stream = await harness.client.chat.completions.create(
+      {
+        model: 'scripted-model',
+        messages: [SYSTEM, { role: 'user', content: 'four switches' }],
+        stream: true,
+      },
+      { signal: abort.signal },
+    );
+    try {
+      for await (const chunk of stream) if (chunk.choices[0]?.delta.content) abort.abort();
+    } catch {
+      // The SDK may end the iteration with an abort error, or quietly.
+    }
+    await until(() => ['fq1', 'fq2'].every((id) => finished.includes(id)), 'the running calls to complete');
+    // Past the time the queued two would have taken their slots and finished.
+    await new Promise((r) => setTimeout(r, 600));
+    expect(runs.filter((r) => ids.includes(r))).toEqual(['fq1', 'fq2']);
+    expect(finished.filter((r) => ids.includes(r))).toEqual(['fq1', 'fq2']);
+  });
+
   it("a deferred call keeps its slot in the turn's next round too", async () => {
     const { harness } = await setup(
       (req) => {

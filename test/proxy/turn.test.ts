@@ -269,6 +269,12 @@ describe('what goes upstream', () => {
     expect(names()).toEqual(['get_weather', 'current_time']);
     await unmuteTurn(harness.client, [SYSTEM, { role: 'user', content: 'I took the train' }]);
     expect(names()).toEqual(['current_time']);
+    // Of a long message only its last 1,000 characters are read: the work on it stays small.
+    const long = (head: string, tail: string) => `${head} ${'la '.repeat(2000)}${tail}`;
+    await unmuteTurn(harness.client, [SYSTEM, { role: 'user', content: long('Weather?', 'Thanks.') }]);
+    expect(names()).toEqual(['current_time']);
+    await unmuteTurn(harness.client, [SYSTEM, { role: 'user', content: long('Hi.', 'Rain?') }]);
+    expect(names()).toEqual(['get_weather', 'current_time']);
   });
 
   it("forwards the client's Authorization, unless spec.upstream.apiKey replaces it", async () => {
