@@ -7,6 +7,9 @@
  * Plain JSON Schema, not TypeBox: the proxy never loads TypeBox (some 9 MB of idle memory in a sidecar).
  */
 
+/** Model ids run to some tens of characters (`meta-llama/Llama-3.3-70B-Instruct`); this leaves room. */
+export const MAX_MODEL_CHARS = 256;
+
 const string = { type: 'string' } as const;
 const boolean = { type: 'boolean' } as const;
 const nullable = (schema: object) => ({ anyOf: [schema, { type: 'null' }] });
@@ -33,7 +36,8 @@ const clientTool = object({ type: string, function: object({ name: string }) });
 
 export const ChatRequestSchema = object(
   {
-    model: nullable(string),
+    // Copied into every chunk of the answer and into telemetry (span names, a metric attribute).
+    model: nullable({ type: 'string', maxLength: MAX_MODEL_CHARS }),
     messages: { type: 'array', items: message, minItems: 1 },
     stream: nullable(boolean),
     stream_options: nullable(object({ include_usage: nullable(boolean) })),

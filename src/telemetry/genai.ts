@@ -46,11 +46,17 @@ export interface ChatResponseInfo {
   timeToFirstChunkSeconds?: number;
 }
 
+/**
+ * The longest id or model name the upstream's answer may put on a span; the model name is also a metric
+ * attribute, held for the life of the process.
+ */
+export const MAX_RESPONSE_NAME = 256;
+
 /** Attributes to set on a chat span once its response is known (usage only when the upstream sent it). */
 export function chatResponseAttributes(response: ChatResponseInfo): Attributes {
   return {
-    'gen_ai.response.id': response.responseId,
-    'gen_ai.response.model': response.responseModel,
+    'gen_ai.response.id': response.responseId?.slice(0, MAX_RESPONSE_NAME),
+    'gen_ai.response.model': response.responseModel?.slice(0, MAX_RESPONSE_NAME),
     'gen_ai.response.finish_reasons': response.finishReasons,
     'gen_ai.usage.input_tokens': response.inputTokens,
     'gen_ai.usage.output_tokens': response.outputTokens,

@@ -58,6 +58,8 @@ describe('a malformed chat request', () => {
       '/stream_options',
     ],
     ['stream that is a word', { model: 'm', messages: [USER], stream: 'yes' }, '/stream'],
+    // It would be copied into every chunk of the answer and into telemetry.
+    ['a model name of 257 characters', { model: 'm'.repeat(257), messages: [USER] }, '/model'],
     ['no messages', { model: 'm', messages: [] }, '/messages'],
     ['messages that is an object', { model: 'm', messages: { role: 'user' } }, '/messages'],
     ['a body that is an array', [USER], 'body'],

@@ -370,3 +370,13 @@ console.log(JSON.stringify({ tracing: telemetry.tracing, loaded: [...loaded] }))
     expect(on.loaded).toContain('@opentelemetry/sdk-node');
   });
 });
+
+describe('chat response attributes', () => {
+  test("cut the upstream's id and model name, which span names and a metric attribute hold", () => {
+    const long = 'm'.repeat(1024 * 1024);
+    const attributes = chatResponseAttributes({ responseId: long, responseModel: `${long}x` });
+    expect(attributes['gen_ai.response.id']).toHaveLength(256);
+    expect(attributes['gen_ai.response.model']).toBe('m'.repeat(256));
+    expect(chatResponseAttributes({ responseModel: 'qwen3-8b' })['gen_ai.response.model']).toBe('qwen3-8b');
+  });
+});
