@@ -16,7 +16,8 @@ export const ERRORS = {
   ERP_PATH_REFUSED: {
     status: 400,
     type: 'invalid_request_error',
-    summary: 'A pass-through path that leaves /v1/ once normalised.',
+    summary:
+      'A pass-through path that leaves /v1/ once normalised, or that names the chat route another way.',
   },
   ERP_REQUEST_TIMEOUT: {
     status: 408,
@@ -82,7 +83,7 @@ export const ERRORS = {
   ERP_TURN_TIMEOUT: {
     status: 504,
     type: 'api_error',
-    summary: 'The turn took longer than limits.turnTimeout.',
+    summary: 'The turn, or a pass-through request, took longer than limits.turnTimeout.',
   },
 } as const;
 

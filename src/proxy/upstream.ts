@@ -476,11 +476,13 @@ export class Upstream {
   ): Promise<{
     statusCode: number;
     headers: Record<string, string | string[]>;
-    body: AsyncIterable<Uint8Array>;
+    body: AsyncIterable<Uint8Array> | Buffer;
   }> {
     const out: Record<string, string | string[]> = {};
     for (const [k, v] of Object.entries(headers)) if (v !== undefined && !HOP_BY_HOP.has(k)) out[k] = v;
     Object.assign(out, this.#authHeader(headers.authorization));
+    // With the server-side key, an error answer is read as text to scrub it: it must not come compressed.
+    if (this.#authorization) delete out['accept-encoding'];
     const res = await this.#pool.request({
       method: method as 'GET',
       path: `${this.basePath}${path}`,
@@ -491,12 +493,50 @@ export class Upstream {
     const resHeaders: Record<string, string | string[]> = {};
     for (const [k, v] of Object.entries(res.headers))
       if (v !== undefined && !HOP_BY_HOP.has(k)) resHeaders[k] = v;
-    return { statusCode: res.statusCode, headers: resHeaders, body: res.body };
+    if (res.statusCode < 400 || !this.#authorization)
+      return { statusCode: res.statusCode, headers: resHeaders, body: res.body };
+    // A refusal may quote the server-side key ("Incorrect API key provided: sk-…"), which the client must
+    // never see: the body is read (at most MAX_PASSTHROUGH_ERROR_BYTES) and scrubbed, as for a chat turn.
+    const encoded = resHeaders['content-encoding'];
+    delete resHeaders['content-length'];
+    delete resHeaders['content-encoding'];
+    if (encoded !== undefined && encoded !== 'identity') {
+      res.body.destroy();
+      return {
+        statusCode: res.statusCode,
+        headers: resHeaders,
+        body: Buffer.from(`the LLM server answered ${res.statusCode}`),
+      };
+    }
+    const text = await readCapped(res.body, MAX_PASSTHROUGH_ERROR_BYTES);
+    return {
+      statusCode: res.statusCode,
+      headers: resHeaders,
+      body: Buffer.from(secretScrubber([this.#authorization])(text)),
+    };
   }
 
   close(): Promise<void> {
     return this.#pool.close();
   }
+}
+
+/** An error answer on the pass-through route: enough for any error message. */
+const MAX_PASSTHROUGH_ERROR_BYTES = 64 * 1024;
+
+/** The body's first `cap` bytes as text; the rest is not read. */
+async function readCapped(body: Dispatcher.ResponseData['body'], cap: number): Promise<string> {
+  const parts: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of body) {
+    parts.push(chunk as Buffer);
+    size += (chunk as Buffer).length;
+    if (size >= cap) {
+      body.destroy();
+      break;
+    }
+  }
+  return Buffer.concat(parts).subarray(0, cap).toString('utf8');
 }
 
 function readParts(parts: Buffer[], cap?: number): string {

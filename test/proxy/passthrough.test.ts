@@ -88,6 +88,69 @@ describe('pass-through paths', () => {
   });
 });
 
+describe('the chat route by another spelling', () => {
+  it.each([
+    '/v1/./chat/completions',
+    '/v1/%2e/chat/completions',
+    '/v1/models/../chat/completions',
+    '/v1/chat/completions/',
+    '/v1/Chat/Completions',
+  ])(
+    'refuses %s: it would reach the model without tools, instructions or the turn deadline',
+    async (target) => {
+      const upstream = await recordingUpstream();
+      const harness = await startTestProxy({ tools: [] }, upstream.url);
+      defer(() => harness.close());
+      const answer = await rawGet(harness.proxy.url, target);
+      expect(answer).toMatch(/^HTTP\/1\.1 400/);
+      expect(answer).toContain('ERP_PATH_REFUSED');
+      expect(answer).toContain('written another way');
+      expect(upstream.seen).toEqual([]);
+    },
+  );
+});
+
+describe('pass-through answers', () => {
+  it("never show the client the server-side key that an upstream's refusal quotes", async () => {
+    const server = createServer((req, res) => {
+      const key = String(req.headers.authorization).replace('Bearer ', '');
+      res.writeHead(401, { 'content-type': 'application/json' });
+      res.end(JSON.stringify({ error: { message: `Incorrect API key provided: ${key}.` } }));
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    defer(() => new Promise<void>((r) => server.close(() => r())));
+    const harness = await startTestProxy(
+      { tools: [], upstream: { apiKey: { value: 'sk-server-side-1234' } } },
+      `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    );
+    defer(() => harness.close());
+    const res = await fetch(`${harness.proxy.url}/v1/models`, { headers: { 'accept-encoding': 'gzip' } });
+    expect(res.status).toBe(401);
+    const text = await res.text();
+    expect(text).toContain('Incorrect API key provided: [redacted]');
+    expect(text).not.toContain('sk-server-side-1234');
+  });
+
+  it('end at the turn deadline when the upstream does not answer', async () => {
+    const held: import('node:http').ServerResponse[] = [];
+    const server = createServer((_req, res) => void held.push(res));
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    defer(async () => {
+      for (const res of held) res.destroy();
+      await new Promise<void>((r) => server.close(() => r()));
+    });
+    const harness = await startTestProxy(
+      { tools: [], limits: { turnTimeout: '300ms' } },
+      `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    );
+    defer(() => harness.close());
+    const res = await fetch(`${harness.proxy.url}/v1/models`, { signal: AbortSignal.timeout(5_000) });
+    expect(res.status).toBe(504);
+    expect(await res.json()).toMatchObject({ error: { code: 'ERP_TURN_TIMEOUT' } });
+    expect(held).toHaveLength(1);
+  });
+});
+
 describe('pass-through headers', () => {
   it('drops the headers the client named in Connection, and replaces the Authorization', async () => {
     const upstream = await recordingUpstream();

@@ -1,7 +1,9 @@
 /**
- * Every other /v1/* request (GET /v1/models above all) goes to the upstream unchanged, except for two
- * things a proxy that adds the server-side API key must not pass on: a path that leaves /v1/ once resolved
- * (`/v1/../admin`, `/v1/%2e%2e/admin`), and the headers the client named hop-by-hop in `Connection`.
+ * Every other /v1/* request (GET /v1/models above all) goes to the upstream unchanged, except for what a
+ * proxy that adds the server-side API key must not pass on: a path that leaves /v1/ once resolved
+ * (`/v1/../admin`, `/v1/%2e%2e/admin`) or reaches the chat route by another spelling (which would skip the
+ * tools and the turn's limits), and the headers the client named hop-by-hop in `Connection`. A request is
+ * held to the turn's deadline, and an error answer does not quote the server-side key (upstream.ts).
  */
 import type { IncomingHttpHeaders } from 'node:http';
 import type { FastifyInstance } from 'fastify';
@@ -33,6 +35,15 @@ export function upstreamPath(url: string): string | undefined {
   return queryAt === -1 ? resolved.pathname : resolved.pathname + url.slice(queryAt);
 }
 
+const CHAT_PATH = '/v1/chat/completions';
+
+/** The chat route written another way (`/v1/./chat/completions`, a trailing slash, other case). */
+export function isChatPath(path: string): boolean {
+  const queryAt = path.indexOf('?');
+  const bare = (queryAt === -1 ? path : path.slice(0, queryAt)).replace(/\/+$/, '');
+  return bare.toLowerCase() === CHAT_PATH;
+}
+
 function fullyDecoded(segment: string): string | undefined {
   let text = segment;
   for (let i = 0; i < 4; i++) {
@@ -47,6 +58,8 @@ function fullyDecoded(segment: string): string | undefined {
   }
   return undefined;
 }
+
+class PassthroughTimeout extends Error {}
 
 /** The client's headers without those its `Connection` header names (RFC 9110 §7.6.1). */
 export function withoutNamedHopHeaders(headers: IncomingHttpHeaders): IncomingHttpHeaders {
@@ -75,9 +88,25 @@ export async function passthroughRoutes(app: FastifyInstance, deps: ServerDeps):
         ),
       );
     }
-    const { upstream } = deps.current();
+    if (isChatPath(path)) {
+      return sendError(
+        reply,
+        new ProxyError(
+          'ERP_PATH_REFUSED',
+          `the path ${JSON.stringify(request.url)} is ${CHAT_PATH} written another way: send it as ${CHAT_PATH}`,
+        ),
+      );
+    }
+    const { upstream, toolset } = deps.current();
     const abort = new AbortController();
     reply.raw.on('close', () => abort.abort());
+    const timeoutMs = toolset.limits.turnTimeoutMs;
+    // Until the answer has been read whole: one that streams on, or that the client does not read, is cut off.
+    const deadline = setTimeout(() => {
+      if (reply.raw.headersSent) reply.raw.destroy();
+      else abort.abort(new PassthroughTimeout());
+    }, timeoutMs);
+    reply.raw.once('close', () => clearTimeout(deadline));
     try {
       const res = await upstream.passthrough(
         request.method,
@@ -88,6 +117,12 @@ export async function passthroughRoutes(app: FastifyInstance, deps: ServerDeps):
       );
       return reply.code(res.statusCode).headers(res.headers).send(res.body);
     } catch (err) {
+      if (abort.signal.reason instanceof PassthroughTimeout) {
+        return sendError(
+          reply,
+          new ProxyError('ERP_TURN_TIMEOUT', `the upstream did not answer within ${timeoutMs} ms`),
+        );
+      }
       return sendError(
         reply,
         new ProxyError(
