@@ -28,7 +28,10 @@ export interface ServerDeps {
 }
 
 export interface ServerLimits {
-  /** Longest wait for a whole request, headers and body (a slow body holds memory; Node's 0 waits forever). */
+  /**
+   * Longest wait for a whole request, headers and body (a slow body holds memory; Node's 0 waits forever),
+   * and for the client to read an answer the proxy has finished.
+   */
   requestTimeoutMs: number;
   /** What all request bodies together may hold (see body-budget.ts). */
   maxBodyBytesInFlight: number;
@@ -71,7 +74,7 @@ function base(deps: ServerDeps, limits: ServerLimits): FastifyInstance {
 export function buildServer(deps: ServerDeps, limits: ServerLimits = DEFAULT_LIMITS): FastifyInstance {
   const app = base(deps, limits);
   app.addHook('preParsing', new BodyBudget(limits.maxBodyBytesInFlight, BODY_LIMIT).hook);
-  app.register(async (scope) => chatRoutes(scope, deps));
+  app.register(async (scope) => chatRoutes(scope, deps, limits.requestTimeoutMs));
   app.register(async (scope) => passthroughRoutes(scope, deps));
   app.register(async (scope) => healthRoutes(scope, deps));
   return app;

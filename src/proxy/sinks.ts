@@ -42,6 +42,17 @@ export function drainOrClose(res: ServerResponse): Promise<void> {
   });
 }
 
+/**
+ * Closes the connection of a response the client has not read `ms` after the proxy finished it: a client
+ * that stops reading would otherwise hold the socket's buffers, and its request body's share of the body
+ * budget (released on 'close'), for as long as it likes.
+ */
+export function closeIfUnread(res: ServerResponse, ms: number): void {
+  if (res.writableFinished || res.destroyed) return;
+  const timer = setTimeout(() => res.destroy(), ms);
+  res.once('close', () => clearTimeout(timer));
+}
+
 /** vLLM's shape, `chatcmpl-` and 32 hex digits; randomUUID draws from a cached pool, not a syscall each time. */
 export function completionId(): string {
   return `chatcmpl-${randomUUID().replaceAll('-', '')}`;

@@ -114,6 +114,38 @@ describe('bodies in flight', () => {
   });
 });
 
+describe('an answer the client does not read', () => {
+  it("is cut off a request timeout after its turn ended, and its body's budget freed", async () => {
+    const budget = 1024 * 1024;
+    // About 14 MB of chunks, more than the two sockets buffer: the proxy's writes stall on the unread one.
+    const answer = 'abcdefghij '.repeat(60_000);
+    const { harness } = await setup(
+      () => ({ sse: textReply(answer) }),
+      { tools: [], limits: { turnTimeout: '3s' } },
+      { limits: { requestTimeoutMs: 300, maxBodyBytesInFlight: budget } },
+    );
+    const body = (size: number) =>
+      JSON.stringify({ model: 'm', stream: true, messages: [{ role: 'user', content: 'y'.repeat(size) }] });
+    const reader = rawClient(harness);
+    reader.socket.pause();
+    const first = body(600 * 1024);
+    reader.socket.write(`${head(Buffer.byteLength(first))}${first}`);
+    // While its answer is held, a second body of that size passes the budget.
+    await new Promise((r) => setTimeout(r, 300));
+    const second = body(600 * 1024);
+    const refused = rawClient(harness);
+    refused.socket.write(`${head(Buffer.byteLength(second))}${second}`);
+    expect(errorOf(await refused.answer)).toEqual({ status: 503, code: 'ERP_OVERLOADED' });
+    // The turn ends at its deadline (3 s), the unread answer's connection 300 ms later; its share is free.
+    await new Promise((r) => setTimeout(r, 3_500));
+    const fits = rawClient(harness);
+    fits.socket.write(
+      `${head(Buffer.byteLength(second)).replace('HTTP/1.1\r\n', 'HTTP/1.1\r\nconnection: close\r\n')}${second}`,
+    );
+    expect(await fits.answer).toMatch(/^HTTP\/1\.1 200/);
+  }, 20_000);
+});
+
 describe('the metrics port', () => {
   it('never reads a request body: a POST gets 404 at once, unparsed', async () => {
     const { harness } = await setup(() => ({ sse: textReply('Hello.') }), { tools: [] });

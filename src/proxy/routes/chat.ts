@@ -5,7 +5,7 @@ import { type ChatRequestBody, ChatRequestSchema } from '../chat-request.js';
 import { ProxyError } from '../errors.js';
 import type { ChatMessage } from '../messages.js';
 import type { ServerDeps } from '../server.js';
-import { completionId, JsonSink, SseSink } from '../sinks.js';
+import { closeIfUnread, completionId, JsonSink, SseSink } from '../sinks.js';
 import { runTurn } from '../turn.js';
 import { ATTRIBUTION_HEADERS } from '../upstream.js';
 import { voiceText } from '../voice.js';
@@ -19,7 +19,12 @@ function attributionHeaders(headers: IncomingHttpHeaders): Record<string, string
   return entries.length > 0 ? Object.fromEntries(entries) : undefined;
 }
 
-export async function chatRoutes(app: FastifyInstance, deps: ServerDeps): Promise<void> {
+/** `unreadAnswerMs`: how long a client has to read the answer once the turn is over (closeIfUnread). */
+export async function chatRoutes(
+  app: FastifyInstance,
+  deps: ServerDeps,
+  unreadAnswerMs: number,
+): Promise<void> {
   // The schema check answers a malformed request with a 400 naming the field (http-errors.ts), before any
   // of it is read here: nothing below may throw on a client's input once the reply is hijacked.
   app.post('/v1/chat/completions', { schema: { body: ChatRequestSchema } }, async (request, reply) => {
@@ -69,6 +74,7 @@ export async function chatRoutes(app: FastifyInstance, deps: ServerDeps): Promis
       );
     } finally {
       if (streaming) deps.telemetry.stream({ change: 'closed' });
+      closeIfUnread(res, unreadAnswerMs);
     }
   });
 }
