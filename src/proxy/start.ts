@@ -11,7 +11,7 @@ import { createToolRegistry } from '../tools/registry.js';
 import type { ResolvedToolSet } from '../toolset/defaults.js';
 import type { ToolSetErrorCode } from '../toolset/errors.js';
 import { loadToolSetFile, ToolSetWatcher } from '../toolset/load.js';
-import { formatIssues } from '../toolset/validate.js';
+import { formatIssues, upstreamUrlProblem } from '../toolset/validate.js';
 import { resolveValue } from '../toolset/values.js';
 import type { ActiveToolSet } from './active.js';
 import { DeferredCalls } from './deferral.js';
@@ -64,7 +64,15 @@ export class ToolSetLoadError extends Error {
   readonly code: ToolSetErrorCode = 'ERP_TOOLSET_INVALID';
 }
 
+export class UpstreamConfigError extends Error {
+  readonly code: ToolSetErrorCode = 'ERP_UPSTREAM_CONFIG';
+}
+
 export async function startProxy(options: ProxyOptions): Promise<RunningProxy> {
+  // Before anything is started, so an embedder hears what is wrong rather than a failed turn later; the
+  // problem never quotes the URL, which may carry user:pass@.
+  const problem = options.upstreamUrl === undefined ? undefined : upstreamUrlProblem(options.upstreamUrl);
+  if (problem) throw new UpstreamConfigError(`upstreamUrl ${problem}`);
   const env = options.env ?? process.env;
   const logger = options.logger ?? createLogger('proxy');
   const loaded = await loadToolSetFile(options.toolsetPath, env);

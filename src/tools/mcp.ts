@@ -45,6 +45,11 @@ const BACKOFF_MAX_MS = 10_000;
 /** initialize and tools/list; a server that accepts connections but never answers counts as down. */
 const SETUP_TIMEOUT_MS = 10_000;
 const PROBE_TIMEOUT_MS = 5_000;
+/**
+ * How long close() gives the server to hear that a session is over, waiting for the answer to initialize
+ * included: a server that does not answer in time keeps its session, and close() does not hang on it.
+ */
+export const END_SESSION_TIMEOUT_MS = 1_000;
 /** The registry aborts at the deadline; the SDK's own timer is only a backstop behind it. */
 const CALL_TIMEOUT_SLACK_MS = 1_000;
 const TOOL_NAME_MAX = 64;
@@ -72,6 +77,10 @@ interface Session {
   /** A list change arrived before the session became current: list again once it is. */
   stale: boolean;
   probing: boolean;
+  /** Settles once initialize has been answered (or has failed): the server's session id is known by then. */
+  setup: Promise<unknown>;
+  /** Set by the first closeSession: later callers wait for the same close, so a session is ended once. */
+  closing?: Promise<void>;
 }
 
 /** Why a call failed, which decides whether the session is dropped and the call sent again. */
@@ -183,16 +192,9 @@ class McpProvider implements ToolProvider {
     clearTimeout(this.timer);
     clearTimeout(this.relistTimer);
     this.listeners.clear();
-    const current = this.session;
     this.session = undefined;
-    if (current?.transport instanceof StreamableHTTPClientTransport) {
-      // Tell the server the session is over; a server that does not answer quickly is not waited for.
-      await Promise.race([
-        current.transport.terminateSession().catch(() => undefined),
-        new Promise((resolve) => setTimeout(resolve, 1_000).unref()),
-      ]);
-    }
-    await Promise.all([...this.open].map((s) => this.closeSession(s)));
+    // Sessions still being set up too: the server made one as soon as it took initialize.
+    await Promise.all([...this.open].map((s) => this.closeSession(s, { end: true })));
   }
 
   // ---- calls -------------------------------------------------------------------------------------
@@ -252,7 +254,8 @@ class McpProvider implements ToolProvider {
     let session: Session | undefined;
     try {
       session = await this.openSession();
-      const tools = await listTools(session.client);
+      // A close() that came while initialize was in flight is ending this session: list nothing on it.
+      const tools = this.closed ? [] : await listTools(session.client);
       if (this.closed) {
         await this.closeSession(session);
         return undefined;
@@ -301,7 +304,7 @@ class McpProvider implements ToolProvider {
     try {
       return await this.openWith(first);
     } catch (err) {
-      if (!isHttpClientError(err)) throw err;
+      if (!isHttpClientError(err) || this.closed) throw err;
       try {
         const session = await this.openWith(second);
         this.legacy = second === 'sse';
@@ -329,12 +332,21 @@ class McpProvider implements ToolProvider {
           })
         : new SSEClientTransport(this.url, { requestInit, fetch: sessionFetch });
     const client = new Client(CLIENT_INFO, { capabilities: {} });
-    const session: Session = { client, transport, kind, stale: false, probing: false };
+    const session: Session = {
+      client,
+      transport,
+      kind,
+      stale: false,
+      probing: false,
+      setup: Promise.resolve(),
+    };
     this.open.add(session);
     client.setNotificationHandler(ToolListChangedNotificationSchema, () => this.listChanged(session));
     client.onerror = (err) => this.transportError(session, err);
+    const setup = client.connect(transport, { timeout: SETUP_TIMEOUT_MS });
+    session.setup = setup.catch(() => undefined);
     try {
-      await client.connect(transport, { timeout: SETUP_TIMEOUT_MS });
+      await setup;
     } catch (err) {
       await this.closeSession(session);
       throw err;
@@ -342,9 +354,14 @@ class McpProvider implements ToolProvider {
     return session;
   }
 
-  private async closeSession(session: Session): Promise<void> {
-    if (!this.open.delete(session)) return;
-    await session.client.close().catch(() => undefined);
+  /** Closes the client; with `end`, first tells the server the session is over, as close() does. */
+  private closeSession(session: Session, options: { end?: boolean } = {}): Promise<void> {
+    if (!session.closing) {
+      this.open.delete(session);
+      const ended = options.end ? endSession(session) : Promise.resolve();
+      session.closing = ended.then(() => session.client.close()).catch(() => undefined);
+    }
+    return session.closing;
   }
 
   private transportError(session: Session, err: Error): void {
@@ -475,6 +492,25 @@ class McpProvider implements ToolProvider {
       }
     }
   }
+}
+
+/**
+ * Ends a Streamable HTTP session on the server (DELETE with its Mcp-Session-Id). A session still being set
+ * up has no id until the server answers initialize, so that answer is waited for first: closing the client
+ * would abort it, and the server would keep a session whose id nobody learned.
+ */
+async function endSession(session: Session): Promise<void> {
+  const { transport } = session;
+  if (!(transport instanceof StreamableHTTPClientTransport)) return;
+  const known = transport.sessionId === undefined ? session.setup : Promise.resolve();
+  let timer: NodeJS.Timeout | undefined;
+  await Promise.race([
+    known.then(() => transport.terminateSession()).catch(() => undefined),
+    new Promise((resolve) => {
+      timer = setTimeout(resolve, END_SESSION_TIMEOUT_MS);
+    }),
+  ]);
+  clearTimeout(timer);
 }
 
 async function listTools(client: Client): Promise<Tool[]> {

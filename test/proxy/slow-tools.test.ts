@@ -607,6 +607,13 @@ describe('late results across a ToolSet reload', () => {
     return { sse: textReply('Okay.') };
   };
 
+  /** The proxy's current set offers the MCP server's `slow` tool (its session listed it). */
+  const offersSlow = (harness: ProxyHarness) =>
+    harness.proxy
+      .current()
+      .tools.list()
+      .some((t) => t.name === 'slow');
+
   /** A real MCP server's `slow` tool, deferred after 300 ms; a set is retired one turn timeout (1 s) after a reload. */
   async function slowMcpProxy() {
     const mcp = await startMcpServer();
@@ -616,14 +623,7 @@ describe('late results across a ToolSet reload', () => {
       tools: [{ mcp: { url: mcp.url, include: ['slow'] }, timeout: '5s', deferAfter: '300ms' }],
     };
     const { harness } = await setup(slowModel, spec);
-    await until(
-      () =>
-        harness.proxy
-          .current()
-          .tools.list()
-          .some((t) => t.name === 'slow'),
-      'the MCP tools',
-    );
+    await until(() => offersSlow(harness), 'the MCP tools');
     return { mcp, spec, harness };
   }
 
@@ -647,7 +647,8 @@ describe('late results across a ToolSet reload', () => {
     const { mcp, spec, harness } = await slowMcpProxy();
     expect(mcp.sessionCount()).toBe(1);
     await reloadWithNewMemory(harness, spec);
-    await until(() => mcp.sessionCount() === 2, "the new set's MCP session");
+    // The server makes the session at initialize; the new set offers the tool only once it has listed it.
+    await until(() => mcp.sessionCount() === 2 && offersSlow(harness), "the new set's MCP session and tools");
     const first = await unmuteTurn(harness.client, [SYSTEM, { role: 'user', content: 'slow 4 n1' }]);
     expect(first.text).toBe("One moment. I'll tell you as soon as it is ready.");
     // The old set closes one turn timeout after the reload, while the new set's call still runs.

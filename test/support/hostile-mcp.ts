@@ -2,8 +2,8 @@
  * A hostile MCP server for tests: Streamable HTTP written by hand (JSON answers, one session), or the older
  * HTTP+SSE transport (every answer on the one event stream, after a 202 to the POST), so it can do what the
  * SDK's server never would: list thousands of tools, flood the client with tools/list_changed, answer a
- * call with 5 MiB, with another request's id, late or never, or send one event without end on the client's
- * event stream. It counts what it sees and the TCP connections it holds open.
+ * call with 5 MiB, with another request's id, late or never, hold its answer to initialize or tools/list, or send one
+ * event without end on the client's event stream. It counts what it sees and the TCP connections it holds open.
  */
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
@@ -29,6 +29,17 @@ export interface HostileMcpServer {
   /** tools/list requests seen, and tools/call requests seen. */
   listings: number;
   calls: number;
+  /**
+   * initialize requests seen. Each makes a session, `hostile-N` for the Nth, whose id goes in the answer's
+   * Mcp-Session-Id header (Streamable HTTP).
+   */
+  initializations: number;
+  /** Answers to this method wait until release(), as a server slow to set a session up makes them. */
+  holding: 'initialize' | 'tools/list' | undefined;
+  /** Sends the answers held so far. */
+  release(): void;
+  /** The Mcp-Session-Id header of every DELETE seen, in order. */
+  deletes: (string | undefined)[];
   /** TCP connections open now. */
   openSockets(): number;
   /** Sends tools/list_changed notifications on the client's event stream for `ms`, every millisecond or so. */
@@ -58,17 +69,52 @@ export async function startHostileMcpServer(
   const sockets = new Set<Socket>();
   const streams = new Set<ServerResponse>();
   const hanging = new Set<ServerResponse>();
+  const held = new Set<() => void>();
 
-  /** Streamable HTTP answers in the POST's response; HTTP+SSE on the event stream, after a 202 to the POST. */
-  const answer = (res: ServerResponse, id: Request['id'], result: unknown) => {
+  /** Sends now, or once release() is called if `method` is the one held. */
+  const sendOrHold = (method: string, res: ServerResponse, send: () => void) => {
+    if (state.holding !== method) return send();
+    const release = () => {
+      held.delete(release);
+      hanging.delete(res);
+      send();
+    };
+    held.add(release);
+    hanging.add(res);
+  };
+
+  /**
+   * Streamable HTTP answers in the POST's response (initialize's with the session id); HTTP+SSE on the event
+   * stream, after a 202 to the POST.
+   */
+  const answer = (res: ServerResponse, id: Request['id'], result: unknown, session?: string) => {
     const message = JSON.stringify({ jsonrpc: '2.0', id, result });
     if (legacy) {
       if (!res.headersSent) res.writeHead(202).end('Accepted');
       for (const stream of streams) stream.write(`event: message\ndata: ${message}\n\n`);
       return;
     }
-    res.writeHead(200, { 'content-type': 'application/json', 'mcp-session-id': 'hostile' });
+    res.writeHead(200, {
+      'content-type': 'application/json',
+      ...(session === undefined ? {} : { 'mcp-session-id': session }),
+    });
     res.end(message);
+  };
+
+  const initialize = (req: Request, res: ServerResponse) => {
+    const session = `hostile-${++state.initializations}`;
+    sendOrHold('initialize', res, () =>
+      answer(
+        res,
+        req.id,
+        {
+          protocolVersion: req.params?.protocolVersion,
+          capabilities: { tools: { listChanged: true } },
+          serverInfo: { name: 'hostile', version: '1.0.0' },
+        },
+        session,
+      ),
+    );
   };
 
   const toolList = () =>
@@ -113,7 +159,7 @@ export async function startHostileMcpServer(
       case 'hang':
         if (legacy) return void res.writeHead(202).end('Accepted');
         // Headers of an event stream, then nothing: the answer never comes and the stream stays open.
-        res.writeHead(200, { 'content-type': 'text/event-stream', 'mcp-session-id': 'hostile' });
+        res.writeHead(200, { 'content-type': 'text/event-stream' });
         res.flushHeaders();
         hanging.add(res);
         res.on('close', () => hanging.delete(res));
@@ -142,7 +188,7 @@ export async function startHostileMcpServer(
   const handle = async (req: IncomingMessage, res: ServerResponse) => {
     if (req.method === 'GET') {
       state.eventStreams++;
-      res.writeHead(200, { 'content-type': 'text/event-stream', 'mcp-session-id': 'hostile' });
+      res.writeHead(200, { 'content-type': 'text/event-stream' });
       res.flushHeaders();
       if (legacy) res.write('event: endpoint\ndata: /messages\n\n');
       streams.add(res);
@@ -151,21 +197,21 @@ export async function startHostileMcpServer(
     }
     // The older transport has no POST at its URL: the client falls back to it after this 4xx.
     if (legacy && req.method === 'POST' && req.url !== '/messages') return void res.writeHead(405).end();
-    if (req.method === 'DELETE') return void res.writeHead(200).end();
+    if (req.method === 'DELETE') {
+      const session = req.headers['mcp-session-id'];
+      state.deletes.push(Array.isArray(session) ? session.join(',') : session);
+      return void res.writeHead(200).end();
+    }
     const chunks: Buffer[] = [];
     for await (const chunk of req) chunks.push(chunk as Buffer);
     const message = JSON.parse(Buffer.concat(chunks).toString('utf8')) as Request;
     if (message.id === undefined) return void res.writeHead(202).end();
     switch (message.method) {
       case 'initialize':
-        return answer(res, message.id, {
-          protocolVersion: message.params?.protocolVersion,
-          capabilities: { tools: { listChanged: true } },
-          serverInfo: { name: 'hostile', version: '1.0.0' },
-        });
+        return initialize(message, res);
       case 'tools/list':
         state.listings++;
-        return answer(res, message.id, { tools: toolList() });
+        return sendOrHold('tools/list', res, () => answer(res, message.id, { tools: toolList() }));
       case 'tools/call':
         return call(message, res);
       default:
@@ -193,6 +239,12 @@ export async function startHostileMcpServer(
     oversizedListing: false,
     listings: 0,
     calls: 0,
+    initializations: 0,
+    holding: undefined,
+    release() {
+      for (const release of [...held]) release();
+    },
+    deletes: [],
     openSockets: () => sockets.size,
     async storm(ms) {
       const event = `event: message\ndata: ${JSON.stringify({ jsonrpc: '2.0', method: 'notifications/tools/list_changed' })}\n\n`;

@@ -5,7 +5,7 @@
 import { createServer } from 'node:net';
 import { pino } from 'pino';
 import { afterEach, describe, expect, it } from 'vitest';
-import { createMcpProvider } from '../../src/tools/mcp.js';
+import { createMcpProvider, END_SESSION_TIMEOUT_MS } from '../../src/tools/mcp.js';
 import { createToolRegistry } from '../../src/tools/registry.js';
 import { type ToolContext, ToolError, type ToolProvider } from '../../src/tools/types.js';
 import { type ResolvedTool, resolveToolSet } from '../../src/toolset/defaults.js';
@@ -395,6 +395,54 @@ describe('mcp provider against a hostile server', () => {
     await waitFor(() => s.openSockets() <= idle + 1, 'the connections to close');
     s.mode = 'ok';
     expect(await run(p, 'tool_0')).toBe('ok');
+  });
+
+  it('ends a connected session on the server once when closed', async () => {
+    const s = await hostile();
+    const p = provider({ url: s.url });
+    await waitFor(() => connected(p), 'connection');
+    await p.close?.();
+    await p.close?.();
+    expect(s.deletes).toEqual(['hostile-1']);
+  });
+
+  it('closed while initialize is unanswered, ends the session the server answers with afterwards', async () => {
+    const s = await hostile();
+    s.holding = 'initialize';
+    const p = provider({ url: s.url });
+    await waitFor(() => s.initializations === 1, 'initialize to arrive');
+    const started = Date.now();
+    const closing = p.close?.();
+    setTimeout(() => s.release(), 100);
+    await closing;
+    // It waited for the answer, not for its time to run out.
+    expect(Date.now() - started).toBeLessThan(END_SESSION_TIMEOUT_MS);
+    expect(s.deletes).toEqual(['hostile-1']);
+    expect(s.listings).toBe(0);
+    await p.close?.();
+    expect(s.deletes).toEqual(['hostile-1']);
+  });
+
+  it('closed while tools/list is unanswered, ends the session at once', async () => {
+    const s = await hostile();
+    s.holding = 'tools/list';
+    const p = provider({ url: s.url });
+    await waitFor(() => s.listings === 1, 'tools/list to arrive');
+    await p.close?.();
+    expect(s.deletes).toEqual(['hostile-1']);
+  });
+
+  it('closed while initialize is unanswered, completes even if the answer never comes', async () => {
+    const s = await hostile();
+    s.holding = 'initialize';
+    const p = provider({ url: s.url });
+    await waitFor(() => s.initializations === 1, 'initialize to arrive');
+    const started = Date.now();
+    await p.close?.();
+    // The bound, plus closing the client.
+    expect(Date.now() - started).toBeLessThan(END_SESSION_TIMEOUT_MS + 1_000);
+    expect(s.deletes).toEqual([]);
+    expect(p.status?.().state).toBe('down');
   });
 
   it('checks arguments against a hostile pattern in linear time', async () => {
