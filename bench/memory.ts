@@ -68,10 +68,10 @@ export function measureLookup(): LookupCost {
     turns: DEFAULTS.memoryTurns,
     ttlMs: 15 * 60_000,
     maxBytes: DEFAULTS.memoryMaxBytes,
-    maxEntries: DEFAULTS.cacheMaxEntries,
+    maxEntries: DEFAULTS.memoryMaxEntries,
   });
   // Other conversations fill the cache up to its limit.
-  for (let c = 0; c < DEFAULTS.cacheMaxEntries - 3; c++) {
+  for (let c = 0; c < DEFAULTS.memoryMaxEntries - 3; c++) {
     const other = history(`caller ${c}`);
     memory.remember(other.slice(0, 2 + 2 * (c % 19)), exchange(c));
   }

@@ -6,9 +6,10 @@
  * it spliced back, in place, between that user message and the spoken answer.
  *
  * Prefix hashes are computed in one pass over the messages (each extends the previous), with a fast
- * non-cryptographic hash (53 bits of key). A hit is also checked against the stored
- * message count and user text, which makes splicing another conversation's results vanishingly unlikely
- * without the cost of a cryptographic hash on every request.
+ * non-cryptographic hash (53 bits of key). A hit is also checked against the stored message count and the
+ * length and a second hash of the user text, which makes splicing another conversation's results
+ * vanishingly unlikely without the cost of a cryptographic hash on every request; an entry keeps no copy
+ * of the text, so memory.maxBytes bounds what a conversation holds, however long its question.
  */
 import { LRUCache } from 'lru-cache';
 import type { Telemetry } from '../telemetry/types.js';
@@ -17,9 +18,10 @@ import { type ChatMessage, messageText } from './messages.js';
 import type { TurnMemory } from './request-policy.js';
 
 interface Entry {
-  /** Number of client messages in the prefix, and the text of its last (user) message. */
+  /** Number of client messages in the prefix, and the length and textHash of its last (user) message. */
   count: number;
-  userText: string;
+  textLength: number;
+  textHash: number;
   exchange: ChatMessage[];
   bytes: number;
   /** Tools whose result arrived after the turn had ended, not yet spliced into a request. */
@@ -87,6 +89,19 @@ class PrefixHash {
   }
 }
 
+/** A second hash of one message's text, for checking a hit (its role is left out, so it differs from a prefix's). */
+function textHash(text: string): number {
+  const hash = new PrefixHash();
+  hash.add('', text);
+  return hash.key();
+}
+
+/** What an entry keeps of the last message of its prefix. */
+function lastText(last: ChatMessage): { textLength: number; textHash: number } {
+  const text = messageText(last);
+  return { textLength: text.length, textHash: textHash(text) };
+}
+
 /** The key an exchange is remembered under: the hash of the client's messages up to the turn's question. */
 function prefixKey(clientMessages: readonly ChatMessage[]): number {
   const hash = new PrefixHash();
@@ -98,6 +113,7 @@ export interface MemoryOptions {
   turns: number;
   ttlMs: number;
   maxBytes: number;
+  /** Conversations remembered at most (memory.maxEntries), least recently used first out. */
   maxEntries: number;
   /** Clock for expiry (tests pass a fake one). */
   now?: () => number;
@@ -127,7 +143,7 @@ export class ToolMemory implements TurnMemory, LateResults {
     this.#onLate = hooks.onLate ?? (() => {});
     const now = options.now;
     this.#cache = new LRUCache<number, Entry>({
-      max: Math.max(1, options.maxEntries),
+      max: options.maxEntries,
       ttl: options.ttlMs,
       ttlAutopurge: false,
       dispose: (entry, _key, reason) => {
@@ -167,7 +183,14 @@ export class ToolMemory implements TurnMemory, LateResults {
       hash.add(m.role, text);
       if (m.role !== 'user' || clientMessages[i + 1]?.role !== 'assistant') continue;
       const entry = this.#cache.get(hash.key());
-      if (entry && entry.count === i + 1 && entry.userText === text) hits.push({ at: i, entry });
+      if (
+        entry &&
+        entry.count === i + 1 &&
+        entry.textLength === text.length &&
+        entry.textHash === textHash(text)
+      ) {
+        hits.push({ at: i, entry });
+      }
     }
     if (hits.length === 0) return none;
     const chosen = new Map<number, ChatMessage[]>();
@@ -252,7 +275,7 @@ export class ToolMemory implements TurnMemory, LateResults {
     const late = [...new Set([...(entry?.late ?? []), ...calls.map((c) => c.function.name)])];
     this.#cache.set(key, {
       count: clientMessages.length,
-      userText: messageText(last),
+      ...lastText(last),
       exchange: stored,
       bytes,
       late,
@@ -274,7 +297,7 @@ export class ToolMemory implements TurnMemory, LateResults {
     if (bytes > this.#options.maxBytes) return;
     this.#cache.set(hash.key(), {
       count: clientMessages.length,
-      userText: messageText(last),
+      ...lastText(last),
       exchange: stored,
       bytes,
     });
@@ -293,7 +316,7 @@ export function createMemory(
     turns: toolset.memory.turns,
     ttlMs: toolset.memory.ttlMs,
     maxBytes: toolset.memory.maxBytes,
-    maxEntries: toolset.cacheMaxEntries,
+    maxEntries: toolset.memory.maxEntries,
   };
   if (previous instanceof ToolMemory && previous.sameOptions(options)) return previous;
   return new ToolMemory(options, {

@@ -1,15 +1,11 @@
 /**
- * Results of tools with `cache.ttl`, by tool name and canonical arguments (key order never matters),
- * in an LRU bounded by `cache.maxEntries`, each entry with its tool's ttl. Identical calls in flight
- * share one execution: a pending run has waiters, each with its own signal; one leaving does not
- * disturb the others, and the run is aborted only when every waiter has left.
+ * Results of tools with `cache.ttl`, by the call's resultId (tool-state.ts: the tool and a hash of its
+ * canonical arguments, as in Redis), in an LRU bounded by `cache.maxEntries`, each entry with its
+ * tool's ttl. Identical calls in flight share one execution: a pending run has waiters, each with its
+ * own signal; one leaving does not disturb the others, and the run is aborted only when every waiter
+ * has left.
  */
 import { LRUCache } from 'lru-cache';
-import { canonicalJson } from '../toolset/defaults.js';
-
-export function cacheKey(tool: string, args: Record<string, unknown>): string {
-  return `${tool}\u0000${canonicalJson(args)}`;
-}
 
 interface Flight {
   result: Promise<string>;

@@ -7,8 +7,7 @@
 import type { Logger } from '../telemetry/log.js';
 import { untilAborted } from './abort.js';
 import { type ArgumentCheck, parseArguments } from './arguments.js';
-import { cacheKey } from './cache.js';
-import type { ToolState } from './tool-state.js';
+import { resultId, type ToolState } from './tool-state.js';
 import {
   CallTimeout,
   type ProvidedTool,
@@ -149,19 +148,29 @@ export async function callTool(
       if (limited) await admitted();
       return done('ok', await execute(tool, parsed.args, caller, options.maxResultBytes));
     }
-    const key = cacheKey(tool.name, parsed.args);
-    const hit = state.cache.get(key);
+    const id = resultId(tool, parsed.args);
+    const hit = state.cache.get(id);
     if (hit !== undefined) return done('cache_hit', hit);
     // Only the caller that starts the flight learns whether the fleet answered from its cache.
     let fromCache = false;
-    const content = await state.cache.shared(key, caller, async (shared) => {
-      const fetched = await state.fetchOrRun(tool, parsed.args, ttl, shared, budget, async (timeoutMs) => {
-        if (limited) await admitted();
-        return execute(tool, parsed.args, shared, options.maxResultBytes, timeoutMs);
-      });
+    const content = await state.cache.shared(id, caller, async (shared) => {
+      const fetched = await state.fetchOrRun(
+        tool,
+        id,
+        ttl,
+        options.maxResultBytes,
+        shared,
+        budget,
+        async (timeoutMs) => {
+          if (limited) await admitted();
+          return execute(tool, parsed.args, shared, options.maxResultBytes, timeoutMs);
+        },
+      );
       fromCache = fetched.hit;
-      state.cache.set(key, fetched.content, fetched.ttlMs);
-      return fetched.content;
+      // Redis counts stored bytes, and bytes that are not UTF-8 decode larger: the cache holds no more than a run.
+      const kept = cutToBytes(fetched.content, options.maxResultBytes);
+      state.cache.set(id, kept, fetched.ttlMs);
+      return kept;
     });
     return done(fromCache ? 'cache_hit' : 'ok', content);
   } catch (err) {

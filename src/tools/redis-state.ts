@@ -4,9 +4,10 @@
  * round trip running a Lua script, so every check-and-write is atomic on the server:
  *
  * - `take`: the sliding-window rate limit of rate-limit.ts, on the server's clock, for every sidecar;
- * - `claim`: a cached result, or else the lock that makes this sidecar the one that runs the call (a
- *   key with a short expiry that its holder renews while the run goes on, so a holder that dies frees
- *   it within a second, well inside the tool timeout of the calls waiting on it);
+ * - `claim`: a cached result (within limits.maxResultBytes: a larger one stays in Redis and counts as a
+ *   miss), or else the lock that makes this sidecar the one that runs the call (a key with a short
+ *   expiry that its holder renews while the run goes on, so a holder that dies frees it within a
+ *   second, well inside the tool timeout of the calls waiting on it);
  * - `store`: the result with its ttl, and the lock released if still ours; `release`: the lock alone.
  *
  * A voice turn must never wait on Redis: commands fail at once while disconnected (no offline queue),
@@ -64,11 +65,16 @@ redis.call('ZADD', KEYS[1], now, ARGV[5])
 redis.call('PEXPIRE', KEYS[1], per)
 return 1`;
 
+// A value over ARGV[3] bytes never leaves Redis (a sidecar would hold it): it counts as a miss, the caller
+// runs the call and its result replaces it. The size, 0 when there was no value, comes back for the log.
 const CLAIM = `
-local value = redis.call('GET', KEYS[1])
-if value then return {1, value, redis.call('PTTL', KEYS[1])} end
-if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {2} end
-return {3}`;
+local size = redis.call('STRLEN', KEYS[1])
+if size <= tonumber(ARGV[3]) then
+  local value = redis.call('GET', KEYS[1])
+  if value then return {1, value, redis.call('PTTL', KEYS[1])} end
+end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {2, size} end
+return {3, size}`;
 
 const STORE = `
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
@@ -90,7 +96,8 @@ interface Scripts {
     lock: string,
     token: string,
     lockMs: number,
-  ): Promise<[number, string?, number?]>;
+    maxBytes: number,
+  ): Promise<[1, string, number] | [2 | 3, number]>;
   earpieceStore(result: string, lock: string, value: string, ttlMs: number, token: string): Promise<number>;
   earpieceExtend(lock: string, token: string, lockMs: number): Promise<number>;
   earpieceRelease(lock: string, token: string): Promise<number>;
@@ -121,6 +128,7 @@ export class RedisState {
   #failures = 0;
   readonly #budgetMs: number;
   #closed = false;
+  #warnedOversized = false;
 
   constructor(options: RedisStateOptions) {
     this.#logger = options.logger;
@@ -167,18 +175,28 @@ export class RedisState {
     ).then((admitted) => admitted === 1);
   }
 
+  /** A cached result of at most `maxBytes` bytes, else the lock or word that another sidecar holds it. */
   async claim(
     result: string,
     lock: string,
     token: string,
     lockMs: number,
+    maxBytes: number,
     budget: RedisBudget,
   ): Promise<Claim> {
-    const [kind, content, ttlMs] = await this.#run(budget, () =>
-      this.#client.earpieceClaim(result, lock, token, Math.max(1, Math.ceil(lockMs))),
+    const reply = await this.#run(budget, () =>
+      this.#client.earpieceClaim(result, lock, token, Math.max(1, Math.ceil(lockMs)), maxBytes),
     );
-    if (kind === 1) return { kind: 'hit', content: content ?? '', ttlMs: ttlMs ?? 0 };
-    return kind === 2 ? { kind: 'acquired' } : { kind: 'held' };
+    if (reply[0] === 1) return { kind: 'hit', content: reply[1], ttlMs: reply[2] };
+    if (reply[1] > 0 && !this.#warnedOversized) {
+      // Once: a limit lowered since the value was written explains it, and that repeats for every such key.
+      this.#warnedOversized = true;
+      this.#logger.warn(
+        { endpoint: this.#endpoint, key: result, bytes: reply[1], maxResultBytes: maxBytes },
+        'A cached result in the shared state is larger than limits.maxResultBytes (written under a larger limit, or not by earpiece): it is ignored, and the call runs and replaces it.',
+      );
+    }
+    return reply[0] === 2 ? { kind: 'acquired' } : { kind: 'held' };
   }
 
   store(result: string, lock: string, content: string, ttlMs: number, token: string): Promise<void> {

@@ -101,6 +101,18 @@ export function definitionHash(tool: Pick<ProvidedTool, 'name' | 'description' |
   return hash;
 }
 
+/**
+ * What a tool's cached result goes by, in this process and across the fleet: its name, its definition hash
+ * and a hash of its canonical arguments (key order never matters), so a key stays short however large the
+ * arguments are.
+ */
+export function resultId(
+  tool: Pick<ProvidedTool, 'name' | 'description' | 'parameters' | 'config'>,
+  args: unknown,
+) {
+  return `${tool.name}:${definitionHash(tool)}:${sha(canonicalJson(args))}`;
+}
+
 export class ToolState {
   /** In-process results and single-flight. */
   readonly cache: ToolCache;
@@ -178,12 +190,14 @@ export class ToolState {
    * A cached result from any sidecar, else one run for every identical call in flight across the fleet:
    * this sidecar runs it (holding the lock), or waits for the sidecar that does and reads its result.
    * Without shared state, or when Redis cannot answer, it runs here. Caching in this process is the
-   * caller's (cache.ts), before and after.
+   * caller's (cache.ts), before and after. `id` is the call's resultId; a cached result over `maxBytes`
+   * (the limit the caller cuts its own runs to) is a miss.
    */
   async fetchOrRun(
     tool: ProvidedTool,
-    args: Record<string, unknown>,
+    id: string,
     ttlMs: number,
+    maxBytes: number,
     signal: AbortSignal,
     budget: RedisBudget | undefined,
     run: Run,
@@ -193,8 +207,6 @@ export class ToolState {
     const left = () => tool.config.timeoutMs - (performance.now() - started);
     if (!redis || !budget) return { content: await run(left()), hit: false, ttlMs };
 
-    const argsHash = sha(canonicalJson(args));
-    const id = `${tool.name}:${definitionHash(tool)}:${argsHash}`;
     const resultKey = `${this.#prefix}r:${id}`;
     const lockKey = `${this.#prefix}l:${id}`;
     const token = this.#token();
@@ -204,7 +216,7 @@ export class ToolState {
     let callBudget: RedisBudget = budget;
     for (;;) {
       try {
-        claim = await redis.claim(resultKey, lockKey, token, lockMs, callBudget);
+        claim = await redis.claim(resultKey, lockKey, token, lockMs, maxBytes, callBudget);
       } catch {
         this.#onEvent?.({ kind: 'fallback', operation: 'cache' });
         return { content: await run(left()), hit: false, ttlMs };
@@ -216,7 +228,10 @@ export class ToolState {
       wait = Math.min(wait * 2, POLL_CAP_MS);
       callBudget = redis.budget();
     }
-    if (claim.kind === 'hit') return { content: claim.content, hit: true, ttlMs: claim.ttlMs };
+    if (claim.kind === 'hit') {
+      // Another sidecar's ttl, or a key written by hand, may be longer: never past this tool's own.
+      return { content: claim.content, hit: true, ttlMs: Math.min(claim.ttlMs, ttlMs) };
+    }
     const heartbeat = setInterval(() => redis.extend(lockKey, token, lockMs).catch(() => {}), lockMs / 3);
     try {
       const content = await run(left());

@@ -20,6 +20,7 @@ export const DEFAULTS = {
   memoryTurns: 2,
   memoryTtl: '15m',
   memoryMaxBytes: 4096,
+  memoryMaxEntries: 1000,
 } as const;
 
 /** A voice line as written: one string, or one per language (primary language tag → text). */
@@ -77,7 +78,7 @@ export interface ResolvedToolSet {
   };
   instructions: string | undefined;
   cacheMaxEntries: number;
-  memory: { turns: number; ttlMs: number; maxBytes: number };
+  memory: { turns: number; ttlMs: number; maxBytes: number; maxEntries: number };
   /** Undefined: every sidecar keeps its own cache and limits. */
   sharedState: { redisUrl: ValueRef } | undefined;
   tools: ResolvedTool[];
@@ -137,6 +138,7 @@ export function resolveToolSet(toolset: ToolSet): ResolvedToolSet {
       turns: s.memory?.turns ?? DEFAULTS.memoryTurns,
       ttlMs: ms(s.memory?.ttl, DEFAULTS.memoryTtl),
       maxBytes: s.memory?.maxBytes ?? DEFAULTS.memoryMaxBytes,
+      maxEntries: s.memory?.maxEntries ?? DEFAULTS.memoryMaxEntries,
     },
     sharedState: s.sharedState ? { redisUrl: s.sharedState.redis.url } : undefined,
     tools: s.tools.map((spec, index) => ({

@@ -553,6 +553,13 @@ export const Spec = Type.Object(
               description: 'Bytes of remembered results per conversation at most; default 4096.',
             }),
           ),
+          maxEntries: Type.Optional(
+            Type.Integer({
+              minimum: 1,
+              description:
+                'Conversations whose tool exchanges are remembered at most, least recently used first out; default 1000 (cache.maxEntries bounds tool results only).',
+            }),
+          ),
         },
         {
           additionalProperties: false,

@@ -1,3 +1,5 @@
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
 import fc from 'fast-check';
 import { afterEach, describe, expect, it } from 'vitest';
 import {
@@ -8,9 +10,11 @@ import {
   toolCallReply,
   toolResults,
 } from '../../src/demo/scripted-upstream.js';
-import { ToolMemory } from '../../src/proxy/memory.js';
+import { createMemory, ToolMemory } from '../../src/proxy/memory.js';
 import type { ChatMessage } from '../../src/proxy/messages.js';
+import { noopTelemetry } from '../../src/telemetry/index.js';
 import { type ProxyHarness, startTestProxy, unmuteTurn } from '../support/proxy.js';
+import { toolset } from '../tools/helpers.js';
 
 const cleanups: (() => Promise<void>)[] = [];
 afterEach(async () => {
@@ -207,6 +211,49 @@ describe('ToolMemory', () => {
     expect(memory.size).toBe(0);
     memory.remember([{ role: 'user', content: 'q2' }], exchange('small'));
     expect(memory.size).toBe(1);
+  });
+
+  it('keeps no copy of the user text it matches on: what it holds does not grow with the question', () => {
+    // --expose-gc for this process only, to measure what survives a collection.
+    setFlagsFromString('--expose-gc');
+    const gc = runInNewContext('gc') as () => void;
+    const memory = new ToolMemory({ turns: 2, ttlMs: 60_000, maxBytes: 4096, maxEntries: 100 });
+    gc();
+    const before = process.memoryUsage().heapUsed;
+    // 100 conversations whose question is 300 KB each: 30 MB held if an entry kept the text.
+    for (let c = 0; c < 100; c++) {
+      memory.remember([{ role: 'user', content: `${c} ${'x'.repeat(300_000)}` }], exchange(`c${c}`));
+    }
+    gc();
+    expect(memory.size).toBe(100);
+    expect(process.memoryUsage().heapUsed - before).toBeLessThan(5_000_000);
+    // It still tells the question apart from another of the same length.
+    const question = `7 ${'x'.repeat(300_000)}`;
+    const follow = (q: string) => [
+      { role: 'user', content: q },
+      { role: 'assistant', content: 'a' },
+      { role: 'user', content: 'and?' },
+    ];
+    expect(memory.prepare(follow(question)).spliced).toBe(1);
+    expect(memory.prepare(follow(`7 ${'x'.repeat(299_999)}y`)).spliced).toBe(0);
+  });
+
+  it('is bounded by memory.maxEntries alone: a result cache turned off leaves it whole', () => {
+    const remembered = (spec: Record<string, unknown>) => {
+      const memory = createMemory(toolset([{ name: 't', builtin: 'time' }], spec), noopTelemetry)!;
+      const question = (c: number) => [{ role: 'user', content: `question ${c}` }];
+      for (let c = 0; c < 3; c++) memory.remember(question(c), exchange(`c${c}`));
+      return [0, 1, 2].filter(
+        (c) =>
+          memory.prepare([
+            ...question(c),
+            { role: 'assistant', content: 'a' },
+            { role: 'user', content: 'b' },
+          ]).spliced === 1,
+      );
+    };
+    expect(remembered({ cache: { maxEntries: 0 } })).toEqual([0, 1, 2]);
+    expect(remembered({ cache: { maxEntries: 1 }, memory: { maxEntries: 2 } })).toEqual([1, 2]);
   });
 
   it('never reorders, drops or changes a client message (property)', () => {

@@ -98,6 +98,25 @@ describe('callTool', () => {
     });
   });
 
+  it('keys a cached result on a hash of the arguments, so a key stays short however large they are', async () => {
+    const opts = options();
+    const keys: string[] = [];
+    const set = opts.state.cache.set.bind(opts.state.cache);
+    opts.state.cache.set = (key, content, ttlMs) => {
+      keys.push(key);
+      set(key, content, ttlMs);
+    };
+    const cached = tool({ run: async () => 'result' }, { cacheTtlMs: 60_000 });
+    const signal = new AbortController().signal;
+    const big = { note: 'x'.repeat(500_000), city: 'Lisbon' };
+    const first = await callTool(cached, { ...call, arguments: JSON.stringify(big) }, signal, opts);
+    const reordered = JSON.stringify({ city: 'Lisbon', note: big.note });
+    const again = await callTool(cached, { ...call, arguments: reordered }, signal, opts);
+    expect([first.outcome, again.outcome]).toEqual(['ok', 'cache_hit']);
+    expect(keys).toHaveLength(1);
+    expect(keys[0]!.length).toBeLessThan(100);
+  });
+
   it('cuts any text to the byte limit at a character boundary', () => {
     fc.assert(
       fc.property(

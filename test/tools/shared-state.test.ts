@@ -5,11 +5,12 @@
  */
 import fc from 'fast-check';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { type CallableTool, callTool } from '../../src/tools/call.js';
 import { createToolRegistry, type ToolRegistry } from '../../src/tools/registry.js';
-import type { SharedStateEvent } from '../../src/tools/tool-state.js';
+import { resultId, type SharedStateEvent, ToolState } from '../../src/tools/tool-state.js';
 import type { ToolOutcome } from '../../src/tools/types.js';
 import { startRedis, type TestRedis } from '../support/redis.js';
-import { gate, silentLogger, startServer, type TestServer, toolset } from './helpers.js';
+import { capturingLogger, gate, silentLogger, startServer, type TestServer, toolset } from './helpers.js';
 
 let redis: TestRedis;
 beforeAll(async () => {
@@ -220,6 +221,80 @@ describe('two sidecars sharing a Redis', () => {
     ]);
     expect((await call(otherSecret, 'Braga')).outcome).toBe('ok');
     expect(s.runs()).toBe(3);
+  });
+});
+
+describe('a result read from the shared state', () => {
+  /**
+   * One sidecar's call path on a ToolState of its own, so a test sees what enters its cache: each
+   * `cache.set` is recorded. The tool answers `fresh` and counts its runs.
+   */
+  async function engine() {
+    const { logger, lines } = capturingLogger();
+    const state = await ToolState.create(
+      toolset([], { sharedState: { redis: { url: { value: redis.url } } } }),
+      { env: {}, logger, redisBudgetMs: GENEROUS_BUDGET_MS },
+    );
+    cleanups.push(() => state.close());
+    await until(() => state.status()?.state === 'connected');
+    const kept: { content: string; ttlMs: number }[] = [];
+    const set = state.cache.set.bind(state.cache);
+    state.cache.set = (key, content, ttlMs) => {
+      kept.push({ content, ttlMs });
+      set(key, content, ttlMs);
+    };
+    let runs = 0;
+    const config = { ...toolset([{ name: 'lookup', builtin: 'time' }]).tools[0]!, cacheTtlMs: 60_000 };
+    const tool: CallableTool = {
+      name: 'lookup',
+      description: 'Looks it up.',
+      parameters: PARAMS,
+      config,
+      check: () => undefined,
+      executor: {
+        run: async () => {
+          runs++;
+          return 'fresh';
+        },
+      },
+    };
+    const options = { state, maxResultBytes: 2048, names: () => ['lookup'], logger };
+    const lookup = (city: string) =>
+      callTool(
+        tool,
+        { id: `c${++ids}`, name: 'lookup', arguments: JSON.stringify({ city }) },
+        new AbortController().signal,
+        options,
+      );
+    const key = (city: string) => `earpiece:{-/test}:r:${resultId(tool, { city })}`;
+    return { lookup, key, kept, runs: () => runs, warnings: () => lines().filter((l) => l.level === 40) };
+  }
+
+  it('is a miss when larger than maxResultBytes: the call runs, its result replaces it, and a warning says so once', async () => {
+    const e = await engine();
+    const admin = redis.admin();
+    await admin.set(e.key('Lisbon'), 'x'.repeat(100_000), 'PX', 600_000);
+    await admin.set(e.key('Porto'), 'y'.repeat(3000), 'PX', 600_000);
+    expect(await e.lookup('Lisbon')).toMatchObject({ outcome: 'ok', content: 'fresh' });
+    expect(await e.lookup('Porto')).toMatchObject({ outcome: 'ok', content: 'fresh' });
+    expect(e.runs()).toBe(2);
+    expect(e.kept.map((k) => k.content)).toEqual(['fresh', 'fresh']);
+    await until(async () => (await admin.get(e.key('Lisbon'))) === 'fresh');
+    expect(e.warnings()).toHaveLength(1);
+    expect(e.warnings()[0]).toMatchObject({ bytes: 100_000, maxResultBytes: 2048 });
+  });
+
+  it('is kept here no longer than the tool ttl, and no larger than maxResultBytes when it is not UTF-8', async () => {
+    const e = await engine();
+    const admin = redis.admin();
+    await admin.set(e.key('Faro'), 'cached', 'PX', 10 * 24 * 3600_000);
+    // 2000 bytes in Redis, each a U+FFFD of 3 bytes once decoded.
+    await admin.set(e.key('Braga'), Buffer.alloc(2000, 0xff), 'PX', 600_000);
+    expect(await e.lookup('Faro')).toMatchObject({ outcome: 'cache_hit', content: 'cached' });
+    expect((await e.lookup('Braga')).outcome).toBe('cache_hit');
+    expect(e.runs()).toBe(0);
+    expect(e.kept[0]?.ttlMs).toBeLessThanOrEqual(60_000);
+    expect(Buffer.byteLength(e.kept[1]?.content ?? '')).toBeLessThanOrEqual(2048);
   });
 });
 

@@ -38,7 +38,7 @@ describe('ToolSet validation', () => {
       maxResultBytes: 2048,
     });
     expect(resolved.cacheMaxEntries).toBe(1000);
-    expect(resolved.memory).toEqual({ turns: 2, ttlMs: 900_000, maxBytes: 4096 });
+    expect(resolved.memory).toEqual({ turns: 2, ttlMs: 900_000, maxBytes: 4096, maxEntries: 1000 });
     expect(resolved.tools.map((t) => [t.spec.name, t.kind, t.timeoutMs, t.cacheTtlMs])).toEqual([
       ['get_weather', 'http', 3000, 600_000],
       ['current_time', 'builtin', 5000, undefined],
