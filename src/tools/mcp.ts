@@ -42,7 +42,7 @@ import {
 const CLIENT_INFO = { name: 'earpiece', version: '0.1.0' };
 const BACKOFF_FIRST_MS = 500;
 const BACKOFF_MAX_MS = 10_000;
-/** initialize and tools/list; a server that accepts connections but never answers counts as down. */
+/** initialize (tools/list has LIST_TIMEOUT_MS); a server that accepts connections but never answers counts as down. */
 const SETUP_TIMEOUT_MS = 10_000;
 const PROBE_TIMEOUT_MS = 5_000;
 /**
@@ -63,12 +63,28 @@ const RELIST_INTERVAL_MS = 1_000;
 /** A server that pages on without end is read no further. */
 const MAX_LIST_PAGES = 100;
 /**
+ * The most one listing holds, as JSON, summed over its pages (each answer may be up to 4 MiB): paging stops
+ * once the tools kept pass it. With one page in hand besides, a listing holds at most about 12 MiB.
+ */
+const MAX_LIST_CHARS = 8 * 1024 * 1024;
+/** One listing, every page of it, within this; not per page, or 100 slow pages could take 1000 s. */
+const LIST_TIMEOUT_MS = 10_000;
+/**
  * A listed tool's input schema goes to the model on every turn, as a declared tool's parameters do: one
  * larger than this (as JSON) costs the voice turn more than the tool can give, and the tool is left out.
  */
 export const MAX_MCP_SCHEMA_CHARS = 64 * 1024;
 
 type TransportKind = 'streamable' | 'sse';
+
+/** What one listing kept of the server's tools. */
+interface Listing {
+  tools: Tool[];
+  /** Paging stopped at MAX_LIST_PAGES or MAX_LIST_CHARS: later pages may hold more offerable tools. */
+  partial: boolean;
+  /** Paging stopped because later pages could not change what is offered. */
+  cut?: boolean;
+}
 
 interface Session {
   client: Client;
@@ -255,7 +271,7 @@ class McpProvider implements ToolProvider {
     try {
       session = await this.openSession();
       // A close() that came while initialize was in flight is ending this session: list nothing on it.
-      const tools = this.closed ? [] : await listTools(session.client);
+      const listing = this.closed ? { tools: [], partial: false } : await this.listTools(session.client);
       if (this.closed) {
         await this.closeSession(session);
         return undefined;
@@ -265,10 +281,10 @@ class McpProvider implements ToolProvider {
       this.attempt = 0;
       this.lastError = undefined;
       this.logger.info(
-        { transport: session.kind, tools: tools.length },
+        { transport: session.kind, tools: listing.tools.length },
         'Connected to MCP server and listed its tools',
       );
-      this.setTools(tools);
+      this.setTools(listing);
       if (session.stale) this.listChanged(session);
       return session;
     } catch (err) {
@@ -422,8 +438,8 @@ class McpProvider implements ToolProvider {
     this.refreshing = true;
     this.listedAt = Date.now();
     try {
-      const tools = await listTools(session.client);
-      if (this.session === session) this.setTools(tools);
+      const listing = await this.listTools(session.client);
+      if (this.session === session) this.setTools(listing);
     } catch (err) {
       this.logger.warn({ err: this.errorText(err) }, 'Listing the MCP server tools failed');
       this.probe(session);
@@ -436,7 +452,50 @@ class McpProvider implements ToolProvider {
     }
   }
 
-  private setTools(listed: Tool[]): void {
+  /**
+   * The listed tools mcp.include names (all without it), page by page, stopping as soon as more would not
+   * change what is offered: past MAX_TOOLS_PER_SERVER, or once every included name is found. It also stops
+   * at MAX_LIST_CHARS held or MAX_LIST_PAGES pages (the listing is then `partial`), and fails at
+   * LIST_TIMEOUT_MS for the whole listing.
+   */
+  private async listTools(client: Client): Promise<Listing> {
+    const include = this.spec.include ? new Set(this.spec.include) : undefined;
+    const found = new Set<string>();
+    const tools: Tool[] = [];
+    const deadline = Date.now() + LIST_TIMEOUT_MS;
+    let chars = 0;
+    let cursor: string | undefined;
+    for (let pages = 1; ; pages++) {
+      let page: Awaited<ReturnType<Client['listTools']>>;
+      try {
+        page = await client.listTools(cursor === undefined ? {} : { cursor }, {
+          timeout: Math.max(1, deadline - Date.now()),
+        });
+      } catch (err) {
+        if (err instanceof McpError && err.code === ErrorCode.RequestTimeout) {
+          throw new Error(
+            `listing the tools took longer than ${LIST_TIMEOUT_MS / 1000} s (${pages - 1} pages read)`,
+          );
+        }
+        throw err;
+      }
+      for (const t of page.tools) {
+        if (include && !include.has(t.name)) continue;
+        found.add(t.name);
+        tools.push(t);
+        chars += JSON.stringify(t).length;
+      }
+      cursor = page.nextCursor;
+      if (cursor === undefined) return { tools, partial: false };
+      // One more than the cap is enough to know the cap applies.
+      if (tools.length > MAX_TOOLS_PER_SERVER || (include && found.size === include.size)) {
+        return { tools, partial: false, cut: true };
+      }
+      if (chars > MAX_LIST_CHARS || pages >= MAX_LIST_PAGES) return { tools, partial: true };
+    }
+  }
+
+  private setTools({ tools: listed, partial, cut }: Listing): void {
     const include = this.spec.include ? new Set(this.spec.include) : undefined;
     const prefix = this.spec.prefix ?? '';
     const provided: ProvidedTool[] = [];
@@ -448,14 +507,17 @@ class McpProvider implements ToolProvider {
       // OpenAI function names allow [a-zA-Z0-9_-]{1,64}; MCP names may hold more. The server gets the original.
       const name = `${prefix}${t.name}`.replace(/[^a-zA-Z0-9_-]/g, '_').slice(0, TOOL_NAME_MAX);
       if (names.has(name)) {
-        this.logger.warn({ tool: t.name, name }, 'Skipped an MCP tool whose name clashes after cleaning');
+        this.logger.warn(
+          { tool: logName(t.name), name },
+          'Skipped an MCP tool whose name clashes after cleaning',
+        );
         continue;
       }
       const parameters = parametersOf(t);
       const schemaChars = JSON.stringify(parameters).length;
       if (schemaChars > MAX_MCP_SCHEMA_CHARS) {
         this.logger.warn(
-          { tool: t.name, chars: schemaChars, cap: MAX_MCP_SCHEMA_CHARS },
+          { tool: logName(t.name), chars: schemaChars, cap: MAX_MCP_SCHEMA_CHARS },
           'Skipped an MCP tool whose input schema is larger than the cap',
         );
         continue;
@@ -481,8 +543,10 @@ class McpProvider implements ToolProvider {
     this.fingerprint = fingerprint;
     this.capWarning =
       offerable > MAX_TOOLS_PER_SERVER
-        ? `MCP server ${this.displayUrl} lists ${offerable} tools; only the first ${MAX_TOOLS_PER_SERVER} are offered (the cap per server); choose others with mcp.include`
-        : undefined;
+        ? `MCP server ${this.displayUrl} lists ${cut ? 'more than ' : ''}${cut ? MAX_TOOLS_PER_SERVER : offerable} tools; only the first ${MAX_TOOLS_PER_SERVER} are offered (the cap per server); choose others with mcp.include`
+        : partial
+          ? `MCP server ${this.displayUrl} lists more tools than one listing reads (${MAX_LIST_PAGES} pages or ${MAX_LIST_CHARS / 1024 / 1024} MiB); only the ${offerable} read are offered`
+          : undefined;
     if (this.capWarning) this.logger.warn({ listed: offerable, cap: MAX_TOOLS_PER_SERVER }, this.capWarning);
     for (const listener of this.listeners) {
       try {
@@ -513,18 +577,9 @@ async function endSession(session: Session): Promise<void> {
   clearTimeout(timer);
 }
 
-async function listTools(client: Client): Promise<Tool[]> {
-  const tools: Tool[] = [];
-  let cursor: string | undefined;
-  let pages = 0;
-  do {
-    const page = await client.listTools(cursor === undefined ? {} : { cursor }, {
-      timeout: SETUP_TIMEOUT_MS,
-    });
-    tools.push(...page.tools);
-    cursor = page.nextCursor;
-  } while (cursor !== undefined && ++pages < MAX_LIST_PAGES);
-  return tools;
+/** A listed tool's name as the log shows it: a server may name a tool with megabytes. */
+function logName(name: string): string {
+  return name.length > LIMIT.name ? `${name.slice(0, LIMIT.name)}…` : name;
 }
 
 /** The input schema as OpenAI wants tool parameters: an object schema without `$schema`. */

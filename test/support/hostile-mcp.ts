@@ -26,7 +26,19 @@ export interface HostileMcpServer {
   pattern: string | undefined;
   /** tool_0 listed with a 100,000-character description, tool_1 with a 100 KB input schema. */
   oversizedListing: boolean;
-  /** tools/list requests seen, and tools/call requests seen. */
+  /**
+   * Tools per tools/list answer, with a nextCursor while more follow (undefined: all on one page). With
+   * `endless`, the last page points back to the first, so paging never ends.
+   */
+  pageSize: number | undefined;
+  endless: boolean;
+  /** Each tools/list answer is sent this late. */
+  pageDelayMs: number;
+  /** Every tool's description padded to this many characters (oversizedListing aside). */
+  descriptionChars: number;
+  /** Every tool named with 100,000 characters, tool_2 the same as tool_0 (so they clash). */
+  longNames: boolean;
+  /** tools/list requests (pages) seen, and tools/call requests seen. */
   listings: number;
   calls: number;
   /**
@@ -117,10 +129,25 @@ export async function startHostileMcpServer(
     );
   };
 
-  const toolList = () =>
-    Array.from({ length: state.tools }, (_, i) => ({
-      name: `tool_${i}`,
-      description: state.oversizedListing && i === 0 ? 'd'.repeat(100_000) : `Tool number ${i}.`,
+  const toolName = (i: number) => (state.longNames ? `tool_${i % 2}${'n'.repeat(100_000)}` : `tool_${i}`);
+  const describe = (i: number) =>
+    state.oversizedListing && i === 0
+      ? 'd'.repeat(100_000)
+      : `Tool number ${i}.`.padEnd(state.descriptionChars, 'd');
+
+  /** One page of the listing: the tools from `cursor` (an index) on, and where the next page starts. */
+  const toolPage = (cursor: unknown) => {
+    const size = state.pageSize ?? state.tools;
+    const start = typeof cursor === 'string' ? Number(cursor) : 0;
+    const end = Math.min(start + size, state.tools);
+    const next = end < state.tools ? String(end) : state.endless ? '0' : undefined;
+    return { tools: toolList(start, end), ...(next === undefined ? {} : { nextCursor: next }) };
+  };
+
+  const toolList = (start = 0, end = state.tools) =>
+    Array.from({ length: end - start }, (_, n) => n + start).map((i) => ({
+      name: toolName(i),
+      description: describe(i),
       inputSchema: {
         type: 'object',
         properties: {
@@ -211,7 +238,9 @@ export async function startHostileMcpServer(
         return initialize(message, res);
       case 'tools/list':
         state.listings++;
-        return sendOrHold('tools/list', res, () => answer(res, message.id, { tools: toolList() }));
+        if (state.pageDelayMs) await new Promise((resolve) => setTimeout(resolve, state.pageDelayMs));
+        if (res.destroyed) return;
+        return sendOrHold('tools/list', res, () => answer(res, message.id, toolPage(message.params?.cursor)));
       case 'tools/call':
         return call(message, res);
       default:
@@ -237,6 +266,11 @@ export async function startHostileMcpServer(
     mode: 'ok',
     pattern: undefined,
     oversizedListing: false,
+    pageSize: undefined,
+    endless: false,
+    pageDelayMs: 0,
+    descriptionChars: 0,
+    longNames: false,
     listings: 0,
     calls: 0,
     initializations: 0,

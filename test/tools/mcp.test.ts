@@ -9,6 +9,7 @@ import { createMcpProvider, END_SESSION_TIMEOUT_MS } from '../../src/tools/mcp.j
 import { createToolRegistry } from '../../src/tools/registry.js';
 import { type ToolContext, ToolError, type ToolProvider } from '../../src/tools/types.js';
 import { type ResolvedTool, resolveToolSet } from '../../src/toolset/defaults.js';
+import { LIMIT } from '../../src/toolset/schema.js';
 import { formatIssues, validateToolSet } from '../../src/toolset/validate.js';
 import { type HostileMcpServer, LATE_MS, startHostileMcpServer } from '../support/hostile-mcp.js';
 import { type McpTestServer, startMcpServer } from '../support/mcp-server.js';
@@ -327,6 +328,81 @@ describe('mcp provider against a hostile server', () => {
     await waitFor(() => connected(p), 'connection');
     expect(p.tools().map((t) => t.name)).toEqual(['tool_0', 'tool_2']);
     expect(p.tools()[0]?.description).toBe('d'.repeat(4096));
+  });
+
+  it('stops paging once it has more tools than the cap, and says so', async () => {
+    const s = await hostile();
+    s.tools = 10_000;
+    s.pageSize = 10;
+    const { logger: capturing, lines } = capturingLogger();
+    const p = createMcpProvider(mcpTool({ url: s.url }), { env: {}, logger: capturing });
+    cleanup.push(() => p.close?.() ?? Promise.resolve());
+    await waitFor(() => connected(p), 'connection');
+    // 65 tools, one past the cap, are on the first 7 pages; the old code read 100 pages.
+    expect(s.listings).toBe(7);
+    expect(p.tools()).toHaveLength(64);
+    const warning = `MCP server ${s.url} lists more than 64 tools; only the first 64 are offered (the cap per server); choose others with mcp.include`;
+    expect(p.warnings?.()).toEqual([warning]);
+    expect(lines().filter((l) => l.msg === warning)).toHaveLength(1);
+  });
+
+  it('stops paging once every included tool is found', async () => {
+    const s = await hostile();
+    s.tools = 10_000;
+    s.pageSize = 10;
+    const p = provider({ url: s.url, include: ['tool_25', 'tool_3'] });
+    await waitFor(() => connected(p), 'connection');
+    expect(s.listings).toBe(3);
+    expect(p.tools().map((t) => t.name)).toEqual(['tool_3', 'tool_25']);
+  });
+
+  it('stops paging once the tools held pass 8 MiB, and says so', async () => {
+    const s = await hostile();
+    s.tools = 10_000;
+    s.pageSize = 1;
+    s.descriptionChars = 1024 * 1024;
+    const p = provider({ url: s.url });
+    await waitFor(() => connected(p), 'connection');
+    // A little over 1 MiB a page (the name and schema too): the eighth passes 8 MiB. The old code read
+    // 100 pages and held 100 MiB.
+    expect(s.listings).toBe(8);
+    expect(p.tools()).toHaveLength(8);
+    expect(p.warnings?.()).toEqual([
+      `MCP server ${s.url} lists more tools than one listing reads (100 pages or 8 MiB); only the 8 read are offered`,
+    ]);
+  });
+
+  it('gives the whole listing one 10 s deadline, not one per page', async () => {
+    const s = await hostile();
+    s.tools = 1;
+    s.pageSize = 1;
+    s.endless = true;
+    s.pageDelayMs = 3_000;
+    const started = Date.now();
+    const p = provider({ url: s.url });
+    // Each page comes within 10 s; the old code waited 10 s for each of up to 100.
+    await waitFor(() => p.status?.().lastError !== undefined, 'the listing to fail', 14);
+    expect(Date.now() - started).toBeGreaterThanOrEqual(9_500);
+    expect(p.status?.()).toMatchObject({
+      state: 'down',
+      lastError: expect.stringMatching(/^listing the tools took longer than 10 s \(3 pages read\)$/),
+    });
+    expect(s.listings).toBe(4);
+  }, 20_000);
+
+  it('cuts a long tool name to 64 characters in the log', async () => {
+    const s = await hostile();
+    s.longNames = true;
+    s.oversizedListing = true;
+    const { logger: capturing, lines } = capturingLogger();
+    const p = createMcpProvider(mcpTool({ url: s.url }), { env: {}, logger: capturing });
+    cleanup.push(() => p.close?.() ?? Promise.resolve());
+    await waitFor(() => connected(p), 'connection');
+    expect(p.tools().map((t) => t.name)).toEqual([`tool_0${'n'.repeat(58)}`]);
+    const logged = lines()
+      .filter((l) => /clashes|input schema/.test(l.msg))
+      .map((l) => (l as { tool?: string }).tool);
+    expect(logged).toEqual([`tool_1${'n'.repeat(LIMIT.name - 6)}…`, `tool_0${'n'.repeat(LIMIT.name - 6)}…`]);
   });
 
   it('coalesces a tools/list_changed storm into a few listings', async () => {
