@@ -1,6 +1,9 @@
 import { parseArgs } from 'node:util';
-import { DEFAULT_BODY_BYTES_IN_FLIGHT } from '../src/proxy/body-budget.js';
-import { DEFAULT_REQUEST_TIMEOUT_MS, type ServerLimits } from '../src/proxy/server.js';
+import {
+  DEFAULT_BODY_BYTES_IN_FLIGHT,
+  DEFAULT_REQUEST_TIMEOUT_MS,
+  type ServerLimits,
+} from '../src/proxy/server.js';
 import { DEFAULT_UPSTREAM_URL, startProxy, ToolSetLoadError } from '../src/proxy/start.js';
 import { createLogger } from '../src/telemetry/log.js';
 import { parseDuration } from '../src/toolset/duration.js';

@@ -3,7 +3,13 @@
  * condition's status flips, and an equality check so the controller writes status only when it changes
  * (every write bumps resourceVersion and comes back as an update).
  */
-import { canonicalJson, type Issue, type StatusCondition, type ToolSetStatus } from '../toolset/index.js';
+import {
+  canonicalJson,
+  type Issue,
+  MAX_CONDITION_MESSAGE,
+  type StatusCondition,
+  type ToolSetStatus,
+} from '../toolset/index.js';
 
 export type ConditionStatus = 'True' | 'False' | 'Unknown';
 
@@ -44,11 +50,21 @@ export function mergeConditions(
       type: c.type,
       status: c.status,
       reason: c.reason,
-      message: c.message,
+      message: fitMessage(c.message),
       lastTransitionTime,
       ...(generation !== undefined ? { observedGeneration: generation } : {}),
     };
   });
+}
+
+/** A message cut to what the CRD takes, so a long list of names cannot make the status unwritable. */
+function fitMessage(message: string): string {
+  if (message.length <= MAX_CONDITION_MESSAGE) return message;
+  // The ending's own digits are at most those of the message's length.
+  let cut = MAX_CONDITION_MESSAGE - ` … and ${message.length} more characters`.length;
+  // Never split a surrogate pair.
+  if (/[\uD800-\uDBFF]/.test(message[cut - 1] ?? '')) cut -= 1;
+  return `${message.slice(0, cut)} … and ${message.length - cut} more characters`;
 }
 
 export function buildStatus(

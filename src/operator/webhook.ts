@@ -11,6 +11,7 @@
 import type { V1OwnerReference } from '@kubernetes/client-node';
 import fastJsonPatch from 'fast-json-patch';
 import Fastify, { LogController } from 'fastify';
+import { BodyBudget } from '../http/body-budget.js';
 import type { Logger } from '../telemetry/log.js';
 import type { ToolSet } from '../toolset/schema.js';
 import type { KeyPairPem } from './certs.js';
@@ -89,6 +90,11 @@ export interface WebhookServerOptions {
   /** Bytes; a pod is at most about 1.5 MB in etcd, and the review wraps it once for CREATE. */
   bodyLimit?: number;
   /**
+   * Bytes all request bodies together may hold (see src/http/body-budget.ts); past it a request gets 503,
+   * which the API server treats per the webhook's failurePolicy. Any pod can reach the port.
+   */
+  maxBodyBytesInFlight?: number;
+  /**
    * Longest wait for a whole request, headers and body, in ms (fastify's default 0 waits forever, so a
    * trickled body pins memory and a connection while admission starves).
    */
@@ -97,6 +103,9 @@ export interface WebhookServerOptions {
 
 /** The API server gives up on a webhook after its timeoutSeconds: 10 s by default, 30 s at most. */
 const DEFAULT_REQUEST_TIMEOUT_MS = 10_000;
+const DEFAULT_BODY_LIMIT = 6 * 1024 * 1024;
+/** Four of the largest reviews: their parsed copies must still fit in the operator's 256 Mi. */
+const DEFAULT_BODY_BYTES_IN_FLIGHT = 24 * 1024 * 1024;
 
 export interface WebhookServer {
   port: number;
@@ -248,6 +257,7 @@ function review(
 export async function startWebhookServer(options: WebhookServerOptions): Promise<WebhookServer> {
   const { certificate, logger } = options;
   const requestTimeoutMs = options.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS;
+  const bodyLimit = options.bodyLimit ?? DEFAULT_BODY_LIMIT;
   const app = Fastify({
     https: {
       cert: certificate.current.certPem,
@@ -261,7 +271,7 @@ export async function startWebhookServer(options: WebhookServerOptions): Promise
       handshakeTimeout: requestTimeoutMs,
     },
     requestTimeout: requestTimeoutMs,
-    bodyLimit: options.bodyLimit ?? 6 * 1024 * 1024,
+    bodyLimit,
     loggerInstance: logger,
     logController: new LogController({ disableRequestLogging: true }),
   });
@@ -270,6 +280,10 @@ export async function startWebhookServer(options: WebhookServerOptions): Promise
     logger.info('Loaded a new webhook serving certificate');
   });
 
+  app.addHook(
+    'preParsing',
+    new BodyBudget(options.maxBodyBytesInFlight ?? DEFAULT_BODY_BYTES_IN_FLIGHT, bodyLimit).hook,
+  );
   app.get('/healthz', async () => 'ok');
   app.post('/mutate', async (request, reply) => {
     const body = request.body;

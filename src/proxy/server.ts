@@ -3,10 +3,10 @@
  * OpenAI API and health; the metrics server carries /metrics and health for probes and Prometheus.
  */
 import Fastify, { type FastifyInstance, LogController } from 'fastify';
+import { BodyBudget } from '../http/body-budget.js';
 import type { ProxyTelemetry } from '../telemetry/index.js';
 import type { Logger } from '../telemetry/log.js';
 import type { ActiveToolSet } from './active.js';
-import { BodyBudget, DEFAULT_BODY_BYTES_IN_FLIGHT } from './body-budget.js';
 import { clientErrorHandler, errorHandler, notFoundHandler } from './http-errors.js';
 import { chatRoutes } from './routes/chat.js';
 import { healthRoutes } from './routes/health.js';
@@ -33,12 +33,14 @@ export interface ServerLimits {
    * and for the client to read an answer the proxy has finished.
    */
   requestTimeoutMs: number;
-  /** What all request bodies together may hold (see body-budget.ts). */
+  /** What all request bodies together may hold (see src/http/body-budget.ts). */
   maxBodyBytesInFlight: number;
 }
 
 export const DEFAULT_REQUEST_TIMEOUT_MS = 10_000;
 const BODY_LIMIT = 16 * 1024 * 1024;
+/** Two of the largest bodies; a parsed body and its copies hold a few times its bytes. */
+export const DEFAULT_BODY_BYTES_IN_FLIGHT = 32 * 1024 * 1024;
 const DEFAULT_LIMITS: ServerLimits = {
   requestTimeoutMs: DEFAULT_REQUEST_TIMEOUT_MS,
   maxBodyBytesInFlight: DEFAULT_BODY_BYTES_IN_FLIGHT,

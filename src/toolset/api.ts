@@ -2,6 +2,8 @@
 export const API_GROUP = 'earpiece.dev';
 export const API_VERSION = 'v1alpha1';
 export const KIND = 'ToolSet';
+/** The CRD's bound on a status condition's message (schema.ts); a longer one fails the whole status write. */
+export const MAX_CONDITION_MESSAGE = 32768;
 
 /** A ToolSet document around a spec, as `kubectl apply` and `earpiece proxy --toolset` take it. */
 export function toolSetDocument<S>(

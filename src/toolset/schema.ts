@@ -9,7 +9,7 @@
  * sql, builtin") live in validate.ts and, for the CRD, as CEL rules in crd.ts.
  */
 import { type Static, type TSchema, Type } from '@sinclair/typebox';
-import { API_GROUP, API_VERSION, KIND } from './api.js';
+import { API_GROUP, API_VERSION, KIND, MAX_CONDITION_MESSAGE } from './api.js';
 
 export { API_GROUP, API_VERSION, KIND };
 
@@ -584,7 +584,7 @@ export const Condition = Type.Object(
     type: Type.String({ maxLength: 316, description: 'Ready or RestartRequired.' }),
     status: StringEnum(['True', 'False', 'Unknown'], { description: 'True, False or Unknown.' }),
     reason: Type.String({ maxLength: 1024, description: 'One word, CamelCase, for programs.' }),
-    message: Type.String({ maxLength: 32768, description: 'The explanation, for people.' }),
+    message: Type.String({ maxLength: MAX_CONDITION_MESSAGE, description: 'The explanation, for people.' }),
     lastTransitionTime: Type.String({
       format: 'date-time',
       description: 'When the status last changed.',

@@ -475,6 +475,47 @@ describe('the webhook over HTTPS', () => {
     }
   });
 
+  it('refuses a body past the budget of bodies in flight at once with 503, and still answers a small review', async () => {
+    const busy = await bareWebhook({ requestTimeoutMs: 60_000 });
+    const sockets: Socket[] = [];
+    /** A request that declares a body of `bytes` and sends only its first few; resolves once the server closes it. */
+    const slowBody = (bytes: number) => {
+      const socket = tlsConnect({
+        host: '127.0.0.1',
+        port: busy.port,
+        ca: first.ca.certPem,
+        servername: SERVER_NAME,
+      });
+      sockets.push(socket);
+      let text = '';
+      socket.setEncoding('utf8');
+      socket.on('data', (d: string) => {
+        text += d;
+      });
+      socket.on('error', () => {});
+      socket.write(
+        `POST /mutate HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: ${bytes}\r\n\r\n{"kind":"A`,
+      );
+      return new Promise<string>((resolve) => socket.on('close', () => resolve(text)));
+    };
+    try {
+      // Four large reviews (5 MiB each) hold 20 MiB of the default budget of 24 MiB.
+      const large = 5 * 1024 * 1024;
+      for (let i = 0; i < 4; i++) void slowBody(large);
+      await new Promise((r) => setTimeout(r, 300));
+      // A fifth would pass it: answered and closed without its body, long before the request timeout.
+      const refused = await slowBody(large);
+      expect(refused).toMatch(/^HTTP\/1\.1 503 /);
+      expect(refused.toLowerCase()).toContain('connection: close');
+      // A small review still fits in what is left.
+      const { status } = await post(review(pod({})), first.ca.certPem, '/mutate', busy.port);
+      expect(status).toBe(200);
+    } finally {
+      for (const socket of sockets) socket.destroy();
+      await busy.close();
+    }
+  });
+
   it('serves a rotated certificate to new connections without a restart', async () => {
     const agent = new Agent({ connect: { ca: first.ca.certPem, servername: SERVER_NAME } });
     const health = await request(`https://127.0.0.1:${server.port}/healthz`, { dispatcher: agent });

@@ -3,15 +3,16 @@
  * their sum, many clients each sending a large body slowly hold as much memory as they like. A body's
  * bytes count from their arrival (its declared length at once, a chunked body as it comes) until its
  * response is over, since the parsed request lives as long as its turn. Past the budget the request is
- * refused with ERP_OVERLOADED at once and its connection closed (fastify closes it after a body error, as
- * the client may still be sending), without reading the rest.
+ * refused with 503 at once and its connection closed (the client may still be sending), without reading
+ * the rest. Shared by the proxy and the operator's webhook server.
  */
 import { Transform, type TransformCallback } from 'node:stream';
 import type { FastifyReply, FastifyRequest, preParsingHookHandler } from 'fastify';
-import { ProxyError } from './errors.js';
 
-/** Two of the largest bodies; a parsed body and its copies hold a few times its bytes. */
-export const DEFAULT_BODY_BYTES_IN_FLIGHT = 32 * 1024 * 1024;
+/** The refusal: each server answers it in its own error shape; statusCode is what fastify's body reader keeps. */
+export class BodyBudgetExceeded extends Error {
+  readonly statusCode = 503;
+}
 
 export class BodyBudget {
   #used = 0;
@@ -44,27 +45,24 @@ export class BodyBudget {
     });
     if (!chunked) {
       if (declared > this.bodyLimit) return done(null, payload);
-      return take(declared) ? done(null, payload) : done(this.#refusal());
+      return take(declared) ? done(null, payload) : done(this.#refusal(reply));
     }
     const budget = this;
     const counted = new Transform({
       transform(chunk: Buffer, _encoding, callback: TransformCallback) {
         if (take(chunk.length)) callback(null, chunk);
-        else callback(budget.#refusal());
+        else callback(budget.#refusal(reply));
       },
     });
     payload.on('error', (err) => counted.destroy(err));
     done(null, payload.pipe(counted));
   };
 
-  #refusal(): ProxyError {
-    // statusCode: what fastify's body reader keeps (any other error becomes a 400).
-    return Object.assign(
-      new ProxyError(
-        'ERP_OVERLOADED',
-        `request bodies in flight already hold ${this.maxBytes} bytes, the most this proxy accepts; try again`,
-      ),
-      { statusCode: 503 },
+  #refusal(reply: FastifyReply): BodyBudgetExceeded {
+    // fastify closes the connection after a body error, but not after a preParsing one.
+    reply.header('connection', 'close');
+    return new BodyBudgetExceeded(
+      `request bodies in flight already hold ${this.maxBytes} bytes, the most this server accepts; try again`,
     );
   }
 }
