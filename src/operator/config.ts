@@ -46,6 +46,8 @@ export interface OperatorConfig {
   sidecar: SidecarConfig;
   /** Native sidecar or not was left to the API server's version (EARPIECE_NATIVE_SIDECAR unset or auto). */
   nativeSidecarAuto: boolean;
+  /** The ToolSet webhook refuses a ToolSet naming a Secret its author may not read (SubjectAccessReview). */
+  toolsetSecretAccessCheck: boolean;
 }
 
 export class ConfigError extends Error {
@@ -76,6 +78,7 @@ const SETTINGS = {
   'sidecar-image': { env: 'EARPIECE_SIDECAR_IMAGE', default: DEFAULT_SIDECAR_IMAGE },
   'sidecar-resources': { env: 'EARPIECE_SIDECAR_RESOURCES', default: '' },
   'native-sidecar': { env: 'EARPIECE_NATIVE_SIDECAR', default: 'auto' },
+  'toolset-secret-access-check': { env: 'EARPIECE_TOOLSET_SECRET_ACCESS_CHECK', default: 'true' },
 } as const;
 
 type Setting = keyof typeof SETTINGS;
@@ -88,7 +91,7 @@ Runs the ToolSet controller (leader only), the injection webhook and its certifi
 Each option can also be set by the environment variable shown; an option given wins.
 
 ${(Object.entries(SETTINGS) as [Setting, (typeof SETTINGS)[Setting]][])
-  .map(([flag, s]) => `  --${flag.padEnd(22)} ${s.env}${s.default ? ` (default ${s.default})` : ''}`)
+  .map(([flag, s]) => `  --${flag.padEnd(28)} ${s.env}${s.default ? ` (default ${s.default})` : ''}`)
   .join('\n')}
 
 In a pod the in-cluster service account is used; elsewhere the current kubeconfig context.`;
@@ -185,6 +188,7 @@ export function loadConfig(
       shutdownGraceMs: duration('shutdown-grace'),
       sidecar,
       nativeSidecarAuto: nativeSidecarAuto(sidecarEnv),
+      toolsetSecretAccessCheck: bool('toolset-secret-access-check'),
     },
   };
 }

@@ -11,6 +11,7 @@ import type { AddressInfo } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import {
   AdmissionregistrationV1Api,
+  AuthorizationV1Api,
   CoordinationV1Api,
   CoreV1Api,
   CustomObjectsApi,
@@ -35,6 +36,7 @@ import { EventRecorder, type EventSubject } from './events.js';
 import { Informer, InformerSet } from './informers.js';
 import { LeaderElector } from './leader.js';
 import { NamespacePods } from './namespace-pods.js';
+import { subjectAccessReviews } from './secret-access.js';
 import type { ToolSetLookup } from './select.js';
 import { sidecarForServer } from './server-version.js';
 import { configMapName, LABEL_INJECT, LABEL_INJECTED } from './sidecar.js';
@@ -281,10 +283,23 @@ export class ControlPlane {
     };
   }
 
-  /** The validating webhook's decisions: counted, and a refusal logged (the user sees its problems). */
-  onToolSetAdmission({ allowed, issues, ...review }: ToolSetAdmission): void {
-    this.metrics.toolsetAdmission(allowed);
-    if (!allowed) this.logger.info({ ...review, problems: issues.length }, 'Refused an invalid ToolSet');
+  /** The validating webhook's decisions: counted, and a refusal logged (the user sees why). */
+  onToolSetAdmission({ result, issues, error, ...review }: ToolSetAdmission): void {
+    this.metrics.toolsetAdmission(result);
+    if (result === 'refused') {
+      this.logger.info({ ...review, problems: issues.length }, 'Refused an invalid ToolSet');
+    } else if (result === 'forbidden') {
+      this.logger.info(
+        { ...review, secrets: issues },
+        'Refused a ToolSet naming Secrets its author may not read',
+      );
+    } else if (result === 'error') {
+      // The API server did not answer the access check: worth a look, unlike a user's mistake.
+      this.logger.warn(
+        { ...review, err: error },
+        'Refused a ToolSet whose Secret access could not be checked',
+      );
+    }
   }
 
   /** The webhook's decisions: counted, and an Event on the pod's owner (not for dry runs). */
@@ -444,6 +459,9 @@ export async function startOperator(o: OperatorOptions): Promise<RunningOperator
       onInjection: (outcome) => running.onInjection(outcome),
       onReviewed: (operation, seconds) => metrics.webhookReview(operation, seconds),
       onToolSetAdmission: (decision) => running.onToolSetAdmission(decision),
+      secretAccess: config.toolsetSecretAccessCheck
+        ? { access: subjectAccessReviews(kc.makeApiClient(AuthorizationV1Api)) }
+        : undefined,
     });
     metrics.watchCertificate(() => notAfter(holder.current.certPem));
   } catch (err) {

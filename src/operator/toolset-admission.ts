@@ -7,11 +7,19 @@
  * An UPDATE that leaves the spec as it was is allowed whatever the spec holds, with the problems as
  * warnings: a ToolSet that got in while the webhook was down (failurePolicy Ignore) must still take
  * labels, annotations and finalizers, and its Ready condition already reports what is wrong.
+ *
+ * A valid ToolSet that names Secrets it did not name before (all of them, for a CREATE) is then admitted
+ * only if the requesting user may `get` each of them (secret-access.ts): the injected sidecar receives
+ * their values, and nothing else checks who named them. Secrets named before need no new check, so an
+ * UPDATE that keeps them (labels, instructions, a new tool) goes through for anyone who may update it.
  */
 import { isDeepStrictEqual } from 'node:util';
+import type { ToolSetAdmissionResult } from '../telemetry/operator-metrics.js';
 import { API_GROUP, KIND } from '../toolset/api.js';
 import { checkToolSet } from '../toolset/check.js';
 import { formatIssues, type Issue } from '../toolset/validate.js';
+import { type SecretRef, secretRefs } from '../toolset/values.js';
+import { type SecretAccess, type UserInfo, unreadableSecrets } from './secret-access.js';
 
 export interface ToolSetAdmissionRequest {
   uid: string;
@@ -22,12 +30,13 @@ export interface ToolSetAdmissionRequest {
   object?: unknown;
   oldObject?: unknown;
   dryRun?: boolean;
+  userInfo?: UserInfo;
 }
 
 export interface StatusCause {
   field: string;
   message: string;
-  reason: 'FieldValueInvalid';
+  reason: 'FieldValueInvalid' | 'FieldValueForbidden';
 }
 
 export interface ToolSetAdmissionResponse {
@@ -35,7 +44,7 @@ export interface ToolSetAdmissionResponse {
   allowed: boolean;
   status?: {
     code: number;
-    reason: 'Invalid' | 'BadRequest';
+    reason: 'Invalid' | 'BadRequest' | 'Forbidden' | 'InternalError';
     message: string;
     details?: { group: string; kind: string; name?: string; causes: StatusCause[] };
   };
@@ -47,9 +56,24 @@ export interface ToolSetAdmission {
   namespace: string | undefined;
   name: string | undefined;
   operation: string | undefined;
-  allowed: boolean;
+  /**
+   * `refused`: invalid; `forbidden`: names a Secret the requesting user may not read; `error`: whether
+   * the user may read them could not be found out (refused too).
+   */
+  result: ToolSetAdmissionResult;
+  /** The problems of a refused ToolSet; for a forbidden one, each reference to a Secret the user may not read. */
   issues: Issue[];
   dryRun: boolean;
+  user: string | undefined;
+  /** Why the access check could not be made (`error`). */
+  error?: string;
+}
+
+/** Who may name which Secret; without it, a valid ToolSet is admitted whatever Secrets it names. */
+export interface SecretAccessCheck {
+  access: SecretAccess;
+  timeoutMs?: number;
+  maxSecrets?: number;
 }
 
 /** The API server keeps at most 4 KiB of warnings per response and may cut each after 256 characters. */
@@ -70,38 +94,29 @@ function metadataOf(object: unknown): { name?: unknown; namespace?: unknown } {
   return metadata && typeof metadata === 'object' ? metadata : {};
 }
 
-export function admitToolSet(
+/** The ToolSet's own answer, before any access check: its validity. */
+function validation(
   request: ToolSetAdmissionRequest,
-  onDecision?: (decision: ToolSetAdmission) => void,
-): ToolSetAdmissionResponse {
+  name: string | undefined,
+): { response: ToolSetAdmissionResponse; result?: 'allowed' | 'refused'; issues: Issue[] } {
   const object = request.object;
-  const meta = metadataOf(object);
-  const name = typeof meta.name === 'string' ? meta.name : request.name;
-  const decision = (allowed: boolean, issues: Issue[]) =>
-    onDecision?.({
-      namespace: request.namespace,
-      name,
-      operation: request.operation,
-      allowed,
-      issues,
-      dryRun: request.dryRun === true,
-    });
-
   const isToolSet = request.kind?.group === API_GROUP && request.kind?.kind === KIND;
   if (!isToolSet || (request.operation !== 'CREATE' && request.operation !== 'UPDATE')) {
     return {
-      uid: request.uid,
-      allowed: true,
-      warnings: ["earpiece: only ToolSet CREATE and UPDATE are validated; check the webhook's rules"],
+      response: {
+        uid: request.uid,
+        allowed: true,
+        warnings: ["earpiece: only ToolSet CREATE and UPDATE are validated; check the webhook's rules"],
+      },
+      issues: [],
     };
   }
   if (!object || typeof object !== 'object' || Array.isArray(object)) {
-    const issues = [{ path: '(object)', message: 'the review carries no ToolSet object' }];
-    decision(false, issues);
+    const message = 'the review carries no ToolSet object';
     return {
-      uid: request.uid,
-      allowed: false,
-      status: { code: 400, reason: 'BadRequest', message: 'the review carries no ToolSet object' },
+      response: { uid: request.uid, allowed: false, status: { code: 400, reason: 'BadRequest', message } },
+      result: 'refused',
+      issues: [{ path: '(object)', message }],
     };
   }
 
@@ -110,33 +125,167 @@ export function admitToolSet(
   const oldSpec = (request.oldObject as { spec?: unknown } | undefined)?.spec;
   const specUnchanged = request.operation === 'UPDATE' && isDeepStrictEqual(spec, oldSpec);
   if (result.ok || specUnchanged) {
-    decision(true, result.issues);
     const all = [
       ...warnings(result.issues, 'the spec is unchanged but invalid: '),
       ...warnings(result.warnings),
     ];
-    return { uid: request.uid, allowed: true, ...(all.length ? { warnings: all } : {}) };
+    return {
+      response: { uid: request.uid, allowed: true, ...(all.length ? { warnings: all } : {}) },
+      result: 'allowed',
+      issues: result.issues,
+    };
   }
-  decision(false, result.issues);
   const count = result.issues.length;
   return {
-    uid: request.uid,
+    response: {
+      uid: request.uid,
+      allowed: false,
+      status: {
+        code: 422,
+        reason: 'Invalid',
+        // kubectl prints this after `admission webhook "…" denied the request: `.
+        message: `ToolSet${name ? ` ${name}` : ''} has ${count} problem${count === 1 ? '' : 's'}:\n${formatIssues(result.issues)}`,
+        details: {
+          group: API_GROUP,
+          kind: 'toolsets',
+          ...(name ? { name } : {}),
+          causes: result.issues.map((i) => ({
+            field: i.path,
+            message: i.message,
+            reason: 'FieldValueInvalid',
+          })),
+        },
+      },
+    },
+    result: 'refused',
+    issues: result.issues,
+  };
+}
+
+/**
+ * The Secret references of the ToolSet that need the access check: those whose Secret and key the
+ * previous version (an UPDATE's oldObject) did not name. A new key of a Secret named before is checked
+ * too: it hands over a value that was not handed over before.
+ */
+export function newSecretRefs(object: unknown, oldObject?: unknown): SecretRef[] {
+  const pair = (r: SecretRef) => JSON.stringify([r.name, r.key]);
+  const before = new Set(secretRefs((oldObject as { spec?: unknown } | null | undefined)?.spec).map(pair));
+  return secretRefs((object as { spec?: unknown }).spec).filter((r) => !before.has(pair(r)));
+}
+
+/** The user as messages name them. */
+function who(user: UserInfo | undefined): string {
+  return user?.username ? `user ${user.username}` : 'the requesting user';
+}
+
+function forbidden(
+  uid: string,
+  toolset: string | undefined,
+  namespace: string,
+  user: UserInfo | undefined,
+  refs: SecretRef[],
+): ToolSetAdmissionResponse {
+  const one = new Set(refs.map((r) => r.name)).size === 1;
+  const lines = refs.map((r) => `${r.path}: Secret ${r.name} (key ${r.key})`);
+  return {
+    uid,
     allowed: false,
     status: {
-      code: 422,
-      reason: 'Invalid',
-      // kubectl prints this after `admission webhook "…" denied the request: `.
-      message: `ToolSet${name ? ` ${name}` : ''} has ${count} problem${count === 1 ? '' : 's'}:\n${formatIssues(result.issues)}`,
+      code: 403,
+      reason: 'Forbidden',
+      message:
+        `ToolSet${toolset ? ` ${toolset}` : ''} names ${one ? 'a Secret' : 'Secrets'} of namespace ${namespace} that ${who(user)} may not read:\n` +
+        `${lines.join('\n')}\n` +
+        `The injected sidecar would get ${one ? 'its value' : 'their values'}, so naming a Secret takes the right to read it: ` +
+        `ask for get on ${one ? 'that Secret' : 'those Secrets'}, or have someone who may read ${one ? 'it' : 'them'} apply the ToolSet.`,
       details: {
         group: API_GROUP,
         kind: 'toolsets',
-        ...(name ? { name } : {}),
-        causes: result.issues.map((i) => ({
-          field: i.path,
-          message: i.message,
-          reason: 'FieldValueInvalid',
+        ...(toolset ? { name: toolset } : {}),
+        causes: refs.map((r) => ({
+          field: r.path,
+          message: `${who(user)} may not get Secret ${r.name}`,
+          reason: 'FieldValueForbidden',
         })),
       },
     },
   };
+}
+
+function checkFailed(
+  uid: string,
+  toolset: string | undefined,
+  user: UserInfo | undefined,
+  names: string[],
+  error: string,
+): ToolSetAdmissionResponse {
+  // A refusal for too many Secrets may name dozens; a few say which change it is.
+  const listed =
+    names.length <= 8 ? names.join(', ') : `${names.slice(0, 8).join(', ')} and ${names.length - 8} more`;
+  return {
+    uid,
+    allowed: false,
+    status: {
+      code: 500,
+      reason: 'InternalError',
+      message:
+        `ToolSet${toolset ? ` ${toolset}` : ''} is refused because the operator could not check that ${who(user)} may read ` +
+        `the Secrets it names (${listed}): ${error}. A ToolSet is never admitted unchecked; try again.`,
+    },
+  };
+}
+
+export async function admitToolSet(
+  request: ToolSetAdmissionRequest,
+  options: {
+    secretAccess?: SecretAccessCheck | undefined;
+    onDecision?: ((decision: ToolSetAdmission) => void) | undefined;
+  } = {},
+): Promise<ToolSetAdmissionResponse> {
+  const meta = metadataOf(request.object);
+  const name = typeof meta.name === 'string' ? meta.name : request.name;
+  const { response, result, issues } = validation(request, name);
+  if (!result) return response;
+  const decision: ToolSetAdmission = {
+    namespace: request.namespace,
+    name,
+    operation: request.operation,
+    result,
+    issues,
+    dryRun: request.dryRun === true,
+    user: request.userInfo?.username,
+  };
+  const check = options.secretAccess;
+  const refs = check && result === 'allowed' ? newSecretRefs(request.object, request.oldObject) : [];
+  if (!check || refs.length === 0) {
+    options.onDecision?.(decision);
+    return response;
+  }
+
+  const names = [...new Set(refs.map((r) => r.name))];
+  const namespace = request.namespace ?? (typeof meta.namespace === 'string' ? meta.namespace : undefined);
+  const user = request.userInfo;
+  const failed = (error: string) => {
+    options.onDecision?.({ ...decision, result: 'error', issues: [], error });
+    return checkFailed(request.uid, name, user, names, error);
+  };
+  // The API server always sends both; a SubjectAccessReview without a user or a group is invalid.
+  if (namespace === undefined) return failed('the review names no namespace');
+  if (!user?.username && !user?.groups?.length) return failed('the review names no user');
+  const answer = await unreadableSecrets(check.access, user, namespace, names, {
+    timeoutMs: check.timeoutMs,
+    max: check.maxSecrets,
+  });
+  if ('error' in answer) return failed(answer.error);
+  if (answer.unreadable.length === 0) {
+    options.onDecision?.(decision);
+    return response;
+  }
+  const denied = refs.filter((r) => answer.unreadable.includes(r.name));
+  options.onDecision?.({
+    ...decision,
+    result: 'forbidden',
+    issues: denied.map((r) => ({ path: r.path, message: `${who(user)} may not get Secret ${r.name}` })),
+  });
+  return forbidden(request.uid, name, namespace, user, denied);
 }

@@ -1,5 +1,6 @@
 /**
- * The admission webhooks, over one HTTPS server: `POST /validate` checks ToolSets (toolset-admission.ts),
+ * The admission webhooks, over one HTTPS server: `POST /validate` checks ToolSets, and who may name
+ * their Secrets (toolset-admission.ts),
  * and the mutating webhook is a thin shell around the patch builder. `POST /mutate` takes an
  * AdmissionReview v1, picks the ToolSet through lookups the caller backs with its informer caches,
  * builds the injected pod, diffs it into a JSON Patch and answers. It never refuses a pod: anything
@@ -18,7 +19,7 @@ import type { KeyPairPem } from './certs.js';
 import type { InjectionConfig } from './configmap.js';
 import { buildInjection, type PodTemplate, type SkipReason } from './patch.js';
 import type { SidecarConfig } from './sidecar.js';
-import { admitToolSet, type ToolSetAdmission } from './toolset-admission.js';
+import { admitToolSet, type SecretAccessCheck, type ToolSetAdmission } from './toolset-admission.js';
 
 const { compare } = fastJsonPatch;
 
@@ -84,9 +85,11 @@ export interface WebhookServerOptions {
   logger: Logger;
   onInjection?: (outcome: InjectionOutcome) => void;
   /** How long each review took (earpiece_webhook_duration_seconds). */
-  onReviewed?: (operation: 'mutate', seconds: number) => void;
+  onReviewed?: (operation: 'mutate' | 'validate', seconds: number) => void;
   /** Each ToolSet the validating webhook (`POST /validate`) decided on. */
   onToolSetAdmission?: (decision: ToolSetAdmission) => void;
+  /** Asks whether the author of a ToolSet may read the Secrets it names; absent, nobody is asked. */
+  secretAccess?: SecretAccessCheck | undefined;
   /** Bytes; a pod is at most about 1.5 MB in etcd, and the review wraps it once for CREATE. */
   bodyLimit?: number;
   /**
@@ -304,7 +307,12 @@ export async function startWebhookServer(options: WebhookServerOptions): Promise
         .code(400)
         .send({ message: 'expected an admission.k8s.io/v1 AdmissionReview with request.uid' });
     }
-    const response = admitToolSet(body.request, options.onToolSetAdmission);
+    const started = performance.now();
+    const response = await admitToolSet(body.request, {
+      secretAccess: options.secretAccess,
+      onDecision: options.onToolSetAdmission,
+    });
+    options.onReviewed?.('validate', (performance.now() - started) / 1000);
     return { apiVersion: 'admission.k8s.io/v1', kind: 'AdmissionReview', response };
   });
 

@@ -21,6 +21,15 @@ export const RECONCILE_RESULTS: readonly ReconcileResult[] = [
   'foreign',
 ];
 
+/** How the validating webhook answered a ToolSet (the operator's ToolSetAdmission.result). */
+export type ToolSetAdmissionResult = 'allowed' | 'refused' | 'forbidden' | 'error';
+export const TOOLSET_ADMISSION_RESULTS: readonly ToolSetAdmissionResult[] = [
+  'allowed',
+  'refused',
+  'forbidden',
+  'error',
+];
+
 /** Reconciles are a cache read, validation and up to three API writes. */
 export const RECONCILE_SECONDS_BUCKETS = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
 
@@ -48,7 +57,7 @@ export class OperatorMetrics {
     });
     this.admissions = new Counter({
       name: 'earpiece_toolset_admissions_total',
-      help: 'ToolSet CREATEs and UPDATEs checked by the validating webhook, by result (allowed, refused).',
+      help: 'ToolSet CREATEs and UPDATEs checked by the validating webhook, by result (allowed; refused: invalid; forbidden: names a Secret its author may not read; error: that could not be checked).',
       labelNames: ['result'],
       registers,
     });
@@ -112,12 +121,12 @@ export class OperatorMetrics {
     // Known label values start at zero, so rates and alerts have series before the first event.
     for (const result of RECONCILE_RESULTS) this.reconciles.inc({ result }, 0);
     this.leader.set(0);
-    for (const result of ['allowed', 'refused']) this.admissions.inc({ result }, 0);
+    for (const result of TOOLSET_ADMISSION_RESULTS) this.admissions.inc({ result }, 0);
   }
 
   /** The validating webhook's onToolSetAdmission. */
-  toolsetAdmission(allowed: boolean): void {
-    this.admissions.inc({ result: allowed ? 'allowed' : 'refused' });
+  toolsetAdmission(result: ToolSetAdmissionResult): void {
+    this.admissions.inc({ result });
   }
 
   /** The webhook's onInjection. */

@@ -42,37 +42,64 @@ export interface SecretEnv {
   secretKeyRef: { name: string; key: string };
 }
 
+/** One `valueFrom.secretKeyRef`, with the path of the field that holds it. */
+export interface SecretRef {
+  /** `spec.tools[0].http.headers[1].valueFrom.secretKeyRef` */
+  path: string;
+  name: string;
+  key: string;
+}
+
+/**
+ * The spec with each `valueFrom` that holds a secretKeyRef replaced by what `replace` returns for it:
+ * the one walk that finds Secret references, for the sidecar's rendering and for the admission check of
+ * who may name them. `parameters` of a tool are JSON Schemas written by users, where a property literally
+ * named valueFrom is data, so they are not searched. Anything that is not a well-formed reference (a
+ * spec admitted unchecked may hold one) is kept as it is.
+ */
+function replaceSecretRefs(spec: unknown, replace: (ref: SecretRef) => unknown): unknown {
+  const walk = (node: unknown, path: string): unknown => {
+    if (Array.isArray(node)) return node.map((n, i) => walk(n, `${path}[${i}]`));
+    if (node === null || typeof node !== 'object') return node;
+    const isTool = /^spec\.tools\[\d+\]$/.test(path);
+    const out: Record<string, unknown> = {};
+    for (const [k, v] of Object.entries(node)) {
+      const ref =
+        k === 'valueFrom'
+          ? (v as { secretKeyRef?: { name?: unknown; key?: unknown } } | null)?.secretKeyRef
+          : undefined;
+      if (typeof ref?.name === 'string' && typeof ref.key === 'string') {
+        out[k] = replace({ path: `${path}.valueFrom.secretKeyRef`, name: ref.name, key: ref.key });
+      } else {
+        out[k] = isTool && k === 'parameters' ? v : walk(v, `${path}.${k}`);
+      }
+    }
+    return out;
+  };
+  return walk(spec, 'spec');
+}
+
+/** Every secretKeyRef of a ToolSet's spec, in document order; the spec need not be valid. */
+export function secretRefs(spec: unknown): SecretRef[] {
+  const refs: SecretRef[] = [];
+  replaceSecretRefs(spec, (ref) => {
+    refs.push(ref);
+  });
+  return refs;
+}
+
 /**
  * The ToolSet as the sidecar sees it: every secretKeyRef replaced by valueFrom.env, and the env vars
  * the sidecar needs for them (sorted and unique, so renders are stable). `status` is dropped.
  */
 export function renderForSidecar(toolset: ToolSet): { toolset: ToolSet; env: SecretEnv[] } {
   const env = new Map<string, SecretEnv>();
-  const walk = (node: unknown): unknown => {
-    if (Array.isArray(node)) return node.map(walk);
-    if (node === null || typeof node !== 'object') return node;
-    const out: Record<string, unknown> = {};
-    for (const [k, v] of Object.entries(node)) {
-      const ref =
-        k === 'valueFrom' ? (v as { secretKeyRef?: { name: string; key: string } }).secretKeyRef : undefined;
-      if (ref) {
-        const name = secretEnvName(ref.name, ref.key);
-        env.set(name, { name, secretKeyRef: { name: ref.name, key: ref.key } });
-        out[k] = { env: name };
-      } else {
-        out[k] = walk(v);
-      }
-    }
-    return out;
-  };
   const { status: _status, ...rest } = toolset;
-  // `parameters` are JSON Schemas written by users; a property literally named valueFrom there is data.
-  const spec = walk({ ...rest.spec, tools: [] }) as ToolSet['spec'];
-  spec.tools = rest.spec.tools.map((tool) => {
-    const { parameters, ...executor } = tool;
-    const rendered = walk(executor) as typeof tool;
-    return parameters === undefined ? rendered : { ...rendered, parameters };
-  });
+  const spec = replaceSecretRefs(rest.spec, (ref) => {
+    const name = secretEnvName(ref.name, ref.key);
+    env.set(name, { name, secretKeyRef: { name: ref.name, key: ref.key } });
+    return { env: name };
+  }) as ToolSet['spec'];
   return {
     toolset: { ...rest, spec },
     env: [...env.values()].sort((a, b) => a.name.localeCompare(b.name)),

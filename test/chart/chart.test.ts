@@ -158,6 +158,7 @@ describe('default values', () => {
       EARPIECE_SIDECAR_ENV: '[]',
       EARPIECE_LOG_LEVEL: 'info',
       EARPIECE_SHUTDOWN_GRACE: '5s',
+      EARPIECE_TOOLSET_SECRET_ACCESS_CHECK: 'true',
     });
     // The operator reads the sidecar's settings with the same parser it uses at start.
     expect(sidecarConfigFromEnv(env(container(deployment)) as NodeJS.ProcessEnv)).toEqual({
@@ -265,6 +266,7 @@ describe('default values', () => {
         resourceNames: [CLUSTER_NAME],
         verbs: ['get', 'patch'],
       },
+      { apiGroups: ['authorization.k8s.io'], resources: ['subjectaccessreviews'], verbs: ['create'] },
     ]);
     const role = find(objects, 'Role', FULLNAME);
     expect(role.metadata.namespace).toBe(NAMESPACE);
@@ -428,6 +430,7 @@ describe('every option on', () => {
     // cert-manager fills the caBundle and owns the Secret: the operator gets neither right.
     expect(rules(find(objects, 'ClusterRole', `${CLUSTER_NAME}-cluster`))).toEqual([
       { apiGroups: [''], resources: ['namespaces'], verbs: ['list', 'watch'] },
+      { apiGroups: ['authorization.k8s.io'], resources: ['subjectaccessreviews'], verbs: ['create'] },
     ]);
     expect(rules(find(objects, 'Role')).some((r) => r.resources.includes('secrets'))).toBe(false);
   });
@@ -658,6 +661,36 @@ describe('switches and guards', () => {
       'ValidatingWebhookConfiguration',
     );
     expect(renderError({ set: ['toolsetValidation.failurePolicy=Maybe'] })).toContain('failurePolicy');
+  });
+
+  it('lets the operator ask who may read a Secret exactly while it checks ToolSets for it', () => {
+    const sa = { name: FULLNAME, namespace: NAMESPACE };
+    const askedFor = (set: string[]) => {
+      const objects = render({ set });
+      const review = {
+        verb: 'create',
+        apiGroup: 'authorization.k8s.io',
+        resource: 'subjectaccessreviews',
+        namespace: undefined,
+        name: undefined,
+      };
+      return {
+        granted: allowed(objects, sa, review),
+        checked: operatorConfig(find(objects, 'Deployment', FULLNAME)).toolsetSecretAccessCheck,
+      };
+    };
+    expect(askedFor([])).toEqual({ granted: true, checked: true });
+    // A cluster-scoped question: granted cluster-wide even when the operator watches a few namespaces.
+    expect(askedFor(['watchNamespaces={voice}'])).toEqual({ granted: true, checked: true });
+    expect(askedFor(['toolsetValidation.checkSecretAccess=false'])).toEqual({
+      granted: false,
+      checked: false,
+    });
+    // Without the validating webhook no ToolSet reaches the check.
+    expect(askedFor(['toolsetValidation.enabled=false'])).toEqual({ granted: false, checked: false });
+    expect(renderError({ set: ['toolsetValidation.checkSecretAccess=maybe'] })).toContain(
+      'checkSecretAccess',
+    );
   });
 
   it('takes failurePolicy from the values', () => {

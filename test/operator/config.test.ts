@@ -25,6 +25,7 @@ describe('operator settings', () => {
       shutdownGraceMs: 5000,
       sidecar: DEFAULT_SIDECAR,
       nativeSidecarAuto: true,
+      toolsetSecretAccessCheck: true,
     });
   });
 
@@ -44,6 +45,7 @@ describe('operator settings', () => {
       EARPIECE_SIDECAR_IMAGE: 'registry.example.com/earpiece:dev',
       EARPIECE_SIDECAR_RESOURCES: '{"requests":{"cpu":"10m"}}',
       EARPIECE_NATIVE_SIDECAR: 'false',
+      EARPIECE_TOOLSET_SECRET_ACCESS_CHECK: 'false',
     };
     const { config } = loadConfig(
       ['--webhook-port', '11443', '--native-sidecar=true', '--namespace=flagged'],
@@ -61,7 +63,11 @@ describe('operator settings', () => {
       certMode: 'cert-manager',
       certDir: '/certs',
       shutdownGraceMs: 90_000,
+      toolsetSecretAccessCheck: false,
     });
+    expect(loadConfig(['--toolset-secret-access-check=true'], env).config.toolsetSecretAccessCheck).toBe(
+      true,
+    );
     expect(loadConfig(['--shutdown-grace=0s'], env).config.shutdownGraceMs).toBe(0);
     expect(config.sidecar).toMatchObject({
       image: 'registry.example.com/earpiece:dev',
@@ -92,6 +98,9 @@ describe('operator settings', () => {
     expect(() => loadConfig([], { EARPIECE_LEADER_ELECTION: 'maybe' })).toThrow(
       'EARPIECE_LEADER_ELECTION: "maybe" is not true or false',
     );
+    expect(() => loadConfig(['--toolset-secret-access-check=off'], {})).toThrow(
+      '--toolset-secret-access-check: "off" is not true or false',
+    );
     expect(() => loadConfig([], { EARPIECE_SIDECAR_RESOURCES: '{"requests":' })).toThrow(
       /EARPIECE_SIDECAR_RESOURCES/,
     );
@@ -115,6 +124,7 @@ describe('operator settings', () => {
       'EARPIECE_CERT_MODE',
       'EARPIECE_NATIVE_SIDECAR',
       'EARPIECE_SHUTDOWN_GRACE',
+      'EARPIECE_TOOLSET_SECRET_ACCESS_CHECK',
       '--lease-name',
     ]) {
       expect(HELP).toContain(name);

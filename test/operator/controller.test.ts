@@ -870,12 +870,16 @@ describe('earpiece operator', () => {
       expect(bundle('validatingwebhookconfigurations')).toBe(bundle('mutatingwebhookconfigurations'));
       const ca = Buffer.from(bundle('validatingwebhookconfigurations')!, 'base64').toString();
 
-      const toolsetReview = (spec: Record<string, unknown>) =>
+      const toolsetReview = (spec: Record<string, unknown>, username = 'alice') =>
         admit(ports.webhook, ca, { ...toolset('assistant', []), spec }, '/validate', {
           kind: { group: 'earpiece.dev', version: 'v1alpha1', kind: 'ToolSet' },
           resource: { group: 'earpiece.dev', version: 'v1alpha1', resource: 'toolsets' },
+          userInfo: { username, groups: ['system:authenticated'] },
         });
-      const good = await toolsetReview({ selector: { matchLabels: { app: 'a' } }, tools: [weatherTool()] });
+      // weatherTool() names Secret weather: alice may read it, bob may not.
+      api.allow({ user: 'alice', verb: 'get', resource: 'secrets', namespace: NS, names: ['weather'] });
+      const spec = { selector: { matchLabels: { app: 'a' } }, tools: [weatherTool()] };
+      const good = await toolsetReview(spec);
       expect(good).toEqual({ uid: 'a1b2', allowed: true });
       const bad = await toolsetReview({ tools: [{ ...weatherTool(), timeout: 'soon' }] });
       expect(bad).toMatchObject({
@@ -886,10 +890,58 @@ describe('earpiece operator', () => {
             'ToolSet assistant has 1 problem:\nspec.tools[0].timeout: "soon" is not a duration (use 500ms, 5s, 10m)',
         },
       });
+      const forbidden = await toolsetReview(spec, 'bob');
+      expect(forbidden).toMatchObject({ allowed: false, status: { code: 403, reason: 'Forbidden' } });
+      expect(api.accessReviews.map((r) => [r.caller, r.spec.user, r.allowed])).toEqual([
+        ['operator', 'alice', true],
+        ['operator', 'bob', false],
+      ]);
 
       const text = (await get(ports.metrics, '/metrics')).body;
       expect(text).toMatch(/earpiece_toolset_admissions_total\{result="allowed"\} 1/);
       expect(text).toMatch(/earpiece_toolset_admissions_total\{result="refused"\} 1/);
+      expect(text).toMatch(/earpiece_toolset_admissions_total\{result="forbidden"\} 1/);
+      expect(text).toMatch(/earpiece_toolset_admissions_total\{result="error"\} 0/);
+      expect(text).toMatch(/earpiece_webhook_duration_seconds_count\{operation="validate"\} 3/);
+    } finally {
+      await operator.stop();
+    }
+  });
+
+  it('names Secrets in ToolSets without asking who may read them when the check is switched off', async () => {
+    api.create('mutatingwebhookconfigurations', {
+      apiVersion: 'admissionregistration.k8s.io/v1',
+      kind: 'MutatingWebhookConfiguration',
+      metadata: { name: 'earpiece-webhook' },
+      webhooks: [{ name: 'pods.earpiece.dev', clientConfig: {} }],
+    });
+    const operator = await startOperator({
+      kc: api.kubeConfig('operator'),
+      config: testOperatorConfig({ toolsetSecretAccessCheck: false }),
+      host: '127.0.0.1',
+      logger,
+      metrics: new OperatorMetrics(),
+      timing: TIMING,
+    });
+    try {
+      await expect.poll(async () => (await get(operator.ports.probe, '/readyz')).status, POLL).toBe(200);
+      const hooks = api.get('mutatingwebhookconfigurations', undefined, 'earpiece-webhook')!.webhooks as {
+        clientConfig: { caBundle?: string };
+      }[];
+      const ca = Buffer.from(hooks[0]!.clientConfig.caBundle!, 'base64').toString();
+      const spec = { selector: { matchLabels: { app: 'a' } }, tools: [weatherTool()] };
+      const response = await admit(
+        operator.ports.webhook,
+        ca,
+        { ...toolset('assistant', []), spec },
+        '/validate',
+        {
+          kind: { group: 'earpiece.dev', version: 'v1alpha1', kind: 'ToolSet' },
+          userInfo: { username: 'bob', groups: ['system:authenticated'] },
+        },
+      );
+      expect(response).toEqual({ uid: 'a1b2', allowed: true });
+      expect(api.accessReviews).toEqual([]);
     } finally {
       await operator.stop();
     }

@@ -5,6 +5,7 @@
 import {
   AdmissionregistrationV1Api,
   type ApiException,
+  AuthorizationV1Api,
   CoordinationV1Api,
   CoreV1Api,
   CustomObjectsApi,
@@ -296,5 +297,40 @@ describe('fake API server', () => {
     expect(await status(core.listNamespacedSecret({ namespace: 'ops' }))).toBe(200);
     api.block('test');
     expect(await status(core.listNamespacedSecret({ namespace: 'ops' }))).toBe(503);
+  });
+
+  it('answers SubjectAccessReviews from its rules, records them, and refuses one without a subject', async () => {
+    const authz = kc.makeApiClient(AuthorizationV1Api);
+    api.allow({ user: 'alice', verb: 'get', resource: 'secrets', namespace: 'voice', names: ['weather'] });
+    api.allow({ group: 'voice-admins', verb: 'get', resource: 'secrets', namespace: 'voice' });
+    const ask = (spec: Record<string, unknown>, name = 'weather') =>
+      authz.createSubjectAccessReview({
+        body: {
+          apiVersion: 'authorization.k8s.io/v1',
+          kind: 'SubjectAccessReview',
+          spec: {
+            resourceAttributes: { namespace: 'voice', verb: 'get', resource: 'secrets', name },
+            ...spec,
+          },
+        },
+      });
+    expect((await ask({ user: 'alice' })).status?.allowed).toBe(true);
+    expect((await ask({ user: 'alice' }, 'vllm')).status?.allowed).toBe(false);
+    expect((await ask({ user: 'bob', groups: ['voice-admins'] }, 'vllm')).status?.allowed).toBe(true);
+    expect((await ask({ user: 'bob', groups: ['system:authenticated'] })).status?.allowed).toBe(false);
+    expect(
+      api.accessReviews.map((r) => [r.caller, r.spec.user, r.spec.resourceAttributes?.name, r.allowed]),
+    ).toEqual([
+      ['test', 'alice', 'weather', true],
+      ['test', 'alice', 'vllm', false],
+      ['test', 'bob', 'vllm', true],
+      ['test', 'bob', 'weather', false],
+    ]);
+    // Nothing is stored: a review is a question.
+    expect(api.writes).toEqual([]);
+    expect(await status(ask({}))).toBe(422);
+    api.fail((r) => r.resource === 'subjectaccessreviews', 500);
+    expect(await status(ask({ user: 'alice' }))).toBe(500);
+    expect(api.accessReviews).toHaveLength(4);
   });
 });

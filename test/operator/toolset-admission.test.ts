@@ -1,23 +1,38 @@
 /**
  * The validating webhook for ToolSets, over HTTPS, with AdmissionReview JSON as the API server sends
  * it. Its refusals carry the lines `earpiece validate` prints (the golden file of the same document).
+ * Who may name a Secret is asked of the API server stand-in, through the real client, as the operator
+ * asks the real one.
  */
 import { readFile } from 'node:fs/promises';
+import { AuthorizationV1Api } from '@kubernetes/client-node';
 import { Agent, request } from 'undici';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { parse } from 'yaml';
+import { subjectAccessReviews } from '../../src/operator/secret-access.js';
 import { DEFAULT_SIDECAR } from '../../src/operator/sidecar.js';
-import type { ToolSetAdmission } from '../../src/operator/toolset-admission.js';
+import {
+  admitToolSet,
+  type SecretAccessCheck,
+  type ToolSetAdmission,
+} from '../../src/operator/toolset-admission.js';
 import { CertificateHolder, startWebhookServer, type WebhookServer } from '../../src/operator/webhook.js';
 import { createLogger } from '../../src/telemetry/log.js';
 import { webhookCertificates } from '../support/certs.js';
+import { type FakeApiServer, startFakeApiServer } from '../support/fake-apiserver.js';
 
 const SERVICE = 'earpiece-webhook';
 const certs = webhookCertificates({ service: SERVICE, namespace: 'earpiece', now: new Date() });
 const decisions: ToolSetAdmission[] = [];
 let server: WebhookServer;
+let api: FakeApiServer;
+let secretAccess: SecretAccessCheck;
 
 beforeAll(async () => {
+  api = await startFakeApiServer();
+  secretAccess = {
+    access: subjectAccessReviews(api.kubeConfig('operator').makeApiClient(AuthorizationV1Api)),
+  };
   server = await startWebhookServer({
     port: 0,
     host: '127.0.0.1',
@@ -26,11 +41,16 @@ beforeAll(async () => {
     sidecar: DEFAULT_SIDECAR,
     logger: createLogger('admission-test', 'silent'),
     onToolSetAdmission: (d) => decisions.push(d),
+    secretAccess,
   });
 });
-afterAll(() => server?.close());
+afterAll(async () => {
+  await server?.close();
+  await api?.close();
+});
 beforeEach(() => {
   decisions.length = 0;
+  api.accessReviews.length = 0;
 });
 
 async function post(body: string | object, path = '/validate') {
@@ -138,9 +158,10 @@ describe('the ToolSet validating webhook', () => {
         namespace: 'voice',
         name: 'assistant',
         operation: 'CREATE',
-        allowed: true,
+        result: 'allowed',
         issues: [],
         dryRun: false,
+        user: 'kubernetes-admin',
       },
     ]);
   });
@@ -257,7 +278,7 @@ describe('the ToolSet validating webhook', () => {
       message: expect.stringContaining(message),
       reason: 'FieldValueInvalid',
     });
-    expect(decisions.at(-1)).toMatchObject({ allowed: false, name: 'assistant' });
+    expect(decisions.at(-1)).toMatchObject({ result: 'refused', name: 'assistant' });
   });
 
   it('refuses with every problem, in the lines earpiece validate prints for the same file', async () => {
@@ -338,5 +359,244 @@ describe('the ToolSet validating webhook', () => {
     expect(response.warnings).toHaveLength(12);
     expect(response.warnings?.at(-1)).toBe('earpiece: and 19 more');
     expect(response.warnings?.every((w) => w.length <= 256)).toBe(true);
+  });
+});
+
+describe('who may name a Secret', () => {
+  const ref = (name: string, key: string) => ({ valueFrom: { secretKeyRef: { name, key } } });
+  const header = (name: string, secret: string, key: string) => ({ name, ...ref(secret, key) });
+  const withSecrets = (...headers: unknown[]) => ({
+    ...valid,
+    upstream: { apiKey: ref('vllm', 'api-key') },
+    tools: [
+      {
+        ...weather,
+        http: {
+          url: 'https://w.example/',
+          headers: [
+            header('X-Api-Key', 'weather', 'key'),
+            header('X-Backup', 'weather', 'backup'),
+            ...headers,
+          ],
+        },
+      },
+    ],
+  });
+  const user = (username: string, groups: string[] = []) => ({
+    userInfo: {
+      username,
+      uid: `uid-${username}`,
+      groups: [...groups, 'system:authenticated'],
+      extra: { 'authentication.kubernetes.io/credential-id': [`JTI=${username}`] },
+    },
+  });
+  const reviewed = () => api.accessReviews.map((r) => r.spec.resourceAttributes?.name).sort();
+
+  beforeAll(() => {
+    api.allow({ user: 'alice', verb: 'get', resource: 'secrets', namespace: 'voice', names: ['weather'] });
+    api.allow({ group: 'voice-admins', verb: 'get', resource: 'secrets', namespace: 'voice' });
+    // A right elsewhere, or another verb, is not the right to read these.
+    api.allow({ user: 'alice', verb: 'get', resource: 'secrets', namespace: 'ops', names: ['vllm'] });
+    api.allow({ user: 'alice', verb: 'list', resource: 'secrets', namespace: 'voice' });
+  });
+
+  it('admits a ToolSet whose author may read every Secret it names, asking once per Secret as that user', async () => {
+    const response = await admit(stored(withSecrets()), user('carol', ['voice-admins']));
+    expect(response).toEqual({ uid: UID, allowed: true });
+    const asked = [...api.accessReviews].sort((a, b) =>
+      String(a.spec.resourceAttributes?.name).localeCompare(String(b.spec.resourceAttributes?.name)),
+    );
+    expect(asked).toEqual(
+      ['vllm', 'weather'].map((name) => ({
+        caller: 'operator',
+        spec: {
+          user: 'carol',
+          uid: 'uid-carol',
+          groups: ['voice-admins', 'system:authenticated'],
+          extra: { 'authentication.kubernetes.io/credential-id': ['JTI=carol'] },
+          resourceAttributes: { namespace: 'voice', verb: 'get', group: '', resource: 'secrets', name },
+        },
+        allowed: true,
+      })),
+    );
+    expect(decisions).toMatchObject([{ result: 'allowed', user: 'carol' }]);
+  });
+
+  it('refuses a Secret the author may not read, naming it, the field that names it and what to do', async () => {
+    const response = await admit(stored(withSecrets()), user('alice', ['voice-devs']));
+    expect(response).toEqual({
+      uid: UID,
+      allowed: false,
+      status: {
+        code: 403,
+        reason: 'Forbidden',
+        message:
+          'ToolSet assistant names a Secret of namespace voice that user alice may not read:\n' +
+          'spec.upstream.apiKey.valueFrom.secretKeyRef: Secret vllm (key api-key)\n' +
+          'The injected sidecar would get its value, so naming a Secret takes the right to read it: ' +
+          'ask for get on that Secret, or have someone who may read it apply the ToolSet.',
+        details: {
+          group: 'earpiece.dev',
+          kind: 'toolsets',
+          name: 'assistant',
+          causes: [
+            {
+              field: 'spec.upstream.apiKey.valueFrom.secretKeyRef',
+              message: 'user alice may not get Secret vllm',
+              reason: 'FieldValueForbidden',
+            },
+          ],
+        },
+      },
+    });
+    expect(decisions).toEqual([
+      expect.objectContaining({
+        result: 'forbidden',
+        user: 'alice',
+        issues: [
+          {
+            path: 'spec.upstream.apiKey.valueFrom.secretKeyRef',
+            message: 'user alice may not get Secret vllm',
+          },
+        ],
+      }),
+    ]);
+
+    // Someone who may read none of them gets every field, each Secret asked about once.
+    api.accessReviews.length = 0;
+    const none = await admit(stored(withSecrets()), user('dave'));
+    expect(none.status?.message.split('\n')).toEqual([
+      'ToolSet assistant names Secrets of namespace voice that user dave may not read:',
+      'spec.tools[0].http.headers[0].valueFrom.secretKeyRef: Secret weather (key key)',
+      'spec.tools[0].http.headers[1].valueFrom.secretKeyRef: Secret weather (key backup)',
+      'spec.upstream.apiKey.valueFrom.secretKeyRef: Secret vllm (key api-key)',
+      'The injected sidecar would get their values, so naming a Secret takes the right to read it: ask for get on those Secrets, or have someone who may read them apply the ToolSet.',
+    ]);
+    expect(reviewed()).toEqual(['vllm', 'weather']);
+  });
+
+  it('takes an UPDATE that keeps the Secrets named before from anyone who may update it, without asking', async () => {
+    // Admitted before the check, or applied by someone who may read them.
+    const before = stored(withSecrets());
+    const after = stored({ ...withSecrets(), instructions: 'Answer in one sentence.' });
+    const labelled = { ...after, metadata: { ...after.metadata, labels: { team: 'voice' } } };
+    const response = await admit(labelled, { operation: 'UPDATE', oldObject: before, ...user('bob') });
+    expect(response).toEqual({ uid: UID, allowed: true });
+    expect(api.accessReviews).toEqual([]);
+    expect(decisions).toMatchObject([{ result: 'allowed', operation: 'UPDATE', user: 'bob' }]);
+  });
+
+  it('checks only the Secrets an UPDATE adds, a new key of a Secret named before included', async () => {
+    const before = stored(withSecrets());
+    const newKey = await admit(stored(withSecrets(header('X-Extra', 'weather', 'extra'))), {
+      operation: 'UPDATE',
+      oldObject: before,
+      ...user('alice'),
+    });
+    expect(newKey).toEqual({ uid: UID, allowed: true });
+    expect(reviewed()).toEqual(['weather']);
+
+    api.accessReviews.length = 0;
+    const newSecret = await admit(stored(withSecrets(header('X-Pay', 'payments', 'token'))), {
+      operation: 'UPDATE',
+      oldObject: before,
+      ...user('alice'),
+    });
+    expect(newSecret.status).toMatchObject({ code: 403, reason: 'Forbidden' });
+    expect(newSecret.status?.message).toContain(
+      ':\nspec.tools[0].http.headers[2].valueFrom.secretKeyRef: Secret payments (key token)\nThe injected',
+    );
+    // vllm, which alice may not read either, was named before: neither asked about nor blamed.
+    expect(newSecret.status?.message).not.toContain('vllm');
+    expect(reviewed()).toEqual(['payments']);
+  });
+
+  it('refuses, saying why, when the access check fails, rather than admit unchecked', async () => {
+    api.fail((r) => r.resource === 'subjectaccessreviews', 500);
+    const response = await admit(stored(withSecrets()), user('carol', ['voice-admins']));
+    expect(response).toEqual({
+      uid: UID,
+      allowed: false,
+      status: {
+        code: 500,
+        reason: 'InternalError',
+        message:
+          'ToolSet assistant is refused because the operator could not check that user carol may read the Secrets it names ' +
+          '(weather, vllm): HTTP 500: injected failure for POST /apis/authorization.k8s.io/v1/subjectaccessreviews. ' +
+          'A ToolSet is never admitted unchecked; try again.',
+      },
+    });
+    expect(decisions).toEqual([
+      expect.objectContaining({
+        result: 'error',
+        error: 'HTTP 500: injected failure for POST /apis/authorization.k8s.io/v1/subjectaccessreviews',
+      }),
+    ]);
+    // The fault was one request: the next try goes through.
+    expect((await admit(stored(withSecrets()), user('carol', ['voice-admins']))).allowed).toBe(true);
+  });
+
+  it('answers a dry run as the real request: asking has no side effects', async () => {
+    const real = await admit(stored(withSecrets()), user('alice'));
+    const dry = await admit(stored(withSecrets()), {
+      ...user('alice'),
+      dryRun: true,
+      options: { kind: 'CreateOptions', dryRun: ['All'] },
+    });
+    expect(dry).toEqual(real);
+    expect(real.status?.reason).toBe('Forbidden');
+    expect(decisions.map((d) => [d.result, d.dryRun])).toEqual([
+      ['forbidden', false],
+      ['forbidden', true],
+    ]);
+    expect(reviewed()).toEqual(['vllm', 'vllm', 'weather', 'weather']);
+  });
+
+  it('asks nobody when the check is off, or when the ToolSet is refused as invalid anyway', async () => {
+    const request = review(stored(withSecrets()), user('dave')).request;
+    expect(await admitToolSet(request, {})).toEqual({ uid: UID, allowed: true });
+    const invalid = { ...withSecrets(), limits: { turnTimeout: 'soon' } };
+    const refused = await admit(stored(invalid), user('dave'));
+    expect(refused.status?.reason).toBe('Invalid');
+    expect(api.accessReviews).toEqual([]);
+  });
+
+  it('gives up within its time, on too many Secrets, and on a review without a user', async () => {
+    let seen: AbortSignal | undefined;
+    const silent: SecretAccessCheck = {
+      access: {
+        mayGet: (_user, _ns, _name, signal) => {
+          seen = signal;
+          return new Promise<boolean>(() => {});
+        },
+      },
+      timeoutMs: 50,
+    };
+    const got: ToolSetAdmission[] = [];
+    const request = review(stored(withSecrets()), user('carol')).request;
+    const late = await admitToolSet(request, { secretAccess: silent, onDecision: (d) => got.push(d) });
+    expect(late.status).toMatchObject({ code: 500, reason: 'InternalError' });
+    expect(late.status?.message).toContain(
+      '(weather, vllm): the Kubernetes API did not answer within 50 ms.',
+    );
+    expect(seen?.aborted).toBe(true);
+    expect(got).toMatchObject([{ result: 'error', error: 'the Kubernetes API did not answer within 50 ms' }]);
+
+    const few = await admitToolSet(request, { secretAccess: { ...secretAccess, maxSecrets: 1 } });
+    expect(few.status?.message).toContain(
+      'it names 2 Secrets not named before, and at most 1 are checked in one request: add them in several steps',
+    );
+    const many = withSecrets(...Array.from({ length: 40 }, (_, i) => header(`X-${i}`, `s${i}`, 'k')));
+    const tooMany = await admitToolSet(review(stored(many), user('carol')).request, { secretAccess });
+    expect(tooMany.status?.message).toContain(
+      '(weather, s0, s1, s2, s3, s4, s5, s6 and 34 more): it names 42 Secrets not named before, and at most 32 are checked',
+    );
+    const anonymous = await admitToolSet(review(stored(withSecrets()), { userInfo: {} }).request, {
+      secretAccess,
+    });
+    expect(anonymous.status?.message).toContain(
+      'the requesting user may read the Secrets it names (weather, vllm): the review names no user.',
+    );
+    expect(api.accessReviews).toEqual([]);
   });
 });

@@ -18,9 +18,12 @@
  *   patch and JSON patch (with `test`, 422 when it fails); optimistic concurrency (409 when
  *   metadata.resourceVersion is stale; custom resources require it on update);
  * - Lease times must be MicroTime (six fraction digits), as the real API server demands;
- * - ownerReference garbage collection (background: dependents go once all their owners are gone).
+ * - ownerReference garbage collection (background: dependents go once all their owners are gone);
+ * - SubjectAccessReviews (create only, nothing stored, 201), answered from a table of rules tests add
+ *   with allow(), and recorded; a review without a user or group, or without exactly one of resource
+ *   and non-resource attributes, is refused with 422 as the real validation does.
  * Not modelled: strategic merge patch semantics (treated as merge patch), field ownership of non-apply
- * writers, pagination, admission, RBAC, defaulting and schema validation.
+ * writers, pagination, admission, RBAC of the callers themselves, defaulting and schema validation.
  */
 import { randomUUID } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
@@ -118,6 +121,17 @@ const RESOURCES: ResourceType[] = [
     custom: false,
   },
   {
+    group: 'authorization.k8s.io',
+    version: 'v1',
+    plural: 'subjectaccessreviews',
+    kind: 'SubjectAccessReview',
+    namespaced: false,
+    status: false,
+    generation: false,
+    unconditionalUpdate: false,
+    custom: false,
+  },
+  {
     group: 'earpiece.dev',
     version: 'v1alpha1',
     plural: 'toolsets',
@@ -186,6 +200,47 @@ export interface WriteRecord {
   status: number;
   /** The object as stored after the write (before, for a delete). */
   object: KObject;
+}
+
+/**
+ * What the fake's authorizer allows, as an RBAC rule bound to one user or group would: a field left out
+ * matches anything (no namespace: every namespace; no names: every name).
+ */
+export interface AccessRule {
+  user?: string;
+  group?: string;
+  verb: string;
+  /** The API group of the resource; '' (core) when left out. */
+  apiGroup?: string;
+  resource: string;
+  namespace?: string;
+  names?: string[];
+}
+
+/** The spec of a SubjectAccessReview, as sent. */
+export interface AccessReviewSpec {
+  user?: string;
+  uid?: string;
+  groups?: string[];
+  extra?: Record<string, string[]>;
+  resourceAttributes?: {
+    namespace?: string;
+    verb?: string;
+    group?: string;
+    version?: string;
+    resource?: string;
+    subresource?: string;
+    name?: string;
+  };
+  nonResourceAttributes?: { path?: string; verb?: string };
+}
+
+/** One SubjectAccessReview the fake answered, with who asked. */
+export interface AccessReviewRecord {
+  /** The caller (the bearer token's user), not the subject of the review. */
+  caller: string;
+  spec: AccessReviewSpec;
+  allowed: boolean;
 }
 
 /** What a request is about, for fault injection. */
@@ -357,6 +412,9 @@ export class FakeApiServer {
   readonly writes: WriteRecord[] = [];
   /** Every request, in order. */
   readonly requests: RequestInfo[] = [];
+  /** Every SubjectAccessReview answered, in order. */
+  readonly accessReviews: AccessReviewRecord[] = [];
+  private readonly accessRules: AccessRule[] = [];
   url = '';
 
   /** GET /version answers with this (settable, as an upgrade of the control plane would change it). */
@@ -464,6 +522,11 @@ export class FakeApiServer {
     this.faults.push({ match, code, remaining: times });
   }
 
+  /** SubjectAccessReviews that match the rule are allowed from now on. */
+  allow(rule: AccessRule): void {
+    this.accessRules.push(rule);
+  }
+
   /** Writes of a resource that changed something (no-ops left out). */
   changes(resource?: string): WriteRecord[] {
     return this.writes.filter((w) => w.changed && (!resource || w.resource === resource));
@@ -532,6 +595,12 @@ export class FakeApiServer {
     const { rt, namespace, name, subresource } = route;
     if (subresource !== undefined && !(subresource === 'status' && rt.status)) {
       throw new StatusError(404, 'NotFound', `the server could not find the requested resource`);
+    }
+    if (rt.plural === 'subjectaccessreviews') {
+      if (method !== 'POST' || name !== undefined) {
+        throw new StatusError(405, 'MethodNotAllowed', `${method} is not supported on subjectaccessreviews`);
+      }
+      return this.send(res, 201, this.review(parseJson(body) as KObject, user));
     }
 
     if (method === 'GET' && name === undefined) {
@@ -642,6 +711,50 @@ export class FakeApiServer {
       });
     }
     throw new StatusError(405, 'MethodNotAllowed', `${method} is not supported`);
+  }
+
+  /** Answers a SubjectAccessReview from the rules; nothing is stored, no watch event. */
+  private review(body: KObject, caller: string): KObject {
+    const spec = (isMap(body.spec) ? body.spec : {}) as AccessReviewSpec;
+    const invalid = (field: string, message: string) =>
+      new StatusError(
+        422,
+        'Invalid',
+        `SubjectAccessReview.authorization.k8s.io "" is invalid: ${field}: ${message}`,
+      );
+    if ((spec.resourceAttributes === undefined) === (spec.nonResourceAttributes === undefined)) {
+      throw invalid(
+        'spec.resourceAttributes',
+        'Invalid value: "null": exactly one of nonResourceAttributes or resourceAttributes must be specified',
+      );
+    }
+    if (!spec.user && !spec.groups?.length) {
+      throw invalid(
+        'spec.user,spec.groups',
+        'Invalid value: "": at least one of user or group must be specified',
+      );
+    }
+    const attributes = spec.resourceAttributes;
+    const allowed =
+      attributes !== undefined &&
+      this.accessRules.some(
+        (r) =>
+          (r.user === undefined || r.user === spec.user) &&
+          (r.group === undefined || (spec.groups ?? []).includes(r.group)) &&
+          r.verb === attributes.verb &&
+          (r.apiGroup ?? '') === (attributes.group ?? '') &&
+          r.resource === attributes.resource &&
+          (r.namespace === undefined || r.namespace === attributes.namespace) &&
+          (r.names === undefined || (attributes.name !== undefined && r.names.includes(attributes.name))),
+      );
+    this.accessReviews.push({ caller, spec: structuredClone(spec), allowed });
+    return {
+      apiVersion: 'authorization.k8s.io/v1',
+      kind: 'SubjectAccessReview',
+      metadata: {},
+      spec,
+      status: { allowed },
+    };
   }
 
   /** version.Info as the API server gives it; a managed cluster's minor may carry a `+`. */

@@ -34,6 +34,7 @@ export function testOperatorConfig(overrides: Partial<OperatorConfig> = {}): Ope
     shutdownGraceMs: 0,
     sidecar: DEFAULT_SIDECAR,
     nativeSidecarAuto: false,
+    toolsetSecretAccessCheck: true,
     ...overrides,
   };
 }

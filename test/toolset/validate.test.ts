@@ -14,7 +14,7 @@ import {
   validateToolSet,
   writeToolSetFile,
 } from '../../src/toolset/index.js';
-import { renderForSidecar, secretEnvName, unresolvableValues } from '../../src/toolset/values.js';
+import { renderForSidecar, secretEnvName, secretRefs, unresolvableValues } from '../../src/toolset/values.js';
 
 const base = {
   apiVersion: 'earpiece.dev/v1alpha1',
@@ -227,6 +227,66 @@ describe('values and secrets', () => {
     expect(name).toMatch(/^[A-Z_][A-Z0-9_]*$/);
     expect(secretEnvName('a-b', 'c')).not.toBe(secretEnvName('a', 'b-c'));
     expect(secretEnvName('a.b', 'c')).not.toBe(secretEnvName('a-b', 'c'));
+  });
+
+  it('finds every secretKeyRef with the path of its field, the ones the sidecar gets and no others', () => {
+    const ref = (name: string, key: string) => ({ valueFrom: { secretKeyRef: { name, key } } });
+    const result = validateToolSet({
+      ...base,
+      spec: {
+        upstream: { apiKey: ref('vllm', 'api-key') },
+        sharedState: { redis: { url: ref('redis', 'url') } },
+        tools: [
+          {
+            name: 'w',
+            // A parameter literally named valueFrom is part of a JSON Schema, not a reference.
+            parameters: {
+              type: 'object',
+              properties: { valueFrom: { type: 'object', secretKeyRef: { name: 'no', key: 'no' } } },
+            },
+            http: {
+              url: 'https://w.example/',
+              headers: [
+                { name: 'A', value: 'plain' },
+                { name: 'B', ...ref('weather', 'key') },
+              ],
+            },
+          },
+          {
+            mcp: {
+              url: 'https://ha.example/mcp',
+              headers: [{ name: 'Authorization', ...ref('ha', 'token') }],
+            },
+          },
+          {
+            name: 'q',
+            parameters: { type: 'object' },
+            sql: { connection: ref('orders-db', 'url'), query: 'SELECT 1' },
+          },
+        ],
+      },
+    });
+    expect(result.issues).toEqual([]);
+    if (!result.ok) return;
+    const refs = secretRefs(result.toolset.spec);
+    expect(refs).toEqual([
+      { path: 'spec.upstream.apiKey.valueFrom.secretKeyRef', name: 'vllm', key: 'api-key' },
+      { path: 'spec.sharedState.redis.url.valueFrom.secretKeyRef', name: 'redis', key: 'url' },
+      { path: 'spec.tools[0].http.headers[1].valueFrom.secretKeyRef', name: 'weather', key: 'key' },
+      { path: 'spec.tools[1].mcp.headers[0].valueFrom.secretKeyRef', name: 'ha', key: 'token' },
+      { path: 'spec.tools[2].sql.connection.valueFrom.secretKeyRef', name: 'orders-db', key: 'url' },
+    ]);
+    // One walk for both: the sidecar's environment names exactly these Secret keys.
+    expect(
+      renderForSidecar(result.toolset)
+        .env.map((e) => e.secretKeyRef)
+        .sort((a, b) => a.name.localeCompare(b.name)),
+    ).toEqual(refs.map(({ name, key }) => ({ name, key })).sort((a, b) => a.name.localeCompare(b.name)));
+    // A spec admitted unchecked is read as far as it goes.
+    expect(
+      secretRefs({ tools: 'none', upstream: { apiKey: { valueFrom: { secretKeyRef: { name: 7 } } } } }),
+    ).toEqual([]);
+    expect(secretRefs(undefined)).toEqual([]);
   });
 });
 

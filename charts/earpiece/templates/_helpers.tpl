@@ -110,6 +110,11 @@ names one (a Secret wins over a plain URL).
 {{- printf "%s-controller" (include "earpiece.fullname" .) }}
 {{- end }}
 
+{{/* "true" when ToolSets are checked for who may name their Secrets: the env var and the RBAC rule agree. */}}
+{{- define "earpiece.checkSecretAccess" -}}
+{{- and .Values.toolsetValidation.enabled .Values.toolsetValidation.checkSecretAccess | toString }}
+{{- end }}
+
 {{- define "earpiece.certDir" -}}
 /var/run/earpiece/webhook-certs
 {{- end }}
