@@ -8,10 +8,10 @@
  * warnings: a ToolSet that got in while the webhook was down (failurePolicy Ignore) must still take
  * labels, annotations and finalizers, and its Ready condition already reports what is wrong.
  *
- * A valid ToolSet that names Secrets it did not name before (all of them, for a CREATE) is then admitted
- * only if the requesting user may `get` each of them (secret-access.ts): the injected sidecar receives
- * their values, and nothing else checks who named them. Secrets named before need no new check, so an
- * UPDATE that keeps them (labels, instructions, a new tool) goes through for anyone who may update it.
+ * A valid ToolSet that names Secrets is then admitted only if the requesting user may `get` each of them
+ * (secret-access.ts): the injected sidecar receives their values, and nothing else checks who named them.
+ * An UPDATE that changes the spec is checked the same way, since any change may send a Secret named before
+ * elsewhere; one that leaves the spec as it was (labels, finalizers) is not.
  */
 import { isDeepStrictEqual } from 'node:util';
 import type { ToolSetAdmissionResult } from '../telemetry/operator-metrics.js';
@@ -163,14 +163,15 @@ function validation(
 }
 
 /**
- * The Secret references of the ToolSet that need the access check: those whose Secret and key the
- * previous version (an UPDATE's oldObject) did not name. A new key of a Secret named before is checked
- * too: it hands over a value that was not handed over before.
+ * The Secret references that need the access check: all of them, unless an UPDATE leaves the spec as it
+ * was (labels, annotations, finalizers). Any change to the spec may send a Secret named before somewhere
+ * else (a tool's URL, the upstream), so it takes the right to read every Secret the ToolSet names.
  */
-export function newSecretRefs(object: unknown, oldObject?: unknown): SecretRef[] {
-  const pair = (r: SecretRef) => JSON.stringify([r.name, r.key]);
-  const before = new Set(secretRefs((oldObject as { spec?: unknown } | null | undefined)?.spec).map(pair));
-  return secretRefs((object as { spec?: unknown }).spec).filter((r) => !before.has(pair(r)));
+export function secretRefsToCheck(object: unknown, oldObject?: unknown): SecretRef[] {
+  const spec = (object as { spec?: unknown }).spec;
+  if (oldObject !== undefined && isDeepStrictEqual(spec, (oldObject as { spec?: unknown } | null)?.spec))
+    return [];
+  return secretRefs(spec);
 }
 
 /** The user as messages name them. */
@@ -256,7 +257,7 @@ export async function admitToolSet(
     user: request.userInfo?.username,
   };
   const check = options.secretAccess;
-  const refs = check && result === 'allowed' ? newSecretRefs(request.object, request.oldObject) : [];
+  const refs = check && result === 'allowed' ? secretRefsToCheck(request.object, request.oldObject) : [];
   if (!check || refs.length === 0) {
     options.onDecision?.(decision);
     return response;

@@ -475,40 +475,29 @@ describe('who may name a Secret', () => {
     expect(reviewed()).toEqual(['vllm', 'weather']);
   });
 
-  it('takes an UPDATE that keeps the Secrets named before from anyone who may update it, without asking', async () => {
+  it('takes an UPDATE that leaves the spec as it was from anyone who may update it, without asking', async () => {
     // Admitted before the check, or applied by someone who may read them.
     const before = stored(withSecrets());
-    const after = stored({ ...withSecrets(), instructions: 'Answer in one sentence.' });
-    const labelled = { ...after, metadata: { ...after.metadata, labels: { team: 'voice' } } };
+    const labelled = { ...before, metadata: { ...before.metadata, labels: { team: 'voice' } } };
     const response = await admit(labelled, { operation: 'UPDATE', oldObject: before, ...user('bob') });
     expect(response).toEqual({ uid: UID, allowed: true });
     expect(api.accessReviews).toEqual([]);
     expect(decisions).toMatchObject([{ result: 'allowed', operation: 'UPDATE', user: 'bob' }]);
   });
 
-  it('checks only the Secrets an UPDATE adds, a new key of a Secret named before included', async () => {
+  it('checks every Secret an UPDATE that changes the spec names: the change could send one named before elsewhere', async () => {
     const before = stored(withSecrets());
-    const newKey = await admit(stored(withSecrets(header('X-Extra', 'weather', 'extra'))), {
+    // Only the instructions change, yet a URL could have: alice may read weather, not vllm.
+    const edited = await admit(stored({ ...withSecrets(), instructions: 'Answer in one sentence.' }), {
       operation: 'UPDATE',
       oldObject: before,
       ...user('alice'),
     });
-    expect(newKey).toEqual({ uid: UID, allowed: true });
-    expect(reviewed()).toEqual(['weather']);
-
-    api.accessReviews.length = 0;
-    const newSecret = await admit(stored(withSecrets(header('X-Pay', 'payments', 'token'))), {
-      operation: 'UPDATE',
-      oldObject: before,
-      ...user('alice'),
-    });
-    expect(newSecret.status).toMatchObject({ code: 403, reason: 'Forbidden' });
-    expect(newSecret.status?.message).toContain(
-      ':\nspec.tools[0].http.headers[2].valueFrom.secretKeyRef: Secret payments (key token)\nThe injected',
+    expect(edited.status).toMatchObject({ code: 403, reason: 'Forbidden' });
+    expect(edited.status?.message).toContain(
+      ':\nspec.upstream.apiKey.valueFrom.secretKeyRef: Secret vllm (key api-key)\nThe injected',
     );
-    // vllm, which alice may not read either, was named before: neither asked about nor blamed.
-    expect(newSecret.status?.message).not.toContain('vllm');
-    expect(reviewed()).toEqual(['payments']);
+    expect(reviewed()).toEqual(['vllm', 'weather']);
   });
 
   it('refuses, saying why, when the access check fails, rather than admit unchecked', async () => {
