@@ -132,6 +132,21 @@ async function until(check: () => boolean, what: string): Promise<void> {
   }
 }
 
+/** Unmute's barge-in: streams a turn and hangs up at the first words (the filler); resolves once it has. */
+async function hangUpAtFirstWords(harness: ProxyHarness, messages: Msg[]): Promise<AbortSignal> {
+  const abort = new AbortController();
+  const stream = await harness.client.chat.completions.create(
+    { model: 'scripted-model', messages, stream: true },
+    { signal: abort.signal },
+  );
+  try {
+    for await (const chunk of stream) if (chunk.choices[0]?.delta.content) abort.abort();
+  } catch {
+    // The SDK may end the iteration with an abort error, or quietly.
+  }
+  return abort.signal;
+}
+
 const { setup, defer } = useScriptedProxy();
 
 describe('still working', () => {
@@ -276,18 +291,9 @@ describe('late results', () => {
       tools: [workTool('report', { timeout: '5s', deferAfter: '3s', onInterrupt })],
     });
     const question: Msg = { role: 'user', content: `report 800 ${id}` };
-    const abort = new AbortController();
-    const stream = await harness.client.chat.completions.create(
-      { model: 'scripted-model', messages: [SYSTEM, question], stream: true },
-      { signal: abort.signal },
-    );
     // The user talks over the filler: Unmute cancels the request.
-    try {
-      for await (const chunk of stream) if (chunk.choices[0]?.delta.content) abort.abort();
-    } catch {
-      // The SDK may end the iteration with an abort error, or quietly.
-    }
-    expect(abort.signal.aborted).toBe(true);
+    const signal = await hangUpAtFirstWords(harness, [SYSTEM, question]);
+    expect(signal.aborted).toBe(true);
     if (kept) await until(() => finished.includes(id), 'the tool to finish');
     else await until(() => aborted.includes(id), 'the tool to be stopped');
     await new Promise((r) => setTimeout(r, 50));
@@ -380,20 +386,7 @@ describe('late results', () => {
         tools: [workTool('report', { timeout: '5s', deferAfter: '2s' })],
       },
     );
-    const abort = new AbortController();
-    const stream = await harness.client.chat.completions.create(
-      {
-        model: 'scripted-model',
-        messages: [SYSTEM, { role: 'user', content: 'four reports' }],
-        stream: true,
-      },
-      { signal: abort.signal },
-    );
-    try {
-      for await (const chunk of stream) if (chunk.choices[0]?.delta.content) abort.abort();
-    } catch {
-      // The SDK may end the iteration with an abort error, or quietly.
-    }
+    await hangUpAtFirstWords(harness, [SYSTEM, { role: 'user', content: 'four reports' }]);
     await until(() => ['hq1', 'hq2'].every((id) => aborted.includes(id)), 'the running calls to be stopped');
     const cancelled = /^earpiece_deferred_calls_total\{.*outcome="cancelled"/;
     expect(await metricReaching(harness.proxy.metricsUrl, cancelled, 4)).toBe(4);
@@ -410,20 +403,7 @@ describe('late results', () => {
         tools: [workTool('switch', { timeout: '5s', onInterrupt: 'finish' })],
       },
     );
-    const abort = new AbortController();
-    const stream = await harness.client.chat.completions.create(
-      {
-        model: 'scripted-model',
-        messages: [SYSTEM, { role: 'user', content: 'four switches' }],
-        stream: true,
-      },
-      { signal: abort.signal },
-    );
-    try {
-      for await (const chunk of stream) if (chunk.choices[0]?.delta.content) abort.abort();
-    } catch {
-      // The SDK may end the iteration with an abort error, or quietly.
-    }
+    await hangUpAtFirstWords(harness, [SYSTEM, { role: 'user', content: 'four switches' }]);
     await until(() => ['fq1', 'fq2'].every((id) => finished.includes(id)), 'the running calls to complete');
     // Past the time the queued two would have taken their slots and finished.
     await new Promise((r) => setTimeout(r, 600));
