@@ -674,6 +674,15 @@ describe('ToolSet controller', () => {
 });
 
 describe('earpiece operator', () => {
+  /** The pod webhook's configuration as the chart installs it; the operator fills in its caBundle. */
+  const createWebhookConfiguration = () =>
+    api.create('mutatingwebhookconfigurations', {
+      apiVersion: 'admissionregistration.k8s.io/v1',
+      kind: 'MutatingWebhookConfiguration',
+      metadata: { name: 'earpiece-webhook' },
+      webhooks: [{ name: 'pods.earpiece.dev', clientConfig: {} }],
+    });
+
   async function get(port: number, path: string): Promise<{ status: number; body: string }> {
     const res = await fetch(`http://127.0.0.1:${port}${path}`);
     return { status: res.status, body: await res.text() };
@@ -725,12 +734,7 @@ describe('earpiece operator', () => {
   }
 
   it('serves probes, metrics and the webhook, injects from the cache, and releases its Lease on stop', async () => {
-    api.create('mutatingwebhookconfigurations', {
-      apiVersion: 'admissionregistration.k8s.io/v1',
-      kind: 'MutatingWebhookConfiguration',
-      metadata: { name: 'earpiece-webhook' },
-      webhooks: [{ name: 'pods.earpiece.dev', clientConfig: {} }],
-    });
+    createWebhookConfiguration();
     const rs = api.create('replicasets', {
       apiVersion: 'apps/v1',
       kind: 'ReplicaSet',
@@ -909,12 +913,7 @@ describe('earpiece operator', () => {
   });
 
   it('names Secrets in ToolSets without asking who may read them when the check is switched off', async () => {
-    api.create('mutatingwebhookconfigurations', {
-      apiVersion: 'admissionregistration.k8s.io/v1',
-      kind: 'MutatingWebhookConfiguration',
-      metadata: { name: 'earpiece-webhook' },
-      webhooks: [{ name: 'pods.earpiece.dev', clientConfig: {} }],
-    });
+    createWebhookConfiguration();
     const operator = await startOperator({
       kc: api.kubeConfig('operator'),
       config: testOperatorConfig({ toolsetSecretAccessCheck: false }),
@@ -953,12 +952,7 @@ describe('earpiece operator', () => {
     ['v1.28.9-eks-036c24b', false, 'initContainers'],
   ])('on an API server %s (auto: %s) injects the sidecar into %s', async (version, auto, where) => {
     api.version = version;
-    api.create('mutatingwebhookconfigurations', {
-      apiVersion: 'admissionregistration.k8s.io/v1',
-      kind: 'MutatingWebhookConfiguration',
-      metadata: { name: 'earpiece-webhook' },
-      webhooks: [{ name: 'pods.earpiece.dev', clientConfig: {} }],
-    });
+    createWebhookConfiguration();
     const operator = await startOperator({
       kc: api.kubeConfig('operator'),
       // auto leaves it to the server; false stands for an explicit true (the default config's value).
@@ -1007,12 +1001,7 @@ describe('earpiece operator', () => {
   });
 
   it('on stop answers /readyz 503 and keeps injecting for the grace period, then closes the webhook', async () => {
-    api.create('mutatingwebhookconfigurations', {
-      apiVersion: 'admissionregistration.k8s.io/v1',
-      kind: 'MutatingWebhookConfiguration',
-      metadata: { name: 'earpiece-webhook' },
-      webhooks: [{ name: 'pods.earpiece.dev', clientConfig: {} }],
-    });
+    createWebhookConfiguration();
     let endGrace: (() => void) | undefined;
     let graceMs: number | undefined;
     const operator = await startOperator({
