@@ -6,7 +6,8 @@
  * says). A server that is down never stops the proxy: the provider reports `connecting`/`down`, retries
  * with exponential backoff (0.5 s doubling to 10 s), and its tools appear, through onChange, once the
  * server lists them. A session the server no longer knows (HTTP 404/400) or a stream that drops is
- * initialized again; a call the server never received is sent once more on the fresh session.
+ * initialized again; a call the server never received is sent once more on the fresh session. A dropped
+ * Streamable HTTP session is ended on the server (DELETE) unless it answered 404; nothing waits for that.
  */
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { SSEClientTransport, SseError } from '@modelcontextprotocol/sdk/client/sse.js';
@@ -46,8 +47,8 @@ const BACKOFF_MAX_MS = 10_000;
 const SETUP_TIMEOUT_MS = 10_000;
 const PROBE_TIMEOUT_MS = 5_000;
 /**
- * How long close() gives the server to hear that a session is over, waiting for the answer to initialize
- * included: a server that does not answer in time keeps its session, and close() does not hang on it.
+ * How long a closed or dropped session gives the server to hear that it is over, waiting for the answer to
+ * initialize included: a server that does not answer in time keeps its session, and nothing hangs on it.
  */
 export const END_SESSION_TIMEOUT_MS = 1_000;
 /** The registry aborts at the deadline; the SDK's own timer is only a backstop behind it. */
@@ -288,7 +289,7 @@ class McpProvider implements ToolProvider {
       if (session.stale) this.listChanged(session);
       return session;
     } catch (err) {
-      if (session) await this.closeSession(session);
+      if (session) this.drop(session, err);
       if (this.closed) return undefined;
       const message = this.errorText(err);
       // One warning per outage; repeats while it lasts are debug lines.
@@ -374,10 +375,23 @@ class McpProvider implements ToolProvider {
   private closeSession(session: Session, options: { end?: boolean } = {}): Promise<void> {
     if (!session.closing) {
       this.open.delete(session);
-      const ended = options.end ? endSession(session) : Promise.resolve();
+      const ended = options.end ? endSession(session, (err) => this.endFailed(err)) : Promise.resolve();
       session.closing = ended.then(() => session.client.close()).catch(() => undefined);
     }
     return session.closing;
+  }
+
+  /**
+   * Lets go of a session that failed with `err`, ending it on the server unless the server said it is gone
+   * (404): else it would hold the session until its own expiry. The turn or reconnect does not wait for it.
+   */
+  private drop(session: Session, err: unknown): void {
+    void this.closeSession(session, { end: !isGone(err) });
+  }
+
+  /** A server that did not hear the end only keeps a session until it expires it: worth a debug line. */
+  private endFailed(err: unknown): void {
+    this.logger.debug({ err: this.errorText(err) }, 'Could not end the MCP session on the server');
   }
 
   private transportError(session: Session, err: Error): void {
@@ -408,7 +422,7 @@ class McpProvider implements ToolProvider {
     this.state = 'connecting';
     this.lastError = this.errorText(err);
     this.logger.warn({ err: this.lastError }, 'Lost the MCP session; connecting again');
-    void this.closeSession(session);
+    this.drop(session, err);
     void this.connectNow();
   }
 
@@ -559,17 +573,18 @@ class McpProvider implements ToolProvider {
 }
 
 /**
- * Ends a Streamable HTTP session on the server (DELETE with its Mcp-Session-Id). A session still being set
- * up has no id until the server answers initialize, so that answer is waited for first: closing the client
- * would abort it, and the server would keep a session whose id nobody learned.
+ * Ends a Streamable HTTP session on the server (DELETE with its Mcp-Session-Id), within
+ * END_SESSION_TIMEOUT_MS; a failure goes to `failed`. A session still being set up has no id until the
+ * server answers initialize, so that answer is waited for first: closing the client would abort it, and the
+ * server would keep a session whose id nobody learned.
  */
-async function endSession(session: Session): Promise<void> {
+async function endSession(session: Session, failed: (err: unknown) => void): Promise<void> {
   const { transport } = session;
   if (!(transport instanceof StreamableHTTPClientTransport)) return;
   const known = transport.sessionId === undefined ? session.setup : Promise.resolve();
   let timer: NodeJS.Timeout | undefined;
   await Promise.race([
-    known.then(() => transport.terminateSession()).catch(() => undefined),
+    known.then(() => transport.terminateSession()).catch(failed),
     new Promise((resolve) => {
       timer = setTimeout(resolve, END_SESSION_TIMEOUT_MS);
     }),
@@ -586,6 +601,11 @@ function logName(name: string): string {
 function parametersOf(tool: Tool): Record<string, unknown> {
   const { $schema: _draft, ...schema } = tool.inputSchema as Record<string, unknown>;
   return { ...schema, type: 'object' };
+}
+
+/** The server said it does not know the session (the spec's answer to an ended one): nothing to end. */
+function isGone(err: unknown): boolean {
+  return err instanceof StreamableHTTPError && err.code === 404;
 }
 
 function classify(err: unknown): Failure {

@@ -1,8 +1,9 @@
 /**
  * Real MCP servers for tests. startMcpServer: written with @modelcontextprotocol/sdk and served on
  * 127.0.0.1 over Streamable HTTP (`/mcp`) or the older HTTP+SSE transport (`/sse` + `/messages`); it
- * records what it sees (calls, cancellations, Authorization headers) and can add tools, forget its
- * sessions, stop and start again on the same port. startEverythingServer: the published reference server.
+ * records what it sees (calls, cancellations, Authorization headers, sessions made and DELETEs) and can add
+ * tools, forget its sessions, cut a request's connection, stop and start again on the same port.
+ * startEverythingServer: the published reference server.
  */
 import { spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
@@ -31,6 +32,15 @@ export interface McpTestServer {
   finished: string[];
   /** Authorization header of every HTTP request (undefined when absent). */
   authorizations: (string | undefined)[];
+  /** Ids of the Streamable HTTP sessions made, in order. */
+  sessionIds: string[];
+  /** The Mcp-Session-Id header of every DELETE, in order, whether the session was known or not. */
+  deletes: (string | undefined)[];
+  /**
+   * Cuts the connection of the next Streamable HTTP request for `method` before it is handled, as a
+   * network fault would: the client gets no answer, and the session lives on.
+   */
+  breakNext(method: 'tools/list' | 'tools/call'): void;
   /** Registers a tool that answers `text` on every session, now and later (sends list_changed). */
   addTool(name: string, text: string): void;
   /**
@@ -53,6 +63,8 @@ export async function startMcpServer(
     port?: number;
     /** What a request for a session the server does not know gets: 404 (the spec) or 400 (some servers). */
     unknownSessionStatus?: 404 | 400;
+    /** DELETEs are recorded but never answered, as by a server slow to end a session. */
+    holdDeletes?: boolean;
   } = {},
 ): Promise<McpTestServer> {
   const kind = options.transport ?? 'streamable';
@@ -63,6 +75,9 @@ export async function startMcpServer(
   const cancelled: string[] = [];
   const finished: string[] = [];
   const authorizations: (string | undefined)[] = [];
+  const sessionIds: string[] = [];
+  const deletes: (string | undefined)[] = [];
+  const breaking = new Set<string>();
 
   const buildServer = (): McpServer => {
     const server = new McpServer({ name: 'earpiece-test', version: '1.0.0' });
@@ -157,7 +172,15 @@ export async function startMcpServer(
   const streamable = async (req: IncomingMessage, res: ServerResponse, url: URL) => {
     if (url.pathname !== '/mcp') return notFound(res);
     const sessionId = req.headers['mcp-session-id'];
+    if (req.method === 'DELETE') {
+      deletes.push(typeof sessionId === 'string' ? sessionId : undefined);
+      if (options.holdDeletes) return;
+    }
     const body = req.method === 'POST' ? await readBody(req) : undefined;
+    if (breaking.delete((body as { method?: string } | undefined)?.method ?? '')) {
+      req.socket.destroy();
+      return;
+    }
     if (typeof sessionId === 'string') {
       const known = sessions.get(sessionId);
       if (!known) return notFound(res, options.unknownSessionStatus);
@@ -168,6 +191,7 @@ export async function startMcpServer(
     const transport: StreamableHTTPServerTransport = new StreamableHTTPServerTransport({
       sessionIdGenerator: () => randomUUID(),
       onsessioninitialized: (id) => {
+        sessionIds.push(id);
         sessions.set(id, { transport, server });
       },
       onsessionclosed: (id) => {
@@ -233,6 +257,11 @@ export async function startMcpServer(
     cancelled,
     finished,
     authorizations,
+    sessionIds,
+    deletes,
+    breakNext(method) {
+      breaking.add(method);
+    },
     addTool(name, text) {
       extraTools.set(name, text);
       for (const { server } of sessions.values()) addTo(server, name, text);

@@ -96,7 +96,10 @@ export function gate<T = void>(): { promise: Promise<T>; open: (value: T) => voi
 export const silentLogger: Logger = pino({ level: 'silent' });
 
 /** A logger whose JSON lines are kept for assertions. */
-export function capturingLogger(): { logger: Logger; lines: () => { level: number; msg: string }[] } {
+export function capturingLogger(level = 'info'): {
+  logger: Logger;
+  lines: () => { level: number; msg: string }[];
+} {
   const out: string[] = [];
   const stream = new Writable({
     write(chunk, _encoding, callback) {
@@ -104,6 +107,6 @@ export function capturingLogger(): { logger: Logger; lines: () => { level: numbe
       callback();
     },
   });
-  const logger = pino({ level: 'info' }, stream);
+  const logger = pino({ level }, stream);
   return { logger, lines: () => out.flatMap((l) => l.split('\n').filter(Boolean)).map((l) => JSON.parse(l)) };
 }

@@ -253,6 +253,9 @@ describe('mcp provider over Streamable HTTP', () => {
     expect(await run(p, 'echo', { text: 'again' })).toBe('echo: again');
     expect(s.calls.map((c) => c.args.text)).toEqual(['again']);
     expect(s.sessionCount()).toBe(1);
+    // The server said the session is gone: there is nothing to end. A DELETE would have gone out before
+    // the new session's initialize.
+    expect(s.deletes).toEqual([]);
   });
 
   it('a server that answers 400 to a forgotten session gets a new one too', async () => {
@@ -271,6 +274,57 @@ describe('mcp provider over Streamable HTTP', () => {
     await s.forgetSessions();
     expect(s.sessionCount()).toBe(0);
     await waitFor(() => s.sessionCount() === 1 && connected(p), 'a new session', 30);
+    // The ping was answered 404: the session is gone, not to be ended.
+    expect(s.deletes).toEqual([]);
+  });
+
+  it('a session dropped after a call lost its connection is ended on the server', async () => {
+    const s = await server();
+    const p = provider({ url: s.url });
+    await waitFor(() => connected(p), 'connection');
+    s.breakNext('tools/call');
+    // The call may have run: it is not sent again, and the session it was on is dropped.
+    await expect(run(p, 'echo', { text: 'cut' })).rejects.toMatchObject({ code: 'ERP_MCP_UNAVAILABLE' });
+    expect(await run(p, 'echo', { text: 'again' })).toBe('echo: again');
+    // The DELETE went out before the new session's initialize; the server holds only the new session.
+    expect(s.deletes).toEqual([s.sessionIds[0]]);
+    expect(s.sessionIds).toHaveLength(2);
+    expect(s.sessionCount()).toBe(1);
+  });
+
+  it('a session whose tool listing failed is ended on the server, and the next one lists the tools', async () => {
+    const s = await server();
+    s.breakNext('tools/list');
+    const p = provider({ url: s.url });
+    await waitFor(() => connected(p), 'the reconnect');
+    // The DELETE went out at the failure, the backoff (0.5 s) before the next session.
+    expect(s.deletes).toEqual([s.sessionIds[0]]);
+    expect(s.sessionIds).toHaveLength(2);
+    expect(s.sessionCount()).toBe(1);
+    expect(p.tools()).toHaveLength(6);
+  });
+
+  it('a call does not wait for the server to take the DELETE of a session it dropped', async () => {
+    const s = await server({ holdDeletes: true });
+    const { logger: capturing, lines } = capturingLogger('debug');
+    const p = createMcpProvider(mcpTool({ url: s.url }), { env: {}, logger: capturing });
+    cleanup.push(() => p.close?.() ?? Promise.resolve());
+    await waitFor(() => connected(p), 'connection');
+    // The call's 404 drops the first session (gone, so not ended); the listing on the second fails.
+    await s.forgetSessions(true);
+    s.breakNext('tools/list');
+    const started = Date.now();
+    await expect(run(p, 'echo', { text: 'x' })).rejects.toMatchObject({ code: 'ERP_MCP_UNAVAILABLE' });
+    // Not held for the DELETE the server never answers.
+    expect(Date.now() - started).toBeLessThan(END_SESSION_TIMEOUT_MS);
+    await waitFor(() => s.deletes.length > 0, 'the DELETE');
+    expect(s.deletes).toEqual([s.sessionIds[1]]);
+    // Given up at the bound, and said so at debug level.
+    await waitFor(
+      () => lines().some((l) => l.msg === 'Could not end the MCP session on the server'),
+      'the log',
+    );
+    expect(Date.now() - started).toBeGreaterThanOrEqual(END_SESSION_TIMEOUT_MS);
   });
 
   it('a server that stays away fails calls with a short error and keeps retrying', async () => {
