@@ -14,6 +14,7 @@ import { DEFAULT_SIDECAR } from '../../src/operator/sidecar.js';
 import { ControlPlane, startOperator, type Timing } from '../../src/operator/start.js';
 import { createLogger } from '../../src/telemetry/log.js';
 import { OperatorMetrics } from '../../src/telemetry/operator-metrics.js';
+import { MAX_CONDITION_MESSAGE } from '../../src/toolset/index.js';
 import { secretEnvName } from '../../src/toolset/values.js';
 import { injectBackend } from '../support/backend-pod.js';
 import { type FakeApiServer, type KObject, startFakeApiServer } from '../support/fake-apiserver.js';
@@ -488,6 +489,56 @@ describe('ToolSet controller', () => {
     // The pod goes (a rollout restart): nothing left to restart.
     api.delete('pods', NS, 'backend-1');
     await expect.poll(() => restart()?.status, POLL).toBe('False');
+  });
+
+  it('names at most 20 missing Secrets, so the restart advice survives however many there are', async () => {
+    const plane = controlPlane();
+    await plane.start();
+    api.create('toolsets', toolset('assistant', [weatherTool()]));
+    await expect.poll(() => ready('assistant')?.status, POLL).toBe('True');
+    await settled(plane, 'assistant');
+    const injectedTemplate = injectBackend(NS, plane.lookup(NS));
+    api.create('pods', {
+      apiVersion: 'v1',
+      kind: 'Pod',
+      metadata: { ...injectedTemplate.metadata, name: 'backend-1', namespace: NS },
+      spec: injectedTemplate.spec,
+      status: { phase: 'Running' },
+    } as KObject);
+    await expect.poll(() => plane.injectedPods.list(NS).length, POLL).toBe(1);
+
+    // A hundred new Secrets with names near their 253-character limit: listed in full, the message
+    // would pass MAX_CONDITION_MESSAGE and be cut before its advice.
+    const refs = Array.from({ length: 100 }, (_, i) => ({
+      name: `s${i}-`.padEnd(253, 'x'),
+      key: 'k'.repeat(150),
+    }));
+    const tool = (n: number, part: typeof refs) => ({
+      name: `lookup_${n}`,
+      description: 'Looks things up.',
+      http: {
+        url: `https://example.com/${n}`,
+        headers: part.map((ref, i) => ({ name: `X-Key-${i}`, valueFrom: { secretKeyRef: ref } })),
+      },
+    });
+    edit('assistant', (spec) =>
+      (spec.tools as unknown[]).push(tool(1, refs.slice(0, 50)), tool(2, refs.slice(50))),
+    );
+    const restart = () =>
+      (
+        stored('assistant')?.status as { conditions?: Record<string, string>[] } | undefined
+      )?.conditions?.find((c) => c.type === 'RestartRequired');
+    await expect.poll(() => restart()?.status, POLL).toBe('True');
+    const message = restart()!.message!;
+    expect(message.length).toBeLessThanOrEqual(MAX_CONDITION_MESSAGE);
+    expect(message).toMatch(
+      / and lack its env var; restart them \(e\.g\. kubectl rollout restart\) to use it$/,
+    );
+    const names = refs.map((r) => `${r.name}/${r.key}`).sort();
+    expect(message).toContain(
+      `pods backend-1 started before secret ${names.slice(0, 20).join(', ')} and 80 more was added`,
+    );
+    expect(message).not.toContain(names[20]!);
   });
 
   it('recovers from 410 Gone after a watch outage, picking up what changed meanwhile', async () => {
