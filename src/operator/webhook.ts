@@ -107,8 +107,11 @@ export interface WebhookServerOptions {
 /** The API server gives up on a webhook after its timeoutSeconds: 10 s by default, 30 s at most. */
 const DEFAULT_REQUEST_TIMEOUT_MS = 10_000;
 const DEFAULT_BODY_LIMIT = 6 * 1024 * 1024;
-/** Four of the largest reviews: their parsed copies must still fit in the operator's 256 Mi. */
-const DEFAULT_BODY_BYTES_IN_FLIGHT = 24 * 1024 * 1024;
+/**
+ * Four of the largest reviews: their parsed copies must still fit in the operator's 256 Mi. The operator's
+ * default too (EARPIECE_WEBHOOK_MAX_BODY_BYTES_IN_FLIGHT, chart value webhook.maxBodyBytesInFlight).
+ */
+export const DEFAULT_BODY_BYTES_IN_FLIGHT = 24 * 1024 * 1024;
 
 export interface WebhookServer {
   port: number;

@@ -963,6 +963,65 @@ describe('earpiece operator', () => {
     }
   });
 
+  it("holds the webhook's request bodies to the budget it is configured with", async () => {
+    createWebhookConfiguration();
+    const operator = await startOperator({
+      kc: api.kubeConfig('operator'),
+      config: testOperatorConfig({ webhookMaxBodyBytesInFlight: 8192 }),
+      host: '127.0.0.1',
+      logger,
+      metrics: new OperatorMetrics(),
+      timing: TIMING,
+    });
+    try {
+      await expect.poll(async () => (await get(operator.ports.probe, '/readyz')).status, POLL).toBe(200);
+      const hooks = api.get('mutatingwebhookconfigurations', undefined, 'earpiece-webhook')!.webhooks as {
+        clientConfig: { caBundle?: string };
+      }[];
+      const ca = Buffer.from(hooks[0]!.clientConfig.caBundle!, 'base64').toString();
+      /** The HTTP status of a review of a pod carrying an annotation of `bytes`. */
+      const status = (bytes: number) =>
+        new Promise<number>((resolve, reject) => {
+          const body = JSON.stringify({
+            apiVersion: 'admission.k8s.io/v1',
+            kind: 'AdmissionReview',
+            request: {
+              uid: 'a1b2',
+              kind: { group: '', version: 'v1', kind: 'Pod' },
+              resource: { group: '', version: 'v1', resource: 'pods' },
+              namespace: NS,
+              operation: 'CREATE',
+              object: { metadata: { annotations: { note: 'x'.repeat(bytes) } }, spec: { containers: [] } },
+            },
+          });
+          const req = httpsRequest(
+            {
+              host: '127.0.0.1',
+              port: operator.ports.webhook,
+              path: '/mutate',
+              method: 'POST',
+              ca,
+              servername: 'earpiece-webhook.earpiece-system.svc',
+              headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) },
+            },
+            (res) => {
+              // A refusal closes the connection, maybe before the rest of the response is read.
+              res.on('error', () => {});
+              res.resume();
+              resolve(res.statusCode ?? 0);
+            },
+          );
+          req.on('error', reject);
+          req.end(body);
+        });
+      // Far below the default budget of 24 MiB, past the configured one.
+      expect(await status(16 * 1024)).toBe(503);
+      expect(await status(1024)).toBe(200);
+    } finally {
+      await operator.stop();
+    }
+  });
+
   it('names Secrets in ToolSets without asking who may read them when the check is switched off', async () => {
     createWebhookConfiguration();
     const operator = await startOperator({
