@@ -102,15 +102,20 @@ export function definitionHash(tool: Pick<ProvidedTool, 'name' | 'description' |
 }
 
 /**
- * What a tool's cached result goes by, in this process and across the fleet: its name, its definition hash
- * and a hash of its canonical arguments (key order never matters), so a key stays short however large the
- * arguments are.
+ * What one call goes by: the tool's name, its definition hash and a hash of its canonical arguments (key
+ * order never matters), so an id stays short however large the arguments are (up to 1 MiB). Cached
+ * results (resultId) and deferred runs a later call may join (src/proxy/deferral.ts) are keyed on it.
  */
+export function callId(name: string, definition: string, args: unknown): string {
+  return `${name}:${definition}:${sha(canonicalJson(args))}`;
+}
+
+/** What a tool's cached result goes by, in this process and across the fleet. */
 export function resultId(
   tool: Pick<ProvidedTool, 'name' | 'description' | 'parameters' | 'config'>,
   args: unknown,
 ) {
-  return `${tool.name}:${definitionHash(tool)}:${sha(canonicalJson(args))}`;
+  return callId(tool.name, definitionHash(tool), args);
 }
 
 export class ToolState {
