@@ -11,6 +11,7 @@ import {
   type SidecarConfig,
   sidecarConfigFromEnv,
 } from './sidecar.js';
+import { DEFAULT_BODY_BYTES_IN_FLIGHT } from './webhook.js';
 
 export type CertMode = 'operator' | 'cert-manager';
 
@@ -48,6 +49,8 @@ export interface OperatorConfig {
   nativeSidecarAuto: boolean;
   /** The ToolSet webhook refuses a ToolSet naming a Secret its author may not read (SubjectAccessReview). */
   toolsetSecretAccessCheck: boolean;
+  /** Bytes the webhook's request bodies may hold together; past it a review gets 503 (src/http/body-budget.ts). */
+  webhookMaxBodyBytesInFlight: number;
 }
 
 export class ConfigError extends Error {
@@ -79,6 +82,10 @@ const SETTINGS = {
   'sidecar-resources': { env: 'EARPIECE_SIDECAR_RESOURCES', default: '' },
   'native-sidecar': { env: 'EARPIECE_NATIVE_SIDECAR', default: 'auto' },
   'toolset-secret-access-check': { env: 'EARPIECE_TOOLSET_SECRET_ACCESS_CHECK', default: 'true' },
+  'webhook-max-body-bytes-in-flight': {
+    env: 'EARPIECE_WEBHOOK_MAX_BODY_BYTES_IN_FLIGHT',
+    default: String(DEFAULT_BODY_BYTES_IN_FLIGHT),
+  },
 } as const;
 
 type Setting = keyof typeof SETTINGS;
@@ -91,7 +98,7 @@ Runs the ToolSet controller (leader only), the injection webhook and its certifi
 Each option can also be set by the environment variable shown; an option given wins.
 
 ${(Object.entries(SETTINGS) as [Setting, (typeof SETTINGS)[Setting]][])
-  .map(([flag, s]) => `  --${flag.padEnd(28)} ${s.env}${s.default ? ` (default ${s.default})` : ''}`)
+  .map(([flag, s]) => `  --${flag.padEnd(34)} ${s.env}${s.default ? ` (default ${s.default})` : ''}`)
   .join('\n')}
 
 In a pod the in-cluster service account is used; elsewhere the current kubeconfig context.`;
@@ -167,6 +174,15 @@ export function loadConfig(
     const { text: t, name } = get(flag);
     return parseBoolean(t, name);
   };
+  const bytes = (flag: Setting) => {
+    const { text: t, name } = get(flag);
+    const n = /^[0-9]+$/.test(t) ? Number(t) : Number.NaN;
+    if (!Number.isSafeInteger(n) || n < 1)
+      throw new ConfigError(
+        `${name}: "${t}" is not a positive whole number of bytes (e.g. 25165824 for 24 MiB)`,
+      );
+    return n;
+  };
   return {
     help: values.help === true,
     config: {
@@ -189,6 +205,7 @@ export function loadConfig(
       sidecar,
       nativeSidecarAuto: nativeSidecarAuto(sidecarEnv),
       toolsetSecretAccessCheck: bool('toolset-secret-access-check'),
+      webhookMaxBodyBytesInFlight: bytes('webhook-max-body-bytes-in-flight'),
     },
   };
 }

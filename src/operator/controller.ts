@@ -358,14 +358,15 @@ export class ToolSetController {
       return { type: RESTART_REQUIRED, status: 'False', reason: 'PodsUpToDate', message: '' };
     }
     lacking.sort((a, b) => a.pod.localeCompare(b.pod));
-    const secrets = [...new Set(lacking.flatMap((l) => l.secrets))].sort();
-    const shown = lacking.slice(0, 20).map((l) => l.pod);
-    const more = lacking.length - shown.length;
+    // Both lists are capped, so the message stays far below MAX_CONDITION_MESSAGE and the advice at
+    // its end is never cut off (a ToolSet may name thousands of Secrets, each name/key up to 507 characters).
+    const pods = listed(lacking.map((l) => l.pod));
+    const secrets = listed([...new Set(lacking.flatMap((l) => l.secrets))].sort());
     return {
       type: RESTART_REQUIRED,
       status: 'True',
       reason: 'SecretEnvMissing',
-      message: `pods ${shown.join(', ')}${more > 0 ? ` and ${more} more` : ''} started before secret ${secrets.join(', ')} was added and lack its env var; restart them (e.g. kubectl rollout restart) to use it`,
+      message: `pods ${pods} started before secret ${secrets} was added and lack its env var; restart them (e.g. kubectl rollout restart) to use it`,
     };
   }
 
@@ -470,4 +471,14 @@ function subject(t: ToolSetObject) {
     namespace: t.metadata.namespace,
     uid: t.metadata.uid,
   };
+}
+
+/** Names listed in a RestartRequired message at most, of pods and of Secrets each. */
+const MAX_RESTART_LISTED = 20;
+
+/** The first names, then how many more: a message that fits the CRD's limit however many there are. */
+function listed(names: readonly string[]): string {
+  const shown = names.slice(0, MAX_RESTART_LISTED);
+  const more = names.length - shown.length;
+  return `${shown.join(', ')}${more > 0 ? ` and ${more} more` : ''}`;
 }

@@ -456,6 +456,7 @@ export async function startOperator(o: OperatorOptions): Promise<RunningOperator
       sidecar: config.sidecar,
       instance: config.instance,
       logger,
+      maxBodyBytesInFlight: config.webhookMaxBodyBytesInFlight,
       onInjection: (outcome) => running.onInjection(outcome),
       onReviewed: (operation, seconds) => metrics.webhookReview(operation, seconds),
       onToolSetAdmission: (decision) => running.onToolSetAdmission(decision),

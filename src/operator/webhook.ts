@@ -12,7 +12,7 @@
 import type { V1OwnerReference } from '@kubernetes/client-node';
 import fastJsonPatch from 'fast-json-patch';
 import Fastify, { LogController } from 'fastify';
-import { BodyBudget } from '../http/body-budget.js';
+import { BodyBudget, BodyBudgetExceeded } from '../http/body-budget.js';
 import type { Logger } from '../telemetry/log.js';
 import type { ToolSet } from '../toolset/schema.js';
 import type { KeyPairPem } from './certs.js';
@@ -107,8 +107,11 @@ export interface WebhookServerOptions {
 /** The API server gives up on a webhook after its timeoutSeconds: 10 s by default, 30 s at most. */
 const DEFAULT_REQUEST_TIMEOUT_MS = 10_000;
 const DEFAULT_BODY_LIMIT = 6 * 1024 * 1024;
-/** Four of the largest reviews: their parsed copies must still fit in the operator's 256 Mi. */
-const DEFAULT_BODY_BYTES_IN_FLIGHT = 24 * 1024 * 1024;
+/**
+ * Four of the largest reviews: their parsed copies must still fit in the operator's 256 Mi. The operator's
+ * default too (EARPIECE_WEBHOOK_MAX_BODY_BYTES_IN_FLIGHT, chart value webhook.maxBodyBytesInFlight).
+ */
+export const DEFAULT_BODY_BYTES_IN_FLIGHT = 24 * 1024 * 1024;
 
 export interface WebhookServer {
   port: number;
@@ -287,6 +290,20 @@ export async function startWebhookServer(options: WebhookServerOptions): Promise
     'preParsing',
     new BodyBudget(options.maxBodyBytesInFlight ?? DEFAULT_BODY_BYTES_IN_FLIGHT, bodyLimit).hook,
   );
+  // Request logging is off (a line per review is noise), so a refused body would pass unseen. It is the
+  // client's doing, not the operator's: one warn line each, never error (fastify's level for a 503).
+  app.addHook('onError', (request, _reply, error, done) => {
+    if (
+      error instanceof BodyBudgetExceeded ||
+      (error as { code?: string }).code === 'FST_ERR_CTP_BODY_TOO_LARGE'
+    ) {
+      request.log.warn(
+        { statusCode: error.statusCode, url: request.url, remoteAddress: request.ip },
+        `Refused a request body: ${error.message}`,
+      );
+    }
+    done();
+  });
   app.get('/healthz', async () => 'ok');
   app.post('/mutate', async (request, reply) => {
     const body = request.body;

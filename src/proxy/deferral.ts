@@ -10,8 +10,8 @@
  */
 import type { Logger } from '../telemetry/log.js';
 import type { DeferredOutcome } from '../telemetry/types.js';
+import { callId } from '../tools/tool-state.js';
 import type { ToolCall, ToolOutcome } from '../tools/types.js';
-import { canonicalJson } from '../toolset/defaults.js';
 import type { LateResults } from './memory.js';
 import type { ChatMessage } from './messages.js';
 
@@ -38,12 +38,15 @@ export interface DeferOptions {
   clientSignal: AbortSignal;
 }
 
+/** The same call: the id its cached result goes by, short however large its arguments; none when they are not JSON. */
 function sameCallKey(call: ToolCall, definition: string): string | undefined {
+  let args: unknown;
   try {
-    return `${call.name}\0${definition}\0${canonicalJson(JSON.parse(call.arguments))}`;
+    args = JSON.parse(call.arguments);
   } catch {
     return undefined;
   }
+  return callId(call.name, definition, args);
 }
 
 function dropReason(outcome: ToolOutcome): DeferredOutcome | undefined {

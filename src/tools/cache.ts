@@ -1,6 +1,6 @@
 /**
- * Results of tools with `cache.ttl`, by the call's resultId (tool-state.ts: the tool and a hash of its
- * canonical arguments, as in Redis), in an LRU bounded by `cache.maxEntries`, each entry with its
+ * Results of tools with `cache.ttl`, by the call's resultId (tool-state.ts: the tool, the maxResultBytes
+ * its result is cut to and a hash of its canonical arguments, as in Redis), in an LRU bounded by `cache.maxEntries`, each entry with its
  * tool's ttl. Identical calls in flight share one execution: a pending run has waiters, each with its
  * own signal; one leaving does not disturb the others, and the run is aborted only when every waiter
  * has left.

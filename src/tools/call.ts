@@ -148,7 +148,7 @@ export async function callTool(
       if (limited) await admitted();
       return done('ok', await execute(tool, parsed.args, caller, options.maxResultBytes));
     }
-    const id = resultId(tool, parsed.args);
+    const id = resultId(tool, parsed.args, options.maxResultBytes);
     const hit = state.cache.get(id);
     if (hit !== undefined) return done('cache_hit', hit);
     // Only the caller that starts the flight learns whether the fleet answered from its cache.

@@ -4,8 +4,8 @@
  * round trip running a Lua script, so every check-and-write is atomic on the server:
  *
  * - `take`: the sliding-window rate limit of rate-limit.ts, on the server's clock, for every sidecar;
- * - `claim`: a cached result (within limits.maxResultBytes: a larger one stays in Redis and counts as a
- *   miss), or else the lock that makes this sidecar the one that runs the call (a key with a short
+ * - `claim`: a cached result (within limits.maxResultBytes, which its key names: a larger one, not
+ *   written by earpiece, stays in Redis and counts as a miss), or else the lock that makes this sidecar the one that runs the call (a key with a short
  *   expiry that its holder renews while the run goes on, so a holder that dies frees it within a
  *   second, well inside the tool timeout of the calls waiting on it);
  * - `store`: the result with its ttl, and the lock released if still ours; `release`: the lock alone.
@@ -189,11 +189,12 @@ export class RedisState {
     );
     if (reply[0] === 1) return { kind: 'hit', content: reply[1], ttlMs: reply[2] };
     if (reply[1] > 0 && !this.#warnedOversized) {
-      // Once: a limit lowered since the value was written explains it, and that repeats for every such key.
+      // Once: earpiece never writes one (a key names the limit its result was cut to), so whatever wrote
+      // this may have written many.
       this.#warnedOversized = true;
       this.#logger.warn(
         { endpoint: this.#endpoint, key: result, bytes: reply[1], maxResultBytes: maxBytes },
-        'A cached result in the shared state is larger than limits.maxResultBytes (written under a larger limit, or not by earpiece): it is ignored, and the call runs and replaces it.',
+        'A cached result in the shared state is larger than limits.maxResultBytes (not written by earpiece): it is ignored, and the call runs and replaces it.',
       );
     }
     return reply[0] === 2 ? { kind: 'acquired' } : { kind: 'held' };

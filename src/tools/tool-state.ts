@@ -102,15 +102,25 @@ export function definitionHash(tool: Pick<ProvidedTool, 'name' | 'description' |
 }
 
 /**
- * What a tool's cached result goes by, in this process and across the fleet: its name, its definition hash
- * and a hash of its canonical arguments (key order never matters), so a key stays short however large the
- * arguments are.
+ * What one call goes by: the tool's name, its definition hash and a hash of its canonical arguments (key
+ * order never matters), so an id stays short however large the arguments are (up to 1 MiB). Cached
+ * results (resultId) and deferred runs a later call may join (src/proxy/deferral.ts) are keyed on it.
+ */
+export function callId(name: string, definition: string, args: unknown): string {
+  return `${name}:${definition}:${sha(canonicalJson(args))}`;
+}
+
+/**
+ * What a tool's cached result goes by, in this process and across the fleet: the call, and the
+ * limits.maxResultBytes its result is cut to. Sidecars on different limits (a rollout that changes it, a
+ * reload) keep apart results, so none serves a result cut shorter or longer than its own limit.
  */
 export function resultId(
   tool: Pick<ProvidedTool, 'name' | 'description' | 'parameters' | 'config'>,
   args: unknown,
+  maxResultBytes: number,
 ) {
-  return `${tool.name}:${definitionHash(tool)}:${sha(canonicalJson(args))}`;
+  return callId(tool.name, `${definitionHash(tool)}:${maxResultBytes}`, args);
 }
 
 export class ToolState {
@@ -190,8 +200,8 @@ export class ToolState {
    * A cached result from any sidecar, else one run for every identical call in flight across the fleet:
    * this sidecar runs it (holding the lock), or waits for the sidecar that does and reads its result.
    * Without shared state, or when Redis cannot answer, it runs here. Caching in this process is the
-   * caller's (cache.ts), before and after. `id` is the call's resultId; a cached result over `maxBytes`
-   * (the limit the caller cuts its own runs to) is a miss.
+   * caller's (cache.ts), before and after. `id` is the call's resultId, which names `maxBytes` (the limit
+   * the caller cuts its own runs to); a cached result over it, which earpiece never writes, is a miss.
    */
   async fetchOrRun(
     tool: ProvidedTool,

@@ -4,6 +4,7 @@ import { describe, expect, it } from 'vitest';
 import { parse } from 'yaml';
 import { loadConfig } from '../../src/operator/config.js';
 import { METRICS_PORT_NAME, sidecarConfigFromEnv } from '../../src/operator/sidecar.js';
+import { DEFAULT_BODY_BYTES_IN_FLIGHT } from '../../src/operator/webhook.js';
 import { validateToolSet } from '../../src/toolset/index.js';
 import { type K8sObject, kubernetesIssues } from '../support/k8s-schema.js';
 import { allowed } from './rbac.js';
@@ -139,6 +140,7 @@ describe('default values', () => {
       EARPIECE_LEASE_NAME: `${FULLNAME}-controller`,
       EARPIECE_INSTANCE: CLUSTER_NAME,
       EARPIECE_WEBHOOK_PORT: '9443',
+      EARPIECE_WEBHOOK_MAX_BODY_BYTES_IN_FLIGHT: '25165824',
       EARPIECE_PROBE_PORT: '8081',
       EARPIECE_METRICS_PORT: '8080',
       EARPIECE_WEBHOOK_CONFIG_NAME: CLUSTER_NAME,
@@ -603,6 +605,15 @@ describe('switches and guards', () => {
     }
   });
 
+  it("passes webhook.maxBodyBytesInFlight to the operator's webhook, the code's default unless set", () => {
+    const configured = (set: string[]) =>
+      operatorConfig(find(render({ set }), 'Deployment', FULLNAME)).webhookMaxBodyBytesInFlight;
+    expect(configured([])).toBe(DEFAULT_BODY_BYTES_IN_FLIGHT);
+    // Large numbers too: helm holds them as floats, which must not reach the variable as 6.7108864e+07.
+    expect(configured(['webhook.maxBodyBytesInFlight=67108864'])).toBe(64 * 1024 * 1024);
+    expect(configured(['webhook.maxBodyBytesInFlight=9007199254740991'])).toBe(Number.MAX_SAFE_INTEGER);
+  });
+
   it('tells the operator the namespaces the webhook leaves out, as the webhook has them', () => {
     const objects = render({ set: [`webhook.excludeNamespaces={kube-system,${NAMESPACE},ops}`] });
     const expected = ['kube-system', NAMESPACE, 'ops'];
@@ -749,6 +760,9 @@ describe('values.schema.json', () => {
     ['webhook.failurepolicy=Fail', 'failurepolicy'],
     ['injection.nativeSidecar=maybe', '/injection/nativeSidecar'],
     ['image.digest=latest', '/image/digest'],
+    ['webhook.maxBodyBytesInFlight=0', '/webhook/maxBodyBytesInFlight'],
+    ['webhook.maxBodyBytesInFlight=24Mi', '/webhook/maxBodyBytesInFlight'],
+    ['webhook.maxBodyBytesInFlight=1.5', '/webhook/maxBodyBytesInFlight'],
   ])('rejects %s', (set, where) => {
     expect(renderError({ set: [set] })).toContain(where);
   });

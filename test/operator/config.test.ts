@@ -26,6 +26,7 @@ describe('operator settings', () => {
       sidecar: DEFAULT_SIDECAR,
       nativeSidecarAuto: true,
       toolsetSecretAccessCheck: true,
+      webhookMaxBodyBytesInFlight: 24 * 1024 * 1024,
     });
   });
 
@@ -46,6 +47,7 @@ describe('operator settings', () => {
       EARPIECE_SIDECAR_RESOURCES: '{"requests":{"cpu":"10m"}}',
       EARPIECE_NATIVE_SIDECAR: 'false',
       EARPIECE_TOOLSET_SECRET_ACCESS_CHECK: 'false',
+      EARPIECE_WEBHOOK_MAX_BODY_BYTES_IN_FLIGHT: '67108864',
     };
     const { config } = loadConfig(
       ['--webhook-port', '11443', '--native-sidecar=true', '--namespace=flagged'],
@@ -64,7 +66,11 @@ describe('operator settings', () => {
       certDir: '/certs',
       shutdownGraceMs: 90_000,
       toolsetSecretAccessCheck: false,
+      webhookMaxBodyBytesInFlight: 64 * 1024 * 1024,
     });
+    expect(
+      loadConfig(['--webhook-max-body-bytes-in-flight', '1048576'], env).config.webhookMaxBodyBytesInFlight,
+    ).toBe(1024 * 1024);
     expect(loadConfig(['--toolset-secret-access-check=true'], env).config.toolsetSecretAccessCheck).toBe(
       true,
     );
@@ -107,6 +113,14 @@ describe('operator settings', () => {
     expect(() => loadConfig([], { EARPIECE_SHUTDOWN_GRACE: '5' })).toThrow(
       'EARPIECE_SHUTDOWN_GRACE: "5" is not a duration (e.g. 5s, 0s)',
     );
+    for (const bad of ['24Mi', '0', '-1', '1.5', '1e6', '', '99999999999999999999']) {
+      expect(() => loadConfig([], { EARPIECE_WEBHOOK_MAX_BODY_BYTES_IN_FLIGHT: bad })).toThrow(
+        `EARPIECE_WEBHOOK_MAX_BODY_BYTES_IN_FLIGHT: "${bad}" is not a positive whole number of bytes`,
+      );
+    }
+    expect(() => loadConfig(['--webhook-max-body-bytes-in-flight=lots'], {})).toThrow(
+      '--webhook-max-body-bytes-in-flight: "lots" is not a positive whole number of bytes',
+    );
     expect(() => loadConfig(['--no-such-flag'], {})).toThrow(/no-such-flag/);
     let caught: unknown;
     try {
@@ -125,6 +139,7 @@ describe('operator settings', () => {
       'EARPIECE_NATIVE_SIDECAR',
       'EARPIECE_SHUTDOWN_GRACE',
       'EARPIECE_TOOLSET_SECRET_ACCESS_CHECK',
+      'EARPIECE_WEBHOOK_MAX_BODY_BYTES_IN_FLIGHT',
       '--lease-name',
     ]) {
       expect(HELP).toContain(name);

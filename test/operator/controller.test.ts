@@ -14,6 +14,7 @@ import { DEFAULT_SIDECAR } from '../../src/operator/sidecar.js';
 import { ControlPlane, startOperator, type Timing } from '../../src/operator/start.js';
 import { createLogger } from '../../src/telemetry/log.js';
 import { OperatorMetrics } from '../../src/telemetry/operator-metrics.js';
+import { MAX_CONDITION_MESSAGE } from '../../src/toolset/index.js';
 import { secretEnvName } from '../../src/toolset/values.js';
 import { injectBackend } from '../support/backend-pod.js';
 import { type FakeApiServer, type KObject, startFakeApiServer } from '../support/fake-apiserver.js';
@@ -490,6 +491,56 @@ describe('ToolSet controller', () => {
     await expect.poll(() => restart()?.status, POLL).toBe('False');
   });
 
+  it('names at most 20 missing Secrets, so the restart advice survives however many there are', async () => {
+    const plane = controlPlane();
+    await plane.start();
+    api.create('toolsets', toolset('assistant', [weatherTool()]));
+    await expect.poll(() => ready('assistant')?.status, POLL).toBe('True');
+    await settled(plane, 'assistant');
+    const injectedTemplate = injectBackend(NS, plane.lookup(NS));
+    api.create('pods', {
+      apiVersion: 'v1',
+      kind: 'Pod',
+      metadata: { ...injectedTemplate.metadata, name: 'backend-1', namespace: NS },
+      spec: injectedTemplate.spec,
+      status: { phase: 'Running' },
+    } as KObject);
+    await expect.poll(() => plane.injectedPods.list(NS).length, POLL).toBe(1);
+
+    // A hundred new Secrets with names near their 253-character limit: listed in full, the message
+    // would pass MAX_CONDITION_MESSAGE and be cut before its advice.
+    const refs = Array.from({ length: 100 }, (_, i) => ({
+      name: `s${i}-`.padEnd(253, 'x'),
+      key: 'k'.repeat(150),
+    }));
+    const tool = (n: number, part: typeof refs) => ({
+      name: `lookup_${n}`,
+      description: 'Looks things up.',
+      http: {
+        url: `https://example.com/${n}`,
+        headers: part.map((ref, i) => ({ name: `X-Key-${i}`, valueFrom: { secretKeyRef: ref } })),
+      },
+    });
+    edit('assistant', (spec) =>
+      (spec.tools as unknown[]).push(tool(1, refs.slice(0, 50)), tool(2, refs.slice(50))),
+    );
+    const restart = () =>
+      (
+        stored('assistant')?.status as { conditions?: Record<string, string>[] } | undefined
+      )?.conditions?.find((c) => c.type === 'RestartRequired');
+    await expect.poll(() => restart()?.status, POLL).toBe('True');
+    const message = restart()!.message!;
+    expect(message.length).toBeLessThanOrEqual(MAX_CONDITION_MESSAGE);
+    expect(message).toMatch(
+      / and lack its env var; restart them \(e\.g\. kubectl rollout restart\) to use it$/,
+    );
+    const names = refs.map((r) => `${r.name}/${r.key}`).sort();
+    expect(message).toContain(
+      `pods backend-1 started before secret ${names.slice(0, 20).join(', ')} and 80 more was added`,
+    );
+    expect(message).not.toContain(names[20]!);
+  });
+
   it('recovers from 410 Gone after a watch outage, picking up what changed meanwhile', async () => {
     const plane = controlPlane();
     await plane.start();
@@ -907,6 +958,65 @@ describe('earpiece operator', () => {
       expect(text).toMatch(/earpiece_toolset_admissions_total\{result="forbidden"\} 1/);
       expect(text).toMatch(/earpiece_toolset_admissions_total\{result="error"\} 0/);
       expect(text).toMatch(/earpiece_webhook_duration_seconds_count\{operation="validate"\} 3/);
+    } finally {
+      await operator.stop();
+    }
+  });
+
+  it("holds the webhook's request bodies to the budget it is configured with", async () => {
+    createWebhookConfiguration();
+    const operator = await startOperator({
+      kc: api.kubeConfig('operator'),
+      config: testOperatorConfig({ webhookMaxBodyBytesInFlight: 8192 }),
+      host: '127.0.0.1',
+      logger,
+      metrics: new OperatorMetrics(),
+      timing: TIMING,
+    });
+    try {
+      await expect.poll(async () => (await get(operator.ports.probe, '/readyz')).status, POLL).toBe(200);
+      const hooks = api.get('mutatingwebhookconfigurations', undefined, 'earpiece-webhook')!.webhooks as {
+        clientConfig: { caBundle?: string };
+      }[];
+      const ca = Buffer.from(hooks[0]!.clientConfig.caBundle!, 'base64').toString();
+      /** The HTTP status of a review of a pod carrying an annotation of `bytes`. */
+      const status = (bytes: number) =>
+        new Promise<number>((resolve, reject) => {
+          const body = JSON.stringify({
+            apiVersion: 'admission.k8s.io/v1',
+            kind: 'AdmissionReview',
+            request: {
+              uid: 'a1b2',
+              kind: { group: '', version: 'v1', kind: 'Pod' },
+              resource: { group: '', version: 'v1', resource: 'pods' },
+              namespace: NS,
+              operation: 'CREATE',
+              object: { metadata: { annotations: { note: 'x'.repeat(bytes) } }, spec: { containers: [] } },
+            },
+          });
+          const req = httpsRequest(
+            {
+              host: '127.0.0.1',
+              port: operator.ports.webhook,
+              path: '/mutate',
+              method: 'POST',
+              ca,
+              servername: 'earpiece-webhook.earpiece-system.svc',
+              headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) },
+            },
+            (res) => {
+              // A refusal closes the connection, maybe before the rest of the response is read.
+              res.on('error', () => {});
+              res.resume();
+              resolve(res.statusCode ?? 0);
+            },
+          );
+          req.on('error', reject);
+          req.end(body);
+        });
+      // Far below the default budget of 24 MiB, past the configured one.
+      expect(await status(16 * 1024)).toBe(503);
+      expect(await status(1024)).toBe(200);
     } finally {
       await operator.stop();
     }

@@ -1,4 +1,5 @@
 import { type Socket, connect as tcpConnect } from 'node:net';
+import { Writable } from 'node:stream';
 import { connect as tlsConnect } from 'node:tls';
 import type { V1PodSpec } from '@kubernetes/client-node';
 import fastJsonPatch from 'fast-json-patch';
@@ -21,6 +22,8 @@ import { webhookCertificates } from '../support/certs.js';
 import { workloadIssues } from '../support/pod-rules.js';
 
 const SERVICE = 'earpiece-webhook';
+/** pino's number for warn. */
+const WARN = 40;
 const SERVER_NAME = `${SERVICE}.earpiece.svc`;
 
 const toolset = (name: string, labels: Record<string, string>): ToolSet => ({
@@ -513,6 +516,63 @@ describe('the webhook over HTTPS', () => {
     } finally {
       for (const socket of sockets) socket.destroy();
       await busy.close();
+    }
+  });
+
+  it("logs each refused body once, at warn level: a body too large or over the budget is the client's problem", async () => {
+    const lines: Record<string, unknown>[] = [];
+    const sink = new Writable({
+      write(chunk, _encoding, done) {
+        lines.push(JSON.parse(String(chunk)) as Record<string, unknown>);
+        done();
+      },
+    });
+    const logger = createLogger('webhook-test', 'debug', sink);
+    // One server refuses bodies past 4 KiB with 413; the other holds at most 1 KiB of bodies in flight.
+    const small = await bareWebhook({ logger, bodyLimit: 4096 });
+    const tight = await bareWebhook({ logger, bodyLimit: 4096, maxBodyBytesInFlight: 1024 });
+    /** Sends a whole request over its own connection; the server's answer once it closes. */
+    const send = (port: number, body: string, chunked: boolean) =>
+      new Promise<string>((resolve) => {
+        const socket = tlsConnect({ host: '127.0.0.1', port, ca: first.ca.certPem, servername: SERVER_NAME });
+        let text = '';
+        socket.setEncoding('utf8');
+        socket.on('data', (d: string) => {
+          text += d;
+        });
+        socket.on('error', () => {});
+        socket.on('close', () => resolve(text));
+        const length = chunked ? 'transfer-encoding: chunked' : `content-length: ${Buffer.byteLength(body)}`;
+        socket.write(
+          `POST /mutate HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n${length}\r\n\r\n`,
+        );
+        socket.end(chunked ? `${Buffer.byteLength(body).toString(16)}\r\n${body}\r\n0\r\n\r\n` : body);
+      });
+    const body = (bytes: number) => JSON.stringify({ kind: 'x'.repeat(bytes) });
+    try {
+      const answers = [
+        await send(small.port, body(8192), false),
+        await send(small.port, body(8192), true),
+        await send(tight.port, body(2048), false),
+        await send(tight.port, body(2048), true),
+      ];
+      expect(answers.map((a) => a.split('\r\n')[0])).toEqual([
+        'HTTP/1.1 413 Payload Too Large',
+        'HTTP/1.1 413 Payload Too Large',
+        'HTTP/1.1 503 Service Unavailable',
+        'HTTP/1.1 503 Service Unavailable',
+      ]);
+      await expect
+        .poll(() => lines.filter((l) => (l.level as number) >= WARN).length, { timeout: 5_000 })
+        .toBe(4);
+      expect(lines.filter((l) => (l.level as number) > WARN)).toEqual([]);
+      expect(lines.filter((l) => l.level === WARN).map((l) => l.statusCode)).toEqual([413, 413, 503, 503]);
+      for (const line of lines.filter((l) => l.level === WARN)) {
+        expect(line.msg).toMatch(/^Refused a request body: /);
+      }
+    } finally {
+      await small.close();
+      await tight.close();
     }
   });
 

@@ -35,6 +35,7 @@ export function testOperatorConfig(overrides: Partial<OperatorConfig> = {}): Ope
     sidecar: DEFAULT_SIDECAR,
     nativeSidecarAuto: false,
     toolsetSecretAccessCheck: true,
+    webhookMaxBodyBytesInFlight: 24 * 1024 * 1024,
     ...overrides,
   };
 }

@@ -175,9 +175,11 @@ describe('tool cache', () => {
     fc.assert(
       fc.property(fc.dictionary(fc.string(), fc.jsonValue()), fc.boolean(), (args, flip) => {
         const reordered = reorder(args, flip) as Record<string, unknown>;
-        expect(resultId(tool, reordered)).toBe(resultId(tool, args));
-        expect(resultId(tool, args)).toMatch(/^w:[0-9a-f]{24}:[0-9a-f]{24}$/);
-        if (JSON.stringify(args) !== '{}') expect(resultId(tool, args)).not.toBe(resultId(tool, {}));
+        expect(resultId(tool, reordered, 2048)).toBe(resultId(tool, args, 2048));
+        expect(resultId(tool, args, 2048)).toMatch(/^w:[0-9a-f]{24}:2048:[0-9a-f]{24}$/);
+        expect(resultId(tool, args, 4096)).not.toBe(resultId(tool, args, 2048));
+        if (JSON.stringify(args) !== '{}')
+          expect(resultId(tool, args, 2048)).not.toBe(resultId(tool, {}, 2048));
       }),
     );
   });

@@ -81,8 +81,10 @@ async function sidecar(
   tools: Record<string, unknown>[],
   events: SharedStateEvent[] = [],
   budgetMs: number | undefined = GENEROUS_BUDGET_MS,
+  spec: Record<string, unknown> = {},
 ): Promise<ToolRegistry> {
   const resolved = toolset(tools, {
+    ...spec,
     sharedState: { redis: { url: { valueFrom: { env: 'REDIS_URL' } } } },
   });
   const r = await createToolRegistry(
@@ -152,6 +154,35 @@ describe('two sidecars sharing a Redis', () => {
     // The second sidecar now holds it in process too: Redis gone, still a hit.
     await redis.stop();
     expect((await call(b, 'Lisbon')).outcome).toBe('cache_hit');
+  });
+
+  it('keep results cut to different maxResultBytes apart, as during a rollout that changes it', async () => {
+    // A tool whose answer (about 600 bytes) is longer than the smaller limit.
+    const s = await startServer((_req, res) => {
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(JSON.stringify({ run: s.requests.length, text: 'sunny '.repeat(100) }));
+    });
+    cleanups.push(() => s.close());
+    const tool = weather(s.origin, { cache: { ttl: '10m' } });
+    const limited = (maxResultBytes: number) =>
+      sidecar([tool], [], GENEROUS_BUDGET_MS, { limits: { maxResultBytes } });
+    const [old, fresh, otherOld] = [await limited(256), await limited(4096), await limited(256)];
+    const cut = await call(old, 'Lisbon');
+    expect(cut.outcome).toBe('ok');
+    expect(Buffer.byteLength(cut.content)).toBeLessThanOrEqual(256);
+    await stored(1);
+    // The sidecar with the larger limit never takes the shorter result: it runs the call itself.
+    const whole = await call(fresh, 'Lisbon');
+    expect(whole.outcome).toBe('ok');
+    expect(JSON.parse(whole.content)).toEqual({ run: 2, text: 'sunny '.repeat(100) });
+    await stored(2);
+    // And its result never reaches a sidecar on the smaller limit: that one reads the result cut to its own.
+    expect(await call(otherOld, 'Lisbon')).toMatchObject({ outcome: 'cache_hit', content: cut.content });
+    // Each keeps its own in process under the same id.
+    await redis.stop();
+    expect(await call(fresh, 'Lisbon')).toMatchObject({ outcome: 'cache_hit', content: whole.content });
+    expect(await call(old, 'Lisbon')).toMatchObject({ outcome: 'cache_hit', content: cut.content });
+    expect(s.requests).toHaveLength(2);
   });
 
   it("run two identical concurrent calls once, the waiter reading the holder's result", async () => {
@@ -266,7 +297,7 @@ describe('a result read from the shared state', () => {
         new AbortController().signal,
         options,
       );
-    const key = (city: string) => `earpiece:{-/test}:r:${resultId(tool, { city })}`;
+    const key = (city: string) => `earpiece:{-/test}:r:${resultId(tool, { city }, options.maxResultBytes)}`;
     return { lookup, key, kept, runs: () => runs, warnings: () => lines().filter((l) => l.level === 40) };
   }
 
