@@ -27,6 +27,7 @@ import {
   canonicalJson,
   KIND,
   renderForSidecar,
+  type StatusCondition,
   type ToolSet,
   type ToolSetStatus,
   validateToolSet,
@@ -70,8 +71,11 @@ export interface ControllerOptions {
   configMaps: InformerSet<V1ConfigMap>;
   /** Injected pods (label earpiece.dev/injected=true), for RestartRequired. */
   pods: InformerSet<V1Pod>;
-  /** The ToolSet's pods without a working sidecar (sidecar-problems.ts), for SidecarsReady. */
-  sidecarProblems?: (namespace: string, name: string) => readonly SidecarProblem[];
+  /**
+   * The ToolSet's pods without a working sidecar (sidecar-problems.ts), for SidecarsReady; undefined
+   * while not known yet (the reporter has not looked since it started): SidecarsReady stays as it is.
+   */
+  sidecarProblems?: (namespace: string, name: string) => readonly SidecarProblem[] | undefined;
   events: EventRecorder;
   metrics?: OperatorMetrics;
   clock?: Clock;
@@ -160,6 +164,11 @@ export class ToolSetController {
   /** Reconciles these ToolSets (`namespace/name`) soon, e.g. when their pods' sidecars changed. */
   refresh(keys: readonly string[]): void {
     for (const key of keys) this.enqueue(key);
+  }
+
+  /** Reconciles every ToolSet soon, e.g. once their pods' sidecars are known after a leader start. */
+  refreshAll(): void {
+    this.enqueueAll();
   }
 
   private enqueue(key: string): void {
@@ -277,7 +286,7 @@ export class ToolSetController {
           message: `ConfigMap ${cmName} holds ${tools} tool ${tools === 1 ? 'entry' : 'entries'}`,
         },
         this.restartCondition(toolset, namespace),
-        ...this.sidecarCondition(toolset, namespace),
+        ...this.sidecarCondition(toolset, namespace, cached),
       ],
     });
     return 'ok';
@@ -370,12 +379,19 @@ export class ToolSetController {
     };
   }
 
-  /** One line naming the pods whose sidecar does not work, and why; none where nobody looks for them. */
-  private sidecarCondition(toolset: ToolSet, namespace: string): ConditionInput[] {
+  /**
+   * One line naming the pods whose sidecar does not work, and why; none where nobody looks for them.
+   * Before the reporter's first look the stored condition is kept as it is (or left out): an empty list
+   * then means "not looked yet", not "all ready".
+   */
+  private sidecarCondition(toolset: ToolSet, namespace: string, cached: ToolSetObject): ConditionInput[] {
     if (!this.o.sidecarProblems) return [];
-    const problems = [...this.o.sidecarProblems(namespace, toolset.metadata.name)].sort((a, b) =>
-      a.name.localeCompare(b.name),
-    );
+    const found = this.o.sidecarProblems(namespace, toolset.metadata.name);
+    if (found === undefined) {
+      const stored = condition(this.currentStatus(cached), SIDECARS_READY);
+      return stored ? [asInput(stored)] : [];
+    }
+    const problems = [...found].sort((a, b) => a.name.localeCompare(b.name));
     if (problems.length === 0) {
       return [{ type: SIDECARS_READY, status: 'True', reason: 'SidecarsReady', message: '' }];
     }
@@ -391,15 +407,18 @@ export class ToolSetController {
     ];
   }
 
+  /** The status as stored: the cached one, or what this controller wrote since the cache showed it. */
+  private currentStatus(cached: ToolSetObject): ToolSetStatus | undefined {
+    const memo = this.statusMemo.get(toolSetKey(cached.metadata.namespace, cached.metadata.name));
+    return memo && memo.before === cached.metadata.resourceVersion ? memo.status : cached.status;
+  }
+
   /** Writes status through the status subresource when it differs; true when it wrote. */
   private async writeStatus(
     cached: ToolSetObject,
     input: Parameters<typeof buildStatus>[1],
   ): Promise<boolean> {
-    const key = toolSetKey(cached.metadata.namespace, cached.metadata.name);
-    const version = cached.metadata.resourceVersion;
-    const memo = this.statusMemo.get(key);
-    const current = memo && memo.before === version ? memo.status : cached.status;
+    const current = this.currentStatus(cached);
     const next = buildStatus(current, input, this.clock.now());
     if (sameStatus(current, next)) return false;
     await this.o.customObjects.patchNamespacedCustomObjectStatus(
@@ -412,7 +431,10 @@ export class ToolSetController {
       },
       merge,
     );
-    this.statusMemo.set(key, { before: version, status: next });
+    this.statusMemo.set(toolSetKey(cached.metadata.namespace, cached.metadata.name), {
+      before: cached.metadata.resourceVersion,
+      status: next,
+    });
     const ready = condition(next, READY);
     this.o.logger.info(
       {
@@ -435,15 +457,18 @@ export function injectionOf(pod: V1Pod): ReturnType<typeof readInjection> {
 
 /** The conditions other than Ready, kept as they are when this reconcile cannot work them out anew. */
 function carriedOver(t: ToolSetObject): ConditionInput[] {
-  return (t.status?.conditions ?? [])
-    .filter((c) => c.type !== READY)
-    .map((c) => ({
-      type: c.type,
-      status: c.status,
-      reason: c.reason,
-      message: c.message,
-      ...(c.observedGeneration !== undefined ? { observedGeneration: c.observedGeneration } : {}),
-    }));
+  return (t.status?.conditions ?? []).filter((c) => c.type !== READY).map(asInput);
+}
+
+/** A stored condition to be written again as it is (its observedGeneration too). */
+function asInput(c: StatusCondition): ConditionInput {
+  return {
+    type: c.type,
+    status: c.status,
+    reason: c.reason,
+    message: c.message,
+    ...(c.observedGeneration !== undefined ? { observedGeneration: c.observedGeneration } : {}),
+  };
 }
 
 function ownerOf(cm: V1ConfigMap): V1OwnerReference | undefined {

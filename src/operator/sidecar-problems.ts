@@ -50,6 +50,8 @@ export interface SidecarProblemOptions {
   clock?: Clock;
   /** Called with the ToolSets (`namespace/name`) whose list of pods with a problem changed. */
   onToolSetsChanged?: (keys: string[]) => void;
+  /** Called once the first look after start() is done: every ToolSet's list is known from then on. */
+  onFirstCheck?: () => void;
   /** Pod events are gathered for this long before the pods are looked at again. */
   debounceMs?: number;
   /** Looked at again this often without events: `not_ready` comes with time alone. */
@@ -135,6 +137,8 @@ export class SidecarProblemReporter {
   /** The reason each pod was last reported with (by uid): one Event per pod and reason. */
   private readonly reported = new Map<string, string>();
   private last: SidecarProblem[] = [];
+  /** The pods have been looked at since start(): until then nobody knows which have a problem. */
+  private checked = false;
   private readonly clock: Clock;
 
   constructor(private readonly o: SidecarProblemOptions) {
@@ -147,8 +151,9 @@ export class SidecarProblemReporter {
     return this.last;
   }
 
-  /** The pods with a problem that belong to one ToolSet. */
-  forToolSet(namespace: string, name: string): SidecarProblem[] {
+  /** The pods with a problem that belong to one ToolSet; undefined before the first look after start(). */
+  forToolSet(namespace: string, name: string): SidecarProblem[] | undefined {
+    if (!this.checked) return undefined;
     return this.last.filter((p) => p.namespace === namespace && p.toolset === name);
   }
 
@@ -159,17 +164,20 @@ export class SidecarProblemReporter {
     this.recheck.unref();
   }
 
+  /**
+   * Not leading any more: forgets what it found and zeroes its gauges. It tells no ToolSet anything:
+   * what it found is still true, and the next leader's first look writes what is true then.
+   */
   stop(): void {
     this.active = false;
+    this.checked = false;
     clearTimeout(this.timer);
     clearInterval(this.recheck);
     this.timer = undefined;
-    const before = this.last;
     this.last = [];
     this.reported.clear();
     this.o.metrics?.uninjectedPods(0);
     this.o.metrics?.sidecarProblems([]);
-    this.notify(before, []);
   }
 
   /** Pod events from any source land here: the newest state is read when the timer fires. */
@@ -204,12 +212,15 @@ export class SidecarProblemReporter {
     const problems = found.map((f) => f.problem);
     if (!this.active) return problems;
     const before = this.last;
+    const first = !this.checked;
     this.last = problems;
+    this.checked = true;
     this.o.metrics?.uninjectedPods(problems.filter((p) => p.reason === NOT_INJECTED).length);
     this.o.metrics?.sidecarProblems(problems);
     const present = new Set(problems.map((p) => p.uid));
     for (const uid of this.reported.keys()) if (!present.has(uid)) this.reported.delete(uid);
-    this.notify(before, problems);
+    if (first) this.o.onFirstCheck?.();
+    else this.notify(before, problems);
     for (const { pod, problem } of found) {
       if (this.reported.get(problem.uid) === problem.reason) continue;
       this.reported.set(problem.uid, problem.reason);

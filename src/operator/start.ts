@@ -221,6 +221,7 @@ export class ControlPlane {
       logger,
       clock,
       onToolSetsChanged: (keys) => this.controller.refresh(keys),
+      onFirstCheck: () => this.controller.refreshAll(),
       debounceMs: timing.problemDebounceMs,
       recheckMs: timing.problemRecheckMs,
     });
@@ -355,8 +356,10 @@ export class ControlPlane {
     if (!this.leading) return;
     this.leading = false;
     this.metrics.leading(false);
+    // The controller first: a reconcile after the reporter stopped would take its emptied list for "all ready".
+    await this.controller.stop();
     this.sidecarProblems.stop();
-    await Promise.all([this.controller.stop(), this.namespacePods.stop()]);
+    await this.namespacePods.stop();
     this.logger.info({ identity: this.o.config.podName }, 'Stopped leading');
   }
 }

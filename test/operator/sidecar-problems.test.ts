@@ -28,7 +28,12 @@ afterEach(async () => {
   await api.close();
 });
 
-function controlPlane(user: string, metrics: OperatorMetrics, leaderElection = false): ControlPlane {
+function controlPlane(
+  user: string,
+  metrics: OperatorMetrics,
+  leaderElection = false,
+  timing: { problemDebounceMs?: number } = {},
+): ControlPlane {
   const plane = new ControlPlane({
     kc: api.kubeConfig(user),
     config: {
@@ -50,6 +55,7 @@ function controlPlane(user: string, metrics: OperatorMetrics, leaderElection = f
       leaseDurationMs: 1000,
       renewDeadlineMs: 700,
       retryPeriodMs: 100,
+      ...timing,
     },
   });
   planes.push(plane);
@@ -432,5 +438,54 @@ describe('sidecar problems', () => {
     set('backend-4-b', status(new Date()));
     await expect.poll(() => problems(metrics), POLL).toEqual({ '{namespace="voice",reason="not_ready"}': 1 });
     expect(plane.sidecarProblems.pods.map((p) => p.name)).toEqual(['backend-4-a']);
+  });
+});
+
+/** The SidecarsReady conditions of the ToolSet's status writes since write number `from`. */
+const sidecarsReadyWrites = (from: number) =>
+  api.writes
+    .slice(from)
+    .filter((w) => w.resource === 'toolsets' && w.subresource === 'status' && w.changed)
+    .map(
+      (w) =>
+        (w.object.status as { conditions?: Record<string, string>[] } | undefined)?.conditions?.find(
+          (c) => c.type === 'SidecarsReady',
+        ) ?? null,
+    );
+
+describe('SidecarsReady across leaders', () => {
+  it('is neither written True at a leader start before its first look at the pods, nor written at all at a step-down', async () => {
+    const a = controlPlane('operator-a', new OperatorMetrics({ defaultMetrics: false }));
+    await a.start();
+    await readyToolSet();
+    pod('backend-1-a', replicaSet('backend-1'), OPTED_IN);
+    await expect.poll(() => sidecarsReady()?.status, POLL).toBe('False');
+    const found = sidecarsReady();
+
+    // Stepping down says nothing about the pods: backend-1-a still runs without its sidecar.
+    let from = api.writes.length;
+    await a.stop();
+    await sleep(100);
+    expect(sidecarsReadyWrites(from)).toEqual([]);
+
+    // The next leader reconciles every ToolSet at once, well before its first look at the pods: the
+    // condition stays as it was (same lastTransitionTime), and after the look there is nothing to change.
+    from = api.writes.length;
+    const metrics = new OperatorMetrics({ defaultMetrics: false });
+    const b = controlPlane('operator-b', metrics, false, { problemDebounceMs: 500 });
+    await b.start();
+    await expect.poll(() => gauge(metrics), POLL).toBe(1);
+    await sleep(200);
+    expect(sidecarsReadyWrites(from)).toEqual([]);
+    expect(sidecarsReady()).toEqual(found);
+    await b.stop();
+
+    // Fixed while nobody led: the next leader's first look writes that, though its list did not change.
+    api.delete('pods', NS, 'backend-1-a');
+    from = api.writes.length;
+    const c = controlPlane('operator-c', new OperatorMetrics({ defaultMetrics: false }));
+    await c.start();
+    await expect.poll(() => sidecarsReady()?.status, POLL).toBe('True');
+    expect(sidecarsReadyWrites(from).map((s) => s?.status)).toEqual(['True']);
   });
 });
