@@ -11,7 +11,7 @@
  * made it) saying what to do, and their ToolSet lists them in its status. Run by the leader only, so
  * replicas neither repeat the Events nor add up the gauges.
  */
-import type { V1ContainerStatus, V1Pod } from '@kubernetes/client-node';
+import type { V1ContainerStateTerminated, V1Pod } from '@kubernetes/client-node';
 import type { Logger } from '../telemetry/log.js';
 import type { OperatorMetrics } from '../telemetry/operator-metrics.js';
 import type { ToolSet } from '../toolset/schema.js';
@@ -78,31 +78,46 @@ const STARTING = new Set(['ContainerCreating', 'PodInitializing']);
 /** Beyond the startup probe's own window: the kubelet may take a while to pull and start. */
 const STARTUP_WINDOW_MS = (SIDECAR_STARTUP_SECONDS + 60) * 1000;
 
-/** What is wrong with the pod's sidecar, now, or undefined when it is fine (or still starting). */
+/**
+ * What is wrong with the pod's sidecar, now, or undefined when it is fine (or still starting). The
+ * startup window runs from the sidecar's first start (or the pod's start, while it has not started):
+ * a sidecar that has restarted and is not ready is a problem at once, whatever its current state, so
+ * a crash loop (waiting in back-off, running again, exiting again) stays one problem with one reason
+ * (the last exit's) and one detail, rather than clearing at every restart. The kubelet's back-off
+ * message (`back-off 20s restarting ...`) changes at every restart and is left out, so the Events
+ * repeat the same message and add up.
+ */
 export function sidecarStatusProblem(pod: V1Pod, now: Date): { reason: string; detail: string } | undefined {
   const status = [
     ...(pod.status?.initContainerStatuses ?? []),
     ...(pod.status?.containerStatuses ?? []),
   ].find((s) => s.name === SIDECAR_NAME);
   if (!status) return undefined;
-  const since = (s: V1ContainerStatus) =>
-    new Date(s.state?.running?.startedAt ?? pod.status?.startTime ?? pod.metadata?.creationTimestamp ?? now);
-  const late = now.getTime() - since(status).getTime() > STARTUP_WINDOW_MS;
+  const podStart = pod.status?.startTime ?? pod.metadata?.creationTimestamp ?? now;
+  // Before any restart the current start is the first one.
+  const since = new Date(status.state?.running?.startedAt ?? podStart);
+  const late = now.getTime() - since.getTime() > STARTUP_WINDOW_MS;
   const waiting = status.state?.waiting;
+  const exited = status.state?.terminated ?? status.lastState?.terminated;
+  const restarted = (status.restartCount ?? 0) > 0;
   if (waiting) {
     const reason = waiting.reason ?? 'Waiting';
+    if (reason === 'CrashLoopBackOff' || (restarted && STARTING.has(reason))) return crashed(exited);
     if (STARTING.has(reason)) return late ? { reason: NOT_READY, detail: `still ${reason}` } : undefined;
     return { reason, detail: waiting.message ?? '' };
   }
-  const terminated = status.state?.terminated;
-  if (terminated) {
-    return {
-      reason: terminated.reason ?? 'Terminated',
-      detail: `exit code ${terminated.exitCode}${terminated.message ? `: ${terminated.message}` : ''}`,
-    };
-  }
+  if (status.state?.terminated || (restarted && !status.ready)) return crashed(exited);
   if (!status.ready && late) return { reason: NOT_READY, detail: 'running but not ready' };
   return undefined;
+}
+
+/** A sidecar that exited (and may be in back-off): named by its last exit, which restarts do not change. */
+function crashed(exited: V1ContainerStateTerminated | undefined): { reason: string; detail: string } {
+  if (!exited) return { reason: 'CrashLoopBackOff', detail: '' };
+  return {
+    reason: exited.reason ?? 'Error',
+    detail: `exit code ${exited.exitCode}${exited.message ? `: ${exited.message}` : ''}`,
+  };
 }
 
 /** The fix, by reason: what on-call should do first. */

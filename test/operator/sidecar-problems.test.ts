@@ -489,3 +489,89 @@ describe('SidecarsReady across leaders', () => {
     expect(sidecarsReadyWrites(from).map((s) => s?.status)).toEqual(['True']);
   });
 });
+
+describe('a crash-looping sidecar', () => {
+  it('keeps SidecarsReady False through its restarts, named by its last exit, with one Event that adds up', async () => {
+    const plane = controlPlane('operator', new OperatorMetrics({ defaultMetrics: false }));
+    await plane.start();
+    await readyToolSet();
+    await expect.poll(() => plane.lookup(NS).config('assistant'), POLL).toBeDefined();
+    await expect.poll(() => sidecarsReady()?.status, POLL).toBe('True');
+    const rs = replicaSet('backend-5');
+    const template = injectBackend(NS, plane.lookup(NS), OPTED_IN);
+    pod('backend-5-a', rs, template.metadata!.labels!, { spec: template.spec, status: { phase: 'Pending' } });
+    const startTime = new Date(Date.now() - 3600_000).toISOString();
+    /** What the kubelet reports, and the reporter's look at it once the cache has it. */
+    const kubelet = async (restartCount: number, state: Record<string, unknown>, ready = false) => {
+      const updated = api.update(
+        'pods',
+        {
+          ...api.get('pods', NS, 'backend-5-a')!,
+          status: {
+            phase: ready ? 'Running' : 'Pending',
+            startTime,
+            initContainerStatuses: [
+              {
+                name: 'earpiece-proxy',
+                image: 'earpiece',
+                imageID: '',
+                ready,
+                started: ready,
+                restartCount,
+                state,
+                ...(restartCount > 0
+                  ? {
+                      lastState: {
+                        terminated: {
+                          exitCode: 1,
+                          reason: 'Error',
+                          startedAt: startTime,
+                          finishedAt: startTime,
+                        },
+                      },
+                    }
+                  : {}),
+              },
+            ],
+          },
+        },
+        'status',
+      );
+      await expect
+        .poll(() => plane.injectedPods.get('backend-5-a', NS)?.metadata?.resourceVersion, POLL)
+        .toBe(updated.metadata.resourceVersion);
+      return (await plane.sidecarProblems.check()).map((p) => p.reason);
+    };
+    const from = api.writes.length;
+    // Each restart: back-off (its message doubling), then running again and not ready, then exiting.
+    const seen: string[][] = [];
+    for (let restart = 1; restart <= 4; restart++) {
+      seen.push(
+        await kubelet(restart, {
+          waiting: {
+            reason: 'CrashLoopBackOff',
+            message: `back-off ${10 * 2 ** (restart - 1)}s restarting failed container=earpiece-proxy pod=backend-5-a`,
+          },
+        }),
+      );
+      seen.push(await kubelet(restart, { running: { startedAt: new Date().toISOString() } }));
+    }
+    expect(seen).toEqual(Array(8).fill(['Error']));
+    await sleep(200);
+    const writes = sidecarsReadyWrites(from);
+    expect(writes.map((c) => c?.status)).toEqual(['False']);
+    expect(writes[0]!.message).toMatch(/^pods backend-5-a \(Error\) have no working/);
+    const events = () => api.list('events', NS).filter((e) => e.reason === 'SidecarNotReady');
+    expect(events()).toHaveLength(1);
+    expect(events()[0]!.message).toBe(
+      `pod backend-5-a: the earpiece-proxy sidecar keeps exiting (exit code 1); as a native sidecar it holds the app container back. See kubectl -n ${NS} logs backend-5-a -c earpiece-proxy --previous`,
+    );
+
+    // Ready at last, then crashing again later: the same Event again, so its count goes up.
+    await kubelet(5, { running: { startedAt: new Date().toISOString() } }, true);
+    await expect.poll(() => sidecarsReady()?.status, POLL).toBe('True');
+    await kubelet(6, { waiting: { reason: 'CrashLoopBackOff', message: 'back-off 5m0s restarting failed' } });
+    await expect.poll(() => sidecarsReady()?.status, POLL).toBe('False');
+    await expect.poll(() => events().map((e) => e.count), POLL).toEqual([2]);
+  });
+});
