@@ -14,10 +14,11 @@ import { DEFAULT_SIDECAR } from '../../src/operator/sidecar.js';
 import { ControlPlane, startOperator, type Timing } from '../../src/operator/start.js';
 import { createLogger } from '../../src/telemetry/log.js';
 import { OperatorMetrics } from '../../src/telemetry/operator-metrics.js';
-import { MAX_CONDITION_MESSAGE } from '../../src/toolset/index.js';
+import { MAX_CONDITION_MESSAGE, MAX_TOOLSET_BYTES } from '../../src/toolset/index.js';
 import { secretEnvName } from '../../src/toolset/values.js';
 import { injectBackend } from '../support/backend-pod.js';
 import { type FakeApiServer, type KObject, startFakeApiServer } from '../support/fake-apiserver.js';
+import { toolSetOfSize } from '../support/large-toolset.js';
 import { testOperatorConfig } from '../support/scripted-operator.js';
 
 const NS = 'voice';
@@ -285,6 +286,19 @@ describe('ToolSet controller', () => {
     expect(ready('assistant')).toMatchObject({ reason: 'Valid', lastTransitionTime: '2026-01-01T00:03:00Z' });
     await expect.poll(() => renderedTools('assistant')?.[0]?.timeout, POLL).toBe('4s');
     expect(stored('assistant')!.status).toMatchObject({ observedGeneration: 4 });
+  });
+
+  it('refuses a ToolSet too large for its ConfigMap rather than retry a write the API server refuses', async () => {
+    const plane = controlPlane();
+    await plane.start();
+    api.create('toolsets', toolSetOfSize(MAX_TOOLSET_BYTES + 1, 'big', NS) as unknown as KObject);
+    await expect.poll(() => ready('big')?.status, POLL).toBe('False');
+    expect(ready('big')).toMatchObject({ reason: 'InvalidToolSet' });
+    expect(ready('big')!.message).toContain(
+      `spec: renders to ${MAX_TOOLSET_BYTES + 1} bytes of configuration, more than the ${MAX_TOOLSET_BYTES} (1008 KiB) a ToolSet may have`,
+    );
+    await settled(plane, 'big');
+    expect(configMap('big')).toBeUndefined();
   });
 
   it('injects the last valid configuration while the ToolSet is invalid', async () => {

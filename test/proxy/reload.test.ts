@@ -275,7 +275,7 @@ describe('ToolSet reload', () => {
 
     const large = stringify(toolsetDoc(spec('large_tool')));
     await replaceWith((tmp) => writeFile(tmp, `${large}#${'x'.repeat(1024 * 1024)}\n`));
-    expect(rejections().at(-1)).toBe(`${harness.toolsetPath}: is larger than 1 MiB`);
+    expect(rejections().at(-1)).toBe(`${harness.toolsetPath}: is larger than 1008 KiB`);
 
     const tmp = join(harness.dir, '.toolset.yaml.tmp');
     await writeFile(tmp, stringify(toolsetDoc(spec('second_tool'))));
