@@ -8,10 +8,10 @@
  * annotations, and the webhook reads them from there rather than from the ToolSet as it is now.
  */
 import type { V1ConfigMap } from '@kubernetes/client-node';
-import { parse, stringify } from 'yaml';
+import { parse } from 'yaml';
 import { specHash } from '../toolset/defaults.js';
 import type { ToolSet } from '../toolset/schema.js';
-import { renderForSidecar, type SecretEnv, secretEnvName } from '../toolset/values.js';
+import { renderForSidecar, renderSidecarText, type SecretEnv, secretEnvName } from '../toolset/values.js';
 import { ANNOTATION_SECRET_ENV, ANNOTATION_TOOLSET_HASH, configMapName } from './sidecar.js';
 
 export const CONFIG_KEY = 'toolset.yaml';
@@ -41,15 +41,9 @@ export function injectionConfig(toolset: ToolSet): InjectionConfig {
  * on change.
  */
 export function renderConfigMap(toolset: ToolSet, namespace?: string): V1ConfigMap {
-  const rendered = renderForSidecar(toolset);
+  const rendered = renderSidecarText(toolset, namespace);
   const name = toolset.metadata.name;
   const ns = toolset.metadata.namespace ?? namespace;
-  const document = {
-    apiVersion: rendered.toolset.apiVersion,
-    kind: rendered.toolset.kind,
-    metadata: { name, ...(ns ? { namespace: ns } : {}) },
-    spec: rendered.toolset.spec,
-  };
   return {
     apiVersion: 'v1',
     kind: 'ConfigMap',
@@ -66,7 +60,7 @@ export function renderConfigMap(toolset: ToolSet, namespace?: string): V1ConfigM
         [ANNOTATION_SECRET_ENV]: JSON.stringify(rendered.env),
       },
     },
-    data: { [CONFIG_KEY]: stringify(document, { lineWidth: 0 }) },
+    data: { [CONFIG_KEY]: rendered.text },
   };
 }
 

@@ -39,7 +39,7 @@ import type { EventRecorder } from './events.js';
 import type { InformerSet } from './informers.js';
 import { readInjection } from './patch.js';
 import { WorkQueue } from './queue.js';
-import { configMapName, LABEL_OPERATOR } from './sidecar.js';
+import { APP_URL_ENV, configMapName, LABEL_OPERATOR, UPSTREAM_ENV } from './sidecar.js';
 import type { SidecarProblem } from './sidecar-problems.js';
 import {
   buildStatus,
@@ -343,12 +343,19 @@ export class ToolSetController {
   }
 
   /**
-   * Pods injected before a new secretKeyRef was added lack its env var; a ConfigMap reload cannot give
-   * it to them. Name them; restarting them is the user's call (it ends live voice sessions).
+   * Pods a ConfigMap reload cannot bring up to date; restarting them is the user's call (it ends live
+   * voice sessions), so they are only named:
+   * - pods injected before a new secretKeyRef was added lack its env var;
+   * - pods injected under the other answer to "does the ToolSet name spec.upstream.url?": one handed the
+   *   app's KYUTAI_LLM_URL as EARPIECE_UPSTREAM_URL keeps that server (the env var overrides
+   *   spec.upstream.url), and one injected while the ToolSet named its upstream was never handed the
+   *   app's own URL, so after spec.upstream.url is removed its sidecar keeps the last one it loaded.
    */
   private restartCondition(toolset: ToolSet, namespace: string): ConditionInput {
     const needed = renderForSidecar(toolset).env;
+    const upstreamNamed = toolset.spec.upstream?.url !== undefined;
     const lacking: { pod: string; secrets: string[] }[] = [];
+    const upstreamStale: string[] = [];
     for (const pod of this.o.pods.list(namespace)) {
       if (pod.metadata?.deletionTimestamp || ['Succeeded', 'Failed'].includes(pod.status?.phase ?? ''))
         continue;
@@ -362,20 +369,38 @@ export class ToolSetController {
           secrets: missing.map((e) => `${e.secretKeyRef.name}/${e.secretKeyRef.key}`),
         });
       }
+      if (injection.upstreamHandedOver === upstreamNamed) upstreamStale.push(pod.metadata?.name ?? '');
     }
-    if (lacking.length === 0) {
+    if (lacking.length === 0 && upstreamStale.length === 0) {
       return { type: RESTART_REQUIRED, status: 'False', reason: 'PodsUpToDate', message: '' };
     }
-    lacking.sort((a, b) => a.pod.localeCompare(b.pod));
-    // Both lists are capped, so the message stays far below MAX_CONDITION_MESSAGE and the advice at
+    // Every list is capped, so the message stays far below MAX_CONDITION_MESSAGE and the advice at
     // its end is never cut off (a ToolSet may name thousands of Secrets, each name/key up to 507 characters).
-    const pods = listed(lacking.map((l) => l.pod));
-    const secrets = listed([...new Set(lacking.flatMap((l) => l.secrets))].sort());
+    const parts: string[] = [];
+    if (lacking.length > 0) {
+      lacking.sort((a, b) => a.pod.localeCompare(b.pod));
+      const pods = listed(lacking.map((l) => l.pod));
+      const secrets = listed([...new Set(lacking.flatMap((l) => l.secrets))].sort());
+      parts.push(`pods ${pods} started before secret ${secrets} was added and lack its env var`);
+    }
+    if (upstreamStale.length > 0) {
+      const pods = listed(upstreamStale.sort());
+      parts.push(
+        upstreamNamed
+          ? `pods ${pods} were injected while the ToolSet named no spec.upstream.url; their sidecar's ${UPSTREAM_ENV} (the app's own ${APP_URL_ENV}) overrides spec.upstream.url, so they still forward to that server`
+          : `pods ${pods} were injected while the ToolSet named spec.upstream.url and were not handed the app's own ${APP_URL_ENV}; they keep forwarding to the last spec.upstream.url they loaded`,
+      );
+    }
     return {
       type: RESTART_REQUIRED,
       status: 'True',
-      reason: 'SecretEnvMissing',
-      message: `pods ${pods} started before secret ${secrets} was added and lack its env var; restart them (e.g. kubectl rollout restart) to use it`,
+      reason:
+        upstreamStale.length === 0
+          ? 'SecretEnvMissing'
+          : lacking.length === 0
+            ? 'UpstreamChanged'
+            : 'PodsOutdated',
+      message: `${parts.join('; ')}; restart them (e.g. kubectl rollout restart) to use it`,
     };
   }
 

@@ -501,10 +501,16 @@ function upstreamFor(
   return { ok: true, env: { name: UPSTREAM_ENV, value } };
 }
 
-/** What an injected pod carries: its ToolSet, the hash it was injected with, and its secret env vars. */
+/**
+ * What an injected pod carries: its ToolSet, the hash it was injected with, its secret env vars, and
+ * whether the sidecar was handed the app's KYUTAI_LLM_URL as EARPIECE_UPSTREAM_URL (it was injected for
+ * a configuration that named no spec.upstream.url).
+ */
 export function readInjection(
   template: PodTemplate,
-): { toolset: string; hash: string | undefined; secretEnv: string[] } | undefined {
+):
+  | { toolset: string; hash: string | undefined; secretEnv: string[]; upstreamHandedOver: boolean }
+  | undefined {
   const spec = template.spec;
   const sidecar = [...(spec?.initContainers ?? []), ...(spec?.containers ?? [])].find(
     (c) => c.name === SIDECAR_NAME,
@@ -515,5 +521,6 @@ export function readInjection(
     toolset: volume.slice(configMapName('').length),
     hash: template.metadata?.annotations?.[ANNOTATION_TOOLSET_HASH],
     secretEnv: (sidecar.env ?? []).filter((e) => e.valueFrom?.secretKeyRef).map((e) => e.name),
+    upstreamHandedOver: (sidecar.env ?? []).some((e) => e.name === UPSTREAM_ENV),
   };
 }

@@ -83,8 +83,24 @@ export async function startProxy(options: ProxyOptions): Promise<RunningProxy> {
   }
   const telemetry = options.telemetry ?? (await createTelemetry({ logger }));
 
-  const upstreamFor = (toolset: ResolvedToolSet): Upstream => {
-    const url = options.upstreamUrl ?? toolset.upstream.url ?? DEFAULT_UPSTREAM_URL;
+  /**
+   * --upstream (EARPIECE_UPSTREAM_URL) overrides spec.upstream.url. An edit that drops spec.upstream.url
+   * with neither set keeps the server in use: in a pod injected for a ToolSet that named its upstream,
+   * the app's KYUTAI_LLM_URL points at this proxy and the sidecar was never handed the app's own, so the
+   * built-in default would be a server nobody runs (the operator's RestartRequired names such pods).
+   */
+  const upstreamFor = (toolset: ResolvedToolSet, previous?: ActiveToolSet): Upstream => {
+    let url = options.upstreamUrl ?? toolset.upstream.url;
+    if (url === undefined && previous) {
+      url = previous.upstream.options.url;
+      if (previous.toolset.upstream.url !== undefined) {
+        logger.warn(
+          { toolset: toolset.name, upstream: previous.upstream.origin },
+          "The changed ToolSet names no spec.upstream.url and no --upstream or EARPIECE_UPSTREAM_URL is set: kept the upstream in use. Set spec.upstream.url, or restart the proxy (in a pod, restart the pod so the webhook hands it the app's KYUTAI_LLM_URL).",
+        );
+      }
+    }
+    url ??= DEFAULT_UPSTREAM_URL;
     const apiKey = toolset.upstream.apiKey
       ? resolveValue(toolset.upstream.apiKey, 'spec.upstream.apiKey', env)
       : undefined;
@@ -114,7 +130,7 @@ export async function startProxy(options: ProxyOptions): Promise<RunningProxy> {
     });
     let upstream: Upstream | undefined;
     try {
-      upstream = upstreamFor(toolset);
+      upstream = upstreamFor(toolset, previous);
       const sameUpstream = previous && previous.upstream.origin === upstream.origin;
       // Tool names are the only tool label values the metrics accept; MCP servers add theirs as they list them.
       const announce = () =>

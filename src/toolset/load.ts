@@ -9,7 +9,7 @@ import { constants, type FSWatcher, watch } from 'node:fs';
 import { open, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { stringify } from 'yaml';
-import { toolSetDocument } from './api.js';
+import { MAX_TOOLSET_BYTES, toolSetDocument } from './api.js';
 import { type ResolvedToolSet, resolveToolSet } from './defaults.js';
 import { type Issue, parseToolSet } from './validate.js';
 import { unresolvableValues } from './values.js';
@@ -27,9 +27,6 @@ export function loadToolSetText(text: string, env: NodeJS.ProcessEnv = process.e
   return { ok: true, toolset: resolveToolSet(parsed.toolset), text };
 }
 
-/** A ConfigMap holds at most 1 MiB; a ToolSet is a few KB. */
-export const MAX_TOOLSET_BYTES = 1024 * 1024;
-
 /** `missing`: there is no file at the path (a rename or symlink swap in progress, perhaps). */
 export type ReadResult = { ok: true; text: string } | { ok: false; issue: Issue; missing: boolean };
 
@@ -41,7 +38,7 @@ export async function writeToolSetFile(dir: string, name: string, spec: unknown)
 }
 
 /**
- * Reads a ToolSet file: a regular file of at most MAX_TOOLSET_BYTES. The open does not block, so a
+ * Reads a ToolSet file: a regular file of at most MAX_TOOLSET_BYTES (what the operator renders at most). The open does not block, so a
  * FIFO or device put in the file's place is refused at once instead of holding a thread forever.
  */
 export async function readToolSetFile(path: string): Promise<ReadResult> {
@@ -67,7 +64,7 @@ export async function readToolSetFile(path: string): Promise<ReadResult> {
       const { bytesRead } = await handle.read(buffer, length, buffer.length - length, null);
       if (bytesRead === 0) break;
       length += bytesRead;
-      if (length > MAX_TOOLSET_BYTES) return refuse(`is larger than ${MAX_TOOLSET_BYTES / 1024 / 1024} MiB`);
+      if (length > MAX_TOOLSET_BYTES) return refuse(`is larger than ${MAX_TOOLSET_BYTES / 1024} KiB`);
     }
     return { ok: true, text: buffer.toString('utf8', 0, length) };
   } catch (err) {

@@ -7,10 +7,12 @@ import type { RegExpEngine } from 'ajv/dist/types/index.js';
 import addFormats from 'ajv-formats';
 import { RE2JS } from 're2js';
 import { parseDocument, type YAMLError } from 'yaml';
+import { MAX_TOOLSET_BYTES } from './api.js';
 import { DURATION_FORMS, isDuration, MAX_DURATION, MAX_DURATION_MS, parseDuration } from './duration.js';
 import type { ToolSet, ToolSpec, ValueRef } from './schema.js';
 import { validate as generatedValidator } from './toolset-validator.generated.js';
 import { checkUrlTemplate, templateVariables } from './url-template.js';
+import { renderSidecarText } from './values.js';
 
 export interface Issue {
   path: string;
@@ -458,7 +460,27 @@ export function validateToolSet(doc: unknown): ParseResult {
     return { ok: false, issues: dedupe([...issues, ...semanticIssues(doc as ToolSet)]) };
   }
   const issues = semanticIssues(doc);
+  if (issues.length === 0) issues.push(...sizeIssues(doc));
   return issues.length ? { ok: false, issues } : { ok: true, toolset: doc, issues: [] };
+}
+
+/** The longest namespace name (a DNS label): a ToolSet without one is rendered into its pods' namespace. */
+const LONGEST_NAMESPACE = 'n'.repeat(63);
+
+/**
+ * A ToolSet must fit its ConfigMap (the API server refuses data over 1 MiB, and the write would be
+ * retried forever) and the proxy's file limit: the rendered configuration is measured as the
+ * controller, the webhook and `earpiece inject` write it, in the longest namespace when it names none.
+ */
+function sizeIssues(toolset: ToolSet): Issue[] {
+  const bytes = Buffer.byteLength(renderSidecarText(toolset, LONGEST_NAMESPACE).text);
+  if (bytes <= MAX_TOOLSET_BYTES) return [];
+  return [
+    {
+      path: 'spec',
+      message: `renders to ${bytes} bytes of configuration, more than the ${MAX_TOOLSET_BYTES} (${MAX_TOOLSET_BYTES / 1024} KiB) a ToolSet may have, as its ConfigMap holds at most 1 MiB; shorten tool descriptions, parameter schemas or instructions, or move tools to an MCP server`,
+    },
+  ];
 }
 
 /**

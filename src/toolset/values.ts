@@ -5,6 +5,7 @@
  * rendered config only ever holds `valueFrom.env` and no secret sits in a ConfigMap.
  */
 import { createHash } from 'node:crypto';
+import { stringify } from 'yaml';
 import type { ToolSetErrorCode } from './errors.js';
 import type { ToolSet, ValueRef } from './schema.js';
 
@@ -104,6 +105,23 @@ export function renderForSidecar(toolset: ToolSet): { toolset: ToolSet; env: Sec
     toolset: { ...rest, spec },
     env: [...env.values()].sort((a, b) => a.name.localeCompare(b.name)),
   };
+}
+
+/**
+ * The configuration the sidecar reads, as text: the ConfigMap's `toolset.yaml` (`namespace` where the
+ * ToolSet names none), with its secret env vars. Only content goes in, so the same spec always renders
+ * the same text.
+ */
+export function renderSidecarText(toolset: ToolSet, namespace?: string): { text: string; env: SecretEnv[] } {
+  const rendered = renderForSidecar(toolset);
+  const ns = toolset.metadata.namespace ?? namespace;
+  const document = {
+    apiVersion: rendered.toolset.apiVersion,
+    kind: rendered.toolset.kind,
+    metadata: { name: toolset.metadata.name, ...(ns ? { namespace: ns } : {}) },
+    spec: rendered.toolset.spec,
+  };
+  return { text: stringify(document, { lineWidth: 0 }), env: rendered.env };
 }
 
 /**

@@ -73,7 +73,7 @@ spec:
     expect(result.stderr.trim().split('\n')).toEqual([
       `${bomb}: (yaml): cannot be read: Excessive alias count indicates a resource exhaustion attack`,
       `${fifo}: is not a regular file`,
-      `${large}: is larger than 1 MiB`,
+      `${large}: is larger than 1008 KiB`,
     ]);
     await rm(dir, { recursive: true, force: true });
   });

@@ -14,10 +14,11 @@ import { DEFAULT_SIDECAR } from '../../src/operator/sidecar.js';
 import { ControlPlane, startOperator, type Timing } from '../../src/operator/start.js';
 import { createLogger } from '../../src/telemetry/log.js';
 import { OperatorMetrics } from '../../src/telemetry/operator-metrics.js';
-import { MAX_CONDITION_MESSAGE } from '../../src/toolset/index.js';
+import { MAX_CONDITION_MESSAGE, MAX_TOOLSET_BYTES } from '../../src/toolset/index.js';
 import { secretEnvName } from '../../src/toolset/values.js';
 import { injectBackend } from '../support/backend-pod.js';
 import { type FakeApiServer, type KObject, startFakeApiServer } from '../support/fake-apiserver.js';
+import { toolSetOfSize } from '../support/large-toolset.js';
 import { testOperatorConfig } from '../support/scripted-operator.js';
 
 const NS = 'voice';
@@ -287,6 +288,19 @@ describe('ToolSet controller', () => {
     expect(stored('assistant')!.status).toMatchObject({ observedGeneration: 4 });
   });
 
+  it('refuses a ToolSet too large for its ConfigMap rather than retry a write the API server refuses', async () => {
+    const plane = controlPlane();
+    await plane.start();
+    api.create('toolsets', toolSetOfSize(MAX_TOOLSET_BYTES + 1, 'big', NS) as unknown as KObject);
+    await expect.poll(() => ready('big')?.status, POLL).toBe('False');
+    expect(ready('big')).toMatchObject({ reason: 'InvalidToolSet' });
+    expect(ready('big')!.message).toContain(
+      `spec: renders to ${MAX_TOOLSET_BYTES + 1} bytes of configuration, more than the ${MAX_TOOLSET_BYTES} (1008 KiB) a ToolSet may have`,
+    );
+    await settled(plane, 'big');
+    expect(configMap('big')).toBeUndefined();
+  });
+
   it('injects the last valid configuration while the ToolSet is invalid', async () => {
     const plane = controlPlane();
     await plane.start();
@@ -489,6 +503,78 @@ describe('ToolSet controller', () => {
     // The pod goes (a rollout restart): nothing left to restart.
     api.delete('pods', NS, 'backend-1');
     await expect.poll(() => restart()?.status, POLL).toBe('False');
+  });
+
+  /** A ToolSet with or without spec.upstream.url, and one pod injected for it by the webhook's builder. */
+  async function podInjectedFor(plane: ControlPlane, upstreamUrl: string | undefined): Promise<void> {
+    const created = toolset('assistant', [{ name: 'now', description: 'The time.', builtin: 'time' }]);
+    const spec = created.spec as Record<string, unknown>;
+    if (upstreamUrl === undefined) delete spec.upstream;
+    else spec.upstream = { url: upstreamUrl };
+    api.create('toolsets', created);
+    await expect.poll(() => ready('assistant')?.status, POLL).toBe('True');
+    await settled(plane, 'assistant');
+    const injectedTemplate = injectBackend(NS, plane.lookup(NS));
+    api.create('pods', {
+      apiVersion: 'v1',
+      kind: 'Pod',
+      metadata: { ...injectedTemplate.metadata, name: 'backend-1', namespace: NS },
+      spec: injectedTemplate.spec,
+      status: { phase: 'Running' },
+    } as KObject);
+    await expect.poll(() => plane.injectedPods.list(NS).length, POLL).toBe(1);
+  }
+  const restartRequired = () =>
+    (stored('assistant')?.status as { conditions?: Record<string, string>[] } | undefined)?.conditions?.find(
+      (c) => c.type === 'RestartRequired',
+    );
+
+  it('names the pods still on their handed-over upstream after spec.upstream.url is added', async () => {
+    const plane = controlPlane();
+    await plane.start();
+    // Injected while the ToolSet named no upstream: the sidecar got the app's KYUTAI_LLM_URL.
+    await podInjectedFor(plane, undefined);
+    await expect.poll(() => restartRequired()?.reason, POLL).toBe('PodsUpToDate');
+
+    // EARPIECE_UPSTREAM_URL overrides spec.upstream.url, so a reload leaves the pod on its old server.
+    edit('assistant', (spec) => {
+      spec.upstream = { url: 'http://new-vllm:8000' };
+    });
+    await expect.poll(() => restartRequired()?.status, POLL).toBe('True');
+    expect(restartRequired()).toMatchObject({ reason: 'UpstreamChanged' });
+    expect(restartRequired()!.message).toContain(
+      'pods backend-1 were injected while the ToolSet named no spec.upstream.url',
+    );
+    expect(restartRequired()!.message).toMatch(/restart them \(e\.g\. kubectl rollout restart\) to use it$/);
+    expect(ready('assistant')).toMatchObject({ status: 'True' });
+
+    // Back to no upstream: the pod's handed-over URL is right again.
+    edit('assistant', (spec) => {
+      delete spec.upstream;
+    });
+    await expect.poll(() => restartRequired()?.status, POLL).toBe('False');
+  });
+
+  it("names the pods never handed the app's upstream after spec.upstream.url is removed", async () => {
+    const plane = controlPlane();
+    await plane.start();
+    // Injected while the ToolSet named its upstream: no EARPIECE_UPSTREAM_URL in the sidecar.
+    await podInjectedFor(plane, 'http://vllm:8000');
+    await expect.poll(() => restartRequired()?.reason, POLL).toBe('PodsUpToDate');
+
+    edit('assistant', (spec) => {
+      delete spec.upstream;
+    });
+    await expect.poll(() => restartRequired()?.status, POLL).toBe('True');
+    expect(restartRequired()).toMatchObject({ reason: 'UpstreamChanged' });
+    expect(restartRequired()!.message).toContain(
+      "pods backend-1 were injected while the ToolSet named spec.upstream.url and were not handed the app's own KYUTAI_LLM_URL",
+    );
+    expect(ready('assistant')).toMatchObject({ status: 'True' });
+
+    // The pod goes (a rollout restart): nothing left to restart.
+    api.delete('pods', NS, 'backend-1');
+    await expect.poll(() => restartRequired()?.status, POLL).toBe('False');
   });
 
   it('names at most 20 missing Secrets, so the restart advice survives however many there are', async () => {

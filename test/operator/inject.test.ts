@@ -11,7 +11,7 @@ import { promisify } from 'node:util';
 import fastJsonPatch from 'fast-json-patch';
 import { Agent, request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { parse, parseAllDocuments } from 'yaml';
+import { parse, parseAllDocuments, stringify } from 'yaml';
 import { serviceDnsNames } from '../../src/operator/certs.js';
 import { findWorkloads, injectManifests, namespacesOptedIn } from '../../src/operator/inject.js';
 import type { PodTemplate } from '../../src/operator/patch.js';
@@ -19,8 +19,9 @@ import { toolsetLookup } from '../../src/operator/select.js';
 import { DEFAULT_SIDECAR, type SidecarConfig } from '../../src/operator/sidecar.js';
 import { CertificateHolder, startWebhookServer, type WebhookServer } from '../../src/operator/webhook.js';
 import { createLogger } from '../../src/telemetry/log.js';
-import { type ToolSet, validateToolSet } from '../../src/toolset/index.js';
+import { MAX_TOOLSET_BYTES, type ToolSet, validateToolSet } from '../../src/toolset/index.js';
 import { webhookCertificates } from '../support/certs.js';
+import { toolSetOfSize } from '../support/large-toolset.js';
 import { workloadIssues } from '../support/pod-rules.js';
 
 const DIR = 'test/fixtures/pods';
@@ -322,6 +323,27 @@ describe('earpiece inject, the command', () => {
       expect(stdout).toBe('');
       expect(stderr).toBe(
         `${file}: ToolSet reports: spec.tools[0].timeout: "soon" is not a duration (use 500ms, 5s, 10m)\n`,
+      );
+    } finally {
+      rmSync(dir, { recursive: true });
+    }
+  });
+
+  it('refuses a ToolSet whose ConfigMap could never be written, naming its size and the limit', async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'earpiece-inject-'));
+    const file = path.join(dir, 'big.yaml');
+    // No namespace: it is rendered into the workload's, so the longest one is counted.
+    const big = toolSetOfSize(MAX_TOOLSET_BYTES - 40, 'big');
+    delete big.metadata.namespace;
+    writeFileSync(file, stringify(big));
+    try {
+      const { code, stdout, stderr } = await exec(['--toolset', file, '-f', `${DIR}/job.yaml`]);
+      expect(code).toBe(1);
+      expect(stdout).toBe('');
+      expect(stderr).toMatch(
+        new RegExp(
+          `^${file}: ToolSet big: spec: renders to \\d+ bytes of configuration, more than the ${MAX_TOOLSET_BYTES} \\(1008 KiB\\) a ToolSet may have`,
+        ),
       );
     } finally {
       rmSync(dir, { recursive: true });

@@ -361,6 +361,8 @@ describe('buildInjection', () => {
       toolset: 'assistant',
       hash: specHash(assistant),
       secretEnv: [secretEnvName('weather', 'key')],
+      // The ToolSet names no spec.upstream.url: the app's KYUTAI_LLM_URL was handed over.
+      upstreamHandedOver: true,
     });
     expect(readInjection(pod())).toBeUndefined();
   });

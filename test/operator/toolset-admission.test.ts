@@ -18,8 +18,10 @@ import {
 } from '../../src/operator/toolset-admission.js';
 import { CertificateHolder, startWebhookServer, type WebhookServer } from '../../src/operator/webhook.js';
 import { createLogger } from '../../src/telemetry/log.js';
+import { MAX_TOOLSET_BYTES } from '../../src/toolset/api.js';
 import { webhookCertificates } from '../support/certs.js';
 import { type FakeApiServer, startFakeApiServer } from '../support/fake-apiserver.js';
+import { toolSetOfSize } from '../support/large-toolset.js';
 
 const SERVICE = 'earpiece-webhook';
 const certs = webhookCertificates({ service: SERVICE, namespace: 'earpiece', now: new Date() });
@@ -295,6 +297,17 @@ describe('the ToolSet validating webhook', () => {
       `ToolSet broken has ${lines?.length} problems:\n${lines?.join('\n')}`,
     );
     expect(response.status?.details?.causes).toHaveLength(lines?.length ?? -1);
+  });
+
+  it('refuses a ToolSet whose ConfigMap could never be written, naming its size and the limit', async () => {
+    const big = toolSetOfSize(MAX_TOOLSET_BYTES + 1, 'assistant');
+    const response = await admit(stored(big.spec));
+    expect(response.allowed).toBe(false);
+    expect(response.status?.message).toBe(
+      `ToolSet assistant has 1 problem:\nspec: renders to ${MAX_TOOLSET_BYTES + 1} bytes of configuration, more than the ${MAX_TOOLSET_BYTES} (1008 KiB) a ToolSet may have, as its ConfigMap holds at most 1 MiB; shorten tool descriptions, parameter schemas or instructions, or move tools to an MCP server`,
+    );
+    // At the limit it is admitted.
+    expect((await admit(stored(toolSetOfSize(MAX_TOOLSET_BYTES, 'assistant').spec))).allowed).toBe(true);
   });
 
   it('checks an UPDATE that changes the spec', async () => {

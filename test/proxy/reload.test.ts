@@ -6,7 +6,7 @@ import { stringify } from 'yaml';
 import { type ScriptedUpstream, startScriptedUpstream, textReply } from '../../src/demo/scripted-upstream.js';
 import { createTelemetry } from '../../src/telemetry/index.js';
 import { startMcpServer } from '../support/mcp-server.js';
-import { type ProxyHarness, startTestProxy, toolsetDoc } from '../support/proxy.js';
+import { type ProxyHarness, startTestProxy, toolsetDoc, unmuteTurn } from '../support/proxy.js';
 import { capturingLogger } from '../tools/helpers.js';
 
 const cleanups: (() => Promise<void>)[] = [];
@@ -142,6 +142,41 @@ describe('ToolSet reload', () => {
     await eventually(async () => mcp.sessionCount() === 1);
   });
 
+  it('keeps the upstream in use when an edit drops spec.upstream.url and nothing else names one', async () => {
+    const upstream = await startScriptedUpstream({ respond: () => ({ sse: textReply('Still here.') }) });
+    const { logger, lines } = capturingLogger('warn');
+    // A sidecar injected for a ToolSet that named its upstream: no --upstream / EARPIECE_UPSTREAM_URL.
+    const named = { ...spec('first_tool'), upstream: { url: upstream.url } };
+    const harness = await startTestProxy(named, upstream.url, {
+      upstreamUrl: undefined,
+      watch: false,
+      logger,
+    });
+    cleanups.push(
+      () => upstream.close(),
+      () => harness.close(),
+    );
+    expect((await unmuteTurn(harness.client, [{ role: 'user', content: 'Hi there.' }])).text).toBe(
+      'Still here.',
+    );
+
+    await writeFile(harness.toolsetPath, stringify(toolsetDoc(spec('second_tool'))));
+    await harness.proxy.reload();
+    expect(harness.proxy.current().toolset.tools[0]?.spec.name).toBe('second_tool');
+    const before = upstream.requests.length;
+    // Not the built-in default (http://127.0.0.1:8000), where nothing listens in such a pod.
+    expect((await unmuteTurn(harness.client, [{ role: 'user', content: 'Hi again.' }])).text).toBe(
+      'Still here.',
+    );
+    expect(upstream.requests.length).toBeGreaterThan(before);
+    expect(harness.proxy.current().upstream.origin).toBe(new URL(upstream.url).origin);
+    expect(
+      lines()
+        .filter((l) => l.level === 40)
+        .map((l) => l.msg),
+    ).toEqual([expect.stringContaining('names no spec.upstream.url')]);
+  });
+
   it('follows a ConfigMap-style ..data symlink swap', async () => {
     const upstream = await startScriptedUpstream({ respond: () => ({ sse: textReply('Ok.') }) });
     // The kubelet's layout: toolset.yaml -> ..data/toolset.yaml, ..data -> ..<timestamp>/
@@ -240,7 +275,7 @@ describe('ToolSet reload', () => {
 
     const large = stringify(toolsetDoc(spec('large_tool')));
     await replaceWith((tmp) => writeFile(tmp, `${large}#${'x'.repeat(1024 * 1024)}\n`));
-    expect(rejections().at(-1)).toBe(`${harness.toolsetPath}: is larger than 1 MiB`);
+    expect(rejections().at(-1)).toBe(`${harness.toolsetPath}: is larger than 1008 KiB`);
 
     const tmp = join(harness.dir, '.toolset.yaml.tmp');
     await writeFile(tmp, stringify(toolsetDoc(spec('second_tool'))));

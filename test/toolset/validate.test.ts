@@ -1,13 +1,15 @@
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { describe, expect, it } from 'vitest';
+import { CONFIG_KEY, renderConfigMap } from '../../src/operator/configmap.js';
 import { MAX_DURATION, parseDuration } from '../../src/toolset/duration.js';
 import {
   checkToolSetText,
   loadToolSetFile,
+  MAX_TOOLSET_BYTES,
   parseToolSet,
   resolveToolSet,
   toolSetDocument,
@@ -15,6 +17,7 @@ import {
   writeToolSetFile,
 } from '../../src/toolset/index.js';
 import { renderForSidecar, secretEnvName, secretRefs, unresolvableValues } from '../../src/toolset/values.js';
+import { toolSetOfSize } from '../support/large-toolset.js';
 
 const base = {
   apiVersion: 'earpiece.dev/v1alpha1',
@@ -612,5 +615,38 @@ describe('ToolSet files written by the demo and the benchmark', () => {
     } finally {
       await rm(dir, { recursive: true, force: true });
     }
+  });
+});
+
+describe('ToolSet size', () => {
+  it('takes a ToolSet whose ConfigMap configuration is exactly the limit, which the proxy then loads', async () => {
+    const toolset = toolSetOfSize(MAX_TOOLSET_BYTES);
+    expect(validateToolSet(toolset).issues).toEqual([]);
+    const text = renderConfigMap(toolset).data?.[CONFIG_KEY] ?? '';
+    expect(Buffer.byteLength(text)).toBe(MAX_TOOLSET_BYTES);
+    const dir = await mkdtemp(join(tmpdir(), 'earpiece-size-'));
+    try {
+      await writeFile(join(dir, 'toolset.yaml'), text);
+      expect((await loadToolSetFile(join(dir, 'toolset.yaml'), {})).ok).toBe(true);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('refuses one byte more, naming the size and the limit', () => {
+    const result = validateToolSet(toolSetOfSize(MAX_TOOLSET_BYTES + 1));
+    expect(result.issues).toEqual([
+      {
+        path: 'spec',
+        message: `renders to ${MAX_TOOLSET_BYTES + 1} bytes of configuration, more than the ${MAX_TOOLSET_BYTES} (1008 KiB) a ToolSet may have, as its ConfigMap holds at most 1 MiB; shorten tool descriptions, parameter schemas or instructions, or move tools to an MCP server`,
+      },
+    ]);
+  });
+
+  it("counts the longest namespace for a ToolSet that names none, as it is rendered into its pods'", () => {
+    const toolset = toolSetOfSize(MAX_TOOLSET_BYTES - 40);
+    delete toolset.metadata.namespace;
+    // Without a namespace it renders shorter, but injection may put it into one of 63 characters.
+    expect(validateToolSet(toolset).ok).toBe(false);
   });
 });
