@@ -31,6 +31,12 @@ export const LABEL_OPERATOR = 'earpiece.dev/operator';
 export const LABEL_INJECTED = 'earpiece.dev/injected';
 export const ANNOTATION_TOOLSET = 'earpiece.dev/toolset';
 export const ANNOTATION_TOOLSET_HASH = 'earpiece.dev/toolset-hash';
+/**
+ * On an injected pod: the sidecar image earpiece set. Only a sidecar still running that image has it
+ * replaced by a newer one; an image another webhook or tool rewrote since (a registry mirror, a digest
+ * pin) is left as it is.
+ */
+export const ANNOTATION_INJECTED_IMAGE = 'earpiece.dev/injected-image';
 /** On the ConfigMap: the sidecar env vars its configuration needs (names and Secret keys, never values). */
 export const ANNOTATION_SECRET_ENV = 'earpiece.dev/secret-env';
 
