@@ -706,11 +706,46 @@ describe('the sidecar settings', () => {
     ['128Mi', 128 * 2 ** 20],
     ['1G', 1e9],
     ['1e3', 1000],
+    ['1E-2', 0.01],
+    ['1e+21', 1e21],
+    ['500u', 500e-6],
+    ['100n', 100e-9],
+    ['2k', 2000],
+    ['1E', 1e18],
+    ['.5', 0.5],
+    ['1.', 1],
+    ['+1', 1],
+    ['3Ei', 3 * 2 ** 60],
     ['lots', undefined],
     ['-1', undefined],
     ['1Mb', undefined],
+    ['1e', undefined],
+    ['1.2.3', undefined],
+    ['.', undefined],
+    ['1 ', undefined],
+    ['1K', undefined],
+    ['1mi', undefined],
+    ['', undefined],
   ])('reads the quantity %s', (text, value) => {
-    expect(parseQuantity(text)).toBe(value);
+    if (value === undefined) expect(parseQuantity(text)).toBeUndefined();
+    else expect(parseQuantity(text)).toBeCloseTo(value, 15);
+  });
+
+  it('takes JSON numbers as quantities in EARPIECE_SIDECAR_RESOURCES, as a pod spec does, and gives the sidecar strings', () => {
+    const resources = (json: string) => sidecarConfigFromEnv({ EARPIECE_SIDECAR_RESOURCES: json }).resources;
+    expect(resources('{"requests":{"cpu":1,"memory":"0.5Gi"},"limits":{"memory":1e9}}')).toEqual({
+      requests: { cpu: '1', memory: '0.5Gi' },
+      limits: { memory: '1000000000' },
+    });
+    expect(resources('{"requests":{"cpu":"500u","memory":1e21}}')).toEqual({
+      requests: { cpu: '500u', memory: '1e+21' },
+    });
+    expect(() => resources('{"requests":{"cpu":-1}}')).toThrow(/requests.cpu: -1 is not a quantity/);
+    expect(() => resources('{"requests":{"cpu":"2"},"limits":{"cpu":1}}')).toThrow(
+      /requests.cpu 2 is above limits.cpu 1/,
+    );
+    expect(() => resources('{"requests":["1"]}')).toThrow(/requests is not an object/);
+    expect(() => resources('{"claims":[{"name":"gpu"}]}')).toThrow(/has claims; only requests and limits/);
   });
 });
 
