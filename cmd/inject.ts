@@ -27,7 +27,8 @@ Options:
   -f, --filename PATH      a manifest file, a directory of *.yaml/*.yml/*.json, or - for stdin; repeat for more
       --with-configmap     also print the ConfigMap earpiece-toolset-<name> of each ToolSet injected
       --image IMAGE        the sidecar image (default: $EARPIECE_SIDECAR_IMAGE or the release image);
-                           also replaces the image of a sidecar injected before
+                           also replaces the image of a sidecar injected before (without it, only
+                           an image earpiece set itself is replaced)
       --image-pull-secret NAME
                            a Secret for pulling the sidecar image, added to each injected pod's
                            imagePullSecrets (it must exist in the pod's namespace); repeat for more
@@ -169,6 +170,7 @@ export async function main(argv: string[]): Promise<number> {
             toolsets,
             sidecar,
             withConfigMaps: values['with-configmap'] ?? false,
+            replaceImage: values.image !== undefined,
           });
           outputs.push(result.text);
           reports.push(...result.reports);

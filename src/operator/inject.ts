@@ -116,6 +116,8 @@ export interface InjectManifestsOptions {
   sidecar: SidecarConfig;
   /** Also return the ConfigMap of each ToolSet that was injected (for clusters without the operator). */
   withConfigMaps?: boolean;
+  /** The sidecar image was given explicitly (`--image`): it replaces any image a sidecar injected before has. */
+  replaceImage?: boolean;
 }
 
 export interface InjectManifestsResult {
@@ -202,6 +204,7 @@ export function injectManifests(text: string, options: InjectManifestsOptions): 
         namespaceOptedIn: w.namespace !== undefined && optedIn.has(w.namespace),
         toolsets,
         sidecar: options.sidecar,
+        replaceImage: options.replaceImage,
       });
       reports.push({ kind: w.kind, name: w.name, namespace: w.namespace, result });
       if (!result.ok) continue;

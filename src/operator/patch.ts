@@ -4,13 +4,16 @@
  * into a JSON Patch; `earpiece inject` writes the same difference into the manifest. A pod that already
  * has the sidecar for the same ToolSet and configuration hash comes back as a skip, so injecting twice
  * changes nothing, unless its sidecar image or image pull secrets are not the ones asked for now (a new
- * `--image`, a chart upgrade): those alone are updated. One injected for another configuration has the
+ * `--image`, a chart upgrade): those alone are updated. The image only while it is still the one earpiece
+ * set (annotation earpiece.dev/injected-image): one another webhook rewrote since (a registry mirror, a
+ * digest pin) is left as it is, so the API server's reinvocation does not undo it. One injected for another configuration has the
  * old injection taken out and is injected again, so its env vars match the configuration it mounts.
  */
 import type { V1Container, V1EnvVar, V1PodSpec } from '@kubernetes/client-node';
 import type { ToolSet } from '../toolset/schema.js';
 import { selectToolSet, type ToolSetLookup } from './select.js';
 import {
+  ANNOTATION_INJECTED_IMAGE,
   ANNOTATION_TOOLSET_HASH,
   APP_URL_ENV,
   CONFIG_VOLUME,
@@ -89,6 +92,11 @@ export interface InjectInput {
    * (`earpiece inject`) injects whatever the label says.
    */
   instance?: string | undefined;
+  /**
+   * The image was asked for explicitly (`earpiece inject --image`): it replaces the sidecar's image even
+   * when that is not the one earpiece recorded. Otherwise only the recorded image is replaced.
+   */
+  replaceImage?: boolean | undefined;
 }
 
 export type InjectResult =
@@ -189,7 +197,12 @@ export function buildInjection(given: PodTemplate, input: InjectInput): InjectRe
   const warnings: string[] = [];
   const settings = overrides(annotations, input.sidecar, warnings);
   if (previous?.toolset === name && previous.hash === config.hash) {
-    const refreshed = refreshInjection(given, settings.image, input.sidecar.imagePullSecrets);
+    const refreshed = refreshInjection(
+      given,
+      settings.image,
+      input.sidecar.imagePullSecrets,
+      input.replaceImage ?? false,
+    );
     if (!refreshed) return skip('already_injected');
     return { ok: true, template: refreshed.template, toolset: name, warnings, updated: refreshed.changes };
   }
@@ -238,7 +251,11 @@ export function buildInjection(given: PodTemplate, input: InjectInput): InjectRe
   mergePullSecrets(out.spec, input.sidecar.imagePullSecrets);
   out.metadata ??= {};
   out.metadata.labels = { ...out.metadata.labels, [LABEL_INJECTED]: 'true' };
-  out.metadata.annotations = { ...out.metadata.annotations, [ANNOTATION_TOOLSET_HASH]: config.hash };
+  out.metadata.annotations = {
+    ...out.metadata.annotations,
+    [ANNOTATION_TOOLSET_HASH]: config.hash,
+    [ANNOTATION_INJECTED_IMAGE]: settings.image,
+  };
   return {
     ok: true,
     template: out,
@@ -262,29 +279,39 @@ function mergePullSecrets(spec: V1PodSpec, names: readonly string[]): string[] {
 
 /**
  * A current injection given the sidecar image and pull secrets asked for now; undefined when it has them.
- * Only these two change: everything else the configuration hash already vouches for.
+ * Only these two change: everything else the configuration hash already vouches for. The image is
+ * replaced only while it is the one earpiece recorded setting (or `force`): a later mutating webhook
+ * that rewrote it (registry mirror, digest pin) has the last word, and the API server's reinvocation of
+ * this webhook is then no change at all.
  */
 function refreshInjection(
   given: PodTemplate,
   image: string,
   pullSecrets: readonly string[],
+  force: boolean,
 ): { template: PodTemplate; changes: string[] } | undefined {
   const out = structuredClone(given) as PodTemplate & { spec: V1PodSpec };
   const changes: string[] = [];
   const sidecar = [...(out.spec.initContainers ?? []), ...out.spec.containers].find(
     (c) => c.name === SIDECAR_NAME,
   );
-  if (sidecar && sidecar.image !== image) {
+  const recorded = given.metadata?.annotations?.[ANNOTATION_INJECTED_IMAGE];
+  const ours = force || (recorded !== undefined && sidecar?.image === recorded);
+  if (sidecar && ours && sidecar.image !== image) {
     changes.push(`image ${sidecar.image ?? '(none)'} replaced by ${image}`);
     sidecar.image = image;
+    out.metadata = {
+      ...out.metadata,
+      annotations: { ...out.metadata?.annotations, [ANNOTATION_INJECTED_IMAGE]: image },
+    };
   }
   for (const name of mergePullSecrets(out.spec, pullSecrets)) changes.push(`image pull secret ${name} added`);
   return changes.length ? { template: out, changes } : undefined;
 }
 
 /**
- * The pod as it was before injection: the sidecar, its volumes, the label and the hash annotation taken
- * out, and the app containers' KYUTAI_LLM_URL given back the value the sidecar was handed.
+ * The pod as it was before injection: the sidecar, its volumes, the label and the hash and image
+ * annotations taken out, and the app containers' KYUTAI_LLM_URL given back the value the sidecar was handed.
  * `upstreamLost`: an app container points at the proxy but the sidecar had no EARPIECE_UPSTREAM_URL
  * (its configuration named the upstream), so the app's own value is gone.
  */
@@ -321,6 +348,7 @@ export function stripInjection(template: PodTemplate): { template: PodTemplate; 
   if (meta) {
     delete meta.labels?.[LABEL_INJECTED];
     delete meta.annotations?.[ANNOTATION_TOOLSET_HASH];
+    delete meta.annotations?.[ANNOTATION_INJECTED_IMAGE];
     if (meta.labels && Object.keys(meta.labels).length === 0) delete meta.labels;
     if (meta.annotations && Object.keys(meta.annotations).length === 0) delete meta.annotations;
   }

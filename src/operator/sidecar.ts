@@ -31,6 +31,12 @@ export const LABEL_OPERATOR = 'earpiece.dev/operator';
 export const LABEL_INJECTED = 'earpiece.dev/injected';
 export const ANNOTATION_TOOLSET = 'earpiece.dev/toolset';
 export const ANNOTATION_TOOLSET_HASH = 'earpiece.dev/toolset-hash';
+/**
+ * On an injected pod: the sidecar image earpiece set. Only a sidecar still running that image has it
+ * replaced by a newer one; an image another webhook or tool rewrote since (a registry mirror, a digest
+ * pin) is left as it is.
+ */
+export const ANNOTATION_INJECTED_IMAGE = 'earpiece.dev/injected-image';
 /** On the ConfigMap: the sidecar env vars its configuration needs (names and Secret keys, never values). */
 export const ANNOTATION_SECRET_ENV = 'earpiece.dev/secret-env';
 
@@ -99,7 +105,8 @@ export class SidecarConfigError extends Error {
 
 /**
  * The operator's sidecar defaults from its environment: EARPIECE_SIDECAR_IMAGE,
- * EARPIECE_SIDECAR_IMAGE_PULL_POLICY, EARPIECE_SIDECAR_RESOURCES (JSON, as in a pod spec),
+ * EARPIECE_SIDECAR_IMAGE_PULL_POLICY, EARPIECE_SIDECAR_RESOURCES (JSON, as in a pod spec: requests and limits, quantities as strings or
+ * numbers),
  * EARPIECE_NATIVE_SIDECAR (true, false, or auto: true here, and the operator asks the API server at
  * start), EARPIECE_SIDECAR_IMAGE_PULL_SECRETS (JSON list of {"name": ...}, as in a pod spec),
  * EARPIECE_SIDECAR_LOG_LEVEL, EARPIECE_SIDECAR_ENV (JSON list of env vars). A bad value is an error naming the variable, so a misconfigured chart fails at start.
@@ -123,7 +130,7 @@ export function sidecarConfigFromEnv(env: NodeJS.ProcessEnv): SidecarConfig {
     const parsed = parseJson(resources) ?? fail('EARPIECE_SIDECAR_RESOURCES', 'is not JSON');
     const problem = resourcesProblem(parsed);
     if (problem) fail('EARPIECE_SIDECAR_RESOURCES', problem);
-    config.resources = parsed as V1ResourceRequirements;
+    config.resources = normalizeResources(parsed as V1ResourceRequirements);
   }
   const native = get('EARPIECE_NATIVE_SIDECAR');
   if (native !== undefined) {
@@ -169,6 +176,8 @@ function parseJson(text: string): unknown {
 
 const UNIT: Record<string, number> = {
   '': 1,
+  n: 1e-9,
+  u: 1e-6,
   m: 1e-3,
   k: 1e3,
   M: 1e6,
@@ -184,12 +193,42 @@ const UNIT: Record<string, number> = {
   Ei: 2 ** 60,
 };
 
-/** A Kubernetes resource quantity (`250m`, `1.5`, `128Mi`, `1e3`) as a number, or undefined when it is none. */
+/**
+ * Kubernetes' quantity syntax, without the minus sign a container's resources may not have: a number
+ * (`1`, `1.5`, `.5`, `1.`), then a decimal exponent (`1e3`, `1E-2`), a decimal SI suffix (n, u, m, k, M,
+ * G, T, P, E) or a binary one (Ki ... Ei). The chart's values.schema.json has the same pattern (a test
+ * holds them together).
+ */
+const QUANTITY = /^\+?(\d+(?:\.\d*)?|\.\d+)(?:[eE]([+-]?\d+)|(n|u|m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei))?$/;
+
+/** A Kubernetes resource quantity (`250m`, `1.5`, `128Mi`, `1e3`, `500u`) as a number, or undefined when it is none. */
 export function parseQuantity(text: string): number | undefined {
-  const m = /^(\d+(?:\.\d*)?|\.\d+)(?:([eE][+-]?\d+)|(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?)$/.exec(text);
+  const m = QUANTITY.exec(text);
   if (!m) return undefined;
   const [, amount, exponent, unit = ''] = m;
-  return Number(amount) * (exponent ? 10 ** Number(exponent.slice(1)) : (UNIT[unit] as number));
+  return Number(amount) * (exponent !== undefined ? 10 ** Number(exponent) : (UNIT[unit] as number));
+}
+
+/**
+ * A quantity as a pod spec takes it: JSON numbers (`"cpu": 1`, as Helm's toJson writes a number
+ * value) are quantities too, and become strings. Undefined when it is none.
+ */
+function quantityText(q: unknown): string | undefined {
+  if (typeof q === 'number') return Number.isFinite(q) && q >= 0 ? String(q) : undefined;
+  return typeof q === 'string' && parseQuantity(q) !== undefined ? q : undefined;
+}
+
+/**
+ * Resources as the operator's environment gives them (numbers allowed), with every quantity a string;
+ * call after resourcesProblem found none.
+ */
+export function normalizeResources(resources: V1ResourceRequirements): V1ResourceRequirements {
+  const out: V1ResourceRequirements = {};
+  for (const group of ['requests', 'limits'] as const) {
+    const g = resources[group] as Record<string, unknown> | undefined;
+    if (g) out[group] = Object.fromEntries(Object.entries(g).map(([k, q]) => [k, quantityText(q) as string]));
+  }
+  return out;
 }
 
 /** What the API server would refuse in a container's resources, or undefined. */
@@ -201,16 +240,16 @@ export function resourcesProblem(resources: unknown): string | undefined {
   for (const group of ['requests', 'limits'] as const) {
     const g = r[group];
     if (g === undefined) continue;
-    if (!g || typeof g !== 'object') return `${group} is not an object`;
+    if (!g || typeof g !== 'object' || Array.isArray(g)) return `${group} is not an object`;
     for (const [name, q] of Object.entries(g))
-      if (typeof q !== 'string' || parseQuantity(q) === undefined)
-        return `${group}.${name}: ${JSON.stringify(q)} is not a quantity`;
+      if (quantityText(q) === undefined) return `${group}.${name}: ${JSON.stringify(q)} is not a quantity`;
   }
-  const requests = (r.requests ?? {}) as Record<string, string>;
-  const limits = (r.limits ?? {}) as Record<string, string>;
+  const requests = (r.requests ?? {}) as Record<string, unknown>;
+  const limits = (r.limits ?? {}) as Record<string, unknown>;
+  const value = (q: unknown) => parseQuantity(quantityText(q) as string) as number;
   for (const [name, q] of Object.entries(requests)) {
     const limit = limits[name];
-    if (limit !== undefined && (parseQuantity(q) as number) > (parseQuantity(limit) as number))
+    if (limit !== undefined && value(q) > value(limit))
       return `requests.${name} ${q} is above limits.${name} ${limit}`;
   }
   return undefined;

@@ -1,9 +1,18 @@
-import { readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import path from 'node:path';
+import { Ajv } from 'ajv';
+import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { parse } from 'yaml';
 import { loadConfig } from '../../src/operator/config.js';
-import { METRICS_PORT_NAME, sidecarConfigFromEnv } from '../../src/operator/sidecar.js';
+import {
+  METRICS_PORT_NAME,
+  parseQuantity,
+  resourcesProblem,
+  SidecarConfigError,
+  sidecarConfigFromEnv,
+} from '../../src/operator/sidecar.js';
 import { DEFAULT_BODY_BYTES_IN_FLIGHT } from '../../src/operator/webhook.js';
 import { validateToolSet } from '../../src/toolset/index.js';
 import { type K8sObject, kubernetesIssues } from '../support/k8s-schema.js';
@@ -765,6 +774,103 @@ describe('values.schema.json', () => {
     ['webhook.maxBodyBytesInFlight=1.5', '/webhook/maxBodyBytesInFlight'],
   ])('rejects %s', (set, where) => {
     expect(renderError({ set: [set] })).toContain(where);
+  });
+});
+
+describe('injection.resources: the chart and the operator take the same quantities', () => {
+  const schema = JSON.parse(readFileSync(path.join(CHART, 'values.schema.json'), 'utf8'));
+  const ajv = new Ajv({ strict: false });
+  // The chart's own check of injection.resources, as `helm install` runs it.
+  const chartAccepts = ajv.compile({
+    definitions: schema.definitions,
+    $ref: '#/definitions/sidecarResources',
+  });
+  const operatorAccepts = (resources: unknown) => {
+    try {
+      sidecarConfigFromEnv({ EARPIECE_SIDECAR_RESOURCES: JSON.stringify(resources) });
+      return true;
+    } catch (err) {
+      if (err instanceof SidecarConfigError) return false;
+      throw err;
+    }
+  };
+  const examples: unknown[] = [
+    ...['1', '0', '250m', '1.5', '.5', '1.', '+1', '128Mi', '0.5Gi', '1e3', '1E-2', '1e+21', '1E', '2k'],
+    ...['500u', '100n', '3Ei', '1Pi', '7T', '1P', '9G', '4M'],
+    ...[1, 0, 0.5, 1e9, 1073741824, 1e21, 1e-7],
+    ...['-1', '1e', '1.2.3', '.', '', ' 1', '1 ', '1K', '1mi', 'lots', '1Mb', '0x10', '1_000', 'Infinity'],
+    ...[-1, -0.5],
+  ];
+  const asRequest = (q: unknown) => ({ requests: { cpu: q } });
+
+  it('every quantity: the schema accepts it exactly when the operator does', () => {
+    for (const q of examples)
+      expect([q, chartAccepts(asRequest(q))]).toEqual([q, operatorAccepts(asRequest(q))]);
+    // What the schema accepts the operator parses, and the other way round, on generated text too.
+    const text = fc.oneof(
+      fc.stringMatching(
+        /^[+-]?[0-9.]{0,4}([eE][+-]?[0-9]{0,2})?(n|u|m|k|K|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei|i|b)?$/,
+      ),
+      fc.string({ maxLength: 6 }),
+    );
+    fc.assert(
+      fc.property(fc.oneof(text, fc.double({ noNaN: true, noDefaultInfinity: true })), (q) => {
+        expect(chartAccepts(asRequest(q))).toBe(operatorAccepts(asRequest(q)));
+        if (typeof q === 'string' && chartAccepts(asRequest(q))) expect(parseQuantity(q)).toBeDefined();
+      }),
+      { numRuns: 2000 },
+    );
+  });
+
+  it('claims are neither in the schema nor taken by the operator: injection adds no resourceClaims', () => {
+    const claims = { requests: { cpu: '100m' }, claims: [{ name: 'gpu' }] };
+    expect(chartAccepts(claims)).toBe(false);
+    expect(resourcesProblem(claims)).toMatch(/has claims/);
+    expect(renderError({ set: ['injection.resources.claims[0].name=gpu'] })).toContain(
+      '/injection/resources',
+    );
+  });
+
+  it.each([
+    ['-1', 'injection.resources.requests.cpu=-1'],
+    ['1.2.3', 'injection.resources.requests.cpu=1.2.3'],
+  ])('helm refuses cpu: %s', (_q, set) => {
+    expect(renderError({ set: [set] })).toContain('/injection/resources/requests/cpu');
+  });
+
+  it('numbers, u and n suffixes and exponents from a values file reach the operator, which starts with them', () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'earpiece-values-'));
+    try {
+      const file = path.join(dir, 'values.yaml');
+      // Helm reads YAML numbers as floats: 1073741824 and 1.5e9 must not reach the operator as 1.073741824e+09.
+      writeFileSync(
+        file,
+        [
+          'injection:',
+          '  resources:',
+          '    requests: {cpu: 1, memory: 1073741824, ephemeral-storage: 100n}',
+          '    limits: {cpu: 1.5, memory: 1.5e9, ephemeral-storage: 500u, example.com/dongle: "2"}',
+          '',
+        ].join('\n'),
+      );
+      const deployment = find(render({ values: [file] }), 'Deployment', FULLNAME);
+      expect(sidecarConfigFromEnv(env(container(deployment)) as NodeJS.ProcessEnv).resources).toEqual({
+        requests: { cpu: '1', memory: '1073741824', 'ephemeral-storage': '100n' },
+        limits: { cpu: '1.5', memory: '1500000000', 'ephemeral-storage': '500u', 'example.com/dongle': '2' },
+      });
+      // --set gives integers, not floats.
+      const viaSet = find(
+        render({ set: ['injection.resources.requests.cpu=1', 'injection.resources.limits.memory=500Mi'] }),
+        'Deployment',
+        FULLNAME,
+      );
+      expect(sidecarConfigFromEnv(env(container(viaSet)) as NodeJS.ProcessEnv).resources).toEqual({
+        requests: { cpu: '1', memory: '128Mi' },
+        limits: { memory: '500Mi' },
+      });
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
 

@@ -33,6 +33,7 @@ export interface RenderOptions {
   namespace?: string;
   /** The chart folder or a packaged .tgz; defaults to CHART. */
   chart?: string;
+  /** Values files, relative to the chart folder (or absolute). */
   values?: string[];
   set?: string[];
   apiVersions?: string[];
@@ -45,7 +46,7 @@ function renderArgs(command: string[], opts: RenderOptions): string[] {
     ...command,
     '--namespace',
     opts.namespace ?? NAMESPACE,
-    ...(opts.values ?? []).flatMap((file) => ['--values', path.join(CHART, file)]),
+    ...(opts.values ?? []).flatMap((file) => ['--values', path.resolve(CHART, file)]),
     ...(opts.set ?? []).flatMap((s) => ['--set', s]),
     ...(opts.apiVersions ?? []).flatMap((a) => ['--api-versions', a]),
     ...(opts.kubeVersion ? ['--kube-version', opts.kubeVersion] : []),

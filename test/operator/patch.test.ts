@@ -564,6 +564,56 @@ describe('skip reasons', () => {
     expect(twice).toMatchObject({ ok: false, reason: 'already_injected', warn: false });
   });
 
+  // A later mutating webhook (registry mirror, Kyverno mutateDigest) rewrites the sidecar image, and the
+  // API server calls this webhook again (reinvocationPolicy: IfNeeded) with the rewritten pod.
+  const mirrored = (template: PodTemplate) => {
+    const out = structuredClone(template);
+    const sidecar = sidecarOf(out)!;
+    sidecar.image = `mirror.corp/earpiece@sha256:${'a'.repeat(64)}`;
+    return out;
+  };
+
+  it('records the image it set; a reinvocation after another webhook rewrote it changes nothing', () => {
+    const once = injected(pod()).template;
+    expect(once.metadata?.annotations?.['earpiece.dev/injected-image']).toBe(DEFAULT_SIDECAR.image);
+    const rewritten = mirrored(once);
+    // A skip: no patch, and no `injected` outcome, so no second Injected Event.
+    expect(buildInjection(rewritten, input())).toMatchObject({ ok: false, reason: 'already_injected' });
+    // Also when the operator now asks for another image (a chart upgrade): the rewrite is not ours to undo.
+    const upgraded = input({ sidecar: { ...DEFAULT_SIDECAR, image: 'ghcr.io/earpiece-dev/earpiece:9.9.9' } });
+    expect(buildInjection(rewritten, upgraded)).toMatchObject({ ok: false, reason: 'already_injected' });
+    // A pod injected before earpiece recorded its image: not known to be ours, left as it is.
+    const unrecorded = structuredClone(once);
+    delete unrecorded.metadata?.annotations?.['earpiece.dev/injected-image'];
+    expect(buildInjection(mirrored(unrecorded), upgraded)).toMatchObject({ reason: 'already_injected' });
+  });
+
+  it("replaces earpiece's own outdated image, and records the new one; --image replaces any image", () => {
+    const older = injected(
+      pod(),
+      input({ sidecar: { ...DEFAULT_SIDECAR, image: 'r/earpiece:0.0.9' } }),
+    ).template;
+    const result = injected(older);
+    expect(result.updated).toEqual([`image r/earpiece:0.0.9 replaced by ${DEFAULT_SIDECAR.image}`]);
+    expect(sidecarOf(result.template)?.image).toBe(DEFAULT_SIDECAR.image);
+    expect(result.template.metadata?.annotations?.['earpiece.dev/injected-image']).toBe(
+      DEFAULT_SIDECAR.image,
+    );
+    // Only the image and its record changed, and the next run has nothing to do.
+    expect(fastJsonPatch.compare(older, result.template).map((op) => op.path)).toEqual([
+      '/spec/initContainers/0/image',
+      '/metadata/annotations/earpiece.dev~1injected-image',
+    ]);
+    expect(buildInjection(result.template, input())).toMatchObject({ ok: false, reason: 'already_injected' });
+
+    // `earpiece inject --image` is an explicit request: it replaces a rewritten or unrecorded image too.
+    const forced = injected(mirrored(older), input({ replaceImage: true }));
+    expect(sidecarOf(forced.template)?.image).toBe(DEFAULT_SIDECAR.image);
+    expect(forced.template.metadata?.annotations?.['earpiece.dev/injected-image']).toBe(
+      DEFAULT_SIDECAR.image,
+    );
+  });
+
   it('injected for another configuration: the old injection is taken out and done again', () => {
     const once = injected(pod()).template;
     const edited = structuredClone(assistant);
@@ -658,11 +708,46 @@ describe('the sidecar settings', () => {
     ['128Mi', 128 * 2 ** 20],
     ['1G', 1e9],
     ['1e3', 1000],
+    ['1E-2', 0.01],
+    ['1e+21', 1e21],
+    ['500u', 500e-6],
+    ['100n', 100e-9],
+    ['2k', 2000],
+    ['1E', 1e18],
+    ['.5', 0.5],
+    ['1.', 1],
+    ['+1', 1],
+    ['3Ei', 3 * 2 ** 60],
     ['lots', undefined],
     ['-1', undefined],
     ['1Mb', undefined],
+    ['1e', undefined],
+    ['1.2.3', undefined],
+    ['.', undefined],
+    ['1 ', undefined],
+    ['1K', undefined],
+    ['1mi', undefined],
+    ['', undefined],
   ])('reads the quantity %s', (text, value) => {
-    expect(parseQuantity(text)).toBe(value);
+    if (value === undefined) expect(parseQuantity(text)).toBeUndefined();
+    else expect(parseQuantity(text)).toBeCloseTo(value, 15);
+  });
+
+  it('takes JSON numbers as quantities in EARPIECE_SIDECAR_RESOURCES, as a pod spec does, and gives the sidecar strings', () => {
+    const resources = (json: string) => sidecarConfigFromEnv({ EARPIECE_SIDECAR_RESOURCES: json }).resources;
+    expect(resources('{"requests":{"cpu":1,"memory":"0.5Gi"},"limits":{"memory":1e9}}')).toEqual({
+      requests: { cpu: '1', memory: '0.5Gi' },
+      limits: { memory: '1000000000' },
+    });
+    expect(resources('{"requests":{"cpu":"500u","memory":1e21}}')).toEqual({
+      requests: { cpu: '500u', memory: '1e+21' },
+    });
+    expect(() => resources('{"requests":{"cpu":-1}}')).toThrow(/requests.cpu: -1 is not a quantity/);
+    expect(() => resources('{"requests":{"cpu":"2"},"limits":{"cpu":1}}')).toThrow(
+      /requests.cpu 2 is above limits.cpu 1/,
+    );
+    expect(() => resources('{"requests":["1"]}')).toThrow(/requests is not an object/);
+    expect(() => resources('{"claims":[{"name":"gpu"}]}')).toThrow(/has claims; only requests and limits/);
   });
 });
 

@@ -213,6 +213,20 @@ describe('the webhook over HTTPS', () => {
     expect(outcomes.map((o) => o.outcome)).toEqual(['injected', 'already_injected']);
   });
 
+  it('a reinvocation after another webhook rewrote the sidecar image keeps the rewrite: no patch, no second Injected', async () => {
+    const original = pod({ app: 'unmute-backend', 'earpiece.dev/inject': 'true' });
+    const injected = await admit(original);
+    const ops = JSON.parse(Buffer.from(injected.patch as string, 'base64').toString());
+    const patched = fastJsonPatch.applyPatch(structuredClone(original), ops, true, false)
+      .newDocument as unknown as { spec: { initContainers: { name: string; image: string }[] } };
+    // A digest-pinning webhook (Kyverno mutateDigest) ran after this one.
+    const digest = `ghcr.io/earpiece-dev/earpiece@sha256:${'b'.repeat(64)}`;
+    patched.spec.initContainers[0]!.image = digest;
+    const again = await admit(patched);
+    expect(again).toEqual({ uid: again.uid, allowed: true });
+    expect(outcomes.map((o) => o.outcome)).toEqual(['injected', 'already_injected']);
+  });
+
   it('injects again a pod created injected for another configuration, as an earpiece inject manifest may be', async () => {
     const original = pod({ app: 'unmute-backend', 'earpiece.dev/inject': 'true' });
     const older = toolset('assistant', { app: 'unmute-backend' });
