@@ -8,8 +8,13 @@
  * warnings: a ToolSet that got in while the webhook was down (failurePolicy Ignore) must still take
  * labels, annotations and finalizers, and its Ready condition already reports what is wrong.
  *
+ * In a cluster a `valueFrom.env` may name only a variable the injected sidecar gets from the chart's
+ * injection.env, never one of the operator's own EARPIECE_… variables (sidecar-env.ts); the controller
+ * holds ToolSets to the same rule, so what it would report Ready=False is refused here (422).
+ *
  * A valid ToolSet that names Secrets is then admitted only if the requesting user may `get` each of them
  * (secret-access.ts): the injected sidecar receives their values, and nothing else checks who named them.
+ * A `valueFrom.env` naming an injection.env variable the chart fills from a Secret names that Secret.
  * An UPDATE that changes the spec is checked the same way, since any change may send a Secret named before
  * elsewhere; one that leaves the spec as it was (labels, finalizers) is not.
  */
