@@ -1,8 +1,9 @@
 /**
  * Whether the user behind an admission request may read Secrets, asked of the API server with one
- * SubjectAccessReview per Secret (authorization.k8s.io/v1, no side effects). A ToolSet that names a
- * Secret hands its value to the injected sidecar, and the pods are created by their controllers, so
- * nothing else ever checks that the ToolSet's author may read it.
+ * SubjectAccessReview per Secret (authorization.k8s.io/v1, no side effects), a few at a time; when there
+ * are more than that, one review for every Secret of the namespace first, which may answer for all. A
+ * ToolSet that names a Secret hands its value to the injected sidecar, and the pods are created by their
+ * controllers, so nothing else ever checks that the ToolSet's author may read it.
  */
 import {
   type AuthorizationV1Api,
