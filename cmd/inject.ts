@@ -12,7 +12,8 @@ import {
   type WorkloadReport,
 } from '../src/operator/inject.js';
 import { type SidecarConfig, SidecarConfigError, sidecarConfigFromEnv } from '../src/operator/sidecar.js';
-import { formatIssues, type ToolSet, validateToolSet } from '../src/toolset/index.js';
+import { validateForCluster } from '../src/operator/sidecar-env.js';
+import { formatIssues, type ToolSet } from '../src/toolset/index.js';
 
 const HELP = `Usage: earpiece inject --toolset FILE [--toolset FILE ...] -f MANIFEST [-f MANIFEST ...]
 
@@ -36,6 +37,8 @@ Options:
       --allow-skip         print the manifests even when an opted-in workload was skipped
   -h, --help               this text
 The EARPIECE_SIDECAR_* variables the operator reads set the other sidecar defaults here too.
+As in the cluster, a ToolSet's valueFrom.env may name only a variable EARPIECE_SIDECAR_ENV gives the
+sidecar, never one starting EARPIECE_ (the operator's own; name a Secret with valueFrom.secretKeyRef).
 
 Exit status: 0 manifests printed; 1 a file cannot be read, a manifest is not Kubernetes YAML (or is an
 unrendered template), or a ToolSet is invalid; 2 bad usage; 3 an opted-in workload was skipped (it
@@ -64,8 +67,11 @@ async function readInput(file: string): Promise<{ name: string; text: string }[]
   }
 }
 
-/** Every ToolSet of a file, validated; an invalid one is an error naming the field. */
-function parseToolSets(name: string, text: string): ToolSet[] {
+/**
+ * Every ToolSet of a file, validated as the operator does (a `valueFrom.env` may name only what the
+ * sidecar's EARPIECE_SIDECAR_ENV gives it); an invalid one is an error naming the field.
+ */
+function parseToolSets(name: string, text: string, sidecar: SidecarConfig): ToolSet[] {
   const docs = parseAllDocuments(text, { prettyErrors: true });
   if (!Array.isArray(docs)) return [];
   const toolsets: ToolSet[] = [];
@@ -84,7 +90,7 @@ function parseToolSets(name: string, text: string): ToolSet[] {
       throw new InputError(`${name}: cannot be read: ${(err as Error).message}`);
     }
     if (value === null || value === undefined) continue;
-    const result = validateToolSet(value);
+    const result = validateForCluster(value, sidecar.extraEnv);
     if (!result.ok) {
       const label = (value as { metadata?: { name?: string } }).metadata?.name;
       const issues = formatIssues(result.issues).replace(
@@ -155,7 +161,8 @@ export async function main(argv: string[]): Promise<number> {
   try {
     const toolsets: ToolSet[] = [];
     for (const file of values.toolset)
-      for (const input of await readInput(file)) toolsets.push(...parseToolSets(input.name, input.text));
+      for (const input of await readInput(file))
+        toolsets.push(...parseToolSets(input.name, input.text, sidecar));
     if (toolsets.length === 0) throw new InputError(`${values.toolset.join(', ')}: no ToolSet found`);
     const seen = new Set<string>();
     for (const t of toolsets) {

@@ -16,6 +16,7 @@ import {
   PatchStrategy,
   setHeaderOptions,
   type V1ConfigMap,
+  type V1EnvVar,
   type V1OwnerReference,
   type V1Pod,
 } from '@kubernetes/client-node';
@@ -30,7 +31,6 @@ import {
   type StatusCondition,
   type ToolSet,
   type ToolSetStatus,
-  validateToolSet,
 } from '../toolset/index.js';
 import { describeApiError } from './api-errors.js';
 import { type Clock, systemClock } from './clock.js';
@@ -40,6 +40,7 @@ import type { InformerSet } from './informers.js';
 import { readInjection } from './patch.js';
 import { WorkQueue } from './queue.js';
 import { APP_URL_ENV, configMapName, LABEL_OPERATOR, UPSTREAM_ENV } from './sidecar.js';
+import { validateForCluster } from './sidecar-env.js';
 import type { SidecarProblem } from './sidecar-problems.js';
 import {
   buildStatus,
@@ -80,6 +81,11 @@ export interface ControllerOptions {
   metrics?: OperatorMetrics;
   clock?: Clock;
   logger: Logger;
+  /**
+   * The env vars every injected sidecar gets from the chart (injection.env, shared state): a
+   * `valueFrom.env` may name only those not reserved (sidecar-env.ts). Default: none.
+   */
+  sidecarEnv?: readonly V1EnvVar[];
   /** This operator's name on the ToolSets it claims (label earpiece.dev/operator); default `earpiece`. */
   instance?: string;
   /** How often every cached ToolSet is reconciled again without an event. */
@@ -220,7 +226,7 @@ export class ToolSetController {
 
     // Status is ours, not the user's: a malformed status must not make the spec invalid.
     const { status: _status, ...document } = cached;
-    const validation = validateToolSet(document);
+    const validation = validateForCluster(document, this.o.sidecarEnv ?? []);
     if (!validation.ok) {
       const fields = issuesMessage(validation.issues);
       const message = `${fields}; ${

@@ -190,6 +190,7 @@ export class ControlPlane {
       clock,
       logger,
       instance: config.instance ?? DEFAULT_INSTANCE,
+      sidecarEnv: config.sidecar.extraEnv,
       resyncMs: timing.resyncMs,
       retryBaseMs: timing.retryBaseMs,
       retryMaxMs: timing.retryMaxMs,

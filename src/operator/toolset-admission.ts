@@ -8,18 +8,25 @@
  * warnings: a ToolSet that got in while the webhook was down (failurePolicy Ignore) must still take
  * labels, annotations and finalizers, and its Ready condition already reports what is wrong.
  *
+ * In a cluster a `valueFrom.env` may name only a variable the injected sidecar gets from the chart's
+ * injection.env, never one of the operator's own EARPIECE_… variables (sidecar-env.ts); the controller
+ * holds ToolSets to the same rule, so what it would report Ready=False is refused here (422).
+ *
  * A valid ToolSet that names Secrets is then admitted only if the requesting user may `get` each of them
  * (secret-access.ts): the injected sidecar receives their values, and nothing else checks who named them.
+ * A `valueFrom.env` naming an injection.env variable the chart fills from a Secret names that Secret.
  * An UPDATE that changes the spec is checked the same way, since any change may send a Secret named before
  * elsewhere; one that leaves the spec as it was (labels, finalizers) is not.
  */
 import { isDeepStrictEqual } from 'node:util';
+import type { V1EnvVar } from '@kubernetes/client-node';
 import type { ToolSetAdmissionResult } from '../telemetry/operator-metrics.js';
 import { API_GROUP, KIND } from '../toolset/api.js';
-import { checkToolSet } from '../toolset/check.js';
+import { type CheckResult, checkToolSet } from '../toolset/check.js';
 import { formatIssues, type Issue } from '../toolset/validate.js';
 import { type SecretRef, secretRefs } from '../toolset/values.js';
 import { type SecretAccess, type UserInfo, unreadableSecrets } from './secret-access.js';
+import { type EnvSecretRef, envSecretRefs, sidecarEnvIssues } from './sidecar-env.js';
 
 export interface ToolSetAdmissionRequest {
   uid: string;
@@ -73,7 +80,8 @@ export interface ToolSetAdmission {
 export interface SecretAccessCheck {
   access: SecretAccess;
   timeoutMs?: number;
-  maxSecrets?: number;
+  /** Reviews in flight at once (default SECRET_ACCESS_CONCURRENCY). */
+  concurrency?: number;
 }
 
 /** The API server keeps at most 4 KiB of warnings per response and may cut each after 256 characters. */
@@ -94,10 +102,22 @@ function metadataOf(object: unknown): { name?: unknown; namespace?: unknown } {
   return metadata && typeof metadata === 'object' ? metadata : {};
 }
 
+/**
+ * checkToolSet, then the cluster's rule for `valueFrom.env` (sidecar-env.ts), as the controller checks it:
+ * what the controller would report Ready=False is refused here.
+ */
+function checkInCluster(object: unknown, sidecarEnv: readonly V1EnvVar[]): CheckResult {
+  const result = checkToolSet(object);
+  if (!result.ok) return result;
+  const issues = sidecarEnvIssues(result.toolset.spec, sidecarEnv);
+  return issues.length === 0 ? result : { ok: false, issues, warnings: result.warnings };
+}
+
 /** The ToolSet's own answer, before any access check: its validity. */
 function validation(
   request: ToolSetAdmissionRequest,
   name: string | undefined,
+  sidecarEnv: readonly V1EnvVar[],
 ): { response: ToolSetAdmissionResponse; result?: 'allowed' | 'refused'; issues: Issue[] } {
   const object = request.object;
   const isToolSet = request.kind?.group === API_GROUP && request.kind?.kind === KIND;
@@ -120,7 +140,7 @@ function validation(
     };
   }
 
-  const result = checkToolSet(object);
+  const result = checkInCluster(object, sidecarEnv);
   const spec = (object as { spec?: unknown }).spec;
   const oldSpec = (request.oldObject as { spec?: unknown } | undefined)?.spec;
   const specUnchanged = request.operation === 'UPDATE' && isDeepStrictEqual(spec, oldSpec);
@@ -165,13 +185,18 @@ function validation(
 /**
  * The Secret references that need the access check: all of them, unless an UPDATE leaves the spec as it
  * was (labels, annotations, finalizers). Any change to the spec may send a Secret named before somewhere
- * else (a tool's URL, the upstream), so it takes the right to read every Secret the ToolSet names.
+ * else (a tool's URL, the upstream), so it takes the right to read every Secret the ToolSet names. A
+ * `valueFrom.env` naming a sidecar variable the chart's injection.env fills from a Secret names that Secret.
  */
-export function secretRefsToCheck(object: unknown, oldObject?: unknown): SecretRef[] {
+export function secretRefsToCheck(
+  object: unknown,
+  oldObject?: unknown,
+  sidecarEnv: readonly V1EnvVar[] = [],
+): (SecretRef | EnvSecretRef)[] {
   const spec = (object as { spec?: unknown }).spec;
   if (oldObject !== undefined && isDeepStrictEqual(spec, (oldObject as { spec?: unknown } | null)?.spec))
     return [];
-  return secretRefs(spec);
+  return [...secretRefs(spec), ...envSecretRefs(spec, sidecarEnv)];
 }
 
 /** The user as messages name them. */
@@ -184,10 +209,13 @@ function forbidden(
   toolset: string | undefined,
   namespace: string,
   user: UserInfo | undefined,
-  refs: SecretRef[],
+  refs: (SecretRef | EnvSecretRef)[],
 ): ToolSetAdmissionResponse {
   const one = new Set(refs.map((r) => r.name)).size === 1;
-  const lines = refs.map((r) => `${r.path}: Secret ${r.name} (key ${r.key})`);
+  const lines = refs.map(
+    (r) =>
+      `${r.path}: Secret ${r.name} (key ${r.key}${'env' in r ? `, the sidecar's ${r.env} from injection.env` : ''})`,
+  );
   return {
     uid,
     allowed: false,
@@ -220,7 +248,7 @@ function checkFailed(
   names: string[],
   error: string,
 ): ToolSetAdmissionResponse {
-  // A refusal for too many Secrets may name dozens; a few say which change it is.
+  // A ToolSet may name hundreds of Secrets; a few say which change it is.
   const listed =
     names.length <= 8 ? names.join(', ') : `${names.slice(0, 8).join(', ')} and ${names.length - 8} more`;
   return {
@@ -241,11 +269,14 @@ export async function admitToolSet(
   options: {
     secretAccess?: SecretAccessCheck | undefined;
     onDecision?: ((decision: ToolSetAdmission) => void) | undefined;
+    /** The env vars the chart gives every sidecar (injection.env, shared state); default none. */
+    sidecarEnv?: readonly V1EnvVar[] | undefined;
   } = {},
 ): Promise<ToolSetAdmissionResponse> {
   const meta = metadataOf(request.object);
   const name = typeof meta.name === 'string' ? meta.name : request.name;
-  const { response, result, issues } = validation(request, name);
+  const sidecarEnv = options.sidecarEnv ?? [];
+  const { response, result, issues } = validation(request, name, sidecarEnv);
   if (!result) return response;
   const decision: ToolSetAdmission = {
     namespace: request.namespace,
@@ -257,7 +288,8 @@ export async function admitToolSet(
     user: request.userInfo?.username,
   };
   const check = options.secretAccess;
-  const refs = check && result === 'allowed' ? secretRefsToCheck(request.object, request.oldObject) : [];
+  const refs =
+    check && result === 'allowed' ? secretRefsToCheck(request.object, request.oldObject, sidecarEnv) : [];
   if (!check || refs.length === 0) {
     options.onDecision?.(decision);
     return response;
@@ -275,7 +307,7 @@ export async function admitToolSet(
   if (!user?.username && !user?.groups?.length) return failed('the review names no user');
   const answer = await unreadableSecrets(check.access, user, namespace, names, {
     timeoutMs: check.timeoutMs,
-    max: check.maxSecrets,
+    concurrency: check.concurrency,
   });
   if ('error' in answer) return failed(answer.error);
   if (answer.unreadable.length === 0) {

@@ -328,6 +328,7 @@ export async function startWebhookServer(options: WebhookServerOptions): Promise
     const response = await admitToolSet(body.request, {
       secretAccess: options.secretAccess,
       onDecision: options.onToolSetAdmission,
+      sidecarEnv: options.sidecar.extraEnv,
     });
     options.onReviewed?.('validate', (performance.now() - started) / 1000);
     return { apiVersion: 'admission.k8s.io/v1', kind: 'AdmissionReview', response };

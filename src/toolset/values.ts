@@ -80,6 +80,36 @@ function replaceSecretRefs(spec: unknown, replace: (ref: SecretRef) => unknown):
   return walk(spec, 'spec');
 }
 
+/** One `valueFrom.env`, with the path of the field that holds it. */
+export interface EnvRef {
+  /** `spec.tools[0].http.headers[1].valueFrom.env` */
+  path: string;
+  name: string;
+}
+
+/**
+ * Every `valueFrom.env` of a ToolSet's spec, in document order, found by the same rules as the Secret
+ * references (`parameters` of a tool are not searched); the spec need not be valid.
+ */
+export function envRefs(spec: unknown): EnvRef[] {
+  const refs: EnvRef[] = [];
+  const walk = (node: unknown, path: string): void => {
+    if (Array.isArray(node)) {
+      for (const [i, n] of node.entries()) walk(n, `${path}[${i}]`);
+      return;
+    }
+    if (node === null || typeof node !== 'object') return;
+    const isTool = /^spec\.tools\[\d+\]$/.test(path);
+    for (const [k, v] of Object.entries(node)) {
+      const env = k === 'valueFrom' ? (v as { env?: unknown } | null)?.env : undefined;
+      if (typeof env === 'string') refs.push({ path: `${path}.valueFrom.env`, name: env });
+      else if (!(isTool && k === 'parameters')) walk(v, `${path}.${k}`);
+    }
+  };
+  walk(spec, 'spec');
+  return refs;
+}
+
 /** Every secretKeyRef of a ToolSet's spec, in document order; the spec need not be valid. */
 export function secretRefs(spec: unknown): SecretRef[] {
   const refs: SecretRef[] = [];

@@ -13,6 +13,7 @@ import {
   SidecarConfigError,
   sidecarConfigFromEnv,
 } from '../../src/operator/sidecar.js';
+import { envSecretRefs, namableEnv, sidecarEnvIssues } from '../../src/operator/sidecar-env.js';
 import { DEFAULT_BODY_BYTES_IN_FLIGHT } from '../../src/operator/webhook.js';
 import { validateToolSet } from '../../src/toolset/index.js';
 import { type K8sObject, kubernetesIssues } from '../support/k8s-schema.js';
@@ -896,6 +897,28 @@ describe('sharedState.redis', () => {
     ]);
     expect(sidecarEnv(['sharedState.redis.url=redis://redis.cache:6379/2'])).toEqual([
       { name: 'EARPIECE_SHARED_STATE_REDIS_URL', value: 'redis://redis.cache:6379/2' },
+    ]);
+  });
+
+  it("gives the operator what a ToolSet's valueFrom.env may name: injection.env, never the Redis URL, Secrets behind them known", () => {
+    const extraEnv = sidecarEnv([
+      'injection.env[0].name=OTEL_EXPORTER_OTLP_HEADERS',
+      'injection.env[0].valueFrom.secretKeyRef.name=otel-auth',
+      'injection.env[0].valueFrom.secretKeyRef.key=headers',
+      'sharedState.redis.existingSecret.name=fleet-redis',
+    ]);
+    expect(namableEnv(extraEnv)).toEqual(['OTEL_EXPORTER_OTLP_HEADERS']);
+    const header = (env: string) => ({ tools: [{ http: { headers: [{ name: 'X', valueFrom: { env } }] } }] });
+    expect(sidecarEnvIssues(header('EARPIECE_SHARED_STATE_REDIS_URL'), extraEnv)[0]?.message).toContain(
+      'EARPIECE_SHARED_STATE_REDIS_URL is reserved',
+    );
+    expect(envSecretRefs(header('OTEL_EXPORTER_OTLP_HEADERS'), extraEnv)).toEqual([
+      {
+        path: 'spec.tools[0].http.headers[0].valueFrom.env',
+        name: 'otel-auth',
+        key: 'headers',
+        env: 'OTEL_EXPORTER_OTLP_HEADERS',
+      },
     ]);
   });
 

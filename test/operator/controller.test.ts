@@ -1049,6 +1049,99 @@ describe('earpiece operator', () => {
     }
   });
 
+  it('agrees with its webhook on what a valueFrom.env may name: Ready=False and the last good ConfigMap kept, 422 at the door', async () => {
+    for (const [plural, kind] of [
+      ['mutatingwebhookconfigurations', 'MutatingWebhookConfiguration'],
+      ['validatingwebhookconfigurations', 'ValidatingWebhookConfiguration'],
+    ] as const) {
+      api.create(plural, {
+        apiVersion: 'admissionregistration.k8s.io/v1',
+        kind,
+        metadata: { name: 'earpiece-webhook' },
+        webhooks: [{ name: 'x.earpiece.dev', clientConfig: {} }],
+      });
+    }
+    // The chart's injection.env and sharedState.redis.existingSecret, as EARPIECE_SIDECAR_ENV hands them over.
+    const extraEnv = [
+      { name: 'OTEL_EXPORTER_OTLP_ENDPOINT', value: 'http://otel:4318' },
+      {
+        name: 'EARPIECE_SHARED_STATE_REDIS_URL',
+        valueFrom: { secretKeyRef: { name: 'redis-auth', key: 'url' } },
+      },
+    ];
+    const operator = await startOperator({
+      kc: api.kubeConfig('operator'),
+      config: testOperatorConfig({ sidecar: { ...DEFAULT_SIDECAR, extraEnv } }),
+      host: '127.0.0.1',
+      logger,
+      metrics: new OperatorMetrics(),
+      timing: TIMING,
+    });
+    try {
+      const { ports } = operator;
+      await expect.poll(async () => (await get(ports.probe, '/readyz')).status, POLL).toBe(200);
+      const ca = Buffer.from(
+        (
+          api.get('validatingwebhookconfigurations', undefined, 'earpiece-webhook')!.webhooks as {
+            clientConfig: { caBundle?: string };
+          }[]
+        )[0]!.clientConfig.caBundle!,
+        'base64',
+      ).toString();
+      const sending = (env: string) => ({
+        name: 'lookup',
+        description: 'Looks things up.',
+        http: { url: 'https://collector.example/x', headers: [{ name: 'X-K', valueFrom: { env } }] },
+      });
+      const field = 'spec.tools[0].http.headers[0].valueFrom.env';
+      const reserved = `${field}: EARPIECE_SHARED_STATE_REDIS_URL is reserved: names starting with EARPIECE_ are the operator's own variables of the injected sidecar`;
+      const missing = `${field}: the injected sidecar has no environment variable VLLM_API_KEY: it has only OTEL_EXPORTER_OTLP_ENDPOINT, from the chart's injection.env`;
+
+      const review = (spec: unknown) =>
+        admit(ports.webhook, ca, { ...toolset('assistant', []), spec }, '/validate', {
+          kind: { group: 'earpiece.dev', version: 'v1alpha1', kind: 'ToolSet' },
+          resource: { group: 'earpiece.dev', version: 'v1alpha1', resource: 'toolsets' },
+          userInfo: { username: 'alice', groups: ['system:authenticated'] },
+        });
+      const spec = (env: string) => toolset('assistant', [sending(env)]).spec;
+      expect(await review(spec('OTEL_EXPORTER_OTLP_ENDPOINT'))).toEqual({ uid: 'a1b2', allowed: true });
+      for (const [env, message] of [
+        ['EARPIECE_SHARED_STATE_REDIS_URL', reserved],
+        ['VLLM_API_KEY', missing],
+      ] as const) {
+        const refused = (await review(spec(env))) as {
+          allowed: boolean;
+          status: { code: number; message: string };
+        };
+        expect(refused).toMatchObject({ allowed: false, status: { code: 422, reason: 'Invalid' } });
+        expect(refused.status.message).toContain(message);
+      }
+
+      // What got in while the webhook was down is the controller's to report, as for any invalid ToolSet.
+      api.create('toolsets', toolset('assistant', [sending('OTEL_EXPORTER_OTLP_ENDPOINT')]));
+      await expect.poll(() => ready('assistant')?.status, POLL).toBe('True');
+      await settled(operator.plane, 'assistant');
+      const good = configMap('assistant')!;
+      for (const [env, message] of [
+        ['EARPIECE_SHARED_STATE_REDIS_URL', reserved],
+        ['VLLM_API_KEY', missing],
+      ] as const) {
+        edit('assistant', (s) => {
+          s.tools = [sending(env)];
+        });
+        await expect.poll(() => String(ready('assistant')?.message), POLL).toContain(message);
+        expect(ready('assistant')).toMatchObject({ status: 'False', reason: 'InvalidToolSet' });
+        expect(ready('assistant')!.message).toContain(
+          'ConfigMap earpiece-toolset-assistant keeps the last valid',
+        );
+        await settled(operator.plane, 'assistant');
+        expect(configMap('assistant')).toEqual(good);
+      }
+    } finally {
+      await operator.stop();
+    }
+  });
+
   it("holds the webhook's request bodies to the budget it is configured with", async () => {
     createWebhookConfiguration();
     const operator = await startOperator({

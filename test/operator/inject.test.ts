@@ -19,7 +19,7 @@ import { toolsetLookup } from '../../src/operator/select.js';
 import { DEFAULT_SIDECAR, type SidecarConfig } from '../../src/operator/sidecar.js';
 import { CertificateHolder, startWebhookServer, type WebhookServer } from '../../src/operator/webhook.js';
 import { createLogger } from '../../src/telemetry/log.js';
-import { MAX_TOOLSET_BYTES, type ToolSet, validateToolSet } from '../../src/toolset/index.js';
+import { MAX_TOOLSET_BYTES, secretEnvName, type ToolSet, validateToolSet } from '../../src/toolset/index.js';
 import { webhookCertificates } from '../support/certs.js';
 import { toolSetOfSize } from '../support/large-toolset.js';
 import { workloadIssues } from '../support/pod-rules.js';
@@ -345,6 +345,54 @@ describe('earpiece inject, the command', () => {
           `^${file}: ToolSet big: spec: renders to \\d+ bytes of configuration, more than the ${MAX_TOOLSET_BYTES} \\(1008 KiB\\) a ToolSet may have`,
         ),
       );
+    } finally {
+      rmSync(dir, { recursive: true });
+    }
+  });
+
+  it("holds a ToolSet's valueFrom.env to what EARPIECE_SIDECAR_ENV gives the sidecar, as the operator does", async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'earpiece-inject-'));
+    const file = path.join(dir, 'env.yaml');
+    const withEnv = (name: string) =>
+      readFileSync(`${DIR}/toolsets/reports.yaml`, 'utf8').replace(
+        'apiKey: { valueFrom: { secretKeyRef: { name: vllm, key: token } } }',
+        `apiKey: { valueFrom: { env: ${name} } }`,
+      );
+    const field = `${file}: ToolSet reports: spec.upstream.apiKey.valueFrom.env`;
+    const sidecarEnv = JSON.stringify([
+      { name: 'VLLM_TOKEN', valueFrom: { secretKeyRef: { name: 'vllm', key: 'token' } } },
+    ]);
+    const execEnv = async (env: NodeJS.ProcessEnv) => {
+      try {
+        const { stdout, stderr } = await run(
+          process.execPath,
+          [cli, 'inject', '-t', file, '-f', `${DIR}/job.yaml`],
+          {
+            encoding: 'utf8',
+            env: { ...process.env, ...env },
+          },
+        );
+        return { code: 0, stdout, stderr };
+      } catch (err) {
+        const e = err as { code: number; stdout: string; stderr: string };
+        return { code: e.code, stdout: e.stdout, stderr: e.stderr };
+      }
+    };
+    try {
+      writeFileSync(file, withEnv('VLLM_TOKEN'));
+      expect(await execEnv({ EARPIECE_SIDECAR_ENV: '' })).toEqual({
+        code: 1,
+        stdout: '',
+        stderr: `${field}: the injected sidecar has no environment variable VLLM_TOKEN: the chart gives it none (injection.env is empty); name a Secret with valueFrom.secretKeyRef, or add the variable to injection.env\n`,
+      });
+      const given = await execEnv({ EARPIECE_SIDECAR_ENV: sidecarEnv });
+      expect(given.code).toBe(0);
+      expect(given.stdout).toContain('name: VLLM_TOKEN');
+
+      writeFileSync(file, withEnv(secretEnvName('vllm', 'token')));
+      const reserved = await execEnv({ EARPIECE_SIDECAR_ENV: sidecarEnv });
+      expect(reserved.code).toBe(1);
+      expect(reserved.stderr).toContain(`${field}: ${secretEnvName('vllm', 'token')} is reserved`);
     } finally {
       rmSync(dir, { recursive: true });
     }

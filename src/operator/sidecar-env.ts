@@ -1,0 +1,79 @@
+/**
+ * What a ToolSet's `valueFrom.env` may name in a cluster, where the injected sidecar's environment is the
+ * operator's to give: the controller, the validating webhook and `earpiece inject` share these checks.
+ *
+ * The sidecar's environment holds the operator's own variables, all named EARPIECE_… (its settings,
+ * EARPIECE_UPSTREAM_URL, EARPIECE_SHARED_STATE_REDIS_URL, and one EARPIECE_SECRET_… per Secret key any
+ * ToolSet version named, see secretEnvName), and the chart's `injection.env` (EARPIECE_SIDECAR_ENV). A
+ * `valueFrom.env` naming one of the operator's would read a Secret nobody checked the ToolSet's author
+ * may read, so that prefix is refused: Secrets are named with `valueFrom.secretKeyRef`. A name the
+ * sidecar does not have would crash every new sidecar, so only `injection.env` names are allowed; one
+ * that the chart fills from a Secret counts as naming that Secret, for the admission's access check.
+ * Outside a cluster (`earpiece proxy`) none of this applies: env refs resolve from the process env.
+ */
+import type { V1EnvVar } from '@kubernetes/client-node';
+import type { Issue, ParseResult } from '../toolset/validate.js';
+import { validateToolSet } from '../toolset/validate.js';
+import { envRefs, type SecretRef } from '../toolset/values.js';
+
+/** The prefix of every environment variable the operator gives the sidecar itself. */
+export const RESERVED_ENV_PREFIX = 'EARPIECE_';
+
+/** Names listed in a message at most. */
+const MAX_LISTED = 20;
+
+/** The sidecar env vars a ToolSet may name: those of `injection.env`, less the reserved ones. Sorted, unique. */
+export function namableEnv(extraEnv: readonly V1EnvVar[]): string[] {
+  const names = extraEnv.map((e) => e.name).filter((n) => !n.startsWith(RESERVED_ENV_PREFIX));
+  return [...new Set(names)].sort();
+}
+
+/** Every `valueFrom.env` of the spec the injected sidecar cannot or may not give, with its field path. */
+export function sidecarEnvIssues(spec: unknown, extraEnv: readonly V1EnvVar[]): Issue[] {
+  const allowed = namableEnv(extraEnv);
+  const known = new Set(allowed);
+  const listed =
+    allowed.length === 0
+      ? 'the chart gives it none (injection.env is empty)'
+      : `it has only ${allowed.slice(0, MAX_LISTED).join(', ')}${allowed.length > MAX_LISTED ? ` and ${allowed.length - MAX_LISTED} more` : ''}, from the chart's injection.env`;
+  const issues: Issue[] = [];
+  for (const ref of envRefs(spec)) {
+    if (ref.name.startsWith(RESERVED_ENV_PREFIX)) {
+      issues.push({
+        path: ref.path,
+        message: `${ref.name} is reserved: names starting with ${RESERVED_ENV_PREFIX} are the operator's own variables of the injected sidecar (Secrets other ToolSets name, shared state, settings); name a Secret with valueFrom.secretKeyRef instead`,
+      });
+    } else if (!known.has(ref.name)) {
+      issues.push({
+        path: ref.path,
+        message: `the injected sidecar has no environment variable ${ref.name}: ${listed}; name a Secret with valueFrom.secretKeyRef, or add the variable to injection.env`,
+      });
+    }
+  }
+  return issues;
+}
+
+/** A reference to a Secret by way of an `injection.env` variable the chart fills from it. */
+export type EnvSecretRef = SecretRef & { env: string };
+
+/** Each `valueFrom.env` of the spec that names an `injection.env` variable filled from a Secret. */
+export function envSecretRefs(spec: unknown, extraEnv: readonly V1EnvVar[]): EnvSecretRef[] {
+  const fromSecret = new Map<string, { name: string; key: string }>();
+  for (const e of extraEnv) {
+    const ref = e.valueFrom?.secretKeyRef;
+    if (ref?.name && !e.name.startsWith(RESERVED_ENV_PREFIX))
+      fromSecret.set(e.name, { name: ref.name, key: ref.key });
+  }
+  return envRefs(spec).flatMap((ref) => {
+    const secret = fromSecret.get(ref.name);
+    return secret ? [{ path: ref.path, name: secret.name, key: secret.key, env: ref.name }] : [];
+  });
+}
+
+/** validateToolSet, then the cluster's rule for `valueFrom.env`: the controller's and `earpiece inject`'s check. */
+export function validateForCluster(doc: unknown, extraEnv: readonly V1EnvVar[]): ParseResult {
+  const result = validateToolSet(doc);
+  if (!result.ok) return result;
+  const issues = sidecarEnvIssues(result.toolset.spec, extraEnv);
+  return issues.length === 0 ? result : { ok: false, issues };
+}
