@@ -22,6 +22,7 @@ import {
   type Tool,
   ToolListChangedNotificationSchema,
 } from '@modelcontextprotocol/sdk/types.js';
+import type { jsonSchemaValidator } from '@modelcontextprotocol/sdk/validation/types.js';
 import type { Logger } from '../telemetry/log.js';
 import { secretScrubber } from '../telemetry/scrub.js';
 import type { ResolvedTool } from '../toolset/defaults.js';
@@ -75,6 +76,16 @@ const LIST_TIMEOUT_MS = 10_000;
  * larger than this (as JSON) costs the voice turn more than the tool can give, and the tool is left out.
  */
 export const MAX_MCP_SCHEMA_CHARS = 64 * 1024;
+
+/**
+ * Without a validator of its own, the SDK compiles the outputSchema of every listed tool on every listing
+ * (all of them, into one ajv that keeps them all) and runs it on each result with JavaScript regexes: a
+ * server could stall the event loop or grow memory with it. Results go to the model as data and nothing
+ * here relies on their shape, so no output schema is compiled or run.
+ */
+const UNCHECKED_OUTPUT: jsonSchemaValidator = {
+  getValidator: () => (input) => ({ valid: true, data: input as never, errorMessage: undefined }),
+};
 
 type TransportKind = 'streamable' | 'sse';
 
@@ -348,7 +359,7 @@ class McpProvider implements ToolProvider {
             },
           })
         : new SSEClientTransport(this.url, { requestInit, fetch: sessionFetch });
-    const client = new Client(CLIENT_INFO, { capabilities: {} });
+    const client = new Client(CLIENT_INFO, { capabilities: {}, jsonSchemaValidator: UNCHECKED_OUTPUT });
     const session: Session = {
       client,
       transport,

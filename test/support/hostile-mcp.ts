@@ -2,7 +2,8 @@
  * A hostile MCP server for tests: Streamable HTTP written by hand (JSON answers, one session), or the older
  * HTTP+SSE transport (every answer on the one event stream, after a 202 to the POST), so it can do what the
  * SDK's server never would: list thousands of tools, flood the client with tools/list_changed, answer a
- * call with 5 MiB, with another request's id, late or never, hold its answer to initialize or tools/list, or send one
+ * call with 5 MiB, with structured content its own output schema would take seconds to check, with another
+ * request's id, late or never, hold its answer to initialize or tools/list, or send one
  * event without end on the client's event stream. It counts what it sees and the TCP connections it holds open.
  */
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
@@ -36,6 +37,10 @@ export interface HostileMcpServer {
   pageDelayMs: number;
   /** Every tool's description padded to this many characters (oversizedListing aside). */
   descriptionChars: number;
+  /** Listed as every tool's outputSchema. */
+  outputSchema: Record<string, unknown> | undefined;
+  /** Sent with every 'ok' answer to tools/call. */
+  structuredContent: Record<string, unknown> | undefined;
   /** Every tool named with 100,000 characters, tool_2 the same as tool_0 (so they clash). */
   longNames: boolean;
   /** tools/list requests (pages) seen, and tools/call requests seen. */
@@ -157,11 +162,15 @@ export async function startHostileMcpServer(
             : {}),
         },
       },
+      ...(state.outputSchema ? { outputSchema: state.outputSchema } : {}),
     }));
 
   const call = (req: Request, res: ServerResponse) => {
     state.calls++;
-    const ok = { content: [{ type: 'text', text: 'ok' }] };
+    const ok = {
+      content: [{ type: 'text', text: 'ok' }],
+      ...(state.structuredContent ? { structuredContent: state.structuredContent } : {}),
+    };
     switch (state.mode) {
       case 'ok':
         return answer(res, req.id, ok);
@@ -270,6 +279,8 @@ export async function startHostileMcpServer(
     endless: false,
     pageDelayMs: 0,
     descriptionChars: 0,
+    outputSchema: undefined,
+    structuredContent: undefined,
     longNames: false,
     listings: 0,
     calls: 0,

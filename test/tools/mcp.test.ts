@@ -3,6 +3,9 @@
  * Streamable HTTP and the older HTTP+SSE transport, on 127.0.0.1.
  */
 import { createServer } from 'node:net';
+import { monitorEventLoopDelay } from 'node:perf_hooks';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
 import { pino } from 'pino';
 import { afterEach, describe, expect, it } from 'vitest';
 import { createMcpProvider, END_SESSION_TIMEOUT_MS } from '../../src/tools/mcp.js';
@@ -573,6 +576,68 @@ describe('mcp provider against a hostile server', () => {
     expect(Date.now() - started).toBeLessThan(END_SESSION_TIMEOUT_MS + 1_000);
     expect(s.deletes).toEqual([]);
     expect(p.status?.().state).toBe('down');
+  });
+
+  /** The longest the event loop was held up while `work` ran, in milliseconds. */
+  async function longestStall(work: () => Promise<unknown>): Promise<number> {
+    const delay = monitorEventLoopDelay({ resolution: 10 });
+    delay.enable();
+    try {
+      await work();
+    } finally {
+      delay.disable();
+    }
+    return delay.max / 1e6;
+  }
+
+  it('never runs an output schema: a catastrophic pattern cannot stall the event loop', async () => {
+    const s = await hostile();
+    s.outputSchema = { type: 'object', properties: { s: { type: 'string', pattern: '^(a+)+$' } } };
+    // The SDK's own validator backtracks for about 6 s on these 26 characters.
+    s.structuredContent = { s: `${'a'.repeat(25)}!` };
+    const p = createMcpProvider(mcpTool({ url: s.url }), { env: {}, logger });
+    cleanup.push(() => p.close?.() ?? Promise.resolve());
+    await waitFor(() => connected(p), 'connection');
+    let result: unknown;
+    const stall = await longestStall(async () => {
+      result = await run(p, 'tool_0');
+    });
+    expect(result).toBe(`ok\n${JSON.stringify(s.structuredContent)}`);
+    expect(stall).toBeLessThan(1_000);
+  });
+
+  it('compiles no output schema on a listing, of tools offered or not, however often it lists', async () => {
+    setFlagsFromString('--expose-gc');
+    const gc = runInNewContext('gc') as () => void;
+    const s = await hostile();
+    s.tools = 64;
+    // About 12 KB each: the SDK's own validator took some 3 s to compile the 64 and kept 10 MB of them.
+    s.outputSchema = {
+      type: 'object',
+      properties: Object.fromEntries(Array.from({ length: 500 }, (_, n) => [`p${n}`, { type: 'string' }])),
+    };
+    let p: ToolProvider | undefined;
+    const relist = async (listings: number) => {
+      await s.storm(20);
+      await waitFor(() => s.listings >= listings, `listing ${listings}`);
+      // The listing's answer arrived; give the client a moment to take it in.
+      await new Promise((resolve) => setTimeout(resolve, 200));
+    };
+    const stall = await longestStall(async () => {
+      p = createMcpProvider(mcpTool({ url: s.url, include: ['tool_0'] }), { env: {}, logger });
+      cleanup.push(() => p?.close?.() ?? Promise.resolve());
+      await waitFor(() => connected(p!), 'connection');
+      await relist(2);
+    });
+    expect(stall).toBeLessThan(1_000);
+    gc();
+    const before = process.memoryUsage().heapUsed;
+    await relist(3);
+    await relist(4);
+    gc();
+    gc();
+    expect(process.memoryUsage().heapUsed - before).toBeLessThan(8 * 1024 * 1024);
+    expect(p?.tools().map((t) => t.name)).toEqual(['tool_0']);
   });
 
   it('checks arguments against a hostile pattern in linear time', async () => {
