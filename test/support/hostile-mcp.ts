@@ -37,6 +37,10 @@ export interface HostileMcpServer {
   pageDelayMs: number;
   /** Every tool's description padded to this many characters (oversizedListing aside). */
   descriptionChars: number;
+  /** Extra string properties (`p0`, `p1`, …) in every tool's input schema, to make it large. */
+  inputProperties: number;
+  /** Every tool's description ends with this, so a listing can change nothing but descriptions. */
+  descriptionSuffix: string;
   /** Listed as every tool's outputSchema. */
   outputSchema: Record<string, unknown> | undefined;
   /** Sent with every 'ok' answer to tools/call. */
@@ -138,7 +142,7 @@ export async function startHostileMcpServer(
   const describe = (i: number) =>
     state.oversizedListing && i === 0
       ? 'd'.repeat(100_000)
-      : `Tool number ${i}.`.padEnd(state.descriptionChars, 'd');
+      : `Tool number ${i}.${state.descriptionSuffix}`.padEnd(state.descriptionChars, 'd');
 
   /** One page of the listing: the tools from `cursor` (an index) on, and where the next page starts. */
   const toolPage = (cursor: unknown) => {
@@ -160,6 +164,9 @@ export async function startHostileMcpServer(
           ...(state.oversizedListing && i === 1
             ? { mode: { type: 'string', enum: Array.from({ length: 10_000 }, (_, n) => `mode_${n}`) } }
             : {}),
+          ...Object.fromEntries(
+            Array.from({ length: state.inputProperties }, (_, n) => [`p${n}`, { type: 'string' }]),
+          ),
         },
       },
       ...(state.outputSchema ? { outputSchema: state.outputSchema } : {}),
@@ -279,6 +286,8 @@ export async function startHostileMcpServer(
     endless: false,
     pageDelayMs: 0,
     descriptionChars: 0,
+    inputProperties: 0,
+    descriptionSuffix: '',
     outputSchema: undefined,
     structuredContent: undefined,
     longNames: false,

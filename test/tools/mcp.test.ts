@@ -7,7 +7,7 @@ import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { pino } from 'pino';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import { createMcpProvider, END_SESSION_TIMEOUT_MS } from '../../src/tools/mcp.js';
 import { createToolRegistry } from '../../src/tools/registry.js';
 import { type ToolContext, ToolError, type ToolProvider } from '../../src/tools/types.js';
@@ -19,6 +19,22 @@ import { type McpTestServer, startMcpServer } from '../support/mcp-server.js';
 import { capturingLogger, startServer } from './helpers.js';
 
 const logger = pino({ level: 'silent' });
+
+/** Argument schemas compiled, counted through every compiler the registry makes. */
+const compiles = vi.hoisted(() => ({ count: 0 }));
+vi.mock('../../src/tools/arguments.js', async (importOriginal) => {
+  const actual = await importOriginal<typeof import('../../src/tools/arguments.js')>();
+  return {
+    ...actual,
+    createArgumentCompiler: () => {
+      const compile = actual.createArgumentCompiler();
+      return (...args: Parameters<typeof compile>) => {
+        compiles.count++;
+        return compile(...args);
+      };
+    },
+  };
+});
 const cleanup: (() => Promise<void>)[] = [];
 
 afterEach(async () => {
@@ -638,6 +654,56 @@ describe('mcp provider against a hostile server', () => {
     gc();
     expect(process.memoryUsage().heapUsed - before).toBeLessThan(8 * 1024 * 1024);
     expect(p?.tools().map((t) => t.name)).toEqual(['tool_0']);
+  });
+
+  /** A registry of the one MCP entry. */
+  async function registryOf(mcp: Record<string, unknown>) {
+    const result = validateToolSet({
+      apiVersion: 'earpiece.dev/v1alpha1',
+      kind: 'ToolSet',
+      metadata: { name: 'test' },
+      spec: { tools: [{ mcp }] },
+    });
+    if (!result.ok) throw new Error(formatIssues(result.issues));
+    const registry = await createToolRegistry(resolveToolSet(result.toolset), { env: {}, logger });
+    cleanup.push(() => registry.close());
+    return registry;
+  }
+
+  it('compiles an argument schema on its first call, and again only when its content changes', async () => {
+    const s = await hostile();
+    s.tools = 2;
+    s.inputProperties = 50;
+    const registry = await registryOf({ url: s.url });
+    await waitFor(() => registry.has('tool_1'), 'the tools');
+    const call = (name: string) =>
+      registry.call({ id: name, name, arguments: '{"q":"x"}' }, new AbortController().signal);
+    const described = (suffix: string) => () =>
+      registry.offered([]).every((d) => d.function.description?.endsWith(suffix));
+
+    const start = compiles.count;
+    expect(registry.offered([])).toHaveLength(2);
+    expect(compiles.count).toBe(start);
+    await call('tool_0');
+    await call('tool_1');
+    // The two tools have the same schema.
+    expect(compiles.count).toBe(start + 1);
+
+    // A listing with new descriptions brings new schema objects of the same content: nothing compiles.
+    s.descriptionSuffix = ' Now with more.';
+    await s.storm(20);
+    await waitFor(described(' Now with more.'), 'the new descriptions');
+    await call('tool_0');
+    await call('tool_1');
+    expect(compiles.count).toBe(start + 1);
+
+    s.inputProperties = 51;
+    s.descriptionSuffix = ' And a field.';
+    await s.storm(20);
+    await waitFor(described(' And a field.'), 'the new schemas');
+    expect((await call('tool_0')).outcome).toBe('ok');
+    expect(compiles.count).toBe(start + 2);
+    expect(s.calls).toBe(5);
   });
 
   it('checks arguments against a hostile pattern in linear time', async () => {
