@@ -76,6 +76,11 @@ const LIST_TIMEOUT_MS = 10_000;
  * larger than this (as JSON) costs the voice turn more than the tool can give, and the tool is left out.
  */
 export const MAX_MCP_SCHEMA_CHARS = 64 * 1024;
+/**
+ * The input schemas one server's offered tools may hold in all (as JSON): each is compiled on the tool's
+ * first call and costs the voice turn as it goes to the model. The tools past it are left out.
+ */
+export const MAX_MCP_SCHEMAS_CHARS = 512 * 1024;
 
 /**
  * Without a validator of its own, the SDK compiles the outputSchema of every listed tool on every listing
@@ -526,6 +531,8 @@ class McpProvider implements ToolProvider {
     const provided: ProvidedTool[] = [];
     const names = new Set<string>();
     let offerable = 0;
+    let schemasChars = 0;
+    const overBudget: string[] = [];
     for (const t of listed) {
       if (include && !include.has(t.name)) continue;
       if (++offerable > MAX_TOOLS_PER_SERVER) continue;
@@ -547,6 +554,11 @@ class McpProvider implements ToolProvider {
         );
         continue;
       }
+      if (schemasChars + schemaChars > MAX_MCP_SCHEMAS_CHARS) {
+        overBudget.push(logName(t.name));
+        continue;
+      }
+      schemasChars += schemaChars;
       names.add(name);
       const original = t.name;
       provided.push({
@@ -557,6 +569,12 @@ class McpProvider implements ToolProvider {
         executor: { run: (args, ctx) => this.call(original, args, ctx) },
         config: this.tool,
       });
+    }
+    if (overBudget.length) {
+      this.logger.warn(
+        { tools: overBudget, cap: MAX_MCP_SCHEMAS_CHARS },
+        'Skipped MCP tools whose input schemas would take the tools of this server past their budget',
+      );
     }
     if (include) {
       const missing = [...include].filter((n) => !listed.some((t) => t.name === n));

@@ -8,7 +8,12 @@ import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { pino } from 'pino';
 import { afterEach, describe, expect, it, vi } from 'vitest';
-import { createMcpProvider, END_SESSION_TIMEOUT_MS } from '../../src/tools/mcp.js';
+import {
+  createMcpProvider,
+  END_SESSION_TIMEOUT_MS,
+  MAX_MCP_SCHEMA_CHARS,
+  MAX_MCP_SCHEMAS_CHARS,
+} from '../../src/tools/mcp.js';
 import { createToolRegistry } from '../../src/tools/registry.js';
 import { type ToolContext, ToolError, type ToolProvider } from '../../src/tools/types.js';
 import { type ResolvedTool, resolveToolSet } from '../../src/toolset/defaults.js';
@@ -704,6 +709,28 @@ describe('mcp provider against a hostile server', () => {
     expect((await call('tool_0')).outcome).toBe('ok');
     expect(compiles.count).toBe(start + 2);
     expect(s.calls).toBe(5);
+  });
+
+  it('leaves out the tools whose input schemas pass the budget of the server, and names them', async () => {
+    const s = await hostile();
+    s.tools = 12;
+    // Each schema just under the cap of one: twelve of them are half again the budget of all.
+    s.inputProperties = 2_300;
+    const { logger: capturing, lines } = capturingLogger();
+    const p = createMcpProvider(mcpTool({ url: s.url }), { env: {}, logger: capturing });
+    cleanup.push(() => p.close?.() ?? Promise.resolve());
+    await waitFor(() => connected(p), 'connection');
+    const size = JSON.stringify(p.tools()[0]?.parameters).length;
+    expect(size).toBeGreaterThan(MAX_MCP_SCHEMAS_CHARS / 9);
+    expect(size).toBeLessThan(MAX_MCP_SCHEMA_CHARS);
+    expect(p.tools().map((t) => t.name)).toEqual(Array.from({ length: 8 }, (_, i) => `tool_${i}`));
+    const warning = lines().find((l) => l.msg.includes('past their budget')) as
+      | { tools?: string[]; cap?: number }
+      | undefined;
+    expect(warning).toMatchObject({
+      tools: ['tool_8', 'tool_9', 'tool_10', 'tool_11'],
+      cap: MAX_MCP_SCHEMAS_CHARS,
+    });
   });
 
   it('checks arguments against a hostile pattern in linear time', async () => {
