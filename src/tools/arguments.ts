@@ -1,6 +1,6 @@
 /**
  * Arguments as the model wrote them → a checked object, or a short problem the model can act on.
- * Each tool's `parameters` schema is compiled once (ajv, all errors) when the tool is registered.
+ * Each tool's `parameters` schema is compiled (ajv, all errors) on the tool's first call (registry.ts).
  */
 import type { Ajv, ErrorObject } from 'ajv';
 import { createAjv, pointerToPath } from '../toolset/validate.js';
@@ -38,9 +38,9 @@ export type ArgumentCompiler = (
 ) => ArgumentCheck;
 
 /**
- * A compiler for one batch of tools (one tool table). ajv keeps everything it compiled for as long as
- * the instance lives, and removeSchema does not let all of it go, so each batch has an instance of its
- * own, dropped with the checks it made. A schema the validator cannot compile (an MCP server may send
+ * A compiler for one batch of schemas. ajv keeps everything it compiled for as long as the instance
+ * lives, and removeSchema does not let all of it go, so each batch has an instance of its own, dropped
+ * with the checks it made. A schema the validator cannot compile (an MCP server may send
  * anything) is reported through `onUnusable` and then checks nothing, so the tool stays callable.
  */
 export function createArgumentCompiler(): ArgumentCompiler {

@@ -22,6 +22,7 @@ import {
   type Tool,
   ToolListChangedNotificationSchema,
 } from '@modelcontextprotocol/sdk/types.js';
+import type { jsonSchemaValidator } from '@modelcontextprotocol/sdk/validation/types.js';
 import type { Logger } from '../telemetry/log.js';
 import { secretScrubber } from '../telemetry/scrub.js';
 import type { ResolvedTool } from '../toolset/defaults.js';
@@ -75,6 +76,21 @@ const LIST_TIMEOUT_MS = 10_000;
  * larger than this (as JSON) costs the voice turn more than the tool can give, and the tool is left out.
  */
 export const MAX_MCP_SCHEMA_CHARS = 64 * 1024;
+/**
+ * The input schemas one server's offered tools may hold in all (as JSON): each is compiled on the tool's
+ * first call and costs the voice turn as it goes to the model. The tools past it are left out.
+ */
+export const MAX_MCP_SCHEMAS_CHARS = 512 * 1024;
+
+/**
+ * Without a validator of its own, the SDK compiles the outputSchema of every listed tool on every listing
+ * (all of them, into one ajv that keeps them all) and runs it on each result with JavaScript regexes: a
+ * server could stall the event loop or grow memory with it. Results go to the model as data and nothing
+ * here relies on their shape, so no output schema is compiled or run.
+ */
+const UNCHECKED_OUTPUT: jsonSchemaValidator = {
+  getValidator: () => (input) => ({ valid: true, data: input as never, errorMessage: undefined }),
+};
 
 type TransportKind = 'streamable' | 'sse';
 
@@ -348,7 +364,7 @@ class McpProvider implements ToolProvider {
             },
           })
         : new SSEClientTransport(this.url, { requestInit, fetch: sessionFetch });
-    const client = new Client(CLIENT_INFO, { capabilities: {} });
+    const client = new Client(CLIENT_INFO, { capabilities: {}, jsonSchemaValidator: UNCHECKED_OUTPUT });
     const session: Session = {
       client,
       transport,
@@ -515,6 +531,8 @@ class McpProvider implements ToolProvider {
     const provided: ProvidedTool[] = [];
     const names = new Set<string>();
     let offerable = 0;
+    let schemasChars = 0;
+    const overBudget: string[] = [];
     for (const t of listed) {
       if (include && !include.has(t.name)) continue;
       if (++offerable > MAX_TOOLS_PER_SERVER) continue;
@@ -536,6 +554,11 @@ class McpProvider implements ToolProvider {
         );
         continue;
       }
+      if (schemasChars + schemaChars > MAX_MCP_SCHEMAS_CHARS) {
+        overBudget.push(logName(t.name));
+        continue;
+      }
+      schemasChars += schemaChars;
       names.add(name);
       const original = t.name;
       provided.push({
@@ -546,6 +569,12 @@ class McpProvider implements ToolProvider {
         executor: { run: (args, ctx) => this.call(original, args, ctx) },
         config: this.tool,
       });
+    }
+    if (overBudget.length) {
+      this.logger.warn(
+        { tools: overBudget, cap: MAX_MCP_SCHEMAS_CHARS },
+        'Skipped MCP tools whose input schemas would take the tools of this server past their budget',
+      );
     }
     if (include) {
       const missing = [...include].filter((n) => !listed.some((t) => t.name === n));

@@ -4,9 +4,10 @@
  * entry (the MCP SDK and pg stay out of memory otherwise). MCP lists change at runtime, so the table is
  * rebuilt, lazily, after a provider reports a change.
  */
+import { createHash } from 'node:crypto';
 import type { Dispatcher } from 'undici';
 import { createLogger, type Logger } from '../telemetry/log.js';
-import type { ResolvedTool, ResolvedToolSet } from '../toolset/defaults.js';
+import { canonicalJson, type ResolvedTool, type ResolvedToolSet } from '../toolset/defaults.js';
 import { type ArgumentCheck, createArgumentCompiler } from './arguments.js';
 import { BUILTINS, createBuiltinExecutor } from './builtin.js';
 import { type CallableTool, callTool } from './call.js';
@@ -66,6 +67,63 @@ export function keywordPattern(keywords: readonly string[]): RegExp {
   return new RegExp(`(?<![\\p{L}\\p{M}\\p{N}_])(?:${alternatives.join('|')})`, 'iu');
 }
 
+/**
+ * ajv keeps everything it compiled for as long as the instance lives (about 20 bytes of heap per character
+ * of schema, and some 5 KB for even the smallest), so once this much has gone into one compiler the next
+ * compile starts a fresh one, and the checks cached from the old are let go.
+ */
+const COMPILER_BUDGET_CHARS = 1024 * 1024;
+const COMPILE_OVERHEAD_CHARS = 256;
+
+/**
+ * Argument checks by the content of their schema (a hash of its canonical JSON), kept across table
+ * rebuilds: an MCP server's every listing brings new schema objects, and a relisting (a changed
+ * description, a reconnect) must not compile again what is already compiled. A tool's check compiles on
+ * its first call, before the arguments are checked, not when the table is built: a relisting never
+ * compiles every schema at once, and a tool never called is never compiled.
+ */
+class ArgumentChecks {
+  readonly #logger: Logger;
+  /** What the current compiler made, by schema hash; bounded by COMPILER_BUDGET_CHARS. */
+  readonly #compiled = new Map<string, ArgumentCheck>();
+  #compile = createArgumentCompiler();
+  #spent = 0;
+
+  constructor(logger: Logger) {
+    this.#logger = logger;
+  }
+
+  /** The check of one tool of a table, compiled (or found compiled) when first called. */
+  for(tool: ProvidedTool): ArgumentCheck {
+    let check: ArgumentCheck | undefined;
+    return (args) => {
+      check ??= this.#find(tool);
+      return check(args);
+    };
+  }
+
+  #find(tool: ProvidedTool): ArgumentCheck {
+    const text = canonicalJson(tool.parameters);
+    const key = createHash('sha256').update(text).digest('base64');
+    const found = this.#compiled.get(key);
+    if (found) return found;
+    if (this.#spent > COMPILER_BUDGET_CHARS) {
+      this.#compile = createArgumentCompiler();
+      this.#compiled.clear();
+      this.#spent = 0;
+    }
+    const check = this.#compile(tool.parameters, (problem) =>
+      this.#logger.warn(
+        { tool: tool.name, problem },
+        `The parameters schema of "${tool.name}" cannot be compiled; its arguments are not checked`,
+      ),
+    );
+    this.#spent += text.length + COMPILE_OVERHEAD_CHARS;
+    this.#compiled.set(key, check);
+    return check;
+  }
+}
+
 interface Offer {
   definition: ToolDefinition;
   keywords: RegExp | undefined;
@@ -94,7 +152,7 @@ function describeProvider(tool: ProvidedTool): string {
 function buildTable(
   providers: readonly ToolProvider[],
   previous: Map<string, ToolProvider>,
-  checks: WeakMap<object, ArgumentCheck>,
+  checks: ArgumentChecks,
   logger: Logger,
 ): Table {
   const candidates = providers.flatMap((provider) => provider.tools().map((tool) => ({ provider, tool })));
@@ -117,21 +175,10 @@ function buildTable(
   }
 
   const table: Table = { tools: new Map(), offers: [], definitions: [], owners: new Map() };
-  const compile = createArgumentCompiler();
   for (const candidate of candidates) {
     const { tool, provider } = candidate;
     if (winners.get(tool.name) !== candidate) continue;
-    let check = checks.get(tool.parameters);
-    if (!check) {
-      check = compile(tool.parameters, (problem) =>
-        logger.warn(
-          { tool: tool.name, problem },
-          `The parameters schema of "${tool.name}" cannot be compiled; its arguments are not checked`,
-        ),
-      );
-      checks.set(tool.parameters, check);
-    }
-    table.tools.set(tool.name, { ...tool, check });
+    table.tools.set(tool.name, { ...tool, check: checks.for(tool) });
     table.owners.set(tool.name, provider);
     table.offers.push({
       definition: {
@@ -153,13 +200,14 @@ function buildTable(
 export class ToolTable {
   readonly #providers: readonly ToolProvider[];
   readonly #logger: Logger;
-  readonly #checks = new WeakMap<object, ArgumentCheck>();
+  readonly #checks: ArgumentChecks;
   #owners = new Map<string, ToolProvider>();
   #table: Table | undefined;
 
   constructor(providers: readonly ToolProvider[], logger: Logger) {
     this.#providers = providers;
     this.#logger = logger;
+    this.#checks = new ArgumentChecks(logger);
     for (const provider of providers) {
       provider.onChange?.(() => {
         // Kept across rebuilds so that a name stays with the provider that held it.

@@ -2,7 +2,8 @@
  * A hostile MCP server for tests: Streamable HTTP written by hand (JSON answers, one session), or the older
  * HTTP+SSE transport (every answer on the one event stream, after a 202 to the POST), so it can do what the
  * SDK's server never would: list thousands of tools, flood the client with tools/list_changed, answer a
- * call with 5 MiB, with another request's id, late or never, hold its answer to initialize or tools/list, or send one
+ * call with 5 MiB, with structured content its own output schema would take seconds to check, with another
+ * request's id, late or never, hold its answer to initialize or tools/list, or send one
  * event without end on the client's event stream. It counts what it sees and the TCP connections it holds open.
  */
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
@@ -36,6 +37,14 @@ export interface HostileMcpServer {
   pageDelayMs: number;
   /** Every tool's description padded to this many characters (oversizedListing aside). */
   descriptionChars: number;
+  /** Extra string properties (`p0`, `p1`, …) in every tool's input schema, to make it large. */
+  inputProperties: number;
+  /** Every tool's description ends with this, so a listing can change nothing but descriptions. */
+  descriptionSuffix: string;
+  /** Listed as every tool's outputSchema. */
+  outputSchema: Record<string, unknown> | undefined;
+  /** Sent with every 'ok' answer to tools/call. */
+  structuredContent: Record<string, unknown> | undefined;
   /** Every tool named with 100,000 characters, tool_2 the same as tool_0 (so they clash). */
   longNames: boolean;
   /** tools/list requests (pages) seen, and tools/call requests seen. */
@@ -133,7 +142,7 @@ export async function startHostileMcpServer(
   const describe = (i: number) =>
     state.oversizedListing && i === 0
       ? 'd'.repeat(100_000)
-      : `Tool number ${i}.`.padEnd(state.descriptionChars, 'd');
+      : `Tool number ${i}.${state.descriptionSuffix}`.padEnd(state.descriptionChars, 'd');
 
   /** One page of the listing: the tools from `cursor` (an index) on, and where the next page starts. */
   const toolPage = (cursor: unknown) => {
@@ -155,13 +164,20 @@ export async function startHostileMcpServer(
           ...(state.oversizedListing && i === 1
             ? { mode: { type: 'string', enum: Array.from({ length: 10_000 }, (_, n) => `mode_${n}`) } }
             : {}),
+          ...Object.fromEntries(
+            Array.from({ length: state.inputProperties }, (_, n) => [`p${n}`, { type: 'string' }]),
+          ),
         },
       },
+      ...(state.outputSchema ? { outputSchema: state.outputSchema } : {}),
     }));
 
   const call = (req: Request, res: ServerResponse) => {
     state.calls++;
-    const ok = { content: [{ type: 'text', text: 'ok' }] };
+    const ok = {
+      content: [{ type: 'text', text: 'ok' }],
+      ...(state.structuredContent ? { structuredContent: state.structuredContent } : {}),
+    };
     switch (state.mode) {
       case 'ok':
         return answer(res, req.id, ok);
@@ -270,6 +286,10 @@ export async function startHostileMcpServer(
     endless: false,
     pageDelayMs: 0,
     descriptionChars: 0,
+    inputProperties: 0,
+    descriptionSuffix: '',
+    outputSchema: undefined,
+    structuredContent: undefined,
     longNames: false,
     listings: 0,
     calls: 0,

@@ -3,9 +3,17 @@
  * Streamable HTTP and the older HTTP+SSE transport, on 127.0.0.1.
  */
 import { createServer } from 'node:net';
+import { monitorEventLoopDelay } from 'node:perf_hooks';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
 import { pino } from 'pino';
-import { afterEach, describe, expect, it } from 'vitest';
-import { createMcpProvider, END_SESSION_TIMEOUT_MS } from '../../src/tools/mcp.js';
+import { afterEach, describe, expect, it, vi } from 'vitest';
+import {
+  createMcpProvider,
+  END_SESSION_TIMEOUT_MS,
+  MAX_MCP_SCHEMA_CHARS,
+  MAX_MCP_SCHEMAS_CHARS,
+} from '../../src/tools/mcp.js';
 import { createToolRegistry } from '../../src/tools/registry.js';
 import { type ToolContext, ToolError, type ToolProvider } from '../../src/tools/types.js';
 import { type ResolvedTool, resolveToolSet } from '../../src/toolset/defaults.js';
@@ -16,6 +24,22 @@ import { type McpTestServer, startMcpServer } from '../support/mcp-server.js';
 import { capturingLogger, startServer } from './helpers.js';
 
 const logger = pino({ level: 'silent' });
+
+/** Argument schemas compiled, counted through every compiler the registry makes. */
+const compiles = vi.hoisted(() => ({ count: 0 }));
+vi.mock('../../src/tools/arguments.js', async (importOriginal) => {
+  const actual = await importOriginal<typeof import('../../src/tools/arguments.js')>();
+  return {
+    ...actual,
+    createArgumentCompiler: () => {
+      const compile = actual.createArgumentCompiler();
+      return (...args: Parameters<typeof compile>) => {
+        compiles.count++;
+        return compile(...args);
+      };
+    },
+  };
+});
 const cleanup: (() => Promise<void>)[] = [];
 
 afterEach(async () => {
@@ -573,6 +597,140 @@ describe('mcp provider against a hostile server', () => {
     expect(Date.now() - started).toBeLessThan(END_SESSION_TIMEOUT_MS + 1_000);
     expect(s.deletes).toEqual([]);
     expect(p.status?.().state).toBe('down');
+  });
+
+  /** The longest the event loop was held up while `work` ran, in milliseconds. */
+  async function longestStall(work: () => Promise<unknown>): Promise<number> {
+    const delay = monitorEventLoopDelay({ resolution: 10 });
+    delay.enable();
+    try {
+      await work();
+    } finally {
+      delay.disable();
+    }
+    return delay.max / 1e6;
+  }
+
+  it('never runs an output schema: a catastrophic pattern cannot stall the event loop', async () => {
+    const s = await hostile();
+    s.outputSchema = { type: 'object', properties: { s: { type: 'string', pattern: '^(a+)+$' } } };
+    // The SDK's own validator backtracks for about 6 s on these 26 characters.
+    s.structuredContent = { s: `${'a'.repeat(25)}!` };
+    const p = createMcpProvider(mcpTool({ url: s.url }), { env: {}, logger });
+    cleanup.push(() => p.close?.() ?? Promise.resolve());
+    await waitFor(() => connected(p), 'connection');
+    let result: unknown;
+    const stall = await longestStall(async () => {
+      result = await run(p, 'tool_0');
+    });
+    expect(result).toBe(`ok\n${JSON.stringify(s.structuredContent)}`);
+    expect(stall).toBeLessThan(1_000);
+  });
+
+  it('compiles no output schema on a listing, of tools offered or not, however often it lists', async () => {
+    setFlagsFromString('--expose-gc');
+    const gc = runInNewContext('gc') as () => void;
+    const s = await hostile();
+    s.tools = 64;
+    // About 12 KB each: the SDK's own validator took some 3 s to compile the 64 and kept 10 MB of them.
+    s.outputSchema = {
+      type: 'object',
+      properties: Object.fromEntries(Array.from({ length: 500 }, (_, n) => [`p${n}`, { type: 'string' }])),
+    };
+    let p: ToolProvider | undefined;
+    const relist = async (listings: number) => {
+      await s.storm(20);
+      await waitFor(() => s.listings >= listings, `listing ${listings}`);
+      // The listing's answer arrived; give the client a moment to take it in.
+      await new Promise((resolve) => setTimeout(resolve, 200));
+    };
+    const stall = await longestStall(async () => {
+      p = createMcpProvider(mcpTool({ url: s.url, include: ['tool_0'] }), { env: {}, logger });
+      cleanup.push(() => p?.close?.() ?? Promise.resolve());
+      await waitFor(() => connected(p!), 'connection');
+      await relist(2);
+    });
+    expect(stall).toBeLessThan(1_000);
+    gc();
+    const before = process.memoryUsage().heapUsed;
+    await relist(3);
+    await relist(4);
+    gc();
+    gc();
+    expect(process.memoryUsage().heapUsed - before).toBeLessThan(8 * 1024 * 1024);
+    expect(p?.tools().map((t) => t.name)).toEqual(['tool_0']);
+  });
+
+  /** A registry of the one MCP entry. */
+  async function registryOf(mcp: Record<string, unknown>) {
+    const result = validateToolSet({
+      apiVersion: 'earpiece.dev/v1alpha1',
+      kind: 'ToolSet',
+      metadata: { name: 'test' },
+      spec: { tools: [{ mcp }] },
+    });
+    if (!result.ok) throw new Error(formatIssues(result.issues));
+    const registry = await createToolRegistry(resolveToolSet(result.toolset), { env: {}, logger });
+    cleanup.push(() => registry.close());
+    return registry;
+  }
+
+  it('compiles an argument schema on its first call, and again only when its content changes', async () => {
+    const s = await hostile();
+    s.tools = 2;
+    s.inputProperties = 50;
+    const registry = await registryOf({ url: s.url });
+    await waitFor(() => registry.has('tool_1'), 'the tools');
+    const call = (name: string) =>
+      registry.call({ id: name, name, arguments: '{"q":"x"}' }, new AbortController().signal);
+    const described = (suffix: string) => () =>
+      registry.offered([]).every((d) => d.function.description?.endsWith(suffix));
+
+    const start = compiles.count;
+    expect(registry.offered([])).toHaveLength(2);
+    expect(compiles.count).toBe(start);
+    await call('tool_0');
+    await call('tool_1');
+    // The two tools have the same schema.
+    expect(compiles.count).toBe(start + 1);
+
+    // A listing with new descriptions brings new schema objects of the same content: nothing compiles.
+    s.descriptionSuffix = ' Now with more.';
+    await s.storm(20);
+    await waitFor(described(' Now with more.'), 'the new descriptions');
+    await call('tool_0');
+    await call('tool_1');
+    expect(compiles.count).toBe(start + 1);
+
+    s.inputProperties = 51;
+    s.descriptionSuffix = ' And a field.';
+    await s.storm(20);
+    await waitFor(described(' And a field.'), 'the new schemas');
+    expect((await call('tool_0')).outcome).toBe('ok');
+    expect(compiles.count).toBe(start + 2);
+    expect(s.calls).toBe(5);
+  });
+
+  it('leaves out the tools whose input schemas pass the budget of the server, and names them', async () => {
+    const s = await hostile();
+    s.tools = 12;
+    // Each schema just under the cap of one: twelve of them are half again the budget of all.
+    s.inputProperties = 2_300;
+    const { logger: capturing, lines } = capturingLogger();
+    const p = createMcpProvider(mcpTool({ url: s.url }), { env: {}, logger: capturing });
+    cleanup.push(() => p.close?.() ?? Promise.resolve());
+    await waitFor(() => connected(p), 'connection');
+    const size = JSON.stringify(p.tools()[0]?.parameters).length;
+    expect(size).toBeGreaterThan(MAX_MCP_SCHEMAS_CHARS / 9);
+    expect(size).toBeLessThan(MAX_MCP_SCHEMA_CHARS);
+    expect(p.tools().map((t) => t.name)).toEqual(Array.from({ length: 8 }, (_, i) => `tool_${i}`));
+    const warning = lines().find((l) => l.msg.includes('past their budget')) as
+      | { tools?: string[]; cap?: number }
+      | undefined;
+    expect(warning).toMatchObject({
+      tools: ['tool_8', 'tool_9', 'tool_10', 'tool_11'],
+      cap: MAX_MCP_SCHEMAS_CHARS,
+    });
   });
 
   it('checks arguments against a hostile pattern in linear time', async () => {
