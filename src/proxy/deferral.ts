@@ -10,6 +10,7 @@
  */
 import type { Logger } from '../telemetry/log.js';
 import type { DeferredOutcome } from '../telemetry/types.js';
+import { parseArguments } from '../tools/arguments.js';
 import { callId } from '../tools/tool-state.js';
 import type { ToolCall, ToolOutcome } from '../tools/types.js';
 import type { LateResults } from './memory.js';
@@ -38,15 +39,13 @@ export interface DeferOptions {
   clientSignal: AbortSignal;
 }
 
-/** The same call: the id its cached result goes by, short however large its arguments; none when they are not JSON. */
+/**
+ * The same call: the id its cached result goes by, short however large its arguments; none when they are
+ * not arguments the call would run with (parsing them is bounded as the call's own parse is).
+ */
 function sameCallKey(call: ToolCall, definition: string): string | undefined {
-  let args: unknown;
-  try {
-    args = JSON.parse(call.arguments);
-  } catch {
-    return undefined;
-  }
-  return callId(call.name, definition, args);
+  const parsed = parseArguments(call.arguments);
+  return parsed.ok ? callId(call.name, definition, parsed.args) : undefined;
 }
 
 function dropReason(outcome: ToolOutcome): DeferredOutcome | undefined {
