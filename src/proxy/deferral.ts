@@ -11,6 +11,7 @@
 import type { Logger } from '../telemetry/log.js';
 import type { DeferredOutcome } from '../telemetry/types.js';
 import { parseArguments } from '../tools/arguments.js';
+import { cutToBytes } from '../tools/call.js';
 import { callId } from '../tools/tool-state.js';
 import type { ToolCall, ToolOutcome } from '../tools/types.js';
 import type { LateResults } from './memory.js';
@@ -37,6 +38,8 @@ export interface DeferOptions {
   runner: object;
   /** The client's hang-up: a call still running then is deferred at once (the turn is over). */
   clientSignal: AbortSignal;
+  /** limits.maxResultBytes: the pending result is cut to it, as every result is. */
+  maxResultBytes: number;
 }
 
 /**
@@ -142,7 +145,7 @@ export class DeferredCalls {
       return {
         outcome: {
           call,
-          content: pendingContent(call.name),
+          content: cutToBytes(pendingContent(call.name), options.maxResultBytes),
           outcome: 'ok',
           seconds: options.deferAfterMs / 1000,
           remember: true,
