@@ -10,6 +10,8 @@
  */
 import type { Logger } from '../telemetry/log.js';
 import type { DeferredOutcome } from '../telemetry/types.js';
+import { parseArguments } from '../tools/arguments.js';
+import { cutToBytes } from '../tools/call.js';
 import { callId } from '../tools/tool-state.js';
 import type { ToolCall, ToolOutcome } from '../tools/types.js';
 import type { LateResults } from './memory.js';
@@ -36,17 +38,17 @@ export interface DeferOptions {
   runner: object;
   /** The client's hang-up: a call still running then is deferred at once (the turn is over). */
   clientSignal: AbortSignal;
+  /** limits.maxResultBytes: the pending result is cut to it, as every result is. */
+  maxResultBytes: number;
 }
 
-/** The same call: the id its cached result goes by, short however large its arguments; none when they are not JSON. */
+/**
+ * The same call: the id its cached result goes by, short however large its arguments; none when they are
+ * not arguments the call would run with (parsing them is bounded as the call's own parse is).
+ */
 function sameCallKey(call: ToolCall, definition: string): string | undefined {
-  let args: unknown;
-  try {
-    args = JSON.parse(call.arguments);
-  } catch {
-    return undefined;
-  }
-  return callId(call.name, definition, args);
+  const parsed = parseArguments(call.arguments);
+  return parsed.ok ? callId(call.name, definition, parsed.args) : undefined;
 }
 
 function dropReason(outcome: ToolOutcome): DeferredOutcome | undefined {
@@ -143,7 +145,7 @@ export class DeferredCalls {
       return {
         outcome: {
           call,
-          content: pendingContent(call.name),
+          content: cutToBytes(pendingContent(call.name), options.maxResultBytes),
           outcome: 'ok',
           seconds: options.deferAfterMs / 1000,
           remember: true,

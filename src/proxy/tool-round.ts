@@ -27,6 +27,8 @@ export interface ToolRoundParts {
   line: (text: VoiceText) => string;
   /** Where calls of tools with deferAfter run; without it every call is awaited to its end. */
   deferred?: DeferredCalls | undefined;
+  /** limits.maxResultBytes, which bounds a deferred call's pending result too. */
+  maxResultBytes: number;
   /** The turn's signal: the client's hang-up and the deadline. */
   signal: AbortSignal;
   /** The client's own signal, to log tools that finish after it left (onInterrupt: finish). */
@@ -236,6 +238,7 @@ export class ToolRound {
       definition: deferrable.definition,
       clientSignal: this.#parts.clientSignal,
       runner: tools,
+      maxResultBytes: this.#parts.maxResultBytes,
     });
     if (!pending) {
       record(outcome, false);

@@ -222,6 +222,7 @@ function newRound(
     filler: deps.toolset.voice.filler,
     line: (text) => voice.line(text),
     deferred: deps.deferred,
+    maxResultBytes: deps.toolset.limits.maxResultBytes,
     signal,
     clientSignal: request.clientSignal,
     span,

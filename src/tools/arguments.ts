@@ -1,14 +1,29 @@
 /**
  * Arguments as the model wrote them → a checked object, or a short problem the model can act on.
- * Each tool's `parameters` schema is compiled (ajv, all errors) on the tool's first call (registry.ts).
+ * Each tool's `parameters` schema is compiled (ajv, first error) on the tool's first call (registry.ts).
  */
 import type { Ajv, ErrorObject } from 'ajv';
-import { createAjv, pointerToPath } from '../toolset/validate.js';
+import { createAjv, pointerToPath, quadraticUniqueItems } from '../toolset/validate.js';
+import { describeBytes } from './http-limits.js';
 
 export type ParsedArguments = { ok: true; args: Record<string, unknown> } | { ok: false; problem: string };
 
-/** Empty or blank text means no arguments; anything else must be a JSON object. */
+/**
+ * The most one call's argument text may hold, in UTF-8 bytes. Parsing, the schema check and the SQL check
+ * run synchronously, outside the tool's timeout: this bounds them. A voice tool's arguments are a few
+ * hundred bytes.
+ */
+export const MAX_ARGUMENT_BYTES = 64 * 1024;
+
+/** Empty or blank text means no arguments; anything else must be a JSON object of at most MAX_ARGUMENT_BYTES. */
 export function parseArguments(text: string): ParsedArguments {
+  const bytes = text.length * 3 > MAX_ARGUMENT_BYTES ? Buffer.byteLength(text) : 0;
+  if (bytes > MAX_ARGUMENT_BYTES) {
+    return {
+      ok: false,
+      problem: `they are ${bytes} bytes long, over the limit of ${describeBytes(MAX_ARGUMENT_BYTES)}`,
+    };
+  }
   if (text.trim() === '') return { ok: true, args: {} };
   let value: unknown;
   let infinite = false;
@@ -40,15 +55,22 @@ export type ArgumentCompiler = (
 /**
  * A compiler for one batch of schemas. ajv keeps everything it compiled for as long as the instance
  * lives, and removeSchema does not let all of it go, so each batch has an instance of its own, dropped
- * with the checks it made. A schema the validator cannot compile (an MCP server may send
- * anything) is reported through `onUnusable` and then checks nothing, so the tool stays callable.
+ * with the checks it made. A schema the validator cannot compile (an MCP server may send anything), or
+ * one it would check in quadratic time, is reported through `onUnusable` and then checks nothing, so the
+ * tool stays callable. A check stops at the first error: collecting every error of hostile arguments
+ * (one per array item) costs far more than checking them.
  */
 export function createArgumentCompiler(): ArgumentCompiler {
   let ajv: Ajv | undefined;
   return (parameters, onUnusable) => {
-    ajv ??= createAjv();
+    ajv ??= createAjv({ allErrors: false });
     // $schema and $id name a draft or register a global id; neither matters for one tool's arguments.
     const { $schema: _schema, $id: _id, ...schema } = parameters;
+    const quadratic = quadraticUniqueItems(schema);
+    if (quadratic !== undefined) {
+      onUnusable(`${quadratic.at || 'the schema'} ${quadratic.problem}`);
+      return () => undefined;
+    }
     let validate: ReturnType<Ajv['compile']>;
     try {
       validate = ajv.compile(schema);

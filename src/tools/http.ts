@@ -9,6 +9,7 @@ import { type PrimitiveValue, parseTemplate } from 'url-template';
 import type { HttpToolSpec } from '../toolset/schema.js';
 import { templateOrigin } from '../toolset/url-template.js';
 import { resolveValue } from '../toolset/values.js';
+import { ByteCollector } from './byte-collector.js';
 import { responseSizeLimit, statusAsError } from './http-limits.js';
 import { type ToolContext, ToolError, type ToolExecutor } from './types.js';
 
@@ -144,7 +145,8 @@ interface HttpResponse {
 }
 
 /**
- * One request on the dispatcher's handler API, the body collected whole (the size interceptor bounds it).
+ * One request on the dispatcher's handler API, the body collected whole (the size interceptor bounds it,
+ * and the buffer is at most twice that).
  * Lighter than undici's request(), whose response body is a stream: this sits on the hand-off from the
  * model's call to the tool.
  */
@@ -161,7 +163,7 @@ function send(
     let controller: Dispatcher.DispatchController | undefined;
     let statusCode = 0;
     let contentType = '';
-    const parts: Buffer[] = [];
+    const body = new ByteCollector();
     const onAbort = () => controller?.abort(signal.reason as Error);
     const settle = (err: unknown, response?: HttpResponse) => {
       signal.removeEventListener('abort', onAbort);
@@ -179,10 +181,10 @@ function send(
         contentType = String(responseHeaders['content-type'] ?? '');
       },
       onResponseData(_c, chunk) {
-        parts.push(chunk);
+        body.add(chunk);
       },
       onResponseEnd() {
-        settle(undefined, { statusCode, contentType, text: Buffer.concat(parts).toString('utf8') });
+        settle(undefined, { statusCode, contentType, text: body.bytes().toString('utf8') });
       },
       onResponseError(_c, err) {
         settle(signal.aborted ? signal.reason : err);

@@ -17,6 +17,7 @@
  *   and the waiting calls would hear nothing until their timeout.
  */
 import { createParser, type EventSourceMessage } from 'eventsource-parser';
+import { ByteCollector } from './byte-collector.js';
 
 /** The most one answer may carry. */
 export const MAX_MCP_RESPONSE_BYTES = 4 * 1024 * 1024;
@@ -110,7 +111,8 @@ function guardAnswer(
   const encoder = new TextEncoder();
   const decoder = new TextDecoder();
   let seen = 0;
-  let json = '';
+  // Decoded once at the end: a string grown chunk by chunk holds an object per chunk.
+  const json = new ByteCollector(MAX_MCP_RESPONSE_BYTES);
   let answered = false;
   let resumable = false;
   let pending = '';
@@ -157,7 +159,8 @@ function guardAnswer(
           return;
         }
         if (chunk.done) {
-          if (mode === 'json') return finish(controller, checkJson(json, id as RequestId));
+          if (mode === 'json')
+            return finish(controller, checkJson(decoder.decode(json.bytes()), id as RequestId));
           if (mode === 'sse' && !answered && !resumable && !stopped?.aborted) {
             // Nothing more will come for this request: say so rather than let the call wait for its timeout.
             return finish(
@@ -186,7 +189,7 @@ function guardAnswer(
           return;
         }
         if (mode === 'json') {
-          json += decoder.decode(chunk.value, { stream: true });
+          json.add(chunk.value);
           continue;
         }
         parser.feed(decoder.decode(chunk.value, { stream: true }));

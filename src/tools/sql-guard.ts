@@ -98,8 +98,21 @@ function findWrite(node: unknown): string | undefined {
 
 const refused = (message: string) => new ToolError(message, 'ERP_SQL_REFUSED');
 
+/**
+ * The most a model-written statement may hold, in UTF-8 bytes. Parsing and walking the tree are
+ * synchronous, outside the tool's timeout; a statement a voice assistant needs is a few hundred bytes.
+ */
+export const MAX_SQL_BYTES = 16 * 1024;
+
 /** Resolves if `sql` is one read-only query; throws a ToolError saying why not. */
 export async function checkReadOnlySelect(sql: string): Promise<void> {
+  const bytes = sql.length * 3 > MAX_SQL_BYTES ? Buffer.byteLength(sql) : 0;
+  if (bytes > MAX_SQL_BYTES) {
+    throw new ToolError(
+      `the SQL is ${bytes} bytes long, over the limit of ${MAX_SQL_BYTES / 1024} KiB`,
+      'ERP_SQL_INVALID',
+    );
+  }
   const { parse } = await loadSqlParser();
   let stmts: { stmt?: Record<string, unknown> }[];
   try {

@@ -39,11 +39,48 @@ const linearRegExp: RegExpEngine = Object.assign(
  * ajv keeps every schema it compiled (and their patterns) for as long as the instance lives, so
  * callers make one per batch of schemas and let it go with them.
  */
-export function createAjv(): Ajv {
-  const ajv = new Ajv({ allErrors: true, strict: false, verbose: true, code: { regExp: linearRegExp } });
+export function createAjv({ allErrors = true }: { allErrors?: boolean } = {}): Ajv {
+  const ajv = new Ajv({ allErrors, strict: false, verbose: true, code: { regExp: linearRegExp } });
   addFormats.default(ajv);
   ajv.addFormat('duration', isDuration);
   return ajv;
+}
+
+const PRIMITIVE_TYPES = new Set(['string', 'number', 'integer', 'boolean', 'null']);
+
+/**
+ * Where a schema has `uniqueItems` on items without a primitive `type`, with the problem; undefined when
+ * nowhere. ajv checks such items pair by pair with a deep comparison (its hash lookup needs primitive
+ * types): the square of the array's length, synchronously, on arguments the model writes. Every value is
+ * walked, data keywords too: a false alarm there is harmless, a miss is not. (ajv refuses a uniqueItems
+ * that is not a boolean, so a property named uniqueItems is no alarm.)
+ */
+export function quadraticUniqueItems(schema: unknown): { at: string; problem: string } | undefined {
+  const stack: [unknown, string][] = [[schema, '']];
+  const seen = new Set<object>();
+  for (let next = stack.pop(); next; next = stack.pop()) {
+    const [node, at] = next;
+    if (node === null || typeof node !== 'object' || seen.has(node)) continue;
+    seen.add(node);
+    const { uniqueItems, items } = node as { uniqueItems?: unknown; items?: unknown };
+    if (uniqueItems === true && !primitiveItems(items)) {
+      return {
+        at: pointerToPath(at),
+        problem:
+          'uses uniqueItems on items without a primitive type (string, number, integer, boolean or null), which takes time quadratic in the length of the array to check',
+      };
+    }
+    for (const [key, value] of Object.entries(node))
+      stack.push([value, `${at}/${key.replace(/~/g, '~0').replace(/\//g, '~1')}`]);
+  }
+  return undefined;
+}
+
+function primitiveItems(items: unknown): boolean {
+  if (items === null || typeof items !== 'object' || Array.isArray(items)) return false;
+  const type = (items as { type?: unknown }).type;
+  const types: unknown[] = typeof type === 'string' ? [type] : Array.isArray(type) ? type : [];
+  return types.length > 0 && types.every((t) => PRIMITIVE_TYPES.has(t as string));
 }
 
 /** The ToolSet schema's validator, generated ahead of time (validator-gen.ts). */
@@ -161,6 +198,13 @@ function checkTool(tool: ToolSpec, path: string, issues: Issue[], ajv: () => Ajv
       issues.push({
         path: `${path}.parameters`,
         message: `is not a valid JSON Schema: ${(err as Error).message}`,
+      });
+    }
+    const quadratic = quadraticUniqueItems(params);
+    if (quadratic) {
+      issues.push({
+        path: `${path}.parameters${quadratic.at ? `.${quadratic.at}` : ''}`,
+        message: `${quadratic.problem}; give the items a primitive type, or drop uniqueItems`,
       });
     }
     const props = params.properties;

@@ -1,12 +1,13 @@
 /**
  * DeferredCalls on its own: which calls join a run still going, and what the table of runs in flight
- * holds. Arguments may be up to 1 MiB each; the table must not keep a copy of them as its key.
+ * holds. Arguments may be up to 64 KiB each; the table must not keep a copy of them as its key.
  */
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { afterEach, describe, expect, it } from 'vitest';
-import { DeferredCalls } from '../../src/proxy/deferral.js';
+import { DeferredCalls, pendingContent } from '../../src/proxy/deferral.js';
 import { createLogger } from '../../src/telemetry/log.js';
+import { MAX_ARGUMENT_BYTES } from '../../src/tools/arguments.js';
 import type { ToolCall, ToolOutcome } from '../../src/tools/types.js';
 
 const MiB = 1024 * 1024;
@@ -28,14 +29,16 @@ function slowRun(call: ToolCall, started: ToolCall[]): () => Promise<ToolOutcome
   };
 }
 
-async function defer(deferred: DeferredCalls, call: ToolCall, started: ToolCall[]) {
-  const { pending } = await deferred.run(call, slowRun(call, started), {
+async function defer(deferred: DeferredCalls, call: ToolCall, started: ToolCall[], maxResultBytes = 2048) {
+  const { pending, outcome } = await deferred.run(call, slowRun(call, started), {
     deferAfterMs: 0,
     definition: 'def0',
     runner,
     clientSignal: new AbortController().signal,
+    maxResultBytes,
   });
   expect(pending).toBe(true);
+  return outcome;
 }
 
 /** heapUsed after a full collection. */
@@ -55,8 +58,8 @@ describe('deferred calls', () => {
       logger,
     );
     const started: ToolCall[] = [];
-    const big = 'x'.repeat(MiB - 64);
-    // Two argument texts of 1 MiB that differ only in their last character.
+    const big = 'x'.repeat(MAX_ARGUMENT_BYTES - 64);
+    // Two argument texts of nearly 64 KiB that differ only in their last character.
     const a: ToolCall = { id: 'a', name: 'search', arguments: JSON.stringify({ q: big, page: 1 }) };
     const b: ToolCall = { id: 'b', name: 'search', arguments: JSON.stringify({ q: big, page: 2 }) };
     // The same arguments as a, in another key order and with spaces.
@@ -75,17 +78,30 @@ describe('deferred calls', () => {
       logger,
     );
     const started: ToolCall[] = [];
-    const count = 16;
+    const count = 128;
     const calls: ToolCall[] = Array.from({ length: count }, (_, i) => ({
       id: `call-${i}`,
       name: 'search',
-      arguments: JSON.stringify({ q: `${i}`.padEnd(MiB - 32, 'x') }),
+      arguments: JSON.stringify({ q: `${i}`.padEnd(MAX_ARGUMENT_BYTES - 32, 'x') }),
     }));
     const before = heapUsed();
     for (const call of calls) await defer(deferred, call, started);
     expect(deferred.running).toBe(count);
     const held = heapUsed() - before;
-    // The calls' own argument texts were there before; a key made of the arguments would add 16 MiB.
+    // The calls' own argument texts were there before; a key made of the arguments would add 8 MiB.
     expect(held).toBeLessThan(2 * MiB);
+  });
+
+  it('cuts the pending result to maxResultBytes, as every result is', async () => {
+    const deferred = new DeferredCalls(
+      () => undefined,
+      () => {},
+      logger,
+    );
+    const call: ToolCall = { id: 'p', name: 'a_tool_with_a_long_name', arguments: '{}' };
+    const outcome = await defer(deferred, call, [], 64);
+    expect(Buffer.byteLength(pendingContent(call.name))).toBeGreaterThan(64);
+    expect(Buffer.byteLength(outcome.content)).toBeLessThanOrEqual(64);
+    expect(outcome.content).toMatch(/^pending: a_tool_with_a_long_name is still running.*…\(truncated\)$/);
   });
 });

@@ -187,6 +187,33 @@ describe('turn behaviour', () => {
     expect(invalid).toMatch(/city/);
   });
 
+  it('refuses arguments over 64 KiB before parsing them, in a streamed call and in one written as text', async () => {
+    const city = 'x'.repeat(70_000);
+    const { upstream, harness } = await setup((_req, i) =>
+      i === 0
+        ? { sse: toolCallReply([{ name: 'get_weather', arguments: { city } }], 'openai') }
+        : i === 2
+          ? {
+              sse: textReply(
+                `<tool_call>{"name": "get_weather", "arguments": {"city": "${city}"}}</tool_call>`,
+                'vllm-llama3json',
+              ),
+            }
+          : { sse: textReply('That is too long.') },
+    );
+    const refused =
+      /^error: the arguments for get_weather are wrong: they are 700\d\d bytes long, over the limit of 64 KiB$/;
+    for (const turn of ['Weather?', 'And now?']) {
+      const asked = upstream.requests.length;
+      const { text } = await unmuteTurn(harness.client, [SYSTEM, { role: 'user', content: turn }]);
+      expect(text).toBe('One moment. That is too long.');
+      expect(toolResults(upstream.requests[asked + 1] as RecordedRequest)).toEqual([
+        expect.stringMatching(refused),
+      ]);
+    }
+    expect(weatherHits.filter((hit) => hit.includes('xxx'))).toEqual([]);
+  });
+
   it('stops after maxIterations with one final call without tools', async () => {
     const { upstream, harness } = await setup(
       (req) =>

@@ -1,5 +1,6 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
+import { MAX_ARGUMENT_BYTES } from '../../src/tools/arguments.js';
 import { type CallableTool, callTool, cutToBytes } from '../../src/tools/call.js';
 import { ToolState } from '../../src/tools/tool-state.js';
 import type { ToolExecutor } from '../../src/tools/types.js';
@@ -108,7 +109,7 @@ describe('callTool', () => {
     };
     const cached = tool({ run: async () => 'result' }, { cacheTtlMs: 60_000 });
     const signal = new AbortController().signal;
-    const big = { note: 'x'.repeat(500_000), city: 'Lisbon' };
+    const big = { note: 'x'.repeat(MAX_ARGUMENT_BYTES - 64), city: 'Lisbon' };
     const first = await callTool(cached, { ...call, arguments: JSON.stringify(big) }, signal, opts);
     const reordered = JSON.stringify({ city: 'Lisbon', note: big.note });
     const again = await callTool(cached, { ...call, arguments: reordered }, signal, opts);

@@ -169,16 +169,15 @@ describe('tool registry: call outcomes', () => {
     }
   });
 
-  it('checks arguments against the parameters schema and names every wrong field', async () => {
+  it('checks arguments against the parameters schema and names the first wrong field', async () => {
     const s = await server();
     const r = await registry([{ ...weather, http: { url: `${s.origin}/w{?latitude,longitude}` } }]);
+    // Only the first: collecting every error of hostile arguments (one per array item) costs far more.
     expect(
       await call(r, 'get_weather', '{"latitude": "north", "units": "kelvin", "city": "Paris"}'),
     ).toMatchObject({
       outcome: 'invalid_arguments',
-      content:
-        'error: invalid arguments for get_weather: longitude is required; city is not allowed; ' +
-        'latitude must be number; units must be one of "metric", "imperial"',
+      content: 'error: invalid arguments for get_weather: longitude is required',
     });
     expect(await call(r, 'get_weather', '{"latitude": 95, "longitude": 0}')).toMatchObject({
       outcome: 'invalid_arguments',

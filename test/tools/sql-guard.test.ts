@@ -92,6 +92,18 @@ describe('checkReadOnlySelect', () => {
     expect(await verdict(sql)).toBe(expected);
   });
 
+  it('refuses a statement over 16 KiB before parsing it', async () => {
+    const select = `SELECT ${Array(9000).fill('1').join(',')}`;
+    expect(await verdict(select)).toBe(
+      `ERP_SQL_INVALID: the SQL is ${select.length} bytes long, over the limit of 16 KiB`,
+    );
+    // Counted in bytes: 6,000 three-byte characters are 18,000 bytes.
+    expect(await verdict(`SELECT '${'€'.repeat(6000)}'`)).toMatch(
+      /^ERP_SQL_INVALID: the SQL is 18009 bytes long/,
+    );
+    expect(await verdict(`SELECT ${Array(8000).fill('1').join(',')}`)).toBe('ok');
+  });
+
   it('a string literal holding anything at all is one statement', async () => {
     await fc.assert(
       fc.asyncProperty(fc.string({ unit: 'grapheme' }), async (text) => {

@@ -374,6 +374,31 @@ describe('hostile documents', () => {
     ]);
   });
 
+  it('refuses uniqueItems on items without a primitive type, which ajv checks in quadratic time', () => {
+    const withIds = (ids: Record<string, unknown>) =>
+      withTools({
+        name: 'p',
+        parameters: { type: 'object', properties: { ids: { type: 'array', uniqueItems: true, ...ids } } },
+        http: { url: 'https://x.test/' },
+      });
+    for (const items of [{ type: 'integer' }, { type: ['string', 'null'] }]) {
+      expect(validateToolSet(withIds({ items })).issues).toEqual([]);
+    }
+    for (const ids of [
+      {},
+      { items: {} },
+      { items: { type: 'object' } },
+      { items: { type: ['string', 'array'] } },
+    ]) {
+      expect(validateToolSet(withIds(ids)).issues).toEqual([
+        {
+          path: 'spec.tools[0].parameters.properties.ids',
+          message: expect.stringMatching(/^uses uniqueItems on items without a primitive type .*quadratic/),
+        },
+      ]);
+    }
+  });
+
   it('lets go of the parameter schemas it compiled', () => {
     // --expose-gc for this process only, to measure what survives a collection.
     setFlagsFromString('--expose-gc');
