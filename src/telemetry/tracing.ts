@@ -68,6 +68,21 @@ const CONTENT_ATTRIBUTES = new Set([
   'gen_ai.tool.definitions',
 ]);
 
+/**
+ * The longest attribute value a span keeps when OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT and
+ * OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT are unset (the SDK's own default is no limit). With content capture on, a
+ * tool's arguments or result may be a MiB, and the export queue holds up to 2,048 spans.
+ */
+export const DEFAULT_ATTRIBUTE_VALUE_LENGTH_LIMIT = 16 * 1024;
+
+/** The SDK reads the OTEL_* limits itself; a limit passed here would override them, so one is passed only when none is set. */
+function spanLimits(env: NodeJS.ProcessEnv): { attributeValueLengthLimit?: number } {
+  const set = [env.OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT, env.OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT].some(
+    (v) => v !== undefined && v.trim() !== '',
+  );
+  return set ? {} : { attributeValueLengthLimit: DEFAULT_ATTRIBUTE_VALUE_LENGTH_LIMIT };
+}
+
 /** Attributes that the GenAI metrics carry (a subset of the span's; all low-cardinality). */
 const CHAT_METRIC_ATTRIBUTES = [
   'gen_ai.operation.name',
@@ -129,7 +144,7 @@ export class Tracing {
       );
     }
     // No log records are emitted through OpenTelemetry (logs go to stdout as JSON), so no log exporter.
-    this.sdk = new NodeSDK({ logRecordProcessors: [] });
+    this.sdk = new NodeSDK({ logRecordProcessors: [], spanLimits: spanLimits(process.env) });
     this.sdk.start();
     this.tracer = trace.getTracer('earpiece');
     const meter = metrics.getMeter('earpiece');

@@ -13,7 +13,10 @@ import {
   toolResultAttributes,
   turnAttributes,
 } from '../../src/telemetry/index.js';
-import { GEN_AI_DURATION_BUCKETS } from '../../src/telemetry/tracing.js';
+import {
+  DEFAULT_ATTRIBUTE_VALUE_LENGTH_LIMIT,
+  GEN_AI_DURATION_BUCKETS,
+} from '../../src/telemetry/tracing.js';
 import { OtlpReceiver, type ReceivedSpan, SPAN_KIND } from '../support/otlp-receiver.js';
 
 const CLIENT_TRACE_ID = '4bf92f3577b34da6a3ce929d0e0e4736';
@@ -26,6 +29,7 @@ const OTEL_KEYS = [
   'EARPIECE_OTEL_CAPTURE_CONTENT',
   'OTEL_METRICS_EXPORTER',
   'OTEL_EXPORTER_OTLP_TIMEOUT',
+  'OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT',
 ];
 
 let receiver: OtlpReceiver;
@@ -263,6 +267,40 @@ describe('OpenTelemetry', () => {
       'gen_ai.tool.call.arguments': '{"latitude":48.85,"longitude":2.35}',
       'gen_ai.tool.call.result': '{"temperature_2m":21.5}',
     });
+  });
+
+  test('a captured argument or result is cut to 16 KiB unless an OTEL_* attribute limit says otherwise', async () => {
+    const huge = (t: ProxyTelemetry) => {
+      const turn = t.startTurn(undefined, turnAttributes('assistant'));
+      const tool = startToolSpan(turn, {
+        name: 'get_weather',
+        callId: 'call-1',
+        type: 'extension',
+        arguments: `{"place":"${'x'.repeat(1024 * 1024)}"}`,
+      });
+      tool.setAttributes(toolResultAttributes('r'.repeat(1024 * 1024)));
+      tool.end();
+      turn.end();
+    };
+    const captured = async (extra: Record<string, string>) => {
+      const t = await startOtel({ EARPIECE_OTEL_CAPTURE_CONTENT: 'true', ...extra });
+      huge(t);
+      await t.shutdown();
+      await receiver.waitFor((r) => byName(r.spans, 'execute_tool get_weather').length > 0);
+      const [span] = byName(receiver.spans, 'execute_tool get_weather');
+      receiver.spans.length = 0;
+      telemetry = undefined;
+      for (const key of OTEL_KEYS) delete process.env[key];
+      return [
+        span?.attributes['gen_ai.tool.call.arguments'],
+        span?.attributes['gen_ai.tool.call.result'],
+      ].map((v) => String(v).length);
+    };
+    expect(await captured({})).toEqual([
+      DEFAULT_ATTRIBUTE_VALUE_LENGTH_LIMIT,
+      DEFAULT_ATTRIBUTE_VALUE_LENGTH_LIMIT,
+    ]);
+    expect(await captured({ OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT: '100' })).toEqual([100, 100]);
   });
 
   test('a turn without traceparent starts its own trace', async () => {
