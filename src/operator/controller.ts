@@ -386,8 +386,13 @@ export class ToolSetController {
     if (lacking.length > 0) {
       lacking.sort((a, b) => a.pod.localeCompare(b.pod));
       const pods = listed(lacking.map((l) => l.pod));
-      const secrets = listed([...new Set(lacking.flatMap((l) => l.secrets))].sort());
-      parts.push(`pods ${pods} started before secret ${secrets} was added and lack its env var`);
+      const names = [...new Set(lacking.flatMap((l) => l.secrets))].sort();
+      const secrets = listed(names);
+      parts.push(
+        names.length === 1
+          ? `pods ${pods} started before secret ${secrets} was added and lack its env var`
+          : `pods ${pods} started before secrets ${secrets} were added and lack their env vars`,
+      );
     }
     if (upstreamStale.length > 0) {
       const pods = listed(upstreamStale.sort());

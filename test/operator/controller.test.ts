@@ -618,11 +618,11 @@ describe('ToolSet controller', () => {
     const message = restart()!.message!;
     expect(message.length).toBeLessThanOrEqual(MAX_CONDITION_MESSAGE);
     expect(message).toMatch(
-      / and lack its env var; restart them \(e\.g\. kubectl rollout restart\) to use it$/,
+      / and lack their env vars; restart them \(e\.g\. kubectl rollout restart\) to use it$/,
     );
     const names = refs.map((r) => `${r.name}/${r.key}`).sort();
     expect(message).toContain(
-      `pods backend-1 started before secret ${names.slice(0, 20).join(', ')} and 80 more was added`,
+      `pods backend-1 started before secrets ${names.slice(0, 20).join(', ')} and 80 more were added`,
     );
     expect(message).not.toContain(names[20]!);
   });
