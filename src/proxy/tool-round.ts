@@ -74,7 +74,7 @@ export class ToolSlots {
 
 export class ToolRound {
   readonly #parts: ToolRoundParts;
-  /** Made when the first call starts: most turns run no tools. */
+  /** Made when the first call starts (most turns run no tools), or by abandon. */
   #abort: AbortController | undefined;
   /** By index; `#order` keeps the indexes sorted. */
   readonly #entries = new Map<number, Entry>();
@@ -124,7 +124,9 @@ export class ToolRound {
    * hang-up defers at once), so their late results are not lost.
    */
   async abandon(reason: unknown): Promise<Deferral[]> {
-    this.#abort?.abort(reason);
+    // Made here if no call has started yet: those still queued for a slot then start cancelled.
+    this.#abort ??= new AbortController();
+    this.#abort.abort(reason);
     await Promise.allSettled(this.#deferrable);
     return this.deferrals;
   }

@@ -505,6 +505,47 @@ describe('the turn deadline', () => {
   });
 });
 
+describe('a message that fails', () => {
+  it('never starts a call still queued for a slot (maxParallelCalls) once the turn has failed', async () => {
+    const call = (index: number, name: string, args: Record<string, unknown>) => ({
+      choices: [
+        {
+          index: 0,
+          delta: {
+            tool_calls: [
+              {
+                index,
+                id: `c${index}`,
+                type: 'function',
+                function: { name, arguments: JSON.stringify(args) },
+              },
+            ],
+          },
+          finish_reason: null,
+        },
+      ],
+    });
+    const { harness } = await setup(
+      (_req, i) =>
+        i === 0
+          ? { sse: toolCallReply([{ name: 'report', arguments: { ms: 1500, id: 'q-slow' } }]) }
+          : // `quick` is complete once the next call begins, then the stream stops short of a finish.
+            { sse: [call(0, 'quick', { ms: 0, id: 'q-after' }), call(1, 'quick', {})] },
+      {
+        limits: { maxParallelCalls: 1 },
+        // The deferred report holds the only slot after its round, so `quick` waits for it.
+        tools: [workTool('report', { timeout: '5s', deferAfter: '200ms' }), workTool('quick')],
+      },
+    );
+    const { text } = await unmuteTurn(harness.client, [SYSTEM, { role: 'user', content: 'Go' }]);
+    expect(text).toBe("One moment. Sorry, I couldn't do that right now. ");
+    expect(finished).not.toContain('q-slow');
+    await until(() => finished.includes('q-slow'), 'the report to free its slot');
+    await new Promise((r) => setTimeout(r, 200));
+    expect(runs).not.toContain('q-after');
+  });
+});
+
 describe('late results across a ToolSet reload', () => {
   /** Rewrites the ToolSet with other memory settings, so the reload gives the proxy a new tool memory. */
   async function reloadWithNewMemory(harness: ProxyHarness, spec: Record<string, unknown>): Promise<void> {
