@@ -72,6 +72,12 @@ export const MAX_TOOL_CALL_INDEX = 128;
  */
 export const MAX_MESSAGE_CHARS = 1024 * 1024;
 
+/**
+ * The longest tool call name or id taken (OpenAI's function names are at most 64 characters, ids a few
+ * dozen). Both go back upstream, into results, span names and logs: a longer one is a runaway generation.
+ */
+export const MAX_TOOL_CALL_NAME = 256;
+
 interface CallState {
   index: number;
   id: string | undefined;
@@ -196,7 +202,7 @@ export class StreamAccumulator {
     // Some servers send both fields with the same text (one is the other's deprecated alias).
     const reasoning = nonEmpty(delta.reasoning_content) ? delta.reasoning_content : delta.reasoning;
     if (nonEmpty(reasoning)) {
-      this.#count(reasoning);
+      this.#count(reasoning.length);
       this.#reasoning += reasoning;
       events.push({ type: 'reasoning', text: reasoning });
     }
@@ -205,7 +211,7 @@ export class StreamAccumulator {
       if (text !== '') events.push({ type: 'content', text });
     }
     if (nonEmpty(delta.refusal)) {
-      this.#count(delta.refusal);
+      this.#count(delta.refusal.length);
       this.#refusal += delta.refusal;
     }
     if (Array.isArray(delta.tool_calls)) {
@@ -236,27 +242,42 @@ export class StreamAccumulator {
       }
     }
     this.#lastIndex = index;
-    if (nonEmpty(entry.id)) call.id = entry.id;
+    if (nonEmpty(entry.id)) call.id = this.#assign('id', entry.id, call.id);
     const name = fn?.name;
     if (nonEmpty(name)) {
-      if (call.name === undefined) events.push({ type: 'tool_call_start', index, name });
-      call.name = name;
+      const previous = call.name;
+      call.name = this.#assign('name', name, previous);
+      if (previous === undefined) events.push({ type: 'tool_call_start', index, name });
     }
     const args: unknown = fn?.arguments;
     if (typeof args === 'string') {
-      this.#count(args);
+      this.#count(args.length);
       call.arguments = appendArguments(call.arguments, args);
     }
     // A server that sends the arguments as an object means the whole of them.
     else if (isObject(args)) {
       call.arguments = JSON.stringify(args);
-      this.#count(call.arguments);
+      this.#count(call.arguments.length);
     }
   }
 
-  #count(text: string): void {
-    this.#chars += text.length;
+  #count(chars: number): void {
+    this.#chars += chars;
     if (this.#chars > this.#maxChars) this.#tooLarge();
+  }
+
+  /**
+   * A call's name or id, which replaces the one before (servers repeat them): the cap counts what is held,
+   * not each repeat, so a name sent with every fragment does not use it up.
+   */
+  #assign(what: 'name' | 'id', value: string, previous: string | undefined): string {
+    if (value.length > MAX_TOOL_CALL_NAME)
+      throw new ProxyError(
+        'ERP_UPSTREAM_TOO_LARGE',
+        `upstream sent a tool call ${what} longer than ${MAX_TOOL_CALL_NAME} characters`,
+      );
+    this.#count(value.length - (previous?.length ?? 0));
+    return value;
   }
 
   #tooLarge(): never {

@@ -73,7 +73,7 @@ export const ERRORS = {
     status: 502,
     type: 'api_error',
     summary:
-      'The LLM server sent a message or completion larger than the proxy takes (1 MiB of text, 4 MiB of JSON).',
+      'The LLM server sent a message or completion larger than the proxy takes (1 MiB of text, 4 MiB of JSON, 256 characters of tool call name or id).',
   },
   ERP_CONTEXT_LENGTH: {
     status: 400,

@@ -47,8 +47,8 @@ export interface ChatResponseInfo {
 }
 
 /**
- * The longest id or model name the upstream's answer may put on a span; the model name is also a metric
- * attribute, held for the life of the process.
+ * The longest id or name (model, tool) the upstream's answer may put on a span; the model name is also a
+ * metric attribute, held for the life of the process.
  */
 export const MAX_RESPONSE_NAME = 256;
 
@@ -76,10 +76,12 @@ export interface ToolCallInfo {
 
 /** Starts `execute_tool {tool}` (kind INTERNAL) under the turn span, for one tool call. */
 export function startToolSpan(turn: SpanHandle, call: ToolCallInfo): SpanHandle {
-  return turn.child(`execute_tool ${call.name}`, 'internal', {
+  // The model names the tool: one it made up is cut like any other name from the upstream.
+  const name = call.name.slice(0, MAX_RESPONSE_NAME);
+  return turn.child(`execute_tool ${name}`, 'internal', {
     'gen_ai.operation.name': 'execute_tool',
-    'gen_ai.tool.name': call.name,
-    'gen_ai.tool.call.id': call.callId,
+    'gen_ai.tool.name': name,
+    'gen_ai.tool.call.id': call.callId?.slice(0, MAX_RESPONSE_NAME),
     'gen_ai.tool.type': call.type ?? 'extension',
     'gen_ai.tool.description': call.description,
     'gen_ai.tool.call.arguments': call.arguments,

@@ -1,6 +1,11 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { MAX_TOOL_CALL_INDEX, StreamAccumulator, type StreamEvent } from '../../src/proxy/accumulator.js';
+import {
+  MAX_TOOL_CALL_INDEX,
+  MAX_TOOL_CALL_NAME,
+  StreamAccumulator,
+  type StreamEvent,
+} from '../../src/proxy/accumulator.js';
 import type { ChatChunk, ChunkDelta, ToolCallDelta } from '../../src/proxy/chunks.js';
 import { cut, decode, expectDecoded, loadStreamFixture, loadStreamFixtures } from './fixtures.js';
 
@@ -203,6 +208,43 @@ describe('StreamAccumulator', () => {
     expect(thrown(() => acc.push(delta({ refusal: 'x'.repeat(600) })))).toMatchObject({
       code: 'ERP_UPSTREAM_TOO_LARGE',
     });
+  });
+
+  it('counts tool call names and ids toward the message cap, once however often they are repeated', () => {
+    const acc = new StreamAccumulator({ maxChars: 10_000 });
+    const named = (index: number) => ({
+      index,
+      id: `call_${index}`.padEnd(MAX_TOOL_CALL_NAME, 'i'),
+      function: { name: `tool_${index}`.padEnd(MAX_TOOL_CALL_NAME, 'n') },
+    });
+    // A server that repeats the name and id with every fragment holds no more for it.
+    for (let i = 0; i < 100; i++) acc.push(calls(named(0)));
+    const error = thrown(() => {
+      for (let index = 1; index < MAX_TOOL_CALL_INDEX; index++) acc.push(calls(named(index)));
+    });
+    expect(error).toMatchObject({ code: 'ERP_UPSTREAM_TOO_LARGE' });
+    // 512 characters a call: the 20th passes 10,000.
+    expect(acc.snapshot().toolCalls).toHaveLength(19);
+  });
+
+  it('fails a message whose tool call name or id is longer than MAX_TOOL_CALL_NAME', () => {
+    const long = 'n'.repeat(MAX_TOOL_CALL_NAME + 1);
+    for (const entry of [
+      { index: 0, id: 'call_a', function: { name: long, arguments: '{}' } },
+      { index: 0, id: long, function: { name: 'get_time', arguments: '{}' } },
+    ]) {
+      const acc = new StreamAccumulator();
+      const error = thrown(() => acc.push(calls(entry)));
+      expect(error).toMatchObject({ code: 'ERP_UPSTREAM_TOO_LARGE' });
+      expect((error as Error).message).toMatch(/tool call (name|id) longer than 256 characters/);
+      expect(acc.snapshot().toolCalls).toEqual([]);
+    }
+    // At the bound, it is taken.
+    const acc = new StreamAccumulator();
+    const name = 'n'.repeat(MAX_TOOL_CALL_NAME);
+    expect(acc.push(calls({ index: 0, id: 'call_a', function: { name } }))).toEqual([
+      { type: 'tool_call_start', index: 0, name },
+    ]);
   });
 
   it('counts a tool call written as text toward the cap, by chunk and by the fast lane alike', () => {

@@ -164,6 +164,30 @@ describe('review regressions', () => {
     expect(upstream.requests).toHaveLength(1);
   });
 
+  it('fails a message whose tool call names run long, and never sends them upstream again', async () => {
+    const name = (k: number) => `tool_${k}`.padEnd(100_000, 'n');
+    const { upstream, harness } = await setup(
+      (_req, i) =>
+        i === 0
+          ? {
+              sse: [
+                ...Array.from(
+                  { length: 4 },
+                  (_, k) =>
+                    `data: {"choices":[{"index":0,"delta":{"tool_calls":[{"index":${k},"id":"c${k}","type":"function","function":{"name":"${name(k)}","arguments":"{}"}}]}}]}\n\n`,
+                ),
+                'data: {"choices":[{"index":0,"delta":{},"finish_reason":"tool_calls"}]}\n\ndata: [DONE]\n\n',
+              ],
+            }
+          : { sse: textReply('Done.') },
+      { tools: [weatherTool] },
+    );
+    const { text } = await unmuteTurn(harness.client, [SYSTEM, { role: 'user', content: 'Time?' }]);
+    expect(text).toBe("Sorry, I couldn't do that right now. ");
+    expect(upstream.requests).toHaveLength(1);
+    expect(JSON.stringify(upstream.requests)).not.toContain('tool_0nnn');
+  });
+
   it('keeps a bounded run of whitespace while no word follows it', async () => {
     const space = Array.from(
       { length: 5000 },

@@ -17,6 +17,7 @@ import {
   DEFAULT_ATTRIBUTE_VALUE_LENGTH_LIMIT,
   GEN_AI_DURATION_BUCKETS,
 } from '../../src/telemetry/tracing.js';
+import type { Attributes, SpanHandle } from '../../src/telemetry/types.js';
 import { OtlpReceiver, type ReceivedSpan, SPAN_KIND } from '../support/otlp-receiver.js';
 
 const CLIENT_TRACE_ID = '4bf92f3577b34da6a3ce929d0e0e4736';
@@ -416,5 +417,22 @@ describe('chat response attributes', () => {
     expect(attributes['gen_ai.response.id']).toHaveLength(256);
     expect(attributes['gen_ai.response.model']).toBe('m'.repeat(256));
     expect(chatResponseAttributes({ responseModel: 'qwen3-8b' })['gen_ai.response.model']).toBe('qwen3-8b');
+  });
+});
+
+describe('tool span', () => {
+  test("cuts the model's tool name and call id, which the span name holds too", () => {
+    const started: Array<{ name: string; attributes: Attributes | undefined }> = [];
+    const turn = {
+      child: (name: string, _kind: string, attributes?: Attributes) => {
+        started.push({ name, attributes });
+        return turn;
+      },
+    } as unknown as SpanHandle;
+    const long = 'n'.repeat(1024 * 1024);
+    startToolSpan(turn, { name: long, callId: long });
+    expect(started[0]?.name).toBe(`execute_tool ${'n'.repeat(256)}`);
+    expect(started[0]?.attributes?.['gen_ai.tool.name']).toHaveLength(256);
+    expect(started[0]?.attributes?.['gen_ai.tool.call.id']).toHaveLength(256);
   });
 });
