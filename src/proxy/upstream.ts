@@ -43,8 +43,10 @@ export type UpstreamRefusal = 'context_length' | 'tools_unsupported' | 'kwargs_r
 
 const CONTEXT_LENGTH =
   /context[ _-]?length|maximum model length|maximum context|context size|context window|too many tokens|prompt is too long|exceeds? the (?:available )?context/i;
+// OpenRouter answers 404 "No endpoints found that support tool use" (or "… the provided 'tool_choice' value")
+// when no provider of the model takes tools.
 const TOOLS_UNSUPPORTED =
-  /enable-auto-tool-choice|tool[ _-]?call[ _-]?parser|does not support tools|tools? (?:are|is) not supported|cannot use tools|tool_choice.*not supported/i;
+  /enable-auto-tool-choice|tool[ _-]?call[ _-]?parser|does not support tools|tools? (?:are|is) not supported|cannot use tools|tool_choice.*not supported|no endpoints found that support (?:tool use|the provided .?tool_choice)/i;
 const KWARGS_REJECTED = /chat_template_kwargs|enable_thinking/i;
 
 /** What an upstream 4xx means for the turn loop. */
