@@ -8,6 +8,7 @@ import { chatResponseAttributes } from '../telemetry/genai.js';
 import type { Telemetry } from '../telemetry/types.js';
 import { type AssistantMessage, StreamAccumulator } from './accumulator.js';
 import type { ChatChunk } from './chunks.js';
+import { ProxyError } from './errors.js';
 import type { OpenedCall } from './request-policy.js';
 import { SpeakableFilter } from './speakable.js';
 import type { Speaker } from './speaker.js';
@@ -80,6 +81,12 @@ export async function readMessage(opened: OpenedCall, parts: ReadParts): Promise
     throw finished.error;
   }
   const { message } = finished;
+  // OpenRouter ends a message its provider failed with finish_reason "error", at times with no error
+  // object: a failure, whatever it streamed; a call in it may be cut short, and none of its calls runs.
+  if (message.finishReason === 'error') {
+    chat.end('upstream_stream');
+    throw new ProxyError('ERP_UPSTREAM_STREAM', 'upstream ended the message with finish_reason "error"');
+  }
   chat.setAttributes(
     chatResponseAttributes({
       ...(message.id ? { responseId: message.id } : {}),

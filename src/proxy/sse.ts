@@ -268,10 +268,11 @@ function interpret(
   return payload as ChatChunk;
 }
 
-function errorEvent(detail: unknown): UpstreamStreamError {
+/** An upstream's error object (or text) where an answer should be: mid-stream, or as its JSON completion. */
+export function errorEvent(detail: unknown, where = 'mid-stream'): UpstreamStreamError {
   return new UpstreamStreamError(
     'error_event',
-    `upstream reported an error mid-stream: ${describe(detail)}`,
+    `upstream reported an error ${where}: ${describe(detail)}`,
     detail,
   );
 }

@@ -13,7 +13,7 @@ import { type Dispatcher, Pool } from 'undici';
 import { secretScrubber } from '../telemetry/scrub.js';
 import type { ChatChunk, Usage } from './chunks.js';
 import { type ErrorCode, ProxyError } from './errors.js';
-import { type BodyReader, type PushedBody, streamChunks } from './sse.js';
+import { type BodyReader, errorEvent, type PushedBody, streamChunks, UpstreamStreamError } from './sse.js';
 
 /** What the proxy learned about its upstream, shared by all turns. */
 export class UpstreamState {
@@ -43,8 +43,10 @@ export type UpstreamRefusal = 'context_length' | 'tools_unsupported' | 'kwargs_r
 
 const CONTEXT_LENGTH =
   /context[ _-]?length|maximum model length|maximum context|context size|context window|too many tokens|prompt is too long|exceeds? the (?:available )?context/i;
+// OpenRouter answers 404 "No endpoints found that support tool use" (or "… the provided 'tool_choice' value")
+// when no provider of the model takes tools.
 const TOOLS_UNSUPPORTED =
-  /enable-auto-tool-choice|tool[ _-]?call[ _-]?parser|does not support tools|tools? (?:are|is) not supported|cannot use tools|tool_choice.*not supported/i;
+  /enable-auto-tool-choice|tool[ _-]?call[ _-]?parser|does not support tools|tools? (?:are|is) not supported|cannot use tools|tool_choice.*not supported|no endpoints found that support (?:tool use|the provided .?tool_choice)/i;
 const KWARGS_REJECTED = /chat_template_kwargs|enable_thinking/i;
 
 /** What an upstream 4xx means for the turn loop. */
@@ -173,21 +175,31 @@ class StreamSource implements ChunkSource {
   }
 }
 
+/**
+ * Throws UpstreamStreamError, as the SSE decoder does for an in-band error, for a body that is an error (a
+ * gateway that ignored `stream` and answered its failure with 200) or no completion: read as an empty
+ * answer, it would leave the user in silence.
+ */
 function completionAsChunk(completion: unknown): ChatChunk {
   const c = completion as {
     id?: string;
     model?: string;
+    error?: unknown;
     choices?: {
       message?: {
         content?: string | null;
+        refusal?: string | null;
         tool_calls?: { id?: string; function?: { name?: string; arguments?: string } }[];
       };
       finish_reason?: string;
     }[];
     usage?: Usage;
   };
+  if (c === null || typeof c !== 'object') throw noCompletion(completion);
+  if (c.error != null) throw errorEvent(c.error, 'in its JSON answer');
   const choice = c.choices?.[0];
-  const message = choice?.message ?? {};
+  if (!choice) throw noCompletion(completion);
+  const message = choice.message ?? {};
   return {
     id: c.id,
     model: c.model,
@@ -197,6 +209,7 @@ function completionAsChunk(completion: unknown): ChatChunk {
         delta: {
           role: 'assistant',
           content: message.content ?? null,
+          refusal: message.refusal ?? null,
           tool_calls: (message.tool_calls ?? []).map((t, index) => ({
             index,
             id: t.id,
@@ -204,11 +217,20 @@ function completionAsChunk(completion: unknown): ChatChunk {
             function: t.function,
           })),
         },
-        finish_reason: choice?.finish_reason ?? 'stop',
+        finish_reason: choice.finish_reason ?? 'stop',
       },
     ],
     usage: c.usage,
   };
+}
+
+function noCompletion(body: unknown): UpstreamStreamError {
+  const snippet = (JSON.stringify(body) ?? String(body)).slice(0, 120);
+  return new UpstreamStreamError(
+    'malformed',
+    `upstream sent a JSON answer without choices: ${snippet}`,
+    snippet,
+  );
 }
 
 /** A model request on its way: `sent` settles once it is on the wire (or has failed), `response` with the answer. */

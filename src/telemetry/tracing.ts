@@ -93,6 +93,9 @@ const CHAT_METRIC_ATTRIBUTES = [
   'server.port',
 ];
 const TOOL_METRIC_ATTRIBUTES = ['gen_ai.operation.name', 'gen_ai.tool.name', 'gen_ai.tool.type'];
+/** Model names are the client's to choose (any string): past this many distinct ones, metrics say `other`. */
+const MAX_METRIC_MODELS = 16;
+const MODEL_METRIC_ATTRIBUTES = ['gen_ai.request.model', 'gen_ai.response.model'] as const;
 
 const KINDS: Record<SpanKind, OtelSpanKind> = {
   internal: OtelSpanKind.INTERNAL,
@@ -123,6 +126,8 @@ export class Tracing {
   readonly records: TelemetryRecords;
 
   readonly options: TracingOptions;
+  /** The model names the metrics carry as they are: the first MAX_METRIC_MODELS seen. */
+  readonly #models = new Set<string>();
 
   constructor(options: TracingOptions) {
     this.options = options;
@@ -212,6 +217,10 @@ export class Tracing {
       this.toolDuration.record(seconds, metricAttributes);
     } else if (operation === 'chat') {
       const metricAttributes = pick(attributes, CHAT_METRIC_ATTRIBUTES, errorType);
+      for (const key of MODEL_METRIC_ATTRIBUTES) {
+        const model = metricAttributes[key];
+        if (typeof model === 'string') metricAttributes[key] = this.#metricModel(model);
+      }
       this.operationDuration.record(seconds, metricAttributes);
       for (const [type, key] of [
         ['input', 'gen_ai.usage.input_tokens'],
@@ -223,6 +232,13 @@ export class Tracing {
         }
       }
     }
+  }
+
+  #metricModel(model: string): string {
+    if (this.#models.has(model)) return model;
+    if (this.#models.size >= MAX_METRIC_MODELS) return this.options.other;
+    this.#models.add(model);
+    return model;
   }
 
   /**

@@ -55,8 +55,11 @@ export function loadStreamFixtures(): StreamFixture[] {
     if (!UPDATE && !existsSync(join(STREAM_FIXTURES_DIR, `${name}.expected.json`)))
       problems.push(`${name}.sse has no ${name}.expected.json (UPDATE_FIXTURES=1 writes it)`);
   }
+  // A response body that is no stream (an HTTP error) is NAME.json beside its NAME.md.
+  const bodies = new Set(list('*.json').filter((file) => !file.endsWith('.expected.json')));
   for (const file of list('*.md')) {
-    if (!names.has(file.slice(0, -'.md'.length))) problems.push(`${file} describes no .sse`);
+    const name = file.slice(0, -'.md'.length);
+    if (!names.has(name) && !bodies.has(`${name}.json`)) problems.push(`${file} describes no .sse or .json`);
   }
   for (const file of list('*.expected.json')) {
     if (!names.has(file.slice(0, -'.expected.json'.length))) problems.push(`${file} belongs to no .sse`);
@@ -76,6 +79,11 @@ export function loadStreamFixtures(): StreamFixture[] {
         : undefined,
     };
   });
+}
+
+/** A recorded response body (NAME.json, described by NAME.md): an error the upstream sends instead of a stream. */
+export function loadResponseFixture(name: string): string {
+  return readFileSync(join(STREAM_FIXTURES_DIR, `${name}.json`), 'utf8');
 }
 
 export function loadStreamFixture(name: string): StreamFixture {

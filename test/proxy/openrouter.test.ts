@@ -7,7 +7,7 @@ import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { toolResults } from '../../src/demo/scripted-upstream.js';
 import { unmuteTurn, useScriptedProxy } from '../support/proxy.js';
-import { loadStreamFixture } from './fixtures.js';
+import { loadResponseFixture, loadStreamFixture } from './fixtures.js';
 
 const SYSTEM = { role: 'system' as const, content: 'You are a helpful voice assistant.' };
 const replay = (name: string) => [new TextDecoder().decode(loadStreamFixture(name).bytes)];
@@ -68,6 +68,21 @@ describe('OpenRouter', () => {
     ]);
     expect(text).toBe("The capital Sorry, I couldn't do that right now. ");
     expect(chunks.at(-1)?.choices[0]?.finish_reason).toBe('stop');
+  });
+
+  it('a model no provider serves with tools (404 "No endpoints found that support tool use"): answered without tools, and the next turn sends none', async () => {
+    const { harness, upstream } = await setup(
+      (req) =>
+        req.body.tools
+          ? { status: 404, json: JSON.parse(loadResponseFixture('openrouter-no-tool-endpoints')) }
+          : { sse: replay('openrouter-reasoning-then-content') },
+      spec(),
+    );
+    const first = await unmuteTurn(harness.client, [SYSTEM, { role: 'user', content: 'Hello there.' }]);
+    expect(first.text).toBe('The capital of France is Paris.');
+    const second = await unmuteTurn(harness.client, [SYSTEM, { role: 'user', content: 'And Italy?' }]);
+    expect(second.text).toBe('The capital of France is Paris.');
+    expect(upstream.requests.map((r) => r.body.tools !== undefined)).toEqual([true, false, false]);
   });
 
   it('a 429 with retry-after: the error line at once, counted, not retried', async () => {

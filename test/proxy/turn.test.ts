@@ -243,6 +243,76 @@ describe('turn behaviour', () => {
     expect(chunks.at(-1)?.choices[0]?.finish_reason).toBe('stop');
   });
 
+  /** The same turn from a streaming client (what it hears) and a non-streaming one (its status and error code). */
+  async function bothClients(h: ProxyHarness) {
+    const { text } = await unmuteTurn(h.client, [SYSTEM, { role: 'user', content: 'Hi' }]);
+    const res = await fetch(`${h.proxy.url}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ model: 'm', messages: [{ role: 'user', content: 'Hi' }] }),
+    });
+    const body = (await res.json()) as { error?: { code: string } };
+    return { text, status: res.status, code: body.error?.code };
+  }
+
+  it.each([
+    ['an error object', { error: { message: 'Provider returned error', code: 502 } }],
+    ['no choices', { id: 'gen-1', object: 'chat.completion' }],
+  ])('fails the turn when the upstream ignores stream and its JSON answer has %s', async (_, json) => {
+    const { harness } = await setup(() => ({ json }));
+    expect(await bothClients(harness)).toEqual({
+      text: "Sorry, I couldn't do that right now. ",
+      status: 502,
+      code: 'ERP_UPSTREAM_STREAM',
+    });
+  });
+
+  it('speaks the error line for a refusal in a JSON completion, as for a streamed one', async () => {
+    const { harness } = await setup(() => ({
+      json: {
+        choices: [
+          { index: 0, message: { role: 'assistant', content: null, refusal: "I can't help with that." } },
+        ],
+      },
+    }));
+    const { text } = await unmuteTurn(harness.client, [SYSTEM, { role: 'user', content: 'Hi' }]);
+    expect(text).toBe("Sorry, I couldn't do that right now. ");
+  });
+
+  it('fails the turn on finish_reason "error" with no error object (OpenRouter, a provider failing mid-stream)', async () => {
+    const { harness } = await setup(() => ({
+      sse: [
+        ': OPENROUTER PROCESSING\n\n',
+        'data: {"id":"gen-1","choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]}\n\n',
+        'data: {"id":"gen-1","choices":[{"index":0,"delta":{},"finish_reason":"error"}]}\n\n',
+        'data: [DONE]\n\n',
+      ],
+    }));
+    expect(await bothClients(harness)).toEqual({
+      text: "Sorry, I couldn't do that right now. ",
+      status: 502,
+      code: 'ERP_UPSTREAM_STREAM',
+    });
+  });
+
+  it('never runs a call cut short by finish_reason "error", nor sends it back', async () => {
+    weatherHits.length = 0;
+    const { harness, upstream } = await setup(() => ({
+      sse: [
+        'data: {"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"c0","type":"function","function":{"name":"get_weather","arguments":"{\\"city\\":\\"Par"}}]},"finish_reason":null}]}\n\n',
+        'data: {"choices":[{"index":0,"delta":{},"finish_reason":"error"}]}\n\n',
+        'data: [DONE]\n\n',
+      ],
+    }));
+    const { text } = await unmuteTurn(harness.client, [
+      SYSTEM,
+      { role: 'user', content: 'Weather in Paris?' },
+    ]);
+    expect(text).toContain("Sorry, I couldn't do that right now. ");
+    expect(weatherHits).toEqual([]);
+    expect(upstream.requests).toHaveLength(1);
+  });
+
   it('answers a non-streaming request after tools, and fails with x-should-retry: false', async () => {
     const { harness } = await setup((_req, i) =>
       i === 0

@@ -39,6 +39,22 @@ describe('classifyRefusal', () => {
       '{"error":{"message":"chat_template_kwargs: Extra inputs are not permitted","type":"BadRequestError"}}',
       'kwargs_rejected',
     ],
+    // OpenRouter, when no provider of the model takes tools, or the tool_choice sent
+    [
+      404,
+      '{"error":{"message":"No endpoints found that support tool use. To learn more about provider routing, visit: https://openrouter.ai/docs/guides/routing/provider-selection","code":404}}',
+      'tools_unsupported',
+    ],
+    [
+      404,
+      '{"error":{"message":"No endpoints found that support the provided \'tool_choice\' value. To learn more about provider routing, visit: https://openrouter.ai/docs/provider-routing","code":404}}',
+      'tools_unsupported',
+    ],
+    [
+      404,
+      '{"error":{"message":"No endpoints found for nousresearch/hermes-3-llama-3.1-405b:free.","code":404}}',
+      'other',
+    ],
     [400, '{"error":{"message":"model not found"}}', 'other'],
     [500, 'context length exceeded', 'other'],
   ])('HTTP %i %s → %s', (status, body, expected) => {

@@ -217,6 +217,33 @@ describe('OpenTelemetry', () => {
     expect(tools[0]?.explicitBounds).toEqual(GEN_AI_DURATION_BUCKETS);
   });
 
+  test('GenAI metrics carry the first 16 model names, and fold later ones into other', async () => {
+    const t = await startOtel();
+    const turn = t.startTurn(undefined, turnAttributes('assistant'));
+    // Request and response names share the 16; a client may send any string of up to 256 characters.
+    for (let i = 0; i < 20; i++) {
+      const chat = startChatSpan(turn, { model: `model-${i}` });
+      chat.setAttributes(chatResponseAttributes({ responseModel: `model-${i}`, finishReasons: ['stop'] }));
+      chat.end();
+    }
+    turn.end();
+    await t.shutdown();
+    await receiver.waitFor((r) =>
+      r.histogramPoints.some((p) => p.metric === 'gen_ai.client.operation.duration'),
+    );
+
+    const points = receiver.histogramPoints.filter((p) => p.metric === 'gen_ai.client.operation.duration');
+    const byModel = new Map(
+      points.map((p) => [
+        `${p.attributes['gen_ai.request.model']} ${p.attributes['gen_ai.response.model']}`,
+        p.count,
+      ]),
+    );
+    expect(byModel.size).toBe(17);
+    for (let i = 0; i < 16; i++) expect(byModel.get(`model-${i} model-${i}`)).toBe(1);
+    expect(byModel.get('other other')).toBe(4);
+  });
+
   test('turn records become the GenAI agent metrics, and still reach Prometheus', async () => {
     const t = await startOtel();
     t.turn({
