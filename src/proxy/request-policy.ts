@@ -164,7 +164,7 @@ export class RequestPolicy {
           if (upstreamState.firstToolsRefusal()) {
             logger.warn(
               { upstream: upstream.origin, status: err.upstreamStatus },
-              'Upstream refused tools; answering without them. Start vLLM with --enable-auto-tool-choice --tool-call-parser <parser> to use tools.',
+              'Upstream refused tools; answering without them. To use tools: start vLLM with --enable-auto-tool-choice --tool-call-parser <parser>, or, on a hosted API (OpenRouter, OpenAI), choose a model that supports tools.',
             );
           }
           upstreamState.markToolsUnsupported();
