@@ -125,10 +125,12 @@ const stored = (name: string) =>
     | (KObject & { status?: { observedGeneration?: number; tools?: number } })
     | undefined;
 const configMap = (name: string) => api.get('configmaps', NS, `earpiece-toolset-${name}`);
-const ready = (name: string) =>
-  (stored(name)?.status as { conditions?: Record<string, unknown>[] } | undefined)?.conditions?.find(
-    (c) => c.type === 'Ready',
+const condition = (name: string, type: string) =>
+  (stored(name)?.status as { conditions?: Record<string, string>[] } | undefined)?.conditions?.find(
+    (c) => c.type === type,
   );
+const ready = (name: string) => condition(name, 'Ready');
+const restartRequired = () => condition('assistant', 'RestartRequired');
 const renderedTools = (name: string) => {
   const text = configMap(name)?.data as Record<string, string> | undefined;
   return text
@@ -260,11 +262,7 @@ describe('ToolSet controller', () => {
     );
     expect(stored('assistant')!.status).toMatchObject({ observedGeneration: 3, tools: 2 });
     // RestartRequired was worked out for generation 2 and says so.
-    expect(
-      (stored('assistant')!.status as { conditions: Record<string, unknown>[] }).conditions.find(
-        (c) => c.type === 'RestartRequired',
-      ),
-    ).toMatchObject({ status: 'False', observedGeneration: 2 });
+    expect(restartRequired()).toMatchObject({ status: 'False', observedGeneration: 2 });
     await settled(plane, 'assistant');
     expect(configMap('assistant')).toEqual(goodConfigMap);
     const events = api.list('events', NS);
@@ -459,14 +457,8 @@ describe('ToolSet controller', () => {
     expect(stored('broken')!.status).toMatchObject({ tools: 0 });
   });
 
-  it('names the injected pods that lack the env var of a newly added secret', async () => {
-    const plane = controlPlane();
-    await plane.start();
-    api.create('toolsets', toolset('assistant', [weatherTool()]));
-    await expect.poll(() => ready('assistant')?.status, POLL).toBe('True');
-    await settled(plane, 'assistant');
-
-    // A pod injected now, by the same builder the webhook uses.
+  /** Pod backend-1, running, injected now by the same builder the webhook uses; resolves once the operator sees it. */
+  async function runInjectedPod(plane: ControlPlane): Promise<void> {
     const injectedTemplate = injectBackend(NS, plane.lookup(NS));
     api.create('pods', {
       apiVersion: 'v1',
@@ -476,6 +468,16 @@ describe('ToolSet controller', () => {
       status: { phase: 'Running' },
     } as KObject);
     await expect.poll(() => plane.injectedPods.list(NS).length, POLL).toBe(1);
+  }
+
+  it('names the injected pods that lack the env var of a newly added secret', async () => {
+    const plane = controlPlane();
+    await plane.start();
+    api.create('toolsets', toolset('assistant', [weatherTool()]));
+    await expect.poll(() => ready('assistant')?.status, POLL).toBe('True');
+    await settled(plane, 'assistant');
+
+    await runInjectedPod(plane);
 
     // The ToolSet gains a tool with a new secret: the pod cannot get it by reload.
     edit('assistant', (spec) =>
@@ -490,19 +492,17 @@ describe('ToolSet controller', () => {
         },
       }),
     );
-    const restart = () =>
-      (
-        stored('assistant')?.status as { conditions?: Record<string, string>[] } | undefined
-      )?.conditions?.find((c) => c.type === 'RestartRequired');
-    await expect.poll(() => restart()?.status, POLL).toBe('True');
-    expect(restart()).toMatchObject({ reason: 'SecretEnvMissing' });
-    expect(restart()!.message).toContain('pods backend-1 started before secret orders-db/url was added');
+    await expect.poll(() => restartRequired()?.status, POLL).toBe('True');
+    expect(restartRequired()).toMatchObject({ reason: 'SecretEnvMissing' });
+    expect(restartRequired()!.message).toContain(
+      'pods backend-1 started before secret orders-db/url was added',
+    );
     expect(ready('assistant')).toMatchObject({ status: 'True' });
     expect(api.list('pods', NS)).toHaveLength(1);
 
     // The pod goes (a rollout restart): nothing left to restart.
     api.delete('pods', NS, 'backend-1');
-    await expect.poll(() => restart()?.status, POLL).toBe('False');
+    await expect.poll(() => restartRequired()?.status, POLL).toBe('False');
   });
 
   /** A ToolSet with or without spec.upstream.url, and one pod injected for it by the webhook's builder. */
@@ -514,20 +514,8 @@ describe('ToolSet controller', () => {
     api.create('toolsets', created);
     await expect.poll(() => ready('assistant')?.status, POLL).toBe('True');
     await settled(plane, 'assistant');
-    const injectedTemplate = injectBackend(NS, plane.lookup(NS));
-    api.create('pods', {
-      apiVersion: 'v1',
-      kind: 'Pod',
-      metadata: { ...injectedTemplate.metadata, name: 'backend-1', namespace: NS },
-      spec: injectedTemplate.spec,
-      status: { phase: 'Running' },
-    } as KObject);
-    await expect.poll(() => plane.injectedPods.list(NS).length, POLL).toBe(1);
+    await runInjectedPod(plane);
   }
-  const restartRequired = () =>
-    (stored('assistant')?.status as { conditions?: Record<string, string>[] } | undefined)?.conditions?.find(
-      (c) => c.type === 'RestartRequired',
-    );
 
   it('names the pods still on their handed-over upstream after spec.upstream.url is added', async () => {
     const plane = controlPlane();
@@ -583,15 +571,7 @@ describe('ToolSet controller', () => {
     api.create('toolsets', toolset('assistant', [weatherTool()]));
     await expect.poll(() => ready('assistant')?.status, POLL).toBe('True');
     await settled(plane, 'assistant');
-    const injectedTemplate = injectBackend(NS, plane.lookup(NS));
-    api.create('pods', {
-      apiVersion: 'v1',
-      kind: 'Pod',
-      metadata: { ...injectedTemplate.metadata, name: 'backend-1', namespace: NS },
-      spec: injectedTemplate.spec,
-      status: { phase: 'Running' },
-    } as KObject);
-    await expect.poll(() => plane.injectedPods.list(NS).length, POLL).toBe(1);
+    await runInjectedPod(plane);
 
     // A hundred new Secrets with names near their 253-character limit: listed in full, the message
     // would pass MAX_CONDITION_MESSAGE and be cut before its advice.
@@ -610,12 +590,8 @@ describe('ToolSet controller', () => {
     edit('assistant', (spec) =>
       (spec.tools as unknown[]).push(tool(1, refs.slice(0, 50)), tool(2, refs.slice(50))),
     );
-    const restart = () =>
-      (
-        stored('assistant')?.status as { conditions?: Record<string, string>[] } | undefined
-      )?.conditions?.find((c) => c.type === 'RestartRequired');
-    await expect.poll(() => restart()?.status, POLL).toBe('True');
-    const message = restart()!.message!;
+    await expect.poll(() => restartRequired()?.status, POLL).toBe('True');
+    const message = restartRequired()!.message!;
     expect(message.length).toBeLessThanOrEqual(MAX_CONDITION_MESSAGE);
     expect(message).toMatch(
       / and lack their env vars; restart them \(e\.g\. kubectl rollout restart\) to use it$/,
