@@ -801,14 +801,25 @@ describe('earpiece operator', () => {
     return { status: res.status, body: await res.text() };
   }
 
-  /** An AdmissionReview over TLS, trusting only the caBundle, addressed to the Service name. */
-  function admit(
+  /** The CA the operator wrote into its webhook configuration (the pod webhook's, or the ToolSet one's). */
+  function webhookCa(plural = 'mutatingwebhookconfigurations'): string {
+    const hooks = api.get(plural, undefined, 'earpiece-webhook')!.webhooks as {
+      clientConfig: { caBundle?: string };
+    }[];
+    return Buffer.from(hooks[0]!.clientConfig.caBundle!, 'base64').toString();
+  }
+
+  /**
+   * An AdmissionReview over TLS, trusting only the caBundle, addressed to the Service name: its status and
+   * body. A refusal may close the connection before the body is read; the status is known by then.
+   */
+  function review(
     port: number,
     ca: string,
     pod: Record<string, unknown>,
     path = '/mutate',
     overrides: Record<string, unknown> = {},
-  ): Promise<Record<string, unknown>> {
+  ): Promise<{ status: number; text: string }> {
     const body = JSON.stringify({
       apiVersion: 'admission.k8s.io/v1',
       kind: 'AdmissionReview',
@@ -831,19 +842,33 @@ describe('earpiece operator', () => {
           method: 'POST',
           ca,
           servername: 'earpiece-webhook.earpiece-system.svc',
-          headers: { 'content-type': 'application/json' },
+          headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) },
         },
         (res) => {
           let text = '';
+          const done = () => resolve({ status: res.statusCode ?? 0, text });
           res.on('data', (c) => {
             text += c;
           });
-          res.on('end', () => resolve((JSON.parse(text) as { response: Record<string, unknown> }).response));
+          res.on('end', done);
+          res.on('error', done);
         },
       );
       req.on('error', reject);
       req.end(body);
     });
+  }
+
+  /** The webhook's answer to an AdmissionReview (review()). */
+  async function admit(
+    port: number,
+    ca: string,
+    pod: Record<string, unknown>,
+    path = '/mutate',
+    overrides: Record<string, unknown> = {},
+  ): Promise<Record<string, unknown>> {
+    const { text } = await review(port, ca, pod, path, overrides);
+    return (JSON.parse(text) as { response: Record<string, unknown> }).response;
   }
 
   it('serves probes, metrics and the webhook, injects from the cache, and releases its Lease on stop', async () => {
@@ -877,10 +902,7 @@ describe('earpiece operator', () => {
       await expect.poll(() => ready('assistant')?.status, POLL).toBe('True');
       await expect.poll(() => operator.plane.lookup(NS).config('assistant'), POLL).toBeDefined();
 
-      const webhooks = api.get('mutatingwebhookconfigurations', undefined, 'earpiece-webhook')!.webhooks as {
-        clientConfig: { caBundle: string };
-      }[];
-      const ca = Buffer.from(webhooks[0]!.clientConfig.caBundle, 'base64').toString();
+      const ca = webhookCa();
       const backend = (labels: Record<string, string>) => ({
         apiVersion: 'v1',
         kind: 'Pod',
@@ -1056,14 +1078,7 @@ describe('earpiece operator', () => {
     try {
       const { ports } = operator;
       await expect.poll(async () => (await get(ports.probe, '/readyz')).status, POLL).toBe(200);
-      const ca = Buffer.from(
-        (
-          api.get('validatingwebhookconfigurations', undefined, 'earpiece-webhook')!.webhooks as {
-            clientConfig: { caBundle?: string };
-          }[]
-        )[0]!.clientConfig.caBundle!,
-        'base64',
-      ).toString();
+      const ca = webhookCa('validatingwebhookconfigurations');
       const sending = (env: string) => ({
         name: 'lookup',
         description: 'Looks things up.',
@@ -1130,45 +1145,15 @@ describe('earpiece operator', () => {
     });
     try {
       await expect.poll(async () => (await get(operator.ports.probe, '/readyz')).status, POLL).toBe(200);
-      const hooks = api.get('mutatingwebhookconfigurations', undefined, 'earpiece-webhook')!.webhooks as {
-        clientConfig: { caBundle?: string };
-      }[];
-      const ca = Buffer.from(hooks[0]!.clientConfig.caBundle!, 'base64').toString();
+      const ca = webhookCa();
       /** The HTTP status of a review of a pod carrying an annotation of `bytes`. */
-      const status = (bytes: number) =>
-        new Promise<number>((resolve, reject) => {
-          const body = JSON.stringify({
-            apiVersion: 'admission.k8s.io/v1',
-            kind: 'AdmissionReview',
-            request: {
-              uid: 'a1b2',
-              kind: { group: '', version: 'v1', kind: 'Pod' },
-              resource: { group: '', version: 'v1', resource: 'pods' },
-              namespace: NS,
-              operation: 'CREATE',
-              object: { metadata: { annotations: { note: 'x'.repeat(bytes) } }, spec: { containers: [] } },
-            },
-          });
-          const req = httpsRequest(
-            {
-              host: '127.0.0.1',
-              port: operator.ports.webhook,
-              path: '/mutate',
-              method: 'POST',
-              ca,
-              servername: 'earpiece-webhook.earpiece-system.svc',
-              headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) },
-            },
-            (res) => {
-              // A refusal closes the connection, maybe before the rest of the response is read.
-              res.on('error', () => {});
-              res.resume();
-              resolve(res.statusCode ?? 0);
-            },
-          );
-          req.on('error', reject);
-          req.end(body);
-        });
+      const status = async (bytes: number) =>
+        (
+          await review(operator.ports.webhook, ca, {
+            metadata: { annotations: { note: 'x'.repeat(bytes) } },
+            spec: { containers: [] },
+          })
+        ).status;
       // Far below the default budget of 24 MiB, past the configured one.
       expect(await status(16 * 1024)).toBe(503);
       expect(await status(1024)).toBe(200);
@@ -1189,10 +1174,7 @@ describe('earpiece operator', () => {
     });
     try {
       await expect.poll(async () => (await get(operator.ports.probe, '/readyz')).status, POLL).toBe(200);
-      const hooks = api.get('mutatingwebhookconfigurations', undefined, 'earpiece-webhook')!.webhooks as {
-        clientConfig: { caBundle?: string };
-      }[];
-      const ca = Buffer.from(hooks[0]!.clientConfig.caBundle!, 'base64').toString();
+      const ca = webhookCa();
       const spec = { selector: { matchLabels: { app: 'a' } }, tools: [weatherTool()] };
       const response = await admit(
         operator.ports.webhook,
@@ -1230,10 +1212,7 @@ describe('earpiece operator', () => {
     try {
       api.create('toolsets', toolset('assistant', [weatherTool()]));
       await expect.poll(() => operator.plane.lookup(NS).config('assistant'), POLL).toBeDefined();
-      const webhooks = api.get('mutatingwebhookconfigurations', undefined, 'earpiece-webhook')!.webhooks as {
-        clientConfig: { caBundle: string };
-      }[];
-      const ca = Buffer.from(webhooks[0]!.clientConfig.caBundle, 'base64').toString();
+      const ca = webhookCa();
       const response = await admit(operator.ports.webhook, ca, {
         apiVersion: 'v1',
         kind: 'Pod',
@@ -1292,10 +1271,7 @@ describe('earpiece operator', () => {
       await expect.poll(async () => (await get(ports.probe, '/readyz')).status, POLL).toBe(200);
       api.create('toolsets', toolset('assistant', [weatherTool()]));
       await expect.poll(() => operator.plane.lookup(NS).config('assistant'), POLL).toBeDefined();
-      const webhooks = api.get('mutatingwebhookconfigurations', undefined, 'earpiece-webhook')!.webhooks as {
-        clientConfig: { caBundle: string };
-      }[];
-      const ca = Buffer.from(webhooks[0]!.clientConfig.caBundle, 'base64').toString();
+      const ca = webhookCa();
       const pod = {
         apiVersion: 'v1',
         kind: 'Pod',
