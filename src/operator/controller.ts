@@ -40,7 +40,7 @@ import type { InformerSet } from './informers.js';
 import { readInjection } from './patch.js';
 import { WorkQueue } from './queue.js';
 import { APP_URL_ENV, configMapName, LABEL_OPERATOR, UPSTREAM_ENV } from './sidecar.js';
-import { validateForCluster } from './sidecar-env.js';
+import { outdatedChartEnv, validateForCluster } from './sidecar-env.js';
 import type { SidecarProblem } from './sidecar-problems.js';
 import {
   buildStatus,
@@ -355,13 +355,17 @@ export class ToolSetController {
    * - pods injected under the other answer to "does the ToolSet name spec.upstream.url?": one handed the
    *   app's KYUTAI_LLM_URL as EARPIECE_UPSTREAM_URL keeps that server (the env var overrides
    *   spec.upstream.url), and one injected while the ToolSet named its upstream was never handed the
-   *   app's own URL, so after spec.upstream.url is removed its sidecar keeps the last one it loaded.
+   *   app's own URL, so after spec.upstream.url is removed its sidecar keeps the last one it loaded;
+   * - pods injected before the chart changed its sidecar env vars (injection.env, the shared-state URL)
+   *   lack them or have the old ones: a ToolSet's valueFrom.env may already name the new ones.
    */
   private restartCondition(toolset: ToolSet, namespace: string): ConditionInput {
     const needed = renderForSidecar(toolset).env;
     const upstreamNamed = toolset.spec.upstream?.url !== undefined;
     const lacking: { pod: string; secrets: string[] }[] = [];
     const upstreamStale: string[] = [];
+    const envStale: { pod: string; env: string[] }[] = [];
+    const chartEnv = this.o.sidecarEnv ?? [];
     for (const pod of this.o.pods.list(namespace)) {
       if (pod.metadata?.deletionTimestamp || ['Succeeded', 'Failed'].includes(pod.status?.phase ?? ''))
         continue;
@@ -376,8 +380,16 @@ export class ToolSetController {
         });
       }
       if (injection.upstreamHandedOver === upstreamNamed) upstreamStale.push(pod.metadata?.name ?? '');
+      const outdated = outdatedChartEnv(injection.sidecarEnv, chartEnv);
+      if (outdated.length > 0)
+        envStale.push({ pod: pod.metadata?.name ?? '', env: outdated.map((e) => e.name) });
     }
-    if (lacking.length === 0 && upstreamStale.length === 0) {
+    const kinds = [
+      lacking.length > 0 && 'SecretEnvMissing',
+      upstreamStale.length > 0 && 'UpstreamChanged',
+      envStale.length > 0 && 'SidecarEnvChanged',
+    ].filter((kind) => kind !== false);
+    if (kinds.length === 0) {
       return { type: RESTART_REQUIRED, status: 'False', reason: 'PodsUpToDate', message: '' };
     }
     // Every list is capped, so the message stays far below MAX_CONDITION_MESSAGE and the advice at
@@ -402,15 +414,17 @@ export class ToolSetController {
           : `pods ${pods} were injected while the ToolSet named spec.upstream.url and were not handed the app's own ${APP_URL_ENV}; they keep forwarding to the last spec.upstream.url they loaded`,
       );
     }
+    if (envStale.length > 0) {
+      envStale.sort((a, b) => a.pod.localeCompare(b.pod));
+      const names = [...new Set(envStale.flatMap((e) => e.env))].sort();
+      parts.push(
+        `pods ${listed(envStale.map((e) => e.pod))} were injected before the chart's sidecar env changed and lack, or have an old value of, ${listed(names)}`,
+      );
+    }
     return {
       type: RESTART_REQUIRED,
       status: 'True',
-      reason:
-        upstreamStale.length === 0
-          ? 'SecretEnvMissing'
-          : lacking.length === 0
-            ? 'UpstreamChanged'
-            : 'PodsOutdated',
+      reason: kinds.length === 1 ? (kinds[0] as string) : 'PodsOutdated',
       message: `${parts.join('; ')}; restart them (e.g. kubectl rollout restart) to use it`,
     };
   }

@@ -3,8 +3,8 @@
  * skip reason out. No I/O, no clock, no Kubernetes client. The webhook diffs the result against the pod
  * into a JSON Patch; `earpiece inject` writes the same difference into the manifest. A pod that already
  * has the sidecar for the same ToolSet and configuration hash comes back as a skip, so injecting twice
- * changes nothing, unless its sidecar image or image pull secrets are not the ones asked for now (a new
- * `--image`, a chart upgrade): those alone are updated. The image only while it is still the one earpiece
+ * changes nothing, unless its sidecar image, image pull secrets or the chart's sidecar env vars are not the
+ * ones asked for now (a new `--image`, a chart upgrade): those alone are updated. The image only while it is still the one earpiece
  * set (annotation earpiece.dev/injected-image): one another webhook rewrote since (a registry mirror, a
  * digest pin) is left as it is, so the API server's reinvocation does not undo it. One injected for another configuration has the
  * old injection taken out and is injected again, so its env vars match the configuration it mounts.
@@ -35,6 +35,7 @@ import {
   TMP_VOLUME,
   UPSTREAM_ENV,
 } from './sidecar.js';
+import { outdatedChartEnv } from './sidecar-env.js';
 import { condition, INVALID_TOOLSET, READY } from './status.js';
 
 export interface PodTemplate {
@@ -197,12 +198,12 @@ export function buildInjection(given: PodTemplate, input: InjectInput): InjectRe
   const warnings: string[] = [];
   const settings = overrides(annotations, input.sidecar, warnings);
   if (previous?.toolset === name && previous.hash === config.hash) {
-    const refreshed = refreshInjection(
-      given,
-      settings.image,
-      input.sidecar.imagePullSecrets,
-      input.replaceImage ?? false,
-    );
+    const refreshed = refreshInjection(given, {
+      image: settings.image,
+      pullSecrets: input.sidecar.imagePullSecrets,
+      chartEnv: input.sidecar.extraEnv,
+      forceImage: input.replaceImage ?? false,
+    });
     if (!refreshed) return skip('already_injected');
     return { ok: true, template: refreshed.template, toolset: name, warnings, updated: refreshed.changes };
   }
@@ -278,18 +279,23 @@ function mergePullSecrets(spec: V1PodSpec, names: readonly string[]): string[] {
 }
 
 /**
- * A current injection given the sidecar image and pull secrets asked for now; undefined when it has them.
- * Only these two change: everything else the configuration hash already vouches for. The image is
- * replaced only while it is the one earpiece recorded setting (or `force`): a later mutating webhook
- * that rewrote it (registry mirror, digest pin) has the last word, and the API server's reinvocation of
- * this webhook is then no change at all.
+ * A current injection given the sidecar image, pull secrets and chart env vars asked for now; undefined
+ * when it has them. Only these change: everything else the configuration hash already vouches for. The
+ * image is replaced only while it is the one earpiece recorded setting (or `forceImage`): a later
+ * mutating webhook that rewrote it (registry mirror, digest pin) has the last word, and the API server's
+ * reinvocation of this webhook is then no change at all. A chart env var the sidecar lacks or defines
+ * otherwise is set as the chart gives it (after the others, as in a new injection).
  */
 function refreshInjection(
   given: PodTemplate,
-  image: string,
-  pullSecrets: readonly string[],
-  force: boolean,
+  wanted: {
+    image: string;
+    pullSecrets: readonly string[];
+    chartEnv: readonly V1EnvVar[];
+    forceImage: boolean;
+  },
 ): { template: PodTemplate; changes: string[] } | undefined {
+  const { image, pullSecrets, chartEnv, forceImage: force } = wanted;
   const out = structuredClone(given) as PodTemplate & { spec: V1PodSpec };
   const changes: string[] = [];
   const sidecar = [...(out.spec.initContainers ?? []), ...out.spec.containers].find(
@@ -306,6 +312,12 @@ function refreshInjection(
     };
   }
   for (const name of mergePullSecrets(out.spec, pullSecrets)) changes.push(`image pull secret ${name} added`);
+  const outdated = sidecar ? outdatedChartEnv(sidecar.env ?? [], chartEnv) : [];
+  if (sidecar && outdated.length > 0) {
+    const names = new Set(outdated.map((e) => e.name));
+    sidecar.env = [...(sidecar.env ?? []).filter((e) => !names.has(e.name)), ...structuredClone(outdated)];
+    changes.push(`env ${[...names].join(', ')} set as the chart's injection.env gives it now`);
+  }
   return changes.length ? { template: out, changes } : undefined;
 }
 
@@ -530,14 +542,19 @@ function upstreamFor(
 }
 
 /**
- * What an injected pod carries: its ToolSet, the hash it was injected with, its secret env vars, and
- * whether the sidecar was handed the app's KYUTAI_LLM_URL as EARPIECE_UPSTREAM_URL (it was injected for
- * a configuration that named no spec.upstream.url).
+ * What an injected pod carries: its ToolSet, the hash it was injected with, its secret env vars, whether
+ * the sidecar was handed the app's KYUTAI_LLM_URL as EARPIECE_UPSTREAM_URL (it was injected for a
+ * configuration that named no spec.upstream.url), and the sidecar's env.
  */
-export function readInjection(
-  template: PodTemplate,
-):
-  | { toolset: string; hash: string | undefined; secretEnv: string[]; upstreamHandedOver: boolean }
+export function readInjection(template: PodTemplate):
+  | {
+      toolset: string;
+      hash: string | undefined;
+      secretEnv: string[];
+      upstreamHandedOver: boolean;
+      /** The sidecar's whole env, as the pod has it. */
+      sidecarEnv: V1EnvVar[];
+    }
   | undefined {
   const spec = template.spec;
   const sidecar = [...(spec?.initContainers ?? []), ...(spec?.containers ?? [])].find(
@@ -550,5 +567,6 @@ export function readInjection(
     hash: template.metadata?.annotations?.[ANNOTATION_TOOLSET_HASH],
     secretEnv: (sidecar.env ?? []).filter((e) => e.valueFrom?.secretKeyRef).map((e) => e.name),
     upstreamHandedOver: (sidecar.env ?? []).some((e) => e.name === UPSTREAM_ENV),
+    sidecarEnv: sidecar.env ?? [],
   };
 }

@@ -77,3 +77,39 @@ export function validateForCluster(doc: unknown, extraEnv: readonly V1EnvVar[]):
   const issues = sidecarEnvIssues(result.toolset.spec, extraEnv);
   return issues.length === 0 ? result : { ok: false, issues };
 }
+
+/**
+ * The chart's sidecar env vars (injection.env, the shared-state URL) that a sidecar's env lacks or defines
+ * otherwise: it was injected before the chart changed them. Compared by what defines the value, with the
+ * API server's defaults filled in (fieldRef apiVersion v1, resourceFieldRef divisor 1, which it stores
+ * as "0"). A variable the chart no longer gives is not looked for: another webhook may add env vars of its own.
+ */
+export function outdatedChartEnv(sidecarEnv: readonly V1EnvVar[], chartEnv: readonly V1EnvVar[]): V1EnvVar[] {
+  const defined = new Map(sidecarEnv.map((e) => [e.name, definition(e)]));
+  return chartEnv.filter((e) => defined.get(e.name) !== definition(e));
+}
+
+function definition(e: V1EnvVar): string {
+  const from = e.valueFrom;
+  if (!from) return JSON.stringify(['value', e.value ?? '']);
+  const {
+    secretKeyRef: secret,
+    configMapKeyRef: configMap,
+    fieldRef: field,
+    resourceFieldRef: resource,
+  } = from;
+  if (secret) return JSON.stringify(['secret', secret.name ?? '', secret.key, secret.optional ?? false]);
+  if (configMap)
+    return JSON.stringify(['configMap', configMap.name ?? '', configMap.key, configMap.optional ?? false]);
+  if (field) return JSON.stringify(['field', field.apiVersion ?? 'v1', field.fieldPath]);
+  if (resource) {
+    const divisor = String(resource.divisor ?? '1');
+    return JSON.stringify([
+      'resource',
+      resource.containerName ?? '',
+      resource.resource,
+      divisor === '0' ? '1' : divisor,
+    ]);
+  }
+  return JSON.stringify(['other', from]);
+}

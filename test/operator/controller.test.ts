@@ -10,7 +10,7 @@ import { parse as parseYaml } from 'yaml';
 import type { Clock } from '../../src/operator/clock.js';
 import { CONFIG_KEY } from '../../src/operator/configmap.js';
 import { toolSetKey } from '../../src/operator/controller.js';
-import { DEFAULT_SIDECAR } from '../../src/operator/sidecar.js';
+import { DEFAULT_SIDECAR, type SidecarConfig } from '../../src/operator/sidecar.js';
 import { ControlPlane, startOperator, type Timing } from '../../src/operator/start.js';
 import { createLogger } from '../../src/telemetry/log.js';
 import { OperatorMetrics } from '../../src/telemetry/operator-metrics.js';
@@ -88,6 +88,7 @@ function controlPlane(
   leaderElection = false,
   timing: Timing = TIMING,
   instance?: string,
+  sidecar: SidecarConfig = DEFAULT_SIDECAR,
 ): ControlPlane {
   const plane = new ControlPlane({
     kc: api.kubeConfig(user),
@@ -99,7 +100,7 @@ function controlPlane(
       excludeNamespaces: [],
       leaderElection,
       leaseName: 'earpiece-operator',
-      sidecar: DEFAULT_SIDECAR,
+      sidecar,
     },
     clock,
     logger,
@@ -458,16 +459,21 @@ describe('ToolSet controller', () => {
   });
 
   /** Pod backend-1, running, injected now by the same builder the webhook uses; resolves once the operator sees it. */
-  async function runInjectedPod(plane: ControlPlane): Promise<void> {
-    const injectedTemplate = injectBackend(NS, plane.lookup(NS));
+  async function runInjectedPod(
+    plane: ControlPlane,
+    sidecar: SidecarConfig = DEFAULT_SIDECAR,
+    name = 'backend-1',
+  ): Promise<void> {
+    const injectedTemplate = injectBackend(NS, plane.lookup(NS), undefined, sidecar);
+    const before = plane.injectedPods.list(NS).length;
     api.create('pods', {
       apiVersion: 'v1',
       kind: 'Pod',
-      metadata: { ...injectedTemplate.metadata, name: 'backend-1', namespace: NS },
+      metadata: { ...injectedTemplate.metadata, name, namespace: NS },
       spec: injectedTemplate.spec,
       status: { phase: 'Running' },
     } as KObject);
-    await expect.poll(() => plane.injectedPods.list(NS).length, POLL).toBe(1);
+    await expect.poll(() => plane.injectedPods.list(NS).length, POLL).toBe(before + 1);
   }
 
   it('names the injected pods that lack the env var of a newly added secret', async () => {
@@ -563,6 +569,41 @@ describe('ToolSet controller', () => {
     // The pod goes (a rollout restart): nothing left to restart.
     api.delete('pods', NS, 'backend-1');
     await expect.poll(() => restartRequired()?.status, POLL).toBe('False');
+  });
+
+  it("names the pods injected before the chart's sidecar env changed, until they are injected again", async () => {
+    // The chart now gives the sidecar an OTLP endpoint; backend-1 was injected before, without one.
+    const chart = {
+      ...DEFAULT_SIDECAR,
+      extraEnv: [{ name: 'OTEL_EXPORTER_OTLP_ENDPOINT', value: 'http://otel:4318' }],
+    };
+    const plane = controlPlane('operator', false, TIMING, undefined, chart);
+    await plane.start();
+    api.create('toolsets', toolset('assistant', [weatherTool()]));
+    await expect.poll(() => ready('assistant')?.status, POLL).toBe('True');
+    await settled(plane, 'assistant');
+    await runInjectedPod(plane);
+    await expect.poll(() => restartRequired()?.status, POLL).toBe('True');
+    expect(restartRequired()).toMatchObject({ reason: 'SidecarEnvChanged' });
+    expect(restartRequired()!.message).toBe(
+      "pods backend-1 were injected before the chart's sidecar env changed and lack, or have an old value of, OTEL_EXPORTER_OTLP_ENDPOINT; restart them (e.g. kubectl rollout restart) to use it",
+    );
+
+    // With the ToolSet's spec.upstream.url removed too, both are named.
+    edit('assistant', (spec) => {
+      delete spec.upstream;
+    });
+    await expect.poll(() => restartRequired()?.reason, POLL).toBe('PodsOutdated');
+    expect(restartRequired()!.message).toContain(
+      'pods backend-1 were injected while the ToolSet named spec.upstream.url',
+    );
+    expect(restartRequired()!.message).toContain("before the chart's sidecar env changed");
+
+    // The restart: the old pod goes, the new one is injected under the chart and ToolSet as they are.
+    api.delete('pods', NS, 'backend-1');
+    await expect.poll(() => plane.injectedPods.list(NS).length, POLL).toBe(0);
+    await runInjectedPod(plane, chart, 'backend-2');
+    await expect.poll(() => restartRequired()?.reason, POLL).toBe('PodsUpToDate');
   });
 
   it('names at most 20 missing Secrets, so the restart advice survives however many there are', async () => {

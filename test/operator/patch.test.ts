@@ -363,6 +363,7 @@ describe('buildInjection', () => {
       secretEnv: [secretEnvName('weather', 'key')],
       // The ToolSet names no spec.upstream.url: the app's KYUTAI_LLM_URL was handed over.
       upstreamHandedOver: true,
+      sidecarEnv: sidecarOf(template)?.env,
     });
     expect(readInjection(pod())).toBeUndefined();
   });
@@ -612,6 +613,49 @@ describe('skip reasons', () => {
     expect(forced.template.metadata?.annotations?.['earpiece.dev/injected-image']).toBe(
       DEFAULT_SIDECAR.image,
     );
+  });
+
+  it("brings the chart's sidecar env vars up to date, and leaves the rest as it was", () => {
+    const chart = (extraEnv: SidecarConfig['extraEnv']) =>
+      input({ sidecar: { ...DEFAULT_SIDECAR, extraEnv } });
+    const older = injected(
+      pod(),
+      chart([
+        { name: 'OTEL_EXPORTER_OTLP_ENDPOINT', value: 'http://old-otel:4318' },
+        { name: 'POD_NAME', valueFrom: { fieldRef: { fieldPath: 'metadata.name' } } },
+      ]),
+    ).template;
+    // As the API server stores it: its defaults filled in, and a variable another webhook added.
+    const stored = structuredClone(older);
+    const storedSidecar = sidecarOf(stored)!;
+    storedSidecar.env = [
+      ...(storedSidecar.env ?? []).map((e) =>
+        e.name === 'POD_NAME'
+          ? { ...e, valueFrom: { fieldRef: { apiVersion: 'v1', fieldPath: 'metadata.name' } } }
+          : e,
+      ),
+      { name: 'AWS_ROLE_ARN', value: 'arn:aws:iam::1:role/x' },
+    ];
+    const now = chart([
+      { name: 'OTEL_EXPORTER_OTLP_ENDPOINT', value: 'http://otel:4318' },
+      { name: 'POD_NAME', valueFrom: { fieldRef: { fieldPath: 'metadata.name' } } },
+      { name: 'HTTPS_PROXY', value: 'http://proxy:3128' },
+    ]);
+    const result = injected(stored, now);
+    expect(result.updated).toEqual([
+      "env OTEL_EXPORTER_OTLP_ENDPOINT, HTTPS_PROXY set as the chart's injection.env gives it now",
+    ]);
+    const env = envOf(sidecarOf(result.template));
+    expect(env).toMatchObject({
+      OTEL_EXPORTER_OTLP_ENDPOINT: 'http://otel:4318',
+      HTTPS_PROXY: 'http://proxy:3128',
+      AWS_ROLE_ARN: 'arn:aws:iam::1:role/x',
+      EARPIECE_TOOLSET: '/etc/earpiece/toolset.yaml',
+    });
+    // Defaults filled in by the API server are no change, and the next run has nothing to do.
+    expect(env.POD_NAME).toEqual({ fieldRef: { apiVersion: 'v1', fieldPath: 'metadata.name' } });
+    expect(buildInjection(result.template, now)).toMatchObject({ ok: false, reason: 'already_injected' });
+    expect(buildInjection(stored, chart([]))).toMatchObject({ ok: false, reason: 'already_injected' });
   });
 
   it('injected for another configuration: the old injection is taken out and done again', () => {

@@ -1,12 +1,13 @@
 /** The Unmute backend pod template the operator tests inject, and its injection as the webhook builds it. */
 import { buildInjection, type PodTemplate } from '../../src/operator/patch.js';
 import type { ToolSetLookup } from '../../src/operator/select.js';
-import { DEFAULT_SIDECAR } from '../../src/operator/sidecar.js';
+import { DEFAULT_SIDECAR, type SidecarConfig } from '../../src/operator/sidecar.js';
 
 export function injectBackend(
   namespace: string,
   toolsets: ToolSetLookup,
   labels: Record<string, string> = { app: 'unmute-backend', 'earpiece.dev/inject': 'true' },
+  sidecar: SidecarConfig = DEFAULT_SIDECAR,
 ): PodTemplate {
   const result = buildInjection(
     {
@@ -17,7 +18,7 @@ export function injectBackend(
         ],
       },
     },
-    { namespace, namespaceOptedIn: false, toolsets, sidecar: DEFAULT_SIDECAR },
+    { namespace, namespaceOptedIn: false, toolsets, sidecar },
   );
   if (!result.ok) throw new Error(result.message);
   return result.template;
