@@ -3,7 +3,6 @@
  * and status writes against the in-process API server stand-in (test/support/fake-apiserver.ts).
  * Bounds are hang guards in seconds.
  */
-import { request as httpsRequest } from 'node:https';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { parse as parseYaml } from 'yaml';
@@ -16,6 +15,7 @@ import { createLogger } from '../../src/telemetry/log.js';
 import { OperatorMetrics } from '../../src/telemetry/operator-metrics.js';
 import { MAX_CONDITION_MESSAGE, MAX_TOOLSET_BYTES } from '../../src/toolset/index.js';
 import { secretEnvName } from '../../src/toolset/values.js';
+import { admissionReview, sendReview } from '../support/admission.js';
 import { injectBackend } from '../support/backend-pod.js';
 import { type FakeApiServer, type KObject, startFakeApiServer } from '../support/fake-apiserver.js';
 import { toolSetOfSize } from '../support/large-toolset.js';
@@ -850,10 +850,7 @@ describe('earpiece operator', () => {
     return Buffer.from(hooks[0]!.clientConfig.caBundle!, 'base64').toString();
   }
 
-  /**
-   * An AdmissionReview over TLS, trusting only the caBundle, addressed to the Service name: its status and
-   * body. A refusal may close the connection before the body is read; the status is known by then.
-   */
+  /** An AdmissionReview of `pod` to the webhook on `port` over TLS, trusting only `ca`: its status and body. */
   function review(
     port: number,
     ca: string,
@@ -861,43 +858,7 @@ describe('earpiece operator', () => {
     path = '/mutate',
     overrides: Record<string, unknown> = {},
   ): Promise<{ status: number; text: string }> {
-    const body = JSON.stringify({
-      apiVersion: 'admission.k8s.io/v1',
-      kind: 'AdmissionReview',
-      request: {
-        uid: 'a1b2',
-        kind: { group: '', version: 'v1', kind: 'Pod' },
-        resource: { group: '', version: 'v1', resource: 'pods' },
-        namespace: NS,
-        operation: 'CREATE',
-        object: pod,
-        ...overrides,
-      },
-    });
-    return new Promise((resolve, reject) => {
-      const req = httpsRequest(
-        {
-          host: '127.0.0.1',
-          port,
-          path,
-          method: 'POST',
-          ca,
-          servername: 'earpiece-webhook.earpiece-system.svc',
-          headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) },
-        },
-        (res) => {
-          let text = '';
-          const done = () => resolve({ status: res.statusCode ?? 0, text });
-          res.on('data', (c) => {
-            text += c;
-          });
-          res.on('end', done);
-          res.on('error', done);
-        },
-      );
-      req.on('error', reject);
-      req.end(body);
-    });
+    return sendReview(port, ca, admissionReview(pod, { namespace: NS, overrides }), path);
   }
 
   /** The webhook's answer to an AdmissionReview (review()). */

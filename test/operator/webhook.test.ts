@@ -18,6 +18,7 @@ import {
 } from '../../src/operator/webhook.js';
 import { createLogger } from '../../src/telemetry/log.js';
 import type { ToolSet } from '../../src/toolset/index.js';
+import { admissionReview } from '../support/admission.js';
 import { webhookCertificates } from '../support/certs.js';
 import { workloadIssues } from '../support/pod-rules.js';
 
@@ -132,19 +133,7 @@ function pod(
 }
 
 function review(object: unknown, overrides: Record<string, unknown> = {}) {
-  return {
-    apiVersion: 'admission.k8s.io/v1',
-    kind: 'AdmissionReview',
-    request: {
-      uid: '705ab4f5-6393-11e8-b7cc-42010a800002',
-      kind: { group: '', version: 'v1', kind: 'Pod' },
-      resource: { group: '', version: 'v1', resource: 'pods' },
-      namespace: 'voice',
-      operation: 'CREATE',
-      object,
-      ...overrides,
-    },
-  };
+  return admissionReview(object, { uid: '705ab4f5-6393-11e8-b7cc-42010a800002', overrides });
 }
 
 type Response = { uid: string; allowed: boolean; patchType?: string; patch?: string; warnings?: string[] };

@@ -4,12 +4,12 @@
  * sidecar image cannot be pulled (a private registry without imagePullSecrets), and one whose sidecar
  * crash-loops. Its metrics port is what a ServiceMonitor would scrape.
  */
-import { request as httpsRequest } from 'node:https';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { OperatorConfig } from '../../src/operator/config.js';
 import { DEFAULT_SIDECAR } from '../../src/operator/sidecar.js';
 import { type RunningOperator, startOperator } from '../../src/operator/start.js';
 import { createLogger } from '../../src/telemetry/log.js';
+import { admissionReview, sendReview } from './admission.js';
 import { injectBackend } from './backend-pod.js';
 import { type FakeApiServer, startFakeApiServer } from './fake-apiserver.js';
 
@@ -158,53 +158,24 @@ export async function startScriptedOperator(namespace: string): Promise<Scripted
   });
   await until('the sidecar problems', () => operator.plane.sidecarProblems.pods.length === 3);
 
-  const admit = (name: string) =>
-    new Promise<void>((resolve, reject) => {
-      const body = JSON.stringify({
-        apiVersion: 'admission.k8s.io/v1',
-        kind: 'AdmissionReview',
-        request: {
-          uid: name,
-          kind: { group: '', version: 'v1', kind: 'Pod' },
-          resource: { group: '', version: 'v1', resource: 'pods' },
-          namespace,
-          operation: 'CREATE',
-          object: {
-            apiVersion: 'v1',
-            kind: 'Pod',
-            metadata: { name, namespace, labels: { app: 'unmute-backend' } },
-            spec: {
-              containers: [
-                {
-                  name: 'backend',
-                  image: 'unmute',
-                  env: [{ name: 'KYUTAI_LLM_URL', value: 'http://vllm:8000' }],
-                },
-              ],
-            },
-          },
-        },
-      });
-      const req = httpsRequest(
-        {
-          host: '127.0.0.1',
-          port: operator.ports.webhook,
-          path: '/mutate',
-          method: 'POST',
-          ca,
-          servername: 'earpiece-webhook.earpiece-system.svc',
-          headers: { 'content-type': 'application/json' },
-        },
-        (res) => {
-          res.resume();
-          res.on('end', () =>
-            res.statusCode === 200 ? resolve() : reject(new Error(`webhook: ${res.statusCode}`)),
-          );
-        },
-      );
-      req.on('error', reject);
-      req.end(body);
-    });
+  const admit = async (name: string): Promise<void> => {
+    const pod = {
+      apiVersion: 'v1',
+      kind: 'Pod',
+      metadata: { name, namespace, labels: { app: 'unmute-backend' } },
+      spec: {
+        containers: [
+          { name: 'backend', image: 'unmute', env: [{ name: 'KYUTAI_LLM_URL', value: 'http://vllm:8000' }] },
+        ],
+      },
+    };
+    const { status } = await sendReview(
+      operator.ports.webhook,
+      ca,
+      admissionReview(pod, { uid: name, namespace }),
+    );
+    if (status !== 200) throw new Error(`webhook: ${status}`);
+  };
 
   return {
     api,
