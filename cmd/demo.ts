@@ -30,12 +30,19 @@ const CONVERSATION = [
   '...',
 ];
 
+const HELP =
+  'Usage: earpiece demo\n\nA spoken conversation with tools through the real proxy, with no GPU and no network.';
+
 export async function main(argv: string[]): Promise<number> {
-  const { values } = parseArgs({ args: argv, options: { help: { type: 'boolean', short: 'h' } } });
-  if (values.help) {
-    console.log(
-      'Usage: earpiece demo\n\nA spoken conversation with tools through the real proxy, with no GPU and no network.',
-    );
+  let help: boolean | undefined;
+  try {
+    ({ help } = parseArgs({ args: argv, options: { help: { type: 'boolean', short: 'h' } } }).values);
+  } catch (err) {
+    console.error(`earpiece demo: ${(err as Error).message}\n\n${HELP}`);
+    return 2;
+  }
+  if (help) {
+    console.log(HELP);
     return 0;
   }
   const out = process.stdout;

@@ -6,6 +6,7 @@ import {
 } from '../src/proxy/server.js';
 import { DEFAULT_UPSTREAM_URL, startProxy, ToolSetLoadError } from '../src/proxy/start.js';
 import { createLogger } from '../src/telemetry/log.js';
+import { ToolStateError } from '../src/tools/tool-state.js';
 import { parseDuration } from '../src/toolset/duration.js';
 import { upstreamUrlProblem } from '../src/toolset/validate.js';
 
@@ -55,8 +56,8 @@ function limits(timeout: string, bytes: string): ServerLimits {
   return { requestTimeoutMs: Math.ceil(requestTimeoutMs), maxBodyBytesInFlight };
 }
 
-export async function main(argv: string[]): Promise<number> {
-  const { values } = parseArgs({
+function parse(argv: string[]) {
+  return parseArgs({
     args: argv,
     options: {
       toolset: { type: 'string' },
@@ -69,6 +70,16 @@ export async function main(argv: string[]): Promise<number> {
       help: { type: 'boolean', short: 'h' },
     },
   });
+}
+
+export async function main(argv: string[]): Promise<number> {
+  let values: ReturnType<typeof parse>['values'];
+  try {
+    ({ values } = parse(argv));
+  } catch (err) {
+    console.error(`earpiece proxy: ${(err as Error).message}\n\n${HELP}`);
+    return 2;
+  }
   if (values.help) {
     console.log(HELP);
     return 0;
@@ -110,7 +121,8 @@ export async function main(argv: string[]): Promise<number> {
       logger,
     });
   } catch (err) {
-    if (err instanceof ToolSetLoadError) {
+    // Configuration the ToolSet file or the environment got wrong: said in one line, not a stack trace.
+    if (err instanceof ToolSetLoadError || err instanceof ToolStateError) {
       console.error(`earpiece proxy: ${err.message}`);
       return 1;
     }

@@ -1,6 +1,8 @@
 import { parseArgs } from 'node:util';
+import type { V1EnvVar } from '@kubernetes/client-node';
+import { SidecarConfigError, sidecarConfigFromEnv } from '../src/operator/sidecar.js';
+import { clusterEnvCheck } from '../src/operator/sidecar-env.js';
 import {
-  type CheckOptions,
   checkToolSetText,
   type DocumentCheck,
   type Issue,
@@ -16,6 +18,10 @@ keep them): each ToolSet is checked, other kinds are passed over, and FILE#N nam
 
 Warnings (exit status 0): a ToolSet without spec.selector, and with --local a secretKeyRef, which only
 the operator can resolve.
+
+In a cluster a valueFrom.env may name only a variable the chart's injection.env gives the sidecar, never
+an EARPIECE_ one. Set EARPIECE_SIDECAR_ENV to the chart's list (JSON, as the operator gets it) to check
+the names; without it each name is a warning. --local skips this rule.
 
 Options:
   --local          check for \`earpiece proxy\` run outside Kubernetes
@@ -42,25 +48,26 @@ interface DocumentReport {
   warnings: Issue[];
 }
 
-function report(check: DocumentCheck): DocumentReport {
+/** `local`, or the chart's injection.env (undefined: not known) for the cluster's valueFrom.env rule. */
+type Target = { local: true } | { local: false; chartEnv: V1EnvVar[] | undefined };
+
+function report(check: DocumentCheck, target: Target): DocumentReport {
   const { result, ...where } = check;
   if (!result) return { ...where, valid: null, errors: [], warnings: [] };
   if (!result.ok) return { ...where, valid: false, errors: result.issues, warnings: result.warnings };
+  const cluster = target.local
+    ? { issues: [], warnings: [] }
+    : clusterEnvCheck(result.toolset.spec, target.chartEnv);
+  const warnings = [...result.warnings, ...cluster.warnings];
+  if (cluster.issues.length > 0) return { ...where, valid: false, errors: cluster.issues, warnings };
   const resolved = resolveToolSet(result.toolset);
-  return {
-    ...where,
-    valid: true,
-    tools: resolved.tools.length,
-    hash: resolved.hash,
-    errors: [],
-    warnings: result.warnings,
-  };
+  return { ...where, valid: true, tools: resolved.tools.length, hash: resolved.hash, errors: [], warnings };
 }
 
-async function checkFile(file: string, options: CheckOptions): Promise<FileReport> {
+async function checkFile(file: string, target: Target): Promise<FileReport> {
   const read = await readToolSetFile(file);
   if (!read.ok) return { file, error: read.issue.message, documents: [] };
-  const documents = checkToolSetText(read.text, options).map(report);
+  const documents = checkToolSetText(read.text, { local: target.local }).map((d) => report(d, target));
   if (documents.length === 0) return { file, error: 'has no document', documents };
   return { file, documents };
 }
@@ -98,8 +105,25 @@ export async function main(argv: string[]): Promise<number> {
     console.error(`earpiece validate: --output must be text or json, not "${values.output}"`);
     return 2;
   }
+  let target: Target;
+  try {
+    target =
+      values.local === true
+        ? { local: true }
+        : {
+            local: false,
+            chartEnv:
+              process.env.EARPIECE_SIDECAR_ENV === undefined
+                ? undefined
+                : sidecarConfigFromEnv(process.env).extraEnv,
+          };
+  } catch (err) {
+    if (!(err instanceof SidecarConfigError)) throw err;
+    console.error(`earpiece validate: ${err.message}`);
+    return 2;
+  }
   const reports: FileReport[] = [];
-  for (const file of positionals) reports.push(await checkFile(file, { local: values.local === true }));
+  for (const file of positionals) reports.push(await checkFile(file, target));
   const valid = reports.every((r) => !r.error && r.documents.every((d) => d.valid !== false));
   if (values.output === 'json') console.log(JSON.stringify({ valid, files: reports }, null, 2));
   else printText(reports);

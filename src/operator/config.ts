@@ -101,6 +101,13 @@ ${(Object.entries(SETTINGS) as [Setting, (typeof SETTINGS)[Setting]][])
   .map(([flag, s]) => `  --${flag.padEnd(34)} ${s.env}${s.default ? ` (default ${s.default})` : ''}`)
   .join('\n')}
 
+Set by environment variable only (the chart sets them):
+  EARPIECE_SIDECAR_IMAGE_PULL_POLICY  the sidecar's imagePullPolicy (default IfNotPresent)
+  EARPIECE_SIDECAR_IMAGE_PULL_SECRETS JSON list of Secret references added to injected pods
+  EARPIECE_SIDECAR_LOG_LEVEL          the sidecar's log level (default info)
+  EARPIECE_SIDECAR_ENV                JSON list of env vars every sidecar gets (the chart's injection.env)
+  EARPIECE_LOG_LEVEL                  the operator's own log level (default info)
+
 In a pod the in-cluster service account is used; elsewhere the current kubeconfig context.`;
 
 export function parseBoolean(text: string, name: string): boolean {

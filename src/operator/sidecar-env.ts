@@ -39,10 +39,7 @@ export function sidecarEnvIssues(spec: unknown, extraEnv: readonly V1EnvVar[]): 
   const issues: Issue[] = [];
   for (const ref of envRefs(spec)) {
     if (ref.name.startsWith(RESERVED_ENV_PREFIX)) {
-      issues.push({
-        path: ref.path,
-        message: `${ref.name} is reserved: names starting with ${RESERVED_ENV_PREFIX} are the operator's own variables of the injected sidecar (Secrets other ToolSets name, shared state, settings); name a Secret with valueFrom.secretKeyRef instead`,
-      });
+      issues.push(reserved(ref));
     } else if (!known.has(ref.name)) {
       issues.push({
         path: ref.path,
@@ -51,6 +48,35 @@ export function sidecarEnvIssues(spec: unknown, extraEnv: readonly V1EnvVar[]): 
     }
   }
   return issues;
+}
+
+function reserved(ref: { path: string; name: string }): Issue {
+  return {
+    path: ref.path,
+    message: `${ref.name} is reserved: names starting with ${RESERVED_ENV_PREFIX} are the operator's own variables of the injected sidecar (Secrets other ToolSets name, shared state, settings); name a Secret with valueFrom.secretKeyRef instead`,
+  };
+}
+
+/**
+ * The cluster's rule where the chart's `injection.env` may not be known (`earpiece validate`): with the
+ * list, the rule itself; without it, the reserved prefix is refused and every other name is a warning.
+ */
+export function clusterEnvCheck(
+  spec: unknown,
+  chartEnv: readonly V1EnvVar[] | undefined,
+): { issues: Issue[]; warnings: Issue[] } {
+  if (chartEnv !== undefined) return { issues: sidecarEnvIssues(spec, chartEnv), warnings: [] };
+  const issues: Issue[] = [];
+  const warnings: Issue[] = [];
+  for (const ref of envRefs(spec)) {
+    if (ref.name.startsWith(RESERVED_ENV_PREFIX)) issues.push(reserved(ref));
+    else
+      warnings.push({
+        path: ref.path,
+        message: `in a cluster the injected sidecar has ${ref.name} only if the chart's injection.env gives it; set EARPIECE_SIDECAR_ENV to the chart's list (JSON) to check it here`,
+      });
+  }
+  return { issues, warnings };
 }
 
 /** A reference to a Secret by way of an `injection.env` variable the chart fills from it. */

@@ -10,8 +10,18 @@ const run = promisify(execFile);
 const CLI = 'dist/cmd/earpiece.js';
 
 async function earpiece(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  return earpieceWith({}, ...args);
+}
+
+async function earpieceWith(
+  env: Record<string, string>,
+  ...args: string[]
+): Promise<{ code: number; stdout: string; stderr: string }> {
   try {
-    const { stdout, stderr } = await run(process.execPath, [CLI, ...args], { timeout: 60_000 });
+    const { stdout, stderr } = await run(process.execPath, [CLI, ...args], {
+      timeout: 60_000,
+      env: { ...process.env, ...env },
+    });
     return { code: 0, stdout, stderr };
   } catch (err) {
     const e = err as { code: number; stdout: string; stderr: string };
@@ -98,6 +108,86 @@ describe('earpiece demo', () => {
     expect(result.stdout).toMatch(
       /One moment\. It's taking a while; I'll tell you[\s\S]*↳ tool plan_route: ok[\s\S]*you: {7}\.\.\.\nassistant: By the way, your route is ready: 47 minutes/,
     );
+  });
+});
+
+describe('earpiece validate: the cluster rule for valueFrom.env', () => {
+  const toolset = (env: string) => `apiVersion: earpiece.dev/v1alpha1
+kind: ToolSet
+metadata: { name: shop }
+spec:
+  tools:
+    - name: orders
+      description: Looks up orders.
+      http: { url: 'https://orders.example/o', headers: [{ name: X-Key, valueFrom: { env: ${env} } }] }
+`;
+  const field = 'spec.tools[0].http.headers[0].valueFrom.env';
+
+  it("refuses the operator's own variables, and checks other names against EARPIECE_SIDECAR_ENV when it is set", async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'earpiece-validate-'));
+    const reserved = join(dir, 'reserved.yaml');
+    const named = join(dir, 'named.yaml');
+    await writeFile(reserved, toolset('EARPIECE_SECRET_OTHER'));
+    await writeFile(named, toolset('ORDERS_KEY'));
+
+    // The webhook refuses EARPIECE_ names in any cluster: so does validate.
+    const refused = await earpiece('validate', reserved);
+    expect(refused.code).toBe(1);
+    expect(refused.stderr).toContain(`${reserved}: ${field}: EARPIECE_SECRET_OTHER is reserved`);
+    // Without the chart's list, another name is a warning only.
+    const unknown = await earpiece('validate', named);
+    expect(unknown.code).toBe(0);
+    expect(unknown.stderr).toContain(
+      `${named}: warning: ${field}: in a cluster the injected sidecar has ORDERS_KEY only if the chart's injection.env gives it`,
+    );
+    // With it, the name is checked as the webhook checks it.
+    const chart = (names: string[]) => ({
+      EARPIECE_SIDECAR_ENV: JSON.stringify(names.map((name) => ({ name, value: 'x' }))),
+    });
+    const missing = await earpieceWith(chart(['OTEL_EXPORTER_OTLP_ENDPOINT']), 'validate', named);
+    expect(missing.code).toBe(1);
+    expect(missing.stderr).toContain(`${field}: the injected sidecar has no environment variable ORDERS_KEY`);
+    const given = await earpieceWith(chart(['ORDERS_KEY']), 'validate', named);
+    expect(given.code).toBe(0);
+    expect(given.stderr).not.toContain('ORDERS_KEY');
+    // Outside a cluster (--local) the proxy reads its own environment: no such rule.
+    expect(await earpiece('validate', '--local', reserved)).toMatchObject({ code: 0 });
+    const broken = await earpieceWith({ EARPIECE_SIDECAR_ENV: '{"a":1}' }, 'validate', named);
+    expect(broken.code).toBe(2);
+    expect(broken.stderr).toContain('EARPIECE_SIDECAR_ENV: is not a JSON list of env vars');
+    await rm(dir, { recursive: true, force: true });
+  });
+});
+
+describe('earpiece proxy and demo', () => {
+  it('say what is wrong with their arguments or settings in a line, not a stack trace', async () => {
+    for (const args of [
+      ['proxy', '--metric-port', '9000'],
+      ['proxy', '--toolset'],
+      ['demo', '--fast'],
+    ]) {
+      const result = await earpiece(...args);
+      expect(result.code, args.join(' ')).toBe(2);
+      expect(result.stderr, args.join(' ')).toMatch(
+        new RegExp(`^earpiece ${args[0]}: .*\\n\\nUsage: earpiece ${args[0]}`),
+      );
+      expect(result.stderr, args.join(' ')).not.toMatch(/\n\s+at /);
+    }
+    // A shared-state URL that is no Redis URL stops the proxy with the variable named, and never echoes it.
+    const redis = await earpieceWith(
+      { EARPIECE_SHARED_STATE_REDIS_URL: 'hunter2-not-a-url' },
+      'proxy',
+      '--toolset',
+      'examples/toolset.yaml',
+      '--port',
+      '0',
+      '--metrics-port',
+      '0',
+    );
+    expect(redis.code).toBe(1);
+    expect(redis.stderr).toMatch(/^earpiece proxy: EARPIECE_SHARED_STATE_REDIS_URL: /);
+    expect(redis.stderr).not.toMatch(/\n\s+at /);
+    expect(redis.stderr + redis.stdout).not.toContain('hunter2');
   });
 });
 

@@ -87,6 +87,13 @@ describe('a malformed chat request', () => {
       ['{"model": "m", "messages": [', {}, 400, 'ERP_BAD_REQUEST'],
       ['', {}, 400, 'ERP_BAD_REQUEST'],
       ['<model>m</model>', { 'content-type': 'application/xml' }, 415, 'ERP_UNSUPPORTED_MEDIA_TYPE'],
+      // JSON text sent as text/plain is still not JSON by its content type.
+      [
+        JSON.stringify({ model: 'm', messages: [USER] }),
+        { 'content-type': 'text/plain' },
+        415,
+        'ERP_UNSUPPORTED_MEDIA_TYPE',
+      ],
       [
         JSON.stringify({ model: 'm', messages: [{ role: 'user', content: 'x'.repeat(17 * 1024 * 1024) }] }),
         {},

@@ -25,6 +25,9 @@ export async function chatRoutes(
   deps: ServerDeps,
   unreadAnswerMs: number,
 ): Promise<void> {
+  // The body is JSON or nothing: fastify's own text/plain parser would let a text body through to the
+  // schema check, which calls it "not an object" where the fault is its content type (415).
+  app.removeContentTypeParser('text/plain');
   // The schema check answers a malformed request with a 400 naming the field (http-errors.ts), before any
   // of it is read here: nothing below may throw on a client's input once the reply is hijacked.
   app.post('/v1/chat/completions', { schema: { body: ChatRequestSchema } }, async (request, reply) => {
