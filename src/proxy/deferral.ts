@@ -67,6 +67,8 @@ export class DeferredCalls {
   readonly #inFlight = new Map<string, Deferral>();
   /** Calls started and not yet settled, joinable or not, by the tools they run on. */
   readonly #running = new Map<object, Set<Promise<ToolOutcome>>>();
+  /** Late results on their way into memory (settle() to #land). */
+  readonly #landing = new Set<Promise<void>>();
   readonly #memory: () => LateResults | undefined;
   readonly #report: (outcome: DeferredOutcome) => void;
   readonly #logger: Logger;
@@ -85,6 +87,18 @@ export class DeferredCalls {
   /** Calls in flight after their turn (for tests and shutdown logs). */
   get running(): number {
     return this.#inFlight.size;
+  }
+
+  /**
+   * Resolves once no deferred call is running and every late result has landed (kept for the next request,
+   * or dropped): what a caller waits for before the next request should carry it.
+   */
+  async idle(): Promise<void> {
+    for (;;) {
+      const pending = [...[...this.#running.values()].flatMap((calls) => [...calls]), ...this.#landing];
+      if (pending.length === 0) return;
+      await Promise.allSettled(pending);
+    }
   }
 
   /** Resolves when every call running now on `runner` has settled (a retired set closes its tools after that). */
@@ -166,9 +180,21 @@ export class DeferredCalls {
    */
   settle(clientMessages: ChatMessage[], deferrals: readonly Deferral[]): void {
     for (const deferral of deferrals) {
-      void deferral.outcome.then((outcome) =>
-        setImmediate(() => this.#land(clientMessages, deferral, outcome)),
+      const landed = deferral.outcome.then(
+        (outcome) =>
+          new Promise<void>((resolve) =>
+            setImmediate(() => {
+              try {
+                this.#land(clientMessages, deferral, outcome);
+              } finally {
+                resolve();
+              }
+            }),
+          ),
       );
+      this.#landing.add(landed);
+      const gone = () => this.#landing.delete(landed);
+      landed.then(gone, gone);
     }
   }
 

@@ -392,8 +392,12 @@ describe('a hostile LLM server', () => {
   });
 
   it('a 64 MB message: streamed through, memory bounded', async () => {
-    const t = await turn('scenario:big-message');
+    const { result: t, peakMb } = await peakRssDuring(() => turn('scenario:big-message'));
     expectWellFormed(t);
+    // Every word, in the upstream's 1,024 pieces (a proxy that held the message whole would send it in one).
+    expect(t.text.length).toBe(1024 * 13_107 * 5);
+    expect(t.events.length).toBeGreaterThan(1024);
+    expect(peakMb).toBeLessThan(RSS_LIMIT_MB);
     await expectWell();
   });
 

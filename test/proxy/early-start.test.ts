@@ -81,7 +81,7 @@ async function twoCallModel(firstArgs: string, release: Promise<void>) {
   return { url, requests, state };
 }
 
-function weatherSpec(url: string) {
+function weatherSpec(url: string, extra: Record<string, unknown> = {}) {
   return {
     tools: [
       {
@@ -89,6 +89,7 @@ function weatherSpec(url: string) {
         description: 'Weather for a city',
         parameters: { type: 'object', properties: { city: { type: 'string' } }, required: ['city'] },
         http: { url: `${url}/weather{?city}` },
+        ...extra,
       },
     ],
   };
@@ -242,7 +243,8 @@ describe('tools that start mid-stream', () => {
     });
     const never = new Promise<void>(() => {});
     const model = await twoCallModel(JSON.stringify({ city: 'Paris' }), never);
-    const harness = await startTestProxy(weatherSpec(weather), model.url);
+    // A timeout far beyond the test's own: only the hang-up can end tool 0 in time.
+    const harness = await startTestProxy(weatherSpec(weather, { timeout: '60s' }), model.url);
     cleanups.push(() => harness.close());
 
     const client = new AbortController();
@@ -258,7 +260,11 @@ describe('tools that start mid-stream', () => {
     await toolZero.promise;
     client.abort();
     await Promise.all([toolZeroClosed.promise, model.state.firstAborted.promise, turn]);
-    expect(model.state.heldBackUntilTool).toBe(false);
     expect(model.requests).toHaveLength(1);
+    const cancelled = async () => {
+      const text = await (await fetch(`${harness.proxy.metricsUrl}/metrics`)).text();
+      return /^earpiece_tool_calls_total\{[^}]*tool="get_weather",outcome="cancelled"\} 1$/m.test(text);
+    };
+    await expect.poll(cancelled, { timeout: GUARD_MS }).toBe(true);
   });
 });

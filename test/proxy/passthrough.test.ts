@@ -170,4 +170,15 @@ describe('pass-through headers', () => {
     expect(seen?.headers['x-kept']).toBe('yes');
     expect(seen?.headers.authorization).toBe('Bearer sk-server-side');
   });
+
+  it("passes the client's own Authorization on when no server-side key replaces it", async () => {
+    const upstream = await recordingUpstream();
+    const harness = await startTestProxy({ tools: [] }, upstream.url);
+    defer(() => harness.close());
+    const answer = await rawGet(harness.proxy.url, '/v1/models', 'authorization: Bearer client-key\r\n');
+    expect(answer).toMatch(/^HTTP\/1\.1 200/);
+    expect(upstream.seen.map((s) => [s.url, s.headers.authorization])).toEqual([
+      ['/v1/models', 'Bearer client-key'],
+    ]);
+  });
 });

@@ -180,7 +180,7 @@ describe('barge-in', () => {
     expect(await upstream.closed(0)).toBe('aborted');
   });
 
-  it('aborts a running tool request when the client leaves, but lets onInterrupt: finish tools complete', async () => {
+  it('aborts a running tool request when the client leaves', async () => {
     const tool = await hangingToolServer();
     const { harness } = await setup(
       () => ({ sse: toolCallReply([{ name: 'slow_lookup', arguments: {} }]) }),
@@ -206,6 +206,8 @@ describe('barge-in', () => {
     let finished = false;
     const server = createServer((_req, res) => {
       setTimeout(() => {
+        // Only an answer the proxy is still waiting for counts: an aborted request's socket is gone.
+        if (res.destroyed) return;
         finished = true;
         res.end('{"switched":true}');
       }, 300);
@@ -233,8 +235,7 @@ describe('barge-in', () => {
       stream: true,
     });
     for await (const chunk of stream) if (chunk.choices[0]?.delta.content) break;
-    await new Promise((r) => setTimeout(r, 600));
-    expect(finished).toBe(true);
+    await expect.poll(() => finished, { timeout: 5000 }).toBe(true);
     expect(upstream.requests.length).toBe(1); // the turn ended: no second model call for a gone client
   });
 });

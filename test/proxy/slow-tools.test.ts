@@ -233,7 +233,7 @@ describe('late results', () => {
     expect(first.text).toBe("One moment. I'll tell you as soon as it is ready.");
     expect(finished).not.toContain('r1');
     await until(() => finished.includes('r1'), 'the report');
-    await new Promise((r) => setTimeout(r, 50));
+    await harness.proxy.current().deferred.idle();
 
     // Unmute's silence marker, some seconds later.
     const second = await unmuteTurn(harness.client, nextTurn(question, first.text, '...'));
@@ -263,7 +263,7 @@ describe('late results', () => {
     const first = await unmuteTurn(harness.client, [SYSTEM, question]);
     expect(first.text).toBe("One moment. I'll tell you as soon as it is ready.");
     await until(() => finished.includes('r2'), 'the report');
-    await new Promise((r) => setTimeout(r, 50));
+    await harness.proxy.current().deferred.idle();
     const history = nextTurn(question, first.text);
     const second = await unmuteTurn(harness.client, [
       ...history,
@@ -296,7 +296,7 @@ describe('late results', () => {
     expect(signal.aborted).toBe(true);
     if (kept) await until(() => finished.includes(id), 'the tool to finish');
     else await until(() => aborted.includes(id), 'the tool to be stopped');
-    await new Promise((r) => setTimeout(r, 50));
+    await harness.proxy.current().deferred.idle();
     const next = await unmuteTurn(harness.client, [
       SYSTEM,
       question,
@@ -324,7 +324,7 @@ describe('late results', () => {
     const first = await unmuteTurn(harness.client, [SYSTEM, question]);
     expect(first.text).toBe("One moment. I'll tell you as soon as it is ready.");
     await until(() => aborted.includes('x1'), 'the tool timeout');
-    await new Promise((r) => setTimeout(r, 50));
+    await harness.proxy.current().deferred.idle();
     await unmuteTurn(harness.client, nextTurn(question, first.text, '...'));
     const sent = upstream.requests.at(-1)?.body.messages ?? [];
     // The pending exchange is ordinary memory; no result and no note.
@@ -467,7 +467,7 @@ describe('late results', () => {
     await hangUp;
     expect(runs).not.toContain('early2');
     await until(() => finished.includes('early1'), 'the first report to finish');
-    await new Promise((r) => setTimeout(r, 50));
+    await harness.proxy.current().deferred.idle();
     const next = await unmuteTurn(harness.client, nextTurn(question, 'One moment.', '...'));
     expect(next.text).toBe('It just arrived: {"done":"early1"}.');
     const sent = upstream.requests.at(-1)?.body.messages ?? [];
@@ -561,7 +561,7 @@ describe('late results across a ToolSet reload', () => {
     expect(first.text).toBe("One moment. I'll tell you as soon as it is ready.");
     await reloadWithNewMemory(harness, spec);
     await until(() => finished.includes('z1'), 'the report');
-    await new Promise((r) => setTimeout(r, 50));
+    await harness.proxy.current().deferred.idle();
     const second = await unmuteTurn(harness.client, nextTurn(question, first.text, '...'));
     expect(second.text).toBe('It just arrived: {"done":"z1"}.');
   });
@@ -656,7 +656,7 @@ describe('late results across a ToolSet reload', () => {
     expect(first.text).toBe("One moment. I'll tell you as soon as it is ready.");
     await reloadWithNewMemory(harness, spec);
     await until(() => mcp.finished.includes('m1'), 'the MCP call');
-    await new Promise((r) => setTimeout(r, 50));
+    await harness.proxy.current().deferred.idle();
     const second = await unmuteTurn(harness.client, nextTurn(question, first.text, '...'));
     expect(mcp.cancelled).not.toContain('m1');
     expect(second.text).toBe('It just arrived: slept 2.5s.');

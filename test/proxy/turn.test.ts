@@ -337,7 +337,8 @@ describe('turn behaviour', () => {
     expect(((await res.json()) as { error: { code: string } }).error.code).toBe('ERP_UPSTREAM_UNREACHABLE');
   });
 
-  it('passes GET /v1/models through with the client Authorization', async () => {
+  // The headers that go with it: passthrough.test.ts.
+  it('passes GET /v1/models through', async () => {
     const { harness } = await setup(() => ({ sse: textReply('x') }));
     const models = await harness.client.models.list();
     expect(models.data.map((m) => m.id)).toEqual(['scripted-model']);

@@ -204,6 +204,7 @@ describe('mcp provider over Streamable HTTP', () => {
     await waitFor(() => connected(p), 'connection');
     const failure = await run(p, 'huge').catch((e: unknown) => e);
     expect(failure).toBeInstanceOf(Error);
+    expect((failure as Error).message).toMatch(/larger than \d+ MiB/);
     expect(await run(p, 'echo', { text: 'still here' })).toBe('echo: still here');
   });
 
@@ -619,12 +620,8 @@ describe('mcp provider against a hostile server', () => {
     const p = createMcpProvider(mcpTool({ url: s.url }), { env: {}, logger });
     cleanup.push(() => p.close?.() ?? Promise.resolve());
     await waitFor(() => connected(p), 'connection');
-    let result: unknown;
-    const stall = await longestStall(async () => {
-      result = await run(p, 'tool_0');
-    });
-    expect(result).toBe(`ok\n${JSON.stringify(s.structuredContent)}`);
-    expect(stall).toBeLessThan(1_000);
+    // An ok result that breaks the output schema's pattern: the schema was never run.
+    expect(await run(p, 'tool_0')).toBe(`ok\n${JSON.stringify(s.structuredContent)}`);
   });
 
   it('compiles no output schema on a listing, of tools offered or not, however often it lists', async () => {
