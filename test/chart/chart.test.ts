@@ -753,11 +753,13 @@ describe('switches and guards', () => {
       const apiKey = (toolset.spec as { upstream?: { apiKey: unknown } }).upstream?.apiKey;
       if (set.length === 0) expect(apiKey).toBeUndefined();
       else {
+        // The copy is named as the example ToolSet's (VOICE may hold other releases' copies).
         expect(apiKey).toEqual({
-          valueFrom: { secretKeyRef: { name: `${FULLNAME}-vllm-api-key`, key: 'api-key' } },
+          valueFrom: { secretKeyRef: { name: `${CLUSTER_NAME}-vllm-api-key`, key: 'api-key' } },
         });
-        // …and the command that copies that Secret into the ToolSet's namespace.
-        expect(text).toContain(`kubectl -n VOICE create secret generic ${FULLNAME}-vllm-api-key`);
+        // …and the command that copies vLLM's own Secret into the ToolSet's namespace under that name.
+        expect(text).toContain(`kubectl -n VOICE create secret generic ${CLUSTER_NAME}-vllm-api-key`);
+        expect(text).toContain(`kubectl -n ${NAMESPACE} get secret ${FULLNAME}-vllm-api-key`);
       }
     }
   });

@@ -97,7 +97,10 @@ names one (a Secret wins over a plain URL).
 {{- toJson $env }}
 {{- end }}
 
-{{/* Cluster-scoped objects are named after the release and its namespace, so two releases never clash. */}}
+{{/*
+Cluster-scoped objects, and those the release puts into namespaces other than its own, are named after the
+release and its namespace, so two releases never clash, not even two of the same name.
+*/}}
 {{- define "earpiece.clusterName" -}}
 {{- printf "%s-%s" .Release.Namespace (include "earpiece.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}
@@ -137,4 +140,18 @@ app.kubernetes.io/component: vllm
 {{/* The Secret holding vLLM's API key: an existing one, or the one the chart creates. */}}
 {{- define "earpiece.vllm.apiKeySecret" -}}
 {{- default (printf "%s-api-key" (include "earpiece.vllm.fullname" .)) .Values.vllm.apiKey.existingSecret }}
+{{- end }}
+
+{{/*
+Its name in the namespaces of the ToolSets that send it: an existing Secret keeps its name there, the chart's
+copy is named after the release and its namespace, as it shares the namespace with other releases' objects.
+*/}}
+{{- define "earpiece.vllm.apiKeyCopy" -}}
+{{- default (printf "%s-vllm-api-key" (include "earpiece.clusterName" .)) .Values.vllm.apiKey.existingSecret }}
+{{- end }}
+
+{{/* The dashboard's ConfigMap: in dashboards.namespace, which other releases may share, named as clusterName. */}}
+{{- define "earpiece.dashboardName" -}}
+{{- $own := or (not .Values.dashboards.namespace) (eq .Values.dashboards.namespace .Release.Namespace) }}
+{{- printf "%s-dashboard" (ternary (include "earpiece.fullname" .) (include "earpiece.clusterName" .) $own) }}
 {{- end }}
