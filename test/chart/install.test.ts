@@ -201,7 +201,7 @@ describe('the example ToolSet', () => {
     ).apiKey.valueFrom.secretKeyRef;
     const vllm = find(objects, 'Deployment', `${RELEASE}-vllm`);
     const env = (podSpecOf(vllm)!.containers as { env: { name: string; valueFrom?: unknown }[] }[])[0]!.env;
-    const own = (env.find((e) => e.name === 'VLLM_API_KEY')?.valueFrom as { secretKeyRef: typeof ref })
+    const own = (env.find((e) => e.name === 'VLLM_API_KEY')!.valueFrom as { secretKeyRef: typeof ref })
       .secretKeyRef;
     expect(own.key).toBe(ref.key);
     const key = (name: string, namespace: string) => {
