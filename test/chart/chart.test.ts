@@ -825,6 +825,93 @@ describe('injection.resources: the chart and the operator take the same quantiti
     );
   });
 
+  it('a request above its limit: the chart refuses at render exactly the pairs the operator refuses at start', () => {
+    /** m·10^k written with a decimal point where needed (shift 7 by -1: "0.7", by 2: "700"). */
+    const shifted = (m: number, k: number) => {
+      const digits = String(m);
+      if (k >= 0) return digits + '0'.repeat(k);
+      const padded = digits.padStart(1 - k, '0');
+      return `${padded.slice(0, k)}.${padded.slice(k)}`;
+    };
+    const units: [string, number][] = [
+      ['n', -9],
+      ['u', -6],
+      ['m', -3],
+      ['', 0],
+      ['k', 3],
+      ['M', 6],
+      ['G', 9],
+    ];
+    // One value m·10^k in any notation: an exponent, any decimal suffix, or a plain number when small.
+    const notation = (m: number, k: number) =>
+      fc.oneof(
+        fc.constant(`${m}e${k}`),
+        fc.constantFrom(...units).map(([unit, u]) => `${shifted(m, k - u)}${unit}`),
+        ...(k >= -3 && k <= 6 ? [fc.constant(Number(shifted(m, k)))] : []),
+      );
+    const scaled = fc.record({ m: fc.integer({ min: 0, max: 99_999 }), k: fc.integer({ min: -9, max: 9 }) });
+    // Equal values written differently, values one digit apart, binary beside decimal, and any two quantities.
+    const equal = scaled.chain(({ m, k }) => fc.tuple(notation(m, k), notation(m, k)));
+    const near = fc
+      .tuple(scaled, fc.constantFrom(-1, 1))
+      .chain(([{ m, k }, d]) => fc.tuple(notation(m, k), notation(Math.max(0, m + d), k)));
+    const binary = fc
+      .tuple(fc.integer({ min: 0, max: 4096 }), fc.constantFrom(['Ki', 10], ['Mi', 20], ['Gi', 30]))
+      .chain(([n, [unit, b]]) =>
+        fc.tuple(
+          fc.constant(`${n}${unit}`),
+          fc.constantFrom(-1, 0, 1).chain((d) => notation(Math.max(0, n * 2 ** b + d), 0)),
+        ),
+      )
+      .chain((pair) => fc.shuffledSubarray(pair, { minLength: 2 }));
+    const any = fc.stringMatching(
+      /^\+?([0-9]{1,4}(\.[0-9]{0,3})?|\.[0-9]{1,3})([eE][+-]?[0-9]{1,2}|n|u|m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$/,
+    );
+    const pairs = fc.sample(fc.oneof(equal, near, binary, fc.tuple(any, any)), { numRuns: 3000, seed: 42 });
+
+    const name = (i: number) => `example.com/r${i}`;
+    const operatorRefuses = pairs.flatMap(([request, limit], i) =>
+      resourcesProblem({ requests: { cpu: request }, limits: { cpu: limit } }) ? [name(i)] : [],
+    );
+    const dir = mkdtempSync(path.join(tmpdir(), 'earpiece-values-'));
+    try {
+      const file = path.join(dir, 'values.yaml');
+      // JSON is YAML: strings stay strings, numbers reach helm as numbers.
+      const group = (at: 0 | 1) => Object.fromEntries(pairs.map((pair, i) => [name(i), pair[at]]));
+      writeFileSync(
+        file,
+        JSON.stringify({ injection: { resources: { requests: group(0), limits: group(1) } } }),
+      );
+      const result = helm(['template', RELEASE, CHART, '--namespace', NAMESPACE, '--values', file]);
+      const chartRefuses = [...result.stderr.matchAll(/requests\.(example\.com\/r\d+) /g)].map((m) => m[1]);
+      expect(result.stderr).not.toMatch(/schema|out of range/);
+      expect(chartRefuses.sort()).toEqual(operatorRefuses.sort());
+      // Both answers were given many times.
+      expect(operatorRefuses.length).toBeGreaterThan(300);
+      expect(pairs.length - operatorRefuses.length).toBeGreaterThan(300);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('helm refuses a request above its limit, naming both, as the operator would at start', () => {
+    const error = renderError({ set: ['injection.resources.requests.memory=512Mi'] });
+    expect(error).toContain('injection.resources: requests.memory 512Mi is above limits.memory 256Mi');
+    expect(() =>
+      sidecarConfigFromEnv({
+        EARPIECE_SIDECAR_RESOURCES: JSON.stringify({
+          requests: { memory: '512Mi' },
+          limits: { memory: '256Mi' },
+        }),
+      }),
+    ).toThrow('requests.memory 512Mi is above limits.memory 256Mi');
+    // Equal in another notation is not above: 700m is 0.7 exactly, for both.
+    render({ set: ['injection.resources.requests.cpu=700m', 'injection.resources.limits.cpu=0.7'] });
+    expect(resourcesProblem({ requests: { cpu: '700m' }, limits: { cpu: '0.7' } })).toBeUndefined();
+    // Past a float's range the chart refuses (the operator would read it as Infinity).
+    expect(renderError({ set: ['injection.resources.limits.cpu=1e400'] })).toContain('1e400 is out of range');
+  });
+
   it('claims are neither in the schema nor taken by the operator: injection adds no resourceClaims', () => {
     const claims = { requests: { cpu: '100m' }, claims: [{ name: 'gpu' }] };
     expect(chartAccepts(claims)).toBe(false);

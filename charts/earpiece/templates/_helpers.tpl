@@ -64,6 +64,56 @@ app.kubernetes.io/component: operator
 {{- end }}
 
 {{/*
+A resource quantity the schema accepted (a string, or a number) as a float, as the operator reads it
+(src/operator/sidecar.ts, parseQuantity): a binary one is its amount times a power of two, a decimal one
+is read as one decimal number (`700m` as `700e-3`). One beyond a float's range is refused.
+*/}}
+{{- define "earpiece.quantity" -}}
+{{- if kindIs "string" . }}
+{{- $amount := regexFind "^\\+?([0-9]+(\\.[0-9]*)?|\\.[0-9]+)" . }}
+{{- $suffix := trimPrefix $amount . }}
+{{- $binary := dict "Ki" 1024 "Mi" 1048576 "Gi" 1073741824 "Ti" 1099511627776 "Pi" 1125899906842624 "Ei" 1152921504606846976 }}
+{{- $decimal := dict "" 0 "n" -9 "u" -6 "m" -3 "k" 3 "M" 6 "G" 9 "T" 12 "P" 15 "E" 18 }}
+{{- $value := 0.0 }}
+{{- if hasKey $binary $suffix }}
+{{- $value = mulf $amount (index $binary $suffix) }}
+{{- else if hasKey $decimal $suffix }}
+{{- $value = float64 (printf "%se%d" $amount (index $decimal $suffix)) }}
+{{- else }}
+{{- /* An exponent: the text is one decimal number already. */}}
+{{- $value = float64 . }}
+{{- end }}
+{{- /* strconv's range error reaches the template as 0. */}}
+{{- if and (eq $value 0.0) (regexMatch "[1-9]" $amount) }}
+{{- fail (printf "injection.resources: %s is out of range" .) }}
+{{- end }}
+{{- $value }}
+{{- else }}
+{{- float64 . }}
+{{- end }}
+{{- end }}
+
+{{/*
+Refuses what the operator refuses at start (EARPIECE_SIDECAR_RESOURCES, resourcesProblem in
+src/operator/sidecar.ts), which would crash-loop it: a request above its limit. Names every such resource.
+*/}}
+{{- define "earpiece.checkSidecarResources" -}}
+{{- $limits := default dict .Values.injection.resources.limits }}
+{{- $problems := list }}
+{{- range $name, $request := default dict .Values.injection.resources.requests }}
+{{- if hasKey $limits $name }}
+{{- $limit := index $limits $name }}
+{{- if gt (include "earpiece.quantity" $request | float64) (include "earpiece.quantity" $limit | float64) }}
+{{- $problems = append $problems (printf "requests.%s %v is above limits.%s %v" $name $request $name $limit) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- with $problems }}
+{{- fail (printf "injection.resources: %s" (join "; " .)) }}
+{{- end }}
+{{- end }}
+
+{{/*
 Native sidecars: the value given, else false before Kubernetes 1.29 (which has none), else auto: the
 operator asks the API server at start, which also covers a `helm template` rendered for another cluster.
 */}}
