@@ -15,8 +15,10 @@ import {
 } from '../../src/operator/sidecar.js';
 import { envSecretRefs, namableEnv, sidecarEnvIssues } from '../../src/operator/sidecar-env.js';
 import { DEFAULT_BODY_BYTES_IN_FLIGHT } from '../../src/operator/webhook.js';
+import { OperatorMetrics } from '../../src/telemetry/operator-metrics.js';
 import { validateToolSet } from '../../src/toolset/index.js';
 import { type K8sObject, kubernetesIssues } from '../support/k8s-schema.js';
+import { parseExposition } from '../support/prometheus.js';
 import { allowed } from './rbac.js';
 import {
   CHART,
@@ -578,6 +580,42 @@ describe('switches and guards', () => {
       expect(objects.map((o) => o.kind)).not.toContain(kind);
     expect(notes({ values: ['ci/all-on-values.yaml'] })).toContain('does not serve monitoring.coreos.com/v1');
     expect(notes()).not.toContain('WARNING');
+  });
+
+  it("leaves the operator's alerts out of the PrometheusRule unless the ServiceMonitor scrapes the operator, and says so", async () => {
+    // Every metric the operator exposes, once each kind of record was made.
+    const m = new OperatorMetrics();
+    m.injection('injected');
+    m.reconcile('ok', 0.01);
+    m.leading(true);
+    m.sidecarProblems([{ namespace: 'voice', reason: 'ImagePullBackOff' }]);
+    m.webhookReview('mutate', 0.002);
+    m.watchToolSets(() => [{ namespace: 'voice', ready: true }]);
+    m.watchCertificate(() => new Date());
+    const names = new Set(
+      parseExposition(await m.metrics())
+        .map((sample) => sample.name)
+        .filter((name) => name.startsWith('earpiece_')),
+    );
+    const readsOperator = (expr: string) => [...names].some((name) => new RegExp(`\\b${name}\\b`).test(expr));
+    const alerts = (set: string[]) =>
+      (
+        find(render({ ...ALL_ON, set }), 'PrometheusRule') as unknown as {
+          spec: { groups: { rules: { alert: string; expr: string }[] }[] };
+        }
+      ).spec.groups.flatMap((g) => g.rules);
+    const scraped = alerts([]);
+    const unscraped = alerts(['metrics.serviceMonitor.enabled=false']);
+    const onOperator = scraped.filter((r) => readsOperator(r.expr)).map((r) => r.alert);
+    expect(onOperator).toContain('EarpieceOperatorDown');
+    expect(unscraped.map((r) => r.alert)).toEqual(
+      scraped.filter((r) => !readsOperator(r.expr)).map((r) => r.alert),
+    );
+    const text = notes({ set: ['metrics.prometheusRule.enabled=true'] });
+    expect(text).toContain(`as nothing would scrape the operator: ${onOperator.join(', ')}.`);
+    expect(
+      notes({ set: ['metrics.prometheusRule.enabled=true', 'metrics.serviceMonitor.enabled=true'] }),
+    ).not.toContain('nothing would scrape the operator');
   });
 
   it('drops the CRD, the dashboard and the PodDisruptionBudget when told to', () => {
