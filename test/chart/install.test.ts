@@ -71,6 +71,12 @@ const COMBINATIONS: Record<string, RenderOptions> = {
     values: ['ci/second-release-values.yaml'],
   },
   vLLM: { values: ['ci/vllm-values.yaml'], apiVersions: [MONITORING_API] },
+  // Helm's longest release name: 53 characters.
+  'vLLM, the longest release name': {
+    release: 'voice-assistant-platform-team-production-canary-west2',
+    values: ['ci/vllm-values.yaml'],
+    apiVersions: [MONITORING_API],
+  },
   'vLLM with NetworkPolicy': { values: ['ci/vllm-networkpolicy-values.yaml'], apiVersions: [MONITORING_API] },
 };
 
@@ -83,6 +89,13 @@ describe.each(Object.entries(COMBINATIONS))('%s', (_name, options) => {
       for (const issue of await kubernetesIssues(obj))
         problems.push(`${obj.kind} ${obj.metadata.name}: ${issue}`);
     expect(problems).toEqual([]);
+  });
+
+  it('names each object once, each Service within the 63 characters of a DNS label', () => {
+    const ids = objects.map((o) => `${o.kind} ${o.metadata.namespace ?? ''}/${o.metadata.name}`);
+    expect(ids.filter((id, i) => ids.indexOf(id) !== i)).toEqual([]);
+    for (const service of objects.filter((o) => o.kind === 'Service'))
+      expect(service.metadata.name.length, service.metadata.name).toBeLessThanOrEqual(63);
   });
 
   it('runs every pod under the restricted Pod Security profile', () => {
