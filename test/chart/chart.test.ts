@@ -813,8 +813,44 @@ describe('values.schema.json', () => {
     ['webhook.maxBodyBytesInFlight=0', '/webhook/maxBodyBytesInFlight'],
     ['webhook.maxBodyBytesInFlight=24Mi', '/webhook/maxBodyBytesInFlight'],
     ['webhook.maxBodyBytesInFlight=1.5', '/webhook/maxBodyBytesInFlight'],
+    // cert-manager cannot find an issuer without its name.
+    ['certManager.issuerRef.kind=ClusterIssuer', '/certManager/issuerRef'],
+    // No pod of the chart has resourceClaims for a claim to name.
+    ['resources.claims[0].name=gpu', '/resources'],
+    ['vllm.resources.claims[0].name=gpu', '/vllm/resources'],
+    ['webhook.excludeNamespaces={Kube_System}', '/webhook/excludeNamespaces/0'],
+    ['podDisruptionBudget.minAvailable=lots', '/podDisruptionBudget/minAvailable'],
+    ['podDisruptionBudget.minAvailable=150%', '/podDisruptionBudget/minAvailable'],
+    // The namespace's default ServiceAccount would get the operator's roles.
+    ['serviceAccount.create=false', '/serviceAccount'],
+    // A password in plain values lands in the Deployment and in every injected pod spec.
+    ['sharedState.redis.url=redis://:hunter2@redis:6379', '/sharedState/redis/url'],
+    ['sharedState.redis.url=redis://default:hunter2@redis:6379/0', '/sharedState/redis/url'],
+    ['sharedState.redis.url=redis://redis:6379/0?password=hunter2', '/sharedState/redis/url'],
   ])('rejects %s', (set, where) => {
     expect(renderError({ set: [set] })).toContain(where);
+  });
+
+  it('takes a percentage or a number for the PodDisruptionBudget', () => {
+    for (const [set, expected] of [
+      ['podDisruptionBudget.minAvailable=50%', '50%'],
+      ['podDisruptionBudget.minAvailable=0', 0],
+    ] as const) {
+      const pdb = find(render({ set: [set] }), 'PodDisruptionBudget');
+      expect((pdb.spec as { minAvailable: unknown }).minAvailable).toBe(expected);
+    }
+  });
+
+  it('binds the operator’s roles to the ServiceAccount named, when the chart creates none', () => {
+    const objects = render({ set: ['serviceAccount.create=false', 'serviceAccount.name=earpiece-ops'] });
+    expect(kinds(objects)).not.toContain('ServiceAccount');
+    const bindings = objects.filter((o) => o.kind.endsWith('Binding'));
+    expect(bindings.length).toBeGreaterThan(0);
+    for (const binding of bindings)
+      expect(binding.subjects).toEqual([
+        { kind: 'ServiceAccount', name: 'earpiece-ops', namespace: NAMESPACE },
+      ]);
+    expect(podSpec(find(objects, 'Deployment', FULLNAME)).serviceAccountName).toBe('earpiece-ops');
   });
 });
 
@@ -824,7 +860,7 @@ describe('injection.resources: the chart and the operator take the same quantiti
   // The chart's own check of injection.resources, as `helm install` runs it.
   const chartAccepts = ajv.compile({
     definitions: schema.definitions,
-    $ref: '#/definitions/sidecarResources',
+    $ref: '#/definitions/resources',
   });
   const operatorAccepts = (resources: unknown) => {
     try {

@@ -37,12 +37,9 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/component: operator
 {{- end }}
 
+{{/* With create=false the schema requires a name: the namespace's default ServiceAccount never gets the roles. */}}
 {{- define "earpiece.serviceAccountName" -}}
-{{- if .Values.serviceAccount.create }}
 {{- default (include "earpiece.fullname" .) .Values.serviceAccount.name }}
-{{- else }}
-{{- default "default" .Values.serviceAccount.name }}
-{{- end }}
 {{- end }}
 
 {{/* The earpiece image; a digest wins over the tag. */}}
