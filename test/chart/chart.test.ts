@@ -668,6 +668,11 @@ describe('switches and guards', () => {
     expect(operatorConfig(find(objects, 'Deployment', FULLNAME)).excludeNamespaces).toEqual(expected);
     for (const hook of webhooks(objects))
       expect(hook.namespaceSelector.matchExpressions[0]!.values).toEqual(expected);
+    // null clears the list: the release namespace alone is left out.
+    const cleared = render({ set: ['webhook.excludeNamespaces=null'] });
+    expect(operatorConfig(find(cleared, 'Deployment', FULLNAME)).excludeNamespaces).toEqual([NAMESPACE]);
+    for (const hook of webhooks(cleared))
+      expect(hook.namespaceSelector.matchExpressions[0]!.values).toEqual([NAMESPACE]);
   });
 
   it('validates ToolSets through /validate, on the Service and certificate of the injection webhook', () => {

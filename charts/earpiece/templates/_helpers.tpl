@@ -27,7 +27,7 @@ app.kubernetes.io/part-of: earpiece
 
 {{/* Namespaces the webhook is never called for: webhook.excludeNamespaces and the release's own, as JSON. */}}
 {{- define "earpiece.excludedNamespaces" -}}
-{{- concat .Values.webhook.excludeNamespaces (list .Release.Namespace) | uniq | toJson }}
+{{- concat (default list .Values.webhook.excludeNamespaces) (list .Release.Namespace) | uniq | toJson }}
 {{- end }}
 
 {{/* Selector labels of the operator's pods. */}}
