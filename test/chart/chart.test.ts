@@ -186,6 +186,25 @@ describe('default values', () => {
     });
   });
 
+  it.each([
+    [[], 'ghcr.io/earpiece-dev/earpiece:0.1.0'],
+    [['image.tag=0.1.1'], 'ghcr.io/earpiece-dev/earpiece:0.1.1'],
+    // A tag alone is a tag of the operator's repository, not ignored.
+    [['injection.image.tag=0.2.0-rc.1'], 'ghcr.io/earpiece-dev/earpiece:0.2.0-rc.1'],
+    [
+      ['image.repository=registry.example/earpiece', 'injection.image.tag=next'],
+      'registry.example/earpiece:next',
+    ],
+    [['injection.image.repository=mirror.example/earpiece'], 'mirror.example/earpiece:0.1.0'],
+    [
+      ['injection.image.repository=mirror.example/earpiece', 'injection.image.tag=x'],
+      'mirror.example/earpiece:x',
+    ],
+  ])('with %j injects the sidecar image %s', (set, image) => {
+    const deployment = find(render({ set }), 'Deployment', FULLNAME);
+    expect(sidecarConfigFromEnv(env(container(deployment)) as NodeJS.ProcessEnv).image).toBe(image);
+  });
+
   it('gives the chart-wide image pull secrets to the sidecars as well', () => {
     const rendered = render({ set: ['imagePullSecrets[0].name=regcred', 'imagePullSecrets[1].name=mirror'] });
     const deployment = find(rendered, 'Deployment', FULLNAME);

@@ -51,12 +51,14 @@ app.kubernetes.io/component: operator
 {{- end }}
 {{- end }}
 
-{{/* The sidecar's image: the operator's own unless injection.image names another. */}}
+{{/* The sidecar's image: the operator's own unless injection.image names another; a tag alone is of image.repository. */}}
 {{- define "earpiece.sidecarImage" -}}
-{{- if .Values.injection.image.repository }}
-{{- printf "%s:%s" .Values.injection.image.repository (default .Chart.AppVersion .Values.injection.image.tag) }}
+{{- with .Values.injection.image }}
+{{- if or .repository .tag }}
+{{- printf "%s:%s" (default $.Values.image.repository .repository) (default $.Chart.AppVersion .tag) }}
 {{- else }}
-{{- include "earpiece.image" . }}
+{{- include "earpiece.image" $ }}
+{{- end }}
 {{- end }}
 {{- end }}
 
