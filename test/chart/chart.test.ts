@@ -637,6 +637,27 @@ describe('switches and guards', () => {
     ).not.toContain('nothing would scrape the operator');
   });
 
+  it("gives the pods their podLabels, over the chart's own labels but never over their selector's", () => {
+    const objects = render({
+      set: [
+        'podLabels.team=voice',
+        'podLabels.app\\.kubernetes\\.io/part-of=voice-platform',
+        'vllm.enabled=true',
+        'vllm.podLabels.app\\.kubernetes\\.io/part-of=voice-platform',
+      ],
+    });
+    for (const name of [FULLNAME, `${FULLNAME}-vllm`]) {
+      const { spec } = find(objects, 'Deployment', name) as unknown as {
+        spec: {
+          selector: { matchLabels: Record<string, string> };
+          template: { metadata: { labels: Record<string, string> } };
+        };
+      };
+      expect(spec.template.metadata.labels).toMatchObject(spec.selector.matchLabels);
+      expect(spec.template.metadata.labels['app.kubernetes.io/part-of'], name).toBe('voice-platform');
+    }
+  });
+
   it('drops the CRD, the dashboard and the PodDisruptionBudget when told to', () => {
     const objects = render({ set: ['crds.enabled=false', 'dashboards.enabled=false', 'replicaCount=1'] });
     for (const kind of ['CustomResourceDefinition', 'ConfigMap', 'PodDisruptionBudget'])
@@ -843,6 +864,12 @@ describe('values.schema.json', () => {
     ['resources.claims[0].name=gpu', '/resources'],
     ['vllm.resources.claims[0].name=gpu', '/vllm/resources'],
     ['webhook.excludeNamespaces={Kube_System}', '/webhook/excludeNamespaces/0'],
+    // The Deployments' selectors need their own labels on the pods.
+    ['podLabels.app\\.kubernetes\\.io/instance=canary', "invalid propertyName 'app.kubernetes.io/instance'"],
+    [
+      'vllm.podLabels.app\\.kubernetes\\.io/component=gpu',
+      "invalid propertyName 'app.kubernetes.io/component'",
+    ],
     ['podDisruptionBudget.minAvailable=lots', '/podDisruptionBudget/minAvailable'],
     ['podDisruptionBudget.minAvailable=150%', '/podDisruptionBudget/minAvailable'],
     // The namespace's default ServiceAccount would get the operator's roles.
