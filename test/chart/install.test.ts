@@ -143,7 +143,12 @@ describe('the documented install commands', () => {
     expect(installs.find(([n]) => n.startsWith('docs/upgrading.md'))![1]).toEqual({
       release: 'earpiece-canary',
       namespace: 'earpiece-canary',
-      set: ['crds.enabled=false', 'dashboards.enabled=false', 'watchNamespaces={voice-canary}'],
+      set: [
+        'crds.enabled=false',
+        'dashboards.enabled=false',
+        'metrics.podMonitor.enabled=false',
+        'watchNamespaces={voice-canary}',
+      ],
       apiVersions: [MONITORING_API],
     });
   });
@@ -403,6 +408,26 @@ describe('two releases', () => {
     const taken = new Set(first.map(id));
     expect(second.filter((o) => o.metadata.namespace !== 'earpiece-canary').length).toBeGreaterThan(0);
     expect(second.map(id).filter((name) => taken.has(name))).toEqual([]);
+  });
+
+  it("scrape each sidecar once: the documented second release leaves its sidecars to the first one's PodMonitor", () => {
+    // The first release with the guide's monitors, all namespaces watched; the second installed as
+    // upgrading.md says, after the same metrics flags (from a values file the two share, say).
+    const guide = documentedInstalls().find(([n]) => n.startsWith('docs/kubernetes.md'))![1];
+    const canary = documentedInstalls().find(([n]) => n.startsWith('docs/upgrading.md'))![1];
+    const metricsFlags = guide.set!.filter((s) => s.startsWith('metrics.'));
+    const monitors = [
+      ...render(guide),
+      ...render({ ...canary, set: [...metricsFlags, ...canary.set!] }),
+    ].filter((o) => o.kind === 'PodMonitor');
+    const reaching = (namespace: string) =>
+      monitors.filter((m) => {
+        const selector = (spec(m) as { namespaceSelector: { any?: boolean; matchNames?: string[] } })
+          .namespaceSelector;
+        return selector.any === true || (selector.matchNames ?? []).includes(namespace);
+      });
+    expect(reaching('voice-canary')).toHaveLength(1);
+    expect(reaching('voice')).toHaveLength(1);
   });
 
   it('give their operators different identities, each claiming ToolSets for itself', () => {
