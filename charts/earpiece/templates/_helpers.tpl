@@ -176,7 +176,7 @@ release and its namespace, so two releases never clash, not even two of the same
 {{- if .Capabilities.APIVersions.Has "monitoring.coreos.com/v1" }}true{{ end }}
 {{- end }}
 
-{{/* The base is cut before the suffix, so a long fullname never loses it (and its name to the operator's objects). */}}
+{{/* The base is cut, not the whole: cut after the suffix, a long full name lost it, and vLLM took the operator's names. */}}
 {{- define "earpiece.vllm.fullname" -}}
 {{- printf "%s-vllm" (include "earpiece.fullname" . | trunc 58 | trimSuffix "-") }}
 {{- end }}
