@@ -174,24 +174,9 @@ function parseJson(text: string): unknown {
   }
 }
 
-const UNIT: Record<string, number> = {
-  '': 1,
-  n: 1e-9,
-  u: 1e-6,
-  m: 1e-3,
-  k: 1e3,
-  M: 1e6,
-  G: 1e9,
-  T: 1e12,
-  P: 1e15,
-  E: 1e18,
-  Ki: 2 ** 10,
-  Mi: 2 ** 20,
-  Gi: 2 ** 30,
-  Ti: 2 ** 40,
-  Pi: 2 ** 50,
-  Ei: 2 ** 60,
-};
+/** Decimal suffixes as powers of ten, binary ones as powers of two. */
+const DECIMAL: Record<string, number> = { '': 0, n: -9, u: -6, m: -3, k: 3, M: 6, G: 9, T: 12, P: 15, E: 18 };
+const BINARY: Record<string, number> = { Ki: 10, Mi: 20, Gi: 30, Ti: 40, Pi: 50, Ei: 60 };
 
 /**
  * Kubernetes' quantity syntax, without the minus sign a container's resources may not have: a number
@@ -201,12 +186,18 @@ const UNIT: Record<string, number> = {
  */
 const QUANTITY = /^\+?(\d+(?:\.\d*)?|\.\d+)(?:[eE]([+-]?\d+)|(n|u|m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei))?$/;
 
-/** A Kubernetes resource quantity (`250m`, `1.5`, `128Mi`, `1e3`, `500u`) as a number, or undefined when it is none. */
+/**
+ * A Kubernetes resource quantity (`250m`, `1.5`, `128Mi`, `1e3`, `500u`) as a number, or undefined when it
+ * is none. A decimal one is read as one decimal number (`700m` as `700e-3`), so the nearest double stands
+ * for it: `700m` and `0.7` are equal, as Kubernetes has them (700 * 0.001 is not 0.7), and the chart's
+ * template (_helpers.tpl, earpiece.quantity) gets the same value from Go's strconv.
+ */
 export function parseQuantity(text: string): number | undefined {
   const m = QUANTITY.exec(text);
   if (!m) return undefined;
   const [, amount, exponent, unit = ''] = m;
-  return Number(amount) * (exponent !== undefined ? 10 ** Number(exponent) : (UNIT[unit] as number));
+  if (unit in BINARY) return Number(amount) * 2 ** (BINARY[unit] as number);
+  return Number(`${amount}e${exponent ?? DECIMAL[unit]}`);
 }
 
 /**

@@ -15,8 +15,10 @@ import {
 } from '../../src/operator/sidecar.js';
 import { envSecretRefs, namableEnv, sidecarEnvIssues } from '../../src/operator/sidecar-env.js';
 import { DEFAULT_BODY_BYTES_IN_FLIGHT } from '../../src/operator/webhook.js';
+import { OperatorMetrics } from '../../src/telemetry/operator-metrics.js';
 import { validateToolSet } from '../../src/toolset/index.js';
 import { type K8sObject, kubernetesIssues } from '../support/k8s-schema.js';
+import { parseExposition } from '../support/prometheus.js';
 import { allowed } from './rbac.js';
 import {
   CHART,
@@ -182,6 +184,25 @@ describe('default values', () => {
       logLevel: 'info',
       extraEnv: [],
     });
+  });
+
+  it.each([
+    [[], 'ghcr.io/earpiece-dev/earpiece:0.1.0'],
+    [['image.tag=0.1.1'], 'ghcr.io/earpiece-dev/earpiece:0.1.1'],
+    // A tag alone is a tag of the operator's repository, not ignored.
+    [['injection.image.tag=0.2.0-rc.1'], 'ghcr.io/earpiece-dev/earpiece:0.2.0-rc.1'],
+    [
+      ['image.repository=registry.example/earpiece', 'injection.image.tag=next'],
+      'registry.example/earpiece:next',
+    ],
+    [['injection.image.repository=mirror.example/earpiece'], 'mirror.example/earpiece:0.1.0'],
+    [
+      ['injection.image.repository=mirror.example/earpiece', 'injection.image.tag=x'],
+      'mirror.example/earpiece:x',
+    ],
+  ])('with %j injects the sidecar image %s', (set, image) => {
+    const deployment = find(render({ set }), 'Deployment', FULLNAME);
+    expect(sidecarConfigFromEnv(env(container(deployment)) as NodeJS.ProcessEnv).image).toBe(image);
   });
 
   it('gives the chart-wide image pull secrets to the sidecars as well', () => {
@@ -580,6 +601,63 @@ describe('switches and guards', () => {
     expect(notes()).not.toContain('WARNING');
   });
 
+  it("leaves the operator's alerts out of the PrometheusRule unless the ServiceMonitor scrapes the operator, and says so", async () => {
+    // Every metric the operator exposes, once each kind of record was made.
+    const m = new OperatorMetrics();
+    m.injection('injected');
+    m.reconcile('ok', 0.01);
+    m.leading(true);
+    m.sidecarProblems([{ namespace: 'voice', reason: 'ImagePullBackOff' }]);
+    m.webhookReview('mutate', 0.002);
+    m.watchToolSets(() => [{ namespace: 'voice', ready: true }]);
+    m.watchCertificate(() => new Date());
+    const names = new Set(
+      parseExposition(await m.metrics())
+        .map((sample) => sample.name)
+        .filter((name) => name.startsWith('earpiece_')),
+    );
+    const readsOperator = (expr: string) => [...names].some((name) => new RegExp(`\\b${name}\\b`).test(expr));
+    const alerts = (set: string[]) =>
+      (
+        find(render({ ...ALL_ON, set }), 'PrometheusRule') as unknown as {
+          spec: { groups: { rules: { alert: string; expr: string }[] }[] };
+        }
+      ).spec.groups.flatMap((g) => g.rules);
+    const scraped = alerts([]);
+    const unscraped = alerts(['metrics.serviceMonitor.enabled=false']);
+    const onOperator = scraped.filter((r) => readsOperator(r.expr)).map((r) => r.alert);
+    expect(onOperator).toContain('EarpieceOperatorDown');
+    expect(unscraped.map((r) => r.alert)).toEqual(
+      scraped.filter((r) => !readsOperator(r.expr)).map((r) => r.alert),
+    );
+    const text = notes({ set: ['metrics.prometheusRule.enabled=true'] });
+    expect(text).toContain(`as nothing would scrape the operator: ${onOperator.join(', ')}.`);
+    expect(
+      notes({ set: ['metrics.prometheusRule.enabled=true', 'metrics.serviceMonitor.enabled=true'] }),
+    ).not.toContain('nothing would scrape the operator');
+  });
+
+  it("gives the pods their podLabels, over the chart's own labels but never over their selector's", () => {
+    const objects = render({
+      set: [
+        'podLabels.team=voice',
+        'podLabels.app\\.kubernetes\\.io/part-of=voice-platform',
+        'vllm.enabled=true',
+        'vllm.podLabels.app\\.kubernetes\\.io/part-of=voice-platform',
+      ],
+    });
+    for (const name of [FULLNAME, `${FULLNAME}-vllm`]) {
+      const { spec } = find(objects, 'Deployment', name) as unknown as {
+        spec: {
+          selector: { matchLabels: Record<string, string> };
+          template: { metadata: { labels: Record<string, string> } };
+        };
+      };
+      expect(spec.template.metadata.labels).toMatchObject(spec.selector.matchLabels);
+      expect(spec.template.metadata.labels['app.kubernetes.io/part-of'], name).toBe('voice-platform');
+    }
+  });
+
   it('drops the CRD, the dashboard and the PodDisruptionBudget when told to', () => {
     const objects = render({ set: ['crds.enabled=false', 'dashboards.enabled=false', 'replicaCount=1'] });
     for (const kind of ['CustomResourceDefinition', 'ConfigMap', 'PodDisruptionBudget'])
@@ -630,6 +708,11 @@ describe('switches and guards', () => {
     expect(operatorConfig(find(objects, 'Deployment', FULLNAME)).excludeNamespaces).toEqual(expected);
     for (const hook of webhooks(objects))
       expect(hook.namespaceSelector.matchExpressions[0]!.values).toEqual(expected);
+    // null clears the list: the release namespace alone is left out.
+    const cleared = render({ set: ['webhook.excludeNamespaces=null'] });
+    expect(operatorConfig(find(cleared, 'Deployment', FULLNAME)).excludeNamespaces).toEqual([NAMESPACE]);
+    for (const hook of webhooks(cleared))
+      expect(hook.namespaceSelector.matchExpressions[0]!.values).toEqual([NAMESPACE]);
   });
 
   it('validates ToolSets through /validate, on the Service and certificate of the injection webhook', () => {
@@ -753,11 +836,13 @@ describe('switches and guards', () => {
       const apiKey = (toolset.spec as { upstream?: { apiKey: unknown } }).upstream?.apiKey;
       if (set.length === 0) expect(apiKey).toBeUndefined();
       else {
+        // The copy is named as the example ToolSet's (VOICE may hold other releases' copies).
         expect(apiKey).toEqual({
-          valueFrom: { secretKeyRef: { name: `${FULLNAME}-vllm-api-key`, key: 'api-key' } },
+          valueFrom: { secretKeyRef: { name: `${CLUSTER_NAME}-vllm-api-key`, key: 'api-key' } },
         });
-        // …and the command that copies that Secret into the ToolSet's namespace.
-        expect(text).toContain(`kubectl -n VOICE create secret generic ${FULLNAME}-vllm-api-key`);
+        // …and the command that copies vLLM's own Secret into the ToolSet's namespace under that name.
+        expect(text).toContain(`kubectl -n VOICE create secret generic ${CLUSTER_NAME}-vllm-api-key`);
+        expect(text).toContain(`kubectl -n ${NAMESPACE} get secret ${FULLNAME}-vllm-api-key`);
       }
     }
   });
@@ -773,8 +858,50 @@ describe('values.schema.json', () => {
     ['webhook.maxBodyBytesInFlight=0', '/webhook/maxBodyBytesInFlight'],
     ['webhook.maxBodyBytesInFlight=24Mi', '/webhook/maxBodyBytesInFlight'],
     ['webhook.maxBodyBytesInFlight=1.5', '/webhook/maxBodyBytesInFlight'],
+    // cert-manager cannot find an issuer without its name.
+    ['certManager.issuerRef.kind=ClusterIssuer', '/certManager/issuerRef'],
+    // No pod of the chart has resourceClaims for a claim to name.
+    ['resources.claims[0].name=gpu', '/resources'],
+    ['vllm.resources.claims[0].name=gpu', '/vllm/resources'],
+    ['webhook.excludeNamespaces={Kube_System}', '/webhook/excludeNamespaces/0'],
+    // The Deployments' selectors need their own labels on the pods.
+    ['podLabels.app\\.kubernetes\\.io/instance=canary', "invalid propertyName 'app.kubernetes.io/instance'"],
+    [
+      'vllm.podLabels.app\\.kubernetes\\.io/component=gpu',
+      "invalid propertyName 'app.kubernetes.io/component'",
+    ],
+    ['podDisruptionBudget.minAvailable=lots', '/podDisruptionBudget/minAvailable'],
+    ['podDisruptionBudget.minAvailable=150%', '/podDisruptionBudget/minAvailable'],
+    // The namespace's default ServiceAccount would get the operator's roles.
+    ['serviceAccount.create=false', '/serviceAccount'],
+    // A password in plain values lands in the Deployment and in every injected pod spec.
+    ['sharedState.redis.url=redis://:hunter2@redis:6379', '/sharedState/redis/url'],
+    ['sharedState.redis.url=redis://default:hunter2@redis:6379/0', '/sharedState/redis/url'],
+    ['sharedState.redis.url=redis://redis:6379/0?password=hunter2', '/sharedState/redis/url'],
   ])('rejects %s', (set, where) => {
     expect(renderError({ set: [set] })).toContain(where);
+  });
+
+  it('takes a percentage or a number for the PodDisruptionBudget', () => {
+    for (const [set, expected] of [
+      ['podDisruptionBudget.minAvailable=50%', '50%'],
+      ['podDisruptionBudget.minAvailable=0', 0],
+    ] as const) {
+      const pdb = find(render({ set: [set] }), 'PodDisruptionBudget');
+      expect((pdb.spec as { minAvailable: unknown }).minAvailable).toBe(expected);
+    }
+  });
+
+  it('binds the operator’s roles to the ServiceAccount named, when the chart creates none', () => {
+    const objects = render({ set: ['serviceAccount.create=false', 'serviceAccount.name=earpiece-ops'] });
+    expect(kinds(objects)).not.toContain('ServiceAccount');
+    const bindings = objects.filter((o) => o.kind.endsWith('Binding'));
+    expect(bindings.length).toBeGreaterThan(0);
+    for (const binding of bindings)
+      expect(binding.subjects).toEqual([
+        { kind: 'ServiceAccount', name: 'earpiece-ops', namespace: NAMESPACE },
+      ]);
+    expect(podSpec(find(objects, 'Deployment', FULLNAME)).serviceAccountName).toBe('earpiece-ops');
   });
 });
 
@@ -784,7 +911,7 @@ describe('injection.resources: the chart and the operator take the same quantiti
   // The chart's own check of injection.resources, as `helm install` runs it.
   const chartAccepts = ajv.compile({
     definitions: schema.definitions,
-    $ref: '#/definitions/sidecarResources',
+    $ref: '#/definitions/resources',
   });
   const operatorAccepts = (resources: unknown) => {
     try {
@@ -821,6 +948,93 @@ describe('injection.resources: the chart and the operator take the same quantiti
       }),
       { numRuns: 2000 },
     );
+  });
+
+  it('a request above its limit: the chart refuses at render exactly the pairs the operator refuses at start', () => {
+    /** m·10^k written with a decimal point where needed (shift 7 by -1: "0.7", by 2: "700"). */
+    const shifted = (m: number, k: number) => {
+      const digits = String(m);
+      if (k >= 0) return digits + '0'.repeat(k);
+      const padded = digits.padStart(1 - k, '0');
+      return `${padded.slice(0, k)}.${padded.slice(k)}`;
+    };
+    const units: [string, number][] = [
+      ['n', -9],
+      ['u', -6],
+      ['m', -3],
+      ['', 0],
+      ['k', 3],
+      ['M', 6],
+      ['G', 9],
+    ];
+    // One value m·10^k in any notation: an exponent, any decimal suffix, or a plain number when small.
+    const notation = (m: number, k: number) =>
+      fc.oneof(
+        fc.constant(`${m}e${k}`),
+        fc.constantFrom(...units).map(([unit, u]) => `${shifted(m, k - u)}${unit}`),
+        ...(k >= -3 && k <= 6 ? [fc.constant(Number(shifted(m, k)))] : []),
+      );
+    const scaled = fc.record({ m: fc.integer({ min: 0, max: 99_999 }), k: fc.integer({ min: -9, max: 9 }) });
+    // Equal values written differently, values one digit apart, binary beside decimal, and any two quantities.
+    const equal = scaled.chain(({ m, k }) => fc.tuple(notation(m, k), notation(m, k)));
+    const near = fc
+      .tuple(scaled, fc.constantFrom(-1, 1))
+      .chain(([{ m, k }, d]) => fc.tuple(notation(m, k), notation(Math.max(0, m + d), k)));
+    const binary = fc
+      .tuple(fc.integer({ min: 0, max: 4096 }), fc.constantFrom(['Ki', 10], ['Mi', 20], ['Gi', 30]))
+      .chain(([n, [unit, b]]) =>
+        fc.tuple(
+          fc.constant(`${n}${unit}`),
+          fc.constantFrom(-1, 0, 1).chain((d) => notation(Math.max(0, n * 2 ** b + d), 0)),
+        ),
+      )
+      .chain((pair) => fc.shuffledSubarray(pair, { minLength: 2 }));
+    const any = fc.stringMatching(
+      /^\+?([0-9]{1,4}(\.[0-9]{0,3})?|\.[0-9]{1,3})([eE][+-]?[0-9]{1,2}|n|u|m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$/,
+    );
+    const pairs = fc.sample(fc.oneof(equal, near, binary, fc.tuple(any, any)), { numRuns: 3000, seed: 42 });
+
+    const name = (i: number) => `example.com/r${i}`;
+    const operatorRefuses = pairs.flatMap(([request, limit], i) =>
+      resourcesProblem({ requests: { cpu: request }, limits: { cpu: limit } }) ? [name(i)] : [],
+    );
+    const dir = mkdtempSync(path.join(tmpdir(), 'earpiece-values-'));
+    try {
+      const file = path.join(dir, 'values.yaml');
+      // JSON is YAML: strings stay strings, numbers reach helm as numbers.
+      const group = (at: 0 | 1) => Object.fromEntries(pairs.map((pair, i) => [name(i), pair[at]]));
+      writeFileSync(
+        file,
+        JSON.stringify({ injection: { resources: { requests: group(0), limits: group(1) } } }),
+      );
+      const result = helm(['template', RELEASE, CHART, '--namespace', NAMESPACE, '--values', file]);
+      const chartRefuses = [...result.stderr.matchAll(/requests\.(example\.com\/r\d+) /g)].map((m) => m[1]);
+      expect(result.stderr).not.toMatch(/schema|out of range/);
+      expect(chartRefuses.sort()).toEqual(operatorRefuses.sort());
+      // Both answers were given many times.
+      expect(operatorRefuses.length).toBeGreaterThan(300);
+      expect(pairs.length - operatorRefuses.length).toBeGreaterThan(300);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('helm refuses a request above its limit, naming both, as the operator would at start', () => {
+    const error = renderError({ set: ['injection.resources.requests.memory=512Mi'] });
+    expect(error).toContain('injection.resources: requests.memory 512Mi is above limits.memory 256Mi');
+    expect(() =>
+      sidecarConfigFromEnv({
+        EARPIECE_SIDECAR_RESOURCES: JSON.stringify({
+          requests: { memory: '512Mi' },
+          limits: { memory: '256Mi' },
+        }),
+      }),
+    ).toThrow('requests.memory 512Mi is above limits.memory 256Mi');
+    // Equal in another notation is not above: 700m is 0.7 exactly, for both.
+    render({ set: ['injection.resources.requests.cpu=700m', 'injection.resources.limits.cpu=0.7'] });
+    expect(resourcesProblem({ requests: { cpu: '700m' }, limits: { cpu: '0.7' } })).toBeUndefined();
+    // Past a float's range the chart refuses (the operator would read it as Infinity).
+    expect(renderError({ set: ['injection.resources.limits.cpu=1e400'] })).toContain('1e400 is out of range');
   });
 
   it('claims are neither in the schema nor taken by the operator: injection adds no resourceClaims', () => {

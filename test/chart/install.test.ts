@@ -71,6 +71,12 @@ const COMBINATIONS: Record<string, RenderOptions> = {
     values: ['ci/second-release-values.yaml'],
   },
   vLLM: { values: ['ci/vllm-values.yaml'], apiVersions: [MONITORING_API] },
+  // Helm's longest release name: 53 characters.
+  'vLLM, the longest release name': {
+    release: 'voice-assistant-platform-team-production-canary-west2',
+    values: ['ci/vllm-values.yaml'],
+    apiVersions: [MONITORING_API],
+  },
   'vLLM with NetworkPolicy': { values: ['ci/vllm-networkpolicy-values.yaml'], apiVersions: [MONITORING_API] },
 };
 
@@ -83,6 +89,13 @@ describe.each(Object.entries(COMBINATIONS))('%s', (_name, options) => {
       for (const issue of await kubernetesIssues(obj))
         problems.push(`${obj.kind} ${obj.metadata.name}: ${issue}`);
     expect(problems).toEqual([]);
+  });
+
+  it('names each object once, each Service within the 63 characters of a DNS label', () => {
+    const ids = objects.map((o) => `${o.kind} ${o.metadata.namespace ?? ''}/${o.metadata.name}`);
+    expect(ids.filter((id, i) => ids.indexOf(id) !== i)).toEqual([]);
+    for (const service of objects.filter((o) => o.kind === 'Service'))
+      expect(service.metadata.name.length, service.metadata.name).toBeLessThanOrEqual(63);
   });
 
   it('runs every pod under the restricted Pod Security profile', () => {
@@ -130,7 +143,12 @@ describe('the documented install commands', () => {
     expect(installs.find(([n]) => n.startsWith('docs/upgrading.md'))![1]).toEqual({
       release: 'earpiece-canary',
       namespace: 'earpiece-canary',
-      set: ['crds.enabled=false', 'dashboards.enabled=false', 'watchNamespaces={voice-canary}'],
+      set: [
+        'crds.enabled=false',
+        'dashboards.enabled=false',
+        'metrics.podMonitor.enabled=false',
+        'watchNamespaces={voice-canary}',
+      ],
       apiVersions: [MONITORING_API],
     });
   });
@@ -193,24 +211,27 @@ describe('the example ToolSet', () => {
     expect(toolset.metadata.labels).toMatchObject({ 'earpiece.dev/operator': operator });
   });
 
-  it("talks to the chart's vLLM with its API key, from a Secret in the ToolSet's namespace", () => {
+  it("talks to the chart's vLLM with its API key, from a copy in the ToolSet's namespace", () => {
     const objects = render(options);
     const toolset = find(objects, 'ToolSet');
     const ref = (
       spec(toolset).upstream as { apiKey: { valueFrom: { secretKeyRef: { name: string; key: string } } } }
     ).apiKey.valueFrom.secretKeyRef;
-    const secrets = objects.filter((o) => o.kind === 'Secret' && o.metadata.name === ref.name);
-    expect(secrets.map((s) => s.metadata.namespace).sort()).toEqual([NAMESPACE, 'voice']);
-    const keys = secrets.map((s) =>
-      Buffer.from((s.data as Record<string, string>)[ref.key]!, 'base64').toString(),
-    );
-    expect(keys[0]).toMatch(/^[A-Za-z0-9]{48}$/);
-    expect(keys[1]).toBe(keys[0]);
     const vllm = find(objects, 'Deployment', `${RELEASE}-vllm`);
     const env = (podSpecOf(vllm)!.containers as { env: { name: string; valueFrom?: unknown }[] }[])[0]!.env;
-    expect(env.find((e) => e.name === 'VLLM_API_KEY')?.valueFrom).toEqual({
-      secretKeyRef: { name: ref.name, key: ref.key },
-    });
+    const own = (env.find((e) => e.name === 'VLLM_API_KEY')!.valueFrom as { secretKeyRef: typeof ref })
+      .secretKeyRef;
+    expect(own.key).toBe(ref.key);
+    const key = (name: string, namespace: string) => {
+      const secret = objects.find(
+        (o) => o.kind === 'Secret' && o.metadata.name === name && o.metadata.namespace === namespace,
+      )!;
+      return Buffer.from((secret.data as Record<string, string>)[ref.key]!, 'base64').toString();
+    };
+    expect(key(own.name, NAMESPACE)).toMatch(/^[A-Za-z0-9]{48}$/);
+    // The copy shares its namespace with other releases' objects: it is named after this release's namespace too.
+    expect(ref.name).toBe(`${NAMESPACE}-${RELEASE}-vllm-api-key`);
+    expect(key(ref.name, 'voice')).toBe(key(own.name, NAMESPACE));
   });
 });
 
@@ -363,6 +384,50 @@ describe('two releases', () => {
     const b = clusterScoped(second);
     expect(a).toContain('CustomResourceDefinition/toolsets.earpiece.dev');
     expect(b.filter((name) => a.includes(name))).toEqual([]);
+  });
+
+  it('never put the same object into a namespace both write to, even under the same release name', () => {
+    // Both watch voice and give their example ToolSet (each its own) the chart's vLLM key there.
+    const options = {
+      set: [
+        'watchNamespaces={voice}',
+        'vllm.enabled=true',
+        'exampleToolSet.enabled=true',
+        'exampleToolSet.namespace=voice',
+        'dashboards.namespace=monitoring',
+      ],
+      apiVersions: [MONITORING_API],
+    };
+    const first = render(options);
+    const second = render({
+      ...options,
+      namespace: 'earpiece-canary',
+      set: [...options.set, 'crds.enabled=false', 'exampleToolSet.name=assistant-canary'],
+    });
+    const id = (o: K8sObject) => `${o.kind} ${o.metadata.namespace ?? ''}/${o.metadata.name}`;
+    const taken = new Set(first.map(id));
+    expect(second.filter((o) => o.metadata.namespace !== 'earpiece-canary').length).toBeGreaterThan(0);
+    expect(second.map(id).filter((name) => taken.has(name))).toEqual([]);
+  });
+
+  it("scrape each sidecar once: the documented second release leaves its sidecars to the first one's PodMonitor", () => {
+    // The first release with the guide's monitors, all namespaces watched; the second installed as
+    // upgrading.md says, after the same metrics flags (from a values file the two share, say).
+    const guide = documentedInstalls().find(([n]) => n.startsWith('docs/kubernetes.md'))![1];
+    const canary = documentedInstalls().find(([n]) => n.startsWith('docs/upgrading.md'))![1];
+    const metricsFlags = guide.set!.filter((s) => s.startsWith('metrics.'));
+    const monitors = [
+      ...render(guide),
+      ...render({ ...canary, set: [...metricsFlags, ...canary.set!] }),
+    ].filter((o) => o.kind === 'PodMonitor');
+    const reaching = (namespace: string) =>
+      monitors.filter((m) => {
+        const selector = (spec(m) as { namespaceSelector: { any?: boolean; matchNames?: string[] } })
+          .namespaceSelector;
+        return selector.any === true || (selector.matchNames ?? []).includes(namespace);
+      });
+    expect(reaching('voice-canary')).toHaveLength(1);
+    expect(reaching('voice')).toHaveLength(1);
   });
 
   it('give their operators different identities, each claiming ToolSets for itself', () => {

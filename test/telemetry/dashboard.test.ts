@@ -1,8 +1,8 @@
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, test } from 'vitest';
-import { stringify } from 'yaml';
+import { parse, stringify } from 'yaml';
 import { createTelemetry } from '../../src/telemetry/index.js';
 import { OperatorMetrics } from '../../src/telemetry/operator-metrics.js';
 import {
@@ -168,6 +168,30 @@ describe('Grafana dashboard', () => {
         else expect(names.has(metric), `${where}: ${metric}`).toBe(true);
       }
     }
+  });
+
+  test('tool latency panels leave out the calls the latency alert leaves out (cache hits, rate-limited refusals)', async () => {
+    const rules = (
+      parse(await readFile('charts/earpiece/rules/earpiece.rules.yaml', 'utf8')) as {
+        groups: { rules: { alert: string; expr: string }[] }[];
+      }
+    ).groups.flatMap((g) => g.rules);
+    // The outcome matchers of each selector of the duration histogram in an expression.
+    const outcomes = (expr: string) =>
+      [...expr.matchAll(/earpiece_tool_call_duration_seconds_bucket\{([^}]*)\}/g)].map((m) =>
+        m[1]!
+          .split(',')
+          .map((matcher) => matcher.trim())
+          .filter((matcher) => matcher.startsWith('outcome')),
+      );
+    const [alert] = outcomes(rules.find((r) => r.alert === 'EarpieceToolLatencyNearTimeout')!.expr);
+    expect(alert).toEqual(['outcome!~"cache_hit|rate_limited"']);
+    const queries = panelQueries(dashboard).filter((q) =>
+      q.expr.includes('earpiece_tool_call_duration_seconds'),
+    );
+    expect(queries.length).toBeGreaterThanOrEqual(4);
+    for (const { where, expr } of queries)
+      for (const panel of outcomes(expr)) expect(panel, where).toEqual(alert);
   });
 
   const path = prometheusBinary('promtool');

@@ -41,8 +41,8 @@ const descriptions = new Map<string, (labels: Record<string, string>) => string>
   ],
   [
     'EarpieceOperatorDown',
-    () =>
-      'For 5 minutes no earpiece operator replica was scraped, or none held the leader Lease. Pods created meanwhile start without the earpiece sidecar (webhook failurePolicy Ignore) or are refused (Fail), and ToolSet changes are not applied.',
+    (l) =>
+      `For 5 minutes ${l.namespace ? `no replica of the earpiece operator in namespace ${l.namespace} held the leader Lease` : 'no earpiece operator replica was scraped'}. Pods created meanwhile start without the earpiece sidecar (webhook failurePolicy Ignore) or are refused (Fail), and ToolSet changes are not applied.`,
   ],
   [
     'EarpieceSidecarNotRunning',
@@ -176,7 +176,8 @@ describe('alert rules', () => {
     const info = (toolset: string) =>
       `earpiece_toolset_info{namespace="${ns}",toolset="${toolset}",hash="h"}`;
     const vllmRequests = 'vllm:request_success_total{namespace="ai",model_name="m",finished_reason="stop"}';
-    const leader = (pod: string) => `earpiece_leader{namespace="earpiece-system",pod="${pod}"}`;
+    const leader = (pod: string, namespace = 'earpiece-system') =>
+      `earpiece_leader{namespace="${namespace}",pod="${pod}"}`;
     const problem = (reason: string) =>
       `earpiece_sidecar_problem_pods{namespace="${ns}",reason="${reason}",pod="earpiece-0"}`;
     const reloadFailures = (toolset: string, pod: string) =>
@@ -318,7 +319,29 @@ describe('alert rules', () => {
         series: { [leader('earpiece-0')]: '0x20', [leader('earpiece-1')]: '0x20' },
         alert: 'EarpieceOperatorDown',
         at: '10m',
-        expected: [{ labels: { severity: 'critical' }, summary: 'No earpiece operator is leading' }],
+        expected: [
+          {
+            labels: { severity: 'critical', namespace: 'earpiece-system' },
+            summary: 'No earpiece operator is leading in earpiece-system',
+          },
+        ],
+      },
+      {
+        // A second release whose replicas both lost the Lease, while the first release leads.
+        series: {
+          [leader('earpiece-0')]: '0x20',
+          [leader('earpiece-1')]: '1x20',
+          [leader('earpiece-canary-0', 'earpiece-canary')]: '0x20',
+          [leader('earpiece-canary-1', 'earpiece-canary')]: '0x20',
+        },
+        alert: 'EarpieceOperatorDown',
+        at: '10m',
+        expected: [
+          {
+            labels: { severity: 'critical', namespace: 'earpiece-canary' },
+            summary: 'No earpiece operator is leading in earpiece-canary',
+          },
+        ],
       },
       {
         // Not scraped at all.
@@ -328,6 +351,7 @@ describe('alert rules', () => {
         expected: [{ labels: { severity: 'critical' }, summary: 'No earpiece operator is leading' }],
       },
       {
+        // One release, leading.
         series: { [leader('earpiece-0')]: '0x20', [leader('earpiece-1')]: '1x20' },
         alert: 'EarpieceOperatorDown',
         at: '10m',

@@ -27,7 +27,7 @@ app.kubernetes.io/part-of: earpiece
 
 {{/* Namespaces the webhook is never called for: webhook.excludeNamespaces and the release's own, as JSON. */}}
 {{- define "earpiece.excludedNamespaces" -}}
-{{- concat .Values.webhook.excludeNamespaces (list .Release.Namespace) | uniq | toJson }}
+{{- concat (default list .Values.webhook.excludeNamespaces) (list .Release.Namespace) | uniq | toJson }}
 {{- end }}
 
 {{/* Selector labels of the operator's pods. */}}
@@ -37,12 +37,9 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/component: operator
 {{- end }}
 
+{{/* With create=false the schema requires a name: the namespace's default ServiceAccount never gets the roles. */}}
 {{- define "earpiece.serviceAccountName" -}}
-{{- if .Values.serviceAccount.create }}
 {{- default (include "earpiece.fullname" .) .Values.serviceAccount.name }}
-{{- else }}
-{{- default "default" .Values.serviceAccount.name }}
-{{- end }}
 {{- end }}
 
 {{/* The earpiece image; a digest wins over the tag. */}}
@@ -54,12 +51,64 @@ app.kubernetes.io/component: operator
 {{- end }}
 {{- end }}
 
-{{/* The sidecar's image: the operator's own unless injection.image names another. */}}
+{{/* The sidecar's image: the operator's own unless injection.image names another; a tag alone is of image.repository. */}}
 {{- define "earpiece.sidecarImage" -}}
-{{- if .Values.injection.image.repository }}
-{{- printf "%s:%s" .Values.injection.image.repository (default .Chart.AppVersion .Values.injection.image.tag) }}
+{{- with .Values.injection.image }}
+{{- if or .repository .tag }}
+{{- printf "%s:%s" (default $.Values.image.repository .repository) (default $.Chart.AppVersion .tag) }}
 {{- else }}
-{{- include "earpiece.image" . }}
+{{- include "earpiece.image" $ }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+A resource quantity the schema accepted (a string, or a number) as a float, as the operator reads it
+(src/operator/sidecar.ts, parseQuantity): a binary one is its amount times a power of two, a decimal one
+is read as one decimal number (`700m` as `700e-3`). One beyond a float's range is refused.
+*/}}
+{{- define "earpiece.quantity" -}}
+{{- if kindIs "string" . }}
+{{- $amount := regexFind "^\\+?([0-9]+(\\.[0-9]*)?|\\.[0-9]+)" . }}
+{{- $suffix := trimPrefix $amount . }}
+{{- $binary := dict "Ki" 1024 "Mi" 1048576 "Gi" 1073741824 "Ti" 1099511627776 "Pi" 1125899906842624 "Ei" 1152921504606846976 }}
+{{- $decimal := dict "" 0 "n" -9 "u" -6 "m" -3 "k" 3 "M" 6 "G" 9 "T" 12 "P" 15 "E" 18 }}
+{{- $value := 0.0 }}
+{{- if hasKey $binary $suffix }}
+{{- $value = mulf $amount (index $binary $suffix) }}
+{{- else if hasKey $decimal $suffix }}
+{{- $value = float64 (printf "%se%d" $amount (index $decimal $suffix)) }}
+{{- else }}
+{{- /* An exponent: the text is one decimal number already. */}}
+{{- $value = float64 . }}
+{{- end }}
+{{- /* strconv's range error reaches the template as 0. */}}
+{{- if and (eq $value 0.0) (regexMatch "[1-9]" $amount) }}
+{{- fail (printf "injection.resources: %s is out of range" .) }}
+{{- end }}
+{{- $value }}
+{{- else }}
+{{- float64 . }}
+{{- end }}
+{{- end }}
+
+{{/*
+Refuses what the operator refuses at start (EARPIECE_SIDECAR_RESOURCES, resourcesProblem in
+src/operator/sidecar.ts), which would crash-loop it: a request above its limit. Names every such resource.
+*/}}
+{{- define "earpiece.checkSidecarResources" -}}
+{{- $limits := default dict .Values.injection.resources.limits }}
+{{- $problems := list }}
+{{- range $name, $request := default dict .Values.injection.resources.requests }}
+{{- if hasKey $limits $name }}
+{{- $limit := index $limits $name }}
+{{- if gt (include "earpiece.quantity" $request | float64) (include "earpiece.quantity" $limit | float64) }}
+{{- $problems = append $problems (printf "requests.%s %v is above limits.%s %v" $name $request $name $limit) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- with $problems }}
+{{- fail (printf "injection.resources: %s" (join "; " .)) }}
 {{- end }}
 {{- end }}
 
@@ -97,7 +146,10 @@ names one (a Secret wins over a plain URL).
 {{- toJson $env }}
 {{- end }}
 
-{{/* Cluster-scoped objects are named after the release and its namespace, so two releases never clash. */}}
+{{/*
+Cluster-scoped objects, and those the release puts into namespaces other than its own, are named after the
+release and its namespace, so two releases never clash, not even two of the same name.
+*/}}
 {{- define "earpiece.clusterName" -}}
 {{- printf "%s-%s" .Release.Namespace (include "earpiece.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}
@@ -124,8 +176,9 @@ names one (a Secret wins over a plain URL).
 {{- if .Capabilities.APIVersions.Has "monitoring.coreos.com/v1" }}true{{ end }}
 {{- end }}
 
+{{/* The base is cut, not the whole: cut after the suffix, a long full name lost it, and vLLM took the operator's names. */}}
 {{- define "earpiece.vllm.fullname" -}}
-{{- printf "%s-vllm" (include "earpiece.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- printf "%s-vllm" (include "earpiece.fullname" . | trunc 58 | trimSuffix "-") }}
 {{- end }}
 
 {{- define "earpiece.vllm.selectorLabels" -}}
@@ -137,4 +190,18 @@ app.kubernetes.io/component: vllm
 {{/* The Secret holding vLLM's API key: an existing one, or the one the chart creates. */}}
 {{- define "earpiece.vllm.apiKeySecret" -}}
 {{- default (printf "%s-api-key" (include "earpiece.vllm.fullname" .)) .Values.vllm.apiKey.existingSecret }}
+{{- end }}
+
+{{/*
+Its name in the namespaces of the ToolSets that send it: an existing Secret keeps its name there, the chart's
+copy is named after the release and its namespace, as it shares the namespace with other releases' objects.
+*/}}
+{{- define "earpiece.vllm.apiKeyCopy" -}}
+{{- default (printf "%s-vllm-api-key" (include "earpiece.clusterName" .)) .Values.vllm.apiKey.existingSecret }}
+{{- end }}
+
+{{/* The dashboard's ConfigMap: in dashboards.namespace, which other releases may share, named as clusterName. */}}
+{{- define "earpiece.dashboardName" -}}
+{{- $own := or (not .Values.dashboards.namespace) (eq .Values.dashboards.namespace .Release.Namespace) }}
+{{- printf "%s-dashboard" (ternary (include "earpiece.fullname" .) (include "earpiece.clusterName" .) $own) }}
 {{- end }}
