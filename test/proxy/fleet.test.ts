@@ -137,8 +137,13 @@ describe('two proxies sharing a Redis', () => {
     held = gate();
     const first = ask(a, 'Coimbra');
     await until(async () => tool.requests.length === 1);
+    const asked = upstream.requests.length;
     const second = ask(b, 'Coimbra');
-    await new Promise((resolve) => setTimeout(resolve, 300));
+    // b's model has told it to call the tool (its answer is over): b's call now finds a's run in Redis
+    // and waits on it. Opened before that, b would find a's result cached and prove nothing.
+    await until(async () => upstream.requests.length > asked);
+    expect(await upstream.closed(asked)).toBe('finished');
+    await new Promise((resolve) => setTimeout(resolve, 100));
     held.open();
     expect(await Promise.all([first, second])).toEqual(['Run 1.', 'Run 1.']);
     expect(tool.requests).toHaveLength(1);
