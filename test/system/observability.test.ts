@@ -92,6 +92,9 @@ function respond(vllm: VllmMetrics) {
 }
 
 /** The tools' backend: a fast weather API, a search that never answers, and a broken service. */
+/** Answers of the slow report tool so far: the late result is on its way to the proxy's memory. */
+let reportsAnswered = 0;
+
 async function startToolService(): Promise<Server> {
   const server = createServer((req, res) => {
     if (req.url?.startsWith('/weather')) {
@@ -100,10 +103,10 @@ async function startToolService(): Promise<Server> {
       res.writeHead(200, { 'content-type': 'application/json' }).end('{"booked":true}');
     } else if (req.url?.startsWith('/report')) {
       // Slower than the tool's deferAfter: the turn ends on a promise, and the result comes late.
-      setTimeout(
-        () => res.writeHead(200, { 'content-type': 'application/json' }).end('{"report":"ready"}'),
-        600,
-      );
+      setTimeout(() => {
+        res.writeHead(200, { 'content-type': 'application/json' }).end('{"report":"ready"}');
+        reportsAnswered++;
+      }, 600);
     } else if (req.url?.startsWith('/broken')) {
       res.writeHead(500, { 'content-type': 'application/json' }).end('{"error":"down"}');
     }
@@ -481,8 +484,11 @@ async function traffic(client: OpenAI, only?: string[]): Promise<void> {
   await turn('There were too many requests just now.');
   // A slow report: the turn ends on a promise, and the next request of the conversation gets the result.
   const question = { role: 'user' as const, content: 'Prepare the report, please.' };
+  const reportsBefore = reportsAnswered;
   const promised = await converse([system, question]);
-  await new Promise((r) => setTimeout(r, 800));
+  // The report has answered; the proxy keeps it for the conversation's next request within a tick.
+  while (reportsAnswered === reportsBefore) await new Promise((r) => setTimeout(r, 20));
+  await new Promise((r) => setTimeout(r, 200));
   await converse([
     system,
     question,
