@@ -40,7 +40,7 @@ import type { InformerSet } from './informers.js';
 import { readInjection } from './patch.js';
 import { WorkQueue } from './queue.js';
 import { APP_URL_ENV, configMapName, LABEL_OPERATOR, UPSTREAM_ENV } from './sidecar.js';
-import { outdatedChartEnv, validateForCluster } from './sidecar-env.js';
+import { staleChartEnv, validateForCluster } from './sidecar-env.js';
 import type { SidecarProblem } from './sidecar-problems.js';
 import {
   buildStatus,
@@ -357,7 +357,8 @@ export class ToolSetController {
    *   spec.upstream.url), and one injected while the ToolSet named its upstream was never handed the
    *   app's own URL, so after spec.upstream.url is removed its sidecar keeps the last one it loaded;
    * - pods injected before the chart changed its sidecar env vars (injection.env, the shared-state URL)
-   *   lack them or have the old ones: a ToolSet's valueFrom.env may already name the new ones.
+   *   lack them, have the old ones, or keep ones it dropped: a ToolSet's valueFrom.env may already name
+   *   the new ones (staleChartEnv decides, from what the pod records it was given).
    */
   private restartCondition(toolset: ToolSet, namespace: string): ConditionInput {
     const needed = renderForSidecar(toolset).env;
@@ -380,9 +381,8 @@ export class ToolSetController {
         });
       }
       if (injection.upstreamHandedOver === upstreamNamed) upstreamStale.push(pod.metadata?.name ?? '');
-      const outdated = outdatedChartEnv(injection.sidecarEnv, chartEnv);
-      if (outdated.length > 0)
-        envStale.push({ pod: pod.metadata?.name ?? '', env: outdated.map((e) => e.name) });
+      const stale = staleChartEnv(injection.chartEnvRecord, injection.sidecarEnv, chartEnv);
+      if (stale !== undefined) envStale.push({ pod: pod.metadata?.name ?? '', env: stale.names });
     }
     const kinds = [
       lacking.length > 0 && 'SecretEnvMissing',
@@ -417,8 +417,9 @@ export class ToolSetController {
     if (envStale.length > 0) {
       envStale.sort((a, b) => a.pod.localeCompare(b.pod));
       const names = [...new Set(envStale.flatMap((e) => e.env))].sort();
+      const pods = listed(envStale.map((e) => e.pod));
       parts.push(
-        `pods ${listed(envStale.map((e) => e.pod))} were injected before the chart's sidecar env changed and lack, or have an old value of, ${listed(names)}`,
+        `pods ${pods} were injected before the chart's sidecar env changed, and differ from it in ${listed(names)}`,
       );
     }
     return {

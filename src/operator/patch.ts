@@ -13,6 +13,7 @@ import type { V1Container, V1EnvVar, V1PodSpec } from '@kubernetes/client-node';
 import type { ToolSet } from '../toolset/schema.js';
 import { selectToolSet, type ToolSetLookup } from './select.js';
 import {
+  ANNOTATION_INJECTED_ENV,
   ANNOTATION_INJECTED_IMAGE,
   ANNOTATION_TOOLSET_HASH,
   APP_URL_ENV,
@@ -35,7 +36,7 @@ import {
   TMP_VOLUME,
   UPSTREAM_ENV,
 } from './sidecar.js';
-import { outdatedChartEnv } from './sidecar-env.js';
+import { chartEnvRecord, effectiveEnv, staleChartEnv } from './sidecar-env.js';
 import { condition, INVALID_TOOLSET, READY } from './status.js';
 
 export interface PodTemplate {
@@ -256,6 +257,7 @@ export function buildInjection(given: PodTemplate, input: InjectInput): InjectRe
     ...out.metadata.annotations,
     [ANNOTATION_TOOLSET_HASH]: config.hash,
     [ANNOTATION_INJECTED_IMAGE]: settings.image,
+    ...envRecord(input.sidecar.extraEnv),
   };
   return {
     ok: true,
@@ -283,8 +285,9 @@ function mergePullSecrets(spec: V1PodSpec, names: readonly string[]): string[] {
  * when it has them. Only these change: everything else the configuration hash already vouches for. The
  * image is replaced only while it is the one earpiece recorded setting (or `forceImage`): a later
  * mutating webhook that rewrote it (registry mirror, digest pin) has the last word, and the API server's
- * reinvocation of this webhook is then no change at all. A chart env var the sidecar lacks or defines
- * otherwise is set as the chart gives it (after the others, as in a new injection).
+ * reinvocation of this webhook is then no change at all. The chart's env vars likewise: set again as the
+ * chart gives them now (after the others, as in a new injection) only when the chart changed them since the
+ * pod's injection (annotation earpiece.dev/injected-env), not when another webhook rewrote one.
  */
 function refreshInjection(
   given: PodTemplate,
@@ -312,13 +315,23 @@ function refreshInjection(
     };
   }
   for (const name of mergePullSecrets(out.spec, pullSecrets)) changes.push(`image pull secret ${name} added`);
-  const outdated = sidecar ? outdatedChartEnv(sidecar.env ?? [], chartEnv) : [];
-  if (sidecar && outdated.length > 0) {
-    const names = new Set(outdated.map((e) => e.name));
-    sidecar.env = [...(sidecar.env ?? []).filter((e) => !names.has(e.name)), ...structuredClone(outdated)];
-    changes.push(`env ${[...names].join(', ')} set as the chart's injection.env gives it now`);
+  const stale = sidecar
+    ? staleChartEnv(given.metadata?.annotations?.[ANNOTATION_INJECTED_ENV], sidecar.env ?? [], chartEnv)
+    : undefined;
+  if (sidecar && stale !== undefined) {
+    const chart = effectiveEnv(chartEnv);
+    const replaced = new Set([...chart.map((e) => e.name), ...stale.ours]);
+    sidecar.env = [...(sidecar.env ?? []).filter((e) => !replaced.has(e.name)), ...structuredClone(chart)];
+    const { [ANNOTATION_INJECTED_ENV]: _old, ...annotations } = out.metadata?.annotations ?? {};
+    out.metadata = { ...out.metadata, annotations: { ...annotations, ...envRecord(chartEnv) } };
+    changes.push(`env ${stale.names.join(', ')} brought to the chart's injection.env as it is now`);
   }
   return changes.length ? { template: out, changes } : undefined;
+}
+
+/** The injected-env annotation; none while the chart gives no env vars (nothing to bring up to date). */
+function envRecord(chartEnv: readonly V1EnvVar[]): Record<string, string> {
+  return chartEnv.length > 0 ? { [ANNOTATION_INJECTED_ENV]: chartEnvRecord(chartEnv) } : {};
 }
 
 /**
@@ -361,6 +374,7 @@ export function stripInjection(template: PodTemplate): { template: PodTemplate; 
     delete meta.labels?.[LABEL_INJECTED];
     delete meta.annotations?.[ANNOTATION_TOOLSET_HASH];
     delete meta.annotations?.[ANNOTATION_INJECTED_IMAGE];
+    delete meta.annotations?.[ANNOTATION_INJECTED_ENV];
     if (meta.labels && Object.keys(meta.labels).length === 0) delete meta.labels;
     if (meta.annotations && Object.keys(meta.annotations).length === 0) delete meta.annotations;
   }
@@ -554,6 +568,8 @@ export function readInjection(template: PodTemplate):
       upstreamHandedOver: boolean;
       /** The sidecar's whole env, as the pod has it. */
       sidecarEnv: V1EnvVar[];
+      /** The chart env earpiece gave it (annotation earpiece.dev/injected-env), when recorded. */
+      chartEnvRecord: string | undefined;
     }
   | undefined {
   const spec = template.spec;
@@ -568,5 +584,6 @@ export function readInjection(template: PodTemplate):
     secretEnv: (sidecar.env ?? []).filter((e) => e.valueFrom?.secretKeyRef).map((e) => e.name),
     upstreamHandedOver: (sidecar.env ?? []).some((e) => e.name === UPSTREAM_ENV),
     sidecarEnv: sidecar.env ?? [],
+    chartEnvRecord: template.metadata?.annotations?.[ANNOTATION_INJECTED_ENV],
   };
 }

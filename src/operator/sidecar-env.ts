@@ -11,10 +11,12 @@
  * that the chart fills from a Secret counts as naming that Secret, for the admission's access check.
  * Outside a cluster (`earpiece proxy`) none of this applies: env refs resolve from the process env.
  */
+import { createHash } from 'node:crypto';
 import type { V1EnvVar } from '@kubernetes/client-node';
 import type { Issue, ParseResult } from '../toolset/validate.js';
 import { validateToolSet } from '../toolset/validate.js';
 import { envRefs, type SecretRef } from '../toolset/values.js';
+import { parseQuantity } from './sidecar.js';
 
 /** The prefix of every environment variable the operator gives the sidecar itself. */
 export const RESERVED_ENV_PREFIX = 'EARPIECE_';
@@ -104,15 +106,62 @@ export function validateForCluster(doc: unknown, extraEnv: readonly V1EnvVar[]):
   return issues.length === 0 ? result : { ok: false, issues };
 }
 
+/** The chart's sidecar env as a container has it: the last entry of a name is the one in effect. */
+export function effectiveEnv(chartEnv: readonly V1EnvVar[]): V1EnvVar[] {
+  return [...new Map(chartEnv.map((e) => [e.name, e])).values()];
+}
+
 /**
- * The chart's sidecar env vars (injection.env, the shared-state URL) that a sidecar's env lacks or defines
- * otherwise: it was injected before the chart changed them. Compared by what defines the value, with the
- * API server's defaults filled in (fieldRef apiVersion v1, resourceFieldRef divisor 1, which it stores
- * as "0"). A variable the chart no longer gives is not looked for: another webhook may add env vars of its own.
+ * What the injected-env annotation records: the names of the chart env vars earpiece gave the sidecar, and
+ * a hash of their definitions. The names let a later injection take out those the chart no longer gives.
  */
-export function outdatedChartEnv(sidecarEnv: readonly V1EnvVar[], chartEnv: readonly V1EnvVar[]): V1EnvVar[] {
+export function chartEnvRecord(chartEnv: readonly V1EnvVar[]): string {
+  const env = effectiveEnv(chartEnv).sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+  const hash = createHash('sha256')
+    .update(JSON.stringify(env.map((e) => [e.name, definition(e)])))
+    .digest('base64url')
+    .slice(0, 22);
+  return JSON.stringify({ hash, names: env.map((e) => e.name) });
+}
+
+/** The record of an annotation, or undefined when it is none (absent, or edited into something else). */
+function readRecord(text: string | undefined): { hash: string; names: string[] } | undefined {
+  if (text === undefined) return undefined;
+  try {
+    const value = JSON.parse(text) as { hash?: unknown; names?: unknown };
+    const { hash, names } = value;
+    if (typeof hash !== 'string' || !Array.isArray(names) || !names.every((n) => typeof n === 'string'))
+      return undefined;
+    return { hash, names };
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Whether an injected sidecar is behind the chart's sidecar env vars (injection.env, the shared-state
+ * URL): undefined when it is not, else the names it lacks, has another value of, or still has though the
+ * chart no longer gives them (`ours`: those to take out). With the injected-env annotation only a change
+ * of the chart counts, so a value another webhook rewrote since has the last word. Without it (injected
+ * before earpiece recorded it) the values are compared, with the API server's defaults and canonical
+ * quantities taken into account, and a variable the chart no longer gives is not looked for.
+ */
+export function staleChartEnv(
+  annotation: string | undefined,
+  sidecarEnv: readonly V1EnvVar[],
+  chartEnv: readonly V1EnvVar[],
+): { names: string[]; ours: string[] } | undefined {
   const defined = new Map(sidecarEnv.map((e) => [e.name, definition(e)]));
-  return chartEnv.filter((e) => defined.get(e.name) !== definition(e));
+  const chart = effectiveEnv(chartEnv);
+  const differing = chart.filter((e) => defined.get(e.name) !== definition(e)).map((e) => e.name);
+  const recorded = readRecord(annotation);
+  if (!recorded) return differing.length > 0 ? { names: differing, ours: [] } : undefined;
+  if (recorded.hash === readRecord(chartEnvRecord(chartEnv))?.hash) return undefined;
+  const given = new Set(chart.map((e) => e.name));
+  const dropped = recorded.names.filter((n) => !given.has(n) && defined.has(n));
+  // The chart changed, but not in anything this pod has or lacks: it is as a new injection would make it.
+  if (differing.length === 0 && dropped.length === 0) return undefined;
+  return { names: [...differing, ...dropped], ours: recorded.names };
 }
 
 function definition(e: V1EnvVar): string {
@@ -129,13 +178,9 @@ function definition(e: V1EnvVar): string {
     return JSON.stringify(['configMap', configMap.name ?? '', configMap.key, configMap.optional ?? false]);
   if (field) return JSON.stringify(['field', field.apiVersion ?? 'v1', field.fieldPath]);
   if (resource) {
-    const divisor = String(resource.divisor ?? '1');
-    return JSON.stringify([
-      'resource',
-      resource.containerName ?? '',
-      resource.resource,
-      divisor === '0' ? '1' : divisor,
-    ]);
+    // Stored canonical (1024Ki as 1Mi), and 1 as "0": compared as numbers.
+    const divisor = parseQuantity(String(resource.divisor ?? '1'));
+    return JSON.stringify(['resource', resource.containerName ?? '', resource.resource, divisor || 1]);
   }
   return JSON.stringify(['other', from]);
 }

@@ -37,6 +37,12 @@ export const ANNOTATION_TOOLSET_HASH = 'earpiece.dev/toolset-hash';
  * pin) is left as it is.
  */
 export const ANNOTATION_INJECTED_IMAGE = 'earpiece.dev/injected-image';
+/**
+ * On an injected pod: a hash of the chart's sidecar env vars (injection.env, the shared-state URL) earpiece
+ * gave it. The pod is behind only when the chart's env has changed since; a value another webhook rewrote
+ * after earpiece is left as it is.
+ */
+export const ANNOTATION_INJECTED_ENV = 'earpiece.dev/injected-env';
 /** On the ConfigMap: the sidecar env vars its configuration needs (names and Secret keys, never values). */
 export const ANNOTATION_SECRET_ENV = 'earpiece.dev/secret-env';
 

@@ -586,7 +586,7 @@ describe('ToolSet controller', () => {
     await expect.poll(() => restartRequired()?.status, POLL).toBe('True');
     expect(restartRequired()).toMatchObject({ reason: 'SidecarEnvChanged' });
     expect(restartRequired()!.message).toBe(
-      "pods backend-1 were injected before the chart's sidecar env changed and lack, or have an old value of, OTEL_EXPORTER_OTLP_ENDPOINT; restart them (e.g. kubectl rollout restart) to use it",
+      "pods backend-1 were injected before the chart's sidecar env changed, and differ from it in OTEL_EXPORTER_OTLP_ENDPOINT; restart them (e.g. kubectl rollout restart) to use it",
     );
 
     // With the ToolSet's spec.upstream.url removed too, both are named.

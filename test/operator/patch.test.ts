@@ -1,4 +1,5 @@
 import { readFileSync } from 'node:fs';
+import type { V1EnvVar } from '@kubernetes/client-node';
 import fc from 'fast-check';
 import fastJsonPatch from 'fast-json-patch';
 import { describe, expect, it } from 'vitest';
@@ -364,6 +365,8 @@ describe('buildInjection', () => {
       // The ToolSet names no spec.upstream.url: the app's KYUTAI_LLM_URL was handed over.
       upstreamHandedOver: true,
       sidecarEnv: sidecarOf(template)?.env,
+      // DEFAULT_SIDECAR gives no chart env: nothing recorded.
+      chartEnvRecord: undefined,
     });
     expect(readInjection(pod())).toBeUndefined();
   });
@@ -615,27 +618,34 @@ describe('skip reasons', () => {
     );
   });
 
-  it("brings the chart's sidecar env vars up to date, and leaves the rest as it was", () => {
-    const chart = (extraEnv: SidecarConfig['extraEnv']) =>
-      input({ sidecar: { ...DEFAULT_SIDECAR, extraEnv } });
-    const older = injected(
-      pod(),
-      chart([
-        { name: 'OTEL_EXPORTER_OTLP_ENDPOINT', value: 'http://old-otel:4318' },
-        { name: 'POD_NAME', valueFrom: { fieldRef: { fieldPath: 'metadata.name' } } },
-      ]),
-    ).template;
-    // As the API server stores it: its defaults filled in, and a variable another webhook added.
-    const stored = structuredClone(older);
-    const storedSidecar = sidecarOf(stored)!;
-    storedSidecar.env = [
-      ...(storedSidecar.env ?? []).map((e) =>
+  const chart = (extraEnv: SidecarConfig['extraEnv']) => input({ sidecar: { ...DEFAULT_SIDECAR, extraEnv } });
+  const withEnv = (template: PodTemplate, edit: (env: V1EnvVar[]) => V1EnvVar[]) => {
+    const out = structuredClone(template);
+    const sidecar = sidecarOf(out)!;
+    sidecar.env = edit(sidecar.env ?? []);
+    return out;
+  };
+
+  it("brings the chart's sidecar env vars up to date when the chart changed them, and leaves the rest as it was", () => {
+    const first = chart([
+      { name: 'OTEL_EXPORTER_OTLP_ENDPOINT', value: 'http://old-otel:4318' },
+      { name: 'POD_NAME', valueFrom: { fieldRef: { fieldPath: 'metadata.name' } } },
+    ]);
+    // As the API server stores it (its defaults filled in), with a variable another webhook added and one
+    // it rewrote (a mirror of the collector).
+    const stored = withEnv(injected(pod(), first).template, (env) => [
+      ...env.map((e) =>
         e.name === 'POD_NAME'
           ? { ...e, valueFrom: { fieldRef: { apiVersion: 'v1', fieldPath: 'metadata.name' } } }
-          : e,
+          : e.name === 'OTEL_EXPORTER_OTLP_ENDPOINT'
+            ? { ...e, value: 'http://otel-mirror:4318' }
+            : e,
       ),
       { name: 'AWS_ROLE_ARN', value: 'arn:aws:iam::1:role/x' },
-    ];
+    ]);
+    // The chart has not changed: the other webhook's value has the last word, and a reinvocation is no change.
+    expect(buildInjection(stored, first)).toMatchObject({ ok: false, reason: 'already_injected' });
+
     const now = chart([
       { name: 'OTEL_EXPORTER_OTLP_ENDPOINT', value: 'http://otel:4318' },
       { name: 'POD_NAME', valueFrom: { fieldRef: { fieldPath: 'metadata.name' } } },
@@ -643,19 +653,72 @@ describe('skip reasons', () => {
     ]);
     const result = injected(stored, now);
     expect(result.updated).toEqual([
-      "env OTEL_EXPORTER_OTLP_ENDPOINT, HTTPS_PROXY set as the chart's injection.env gives it now",
+      "env OTEL_EXPORTER_OTLP_ENDPOINT, HTTPS_PROXY brought to the chart's injection.env as it is now",
     ]);
-    const env = envOf(sidecarOf(result.template));
-    expect(env).toMatchObject({
+    expect(envOf(sidecarOf(result.template))).toMatchObject({
       OTEL_EXPORTER_OTLP_ENDPOINT: 'http://otel:4318',
       HTTPS_PROXY: 'http://proxy:3128',
+      POD_NAME: { fieldRef: { fieldPath: 'metadata.name' } },
       AWS_ROLE_ARN: 'arn:aws:iam::1:role/x',
       EARPIECE_TOOLSET: '/etc/earpiece/toolset.yaml',
     });
-    // Defaults filled in by the API server are no change, and the next run has nothing to do.
-    expect(env.POD_NAME).toEqual({ fieldRef: { apiVersion: 'v1', fieldPath: 'metadata.name' } });
     expect(buildInjection(result.template, now)).toMatchObject({ ok: false, reason: 'already_injected' });
-    expect(buildInjection(stored, chart([]))).toMatchObject({ ok: false, reason: 'already_injected' });
+
+    // A variable the chart no longer gives is taken out; another webhook's stays.
+    const fewer = chart([
+      { name: 'OTEL_EXPORTER_OTLP_ENDPOINT', value: 'http://otel:4318' },
+      { name: 'HTTPS_PROXY', value: 'http://proxy:3128' },
+    ]);
+    const dropped = injected(result.template, fewer);
+    expect(dropped.updated).toEqual(["env POD_NAME brought to the chart's injection.env as it is now"]);
+    expect(envOf(sidecarOf(dropped.template))).not.toHaveProperty('POD_NAME');
+    expect(envOf(sidecarOf(dropped.template))).toHaveProperty('AWS_ROLE_ARN');
+    expect(buildInjection(dropped.template, fewer)).toMatchObject({ ok: false, reason: 'already_injected' });
+  });
+
+  it('compares the values of a pod injected before earpiece recorded its chart env, as the API server stores them', () => {
+    const given = chart([
+      { name: 'CPU_LIMIT', valueFrom: { resourceFieldRef: { resource: 'limits.cpu', divisor: '1000m' } } },
+      {
+        name: 'MEMORY_LIMIT',
+        valueFrom: { resourceFieldRef: { resource: 'limits.memory', divisor: '1024Ki' } },
+      },
+    ]);
+    const template = injected(pod(), given).template;
+    delete template.metadata?.annotations?.['earpiece.dev/injected-env'];
+    // Stored canonical: 1000m as 1, 1024Ki as 1Mi.
+    const stored = withEnv(template, (env) =>
+      env.map((e) =>
+        e.name === 'CPU_LIMIT'
+          ? { ...e, valueFrom: { resourceFieldRef: { resource: 'limits.cpu', divisor: '1' } } }
+          : e.name === 'MEMORY_LIMIT'
+            ? { ...e, valueFrom: { resourceFieldRef: { resource: 'limits.memory', divisor: '1Mi' } } }
+            : e,
+      ),
+    );
+    expect(buildInjection(stored, given)).toMatchObject({ ok: false, reason: 'already_injected' });
+    const lacking = injected(
+      stored,
+      chart([...given.sidecar.extraEnv, { name: 'OTEL_SERVICE_NAME', value: 'x' }]),
+    );
+    expect(lacking.updated).toEqual([
+      "env OTEL_SERVICE_NAME brought to the chart's injection.env as it is now",
+    ]);
+  });
+
+  it('gives a name the chart lists twice its last value, as a container does, and stays with it', () => {
+    const twice = chart([
+      { name: 'EARPIECE_SHARED_STATE_REDIS_URL', value: 'redis://first:6379' },
+      { name: 'EARPIECE_SHARED_STATE_REDIS_URL', value: 'redis://second:6379' },
+    ]);
+    const template = injected(pod(), twice).template;
+    const effective = (t: PodTemplate) =>
+      (sidecarOf(t)?.env ?? []).filter((e) => e.name === 'EARPIECE_SHARED_STATE_REDIS_URL').at(-1)?.value;
+    expect(effective(template)).toBe('redis://second:6379');
+    expect(buildInjection(template, twice)).toMatchObject({ ok: false, reason: 'already_injected' });
+    // Recorded before earpiece kept a record: compared by the value in effect.
+    delete template.metadata?.annotations?.['earpiece.dev/injected-env'];
+    expect(buildInjection(template, twice)).toMatchObject({ ok: false, reason: 'already_injected' });
   });
 
   it('injected for another configuration: the old injection is taken out and done again', () => {
