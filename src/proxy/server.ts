@@ -75,7 +75,9 @@ function base(deps: ServerDeps, limits: ServerLimits): FastifyInstance {
 
 export function buildServer(deps: ServerDeps, limits: ServerLimits = DEFAULT_LIMITS): FastifyInstance {
   const app = base(deps, limits);
-  app.addHook('preParsing', new BodyBudget(limits.maxBodyBytesInFlight, BODY_LIMIT).hook);
+  const budget = new BodyBudget(limits.maxBodyBytesInFlight, BODY_LIMIT);
+  app.addHook('preParsing', budget.hook);
+  deps.telemetry.readBodyBytesInFlightFrom(() => budget.used);
   app.register(async (scope) => chatRoutes(scope, deps, limits.requestTimeoutMs));
   app.register(async (scope) => passthroughRoutes(scope, deps));
   app.register(async (scope) => healthRoutes(scope, deps));

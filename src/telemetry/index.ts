@@ -20,6 +20,8 @@ export interface ProxyTelemetry extends Telemetry {
   readonly contentType: string;
   /** Whether OpenTelemetry is on (an OTEL_* variable asked for it). */
   readonly tracing: boolean;
+  /** The chat port's request body budget: its bytes in use are read when the metrics are scraped. */
+  readBodyBytesInFlightFrom(read: () => number): void;
 }
 
 export interface TelemetryOptions {
@@ -38,6 +40,7 @@ export async function createTelemetry(options: TelemetryOptions = {}): Promise<P
     },
     tracing: tracing !== undefined,
     metrics: () => prom.metrics(),
+    readBodyBytesInFlightFrom: (read) => prom.readBodyBytesInFlightFrom(read),
     startTurn: (traceparent: string | undefined, attributes: Attributes): SpanHandle =>
       tracing?.startTurn(traceparent, attributes) ?? noopSpan,
     ...everySide(tracing ? [prom, tracing.records] : [prom]),

@@ -86,6 +86,8 @@ export class PromMetrics implements TelemetryRecords {
   private readonly firstContent: Histogram<'toolset'>;
   private readonly upstreamFirstToken: Histogram<'toolset'>;
   private readonly activeStreams: Gauge;
+  /** Read when scraped: the body budget's share in use (server.ts hands over how to read it). */
+  #bodyBytesInFlight: () => number = () => 0;
   private readonly disconnects: Counter<'toolset'>;
   private readonly toolsUnsupported: Counter<'toolset'>;
   private readonly rateLimited: Counter<'toolset'>;
@@ -158,6 +160,15 @@ export class PromMetrics implements TelemetryRecords {
       name: 'earpiece_active_streams',
       help: 'Streaming responses currently open to clients.',
       registers,
+    });
+    const bodyBytes = () => this.#bodyBytesInFlight();
+    new Gauge({
+      name: 'earpiece_request_body_bytes_in_flight',
+      help: 'Bytes of request bodies the chat port holds now, from their first byte until their answer ends; past --max-body-bytes-in-flight a request is answered 503 (ERP_OVERLOADED).',
+      registers,
+      collect() {
+        this.set(bodyBytes());
+      },
     });
     this.disconnects = new Counter({
       name: 'earpiece_client_disconnects_total',
@@ -235,6 +246,11 @@ export class PromMetrics implements TelemetryRecords {
       return;
     }
     this.sharedStateUp.set({ toolset }, record.event === 'up' ? 1 : 0);
+  }
+
+  /** Where the request body budget's bytes in use are read, each time the metrics are scraped. */
+  readBodyBytesInFlightFrom(read: () => number): void {
+    this.#bodyBytesInFlight = read;
   }
 
   get contentType(): string {

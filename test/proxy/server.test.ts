@@ -41,6 +41,12 @@ function errorOf(answer: string): { status: number; code: string } {
   return { status, code: body.error.code };
 }
 
+/** The chat port's body bytes in flight, as the metrics port reports them. */
+async function bodyBytesInFlight(harness: ProxyHarness): Promise<number> {
+  const text = await (await fetch(`${harness.proxy.metricsUrl}/metrics`)).text();
+  return Number(/^earpiece_request_body_bytes_in_flight (\S+)$/m.exec(text)?.[1]);
+}
+
 const ok = (harness: ProxyHarness) =>
   fetch(`${harness.proxy.url}/v1/chat/completions`, {
     method: 'POST',
@@ -85,7 +91,7 @@ describe('bodies in flight', () => {
     first.socket.write(`${head(400 * 1024)}{"model":`);
     const second = rawClient(harness);
     second.socket.write(`${head(400 * 1024)}{"model":`);
-    await new Promise((r) => setTimeout(r, 200));
+    await expect.poll(() => bodyBytesInFlight(harness), { timeout: 10_000 }).toBe(800 * 1024);
     // A third would pass the budget: refused at once, without reading its body.
     const third = rawClient(harness);
     third.socket.write(`${head(400 * 1024)}{"model":`);
@@ -101,7 +107,7 @@ describe('bodies in flight', () => {
     // Once the slow clients leave, their share is free again.
     first.socket.destroy();
     second.socket.destroy();
-    await new Promise((r) => setTimeout(r, 200));
+    await expect.poll(() => bodyBytesInFlight(harness), { timeout: 10_000 }).toBe(0);
     const fits = rawClient(harness);
     const body = JSON.stringify({
       model: 'm',
