@@ -469,6 +469,8 @@ export async function startOperator(o: OperatorOptions): Promise<RunningOperator
         : undefined,
     });
     metrics.watchCertificate(() => notAfter(holder.current.certPem));
+    const serving = webhook;
+    metrics.watchWebhookBodies(() => serving.bodyBytesInFlight());
   } catch (err) {
     await stop();
     throw err;

@@ -115,6 +115,8 @@ export const DEFAULT_BODY_BYTES_IN_FLIGHT = 24 * 1024 * 1024;
 
 export interface WebhookServer {
   port: number;
+  /** Bytes the request bodies in flight hold now (earpiece_webhook_body_bytes_in_flight). */
+  bodyBytesInFlight(): number;
   close(): Promise<void>;
 }
 
@@ -286,10 +288,8 @@ export async function startWebhookServer(options: WebhookServerOptions): Promise
     logger.info('Loaded a new webhook serving certificate');
   });
 
-  app.addHook(
-    'preParsing',
-    new BodyBudget(options.maxBodyBytesInFlight ?? DEFAULT_BODY_BYTES_IN_FLIGHT, bodyLimit).hook,
-  );
+  const budget = new BodyBudget(options.maxBodyBytesInFlight ?? DEFAULT_BODY_BYTES_IN_FLIGHT, bodyLimit);
+  app.addHook('preParsing', budget.hook);
   // Request logging is off (a line per review is noise), so a refused body would pass unseen. It is the
   // client's doing, not the operator's: one warn line each, never error (fastify's level for a 503).
   app.addHook('onError', (request, _reply, error, done) => {
@@ -343,6 +343,7 @@ export async function startWebhookServer(options: WebhookServerOptions): Promise
   const address = app.server.address();
   return {
     port: typeof address === 'object' && address ? address.port : (options.port ?? 9443),
+    bodyBytesInFlight: () => budget.used,
     close: async () => {
       stopWatching();
       await app.close();

@@ -45,6 +45,7 @@ export class OperatorMetrics {
   private readonly webhookSeconds: Histogram<'operation'>;
   private toolsetSource: () => readonly { namespace: string; ready: boolean }[] = () => [];
   private certificateSource: () => Date | undefined = () => undefined;
+  private webhookBodiesSource: () => number = () => 0;
 
   constructor(options: { defaultMetrics?: boolean } = {}) {
     const registers = [this.registry];
@@ -118,6 +119,15 @@ export class OperatorMetrics {
         if (notAfter) this.set(notAfter.getTime() / 1000);
       },
     });
+    const bodies = () => this.webhookBodiesSource();
+    new Gauge({
+      name: 'earpiece_webhook_body_bytes_in_flight',
+      help: 'Bytes of admission review bodies the webhook holds now, from their first byte until their answer ends; past webhook.maxBodyBytesInFlight a review is answered 503 and the failurePolicy decides.',
+      registers,
+      collect() {
+        this.set(bodies());
+      },
+    });
     // Known label values start at zero, so rates and alerts have series before the first event.
     for (const result of RECONCILE_RESULTS) this.reconciles.inc({ result }, 0);
     this.leader.set(0);
@@ -160,6 +170,11 @@ export class OperatorMetrics {
   /** Where earpiece_toolsets reads the ToolSets from when scraped (empty on followers). */
   watchToolSets(source: () => readonly { namespace: string; ready: boolean }[]): void {
     this.toolsetSource = source;
+  }
+
+  /** Where the webhook's body bytes in flight are read from when scraped. */
+  watchWebhookBodies(used: () => number): void {
+    this.webhookBodiesSource = used;
   }
 
   /** Where the certificate expiry is read from when scraped. */

@@ -952,6 +952,8 @@ describe('earpiece operator', () => {
       expect(text).toMatch(/earpiece_reconcile_total\{result="ok"\} [1-9]/);
       expect(text).toMatch(/earpiece_reconcile_duration_seconds_bucket/);
       expect(text).toMatch(/earpiece_uninjected_pods 0/);
+      // The reviews are answered: their bodies hold nothing any more.
+      expect(text).toMatch(/^earpiece_webhook_body_bytes_in_flight 0$/m);
       expect(text).toMatch(/process_cpu_user_seconds_total/);
       await expect
         .poll(

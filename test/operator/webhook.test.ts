@@ -508,7 +508,7 @@ describe('the webhook over HTTPS', () => {
       // Four large reviews (5 MiB each) hold 20 MiB of the default budget of 24 MiB.
       const large = 5 * 1024 * 1024;
       for (let i = 0; i < 4; i++) void slowBody(large);
-      await new Promise((r) => setTimeout(r, 300));
+      await expect.poll(() => busy.bodyBytesInFlight(), { timeout: 10_000 }).toBe(4 * large);
       // A fifth would pass it: answered and closed without its body, long before the request timeout.
       const refused = await slowBody(large);
       expect(refused).toMatch(/^HTTP\/1\.1 503 /);
