@@ -4,6 +4,7 @@
  * Bounds are hang guards in seconds.
  */
 import { setTimeout as sleep } from 'node:timers/promises';
+import { connect as tlsConnect } from 'node:tls';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { parse as parseYaml } from 'yaml';
 import type { Clock } from '../../src/operator/clock.js';
@@ -15,7 +16,7 @@ import { createLogger } from '../../src/telemetry/log.js';
 import { OperatorMetrics } from '../../src/telemetry/operator-metrics.js';
 import { MAX_CONDITION_MESSAGE, MAX_TOOLSET_BYTES } from '../../src/toolset/index.js';
 import { secretEnvName } from '../../src/toolset/values.js';
-import { admissionReview, sendReview } from '../support/admission.js';
+import { admissionReview, sendReview, WEBHOOK_SERVER_NAME } from '../support/admission.js';
 import { injectBackend } from '../support/backend-pod.js';
 import { type FakeApiServer, type KObject, startFakeApiServer } from '../support/fake-apiserver.js';
 import { toolSetOfSize } from '../support/large-toolset.js';
@@ -952,9 +953,28 @@ describe('earpiece operator', () => {
       expect(text).toMatch(/earpiece_reconcile_total\{result="ok"\} [1-9]/);
       expect(text).toMatch(/earpiece_reconcile_duration_seconds_bucket/);
       expect(text).toMatch(/earpiece_uninjected_pods 0/);
-      // The reviews are answered: their bodies hold nothing any more.
-      expect(text).toMatch(/^earpiece_webhook_body_bytes_in_flight 0$/m);
       expect(text).toMatch(/process_cpu_user_seconds_total/);
+      // A review whose body is still coming holds its declared bytes; answered or gone, nothing.
+      const bodyBytes = async () =>
+        Number(
+          /^earpiece_webhook_body_bytes_in_flight (\S+)$/m.exec(
+            (await get(ports.metrics, '/metrics')).body,
+          )?.[1],
+        );
+      expect(await bodyBytes()).toBe(0);
+      const slow = tlsConnect({
+        host: '127.0.0.1',
+        port: ports.webhook,
+        ca,
+        servername: WEBHOOK_SERVER_NAME,
+      });
+      slow.on('error', () => {});
+      slow.write(
+        'POST /mutate HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 4096\r\n\r\n{',
+      );
+      await expect.poll(bodyBytes, POLL).toBe(4096);
+      slow.destroy();
+      await expect.poll(bodyBytes, POLL).toBe(0);
       await expect
         .poll(
           () =>
