@@ -144,7 +144,7 @@ describe('review regressions', () => {
     expect(logged).not.toContain(key);
   });
 
-  it('stops reading a message whose tool call, written as text, runs past the cap', async () => {
+  it('fails a message whose tool call, written as text, runs past the cap, and runs no call', async () => {
     const { upstream, harness } = await setup(
       () => ({
         sse: [
