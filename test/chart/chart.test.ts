@@ -15,10 +15,9 @@ import {
 } from '../../src/operator/sidecar.js';
 import { envSecretRefs, namableEnv, sidecarEnvIssues } from '../../src/operator/sidecar-env.js';
 import { DEFAULT_BODY_BYTES_IN_FLIGHT } from '../../src/operator/webhook.js';
-import { OperatorMetrics } from '../../src/telemetry/operator-metrics.js';
 import { validateToolSet } from '../../src/toolset/index.js';
+import { operatorSampleNames } from '../support/dashboard.js';
 import { type K8sObject, kubernetesIssues } from '../support/k8s-schema.js';
-import { parseExposition } from '../support/prometheus.js';
 import { allowed } from './rbac.js';
 import {
   CHART,
@@ -603,19 +602,7 @@ describe('switches and guards', () => {
 
   it("leaves the operator's alerts out of the PrometheusRule unless the ServiceMonitor scrapes the operator, and says so", async () => {
     // Every metric the operator exposes, once each kind of record was made.
-    const m = new OperatorMetrics();
-    m.injection('injected');
-    m.reconcile('ok', 0.01);
-    m.leading(true);
-    m.sidecarProblems([{ namespace: 'voice', reason: 'ImagePullBackOff' }]);
-    m.webhookReview('mutate', 0.002);
-    m.watchToolSets(() => [{ namespace: 'voice', ready: true }]);
-    m.watchCertificate(() => new Date());
-    const names = new Set(
-      parseExposition(await m.metrics())
-        .map((sample) => sample.name)
-        .filter((name) => name.startsWith('earpiece_')),
-    );
+    const names = new Set((await operatorSampleNames()).filter((name) => name.startsWith('earpiece_')));
     const readsOperator = (expr: string) => [...names].some((name) => new RegExp(`\\b${name}\\b`).test(expr));
     const alerts = (set: string[]) =>
       (

@@ -1,6 +1,11 @@
-/** The Grafana dashboard the chart ships, read as data: its panels' PromQL and its variables. */
+/**
+ * The Grafana dashboard the chart ships, read as data: its panels' PromQL and its variables; and the metric
+ * names the operator exposes, which the dashboard and the alert rules may query.
+ */
 import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
+import { OperatorMetrics } from '../../src/telemetry/operator-metrics.js';
+import { parseExposition } from './prometheus.js';
 
 export const DASHBOARD_PATH = resolve('charts/earpiece/dashboards/earpiece.json');
 
@@ -72,4 +77,17 @@ export function labelValuesQuery(variable: DashboardVariable): { match: string; 
   const parsed = /^label_values\((.+),\s*(\w+)\)$/.exec(query);
   if (!parsed) throw new Error(`variable ${variable.name}: not a label_values() query: ${query}`);
   return { match: parsed[1] as string, label: parsed[2] as string };
+}
+
+/** The sample names the operator exposes once every kind of record was made. */
+export async function operatorSampleNames(): Promise<string[]> {
+  const m = new OperatorMetrics();
+  m.injection('injected');
+  m.reconcile('ok', 0.01);
+  m.leading(true);
+  m.sidecarProblems([{ namespace: 'voice', reason: 'ImagePullBackOff' }]);
+  m.webhookReview('mutate', 0.002);
+  m.watchToolSets(() => [{ namespace: 'voice', ready: true }]);
+  m.watchCertificate(() => new Date());
+  return parseExposition(await m.metrics()).map((s) => s.name);
 }

@@ -4,11 +4,11 @@ import { join } from 'node:path';
 import { describe, expect, test } from 'vitest';
 import { parse, stringify } from 'yaml';
 import { createTelemetry } from '../../src/telemetry/index.js';
-import { OperatorMetrics } from '../../src/telemetry/operator-metrics.js';
 import {
   allPanels,
   labelValuesQuery,
   loadDashboard,
+  operatorSampleNames,
   panelQueries,
   substitute,
 } from '../support/dashboard.js';
@@ -19,19 +19,6 @@ import { VLLM_METRIC_NAMES } from '../support/vllm-metrics.js';
 const dashboard = loadDashboard();
 /** Grafana's reference to the datasource variable. */
 const DATASOURCE = ['$', '{datasource}'].join('');
-
-/** The sample names the operator exposes once every kind of record was made. */
-async function operatorNames(): Promise<string[]> {
-  const m = new OperatorMetrics();
-  m.injection('injected');
-  m.reconcile('ok', 0.01);
-  m.leading(true);
-  m.sidecarProblems([{ namespace: 'voice', reason: 'ImagePullBackOff' }]);
-  m.webhookReview('mutate', 0.002);
-  m.watchToolSets(() => [{ namespace: 'voice', ready: true }]);
-  m.watchCertificate(() => new Date());
-  return parseExposition(await m.metrics()).map((s) => s.name);
-}
 
 /** The sample names of kube-state-metrics and cAdvisor about the sidecars (their stand-in's). */
 async function kubeNames(): Promise<string[]> {
@@ -65,7 +52,7 @@ async function exposedNames(): Promise<Set<string>> {
   t.toolsetReloadFailed({ toolset: 'assistant' });
   return new Set([
     ...parseExposition(await t.metrics()).map((s) => s.name),
-    ...(await operatorNames()),
+    ...(await operatorSampleNames()),
     ...(await kubeNames()),
   ]);
 }
