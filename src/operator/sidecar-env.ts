@@ -116,12 +116,18 @@ export function effectiveEnv(chartEnv: readonly V1EnvVar[]): V1EnvVar[] {
  * a hash of their definitions. The names let a later injection take out those the chart no longer gives.
  */
 export function chartEnvRecord(chartEnv: readonly V1EnvVar[]): string {
+  const { hash, names } = chartEnvDigest(chartEnv);
+  return JSON.stringify({ hash, names });
+}
+
+/** The chart env's names, in order, and a hash of their definitions. */
+function chartEnvDigest(chartEnv: readonly V1EnvVar[]): { hash: string; names: string[] } {
   const env = effectiveEnv(chartEnv).sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
   const hash = createHash('sha256')
     .update(JSON.stringify(env.map((e) => [e.name, definition(e)])))
     .digest('base64url')
     .slice(0, 22);
-  return JSON.stringify({ hash, names: env.map((e) => e.name) });
+  return { hash, names: env.map((e) => e.name) };
 }
 
 /** The record of an annotation, or undefined when it is none (absent, or edited into something else). */
@@ -156,7 +162,7 @@ export function staleChartEnv(
   const differing = chart.filter((e) => defined.get(e.name) !== definition(e)).map((e) => e.name);
   const recorded = readRecord(annotation);
   if (!recorded) return differing.length > 0 ? { names: differing, ours: [] } : undefined;
-  if (recorded.hash === readRecord(chartEnvRecord(chartEnv))?.hash) return undefined;
+  if (recorded.hash === chartEnvDigest(chartEnv).hash) return undefined;
   const given = new Set(chart.map((e) => e.name));
   const dropped = recorded.names.filter((n) => !given.has(n) && defined.has(n));
   // The chart changed, but not in anything this pod has or lacks: it is as a new injection would make it.

@@ -77,7 +77,7 @@ export function buildServer(deps: ServerDeps, limits: ServerLimits = DEFAULT_LIM
   const app = base(deps, limits);
   const budget = new BodyBudget(limits.maxBodyBytesInFlight, BODY_LIMIT);
   app.addHook('preParsing', budget.hook);
-  deps.telemetry.readBodyBytesInFlightFrom(() => budget.used);
+  deps.telemetry.watchBodyBytesInFlight(() => budget.used);
   app.register(async (scope) => chatRoutes(scope, deps, limits.requestTimeoutMs));
   app.register(async (scope) => passthroughRoutes(scope, deps));
   app.register(async (scope) => healthRoutes(scope, deps));

@@ -21,7 +21,7 @@ export interface ProxyTelemetry extends Telemetry {
   /** Whether OpenTelemetry is on (an OTEL_* variable asked for it). */
   readonly tracing: boolean;
   /** The chat port's request body budget: its bytes in use are read when the metrics are scraped. */
-  readBodyBytesInFlightFrom(read: () => number): void;
+  watchBodyBytesInFlight(read: () => number): void;
 }
 
 export interface TelemetryOptions {
@@ -40,7 +40,7 @@ export async function createTelemetry(options: TelemetryOptions = {}): Promise<P
     },
     tracing: tracing !== undefined,
     metrics: () => prom.metrics(),
-    readBodyBytesInFlightFrom: (read) => prom.readBodyBytesInFlightFrom(read),
+    watchBodyBytesInFlight: (read) => prom.watchBodyBytesInFlight(read),
     startTurn: (traceparent: string | undefined, attributes: Attributes): SpanHandle =>
       tracing?.startTurn(traceparent, attributes) ?? noopSpan,
     ...everySide(tracing ? [prom, tracing.records] : [prom]),

@@ -249,7 +249,7 @@ export class PromMetrics implements TelemetryRecords {
   }
 
   /** Where the request body budget's bytes in use are read, each time the metrics are scraped. */
-  readBodyBytesInFlightFrom(read: () => number): void {
+  watchBodyBytesInFlight(read: () => number): void {
     this.#bodyBytesInFlight = read;
   }
 
