@@ -86,10 +86,19 @@ interface CallState {
   ready: boolean;
 }
 
+/** Deltas kept apart before the message's text is joined into one string (StreamAccumulator). */
+const CONTENT_PIECES = 32;
+
 export class StreamAccumulator {
   #id: string | undefined;
   #model: string | undefined;
-  #content = '';
+  /**
+   * The message's text so far, in pieces joined every CONTENT_PIECES: `+=` per delta would keep every
+   * delta's string, and a rope node for each, alive while the message streams (one open turn's largest
+   * set of objects at a thousand streams).
+   */
+  #content: string[] = [];
+  #contentLength = 0;
   #reasoning = '';
   #refusal = '';
   #finishReason: string | null = null;
@@ -148,8 +157,12 @@ export class StreamAccumulator {
    * spoken now, as push() would in a `content` event.
    */
   pushContent(text: string): string {
-    if (this.#content.length + text.length > this.#maxChars) this.#contentCut = true;
-    if (!this.#contentCut) this.#content += text;
+    if (this.#contentLength + text.length > this.#maxChars) this.#contentCut = true;
+    if (!this.#contentCut) {
+      this.#content.push(text);
+      this.#contentLength += text.length;
+      if (this.#content.length === CONTENT_PIECES) this.#content = [this.#content.join('')];
+    }
     if (!this.#raw) return text;
     const spoken = this.#raw.push(text);
     // Held markup is tool calls written as text: the same cap as calls streamed as such.
@@ -189,7 +202,7 @@ export class StreamAccumulator {
     return {
       id: this.#id,
       model: this.#model,
-      content: this.#content,
+      content: this.#content.join(''),
       reasoning: this.#reasoning,
       refusal: this.#refusal,
       toolCalls,

@@ -75,6 +75,7 @@ export class RequestPolicy {
   readonly #clientTools: ToolDefinition[];
   readonly #clientToolNames: Set<string | undefined>;
   readonly #ownTools: ToolDefinition[];
+  /** The client's messages (memory spliced in), then this turn's rounds; the instructions go in per body. */
   #history: ChatMessage[];
   /** Messages before this turn's own tool rounds. */
   #baseLength: number;
@@ -85,9 +86,9 @@ export class RequestPolicy {
 
   constructor(parts: PolicyParts) {
     this.#parts = parts;
-    const { body, memory, toolset, tools } = parts;
+    const { body, memory, tools } = parts;
     this.#prepared = memory?.prepare(body.messages);
-    this.#history = withInstructions(this.#prepared?.messages ?? body.messages, toolset.instructions);
+    this.#history = this.#prepared?.messages ?? body.messages;
     this.#baseLength = this.#history.length;
     this.#memoryDropped = !this.#prepared?.spliced;
     if (this.#prepared?.spliced)
@@ -250,7 +251,10 @@ export class RequestPolicy {
     // `head` always holds `stream`, so its JSON ends in `}` after at least one member.
     const opening = JSON.stringify(head).slice(0, -1);
     const toolsMember = tools ? `,"tools":${toolsJson(tools)}` : '';
-    return `${opening}${toolsMember},"messages":${JSON.stringify(this.#history)}}`;
+    // The system message with the instructions is made for each body and dropped with it: kept in the
+    // history, a copy of the client's system prompt would live as long as the turn.
+    const messages = withInstructions(this.#history, this.#parts.toolset.instructions);
+    return `${opening}${toolsMember},"messages":${JSON.stringify(messages)}}`;
   }
 
   get #sendsKwargs(): boolean {
@@ -264,7 +268,7 @@ export class RequestPolicy {
     let base: ChatMessage[];
     if (!this.#memoryDropped && this.#prepared) {
       this.#memoryDropped = true;
-      base = withInstructions(this.#prepared.withoutMemory, this.#parts.toolset.instructions);
+      base = this.#prepared.withoutMemory;
     } else if (!this.#turnsTrimmed) {
       this.#turnsTrimmed = true;
       base = dropOldestTurns(this.#history.slice(0, this.#baseLength));

@@ -372,119 +372,110 @@ export class Upstream {
       ...this.#authHeader(headers.authorization),
     };
     if (headers.traceparent) requestHeaders.traceparent = headers.traceparent;
-    let markSent!: () => void;
-    const sent = new Promise<void>((resolve) => {
-      markSent = resolve;
-    });
-    const response = new Promise<ChunkSource>((resolve, reject) => {
-      const origin = this.origin;
-      let controller: Dispatcher.DispatchController | undefined;
-      let kind: 'sse' | 'json' | 'refused' | undefined;
-      let status = 0;
-      let retryAfter: number | undefined;
-      let stream: UpstreamBody | undefined;
-      let parts: Buffer[] = [];
-      let size = 0;
-      const onAbort = () => controller?.abort(signal.reason as Error);
-      const fail = (err: unknown) => {
-        signal.removeEventListener('abort', onAbort);
-        markSent();
-        reject(err);
-      };
-      if (signal.aborted) {
-        fail(signal.reason);
-        return;
-      }
-      signal.addEventListener('abort', onAbort, { once: true });
-      this.#pool.dispatch(
-        {
-          method: 'POST',
-          path: `${this.basePath}/v1/chat/completions`,
-          headers: requestHeaders,
-          body,
+    const { promise: sent, resolve: markSent } = Promise.withResolvers<void>();
+    const { promise: response, resolve, reject } = Promise.withResolvers<ChunkSource>();
+    const origin = this.origin;
+    let controller: Dispatcher.DispatchController | undefined;
+    let kind: 'sse' | 'json' | 'refused' | undefined;
+    let status = 0;
+    let retryAfter: number | undefined;
+    let stream: UpstreamBody | undefined;
+    let parts: Buffer[] = [];
+    let size = 0;
+    const onAbort = () => controller?.abort(signal.reason as Error);
+    const fail = (err: unknown) => {
+      signal.removeEventListener('abort', onAbort);
+      markSent();
+      reject(err);
+    };
+    if (signal.aborted) {
+      fail(signal.reason);
+      return { sent, response };
+    }
+    signal.addEventListener('abort', onAbort, { once: true });
+    // Dispatched here, not from a closure: `body` (the whole history's JSON) then stays out of the context
+    // the handlers below keep alive, which would hold it for as long as the answer streams.
+    this.#pool.dispatch(
+      {
+        method: 'POST',
+        path: `${this.basePath}/v1/chat/completions`,
+        headers: requestHeaders,
+        body,
+      },
+      {
+        onRequestStart(c) {
+          controller = c;
+          if (signal.aborted) c.abort(signal.reason as Error);
         },
-        {
-          onRequestStart(c) {
-            controller = c;
-            if (signal.aborted) c.abort(signal.reason as Error);
-          },
-          onRequestSent: markSent,
-          onResponseStart(c, statusCode, responseHeaders) {
-            status = statusCode;
-            retryAfter = retryAfterSeconds(responseHeaders['retry-after']);
-            if (statusCode >= 400) {
-              kind = 'refused';
-            } else if (String(responseHeaders['content-type'] ?? '').includes('application/json')) {
-              kind = 'json';
-            } else {
-              kind = 'sse';
-              stream = new UpstreamBody(c);
-              resolve(new StreamSource(stream));
-            }
-          },
-          onResponseData(c, chunk) {
-            if (kind === 'sse') {
-              (stream as UpstreamBody).push(chunk);
-              return;
-            }
-            parts.push(chunk);
-            size += chunk.length;
-            // An error body is only summarized: the rest is not worth reading.
-            if (kind === 'refused' && size >= MAX_ERROR_BODY) {
+        onRequestSent: markSent,
+        onResponseStart(c, statusCode, responseHeaders) {
+          status = statusCode;
+          retryAfter = retryAfterSeconds(responseHeaders['retry-after']);
+          if (statusCode >= 400) {
+            kind = 'refused';
+          } else if (String(responseHeaders['content-type'] ?? '').includes('application/json')) {
+            kind = 'json';
+          } else {
+            kind = 'sse';
+            stream = new UpstreamBody(c);
+            resolve(new StreamSource(stream));
+          }
+        },
+        onResponseData(c, chunk) {
+          if (kind === 'sse') {
+            (stream as UpstreamBody).push(chunk);
+            return;
+          }
+          parts.push(chunk);
+          size += chunk.length;
+          // An error body is only summarized: the rest is not worth reading.
+          if (kind === 'refused' && size >= MAX_ERROR_BODY) {
+            fail(refusal(status, readParts(parts, MAX_ERROR_BODY), retryAfter, requestHeaders.authorization));
+            parts = [];
+            c.abort(new Error('upstream error body read'));
+          } else if (kind === 'json' && size > MAX_COMPLETION_BYTES) {
+            fail(
+              new ProxyError(
+                'ERP_UPSTREAM_TOO_LARGE',
+                `upstream sent a completion larger than ${MAX_COMPLETION_BYTES} bytes`,
+              ),
+            );
+            parts = [];
+            c.abort(new Error('upstream completion too large'));
+          }
+        },
+        onResponseEnd() {
+          signal.removeEventListener('abort', onAbort);
+          if (kind === 'sse') {
+            (stream as UpstreamBody).finish();
+          } else if (kind === 'refused') {
+            fail(refusal(status, readParts(parts, MAX_ERROR_BODY), retryAfter, requestHeaders.authorization));
+          } else {
+            try {
+              resolve(new CompletionSource(JSON.parse(readParts(parts))));
+            } catch {
               fail(
-                refusal(status, readParts(parts, MAX_ERROR_BODY), retryAfter, requestHeaders.authorization),
+                new ProxyError('ERP_UPSTREAM_STREAM', 'upstream sent a JSON completion that does not parse'),
               );
-              parts = [];
-              c.abort(new Error('upstream error body read'));
-            } else if (kind === 'json' && size > MAX_COMPLETION_BYTES) {
-              fail(
-                new ProxyError(
-                  'ERP_UPSTREAM_TOO_LARGE',
-                  `upstream sent a completion larger than ${MAX_COMPLETION_BYTES} bytes`,
-                ),
-              );
-              parts = [];
-              c.abort(new Error('upstream completion too large'));
             }
-          },
-          onResponseEnd() {
+          }
+        },
+        onResponseError(_c, err) {
+          if (stream) {
             signal.removeEventListener('abort', onAbort);
-            if (kind === 'sse') {
-              (stream as UpstreamBody).finish();
-            } else if (kind === 'refused') {
-              fail(
-                refusal(status, readParts(parts, MAX_ERROR_BODY), retryAfter, requestHeaders.authorization),
-              );
-            } else {
-              try {
-                resolve(new CompletionSource(JSON.parse(readParts(parts))));
-              } catch {
-                fail(
-                  new ProxyError(
-                    'ERP_UPSTREAM_STREAM',
-                    'upstream sent a JSON completion that does not parse',
-                  ),
-                );
-              }
-            }
-          },
-          onResponseError(_c, err) {
-            if (stream) {
-              signal.removeEventListener('abort', onAbort);
-              stream.finish(err);
-            } else if (signal.aborted) {
-              fail(signal.reason);
-            } else {
-              fail(
-                new ProxyError('ERP_UPSTREAM_UNREACHABLE', `upstream ${origin} unreachable: ${err.message}`, {
-                  cause: err,
-                }),
-              );
-            }
-          },
+            stream.finish(err);
+          } else if (signal.aborted) {
+            fail(signal.reason);
+          } else {
+            fail(
+              new ProxyError('ERP_UPSTREAM_UNREACHABLE', `upstream ${origin} unreachable: ${err.message}`, {
+                cause: err,
+              }),
+            );
+          }
         },
-      );
-    });
+      },
+    );
     return { sent, response };
   }
 

@@ -202,6 +202,25 @@ describe('StreamAccumulator', () => {
   }
   const delta = (d: ChunkDelta): ChatChunk => ({ choices: [{ index: 0, delta: d }] });
 
+  it('keeps a long message whole, by chunk and by the fast lane, up to its cap', () => {
+    const words = Array.from({ length: 150 }, (_, i) => ` w${i}`);
+    const acc = new StreamAccumulator();
+    for (const [i, w] of words.entries()) {
+      if (i % 2 === 0) acc.push(delta({ content: w }));
+      else acc.pushContent(w);
+    }
+    expect(acc.snapshot().content).toBe(words.join(''));
+
+    // Past the cap, text is spoken but no longer kept: what was kept is the text up to it.
+    const capped = new StreamAccumulator({ maxChars: 100 });
+    const spoken = words.map((w) => capped.pushContent(w));
+    expect(spoken).toEqual(words);
+    const kept = capped.snapshot().content;
+    expect(kept.length).toBeLessThanOrEqual(100);
+    expect(words.join('').startsWith(kept)).toBe(true);
+    expect(kept.length).toBeGreaterThan(100 - 5);
+  });
+
   it('counts refusal text toward the message cap', () => {
     const acc = new StreamAccumulator({ maxChars: 1000 });
     acc.push(delta({ refusal: 'x'.repeat(600) }));
