@@ -706,8 +706,20 @@ describe('ToolSet controller', () => {
       });
     }
     const moved = Number(api.resourceVersion);
-    api.bookmark();
-    await sleep(100);
+    // Before the history is compacted, the watch must have taken in a bookmark at `moved`: a watch resumed
+    // after one asks from there. Until one does, the new watch gets a bookmark and is resumed again.
+    const resumedWatch = (from: number) =>
+      api.requests.slice(from).find((r) => r.resource === 'toolsets' && r.watch);
+    await expect
+      .poll(async () => {
+        const from = api.requests.length;
+        api.closeWatches();
+        await expect.poll(() => resumedWatch(from), POLL).toBeDefined();
+        const asked = Number(resumedWatch(from)?.resourceVersion);
+        if (asked < moved) api.bookmark();
+        return asked;
+      }, POLL)
+      .toBeGreaterThanOrEqual(moved);
     api.compact();
     const from = api.requests.length;
     api.closeWatches();
