@@ -235,17 +235,22 @@ export const EARPIECE_NODE_FLAGS = (process.env.EARPIECE_BENCH_NODE_FLAGS ?? '--
   .split(' ')
   .filter(Boolean);
 
-/** `cli`: another build's dist/cmd/earpiece.js (ab.ts); this build's by default. */
+/**
+ * `cli`: another build's dist/cmd/earpiece.js (ab.ts); this build's by default. `extraFlags`: Node flags
+ * after the image's (heap.ts asks for heap snapshots).
+ */
 export async function startEarpiece(
   toolsetPath: string,
   upstreamUrl: string,
   cli = fileURLToPath(new URL('../cmd/earpiece.js', import.meta.url)),
+  extraFlags: readonly string[] = [],
 ): Promise<EarpieceProxy> {
   const child = spawn(
     process.execPath,
     [
       // The container image starts node with these flags (Dockerfile ENTRYPOINT): the bench measures the same.
       ...EARPIECE_NODE_FLAGS,
+      ...extraFlags,
       cli,
       'proxy',
       '--toolset',
@@ -296,10 +301,18 @@ export interface NodeHop {
   close(): Promise<void>;
 }
 
-export async function startNodeHop(upstreamUrl: string): Promise<NodeHop> {
+export async function startNodeHop(
+  upstreamUrl: string,
+  extraFlags: readonly string[] = [],
+): Promise<NodeHop> {
   const child = spawn(
     process.execPath,
-    [...EARPIECE_NODE_FLAGS, fileURLToPath(new URL('./node-hop.js', import.meta.url)), upstreamUrl],
+    [
+      ...EARPIECE_NODE_FLAGS,
+      ...extraFlags,
+      fileURLToPath(new URL('./node-hop.js', import.meta.url)),
+      upstreamUrl,
+    ],
     { stdio: ['ignore', 'pipe', 'inherit'] },
   );
   const url = await new Promise<string>((resolve, reject) => {
