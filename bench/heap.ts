@@ -10,6 +10,7 @@
 import { mkdtemp, readdir, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { parseArgs } from 'node:util';
 import { stream, target } from './load.js';
 import { startEarpiece, startNodeHop, startUpstreamChild } from './procs.js';
@@ -60,12 +61,12 @@ async function snapshot(pid: number, dir: string): Promise<HeapTally> {
   const before = new Set(await readdir(dir));
   process.kill(pid, 'SIGUSR2');
   for (let waited = 0; waited < 60_000; waited += 250) {
-    await new Promise((resolve) => setTimeout(resolve, 250));
+    await sleep(250);
     const file = (await readdir(dir)).find((f) => f.endsWith('.heapsnapshot') && !before.has(f));
     if (!file) continue;
     // Written in one go: done when its size holds still.
     const size = (await stat(join(dir, file))).size;
-    await new Promise((resolve) => setTimeout(resolve, 500));
+    await sleep(500);
     if ((await stat(join(dir, file))).size !== size || size === 0) continue;
     try {
       const result = tally(JSON.parse(await readFile(join(dir, file), 'utf8')) as HeapSnapshot);
@@ -96,7 +97,7 @@ async function measure(
     await Promise.all(Array.from({ length: WARMUP_STREAMS }, () => stream(to, STREAM_BODY)));
     const idle = await snapshot(proxy.pid, dir);
     const burst = Promise.all(Array.from({ length: streams }, () => stream(to, STREAM_BODY)));
-    await new Promise((resolve) => setTimeout(resolve, SNAPSHOT_AFTER_MS));
+    await sleep(SNAPSHOT_AFTER_MS);
     const busy = await snapshot(proxy.pid, dir);
     const outcomes = await burst;
     const failed = outcomes.filter((o) => !o.ok).length;
