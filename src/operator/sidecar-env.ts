@@ -120,14 +120,33 @@ export function chartEnvRecord(chartEnv: readonly V1EnvVar[]): string {
   return JSON.stringify({ hash, names });
 }
 
-/** The chart env's names, in order, and a hash of their definitions. */
-function chartEnvDigest(chartEnv: readonly V1EnvVar[]): { hash: string; names: string[] } {
-  const env = effectiveEnv(chartEnv).sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
-  const hash = createHash('sha256')
-    .update(JSON.stringify(env.map((e) => [e.name, definition(e)])))
-    .digest('base64url')
-    .slice(0, 22);
-  return { hash, names: env.map((e) => e.name) };
+interface ChartEnvDigest {
+  /** The variables in effect, in the chart's order. */
+  env: V1EnvVar[];
+  /** Their names, sorted, and a hash of their definitions. */
+  names: string[];
+  hash: string;
+}
+
+/**
+ * Digests by list: the operator's configuration holds one list for its life, and a reconcile compares
+ * every pod of a namespace against it, so it is hashed once rather than once per pod.
+ */
+const DIGESTS = new WeakMap<readonly V1EnvVar[], ChartEnvDigest>();
+
+function chartEnvDigest(chartEnv: readonly V1EnvVar[]): ChartEnvDigest {
+  let digest = DIGESTS.get(chartEnv);
+  if (digest === undefined) {
+    const env = effectiveEnv(chartEnv);
+    const sorted = [...env].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+    const hash = createHash('sha256')
+      .update(JSON.stringify(sorted.map((e) => [e.name, definition(e)])))
+      .digest('base64url')
+      .slice(0, 22);
+    digest = { env, names: sorted.map((e) => e.name), hash };
+    DIGESTS.set(chartEnv, digest);
+  }
+  return digest;
 }
 
 /** The record of an annotation, or undefined when it is none (absent, or edited into something else). */
@@ -157,12 +176,13 @@ export function staleChartEnv(
   sidecarEnv: readonly V1EnvVar[],
   chartEnv: readonly V1EnvVar[],
 ): { names: string[]; ours: string[] } | undefined {
-  const defined = new Map(sidecarEnv.map((e) => [e.name, definition(e)]));
-  const chart = effectiveEnv(chartEnv);
-  const differing = chart.filter((e) => defined.get(e.name) !== definition(e)).map((e) => e.name);
+  const digest = chartEnvDigest(chartEnv);
   const recorded = readRecord(annotation);
+  if (recorded?.hash === digest.hash) return undefined;
+  const defined = new Map(sidecarEnv.map((e) => [e.name, definition(e)]));
+  const chart = digest.env;
+  const differing = chart.filter((e) => defined.get(e.name) !== definition(e)).map((e) => e.name);
   if (!recorded) return differing.length > 0 ? { names: differing, ours: [] } : undefined;
-  if (recorded.hash === chartEnvDigest(chartEnv).hash) return undefined;
   const given = new Set(chart.map((e) => e.name));
   const dropped = recorded.names.filter((n) => !given.has(n) && defined.has(n));
   // The chart changed, but not in anything this pod has or lacks: it is as a new injection would make it.
