@@ -516,10 +516,21 @@ describe('every option on', () => {
   it('monitors the operator and every injected sidecar, with the alert rules', () => {
     const serviceMonitor = find(objects, 'ServiceMonitor') as unknown as {
       metadata: K8sObject['metadata'];
-      spec: { selector: { matchLabels: Record<string, string> }; endpoints: { port: string }[] };
+      spec: {
+        selector: { matchLabels: Record<string, string> };
+        endpoints: { port: string; relabelings: { targetLabel: string; replacement: string }[] }[];
+      };
     };
     expect(serviceMonitor.metadata.labels).toMatchObject({ release: 'kube-prometheus-stack' });
     expect(serviceMonitor.spec.endpoints[0]!.port).toBe('metrics');
+    // EarpieceOperatorDown finds the operator's scrape targets by this label on `up`.
+    expect(serviceMonitor.spec.endpoints[0]!.relabelings).toContainEqual({
+      targetLabel: 'earpiece_component',
+      replacement: 'operator',
+    });
+    expect(readFileSync('charts/earpiece/rules/earpiece.rules.yaml', 'utf8')).toContain(
+      'up{earpiece_component="operator"}',
+    );
     const service = find(objects, 'Service', FULLNAME) as unknown as {
       metadata: { labels: Record<string, string> };
     };

@@ -42,7 +42,7 @@ const descriptions = new Map<string, (labels: Record<string, string>) => string>
   [
     'EarpieceOperatorDown',
     (l) =>
-      `For 5 minutes ${l.namespace ? `no replica of the earpiece operator in namespace ${l.namespace} held the leader Lease` : 'no earpiece operator replica was scraped'}. Pods created meanwhile start without the earpiece sidecar (webhook failurePolicy Ignore) or are refused (Fail), and ToolSet changes are not applied.`,
+      `For 5 minutes ${l.namespace ? `no replica of the earpiece operator in namespace ${l.namespace} held the leader Lease (or none answered its scrapes)` : 'no earpiece operator replica was scraped'}. Pods created meanwhile start without the earpiece sidecar (webhook failurePolicy Ignore) or are refused (Fail), and ToolSet changes are not applied.`,
   ],
   [
     'EarpieceSidecarNotRunning',
@@ -178,6 +178,9 @@ describe('alert rules', () => {
     const vllmRequests = 'vllm:request_success_total{namespace="ai",model_name="m",finished_reason="stop"}';
     const leader = (pod: string, namespace = 'earpiece-system') =>
       `earpiece_leader{namespace="${namespace}",pod="${pod}"}`;
+    // `up` as the chart's ServiceMonitor labels it.
+    const operatorUp = (pod: string, namespace = 'earpiece-system') =>
+      `up{earpiece_component="operator",job="earpiece",namespace="${namespace}",pod="${pod}"}`;
     const problem = (reason: string) =>
       `earpiece_sidecar_problem_pods{namespace="${ns}",reason="${reason}",pod="earpiece-0"}`;
     const reloadFailures = (toolset: string, pod: string) =>
@@ -342,6 +345,52 @@ describe('alert rules', () => {
             summary: 'No earpiece operator is leading in earpiece-canary',
           },
         ],
+      },
+      {
+        // A second release none of whose replicas answers its scrapes (crash-looping), while the first leads:
+        // its leader series are gone, its targets' `up` is 0.
+        series: {
+          [leader('earpiece-0')]: '0x20',
+          [leader('earpiece-1')]: '1x20',
+          [operatorUp('earpiece-0')]: '1x20',
+          [operatorUp('earpiece-1')]: '1x20',
+          [operatorUp('earpiece-canary-0', 'earpiece-canary')]: '0x20',
+          [operatorUp('earpiece-canary-1', 'earpiece-canary')]: '0x20',
+        },
+        alert: 'EarpieceOperatorDown',
+        at: '10m',
+        expected: [
+          {
+            labels: { severity: 'critical', namespace: 'earpiece-canary' },
+            summary: 'No earpiece operator is leading in earpiece-canary',
+          },
+        ],
+      },
+      {
+        // The only release's replicas are all down: named once, by its namespace.
+        series: {
+          [operatorUp('earpiece-0')]: '0x20',
+          [operatorUp('earpiece-1')]: '0x20',
+        },
+        alert: 'EarpieceOperatorDown',
+        at: '10m',
+        expected: [
+          {
+            labels: { severity: 'critical', namespace: 'earpiece-system' },
+            summary: 'No earpiece operator is leading in earpiece-system',
+          },
+        ],
+      },
+      {
+        // One replica of two down, the other leading: nothing to say.
+        series: {
+          [leader('earpiece-1')]: '1x20',
+          [operatorUp('earpiece-0')]: '0x20',
+          [operatorUp('earpiece-1')]: '1x20',
+        },
+        alert: 'EarpieceOperatorDown',
+        at: '10m',
+        expected: [],
       },
       {
         // Not scraped at all.
