@@ -63,7 +63,7 @@ export type ArgumentCompiler = (
 export function createArgumentCompiler(): ArgumentCompiler {
   let ajv: Ajv | undefined;
   return (parameters, onUnusable) => {
-    ajv ??= createAjv({ allErrors: false });
+    ajv ??= createAjv({ allErrors: false, lean: true });
     // $schema and $id name a draft or register a global id; neither matters for one tool's arguments.
     const { $schema: _schema, $id: _id, ...schema } = parameters;
     const quadratic = quadraticUniqueItems(schema);

