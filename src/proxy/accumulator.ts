@@ -35,6 +35,8 @@ export interface AccumulatedToolCall {
   name: string;
   /** The concatenated argument text, byte for byte; parsing it is the caller's job. */
   arguments: string;
+  /** Google's `extra_content` (Gemini's thought signature), sent back with the call as it came. */
+  extraContent?: Record<string, unknown>;
 }
 
 export interface AssistantSnapshot {
@@ -42,6 +44,11 @@ export interface AssistantSnapshot {
   model: string | undefined;
   content: string;
   reasoning: string;
+  /**
+   * OpenRouter's `reasoning_details`, fragments merged: sent back with the message's calls, unchanged, as
+   * reasoning models behind it require (Gemini 3 refuses a tool result whose call lost its signature).
+   */
+  reasoningDetails: Record<string, unknown>[];
   refusal: string;
   /** Sorted by index; only calls that got a name. Non-empty means a tool turn, whatever finishReason says. */
   toolCalls: AccumulatedToolCall[];
@@ -83,8 +90,12 @@ interface CallState {
   id: string | undefined;
   name: string | undefined;
   arguments: string;
+  extraContent?: Record<string, unknown>;
   ready: boolean;
 }
+
+/** The fields of a reasoning_details entry that stream in pieces; the others are replaced by the latest. */
+const STREAMED_DETAIL_FIELDS = new Set(['text', 'summary', 'data']);
 
 /** Deltas kept apart before the message's text is joined into one string (StreamAccumulator). */
 const CONTENT_PIECES = 32;
@@ -100,10 +111,15 @@ export class StreamAccumulator {
   #content: string[] = [];
   #contentLength = 0;
   #reasoning = '';
+  readonly #details: Record<string, unknown>[] = [];
+  /** The entries of #details by `type:index`, which the fragments of one entry share. */
+  readonly #detailAt = new Map<string, Record<string, unknown>>();
   #refusal = '';
   #finishReason: string | null = null;
   #usage: Usage | undefined;
   readonly #calls = new Map<number, CallState>();
+  /** Upstream indexes that now name a later call (see #indexOf). */
+  readonly #movedIndex = new Map<number, number>();
   /** The call the last index-less fragment belongs to. */
   #lastIndex: number | undefined;
   #highestIndex = -1;
@@ -197,13 +213,14 @@ export class StreamAccumulator {
     for (const call of [...this.#calls.values()].sort((a, b) => a.index - b.index)) {
       if (call.name === undefined) continue;
       call.id ??= generateCallId();
-      toolCalls.push({ index: call.index, id: call.id, name: call.name, arguments: call.arguments });
+      toolCalls.push(accumulated(call, call.id, call.name));
     }
     return {
       id: this.#id,
       model: this.#model,
       content: this.#content.join(''),
       reasoning: this.#reasoning,
+      reasoningDetails: this.#details,
       refusal: this.#refusal,
       toolCalls,
       finishReason: this.#finishReason,
@@ -222,6 +239,9 @@ export class StreamAccumulator {
     if (nonEmpty(delta.content)) {
       const text = this.pushContent(delta.content);
       if (text !== '') events.push({ type: 'content', text });
+    }
+    if (Array.isArray(delta.reasoning_details)) {
+      for (const detail of delta.reasoning_details) if (isObject(detail)) this.#applyDetail(detail);
     }
     if (nonEmpty(delta.refusal)) {
       this.#count(delta.refusal.length);
@@ -247,10 +267,7 @@ export class StreamAccumulator {
           if (earlier.index >= index || earlier.ready || earlier.name === undefined) continue;
           earlier.ready = true;
           earlier.id ??= generateCallId();
-          events.push({
-            type: 'tool_call_ready',
-            call: { index: earlier.index, id: earlier.id, name: earlier.name, arguments: earlier.arguments },
-          });
+          events.push({ type: 'tool_call_ready', call: accumulated(earlier, earlier.id, earlier.name) });
         }
       }
     }
@@ -271,6 +288,35 @@ export class StreamAccumulator {
     else if (isObject(args)) {
       call.arguments = JSON.stringify(args);
       this.#count(call.arguments.length);
+    }
+    if (isObject(entry.extra_content)) {
+      call.extraContent = entry.extra_content;
+      this.#count(JSON.stringify(entry.extra_content).length);
+    }
+  }
+
+  /**
+   * One reasoning_details fragment: an entry whose type and index were seen before continues it (its text,
+   * summary or data appended, its other fields, such as a signature, taken as they come); any other is a
+   * new entry. Entries keep the order they began in, as the upstream requires them back.
+   */
+  #applyDetail(fragment: Record<string, unknown>): void {
+    this.#count(JSON.stringify(fragment).length);
+    const key = Number.isInteger(fragment.index) ? `${String(fragment.type)}:${fragment.index}` : undefined;
+    const held = key === undefined ? undefined : this.#detailAt.get(key);
+    if (!held) {
+      const entry = { ...fragment };
+      this.#details.push(entry);
+      if (key !== undefined) this.#detailAt.set(key, entry);
+      return;
+    }
+    for (const [field, value] of Object.entries(fragment)) {
+      if (value === null || value === undefined) continue;
+      const before = held[field];
+      held[field] =
+        STREAMED_DETAIL_FIELDS.has(field) && typeof value === 'string' && typeof before === 'string'
+          ? before + value
+          : value;
     }
   }
 
@@ -308,7 +354,15 @@ export class StreamAccumulator {
   #indexOf(entry: ToolCallDelta, fn: { name?: string | null } | undefined): number | undefined {
     if (entry.index !== undefined && entry.index !== null) {
       const { index } = entry;
-      return Number.isInteger(index) && index >= 0 && index < MAX_TOOL_CALL_INDEX ? index : undefined;
+      if (!Number.isInteger(index) || index < 0 || index >= MAX_TOOL_CALL_INDEX) return undefined;
+      const own = this.#movedIndex.get(index) ?? index;
+      const held = this.#calls.get(own)?.id;
+      // Gemini's OpenAI-compatible stream (and bridges like it) sends every parallel call at index 0, each
+      // with its own id: another id at a taken index is the next call, and that index now names it.
+      if (!nonEmpty(entry.id) || held === undefined || entry.id === held) return own;
+      const next = this.#nextIndex();
+      if (next !== undefined) this.#movedIndex.set(index, next);
+      return next;
     }
     if (nonEmpty(entry.id)) {
       for (const call of this.#calls.values()) if (call.id === entry.id) return call.index;
@@ -342,6 +396,12 @@ function appendArguments(current: string, fragment: string): string {
   )
     return fragment;
   return current + fragment;
+}
+
+function accumulated(call: CallState, id: string, name: string): AccumulatedToolCall {
+  const out: AccumulatedToolCall = { index: call.index, id, name, arguments: call.arguments };
+  if (call.extraContent) out.extraContent = call.extraContent;
+  return out;
 }
 
 const ALNUM = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789';

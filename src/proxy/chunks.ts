@@ -17,6 +17,8 @@ export interface ToolCallDelta {
   id?: string | null;
   type?: string | null;
   function?: { name?: string | null; arguments?: string | null } | null;
+  /** Google's OpenAI-compatible API: the call's thought signature (`{google: {thought_signature}}`). */
+  extra_content?: unknown;
 }
 
 export interface ChunkDelta {
@@ -25,6 +27,8 @@ export interface ChunkDelta {
   reasoning_content?: string | null;
   reasoning?: string | null;
   refusal?: string | null;
+  /** OpenRouter's structured reasoning, streamed as fragments keyed by type and index. */
+  reasoning_details?: unknown;
   tool_calls?: ToolCallDelta[] | null;
 }
 

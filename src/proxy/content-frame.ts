@@ -81,6 +81,12 @@ function onlyContent(chunk: ChatChunk): string | undefined {
     return undefined;
   if (delta.tool_calls != null && (!Array.isArray(delta.tool_calls) || delta.tool_calls.length > 0))
     return undefined;
+  // Text beside reasoning_details must reach the accumulator whole, or the details would go unseen.
+  if (
+    delta.reasoning_details != null &&
+    (!Array.isArray(delta.reasoning_details) || delta.reasoning_details.length > 0)
+  )
+    return undefined;
   return delta.content;
 }
 

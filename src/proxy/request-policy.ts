@@ -124,6 +124,7 @@ export class RequestPolicy {
     let offerNow = offer.length > 0 && upstreamState.toolsAccepted;
     for (;;) {
       const sentKwargs = this.#sendsKwargs || this.#passthrough.chat_template_kwargs !== undefined;
+      const sentStreamOptions = !upstreamState.streamOptionsRejected;
       const body = this.#body(offerNow ? offer : undefined);
       const chat = startChatSpan(this.#parts.span, {
         model: this.#model,
@@ -183,6 +184,14 @@ export class RequestPolicy {
           delete this.#passthrough.chat_template_kwargs;
           continue;
         }
+        if (err.refusal === 'stream_options_rejected' && sentStreamOptions) {
+          logger.warn(
+            { upstream: upstream.origin },
+            'Upstream refused stream_options; no longer sending them (token usage goes unreported).',
+          );
+          upstreamState.streamOptionsRejected = true;
+          continue;
+        }
         if (err.refusal === 'context_length' && this.#shorten()) continue;
         throw err;
       }
@@ -191,7 +200,7 @@ export class RequestPolicy {
 
   /** After a round: the assistant message with the calls as they ran, and one tool message per result. */
   addRound(
-    message: { content: string; callsFromText: boolean },
+    message: { content: string; callsFromText: boolean; reasoningDetails?: Record<string, unknown>[] },
     calls: AccumulatedToolCall[],
     results: ToolOutcome[],
   ): void {
@@ -204,8 +213,11 @@ export class RequestPolicy {
         type: 'function',
         // Templates parse arguments; broken JSON goes back as {} and the tool result says what was wrong.
         function: { name: c.name, arguments: isJson(c.arguments) ? c.arguments : '{}' },
+        ...(c.extraContent ? { extra_content: c.extraContent } : {}),
       })),
     };
+    // Reasoning models behind OpenRouter want their reasoning back with the calls it led to, unchanged.
+    if (message.reasoningDetails?.length) assistant.reasoning_details = message.reasoningDetails;
     const toolMessages: ChatMessage[] = results.map((r) => ({
       role: 'tool',
       tool_call_id: r.call.id,
@@ -235,11 +247,8 @@ export class RequestPolicy {
    */
   #body(tools: ToolDefinition[] | undefined): string {
     const request = this.#parts.body;
-    const head: Record<string, unknown> = {
-      ...this.#passthrough,
-      stream: true,
-      stream_options: { include_usage: true },
-    };
+    const head: Record<string, unknown> = { ...this.#passthrough, stream: true };
+    if (!this.#parts.upstreamState.streamOptionsRejected) head.stream_options = { include_usage: true };
     if (tools) {
       if (request.tool_choice !== undefined) head.tool_choice = request.tool_choice;
       if (request.parallel_tool_calls !== undefined) head.parallel_tool_calls = request.parallel_tool_calls;

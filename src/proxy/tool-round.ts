@@ -132,7 +132,13 @@ export class ToolRound {
   }
 
   #add(call: AccumulatedToolCall): void {
-    if (this.#entries.has(call.index)) return;
+    const started = this.#entries.get(call.index);
+    if (started) {
+      // Started early: it ran with the arguments it had, but a signature that came later goes back with it.
+      if (call.extraContent && !started.call.extraContent)
+        started.call = { ...started.call, extraContent: call.extraContent };
+      return;
+    }
     this.#entries.set(call.index, { call });
     this.#names[call.index] = call.name;
     this.#order.push(call.index);

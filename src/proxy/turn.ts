@@ -127,15 +127,17 @@ export async function runTurn(request: TurnRequest, sink: TurnSink, deps: TurnDe
       if (!round || calls.length === 0) {
         if (final) outcome = 'max_iterations';
         stillWorking.stop();
-        // Nothing to speak after a tool round, from calls that will not run, from a refusal, or from a
-        // model that ran out of tokens before its answer: the user must still hear one, and the turn counts
+        // Nothing to speak after a tool round, from calls that will not run, from a refusal, from a model
+        // that ran out of tokens before its answer, or from one whose answer a content filter held back
+        // (OpenAI, Azure, OpenRouter for Gemini's safety stop): the user must still hear one, and the turn counts
         // as failed. A first answer with nothing to say (reasoning or not) is the model's choice, to
         // Unmute's silence marker say, and stays silent.
         const triedToAnswer =
           iterations > 1 ||
           message.calls.length > 0 ||
           message.refusal !== '' ||
-          message.finishReason === 'length';
+          message.finishReason === 'length' ||
+          message.finishReason === 'content_filter';
         if (!speaker.answered && triedToAnswer) {
           if (outcome === 'ok') outcome = 'error';
           deps.logger.warn(

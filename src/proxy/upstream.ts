@@ -20,6 +20,8 @@ export class UpstreamState {
   #toolsUnsupportedUntil = 0;
   #warned = false;
   kwargsRejected = false;
+  /** The server refused `stream_options` (Mistral, Azure AI serverless): sent no more, usage goes unreported. */
+  streamOptionsRejected = false;
   constructor(private readonly now: () => number = Date.now) {}
 
   /** True only the first time: the refusal is logged once, with the flags to add. */
@@ -39,15 +41,24 @@ export class UpstreamState {
   }
 }
 
-export type UpstreamRefusal = 'context_length' | 'tools_unsupported' | 'kwargs_rejected' | 'other';
+export type UpstreamRefusal =
+  | 'context_length'
+  | 'tools_unsupported'
+  | 'kwargs_rejected'
+  | 'stream_options_rejected'
+  | 'other';
 
 const CONTEXT_LENGTH =
   /context[ _-]?length|maximum model length|maximum context|context size|context window|too many tokens|prompt is too long|exceeds? the (?:available )?context/i;
 // OpenRouter answers 404 "No endpoints found that support tool use" (or "… the provided 'tool_choice' value")
-// when no provider of the model takes tools.
+// when no provider of the model takes tools; OpenAI "Unsupported parameter: 'tools' is not supported with
+// this model" (older: "Unrecognized request argument supplied: tools"); Mistral "Function calling is not
+// enabled for this model".
 const TOOLS_UNSUPPORTED =
-  /enable-auto-tool-choice|tool[ _-]?call[ _-]?parser|does not support tools|tools? (?:are|is) not supported|cannot use tools|tool_choice.*not supported|no endpoints found that support (?:tool use|the provided .?tool_choice)/i;
+  /enable-auto-tool-choice|tool[ _-]?call[ _-]?parser|does not support (?:tools|tool use|tool calling|function calling)|\btools?\W{0,2} (?:are|is) not supported|cannot use tools|tool_choice.*not supported|no endpoints found that support (?:tool use|the provided .?tool_choice)|argument supplied: tools|function calling is not (?:enabled|supported)/i;
 const KWARGS_REJECTED = /chat_template_kwargs|enable_thinking/i;
+// Mistral: 422 "extra_forbidden … stream_options"; Azure AI serverless: "Extra parameters ['stream_options'] are not allowed".
+const STREAM_OPTIONS_REJECTED = /stream_options/i;
 
 /** What an upstream 4xx means for the turn loop. */
 export function classifyRefusal(status: number, body: string): UpstreamRefusal {
@@ -55,6 +66,7 @@ export function classifyRefusal(status: number, body: string): UpstreamRefusal {
   if (CONTEXT_LENGTH.test(body)) return 'context_length';
   if (TOOLS_UNSUPPORTED.test(body)) return 'tools_unsupported';
   if (KWARGS_REJECTED.test(body)) return 'kwargs_rejected';
+  if (STREAM_OPTIONS_REJECTED.test(body)) return 'stream_options_rejected';
   return 'other';
 }
 

@@ -343,6 +343,97 @@ describe('StreamAccumulator', () => {
     expect(accumulator.snapshot().toolCalls.map((c) => c.arguments)).toEqual(['{"a": 1}', '{"b": 2}']);
   });
 
+  it("takes another id at a taken index for the next call (Gemini's parallel calls, each at index 0)", () => {
+    const { events, accumulator } = run([
+      calls({
+        index: 0,
+        id: 'call_a',
+        type: 'function',
+        function: { name: 'get_weather', arguments: '{"city":"Paris"}' },
+        extra_content: { google: { thought_signature: 'sigA' } },
+      }),
+      calls({ index: 0, id: 'call_b', type: 'function', function: { name: 'get_time', arguments: '{' } }),
+      // A fragment without an id continues the call its index names now.
+      calls(args(0, '"tz":"CET"}')),
+      calls({ index: 0, id: 'call_c', type: 'function', function: { name: 'get_weather', arguments: '{}' } }),
+    ]);
+    expect(accumulator.snapshot().toolCalls).toEqual([
+      {
+        index: 0,
+        id: 'call_a',
+        name: 'get_weather',
+        arguments: '{"city":"Paris"}',
+        extraContent: { google: { thought_signature: 'sigA' } },
+      },
+      { index: 1, id: 'call_b', name: 'get_time', arguments: '{"tz":"CET"}' },
+      { index: 2, id: 'call_c', name: 'get_weather', arguments: '{}' },
+    ]);
+    // Each call is complete, and may start, once the next one begins.
+    const ready = events.flatMap((e) =>
+      e.type === 'tool_call_ready' ? [[e.call.id, e.call.arguments]] : [],
+    );
+    expect(ready).toEqual([
+      ['call_a', '{"city":"Paris"}'],
+      ['call_b', '{"tz":"CET"}'],
+    ]);
+  });
+
+  it("merges OpenRouter's reasoning_details fragments by type and index, in the order they began", () => {
+    const detail = (d: Record<string, unknown>) => chunk({ reasoning_details: [d] });
+    const { accumulator } = run([
+      detail({ type: 'reasoning.text', text: 'Checking', format: 'google-gemini-v1', index: 0 }),
+      detail({ type: 'reasoning.text', text: ' the weather.', format: 'google-gemini-v1', index: 0 }),
+      chunk({
+        tool_calls: [{ index: 0, id: 'tool_1', function: { name: 'get_weather', arguments: '{}' } }],
+        reasoning_details: [
+          { type: 'reasoning.encrypted', data: 'c2ln', id: 'tool_1', format: 'google-gemini-v1', index: 1 },
+        ],
+      }),
+      detail({ type: 'reasoning.text', text: '', signature: 'sig0', index: 0 }),
+      // No index: an entry of its own.
+      detail({ type: 'reasoning.summary', summary: 'Weather.' }),
+    ]);
+    expect(accumulator.snapshot().reasoningDetails).toEqual([
+      {
+        type: 'reasoning.text',
+        text: 'Checking the weather.',
+        format: 'google-gemini-v1',
+        index: 0,
+        signature: 'sig0',
+      },
+      { type: 'reasoning.encrypted', data: 'c2ln', id: 'tool_1', format: 'google-gemini-v1', index: 1 },
+      { type: 'reasoning.summary', summary: 'Weather.' },
+    ]);
+  });
+
+  it('counts reasoning_details and extra_content toward the message cap', () => {
+    const small = new StreamAccumulator({ maxChars: 1000 });
+    const big = 'x'.repeat(600);
+    small.push(delta({ reasoning_details: [{ type: 'reasoning.encrypted', data: big, index: 0 }] }));
+    expect(
+      thrown(() =>
+        small.push(delta({ reasoning_details: [{ type: 'reasoning.encrypted', data: big, index: 0 }] })),
+      ),
+    ).toMatchObject({ code: 'ERP_UPSTREAM_TOO_LARGE' });
+    const signed = new StreamAccumulator({ maxChars: 1000 });
+    expect(
+      thrown(() =>
+        signed.push(
+          delta({
+            tool_calls: [
+              {
+                index: 0,
+                id: 'a',
+                function: { name: 'f' },
+                extra_content: { google: { thought_signature: 'y'.repeat(1200) } },
+              },
+            ],
+          }),
+        ),
+      ),
+    ).toMatchObject({ code: 'ERP_UPSTREAM_TOO_LARGE' });
+  });
+
   it('emits content in order, before and between calls', () => {
     const { events, accumulator } = run([
       chunk({ role: 'assistant', content: '' }),

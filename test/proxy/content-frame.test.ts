@@ -188,6 +188,7 @@ describe('ContentFrame.of', () => {
   it('makes a frame of a chunk that says only its text', () => {
     expect(frameOf({ content: 'Hi' })).toBeInstanceOf(ContentFrame);
     expect(frameOf({ content: 'Hi', reasoning_content: null, tool_calls: [] })).toBeInstanceOf(ContentFrame);
+    expect(frameOf({ content: 'Hi', reasoning_details: [] })).toBeInstanceOf(ContentFrame);
   });
 
   it.each([
@@ -196,6 +197,11 @@ describe('ContentFrame.of', () => {
     ['a call', { content: 'Hi', tool_calls: [{ index: 0, function: { name: 'f' } }] }, {}],
     ['reasoning', { content: 'Hi', reasoning_content: 'hmm' }, {}],
     ['a refusal', { content: 'Hi', refusal: 'no' }, {}],
+    [
+      "OpenRouter's reasoning_details",
+      { content: 'Hi', reasoning_details: [{ type: 'reasoning.text', text: 'hmm', index: 0 }] },
+      {},
+    ],
     ['a second "content" (logprobs)', { content: 'Hi' }, { logprobs: { content: [{ token: 'Hi' }] } }],
     ['another choice', { content: 'Hi' }, { index: 1 }],
   ])('makes none of a chunk with %s', (_, delta, extra) => {

@@ -60,6 +60,104 @@ describe('OpenRouter', () => {
     );
   });
 
+  it("Gemini 3's reasoning_details (its thought signature) go back with the call they led to, merged and unchanged", async () => {
+    const head =
+      '"id":"gen-1","object":"chat.completion.chunk","created":1,"model":"google/gemini-3-pro-preview","provider":"Google AI Studio"';
+    const event = (delta: object, finish: string | null = null) =>
+      `data: {${head},"choices":[{"index":0,"delta":${JSON.stringify(delta)},"finish_reason":${JSON.stringify(finish)},"native_finish_reason":${JSON.stringify(finish && 'STOP')},"logprobs":null}]}\n\n`;
+    const text = (t: string) => ({ type: 'reasoning.text', text: t, format: 'google-gemini-v1', index: 0 });
+    const signature = {
+      type: 'reasoning.encrypted',
+      data: 'CiQBjz1rX2sig',
+      id: 'tool_get_weather_x1',
+      format: 'google-gemini-v1',
+      index: 1,
+    };
+    const { harness, upstream } = await setup(
+      (_req, i) =>
+        i === 0
+          ? {
+              sse: [
+                ': OPENROUTER PROCESSING\n\n',
+                event({
+                  role: 'assistant',
+                  content: '',
+                  reasoning: 'Checking',
+                  reasoning_details: [text('Checking')],
+                }),
+                event({ content: '', reasoning: ' Paris.', reasoning_details: [text(' Paris.')] }),
+                event({
+                  content: '',
+                  tool_calls: [
+                    {
+                      index: 0,
+                      id: 'tool_get_weather_x1',
+                      type: 'function',
+                      function: { name: 'get_weather', arguments: '{"city":"Paris"}' },
+                    },
+                  ],
+                  reasoning_details: [signature],
+                }),
+                event({ content: '' }, 'tool_calls'),
+                'data: [DONE]\n\n',
+              ],
+            }
+          : { sse: replay('openrouter-reasoning-then-content') },
+      spec(),
+    );
+    const { text: spoken } = await unmuteTurn(harness.client, [
+      SYSTEM,
+      { role: 'user', content: 'What is the weather in Paris?' },
+    ]);
+    expect(spoken).toBe('One moment. The capital of France is Paris.');
+    const sentBack = (upstream.requests[1]!.body.messages as Record<string, unknown>[]).find(
+      (m) => m.role === 'assistant',
+    );
+    expect(sentBack).toMatchObject({
+      tool_calls: [
+        { id: 'tool_get_weather_x1', function: { name: 'get_weather', arguments: '{"city":"Paris"}' } },
+      ],
+      reasoning_details: [{ ...text('Checking Paris.') }, signature],
+    });
+  });
+
+  it("Google's OpenAI-compatible stream: parallel calls all at index 0 run apart, each call's extra_content goes back with it", async () => {
+    const call = (id: string, city: string, extra?: object) =>
+      `data: {"choices":[{"delta":{"role":"assistant","tool_calls":[{${extra ? `"extra_content":${JSON.stringify(extra)},` : ''}"function":{"arguments":"{\\"city\\":\\"${city}\\"}","name":"get_weather"},"id":"${id}","type":"function","index":0}]},"index":0}],"created":1,"id":"x","model":"gemini-3-flash","object":"chat.completion.chunk"}\n\n`;
+    const signed = { google: { thought_signature: 'EjQKMgG' } };
+    const { harness, upstream } = await setup(
+      (_req, i) =>
+        i === 0
+          ? {
+              sse: [
+                call('call_paris', 'Paris', signed),
+                call('call_rome', 'Rome'),
+                'data: {"choices":[{"delta":{"role":"assistant"},"finish_reason":"tool_calls","index":0}],"created":1,"id":"x","model":"gemini-3-flash","object":"chat.completion.chunk"}\n\n',
+                'data: [DONE]\n\n',
+              ],
+            }
+          : { sse: replay('openrouter-reasoning-then-content') },
+      spec(),
+    );
+    await unmuteTurn(harness.client, [SYSTEM, { role: 'user', content: 'Weather in Paris and Rome?' }]);
+    expect(toolResults(upstream.requests[1] as never)).toEqual([
+      '{"city":"Paris","temperature":21}',
+      '{"city":"Rome","temperature":21}',
+    ]);
+    const sentBack = (upstream.requests[1]!.body.messages as Record<string, unknown>[]).find(
+      (m) => m.role === 'assistant',
+    ) as { tool_calls: Record<string, unknown>[] };
+    expect(sentBack.tool_calls).toEqual([
+      {
+        id: 'call_paris',
+        type: 'function',
+        function: { name: 'get_weather', arguments: '{"city":"Paris"}' },
+        extra_content: signed,
+      },
+      { id: 'call_rome', type: 'function', function: { name: 'get_weather', arguments: '{"city":"Rome"}' } },
+    ]);
+  });
+
   it('a mid-stream error object ends the turn with the error line, never an error event', async () => {
     const { harness } = await setup(() => ({ sse: replay('openrouter-midstream-error') }), spec());
     const { text, chunks } = await unmuteTurn(harness.client, [

@@ -45,6 +45,43 @@ describe('review regressions', () => {
     expect(await metric(harness, /^earpiece_turns_total\{toolset="test",outcome="error"\} (\d+)/m)).toBe(1);
   });
 
+  it('speaks the error message for a first answer a content filter held back (finish_reason content_filter, nothing said)', async () => {
+    const { harness } = await setup(
+      () => ({
+        sse: [
+          'data: {"choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}\n\n',
+          'data: {"choices":[{"index":0,"delta":{},"finish_reason":"content_filter"}]}\n\ndata: [DONE]\n\n',
+        ],
+      }),
+      { tools: [] },
+    );
+    const { text } = await unmuteTurn(harness.client, [SYSTEM, { role: 'user', content: 'Hi' }]);
+    expect(text).toBe("Sorry, I couldn't do that right now. ");
+    expect(await metric(harness, /^earpiece_turns_total\{toolset="test",outcome="error"\} (\d+)/m)).toBe(1);
+  });
+
+  it("resends without stream_options when the upstream refuses the field (Mistral's 422), and sends it no more", async () => {
+    const { upstream, harness } = await setup(
+      (req) =>
+        req.body.stream_options
+          ? errorReply(
+              422,
+              '{"object":"error","message":{"detail":[{"type":"extra_forbidden","loc":["body","stream_options"],"msg":"Extra inputs are not permitted"}]},"type":"invalid_request_message_error"}',
+            )
+          : { sse: textReply('Ok.') },
+      { tools: [] },
+    );
+    for (const question of ['Hi', 'Again']) {
+      const { text } = await unmuteTurn(harness.client, [SYSTEM, { role: 'user', content: question }]);
+      expect(text).toBe('Ok.');
+    }
+    expect(upstream.requests.map((r) => r.body.stream_options)).toEqual([
+      { include_usage: true },
+      undefined,
+      undefined,
+    ]);
+  });
+
   it('speaks the error message for a first answer that is only a refusal', async () => {
     const { harness } = await setup(
       () => ({

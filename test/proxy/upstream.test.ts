@@ -55,6 +55,39 @@ describe('classifyRefusal', () => {
       '{"error":{"message":"No endpoints found for nousresearch/hermes-3-llama-3.1-405b:free.","code":404}}',
       'other',
     ],
+    // OpenAI (current and older wording), Mistral, and a model behind a gateway that takes no tools
+    [
+      400,
+      '{"error":{"message":"Unsupported parameter: \'tools\' is not supported with this model.","type":"invalid_request_error","param":"tools","code":"unsupported_parameter"}}',
+      'tools_unsupported',
+    ],
+    [
+      400,
+      '{"error":{"message":"Unrecognized request argument supplied: tools","type":"invalid_request_error"}}',
+      'tools_unsupported',
+    ],
+    [
+      400,
+      '{"object":"error","message":"Function calling is not enabled for this model","type":"invalid_request_error"}',
+      'tools_unsupported',
+    ],
+    [400, '{"error":{"message":"This model does not support tool use."}}', 'tools_unsupported'],
+    [
+      400,
+      '{"error":{"message":"Unsupported parameter: \'temperature\' is not supported with this model.","type":"invalid_request_error","param":"temperature","code":"unsupported_parameter"}}',
+      'other',
+    ],
+    // Mistral and Azure AI serverless take no stream_options
+    [
+      422,
+      '{"object":"error","message":{"detail":[{"type":"extra_forbidden","loc":["body","stream_options"],"msg":"Extra inputs are not permitted","input":{"include_usage":true}}]},"type":"invalid_request_message_error"}',
+      'stream_options_rejected',
+    ],
+    [
+      400,
+      '{"error":{"code":"extra_parameters_not_allowed","message":"Extra parameters [\'stream_options\'] are not allowed when extra-parameters is not set or set to be \'error\'."}}',
+      'stream_options_rejected',
+    ],
     [400, '{"error":{"message":"model not found"}}', 'other'],
     [500, 'context length exceeded', 'other'],
   ])('HTTP %i %s → %s', (status, body, expected) => {
