@@ -14,11 +14,17 @@ export interface NamespacePodsOptions {
   make: (namespace: string) => Informer<V1Pod>;
   /** Namespaces the operator may watch (watchNamespaces) and the webhook is called for. */
   allowed: (namespace: string) => boolean;
+  /**
+   * A namespace labelled for injection that is not allowed: its pods get no sidecar from this operator and
+   * nothing here reports them. Called once for each, again only after it lost the label in between.
+   */
+  onRefused?: (namespace: string) => void;
 }
 
 export class NamespacePods implements PodSource {
   private readonly informers = new Map<string, Informer<V1Pod>>();
   private readonly handlers: (() => void)[] = [];
+  private refused = new Set<string>();
   private active = false;
 
   constructor(private readonly o: NamespacePodsOptions) {
@@ -52,12 +58,14 @@ export class NamespacePods implements PodSource {
 
   private sync(): void {
     if (!this.active) return;
-    const wanted = new Set(
-      this.o.namespaces
-        .list()
-        .map((n) => n.metadata?.name ?? '')
-        .filter((name) => name && this.o.allowed(name)),
-    );
+    const labelled = this.o.namespaces
+      .list()
+      .map((n) => n.metadata?.name ?? '')
+      .filter(Boolean);
+    const wanted = new Set(labelled.filter((name) => this.o.allowed(name)));
+    const refused = new Set(labelled.filter((name) => !wanted.has(name)));
+    for (const name of refused) if (!this.refused.has(name)) this.o.onRefused?.(name);
+    this.refused = refused;
     for (const [name, informer] of this.informers) {
       if (wanted.has(name)) continue;
       this.informers.delete(name);

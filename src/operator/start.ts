@@ -201,6 +201,15 @@ export class ControlPlane {
       allowed: (ns) =>
         (config.watchNamespaces.length === 0 || config.watchNamespaces.includes(ns)) &&
         !config.excludeNamespaces.includes(ns),
+      onRefused: (namespace) =>
+        logger.warn(
+          {
+            namespace,
+            watchNamespaces: config.watchNamespaces,
+            excludeNamespaces: config.excludeNamespaces,
+          },
+          'Namespace is labelled earpiece.dev/inject=true, but this release does not serve it (chart values watchNamespaces, excludeNamespaces): unless another release does, its pods get no sidecar and nothing reports them.',
+        ),
       make: (ns) =>
         new Informer<V1Pod>({
           ...informerOptions,
@@ -317,8 +326,17 @@ export class ControlPlane {
           uid: o.owner.uid,
         }
       : { apiVersion: 'v1', kind: 'Pod', name: o.pod, namespace: o.namespace };
-    if (o.outcome === 'injected') void this.events.record(subject, 'Normal', 'Injected', o.message);
-    else void this.events.record(subject, 'Warning', 'InjectionSkipped', o.message);
+    // A controller's pod shows its admission warnings to nobody (kube-controller-manager created it): they
+    // go on the workload, as a Warning, with what was injected.
+    if (o.outcome !== 'injected') void this.events.record(subject, 'Warning', 'InjectionSkipped', o.message);
+    else if (o.warnings.length === 0) void this.events.record(subject, 'Normal', 'Injected', o.message);
+    else
+      void this.events.record(
+        subject,
+        'Warning',
+        'InjectedWithWarnings',
+        `${o.message}; ${o.warnings.join('; ')}`,
+      );
   }
 
   /** Starts the informers and, once they have synced, campaigns (or leads at once without election). */

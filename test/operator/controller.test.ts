@@ -918,7 +918,10 @@ describe('earpiece operator', () => {
       await expect.poll(() => operator.plane.lookup(NS).config('assistant'), POLL).toBeDefined();
 
       const ca = webhookCa();
-      const backend = (labels: Record<string, string>) => ({
+      const backend = (
+        labels: Record<string, string>,
+        env = [{ name: 'KYUTAI_LLM_URL', value: 'http://vllm:8000' }],
+      ) => ({
         apiVersion: 'v1',
         kind: 'Pod',
         metadata: {
@@ -940,7 +943,7 @@ describe('earpiece operator', () => {
             {
               name: 'backend',
               image: 'unmute',
-              env: [{ name: 'KYUTAI_LLM_URL', value: 'http://vllm:8000' }],
+              env,
             },
           ],
         },
@@ -958,9 +961,16 @@ describe('earpiece operator', () => {
       );
       expect(skipped.patch).toBeUndefined();
       expect(String(skipped.warnings)).toContain('no ToolSet');
+      // Injected, but nothing in the pod reads KYUTAI_LLM_URL: the warning must reach the workload's Events.
+      const unused = await admit(
+        ports.webhook,
+        ca,
+        backend({ app: 'unmute-backend', 'earpiece.dev/inject': 'true' }, []),
+      );
+      expect(unused).toMatchObject({ allowed: true, patchType: 'JSONPatch' });
 
       const text = (await get(ports.metrics, '/metrics')).body;
-      expect(text).toMatch(/earpiece_injections_total\{outcome="injected"\} 1/);
+      expect(text).toMatch(/earpiece_injections_total\{outcome="injected"\} 2/);
       expect(text).toMatch(/earpiece_injections_total\{outcome="no_toolset"\} 1/);
       expect(text).toMatch(/earpiece_reconcile_total\{result="ok"\} [1-9]/);
       expect(text).toMatch(/earpiece_reconcile_duration_seconds_bucket/);
@@ -999,8 +1009,13 @@ describe('earpiece operator', () => {
         )
         .toEqual([
           ['Normal', 'Injected'],
+          ['Warning', 'InjectedWithWarnings'],
           ['Warning', 'InjectionSkipped'],
         ]);
+      const warned = api.list('events', NS).find((e) => e.reason === 'InjectedWithWarnings');
+      expect(warned?.message).toMatch(
+        /injected the earpiece-proxy sidecar with ToolSet assistant; .*KYUTAI_LLM_URL/,
+      );
 
       await operator.stop();
       stopped = true;

@@ -12,6 +12,7 @@ import { OperatorMetrics } from '../../src/telemetry/operator-metrics.js';
 import type { ToolSet } from '../../src/toolset/index.js';
 import { injectBackend } from '../support/backend-pod.js';
 import { type FakeApiServer, type KObject, startFakeApiServer } from '../support/fake-apiserver.js';
+import { capturingLogger } from '../tools/helpers.js';
 
 const NS = 'voice';
 const logger = createLogger('test', 'silent');
@@ -33,6 +34,7 @@ function controlPlane(
   metrics: OperatorMetrics,
   leaderElection = false,
   timing: { problemDebounceMs?: number } = {},
+  log = logger,
 ): ControlPlane {
   const plane = new ControlPlane({
     kc: api.kubeConfig(user),
@@ -45,7 +47,7 @@ function controlPlane(
       leaseName: 'earpiece-operator',
       sidecar: DEFAULT_SIDECAR,
     },
-    logger,
+    logger: log,
     metrics,
     timing: {
       informerDelay: (ms) => sleep(Math.min(ms, 50)),
@@ -314,6 +316,36 @@ describe('sidecar problems', () => {
     await expect.poll(() => plane.namespacePods.watched, POLL).toEqual([]);
     await expect.poll(() => problems(metrics), POLL).toEqual({});
     await expect.poll(() => sidecarsReady()?.status, POLL).toBe('True');
+  });
+
+  it('says once that a namespace labelled for injection is one this release does not serve', async () => {
+    const captured = capturingLogger('warn');
+    const plane = controlPlane(
+      'operator',
+      new OperatorMetrics({ defaultMetrics: false }),
+      false,
+      {},
+      captured.logger,
+    );
+    await plane.start();
+    const label = { 'earpiece.dev/inject': 'true' };
+    api.create('namespaces', { apiVersion: 'v1', kind: 'Namespace', metadata: { name: NS, labels: label } });
+    api.create('namespaces', {
+      apiVersion: 'v1',
+      kind: 'Namespace',
+      metadata: { name: 'kube-system', labels: label },
+    });
+    await expect.poll(() => plane.namespacePods.watched, POLL).toEqual([NS]);
+    const refusals = () =>
+      captured.lines().filter((l) => l.msg.includes('does not serve it')) as unknown as {
+        namespace: string;
+      }[];
+    await expect.poll(() => refusals().map((l) => l.namespace), POLL).toEqual(['kube-system']);
+    // Another change to the labelled namespaces does not repeat it.
+    const ns = api.get('namespaces', undefined, NS)!;
+    api.update('namespaces', { ...ns, metadata: { ...ns.metadata, labels: {} } });
+    await expect.poll(() => plane.namespacePods.watched, POLL).toEqual([]);
+    expect(refusals()).toHaveLength(1);
   });
 
   it('reports an injected pod whose sidecar waits in ImagePullBackOff, until it runs', async () => {
