@@ -39,7 +39,16 @@ import type { EventRecorder } from './events.js';
 import type { InformerSet } from './informers.js';
 import { readInjection } from './patch.js';
 import { WorkQueue } from './queue.js';
-import { APP_URL_ENV, configMapName, LABEL_OPERATOR, UPSTREAM_ENV } from './sidecar.js';
+import { selectorQuery } from './select.js';
+import {
+  ANNOTATION_TOOLSET,
+  APP_URL_ENV,
+  configMapName,
+  LABEL_INJECT,
+  LABEL_INJECTED,
+  LABEL_OPERATOR,
+  UPSTREAM_ENV,
+} from './sidecar.js';
 import { staleChartEnv, validateForCluster } from './sidecar-env.js';
 import type { SidecarProblem } from './sidecar-problems.js';
 import {
@@ -77,6 +86,8 @@ export interface ControllerOptions {
    * while not known yet (the reporter has not looked since it started): SidecarsReady stays as it is.
    */
   sidecarProblems?: (namespace: string, name: string) => readonly SidecarProblem[] | undefined;
+  /** The namespace is labelled earpiece.dev/inject=true: every pod in it asked for the sidecar. */
+  namespaceOptedIn?: (namespace: string) => boolean;
   events: EventRecorder;
   metrics?: OperatorMetrics;
   clock?: Clock;
@@ -238,6 +249,7 @@ export class ToolSetController {
       const wrote = await this.writeStatus(cached, {
         observedGeneration: generation,
         tools: owned ? (cached.status?.tools ?? 0) : 0,
+        pods: this.podsOf(name, namespace),
         conditions: [{ type: READY, status: 'False', reason: INVALID_TOOLSET, message }, ...others],
       });
       if (wrote) {
@@ -266,6 +278,7 @@ export class ToolSetController {
         await this.writeStatus(cached, {
           observedGeneration: generation,
           tools: cached.status?.tools ?? 0,
+          pods: this.podsOf(name, namespace),
           conditions: [
             {
               type: READY,
@@ -281,9 +294,11 @@ export class ToolSetController {
     }
 
     const tools = toolset.spec.tools.length;
+    const pods = this.podsOf(name, namespace);
     await this.writeStatus(cached, {
       observedGeneration: generation,
       tools,
+      pods,
       conditions: [
         {
           type: READY,
@@ -292,7 +307,7 @@ export class ToolSetController {
           message: `ConfigMap ${cmName} holds ${tools} tool ${tools === 1 ? 'entry' : 'entries'}`,
         },
         this.restartCondition(toolset, namespace),
-        ...this.sidecarCondition(toolset, namespace, cached),
+        ...(await this.sidecarCondition(toolset, namespace, cached, pods)),
       ],
     });
     return 'ok';
@@ -368,8 +383,7 @@ export class ToolSetController {
     const envStale: { pod: string; env: string[] }[] = [];
     const chartEnv = this.o.sidecarEnv ?? [];
     for (const pod of this.o.pods.list(namespace)) {
-      if (pod.metadata?.deletionTimestamp || ['Succeeded', 'Failed'].includes(pod.status?.phase ?? ''))
-        continue;
+      if (!running(pod)) continue;
       const injection = injectionOf(pod);
       if (injection?.toolset !== toolset.metadata.name) continue;
       const has = new Set(injection.secretEnv);
@@ -435,7 +449,12 @@ export class ToolSetController {
    * Before the reporter's first look the stored condition is kept as it is (or left out): an empty list
    * then means "not looked yet", not "all ready".
    */
-  private sidecarCondition(toolset: ToolSet, namespace: string, cached: ToolSetObject): ConditionInput[] {
+  private async sidecarCondition(
+    toolset: ToolSet,
+    namespace: string,
+    cached: ToolSetObject,
+    pods: number,
+  ): Promise<ConditionInput[]> {
     if (!this.o.sidecarProblems) return [];
     const found = this.o.sidecarProblems(namespace, toolset.metadata.name);
     if (found === undefined) {
@@ -443,8 +462,18 @@ export class ToolSetController {
       return stored ? [asInput(stored)] : [];
     }
     const problems = [...found].sort((a, b) => a.name.localeCompare(b.name));
-    if (problems.length === 0) {
+    if (problems.length === 0 && pods > 0) {
       return [{ type: SIDECARS_READY, status: 'True', reason: 'SidecarsReady', message: '' }];
+    }
+    if (problems.length === 0) {
+      return [
+        {
+          type: SIDECARS_READY,
+          status: 'False',
+          reason: 'NoPods',
+          message: await this.noPods(toolset, namespace),
+        },
+      ];
     }
     const shown = problems.slice(0, 10).map((p) => `${p.name} (${p.reason})`);
     const more = problems.length - shown.length;
@@ -458,6 +487,52 @@ export class ToolSetController {
     ];
   }
 
+  /** Running pods whose sidecar was injected for this ToolSet. */
+  private podsOf(name: string, namespace: string): number {
+    let count = 0;
+    for (const pod of this.o.pods.list(namespace))
+      if (running(pod) && injectionOf(pod)?.toolset === name) count++;
+    return count;
+  }
+
+  /**
+   * Why no pod runs this ToolSet's sidecar, with the pods its selector matches that never asked for one (a
+   * forgotten label, or a value other than "true"): the webhook is called only for opted-in pods, so
+   * nothing else would ever name them. Listed from the API server, which filters by the selector.
+   */
+  private async noPods(toolset: ToolSet, namespace: string): Promise<string> {
+    const why = `no running pod has this ToolSet's earpiece-proxy sidecar: a pod gets one when it or its namespace is labelled ${LABEL_INJECT}: "true" and spec.selector matches it (or it names the ToolSet in the annotation ${ANNOTATION_TOOLSET})`;
+    const query = selectorQuery(toolset.spec.selector);
+    // In an opted-in namespace every pod asked: one without the sidecar is the reporter's to name.
+    if (query === undefined || this.o.namespaceOptedIn?.(namespace)) return why;
+    let found: V1Pod[];
+    try {
+      found = (await this.o.core.listNamespacedPod({ namespace, labelSelector: query, limit: 100 })).items;
+    } catch (err) {
+      this.o.logger.debug(
+        { namespace, err: describeApiError(err) },
+        'Could not list the pods a selector matches',
+      );
+      return why;
+    }
+    // Labelled "true" they asked (the reporter names those the webhook missed), "false" they declined.
+    const unasked = found
+      .filter(
+        (p) =>
+          running(p) &&
+          !['true', 'false'].includes(p.metadata?.labels?.[LABEL_INJECT] ?? '') &&
+          !p.metadata?.labels?.[LABEL_INJECTED],
+      )
+      .map((p) => {
+        const value = p.metadata?.labels?.[LABEL_INJECT];
+        return `${p.metadata?.name ?? ''}${value === undefined ? '' : ` (${LABEL_INJECT}: ${JSON.stringify(value)})`}`;
+      })
+      .sort();
+    if (unasked.length === 0) return `${why}; no running pod matches spec.selector (${query})`;
+    const more = unasked.length > 10 ? ` and ${unasked.length - 10} more` : '';
+    return `${why}; pods ${unasked.slice(0, 10).join(', ')}${more} match spec.selector but are not opted in`;
+  }
+
   /** The status as stored: the cached one, or what this controller wrote since the cache showed it. */
   private currentStatus(cached: ToolSetObject): ToolSetStatus | undefined {
     const memo = this.statusMemo.get(toolSetKey(cached.metadata.namespace, cached.metadata.name));
@@ -466,9 +541,12 @@ export class ToolSetController {
 
   /** Writes status through the status subresource when it differs; true when it wrote. */
   private async writeStatus(
-    cached: ToolSetObject,
+    reconciled: ToolSetObject,
     input: Parameters<typeof buildStatus>[1],
   ): Promise<boolean> {
+    // The cache as it is now: this reconcile may have waited on the API server since it read the ToolSet,
+    // and a status written meanwhile (its event clears the memo) is in the cache by now.
+    const cached = this.o.toolsets.get(reconciled.metadata.name, reconciled.metadata.namespace) ?? reconciled;
     const current = this.currentStatus(cached);
     const next = buildStatus(current, input, this.clock.now());
     if (sameStatus(current, next)) return false;
@@ -499,6 +577,11 @@ export class ToolSetController {
     );
     return true;
   }
+}
+
+/** Not being deleted, and not finished (a Job's pod that completed). */
+function running(pod: V1Pod): boolean {
+  return !pod.metadata?.deletionTimestamp && !['Succeeded', 'Failed'].includes(pod.status?.phase ?? '');
 }
 
 /** What the webhook put into a pod (its ToolSet, secret env vars), or undefined when not injected. */

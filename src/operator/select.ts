@@ -70,6 +70,21 @@ export function selectorMatches(
   return true;
 }
 
+/**
+ * The selector as a list call's labelSelector (`app=x,tier in (a,b),!canary`); undefined for one that
+ * selects nothing (absent) or everything (empty), which no list should be asked for.
+ */
+export function selectorQuery(selector: LabelSelectorSpec | undefined): string | undefined {
+  if (!selector) return undefined;
+  const terms = Object.entries(selector.matchLabels ?? {}).map(([key, value]) => `${key}=${value}`);
+  for (const { key, operator, values = [] } of selector.matchExpressions ?? []) {
+    if (operator === 'In' || operator === 'NotIn')
+      terms.push(`${key} ${operator === 'In' ? 'in' : 'notin'} (${values.join(',')})`);
+    else terms.push(operator === 'Exists' ? key : `!${key}`);
+  }
+  return terms.length > 0 ? terms.join(',') : undefined;
+}
+
 export function selectToolSet(
   meta: { labels?: Record<string, string>; annotations?: Record<string, string> },
   namespace: string | undefined,

@@ -185,6 +185,7 @@ export class ControlPlane {
       configMaps: this.configMaps,
       pods: this.injectedPods,
       sidecarProblems: (namespace, name) => this.sidecarProblems.forToolSet(namespace, name),
+      namespaceOptedIn: (namespace) => this.optedInNamespaces.get(namespace) !== undefined,
       events: this.events,
       metrics: this.metrics,
       clock,

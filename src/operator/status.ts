@@ -69,12 +69,18 @@ function fitMessage(message: string): string {
 
 export function buildStatus(
   previous: ToolSetStatus | undefined,
-  input: { observedGeneration: number | undefined; tools: number; conditions: readonly ConditionInput[] },
+  input: {
+    observedGeneration: number | undefined;
+    tools: number;
+    pods?: number | undefined;
+    conditions: readonly ConditionInput[];
+  },
   now: Date,
 ): ToolSetStatus {
   return {
     ...(input.observedGeneration !== undefined ? { observedGeneration: input.observedGeneration } : {}),
     tools: input.tools,
+    ...(input.pods !== undefined ? { pods: input.pods } : {}),
     conditions: mergeConditions(previous?.conditions, input.conditions, input.observedGeneration, now),
   };
 }

@@ -268,6 +268,7 @@ export function toolSetCrd(): Schema {
           additionalPrinterColumns: [
             { name: 'Ready', type: 'string', jsonPath: '.status.conditions[?(@.type=="Ready")].status' },
             { name: 'Tools', type: 'integer', jsonPath: '.status.tools' },
+            { name: 'Pods', type: 'integer', jsonPath: '.status.pods' },
             {
               name: 'Reason',
               type: 'string',

@@ -602,6 +602,12 @@ export const Status = Type.Object(
       Type.Integer({ description: 'The metadata.generation the operator last reconciled.' }),
     ),
     tools: Type.Optional(Type.Integer({ description: 'Tool entries in the last valid configuration.' })),
+    pods: Type.Optional(
+      Type.Integer({
+        description:
+          'Running pods whose earpiece-proxy sidecar was injected for this ToolSet. 0: no pod uses it (SidecarsReady says why).',
+      }),
+    ),
     conditions: Type.Optional(
       Type.Array(Condition, {
         maxItems: 16,

@@ -124,7 +124,7 @@ afterEach(async () => {
 
 const stored = (name: string) =>
   api.get('toolsets', NS, name) as
-    | (KObject & { status?: { observedGeneration?: number; tools?: number } })
+    | (KObject & { status?: { observedGeneration?: number; tools?: number; pods?: number } })
     | undefined;
 const configMap = (name: string) => api.get('configmaps', NS, `earpiece-toolset-${name}`);
 const condition = (name: string, type: string) =>
@@ -195,6 +195,7 @@ describe('ToolSet controller', () => {
     expect(owner.status).toEqual({
       observedGeneration: 1,
       tools: 2,
+      pods: 0,
       conditions: [
         {
           type: 'Ready',
@@ -214,9 +215,9 @@ describe('ToolSet controller', () => {
         },
         {
           type: 'SidecarsReady',
-          status: 'True',
-          reason: 'SidecarsReady',
-          message: '',
+          status: 'False',
+          reason: 'NoPods',
+          message: `no running pod has this ToolSet's earpiece-proxy sidecar: a pod gets one when it or its namespace is labelled earpiece.dev/inject: "true" and spec.selector matches it (or it names the ToolSet in the annotation earpiece.dev/toolset); no running pod matches spec.selector (app=unmute-backend)`,
           lastTransitionTime: '2026-01-01T00:00:00Z',
           observedGeneration: 1,
         },
@@ -476,6 +477,40 @@ describe('ToolSet controller', () => {
     } as KObject);
     await expect.poll(() => plane.injectedPods.list(NS).length, POLL).toBe(before + 1);
   }
+
+  it('counts the pods that run its sidecar, and with none names the pods its selector matches that never asked', async () => {
+    const plane = controlPlane();
+    await plane.start();
+    const plain = (name: string, labels: Record<string, string>) =>
+      api.create('pods', {
+        apiVersion: 'v1',
+        kind: 'Pod',
+        metadata: { name, namespace: NS, labels },
+        spec: { containers: [{ name: 'backend', image: 'unmute' }] },
+        status: { phase: 'Running' },
+      } as KObject);
+    // A forgotten label, a value other than "true", one opted out, one the selector does not match.
+    plain('backend-a', { app: 'unmute-backend' });
+    plain('backend-b', { app: 'unmute-backend', 'earpiece.dev/inject': 'True' });
+    plain('backend-c', { app: 'unmute-backend', 'earpiece.dev/inject': 'false' });
+    plain('vllm-0', { app: 'vllm' });
+    api.create('toolsets', toolset('assistant', [weatherTool()]));
+    await expect.poll(() => condition('assistant', 'SidecarsReady')?.reason, POLL).toBe('NoPods');
+    expect(stored('assistant')!.status).toMatchObject({ pods: 0 });
+    expect(condition('assistant', 'SidecarsReady')).toMatchObject({
+      status: 'False',
+      message: expect.stringMatching(
+        /^no running pod has this ToolSet's earpiece-proxy sidecar: .*; pods backend-a, backend-b \(earpiece\.dev\/inject: "True"\) match spec\.selector but are not opted in$/,
+      ),
+    });
+
+    await runInjectedPod(plane);
+    await expect.poll(() => stored('assistant')!.status?.pods, POLL).toBe(1);
+    expect(condition('assistant', 'SidecarsReady')).toMatchObject({
+      status: 'True',
+      reason: 'SidecarsReady',
+    });
+  });
 
   it('names the injected pods that lack the env var of a newly added secret', async () => {
     const plane = controlPlane();

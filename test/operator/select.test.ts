@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
-import { selectorMatches, selectToolSet, toolsetLookup } from '../../src/operator/select.js';
+import { selectorMatches, selectorQuery, selectToolSet, toolsetLookup } from '../../src/operator/select.js';
 import type { LabelSelectorSpec, ToolSet } from '../../src/toolset/index.js';
+import { parseSelector } from '../support/fake-apiserver.js';
 
 const toolset = (name: string, selector?: LabelSelectorSpec, namespace?: string): ToolSet => ({
   apiVersion: 'earpiece.dev/v1alpha1',
@@ -41,6 +42,26 @@ describe('selectorMatches', () => {
     ],
   ])('%s', (_name, selector, expected) => {
     expect(selectorMatches(selector, labels)).toBe(expected);
+  });
+});
+
+describe('selectorQuery', () => {
+  it('writes a selector as a list call asks for it, and nothing for one that selects nothing or everything', () => {
+    const selector: LabelSelectorSpec = {
+      matchLabels: { app: 'unmute-backend' },
+      matchExpressions: [
+        { key: 'tier', operator: 'In', values: ['voice', 'chat'] },
+        { key: 'canary', operator: 'DoesNotExist' },
+        { key: 'region', operator: 'NotIn', values: ['eu'] },
+        { key: 'team', operator: 'Exists' },
+      ],
+    };
+    const query = selectorQuery(selector);
+    expect(query).toBe('app=unmute-backend,tier in (voice,chat),!canary,region notin (eu),team');
+    // As the API server reads it (the test API server's parser follows its grammar).
+    expect(parseSelector(query)).toHaveLength(5);
+    expect(selectorQuery(undefined)).toBeUndefined();
+    expect(selectorQuery({})).toBeUndefined();
   });
 });
 

@@ -315,7 +315,13 @@ describe('sidecar problems', () => {
     api.update('namespaces', { ...ns, metadata: { ...ns.metadata, labels: {} } });
     await expect.poll(() => plane.namespacePods.watched, POLL).toEqual([]);
     await expect.poll(() => problems(metrics), POLL).toEqual({});
-    await expect.poll(() => sidecarsReady()?.status, POLL).toBe('True');
+    // Nothing reports the pod now, but no pod runs the ToolSet's sidecar either, and the ToolSet names the
+    // one its selector matches without the label (not the one opted out).
+    await expect.poll(() => sidecarsReady()?.reason, POLL).toBe('NoPods');
+    expect(sidecarsReady()).toMatchObject({
+      status: 'False',
+      message: expect.stringMatching(/; pods backend-9-a match spec\.selector but are not opted in$/),
+    });
   });
 
   it('says once that a namespace labelled for injection is one this release does not serve', async () => {
@@ -354,7 +360,7 @@ describe('sidecar problems', () => {
     await plane.start();
     await readyToolSet();
     await expect.poll(() => plane.lookup(NS).config('assistant'), POLL).toBeDefined();
-    await expect.poll(() => sidecarsReady()?.status, POLL).toBe('True');
+    await expect.poll(() => sidecarsReady()?.reason, POLL).toBe('NoPods');
 
     const rs = replicaSet('backend-3');
     const template = injectBackend(NS, plane.lookup(NS), OPTED_IN);
@@ -491,7 +497,7 @@ describe('SidecarsReady across leaders', () => {
     await a.start();
     await readyToolSet();
     pod('backend-1-a', replicaSet('backend-1'), OPTED_IN);
-    await expect.poll(() => sidecarsReady()?.status, POLL).toBe('False');
+    await expect.poll(() => sidecarsReady()?.reason, POLL).toBe('SidecarProblems');
     const found = sidecarsReady();
 
     // Stepping down says nothing about the pods: backend-1-a still runs without its sidecar.
@@ -512,13 +518,14 @@ describe('SidecarsReady across leaders', () => {
     expect(sidecarsReady()).toEqual(found);
     await b.stop();
 
-    // Fixed while nobody led: the next leader's first look writes that, though its list did not change.
+    // Gone while nobody led: the next leader's first look writes that, though its list did not change
+    // (no pod left, so no pod runs the sidecar).
     api.delete('pods', NS, 'backend-1-a');
     from = api.writes.length;
     const c = controlPlane('operator-c', new OperatorMetrics({ defaultMetrics: false }));
     await c.start();
-    await expect.poll(() => sidecarsReady()?.status, POLL).toBe('True');
-    expect(sidecarsReadyWrites(from).map((s) => s?.status)).toEqual(['True']);
+    await expect.poll(() => sidecarsReady()?.reason, POLL).toBe('NoPods');
+    expect(sidecarsReadyWrites(from).map((s) => s?.reason)).toEqual(['NoPods']);
   });
 });
 
@@ -528,10 +535,12 @@ describe('a crash-looping sidecar', () => {
     await plane.start();
     await readyToolSet();
     await expect.poll(() => plane.lookup(NS).config('assistant'), POLL).toBeDefined();
-    await expect.poll(() => sidecarsReady()?.status, POLL).toBe('True');
+    await expect.poll(() => sidecarsReady()?.reason, POLL).toBe('NoPods');
     const rs = replicaSet('backend-5');
     const template = injectBackend(NS, plane.lookup(NS), OPTED_IN);
     pod('backend-5-a', rs, template.metadata!.labels!, { spec: template.spec, status: { phase: 'Pending' } });
+    // A pod runs the ToolSet's sidecar now (not yet a crashing one).
+    await expect.poll(() => sidecarsReady()?.status, POLL).toBe('True');
     const startTime = new Date(Date.now() - 3600_000).toISOString();
     /** What the kubelet reports, and the reporter's look at it once the cache has it. */
     const kubelet = async (restartCount: number, state: Record<string, unknown>, ready = false) => {

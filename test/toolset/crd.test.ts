@@ -140,6 +140,7 @@ describe('the ToolSet CRD', () => {
     expect((version.additionalPrinterColumns as { name: string }[]).map((c) => c.name)).toEqual([
       'Ready',
       'Tools',
+      'Pods',
       'Reason',
       'Age',
     ]);
