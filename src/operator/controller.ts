@@ -86,6 +86,8 @@ export interface ControllerOptions {
    * while not known yet (the reporter has not looked since it started): SidecarsReady stays as it is.
    */
   sidecarProblems?: (namespace: string, name: string) => readonly SidecarProblem[] | undefined;
+  /** The chart's sidecar image: injected pods that run an older one need a restart to get it. */
+  sidecarImage?: string;
   /** The namespace is labelled earpiece.dev/inject=true: every pod in it asked for the sidecar. */
   namespaceOptedIn?: (namespace: string) => boolean;
   events: EventRecorder;
@@ -373,7 +375,10 @@ export class ToolSetController {
    *   app's own URL, so after spec.upstream.url is removed its sidecar keeps the last one it loaded;
    * - pods injected before the chart changed its sidecar env vars (injection.env, the shared-state URL)
    *   lack them, have the old ones, or keep ones it dropped: a ToolSet's valueFrom.env may already name
-   *   the new ones (staleChartEnv decides, from what the pod records it was given).
+   *   the new ones (staleChartEnv decides, from what the pod records it was given);
+   * - pods injected before the chart's sidecar image changed (an upgrade, perhaps a security fix) still
+   *   run the old one, as recorded in earpiece.dev/injected-image (not when the pod chose its own image,
+   *   or another webhook rewrote it since).
    */
   private restartCondition(toolset: ToolSet, namespace: string): ConditionInput {
     const needed = renderForSidecar(toolset).env;
@@ -381,7 +386,9 @@ export class ToolSetController {
     const lacking: { pod: string; secrets: string[] }[] = [];
     const upstreamStale: string[] = [];
     const envStale: { pod: string; env: string[] }[] = [];
+    const imageStale: { pod: string; image: string }[] = [];
     const chartEnv = this.o.sidecarEnv ?? [];
+    const chartImage = this.o.sidecarImage;
     for (const pod of this.o.pods.list(namespace)) {
       if (!running(pod)) continue;
       const injection = injectionOf(pod);
@@ -397,11 +404,18 @@ export class ToolSetController {
       if (injection.upstreamHandedOver === upstreamNamed) upstreamStale.push(pod.metadata?.name ?? '');
       const stale = staleChartEnv(injection.chartEnvRecord, injection.sidecarEnv, chartEnv);
       if (stale !== undefined) envStale.push({ pod: pod.metadata?.name ?? '', env: stale.names });
+      if (
+        chartImage !== undefined &&
+        injection.chartImage !== undefined &&
+        injection.chartImage !== chartImage
+      )
+        imageStale.push({ pod: pod.metadata?.name ?? '', image: injection.chartImage });
     }
     const kinds = [
       lacking.length > 0 && 'SecretEnvMissing',
       upstreamStale.length > 0 && 'UpstreamChanged',
       envStale.length > 0 && 'SidecarEnvChanged',
+      imageStale.length > 0 && 'SidecarImageChanged',
     ].filter((kind) => kind !== false);
     if (kinds.length === 0) {
       return { type: RESTART_REQUIRED, status: 'False', reason: 'PodsUpToDate', message: '' };
@@ -434,6 +448,13 @@ export class ToolSetController {
       const pods = listed(envStale.map((e) => e.pod));
       parts.push(
         `pods ${pods} were injected before the chart's sidecar env changed, and differ from it in ${listed(names)}`,
+      );
+    }
+    if (imageStale.length > 0) {
+      imageStale.sort((a, b) => a.pod.localeCompare(b.pod));
+      const images = listed([...new Set(imageStale.map((i) => i.image))].sort());
+      parts.push(
+        `pods ${listed(imageStale.map((i) => i.pod))} run the sidecar image ${images}, not the chart's ${chartImage}`,
       );
     }
     return {

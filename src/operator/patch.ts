@@ -570,6 +570,11 @@ export function readInjection(template: PodTemplate):
       sidecarEnv: V1EnvVar[];
       /** The chart env earpiece gave it (annotation earpiece.dev/injected-env), when recorded. */
       chartEnvRecord: string | undefined;
+      /**
+       * The chart's image earpiece gave the sidecar, while the sidecar still runs it: undefined when not
+       * recorded, set by the pod's own earpiece.dev/proxy-image, or rewritten since by another webhook.
+       */
+      chartImage: string | undefined;
     }
   | undefined {
   const spec = template.spec;
@@ -578,6 +583,8 @@ export function readInjection(template: PodTemplate):
   );
   const volume = spec?.volumes?.find((v) => v.name === CONFIG_VOLUME)?.configMap?.name;
   if (!sidecar || !volume) return undefined;
+  const annotations = template.metadata?.annotations;
+  const image = annotations?.[ANNOTATION_INJECTED_IMAGE];
   return {
     toolset: volume.slice(configMapName('').length),
     hash: template.metadata?.annotations?.[ANNOTATION_TOOLSET_HASH],
@@ -585,5 +592,11 @@ export function readInjection(template: PodTemplate):
     upstreamHandedOver: (sidecar.env ?? []).some((e) => e.name === UPSTREAM_ENV),
     sidecarEnv: sidecar.env ?? [],
     chartEnvRecord: template.metadata?.annotations?.[ANNOTATION_INJECTED_ENV],
+    chartImage:
+      image !== undefined &&
+      image === sidecar.image &&
+      annotations?.[OVERRIDE_ANNOTATIONS.image] === undefined
+        ? image
+        : undefined,
   };
 }

@@ -192,6 +192,7 @@ export class ControlPlane {
       logger,
       instance: config.instance ?? DEFAULT_INSTANCE,
       sidecarEnv: config.sidecar.extraEnv,
+      sidecarImage: config.sidecar.image,
       resyncMs: timing.resyncMs,
       retryBaseMs: timing.retryBaseMs,
       retryMaxMs: timing.retryMaxMs,

@@ -642,6 +642,40 @@ describe('ToolSet controller', () => {
     await expect.poll(() => restartRequired()?.reason, POLL).toBe('PodsUpToDate');
   });
 
+  it("names the pods that run an older sidecar image than the chart's, but not one the pod chose itself", async () => {
+    const old = { ...DEFAULT_SIDECAR, image: 'ghcr.io/earpiece-dev/earpiece:0.1.0' };
+    const plane = controlPlane('operator', false, TIMING, undefined, {
+      ...DEFAULT_SIDECAR,
+      image: 'ghcr.io/earpiece-dev/earpiece:0.2.0',
+    });
+    await plane.start();
+    api.create('toolsets', toolset('assistant', [weatherTool()]));
+    await expect.poll(() => ready('assistant')?.status, POLL).toBe('True');
+    await settled(plane, 'assistant');
+    // Injected by the release before the upgrade.
+    await runInjectedPod(plane, old, 'backend-1');
+    await expect.poll(() => restartRequired()?.reason, POLL).toBe('SidecarImageChanged');
+    expect(restartRequired()!.message).toBe(
+      "pods backend-1 run the sidecar image ghcr.io/earpiece-dev/earpiece:0.1.0, not the chart's ghcr.io/earpiece-dev/earpiece:0.2.0; restart them (e.g. kubectl rollout restart) to use it",
+    );
+    api.delete('pods', NS, 'backend-1');
+    await expect.poll(() => restartRequired()?.reason, POLL).toBe('PodsUpToDate');
+
+    // A pod that names its own image (earpiece.dev/proxy-image) keeps it, and is up to date.
+    const own = injectBackend(NS, plane.lookup(NS), undefined, old, {
+      'earpiece.dev/proxy-image': 'registry.local/earpiece:pinned',
+    });
+    api.create('pods', {
+      apiVersion: 'v1',
+      kind: 'Pod',
+      metadata: { ...own.metadata, name: 'backend-2', namespace: NS },
+      spec: own.spec,
+      status: { phase: 'Running' },
+    } as KObject);
+    await expect.poll(() => stored('assistant')!.status?.pods, POLL).toBe(1);
+    expect(restartRequired()).toMatchObject({ reason: 'PodsUpToDate' });
+  });
+
   it('names at most 20 missing Secrets, so the restart advice survives however many there are', async () => {
     const plane = controlPlane();
     await plane.start();

@@ -367,7 +367,16 @@ describe('buildInjection', () => {
       sidecarEnv: sidecarOf(template)?.env,
       // DEFAULT_SIDECAR gives no chart env: nothing recorded.
       chartEnvRecord: undefined,
+      chartImage: DEFAULT_SIDECAR.image,
     });
+    // An image the pod chose, or one another webhook rewrote since, is not the chart's to replace.
+    const own = injected(
+      pod({ annotations: { 'earpiece.dev/proxy-image': 'registry.local/earpiece:pinned' } }),
+    );
+    expect(readInjection(own.template)?.chartImage).toBeUndefined();
+    const mirrored = structuredClone(template);
+    sidecarOf(mirrored)!.image = 'mirror.local/earpiece:0.1.0';
+    expect(readInjection(mirrored)?.chartImage).toBeUndefined();
     expect(readInjection(pod())).toBeUndefined();
   });
 });

@@ -8,10 +8,11 @@ export function injectBackend(
   toolsets: ToolSetLookup,
   labels: Record<string, string> = { app: 'unmute-backend', 'earpiece.dev/inject': 'true' },
   sidecar: SidecarConfig = DEFAULT_SIDECAR,
+  annotations?: Record<string, string>,
 ): PodTemplate {
   const result = buildInjection(
     {
-      metadata: { labels },
+      metadata: { labels, ...(annotations ? { annotations } : {}) },
       spec: {
         containers: [
           { name: 'backend', image: 'unmute', env: [{ name: 'KYUTAI_LLM_URL', value: 'http://vllm:8000' }] },
