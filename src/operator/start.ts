@@ -39,7 +39,7 @@ import { NamespacePods } from './namespace-pods.js';
 import { subjectAccessReviews } from './secret-access.js';
 import type { ToolSetLookup } from './select.js';
 import { sidecarForServer } from './server-version.js';
-import { configMapName, LABEL_INJECT, LABEL_INJECTED } from './sidecar.js';
+import { configMapName, LABEL_INJECT, LABEL_INJECTED, LABEL_OPERATOR } from './sidecar.js';
 import { SidecarProblemReporter } from './sidecar-problems.js';
 import { condition, READY } from './status.js';
 import type { ToolSetAdmission } from './toolset-admission.js';
@@ -242,6 +242,8 @@ export class ControlPlane {
         ? this.toolsets.list().map((t) => ({
             namespace: t.metadata.namespace ?? '',
             ready: condition(t.status, READY)?.status === 'True',
+            behind: (t.metadata.generation ?? 0) > (t.status?.observedGeneration ?? 0),
+            operator: t.metadata.labels?.[LABEL_OPERATOR] ?? '',
           }))
         : [],
     );

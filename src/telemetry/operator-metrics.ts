@@ -11,6 +11,16 @@ import { collectProcessMetrics } from './process-metrics.js';
  * `claimed`: the ToolSet was labelled as this operator's (its reconcile follows); `foreign`: it belongs
  * to another release's operator and was left alone.
  */
+/** A ToolSet as the operator's gauges count it. */
+export interface WatchedToolSet {
+  namespace: string;
+  ready: boolean;
+  /** Its metadata.generation is ahead of status.observedGeneration. */
+  behind: boolean;
+  /** The operator instance it is labelled for, '' when none has claimed it. */
+  operator: string;
+}
+
 export type ReconcileResult = 'ok' | 'invalid' | 'error' | 'deleted' | 'claimed' | 'foreign';
 export const RECONCILE_RESULTS: readonly ReconcileResult[] = [
   'ok',
@@ -43,7 +53,7 @@ export class OperatorMetrics {
   private readonly problems: Gauge<'namespace' | 'reason'>;
   private readonly leader: Gauge;
   private readonly webhookSeconds: Histogram<'operation'>;
-  private toolsetSource: () => readonly { namespace: string; ready: boolean }[] = () => [];
+  private toolsetSource: () => readonly WatchedToolSet[] = () => [];
   private certificateSource: () => Date | undefined = () => undefined;
   private webhookBodiesSource: () => number = () => 0;
 
@@ -109,6 +119,16 @@ export class OperatorMetrics {
         for (const t of source()) this.inc({ namespace: t.namespace, ready: String(t.ready) });
       },
     });
+    new Gauge({
+      name: 'earpiece_toolsets_unreconciled',
+      help: "ToolSets whose generation no operator has reconciled yet, by the operator they are labelled for (earpiece.dev/operator; '' for none yet); a lasting one has no live operator; leader only.",
+      labelNames: ['namespace', 'operator'],
+      registers,
+      collect() {
+        this.reset();
+        for (const t of source()) if (t.behind) this.inc({ namespace: t.namespace, operator: t.operator });
+      },
+    });
     const certificate = () => this.certificateSource();
     new Gauge({
       name: 'earpiece_webhook_certificate_expiry_timestamp_seconds',
@@ -168,7 +188,7 @@ export class OperatorMetrics {
   }
 
   /** Where earpiece_toolsets reads the ToolSets from when scraped (empty on followers). */
-  watchToolSets(source: () => readonly { namespace: string; ready: boolean }[]): void {
+  watchToolSets(source: () => readonly WatchedToolSet[]): void {
     this.toolsetSource = source;
   }
 

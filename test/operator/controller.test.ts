@@ -512,6 +512,26 @@ describe('ToolSet controller', () => {
     });
   });
 
+  it('counts the ToolSets whose edit no operator takes up, by the operator they are labelled for', async () => {
+    const plane = controlPlane();
+    await plane.start();
+    api.create('toolsets', toolset('assistant', [weatherTool()]));
+    // Left labelled for a canary release that was uninstalled: this operator leaves it alone.
+    const canary = toolset('canary', [weatherTool()]);
+    api.create('toolsets', {
+      ...canary,
+      metadata: { ...canary.metadata, labels: { 'earpiece.dev/operator': 'earpiece-canary' } },
+    });
+    await expect.poll(() => ready('assistant')?.status, POLL).toBe('True');
+    await settled(plane, 'assistant');
+    const unreconciled = async () =>
+      (await metrics.metrics()).split('\n').filter((l) => l.startsWith('earpiece_toolsets_unreconciled{'));
+    expect(await unreconciled()).toEqual([
+      'earpiece_toolsets_unreconciled{namespace="voice",operator="earpiece-canary"} 1',
+    ]);
+    expect(stored('canary')!.status).toBeUndefined();
+  });
+
   it('names the injected pods that lack the env var of a newly added secret', async () => {
     const plane = controlPlane();
     await plane.start();

@@ -87,7 +87,7 @@ export async function operatorSampleNames(): Promise<string[]> {
   m.leading(true);
   m.sidecarProblems([{ namespace: 'voice', reason: 'ImagePullBackOff' }]);
   m.webhookReview('mutate', 0.002);
-  m.watchToolSets(() => [{ namespace: 'voice', ready: true }]);
+  m.watchToolSets(() => [{ namespace: 'voice', ready: true, behind: true, operator: 'earpiece' }]);
   m.watchCertificate(() => new Date());
   return parseExposition(await m.metrics()).map((s) => s.name);
 }
