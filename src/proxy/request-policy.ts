@@ -204,17 +204,15 @@ export class RequestPolicy {
     calls: AccumulatedToolCall[],
     results: ToolOutcome[],
   ): void {
+    const sent = calls.map(toolCallMessage);
     const assistant: ChatMessage = {
       role: 'assistant',
       // Calls recovered from raw text carry their markup in content; the model sees them once, as calls.
       content: message.content === '' || message.callsFromText ? null : message.content,
-      tool_calls: calls.map((c) => ({
-        id: c.id,
-        type: 'function',
-        // Templates parse arguments; broken JSON goes back as {} and the tool result says what was wrong.
-        function: { name: c.name, arguments: isJson(c.arguments) ? c.arguments : '{}' },
-        ...(c.extraContent ? { extra_content: c.extraContent } : {}),
-      })),
+      // Gemini's thought signature (Google's API) goes back on its call.
+      tool_calls: calls.map((c, i) =>
+        c.extraContent ? { ...sent[i], extra_content: c.extraContent } : sent[i],
+      ),
     };
     // Reasoning models behind OpenRouter want their reasoning back with the calls it led to, unchanged.
     if (message.reasoningDetails?.length) assistant.reasoning_details = message.reasoningDetails;
@@ -226,8 +224,14 @@ export class RequestPolicy {
     this.#history = [...this.#history, assistant, ...toolMessages];
     const kept = toolMessages.filter((_, i) => results[i]?.remember);
     if (kept.length === 0) return;
+    // Remembered exchanges go back into later turns, where no model checks reasoning signatures (Gemini
+    // checks the current turn's only): without them an exchange stays within memory.maxBytes.
     this.#exchange.push(
-      { ...assistant, tool_calls: assistant.tool_calls?.filter((_, i) => results[i]?.remember) },
+      {
+        role: 'assistant',
+        content: assistant.content,
+        tool_calls: sent.filter((_, i) => results[i]?.remember),
+      },
       ...kept,
     );
   }
@@ -309,6 +313,15 @@ function toolsJson(tools: readonly ToolDefinition[]): string {
     TOOLS_JSON.set(tools, json);
   }
   return json;
+}
+
+/** A call as the assistant message carries it: templates parse arguments, so broken JSON goes back as {} (the tool result says what was wrong). */
+function toolCallMessage(c: AccumulatedToolCall): Record<string, unknown> {
+  return {
+    id: c.id,
+    type: 'function',
+    function: { name: c.name, arguments: isJson(c.arguments) ? c.arguments : '{}' },
+  };
 }
 
 function isJson(text: string): boolean {

@@ -119,6 +119,29 @@ describe('OpenRouter', () => {
       ],
       reasoning_details: [{ ...text('Checking Paris.') }, signature],
     });
+
+    // The next turn gets the exchange back from memory, without the reasoning: only the current turn's
+    // signatures are checked, and a remembered exchange must fit memory.maxBytes.
+    await unmuteTurn(harness.client, [
+      SYSTEM,
+      { role: 'user', content: 'What is the weather in Paris?' },
+      { role: 'assistant', content: spoken },
+      { role: 'user', content: 'And tomorrow?' },
+    ]);
+    const remembered = (upstream.requests[2]!.body.messages as Record<string, unknown>[]).find(
+      (m) => m.role === 'assistant' && m.tool_calls,
+    );
+    expect(remembered).toEqual({
+      role: 'assistant',
+      content: null,
+      tool_calls: [
+        {
+          id: 'tool_get_weather_x1',
+          type: 'function',
+          function: { name: 'get_weather', arguments: '{"city":"Paris"}' },
+        },
+      ],
+    });
   });
 
   it("Google's OpenAI-compatible stream: parallel calls all at index 0 run apart, each call's extra_content goes back with it", async () => {
