@@ -2,7 +2,8 @@
  * The real `earpiece operator` against the API fake, in the situations on-call must see: a namespace
  * labelled earpiece.dev/inject=true with a ToolSet, a pod there that missed the webhook, a pod whose
  * sidecar image cannot be pulled (a private registry without imagePullSecrets), and one whose sidecar
- * crash-loops. Its metrics port is what a ServiceMonitor would scrape.
+ * crash-loops, and a ToolSet left labelled for a release that is gone. Its metrics port is what a
+ * ServiceMonitor would scrape.
  */
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { OperatorConfig } from '../../src/operator/config.js';
@@ -95,6 +96,13 @@ export async function startScriptedOperator(namespace: string): Promise<Scripted
     kind: 'ToolSet',
     metadata: { name: 'assistant', namespace },
     spec: { selector: { matchLabels: { app: 'unmute-backend' } }, tools: [{ name: 'now', builtin: 'time' }] },
+  });
+  // Left labelled for a canary release that was uninstalled: nobody reconciles it.
+  api.create('toolsets', {
+    apiVersion: 'earpiece.dev/v1alpha1',
+    kind: 'ToolSet',
+    metadata: { name: 'canary', namespace, labels: { 'earpiece.dev/operator': 'earpiece-canary' } },
+    spec: { selector: { matchLabels: { app: 'canary-backend' } }, tools: [{ name: 'now', builtin: 'time' }] },
   });
   const lookup = operator.plane.lookup(namespace);
   await until('the ToolSet ConfigMap', () => lookup.config('assistant'));

@@ -125,9 +125,10 @@ const hostPort = (url: string) => new URL(url).host;
 
 /** The metric names an expression reads (histograms by their series). */
 function metricNames(expr: string): string[] {
-  const names = expr.match(
-    /\b(?:earpiece_[a-z_]+|vllm:[a-z_:]+|kube_[a-z_]+|container_[a-z_]+|nodejs_[a-z0-9_]+)/g,
-  );
+  // Label matchers ({earpiece_component="operator"}) name no metric.
+  const names = expr
+    .replace(/\{[^}]*\}/g, '')
+    .match(/\b(?:earpiece_[a-z_]+|vllm:[a-z_:]+|kube_[a-z_]+|container_[a-z_]+|nodejs_[a-z0-9_]+)/g);
   return [...new Set(names ?? [])];
 }
 
@@ -267,7 +268,13 @@ describe.skipIf(!prometheusPath || !promtoolPath)('observability with a real Pro
         {
           job: 'earpiece-operator',
           targets: [operator.metricsTarget],
-          labels: { cluster, namespace: 'earpiece-system', pod: 'earpiece-operator-0' },
+          // earpiece_component: as the chart's ServiceMonitor relabels its targets.
+          labels: {
+            cluster,
+            namespace: 'earpiece-system',
+            pod: 'earpiece-operator-0',
+            earpiece_component: 'operator',
+          },
           honorLabels: true,
         },
         { job: 'kube-state-metrics', targets: [await kube.listen()], labels: { cluster }, honorLabels: true },
@@ -412,7 +419,7 @@ describe.skipIf(!prometheusPath || !promtoolPath)('observability with a real Pro
     expect(health).toEqual(rules.map((r) => [r.alert, 'ok', '']));
   });
 
-  test('an image that cannot be pulled, a crash-looping sidecar and a pod that missed the webhook show up in a metric, an alert and a panel', async () => {
+  test('an image that cannot be pulled, a crash-looping sidecar, a pod that missed the webhook and a ToolSet nobody reconciles show up in a metric, an alert and a panel', async () => {
     const rules = new Map(
       (
         parse(await readFile(RULES_PATH, 'utf8')) as {
@@ -434,6 +441,13 @@ describe.skipIf(!prometheusPath || !promtoolPath)('observability with a real Pro
     expect(await alert('EarpiecePodsNotInjected', 'namespace')).toEqual(['voice']);
     expect(await alert('EarpieceSidecarRestarting', 'pod')).toEqual(['backend-crashing']);
     expect(await alert('EarpieceSidecarOOMKilled', 'pod')).toEqual(['unmute-backend-1']);
+    // The ToolSet left labelled for a release that is gone; the operator itself is up and leading.
+    expect(await alert('EarpieceToolSetNotReconciled', 'operator')).toEqual(['earpiece-canary']);
+    expect(await alert('EarpieceOperatorDown', 'namespace')).toEqual([]);
+    // Its scrape target is the one the alert's `up` selector names.
+    expect(await byLabel('namespace', 'max by (namespace) (up{earpiece_component="operator"})')).toEqual({
+      'earpiece-system': 1,
+    });
     // Pending: their `for` has not passed yet, but the condition holds.
     const pending = await byLabel('alertname', 'count by (alertname) (ALERTS{alertstate="pending"})');
     expect(Object.keys(pending)).toEqual(
@@ -441,6 +455,7 @@ describe.skipIf(!prometheusPath || !promtoolPath)('observability with a real Pro
         'EarpieceSidecarNotRunning',
         'EarpiecePodsNotInjected',
         'EarpieceSidecarRestarting',
+        'EarpieceToolSetNotReconciled',
       ]),
     );
     const dashboard = loadDashboard();
