@@ -97,6 +97,9 @@ interface CallState {
 /** The fields of a reasoning_details entry that stream in pieces; the others are replaced by the latest. */
 const STREAMED_DETAIL_FIELDS = new Set(['text', 'summary', 'data']);
 
+/** An upstream index whose calls are past MAX_TOOL_CALL_INDEX: its fragments are dropped. */
+const DROPPED = -1;
+
 /** Deltas kept apart before the message's text is joined into one string (StreamAccumulator). */
 const CONTENT_PIECES = 32;
 
@@ -356,12 +359,17 @@ export class StreamAccumulator {
       const { index } = entry;
       if (!Number.isInteger(index) || index < 0 || index >= MAX_TOOL_CALL_INDEX) return undefined;
       const own = this.#movedIndex.get(index) ?? index;
+      if (own === DROPPED) return undefined;
       const held = this.#calls.get(own)?.id;
-      // Gemini's OpenAI-compatible stream (and bridges like it) sends every parallel call at index 0, each
-      // with its own id: another id at a taken index is the next call, and that index now names it.
       if (!nonEmpty(entry.id) || held === undefined || entry.id === held) return own;
+      // Another id at a taken index: an earlier call's id names that call; without a name it is the same
+      // call under a new id (some servers give each fragment its own). With a name it is the next call:
+      // Gemini's OpenAI-compatible stream (and bridges like it) sends every parallel call at index 0, and
+      // that index names the new call from then on (or nothing, past MAX_TOOL_CALL_INDEX).
+      for (const call of this.#calls.values()) if (call.id === entry.id) return call.index;
+      if (!nonEmpty(fn?.name)) return own;
       const next = this.#nextIndex();
-      if (next !== undefined) this.#movedIndex.set(index, next);
+      this.#movedIndex.set(index, next ?? DROPPED);
       return next;
     }
     if (nonEmpty(entry.id)) {

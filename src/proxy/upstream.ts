@@ -56,9 +56,31 @@ const CONTEXT_LENGTH =
 // enabled for this model".
 const TOOLS_UNSUPPORTED =
   /enable-auto-tool-choice|tool[ _-]?call[ _-]?parser|does not support (?:tools|tool use|tool calling|function calling)|\btools?\W{0,2} (?:are|is) not supported|cannot use tools|tool_choice.*not supported|no endpoints found that support (?:tool use|the provided .?tool_choice)|argument supplied: tools|function calling is not (?:enabled|supported)/i;
-const KWARGS_REJECTED = /chat_template_kwargs|enable_thinking/i;
-// Mistral: 422 "extra_forbidden … stream_options"; Azure AI serverless: "Extra parameters ['stream_options'] are not allowed".
-const STREAM_OPTIONS_REJECTED = /stream_options/i;
+
+/**
+ * The server refused the request field itself, not merely quoted the request that held it (validation
+ * errors may echo the whole body): an extra_forbidden entry for it (pydantic, Mistral), "FIELD: Extra inputs
+ * are not permitted", "FIELD is not allowed", "Extra parameters ['FIELD'] are not allowed" (Azure AI),
+ * "Unrecognized request argument supplied: FIELD" (OpenAI), "unknown field `FIELD`", "'FIELD' was unexpected".
+ */
+function refusesField(field: string): RegExp {
+  return new RegExp(
+    [
+      // Quotes may come escaped, from a gateway that passes the server's JSON on as a message string.
+      `extra_forbidden\\\\?"[^}]*\\\\?"${field}\\\\?"`,
+      `\\\\?"${field}\\\\?"[^}]*extra_forbidden`,
+      `\\b${field}\\W{0,3}(?:\\w+\\W+){0,3}not (?:allowed|permitted|supported|recognized)`,
+      `\\b${field}\\W{0,3}(?:was|is) unexpected`,
+      `(?:unrecognized|unknown|unsupported|unexpected|extra) (?:request )?(?:arguments?|parameters?|fields?|inputs?|keys?|properties?)(?: supplied)?\\W{0,4}${field}`,
+    ].join('|'),
+    'i',
+  );
+}
+const KWARGS_REJECTED = new RegExp(
+  `${refusesField('chat_template_kwargs').source}|${refusesField('enable_thinking').source}`,
+  'i',
+);
+const STREAM_OPTIONS_REJECTED = refusesField('stream_options');
 
 /** What an upstream 4xx means for the turn loop. */
 export function classifyRefusal(status: number, body: string): UpstreamRefusal {

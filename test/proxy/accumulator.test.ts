@@ -378,6 +378,40 @@ describe('StreamAccumulator', () => {
     ]);
   });
 
+  it('keeps one call whose fragments each come with an id of their own, and an earlier id names its call', () => {
+    const { events, accumulator } = run([
+      calls({ index: 0, id: 'frag_1', type: 'function', function: { name: 'get_weather', arguments: '' } }),
+      calls({ index: 0, id: 'frag_2', function: { arguments: '{"city":' } }),
+      calls({ index: 0, id: 'frag_3', function: { arguments: '"Paris"}' } }),
+    ]);
+    expect(accumulator.snapshot().toolCalls).toEqual([
+      { index: 0, id: 'frag_3', name: 'get_weather', arguments: '{"city":"Paris"}' },
+    ]);
+    expect(events.filter((e) => e.type === 'tool_call_ready')).toEqual([]);
+
+    const again = run([
+      calls({ index: 0, id: 'a', function: { name: 'f', arguments: '{"x":' } }),
+      calls({ index: 0, id: 'b', function: { name: 'g', arguments: '{}' } }),
+      // Call a's id again at index 0: its own call, not a third one.
+      calls({ index: 0, id: 'a', function: { name: 'f', arguments: '1}' } }),
+    ]).accumulator;
+    expect(again.snapshot().toolCalls.map((c) => [c.id, c.name, c.arguments])).toEqual([
+      ['a', 'f', '{"x":1}'],
+      ['b', 'g', '{}'],
+    ]);
+  });
+
+  it(`drops the calls an index 0 stream starts past ${MAX_TOOL_CALL_INDEX}, and their fragments`, () => {
+    const accumulator = new StreamAccumulator();
+    for (let i = 0; i < MAX_TOOL_CALL_INDEX + 1; i++)
+      accumulator.push(calls({ index: 0, id: `c${i}`, function: { name: 'f', arguments: `{"n":${i}` } }));
+    accumulator.push(calls(args(0, ',"late":true}')));
+    const kept = accumulator.snapshot().toolCalls;
+    expect(kept).toHaveLength(MAX_TOOL_CALL_INDEX);
+    // The last kept call got nothing of the dropped one's fragments.
+    expect(kept.at(-1)?.arguments).toBe(`{"n":${MAX_TOOL_CALL_INDEX - 1}`);
+  });
+
   it("merges OpenRouter's reasoning_details fragments by type and index, in the order they began", () => {
     const detail = (d: Record<string, unknown>) => chunk({ reasoning_details: [d] });
     const { accumulator } = run([

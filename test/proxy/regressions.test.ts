@@ -64,10 +64,24 @@ describe('review regressions', () => {
     const { upstream, harness } = await setup(
       (req) =>
         req.body.stream_options
-          ? errorReply(
-              422,
-              '{"object":"error","message":{"detail":[{"type":"extra_forbidden","loc":["body","stream_options"],"msg":"Extra inputs are not permitted"}]},"type":"invalid_request_message_error"}',
-            )
+          ? {
+              status: 422,
+              // Mistral's answer as it comes (a JSON body of its own, not an OpenAI error object).
+              json: {
+                object: 'error',
+                message: {
+                  detail: [
+                    {
+                      type: 'extra_forbidden',
+                      loc: ['body', 'stream_options'],
+                      msg: 'Extra inputs are not permitted',
+                      input: { include_usage: true },
+                    },
+                  ],
+                },
+                type: 'invalid_request_message_error',
+              },
+            }
           : { sse: textReply('Ok.') },
       { tools: [] },
     );

@@ -88,6 +88,43 @@ describe('classifyRefusal', () => {
       '{"error":{"code":"extra_parameters_not_allowed","message":"Extra parameters [\'stream_options\'] are not allowed when extra-parameters is not set or set to be \'error\'."}}',
       'stream_options_rejected',
     ],
+    [
+      400,
+      '{"error":{"message":"Unrecognized request argument supplied: chat_template_kwargs","type":"invalid_request_error"}}',
+      'kwargs_rejected',
+    ],
+    [
+      400,
+      '{"error":{"message":"Failed to deserialize the JSON body: unknown field `chat_template_kwargs`, expected one of `model`, `messages`"}}',
+      'kwargs_rejected',
+    ],
+    [
+      400,
+      `{"error":{"message":"Additional properties are not allowed ('stream_options' was unexpected)"}}`,
+      'stream_options_rejected',
+    ],
+    // Mistral's refusal passed on by a gateway as a message string, its quotes escaped
+    [
+      422,
+      JSON.stringify({
+        error: {
+          message:
+            '{"detail":[{"type":"extra_forbidden","loc":["body","stream_options"],"msg":"Extra inputs are not permitted"}]}',
+        },
+      }),
+      'stream_options_rejected',
+    ],
+    // A validation error that echoes the request names the fields it held, without refusing them
+    [
+      400,
+      `{"object":"error","message":"[{'type': 'value_error', 'loc': ('body',), 'msg': 'Value error, top_logprobs requires logprobs', 'input': {'model': 'm', 'stream': True, 'stream_options': {'include_usage': True}, 'chat_template_kwargs': {'enable_thinking': False}, 'top_logprobs': 5}}]","type":"BadRequestError","param":null,"code":400}`,
+      'other',
+    ],
+    [
+      422,
+      '{"detail":[{"type":"extra_forbidden","loc":["body","seed_x"],"msg":"Extra inputs are not permitted","input":1}],"body":{"stream_options":{"include_usage":true}}}',
+      'other',
+    ],
     [400, '{"error":{"message":"model not found"}}', 'other'],
     [500, 'context length exceeded', 'other'],
   ])('HTTP %i %s → %s', (status, body, expected) => {
