@@ -536,12 +536,13 @@ export class ToolSetController {
       );
       return why;
     }
-    // Labelled "true" they asked (the reporter names those the webhook missed), "false" they declined.
+    // Labelled "true" they asked (the reporter names those the webhook missed); "false" is named with its
+    // label, as any other value, so that a selector matching only opted-out pods says so.
     const unasked = found
       .filter(
         (p) =>
           running(p) &&
-          !['true', 'false'].includes(p.metadata?.labels?.[LABEL_INJECT] ?? '') &&
+          p.metadata?.labels?.[LABEL_INJECT] !== 'true' &&
           !p.metadata?.labels?.[LABEL_INJECTED],
       )
       .map((p) => {

@@ -242,7 +242,10 @@ export class ControlPlane {
         ? this.toolsets.list().map((t) => ({
             namespace: t.metadata.namespace ?? '',
             ready: condition(t.status, READY)?.status === 'True',
-            behind: (t.metadata.generation ?? 0) > (t.status?.observedGeneration ?? 0),
+            // Not one being deleted: setting deletionTimestamp bumps the generation, and nobody reconciles it.
+            behind:
+              !t.metadata.deletionTimestamp &&
+              (t.metadata.generation ?? 0) > (t.status?.observedGeneration ?? 0),
             operator: t.metadata.labels?.[LABEL_OPERATOR] ?? '',
           }))
         : [],

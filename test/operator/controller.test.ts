@@ -500,7 +500,7 @@ describe('ToolSet controller', () => {
     expect(condition('assistant', 'SidecarsReady')).toMatchObject({
       status: 'False',
       message: expect.stringMatching(
-        /^no running pod has this ToolSet's earpiece-proxy sidecar: .*; pods backend-a, backend-b \(earpiece\.dev\/inject: "True"\) match spec\.selector but are not opted in$/,
+        /^no running pod has this ToolSet's earpiece-proxy sidecar: .*; pods backend-a, backend-b \(earpiece\.dev\/inject: "True"\), backend-c \(earpiece\.dev\/inject: "false"\) match spec\.selector but are not opted in$/,
       ),
     });
 
@@ -522,6 +522,18 @@ describe('ToolSet controller', () => {
       ...canary,
       metadata: { ...canary.metadata, labels: { 'earpiece.dev/operator': 'earpiece-canary' } },
     });
+    // One being deleted, held by a finalizer: its generation moved with its deletionTimestamp, nobody
+    // reconciles it, and it is no stale edit.
+    const leaving = toolset('leaving', [weatherTool()]);
+    api.create('toolsets', {
+      ...leaving,
+      metadata: {
+        ...leaving.metadata,
+        deletionTimestamp: '2026-01-01T00:00:00Z',
+        finalizers: ['gitops.example/keep'],
+      },
+    });
+    expect(stored('leaving')?.metadata.deletionTimestamp).toBeDefined();
     await expect.poll(() => ready('assistant')?.status, POLL).toBe('True');
     await settled(plane, 'assistant');
     const unreconciled = async () =>

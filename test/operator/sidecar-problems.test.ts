@@ -316,11 +316,13 @@ describe('sidecar problems', () => {
     await expect.poll(() => plane.namespacePods.watched, POLL).toEqual([]);
     await expect.poll(() => problems(metrics), POLL).toEqual({});
     // Nothing reports the pod now, but no pod runs the ToolSet's sidecar either, and the ToolSet names the
-    // one its selector matches without the label (not the one opted out).
+    // pods its selector matches, with the label of the one opted out.
     await expect.poll(() => sidecarsReady()?.reason, POLL).toBe('NoPods');
     expect(sidecarsReady()).toMatchObject({
       status: 'False',
-      message: expect.stringMatching(/; pods backend-9-a match spec\.selector but are not opted in$/),
+      message: expect.stringMatching(
+        /; pods backend-9-a, backend-9-b \(earpiece\.dev\/inject: "false"\) match spec\.selector but are not opted in$/,
+      ),
     });
   });
 
