@@ -263,11 +263,14 @@ export class StreamAccumulator {
     if (!call) {
       call = { index, id: undefined, name: undefined, arguments: '', ready: false };
       this.#calls.set(index, call);
-      // A new call means the ones before it are complete (servers stream one call after another).
+      // A new call means the ones before it are complete (servers stream one call after another), once
+      // their arguments are whole JSON: a server that interleaves calls may send more of them later, and a
+      // call started with half its arguments would run with them. Such a call waits for the message's end.
       if (index > this.#highestIndex) {
         this.#highestIndex = index;
         for (const earlier of this.#calls.values()) {
           if (earlier.index >= index || earlier.ready || earlier.name === undefined) continue;
+          if (!wholeJson(earlier.arguments)) continue;
           earlier.ready = true;
           earlier.id ??= generateCallId();
           events.push({ type: 'tool_call_ready', call: accumulated(earlier, earlier.id, earlier.name) });
@@ -404,6 +407,15 @@ function appendArguments(current: string, fragment: string): string {
   )
     return fragment;
   return current + fragment;
+}
+
+function wholeJson(text: string): boolean {
+  try {
+    JSON.parse(text);
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 function accumulated(call: CallState, id: string, name: string): AccumulatedToolCall {

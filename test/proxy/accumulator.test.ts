@@ -333,14 +333,16 @@ describe('StreamAccumulator', () => {
     expect(events.map((e) => e.type)).toEqual(['tool_call_start', 'tool_call_ready', 'tool_call_start']);
   });
 
-  it('allows interleaved calls', () => {
-    const { accumulator } = run([
+  it('allows interleaved calls, and starts none early before its arguments are whole', () => {
+    const { events, accumulator } = run([
       calls({ index: 0, id: 'a', function: { name: 'f', arguments: '{"a"' } }),
       calls({ index: 1, id: 'b', function: { name: 'g', arguments: '{"b"' } }),
       calls(args(0, ': 1}')),
       calls(args(1, ': 2}')),
     ]);
     expect(accumulator.snapshot().toolCalls.map((c) => c.arguments)).toEqual(['{"a": 1}', '{"b": 2}']);
+    // Call 0's arguments were half sent when call 1 began: it is not ready then, but at the message's end.
+    expect(events.filter((e) => e.type === 'tool_call_ready')).toEqual([]);
   });
 
   it("takes another id at a taken index for the next call (Gemini's parallel calls, each at index 0)", () => {
