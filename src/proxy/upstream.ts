@@ -344,6 +344,8 @@ const HOP_BY_HOP = new Set([
 ]);
 
 const MAX_ERROR_BODY = 64 * 1024;
+const WHITESPACE = new Set([0x20, 0x09, 0x0a, 0x0d]);
+const OPEN_BRACE = 0x7b;
 
 export interface UpstreamOptions {
   /** Base URL without /v1, like KYUTAI_LLM_URL. */
@@ -410,7 +412,8 @@ export class Upstream {
     const { promise: response, resolve, reject } = Promise.withResolvers<ChunkSource>();
     const origin = this.origin;
     let controller: Dispatcher.DispatchController | undefined;
-    let kind: 'sse' | 'json' | 'refused' | undefined;
+    // `sniff`: a 200 that names neither SSE nor JSON (text/plain, none): its first byte decides.
+    let kind: 'sse' | 'json' | 'refused' | 'sniff' | undefined;
     let status = 0;
     let retryAfter: number | undefined;
     let stream: UpstreamBody | undefined;
@@ -445,20 +448,45 @@ export class Upstream {
         onResponseStart(c, statusCode, responseHeaders) {
           status = statusCode;
           retryAfter = retryAfterSeconds(responseHeaders['retry-after']);
+          const type = String(responseHeaders['content-type'] ?? '');
           if (statusCode >= 400) {
             kind = 'refused';
-          } else if (String(responseHeaders['content-type'] ?? '').includes('application/json')) {
+          } else if (type.includes('json')) {
             kind = 'json';
-          } else {
+          } else if (type.includes('event-stream')) {
             kind = 'sse';
             stream = new UpstreamBody(c);
             resolve(new StreamSource(stream));
+          } else {
+            kind = 'sniff';
           }
         },
         onResponseData(c, chunk) {
           if (kind === 'sse') {
             (stream as UpstreamBody).push(chunk);
             return;
+          }
+          if (kind === 'sniff') {
+            const first = chunk.findIndex((byte) => !WHITESPACE.has(byte));
+            if (first === -1) {
+              parts.push(chunk);
+              size += chunk.length;
+              if (size > MAX_COMPLETION_BYTES) {
+                fail(new ProxyError('ERP_UPSTREAM_STREAM', 'upstream sent nothing but whitespace'));
+                parts = [];
+                c.abort(new Error('upstream sent only whitespace'));
+              }
+              return;
+            }
+            kind = chunk[first] === OPEN_BRACE ? 'json' : 'sse';
+            if (kind === 'sse') {
+              stream = new UpstreamBody(c);
+              resolve(new StreamSource(stream));
+              for (const part of parts) stream.push(part);
+              parts = [];
+              stream.push(chunk);
+              return;
+            }
           }
           parts.push(chunk);
           size += chunk.length;
@@ -478,8 +506,14 @@ export class Upstream {
             c.abort(new Error('upstream completion too large'));
           }
         },
-        onResponseEnd() {
+        onResponseEnd(c) {
           signal.removeEventListener('abort', onAbort);
+          // Nothing but whitespace: an empty stream, which the turn reports as one that never finished.
+          if (kind === 'sniff') {
+            kind = 'sse';
+            stream = new UpstreamBody(c);
+            resolve(new StreamSource(stream));
+          }
           if (kind === 'sse') {
             (stream as UpstreamBody).finish();
           } else if (kind === 'refused') {

@@ -267,6 +267,39 @@ describe('turn behaviour', () => {
     });
   });
 
+  it.each([
+    ['text/plain', 'text/plain; charset=utf-8'],
+    ['no content type', ''],
+  ])('reads an answer sent as %s by its first byte: a JSON completion, or a stream', async (_, type) => {
+    const completion = {
+      id: 'x',
+      choices: [{ index: 0, message: { role: 'assistant', content: 'From JSON.' }, finish_reason: 'stop' }],
+    };
+    const { harness } = await setup((_req, i) =>
+      i === 0
+        ? { json: completion, headers: { 'content-type': type } }
+        : { sse: ['\n', ...textReply('From a stream.')], headers: { 'content-type': type } },
+    );
+    expect((await unmuteTurn(harness.client, [SYSTEM, { role: 'user', content: 'Hi' }])).text).toBe(
+      'From JSON.',
+    );
+    expect((await unmuteTurn(harness.client, [SYSTEM, { role: 'user', content: 'Again' }])).text).toBe(
+      'From a stream.',
+    );
+  });
+
+  it('stops reading an answer of nothing but whitespace past the completion cap, and speaks the error line', async () => {
+    const { harness } = await setup(() => ({
+      sse: Array(5).fill(' '.repeat(1024 * 1024)),
+      headers: { 'content-type': 'text/plain' },
+    }));
+    expect(await bothClients(harness)).toEqual({
+      text: "Sorry, I couldn't do that right now. ",
+      status: 502,
+      code: 'ERP_UPSTREAM_STREAM',
+    });
+  });
+
   it('speaks the error line for a refusal in a JSON completion, as for a streamed one', async () => {
     const { harness } = await setup(() => ({
       json: {
