@@ -251,7 +251,7 @@ export class ToolSetController {
       const wrote = await this.writeStatus(cached, {
         observedGeneration: generation,
         tools: owned ? (cached.status?.tools ?? 0) : 0,
-        pods: this.podsOf(name, namespace),
+        pods: this.injectedFor(name, namespace).length,
         conditions: [{ type: READY, status: 'False', reason: INVALID_TOOLSET, message }, ...others],
       });
       if (wrote) {
@@ -280,7 +280,7 @@ export class ToolSetController {
         await this.writeStatus(cached, {
           observedGeneration: generation,
           tools: cached.status?.tools ?? 0,
-          pods: this.podsOf(name, namespace),
+          pods: this.injectedFor(name, namespace).length,
           conditions: [
             {
               type: READY,
@@ -296,11 +296,11 @@ export class ToolSetController {
     }
 
     const tools = toolset.spec.tools.length;
-    const pods = this.podsOf(name, namespace);
+    const injected = this.injectedFor(name, namespace);
     await this.writeStatus(cached, {
       observedGeneration: generation,
       tools,
-      pods,
+      pods: injected.length,
       conditions: [
         {
           type: READY,
@@ -308,8 +308,8 @@ export class ToolSetController {
           reason: 'Valid',
           message: `ConfigMap ${cmName} holds ${tools} tool ${tools === 1 ? 'entry' : 'entries'}`,
         },
-        this.restartCondition(toolset, namespace),
-        ...(await this.sidecarCondition(toolset, namespace, cached, pods)),
+        this.restartCondition(toolset, injected),
+        ...(await this.sidecarCondition(toolset, namespace, cached, injected.length)),
       ],
     });
     return 'ok';
@@ -380,7 +380,7 @@ export class ToolSetController {
    *   run the old one, as recorded in earpiece.dev/injected-image (not when the pod chose its own image,
    *   or another webhook rewrote it since).
    */
-  private restartCondition(toolset: ToolSet, namespace: string): ConditionInput {
+  private restartCondition(toolset: ToolSet, injected: readonly InjectedPod[]): ConditionInput {
     const needed = renderForSidecar(toolset).env;
     const upstreamNamed = toolset.spec.upstream?.url !== undefined;
     const lacking: { pod: string; secrets: string[] }[] = [];
@@ -389,10 +389,7 @@ export class ToolSetController {
     const imageStale: { pod: string; image: string }[] = [];
     const chartEnv = this.o.sidecarEnv ?? [];
     const chartImage = this.o.sidecarImage;
-    for (const pod of this.o.pods.list(namespace)) {
-      if (!running(pod)) continue;
-      const injection = injectionOf(pod);
-      if (injection?.toolset !== toolset.metadata.name) continue;
+    for (const { pod, injection } of injected) {
       const has = new Set(injection.secretEnv);
       const missing = needed.filter((e) => !has.has(e.name));
       if (missing.length > 0) {
@@ -508,12 +505,15 @@ export class ToolSetController {
     ];
   }
 
-  /** Running pods whose sidecar was injected for this ToolSet. */
-  private podsOf(name: string, namespace: string): number {
-    let count = 0;
-    for (const pod of this.o.pods.list(namespace))
-      if (running(pod) && injectionOf(pod)?.toolset === name) count++;
-    return count;
+  /** Running pods whose sidecar was injected for this ToolSet, with what each was given. */
+  private injectedFor(name: string, namespace: string): InjectedPod[] {
+    const found: InjectedPod[] = [];
+    for (const pod of this.o.pods.list(namespace)) {
+      if (!running(pod)) continue;
+      const injection = injectionOf(pod);
+      if (injection?.toolset === name) found.push({ pod, injection });
+    }
+    return found;
   }
 
   /**
@@ -599,6 +599,12 @@ export class ToolSetController {
     );
     return true;
   }
+}
+
+/** A running pod with an earpiece sidecar, and what the webhook gave it. */
+interface InjectedPod {
+  pod: V1Pod;
+  injection: NonNullable<ReturnType<typeof injectionOf>>;
 }
 
 /** Not being deleted, and not finished (a Job's pod that completed). */

@@ -10,6 +10,7 @@ import { randomInt } from 'node:crypto';
 import {
   type ChatChunk,
   type ChunkDelta,
+  isJson,
   isObject,
   nonEmpty,
   type ToolCallDelta,
@@ -270,7 +271,7 @@ export class StreamAccumulator {
         this.#highestIndex = index;
         for (const earlier of this.#calls.values()) {
           if (earlier.index >= index || earlier.ready || earlier.name === undefined) continue;
-          if (!wholeJson(earlier.arguments)) continue;
+          if (!isJson(earlier.arguments)) continue;
           earlier.ready = true;
           earlier.id ??= generateCallId();
           events.push({ type: 'tool_call_ready', call: accumulated(earlier, earlier.id, earlier.name) });
@@ -407,15 +408,6 @@ function appendArguments(current: string, fragment: string): string {
   )
     return fragment;
   return current + fragment;
-}
-
-function wholeJson(text: string): boolean {
-  try {
-    JSON.parse(text);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 function accumulated(call: CallState, id: string, name: string): AccumulatedToolCall {

@@ -1,7 +1,7 @@
 /**
  * Wire types of OpenAI `chat.completion.chunk` as upstream servers really send them. Every field is optional
  * and nullable because vLLM, Ollama, llama.cpp and gateways each leave out or null different ones
- * (docs: upstream-streams research §0, §5); unknown keys are allowed and ignored. The two guards below are how
+ * (docs: upstream-streams research §0, §5); unknown keys are allowed and ignored. The guards below are how
  * the decoder, the accumulator and the raw-call filter read such values.
  */
 
@@ -56,4 +56,14 @@ export function isObject(value: unknown): value is Record<string, unknown> {
 /** A string with something in it: servers send `""` and `null` for fields they leave empty. */
 export function nonEmpty(value: unknown): value is string {
   return typeof value === 'string' && value.length > 0;
+}
+
+/** Text that parses as JSON: a tool call's arguments, whole (not still streaming, not broken). */
+export function isJson(text: string): boolean {
+  try {
+    JSON.parse(text);
+    return true;
+  } catch {
+    return false;
+  }
 }

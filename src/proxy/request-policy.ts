@@ -11,6 +11,7 @@ import type { SpanHandle, Telemetry } from '../telemetry/types.js';
 import type { ToolDefinition, ToolOutcome, ToolRunner } from '../tools/types.js';
 import type { ResolvedToolSet } from '../toolset/defaults.js';
 import type { AccumulatedToolCall } from './accumulator.js';
+import { isJson } from './chunks.js';
 import {
   type ChatMessage,
   dropOldestTurns,
@@ -322,13 +323,4 @@ function toolCallMessage(c: AccumulatedToolCall): Record<string, unknown> {
     type: 'function',
     function: { name: c.name, arguments: isJson(c.arguments) ? c.arguments : '{}' },
   };
-}
-
-function isJson(text: string): boolean {
-  try {
-    JSON.parse(text);
-    return true;
-  } catch {
-    return false;
-  }
 }

@@ -420,6 +420,13 @@ export class Upstream {
     let parts: Buffer[] = [];
     let size = 0;
     const onAbort = () => controller?.abort(signal.reason as Error);
+    // The answer is a stream: the turn reads it from here on.
+    const openStream = (c: Dispatcher.DispatchController): UpstreamBody => {
+      kind = 'sse';
+      stream = new UpstreamBody(c);
+      resolve(new StreamSource(stream));
+      return stream;
+    };
     const fail = (err: unknown) => {
       signal.removeEventListener('abort', onAbort);
       markSent();
@@ -454,9 +461,7 @@ export class Upstream {
           } else if (type.includes('json')) {
             kind = 'json';
           } else if (type.includes('event-stream')) {
-            kind = 'sse';
-            stream = new UpstreamBody(c);
-            resolve(new StreamSource(stream));
+            openStream(c);
           } else {
             kind = 'sniff';
           }
@@ -478,15 +483,14 @@ export class Upstream {
               }
               return;
             }
-            kind = chunk[first] === OPEN_BRACE ? 'json' : 'sse';
-            if (kind === 'sse') {
-              stream = new UpstreamBody(c);
-              resolve(new StreamSource(stream));
-              for (const part of parts) stream.push(part);
+            if (chunk[first] !== OPEN_BRACE) {
+              const opened = openStream(c);
+              for (const part of parts) opened.push(part);
               parts = [];
-              stream.push(chunk);
+              opened.push(chunk);
               return;
             }
+            kind = 'json';
           }
           parts.push(chunk);
           size += chunk.length;
@@ -509,11 +513,7 @@ export class Upstream {
         onResponseEnd(c) {
           signal.removeEventListener('abort', onAbort);
           // Nothing but whitespace: an empty stream, which the turn reports as one that never finished.
-          if (kind === 'sniff') {
-            kind = 'sse';
-            stream = new UpstreamBody(c);
-            resolve(new StreamSource(stream));
-          }
+          if (kind === 'sniff') openStream(c);
           if (kind === 'sse') {
             (stream as UpstreamBody).finish();
           } else if (kind === 'refused') {
