@@ -217,9 +217,8 @@ describe('default values', () => {
   });
 
   it.each([
-    // The operator decides at start from the API server's version, whatever version the chart assumed.
-    ['1.27.3', [], 'auto'],
-    ['1.28.0', [], 'auto'],
+    ['1.27.3', [], 'false'],
+    ['1.28.0', [], 'false'],
     ['1.29.0', [], 'auto'],
     ['1.33.1', [], 'auto'],
     ['1.28.0', ['injection.nativeSidecar=true'], 'true'],

@@ -113,15 +113,16 @@ src/operator/sidecar.ts), which would crash-loop it: a request above its limit. 
 {{- end }}
 
 {{/*
-Native sidecars: the value given, else auto: the operator asks the API server's version at start. Not the
-chart's idea of the version: `helm template` without --kube-version assumes one (below 1.29 in Helm 3.10
-to 3.13), and would fix false for a cluster that has native sidecars.
+Native sidecars: the value given, else false before Kubernetes 1.29 (which has none), else auto: the
+operator asks the API server at start, which also covers a `helm template` rendered for another cluster.
 */}}
 {{- define "earpiece.nativeSidecar" -}}
 {{- if kindIs "bool" .Values.injection.nativeSidecar }}
 {{- .Values.injection.nativeSidecar }}
-{{- else }}
+{{- else if semverCompare ">=1.29.0-0" .Capabilities.KubeVersion.Version }}
 {{- "auto" }}
+{{- else }}
+{{- "false" }}
 {{- end }}
 {{- end }}
 
