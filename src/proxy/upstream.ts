@@ -223,7 +223,12 @@ function completionAsChunk(completion: unknown): ChatChunk {
       message?: {
         content?: string | null;
         refusal?: string | null;
-        tool_calls?: { id?: string; function?: { name?: string; arguments?: string } }[];
+        reasoning_details?: unknown;
+        tool_calls?: {
+          id?: string;
+          function?: { name?: string; arguments?: string };
+          extra_content?: unknown;
+        }[];
       };
       finish_reason?: string;
     }[];
@@ -244,11 +249,14 @@ function completionAsChunk(completion: unknown): ChatChunk {
           role: 'assistant',
           content: message.content ?? null,
           refusal: message.refusal ?? null,
+          // A reasoning model's signatures go back with its calls, as from a stream.
+          reasoning_details: message.reasoning_details,
           tool_calls: (message.tool_calls ?? []).map((t, index) => ({
             index,
             id: t.id,
             type: 'function',
             function: t.function,
+            extra_content: t.extra_content,
           })),
         },
         finish_reason: choice.finish_reason ?? 'stop',

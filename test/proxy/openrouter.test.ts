@@ -181,6 +181,55 @@ describe('OpenRouter', () => {
     ]);
   });
 
+  it('a JSON answer (a gateway that ignored stream) keeps its reasoning_details and extra_content for the call they belong to', async () => {
+    const signature = {
+      type: 'reasoning.encrypted',
+      data: 'c2ln',
+      id: 'call_1',
+      format: 'google-gemini-v1',
+      index: 0,
+    };
+    const extra = { google: { thought_signature: 'EjQK' } };
+    const { harness, upstream } = await setup(
+      (_req, i) =>
+        i === 0
+          ? {
+              json: {
+                id: 'gen-2',
+                choices: [
+                  {
+                    index: 0,
+                    message: {
+                      role: 'assistant',
+                      content: null,
+                      reasoning_details: [signature],
+                      tool_calls: [
+                        {
+                          id: 'call_1',
+                          type: 'function',
+                          function: { name: 'get_weather', arguments: '{"city":"Paris"}' },
+                          extra_content: extra,
+                        },
+                      ],
+                    },
+                    finish_reason: 'tool_calls',
+                  },
+                ],
+              },
+            }
+          : { sse: replay('openrouter-reasoning-then-content') },
+      spec(),
+    );
+    await unmuteTurn(harness.client, [SYSTEM, { role: 'user', content: 'What is the weather in Paris?' }]);
+    const sentBack = (upstream.requests[1]!.body.messages as Record<string, unknown>[]).find(
+      (m) => m.role === 'assistant',
+    );
+    expect(sentBack).toMatchObject({
+      reasoning_details: [signature],
+      tool_calls: [{ id: 'call_1', extra_content: extra }],
+    });
+  });
+
   it('a mid-stream error object ends the turn with the error line, never an error event', async () => {
     const { harness } = await setup(() => ({ sse: replay('openrouter-midstream-error') }), spec());
     const { text, chunks } = await unmuteTurn(harness.client, [
