@@ -311,6 +311,8 @@ export class ControlPlane {
         { ...review, secrets: issues },
         'Refused a ToolSet naming Secrets its author may not read',
       );
+    } else if (result === 'unwatched') {
+      this.logger.info(review, 'Admitted a ToolSet of a namespace this release does not watch, unchecked');
     } else if (result === 'error') {
       // The API server did not answer the access check: worth a look, unlike a user's mistake.
       this.logger.warn(
@@ -484,6 +486,7 @@ export async function startOperator(o: OperatorOptions): Promise<RunningOperator
       lookups: plane.webhookLookups(),
       sidecar: config.sidecar,
       instance: config.instance,
+      watchNamespaces: config.watchNamespaces,
       logger,
       maxBodyBytesInFlight: config.webhookMaxBodyBytesInFlight,
       onInjection: (outcome) => running.onInjection(outcome),

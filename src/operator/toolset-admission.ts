@@ -17,6 +17,10 @@
  * A `valueFrom.env` naming an injection.env variable the chart fills from a Secret names that Secret.
  * An UPDATE that changes the spec is checked the same way, since any change may send a Secret named before
  * elsewhere; one that leaves the spec as it was (labels, finalizers) is not.
+ *
+ * A release with watchNamespaces reconciles no ToolSet elsewhere, and without a word that ToolSet would
+ * simply never get a status. The chart sends those too (a second entry that never blocks): they are
+ * admitted unchecked, with a warning that kubectl prints, unless another release has claimed them.
  */
 import { isDeepStrictEqual } from 'node:util';
 import type { V1EnvVar } from '@kubernetes/client-node';
@@ -26,6 +30,7 @@ import { type CheckResult, checkToolSet } from '../toolset/check.js';
 import { formatIssues, type Issue } from '../toolset/validate.js';
 import { type SecretRef, secretRefs } from '../toolset/values.js';
 import { type SecretAccess, type UserInfo, unreadableSecrets } from './secret-access.js';
+import { LABEL_OPERATOR } from './sidecar.js';
 import { type EnvSecretRef, envSecretRefs, sidecarEnvIssues } from './sidecar-env.js';
 
 export interface ToolSetAdmissionRequest {
@@ -65,7 +70,8 @@ export interface ToolSetAdmission {
   operation: string | undefined;
   /**
    * `refused`: invalid; `forbidden`: names a Secret the requesting user may not read; `error`: whether
-   * the user may read them could not be found out (refused too).
+   * the user may read them could not be found out (refused too); `unwatched`: in a namespace this release
+   * does not watch, admitted unchecked.
    */
   result: ToolSetAdmissionResult;
   /** The problems of a refused ToolSet; for a forbidden one, each reference to a Secret the user may not read. */
@@ -74,6 +80,13 @@ export interface ToolSetAdmission {
   user: string | undefined;
   /** Why the access check could not be made (`error`). */
   error?: string;
+}
+
+/** The namespaces this release reconciles ToolSets in (empty: all), and its operator instance. */
+export interface ServedNamespaces {
+  watchNamespaces: readonly string[];
+  /** Undefined: the ToolSet's operator label is not looked at. */
+  instance?: string | undefined;
 }
 
 /** Who may name which Secret; without it, a valid ToolSet is admitted whatever Secrets it names. */
@@ -97,7 +110,7 @@ function warnings(issues: Issue[], prefix = ''): string[] {
   return [...lines.slice(0, MAX_WARNINGS - 1), `earpiece: and ${lines.length - MAX_WARNINGS + 1} more`];
 }
 
-function metadataOf(object: unknown): { name?: unknown; namespace?: unknown } {
+function metadataOf(object: unknown): { name?: unknown; namespace?: unknown; labels?: unknown } {
   const metadata = (object as { metadata?: unknown } | null | undefined)?.metadata;
   return metadata && typeof metadata === 'object' ? metadata : {};
 }
@@ -264,6 +277,42 @@ function checkFailed(
   };
 }
 
+function clip(text: string): string {
+  return text.length <= MAX_WARNING ? text : `${text.slice(0, MAX_WARNING - 1)}…`;
+}
+
+/**
+ * A ToolSet in a namespace this release does not watch: not this release's to judge (another may watch
+ * it), so admitted as it is; the warning says nothing reconciles it unless another release claims it.
+ * None for a ToolSet another operator has already labelled as its own.
+ */
+function unwatched(
+  request: ToolSetAdmissionRequest,
+  name: string | undefined,
+  namespace: string,
+  served: ServedNamespaces,
+  labels: unknown,
+): ToolSetAdmissionResponse {
+  const owner =
+    labels && typeof labels === 'object' ? (labels as Record<string, unknown>)[LABEL_OPERATOR] : undefined;
+  if (served.instance !== undefined && typeof owner === 'string' && owner !== '' && owner !== served.instance)
+    return { uid: request.uid, allowed: true };
+  const release = served.instance === undefined ? 'this earpiece release' : `release ${served.instance}`;
+  return {
+    uid: request.uid,
+    allowed: true,
+    warnings: [
+      clip(
+        `earpiece: ${release} does not watch namespace ${namespace} (watchNamespaces: ${served.watchNamespaces.join(', ')}): ` +
+          `unless another earpiece release does, nothing checks or reconciles ToolSet${name ? ` ${name}` : ''} and no pod gets its sidecar`,
+      ),
+      clip(
+        `earpiece: apply it in a watched namespace, or add ${namespace} to the release's watchNamespaces (chart value)`,
+      ),
+    ],
+  };
+}
+
 export async function admitToolSet(
   request: ToolSetAdmissionRequest,
   options: {
@@ -271,10 +320,33 @@ export async function admitToolSet(
     onDecision?: ((decision: ToolSetAdmission) => void) | undefined;
     /** The env vars the chart gives every sidecar (injection.env, shared state); default none. */
     sidecarEnv?: readonly V1EnvVar[] | undefined;
+    /** Without it, every namespace is this release's. */
+    served?: ServedNamespaces | undefined;
   } = {},
 ): Promise<ToolSetAdmissionResponse> {
   const meta = metadataOf(request.object);
   const name = typeof meta.name === 'string' ? meta.name : request.name;
+  const namespace = request.namespace ?? (typeof meta.namespace === 'string' ? meta.namespace : undefined);
+  const served = options.served;
+  if (
+    served &&
+    served.watchNamespaces.length > 0 &&
+    namespace !== undefined &&
+    !served.watchNamespaces.includes(namespace) &&
+    request.kind?.group === API_GROUP &&
+    request.kind?.kind === KIND
+  ) {
+    options.onDecision?.({
+      namespace,
+      name,
+      operation: request.operation,
+      result: 'unwatched',
+      issues: [],
+      dryRun: request.dryRun === true,
+      user: request.userInfo?.username,
+    });
+    return unwatched(request, name, namespace, served, meta.labels);
+  }
   const sidecarEnv = options.sidecarEnv ?? [];
   const { response, result, issues } = validation(request, name, sidecarEnv);
   if (!result) return response;
@@ -296,7 +368,6 @@ export async function admitToolSet(
   }
 
   const names = [...new Set(refs.map((r) => r.name))];
-  const namespace = request.namespace ?? (typeof meta.namespace === 'string' ? meta.namespace : undefined);
   const user = request.userInfo;
   const failed = (error: string) => {
     options.onDecision?.({ ...decision, result: 'error', issues: [], error });

@@ -88,6 +88,8 @@ export interface WebhookServerOptions {
   onReviewed?: (operation: 'mutate' | 'validate', seconds: number) => void;
   /** Each ToolSet the validating webhook (`POST /validate`) decided on. */
   onToolSetAdmission?: (decision: ToolSetAdmission) => void;
+  /** The namespaces whose ToolSets this release reconciles (empty: all): others are admitted with a warning. */
+  watchNamespaces?: readonly string[] | undefined;
   /** Asks whether the author of a ToolSet may read the Secrets it names; absent, nobody is asked. */
   secretAccess?: SecretAccessCheck | undefined;
   /** Bytes; a pod is at most about 1.5 MB in etcd, and the review wraps it once for CREATE. */
@@ -329,6 +331,7 @@ export async function startWebhookServer(options: WebhookServerOptions): Promise
       secretAccess: options.secretAccess,
       onDecision: options.onToolSetAdmission,
       sidecarEnv: options.sidecar.extraEnv,
+      served: { watchNamespaces: options.watchNamespaces ?? [], instance: options.instance },
     });
     options.onReviewed?.('validate', (performance.now() - started) / 1000);
     return { apiVersion: 'admission.k8s.io/v1', kind: 'AdmissionReview', response };

@@ -32,12 +32,13 @@ export const RECONCILE_RESULTS: readonly ReconcileResult[] = [
 ];
 
 /** How the validating webhook answered a ToolSet (the operator's ToolSetAdmission.result). */
-export type ToolSetAdmissionResult = 'allowed' | 'refused' | 'forbidden' | 'error';
+export type ToolSetAdmissionResult = 'allowed' | 'refused' | 'forbidden' | 'error' | 'unwatched';
 export const TOOLSET_ADMISSION_RESULTS: readonly ToolSetAdmissionResult[] = [
   'allowed',
   'refused',
   'forbidden',
   'error',
+  'unwatched',
 ];
 
 /** Reconciles are a cache read, validation and up to three API writes. */

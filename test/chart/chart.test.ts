@@ -498,6 +498,18 @@ describe('every option on', () => {
         ],
       },
     });
+    // The rest are sent too, to be admitted with a warning, never blocked, on the same endpoint.
+    expect(validating.webhooks[1]).toMatchObject({
+      name: 'toolsets-unwatched.validate.earpiece.dev',
+      clientConfig: validating.webhooks[0]!.clientConfig,
+      failurePolicy: 'Ignore',
+      namespaceSelector: {
+        matchExpressions: [
+          { key: 'kubernetes.io/metadata.name', operator: 'NotIn', values: ['voice', 'voice-staging'] },
+        ],
+      },
+    });
+    expect(validating.webhooks).toHaveLength(2);
     expect(operatorConfig(find(objects, 'Deployment', FULLNAME)).watchNamespaces).toEqual([
       'voice',
       'voice-staging',
@@ -763,6 +775,23 @@ describe('switches and guards', () => {
       'ValidatingWebhookConfiguration',
     );
     expect(renderError({ set: ['toolsetValidation.failurePolicy=Maybe'] })).toContain('failurePolicy');
+  });
+
+  it('leaves the unwatched namespaces to another release when told to', () => {
+    const names = (set: string[]) =>
+      (
+        find(render({ set }), 'ValidatingWebhookConfiguration') as unknown as { webhooks: Webhook[] }
+      ).webhooks.map((w) => w.name);
+    expect(names(['watchNamespaces={voice}'])).toEqual([
+      'toolsets.validate.earpiece.dev',
+      'toolsets-unwatched.validate.earpiece.dev',
+    ]);
+    expect(names(['watchNamespaces={voice}', 'toolsetValidation.warnUnwatchedNamespaces=false'])).toEqual([
+      'toolsets.validate.earpiece.dev',
+    ]);
+    expect(renderError({ set: ['toolsetValidation.warnUnwatchedNamespaces=maybe'] })).toContain(
+      'warnUnwatchedNamespaces',
+    );
   });
 
   it('lets the operator ask who may read a Secret exactly while it checks ToolSets for it', () => {

@@ -148,6 +148,7 @@ describe('the documented install commands', () => {
         'dashboards.enabled=false',
         'metrics.podMonitor.enabled=false',
         'watchNamespaces={voice-canary}',
+        'toolsetValidation.warnUnwatchedNamespaces=false',
       ],
       apiVersions: [MONITORING_API],
     });

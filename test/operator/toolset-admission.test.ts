@@ -791,3 +791,84 @@ describe('what a valueFrom.env may name in a cluster', () => {
     );
   });
 });
+
+describe('a release that watches some namespaces', () => {
+  const INSTANCE = 'earpiece-system-earpiece';
+  let watching: WebhookServer;
+  beforeAll(async () => {
+    watching = await startWebhookServer({
+      port: 0,
+      host: '127.0.0.1',
+      certificate: new CertificateHolder(certs.serving),
+      lookups: { toolsetByName: () => undefined, toolsetsInNamespace: () => [], config: () => undefined },
+      sidecar: DEFAULT_SIDECAR,
+      instance: INSTANCE,
+      watchNamespaces: ['voice', 'voice-staging'],
+      logger: createLogger('admission-test', 'silent'),
+      onToolSetAdmission: (d) => decisions.push(d),
+      secretAccess,
+    });
+  });
+  afterAll(async () => {
+    await watching?.close();
+  });
+
+  async function admitIn(namespace: string, object: unknown): Promise<Response> {
+    const agent = new Agent({ connect: { ca: certs.ca.certPem, servername: `${SERVICE}.earpiece.svc` } });
+    try {
+      const res = await request(`https://127.0.0.1:${watching.port}/validate`, {
+        method: 'POST',
+        dispatcher: agent,
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify(review(object, { namespace })),
+      });
+      expect(res.statusCode).toBe(200);
+      return ((await res.body.json()) as { response: Response }).response;
+    } finally {
+      await agent.close();
+    }
+  }
+  const labelled = (object: ReturnType<typeof stored>, operator: string) => ({
+    ...object,
+    metadata: { ...object.metadata, labels: { 'earpiece.dev/operator': operator } },
+  });
+  // Names a Secret nobody may read: a watched namespace refuses it.
+  const broken = stored({
+    selector: { matchLabels: { app: 'unmute-backend' } },
+    upstream: { apiKey: { valueFrom: { secretKeyRef: { name: 'vllm', key: 'api-key' } } } },
+    tools: valid.tools,
+  });
+
+  it('admits a ToolSet of another namespace unchecked, warning that nothing here will reconcile it', async () => {
+    const response = await admitIn('default', broken);
+    expect(response.allowed).toBe(true);
+    expect(response.status).toBeUndefined();
+    expect(response.warnings).toEqual([
+      `earpiece: release ${INSTANCE} does not watch namespace default (watchNamespaces: voice, voice-staging): unless another earpiece release does, nothing checks or reconciles ToolSet assistant and no pod gets its sidecar`,
+      "earpiece: apply it in a watched namespace, or add default to the release's watchNamespaces (chart value)",
+    ]);
+    for (const warning of response.warnings ?? []) expect(warning.length).toBeLessThanOrEqual(256);
+    expect(api.accessReviews).toEqual([]);
+    expect(decisions).toEqual([
+      expect.objectContaining({ namespace: 'default', name: 'assistant', result: 'unwatched', issues: [] }),
+    ]);
+  });
+
+  it('says nothing of a ToolSet another release has claimed, and warns of one this release claimed before', async () => {
+    expect(await admitIn('default', labelled(broken, 'voice-canary-earpiece'))).toEqual({
+      uid: UID,
+      allowed: true,
+    });
+    const ours = await admitIn('default', labelled(broken, INSTANCE));
+    expect(ours.warnings?.[0]).toContain('does not watch namespace default');
+    expect(decisions.map((d) => d.result)).toEqual(['unwatched', 'unwatched']);
+  });
+
+  it('checks the ToolSets of its own namespaces as ever', async () => {
+    const response = await admitIn('voice-staging', broken);
+    expect(response.allowed).toBe(false);
+    expect(response.status?.code).toBe(403);
+    expect(api.accessReviews).toHaveLength(1);
+    expect(decisions.map((d) => d.result)).toEqual(['forbidden']);
+  });
+});
