@@ -550,9 +550,26 @@ export class ToolSetController {
         return `${p.metadata?.name ?? ''}${value === undefined ? '' : ` (${LABEL_INJECT}: ${JSON.stringify(value)})`}`;
       })
       .sort();
-    if (unasked.length === 0) return `${why}; no running pod matches spec.selector (${query})`;
-    const more = unasked.length > 10 ? ` and ${unasked.length - 10} more` : '';
-    return `${why}; pods ${unasked.slice(0, 10).join(', ')}${more} match spec.selector but are not opted in`;
+    // Pods the selector matches that run another ToolSet's sidecar: injected before this ToolSet's selector
+    // matched them, they keep it; created now, they would get neither.
+    const taken = found
+      .flatMap((p) => {
+        const other = running(p) ? injectionOf(p)?.toolset : undefined;
+        return other !== undefined && other !== toolset.metadata.name
+          ? [`${p.metadata?.name ?? ''} (ToolSet ${other})`]
+          : [];
+      })
+      .sort();
+    const parts = [
+      ...(unasked.length > 0 ? [`pods ${listed(unasked)} match spec.selector but are not opted in`] : []),
+      ...(taken.length > 0
+        ? [
+            `pods ${listed(taken)} match spec.selector but run another ToolSet's sidecar, injected before; a pod created now that both ToolSets select gets neither unless its ${ANNOTATION_TOOLSET} annotation names one`,
+          ]
+        : []),
+    ];
+    if (parts.length === 0) return `${why}; no running pod matches spec.selector (${query})`;
+    return `${why}; ${parts.join('; ')}`;
   }
 
   /** The status as stored: the cached one, or what this controller wrote since the cache showed it. */
@@ -660,7 +677,7 @@ function subject(t: ToolSetObject) {
   };
 }
 
-/** Names listed in a RestartRequired message at most, of pods and of Secrets each. */
+/** Names listed in a condition's message at most (RestartRequired, NoPods), of pods and of Secrets each. */
 const MAX_RESTART_LISTED = 20;
 
 /** The first names, then how many more: a message that fits the CRD's limit however many there are. */

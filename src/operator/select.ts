@@ -70,6 +70,53 @@ export function selectorMatches(
   return true;
 }
 
+/** What one label key must be for a pod to match a selector. */
+interface KeyRule {
+  present?: true;
+  absent?: true;
+  /** The values it may take (matchLabels, In), when limited. */
+  oneOf?: Set<string>;
+  notOneOf: Set<string>;
+}
+
+/**
+ * Whether some pod's labels could match both selectors: then a pod both select would get neither
+ * ToolSet (several_toolsets). Exact for Kubernetes label selectors, which constrain each key on its own.
+ */
+export function selectorsOverlap(
+  a: LabelSelectorSpec | undefined,
+  b: LabelSelectorSpec | undefined,
+): boolean {
+  if (!a || !b) return false;
+  const rules = new Map<string, KeyRule>();
+  const rule = (key: string) => {
+    const known = rules.get(key);
+    if (known) return known;
+    const r: KeyRule = { notOneOf: new Set() };
+    rules.set(key, r);
+    return r;
+  };
+  const limit = (r: KeyRule, values: readonly string[]) => {
+    r.present = true;
+    r.oneOf = new Set(r.oneOf ? values.filter((v) => r.oneOf?.has(v)) : values);
+  };
+  for (const selector of [a, b]) {
+    for (const [key, value] of Object.entries(selector.matchLabels ?? {})) limit(rule(key), [value]);
+    for (const { key, operator, values = [] } of selector.matchExpressions ?? []) {
+      const r = rule(key);
+      if (operator === 'In') limit(r, values);
+      else if (operator === 'NotIn') for (const v of values) r.notOneOf.add(v);
+      else if (operator === 'Exists') r.present = true;
+      else r.absent = true;
+    }
+  }
+  for (const r of rules.values()) {
+    if (r.present && r.absent) return false;
+    if (r.oneOf && ![...r.oneOf].some((v) => !r.notOneOf.has(v))) return false;
+  }
+  return true;
+}
+
 /**
  * The selector as a list call's labelSelector (`app=x,tier in (a,b),!canary`); undefined for one that
  * selects nothing (absent) or everything (empty), which no list should be asked for.

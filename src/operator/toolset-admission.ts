@@ -27,10 +27,12 @@ import type { V1EnvVar } from '@kubernetes/client-node';
 import type { ToolSetAdmissionResult } from '../telemetry/operator-metrics.js';
 import { API_GROUP, KIND } from '../toolset/api.js';
 import { type CheckResult, checkToolSet } from '../toolset/check.js';
+import type { ToolSet } from '../toolset/schema.js';
 import { formatIssues, type Issue } from '../toolset/validate.js';
 import { type SecretRef, secretRefs } from '../toolset/values.js';
 import { type SecretAccess, type UserInfo, unreadableSecrets } from './secret-access.js';
-import { LABEL_OPERATOR } from './sidecar.js';
+import { selectorQuery, selectorsOverlap } from './select.js';
+import { ANNOTATION_TOOLSET, LABEL_OPERATOR } from './sidecar.js';
 import { type EnvSecretRef, envSecretRefs, sidecarEnvIssues } from './sidecar-env.js';
 
 export interface ToolSetAdmissionRequest {
@@ -100,6 +102,8 @@ export interface SecretAccessCheck {
 /** The API server keeps at most 4 KiB of warnings per response and may cut each after 256 characters. */
 const MAX_WARNING = 256;
 const MAX_WARNINGS = 12;
+/** Overlapping ToolSets named one per line, within what is left of the 4 KiB. */
+const MAX_OVERLAP_WARNINGS = 4;
 
 function warnings(issues: Issue[], prefix = ''): string[] {
   const lines = issues.map((i) => {
@@ -277,6 +281,34 @@ function checkFailed(
   };
 }
 
+/**
+ * Other ToolSets of the namespace whose selectors can pick the same pods: a pod both select is injected
+ * with neither (several_toolsets), and a running pod keeps the one it has, so the new ToolSet seems to do
+ * nothing until the next rollout leaves the pods without a sidecar. Said when the selector is new or changed.
+ */
+function overlapWarnings(
+  request: ToolSetAdmissionRequest,
+  name: string | undefined,
+  others: readonly ToolSet[],
+): string[] {
+  const selector = (request.object as { spec?: { selector?: ToolSet['spec']['selector'] } }).spec?.selector;
+  const before = (request.oldObject as { spec?: { selector?: unknown } } | null | undefined)?.spec?.selector;
+  if (!selector || (request.operation === 'UPDATE' && isDeepStrictEqual(selector, before))) return [];
+  const lines = others
+    .filter((t) => t.metadata.name !== name && selectorsOverlap(selector, t.spec.selector))
+    .sort((a, b) => a.metadata.name.localeCompare(b.metadata.name))
+    .map((t) =>
+      clip(
+        `earpiece: spec.selector can select the same pods as ToolSet ${t.metadata.name} (${selectorQuery(t.spec.selector) ?? 'every pod'}): a pod both select gets neither sidecar unless its ${ANNOTATION_TOOLSET} annotation names one, and running pods keep theirs`,
+      ),
+    );
+  if (lines.length <= MAX_OVERLAP_WARNINGS) return lines;
+  return [
+    ...lines.slice(0, MAX_OVERLAP_WARNINGS - 1),
+    `earpiece: and ${lines.length - MAX_OVERLAP_WARNINGS + 1} more ToolSets whose selectors can select the same pods`,
+  ];
+}
+
 function clip(text: string): string {
   return text.length <= MAX_WARNING ? text : `${text.slice(0, MAX_WARNING - 1)}…`;
 }
@@ -322,6 +354,8 @@ export async function admitToolSet(
     sidecarEnv?: readonly V1EnvVar[] | undefined;
     /** Without it, every namespace is this release's. */
     served?: ServedNamespaces | undefined;
+    /** The namespace's other ToolSets (the operator's cache), for selectors that overlap; default none. */
+    toolsetsInNamespace?: ((namespace: string) => readonly ToolSet[]) | undefined;
   } = {},
 ): Promise<ToolSetAdmissionResponse> {
   const meta = metadataOf(request.object);
@@ -350,6 +384,10 @@ export async function admitToolSet(
   const sidecarEnv = options.sidecarEnv ?? [];
   const { response, result, issues } = validation(request, name, sidecarEnv);
   if (!result) return response;
+  if (response.allowed && namespace !== undefined && options.toolsetsInNamespace) {
+    const overlaps = overlapWarnings(request, name, options.toolsetsInNamespace(namespace));
+    if (overlaps.length > 0) response.warnings = [...(response.warnings ?? []), ...overlaps];
+  }
   const decision: ToolSetAdmission = {
     namespace: request.namespace,
     name,

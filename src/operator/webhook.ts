@@ -332,6 +332,7 @@ export async function startWebhookServer(options: WebhookServerOptions): Promise
       onDecision: options.onToolSetAdmission,
       sidecarEnv: options.sidecar.extraEnv,
       served: { watchNamespaces: options.watchNamespaces ?? [], instance: options.instance },
+      toolsetsInNamespace: options.lookups.toolsetsInNamespace,
     });
     options.onReviewed?.('validate', (performance.now() - started) / 1000);
     return { apiVersion: 'admission.k8s.io/v1', kind: 'AdmissionReview', response };

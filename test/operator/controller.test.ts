@@ -512,6 +512,22 @@ describe('ToolSet controller', () => {
     });
   });
 
+  it("says, for a second ToolSet over the same pods, that they run the first one's sidecar", async () => {
+    const plane = controlPlane();
+    await plane.start();
+    api.create('toolsets', toolset('assistant', [weatherTool()]));
+    await expect.poll(() => configMap('assistant'), POLL).toBeDefined();
+    await runInjectedPod(plane);
+    await expect.poll(() => stored('assistant')!.status?.pods, POLL).toBe(1);
+    // The docs' second example selects the same pods: it runs nowhere, and must not say no pod matches.
+    api.create('toolsets', toolset('home-assistant', [weatherTool()]));
+    await expect.poll(() => condition('home-assistant', 'SidecarsReady')?.reason, POLL).toBe('NoPods');
+    expect(condition('home-assistant', 'SidecarsReady')?.message).toMatch(
+      /; pods backend-1 \(ToolSet assistant\) match spec\.selector but run another ToolSet's sidecar, injected before; a pod created now that both ToolSets select gets neither unless its earpiece\.dev\/toolset annotation names one$/,
+    );
+    expect(condition('assistant', 'SidecarsReady')?.status).toBe('True');
+  });
+
   it('counts the ToolSets whose edit no operator takes up, by the operator they are labelled for', async () => {
     const plane = controlPlane();
     await plane.start();

@@ -1,5 +1,11 @@
 import { describe, expect, it } from 'vitest';
-import { selectorMatches, selectorQuery, selectToolSet, toolsetLookup } from '../../src/operator/select.js';
+import {
+  selectorMatches,
+  selectorQuery,
+  selectorsOverlap,
+  selectToolSet,
+  toolsetLookup,
+} from '../../src/operator/select.js';
 import type { LabelSelectorSpec, ToolSet } from '../../src/toolset/index.js';
 import { parseSelector } from '../support/fake-apiserver.js';
 
@@ -62,6 +68,70 @@ describe('selectorQuery', () => {
     expect(parseSelector(query)).toHaveLength(5);
     expect(selectorQuery(undefined)).toBeUndefined();
     expect(selectorQuery({})).toBeUndefined();
+  });
+});
+
+describe('selectorsOverlap', () => {
+  it('finds the pods two selectors share, and none where a key rules them apart', () => {
+    const app = (value: string): LabelSelectorSpec => ({ matchLabels: { app: value } });
+    expect(selectorsOverlap(app('unmute-backend'), app('unmute-backend'))).toBe(true);
+    expect(selectorsOverlap(app('unmute-backend'), app('unmute-frontend'))).toBe(false);
+    // Different keys: a pod may carry both.
+    expect(selectorsOverlap(app('unmute-backend'), { matchLabels: { tier: 'voice' } })).toBe(true);
+    expect(
+      selectorsOverlap(app('unmute-backend'), {
+        matchLabels: { app: 'unmute-backend' },
+        matchExpressions: [{ key: 'canary', operator: 'Exists' }],
+      }),
+    ).toBe(true);
+    expect(
+      selectorsOverlap(
+        { matchExpressions: [{ key: 'canary', operator: 'Exists' }] },
+        { matchExpressions: [{ key: 'canary', operator: 'DoesNotExist' }] },
+      ),
+    ).toBe(false);
+    // Empty selects every pod; absent, none.
+    expect(selectorsOverlap({}, app('x'))).toBe(true);
+    expect(selectorsOverlap(undefined, app('x'))).toBe(false);
+  });
+
+  it('agrees with trying every labelling, over random selectors', () => {
+    // Label values come from VALUES; a pod may also carry a value no selector names.
+    const KEYS = ['app', 'tier'];
+    const VALUES = ['x', 'y', 'z'];
+    let seed = 7;
+    const random = (n: number) => {
+      seed = (seed * 1103515245 + 12345) % 2 ** 31;
+      // The high bits: an LCG's low bits repeat in short cycles.
+      return Math.floor(seed / 2 ** 16) % n;
+    };
+    const someValues = () => VALUES.filter(() => random(2) === 0);
+    const randomSelector = (): LabelSelectorSpec => {
+      const selector: LabelSelectorSpec = { matchLabels: {}, matchExpressions: [] };
+      for (const key of KEYS) {
+        const kind = random(6);
+        if (kind === 1) (selector.matchLabels as Record<string, string>)[key] = VALUES[random(3)] as string;
+        if (kind === 2) selector.matchExpressions?.push({ key, operator: 'In', values: someValues() });
+        if (kind === 3) selector.matchExpressions?.push({ key, operator: 'NotIn', values: someValues() });
+        if (kind === 4) selector.matchExpressions?.push({ key, operator: 'Exists' });
+        if (kind === 5) selector.matchExpressions?.push({ key, operator: 'DoesNotExist' });
+      }
+      return selector;
+    };
+    const labellings: Record<string, string>[] = [{}];
+    for (const key of KEYS)
+      for (const labels of [...labellings])
+        for (const value of [...VALUES, 'fresh']) labellings.push({ ...labels, [key]: value });
+    let overlapping = 0;
+    for (let i = 0; i < 2000; i++) {
+      const [a, b] = [randomSelector(), randomSelector()];
+      const shared = labellings.some((l) => selectorMatches(a, l) && selectorMatches(b, l));
+      expect(selectorsOverlap(a, b), JSON.stringify([a, b])).toBe(shared);
+      if (shared) overlapping++;
+    }
+    // Both answers are well represented.
+    expect(overlapping).toBeGreaterThan(200);
+    expect(overlapping).toBeLessThan(1800);
   });
 });
 

@@ -19,6 +19,7 @@ import {
 import { CertificateHolder, startWebhookServer, type WebhookServer } from '../../src/operator/webhook.js';
 import { createLogger } from '../../src/telemetry/log.js';
 import { MAX_TOOLSET_BYTES } from '../../src/toolset/api.js';
+import type { ToolSet } from '../../src/toolset/index.js';
 import { secretEnvName } from '../../src/toolset/values.js';
 import { webhookCertificates } from '../support/certs.js';
 import { type FakeApiServer, startFakeApiServer } from '../support/fake-apiserver.js';
@@ -870,5 +871,88 @@ describe('a release that watches some namespaces', () => {
     expect(response.status?.code).toBe(403);
     expect(api.accessReviews).toHaveLength(1);
     expect(decisions.map((d) => d.result)).toEqual(['forbidden']);
+  });
+});
+
+describe('ToolSets whose selectors can select the same pods', () => {
+  const existing = (name: string, selector: unknown) =>
+    ({
+      ...stored({ ...valid, selector }, name),
+      metadata: { name, namespace: 'voice' },
+    }) as unknown as ToolSet;
+  const others = [
+    existing('weather', { matchLabels: { app: 'unmute-backend' } }),
+    existing('canary-only', {
+      matchLabels: { app: 'unmute-backend' },
+      matchExpressions: [{ key: 'track', operator: 'In', values: ['canary'] }],
+    }),
+    existing('frontend', { matchLabels: { app: 'unmute-frontend' } }),
+  ];
+  let overlapping: WebhookServer;
+  beforeAll(async () => {
+    overlapping = await startWebhookServer({
+      port: 0,
+      host: '127.0.0.1',
+      certificate: new CertificateHolder(certs.serving),
+      lookups: {
+        toolsetByName: () => undefined,
+        toolsetsInNamespace: (namespace) => (namespace === 'voice' ? others : []),
+        config: () => undefined,
+      },
+      sidecar: DEFAULT_SIDECAR,
+      logger: createLogger('admission-test', 'silent'),
+    });
+  });
+  afterAll(async () => {
+    await overlapping?.close();
+  });
+  async function admitHere(object: unknown, overrides: Record<string, unknown> = {}): Promise<Response> {
+    const agent = new Agent({ connect: { ca: certs.ca.certPem, servername: `${SERVICE}.earpiece.svc` } });
+    try {
+      const res = await request(`https://127.0.0.1:${overlapping.port}/validate`, {
+        method: 'POST',
+        dispatcher: agent,
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify(review(object, overrides)),
+      });
+      expect(res.statusCode).toBe(200);
+      return ((await res.body.json()) as { response: Response }).response;
+    } finally {
+      await agent.close();
+    }
+  }
+  const homeAssistant = (selector: unknown) => stored({ ...valid, selector }, 'home-assistant');
+
+  it('admits one, naming each ToolSet it shares pods with and what happens to those pods', async () => {
+    const response = await admitHere(homeAssistant({ matchLabels: { app: 'unmute-backend' } }));
+    expect(response.allowed).toBe(true);
+    expect(response.warnings).toEqual([
+      'earpiece: spec.selector can select the same pods as ToolSet canary-only (app=unmute-backend,track in (canary)): a pod both select gets neither sidecar unless its earpiece.dev/toolset annotation names one, and running pods keep theirs',
+      'earpiece: spec.selector can select the same pods as ToolSet weather (app=unmute-backend): a pod both select gets neither sidecar unless its earpiece.dev/toolset annotation names one, and running pods keep theirs',
+    ]);
+  });
+
+  it('says nothing of selectors that rule each other out, of itself, or of an UPDATE that keeps its selector', async () => {
+    const apart = homeAssistant({
+      matchLabels: { app: 'unmute-backend' },
+      matchExpressions: [{ key: 'track', operator: 'NotIn', values: ['canary', 'stable'] }],
+    });
+    expect((await admitHere(apart)).warnings).toEqual([expect.stringContaining('as ToolSet weather (')]);
+    expect(
+      (await admitHere(homeAssistant({ matchLabels: { app: 'unmute-backend', track: 'blue' } }))).warnings,
+    ).toEqual([expect.stringContaining('as ToolSet weather (')]);
+    expect(await admitHere(homeAssistant({ matchLabels: { app: 'unmute-admin' } }))).toEqual({
+      uid: UID,
+      allowed: true,
+    });
+    // weather itself, edited: only the others count.
+    const weather = stored({ ...valid, selector: { matchLabels: { app: 'unmute-frontend' } } }, 'weather');
+    expect((await admitHere(weather)).warnings).toEqual([expect.stringContaining('as ToolSet frontend (')]);
+    // A label change leaves the selector as it was: said once, at the change that made the overlap.
+    const same = homeAssistant({ matchLabels: { app: 'unmute-backend' } });
+    expect(await admitHere(same, { operation: 'UPDATE', oldObject: same })).toEqual({
+      uid: UID,
+      allowed: true,
+    });
   });
 });
