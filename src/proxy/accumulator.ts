@@ -92,11 +92,18 @@ interface CallState {
   name: string | undefined;
   arguments: string;
   extraContent?: Record<string, unknown>;
-  ready: boolean;
+  /** Handed on as ready, or found unfinished when a later call began: it waits for the message's end. */
+  decided: boolean;
 }
 
 /** The fields of a reasoning_details entry that stream in pieces; the others are replaced by the latest. */
 const STREAMED_DETAIL_FIELDS = new Set(['text', 'summary', 'data']);
+
+/**
+ * What each object or array in a kept JSON value counts against MAX_MESSAGE_CHARS besides its text: about
+ * what it holds on the heap, so a stream of `{}` cannot hold thirty times the cap.
+ */
+const STRUCTURE_CHARS = 32;
 
 /** An upstream index whose calls are past MAX_TOOL_CALL_INDEX: its fragments are dropped. */
 const DROPPED = -1;
@@ -262,17 +269,18 @@ export class StreamAccumulator {
     if (index === undefined) return;
     let call = this.#calls.get(index);
     if (!call) {
-      call = { index, id: undefined, name: undefined, arguments: '', ready: false };
+      call = { index, id: undefined, name: undefined, arguments: '', decided: false };
       this.#calls.set(index, call);
       // A new call means the ones before it are complete (servers stream one call after another), once
       // their arguments are whole JSON: a server that interleaves calls may send more of them later, and a
-      // call started with half its arguments would run with them. Such a call waits for the message's end.
+      // call started with half its arguments would run with them. Such a call waits for the message's end,
+      // and is not parsed again at each later call (128 parses of a megabyte would block for seconds).
       if (index > this.#highestIndex) {
         this.#highestIndex = index;
         for (const earlier of this.#calls.values()) {
-          if (earlier.index >= index || earlier.ready || earlier.name === undefined) continue;
+          if (earlier.index >= index || earlier.decided || earlier.name === undefined) continue;
+          earlier.decided = true;
           if (!isJson(earlier.arguments)) continue;
-          earlier.ready = true;
           earlier.id ??= generateCallId();
           events.push({ type: 'tool_call_ready', call: accumulated(earlier, earlier.id, earlier.name) });
         }
@@ -297,8 +305,8 @@ export class StreamAccumulator {
       this.#count(call.arguments.length);
     }
     if (isObject(entry.extra_content)) {
+      this.#countJson(entry.extra_content);
       call.extraContent = entry.extra_content;
-      this.#count(JSON.stringify(entry.extra_content).length);
     }
   }
 
@@ -308,8 +316,11 @@ export class StreamAccumulator {
    * new entry. Entries keep the order they began in, as the upstream requires them back.
    */
   #applyDetail(fragment: Record<string, unknown>): void {
-    this.#count(JSON.stringify(fragment).length);
-    const key = Number.isInteger(fragment.index) ? `${String(fragment.type)}:${fragment.index}` : undefined;
+    this.#countJson(fragment);
+    const key =
+      typeof fragment.type === 'string' && Number.isInteger(fragment.index)
+        ? `${fragment.type}:${fragment.index}`
+        : undefined;
     const held = key === undefined ? undefined : this.#detailAt.get(key);
     if (!held) {
       const entry = { ...fragment };
@@ -325,6 +336,26 @@ export class StreamAccumulator {
           ? before + value
           : value;
     }
+  }
+
+  /**
+   * A JSON value kept as objects (reasoning_details, extra_content): its text, and a share for each object
+   * and array in it, which costs the heap far more than its two characters. Nesting past what
+   * JSON.stringify can walk is a runaway too.
+   */
+  #countJson(value: unknown): void {
+    let json: string;
+    try {
+      json = JSON.stringify(value);
+    } catch {
+      throw new ProxyError('ERP_UPSTREAM_TOO_LARGE', 'upstream sent a message with JSON nested too deeply');
+    }
+    let structures = 0;
+    for (let i = 0; i < json.length; i++) {
+      const c = json.charCodeAt(i);
+      if (c === 0x7b || c === 0x5b) structures++;
+    }
+    this.#count(json.length + structures * STRUCTURE_CHARS);
   }
 
   #count(chars: number): void {

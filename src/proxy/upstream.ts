@@ -55,7 +55,7 @@ const CONTEXT_LENGTH =
 // this model" (older: "Unrecognized request argument supplied: tools"); Mistral "Function calling is not
 // enabled for this model".
 const TOOLS_UNSUPPORTED =
-  /enable-auto-tool-choice|tool[ _-]?call[ _-]?parser|does not support (?:tools|tool use|tool calling|function calling)|\btools?\W{0,2} (?:are|is) not supported|cannot use tools|tool_choice.*not supported|no endpoints found that support (?:tool use|the provided .?tool_choice)|argument supplied: tools|function calling is not (?:enabled|supported)/i;
+  /enable-auto-tool-choice|tool[ _-]?call[ _-]?parser|does not support (?:tools|tool use|tool calling|function calling)|\btools?\W{0,2} (?:are|is) not supported|cannot use tools|tool_choice.{0,80}not supported|no endpoints found that support (?:tool use|the provided .?tool_choice)|argument supplied: tools|function calling is not (?:enabled|supported)/i;
 
 /**
  * The server refused the request field itself, not merely quoted the request that held it (validation
@@ -67,8 +67,9 @@ function refusesField(field: string): RegExp {
   return new RegExp(
     [
       // Quotes may come escaped, from a gateway that passes the server's JSON on as a message string.
-      `extra_forbidden\\\\?"[^}]*\\\\?"${field}\\\\?"`,
-      `\\\\?"${field}\\\\?"[^}]*extra_forbidden`,
+      // Bounded: tried at every mention, an unbounded run would take quadratic time on a long error body.
+      `extra_forbidden\\\\?"[^}]{0,200}\\\\?"${field}\\\\?"`,
+      `\\\\?"${field}\\\\?"[^}]{0,200}extra_forbidden`,
       `\\b${field}\\W{0,3}(?:\\w+\\W+){0,3}not (?:allowed|permitted|supported|recognized)`,
       `\\b${field}\\W{0,3}(?:was|is) unexpected`,
       `(?:unrecognized|unknown|unsupported|unexpected|extra) (?:request )?(?:arguments?|parameters?|fields?|inputs?|keys?|properties?)(?: supplied)?\\W{0,4}${field}`,

@@ -1,6 +1,7 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import {
+  MAX_MESSAGE_CHARS,
   MAX_TOOL_CALL_INDEX,
   MAX_TOOL_CALL_NAME,
   StreamAccumulator,
@@ -345,6 +346,24 @@ describe('StreamAccumulator', () => {
     expect(events.filter((e) => e.type === 'tool_call_ready')).toEqual([]);
   });
 
+  it('decides once whether a call is ready when a later one begins: one found unfinished waits for the end', () => {
+    const { events, accumulator } = run([
+      calls({ index: 0, id: 'a', function: { name: 'f', arguments: '{"a"' } }),
+      calls({ index: 1, id: 'b', function: { name: 'g', arguments: '{"b": 2}' } }),
+      // Call 0 is whole now, but was not when call 1 began: it is not parsed again at call 2.
+      calls(args(0, ': 1}')),
+      calls({ index: 2, id: 'c', function: { name: 'h', arguments: '{}' } }),
+    ]);
+    const ready = events.flatMap((e) => (e.type === 'tool_call_ready' ? [e.call.id] : []));
+    expect(ready).toEqual(['b']);
+    // The message's end has every call, call 0 whole.
+    expect(accumulator.snapshot().toolCalls.map((c) => [c.id, c.arguments])).toEqual([
+      ['a', '{"a": 1}'],
+      ['b', '{"b": 2}'],
+      ['c', '{}'],
+    ]);
+  });
+
   it("takes another id at a taken index for the next call (Gemini's parallel calls, each at index 0)", () => {
     const { events, accumulator } = run([
       calls({
@@ -468,6 +487,60 @@ describe('StreamAccumulator', () => {
         ),
       ),
     ).toMatchObject({ code: 'ERP_UPSTREAM_TOO_LARGE' });
+  });
+
+  it('counts each object and array it keeps, so tiny entries cannot hold many times the cap', () => {
+    // `{}` is two characters of text and about seventy bytes of heap once kept.
+    const accumulator = new StreamAccumulator();
+    let kept = 0;
+    const error = thrown(() => {
+      for (; kept < 1_000_000; kept++) accumulator.push(delta({ reasoning_details: [{}] }));
+    });
+    expect(error).toMatchObject({ code: 'ERP_UPSTREAM_TOO_LARGE' });
+    // Two characters each would have let half a million in.
+    expect(kept).toBeLessThan(MAX_MESSAGE_CHARS / 32);
+    expect(kept).toBeGreaterThan(MAX_MESSAGE_CHARS / 40);
+    // The same in extra_content.
+    const signed = new StreamAccumulator();
+    const many = Array.from({ length: 40_000 }, () => ({}));
+    expect(
+      thrown(() =>
+        signed.push(
+          delta({ tool_calls: [{ index: 0, id: 'a', function: { name: 'f' }, extra_content: { many } }] }),
+        ),
+      ),
+    ).toMatchObject({ code: 'ERP_UPSTREAM_TOO_LARGE' });
+  });
+
+  it('refuses JSON nested deeper than it can write back, as too large', () => {
+    let deep: Record<string, unknown> = {};
+    for (let i = 0; i < 20_000; i++) deep = { d: deep };
+    const accumulator = new StreamAccumulator();
+    expect(
+      thrown(() =>
+        accumulator.push(
+          delta({ tool_calls: [{ index: 0, id: 'a', function: { name: 'f' }, extra_content: deep }] }),
+        ),
+      ),
+    ).toMatchObject({
+      code: 'ERP_UPSTREAM_TOO_LARGE',
+      message: expect.stringContaining('nested too deeply'),
+    });
+    expect(thrown(() => new StreamAccumulator().push(delta({ reasoning_details: [deep] })))).toMatchObject({
+      code: 'ERP_UPSTREAM_TOO_LARGE',
+    });
+  });
+
+  it('merges reasoning_details only under a type that is a string', () => {
+    // An array as type would make a key five times its JSON; such fragments are entries of their own.
+    const { accumulator } = run([
+      chunk({ reasoning_details: [{ type: ['x'], text: 'a', index: 0 }] }),
+      chunk({ reasoning_details: [{ type: ['x'], text: 'b', index: 0 }] }),
+    ]);
+    expect(accumulator.snapshot().reasoningDetails).toEqual([
+      { type: ['x'], text: 'a', index: 0 },
+      { type: ['x'], text: 'b', index: 0 },
+    ]);
   });
 
   it('emits content in order, before and between calls', () => {
