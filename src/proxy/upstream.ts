@@ -18,6 +18,7 @@ import { type BodyReader, errorEvent, type PushedBody, streamChunks, UpstreamStr
 /** What the proxy learned about its upstream, shared by all turns. */
 export class UpstreamState {
   #toolsUnsupportedUntil = 0;
+  #toolsRefusedAt: number | undefined;
   #warned = false;
   kwargsRejected = false;
   /** The server refused `stream_options` (Mistral, Azure AI serverless): sent no more, usage goes unreported. */
@@ -33,7 +34,13 @@ export class UpstreamState {
 
   /** vLLM without --enable-auto-tool-choice refuses any request with tools: send none for 60 s. */
   markToolsUnsupported(): void {
-    this.#toolsUnsupportedUntil = this.now() + 60_000;
+    this.#toolsRefusedAt = this.now();
+    this.#toolsUnsupportedUntil = this.#toolsRefusedAt + 60_000;
+  }
+
+  /** When the server last refused tools (ms since the epoch): readiness reads true again between tries. */
+  get toolsRefusedAt(): number | undefined {
+    return this.#toolsRefusedAt;
   }
 
   get toolsAccepted(): boolean {

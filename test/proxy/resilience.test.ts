@@ -313,9 +313,10 @@ describe('upstream refusals', () => {
     // The second turn does not try tools again (within 60 s).
     expect(upstream.requests.map((r) => Boolean(r.body.tools))).toEqual([true, false, false]);
     const ready = (await (await fetch(`${harness.proxy.metricsUrl}/readyz`)).json()) as {
-      upstream: { toolsAccepted: boolean };
+      upstream: { toolsAccepted: boolean; toolsRefusedAt: string };
     };
     expect(ready.upstream.toolsAccepted).toBe(false);
+    expect(Date.now() - Date.parse(ready.upstream.toolsRefusedAt)).toBeLessThan(60_000);
   });
 
   it('sends enable_thinking: false, and stops when the upstream refuses the field', async () => {

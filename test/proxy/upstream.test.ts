@@ -134,13 +134,16 @@ describe('classifyRefusal', () => {
 
 describe('UpstreamState', () => {
   it('sends no tools for 60 s after a refusal, then tries again', () => {
-    let now = 0;
+    let now = 1_000;
     const state = new UpstreamState(() => now);
     expect(state.toolsAccepted).toBe(true);
+    expect(state.toolsRefusedAt).toBeUndefined();
     state.markToolsUnsupported();
-    now = 59_999;
+    now = 60_999;
     expect(state.toolsAccepted).toBe(false);
-    now = 60_000;
+    now = 61_000;
     expect(state.toolsAccepted).toBe(true);
+    // Tried again, the refusal is still on record.
+    expect(state.toolsRefusedAt).toBe(1_000);
   });
 });

@@ -35,6 +35,11 @@ const descriptions = new Map<string, (labels: Record<string, string>) => string>
       `The LLM server behind the earpiece proxy (${l.namespace}/${l.toolset}) failed more than 5% of turns over the last 5 minutes; users hear the error message. Check the vLLM pods and their logs.`,
   ],
   [
+    'EarpieceToolsUnsupported',
+    (l) =>
+      `The LLM server behind the earpiece proxies of ${l.namespace}/${l.toolset} refused the tool definitions in the last 10 minutes, so the voice assistant answers without its tools. Start vLLM with --enable-auto-tool-choice and the model's --tool-call-parser, or choose a model that supports tools.`,
+  ],
+  [
     'EarpieceNoTraffic',
     (l) =>
       `earpiece proxies of ${l.namespace}/${l.toolset} are running and vLLM answered requests in the last 30 minutes, but no chat turn reached the proxies. Unmute is not pointed at the sidecar: check KYUTAI_LLM_URL of the backend container (the webhook sets it to http://127.0.0.1:8095).`,
@@ -142,7 +147,7 @@ describe('alert rules', () => {
 
   test.skipIf(!path)('the rule file passes promtool check rules', () => {
     const { status, output } = promtool(path!, ['check', 'rules', RULES]);
-    expect(output).toContain('SUCCESS: 15 rules found');
+    expect(output).toContain('SUCCESS: 16 rules found');
     expect(status).toBe(0);
   });
 
@@ -159,7 +164,7 @@ describe('alert rules', () => {
         .slice(1)
         .map((section) => [section.split('\n')[0]!.trim(), section]),
     );
-    expect(rules.length).toBe(15);
+    expect(rules.length).toBe(16);
     for (const { alert, annotations } of rules) {
       expect(annotations.runbook_url, alert).toBe(`${RUNBOOKS}${alert.toLowerCase()}`);
       const section = sections.get(alert);
@@ -267,6 +272,33 @@ describe('alert rules', () => {
             summary: '10% of turns of ToolSet assistant fail upstream',
           },
         ],
+      },
+      {
+        // Two sidecars of "plain" meet a vLLM without a tool parser: one refusal a minute each, tried again
+        // after 60 s. "tooled" was refused once, half an hour ago.
+        series: {
+          [`earpiece_upstream_tools_unsupported_total{namespace="${ns}",toolset="plain",pod="a"}`]: '0+1x30',
+          [`earpiece_upstream_tools_unsupported_total{namespace="${ns}",toolset="plain",pod="b"}`]: '0+1x30',
+          [`earpiece_upstream_tools_unsupported_total{namespace="${ns}",toolset="tooled",pod="c"}`]: '0 1x30',
+        },
+        alert: 'EarpieceToolsUnsupported',
+        at: '30m',
+        expected: [
+          {
+            labels: { severity: 'warning', namespace: ns, toolset: 'plain' },
+            summary: 'The model server of ToolSet plain refuses tools',
+          },
+        ],
+      },
+      {
+        // One refusal: it fires only once it has lasted 5 minutes.
+        series: {
+          [`earpiece_upstream_tools_unsupported_total{namespace="${ns}",toolset="plain",pod="a"}`]:
+            '0 0 1x30',
+        },
+        alert: 'EarpieceToolsUnsupported',
+        at: '4m',
+        expected: [],
       },
       {
         // Both ToolSets' proxies are up; only "busy" gets turns.
