@@ -309,7 +309,7 @@ export class ToolSetController {
           message: `ConfigMap ${cmName} holds ${tools} tool ${tools === 1 ? 'entry' : 'entries'}`,
         },
         this.restartCondition(toolset, injected),
-        ...(await this.sidecarCondition(toolset, namespace, cached, injected.length)),
+        ...(await this.sidecarCondition(toolset, namespace, cached, injected)),
       ],
     });
     return 'ok';
@@ -471,7 +471,7 @@ export class ToolSetController {
     toolset: ToolSet,
     namespace: string,
     cached: ToolSetObject,
-    pods: number,
+    injected: InjectedPod[],
   ): Promise<ConditionInput[]> {
     if (!this.o.sidecarProblems) return [];
     const found = this.o.sidecarProblems(namespace, toolset.metadata.name);
@@ -480,7 +480,23 @@ export class ToolSetController {
       return stored ? [asInput(stored)] : [];
     }
     const problems = [...found].sort((a, b) => a.name.localeCompare(b.name));
-    if (problems.length === 0 && pods > 0) {
+    // Injected with a warning nobody reads (an Event on the ReplicaSet): the sidecar runs, and the app
+    // never talks to it, so the voice assistant has no tools while everything else reads green.
+    const unused = injected
+      .filter((p) => !p.injection.appUsesProxy)
+      .map((p) => p.pod.metadata?.name ?? '')
+      .sort();
+    if (problems.length === 0 && unused.length > 0) {
+      return [
+        {
+          type: SIDECARS_READY,
+          status: 'False',
+          reason: 'ProxyUnused',
+          message: `pods ${listed(unused)} run the earpiece-proxy sidecar, but no container of theirs sets ${APP_URL_ENV} in env, so the app does not talk to it and has no tools; set ${APP_URL_ENV} in the backend container's env (the webhook points it at the sidecar when the pod is created again)`,
+        },
+      ];
+    }
+    if (problems.length === 0 && injected.length > 0) {
       return [{ type: SIDECARS_READY, status: 'True', reason: 'SidecarsReady', message: '' }];
     }
     if (problems.length === 0) {

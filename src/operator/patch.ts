@@ -575,6 +575,11 @@ export function readInjection(template: PodTemplate):
        * recorded, set by the pod's own earpiece.dev/proxy-image, or rewritten since by another webhook.
        */
       chartImage: string | undefined;
+      /**
+       * A container of the app sets KYUTAI_LLM_URL in its env, which the webhook pointed at the proxy:
+       * without one, nothing in the pod talks to the sidecar (read from the spec, whatever was recorded).
+       */
+      appUsesProxy: boolean;
     }
   | undefined {
   const spec = template.spec;
@@ -598,5 +603,8 @@ export function readInjection(template: PodTemplate):
       annotations?.[OVERRIDE_ANNOTATIONS.image] === undefined
         ? image
         : undefined,
+    appUsesProxy: (spec?.containers ?? []).some(
+      (c) => c.name !== SIDECAR_NAME && (c.env ?? []).some((e) => e.name === APP_URL_ENV),
+    ),
   };
 }

@@ -512,6 +512,37 @@ describe('ToolSet controller', () => {
     });
   });
 
+  it('is not SidecarsReady while the app of an injected pod never talks to its sidecar', async () => {
+    const plane = controlPlane();
+    await plane.start();
+    // The ToolSet names its upstream, so a backend without KYUTAI_LLM_URL is injected, with a warning
+    // that only an Event on its ReplicaSet carries.
+    api.create('toolsets', toolset('assistant', [weatherTool()]));
+    await expect.poll(() => configMap('assistant'), POLL).toBeDefined();
+    const template = injectBackend(NS, plane.lookup(NS));
+    template.spec!.containers[0]!.env = [];
+    api.create('pods', {
+      apiVersion: 'v1',
+      kind: 'Pod',
+      metadata: { ...template.metadata, name: 'backend-1', namespace: NS },
+      spec: template.spec,
+      status: { phase: 'Running' },
+    } as KObject);
+    await expect.poll(() => condition('assistant', 'SidecarsReady')?.reason, POLL).toBe('ProxyUnused');
+    expect(stored('assistant')!.status?.pods).toBe(1);
+    expect(condition('assistant', 'SidecarsReady')).toMatchObject({
+      status: 'False',
+      message: expect.stringMatching(
+        /^pods backend-1 run the earpiece-proxy sidecar, but no container of theirs sets KYUTAI_LLM_URL in env/,
+      ),
+    });
+    // Recreated with the variable set, it is ready.
+    api.delete('pods', NS, 'backend-1');
+    await expect.poll(() => plane.injectedPods.list(NS).length, POLL).toBe(0);
+    await runInjectedPod(plane, DEFAULT_SIDECAR, 'backend-2');
+    await expect.poll(() => condition('assistant', 'SidecarsReady')?.reason, POLL).toBe('SidecarsReady');
+  });
+
   it("says, for a second ToolSet over the same pods, that they run the first one's sidecar", async () => {
     const plane = controlPlane();
     await plane.start();

@@ -368,7 +368,19 @@ describe('buildInjection', () => {
       // DEFAULT_SIDECAR gives no chart env: nothing recorded.
       chartEnvRecord: undefined,
       chartImage: DEFAULT_SIDECAR.image,
+      appUsesProxy: true,
     });
+    // No container sets KYUTAI_LLM_URL (the ToolSet names its upstream, so the pod is still injected, with
+    // a warning): nothing in the pod talks to the sidecar, even as a plain container beside the app.
+    const named = toolset('assistant', { upstream: { url: 'http://vllm:8000' } });
+    for (const nativeSidecar of [true, false]) {
+      const unused = injected(
+        pod({ env: [] }),
+        input({ sidecar: { ...DEFAULT_SIDECAR, nativeSidecar } }, [named]),
+      );
+      expect(unused.warnings).toEqual([expect.stringContaining('nothing in the pod uses the proxy')]);
+      expect(readInjection(unused.template)?.appUsesProxy).toBe(false);
+    }
     // An image the pod chose, or one another webhook rewrote since, is not the chart's to replace.
     const own = injected(
       pod({ annotations: { 'earpiece.dev/proxy-image': 'registry.local/earpiece:pinned' } }),
