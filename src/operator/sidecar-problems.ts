@@ -149,7 +149,11 @@ export class SidecarProblemReporter {
   private active = false;
   private timer: NodeJS.Timeout | undefined;
   private recheck: NodeJS.Timeout | undefined;
-  /** The reason each pod was last reported with (by uid): one Event per pod and reason. */
+  /**
+   * What each pod was last reported for (by uid): one Event per pod and reason, and for an uninjected pod
+   * per message too, since its fix changes (no ToolSet selected it; now one does, and it needs recreating).
+   * A sidecar's message is left out: a crash's detail may change at every restart.
+   */
   private readonly reported = new Map<string, string>();
   private last: SidecarProblem[] = [];
   /** The pods have been looked at since start(): until then nobody knows which have a problem. */
@@ -237,8 +241,10 @@ export class SidecarProblemReporter {
     if (first) this.o.onFirstCheck?.();
     else this.notify(before, problems);
     for (const { pod, problem } of found) {
-      if (this.reported.get(problem.uid) === problem.reason) continue;
-      this.reported.set(problem.uid, problem.reason);
+      const report =
+        problem.reason === NOT_INJECTED ? `${problem.reason}: ${problem.message}` : problem.reason;
+      if (this.reported.get(problem.uid) === report) continue;
+      this.reported.set(problem.uid, report);
       this.o.logger.warn(
         { pod: problem.name, namespace: problem.namespace, reason: problem.reason, why: problem.message },
         problem.reason === NOT_INJECTED ? 'Found uninjected pod' : 'Found pod whose sidecar is not ready',

@@ -168,6 +168,26 @@ describe('uninjected pods', () => {
     await expect.poll(() => gauge(metrics), POLL).toBe(0);
   });
 
+  it('reports a pod again when what to do changed: created before its ToolSet, it then needs recreating', async () => {
+    const metrics = new OperatorMetrics({ defaultMetrics: false });
+    const plane = controlPlane('operator', metrics);
+    await plane.start();
+    const rs = replicaSet('backend-early');
+    pod('backend-early-a', rs, OPTED_IN);
+    await expect.poll(() => api.list('events', NS).length, POLL).toBe(1);
+    expect(api.list('events', NS)[0]!.message).toContain('no ToolSet in namespace voice selects this pod');
+
+    await readyToolSet();
+    await expect.poll(() => plane.lookup(NS).config('assistant'), POLL).toBeDefined();
+    await plane.sidecarProblems.check();
+    const messages = () => api.list('events', NS).map((e) => String(e.message));
+    await expect.poll(() => messages().length, POLL).toBe(2);
+    expect(messages()[1]).toContain('it would be injected now');
+    // The same advice is not repeated.
+    await plane.sidecarProblems.check();
+    expect(messages()).toHaveLength(2);
+  });
+
   it('a ToolSet labelled for another release: that release reports its sidecars; a pod it never injected is reported here, naming the label', async () => {
     const metrics = new OperatorMetrics({ defaultMetrics: false });
     const plane = controlPlane('operator', metrics);
