@@ -47,6 +47,30 @@ class BookmarkWatch extends Watch {
 
 export type ObjectHandler<T> = (obj: T) => void;
 
+/**
+ * The informers whose watch is down now, by kind. Their caches are kept, so the operator goes on from
+ * what it saw last: without this, a watch that keeps failing (a RoleBinding pruned, a policy engine)
+ * would leave it applying no ToolSet edit with nothing but a log line to say so.
+ */
+export class WatchHealth {
+  readonly #failing = new Map<object, string>();
+
+  failing(informer: object, kind: string): void {
+    this.#failing.set(informer, kind);
+  }
+
+  recovered(informer: object): void {
+    this.#failing.delete(informer);
+  }
+
+  /** How many watches of each kind are down. */
+  byKind(): Map<string, number> {
+    const counts = new Map<string, number>();
+    for (const kind of this.#failing.values()) counts.set(kind, (counts.get(kind) ?? 0) + 1);
+    return counts;
+  }
+}
+
 export interface InformerOptions<T extends KubernetesObject> {
   kc: KubeConfig;
   /** What this informer watches, for log lines. */
@@ -59,6 +83,8 @@ export interface InformerOptions<T extends KubernetesObject> {
   delay?: (ms: number) => Promise<void>;
   restartBaseMs?: number;
   restartMaxMs?: number;
+  /** Told when the watch fails, and when a list succeeds again. */
+  health?: WatchHealth;
 }
 
 /** One ListWatch, restarted with backoff when it stops on an error. */
@@ -122,6 +148,7 @@ export class Informer<T extends KubernetesObject> implements ObjectCache<T> {
 
   async stop(): Promise<void> {
     this.abort.abort();
+    this.o.health?.recovered(this);
     await this.lw.stop();
   }
 
@@ -133,12 +160,14 @@ export class Informer<T extends KubernetesObject> implements ObjectCache<T> {
       if (!this.hasSynced) this.o.logger.info({ kind: this.o.kind, path: this.o.path }, 'Synced informer');
       this.hasSynced = true;
       this.syncedOnce.resolve();
+      this.o.health?.recovered(this);
     }
   }
 
   private failed(err: unknown): void {
     this.errors++;
     if (this.abort.signal.aborted) return;
+    this.o.health?.failing(this, this.o.kind);
     const max = this.o.restartMaxMs ?? 30_000;
     // A watch that ran for a while before failing starts its backoff afresh.
     if (Date.now() - this.startedAt > max) this.backoffMs = this.o.restartBaseMs ?? 1000;

@@ -33,7 +33,7 @@ import {
   type ToolSetObject,
 } from './controller.js';
 import { EventRecorder, type EventSubject } from './events.js';
-import { Informer, InformerSet } from './informers.js';
+import { Informer, InformerSet, WatchHealth } from './informers.js';
 import { LeaderElector } from './leader.js';
 import { NamespacePods } from './namespace-pods.js';
 import { subjectAccessReviews } from './secret-access.js';
@@ -119,11 +119,14 @@ export class ControlPlane {
     this.metrics = o.metrics ?? new OperatorMetrics();
     const customObjects = kc.makeApiClient(CustomObjectsApi);
     const core = kc.makeApiClient(CoreV1Api);
+    const health = new WatchHealth();
+    this.metrics.watchWatches(() => health.byKind());
     const informerOptions = {
       kc,
       logger,
       delay: timing.informerDelay,
       restartBaseMs: timing.informerRestartBaseMs,
+      health,
     };
     const scope = (ns: string | undefined) => (ns ? `/namespaces/${ns}` : '');
 

@@ -41,6 +41,9 @@ export const TOOLSET_ADMISSION_RESULTS: readonly ToolSetAdmissionResult[] = [
   'unwatched',
 ];
 
+/** The kinds the operator's informers watch: each has a series from the start. */
+export const WATCHED_KINDS = ['ToolSet', 'ConfigMap', 'Pod', 'Namespace'] as const;
+
 /** Reconciles are a cache read, validation and up to three API writes. */
 export const RECONCILE_SECONDS_BUCKETS = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
 
@@ -57,6 +60,7 @@ export class OperatorMetrics {
   private toolsetSource: () => readonly WatchedToolSet[] = () => [];
   private certificateSource: () => Date | undefined = () => undefined;
   private webhookBodiesSource: () => number = () => 0;
+  private watchHealthSource: () => ReadonlyMap<string, number> = () => new Map();
 
   constructor(options: { defaultMetrics?: boolean } = {}) {
     const registers = [this.registry];
@@ -140,6 +144,18 @@ export class OperatorMetrics {
         if (notAfter) this.set(notAfter.getTime() / 1000);
       },
     });
+    const watches = () => this.watchHealthSource();
+    new Gauge({
+      name: 'earpiece_watches_failing',
+      help: "Informer watches of this replica that are down now, by kind (ToolSet, ConfigMap, Pod, Namespace): it works from what it saw last, and misses every change meanwhile; its log says why ('Stopped watch').",
+      labelNames: ['kind'],
+      registers,
+      collect() {
+        this.reset();
+        for (const kind of WATCHED_KINDS) this.set({ kind }, 0);
+        for (const [kind, count] of watches()) this.set({ kind }, count);
+      },
+    });
     const bodies = () => this.webhookBodiesSource();
     new Gauge({
       name: 'earpiece_webhook_body_bytes_in_flight',
@@ -191,6 +207,11 @@ export class OperatorMetrics {
   /** Where earpiece_toolsets reads the ToolSets from when scraped (empty on followers). */
   watchToolSets(source: () => readonly WatchedToolSet[]): void {
     this.toolsetSource = source;
+  }
+
+  /** Where the failing watches are read from when scraped (WatchHealth.byKind). */
+  watchWatches(failing: () => ReadonlyMap<string, number>): void {
+    this.watchHealthSource = failing;
   }
 
   /** Where the webhook's body bytes in flight are read from when scraped. */

@@ -827,6 +827,25 @@ describe('ToolSet controller', () => {
     await expect.poll(() => ready('later')?.status, POLL).toBe('True');
   });
 
+  it('counts the watches that are down, by kind, until they list again', async () => {
+    const plane = controlPlane();
+    await plane.start();
+    const failing = async () =>
+      Object.fromEntries(
+        (await metrics.metrics())
+          .split('\n')
+          .filter((l) => l.startsWith('earpiece_watches_failing{'))
+          .map((l) => [/kind="(\w+)"/.exec(l)![1], Number(l.split(' ')[1])]),
+      );
+    expect(await failing()).toEqual({ ToolSet: 0, ConfigMap: 0, Pod: 0, Namespace: 0 });
+    // Cut off from the API server (a pruned RoleBinding fails the same way): every watch goes down, and
+    // the caches stay as they were.
+    api.block('operator');
+    await expect.poll(failing, POLL).toEqual({ ToolSet: 1, ConfigMap: 1, Pod: 2, Namespace: 1 });
+    api.unblock('operator');
+    await expect.poll(failing, POLL).toEqual({ ToolSet: 0, ConfigMap: 0, Pod: 0, Namespace: 0 });
+  });
+
   it('relists after an ERROR 410 event on a live watch', async () => {
     const plane = controlPlane();
     await plane.start();

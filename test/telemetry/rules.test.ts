@@ -65,6 +65,11 @@ const descriptions = new Map<string, (labels: Record<string, string>) => string>
       `1 ToolSets in namespace ${l.namespace} have been not Ready for 10 minutes. Their pods keep the last valid configuration, and a ToolSet that was never valid gets no sidecar at all.`,
   ],
   [
+    'EarpieceOperatorWatchFailing',
+    (l) =>
+      `For 10 minutes the earpiece operator in namespace ${l.namespace} has failed to watch ${l.kind}s. It goes on from what it saw last: ToolSet edits are not applied, and new pods' problems go unreported. Its log ('Stopped watch') gives the API server's answer; check its RBAC.`,
+  ],
+  [
     'EarpieceToolSetNotReconciled',
     (l) =>
       `For 10 minutes 2 ToolSets in namespace ${l.namespace}, labelled earpiece.dev/operator=${l.operator}, have had an edit no operator reconciled: their ConfigMap and sidecars keep the configuration before it, and problems of their pods go unreported. Remove the label so a live operator claims them, or delete them.`,
@@ -147,7 +152,7 @@ describe('alert rules', () => {
 
   test.skipIf(!path)('the rule file passes promtool check rules', () => {
     const { status, output } = promtool(path!, ['check', 'rules', RULES]);
-    expect(output).toContain('SUCCESS: 16 rules found');
+    expect(output).toContain('SUCCESS: 17 rules found');
     expect(status).toBe(0);
   });
 
@@ -164,7 +169,7 @@ describe('alert rules', () => {
         .slice(1)
         .map((section) => [section.split('\n')[0]!.trim(), section]),
     );
-    expect(rules.length).toBe(16);
+    expect(rules.length).toBe(17);
     for (const { alert, annotations } of rules) {
       expect(annotations.runbook_url, alert).toBe(`${RUNBOOKS}${alert.toLowerCase()}`);
       const section = sections.get(alert);
@@ -299,6 +304,23 @@ describe('alert rules', () => {
         alert: 'EarpieceToolsUnsupported',
         at: '4m',
         expected: [],
+      },
+      {
+        // Both replicas lost their Pod watches (a pruned RoleBinding); a ToolSet watch blipped and came back.
+        series: {
+          'earpiece_watches_failing{namespace="earpiece-system",pod="earpiece-0",kind="Pod"}': '0 2x20',
+          'earpiece_watches_failing{namespace="earpiece-system",pod="earpiece-1",kind="Pod"}': '0 2x20',
+          'earpiece_watches_failing{namespace="earpiece-system",pod="earpiece-0",kind="ToolSet"}':
+            '0 1 1 0x18',
+        },
+        alert: 'EarpieceOperatorWatchFailing',
+        at: '15m',
+        expected: [
+          {
+            labels: { severity: 'warning', namespace: 'earpiece-system', kind: 'Pod' },
+            summary: 'The earpiece operator in earpiece-system cannot watch Pods',
+          },
+        ],
       },
       {
         // Both ToolSets' proxies are up; only "busy" gets turns.
