@@ -588,6 +588,37 @@ export class ToolSetController {
     return `${why}; ${parts.join('; ')}`;
   }
 
+  /**
+   * A Warning Event on the ToolSet when RestartRequired turns True, or SidecarsReady False for a reason no
+   * pod's Event already gives (ProxyUnused), or either's reason changes: `kubectl get events` is where
+   * problems are looked for, and a condition alone is read by nobody who is not already looking. NoPods
+   * gets none: a ToolSet applied before its pods start is the usual order, and PODS 0 shows it.
+   */
+  private async announce(
+    t: ToolSetObject,
+    before: ToolSetStatus | undefined,
+    after: ToolSetStatus,
+  ): Promise<void> {
+    const bad = [
+      { type: RESTART_REQUIRED, status: 'True', reasons: undefined },
+      { type: SIDECARS_READY, status: 'False', reasons: ['ProxyUnused'] },
+    ];
+    for (const { type, status, reasons } of bad) {
+      const now = condition(after, type);
+      if (!now || now.status !== status || (reasons && !reasons.includes(now.reason))) continue;
+      const was = condition(before, type);
+      if (was?.status === now.status && was.reason === now.reason) continue;
+      const message = `${type}: ${now.message}`;
+      // events.k8s.io caps a note at 1 KiB; the condition keeps the whole message.
+      await this.o.events.record(
+        subject(t),
+        'Warning',
+        now.reason,
+        message.length <= MAX_EVENT_MESSAGE ? message : `${message.slice(0, MAX_EVENT_MESSAGE - 1)}…`,
+      );
+    }
+  }
+
   /** The status as stored: the cached one, or what this controller wrote since the cache showed it. */
   private currentStatus(cached: ToolSetObject): ToolSetStatus | undefined {
     const memo = this.statusMemo.get(toolSetKey(cached.metadata.namespace, cached.metadata.name));
@@ -619,6 +650,7 @@ export class ToolSetController {
       before: cached.metadata.resourceVersion,
       status: next,
     });
+    await this.announce(cached, current, next);
     const ready = condition(next, READY);
     this.o.logger.info(
       {
@@ -692,6 +724,9 @@ function subject(t: ToolSetObject) {
     uid: t.metadata.uid,
   };
 }
+
+/** Characters of a condition's message that its Event carries. */
+const MAX_EVENT_MESSAGE = 1000;
 
 /** Names listed in a condition's message at most (RestartRequired, NoPods), of pods and of Secrets each. */
 const MAX_RESTART_LISTED = 20;

@@ -91,6 +91,17 @@ export async function startProxy(options: ProxyOptions): Promise<RunningProxy> {
    */
   const upstreamFor = (toolset: ResolvedToolSet, previous?: ActiveToolSet): Upstream => {
     let url = options.upstreamUrl ?? toolset.upstream.url;
+    if (
+      options.upstreamUrl !== undefined &&
+      toolset.upstream.url !== undefined &&
+      options.upstreamUrl !== toolset.upstream.url &&
+      previous?.toolset.upstream.url !== toolset.upstream.url
+    ) {
+      logger.warn(
+        { toolset: toolset.name, upstream: options.upstreamUrl, ignored: toolset.upstream.url },
+        'The ToolSet names spec.upstream.url, but --upstream (EARPIECE_UPSTREAM_URL) overrides it: kept the upstream it names. In a pod injected while the ToolSet named no upstream, restart the pod so the webhook injects it for the URL the ToolSet names (its RestartRequired condition lists such pods).',
+      );
+    }
     if (url === undefined && previous) {
       url = previous.upstream.options.url;
       if (previous.toolset.upstream.url !== undefined) {

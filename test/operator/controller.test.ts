@@ -536,6 +536,19 @@ describe('ToolSet controller', () => {
         /^pods backend-1 run the earpiece-proxy sidecar, but no container of theirs sets KYUTAI_LLM_URL in env/,
       ),
     });
+    // Said where problems are looked for, once.
+    const warnings = () =>
+      api
+        .list('events', NS)
+        .filter(
+          (e) => (e.involvedObject as { name?: string }).name === 'assistant' && e.reason === 'ProxyUnused',
+        );
+    await expect.poll(() => warnings().length, POLL).toBe(1);
+    expect(warnings()[0]).toMatchObject({
+      type: 'Warning',
+      involvedObject: { kind: 'ToolSet' },
+      message: expect.stringMatching(/^SidecarsReady: pods backend-1 run the earpiece-proxy sidecar/),
+    });
     // Recreated with the variable set, it is ready.
     api.delete('pods', NS, 'backend-1');
     await expect.poll(() => plane.injectedPods.list(NS).length, POLL).toBe(0);
@@ -656,6 +669,14 @@ describe('ToolSet controller', () => {
     );
     expect(restartRequired()!.message).toMatch(/restart them \(e\.g\. kubectl rollout restart\) to use it$/);
     expect(ready('assistant')).toMatchObject({ status: 'True' });
+    // And a Warning Event on the ToolSet, where kubectl get events shows it.
+    const restartEvents = () => api.list('events', NS).filter((e) => e.reason === 'UpstreamChanged');
+    await expect.poll(() => restartEvents().length, POLL).toBe(1);
+    expect(restartEvents()[0]).toMatchObject({
+      type: 'Warning',
+      involvedObject: { kind: 'ToolSet', name: 'assistant' },
+      message: expect.stringContaining('RestartRequired: pods backend-1 were injected while'),
+    });
 
     // Back to no upstream: the pod's handed-over URL is right again.
     edit('assistant', (spec) => {

@@ -177,6 +177,35 @@ describe('ToolSet reload', () => {
     ).toEqual([expect.stringContaining('names no spec.upstream.url')]);
   });
 
+  it('says so when EARPIECE_UPSTREAM_URL overrides a spec.upstream.url an edit adds, once per URL', async () => {
+    const upstream = await startScriptedUpstream({ respond: () => ({ sse: textReply('Old server.') }) });
+    const { logger, lines } = capturingLogger('warn');
+    // A sidecar injected while the ToolSet named no upstream: handed the app's KYUTAI_LLM_URL.
+    const harness = await startTestProxy(spec('first_tool'), upstream.url, { watch: false, logger });
+    cleanups.push(
+      () => upstream.close(),
+      () => harness.close(),
+    );
+    const added = { ...spec('first_tool'), upstream: { url: 'http://new-vllm.invalid:8000' } };
+    await writeFile(harness.toolsetPath, stringify(toolsetDoc(added)));
+    await harness.proxy.reload();
+    // The override holds: the turn still goes to the server the pod was handed.
+    expect((await unmuteTurn(harness.client, [{ role: 'user', content: 'Hi.' }])).text).toBe('Old server.');
+    await writeFile(
+      harness.toolsetPath,
+      stringify(toolsetDoc({ ...added, tools: spec('second_tool').tools })),
+    );
+    await harness.proxy.reload();
+    const warnings = lines().filter((l) => l.level === 40);
+    expect(warnings).toEqual([
+      expect.objectContaining({
+        upstream: upstream.url,
+        ignored: 'http://new-vllm.invalid:8000',
+        msg: expect.stringContaining('--upstream (EARPIECE_UPSTREAM_URL) overrides it'),
+      }),
+    ]);
+  });
+
   it('follows a ConfigMap-style ..data symlink swap', async () => {
     const upstream = await startScriptedUpstream({ respond: () => ({ sse: textReply('Ok.') }) });
     // The kubelet's layout: toolset.yaml -> ..data/toolset.yaml, ..data -> ..<timestamp>/
