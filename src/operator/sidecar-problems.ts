@@ -5,7 +5,8 @@
  *   Ignore lets them through) or skipped by it (no ToolSet selects them, ...);
  * - the kubelet's reason when the sidecar waits or died (`ImagePullBackOff`, `CrashLoopBackOff`,
  *   `CreateContainerConfigError`, `OOMKilled`, ...): as a native sidecar it holds the app back;
- * - `not_ready`: started but not ready past its startup window.
+ * - `not_ready`: started but not ready past its startup window;
+ * - `toolset_deleted`: injected for a ToolSet that no longer exists, so it serves stale tools.
  * They are counted in `earpiece_sidecar_problem_pods{namespace,reason}` (and the uninjected ones in
  * `earpiece_uninjected_pods`), each gets one Warning Event on its owner (the ReplicaSet, Job, ... that
  * made it) saying what to do, and their ToolSet lists them in its status. Run by the leader only, so
@@ -60,6 +61,8 @@ export interface SidecarProblemOptions {
 
 export const NOT_INJECTED = 'not_injected';
 export const NOT_READY = 'not_ready';
+/** An injected pod whose ToolSet was deleted: its sidecar runs on with the last tools it loaded. */
+export const TOOLSET_DELETED = 'toolset_deleted';
 
 export interface SidecarProblem {
   namespace: string;
@@ -247,12 +250,20 @@ export class SidecarProblemReporter {
       this.reported.set(problem.uid, report);
       this.o.logger.warn(
         { pod: problem.name, namespace: problem.namespace, reason: problem.reason, why: problem.message },
-        problem.reason === NOT_INJECTED ? 'Found uninjected pod' : 'Found pod whose sidecar is not ready',
+        problem.reason === NOT_INJECTED
+          ? 'Found uninjected pod'
+          : problem.reason === TOOLSET_DELETED
+            ? 'Found pod whose ToolSet was deleted'
+            : 'Found pod whose sidecar is not ready',
       );
       await this.o.events.record(
         ownerOf(pod),
         'Warning',
-        problem.reason === NOT_INJECTED ? 'UninjectedPod' : 'SidecarNotReady',
+        problem.reason === NOT_INJECTED
+          ? 'UninjectedPod'
+          : problem.reason === TOOLSET_DELETED
+            ? 'ToolSetDeleted'
+            : 'SidecarNotReady',
         problem.reason === NOT_INJECTED
           ? `pod ${problem.name} is opted in (${pod.metadata?.labels?.[LABEL_INJECT] === 'true' ? '' : 'by its namespace, '}${LABEL_INJECT}=true) but runs without the earpiece sidecar: ${problem.message}`
           : `pod ${problem.name}: ${problem.message}`,
@@ -277,8 +288,6 @@ export class SidecarProblemReporter {
         toolset: toolset?.metadata.name,
       };
     }
-    const problem = sidecarStatusProblem(pod, now);
-    if (!problem) return undefined;
     const injectedFor = readInjection({
       metadata: { annotations: meta.annotations },
       spec: pod.spec,
@@ -287,6 +296,18 @@ export class SidecarProblemReporter {
     const injectedToolSet =
       injectedFor === undefined ? undefined : this.o.toolsets(namespace).byName(injectedFor);
     if (otherOperator(injectedToolSet, this.o.instance) !== undefined) return undefined;
+    const problem = sidecarStatusProblem(pod, now);
+    if (!problem && injectedFor !== undefined && injectedToolSet === undefined) {
+      // Deleted (or renamed) while the pod runs: no ToolSet is left to carry a condition, and the
+      // sidecar goes on serving what it last loaded.
+      return {
+        ...base,
+        reason: TOOLSET_DELETED,
+        message: `ToolSet ${injectedFor}, which its ${SIDECAR_NAME} sidecar was injected for, no longer exists: the sidecar goes on with the tools it last loaded. Delete the pod (or roll out its workload) to have it injected as things are now`,
+        toolset: injectedFor,
+      };
+    }
+    if (!problem) return undefined;
     const sidecar = [...(pod.spec?.initContainers ?? []), ...(pod.spec?.containers ?? [])].find(
       (c) => c.name === SIDECAR_NAME,
     );

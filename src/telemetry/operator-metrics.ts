@@ -97,7 +97,7 @@ export class OperatorMetrics {
     });
     this.problems = new Gauge({
       name: 'earpiece_sidecar_problem_pods',
-      help: 'Opted-in pods without a working earpiece sidecar, by reason (not_injected, not_ready, or the kubelet reason such as ImagePullBackOff).',
+      help: 'Opted-in pods without a working earpiece sidecar, by reason (not_injected, not_ready, toolset_deleted: its ToolSet is gone and it serves stale tools, or the kubelet reason such as ImagePullBackOff).',
       labelNames: ['namespace', 'reason'],
       registers,
     });

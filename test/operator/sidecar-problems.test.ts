@@ -376,6 +376,34 @@ describe('sidecar problems', () => {
     expect(refusals()).toHaveLength(1);
   });
 
+  it('reports an injected pod whose ToolSet was deleted: its sidecar runs on with stale tools', async () => {
+    const metrics = new OperatorMetrics({ defaultMetrics: false });
+    const plane = controlPlane('operator', metrics);
+    await plane.start();
+    await readyToolSet();
+    await expect.poll(() => plane.lookup(NS).config('assistant'), POLL).toBeDefined();
+    const rs = replicaSet('backend-5');
+    const template = injectBackend(NS, plane.lookup(NS), OPTED_IN);
+    pod('backend-5-a', rs, template.metadata!.labels!, { spec: template.spec });
+    await expect.poll(() => sidecarsReady()?.reason, POLL).toBe('SidecarsReady');
+    expect(await problems(metrics)).toEqual({});
+
+    api.delete('toolsets', NS, 'assistant');
+    await expect
+      .poll(() => problems(metrics), POLL)
+      .toEqual({ '{namespace="voice",reason="toolset_deleted"}': 1 });
+    await expect.poll(() => api.list('events', NS).length, POLL).toBe(1);
+    expect(api.list('events', NS)[0]).toMatchObject({
+      type: 'Warning',
+      reason: 'ToolSetDeleted',
+      involvedObject: { kind: 'ReplicaSet', name: 'backend-5' },
+      message:
+        'pod backend-5-a: ToolSet assistant, which its earpiece-proxy sidecar was injected for, no longer exists: the sidecar goes on with the tools it last loaded. Delete the pod (or roll out its workload) to have it injected as things are now',
+    });
+    // Not an uninjected pod.
+    expect(await gauge(metrics)).toBe(0);
+  });
+
   it('reports an injected pod whose sidecar waits in ImagePullBackOff, until it runs', async () => {
     const metrics = new OperatorMetrics({ defaultMetrics: false });
     const plane = controlPlane('operator', metrics);
