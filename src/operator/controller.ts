@@ -568,9 +568,11 @@ export class ToolSetController {
       .sort();
     // Pods the selector matches that run another ToolSet's sidecar: injected before this ToolSet's selector
     // matched them, they keep it; created now, they would get neither.
+    // A pod that names its ToolSet in the annotation chose it: not a clash of selectors.
     const taken = found
       .flatMap((p) => {
-        const other = running(p) ? injectionOf(p)?.toolset : undefined;
+        const chose = p.metadata?.annotations?.[ANNOTATION_TOOLSET] !== undefined;
+        const other = running(p) && !chose ? injectionOf(p)?.toolset : undefined;
         return other !== undefined && other !== toolset.metadata.name
           ? [`${p.metadata?.name ?? ''} (ToolSet ${other})`]
           : [];
@@ -608,14 +610,7 @@ export class ToolSetController {
       if (!now || now.status !== status || (reasons && !reasons.includes(now.reason))) continue;
       const was = condition(before, type);
       if (was?.status === now.status && was.reason === now.reason) continue;
-      const message = `${type}: ${now.message}`;
-      // events.k8s.io caps a note at 1 KiB; the condition keeps the whole message.
-      await this.o.events.record(
-        subject(t),
-        'Warning',
-        now.reason,
-        message.length <= MAX_EVENT_MESSAGE ? message : `${message.slice(0, MAX_EVENT_MESSAGE - 1)}…`,
-      );
+      await this.o.events.record(subject(t), 'Warning', now.reason, `${type}: ${now.message}`);
     }
   }
 
@@ -724,9 +719,6 @@ function subject(t: ToolSetObject) {
     uid: t.metadata.uid,
   };
 }
-
-/** Characters of a condition's message that its Event carries. */
-const MAX_EVENT_MESSAGE = 1000;
 
 /** Names listed in a condition's message at most (RestartRequired, NoPods), of pods and of Secrets each. */
 const MAX_RESTART_LISTED = 20;

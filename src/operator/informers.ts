@@ -18,6 +18,7 @@ import {
   Watch,
 } from '@kubernetes/client-node';
 import type { Logger } from '../telemetry/log.js';
+import type { WatchedKind } from '../telemetry/operator-metrics.js';
 
 /**
  * Watch with allowWatchBookmarks, which ListWatch does not ask for by itself. Once the informer is
@@ -53,9 +54,9 @@ export type ObjectHandler<T> = (obj: T) => void;
  * would leave it applying no ToolSet edit with nothing but a log line to say so.
  */
 export class WatchHealth {
-  readonly #failing = new Map<object, string>();
+  readonly #failing = new Map<object, WatchedKind>();
 
-  failing(informer: object, kind: string): void {
+  failing(informer: object, kind: WatchedKind): void {
     this.#failing.set(informer, kind);
   }
 
@@ -64,8 +65,8 @@ export class WatchHealth {
   }
 
   /** How many watches of each kind are down. */
-  byKind(): Map<string, number> {
-    const counts = new Map<string, number>();
+  byKind(): Map<WatchedKind, number> {
+    const counts = new Map<WatchedKind, number>();
     for (const kind of this.#failing.values()) counts.set(kind, (counts.get(kind) ?? 0) + 1);
     return counts;
   }
@@ -73,8 +74,8 @@ export class WatchHealth {
 
 export interface InformerOptions<T extends KubernetesObject> {
   kc: KubeConfig;
-  /** What this informer watches, for log lines. */
-  kind: string;
+  /** What this informer watches, for log lines and earpiece_watches_failing. */
+  kind: WatchedKind;
   path: string;
   list: () => Promise<KubernetesListObject<T>>;
   labelSelector?: string;

@@ -297,7 +297,11 @@ export class SidecarProblemReporter {
       injectedFor === undefined ? undefined : this.o.toolsets(namespace).byName(injectedFor);
     if (otherOperator(injectedToolSet, this.o.instance) !== undefined) return undefined;
     const problem = sidecarStatusProblem(pod, now);
-    if (!problem && injectedFor !== undefined && injectedToolSet === undefined) {
+    // One being deleted is gone already, to the controller too (a finalizer may hold it for long).
+    const gone =
+      injectedToolSet === undefined ||
+      (injectedToolSet.metadata as { deletionTimestamp?: unknown }).deletionTimestamp != null;
+    if (!problem && injectedFor !== undefined && gone) {
       // Deleted (or renamed) while the pod runs: no ToolSet is left to carry a condition, and the
       // sidecar goes on serving what it last loaded.
       return {

@@ -102,14 +102,11 @@ export interface SecretAccessCheck {
 /** The API server keeps at most 4 KiB of warnings per response and may cut each after 256 characters. */
 const MAX_WARNING = 256;
 const MAX_WARNINGS = 12;
-/** Overlapping ToolSets named one per line, within what is left of the 4 KiB. */
-const MAX_OVERLAP_WARNINGS = 4;
+/** Overlapping ToolSets named one per line, within what the validation warnings leave of the 4 KiB. */
+const MAX_OVERLAP_WARNINGS = 3;
 
 function warnings(issues: Issue[], prefix = ''): string[] {
-  const lines = issues.map((i) => {
-    const text = `earpiece: ${prefix}${i.path}: ${i.message}`;
-    return text.length <= MAX_WARNING ? text : `${text.slice(0, MAX_WARNING - 1)}…`;
-  });
+  const lines = issues.map((i) => clip(`earpiece: ${prefix}${i.path}: ${i.message}`));
   if (lines.length <= MAX_WARNINGS) return lines;
   return [...lines.slice(0, MAX_WARNINGS - 1), `earpiece: and ${lines.length - MAX_WARNINGS + 1} more`];
 }

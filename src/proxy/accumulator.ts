@@ -301,7 +301,7 @@ export class StreamAccumulator {
     }
     // A server that sends the arguments as an object means the whole of them.
     else if (isObject(args)) {
-      call.arguments = JSON.stringify(args);
+      call.arguments = stringifyKept(args);
       this.#count(call.arguments.length);
     }
     if (isObject(entry.extra_content)) {
@@ -344,18 +344,8 @@ export class StreamAccumulator {
    * JSON.stringify can walk is a runaway too.
    */
   #countJson(value: unknown): void {
-    let json: string;
-    try {
-      json = JSON.stringify(value);
-    } catch {
-      throw new ProxyError('ERP_UPSTREAM_TOO_LARGE', 'upstream sent a message with JSON nested too deeply');
-    }
-    let structures = 0;
-    for (let i = 0; i < json.length; i++) {
-      const c = json.charCodeAt(i);
-      if (c === 0x7b || c === 0x5b) structures++;
-    }
-    this.#count(json.length + structures * STRUCTURE_CHARS);
+    const json = stringifyKept(value);
+    this.#count(json.length + structuresIn(json) * STRUCTURE_CHARS);
   }
 
   #count(chars: number): void {
@@ -439,6 +429,30 @@ function appendArguments(current: string, fragment: string): string {
   )
     return fragment;
   return current + fragment;
+}
+
+/** JSON.stringify of an upstream's value; nesting past what it can walk is a runaway, refused as too large. */
+function stringifyKept(value: unknown): string {
+  try {
+    return JSON.stringify(value);
+  } catch {
+    throw new ProxyError('ERP_UPSTREAM_TOO_LARGE', 'upstream sent a message with JSON nested too deeply');
+  }
+}
+
+/** The objects and arrays in a JSON text: its `{` and `[` outside strings. */
+function structuresIn(json: string): number {
+  let count = 0;
+  let inString = false;
+  for (let i = 0; i < json.length; i++) {
+    const c = json.charCodeAt(i);
+    if (inString) {
+      if (c === 0x5c) i++;
+      else if (c === 0x22) inString = false;
+    } else if (c === 0x22) inString = true;
+    else if (c === 0x7b || c === 0x5b) count++;
+  }
+  return count;
 }
 
 function accumulated(call: CallState, id: string, name: string): AccumulatedToolCall {

@@ -97,8 +97,13 @@ export async function startProxy(options: ProxyOptions): Promise<RunningProxy> {
       options.upstreamUrl !== toolset.upstream.url &&
       previous?.toolset.upstream.url !== toolset.upstream.url
     ) {
+      // Origins only: either URL may carry credentials (user:password@, a key in the query).
       logger.warn(
-        { toolset: toolset.name, upstream: options.upstreamUrl, ignored: toolset.upstream.url },
+        {
+          toolset: toolset.name,
+          upstream: originOf(options.upstreamUrl),
+          ignored: originOf(toolset.upstream.url),
+        },
         'The ToolSet names spec.upstream.url, but --upstream (EARPIECE_UPSTREAM_URL) overrides it: kept the upstream it names. In a pod injected while the ToolSet named no upstream, restart the pod so the webhook injects it for the URL the ToolSet names (its RestartRequired condition lists such pods).',
       );
     }
@@ -280,4 +285,13 @@ export async function startProxy(options: ProxyOptions): Promise<RunningProxy> {
       await telemetry.shutdown();
     },
   };
+}
+
+/** A URL's origin, for logs (never its userinfo, path or query). */
+function originOf(url: string): string {
+  try {
+    return new URL(url).origin;
+  } catch {
+    return '(not a URL)';
+  }
 }

@@ -43,6 +43,7 @@ export const TOOLSET_ADMISSION_RESULTS: readonly ToolSetAdmissionResult[] = [
 
 /** The kinds the operator's informers watch: each has a series from the start. */
 export const WATCHED_KINDS = ['ToolSet', 'ConfigMap', 'Pod', 'Namespace'] as const;
+export type WatchedKind = (typeof WATCHED_KINDS)[number];
 
 /** Reconciles are a cache read, validation and up to three API writes. */
 export const RECONCILE_SECONDS_BUCKETS = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];

@@ -521,13 +521,15 @@ describe('ToolSet controller', () => {
     await expect.poll(() => configMap('assistant'), POLL).toBeDefined();
     const template = injectBackend(NS, plane.lookup(NS));
     template.spec!.containers[0]!.env = [];
-    api.create('pods', {
-      apiVersion: 'v1',
-      kind: 'Pod',
-      metadata: { ...template.metadata, name: 'backend-1', namespace: NS },
-      spec: template.spec,
-      status: { phase: 'Running' },
-    } as KObject);
+    const unusedPod = (name: string) =>
+      api.create('pods', {
+        apiVersion: 'v1',
+        kind: 'Pod',
+        metadata: { ...template.metadata, name, namespace: NS },
+        spec: template.spec,
+        status: { phase: 'Running' },
+      } as KObject);
+    unusedPod('backend-1');
     await expect.poll(() => condition('assistant', 'SidecarsReady')?.reason, POLL).toBe('ProxyUnused');
     expect(stored('assistant')!.status?.pods).toBe(1);
     expect(condition('assistant', 'SidecarsReady')).toMatchObject({
@@ -549,8 +551,16 @@ describe('ToolSet controller', () => {
       involvedObject: { kind: 'ToolSet' },
       message: expect.stringMatching(/^SidecarsReady: pods backend-1 run the earpiece-proxy sidecar/),
     });
-    // Recreated with the variable set, it is ready.
+    // Another such pod changes the message, not the reason: no second Event.
+    unusedPod('backend-3');
+    await expect
+      .poll(() => condition('assistant', 'SidecarsReady')?.message, POLL)
+      .toMatch(/^pods backend-1, backend-3 run/);
+    await settled(plane, 'assistant');
+    expect(warnings().map((e) => e.count)).toEqual([1]);
+    // Recreated with the variable set, they are ready.
     api.delete('pods', NS, 'backend-1');
+    api.delete('pods', NS, 'backend-3');
     await expect.poll(() => plane.injectedPods.list(NS).length, POLL).toBe(0);
     await runInjectedPod(plane, DEFAULT_SIDECAR, 'backend-2');
     await expect.poll(() => condition('assistant', 'SidecarsReady')?.reason, POLL).toBe('SidecarsReady');
@@ -562,7 +572,18 @@ describe('ToolSet controller', () => {
     api.create('toolsets', toolset('assistant', [weatherTool()]));
     await expect.poll(() => configMap('assistant'), POLL).toBeDefined();
     await runInjectedPod(plane);
-    await expect.poll(() => stored('assistant')!.status?.pods, POLL).toBe(1);
+    // One that chose its ToolSet by annotation is no clash of selectors: not named below.
+    const chosen = injectBackend(NS, plane.lookup(NS), undefined, DEFAULT_SIDECAR, {
+      'earpiece.dev/toolset': 'assistant',
+    });
+    api.create('pods', {
+      apiVersion: 'v1',
+      kind: 'Pod',
+      metadata: { ...chosen.metadata, name: 'backend-chosen', namespace: NS },
+      spec: chosen.spec,
+      status: { phase: 'Running' },
+    } as KObject);
+    await expect.poll(() => stored('assistant')!.status?.pods, POLL).toBe(2);
     // The docs' second example selects the same pods: it runs nowhere, and must not say no pod matches.
     api.create('toolsets', toolset('home-assistant', [weatherTool()]));
     await expect.poll(() => condition('home-assistant', 'SidecarsReady')?.reason, POLL).toBe('NoPods');

@@ -512,6 +512,15 @@ describe('StreamAccumulator', () => {
     ).toMatchObject({ code: 'ERP_UPSTREAM_TOO_LARGE' });
   });
 
+  it('counts braces in text as text: reasoning about JSON is not a runaway', () => {
+    const accumulator = new StreamAccumulator();
+    const fragment = '{"a":[1]} '.repeat(100);
+    // 300 KB of details whose text is all braces, well under the cap as text.
+    for (let i = 0; i < 300; i++)
+      accumulator.push(delta({ reasoning_details: [{ type: 'reasoning.text', text: fragment, index: 0 }] }));
+    expect(accumulator.snapshot().reasoningDetails[0]?.text).toHaveLength(300 * fragment.length);
+  });
+
   it('refuses JSON nested deeper than it can write back, as too large', () => {
     let deep: Record<string, unknown> = {};
     for (let i = 0; i < 20_000; i++) deep = { d: deep };
@@ -529,6 +538,14 @@ describe('StreamAccumulator', () => {
     expect(thrown(() => new StreamAccumulator().push(delta({ reasoning_details: [deep] })))).toMatchObject({
       code: 'ERP_UPSTREAM_TOO_LARGE',
     });
+    // Arguments sent as an object (Ollama) the same.
+    expect(
+      thrown(() =>
+        new StreamAccumulator().push(
+          delta({ tool_calls: [{ index: 0, id: 'a', function: { name: 'f', arguments: deep as never } }] }),
+        ),
+      ),
+    ).toMatchObject({ code: 'ERP_UPSTREAM_TOO_LARGE' });
   });
 
   it('merges reasoning_details only under a type that is a string', () => {

@@ -186,7 +186,8 @@ describe('ToolSet reload', () => {
       () => upstream.close(),
       () => harness.close(),
     );
-    const added = { ...spec('first_tool'), upstream: { url: 'http://new-vllm.invalid:8000' } };
+    // Credentials in it stay out of the log.
+    const added = { ...spec('first_tool'), upstream: { url: 'http://bench:s3cret@new-vllm.invalid:8000' } };
     await writeFile(harness.toolsetPath, stringify(toolsetDoc(added)));
     await harness.proxy.reload();
     // The override holds: the turn still goes to the server the pod was handed.
@@ -197,9 +198,10 @@ describe('ToolSet reload', () => {
     );
     await harness.proxy.reload();
     const warnings = lines().filter((l) => l.level === 40);
+    expect(JSON.stringify(warnings)).not.toContain('s3cret');
     expect(warnings).toEqual([
       expect.objectContaining({
-        upstream: upstream.url,
+        upstream: new URL(upstream.url).origin,
         ignored: 'http://new-vllm.invalid:8000',
         msg: expect.stringContaining('--upstream (EARPIECE_UPSTREAM_URL) overrides it'),
       }),

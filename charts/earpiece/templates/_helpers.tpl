@@ -205,3 +205,27 @@ copy is named after the release and its namespace, as it shares the namespace wi
 {{- $own := or (not .Values.dashboards.namespace) (eq .Values.dashboards.namespace .Release.Namespace) }}
 {{- printf "%s-dashboard" (ternary (include "earpiece.fullname" .) (include "earpiece.clusterName" .) $own) }}
 {{- end }}
+
+{{/*
+What both ToolSet validation entries share: the operator's /validate, the resource, and how it is called.
+*/}}
+{{- define "earpiece.toolsetReview" -}}
+clientConfig:
+  service:
+    name: {{ include "earpiece.fullname" . }}
+    namespace: {{ .Release.Namespace }}
+    path: /validate
+    port: 443
+rules:
+  # Status writes (toolsets/status) are the operator's own and are not sent.
+  - operations: [CREATE, UPDATE]
+    apiGroups: [earpiece.dev]
+    apiVersions: [v1alpha1]
+    resources: [toolsets]
+    scope: Namespaced
+# A later served version is converted to v1alpha1 before it is sent, so one check covers all.
+matchPolicy: Equivalent
+sideEffects: None
+timeoutSeconds: {{ .Values.webhook.timeoutSeconds }}
+admissionReviewVersions: [v1]
+{{- end }}
