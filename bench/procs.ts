@@ -229,9 +229,12 @@ export interface EarpieceProxy {
 
 /**
  * The Node flags of the shipped image (Dockerfile ENTRYPOINT): a young generation sized for a sidecar that
- * serves a few streams. EARPIECE_BENCH_NODE_FLAGS replaces them, to compare (" " for none).
+ * serves a few streams, and WebAssembly left on its baseline compiler (the SQL parser's optimization took
+ * 550 MB at once). EARPIECE_BENCH_NODE_FLAGS replaces them, to compare (" " for none).
  */
-export const EARPIECE_NODE_FLAGS = (process.env.EARPIECE_BENCH_NODE_FLAGS ?? '--max-semi-space-size=2')
+export const EARPIECE_NODE_FLAGS = (
+  process.env.EARPIECE_BENCH_NODE_FLAGS ?? '--max-semi-space-size=2 --liftoff-only'
+)
   .split(' ')
   .filter(Boolean);
 
