@@ -11,8 +11,9 @@
  */
 import type { V1OwnerReference } from '@kubernetes/client-node';
 import fastJsonPatch from 'fast-json-patch';
-import Fastify, { LogController } from 'fastify';
+import Fastify, { type FastifyInstance, LogController } from 'fastify';
 import { BodyBudget, BodyBudgetExceeded } from '../http/body-budget.js';
+import { boundJsonBodies, type JsonShape } from '../http/json-shape.js';
 import type { Logger } from '../telemetry/log.js';
 import type { ToolSet } from '../toolset/schema.js';
 import type { KeyPairPem } from './certs.js';
@@ -114,6 +115,12 @@ const DEFAULT_BODY_LIMIT = 6 * 1024 * 1024;
  * default too (EARPIECE_WEBHOOK_MAX_BODY_BYTES_IN_FLIGHT, chart value webhook.maxBodyBytesInFlight).
  */
 export const DEFAULT_BODY_BYTES_IN_FLIGHT = 24 * 1024 * 1024;
+
+/**
+ * What an AdmissionReview's JSON may hold: a pod or a ToolSet nests some tens of levels, and the largest
+ * the API server stores (1.5 MB) holds some tens of thousands of objects.
+ */
+const REVIEW_JSON_BOUNDS: JsonShape = { depth: 128, structures: 250_000 };
 
 export interface WebhookServer {
   port: number;
@@ -292,6 +299,8 @@ export async function startWebhookServer(options: WebhookServerOptions): Promise
 
   const budget = new BodyBudget(options.maxBodyBytesInFlight ?? DEFAULT_BODY_BYTES_IN_FLIGHT, bodyLimit);
   app.addHook('preParsing', budget.hook);
+  // Any pod can reach the port: a body of nested brackets would otherwise cost the operator its memory.
+  boundJsonBodies(app as unknown as FastifyInstance, REVIEW_JSON_BOUNDS, (message) => new Error(message));
   // Request logging is off (a line per review is noise), so a refused body would pass unseen. It is the
   // client's doing, not the operator's: one warn line each, never error (fastify's level for a 503).
   app.addHook('onError', (request, _reply, error, done) => {

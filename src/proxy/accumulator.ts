@@ -7,6 +7,7 @@
  * from `finish()` like any other. One message is capped at MAX_MESSAGE_CHARS. No I/O, no timers.
  */
 import { randomInt } from 'node:crypto';
+import { jsonShape } from '../http/json-shape.js';
 import {
   type ChatChunk,
   type ChunkDelta,
@@ -345,7 +346,7 @@ export class StreamAccumulator {
    */
   #countJson(value: unknown): void {
     const json = stringifyKept(value);
-    this.#count(json.length + structuresIn(json) * STRUCTURE_CHARS);
+    this.#count(json.length + jsonShape(json).structures * STRUCTURE_CHARS);
   }
 
   #count(chars: number): void {
@@ -438,21 +439,6 @@ function stringifyKept(value: unknown): string {
   } catch {
     throw new ProxyError('ERP_UPSTREAM_TOO_LARGE', 'upstream sent a message with JSON nested too deeply');
   }
-}
-
-/** The objects and arrays in a JSON text: its `{` and `[` outside strings. */
-function structuresIn(json: string): number {
-  let count = 0;
-  let inString = false;
-  for (let i = 0; i < json.length; i++) {
-    const c = json.charCodeAt(i);
-    if (inString) {
-      if (c === 0x5c) i++;
-      else if (c === 0x22) inString = false;
-    } else if (c === 0x22) inString = true;
-    else if (c === 0x7b || c === 0x5b) count++;
-  }
-  return count;
 }
 
 function accumulated(call: CallState, id: string, name: string): AccumulatedToolCall {

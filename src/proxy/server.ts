@@ -4,9 +4,11 @@
  */
 import Fastify, { type FastifyInstance, LogController } from 'fastify';
 import { BodyBudget } from '../http/body-budget.js';
+import { boundJsonBodies, type JsonShape } from '../http/json-shape.js';
 import type { ProxyTelemetry } from '../telemetry/index.js';
 import type { Logger } from '../telemetry/log.js';
 import type { ActiveToolSet } from './active.js';
+import { ProxyError } from './errors.js';
 import { clientErrorHandler, errorHandler, notFoundHandler } from './http-errors.js';
 import { chatRoutes } from './routes/chat.js';
 import { healthRoutes } from './routes/health.js';
@@ -39,6 +41,12 @@ export interface ServerLimits {
 
 export const DEFAULT_REQUEST_TIMEOUT_MS = 10_000;
 const BODY_LIMIT = 16 * 1024 * 1024;
+/**
+ * What a chat request's JSON may hold: Unmute's is a few levels deep with some tens of objects, and an agent
+ * with hundreds of tool schemas and a long history stays within tens of thousands. Past these, parsing alone
+ * would take hundreds of megabytes (a million `{}` in 16 MiB) or overflow the stack of the code that walks it.
+ */
+export const REQUEST_JSON_BOUNDS: JsonShape = { depth: 128, structures: 100_000 };
 /** Two of the largest bodies; a parsed body and its copies hold a few times its bytes. */
 export const DEFAULT_BODY_BYTES_IN_FLIGHT = 32 * 1024 * 1024;
 const DEFAULT_LIMITS: ServerLimits = {
@@ -77,6 +85,7 @@ export function buildServer(deps: ServerDeps, limits: ServerLimits = DEFAULT_LIM
   const app = base(deps, limits);
   const budget = new BodyBudget(limits.maxBodyBytesInFlight, BODY_LIMIT);
   app.addHook('preParsing', budget.hook);
+  boundJsonBodies(app, REQUEST_JSON_BOUNDS, (message) => new ProxyError('ERP_BAD_REQUEST', message));
   deps.telemetry.watchBodyBytesInFlight(() => budget.used);
   app.register(async (scope) => chatRoutes(scope, deps, limits.requestTimeoutMs));
   app.register(async (scope) => passthroughRoutes(scope, deps));

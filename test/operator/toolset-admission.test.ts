@@ -352,6 +352,12 @@ describe('the ToolSet validating webhook', () => {
     expect(
       (await post({ apiVersion: 'admission.k8s.io/v1', kind: 'AdmissionReview', request: {} })).status,
     ).toBe(400);
+    // Any pod can reach the port: brackets nested past 128 levels are refused before they are parsed.
+    const deep = await post(
+      `{"apiVersion":"admission.k8s.io/v1","x":${'['.repeat(1_000_000)}${']'.repeat(1_000_000)}}`,
+    );
+    expect(deep.status).toBe(400);
+    expect(JSON.stringify(deep.body)).toContain('nests JSON more than 128 levels deep');
   });
 
   it('allows what it is not meant to see, saying the rules are wrong', async () => {

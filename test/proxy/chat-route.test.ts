@@ -109,6 +109,37 @@ describe('a malformed chat request', () => {
     expect(upstream.requests).toHaveLength(0);
   });
 
+  it('refuses JSON nested past 128 levels or holding past 100,000 objects before parsing it, 400 naming which', async () => {
+    const { upstream, harness } = await setup(() => ({ sse: textReply('Hello.') }), { tools: [] });
+    // Parsed, 8 MiB of brackets took 600 MB and overflowed the stack of the code that walks the body.
+    const deep = `{"model":"m","messages":[{"role":"user","content":"Hi"}],"x":${'['.repeat(4_000_000)}${']'.repeat(4_000_000)}}`;
+    const many = JSON.stringify({
+      model: 'm',
+      messages: Array.from({ length: 200_000 }, () => ({ role: 'user' })),
+    });
+    for (const [body, message] of [
+      [deep, 'the body nests JSON more than 128 levels deep'],
+      [many, 'the body holds more than 100000 JSON objects and arrays'],
+    ] as const) {
+      const res = await post(harness, body);
+      expect(res.status).toBe(400);
+      expect(res.json).toMatchObject({ error: { code: 'ERP_BAD_REQUEST', message } });
+    }
+    // Brackets in text are text; a tool schema 20 levels deep is an ordinary request.
+    let schema: Record<string, unknown> = { type: 'string' };
+    for (let i = 0; i < 20; i++) schema = { type: 'object', properties: { a: schema } };
+    const ok = await post(
+      harness,
+      JSON.stringify({
+        model: 'm',
+        messages: [{ role: 'user', content: '['.repeat(1000) }],
+        tools: [{ type: 'function', function: { name: 'deep', parameters: schema } }],
+      }),
+    );
+    expect(ok.status).toBe(200);
+    expect(upstream.requests).toHaveLength(1);
+  });
+
   it('passes a well-formed request on with its fields as sent', async () => {
     const { upstream, harness } = await setup(() => ({ sse: textReply('Hello.') }), { tools: [] });
     const res = await post(
