@@ -31,6 +31,32 @@ export const DEFAULT_MAX_ROWS = 100;
 const POOL_MAX = 4;
 /** Backstop for opening a connection; the call's own deadline usually ends the wait first. */
 const CONNECT_TIMEOUT_MS = 10_000;
+/**
+ * After a call is aborted, how long its connection may take to cancel and roll back before it is cut: one
+ * that does not answer (a partition, a hung server) would otherwise hold its pool slot, and close(), for good.
+ */
+const ABANDON_AFTER_MS = 5_000;
+/** The longest a cancel request, or a connection's goodbye, is waited for. */
+const CANCEL_TIMEOUT_MS = 5_000;
+
+/** pg's socket under a client (pg has no public way to cut a connection that does not answer). */
+function socketOf(client: pg.ClientBase): Socket | undefined {
+  return (client as unknown as { connection?: { stream?: Socket } }).connection?.stream;
+}
+
+/** Waits for `promise`, but no longer than `ms`. */
+function within(promise: Promise<unknown>, ms: number): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  return Promise.race([
+    promise.then(
+      () => undefined,
+      () => undefined,
+    ),
+    new Promise<void>((resolve) => {
+      timer = setTimeout(resolve, ms);
+    }),
+  ]).finally(() => clearTimeout(timer));
+}
 
 /** The backend running a call's statement, and the cancel request sent to it, if any. */
 interface Running {
@@ -70,7 +96,8 @@ async function releasePool(connectionString: string): Promise<void> {
   const shared = pools.get(connectionString);
   if (!shared || --shared.users > 0) return;
   pools.delete(connectionString);
-  await shared.pool.end();
+  // Idle connections say goodbye to the server; one that cannot hear it is left behind, not waited on.
+  await within(shared.pool.end(), CANCEL_TIMEOUT_MS);
 }
 
 /** Replaces the connection string and its password wherever they appear. */
@@ -115,7 +142,7 @@ async function readRows(
   const rows: Record<string, unknown>[] = [];
   let names: string[] = [];
   let bytes = 0;
-  const socket = (client as unknown as { connection: { stream: Socket } }).connection.stream;
+  const socket = socketOf(client) as Socket;
   let wire = 0;
   let cut = false;
   const count = (chunk: Buffer) => {
@@ -241,7 +268,11 @@ export const createSqlProvider: ProviderFactory = (tool, { env, logger }) => {
 
   /** Asks the server to stop the statement running on `pid`, over a connection of its own. */
   const cancelBackend = async (pid: number): Promise<void> => {
-    const client = new pg.Client({ connectionString, connectionTimeoutMillis: 5_000 });
+    const client = new pg.Client({
+      connectionString,
+      connectionTimeoutMillis: CANCEL_TIMEOUT_MS,
+      query_timeout: CANCEL_TIMEOUT_MS,
+    });
     client.on('error', () => undefined);
     try {
       await client.connect();
@@ -249,7 +280,8 @@ export const createSqlProvider: ProviderFactory = (tool, { env, logger }) => {
     } catch (err) {
       log.warn({ err: scrub((err as Error).message) }, 'Cancelling a statement failed');
     } finally {
-      await client.end().catch(() => undefined);
+      await within(client.end(), CANCEL_TIMEOUT_MS);
+      socketOf(client)?.destroy();
     }
   };
 
@@ -358,7 +390,15 @@ export const createSqlProvider: ProviderFactory = (tool, { env, logger }) => {
     const work = execute(client, text, values, ctx, running);
     const onAbort = () => {
       if (running.pid !== undefined) running.cancelling = cancelBackend(running.pid);
-      const settled = work.catch(() => undefined).finally(() => settling.delete(settled));
+      // Cut, a connection that has not cancelled and rolled back by now fails its query, and the pool drops it.
+      const abandon = setTimeout(() => socketOf(client)?.destroy(), ABANDON_AFTER_MS);
+      abandon.unref();
+      const settled = work
+        .catch(() => undefined)
+        .finally(() => {
+          clearTimeout(abandon);
+          settling.delete(settled);
+        });
       settling.add(settled);
     };
     ctx.signal.addEventListener('abort', onAbort, { once: true });

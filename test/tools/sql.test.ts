@@ -3,6 +3,7 @@
  * the superuser on purpose: what keeps the data safe must be the tool, not the role's grants.
  */
 import { existsSync } from 'node:fs';
+import { type AddressInfo, connect, createServer, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
@@ -498,6 +499,73 @@ describe('sql results that could hurt the proxy', () => {
       rowCount: 1,
     });
   });
+});
+
+/** A TCP hop to the database that, while `blackhole` is on, drops every byte both ways, as a partition does. */
+async function partitionable(target: number) {
+  const state = { blackhole: false };
+  const sockets: Socket[] = [];
+  const server = createServer((client) => {
+    const up = connect(target, '127.0.0.1');
+    sockets.push(client, up);
+    client.on('data', (d) => void (state.blackhole || up.write(d)));
+    up.on('data', (d) => void (state.blackhole || client.write(d)));
+    for (const s of [client, up]) s.on('error', () => undefined);
+    client.on('close', () => up.destroy());
+    up.on('close', () => client.destroy());
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return {
+    state,
+    port: (server.address() as AddressInfo).port,
+    close: () => {
+      for (const s of sockets) s.destroy();
+      server.close();
+    },
+  };
+}
+
+describe('sql through a network that stops answering', () => {
+  it('cuts connections that never answer after their call timed out, so the tool recovers and closes', async () => {
+    const dbPort = Number(new URL(db.url).port);
+    const hop = await partitionable(dbPort);
+    const url = db.url.replace(`:${dbPort}/`, `:${hop.port}/`);
+    const p = createSqlProvider(
+      sqlTool({
+        sql: { connection: { value: url }, query: 'SELECT 1 AS x' },
+        parameters: { type: 'object' },
+      }),
+      { env: env(), logger },
+    );
+    try {
+      expect(await run(p, {})).toEqual({ rows: [{ x: 1 }], rowCount: 1 });
+      hop.state.blackhole = true;
+      // The pooled connection's BEGIN is never answered: the call times out (the caller hears at once).
+      const timeout = new AbortController();
+      setTimeout(() => timeout.abort(new Error('tool timeout')), 300);
+      await expect(p.tools()[0]!.executor.run({}, ctx(0.3, timeout.signal))).rejects.toThrow('tool timeout');
+      // The network heals; the bytes it dropped leave that connection waiting for ever unless it is cut.
+      hop.state.blackhole = false;
+      await waitFor(async () => {
+        const out = await p
+          .tools()[0]!
+          .executor.run({}, ctx(1))
+          .then(
+            (r) => r,
+            () => undefined,
+          );
+        return out !== undefined && JSON.parse(out as string).rowCount === 1;
+      }, 'a call that succeeds after the partition');
+      // And close() no longer waits on it.
+      const closed = await Promise.race([
+        p.close?.().then(() => 'closed'),
+        new Promise((resolve) => setTimeout(() => resolve('still closing'), 8_000)),
+      ]);
+      expect(closed).toBe('closed');
+    } finally {
+      hop.close();
+    }
+  }, 40_000);
 });
 
 describe('sql settings an operator should hear about', () => {
