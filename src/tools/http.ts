@@ -4,6 +4,7 @@
  * Arguments are percent-encoded by the template library, and the expanded URL must keep the template's
  * origin: no argument can change the scheme, host or port, or climb out of the template's path.
  */
+import { Writable } from 'node:stream';
 import { Agent, type Dispatcher } from 'undici';
 import { type PrimitiveValue, parseTemplate } from 'url-template';
 import type { HttpToolSpec } from '../toolset/schema.js';
@@ -145,52 +146,30 @@ interface HttpResponse {
 }
 
 /**
- * One request on the dispatcher's handler API, the body collected whole (the size interceptor bounds it,
- * and the buffer is at most twice that).
- * Lighter than undici's request(), whose response body is a stream: this sits on the hand-off from the
- * model's call to the tool.
+ * One request, its body copied into one buffer as it comes (the size interceptor bounds it): kept as its
+ * chunks, a body of one-byte reads would hold a read buffer per byte. undici's stream() rather than a bare
+ * dispatch: it takes the signal, and with it a request that still waits for its connection (a TLS
+ * handshake that never ends) leaves the queue when the call is aborted, instead of holding it, and the
+ * dispatcher's close(), until its connection attempt gives up.
  */
-function send(
+async function send(
   dispatcher: Dispatcher,
-  request: Dispatcher.DispatchOptions & { signal: AbortSignal },
+  options: Dispatcher.DispatchOptions & { signal: AbortSignal },
 ): Promise<HttpResponse> {
-  const { signal, ...options } = request;
-  return new Promise((resolve, reject) => {
-    if (signal.aborted) {
-      reject(signal.reason);
-      return;
-    }
-    let controller: Dispatcher.DispatchController | undefined;
-    let statusCode = 0;
-    let contentType = '';
-    const body = new ByteCollector();
-    const onAbort = () => controller?.abort(signal.reason as Error);
-    const settle = (err: unknown, response?: HttpResponse) => {
-      signal.removeEventListener('abort', onAbort);
-      if (response) resolve(response);
-      else reject(err);
-    };
-    signal.addEventListener('abort', onAbort, { once: true });
-    dispatcher.dispatch(options, {
-      onRequestStart(c) {
-        controller = c;
-        if (signal.aborted) c.abort(signal.reason as Error);
-      },
-      onResponseStart(_c, status, responseHeaders) {
-        statusCode = status;
-        contentType = String(responseHeaders['content-type'] ?? '');
-      },
-      onResponseData(_c, chunk) {
+  const body = new ByteCollector();
+  let statusCode = 0;
+  let contentType = '';
+  await dispatcher.stream(options, (response) => {
+    statusCode = response.statusCode;
+    contentType = String(response.headers['content-type'] ?? '');
+    return new Writable({
+      write(chunk: Buffer, _encoding, done) {
         body.add(chunk);
-      },
-      onResponseEnd() {
-        settle(undefined, { statusCode, contentType, text: body.bytes().toString('utf8') });
-      },
-      onResponseError(_c, err) {
-        settle(signal.aborted ? signal.reason : err);
+        done();
       },
     });
   });
+  return { statusCode, contentType, text: body.bytes().toString('utf8') };
 }
 
 function interpret(

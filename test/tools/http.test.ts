@@ -1,4 +1,5 @@
 import type { ServerResponse } from 'node:http';
+import { type AddressInfo, createServer as createNetServer, type Socket } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { createHttpDispatcher, createHttpExecutor, selectPointer } from '../../src/tools/http.js';
 import { createToolRegistry, type ToolRegistry } from '../../src/tools/registry.js';
@@ -317,6 +318,35 @@ describe('http tool: requests and responses', () => {
 });
 
 describe('http tool: limits and cancellation', () => {
+  it('takes timed-out calls that still wait for their connection out of the queue: no new attempts, a prompt close', async () => {
+    // An https host that accepts TCP and never answers the TLS handshake.
+    const accepted: Socket[] = [];
+    const silent = createNetServer((socket) => {
+      accepted.push(socket);
+      socket.on('error', () => undefined);
+    });
+    await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve));
+    cleanups.push(async () => {
+      for (const socket of accepted) socket.destroy();
+      silent.close();
+    });
+    const port = (silent.address() as AddressInfo).port;
+    const r = await createToolRegistry(
+      toolset([{ name: 'h', parameters: params('q'), http: { url: `https://127.0.0.1:${port}/x{?q}` } }], {
+        limits: { toolTimeout: '300ms' },
+      }),
+      { logger: silentLogger, env: {} },
+    );
+    const outcomes = await Promise.all(Array.from({ length: 10 }, (_, i) => call(r, 'h', { q: String(i) })));
+    expect(outcomes.map((o) => o.outcome)).toEqual(Array(10).fill('timeout'));
+    // Before, the ten calls sat in the queue behind the handshake, each later to start an attempt of its
+    // own, and close() waited for them all.
+    const started = performance.now();
+    await r.close();
+    expect(performance.now() - started).toBeLessThan(2_000);
+    expect(accepted).toHaveLength(1);
+  });
+
   it('stops reading a response that passes the size cap while the server keeps sending', async () => {
     const closed = gate<{ finished: boolean }>();
     const s = await server((_req, res) => {
