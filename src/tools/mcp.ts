@@ -637,11 +637,24 @@ function isGone(err: unknown): boolean {
   return err instanceof StreamableHTTPError && err.code === 404;
 }
 
+/**
+ * The messages the SDK gives its own ConnectionClosed (-32000) and RequestTimeout (-32001) errors. A server
+ * may answer with the same codes (-32000 is the usual one for a tool's own failure, "City not found"):
+ * that is its answer, to pass on, not a lost connection to tear down.
+ */
+const SDK_RAISED: Partial<Record<number, readonly string[]>> = {
+  [ErrorCode.ConnectionClosed]: ['Connection closed', 'Request was cancelled'],
+  [ErrorCode.RequestTimeout]: ['Request timed out', 'Maximum total timeout exceeded'],
+};
+
+function raisedBySdk(err: McpError): boolean {
+  return (SDK_RAISED[err.code] ?? []).some((message) => err.message === `MCP error ${err.code}: ${message}`);
+}
+
 function classify(err: unknown): Failure {
   if (err instanceof McpError) {
-    if (err.code === ErrorCode.ConnectionClosed) return 'lost';
-    if (err.code === ErrorCode.RequestTimeout) return 'slow';
-    return 'protocol';
+    if (!raisedBySdk(err)) return 'protocol';
+    return err.code === ErrorCode.ConnectionClosed ? 'lost' : 'slow';
   }
   if (err instanceof StreamableHTTPError) return err.code === 404 || err.code === 400 ? 'unsent' : 'lost';
   const message = err instanceof Error ? err.message : '';

@@ -12,9 +12,19 @@ import type { AddressInfo, Socket } from 'node:net';
 /**
  * How tools/call is answered ('late': after LATE_MS; 'stray': another id at once, then its own after
  * LATE_MS; 'string-id': its id as a string, as some servers echo it; 'refused': HTTP 500 and a body of up to
- * 64 MiB, written as fast as the client reads it).
+ * 64 MiB, written as fast as the client reads it; 'rpc-error': a JSON-RPC error with rpcErrorCode and the
+ * message "City not found", as a server's tool that fails answers).
  */
-export type CallMode = 'ok' | 'hang' | 'oversized' | 'wrong-id' | 'late' | 'stray' | 'string-id' | 'refused';
+export type CallMode =
+  | 'ok'
+  | 'hang'
+  | 'oversized'
+  | 'wrong-id'
+  | 'late'
+  | 'stray'
+  | 'string-id'
+  | 'refused'
+  | 'rpc-error';
 
 export const LATE_MS = 400;
 
@@ -23,6 +33,8 @@ export interface HostileMcpServer {
   /** How many tools tools/list returns, all on one page. */
   tools: number;
   mode: CallMode;
+  /** The code of mode 'rpc-error' (-32000 by default, the usual one for a server's own failure). */
+  rpcErrorCode: number;
   /** A `pattern` for every tool's `q` argument. */
   pattern: string | undefined;
   /** tool_0 listed with a 100,000-character description, tool_1 with a 100 KB input schema. */
@@ -108,8 +120,14 @@ export async function startHostileMcpServer(
    * Streamable HTTP answers in the POST's response (initialize's with the session id); HTTP+SSE on the event
    * stream, after a 202 to the POST.
    */
-  const answer = (res: ServerResponse, id: Request['id'], result: unknown, session?: string) => {
-    const message = JSON.stringify({ jsonrpc: '2.0', id, result });
+  const answer = (
+    res: ServerResponse,
+    id: Request['id'],
+    result: unknown,
+    session?: string,
+    error?: { code: number; message: string },
+  ) => {
+    const message = JSON.stringify(error ? { jsonrpc: '2.0', id, error } : { jsonrpc: '2.0', id, result });
     if (legacy) {
       if (!res.headersSent) res.writeHead(202).end('Accepted');
       for (const stream of streams) stream.write(`event: message\ndata: ${message}\n\n`);
@@ -191,6 +209,11 @@ export async function startHostileMcpServer(
         return;
       case 'string-id':
         return answer(res, String(req.id), ok);
+      case 'rpc-error':
+        return answer(res, req.id, undefined, undefined, {
+          code: state.rpcErrorCode,
+          message: 'City not found',
+        });
       case 'refused':
         void refuse(res);
         return;
@@ -280,6 +303,7 @@ export async function startHostileMcpServer(
     url: `http://127.0.0.1:${port}/${legacy ? 'sse' : 'mcp'}`,
     tools: 3,
     mode: 'ok',
+    rpcErrorCode: -32000,
     pattern: undefined,
     oversizedListing: false,
     pageSize: undefined,

@@ -385,6 +385,25 @@ describe('mcp provider against a hostile server', () => {
     return s;
   }
 
+  it("passes on a server's own error answered with the SDK's codes, keeping the session", async () => {
+    const s = await hostile();
+    s.tools = 1;
+    s.mode = 'rpc-error';
+    const p = provider({ url: s.url });
+    await waitFor(() => connected(p), 'connection');
+    // -32000 is the usual code for a tool's own failure, -32001 rarer: the SDK uses both for its own
+    // closed connection and timeout, which once made the model hear "unavailable" and the session end.
+    for (const code of [-32000, -32001, -32602]) {
+      s.rpcErrorCode = code;
+      await expect(run(p, 'tool_0')).rejects.toMatchObject({
+        code: 'ERP_MCP_CALL_FAILED',
+        message: 'City not found',
+      });
+    }
+    expect(s.initializations).toBe(1);
+    expect(s.deletes).toEqual([]);
+  });
+
   it('offers at most 64 tools of a server listing 10,000, and says so', async () => {
     const s = await hostile();
     s.tools = 10_000;
