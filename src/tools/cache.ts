@@ -1,11 +1,18 @@
 /**
  * Results of tools with `cache.ttl`, by the call's resultId (tool-state.ts: the tool, the maxResultBytes
- * its result is cut to and a hash of its canonical arguments, as in Redis), in an LRU bounded by `cache.maxEntries`, each entry with its
+ * its result is cut to and a hash of its canonical arguments, as in Redis), in an LRU bounded by `cache.maxEntries`
+ * and by MAX_CACHE_CHARS of results together, each entry with its
  * tool's ttl. Identical calls in flight share one execution: a pending run has waiters, each with its
  * own signal; one leaving does not disturb the others, and the run is aborted only when every waiter
  * has left.
  */
 import { LRUCache } from 'lru-cache';
+
+/**
+ * Characters the results may hold together, whatever maxEntries allows: a thousand results of a
+ * megabyte each, keyed by arguments the model chooses, would hold a gigabyte.
+ */
+export const MAX_CACHE_CHARS = 16 * 1024 * 1024;
 
 interface Flight {
   result: Promise<string>;
@@ -16,6 +23,8 @@ interface Flight {
 export interface ToolCacheOptions {
   /** 0 turns the result cache off (calls in flight are still shared). */
   maxEntries: number;
+  /** Characters all results may hold together; default MAX_CACHE_CHARS. */
+  maxChars?: number;
   /** Clock for ttls, epoch milliseconds; tests move it by hand. */
   now?: () => number;
 }
@@ -29,6 +38,8 @@ export class ToolCache {
       options.maxEntries > 0
         ? new LRUCache<string, string>({
             max: options.maxEntries,
+            maxSize: options.maxChars ?? MAX_CACHE_CHARS,
+            sizeCalculation: (content) => Math.max(1, content.length),
             // An exact clock: lru-cache otherwise reuses one reading for a while, which a hand-moved clock defeats.
             ttlResolution: 0,
             perf: { now: options.now ?? Date.now },

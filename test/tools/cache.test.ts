@@ -1,5 +1,6 @@
 import fc from 'fast-check';
 import { afterEach, describe, expect, it } from 'vitest';
+import { MAX_CACHE_CHARS, ToolCache } from '../../src/tools/cache.js';
 import { createToolRegistry, type ToolRegistry } from '../../src/tools/registry.js';
 import { resultId } from '../../src/tools/tool-state.js';
 import { gate, responseClosed, silentLogger, startServer, type TestServer, toolset } from './helpers.js';
@@ -160,6 +161,20 @@ describe('tool cache', () => {
     expect((await call(r, 'w', '{"k": "c"}')).outcome).toBe('cache_hit');
     expect((await call(r, 'w', '{"k": "b"}')).outcome).toBe('ok');
     expect(s.requests.map((q) => q.url)).toEqual(['/w?k=a', '/w?k=b', '/w?k=c', '/w?k=b']);
+  });
+
+  it('holds results to a total size too, whatever maxEntries allows, oldest out first', () => {
+    // Keys come from arguments the model chooses: a thousand entries of a megabyte would be a gigabyte.
+    expect(MAX_CACHE_CHARS).toBe(16 * 1024 * 1024);
+    const cache = new ToolCache({ maxEntries: 1000, maxChars: 1000 });
+    for (const key of ['a', 'b', 'c', 'd']) cache.set(key, key.repeat(300), 60_000);
+    expect(cache.size).toBe(3);
+    expect(cache.get('a')).toBeUndefined();
+    expect(cache.get('d')).toBe('d'.repeat(300));
+    // One result larger than the whole is not kept at all.
+    cache.set('e', 'e'.repeat(1001), 60_000);
+    expect(cache.get('e')).toBeUndefined();
+    expect(cache.get('d')).toBe('d'.repeat(300));
   });
 
   it('makes short keys that ignore the key order of objects at every depth', () => {
