@@ -460,6 +460,17 @@ describe('ToolSet controller', () => {
     expect(stored('broken')!.status).toMatchObject({ tools: 0 });
   });
 
+  /** A running pod made from `template`, as the API server stores it. */
+  function createRunningPod(template: ReturnType<typeof injectBackend>, name: string): void {
+    api.create('pods', {
+      apiVersion: 'v1',
+      kind: 'Pod',
+      metadata: { ...template.metadata, name, namespace: NS },
+      spec: template.spec,
+      status: { phase: 'Running' },
+    } as KObject);
+  }
+
   /** Pod backend-1, running, injected now by the same builder the webhook uses; resolves once the operator sees it. */
   async function runInjectedPod(
     plane: ControlPlane,
@@ -468,13 +479,7 @@ describe('ToolSet controller', () => {
   ): Promise<void> {
     const injectedTemplate = injectBackend(NS, plane.lookup(NS), undefined, sidecar);
     const before = plane.injectedPods.list(NS).length;
-    api.create('pods', {
-      apiVersion: 'v1',
-      kind: 'Pod',
-      metadata: { ...injectedTemplate.metadata, name, namespace: NS },
-      spec: injectedTemplate.spec,
-      status: { phase: 'Running' },
-    } as KObject);
+    createRunningPod(injectedTemplate, name);
     await expect.poll(() => plane.injectedPods.list(NS).length, POLL).toBe(before + 1);
   }
 
@@ -521,14 +526,7 @@ describe('ToolSet controller', () => {
     await expect.poll(() => configMap('assistant'), POLL).toBeDefined();
     const template = injectBackend(NS, plane.lookup(NS));
     template.spec!.containers[0]!.env = [];
-    const unusedPod = (name: string) =>
-      api.create('pods', {
-        apiVersion: 'v1',
-        kind: 'Pod',
-        metadata: { ...template.metadata, name, namespace: NS },
-        spec: template.spec,
-        status: { phase: 'Running' },
-      } as KObject);
+    const unusedPod = (name: string) => createRunningPod(template, name);
     unusedPod('backend-1');
     await expect.poll(() => condition('assistant', 'SidecarsReady')?.reason, POLL).toBe('ProxyUnused');
     expect(stored('assistant')!.status?.pods).toBe(1);
@@ -576,13 +574,7 @@ describe('ToolSet controller', () => {
     const chosen = injectBackend(NS, plane.lookup(NS), undefined, DEFAULT_SIDECAR, {
       'earpiece.dev/toolset': 'assistant',
     });
-    api.create('pods', {
-      apiVersion: 'v1',
-      kind: 'Pod',
-      metadata: { ...chosen.metadata, name: 'backend-chosen', namespace: NS },
-      spec: chosen.spec,
-      status: { phase: 'Running' },
-    } as KObject);
+    createRunningPod(chosen, 'backend-chosen');
     await expect.poll(() => stored('assistant')!.status?.pods, POLL).toBe(2);
     // The docs' second example selects the same pods: it runs nowhere, and must not say no pod matches.
     api.create('toolsets', toolset('home-assistant', [weatherTool()]));

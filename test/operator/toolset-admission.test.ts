@@ -37,7 +37,12 @@ beforeAll(async () => {
   secretAccess = {
     access: subjectAccessReviews(api.kubeConfig('operator').makeApiClient(AuthorizationV1Api)),
   };
-  server = await startWebhookServer({
+  server = await webhook();
+});
+
+/** A webhook server on this test's certificate, recording its decisions and asking the API server stand-in. */
+function webhook(options: Partial<Parameters<typeof startWebhookServer>[0]> = {}): Promise<WebhookServer> {
+  return startWebhookServer({
     port: 0,
     host: '127.0.0.1',
     certificate: new CertificateHolder(certs.serving),
@@ -46,8 +51,9 @@ beforeAll(async () => {
     logger: createLogger('admission-test', 'silent'),
     onToolSetAdmission: (d) => decisions.push(d),
     secretAccess,
+    ...options,
   });
-});
+}
 afterAll(async () => {
   await server?.close();
   await api?.close();
@@ -57,10 +63,10 @@ beforeEach(() => {
   api.accessReviews.length = 0;
 });
 
-async function post(body: string | object, path = '/validate') {
+async function post(body: string | object, path = '/validate', to: WebhookServer = server) {
   const agent = new Agent({ connect: { ca: certs.ca.certPem, servername: `${SERVICE}.earpiece.svc` } });
   try {
-    const res = await request(`https://127.0.0.1:${server.port}${path}`, {
+    const res = await request(`https://127.0.0.1:${to.port}${path}`, {
       method: 'POST',
       dispatcher: agent,
       headers: { 'content-type': 'application/json' },
@@ -135,8 +141,12 @@ type Response = {
   warnings?: string[];
 };
 
-async function admit(object: unknown, overrides: Record<string, unknown> = {}): Promise<Response> {
-  const { status, body } = await post(review(object, overrides));
+async function admit(
+  object: unknown,
+  overrides: Record<string, unknown> = {},
+  to: WebhookServer = server,
+): Promise<Response> {
+  const { status, body } = await post(review(object, overrides), '/validate', to);
   expect(status).toBe(200);
   expect(body).toMatchObject({ apiVersion: 'admission.k8s.io/v1', kind: 'AdmissionReview' });
   const response = (body as { response: Response }).response;
@@ -672,16 +682,7 @@ describe('what a valueFrom.env may name in a cluster', () => {
   });
   let envServer: WebhookServer;
   beforeAll(async () => {
-    envServer = await startWebhookServer({
-      port: 0,
-      host: '127.0.0.1',
-      certificate: new CertificateHolder(certs.serving),
-      lookups: { toolsetByName: () => undefined, toolsetsInNamespace: () => [], config: () => undefined },
-      sidecar,
-      logger: createLogger('admission-test', 'silent'),
-      onToolSetAdmission: (d) => decisions.push(d),
-      secretAccess,
-    });
+    envServer = await webhook({ sidecar });
     api.allow({ user: 'erin', verb: 'get', resource: 'secrets', namespace: 'voice', names: ['otel-auth'] });
   });
   afterAll(async () => {
@@ -689,21 +690,8 @@ describe('what a valueFrom.env may name in a cluster', () => {
   });
 
   const user = (username: string) => ({ userInfo: { username, groups: ['system:authenticated'] } });
-  async function admitHere(object: unknown, overrides: Record<string, unknown> = {}): Promise<Response> {
-    const agent = new Agent({ connect: { ca: certs.ca.certPem, servername: `${SERVICE}.earpiece.svc` } });
-    try {
-      const res = await request(`https://127.0.0.1:${envServer.port}/validate`, {
-        method: 'POST',
-        dispatcher: agent,
-        headers: { 'content-type': 'application/json' },
-        body: JSON.stringify(review(object, overrides)),
-      });
-      expect(res.statusCode).toBe(200);
-      return ((await res.body.json()) as { response: Response }).response;
-    } finally {
-      await agent.close();
-    }
-  }
+  const admitHere = (object: unknown, overrides: Record<string, unknown> = {}) =>
+    admit(object, overrides, envServer);
   const sending = (env: string) =>
     withTools({
       name: 'lookup',
@@ -803,38 +791,13 @@ describe('a release that watches some namespaces', () => {
   const INSTANCE = 'earpiece-system-earpiece';
   let watching: WebhookServer;
   beforeAll(async () => {
-    watching = await startWebhookServer({
-      port: 0,
-      host: '127.0.0.1',
-      certificate: new CertificateHolder(certs.serving),
-      lookups: { toolsetByName: () => undefined, toolsetsInNamespace: () => [], config: () => undefined },
-      sidecar: DEFAULT_SIDECAR,
-      instance: INSTANCE,
-      watchNamespaces: ['voice', 'voice-staging'],
-      logger: createLogger('admission-test', 'silent'),
-      onToolSetAdmission: (d) => decisions.push(d),
-      secretAccess,
-    });
+    watching = await webhook({ instance: INSTANCE, watchNamespaces: ['voice', 'voice-staging'] });
   });
   afterAll(async () => {
     await watching?.close();
   });
 
-  async function admitIn(namespace: string, object: unknown): Promise<Response> {
-    const agent = new Agent({ connect: { ca: certs.ca.certPem, servername: `${SERVICE}.earpiece.svc` } });
-    try {
-      const res = await request(`https://127.0.0.1:${watching.port}/validate`, {
-        method: 'POST',
-        dispatcher: agent,
-        headers: { 'content-type': 'application/json' },
-        body: JSON.stringify(review(object, { namespace })),
-      });
-      expect(res.statusCode).toBe(200);
-      return ((await res.body.json()) as { response: Response }).response;
-    } finally {
-      await agent.close();
-    }
-  }
+  const admitIn = (namespace: string, object: unknown) => admit(object, { namespace }, watching);
   const labelled = (object: ReturnType<typeof stored>, operator: string) => ({
     ...object,
     metadata: { ...object.metadata, labels: { 'earpiece.dev/operator': operator } },
@@ -896,37 +859,19 @@ describe('ToolSets whose selectors can select the same pods', () => {
   ];
   let overlapping: WebhookServer;
   beforeAll(async () => {
-    overlapping = await startWebhookServer({
-      port: 0,
-      host: '127.0.0.1',
-      certificate: new CertificateHolder(certs.serving),
+    overlapping = await webhook({
       lookups: {
         toolsetByName: () => undefined,
         toolsetsInNamespace: (namespace) => (namespace === 'voice' ? others : []),
         config: () => undefined,
       },
-      sidecar: DEFAULT_SIDECAR,
-      logger: createLogger('admission-test', 'silent'),
     });
   });
   afterAll(async () => {
     await overlapping?.close();
   });
-  async function admitHere(object: unknown, overrides: Record<string, unknown> = {}): Promise<Response> {
-    const agent = new Agent({ connect: { ca: certs.ca.certPem, servername: `${SERVICE}.earpiece.svc` } });
-    try {
-      const res = await request(`https://127.0.0.1:${overlapping.port}/validate`, {
-        method: 'POST',
-        dispatcher: agent,
-        headers: { 'content-type': 'application/json' },
-        body: JSON.stringify(review(object, overrides)),
-      });
-      expect(res.statusCode).toBe(200);
-      return ((await res.body.json()) as { response: Response }).response;
-    } finally {
-      await agent.close();
-    }
-  }
+  const admitHere = (object: unknown, overrides: Record<string, unknown> = {}) =>
+    admit(object, overrides, overlapping);
   const homeAssistant = (selector: unknown) => stored({ ...valid, selector }, 'home-assistant');
 
   it('admits one, naming each ToolSet it shares pods with and what happens to those pods', async () => {
