@@ -48,10 +48,13 @@ export function jsonShapeProblem(text: string, bounds: JsonShape): string | unde
   return undefined;
 }
 
+/** Marks a refused body's error (its `bodyShape`), for the servers' own logging. */
+export const BODY_SHAPE_REFUSED = 'ERP_BODY_SHAPE';
+
 /**
  * Replaces the server's JSON body parser with one that first holds the text to `bounds`, then parses it
  * as fastify does (secure-json-parse, refusing `__proto__` and `constructor.prototype`). A refusal is a
- * 400 with `refuse(message)` as its error.
+ * 400 with `refuse(message)` as its error, marked with `bodyShape: BODY_SHAPE_REFUSED`.
  */
 export function boundJsonBodies(
   app: FastifyInstance,
@@ -63,7 +66,7 @@ export function boundJsonBodies(
   app.addContentTypeParser('application/json', { parseAs: 'string' }, (request, body, done) => {
     const problem = jsonShapeProblem(body as string, bounds);
     if (problem) {
-      done(Object.assign(refuse(problem), { statusCode: 400 }), undefined);
+      done(Object.assign(refuse(problem), { statusCode: 400, bodyShape: BODY_SHAPE_REFUSED }), undefined);
       return;
     }
     parse(request, body as string, done);

@@ -13,7 +13,7 @@ import type { V1OwnerReference } from '@kubernetes/client-node';
 import fastJsonPatch from 'fast-json-patch';
 import Fastify, { type FastifyInstance, LogController } from 'fastify';
 import { BodyBudget, BodyBudgetExceeded } from '../http/body-budget.js';
-import { boundJsonBodies, type JsonShape } from '../http/json-shape.js';
+import { BODY_SHAPE_REFUSED, boundJsonBodies, type JsonShape } from '../http/json-shape.js';
 import type { Logger } from '../telemetry/log.js';
 import type { ToolSet } from '../toolset/schema.js';
 import type { KeyPairPem } from './certs.js';
@@ -306,7 +306,8 @@ export async function startWebhookServer(options: WebhookServerOptions): Promise
   app.addHook('onError', (request, _reply, error, done) => {
     if (
       error instanceof BodyBudgetExceeded ||
-      (error as { code?: string }).code === 'FST_ERR_CTP_BODY_TOO_LARGE'
+      (error as { code?: string }).code === 'FST_ERR_CTP_BODY_TOO_LARGE' ||
+      (error as { bodyShape?: string }).bodyShape === BODY_SHAPE_REFUSED
     ) {
       request.log.warn(
         { statusCode: error.statusCode, url: request.url, remoteAddress: request.ip },

@@ -502,7 +502,7 @@ class McpProvider implements ToolProvider {
           timeout: Math.max(1, deadline - Date.now()),
         });
       } catch (err) {
-        if (err instanceof McpError && err.code === ErrorCode.RequestTimeout) {
+        if (err instanceof McpError && err.code === ErrorCode.RequestTimeout && raisedBySdk(err)) {
           throw new Error(
             `listing the tools took longer than ${LIST_TIMEOUT_MS / 1000} s (${pages - 1} pages read)`,
           );

@@ -318,6 +318,8 @@ export const createSqlProvider: ProviderFactory = (tool, { env, logger }) => {
     const ignore = () => undefined;
     client.on('error', ignore);
     try {
+      // Inside the call's work: an abort meanwhile is handled (and the connection cut) like any other.
+      if (!roleChecked) await checkRole(client).catch(() => undefined);
       await client.query('BEGIN READ ONLY');
       const setup = await client.query<{ pid: number }>(
         "SELECT set_config('statement_timeout', $1, true), pg_backend_pid() AS pid",
@@ -385,7 +387,6 @@ export const createSqlProvider: ProviderFactory = (tool, { env, logger }) => {
       throw new ToolError('the database is unavailable', 'ERP_SQL_UNAVAILABLE');
     }
 
-    if (!roleChecked) await checkRole(client).catch(() => undefined);
     const running: Running = {};
     const work = execute(client, text, values, ctx, running);
     const onAbort = () => {

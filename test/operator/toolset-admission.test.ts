@@ -24,6 +24,7 @@ import { secretEnvName } from '../../src/toolset/values.js';
 import { webhookCertificates } from '../support/certs.js';
 import { type FakeApiServer, startFakeApiServer } from '../support/fake-apiserver.js';
 import { toolSetOfSize } from '../support/large-toolset.js';
+import { capturingLogger } from '../tools/helpers.js';
 
 const SERVICE = 'earpiece-webhook';
 const certs = webhookCertificates({ service: SERVICE, namespace: 'earpiece', now: new Date() });
@@ -362,12 +363,24 @@ describe('the ToolSet validating webhook', () => {
     expect(
       (await post({ apiVersion: 'admission.k8s.io/v1', kind: 'AdmissionReview', request: {} })).status,
     ).toBe(400);
-    // Any pod can reach the port: brackets nested past 128 levels are refused before they are parsed.
-    const deep = await post(
-      `{"apiVersion":"admission.k8s.io/v1","x":${'['.repeat(1_000_000)}${']'.repeat(1_000_000)}}`,
-    );
-    expect(deep.status).toBe(400);
-    expect(JSON.stringify(deep.body)).toContain('nests JSON more than 128 levels deep');
+    // Any pod can reach the port: brackets nested past 128 levels are refused before they are parsed, and
+    // the operator's log says so (request logging is off).
+    const { logger: capturing, lines } = capturingLogger('warn');
+    const logged = await webhook({ logger: capturing });
+    try {
+      const deep = await post(
+        `{"apiVersion":"admission.k8s.io/v1","x":${'['.repeat(1_000_000)}${']'.repeat(1_000_000)}}`,
+        '/validate',
+        logged,
+      );
+      expect(deep.status).toBe(400);
+      expect(JSON.stringify(deep.body)).toContain('nests JSON more than 128 levels deep');
+      expect(lines().map((l) => l.msg)).toEqual([
+        'Refused a request body: the body nests JSON more than 128 levels deep',
+      ]);
+    } finally {
+      await logged.close();
+    }
   });
 
   it('allows what it is not meant to see, saying the rules are wrong', async () => {

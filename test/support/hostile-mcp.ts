@@ -35,6 +35,8 @@ export interface HostileMcpServer {
   mode: CallMode;
   /** The code of mode 'rpc-error' (-32000 by default, the usual one for a server's own failure). */
   rpcErrorCode: number;
+  /** tools/list is answered with a JSON-RPC error of this code, "Listing is broken". */
+  listErrorCode: number | undefined;
   /** A `pattern` for every tool's `q` argument. */
   pattern: string | undefined;
   /** tool_0 listed with a 100,000-character description, tool_1 with a 100 KB input schema. */
@@ -279,6 +281,11 @@ export async function startHostileMcpServer(
         state.listings++;
         if (state.pageDelayMs) await new Promise((resolve) => setTimeout(resolve, state.pageDelayMs));
         if (res.destroyed) return;
+        if (state.listErrorCode !== undefined)
+          return answer(res, message.id, undefined, undefined, {
+            code: state.listErrorCode,
+            message: 'Listing is broken',
+          });
         return sendOrHold('tools/list', res, () => answer(res, message.id, toolPage(message.params?.cursor)));
       case 'tools/call':
         return call(message, res);
@@ -304,6 +311,7 @@ export async function startHostileMcpServer(
     tools: 3,
     mode: 'ok',
     rpcErrorCode: -32000,
+    listErrorCode: undefined,
     pattern: undefined,
     oversizedListing: false,
     pageSize: undefined,

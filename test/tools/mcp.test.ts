@@ -488,6 +488,14 @@ describe('mcp provider against a hostile server', () => {
     expect(s.listings).toBe(4);
   }, 20_000);
 
+  it("says what the server answered to tools/list with the SDK's timeout code, not that it took too long", async () => {
+    const s = await hostile();
+    s.listErrorCode = -32001;
+    const p = provider({ url: s.url });
+    await waitFor(() => p.status?.().lastError !== undefined, 'the listing to fail');
+    expect(p.status?.().lastError).toContain('Listing is broken');
+  });
+
   it('cuts a long tool name to 64 characters in the log', async () => {
     const s = await hostile();
     s.longNames = true;

@@ -503,12 +503,20 @@ describe('sql results that could hurt the proxy', () => {
 
 /** A TCP hop to the database that, while `blackhole` is on, drops every byte both ways, as a partition does. */
 async function partitionable(target: number) {
-  const state = { blackhole: false };
+  const state: { blackhole: boolean; refuse: boolean; dropFrom?: string } = {
+    blackhole: false,
+    refuse: false,
+  };
   const sockets: Socket[] = [];
   const server = createServer((client) => {
+    if (state.refuse) return void client.destroy();
     const up = connect(target, '127.0.0.1');
     sockets.push(client, up);
-    client.on('data', (d) => void (state.blackhole || up.write(d)));
+    client.on('data', (d: Buffer) => {
+      // The partition begins with the first message holding `dropFrom`, which is lost with it.
+      if (state.dropFrom !== undefined && d.includes(state.dropFrom)) state.blackhole = true;
+      if (!state.blackhole) up.write(d);
+    });
     up.on('data', (d) => void (state.blackhole || client.write(d)));
     for (const s of [client, up]) s.on('error', () => undefined);
     client.on('close', () => up.destroy());
@@ -526,6 +534,39 @@ async function partitionable(target: number) {
 }
 
 describe('sql through a network that stops answering', () => {
+  it("cuts a connection whose first call's role check never comes back, so the tool still closes", async () => {
+    const dbPort = Number(new URL(db.url).port);
+    const hop = await partitionable(dbPort);
+    const url = db.url.replace(`:${dbPort}/`, `:${hop.port}/`);
+    // Down at start, so the role is checked on the first call; the partition begins with that check.
+    hop.state.refuse = true;
+    const p = createSqlProvider(
+      sqlTool({
+        sql: { connection: { value: url }, query: 'SELECT 1 AS x' },
+        parameters: { type: 'object' },
+      }),
+      { env: env(), logger },
+    );
+    try {
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      hop.state.refuse = false;
+      hop.state.dropFrom = 'is_superuser';
+      const timeout = new AbortController();
+      setTimeout(() => timeout.abort(new Error('tool timeout')), 300);
+      await expect(p.tools()[0]!.executor.run({}, ctx(0.3, timeout.signal))).rejects.toThrow('tool timeout');
+      expect(hop.state.blackhole).toBe(true);
+      // Before, the check sat outside the call's abort handling: its connection was never cut, and
+      // close() waited on it for ever.
+      const closed = await Promise.race([
+        p.close?.().then(() => 'closed'),
+        new Promise((resolve) => setTimeout(() => resolve('still closing'), 8_000)),
+      ]);
+      expect(closed).toBe('closed');
+    } finally {
+      hop.close();
+    }
+  }, 30_000);
+
   it('cuts connections that never answer after their call timed out, so the tool recovers and closes', async () => {
     const dbPort = Number(new URL(db.url).port);
     const hop = await partitionable(dbPort);
