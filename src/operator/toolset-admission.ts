@@ -127,6 +127,10 @@ function checkInCluster(object: unknown, sidecarEnv: readonly V1EnvVar[]): Check
   return issues.length === 0 ? result : { ok: false, issues, warnings: result.warnings };
 }
 
+function reviewsToolSet(request: ToolSetAdmissionRequest): boolean {
+  return request.kind?.group === API_GROUP && request.kind?.kind === KIND;
+}
+
 /** The ToolSet's own answer, before any access check: its validity. */
 function validation(
   request: ToolSetAdmissionRequest,
@@ -134,8 +138,7 @@ function validation(
   sidecarEnv: readonly V1EnvVar[],
 ): { response: ToolSetAdmissionResponse; result?: 'allowed' | 'refused'; issues: Issue[] } {
   const object = request.object;
-  const isToolSet = request.kind?.group === API_GROUP && request.kind?.kind === KIND;
-  if (!isToolSet || (request.operation !== 'CREATE' && request.operation !== 'UPDATE')) {
+  if (!reviewsToolSet(request) || (request.operation !== 'CREATE' && request.operation !== 'UPDATE')) {
     return {
       response: {
         uid: request.uid,
@@ -358,24 +361,22 @@ export async function admitToolSet(
   const meta = metadataOf(request.object);
   const name = typeof meta.name === 'string' ? meta.name : request.name;
   const namespace = request.namespace ?? (typeof meta.namespace === 'string' ? meta.namespace : undefined);
+  /** What every decision about this review records, besides its namespace, result and issues. */
+  const review = {
+    name,
+    operation: request.operation,
+    dryRun: request.dryRun === true,
+    user: request.userInfo?.username,
+  };
   const served = options.served;
   if (
     served &&
     served.watchNamespaces.length > 0 &&
     namespace !== undefined &&
     !served.watchNamespaces.includes(namespace) &&
-    request.kind?.group === API_GROUP &&
-    request.kind?.kind === KIND
+    reviewsToolSet(request)
   ) {
-    options.onDecision?.({
-      namespace,
-      name,
-      operation: request.operation,
-      result: 'unwatched',
-      issues: [],
-      dryRun: request.dryRun === true,
-      user: request.userInfo?.username,
-    });
+    options.onDecision?.({ ...review, namespace, result: 'unwatched', issues: [] });
     return unwatched(request, name, namespace, served, meta.labels);
   }
   const sidecarEnv = options.sidecarEnv ?? [];
@@ -385,15 +386,7 @@ export async function admitToolSet(
     const overlaps = overlapWarnings(request, name, options.toolsetsInNamespace(namespace));
     if (overlaps.length > 0) response.warnings = [...(response.warnings ?? []), ...overlaps];
   }
-  const decision: ToolSetAdmission = {
-    namespace: request.namespace,
-    name,
-    operation: request.operation,
-    result,
-    issues,
-    dryRun: request.dryRun === true,
-    user: request.userInfo?.username,
-  };
+  const decision: ToolSetAdmission = { ...review, namespace: request.namespace, result, issues };
   const check = options.secretAccess;
   const refs =
     check && result === 'allowed' ? secretRefsToCheck(request.object, request.oldObject, sidecarEnv) : [];
