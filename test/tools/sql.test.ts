@@ -534,12 +534,12 @@ async function partitionable(target: number) {
 }
 
 describe('sql through a network that stops answering', () => {
-  it("cuts a connection whose first call's role check never comes back, so the tool still closes", async () => {
+  /** A `SELECT 1` tool whose connections go through a partitionable hop; `refuse` sets the hop up refusing. */
+  async function behindHop(refuse = false) {
     const dbPort = Number(new URL(db.url).port);
     const hop = await partitionable(dbPort);
+    hop.state.refuse = refuse;
     const url = db.url.replace(`:${dbPort}/`, `:${hop.port}/`);
-    // Down at start, so the role is checked on the first call; the partition begins with that check.
-    hop.state.refuse = true;
     const p = createSqlProvider(
       sqlTool({
         sql: { connection: { value: url }, query: 'SELECT 1 AS x' },
@@ -547,44 +547,49 @@ describe('sql through a network that stops answering', () => {
       }),
       { env: env(), logger },
     );
+    return { hop, p };
+  }
+
+  /** A call the tool's timeout (300 ms) aborts: the caller hears at once. */
+  async function timesOut(p: ToolProvider): Promise<void> {
+    const timeout = new AbortController();
+    setTimeout(() => timeout.abort(new Error('tool timeout')), 300);
+    await expect(p.tools()[0]!.executor.run({}, ctx(0.3, timeout.signal))).rejects.toThrow('tool timeout');
+  }
+
+  /** close() returns within 8 s, instead of waiting on a connection for ever. */
+  async function closesPromptly(p: ToolProvider): Promise<void> {
+    const closed = await Promise.race([
+      p.close?.().then(() => 'closed'),
+      new Promise((resolve) => setTimeout(() => resolve('still closing'), 8_000)),
+    ]);
+    expect(closed).toBe('closed');
+  }
+
+  it("cuts a connection whose first call's role check never comes back, so the tool still closes", async () => {
+    // Down at start, so the role is checked on the first call; the partition begins with that check.
+    const { hop, p } = await behindHop(true);
     try {
       await new Promise((resolve) => setTimeout(resolve, 300));
       hop.state.refuse = false;
       hop.state.dropFrom = 'is_superuser';
-      const timeout = new AbortController();
-      setTimeout(() => timeout.abort(new Error('tool timeout')), 300);
-      await expect(p.tools()[0]!.executor.run({}, ctx(0.3, timeout.signal))).rejects.toThrow('tool timeout');
+      await timesOut(p);
       expect(hop.state.blackhole).toBe(true);
       // Before, the check sat outside the call's abort handling: its connection was never cut, and
       // close() waited on it for ever.
-      const closed = await Promise.race([
-        p.close?.().then(() => 'closed'),
-        new Promise((resolve) => setTimeout(() => resolve('still closing'), 8_000)),
-      ]);
-      expect(closed).toBe('closed');
+      await closesPromptly(p);
     } finally {
       hop.close();
     }
   }, 30_000);
 
   it('cuts connections that never answer after their call timed out, so the tool recovers and closes', async () => {
-    const dbPort = Number(new URL(db.url).port);
-    const hop = await partitionable(dbPort);
-    const url = db.url.replace(`:${dbPort}/`, `:${hop.port}/`);
-    const p = createSqlProvider(
-      sqlTool({
-        sql: { connection: { value: url }, query: 'SELECT 1 AS x' },
-        parameters: { type: 'object' },
-      }),
-      { env: env(), logger },
-    );
+    const { hop, p } = await behindHop();
     try {
       expect(await run(p, {})).toEqual({ rows: [{ x: 1 }], rowCount: 1 });
       hop.state.blackhole = true;
-      // The pooled connection's BEGIN is never answered: the call times out (the caller hears at once).
-      const timeout = new AbortController();
-      setTimeout(() => timeout.abort(new Error('tool timeout')), 300);
-      await expect(p.tools()[0]!.executor.run({}, ctx(0.3, timeout.signal))).rejects.toThrow('tool timeout');
+      // The pooled connection's BEGIN is never answered.
+      await timesOut(p);
       // The network heals; the bytes it dropped leave that connection waiting for ever unless it is cut.
       hop.state.blackhole = false;
       await waitFor(async () => {
@@ -598,11 +603,7 @@ describe('sql through a network that stops answering', () => {
         return out !== undefined && JSON.parse(out as string).rowCount === 1;
       }, 'a call that succeeds after the partition');
       // And close() no longer waits on it.
-      const closed = await Promise.race([
-        p.close?.().then(() => 'closed'),
-        new Promise((resolve) => setTimeout(() => resolve('still closing'), 8_000)),
-      ]);
-      expect(closed).toBe('closed');
+      await closesPromptly(p);
     } finally {
       hop.close();
     }
