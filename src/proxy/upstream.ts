@@ -10,6 +10,7 @@
  */
 import type { IncomingHttpHeaders } from 'node:http';
 import { type Dispatcher, Pool } from 'undici';
+import { type JsonShape, jsonShapeProblem } from '../http/json-shape.js';
 import { secretScrubber } from '../telemetry/scrub.js';
 import type { ChatChunk, Usage } from './chunks.js';
 import { type ErrorCode, ProxyError } from './errors.js';
@@ -99,6 +100,9 @@ export function classifyRefusal(status: number, body: string): UpstreamRefusal {
   if (STREAM_OPTIONS_REJECTED.test(body)) return 'stream_options_rejected';
   return 'other';
 }
+
+/** What a JSON completion may hold: one message, a few levels deep, with its calls and reasoning. */
+const COMPLETION_JSON_BOUNDS: JsonShape = { depth: 128, structures: 100_000 };
 
 /** A client's headers passed on to the model server: OpenRouter's app attribution (hosted upstreams read them). */
 export const ATTRIBUTION_HEADERS = ['http-referer', 'x-title'] as const;
@@ -535,8 +539,20 @@ export class Upstream {
           } else if (kind === 'refused') {
             fail(refusal(status, readParts(parts, MAX_ERROR_BODY), retryAfter, requestHeaders.authorization));
           } else {
+            const text = readParts(parts);
+            // Up to 4 MiB of brackets would take some 150 MB to parse.
+            const shape = jsonShapeProblem(text, COMPLETION_JSON_BOUNDS);
+            if (shape) {
+              fail(
+                new ProxyError(
+                  'ERP_UPSTREAM_TOO_LARGE',
+                  `upstream's JSON completion was refused before parsing: ${shape}`,
+                ),
+              );
+              return;
+            }
             try {
-              resolve(new CompletionSource(JSON.parse(readParts(parts))));
+              resolve(new CompletionSource(JSON.parse(text)));
             } catch {
               fail(
                 new ProxyError('ERP_UPSTREAM_STREAM', 'upstream sent a JSON completion that does not parse'),

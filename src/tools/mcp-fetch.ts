@@ -17,6 +17,7 @@
  *   and the waiting calls would hear nothing until their timeout.
  */
 import { createParser, type EventSourceMessage } from 'eventsource-parser';
+import { type JsonShape, jsonShapeProblem } from '../http/json-shape.js';
 import { ByteCollector } from './byte-collector.js';
 
 /** The most one answer may carry. */
@@ -289,12 +290,15 @@ function capEvents(response: Response, answers?: StreamedAnswers): Response {
   const decoder = new TextDecoder();
   const encoder = new TextEncoder();
   let tooLarge = false;
+  /** Why an event was refused before anything parsed it. */
+  let refused: string | undefined;
   let pending = '';
   // The parser's buffer is what one event holds, in UTF-16 units (never more than its bytes).
   const parser = createParser({
     maxBufferSize: MAX_MCP_RESPONSE_BYTES,
     onEvent: (event) => {
-      if (answers) pending += answers.pass(event);
+      refused ??= jsonShapeProblem(event.data, MCP_JSON_BOUNDS);
+      if (answers && refused === undefined) pending += answers.pass(event);
     },
     onRetry: (ms) => {
       if (answers) pending += `retry: ${ms}\n\n`;
@@ -321,8 +325,14 @@ function capEvents(response: Response, answers?: StreamedAnswers): Response {
           // A tripped parser throws on every later feed.
           tooLarge = true;
         }
-        if (tooLarge) {
-          controller.error(new Error(EVENT_TOO_LARGE));
+        if (tooLarge || refused !== undefined) {
+          controller.error(
+            new Error(
+              tooLarge
+                ? EVENT_TOO_LARGE
+                : `an event of the MCP server was refused before parsing: ${refused}`,
+            ),
+          );
           void reader.cancel().catch(() => undefined);
           return;
         }
@@ -368,12 +378,22 @@ function wrongId(answered: unknown, asked: RequestId): string {
 
 /** Why `data` is no good as the answer to request `id`; undefined if it is; 'not-an-answer' for other messages. */
 function wrongAnswer(data: string, id: RequestId): string | undefined | 'not-an-answer' {
+  const shape = jsonShapeProblem(data, MCP_JSON_BOUNDS);
+  if (shape) return `the MCP server's answer was refused before parsing: ${shape}`;
   const answer = answerOf(data);
   if (!answer) return 'not-an-answer';
   return answerKey(answer.id as RequestId) === answerKey(id) ? undefined : wrongId(answer.id, id);
 }
 
+/**
+ * What an MCP answer's JSON may hold: tool listings and results nest some tens of levels. Past these,
+ * parsing the 4 MiB an answer may take would cost the sidecar some 150 MB (and the SDK parses it again).
+ */
+const MCP_JSON_BOUNDS: JsonShape = { depth: 256, structures: 200_000 };
+
 function checkJson(text: string, id: RequestId): string {
+  const shape = jsonShapeProblem(text, MCP_JSON_BOUNDS);
+  if (shape) return errorText(id, `the MCP server's answer was refused before parsing: ${shape}`);
   let message: unknown;
   try {
     message = JSON.parse(text);

@@ -300,6 +300,20 @@ describe('turn behaviour', () => {
     });
   });
 
+  it('refuses a JSON completion nested past 128 levels before parsing it, as too large', async () => {
+    // 4 MiB of brackets (the completion cap) would take some 150 MB to parse.
+    const deep = `{"choices":[{"index":0,"message":{"role":"assistant","content":"x","x":${'['.repeat(1000)}${']'.repeat(1000)}},"finish_reason":"stop"}]}`;
+    const { harness } = await setup(() => ({
+      sse: [deep],
+      headers: { 'content-type': 'application/json' },
+    }));
+    expect(await bothClients(harness)).toEqual({
+      text: "Sorry, I couldn't do that right now. ",
+      status: 502,
+      code: 'ERP_UPSTREAM_TOO_LARGE',
+    });
+  });
+
   it('speaks the error line for a refusal in a JSON completion, as for a streamed one', async () => {
     const { harness } = await setup(() => ({
       json: {

@@ -13,7 +13,8 @@ import type { AddressInfo, Socket } from 'node:net';
  * How tools/call is answered ('late': after LATE_MS; 'stray': another id at once, then its own after
  * LATE_MS; 'string-id': its id as a string, as some servers echo it; 'refused': HTTP 500 and a body of up to
  * 64 MiB, written as fast as the client reads it; 'rpc-error': a JSON-RPC error with rpcErrorCode and the
- * message "City not found", as a server's tool that fails answers).
+ * message "City not found", as a server's tool that fails answers; 'deep': structured content nested 1,000
+ * levels deep).
  */
 export type CallMode =
   | 'ok'
@@ -24,7 +25,8 @@ export type CallMode =
   | 'stray'
   | 'string-id'
   | 'refused'
-  | 'rpc-error';
+  | 'rpc-error'
+  | 'deep';
 
 export const LATE_MS = 400;
 
@@ -211,6 +213,11 @@ export async function startHostileMcpServer(
         return;
       case 'string-id':
         return answer(res, String(req.id), ok);
+      case 'deep': {
+        let nested: unknown = 'ok';
+        for (let i = 0; i < 1000; i++) nested = [nested];
+        return answer(res, req.id, { ...ok, structuredContent: { nested } });
+      }
       case 'rpc-error':
         return answer(res, req.id, undefined, undefined, {
           code: state.rpcErrorCode,

@@ -488,6 +488,28 @@ describe('mcp provider against a hostile server', () => {
     expect(s.listings).toBe(4);
   }, 20_000);
 
+  it('refuses an answer nested past 256 levels before parsing it, on either transport', async () => {
+    for (const transport of ['streamable', 'sse'] as const) {
+      const s = await startHostileMcpServer({ transport });
+      cleanup.push(() => s.close());
+      s.tools = 1;
+      s.mode = 'deep';
+      const p = provider({ url: s.url });
+      await waitFor(() => connected(p), 'connection');
+      const failed = run(p, 'tool_0', {}, ctx(undefined, 5));
+      if (transport === 'streamable') {
+        await expect(failed).rejects.toMatchObject({
+          message: expect.stringContaining('nests JSON more than 256 levels deep'),
+        });
+      } else {
+        // The older transport's answers come on the session's event stream, which ends there, as for an
+        // event over the size cap.
+        await expect(failed).rejects.toMatchObject({ code: 'ERP_MCP_UNAVAILABLE' });
+        expect(p.status?.().lastError).toContain('nests JSON more than 256 levels deep');
+      }
+    }
+  });
+
   it("says what the server answered to tools/list with the SDK's timeout code, not that it took too long", async () => {
     const s = await hostile();
     s.listErrorCode = -32001;
