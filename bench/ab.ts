@@ -5,6 +5,9 @@
  * and the ratios (this build over the base). The full run (run.ts) compares earpiece with the bare Node hop
  * in turns, and its figures move by 10 % or more between runs; this one sees changes of a few percent.
  *
+ * `--turns N` measures the full run's CPU per turn instead: brief answers one at a time, N per build and
+ * round, the two builds taking turns request by request, so both see the same quiet or busy moments.
+ *
  * The base is another checkout of the project, built: `git worktree add ../earpiece-base main && cd
  * ../earpiece-base && npm ci && npm run build`.
  */
@@ -14,17 +17,25 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { parseArgs } from 'node:util';
-import { phase, target } from './load.js';
+import { type PhaseResult, phase, sequence, target } from './load.js';
 import { cpuSeconds, type EarpieceProxy, startEarpiece, startUpstreamChild } from './procs.js';
-import { STREAM_BODY, STREAM_EXPECTED, writeToolSet } from './workload.js';
+import { BRIEF_BODY, BRIEF_EXPECTED, STREAM_BODY, STREAM_EXPECTED, writeToolSet } from './workload.js';
 
 const WARMUP_WORKERS = 50;
 const WARMUP_PER_WORKER = 6;
 const RECORDED_PER_WORKER = 3;
 
 interface Round {
-  cpuPerChunkUs: [base: number, head: number];
+  /** CPU µs per content chunk (streams), or CPU ms per turn (turns). */
+  cpu: [base: number, head: number];
   ttftP50Ms: [base: number, head: number];
+}
+
+/** What a round measures: many streams at once, or brief turns one at a time. */
+interface Measure {
+  title: string;
+  cpuUnit: string;
+  round(base: EarpieceProxy, head: EarpieceProxy, index: number): Promise<Round>;
 }
 
 function median(values: number[]): number {
@@ -35,38 +46,84 @@ function median(values: number[]): number {
     : ((sorted[mid - 1] as number) + (sorted[mid] as number)) / 2;
 }
 
+function failures(proxy: EarpieceProxy, result: PhaseResult): void {
+  if (result.errors.size === 0) return;
+  const errors = [...result.errors].map(([e, n]) => `${n} × ${e}`).join('; ');
+  throw new Error(`streams failed through ${proxy.url}: ${errors}`);
+}
+
 /** One build's share of a round: its CPU per content chunk (µs) and its TTFT p50 (ms). */
 async function share(proxy: EarpieceProxy, streams: number): Promise<{ cpuUs: number; ttftMs: number }> {
   const before = cpuSeconds(proxy.pid);
   const result = await phase(target(proxy.url), STREAM_BODY, streams, RECORDED_PER_WORKER, STREAM_EXPECTED);
   const cpu = cpuSeconds(proxy.pid) - before;
-  if (result.errors.size > 0) {
-    const errors = [...result.errors].map(([e, n]) => `${n} × ${e}`).join('; ');
-    throw new Error(`streams failed through ${proxy.url}: ${errors}`);
-  }
+  failures(proxy, result);
   return { cpuUs: (cpu / result.chunks) * 1e6, ttftMs: median(result.ttft) };
 }
 
-function render(rounds: Round[], each: number, base: string): string {
+function streamsMeasure(each: number): Measure {
+  return {
+    title: `${each} streams each at once`,
+    cpuUnit: 'CPU µs / chunk',
+    async round(base, head, i) {
+      // Which build's requests reach the model server first alternates from round to round.
+      const [b, h] =
+        i % 2 === 0
+          ? await Promise.all([share(base, each), share(head, each)])
+          : await Promise.all([share(head, each), share(base, each)]).then(([hh, bb]) => [bb, hh] as const);
+      return { cpu: [b.cpuUs, h.cpuUs], ttftP50Ms: [b.ttftMs, h.ttftMs] };
+    },
+  };
+}
+
+function turnsMeasure(turns: number): Measure {
+  return {
+    title: `${turns} brief turns each, one at a time, alternating`,
+    cpuUnit: 'CPU ms / turn',
+    async round(base, head, i) {
+      const proxies = [base, head] as const;
+      const ttft: [number[], number[]] = [[], []];
+      const before = proxies.map((p) => cpuSeconds(p.pid));
+      for (let t = 0; t < turns; t++) {
+        // Which build answers first alternates, turn by turn and round by round.
+        const first = (t + i) % 2;
+        for (const which of [first, 1 - first]) {
+          const proxy = proxies[which] as EarpieceProxy;
+          const result = await sequence(target(proxy.url), BRIEF_BODY, 1, BRIEF_EXPECTED);
+          failures(proxy, result);
+          ttft[which]?.push(...result.ttft);
+        }
+      }
+      const cpuMs = proxies.map((p, k) => ((cpuSeconds(p.pid) - (before[k] as number)) / turns) * 1000);
+      return {
+        cpu: [cpuMs[0] as number, cpuMs[1] as number],
+        ttftP50Ms: [median(ttft[0]), median(ttft[1])],
+      };
+    },
+  };
+}
+
+function render(rounds: Round[], measure: Measure, base: string): string {
   const lines = [
-    `Side by side: this build and ${base}, ${each} streams each at once, ${rounds.length} rounds.`,
+    `Side by side: this build and ${base}, ${measure.title}, ${rounds.length} rounds.`,
     '',
-    '| round | CPU µs / chunk: base | this | ratio | TTFT p50: base | this | ratio |',
+    `| round | ${measure.cpuUnit}: base | this | ratio | TTFT p50: base | this | ratio |`,
     '|---|---|---|---|---|---|---|',
   ];
+  const digits = measure.cpuUnit.includes('µs') ? 1 : 3;
   rounds.forEach((r, i) => {
-    const [cb, ch] = r.cpuPerChunkUs;
+    const [cb, ch] = r.cpu;
     const [tb, th] = r.ttftP50Ms;
     lines.push(
-      `| ${i + 1} | ${cb.toFixed(1)} | ${ch.toFixed(1)} | ${(ch / cb).toFixed(3)} | ${tb.toFixed(2)} ms | ${th.toFixed(2)} ms | ${(th / tb).toFixed(3)} |`,
+      `| ${i + 1} | ${cb.toFixed(digits)} | ${ch.toFixed(digits)} | ${(ch / cb).toFixed(3)} | ${tb.toFixed(2)} ms | ${th.toFixed(2)} ms | ${(th / tb).toFixed(3)} |`,
     );
   });
-  const cpu = rounds.map((r) => r.cpuPerChunkUs[1] / r.cpuPerChunkUs[0]);
+  const cpu = rounds.map((r) => r.cpu[1] / r.cpu[0]);
   const ttft = rounds.map((r) => r.ttftP50Ms[1] / r.ttftP50Ms[0]);
-  const sum = (i: 0 | 1) => rounds.reduce((s, r) => s + r.cpuPerChunkUs[i], 0);
+  const sum = (i: 0 | 1) => rounds.reduce((s, r) => s + r.cpu[i], 0);
   lines.push(
     '',
-    `CPU per chunk, this build over the base: median ${median(cpu).toFixed(3)}, all rounds together ${(sum(1) / sum(0)).toFixed(3)}, rounds from ${Math.min(...cpu).toFixed(3)} to ${Math.max(...cpu).toFixed(3)}.`,
+    `${measure.cpuUnit.replace(' / ', ' per ')}, this build over the base: median ${median(cpu).toFixed(3)}, all rounds together ${(sum(1) / sum(0)).toFixed(3)}, rounds from ${Math.min(...cpu).toFixed(3)} to ${Math.max(...cpu).toFixed(3)}.`,
     `TTFT p50, this build over the base: median ${median(ttft).toFixed(3)}.`,
     '',
   );
@@ -80,6 +137,7 @@ export async function main(argv: string[]): Promise<number> {
       base: { type: 'string' },
       rounds: { type: 'string', default: '10' },
       streams: { type: 'string', default: '100' },
+      turns: { type: 'string' },
     },
   });
   const log = (line: string) => process.stderr.write(`${line}\n`);
@@ -88,18 +146,26 @@ export async function main(argv: string[]): Promise<number> {
     log(
       values.base
         ? `--base ${values.base}: ${baseCli} does not exist; run npm ci and npm run build in that checkout first.`
-        : 'usage: npm run bench:ab -- --base DIR [--rounds 10] [--streams 100] (DIR: another checkout, built)',
+        : 'usage: npm run bench:ab -- --base DIR [--rounds 10] [--streams 100 | --turns 150] (DIR: another checkout, built)',
     );
     return 2;
   }
   const rounds = Number(values.rounds);
   const each = Math.floor(Number(values.streams) / 2);
-  if (!Number.isInteger(rounds) || rounds < 1 || !Number.isInteger(each) || each < 1) {
+  const turns = values.turns === undefined ? undefined : Number(values.turns);
+  if (
+    !Number.isInteger(rounds) ||
+    rounds < 1 ||
+    !Number.isInteger(each) ||
+    each < 1 ||
+    (turns !== undefined && !(Number.isInteger(turns) && turns >= 1))
+  ) {
     log(
-      `--rounds must be a whole number from 1 and --streams one from 2 (got ${values.rounds}, ${values.streams}).`,
+      `--rounds and --turns must be whole numbers from 1 and --streams one from 2 (got ${values.rounds}, ${values.turns}, ${values.streams}).`,
     );
     return 2;
   }
+  const measure = turns === undefined ? streamsMeasure(each) : turnsMeasure(turns);
 
   const dir = await mkdtemp(join(tmpdir(), 'earpiece-ab-'));
   const upstream = await startUpstreamChild();
@@ -117,16 +183,11 @@ export async function main(argv: string[]): Promise<number> {
     }
     const results: Round[] = [];
     for (let i = 0; i < rounds; i++) {
-      log(`Round ${i + 1}/${rounds}: ${each} streams through each build at once`);
-      // Which build's requests reach the model server first alternates from round to round.
-      const [b, h] =
-        i % 2 === 0
-          ? await Promise.all([share(base, each), share(head, each)])
-          : await Promise.all([share(head, each), share(base, each)]).then(([hh, bb]) => [bb, hh] as const);
-      results.push({ cpuPerChunkUs: [b.cpuUs, h.cpuUs], ttftP50Ms: [b.ttftMs, h.ttftMs] });
+      log(`Round ${i + 1}/${rounds}: ${measure.title}`);
+      results.push(await measure.round(base, head, i));
       await sleep(300);
     }
-    process.stdout.write(render(results, each, values.base as string));
+    process.stdout.write(render(results, measure, values.base as string));
     return 0;
   } finally {
     for (const proxy of proxies) await proxy.close();

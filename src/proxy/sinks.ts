@@ -4,7 +4,7 @@
  * event), the JSON sink answers a non-streaming request (a failure is an HTTP error that the OpenAI SDK
  * must not retry, since a retry would run the tools again).
  */
-import { randomUUID } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import type { ServerResponse } from 'node:http';
 import { secretScrubber } from '../telemetry/scrub.js';
 import { type AccumulatedToolCall, MAX_MESSAGE_CHARS } from './accumulator.js';
@@ -53,9 +53,17 @@ export function closeIfUnread(res: ServerResponse, ms: number): void {
   res.once('close', () => clearTimeout(timer));
 }
 
-/** vLLM's shape, `chatcmpl-` and 32 hex digits; randomUUID draws from a cached pool, not a syscall each time. */
+/** This process's random half of every completion id. */
+const ID_PREFIX = `chatcmpl-${randomBytes(8).toString('hex')}`;
+let idCount = 0;
+
+/**
+ * vLLM's shape, `chatcmpl-` and 32 hex digits: 16 drawn once per process and a count, unique across
+ * sidecars, and cheaper per turn than drawing and reformatting a UUID.
+ */
 export function completionId(): string {
-  return `chatcmpl-${randomUUID().replaceAll('-', '')}`;
+  idCount++;
+  return ID_PREFIX + idCount.toString(16).padStart(16, '0');
 }
 
 /** A string with nothing past U+007F is the same bytes in latin1 as in UTF-8, which Node writes without a scan. */

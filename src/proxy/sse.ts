@@ -102,7 +102,7 @@ export class ChunkDecoder {
     if (taken > 0) this.#unusedFrames = 0;
     if (taken === bytes.length) return false;
     const text = this.#decoder.decode(taken === 0 ? bytes : bytes.subarray(taken), { stream: true });
-    const end = Math.max(text.lastIndexOf('\n'), text.lastIndexOf('\r'));
+    const end = lastLineBreak(text);
     if (end === -1) {
       this.#partialLine += text;
     } else {
@@ -306,6 +306,15 @@ function parseLoose(text: string): unknown {
   } catch {
     return text;
   }
+}
+
+/** The index of the text's last CR or LF, or -1. A read usually ends with one: found at once from the end. */
+function lastLineBreak(text: string): number {
+  for (let i = text.length - 1; i >= 0; i--) {
+    const c = text.charCodeAt(i);
+    if (c === 0x0a || c === 0x0d) return i;
+  }
+  return -1;
 }
 
 function byteLength(text: string): number {

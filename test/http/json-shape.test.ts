@@ -31,6 +31,19 @@ describe('jsonShape', () => {
     );
   });
 
+  it('finds where a string ends after any run of backslashes and quotes in it', () => {
+    const tricky = fc.string({ unit: fc.constantFrom('\\', '"', '[', '{', '}', 'a'), maxLength: 12 });
+    fc.assert(
+      fc.property(
+        fc.array(fc.oneof(tricky, fc.array(tricky, { maxLength: 3 })), { maxLength: 4 }),
+        (value) => {
+          expect(jsonShape(JSON.stringify(value))).toEqual(walked(value));
+        },
+      ),
+      { numRuns: 2000 },
+    );
+  });
+
   it('stops reading once past a bound, and says which was passed', () => {
     const bounds = { depth: 3, structures: 5 };
     expect(jsonShapeProblem('[[[[1]]]]', bounds)).toBe('the body nests JSON more than 3 levels deep');

@@ -140,6 +140,36 @@ describe('a malformed chat request', () => {
     expect(upstream.requests).toHaveLength(1);
   });
 
+  it('refuses a __proto__ or constructor.prototype key, however its characters are written', async () => {
+    const { upstream, harness } = await setup(() => ({ sse: textReply('Hello.') }), { tools: [] });
+    const start = '{"model":"m","messages":[{"role":"user","content":"Hi"}],';
+    for (const key of [
+      '"__proto__":{"x":1}',
+      '"\\u005f_proto__":{"x":1}',
+      '"constructor":{"prototype":{"x":1}}',
+      '"constr\\u0075ctor":{"prototype":{"x":1}}',
+    ]) {
+      const res = await post(harness, `${start}${key}}`);
+      expect(res.status, key).toBe(400);
+      expect(res.json).toMatchObject({ error: { code: 'ERP_BAD_REQUEST' } });
+    }
+    expect(upstream.requests).toHaveLength(0);
+    // The words themselves, in what the user said, and a body that begins with a byte order mark, are fine.
+    for (const body of [
+      JSON.stringify({
+        model: 'm',
+        messages: [{ role: 'user', content: 'the constructor of __proto__, caf\u00e9' }],
+      }),
+      `\ufeff${JSON.stringify({ model: 'm', messages: [USER] })}`,
+    ]) {
+      expect((await post(harness, body)).status).toBe(200);
+    }
+    expect(upstream.requests).toHaveLength(2);
+    expect(upstream.requests[0]?.body.messages).toEqual([
+      expect.objectContaining({ role: 'user', content: 'the constructor of __proto__, caf\u00e9' }),
+    ]);
+  });
+
   it('passes a well-formed request on with its fields as sent', async () => {
     const { upstream, harness } = await setup(() => ({ sse: textReply('Hello.') }), { tools: [] });
     const res = await post(
@@ -213,5 +243,18 @@ describe('the streamed answer', () => {
     expect(kept.connection).toBe('keep-alive');
     expect(kept.socketClosed).toBe(false);
     expect(kept.body).toContain('data: [DONE]');
+  });
+
+  it("gives every answer its own id in vLLM's shape", async () => {
+    const { harness } = await setup(() => ({ sse: textReply('Hello there.') }), { tools: [] });
+    const ids = new Set<string>();
+    for (let i = 0; i < 3; i++) {
+      const { body } = await streamOnce(harness, 'keep-alive');
+      const first = JSON.parse(body.split('\n')[0]?.replace(/^data: /, '') ?? '') as { id: string };
+      expect(first.id).toMatch(/^chatcmpl-[0-9a-f]{32}$/);
+      expect(new Set(body.match(/"id":"[^"]+"/g))).toEqual(new Set([`"id":"${first.id}"`]));
+      ids.add(first.id);
+    }
+    expect(ids.size).toBe(3);
   });
 });
