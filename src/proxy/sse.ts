@@ -4,6 +4,7 @@
  * in-band error shapes of vLLM, llama.cpp and OpenAI, and a size cap. No I/O of its own, no timers.
  */
 import { createParser, type EventSourceMessage, type EventSourceParser } from 'eventsource-parser';
+import { type JsonShape, jsonShapeProblem } from '../http/json-shape.js';
 import { type ChatChunk, isObject } from './chunks.js';
 import { ContentFrame } from './content-frame.js';
 import type { ErrorCode } from './errors.js';
@@ -18,6 +19,11 @@ const MAX_UNUSED_FRAMES = 3;
 /** Room for a field name ("data: ") on an unterminated line before the cap applies to it. */
 const LINE_SLACK = 16;
 const SNIPPET_CHARS = 120;
+/**
+ * What a model's JSON may hold, in one event or one whole completion: a message a few levels deep with its
+ * calls and reasoning. Its bytes alone do not bound parsing: 1 MiB of `{}` is half a million objects.
+ */
+export const MODEL_JSON_BOUNDS: JsonShape = { depth: 128, structures: 100_000 };
 
 export type UpstreamStreamErrorKind = 'error_event' | 'malformed' | 'too_large';
 
@@ -27,7 +33,7 @@ export class UpstreamStreamError extends Error {
   constructor(
     readonly kind: UpstreamStreamErrorKind,
     message: string,
-    /** error_event: the upstream's error object (or text); malformed: the start of the bad payload; too_large: the limit. */
+    /** error_event: the upstream's error object (or text); malformed: the start of the bad payload; too_large: the limit passed. */
     readonly detail: unknown,
   ) {
     super(message);
@@ -252,6 +258,13 @@ function interpret(
   if (trimmed === '') return undefined;
   if (trimmed === '[DONE]') return DONE;
 
+  const shape = jsonShapeProblem(data, MODEL_JSON_BOUNDS);
+  if (shape)
+    throw new UpstreamStreamError(
+      'too_large',
+      `upstream sent an event refused before parsing: ${shape}`,
+      MODEL_JSON_BOUNDS,
+    );
   let payload: unknown;
   try {
     payload = JSON.parse(data);
@@ -301,6 +314,7 @@ function describe(detail: unknown): string {
 }
 
 function parseLoose(text: string): unknown {
+  if (jsonShapeProblem(text, MODEL_JSON_BOUNDS)) return text;
   try {
     return JSON.parse(text);
   } catch {

@@ -10,11 +10,18 @@
  */
 import type { IncomingHttpHeaders } from 'node:http';
 import { type Dispatcher, Pool } from 'undici';
-import { type JsonShape, jsonShapeProblem } from '../http/json-shape.js';
+import { jsonShapeProblem } from '../http/json-shape.js';
 import { secretScrubber } from '../telemetry/scrub.js';
 import type { ChatChunk, Usage } from './chunks.js';
 import { type ErrorCode, ProxyError } from './errors.js';
-import { type BodyReader, errorEvent, type PushedBody, streamChunks, UpstreamStreamError } from './sse.js';
+import {
+  type BodyReader,
+  errorEvent,
+  MODEL_JSON_BOUNDS,
+  type PushedBody,
+  streamChunks,
+  UpstreamStreamError,
+} from './sse.js';
 
 /** What the proxy learned about its upstream, shared by all turns. */
 export class UpstreamState {
@@ -100,9 +107,6 @@ export function classifyRefusal(status: number, body: string): UpstreamRefusal {
   if (STREAM_OPTIONS_REJECTED.test(body)) return 'stream_options_rejected';
   return 'other';
 }
-
-/** What a JSON completion may hold: one message, a few levels deep, with its calls and reasoning. */
-const COMPLETION_JSON_BOUNDS: JsonShape = { depth: 128, structures: 100_000 };
 
 /** A client's headers passed on to the model server: OpenRouter's app attribution (hosted upstreams read them). */
 export const ATTRIBUTION_HEADERS = ['http-referer', 'x-title'] as const;
@@ -541,7 +545,7 @@ export class Upstream {
           } else {
             const text = readParts(parts);
             // Up to 4 MiB of brackets would take some 150 MB to parse.
-            const shape = jsonShapeProblem(text, COMPLETION_JSON_BOUNDS);
+            const shape = jsonShapeProblem(text, MODEL_JSON_BOUNDS);
             if (shape) {
               fail(
                 new ProxyError(

@@ -10,7 +10,8 @@ export const TOOL_ERRORS = {
   ERP_TOOL_URL: "The arguments do not expand to a valid URL inside the template's origin and path.",
   ERP_TOOL_HTTP: 'The HTTP request failed (connection refused, reset, DNS).',
   ERP_TOOL_HTTP_STATUS: 'The HTTP service answered with a non-2xx status.',
-  ERP_TOOL_HTTP_JSON: 'The response is not JSON (or `select` was given for a non-JSON response).',
+  ERP_TOOL_HTTP_JSON:
+    'The response is not JSON (or `select` was given for a non-JSON response), or its JSON nests more than 256 levels deep or holds more than 200,000 objects and arrays (refused before it is parsed).',
   ERP_TOOL_HTTP_SELECT: 'The `select` JSON Pointer found nothing in the response.',
   ERP_TOOL_RESPONSE_TOO_LARGE: 'The response was larger than the cap, enforced while reading.',
   ERP_TOOL_RESULT: "The tool's result could not be serialized.",

@@ -389,7 +389,7 @@ function wrongAnswer(data: string, id: RequestId): string | undefined | 'not-an-
  * What an MCP answer's JSON may hold: tool listings and results nest some tens of levels. Past these,
  * parsing the 4 MiB an answer may take would cost the sidecar some 150 MB (and the SDK parses it again).
  */
-const MCP_JSON_BOUNDS: JsonShape = { depth: 256, structures: 200_000 };
+export const MCP_JSON_BOUNDS: JsonShape = { depth: 256, structures: 200_000 };
 
 function checkJson(text: string, id: RequestId): string {
   const shape = jsonShapeProblem(text, MCP_JSON_BOUNDS);

@@ -244,6 +244,26 @@ describe('ChunkDecoder errors', () => {
     const fits = `data: ${JSON.stringify({ choices: [{ index: 0, delta: { content: 'a'.repeat(1000 * 1024) } }] })}\n\n`;
     expect(read(fits).chunks).toHaveLength(1);
   });
+
+  it('refuses an event whose JSON nests past 128 levels or holds past 100,000 objects, before parsing it', async () => {
+    // Within 1 MiB each, these would parse into half a million objects or arrays.
+    const deep = `data: {"choices":${'['.repeat(200_000)}${']'.repeat(200_000)}}\n\n`;
+    const many = `data: {"choices":[${'{},'.repeat(300_000)}{}]}\n\n`;
+    for (const [text, bound] of [
+      [deep, 'nests JSON more than 128 levels deep'],
+      [many, 'holds more than 100000 JSON objects and arrays'],
+    ] as const) {
+      const r = await expectError(`data: ${JSON.stringify(one)}\n\n${text}`, 'too_large');
+      expect(r.chunks).toEqual([one]);
+      expect(r.error?.message).toContain(bound);
+    }
+    // Brackets inside text are text.
+    const bracketed = { choices: [{ index: 0, delta: { content: '['.repeat(10_000) } }] };
+    expect(read(`data: ${JSON.stringify(bracketed)}\n\n`).chunks).toEqual([bracketed]);
+    // An error event's payload that deep is kept as its text, not parsed.
+    const error = await expectError(`event: error\ndata: ${'['.repeat(200_000)}\n\n`, 'error_event');
+    expect(error.error?.detail).toBe('['.repeat(200_000));
+  });
 });
 
 describe('decoding the recorded streams', () => {

@@ -389,6 +389,32 @@ describe('http tool: limits and cancellation', () => {
     }
   });
 
+  it('refuses JSON that nests past 256 levels or holds past 200,000 objects, before parsing it', async () => {
+    // Under 1 MiB each, both would parse into hundreds of thousands of objects or arrays.
+    const bodies: Record<string, string> = {
+      '/deep': `{"a":${'['.repeat(300_000)}${']'.repeat(300_000)}}`,
+      '/many': `[${'{},'.repeat(250_000)}{}]`,
+      '/fine': JSON.stringify({ text: '['.repeat(10_000), list: [{}, {}] }),
+    };
+    const s = await server((req, res) => {
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(bodies[req.url ?? '']);
+    });
+    const r = await registry(
+      ['deep', 'many', 'fine'].map((name) => ({ name, http: { url: `${s.origin}/${name}` } })),
+    );
+    const host = new URL(s.origin).host;
+    expect(await call(r, 'deep', {})).toMatchObject({
+      outcome: 'error',
+      content: `error: deep failed: the JSON response from ${host} was refused: the body nests JSON more than 256 levels deep`,
+    });
+    expect(await call(r, 'many', {})).toMatchObject({
+      outcome: 'error',
+      content: `error: many failed: the JSON response from ${host} was refused: the body holds more than 200000 JSON objects and arrays`,
+    });
+    expect(await call(r, 'fine', {})).toMatchObject({ outcome: 'ok' });
+  });
+
   it('aborts the request when the caller leaves, and the server sees the connection close', async () => {
     const arrived = gate();
     const closed = gate<{ finished: boolean }>();
