@@ -1,14 +1,23 @@
 /**
  * The http executor's undici interceptors. Each wraps one callback of the response: a size cap
  * enforced while the body arrives, and a non-2xx status turned into a ToolError. Both fail with a
- * sentence that names only the host, never the path or query (which may carry keys).
+ * sentence that names only the host, never the path or query (which may carry keys). Also the bound on
+ * the JSON of any tool server's answer, http and MCP alike.
  */
 import type { Dispatcher } from 'undici';
+import type { JsonShape } from '../http/json-shape.js';
 import { ToolError } from './types.js';
 
 type Interceptor = Dispatcher.DispatcherComposeInterceptor;
 type Handler = Dispatcher.DispatchHandler;
 type Controller = Dispatcher.DispatchController;
+
+/**
+ * What a tool server's JSON answer may hold (an http tool's response, an MCP server's answer, the JSON in
+ * an MCP text block): APIs and tool listings nest some tens of levels. Past these, parsing the megabytes an
+ * answer may take would cost the sidecar some 150 MB (4 MiB of brackets).
+ */
+export const TOOL_ANSWER_JSON_BOUNDS: JsonShape = { depth: 256, structures: 200_000 };
 
 /** Error bodies are read (so the connection can be reused) up to this, then the connection is dropped. */
 const ERROR_BODY_DISCARD_BYTES = 64 * 1024;

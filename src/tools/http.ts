@@ -7,12 +7,12 @@
 import { Writable } from 'node:stream';
 import { Agent, type Dispatcher } from 'undici';
 import { type PrimitiveValue, parseTemplate } from 'url-template';
-import { type JsonShape, jsonShapeProblem } from '../http/json-shape.js';
+import { jsonShapeProblem } from '../http/json-shape.js';
 import type { HttpToolSpec } from '../toolset/schema.js';
 import { templateOrigin } from '../toolset/url-template.js';
 import { resolveValue } from '../toolset/values.js';
 import { ByteCollector } from './byte-collector.js';
-import { responseSizeLimit, statusAsError } from './http-limits.js';
+import { responseSizeLimit, statusAsError, TOOL_ANSWER_JSON_BOUNDS } from './http-limits.js';
 import { type ToolContext, ToolError, type ToolExecutor } from './types.js';
 
 export const DEFAULT_MAX_RESPONSE_BYTES = 1024 * 1024;
@@ -173,9 +173,6 @@ async function send(
   return { statusCode, contentType, text: body.bytes().toString('utf8') };
 }
 
-/** What an API's JSON answer may hold: MCP servers' answers are held to the same. */
-const RESPONSE_JSON_BOUNDS: JsonShape = { depth: 256, structures: 200_000 };
-
 function interpret(
   text: string,
   contentType: string,
@@ -186,7 +183,7 @@ function interpret(
   if (text === '' && select === undefined) return `(empty response, HTTP ${statusCode})`;
   if (select === undefined && !/[/+]json\b/i.test(contentType)) return text;
   // A response within the size cap can still be half a million nested or empty objects to parse.
-  const shape = jsonShapeProblem(text, RESPONSE_JSON_BOUNDS);
+  const shape = jsonShapeProblem(text, TOOL_ANSWER_JSON_BOUNDS);
   if (shape)
     throw new ToolError(`the JSON response from ${host} was refused: ${shape}`, 'ERP_TOOL_HTTP_JSON');
   let document: unknown;

@@ -5,7 +5,7 @@
 import { isDeepStrictEqual } from 'node:util';
 import type { CallToolResult, ContentBlock } from '@modelcontextprotocol/sdk/types.js';
 import { jsonShapeProblem } from '../http/json-shape.js';
-import { MCP_JSON_BOUNDS } from './mcp-fetch.js';
+import { TOOL_ANSWER_JSON_BOUNDS } from './http-limits.js';
 import { ToolError } from './types.js';
 
 function describe(block: ContentBlock): string {
@@ -29,7 +29,7 @@ function describe(block: ContentBlock): string {
 
 /** The text's JSON value, or undefined. The answer's own bound saw this text as one string, not as JSON. */
 function parseJson(text: string): unknown {
-  if (jsonShapeProblem(text, MCP_JSON_BOUNDS)) return undefined;
+  if (jsonShapeProblem(text, TOOL_ANSWER_JSON_BOUNDS)) return undefined;
   try {
     return JSON.parse(text);
   } catch {

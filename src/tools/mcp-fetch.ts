@@ -17,8 +17,9 @@
  *   and the waiting calls would hear nothing until their timeout.
  */
 import { createParser, type EventSourceMessage } from 'eventsource-parser';
-import { type JsonShape, jsonShapeProblem } from '../http/json-shape.js';
+import { jsonShapeProblem } from '../http/json-shape.js';
 import { ByteCollector } from './byte-collector.js';
+import { TOOL_ANSWER_JSON_BOUNDS } from './http-limits.js';
 
 /** The most one answer may carry. */
 export const MAX_MCP_RESPONSE_BYTES = 4 * 1024 * 1024;
@@ -129,7 +130,7 @@ function guardAnswer(
   const checkEvent = (event: EventSourceMessage): EventSourceMessage => {
     if (event.id) resumable = true;
     if (event.event && event.event !== 'message') return event;
-    const problem = wrongAnswer(event.data, id as RequestId);
+    const problem = refusedAnswer(event.data) ?? wrongAnswer(answerOf(event.data), id as RequestId);
     if (problem === 'not-an-answer') return event;
     answered = true;
     return problem ? { ...event, data: errorText(id as RequestId, problem) } : event;
@@ -297,7 +298,7 @@ function capEvents(response: Response, answers?: StreamedAnswers): Response {
   const parser = createParser({
     maxBufferSize: MAX_MCP_RESPONSE_BYTES,
     onEvent: (event) => {
-      refused ??= jsonShapeProblem(event.data, MCP_JSON_BOUNDS);
+      refused ??= jsonShapeProblem(event.data, TOOL_ANSWER_JSON_BOUNDS);
       if (answers && refused === undefined) pending += answers.pass(event);
     },
     onRetry: (ms) => {
@@ -361,12 +362,15 @@ function answerKey(id: RequestId): RequestId {
 
 /** The JSON-RPC answer (result or error) in `data`, or undefined for other messages and what is not JSON. */
 function answerOf(data: string): { id: unknown } | undefined {
-  let message: unknown;
   try {
-    message = JSON.parse(data);
+    return answerIn(JSON.parse(data));
   } catch {
     return undefined;
   }
+}
+
+/** The id of a JSON-RPC answer (a result or an error); undefined for any other message. */
+function answerIn(message: unknown): { id: unknown } | undefined {
   if (message === null || typeof message !== 'object' || Array.isArray(message)) return undefined;
   const m = message as Record<string, unknown>;
   return 'result' in m || 'error' in m ? { id: m.id } : undefined;
@@ -376,24 +380,24 @@ function wrongId(answered: unknown, asked: RequestId): string {
   return `the MCP server answered with the id ${JSON.stringify(answered)}, not ${JSON.stringify(asked)}`;
 }
 
-/** Why `data` is no good as the answer to request `id`; undefined if it is; 'not-an-answer' for other messages. */
-function wrongAnswer(data: string, id: RequestId): string | undefined | 'not-an-answer' {
-  const shape = jsonShapeProblem(data, MCP_JSON_BOUNDS);
-  if (shape) return `the MCP server's answer was refused before parsing: ${shape}`;
-  const answer = answerOf(data);
+/** Why `answer` is no good as the answer to request `id`; undefined if it is; 'not-an-answer' for other messages. */
+function wrongAnswer(
+  answer: { id: unknown } | undefined,
+  id: RequestId,
+): string | undefined | 'not-an-answer' {
   if (!answer) return 'not-an-answer';
   return answerKey(answer.id as RequestId) === answerKey(id) ? undefined : wrongId(answer.id, id);
 }
 
-/**
- * What an MCP answer's JSON may hold: tool listings and results nest some tens of levels. Past these,
- * parsing the 4 MiB an answer may take would cost the sidecar some 150 MB (and the SDK parses it again).
- */
-export const MCP_JSON_BOUNDS: JsonShape = { depth: 256, structures: 200_000 };
+/** Why an answer's text is refused before anything parses it, or undefined. */
+function refusedAnswer(text: string): string | undefined {
+  const shape = jsonShapeProblem(text, TOOL_ANSWER_JSON_BOUNDS);
+  return shape === undefined ? undefined : `the MCP server's answer was refused before parsing: ${shape}`;
+}
 
 function checkJson(text: string, id: RequestId): string {
-  const shape = jsonShapeProblem(text, MCP_JSON_BOUNDS);
-  if (shape) return errorText(id, `the MCP server's answer was refused before parsing: ${shape}`);
+  const refused = refusedAnswer(text);
+  if (refused) return errorText(id, refused);
   let message: unknown;
   try {
     message = JSON.parse(text);
@@ -402,7 +406,7 @@ function checkJson(text: string, id: RequestId): string {
   }
   const answers = Array.isArray(message) ? message : [message];
   for (const answer of answers) {
-    const problem = wrongAnswer(JSON.stringify(answer), id);
+    const problem = wrongAnswer(answerIn(answer), id);
     if (problem !== undefined && problem !== 'not-an-answer') return errorText(id, problem);
   }
   return text;
