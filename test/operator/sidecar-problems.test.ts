@@ -124,14 +124,20 @@ async function readyToolSet(): Promise<void> {
   await expect.poll(() => api.get('configmaps', NS, 'earpiece-toolset-assistant'), POLL).toBeDefined();
 }
 
+/** The operator started (and leading), with ToolSet `assistant` loaded: pods can be injected for it. */
+async function operatorWithToolSet(metrics: OperatorMetrics): Promise<ControlPlane> {
+  const plane = controlPlane('operator', metrics);
+  await plane.start();
+  await readyToolSet();
+  await expect.poll(() => plane.lookup(NS).config('assistant'), POLL).toBeDefined();
+  return plane;
+}
+
 describe('uninjected pods', () => {
   it('counts opted-in pods without the sidecar and reports each once on its owner', async () => {
     const metrics = new OperatorMetrics({ defaultMetrics: false });
-    const plane = controlPlane('operator', metrics);
-    await plane.start();
-    await readyToolSet();
+    const plane = await operatorWithToolSet(metrics);
     await expect.poll(() => plane.toolsets.get('assistant', NS)?.status, POLL).toBeDefined();
-    await expect.poll(() => plane.lookup(NS).config('assistant'), POLL).toBeDefined();
 
     const rs = replicaSet('backend-7d9f');
     pod('backend-7d9f-a', rs, OPTED_IN);
@@ -378,10 +384,7 @@ describe('sidecar problems', () => {
 
   it('reports an injected pod whose ToolSet was deleted: its sidecar runs on with stale tools', async () => {
     const metrics = new OperatorMetrics({ defaultMetrics: false });
-    const plane = controlPlane('operator', metrics);
-    await plane.start();
-    await readyToolSet();
-    await expect.poll(() => plane.lookup(NS).config('assistant'), POLL).toBeDefined();
+    const plane = await operatorWithToolSet(metrics);
     const rs = replicaSet('backend-5');
     const template = injectBackend(NS, plane.lookup(NS), OPTED_IN);
     pod('backend-5-a', rs, template.metadata!.labels!, { spec: template.spec });
@@ -406,10 +409,7 @@ describe('sidecar problems', () => {
 
   it('reports an injected pod whose sidecar waits in ImagePullBackOff, until it runs', async () => {
     const metrics = new OperatorMetrics({ defaultMetrics: false });
-    const plane = controlPlane('operator', metrics);
-    await plane.start();
-    await readyToolSet();
-    await expect.poll(() => plane.lookup(NS).config('assistant'), POLL).toBeDefined();
+    const plane = await operatorWithToolSet(metrics);
     await expect.poll(() => sidecarsReady()?.reason, POLL).toBe('NoPods');
 
     const rs = replicaSet('backend-3');
@@ -498,10 +498,7 @@ describe('sidecar problems', () => {
 
   it('reports a sidecar that runs but is not ready past its startup window', async () => {
     const metrics = new OperatorMetrics({ defaultMetrics: false });
-    const plane = controlPlane('operator', metrics);
-    await plane.start();
-    await readyToolSet();
-    await expect.poll(() => plane.lookup(NS).config('assistant'), POLL).toBeDefined();
+    const plane = await operatorWithToolSet(metrics);
     const rs = replicaSet('backend-4');
     const template = injectBackend(NS, plane.lookup(NS), OPTED_IN);
     const status = (startedAt: Date) => ({
@@ -581,10 +578,7 @@ describe('SidecarsReady across leaders', () => {
 
 describe('a crash-looping sidecar', () => {
   it('keeps SidecarsReady False through its restarts, named by its last exit, with one Event that adds up', async () => {
-    const plane = controlPlane('operator', new OperatorMetrics({ defaultMetrics: false }));
-    await plane.start();
-    await readyToolSet();
-    await expect.poll(() => plane.lookup(NS).config('assistant'), POLL).toBeDefined();
+    const plane = await operatorWithToolSet(new OperatorMetrics({ defaultMetrics: false }));
     await expect.poll(() => sidecarsReady()?.reason, POLL).toBe('NoPods');
     const rs = replicaSet('backend-5');
     const template = injectBackend(NS, plane.lookup(NS), OPTED_IN);
