@@ -34,7 +34,8 @@ interface Round {
 /** What a round measures: many streams at once, or brief turns one at a time. */
 interface Measure {
   title: string;
-  cpuUnit: string;
+  /** How CPU is counted: the table's column (`CPU µs / chunk`), the summary's name, and decimals shown. */
+  cpu: { column: string; name: string; digits: number };
   round(base: EarpieceProxy, head: EarpieceProxy, index: number): Promise<Round>;
 }
 
@@ -64,7 +65,7 @@ async function share(proxy: EarpieceProxy, streams: number): Promise<{ cpuUs: nu
 function streamsMeasure(each: number): Measure {
   return {
     title: `${each} streams each at once`,
-    cpuUnit: 'CPU µs / chunk',
+    cpu: { column: 'CPU µs / chunk', name: 'CPU µs per chunk', digits: 1 },
     async round(base, head, i) {
       // Which build's requests reach the model server first alternates from round to round.
       const [b, h] =
@@ -79,7 +80,7 @@ function streamsMeasure(each: number): Measure {
 function turnsMeasure(turns: number): Measure {
   return {
     title: `${turns} brief turns each, one at a time, alternating`,
-    cpuUnit: 'CPU ms / turn',
+    cpu: { column: 'CPU ms / turn', name: 'CPU ms per turn', digits: 3 },
     async round(base, head, i) {
       const proxies = [base, head] as const;
       const ttft: [number[], number[]] = [[], []];
@@ -107,10 +108,10 @@ function render(rounds: Round[], measure: Measure, base: string): string {
   const lines = [
     `Side by side: this build and ${base}, ${measure.title}, ${rounds.length} rounds.`,
     '',
-    `| round | ${measure.cpuUnit}: base | this | ratio | TTFT p50: base | this | ratio |`,
+    `| round | ${measure.cpu.column}: base | this | ratio | TTFT p50: base | this | ratio |`,
     '|---|---|---|---|---|---|---|',
   ];
-  const digits = measure.cpuUnit.includes('µs') ? 1 : 3;
+  const { digits } = measure.cpu;
   rounds.forEach((r, i) => {
     const [cb, ch] = r.cpu;
     const [tb, th] = r.ttftP50Ms;
@@ -123,7 +124,7 @@ function render(rounds: Round[], measure: Measure, base: string): string {
   const sum = (i: 0 | 1) => rounds.reduce((s, r) => s + r.cpu[i], 0);
   lines.push(
     '',
-    `${measure.cpuUnit.replace(' / ', ' per ')}, this build over the base: median ${median(cpu).toFixed(3)}, all rounds together ${(sum(1) / sum(0)).toFixed(3)}, rounds from ${Math.min(...cpu).toFixed(3)} to ${Math.max(...cpu).toFixed(3)}.`,
+    `${measure.cpu.name}, this build over the base: median ${median(cpu).toFixed(3)}, all rounds together ${(sum(1) / sum(0)).toFixed(3)}, rounds from ${Math.min(...cpu).toFixed(3)} to ${Math.max(...cpu).toFixed(3)}.`,
     `TTFT p50, this build over the base: median ${median(ttft).toFixed(3)}.`,
     '',
   );
