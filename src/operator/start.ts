@@ -20,6 +20,7 @@ import {
   type V1Namespace,
   type V1Pod,
 } from '@kubernetes/client-node';
+import { releaseStartupMemory } from '../runtime/heap.js';
 import { createLogger, type Logger } from '../telemetry/log.js';
 import { OperatorMetrics } from '../telemetry/operator-metrics.js';
 import { type Clock, systemClock } from './clock.js';
@@ -512,6 +513,8 @@ export async function startOperator(o: OperatorOptions): Promise<RunningOperator
     { webhookPort: webhook.port, probePort: port(probes), metricsPort: port(metricsServer) },
     'Started operator',
   );
+  // The informers' first lists and the certificates' work are start-up's garbage; the caches stay.
+  releaseStartupMemory();
   return {
     plane,
     certificates,

@@ -1,11 +1,18 @@
 /**
  * The idle sidecar stays small (DESIGN: idle RSS): a proxy serving HTTP and builtin tools never loads the
- * packages only other ToolSets or tools need. Checked on the built proxy in a fresh process, with a module
- * hook that reports every package it resolves.
+ * packages only other ToolSets or tools need (checked with a module hook that reports every package it
+ * resolves), and the proxy and the operator, started as the image starts them, give back the young
+ * generation their start-up grew. Each on the built command in a fresh process.
  */
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
-import { describe, expect, it } from 'vitest';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { type AddressInfo, createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { EARPIECE_NODE_FLAGS } from '../../bench/procs.js';
+import { type FakeApiServer, startFakeApiServer } from '../support/fake-apiserver.js';
 
 const HOOK = `
 import { registerHooks } from 'node:module';
@@ -33,54 +40,173 @@ const NOT_AT_IDLE = [
   '@opentelemetry/sdk-node',
 ];
 
+/**
+ * A built command started with `nodeFlags`; resolves once `started` finds its metrics URL in what it logs.
+ * SIGKILLed by stop(): only its start-up is looked at.
+ */
+async function startCommand(
+  nodeFlags: readonly string[],
+  args: readonly string[],
+  env: NodeJS.ProcessEnv,
+  started: (stdout: string) => string | undefined,
+) {
+  const child = spawn(process.execPath, [...nodeFlags, 'dist/cmd/earpiece.js', ...args], {
+    env: { ...process.env, ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let stderr = '';
+  let stdout = '';
+  child.stderr.on('data', (chunk: Buffer) => {
+    stderr += chunk;
+  });
+  const exited = once(child, 'exit');
+  const stop = async () => {
+    child.kill('SIGKILL');
+    await exited;
+  };
+  try {
+    const metricsUrl = await new Promise<string>((resolve, reject) => {
+      const timer = setTimeout(
+        () => reject(new Error(`no start within 20 s:\n${stdout}\n${stderr}`)),
+        20_000,
+      );
+      child.stdout.on('data', (chunk: Buffer) => {
+        stdout += chunk;
+        const url = started(stdout);
+        if (url) {
+          clearTimeout(timer);
+          resolve(url);
+        }
+      });
+      void exited.then(([code]) => reject(new Error(`exited ${code}:\n${stdout}\n${stderr}`)));
+    });
+    return { metricsUrl, stderr: () => stderr, stop };
+  } catch (err) {
+    await stop();
+    throw err;
+  }
+}
+
+/** The proxy with the weather example. */
+function startIdleProxy(nodeFlags: readonly string[]) {
+  return startCommand(
+    nodeFlags,
+    [
+      'proxy',
+      '--toolset',
+      'examples/weather-toolset.yaml',
+      '--upstream',
+      'http://127.0.0.1:9',
+      '--host',
+      '127.0.0.1',
+      '--port',
+      '0',
+      '--metrics-port',
+      '0',
+    ],
+    { EARPIECE_METRICS_HOST: '127.0.0.1' },
+    (stdout) => stdout.match(/"metrics":"([^"]+)"/)?.[1],
+  );
+}
+
+/** A port nothing listens on now (the operator takes no port 0). */
+async function freePort(): Promise<number> {
+  const server = createServer().listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  const { port } = server.address() as AddressInfo;
+  server.close();
+  return port;
+}
+
+/** The young generation's size, as the process's /metrics reports it. */
+async function newSpaceBytes(metricsUrl: string): Promise<number> {
+  const metrics = await (await fetch(`${metricsUrl}/metrics`)).text();
+  const size = metrics.match(/^nodejs_heap_space_size_total_bytes\{space="new"\} (\d+)$/m)?.[1];
+  expect(size, 'the new space gauge').toBeDefined();
+  return Number(size);
+}
+
+/** The image's flags, and the same without --expose-gc (the collection cannot run). */
+const WITHOUT_GC = EARPIECE_NODE_FLAGS.filter((flag) => flag !== '--expose-gc');
+const MiB = 2 ** 20;
+
 describe('an idle proxy with HTTP and builtin tools', () => {
   it('loads none of the packages it does not need', async () => {
-    const child = spawn(
-      process.execPath,
-      [
-        '--import',
-        `data:text/javascript,${encodeURIComponent(HOOK)}`,
-        'dist/cmd/earpiece.js',
-        'proxy',
-        '--toolset',
-        'examples/weather-toolset.yaml',
-        '--upstream',
-        'http://127.0.0.1:9',
-        '--host',
-        '127.0.0.1',
-        '--port',
-        '0',
-        '--metrics-port',
-        '0',
-      ],
-      { env: { ...process.env, EARPIECE_METRICS_HOST: '127.0.0.1' }, stdio: ['ignore', 'pipe', 'pipe'] },
-    );
-    let stderr = '';
-    let stdout = '';
-    child.stderr.on('data', (chunk: Buffer) => {
-      stderr += chunk;
-    });
-    try {
-      await new Promise<void>((resolve, reject) => {
-        const timer = setTimeout(
-          () => reject(new Error(`no start within 20 s:\n${stdout}\n${stderr}`)),
-          20_000,
-        );
-        child.stdout.on('data', (chunk: Buffer) => {
-          stdout += chunk;
-          if (/listening|Server listening|"port"/i.test(stdout)) {
-            clearTimeout(timer);
-            resolve();
-          }
-        });
-        child.once('exit', (code) => reject(new Error(`exited ${code}:\n${stdout}\n${stderr}`)));
-      });
-    } finally {
-      child.kill('SIGKILL');
-      await once(child, 'exit').catch(() => undefined);
-    }
-    const loaded = [...stderr.matchAll(/^loaded (.+)$/gm)].map((m) => m[1]);
+    const proxy = await startIdleProxy(['--import', `data:text/javascript,${encodeURIComponent(HOOK)}`]);
+    await proxy.stop();
+    const loaded = [...proxy.stderr().matchAll(/^loaded (.+)$/gm)].map((m) => m[1]);
     expect(loaded).toContain('fastify');
     expect(loaded.filter((name) => NOT_AT_IDLE.includes(name as string))).toEqual([]);
+  });
+
+  it("gives back, under the image's Node flags, the young generation start-up grew", async () => {
+    const sizeWith = async (nodeFlags: readonly string[]) => {
+      const proxy = await startIdleProxy(nodeFlags);
+      try {
+        return await newSpaceBytes(proxy.metricsUrl);
+      } finally {
+        await proxy.stop();
+      }
+    };
+    const released = await sizeWith(EARPIECE_NODE_FLAGS);
+    const kept = await sizeWith(WITHOUT_GC);
+    expect(kept).toBeGreaterThan(8 * MiB);
+    expect(released).toBeLessThanOrEqual(kept / 2);
+  });
+});
+
+describe('an idle operator', () => {
+  let api: FakeApiServer;
+  let dir: string;
+  beforeAll(async () => {
+    // No Kubernetes API server runs here: the operator talks to the API fake, as in the operator tests.
+    api = await startFakeApiServer({ bookmarkIntervalMs: 200 });
+    api.create('mutatingwebhookconfigurations', {
+      apiVersion: 'admissionregistration.k8s.io/v1',
+      kind: 'MutatingWebhookConfiguration',
+      metadata: { name: 'earpiece-webhook' },
+      webhooks: [{ name: 'pods.earpiece.dev', clientConfig: {} }],
+    });
+    dir = await mkdtemp(join(tmpdir(), 'earpiece-operator-'));
+    await writeFile(join(dir, 'kubeconfig'), api.kubeConfig('operator').exportConfig());
+  });
+  afterAll(async () => {
+    await api.close();
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it("gives back, under the image's Node flags, the young generation start-up grew", async () => {
+    const sizeWith = async (nodeFlags: readonly string[]) => {
+      const operator = await startCommand(
+        nodeFlags,
+        [
+          'operator',
+          '--leader-election',
+          'false',
+          '--native-sidecar',
+          'false',
+          '--webhook-port',
+          String(await freePort()),
+          '--probe-port',
+          String(await freePort()),
+          '--metrics-port',
+          String(await freePort()),
+        ],
+        { KUBECONFIG: join(dir, 'kubeconfig'), KUBERNETES_SERVICE_HOST: '', EARPIECE_POD_NAME: 'operator-0' },
+        (stdout) => {
+          const port = stdout.match(/"metricsPort":(\d+)[^\n]*Started operator/)?.[1];
+          return port && `http://127.0.0.1:${port}`;
+        },
+      );
+      try {
+        return await newSpaceBytes(operator.metricsUrl);
+      } finally {
+        await operator.stop();
+      }
+    };
+    const released = await sizeWith(EARPIECE_NODE_FLAGS);
+    const kept = await sizeWith(WITHOUT_GC);
+    expect(kept).toBeGreaterThan(4 * MiB);
+    expect(released).toBeLessThanOrEqual(kept / 2);
   });
 });

@@ -10,7 +10,7 @@ it('the benchmark starts the proxy with the Node flags of the image', () => {
     .find((l) => l.startsWith('ENTRYPOINT '));
   const entrypoint = JSON.parse(line?.slice('ENTRYPOINT '.length) ?? '[]') as string[];
   const flags = entrypoint.slice(1, entrypoint.indexOf('dist/cmd/earpiece.js'));
-  expect(flags).toEqual(['--max-semi-space-size=2', '--liftoff-only']);
+  expect(flags).toEqual(['--max-semi-space-size=16', '--expose-gc', '--liftoff-only']);
   expect(EARPIECE_NODE_FLAGS).toEqual(flags);
 });
 
