@@ -31,10 +31,11 @@ COPY --from=build /app/dist ./dist
 USER 65532:65532
 # proxy: chat 8095, metrics and probes 9464; operator: webhook 9443, metrics 8080, probes 8081.
 EXPOSE 8095 9464 9443 8080 8081
-# The young generation at V8's own default size (16 MB semi-spaces), which the process gives back once
-# start-up is done (src/runtime/heap.ts, hence --expose-gc): an idle sidecar stays near 82 MB, and under load
-# it scavenges less often than with 2 MB. WebAssembly stays on its baseline compiler: optimizing the SQL
-# parser (libpg-query) on its first use took 550 MB for a moment, past the sidecar's 256Mi limit.
+# A young generation of 16 MB semi-spaces (without the flag, Node sizes it from the container's memory
+# limit: 1 MB under 256Mi), which the process gives back once start-up is done (src/runtime/heap.ts, hence
+# --expose-gc): an idle sidecar stays near 82 MB, and under load it scavenges less often than with 2 MB.
+# WebAssembly stays on its baseline compiler: optimizing the SQL parser (libpg-query) on its first use took
+# 550 MB for a moment, past the sidecar's 256Mi limit.
 # npm run bench starts the proxy with the same flags; docs/benchmark.md shows the trade-offs.
 ENTRYPOINT ["node", "--max-semi-space-size=16", "--expose-gc", "--liftoff-only", "dist/cmd/earpiece.js"]
 CMD ["--help"]

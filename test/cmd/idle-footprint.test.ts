@@ -118,12 +118,17 @@ async function freePort(): Promise<number> {
   return port;
 }
 
-/** The young generation's size, as the process's /metrics reports it. */
-async function newSpaceBytes(metricsUrl: string): Promise<number> {
-  const metrics = await (await fetch(`${metricsUrl}/metrics`)).text();
-  const size = metrics.match(/^nodejs_heap_space_size_total_bytes\{space="new"\} (\d+)$/m)?.[1];
-  expect(size, 'the new space gauge').toBeDefined();
-  return Number(size);
+/** The young generation's size, as the started command's /metrics reports it; the command is stopped after. */
+async function newSpaceBytes(starting: ReturnType<typeof startCommand>): Promise<number> {
+  const command = await starting;
+  try {
+    const metrics = await (await fetch(`${command.metricsUrl}/metrics`)).text();
+    const size = metrics.match(/^nodejs_heap_space_size_total_bytes\{space="new"\} (\d+)$/m)?.[1];
+    expect(size, 'the new space gauge').toBeDefined();
+    return Number(size);
+  } finally {
+    await command.stop();
+  }
 }
 
 /** The image's flags, and the same without --expose-gc (the collection cannot run). */
@@ -140,16 +145,8 @@ describe('an idle proxy with HTTP and builtin tools', () => {
   });
 
   it("gives back, under the image's Node flags, the young generation start-up grew", async () => {
-    const sizeWith = async (nodeFlags: readonly string[]) => {
-      const proxy = await startIdleProxy(nodeFlags);
-      try {
-        return await newSpaceBytes(proxy.metricsUrl);
-      } finally {
-        await proxy.stop();
-      }
-    };
-    const released = await sizeWith(EARPIECE_NODE_FLAGS);
-    const kept = await sizeWith(WITHOUT_GC);
+    const released = await newSpaceBytes(startIdleProxy(EARPIECE_NODE_FLAGS));
+    const kept = await newSpaceBytes(startIdleProxy(WITHOUT_GC));
     expect(kept).toBeGreaterThan(8 * MiB);
     expect(released).toBeLessThanOrEqual(kept / 2);
   });
@@ -175,37 +172,33 @@ describe('an idle operator', () => {
     await rm(dir, { recursive: true, force: true });
   });
 
+  /** The operator with its ports on free ones (it takes no port 0), on the API fake. */
+  const startIdleOperator = async (nodeFlags: readonly string[]) =>
+    startCommand(
+      nodeFlags,
+      [
+        'operator',
+        '--leader-election',
+        'false',
+        '--native-sidecar',
+        'false',
+        '--webhook-port',
+        String(await freePort()),
+        '--probe-port',
+        String(await freePort()),
+        '--metrics-port',
+        String(await freePort()),
+      ],
+      { KUBECONFIG: join(dir, 'kubeconfig'), KUBERNETES_SERVICE_HOST: '', EARPIECE_POD_NAME: 'operator-0' },
+      (stdout) => {
+        const port = stdout.match(/"metricsPort":(\d+)[^\n]*Started operator/)?.[1];
+        return port && `http://127.0.0.1:${port}`;
+      },
+    );
+
   it("gives back, under the image's Node flags, the young generation start-up grew", async () => {
-    const sizeWith = async (nodeFlags: readonly string[]) => {
-      const operator = await startCommand(
-        nodeFlags,
-        [
-          'operator',
-          '--leader-election',
-          'false',
-          '--native-sidecar',
-          'false',
-          '--webhook-port',
-          String(await freePort()),
-          '--probe-port',
-          String(await freePort()),
-          '--metrics-port',
-          String(await freePort()),
-        ],
-        { KUBECONFIG: join(dir, 'kubeconfig'), KUBERNETES_SERVICE_HOST: '', EARPIECE_POD_NAME: 'operator-0' },
-        (stdout) => {
-          const port = stdout.match(/"metricsPort":(\d+)[^\n]*Started operator/)?.[1];
-          return port && `http://127.0.0.1:${port}`;
-        },
-      );
-      try {
-        return await newSpaceBytes(operator.metricsUrl);
-      } finally {
-        await operator.stop();
-      }
-    };
-    const released = await sizeWith(EARPIECE_NODE_FLAGS);
-    const kept = await sizeWith(WITHOUT_GC);
+    const released = await newSpaceBytes(startIdleOperator(EARPIECE_NODE_FLAGS));
+    const kept = await newSpaceBytes(startIdleOperator(WITHOUT_GC));
     expect(kept).toBeGreaterThan(4 * MiB);
     expect(released).toBeLessThanOrEqual(kept / 2);
   });
