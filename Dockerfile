@@ -33,7 +33,7 @@ USER 65532:65532
 EXPOSE 8095 9464 9443 8080 8081
 # A young generation of 16 MB semi-spaces (without the flag, Node sizes it from the container's memory
 # limit: 1 MB under 256Mi), which the process gives back once start-up is done (src/runtime/heap.ts, hence
-# --expose-gc): an idle sidecar stays near 82 MB, and under load it scavenges less often than with 2 MB.
+# --expose-gc): an idle sidecar takes 81 to 83 MB, and under load it scavenges less often than with 2 MB.
 # WebAssembly stays on its baseline compiler: optimizing the SQL parser (libpg-query) on its first use took
 # 550 MB for a moment, past the sidecar's 256Mi limit.
 # npm run bench starts the proxy with the same flags; docs/benchmark.md shows the trade-offs.

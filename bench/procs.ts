@@ -228,9 +228,10 @@ export interface EarpieceProxy {
 }
 
 /**
- * The Node flags of the shipped image (Dockerfile ENTRYPOINT): V8's default young generation, given back
- * after start-up (src/runtime/heap.ts, which needs --expose-gc), and WebAssembly left on its baseline compiler (the SQL parser's optimization took
- * 550 MB at once). EARPIECE_BENCH_NODE_FLAGS replaces them, to compare (" " for none).
+ * The Node flags of the shipped image (Dockerfile ENTRYPOINT): a young generation capped at 16 MB
+ * semi-spaces and given back after start-up (src/runtime/heap.ts, which needs --expose-gc), and WebAssembly
+ * left on its baseline compiler (the SQL parser's optimization took 550 MB at once).
+ * EARPIECE_BENCH_NODE_FLAGS replaces them, to compare (" " for none).
  */
 export const EARPIECE_NODE_FLAGS = (
   process.env.EARPIECE_BENCH_NODE_FLAGS ?? '--max-semi-space-size=16 --expose-gc --liftoff-only'

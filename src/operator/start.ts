@@ -513,7 +513,8 @@ export async function startOperator(o: OperatorOptions): Promise<RunningOperator
     { webhookPort: webhook.port, probePort: port(probes), metricsPort: port(metricsServer) },
     'Started operator',
   );
-  // The informers' first lists and the certificates' work are start-up's garbage; the caches stay.
+  // The informers have listed once and the certificates are made: their garbage goes, the caches stay. (A
+  // leader's first reconciles come later, as its ordinary work.)
   releaseStartupMemory();
   return {
     plane,

@@ -264,7 +264,7 @@ export async function startProxy(options: ProxyOptions): Promise<RunningProxy> {
     'Proxy listening.',
   );
   // Last, since what listening and the log allocate would grow the young generation again. A request that
-  // comes this early waits for the collection (some 50 ms).
+  // comes this early waits for the collection (35 to 50 ms here; more for a larger heap).
   releaseStartupMemory();
 
   return {

@@ -4,15 +4,15 @@
  * resolves), and the proxy and the operator, started as the image starts them, give back the young
  * generation their start-up grew. Each on the built command in a fresh process.
  */
-import { spawn } from 'node:child_process';
+import { type ChildProcess, spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { type AddressInfo, createServer } from 'node:net';
+import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { EARPIECE_NODE_FLAGS } from '../../bench/procs.js';
 import { type FakeApiServer, startFakeApiServer } from '../support/fake-apiserver.js';
+import { imageNodeFlags } from '../support/image-flags.js';
 
 const HOOK = `
 import { registerHooks } from 'node:module';
@@ -40,6 +40,12 @@ const NOT_AT_IDLE = [
   '@opentelemetry/sdk-node',
 ];
 
+/** Commands started and not stopped yet: a test that times out mid-start leaves none behind. */
+const running = new Set<ChildProcess>();
+afterAll(() => {
+  for (const child of running) child.kill('SIGKILL');
+});
+
 /**
  * A built command started with `nodeFlags`; resolves once `started` finds its metrics URL in what it logs.
  * SIGKILLed by stop(): only its start-up is looked at.
@@ -54,6 +60,7 @@ async function startCommand(
     env: { ...process.env, ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
+  running.add(child);
   let stderr = '';
   let stdout = '';
   child.stderr.on('data', (chunk: Buffer) => {
@@ -62,7 +69,8 @@ async function startCommand(
   const exited = once(child, 'exit');
   const stop = async () => {
     child.kill('SIGKILL');
-    await exited;
+    await exited.catch(() => undefined);
+    running.delete(child);
   };
   try {
     const metricsUrl = await new Promise<string>((resolve, reject) => {
@@ -78,7 +86,7 @@ async function startCommand(
           resolve(url);
         }
       });
-      void exited.then(([code]) => reject(new Error(`exited ${code}:\n${stdout}\n${stderr}`)));
+      exited.then(([code]) => reject(new Error(`exited ${code}:\n${stdout}\n${stderr}`)), reject);
     });
     return { metricsUrl, stderr: () => stderr, stop };
   } catch (err) {
@@ -105,17 +113,27 @@ function startIdleProxy(nodeFlags: readonly string[]) {
       '0',
     ],
     { EARPIECE_METRICS_HOST: '127.0.0.1' },
-    (stdout) => stdout.match(/"metrics":"([^"]+)"/)?.[1],
+    (stdout) => stdout.match(/"metrics":"([^"]+)"[^\n]*Proxy listening\./)?.[1],
   );
 }
 
-/** A port nothing listens on now (the operator takes no port 0). */
+/**
+ * A port nothing listens on now, for the operator, which takes no port 0. Drawn below Linux's ephemeral range
+ * (32768 and up), which the system hands out for port 0 and for outgoing connections: other tests running
+ * beside this one cannot take it before the operator binds it.
+ */
 async function freePort(): Promise<number> {
-  const server = createServer().listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  const { port } = server.address() as AddressInfo;
-  server.close();
-  return port;
+  for (;;) {
+    const port = 20_000 + Math.floor(Math.random() * 12_000);
+    const server = createServer();
+    const bound = await new Promise<boolean>((resolve) => {
+      server.once('error', () => resolve(false));
+      server.listen(port, '0.0.0.0', () => resolve(true));
+    });
+    if (!bound) continue;
+    await new Promise((resolve) => server.close(resolve));
+    return port;
+  }
 }
 
 /** The young generation's size, as the started command's /metrics reports it; the command is stopped after. */
@@ -132,7 +150,8 @@ async function newSpaceBytes(starting: ReturnType<typeof startCommand>): Promise
 }
 
 /** The image's flags, and the same without --expose-gc (the collection cannot run). */
-const WITHOUT_GC = EARPIECE_NODE_FLAGS.filter((flag) => flag !== '--expose-gc');
+const IMAGE_FLAGS = imageNodeFlags();
+const WITHOUT_GC = IMAGE_FLAGS.filter((flag) => flag !== '--expose-gc');
 const MiB = 2 ** 20;
 
 describe('an idle proxy with HTTP and builtin tools', () => {
@@ -145,11 +164,11 @@ describe('an idle proxy with HTTP and builtin tools', () => {
   });
 
   it("gives back, under the image's Node flags, the young generation start-up grew", async () => {
-    const released = await newSpaceBytes(startIdleProxy(EARPIECE_NODE_FLAGS));
+    const released = await newSpaceBytes(startIdleProxy(IMAGE_FLAGS));
     const kept = await newSpaceBytes(startIdleProxy(WITHOUT_GC));
     expect(kept).toBeGreaterThan(8 * MiB);
     expect(released).toBeLessThanOrEqual(kept / 2);
-  });
+  }, 60_000);
 });
 
 describe('an idle operator', () => {
@@ -197,9 +216,9 @@ describe('an idle operator', () => {
     );
 
   it("gives back, under the image's Node flags, the young generation start-up grew", async () => {
-    const released = await newSpaceBytes(startIdleOperator(EARPIECE_NODE_FLAGS));
+    const released = await newSpaceBytes(startIdleOperator(IMAGE_FLAGS));
     const kept = await newSpaceBytes(startIdleOperator(WITHOUT_GC));
     expect(kept).toBeGreaterThan(4 * MiB);
     expect(released).toBeLessThanOrEqual(kept / 2);
-  });
+  }, 60_000);
 });

@@ -1,15 +1,11 @@
 import { execFileSync } from 'node:child_process';
-import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { expect, it } from 'vitest';
 import { EARPIECE_NODE_FLAGS } from '../../bench/procs.js';
+import { imageNodeFlags } from '../support/image-flags.js';
 
 it('the benchmark starts the proxy with the Node flags of the image', () => {
-  const line = readFileSync('Dockerfile', 'utf8')
-    .split('\n')
-    .find((l) => l.startsWith('ENTRYPOINT '));
-  const entrypoint = JSON.parse(line?.slice('ENTRYPOINT '.length) ?? '[]') as string[];
-  const flags = entrypoint.slice(1, entrypoint.indexOf('dist/cmd/earpiece.js'));
+  const flags = imageNodeFlags();
   expect(flags).toEqual(['--max-semi-space-size=16', '--expose-gc', '--liftoff-only']);
   expect(EARPIECE_NODE_FLAGS).toEqual(flags);
 });
