@@ -17,6 +17,7 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
+import { IDLE_COLLECTION_AFTER_MS } from '../src/runtime/heap.js';
 import { FLOODS, type FloodPeak } from './floods.js';
 import { burst, type PhaseResult, phase, sequence, stream, type Target, target } from './load.js';
 import { type LookupCost, measureLookup } from './memory.js';
@@ -573,6 +574,12 @@ export async function main(argv: string[]): Promise<number> {
     log(`Interrupted turns through earpiece (${CANCEL_TURNS} streams, ${CANCEL_TURNS} tool calls)…`);
     const cancelled = await cancellations(p, to.earpiece as Target);
     const floods = await floodPeaks(earpiece, log);
+    // The load is over: once no turn has been open for a while, the proxy gives back what the load grew.
+    const afterLoad = memoryMb(earpiece.pid, 'VmRSS');
+    const quietMs = IDLE_COLLECTION_AFTER_MS + 5000;
+    log(`${quietMs / 1000} s with no turn open…`);
+    await sleep(quietMs);
+    const released = { afterLoad, afterQuiet: memoryMb(earpiece.pid, 'VmRSS'), quietSeconds: quietMs / 1000 };
 
     const voice = await voiceReport(log);
     const report = render({
@@ -582,6 +589,7 @@ export async function main(argv: string[]): Promise<number> {
       early,
       modes,
       idle,
+      released,
       handoffs,
       cancelled,
       floods,
@@ -651,6 +659,8 @@ function render(r: {
   early: EarlyStart;
   modes: Mode[];
   idle: { earpiece: number; nginx: number | undefined };
+  /** earpiece's RSS once the whole load is over, and after as long again with no turn open. */
+  released: { afterLoad: number; afterQuiet: number; quietSeconds: number };
   handoffs: Handoffs;
   cancelled: Cancellations;
   floods: FloodPeak[] | undefined;
@@ -721,7 +731,8 @@ function render(r: {
     '',
     `Proxy RSS at idle after start: earpiece ${r.idle.earpiece.toFixed(1)} MB${r.idle.nginx === undefined ? '' : `, nginx worker ${r.idle.nginx.toFixed(1)} MB`}. ` +
       `Tool memory lookup (ToolMemory.prepare, 40 messages, ${r.lookup.historyChars.toLocaleString('en')} characters, median of ${r.lookup.hitRuns.length} runs): ` +
-      `${r.lookup.hitUs.toFixed(2)} µs with two exchanges spliced back, ${r.lookup.missUs.toFixed(2)} µs with none.`,
+      `${r.lookup.hitUs.toFixed(2)} µs with two exchanges spliced back, ${r.lookup.missUs.toFixed(2)} µs with none. ` +
+      `earpiece's RSS once the load was over: ${r.released.afterLoad.toFixed(1)} MB; after ${r.released.quietSeconds} s with no turn open: ${r.released.afterQuiet.toFixed(1)} MB.`,
   );
   lines.push(...sharedStateReport(r.sharedState));
 

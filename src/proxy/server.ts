@@ -27,6 +27,13 @@ export interface ServerDeps {
   lastReloadFailure?(): ReloadFailure | undefined;
   telemetry: ProxyTelemetry;
   logger: Logger;
+  /** Hears each chat turn start and end (src/runtime/heap.ts's IdleCollection waits for none to be open). */
+  turnActivity?: TurnActivity | undefined;
+}
+
+export interface TurnActivity {
+  turnStarted(): void;
+  turnEnded(): void;
 }
 
 export interface ServerLimits {

@@ -4,7 +4,7 @@
  * accepting, let open turns finish (up to turnTimeout), flush telemetry.
  */
 import type { AddressInfo } from 'node:net';
-import { releaseStartupMemory } from '../runtime/heap.js';
+import { IdleCollection, type IdleCollectionOptions, releaseStartupMemory } from '../runtime/heap.js';
 import { createTelemetry, type ProxyTelemetry } from '../telemetry/index.js';
 import { createLogger, type Logger } from '../telemetry/log.js';
 import { scrubCredentials } from '../telemetry/scrub.js';
@@ -49,6 +49,8 @@ export interface ProxyOptions {
   limits?: ServerLimits;
   /** A tool call's time for the shared state (default 50 ms); tests on a loaded machine give it more. */
   sharedStateBudgetMs?: number;
+  /** When the memory a load grew is given back (src/runtime/heap.ts; needs node's --expose-gc). */
+  idleCollection?: Omit<IdleCollectionOptions, 'onCollected'>;
 }
 
 export interface RunningProxy {
@@ -266,6 +268,16 @@ export async function startProxy(options: ProxyOptions): Promise<RunningProxy> {
   // Last, since what listening and the log allocate would grow the young generation again. A request that
   // comes this early waits for the collection (35 to 50 ms here; more for a larger heap).
   releaseStartupMemory();
+  // Measured from here, in the same tick: no turn can have started yet.
+  const idleCollection = IdleCollection.forProcess({
+    ...options.idleCollection,
+    onCollected: ({ rssBeforeBytes, rssAfterBytes, ms }) =>
+      logger.info(
+        { rssBeforeMb: mb(rssBeforeBytes), rssAfterMb: mb(rssAfterBytes), ms: Math.round(ms) },
+        'Gave back the memory the last load grew, with no turn open.',
+      ),
+  });
+  deps.turnActivity = idleCollection;
 
   return {
     url: address(app),
@@ -278,6 +290,7 @@ export async function startProxy(options: ProxyOptions): Promise<RunningProxy> {
     close: async () => {
       ready = false;
       watcher.close();
+      idleCollection?.close();
       const drain = setTimeout(() => app.server.closeAllConnections(), active.toolset.limits.turnTimeoutMs);
       // A connection whose turn just ended would otherwise hold the close until the client's keep-alive lapses.
       const sweep = setInterval(() => app.server.closeIdleConnections(), 100);
@@ -289,6 +302,10 @@ export async function startProxy(options: ProxyOptions): Promise<RunningProxy> {
       await telemetry.shutdown();
     },
   };
+}
+
+function mb(bytes: number): number {
+  return Math.round(bytes / 1e5) / 10;
 }
 
 /** A URL's origin, for logs (never its userinfo, path or query). */

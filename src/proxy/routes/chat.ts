@@ -51,6 +51,8 @@ export async function chatRoutes(
     });
     // Gone while the body was read: 'close' has already fired.
     if (res.destroyed) client.abort(new Error('client closed the connection'));
+    const activity = deps.turnActivity;
+    activity?.turnStarted();
     try {
       const turn = runTurn(
         {
@@ -77,6 +79,7 @@ export async function chatRoutes(
       );
     } finally {
       if (streaming) deps.telemetry.stream({ change: 'closed' });
+      activity?.turnEnded();
       closeIfUnread(res, unreadAnswerMs);
     }
   });
