@@ -32,9 +32,10 @@ USER 65532:65532
 # proxy: chat 8095, metrics and probes 9464; operator: webhook 9443, metrics 8080, probes 8081.
 EXPOSE 8095 9464 9443 8080 8081
 # A young generation of 16 MB semi-spaces (without the flag, Node sizes it from the container's memory
-# limit: 1 MB under 256Mi), which the process gives back once start-up is done, and after a load once no turn
-# has been open for 30 s (src/runtime/heap.ts, hence --expose-gc): an idle sidecar takes 81 to 83 MB, one that
-# took a burst of 1,000 streams about 150 MB (300 without), and under load it scavenges less often than with 2 MB.
+# limit: 1 MB under 256Mi), which the process gives back once start-up is done, and after a load that grew RSS
+# by 32 MiB once no turn has been open for 30 s (src/runtime/heap.ts, hence --expose-gc): an idle sidecar takes
+# 81 to 83 MB, one that took a burst of 1,000 streams about 150 MB (300 without), and under load it scavenges
+# less often than with 2 MB.
 # WebAssembly stays on its baseline compiler: optimizing the SQL parser (libpg-query) on its first use took
 # 550 MB for a moment, past the sidecar's 256Mi limit.
 # npm run bench starts the proxy with the same flags; docs/benchmark.md shows the trade-offs.

@@ -173,7 +173,7 @@ export async function main(argv: string[]): Promise<number> {
   const proxies: EarpieceProxy[] = [];
   try {
     const toolset = await writeToolSet(dir, upstream.toolUrl);
-    const base = await startEarpiece(toolset, upstream.upstreamUrl, baseCli);
+    const base = await startEarpiece(toolset, upstream.upstreamUrl, { cli: baseCli });
     proxies.push(base);
     const head = await startEarpiece(toolset, upstream.upstreamUrl);
     proxies.push(head);

@@ -125,7 +125,7 @@ export async function main(argv: string[]): Promise<number> {
   try {
     const toolset = await writeToolSet(dir, upstream.toolUrl);
     const earpiece = await measure(
-      (flags) => startEarpiece(toolset, upstream.upstreamUrl, undefined, flags),
+      (flags) => startEarpiece(toolset, upstream.upstreamUrl, { extraFlags: flags }),
       streams,
     );
     const hop = await measure((flags) => startNodeHop(upstream.upstreamUrl, flags), streams);
@@ -134,12 +134,10 @@ export async function main(argv: string[]): Promise<number> {
         ? undefined
         : await measure(
             (flags) =>
-              startEarpiece(
-                toolset,
-                upstream.upstreamUrl,
-                join(resolve(values.base as string), 'dist/cmd/earpiece.js'),
-                flags,
-              ),
+              startEarpiece(toolset, upstream.upstreamUrl, {
+                cli: join(resolve(values.base as string), 'dist/cmd/earpiece.js'),
+                extraFlags: flags,
+              }),
             streams,
           );
     const kb = (bytes: number) => `${(bytes / 1024).toFixed(1)} KB`;

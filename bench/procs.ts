@@ -239,22 +239,31 @@ export const EARPIECE_NODE_FLAGS = (
   .split(' ')
   .filter(Boolean);
 
-/**
- * `cli`: another build's dist/cmd/earpiece.js (ab.ts); this build's by default. `extraFlags`: Node flags
- * after the image's (heap.ts asks for heap snapshots).
- */
+export interface EarpieceStart {
+  /** Another build's dist/cmd/earpiece.js (ab.ts); this build's by default. */
+  cli?: string;
+  /** Node flags after the image's (heap.ts asks for heap snapshots). */
+  extraFlags?: readonly string[];
+  /**
+   * EARPIECE_IDLE_COLLECTION_AFTER; "0" (off) by default: a proxy that idles while the other paths are
+   * measured would start its next round with its memory given back, unlike the hop and unlike earlier runs.
+   * run.ts measures the collection on a proxy of its own.
+   */
+  idleCollectionAfter?: string;
+}
+
 export async function startEarpiece(
   toolsetPath: string,
   upstreamUrl: string,
-  cli = fileURLToPath(new URL('../cmd/earpiece.js', import.meta.url)),
-  extraFlags: readonly string[] = [],
+  options: EarpieceStart = {},
 ): Promise<EarpieceProxy> {
+  const cli = options.cli ?? fileURLToPath(new URL('../cmd/earpiece.js', import.meta.url));
   const child = spawn(
     process.execPath,
     [
       // The container image starts node with these flags (Dockerfile ENTRYPOINT): the bench measures the same.
       ...EARPIECE_NODE_FLAGS,
-      ...extraFlags,
+      ...(options.extraFlags ?? []),
       cli,
       'proxy',
       '--toolset',
@@ -269,7 +278,11 @@ export async function startEarpiece(
       '0',
     ],
     {
-      env: { ...process.env, EARPIECE_METRICS_HOST: '127.0.0.1' },
+      env: {
+        ...process.env,
+        EARPIECE_METRICS_HOST: '127.0.0.1',
+        EARPIECE_IDLE_COLLECTION_AFTER: options.idleCollectionAfter ?? '0',
+      },
       stdio: ['ignore', 'pipe', 'inherit'],
     },
   );

@@ -483,7 +483,8 @@ export async function main(argv: string[]): Promise<number> {
   try {
     if (version) nginx = await startNginx(join(dir, 'nginx'), upstream.upstreamUrl, version);
     else log('nginx is not on PATH: the nginx column is skipped (Debian: apt-get install nginx-light).');
-    earpiece = await startEarpiece(await writeToolSet(dir, upstream.toolUrl), upstream.upstreamUrl);
+    const toolsetPath = await writeToolSet(dir, upstream.toolUrl);
+    earpiece = await startEarpiece(toolsetPath, upstream.upstreamUrl);
     node = await startNodeHop(upstream.upstreamUrl);
     const p: Proxies = { upstream, nginx, node, earpiece };
     // Let start-up work (module loading, first GC) settle before reading the idle footprint.
@@ -574,12 +575,7 @@ export async function main(argv: string[]): Promise<number> {
     log(`Interrupted turns through earpiece (${CANCEL_TURNS} streams, ${CANCEL_TURNS} tool calls)…`);
     const cancelled = await cancellations(p, to.earpiece as Target);
     const floods = await floodPeaks(earpiece, log);
-    // The load is over: once no turn has been open for a while, the proxy gives back what the load grew.
-    const afterLoad = memoryMb(earpiece.pid, 'VmRSS');
-    const quietMs = IDLE_COLLECTION_AFTER_MS + 5000;
-    log(`${quietMs / 1000} s with no turn open…`);
-    await sleep(quietMs);
-    const released = { afterLoad, afterQuiet: memoryMb(earpiece.pid, 'VmRSS'), quietSeconds: quietMs / 1000 };
+    const released = await idleCollection(toolsetPath, upstream.upstreamUrl, log);
 
     const voice = await voiceReport(log);
     const report = render({
@@ -613,6 +609,52 @@ export async function main(argv: string[]): Promise<number> {
     await upstream.close();
     await rm(dir, { recursive: true, force: true });
   }
+}
+
+/** The streams of the burst after which the idle collection is measured. */
+const RELEASE_STREAMS = 1000;
+
+/**
+ * The memory a load grows, given back once no turn has been open for the idle collection's wait: a proxy
+ * of its own (the measured one runs without the collection; see startEarpiece) takes two phases of
+ * RELEASE_STREAMS streams, then idles.
+ */
+async function idleCollection(
+  toolsetPath: string,
+  upstreamUrl: string,
+  log: (line: string) => void,
+): Promise<Released> {
+  const idleCollectionAfter = `${IDLE_COLLECTION_AFTER_MS}ms`;
+  const earpiece = await startEarpiece(toolsetPath, upstreamUrl, { idleCollectionAfter });
+  const to = target(earpiece.url);
+  try {
+    await sleep(2000);
+    const idle = memoryMb(earpiece.pid, 'VmRSS');
+    log(
+      `Idle collection: ${RELEASE_STREAMS} streams at once, twice, then ${IDLE_COLLECTION_AFTER_MS / 1000 + 5} s with no turn open…`,
+    );
+    const r = await phase(to, STREAM_BODY, RELEASE_STREAMS, 2, STREAM_EXPECTED);
+    const afterLoad = memoryMb(earpiece.pid, 'VmRSS');
+    await sleep(IDLE_COLLECTION_AFTER_MS + 5000);
+    return {
+      idle,
+      afterLoad,
+      afterQuiet: memoryMb(earpiece.pid, 'VmRSS'),
+      quietSeconds: IDLE_COLLECTION_AFTER_MS / 1000 + 5,
+      errors: r.errors.size,
+    };
+  } finally {
+    to.agent.destroy();
+    await earpiece.close();
+  }
+}
+
+interface Released {
+  idle: number;
+  afterLoad: number;
+  afterQuiet: number;
+  quietSeconds: number;
+  errors: number;
 }
 
 /** Each flood alone against earpiece, with its own RSS peak; undefined where the peak cannot be reset. */
@@ -659,8 +701,7 @@ function render(r: {
   early: EarlyStart;
   modes: Mode[];
   idle: { earpiece: number; nginx: number | undefined };
-  /** earpiece's RSS once the whole load is over, and after as long again with no turn open. */
-  released: { afterLoad: number; afterQuiet: number; quietSeconds: number };
+  released: Released;
   handoffs: Handoffs;
   cancelled: Cancellations;
   floods: FloodPeak[] | undefined;
@@ -731,8 +772,11 @@ function render(r: {
     '',
     `Proxy RSS at idle after start: earpiece ${r.idle.earpiece.toFixed(1)} MB${r.idle.nginx === undefined ? '' : `, nginx worker ${r.idle.nginx.toFixed(1)} MB`}. ` +
       `Tool memory lookup (ToolMemory.prepare, 40 messages, ${r.lookup.historyChars.toLocaleString('en')} characters, median of ${r.lookup.hitRuns.length} runs): ` +
-      `${r.lookup.hitUs.toFixed(2)} µs with two exchanges spliced back, ${r.lookup.missUs.toFixed(2)} µs with none. ` +
-      `earpiece's RSS once the load was over: ${r.released.afterLoad.toFixed(1)} MB; after ${r.released.quietSeconds} s with no turn open: ${r.released.afterQuiet.toFixed(1)} MB.`,
+      `${r.lookup.hitUs.toFixed(2)} µs with two exchanges spliced back, ${r.lookup.missUs.toFixed(2)} µs with none.`,
+    '',
+    `The idle collection (a proxy of its own, with the default --idle-collection-after ${IDLE_COLLECTION_AFTER_MS / 1000}s): RSS ${r.released.idle.toFixed(1)} MB at idle, ` +
+      `${r.released.afterLoad.toFixed(1)} MB after two phases of ${RELEASE_STREAMS} streams${r.released.errors > 0 ? ` (${r.released.errors} kinds of error)` : ''}, ` +
+      `${r.released.afterQuiet.toFixed(1)} MB after ${r.released.quietSeconds} s with no turn open.`,
   );
   lines.push(...sharedStateReport(r.sharedState));
 

@@ -5,9 +5,10 @@ import {
   type ServerLimits,
 } from '../src/proxy/server.js';
 import { DEFAULT_UPSTREAM_URL, startProxy, ToolSetLoadError } from '../src/proxy/start.js';
+import { IDLE_COLLECTION_AFTER_MS } from '../src/runtime/heap.js';
 import { createLogger } from '../src/telemetry/log.js';
 import { ToolStateError } from '../src/tools/tool-state.js';
-import { parseDuration } from '../src/toolset/duration.js';
+import { MAX_DURATION_MS, parseDuration } from '../src/toolset/duration.js';
 import { upstreamUrlProblem } from '../src/toolset/validate.js';
 
 const HELP = `Usage: earpiece proxy --toolset FILE [--upstream URL] [--port 8095] [--metrics-port 9464] [--host 0.0.0.0]
@@ -25,7 +26,11 @@ Runs the tool-calling proxy. Point Unmute at it with KYUTAI_LLM_URL=http://127.0
                        default ${DEFAULT_REQUEST_TIMEOUT_MS / 1000}s); a slower client is answered 408
   --max-body-bytes-in-flight N
                        memory all request bodies together may hold (env EARPIECE_MAX_BODY_BYTES_IN_FLIGHT,
-                       default ${DEFAULT_BODY_BYTES_IN_FLIGHT}); past it a request is answered 503`;
+                       default ${DEFAULT_BODY_BYTES_IN_FLIGHT}); past it a request is answered 503
+  --idle-collection-after D
+                       after a load, give back the memory it grew once no turn has been open this long
+                       (env EARPIECE_IDLE_COLLECTION_AFTER, default ${IDLE_COLLECTION_AFTER_MS / 1000}s; 0 never; needs node's
+                       --expose-gc, which the image passes)`;
 
 function port(value: string, name: string): number {
   const n = Number(value);
@@ -56,6 +61,15 @@ function limits(timeout: string, bytes: string): ServerLimits {
   return { requestTimeoutMs: Math.ceil(requestTimeoutMs), maxBodyBytesInFlight };
 }
 
+function idleCollectionAfter(value: string): number {
+  const ms = value === '0' ? 0 : parseDuration(value);
+  if (ms === undefined || ms > MAX_DURATION_MS)
+    throw new RangeError(
+      `--idle-collection-after must be a duration such as 30s, or 0 for never, not "${value}"`,
+    );
+  return Math.ceil(ms);
+}
+
 function parse(argv: string[]) {
   return parseArgs({
     args: argv,
@@ -67,6 +81,7 @@ function parse(argv: string[]) {
       'metrics-port': { type: 'string' },
       'request-timeout': { type: 'string' },
       'max-body-bytes-in-flight': { type: 'string' },
+      'idle-collection-after': { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
   });
@@ -90,7 +105,13 @@ export async function main(argv: string[]): Promise<number> {
     console.error(`earpiece proxy: --toolset FILE (or EARPIECE_TOOLSET) is required\n\n${HELP}`);
     return 2;
   }
-  let settings: { upstreamUrl: string | undefined; port: number; metricsPort: number; limits: ServerLimits };
+  let settings: {
+    upstreamUrl: string | undefined;
+    port: number;
+    metricsPort: number;
+    limits: ServerLimits;
+    idleCollectionAfterMs: number;
+  };
   try {
     settings = {
       upstreamUrl: upstreamUrl(values.upstream, env.EARPIECE_UPSTREAM_URL),
@@ -101,6 +122,11 @@ export async function main(argv: string[]): Promise<number> {
         values['max-body-bytes-in-flight'] ??
           env.EARPIECE_MAX_BODY_BYTES_IN_FLIGHT ??
           String(DEFAULT_BODY_BYTES_IN_FLIGHT),
+      ),
+      idleCollectionAfterMs: idleCollectionAfter(
+        values['idle-collection-after'] ??
+          env.EARPIECE_IDLE_COLLECTION_AFTER ??
+          `${IDLE_COLLECTION_AFTER_MS}ms`,
       ),
     };
   } catch (err) {
@@ -118,6 +144,7 @@ export async function main(argv: string[]): Promise<number> {
       metricsHost: env.EARPIECE_METRICS_HOST ?? '0.0.0.0',
       metricsPort: settings.metricsPort,
       limits: settings.limits,
+      idleCollection: { afterMs: settings.idleCollectionAfterMs },
       logger,
     });
   } catch (err) {

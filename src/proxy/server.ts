@@ -27,7 +27,7 @@ export interface ServerDeps {
   lastReloadFailure?(): ReloadFailure | undefined;
   telemetry: ProxyTelemetry;
   logger: Logger;
-  /** Hears each chat turn start and end (src/runtime/heap.ts's IdleCollection waits for none to be open). */
+  /** Hears each chat turn start and end (IdleCollection, src/runtime/heap.ts, waits for none to be open). */
   turnActivity?: TurnActivity | undefined;
 }
 

@@ -49,7 +49,7 @@ export interface ProxyOptions {
   limits?: ServerLimits;
   /** A tool call's time for the shared state (default 50 ms); tests on a loaded machine give it more. */
   sharedStateBudgetMs?: number;
-  /** When the memory a load grew is given back (src/runtime/heap.ts; needs node's --expose-gc). */
+  /** When the memory a load grew is given back (src/runtime/heap.ts; needs node's --expose-gc); afterMs 0: never. */
   idleCollection?: Omit<IdleCollectionOptions, 'onCollected'>;
 }
 
@@ -202,12 +202,21 @@ export async function startProxy(options: ProxyOptions): Promise<RunningProxy> {
     telemetry.toolsetReloadFailed({ toolset: active.toolset.name });
   };
 
+  const idleCollection = IdleCollection.forProcess({
+    ...options.idleCollection,
+    onCollected: ({ rssBeforeBytes, rssAfterBytes, ms }) =>
+      logger.info(
+        { rssBeforeMiB: mib(rssBeforeBytes), rssAfterMiB: mib(rssAfterBytes), ms: Math.round(ms) },
+        'Gave back the memory the last load grew, with no turn open.',
+      ),
+  });
   const deps: ServerDeps = {
     current: () => active,
     isReady: () => ready,
     lastReloadFailure: () => lastReloadFailure,
     telemetry,
     logger,
+    turnActivity: idleCollection,
   };
   const app = buildServer(deps, options.limits);
   const metricsApp = buildMetricsServer(deps);
@@ -268,16 +277,7 @@ export async function startProxy(options: ProxyOptions): Promise<RunningProxy> {
   // Last, since what listening and the log allocate would grow the young generation again. A request that
   // comes this early waits for the collection (35 to 50 ms here; more for a larger heap).
   releaseStartupMemory();
-  // Measured from here, in the same tick: no turn can have started yet.
-  const idleCollection = IdleCollection.forProcess({
-    ...options.idleCollection,
-    onCollected: ({ rssBeforeBytes, rssAfterBytes, ms }) =>
-      logger.info(
-        { rssBeforeMb: mb(rssBeforeBytes), rssAfterMb: mb(rssAfterBytes), ms: Math.round(ms) },
-        'Gave back the memory the last load grew, with no turn open.',
-      ),
-  });
-  deps.turnActivity = idleCollection;
+  idleCollection?.startupReleased();
 
   return {
     url: address(app),
@@ -304,8 +304,8 @@ export async function startProxy(options: ProxyOptions): Promise<RunningProxy> {
   };
 }
 
-function mb(bytes: number): number {
-  return Math.round(bytes / 1e5) / 10;
+function mib(bytes: number): number {
+  return Math.round((bytes / 2 ** 20) * 10) / 10;
 }
 
 /** A URL's origin, for logs (never its userinfo, path or query). */

@@ -188,6 +188,17 @@ describe('earpiece proxy and demo', () => {
     expect(redis.stderr).toMatch(/^earpiece proxy: EARPIECE_SHARED_STATE_REDIS_URL: /);
     expect(redis.stderr).not.toMatch(/\n\s+at /);
     expect(redis.stderr + redis.stdout).not.toContain('hunter2');
+    const idle = await earpiece(
+      'proxy',
+      '--toolset',
+      'examples/toolset.yaml',
+      '--idle-collection-after',
+      'soon',
+    );
+    expect(idle.code).toBe(2);
+    expect(idle.stderr).toBe(
+      'earpiece proxy: --idle-collection-after must be a duration such as 30s, or 0 for never, not "soon"\n',
+    );
   });
 });
 

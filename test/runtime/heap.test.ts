@@ -102,6 +102,18 @@ describe('IdleCollection', () => {
     idle.close();
   });
 
+  it("counts growth from start-up's own collection, not from when it was made", async () => {
+    const { state, idle } = heap(150 * MiB);
+    state.rss = 82 * MiB;
+    idle.startupReleased();
+    state.rss = 120 * MiB;
+    idle.turnStarted();
+    idle.turnEnded();
+    await sleep(WELL_AFTER_MS);
+    expect(state.collections).toBe(1);
+    idle.close();
+  });
+
   it('does not collect when RSS grew less than growthBytes', async () => {
     const { state, idle } = heap(80 * MiB);
     state.rss = 100 * MiB;

@@ -51,8 +51,7 @@ export async function chatRoutes(
     });
     // Gone while the body was read: 'close' has already fired.
     if (res.destroyed) client.abort(new Error('client closed the connection'));
-    const activity = deps.turnActivity;
-    activity?.turnStarted();
+    deps.turnActivity?.turnStarted();
     try {
       const turn = runTurn(
         {
@@ -79,7 +78,7 @@ export async function chatRoutes(
       );
     } finally {
       if (streaming) deps.telemetry.stream({ change: 'closed' });
-      activity?.turnEnded();
+      deps.turnActivity?.turnEnded();
       closeIfUnread(res, unreadAnswerMs);
     }
   });
