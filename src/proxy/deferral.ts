@@ -89,6 +89,11 @@ export class DeferredCalls {
     return this.#inFlight.size;
   }
 
+  /** Whether any call runs on, or a late result is still landing: work with no turn open. */
+  get busy(): boolean {
+    return this.#running.size > 0 || this.#landing.size > 0;
+  }
+
   /**
    * Resolves once no deferred call is running and every late result has landed (kept for the next request,
    * or dropped): what a caller waits for before the next request should carry it.

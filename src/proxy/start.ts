@@ -50,7 +50,7 @@ export interface ProxyOptions {
   /** A tool call's time for the shared state (default 50 ms); tests on a loaded machine give it more. */
   sharedStateBudgetMs?: number;
   /** When the memory a load grew is given back (src/runtime/heap.ts; needs node's --expose-gc); afterMs 0: never. */
-  idleCollection?: Omit<IdleCollectionOptions, 'onCollected'>;
+  idleCollection?: Pick<IdleCollectionOptions, 'afterMs' | 'growthBytes'>;
 }
 
 export interface RunningProxy {
@@ -204,6 +204,7 @@ export async function startProxy(options: ProxyOptions): Promise<RunningProxy> {
 
   const idleCollection = IdleCollection.forProcess({
     ...options.idleCollection,
+    busy: () => deferred.busy,
     onCollected: ({ rssBeforeBytes, rssAfterBytes, ms }) =>
       logger.info(
         { rssBeforeMiB: mib(rssBeforeBytes), rssAfterMiB: mib(rssAfterBytes), ms: Math.round(ms) },

@@ -29,6 +29,8 @@ export interface IdleCollectionOptions {
   afterMs?: number;
   /** How much RSS must have grown since start-up or the last collection (default IDLE_COLLECTION_GROWTH_BYTES). */
   growthBytes?: number;
+  /** Work that runs with no turn open (calls deferred past their turn): while it does, the collection waits. */
+  busy?: () => boolean;
   /** Hears of each collection, for the log. */
   onCollected?: (record: IdleCollectionRecord) => void;
 }
@@ -57,6 +59,7 @@ export class IdleCollection {
   readonly #heap: HeapControl;
   readonly #afterMs: number;
   readonly #growthBytes: number;
+  readonly #busy: () => boolean;
   readonly #onCollected: ((record: IdleCollectionRecord) => void) | undefined;
   #openTurns = 0;
   #timer: NodeJS.Timeout | undefined;
@@ -74,6 +77,7 @@ export class IdleCollection {
     this.#heap = heap;
     this.#afterMs = options.afterMs ?? IDLE_COLLECTION_AFTER_MS;
     this.#growthBytes = options.growthBytes ?? IDLE_COLLECTION_GROWTH_BYTES;
+    this.#busy = options.busy ?? (() => false);
     this.#onCollected = options.onCollected;
     this.#baseline = heap.rss();
   }
@@ -92,9 +96,7 @@ export class IdleCollection {
   turnEnded(): void {
     this.#openTurns--;
     if (this.#openTurns > 0 || this.#closed) return;
-    this.#timer = setTimeout(() => this.#collectIfGrown(), this.#afterMs);
-    // Never what keeps the process alive.
-    this.#timer.unref();
+    this.#wait();
   }
 
   close(): void {
@@ -103,8 +105,19 @@ export class IdleCollection {
     this.#timer = undefined;
   }
 
+  #wait(): void {
+    this.#timer = setTimeout(() => this.#collectIfGrown(), this.#afterMs);
+    // Never what keeps the process alive.
+    this.#timer.unref();
+  }
+
   #collectIfGrown(): void {
     this.#timer = undefined;
+    // A deferred call's answer, or its shared state's reply from Redis, would wait out the pause.
+    if (this.#busy()) {
+      this.#wait();
+      return;
+    }
     const rssBeforeBytes = this.#heap.rss();
     if (rssBeforeBytes - this.#baseline < this.#growthBytes) return;
     const started = performance.now();

@@ -71,6 +71,32 @@ describe('deferred calls', () => {
     expect(deferred.running).toBe(2);
   });
 
+  it('is busy while a call runs on after its turn, and until its late result has landed', async () => {
+    const deferred = new DeferredCalls(
+      () => undefined,
+      () => {},
+      logger,
+    );
+    expect(deferred.busy).toBe(false);
+    const call: ToolCall = { id: 'a', name: 'search', arguments: '{"q":"x"}' };
+    await defer(deferred, call, []);
+    expect(deferred.busy).toBe(true);
+    for (const finish of unfinished.splice(0)) finish();
+    await deferred.idle();
+    expect(deferred.busy).toBe(false);
+
+    // A result on its way into memory (a call the turn handed over as it ended) keeps it busy too.
+    let finish!: (outcome: ToolOutcome) => void;
+    const outcome = new Promise<ToolOutcome>((resolve) => {
+      finish = resolve;
+    });
+    deferred.settle([{ role: 'user', content: 'search x' }], [{ call, outcome, claimed: false }]);
+    expect(deferred.busy).toBe(true);
+    finish({ call, content: 'done', outcome: 'ok', seconds: 1, remember: true });
+    await deferred.idle();
+    expect(deferred.busy).toBe(false);
+  });
+
   it('holds no copy of the arguments for the calls it keeps in flight', async () => {
     const deferred = new DeferredCalls(
       () => undefined,

@@ -16,6 +16,8 @@ function heap(rss: number) {
   const state = {
     rss,
     collections: 0,
+    /** Work with no turn open (a deferred call). */
+    busy: false,
     /** What a collection leaves. */
     rssAfterCollection: 90 * MiB,
     records: [] as IdleCollectionRecord[],
@@ -30,6 +32,7 @@ function heap(rss: number) {
   const idle = new IdleCollection(control, {
     afterMs: AFTER_MS,
     growthBytes: 32 * MiB,
+    busy: () => state.busy,
     onCollected: (record) => state.records.push(record),
   });
   return { state, idle };
@@ -109,6 +112,20 @@ describe('IdleCollection', () => {
     state.rss = 120 * MiB;
     idle.turnStarted();
     idle.turnEnded();
+    await sleep(WELL_AFTER_MS);
+    expect(state.collections).toBe(1);
+    idle.close();
+  });
+
+  it('waits while work runs with no turn open, then collects', async () => {
+    const { state, idle } = heap(80 * MiB);
+    state.rss = 300 * MiB;
+    state.busy = true;
+    idle.turnStarted();
+    idle.turnEnded();
+    await sleep(WELL_AFTER_MS);
+    expect(state.collections).toBe(0);
+    state.busy = false;
     await sleep(WELL_AFTER_MS);
     expect(state.collections).toBe(1);
     idle.close();
