@@ -3,14 +3,20 @@
  * built command, started with the image's Node flags and a short --idle-collection-after, against the
  * scripted model. The young generation, read from /metrics, is what a load grows and the collection shrinks.
  */
-import { type ChildProcess, spawn } from 'node:child_process';
-import { once } from 'node:events';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { type ScriptedUpstream, startScriptedUpstream, textReply } from '../../src/demo/scripted-upstream.js';
+import {
+  LOOPBACK_PROXY_ARGS,
+  LOOPBACK_PROXY_ENV,
+  newSpaceBytes,
+  proxyListening,
+  startBuiltCommand,
+  stopStartedCommands,
+} from '../support/built-command.js';
 import { imageNodeFlags } from '../support/image-flags.js';
 
 const MiB = 2 ** 20;
@@ -42,53 +48,25 @@ afterAll(async () => {
   await rm(dir, { recursive: true, force: true });
 });
 
-const running = new Set<ChildProcess>();
-afterEach(() => {
-  for (const child of running) child.kill('SIGKILL');
-  running.clear();
-});
+afterEach(stopStartedCommands);
 
 async function startProxy(idleCollectionAfter: string) {
-  const child = spawn(
-    process.execPath,
+  const proxy = await startBuiltCommand(
+    imageNodeFlags(),
     [
-      ...imageNodeFlags(),
-      'dist/cmd/earpiece.js',
       'proxy',
       '--toolset',
       toolsetPath,
       '--upstream',
       upstream.url,
-      '--host',
-      '127.0.0.1',
-      '--port',
-      '0',
-      '--metrics-port',
-      '0',
+      ...LOOPBACK_PROXY_ARGS,
       '--idle-collection-after',
       idleCollectionAfter,
     ],
-    { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, EARPIECE_METRICS_HOST: '127.0.0.1' } },
+    LOOPBACK_PROXY_ENV,
+    proxyListening,
   );
-  running.add(child);
-  let stdout = '';
-  let stderr = '';
-  child.stderr.on('data', (chunk: Buffer) => {
-    stderr += chunk;
-  });
-  const urls = await new Promise<{ url: string; metrics: string }>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`no start within 20 s:\n${stdout}\n${stderr}`)), 20_000);
-    child.stdout.on('data', (chunk: Buffer) => {
-      stdout += chunk;
-      const line = stdout.match(/^.*"Proxy listening\.".*$/m)?.[0];
-      if (line) {
-        clearTimeout(timer);
-        resolve(JSON.parse(line) as { url: string; metrics: string });
-      }
-    });
-    once(child, 'exit').then(([code]) => reject(new Error(`exited ${code}:\n${stdout}\n${stderr}`)), reject);
-  });
-  return { chat: urls.url, metrics: urls.metrics, stdout: () => stdout };
+  return { chat: proxy.found.url, metrics: proxy.found.metrics, stdout: proxy.stdout };
 }
 
 function chat(url: string, say: string, signal?: AbortSignal): Promise<Response> {
@@ -108,13 +86,6 @@ async function load(url: string, streams: number): Promise<void> {
       expect(text).toContain('word63.');
     }),
   );
-}
-
-async function newSpaceBytes(metricsUrl: string): Promise<number> {
-  const metrics = await (await fetch(`${metricsUrl}/metrics`)).text();
-  const size = metrics.match(/^nodejs_heap_space_size_total_bytes\{space="new"\} (\d+)$/m)?.[1];
-  expect(size, 'the new space gauge').toBeDefined();
-  return Number(size);
 }
 
 describe("a proxy after a load, under the image's Node flags", () => {

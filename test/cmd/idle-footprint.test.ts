@@ -4,13 +4,20 @@
  * resolves), and the proxy and the operator, started as the image starts them, give back the young
  * generation their start-up grew. Each on the built command in a fresh process.
  */
-import { type ChildProcess, spawn } from 'node:child_process';
-import { once } from 'node:events';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import {
+  LOOPBACK_PROXY_ARGS,
+  LOOPBACK_PROXY_ENV,
+  newSpaceBytes,
+  proxyListening,
+  type StartedCommand,
+  startBuiltCommand,
+  stopStartedCommands,
+} from '../support/built-command.js';
 import { type FakeApiServer, startFakeApiServer } from '../support/fake-apiserver.js';
 import { imageNodeFlags } from '../support/image-flags.js';
 
@@ -40,64 +47,11 @@ const NOT_AT_IDLE = [
   '@opentelemetry/sdk-node',
 ];
 
-/** Commands started and not stopped yet: a test that times out mid-start leaves none behind. */
-const running = new Set<ChildProcess>();
-afterAll(() => {
-  for (const child of running) child.kill('SIGKILL');
-});
+afterAll(stopStartedCommands);
 
-/**
- * A built command started with `nodeFlags`; resolves once `started` finds its metrics URL in what it logs.
- * SIGKILLed by stop(): only its start-up is looked at.
- */
-async function startCommand(
-  nodeFlags: readonly string[],
-  args: readonly string[],
-  env: NodeJS.ProcessEnv,
-  started: (stdout: string) => string | undefined,
-) {
-  const child = spawn(process.execPath, [...nodeFlags, 'dist/cmd/earpiece.js', ...args], {
-    env: { ...process.env, ...env },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  running.add(child);
-  let stderr = '';
-  let stdout = '';
-  child.stderr.on('data', (chunk: Buffer) => {
-    stderr += chunk;
-  });
-  const exited = once(child, 'exit');
-  const stop = async () => {
-    child.kill('SIGKILL');
-    await exited.catch(() => undefined);
-    running.delete(child);
-  };
-  try {
-    const metricsUrl = await new Promise<string>((resolve, reject) => {
-      const timer = setTimeout(
-        () => reject(new Error(`no start within 20 s:\n${stdout}\n${stderr}`)),
-        20_000,
-      );
-      child.stdout.on('data', (chunk: Buffer) => {
-        stdout += chunk;
-        const url = started(stdout);
-        if (url) {
-          clearTimeout(timer);
-          resolve(url);
-        }
-      });
-      exited.then(([code]) => reject(new Error(`exited ${code}:\n${stdout}\n${stderr}`)), reject);
-    });
-    return { metricsUrl, stderr: () => stderr, stop };
-  } catch (err) {
-    await stop();
-    throw err;
-  }
-}
-
-/** The proxy with the weather example. */
+/** The proxy with the weather example; resolves with its metrics URL. */
 function startIdleProxy(nodeFlags: readonly string[]) {
-  return startCommand(
+  return startBuiltCommand(
     nodeFlags,
     [
       'proxy',
@@ -105,15 +59,10 @@ function startIdleProxy(nodeFlags: readonly string[]) {
       'examples/weather-toolset.yaml',
       '--upstream',
       'http://127.0.0.1:9',
-      '--host',
-      '127.0.0.1',
-      '--port',
-      '0',
-      '--metrics-port',
-      '0',
+      ...LOOPBACK_PROXY_ARGS,
     ],
-    { EARPIECE_METRICS_HOST: '127.0.0.1' },
-    (stdout) => stdout.match(/"metrics":"([^"]+)"[^\n]*Proxy listening\./)?.[1],
+    LOOPBACK_PROXY_ENV,
+    (stdout) => proxyListening(stdout)?.metrics,
   );
 }
 
@@ -136,14 +85,11 @@ async function freePort(): Promise<number> {
   }
 }
 
-/** The young generation's size, as the started command's /metrics reports it; the command is stopped after. */
-async function newSpaceBytes(starting: ReturnType<typeof startCommand>): Promise<number> {
+/** The young generation's size of a command once started; the command is stopped after. */
+async function startedNewSpaceBytes(starting: Promise<StartedCommand<string>>): Promise<number> {
   const command = await starting;
   try {
-    const metrics = await (await fetch(`${command.metricsUrl}/metrics`)).text();
-    const size = metrics.match(/^nodejs_heap_space_size_total_bytes\{space="new"\} (\d+)$/m)?.[1];
-    expect(size, 'the new space gauge').toBeDefined();
-    return Number(size);
+    return await newSpaceBytes(command.found);
   } finally {
     await command.stop();
   }
@@ -164,8 +110,8 @@ describe('an idle proxy with HTTP and builtin tools', () => {
   });
 
   it("gives back, under the image's Node flags, the young generation start-up grew", async () => {
-    const released = await newSpaceBytes(startIdleProxy(IMAGE_FLAGS));
-    const kept = await newSpaceBytes(startIdleProxy(WITHOUT_GC));
+    const released = await startedNewSpaceBytes(startIdleProxy(IMAGE_FLAGS));
+    const kept = await startedNewSpaceBytes(startIdleProxy(WITHOUT_GC));
     expect(kept).toBeGreaterThan(8 * MiB);
     expect(released).toBeLessThanOrEqual(kept / 2);
   }, 60_000);
@@ -193,7 +139,7 @@ describe('an idle operator', () => {
 
   /** The operator with its ports on free ones (it takes no port 0), on the API fake. */
   const startIdleOperator = async (nodeFlags: readonly string[]) =>
-    startCommand(
+    startBuiltCommand(
       nodeFlags,
       [
         'operator',
@@ -216,8 +162,8 @@ describe('an idle operator', () => {
     );
 
   it("gives back, under the image's Node flags, the young generation start-up grew", async () => {
-    const released = await newSpaceBytes(startIdleOperator(IMAGE_FLAGS));
-    const kept = await newSpaceBytes(startIdleOperator(WITHOUT_GC));
+    const released = await startedNewSpaceBytes(startIdleOperator(IMAGE_FLAGS));
+    const kept = await startedNewSpaceBytes(startIdleOperator(WITHOUT_GC));
     expect(kept).toBeGreaterThan(4 * MiB);
     expect(released).toBeLessThanOrEqual(kept / 2);
   }, 60_000);
