@@ -38,6 +38,13 @@ function heap(rss: number) {
   return { state, idle };
 }
 
+/** One turn, then a quiet period well past the wait. */
+async function turnThenQuiet(idle: IdleCollection): Promise<void> {
+  idle.turnStarted();
+  idle.turnEnded();
+  await sleep(WELL_AFTER_MS);
+}
+
 describe('IdleCollection', () => {
   it('collects once no turn has been open for its wait, after RSS grew, and reports what it gave back', async () => {
     const { state, idle } = heap(80 * MiB);
@@ -56,22 +63,16 @@ describe('IdleCollection', () => {
   it('measures growth from the last collection: a quiet period without new growth collects nothing', async () => {
     const { state, idle } = heap(80 * MiB);
     state.rss = 300 * MiB;
-    idle.turnStarted();
-    idle.turnEnded();
-    await sleep(WELL_AFTER_MS);
+    await turnThenQuiet(idle);
     expect(state.collections).toBe(1);
 
     // 90 MiB after the collection; 110 is less than 32 MiB above it.
-    idle.turnStarted();
     state.rss = 110 * MiB;
-    idle.turnEnded();
-    await sleep(WELL_AFTER_MS);
+    await turnThenQuiet(idle);
     expect(state.collections).toBe(1);
 
-    idle.turnStarted();
     state.rss = 130 * MiB;
-    idle.turnEnded();
-    await sleep(WELL_AFTER_MS);
+    await turnThenQuiet(idle);
     expect(state.collections).toBe(2);
     idle.close();
   });
@@ -110,9 +111,7 @@ describe('IdleCollection', () => {
     state.rss = 82 * MiB;
     idle.startupReleased();
     state.rss = 120 * MiB;
-    idle.turnStarted();
-    idle.turnEnded();
-    await sleep(WELL_AFTER_MS);
+    await turnThenQuiet(idle);
     expect(state.collections).toBe(1);
     idle.close();
   });
@@ -121,9 +120,7 @@ describe('IdleCollection', () => {
     const { state, idle } = heap(80 * MiB);
     state.rss = 300 * MiB;
     state.busy = true;
-    idle.turnStarted();
-    idle.turnEnded();
-    await sleep(WELL_AFTER_MS);
+    await turnThenQuiet(idle);
     expect(state.collections).toBe(0);
     state.busy = false;
     await sleep(WELL_AFTER_MS);
@@ -134,9 +131,7 @@ describe('IdleCollection', () => {
   it('does not collect when RSS grew less than growthBytes', async () => {
     const { state, idle } = heap(80 * MiB);
     state.rss = 100 * MiB;
-    idle.turnStarted();
-    idle.turnEnded();
-    await sleep(WELL_AFTER_MS);
+    await turnThenQuiet(idle);
     expect(state.collections).toBe(0);
     idle.close();
   });
@@ -148,9 +143,7 @@ describe('IdleCollection', () => {
     idle.turnEnded();
     idle.close();
     await sleep(WELL_AFTER_MS);
-    idle.turnStarted();
-    idle.turnEnded();
-    await sleep(WELL_AFTER_MS);
+    await turnThenQuiet(idle);
     expect(state.collections).toBe(0);
   });
 
