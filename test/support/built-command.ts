@@ -11,10 +11,18 @@ const running = new Set<ChildProcess>();
 export interface StartedCommand<T> {
   /** What `started` found. */
   found: T;
+  child: ChildProcess;
   stdout(): string;
   stderr(): string;
   /** SIGKILL: the tests look at a command's start-up and its work, not at its shutdown. */
   stop(): Promise<void>;
+}
+
+export interface CommandOptions {
+  /** Gets everything the command writes, stdout and stderr, as it comes. */
+  onOutput?: (text: string) => void;
+  /** How long its start may take (default 20 s). */
+  startTimeoutMs?: number;
 }
 
 export async function startBuiltCommand<T>(
@@ -22,6 +30,7 @@ export async function startBuiltCommand<T>(
   args: readonly string[],
   env: NodeJS.ProcessEnv,
   started: (stdout: string) => T | undefined,
+  options: CommandOptions = {},
 ): Promise<StartedCommand<T>> {
   const child = spawn(process.execPath, [...nodeFlags, 'dist/cmd/earpiece.js', ...args], {
     env: { ...process.env, ...env },
@@ -30,8 +39,11 @@ export async function startBuiltCommand<T>(
   running.add(child);
   let stderr = '';
   let stdout = '';
-  child.stderr.on('data', (chunk: Buffer) => {
-    stderr += chunk;
+  child.stdout.setEncoding('utf8');
+  child.stderr.setEncoding('utf8');
+  child.stderr.on('data', (text: string) => {
+    stderr += text;
+    options.onOutput?.(text);
   });
   const exited = once(child, 'exit');
   const stop = async () => {
@@ -39,23 +51,27 @@ export async function startBuiltCommand<T>(
     await exited.catch(() => undefined);
     running.delete(child);
   };
+  const timeoutMs = options.startTimeoutMs ?? 20_000;
   try {
     const found = await new Promise<T>((resolve, reject) => {
+      let waiting = true;
       const timer = setTimeout(
-        () => reject(new Error(`no start within 20 s:\n${stdout}\n${stderr}`)),
-        20_000,
+        () => reject(new Error(`no start within ${timeoutMs / 1000} s:\n${stdout}\n${stderr}`)),
+        timeoutMs,
       );
-      child.stdout.on('data', (chunk: Buffer) => {
-        stdout += chunk;
+      child.stdout.on('data', (text: string) => {
+        stdout += text;
+        options.onOutput?.(text);
+        if (!waiting) return;
         const value = started(stdout);
-        if (value !== undefined) {
-          clearTimeout(timer);
-          resolve(value);
-        }
+        if (value === undefined) return;
+        waiting = false;
+        clearTimeout(timer);
+        resolve(value);
       });
       exited.then(([code]) => reject(new Error(`exited ${code}:\n${stdout}\n${stderr}`)), reject);
     });
-    return { found, stdout: () => stdout, stderr: () => stderr, stop };
+    return { found, child, stdout: () => stdout, stderr: () => stderr, stop };
   } catch (err) {
     await stop();
     throw err;

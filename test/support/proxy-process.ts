@@ -2,7 +2,13 @@
  * The built proxy (`dist/`) as its own process, as the chaos tests attack it: its memory and sockets are
  * read from /proc, apart from the test's own. Resolves once it logs where it listens.
  */
-import { type ChildProcess, spawn } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
+import {
+  LOOPBACK_PROXY_ARGS,
+  LOOPBACK_PROXY_ENV,
+  proxyListening,
+  startBuiltCommand,
+} from './built-command.js';
 
 export interface ProxyProcess {
   child: ChildProcess;
@@ -17,49 +23,12 @@ export async function startProxyProcess(
   env: Record<string, string>,
   onOutput: (text: string) => void,
 ): Promise<ProxyProcess> {
-  const child = spawn(
-    process.execPath,
-    [
-      'dist/cmd/earpiece.js',
-      'proxy',
-      '--toolset',
-      toolsetPath,
-      '--upstream',
-      upstreamUrl,
-      '--port',
-      '0',
-      '--metrics-port',
-      '0',
-    ],
-    {
-      env: {
-        ...process.env,
-        EARPIECE_HOST: '127.0.0.1',
-        EARPIECE_METRICS_HOST: '127.0.0.1',
-        EARPIECE_LOG_LEVEL: 'info',
-        ...env,
-      },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    },
+  const started = await startBuiltCommand(
+    [],
+    ['proxy', '--toolset', toolsetPath, '--upstream', upstreamUrl, ...LOOPBACK_PROXY_ARGS],
+    { ...LOOPBACK_PROXY_ENV, EARPIECE_LOG_LEVEL: 'info', ...env },
+    proxyListening,
+    { onOutput, startTimeoutMs: 30_000 },
   );
-  let output = '';
-  const take = (text: string) => {
-    output += text;
-    onOutput(text);
-  };
-  child.stdout?.setEncoding('utf8');
-  child.stderr?.setEncoding('utf8');
-  child.stderr?.on('data', take);
-  return new Promise<ProxyProcess>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`the proxy did not start:\n${output}`)), 30_000);
-    child.once('exit', (code) => reject(new Error(`the proxy exited with ${code}:\n${output}`)));
-    child.stdout?.on('data', (text: string) => {
-      take(text);
-      const line = /\{[^\n]*"Proxy listening\."[^\n]*\}/.exec(output)?.[0];
-      if (!line) return;
-      clearTimeout(timer);
-      const { url, metrics } = JSON.parse(line) as { url: string; metrics: string };
-      resolve({ child, url, metricsUrl: metrics });
-    });
-  });
+  return { child: started.child, url: started.found.url, metricsUrl: started.found.metrics };
 }
