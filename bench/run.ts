@@ -625,22 +625,24 @@ async function idleCollection(
   log: (line: string) => void,
 ): Promise<Released> {
   const idleCollectionAfter = `${IDLE_COLLECTION_AFTER_MS}ms`;
+  // Past the wait, with room for the collection itself.
+  const quietMs = IDLE_COLLECTION_AFTER_MS + 5000;
   const earpiece = await startEarpiece(toolsetPath, upstreamUrl, { idleCollectionAfter });
   const to = target(earpiece.url);
   try {
     await sleep(2000);
     const idle = memoryMb(earpiece.pid, 'VmRSS');
     log(
-      `Idle collection: ${RELEASE_STREAMS} streams at once, twice, then ${IDLE_COLLECTION_AFTER_MS / 1000 + 5} s with no turn open…`,
+      `Idle collection: ${RELEASE_STREAMS} streams at once, twice, then ${quietMs / 1000} s with no turn open…`,
     );
     const r = await phase(to, STREAM_BODY, RELEASE_STREAMS, 2, STREAM_EXPECTED);
     const afterLoad = memoryMb(earpiece.pid, 'VmRSS');
-    await sleep(IDLE_COLLECTION_AFTER_MS + 5000);
+    await sleep(quietMs);
     return {
       idle,
       afterLoad,
       afterQuiet: memoryMb(earpiece.pid, 'VmRSS'),
-      quietSeconds: IDLE_COLLECTION_AFTER_MS / 1000 + 5,
+      quietSeconds: quietMs / 1000,
       errors: r.errors.size,
     };
   } finally {
