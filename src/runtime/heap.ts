@@ -21,6 +21,17 @@ export function releaseStartupMemory(): void {
 
 /** Default wait with no turn open before a collection. */
 export const IDLE_COLLECTION_AFTER_MS = 30_000;
+/** The longest delay Node's timers keep: a longer one fires after 1 ms, which would collect after every turn. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
+/** `afterMs`, or the default; a RangeError naming the value when no timer can wait that long. */
+function checkedWait(afterMs: number = IDLE_COLLECTION_AFTER_MS): number {
+  if (!Number.isFinite(afterMs) || afterMs < 0 || afterMs > MAX_TIMER_MS)
+    throw new RangeError(
+      `idleCollection.afterMs must be from 0 (never) to ${MAX_TIMER_MS} ms, not ${afterMs}`,
+    );
+  return afterMs;
+}
 /** Default growth of RSS since the last collection that makes one worth its pause. */
 export const IDLE_COLLECTION_GROWTH_BYTES = 32 * 1024 * 1024;
 
@@ -69,13 +80,13 @@ export class IdleCollection {
 
   /** Undefined without --expose-gc (there is no collection to run then), or when `afterMs` is 0. */
   static forProcess(options: IdleCollectionOptions = {}): IdleCollection | undefined {
-    if (globalThis.gc === undefined || options.afterMs === 0) return undefined;
+    if (checkedWait(options.afterMs) === 0 || globalThis.gc === undefined) return undefined;
     return new IdleCollection({ collect, rss: () => process.memoryUsage.rss() }, options);
   }
 
   constructor(heap: HeapControl, options: IdleCollectionOptions = {}) {
     this.#heap = heap;
-    this.#afterMs = options.afterMs ?? IDLE_COLLECTION_AFTER_MS;
+    this.#afterMs = checkedWait(options.afterMs);
     this.#growthBytes = options.growthBytes ?? IDLE_COLLECTION_GROWTH_BYTES;
     this.#busy = options.busy ?? (() => false);
     this.#onCollected = options.onCollected;

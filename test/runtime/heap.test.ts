@@ -147,6 +147,19 @@ describe('IdleCollection', () => {
     expect(state.collections).toBe(0);
   });
 
+  it('refuses a wait no timer can keep, naming it, for embedders as for the CLI', () => {
+    const control = { collect() {}, rss: () => 0 };
+    // Node would fire a 2^31 ms timer after 1 ms: a collection after every turn.
+    for (const afterMs of [2 ** 31, -1, Number.NaN, Number.POSITIVE_INFINITY]) {
+      expect(() => new IdleCollection(control, { afterMs })).toThrow(
+        new RangeError(`idleCollection.afterMs must be from 0 (never) to 2147483647 ms, not ${afterMs}`),
+      );
+      // Checked before the missing --expose-gc makes it moot: the mistake shows wherever it is made.
+      expect(() => IdleCollection.forProcess({ afterMs })).toThrow(RangeError);
+    }
+    expect(() => new IdleCollection(control, { afterMs: 2 ** 31 - 1 })).not.toThrow();
+  });
+
   it('is not made for a process without --expose-gc (it would have nothing to run)', () => {
     // vitest's workers run without the flag.
     expect(globalThis.gc).toBeUndefined();
