@@ -4,12 +4,21 @@
  * client), and copies the response bytes to the client as they come: no SSE decoding, no tool loop, no
  * framework. Run by bench/run.ts as its own process, with earpiece's Node flags; it prints its URL.
  *
- * Usage: node dist/bench/node-hop.js UPSTREAM_URL
+ * With `--decode` it is the decoding hop: the floor for a proxy that must read the model's text (to keep
+ * calls and markup from the voice) before it can pass it on. Each response goes through earpiece's own
+ * decoder (src/proxy/sse.ts, with its fast lane for text-only chunks) and its text is written by
+ * earpiece's own SSE sink (src/proxy/sinks.ts) in the proxy's envelope; no tool loop, speakable filter,
+ * deadline, metrics or framework.
+ *
+ * Usage: node dist/bench/node-hop.js UPSTREAM_URL [--decode]
  */
 import { once } from 'node:events';
 import { createServer, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { Pool } from 'undici';
+import type { ChatChunk } from '../src/proxy/chunks.js';
+import { completionId, type FinishReason, SseSink } from '../src/proxy/sinks.js';
+import { ChunkDecoder } from '../src/proxy/sse.js';
 
 const TOOLS = [
   {
@@ -22,10 +31,14 @@ const TOOLS = [
   },
 ];
 
-function forward(pool: Pool, body: string, res: ServerResponse): void {
+function forward(pool: Pool, body: string, res: ServerResponse, decode: boolean): void {
   const request = JSON.parse(body) as Record<string, unknown>;
   request.tools = TOOLS;
   request.stream_options = { include_usage: true };
+  if (decode) {
+    forwardDecoded(pool, request, res);
+    return;
+  }
   let begun = false;
   const begin = (status = 200) => {
     if (begun) return;
@@ -53,8 +66,53 @@ function forward(pool: Pool, body: string, res: ServerResponse): void {
   );
 }
 
-async function main(upstreamUrl: string | undefined): Promise<void> {
-  if (!upstreamUrl) throw new Error('usage: node-hop.js UPSTREAM_URL');
+/** The decoding hop's answer: the model's text, decoded and written again in the proxy's own chunks. */
+function forwardDecoded(pool: Pool, request: Record<string, unknown>, res: ServerResponse): void {
+  const model = typeof request.model === 'string' ? request.model : 'unknown';
+  const sink = new SseSink(
+    res,
+    { id: completionId(), model, created: Math.floor(Date.now() / 1000) },
+    { includeUsage: false },
+  );
+  let finish: FinishReason = 'stop';
+  const content = (text: string) => void sink.content(text);
+  const decoder = new ChunkDecoder(
+    (chunk: ChatChunk) => {
+      const choice = chunk.choices?.[0];
+      if (typeof choice?.delta?.content === 'string') content(choice.delta.content);
+      if (choice?.finish_reason === 'length') finish = 'length';
+    },
+    { onContent: content },
+  );
+  pool.dispatch(
+    {
+      method: 'POST',
+      path: '/v1/chat/completions',
+      headers: { 'content-type': 'application/json', accept: 'text/event-stream' },
+      body: JSON.stringify(request),
+    },
+    {
+      onRequestStart() {},
+      onRequestSent: () => sink.begin(),
+      onResponseStart() {},
+      onResponseData: (_c, chunk) => {
+        try {
+          if (decoder.feed(chunk)) sink.end(finish);
+        } catch (err) {
+          res.destroy(err as Error);
+        }
+      },
+      onResponseEnd: () => {
+        decoder.end();
+        sink.end(finish);
+      },
+      onResponseError: (_c, err) => res.destroy(err),
+    },
+  );
+}
+
+async function main(upstreamUrl: string | undefined, decode: boolean): Promise<void> {
+  if (!upstreamUrl) throw new Error('usage: node-hop.js UPSTREAM_URL [--decode]');
   const pool = new Pool(upstreamUrl, { connections: 2048, keepAliveTimeout: 30_000 });
   const server = createServer((req, res) => {
     let body = '';
@@ -64,7 +122,7 @@ async function main(upstreamUrl: string | undefined): Promise<void> {
     });
     req.on('end', () => {
       try {
-        forward(pool, body, res);
+        forward(pool, body, res, decode);
       } catch (err) {
         res.writeHead(400).end((err as Error).message);
       }
@@ -81,4 +139,4 @@ async function main(upstreamUrl: string | undefined): Promise<void> {
   });
 }
 
-await main(process.argv[2]);
+await main(process.argv[2], process.argv.includes('--decode'));

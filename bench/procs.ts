@@ -318,9 +318,11 @@ export interface NodeHop {
   close(): Promise<void>;
 }
 
+/** `decode`: the decoding hop (the model's text decoded and written again, see bench/node-hop.ts). */
 export async function startNodeHop(
   upstreamUrl: string,
   extraFlags: readonly string[] = [],
+  options: { decode?: boolean } = {},
 ): Promise<NodeHop> {
   const child = spawn(
     process.execPath,
@@ -329,6 +331,7 @@ export async function startNodeHop(
       ...extraFlags,
       fileURLToPath(new URL('./node-hop.js', import.meta.url)),
       upstreamUrl,
+      ...(options.decode ? ['--decode'] : []),
     ],
     { stdio: ['ignore', 'pipe', 'inherit'] },
   );

@@ -1,6 +1,7 @@
 /**
  * `npm run bench`: what earpiece adds to a streamed turn, against the same scripted vLLM server reached
- * directly, through nginx and through the bare Node hop (the floor for any Node.js proxy): steady load at
+ * directly, through nginx, through the bare Node hop (the floor for any Node.js proxy) and through the
+ * decoding hop (the floor for one that reads the model's text before passing it on): steady load at
  * 1, 100 and 1,000 concurrent streams, one stream at a time (≥ 200 TTFT samples), bursts of 100 and 1,000
  * requests at once; the tool hand-offs on a tool turn and the early start of a two-call message; barge-in;
  * idle and peak memory; the tool memory's lookup cost. Prints a markdown table and writes it to
@@ -55,12 +56,16 @@ import {
   writeToolSet,
 } from './workload.js';
 
-/** `node` is the bare Node.js hop (bench/node-hop.ts): what Node itself costs as a proxy here. */
-type Mode = 'direct' | 'nginx' | 'node' | 'earpiece';
+/**
+ * `node` is the bare Node.js hop (bench/node-hop.ts): what Node itself costs as a proxy here; `decoding` is
+ * the same hop decoding the model's stream and writing its text again with earpiece's own decoder and sink.
+ */
+type Mode = 'direct' | 'nginx' | 'node' | 'decoding' | 'earpiece';
 const PATH_LABEL: Record<Mode, string> = {
   direct: 'direct',
   nginx: 'nginx',
   node: 'bare Node hop',
+  decoding: 'decoding hop',
   earpiece: 'earpiece',
 };
 /** Measured streams per worker and round: more where there are few workers. */
@@ -171,6 +176,7 @@ interface Proxies {
   upstream: UpstreamChild;
   nginx: NginxProxy | undefined;
   node: NodeHop;
+  decoding: NodeHop;
   earpiece: EarpieceProxy;
 }
 
@@ -178,6 +184,7 @@ function proxyPid(mode: Mode, p: Proxies): number | undefined {
   if (mode === 'nginx') return p.nginx?.workerPid;
   if (mode === 'earpiece') return p.earpiece.pid;
   if (mode === 'node') return p.node.pid;
+  if (mode === 'decoding') return p.decoding.pid;
   return undefined;
 }
 
@@ -479,6 +486,7 @@ export async function main(argv: string[]): Promise<number> {
   let nginx: NginxProxy | undefined;
   let earpiece: EarpieceProxy | undefined;
   let node: NodeHop | undefined;
+  let decoding: NodeHop | undefined;
   let targets: Partial<Record<Mode, Target>> | undefined;
   try {
     if (version) nginx = await startNginx(join(dir, 'nginx'), upstream.upstreamUrl, version);
@@ -486,7 +494,8 @@ export async function main(argv: string[]): Promise<number> {
     const toolsetPath = await writeToolSet(dir, upstream.toolUrl);
     earpiece = await startEarpiece(toolsetPath, upstream.upstreamUrl);
     node = await startNodeHop(upstream.upstreamUrl);
-    const p: Proxies = { upstream, nginx, node, earpiece };
+    decoding = await startNodeHop(upstream.upstreamUrl, [], { decode: true });
+    const p: Proxies = { upstream, nginx, node, decoding, earpiece };
     // Let start-up work (module loading, first GC) settle before reading the idle footprint.
     await sleep(2000);
     const idle = {
@@ -498,10 +507,11 @@ export async function main(argv: string[]): Promise<number> {
       direct: target(upstream.upstreamUrl),
       earpiece: target(earpiece.url),
       node: target(node.url),
+      decoding: target(decoding.url),
       ...(nginx ? { nginx: target(nginx.url) } : {}),
     };
     targets = to;
-    const modes = (['direct', 'nginx', 'node', 'earpiece'] as const).filter((m) => to[m]);
+    const modes = (['direct', 'nginx', 'node', 'decoding', 'earpiece'] as const).filter((m) => to[m]);
     const results = new Map<number, Map<Mode, Summary>>();
 
     // A sidecar has served many turns before any one that counts: every path first streams a few hundred
@@ -605,6 +615,7 @@ export async function main(argv: string[]): Promise<number> {
     for (const t of Object.values(targets ?? {})) t.agent.destroy();
     await earpiece?.close();
     await node?.close();
+    await decoding?.close();
     await nginx?.close();
     await upstream.close();
     await rm(dir, { recursive: true, force: true });
@@ -849,18 +860,23 @@ function render(r: {
     lines.push(
       ratioRow('steady 1,000 streams: TTFT p50', s1000.ttftP50, h1000.ttftP50, TARGETS.steady1000P50VsHop),
     );
+  // What decoding alone costs against the same hop, beside each CPU target: the share of the ratio that any
+  // proxy reading the model's text pays before its own work.
+  const decodingShare = (value: number | undefined, hop: number, unit: string) =>
+    value === undefined ? '' : `; decoding hop ${value.toFixed(3)}${unit} (${(value / hop).toFixed(2)}×)`;
   if (oneE && oneH) {
     const perTurn = (x: Samples) => (x.proxyCpu / x.streams) * 1000;
     const [e, h] = [perTurn(oneE), perTurn(oneH)];
+    const oneDecoding = r.single.get('decoding');
     lines.push(
-      `| proxy CPU per turn (brief answers, one at a time) ≤ ${TARGETS.cpuPerTurnVsHop}× the bare Node hop | ${e.toFixed(3)} ms vs ${h.toFixed(3)} ms (${(e / h).toFixed(2)}×) | ${mark(e / h <= TARGETS.cpuPerTurnVsHop)} |`,
+      `| proxy CPU per turn (brief answers, one at a time) ≤ ${TARGETS.cpuPerTurnVsHop}× the bare Node hop | ${e.toFixed(3)} ms vs ${h.toFixed(3)} ms (${(e / h).toFixed(2)}×)${decodingShare(oneDecoding && perTurn(oneDecoding), h, ' ms')} | ${mark(e / h <= TARGETS.cpuPerTurnVsHop)} |`,
     );
   }
   const c100 = at(100, 'node');
   if (s100?.cpuPer1k !== undefined && c100?.cpuPer1k !== undefined) {
     const ratio = s100.cpuPer1k / c100.cpuPer1k;
     lines.push(
-      `| proxy CPU per chunk (100 streams) ≤ ${TARGETS.cpuPerChunkVsHop}× the bare Node hop | ${s100.cpuPer1k.toFixed(3)} vs ${c100.cpuPer1k.toFixed(3)} s / 1k chunks (${ratio.toFixed(2)}×) | ${mark(ratio <= TARGETS.cpuPerChunkVsHop)} |`,
+      `| proxy CPU per chunk (100 streams) ≤ ${TARGETS.cpuPerChunkVsHop}× the bare Node hop | ${s100.cpuPer1k.toFixed(3)} vs ${c100.cpuPer1k.toFixed(3)} s / 1k chunks (${ratio.toFixed(2)}×)${decodingShare(at(100, 'decoding')?.cpuPer1k, c100.cpuPer1k, '')} | ${mark(ratio <= TARGETS.cpuPerChunkVsHop)} |`,
     );
   }
   for (const c of [100, 1000]) {
@@ -929,31 +945,31 @@ function render(r: {
     }
   }
 
-  // The same figures for the bare Node hop: what any Node.js proxy pays on this machine before its own work.
+  // The same figures for the two hops: what any Node.js proxy pays on this machine before its own work, and
+  // what one pays that reads the model's text.
+  const floors = (['node', 'decoding', 'earpiece'] as const).filter((m) => r.modes.includes(m));
   lines.push(
     '',
-    'The floor for a Node.js proxy on this machine: the bare Node hop (bench/node-hop.ts) parses the body, adds tools and copies the response bytes, nothing more.',
+    "The floors for a Node.js proxy on this machine: the bare Node hop (bench/node-hop.ts) parses the body, adds tools and copies the response bytes, nothing more; the decoding hop (the same with `--decode`) also reads the model's stream with earpiece's decoder and writes its text with earpiece's sink.",
     '',
-    '| streams | measure | bare Node hop | earpiece |',
-    '|---:|---|---:|---:|',
+    `| streams | measure | ${floors.map((m) => PATH_LABEL[m]).join(' | ')} |`,
+    `|---:|---|${floors.map(() => '---:').join('|')}|`,
   );
-  for (const [c] of r.results) {
-    const h = at(c, 'node');
-    const e = at(c, 'earpiece');
-    const d = at(c, 'direct');
-    const n = at(c, 'nginx');
-    if (!h || !e || !d) continue;
+  for (const [c, byMode] of r.results) {
+    const d = byMode.get('direct');
+    const n = byMode.get('nginx');
+    const paths = floors.map((m) => byMode.get(m));
+    if (!d || paths.some((x) => x === undefined)) continue;
+    const of = (cell: (x: Summary) => string) => (paths as Summary[]).map(cell).join(' | ');
     const level = c.toLocaleString('en');
     lines.push(
-      `| ${level} | added TTFT p50 (p99) | ${signedMs(h.ttftP50 - d.ttftP50)} (${signedMs(h.ttftP99 - d.ttftP99)}) | ${signedMs(e.ttftP50 - d.ttftP50)} (${signedMs(e.ttftP99 - d.ttftP99)}) |`,
+      `| ${level} | added TTFT p50 (p99) | ${of((x) => `${signedMs(x.ttftP50 - d.ttftP50)} (${signedMs(x.ttftP99 - d.ttftP99)})`)} |`,
     );
     if (n)
       lines.push(
-        `| ${level} | TTFT p50 (p99) against nginx | ${(h.ttftP50 / n.ttftP50).toFixed(2)}× (${(h.ttftP99 / n.ttftP99).toFixed(2)}×) | ${(e.ttftP50 / n.ttftP50).toFixed(2)}× (${(e.ttftP99 / n.ttftP99).toFixed(2)}×) |`,
+        `| ${level} | TTFT p50 (p99) against nginx | ${of((x) => `${(x.ttftP50 / n.ttftP50).toFixed(2)}× (${(x.ttftP99 / n.ttftP99).toFixed(2)}×)`)} |`,
       );
-    lines.push(
-      `| ${level} | proxy CPU s / 1k chunks | ${h.cpuPer1k?.toFixed(3) ?? '—'} | ${e.cpuPer1k?.toFixed(3) ?? '—'} |`,
-    );
+    lines.push(`| ${level} | proxy CPU s / 1k chunks | ${of((x) => x.cpuPer1k?.toFixed(3) ?? '—')} |`);
   }
 
   // Where the CPU went: the driver and the upstream share the two cores with the proxy.
