@@ -94,17 +94,20 @@ function forwardDecoded(pool: Pool, request: Record<string, unknown>, res: Serve
     {
       onRequestStart() {},
       onRequestSent: () => sink.begin(),
-      onResponseStart() {},
-      onResponseData: (_c, chunk) => {
+      onResponseStart: (controller, status) => {
+        // A refusal carries no stream to decode: the client sees the hop fail, as with a broken stream.
+        if (status >= 400) controller.abort(new Error(`upstream answered ${status}`));
+      },
+      onResponseData: (controller, chunk) => {
         try {
           if (decoder.feed(chunk)) sink.end(finish);
         } catch (err) {
-          res.destroy(err as Error);
+          controller.abort(err as Error);
         }
       },
       onResponseEnd: () => {
-        decoder.end();
-        sink.end(finish);
+        if (decoder.end()) sink.end(finish);
+        else res.destroy(new Error('upstream ended the stream without [DONE]'));
       },
       onResponseError: (_c, err) => res.destroy(err),
     },

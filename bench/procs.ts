@@ -336,8 +336,9 @@ export async function startNodeHop(
     { stdio: ['ignore', 'pipe', 'inherit'] },
   );
   const url = await new Promise<string>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error('the bare Node hop did not start within 30 s')), 30_000);
-    child.once('exit', (code) => reject(new Error(`the bare Node hop exited with code ${code}`)));
+    const name = options.decode ? 'the decoding hop' : 'the bare Node hop';
+    const timer = setTimeout(() => reject(new Error(`${name} did not start within 30 s`)), 30_000);
+    child.once('exit', (code) => reject(new Error(`${name} exited with code ${code}`)));
     child.stdout.setEncoding('utf8');
     child.stdout.once('data', (text: string) => {
       clearTimeout(timer);

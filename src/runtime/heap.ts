@@ -3,6 +3,7 @@
  * costs no stream a pause. Both need node's --expose-gc, which the image's ENTRYPOINT passes; without it
  * (npm start, tests) neither does anything.
  */
+import { MAX_DURATION_MS } from '../toolset/duration.js';
 
 /** A collection that shrinks the young generation to its minimum and compacts old space. */
 function collect(): void {
@@ -21,22 +22,26 @@ export function releaseStartupMemory(): void {
 
 /** Default wait with no turn open before a collection. */
 export const IDLE_COLLECTION_AFTER_MS = 30_000;
-/** The longest delay Node's timers keep: a longer one fires after 1 ms, which would collect after every turn. */
-const MAX_TIMER_MS = 2 ** 31 - 1;
-
-/** `afterMs`, or the default; a RangeError naming the value when no timer can wait that long. */
-function checkedWait(afterMs: number = IDLE_COLLECTION_AFTER_MS): number {
-  if (!Number.isFinite(afterMs) || afterMs < 0 || afterMs > MAX_TIMER_MS)
-    throw new RangeError(
-      `idleCollection.afterMs must be from 0 (never) to ${MAX_TIMER_MS} ms, not ${afterMs}`,
-    );
-  return afterMs;
-}
 /** Default growth of RSS since the last collection that makes one worth its pause. */
 export const IDLE_COLLECTION_GROWTH_BYTES = 32 * 1024 * 1024;
 
+/**
+ * `afterMs`, or the default; a RangeError naming the value when no timer can wait that long (Node fires a
+ * timer past MAX_DURATION_MS after 1 ms, which would collect after every turn).
+ */
+function checkedWait(afterMs: number = IDLE_COLLECTION_AFTER_MS): number {
+  if (!Number.isFinite(afterMs) || afterMs < 0 || afterMs > MAX_DURATION_MS)
+    throw new RangeError(
+      `idleCollection.afterMs must be from 0 (never) to ${MAX_DURATION_MS} ms, not ${afterMs}`,
+    );
+  return afterMs;
+}
+
 export interface IdleCollectionOptions {
-  /** How long no turn may have been open (default IDLE_COLLECTION_AFTER_MS); 0 turns the collection off. */
+  /**
+   * How long no turn may have been open (default IDLE_COLLECTION_AFTER_MS); 0 turns the collection off.
+   * Past MAX_DURATION_MS, negative or not a number: a RangeError.
+   */
   afterMs?: number;
   /** How much RSS must have grown since start-up or the last collection (default IDLE_COLLECTION_GROWTH_BYTES). */
   growthBytes?: number;
