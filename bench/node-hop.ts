@@ -15,7 +15,7 @@
 import { once } from 'node:events';
 import { createServer, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { Pool } from 'undici';
+import { type Dispatcher, Pool } from 'undici';
 import type { ChatChunk } from '../src/proxy/chunks.js';
 import { completionId, type FinishReason, SseSink } from '../src/proxy/sinks.js';
 import { ChunkDecoder } from '../src/proxy/sse.js';
@@ -30,6 +30,16 @@ const TOOLS = [
     },
   },
 ];
+
+/** The client's request, tools added, as the model server's POST. */
+function modelRequest(request: Record<string, unknown>): Dispatcher.DispatchOptions {
+  return {
+    method: 'POST',
+    path: '/v1/chat/completions',
+    headers: { 'content-type': 'application/json', accept: 'text/event-stream' },
+    body: JSON.stringify(request),
+  };
+}
 
 function forward(pool: Pool, body: string, res: ServerResponse, decode: boolean): void {
   const request = JSON.parse(body) as Record<string, unknown>;
@@ -48,22 +58,14 @@ function forward(pool: Pool, body: string, res: ServerResponse, decode: boolean)
       'cache-control': 'no-cache',
     });
   };
-  pool.dispatch(
-    {
-      method: 'POST',
-      path: '/v1/chat/completions',
-      headers: { 'content-type': 'application/json', accept: 'text/event-stream' },
-      body: JSON.stringify(request),
-    },
-    {
-      onRequestStart() {},
-      onRequestSent: () => begin(),
-      onResponseStart: (_c, status) => begin(status),
-      onResponseData: (_c, chunk) => void res.write(chunk),
-      onResponseEnd: () => res.end(),
-      onResponseError: (_c, err) => res.destroy(err),
-    },
-  );
+  pool.dispatch(modelRequest(request), {
+    onRequestStart() {},
+    onRequestSent: () => begin(),
+    onResponseStart: (_c, status) => begin(status),
+    onResponseData: (_c, chunk) => void res.write(chunk),
+    onResponseEnd: () => res.end(),
+    onResponseError: (_c, err) => res.destroy(err),
+  });
 }
 
 /** The decoding hop's answer: the model's text, decoded and written again in the proxy's own chunks. */
@@ -84,34 +86,26 @@ function forwardDecoded(pool: Pool, request: Record<string, unknown>, res: Serve
     },
     { onContent: content },
   );
-  pool.dispatch(
-    {
-      method: 'POST',
-      path: '/v1/chat/completions',
-      headers: { 'content-type': 'application/json', accept: 'text/event-stream' },
-      body: JSON.stringify(request),
+  pool.dispatch(modelRequest(request), {
+    onRequestStart() {},
+    onRequestSent: () => sink.begin(),
+    onResponseStart: (controller, status) => {
+      // A refusal carries no stream to decode: the client sees the hop fail, as with a broken stream.
+      if (status >= 400) controller.abort(new Error(`upstream answered ${status}`));
     },
-    {
-      onRequestStart() {},
-      onRequestSent: () => sink.begin(),
-      onResponseStart: (controller, status) => {
-        // A refusal carries no stream to decode: the client sees the hop fail, as with a broken stream.
-        if (status >= 400) controller.abort(new Error(`upstream answered ${status}`));
-      },
-      onResponseData: (controller, chunk) => {
-        try {
-          if (decoder.feed(chunk)) sink.end(finish);
-        } catch (err) {
-          controller.abort(err as Error);
-        }
-      },
-      onResponseEnd: () => {
-        if (decoder.end()) sink.end(finish);
-        else res.destroy(new Error('upstream ended the stream without [DONE]'));
-      },
-      onResponseError: (_c, err) => res.destroy(err),
+    onResponseData: (controller, chunk) => {
+      try {
+        if (decoder.feed(chunk)) sink.end(finish);
+      } catch (err) {
+        controller.abort(err as Error);
+      }
     },
-  );
+    onResponseEnd: () => {
+      if (decoder.end()) sink.end(finish);
+      else res.destroy(new Error('upstream ended the stream without [DONE]'));
+    },
+    onResponseError: (_c, err) => res.destroy(err),
+  });
 }
 
 async function main(upstreamUrl: string | undefined, decode: boolean): Promise<void> {
