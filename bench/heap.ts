@@ -128,7 +128,7 @@ export async function main(argv: string[]): Promise<number> {
       (flags) => startEarpiece(toolset, upstream.upstreamUrl, { extraFlags: flags }),
       streams,
     );
-    const hop = await measure((flags) => startNodeHop(upstream.upstreamUrl, flags), streams);
+    const hop = await measure((flags) => startNodeHop(upstream.upstreamUrl, { extraFlags: flags }), streams);
     const base =
       values.base === undefined
         ? undefined

@@ -318,17 +318,19 @@ export interface NodeHop {
   close(): Promise<void>;
 }
 
-/** `decode`: the decoding hop (the model's text decoded and written again, see bench/node-hop.ts). */
-export async function startNodeHop(
-  upstreamUrl: string,
-  extraFlags: readonly string[] = [],
-  options: { decode?: boolean } = {},
-): Promise<NodeHop> {
+export interface NodeHopStart {
+  /** Node flags after the image's (heap.ts asks for heap snapshots). */
+  extraFlags?: readonly string[];
+  /** The decoding hop: the model's text decoded and written again (see bench/node-hop.ts). */
+  decode?: boolean;
+}
+
+export async function startNodeHop(upstreamUrl: string, options: NodeHopStart = {}): Promise<NodeHop> {
   const child = spawn(
     process.execPath,
     [
       ...EARPIECE_NODE_FLAGS,
-      ...extraFlags,
+      ...(options.extraFlags ?? []),
       fileURLToPath(new URL('./node-hop.js', import.meta.url)),
       upstreamUrl,
       ...(options.decode ? ['--decode'] : []),

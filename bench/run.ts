@@ -494,7 +494,7 @@ export async function main(argv: string[]): Promise<number> {
     const toolsetPath = await writeToolSet(dir, upstream.toolUrl);
     earpiece = await startEarpiece(toolsetPath, upstream.upstreamUrl);
     node = await startNodeHop(upstream.upstreamUrl);
-    decoding = await startNodeHop(upstream.upstreamUrl, [], { decode: true });
+    decoding = await startNodeHop(upstream.upstreamUrl, { decode: true });
     const p: Proxies = { upstream, nginx, node, decoding, earpiece };
     // Let start-up work (module loading, first GC) settle before reading the idle footprint.
     await sleep(2000);
