@@ -6,6 +6,7 @@
  * refused with 503 at once and its connection closed (the client may still be sending), without reading
  * the rest. Shared by the proxy and the operator's webhook server.
  */
+import type { ServerResponse } from 'node:http';
 import { Transform, type TransformCallback } from 'node:stream';
 import type { FastifyReply, FastifyRequest, preParsingHookHandler } from 'fastify';
 
@@ -28,30 +29,49 @@ export class BodyBudget {
     return this.#used;
   }
 
+  /**
+   * Holds a body's declared bytes until its response closes: false, holding nothing, when they would pass
+   * the budget (the chat route's fast lane, and the hook below, for a body of known length).
+   */
+  holdDeclared(res: ServerResponse, bytes: number): boolean {
+    if (this.#used + bytes > this.maxBytes) return false;
+    this.#used += bytes;
+    res.once('close', () => {
+      this.#used -= bytes;
+    });
+    return true;
+  }
+
+  /** What a refused request hears (with its connection closed: the client may still be sending). */
+  exceeded(): BodyBudgetExceeded {
+    return new BodyBudgetExceeded(
+      `request bodies in flight already hold ${this.maxBytes} bytes, the most this server accepts; try again`,
+    );
+  }
+
   readonly hook: preParsingHookHandler = (request: FastifyRequest, reply: FastifyReply, payload, done) => {
     const declared = Number(request.headers['content-length']);
     const chunked = request.headers['transfer-encoding'] !== undefined;
     if (!chunked && !(declared > 0)) return done(null, payload);
+    if (!chunked) {
+      if (declared > this.bodyLimit) return done(null, payload);
+      return this.holdDeclared(reply.raw, declared) ? done(null, payload) : done(this.#refusal(reply));
+    }
     let held = 0;
-    const take = (bytes: number): boolean => {
-      if (this.#used + bytes > this.maxBytes) return false;
-      this.#used += bytes;
-      held += bytes;
-      return true;
-    };
     reply.raw.once('close', () => {
       this.#used -= held;
       held = 0;
     });
-    if (!chunked) {
-      if (declared > this.bodyLimit) return done(null, payload);
-      return take(declared) ? done(null, payload) : done(this.#refusal(reply));
-    }
     const budget = this;
     const counted = new Transform({
       transform(chunk: Buffer, _encoding, callback: TransformCallback) {
-        if (take(chunk.length)) callback(null, chunk);
-        else callback(budget.#refusal(reply));
+        if (budget.#used + chunk.length > budget.maxBytes) {
+          callback(budget.#refusal(reply));
+          return;
+        }
+        budget.#used += chunk.length;
+        held += chunk.length;
+        callback(null, chunk);
       },
     });
     payload.on('error', (err) => counted.destroy(err));
@@ -61,8 +81,6 @@ export class BodyBudget {
   #refusal(reply: FastifyReply): BodyBudgetExceeded {
     // fastify closes the connection after a body error, but not after a preParsing one.
     reply.header('connection', 'close');
-    return new BodyBudgetExceeded(
-      `request bodies in flight already hold ${this.maxBytes} bytes, the most this server accepts; try again`,
-    );
+    return this.exceeded();
   }
 }

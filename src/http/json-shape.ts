@@ -62,27 +62,31 @@ export function jsonShapeProblem(text: string, bounds: JsonShape): string | unde
 /** Marks a refused body's error (its `bodyShape`), for the servers' own logging. */
 export const BODY_SHAPE_REFUSED = 'ERP_BODY_SHAPE';
 
+/** Parses a JSON body's text, or fails with an error carrying its HTTP status (400). */
+export type JsonBodyParser = (text: string, done: (err: Error | null, value?: unknown) => void) => void;
+
 /**
- * Replaces the server's JSON body parser with one that first holds the text to `bounds`, then parses it
- * as fastify does (secure-json-parse, refusing `__proto__` and `constructor.prototype`). A refusal is a
- * 400 with `refuse(message)` as its error, marked with `bodyShape: BODY_SHAPE_REFUSED`.
+ * A parser that first holds the text to `bounds`, then parses it as fastify does (secure-json-parse,
+ * refusing `__proto__` and `constructor.prototype`). A refusal is a 400 with `refuse(message)` as its error,
+ * marked with `bodyShape: BODY_SHAPE_REFUSED`.
  */
-export function boundJsonBodies(
+export function boundedJsonParser(
   app: FastifyInstance,
   bounds: JsonShape,
   refuse: (message: string) => Error,
-): void {
+): JsonBodyParser {
   const secureParse = app.getDefaultJsonParser('error', 'error');
-  app.removeContentTypeParser('application/json');
-  app.addContentTypeParser('application/json', { parseAs: 'string' }, (request, body, done) => {
-    const text = body as string;
+  // fastify's own parser takes the request too, but does not read it.
+  const parseSecurely = (text: string, done: (err: Error | null, value?: unknown) => void) =>
+    secureParse(undefined as never, text, done);
+  return (text, done) => {
     const problem = jsonShapeProblem(text, bounds);
     if (problem) {
       done(Object.assign(refuse(problem), { statusCode: 400, bodyShape: BODY_SHAPE_REFUSED }), undefined);
       return;
     }
     if (mayHoldPrototypeKey(text)) {
-      secureParse(request, text, done);
+      parseSecurely(text, done);
       return;
     }
     let value: unknown;
@@ -90,11 +94,19 @@ export function boundJsonBodies(
       value = JSON.parse(text);
     } catch {
       // fastify's parser words the error (and takes a leading BOM, which JSON.parse does not).
-      secureParse(request, text, done);
+      parseSecurely(text, done);
       return;
     }
     done(null, value);
-  });
+  };
+}
+
+/** Replaces the server's JSON body parser with `parse` (boundedJsonParser). */
+export function boundJsonBodies(app: FastifyInstance, parse: JsonBodyParser): void {
+  app.removeContentTypeParser('application/json');
+  app.addContentTypeParser('application/json', { parseAs: 'string' }, (_request, body, done) =>
+    parse(body as string, done),
+  );
 }
 
 /**

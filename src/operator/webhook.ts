@@ -13,7 +13,12 @@ import type { V1OwnerReference } from '@kubernetes/client-node';
 import fastJsonPatch from 'fast-json-patch';
 import Fastify, { type FastifyInstance, LogController } from 'fastify';
 import { BodyBudget, BodyBudgetExceeded } from '../http/body-budget.js';
-import { BODY_SHAPE_REFUSED, boundJsonBodies, type JsonShape } from '../http/json-shape.js';
+import {
+  BODY_SHAPE_REFUSED,
+  boundedJsonParser,
+  boundJsonBodies,
+  type JsonShape,
+} from '../http/json-shape.js';
 import type { Logger } from '../telemetry/log.js';
 import type { ToolSet } from '../toolset/schema.js';
 import type { KeyPairPem } from './certs.js';
@@ -300,7 +305,10 @@ export async function startWebhookServer(options: WebhookServerOptions): Promise
   const budget = new BodyBudget(options.maxBodyBytesInFlight ?? DEFAULT_BODY_BYTES_IN_FLIGHT, bodyLimit);
   app.addHook('preParsing', budget.hook);
   // Any pod can reach the port: a body of nested brackets would otherwise cost the operator its memory.
-  boundJsonBodies(app as unknown as FastifyInstance, REVIEW_JSON_BOUNDS, (message) => new Error(message));
+  boundJsonBodies(
+    app as unknown as FastifyInstance,
+    boundedJsonParser(app as unknown as FastifyInstance, REVIEW_JSON_BOUNDS, (message) => new Error(message)),
+  );
   // Request logging is off (a line per review is noise), so a refused body would pass unseen. It is the
   // client's doing, not the operator's: one warn line each, never error (fastify's level for a 503).
   app.addHook('onError', (request, _reply, error, done) => {

@@ -3,6 +3,7 @@
  * type, a failed schema check, an unknown route, a body that never arrives) answered in the OpenAI error
  * shape the clients parse, with a code from errors.ts.
  */
+import type { ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify';
 import type { Logger } from '../telemetry/log.js';
@@ -34,10 +35,26 @@ export function asProxyError(err: FastifyError | ProxyError | Error): ProxyError
   return new ProxyError(code, code === 'ERP_INTERNAL' ? 'internal error' : err.message, { cause: err });
 }
 
+/** Only an overloaded proxy is worth asking again; the rest would fail the same way. */
+const worthRetrying = (err: ProxyError) => err.code === 'ERP_OVERLOADED';
+/** A refused body may still be arriving: close the connection rather than read the rest. */
+const closesConnection = (err: ProxyError) => err.status === 413 || err.status === 503;
+
 export function sendError(reply: FastifyReply, err: ProxyError): FastifyReply {
-  // Only an overloaded proxy is worth asking again; the rest would fail the same way.
-  if (err.code !== 'ERP_OVERLOADED') reply.header('x-should-retry', 'false');
+  if (!worthRetrying(err)) reply.header('x-should-retry', 'false');
   return reply.code(err.status).send(errorBody(err));
+}
+
+/** errorHandler's answer, on a response fastify does not hold (the chat route's fast lane). */
+export function writeError(res: ServerResponse, err: ProxyError): void {
+  const body = JSON.stringify(errorBody(err));
+  res.writeHead(err.status, {
+    'content-type': 'application/json; charset=utf-8',
+    'content-length': Buffer.byteLength(body),
+    ...(worthRetrying(err) ? {} : { 'x-should-retry': 'false' }),
+    ...(closesConnection(err) ? { connection: 'close' } : {}),
+  });
+  res.end(body);
 }
 
 export function errorHandler(logger: Logger) {
@@ -45,8 +62,7 @@ export function errorHandler(logger: Logger) {
     const proxyError = asProxyError(err);
     if (proxyError.code === 'ERP_INTERNAL')
       logger.error({ err, url: request.url }, 'Request failed inside the proxy.');
-    // A refused body may still be arriving: close the connection rather than read the rest.
-    if (proxyError.status === 413 || proxyError.status === 503) reply.header('connection', 'close');
+    if (closesConnection(proxyError)) reply.header('connection', 'close');
     return sendError(reply, proxyError);
   };
 }

@@ -2,15 +2,16 @@
  * The two HTTP servers, built but not listening (start.ts listens). The chat server carries the
  * OpenAI API and health; the metrics server carries /metrics and health for probes and Prometheus.
  */
-import Fastify, { type FastifyInstance, LogController } from 'fastify';
+import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
+import Fastify, { type FastifyInstance, type FastifyServerFactoryHandler, LogController } from 'fastify';
 import { BodyBudget } from '../http/body-budget.js';
-import { boundJsonBodies, type JsonShape } from '../http/json-shape.js';
+import { boundedJsonParser, boundJsonBodies, type JsonShape } from '../http/json-shape.js';
 import type { ProxyTelemetry } from '../telemetry/index.js';
 import type { Logger } from '../telemetry/log.js';
 import type { ActiveToolSet } from './active.js';
 import { ProxyError } from './errors.js';
 import { clientErrorHandler, errorHandler, notFoundHandler } from './http-errors.js';
-import { chatRoutes } from './routes/chat.js';
+import { type ChatParts, chatFastLane, chatRoutes } from './routes/chat.js';
 import { healthRoutes } from './routes/health.js';
 import { passthroughRoutes } from './routes/passthrough.js';
 
@@ -61,8 +62,34 @@ const DEFAULT_LIMITS: ServerLimits = {
   maxBodyBytesInFlight: DEFAULT_BODY_BYTES_IN_FLIGHT,
 };
 
-function base(deps: ServerDeps, limits: ServerLimits): FastifyInstance {
+/**
+ * A request listener in front of fastify's: it serves a request and returns true, or returns false to
+ * leave it to fastify. Set once the app's parts are made (no request comes before listen()).
+ */
+interface Front {
+  lane?: (req: IncomingMessage, res: ServerResponse) => boolean;
+}
+
+const KEEP_ALIVE_MS = 65_000;
+
+function base(deps: ServerDeps, limits: ServerLimits, front?: Front): FastifyInstance {
+  const http = {
+    // Node checks the request timeout this often (30 s by default, three times the whole timeout).
+    connectionsCheckingInterval: Math.min(1000, limits.requestTimeoutMs),
+    headersTimeout: limits.requestTimeoutMs,
+  };
   const app = Fastify({
+    ...(front && {
+      serverFactory: (handler: FastifyServerFactoryHandler) => {
+        const server = createServer(http, (req, res) => {
+          if (!front.lane?.(req, res)) handler(req, res);
+        });
+        // What fastify sets on a server it makes itself (its connection timeout is Node's default, none).
+        server.keepAliveTimeout = KEEP_ALIVE_MS;
+        server.requestTimeout = limits.requestTimeoutMs;
+        return server;
+      },
+    }),
     loggerInstance: deps.logger,
     // A log line per request would cost more than the proxy itself adds to a turn.
     logController: new LogController({ disableRequestLogging: true }),
@@ -72,13 +99,9 @@ function base(deps: ServerDeps, limits: ServerLimits): FastifyInstance {
     bodyLimit: BODY_LIMIT,
     return503OnClosing: true,
     forceCloseConnections: 'idle',
-    keepAliveTimeout: 65_000,
+    keepAliveTimeout: KEEP_ALIVE_MS,
     requestTimeout: limits.requestTimeoutMs,
-    http: {
-      // Node checks the request timeout this often (30 s by default, three times the whole timeout).
-      connectionsCheckingInterval: Math.min(1000, limits.requestTimeoutMs),
-      headersTimeout: limits.requestTimeoutMs,
-    },
+    http,
     clientErrorHandler,
     // A field of the wrong type is the client's mistake to hear about, not to have guessed at.
     ajv: { customOptions: { coerceTypes: false } },
@@ -89,12 +112,31 @@ function base(deps: ServerDeps, limits: ServerLimits): FastifyInstance {
 }
 
 export function buildServer(deps: ServerDeps, limits: ServerLimits = DEFAULT_LIMITS): FastifyInstance {
-  const app = base(deps, limits);
+  const front: Front = {};
+  const app = base(deps, limits, front);
   const budget = new BodyBudget(limits.maxBodyBytesInFlight, BODY_LIMIT);
   app.addHook('preParsing', budget.hook);
-  boundJsonBodies(app, REQUEST_JSON_BOUNDS, (message) => new ProxyError('ERP_BAD_REQUEST', message));
+  const parseJson = boundedJsonParser(
+    app,
+    REQUEST_JSON_BOUNDS,
+    (message) => new ProxyError('ERP_BAD_REQUEST', message),
+  );
+  boundJsonBodies(app, parseJson);
   deps.telemetry.watchBodyBytesInFlight(() => budget.used);
-  app.register(async (scope) => chatRoutes(scope, deps, limits.requestTimeoutMs));
+  const chat: ChatParts = {
+    deps,
+    unreadAnswerMs: limits.requestTimeoutMs,
+    budget,
+    parseJson,
+    bodyLimit: BODY_LIMIT,
+  };
+  let closing = false;
+  app.addHook('preClose', async () => {
+    closing = true;
+  });
+  // Once the server closes, fastify answers every request (503).
+  front.lane = chatFastLane(chat, () => closing);
+  app.register(async (scope) => chatRoutes(scope, chat));
   app.register(async (scope) => passthroughRoutes(scope, deps));
   app.register(async (scope) => healthRoutes(scope, deps));
   return app;
