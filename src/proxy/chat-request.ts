@@ -71,8 +71,8 @@ export interface ChatRequestBody {
 }
 
 /**
- * The one check of ChatRequestSchema, for fastify's route and the fast lane alike: compiled with fastify's
- * own Ajv options (and its types never coerced), one error at a time.
+ * The one check of ChatRequestSchema, for fastify's route and the fast lane alike: compiled with the options
+ * of fastify's Ajv that bear on this schema (and its types never coerced), one error at a time.
  */
 export const validateChatRequest = new Ajv({
   coerceTypes: false,

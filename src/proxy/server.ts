@@ -2,8 +2,8 @@
  * The two HTTP servers, built but not listening (start.ts listens). The chat server carries the
  * OpenAI API and health; the metrics server carries /metrics and health for probes and Prometheus.
  */
-import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
-import Fastify, { type FastifyInstance, type FastifyServerFactoryHandler, LogController } from 'fastify';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import Fastify, { type FastifyInstance, LogController } from 'fastify';
 import { BodyBudget } from '../http/body-budget.js';
 import { boundedJsonParser, boundJsonBodies, type JsonShape } from '../http/json-shape.js';
 import type { ProxyTelemetry } from '../telemetry/index.js';
@@ -62,34 +62,8 @@ const DEFAULT_LIMITS: ServerLimits = {
   maxBodyBytesInFlight: DEFAULT_BODY_BYTES_IN_FLIGHT,
 };
 
-/**
- * A request listener in front of fastify's: it serves a request and returns true, or returns false to
- * leave it to fastify. Set once the app's parts are made (no request comes before listen()).
- */
-interface Front {
-  lane?: (req: IncomingMessage, res: ServerResponse) => boolean;
-}
-
-const KEEP_ALIVE_MS = 65_000;
-
-function base(deps: ServerDeps, limits: ServerLimits, front?: Front): FastifyInstance {
-  const http = {
-    // Node checks the request timeout this often (30 s by default, three times the whole timeout).
-    connectionsCheckingInterval: Math.min(1000, limits.requestTimeoutMs),
-    headersTimeout: limits.requestTimeoutMs,
-  };
+function base(deps: ServerDeps, limits: ServerLimits): FastifyInstance {
   const app = Fastify({
-    ...(front && {
-      serverFactory: (handler: FastifyServerFactoryHandler) => {
-        const server = createServer(http, (req, res) => {
-          if (!front.lane?.(req, res)) handler(req, res);
-        });
-        // What fastify sets on a server it makes itself (its connection timeout is Node's default, none).
-        server.keepAliveTimeout = KEEP_ALIVE_MS;
-        server.requestTimeout = limits.requestTimeoutMs;
-        return server;
-      },
-    }),
     loggerInstance: deps.logger,
     // A log line per request would cost more than the proxy itself adds to a turn.
     logController: new LogController({ disableRequestLogging: true }),
@@ -99,9 +73,13 @@ function base(deps: ServerDeps, limits: ServerLimits, front?: Front): FastifyIns
     bodyLimit: BODY_LIMIT,
     return503OnClosing: true,
     forceCloseConnections: 'idle',
-    keepAliveTimeout: KEEP_ALIVE_MS,
+    keepAliveTimeout: 65_000,
     requestTimeout: limits.requestTimeoutMs,
-    http,
+    http: {
+      // Node checks the request timeout this often (30 s by default, three times the whole timeout).
+      connectionsCheckingInterval: Math.min(1000, limits.requestTimeoutMs),
+      headersTimeout: limits.requestTimeoutMs,
+    },
     clientErrorHandler,
     // A field of the wrong type is the client's mistake to hear about, not to have guessed at.
     ajv: { customOptions: { coerceTypes: false } },
@@ -112,8 +90,7 @@ function base(deps: ServerDeps, limits: ServerLimits, front?: Front): FastifyIns
 }
 
 export function buildServer(deps: ServerDeps, limits: ServerLimits = DEFAULT_LIMITS): FastifyInstance {
-  const front: Front = {};
-  const app = base(deps, limits, front);
+  const app = base(deps, limits);
   const budget = new BodyBudget(limits.maxBodyBytesInFlight, BODY_LIMIT);
   app.addHook('preParsing', budget.hook);
   const parseJson = boundedJsonParser(
@@ -123,23 +100,41 @@ export function buildServer(deps: ServerDeps, limits: ServerLimits = DEFAULT_LIM
   );
   boundJsonBodies(app, parseJson);
   deps.telemetry.watchBodyBytesInFlight(() => budget.used);
-  const chat: ChatParts = {
-    deps,
-    unreadAnswerMs: limits.requestTimeoutMs,
-    budget,
-    parseJson,
-    bodyLimit: BODY_LIMIT,
-  };
+  const chat: ChatParts = { deps, unreadAnswerMs: limits.requestTimeoutMs };
+  // Set as fastify starts to close: from then on fastify answers every request (503).
   let closing = false;
   app.addHook('preClose', async () => {
     closing = true;
   });
-  // Once the server closes, fastify answers every request (503).
-  front.lane = chatFastLane(chat, () => closing);
+  putInFront(
+    app,
+    chatFastLane({ ...chat, budget, parseJson, bodyLimit: BODY_LIMIT }, () => closing),
+  );
   app.register(async (scope) => chatRoutes(scope, chat));
   app.register(async (scope) => passthroughRoutes(scope, deps));
   app.register(async (scope) => healthRoutes(scope, deps));
   return app;
+}
+
+/**
+ * Puts `lane` in front of fastify's request listener on the app's server: it serves a request and returns
+ * true, or returns false to leave it to fastify. Hooks added to the app do not see the requests it takes.
+ * (The extra servers fastify binds for a host name of several addresses, such as localhost, are fastify's
+ * alone.)
+ */
+function putInFront(
+  app: FastifyInstance,
+  lane: (req: IncomingMessage, res: ServerResponse) => boolean,
+): void {
+  const [fastify, ...others] = app.server.listeners('request') as ((
+    req: IncomingMessage,
+    res: ServerResponse,
+  ) => void)[];
+  if (!fastify || others.length > 0) throw new Error("expected fastify's one request listener on its server");
+  app.server.removeListener('request', fastify);
+  app.server.on('request', (req: IncomingMessage, res: ServerResponse) => {
+    if (!lane(req, res)) fastify(req, res);
+  });
 }
 
 export function buildMetricsServer(deps: ServerDeps): FastifyInstance {

@@ -4,7 +4,8 @@
  * Two ways in, one turn. The fast lane takes the common request (a JSON body of declared length within the
  * body limit) straight from Node's server: fastify's request pipeline costs about a tenth of a brief turn
  * (docs/benchmark.md). The lane makes fastify's checks with the same parts, in the same order (the body
- * budget, the JSON bounds, the schema) and answers a failure as errorHandler does. Any other request
+ * budget, the JSON bounds, the schema) and answers a failure as errorHandler does, but keeps the connection
+ * after a body it has read whole and could not parse, where fastify closes it. Any other request
  * (chunked, of another content type, too large, or while the server closes) takes fastify's route, and
  * hears fastify's answers.
  */
@@ -35,6 +36,10 @@ export interface ChatParts {
   deps: ServerDeps;
   /** How long a client has to read the answer once the turn is over (closeIfUnread). */
   unreadAnswerMs: number;
+}
+
+/** What the fast lane checks a request with: the server's own parts, which fastify's route uses too. */
+export interface LaneParts extends ChatParts {
   budget: BodyBudget;
   /** The server's JSON body parser (the JSON bounds, then a secure parse). */
   parseJson: JsonBodyParser;
@@ -63,7 +68,7 @@ export async function chatRoutes(app: FastifyInstance, parts: ChatParts): Promis
  * it), false to leave it to fastify.
  */
 export function chatFastLane(
-  parts: ChatParts,
+  parts: LaneParts,
   isClosing: () => boolean,
 ): (req: IncomingMessage, res: ServerResponse) => boolean {
   const { budget, parseJson, bodyLimit } = parts;
@@ -94,7 +99,12 @@ export function chatFastLane(
       parseJson(text, (err, body) => {
         const problem = err ? asProxyError(err) : badRequest(chatRequestProblem(body));
         if (problem) writeError(res, problem);
-        else void serveTurn(body as ChatRequestBody, headers, res, parts);
+        else
+          serveTurn(body as ChatRequestBody, headers, res, parts).catch((err: unknown) => {
+            // fastify's route would have caught this; here nothing else would, and the process would exit.
+            parts.deps.logger.error({ err }, 'Chat request failed inside the proxy.');
+            res.destroy();
+          });
       }),
     );
     return true;
