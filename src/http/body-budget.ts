@@ -34,8 +34,7 @@ export class BodyBudget {
    * the budget (the chat route's fast lane, and the hook below, for a body of known length).
    */
   holdDeclared(res: ServerResponse, bytes: number): boolean {
-    if (this.#used + bytes > this.maxBytes) return false;
-    this.#used += bytes;
+    if (!this.#take(bytes)) return false;
     res.once('close', () => {
       this.#used -= bytes;
     });
@@ -65,11 +64,10 @@ export class BodyBudget {
     const budget = this;
     const counted = new Transform({
       transform(chunk: Buffer, _encoding, callback: TransformCallback) {
-        if (budget.#used + chunk.length > budget.maxBytes) {
+        if (!budget.#take(chunk.length)) {
           callback(budget.#refusal(reply));
           return;
         }
-        budget.#used += chunk.length;
         held += chunk.length;
         callback(null, chunk);
       },
@@ -77,6 +75,13 @@ export class BodyBudget {
     payload.on('error', (err) => counted.destroy(err));
     done(null, payload.pipe(counted));
   };
+
+  /** Counts `bytes` as held, or nothing when they would pass the budget. */
+  #take(bytes: number): boolean {
+    if (this.#used + bytes > this.maxBytes) return false;
+    this.#used += bytes;
+    return true;
+  }
 
   #refusal(reply: FastifyReply): BodyBudgetExceeded {
     // fastify closes the connection after a body error, but not after a preParsing one.

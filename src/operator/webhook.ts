@@ -305,9 +305,10 @@ export async function startWebhookServer(options: WebhookServerOptions): Promise
   const budget = new BodyBudget(options.maxBodyBytesInFlight ?? DEFAULT_BODY_BYTES_IN_FLIGHT, bodyLimit);
   app.addHook('preParsing', budget.hook);
   // Any pod can reach the port: a body of nested brackets would otherwise cost the operator its memory.
+  const fastify = app as unknown as FastifyInstance;
   boundJsonBodies(
-    app as unknown as FastifyInstance,
-    boundedJsonParser(app as unknown as FastifyInstance, REVIEW_JSON_BOUNDS, (message) => new Error(message)),
+    fastify,
+    boundedJsonParser(fastify, REVIEW_JSON_BOUNDS, (message) => new Error(message)),
   );
   // Request logging is off (a line per review is noise), so a refused body would pass unseen. It is the
   // client's doing, not the operator's: one warn line each, never error (fastify's level for a 503).

@@ -29,6 +29,7 @@ import { ATTRIBUTION_HEADERS } from '../upstream.js';
 import { voiceText } from '../voice.js';
 
 const CHAT_PATH = '/v1/chat/completions';
+const CHAT_PATH_WITH_QUERY = `${CHAT_PATH}?`;
 /** What clients send (the OpenAI SDKs, Unmute's httpx); fastify decides on any other spelling. */
 const JSON_CONTENT_TYPE = /^application\/json(?:; ?charset=utf-8)?$/i;
 
@@ -77,7 +78,7 @@ export function chatFastLane(
     const declared = Number(headers['content-length']);
     if (
       req.method !== 'POST' ||
-      (req.url !== CHAT_PATH && !req.url?.startsWith(`${CHAT_PATH}?`)) ||
+      (req.url !== CHAT_PATH && !req.url?.startsWith(CHAT_PATH_WITH_QUERY)) ||
       headers['transfer-encoding'] !== undefined ||
       !(declared > 0 && declared <= bodyLimit) ||
       !JSON_CONTENT_TYPE.test(headers['content-type'] ?? '') ||
