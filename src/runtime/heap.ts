@@ -37,13 +37,26 @@ function checkedWait(afterMs: number = IDLE_COLLECTION_AFTER_MS): number {
   return afterMs;
 }
 
+/**
+ * `growthBytes`, or the default; a RangeError naming the value when it is negative or not a finite number
+ * (either would make every idle wait collect, as if any growth were worth a pause).
+ */
+function checkedGrowth(growthBytes: number = IDLE_COLLECTION_GROWTH_BYTES): number {
+  if (!Number.isFinite(growthBytes) || growthBytes < 0)
+    throw new RangeError(`idleCollection.growthBytes must be a number of bytes from 0, not ${growthBytes}`);
+  return growthBytes;
+}
+
 export interface IdleCollectionOptions {
   /**
    * How long no turn may have been open (default IDLE_COLLECTION_AFTER_MS); 0 turns the collection off.
    * Past MAX_DURATION_MS, negative or not a number: a RangeError.
    */
   afterMs?: number;
-  /** How much RSS must have grown since start-up or the last collection (default IDLE_COLLECTION_GROWTH_BYTES). */
+  /**
+   * How much RSS must have grown since start-up or the last collection (default IDLE_COLLECTION_GROWTH_BYTES).
+   * Negative or not a finite number: a RangeError.
+   */
   growthBytes?: number;
   /** Work that runs with no turn open (calls deferred past their turn): while it does, the collection waits. */
   busy?: () => boolean;
@@ -85,6 +98,7 @@ export class IdleCollection {
 
   /** Undefined without --expose-gc (there is no collection to run then), or when `afterMs` is 0. */
   static forProcess(options: IdleCollectionOptions = {}): IdleCollection | undefined {
+    checkedGrowth(options.growthBytes);
     if (checkedWait(options.afterMs) === 0 || globalThis.gc === undefined) return undefined;
     return new IdleCollection({ collect, rss: () => process.memoryUsage.rss() }, options);
   }
@@ -92,7 +106,7 @@ export class IdleCollection {
   constructor(heap: HeapControl, options: IdleCollectionOptions = {}) {
     this.#heap = heap;
     this.#afterMs = checkedWait(options.afterMs);
-    this.#growthBytes = options.growthBytes ?? IDLE_COLLECTION_GROWTH_BYTES;
+    this.#growthBytes = checkedGrowth(options.growthBytes);
     this.#busy = options.busy ?? (() => false);
     this.#onCollected = options.onCollected;
     this.#baseline = heap.rss();

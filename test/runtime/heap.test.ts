@@ -160,6 +160,17 @@ describe('IdleCollection', () => {
     expect(() => new IdleCollection(control, { afterMs: 2 ** 31 - 1 })).not.toThrow();
   });
 
+  it('refuses a growth that would make every idle wait collect, naming it', () => {
+    const control = { collect() {}, rss: () => 0 };
+    for (const growthBytes of [-1, Number.NaN, Number.POSITIVE_INFINITY]) {
+      expect(() => new IdleCollection(control, { growthBytes })).toThrow(
+        new RangeError(`idleCollection.growthBytes must be a number of bytes from 0, not ${growthBytes}`),
+      );
+      expect(() => IdleCollection.forProcess({ growthBytes })).toThrow(RangeError);
+    }
+    expect(() => new IdleCollection(control, { growthBytes: 0 })).not.toThrow();
+  });
+
   it('is not made for a process without --expose-gc (it would have nothing to run)', () => {
     // vitest's workers run without the flag.
     expect(globalThis.gc).toBeUndefined();
