@@ -103,6 +103,8 @@ export interface ControllerOptions {
   instance?: string;
   /** How often every cached ToolSet is reconciled again without an event. */
   resyncMs?: number;
+  /** How soon a ToolSet whose SidecarsReady says NoPods is reconciled again (default NO_PODS_RECHECK_MS). */
+  noPodsRecheckMs?: number;
   workers?: number;
   retryBaseMs?: number;
   retryMaxMs?: number;
@@ -111,6 +113,9 @@ export interface ControllerOptions {
 const ssa = setHeaderOptions('Content-Type', PatchStrategy.ServerSideApply);
 const merge = setHeaderOptions('Content-Type', PatchStrategy.MergePatch);
 const jsonPatch = setHeaderOptions('Content-Type', PatchStrategy.JsonPatch);
+
+/** A NoPods message is at most this old; one list of the selector's pods per such ToolSet each time. */
+export const NO_PODS_RECHECK_MS = 60_000;
 
 export function toolSetKey(namespace: string | undefined, name: string): string {
   return `${namespace ?? ''}/${name}`;
@@ -297,6 +302,7 @@ export class ToolSetController {
 
     const tools = toolset.spec.tools.length;
     const injected = this.injectedFor(name, namespace);
+    const sidecars = await this.sidecarCondition(toolset, namespace, cached, injected);
     await this.writeStatus(cached, {
       observedGeneration: generation,
       tools,
@@ -309,9 +315,13 @@ export class ToolSetController {
           message: `ConfigMap ${cmName} holds ${tools} tool ${tools === 1 ? 'entry' : 'entries'}`,
         },
         this.restartCondition(toolset, injected),
-        ...(await this.sidecarCondition(toolset, namespace, cached, injected)),
+        ...sidecars,
       ],
     });
+    // NoPods names pods no informer here watches (matched by the selector, never opted in): looked at again
+    // soon, so that its message does not wait for the resync to name a pod that came or went.
+    if (this.leading && sidecars.some((c) => c.reason === 'NoPods'))
+      this.queue.addAfter(key, this.o.noPodsRecheckMs ?? NO_PODS_RECHECK_MS);
     return 'ok';
   }
 

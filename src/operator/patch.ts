@@ -13,6 +13,7 @@ import type { V1Container, V1EnvVar, V1PodSpec } from '@kubernetes/client-node';
 import type { ToolSet } from '../toolset/schema.js';
 import { selectToolSet, type ToolSetLookup } from './select.js';
 import {
+  ANNOTATION_INJECTED_BY,
   ANNOTATION_INJECTED_ENV,
   ANNOTATION_INJECTED_IMAGE,
   ANNOTATION_TOOLSET_HASH,
@@ -258,6 +259,7 @@ export function buildInjection(given: PodTemplate, input: InjectInput): InjectRe
     [ANNOTATION_TOOLSET_HASH]: config.hash,
     [ANNOTATION_INJECTED_IMAGE]: settings.image,
     ...envRecord(input.sidecar.extraEnv),
+    ...(input.instance === undefined ? {} : { [ANNOTATION_INJECTED_BY]: input.instance }),
   };
   return {
     ok: true,
@@ -375,6 +377,7 @@ export function stripInjection(template: PodTemplate): { template: PodTemplate; 
     delete meta.annotations?.[ANNOTATION_TOOLSET_HASH];
     delete meta.annotations?.[ANNOTATION_INJECTED_IMAGE];
     delete meta.annotations?.[ANNOTATION_INJECTED_ENV];
+    delete meta.annotations?.[ANNOTATION_INJECTED_BY];
     if (meta.labels && Object.keys(meta.labels).length === 0) delete meta.labels;
     if (meta.annotations && Object.keys(meta.annotations).length === 0) delete meta.annotations;
   }
@@ -580,6 +583,8 @@ export function readInjection(template: PodTemplate):
        * without one, nothing in the pod talks to the sidecar (read from the spec, whatever was recorded).
        */
       appUsesProxy: boolean;
+      /** The instance of the operator whose webhook injected it (annotation earpiece.dev/injected-by), when recorded. */
+      injectedBy: string | undefined;
     }
   | undefined {
   const spec = template.spec;
@@ -606,5 +611,6 @@ export function readInjection(template: PodTemplate):
     appUsesProxy: (spec?.containers ?? []).some(
       (c) => c.name !== SIDECAR_NAME && (c.env ?? []).some((e) => e.name === APP_URL_ENV),
     ),
+    injectedBy: annotations?.[ANNOTATION_INJECTED_BY],
   };
 }

@@ -27,7 +27,8 @@ export class WorkQueue {
   private readonly running = new Set<string>();
   private readonly dirty = new Set<string>();
   private readonly failures = new Map<string, number>();
-  private readonly timers = new Set<NodeJS.Timeout>();
+  /** Keys waiting for addAfter's time, each with its one timer. */
+  private readonly waiting = new Map<string, { timer: NodeJS.Timeout; at: number }>();
   private readonly settled = new Set<() => void>();
   private active = false;
 
@@ -48,13 +49,22 @@ export class WorkQueue {
     this.pump();
   }
 
+  /**
+   * Adds the key after `delayMs`. A key waits once, as in client-go's delaying queue: asked again while it
+   * waits, it keeps the sooner of the two times, so a key re-armed by each of its runs has one timer, not one
+   * more per run.
+   */
   addAfter(key: string, delayMs: number): void {
+    const at = performance.now() + delayMs;
+    const waiting = this.waiting.get(key);
+    if (waiting && waiting.at <= at) return;
+    if (waiting) clearTimeout(waiting.timer);
     const timer = setTimeout(() => {
-      this.timers.delete(timer);
+      this.waiting.delete(key);
       this.add(key);
     }, delayMs);
     timer.unref();
-    this.timers.add(timer);
+    this.waiting.set(key, { timer, at });
   }
 
   /** Starts handing keys to the worker (keys added before are kept). */
@@ -66,8 +76,8 @@ export class WorkQueue {
   /** Stops handing out keys, drops what is queued or waiting for a retry, and waits for running keys. */
   async stop(): Promise<void> {
     this.active = false;
-    for (const t of this.timers) clearTimeout(t);
-    this.timers.clear();
+    for (const { timer } of this.waiting.values()) clearTimeout(timer);
+    this.waiting.clear();
     this.queue.length = 0;
     this.queued.clear();
     this.dirty.clear();

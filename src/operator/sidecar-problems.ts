@@ -288,14 +288,15 @@ export class SidecarProblemReporter {
         toolset: toolset?.metadata.name,
       };
     }
-    const injectedFor = readInjection({
-      metadata: { annotations: meta.annotations },
-      spec: pod.spec,
-    })?.toolset;
-    // A sidecar another release's webhook injected is that release's operator's to report.
+    const injection = readInjection({ metadata: { annotations: meta.annotations }, spec: pod.spec });
+    const injectedFor = injection?.toolset;
+    // A sidecar another release's webhook injected is that release's operator's to report: as the pod
+    // records it, or, injected before it recorded that, as its ToolSet's label says while it exists.
     const injectedToolSet =
       injectedFor === undefined ? undefined : this.o.toolsets(namespace).byName(injectedFor);
-    if (otherOperator(injectedToolSet, this.o.instance) !== undefined) return undefined;
+    if (injection?.injectedBy !== undefined && this.o.instance !== undefined) {
+      if (injection.injectedBy !== this.o.instance) return undefined;
+    } else if (otherOperator(injectedToolSet, this.o.instance) !== undefined) return undefined;
     const problem = sidecarStatusProblem(pod, now);
     // One being deleted is gone already, to the controller too (a finalizer may hold it for long).
     const gone =

@@ -43,6 +43,11 @@ export const ANNOTATION_INJECTED_IMAGE = 'earpiece.dev/injected-image';
  * after earpiece is left as it is.
  */
 export const ANNOTATION_INJECTED_ENV = 'earpiece.dev/injected-env';
+/**
+ * On a pod the operator's webhook injected: that operator's instance. Its sidecar's problems are that
+ * release's to report, even once its ToolSet (and the ToolSet's operator label) is gone.
+ */
+export const ANNOTATION_INJECTED_BY = 'earpiece.dev/injected-by';
 /** On the ConfigMap: the sidecar env vars its configuration needs (names and Secret keys, never values). */
 export const ANNOTATION_SECRET_ENV = 'earpiece.dev/secret-env';
 

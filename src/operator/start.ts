@@ -59,6 +59,8 @@ export interface Timing {
   retryPeriodMs?: number;
   /** Every cached ToolSet is reconciled again this often. */
   resyncMs?: number;
+  /** A ToolSet whose SidecarsReady says NoPods is reconciled again this soon. */
+  noPodsRecheckMs?: number;
   /** First retry of a failed reconcile (doubles up to retryMaxMs). */
   retryBaseMs?: number;
   retryMaxMs?: number;
@@ -198,6 +200,7 @@ export class ControlPlane {
       sidecarEnv: config.sidecar.extraEnv,
       sidecarImage: config.sidecar.image,
       resyncMs: timing.resyncMs,
+      noPodsRecheckMs: timing.noPodsRecheckMs,
       retryBaseMs: timing.retryBaseMs,
       retryMaxMs: timing.retryMaxMs,
     });

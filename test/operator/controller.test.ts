@@ -517,6 +517,36 @@ describe('ToolSet controller', () => {
     });
   });
 
+  it('names, within its recheck, a pod its selector matches that came after the NoPods message', async () => {
+    // Such pods never asked for a sidecar, so no informer of the operator sees them come or go.
+    const plane = controlPlane('operator', false, { ...TIMING, noPodsRecheckMs: 100 });
+    await plane.start();
+    api.create('toolsets', toolset('assistant', [weatherTool()]));
+    await expect.poll(() => condition('assistant', 'SidecarsReady')?.reason, POLL).toBe('NoPods');
+    expect(condition('assistant', 'SidecarsReady')?.message).toMatch(
+      /; no running pod matches spec\.selector \(app=unmute-backend\)$/,
+    );
+    // The reconciles that the ToolSet's own status writes bring are over before the pod comes.
+    const settle = () => sleep(400);
+    await settle();
+    const late = {
+      apiVersion: 'v1',
+      kind: 'Pod',
+      metadata: { name: 'backend-late', namespace: NS, labels: { app: 'unmute-backend' } },
+      spec: { containers: [{ name: 'backend', image: 'unmute' }] },
+      status: { phase: 'Running' },
+    } as KObject;
+    api.create('pods', late);
+    await expect
+      .poll(() => condition('assistant', 'SidecarsReady')?.message, POLL)
+      .toMatch(/; pods backend-late match spec\.selector but are not opted in$/);
+    await settle();
+    api.delete('pods', NS, 'backend-late');
+    await expect
+      .poll(() => condition('assistant', 'SidecarsReady')?.message, POLL)
+      .toMatch(/; no running pod matches spec\.selector \(app=unmute-backend\)$/);
+  });
+
   it('is not SidecarsReady while the app of an injected pod never talks to its sidecar', async () => {
     const plane = controlPlane();
     await plane.start();

@@ -583,6 +583,19 @@ describe('skip reasons', () => {
     expect(buildInjection(pod(), input({ toolsets }))).toMatchObject({ ok: true });
   });
 
+  it("records the webhook's operator instance on the pod, for that release's reports; injected again, the new one's", () => {
+    const byCanary = injected(pod(), input({ instance: 'canary' })).template;
+    expect(byCanary.metadata?.annotations?.['earpiece.dev/injected-by']).toBe('canary');
+    expect(readInjection(byCanary)?.injectedBy).toBe('canary');
+    // `earpiece inject` is no release: it records none.
+    expect(injected(pod()).template.metadata?.annotations).not.toHaveProperty('earpiece.dev/injected-by');
+    const edited = structuredClone(assistant);
+    edited.spec.instructions = 'Answer in one short sentence.';
+    const again = injected(byCanary, input({ instance: 'stable' }, [edited])).template;
+    expect(readInjection(again)?.injectedBy).toBe('stable');
+    expect(readInjection(injected(byCanary, input({}, [edited])).template)?.injectedBy).toBeUndefined();
+  });
+
   it('already injected: a second run returns the pod unchanged', () => {
     const once = injected(pod()).template;
     const twice = buildInjection(once, input());

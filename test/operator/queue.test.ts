@@ -105,6 +105,26 @@ describe('WorkQueue', () => {
     expect(delays).toEqual([5, 10, 15]);
   });
 
+  it('keeps one wait per key, the sooner: a key each run re-arms does not gather timers', async () => {
+    const runs: { key: string; at: number }[] = [];
+    const q = new WorkQueue({
+      worker: async (key) => {
+        runs.push({ key, at: performance.now() });
+      },
+    });
+    q.start();
+    const start = performance.now();
+    // Asked to wait three times: it waits once, until the soonest time (40 ms), not 300 ms.
+    q.addAfter('a', 300);
+    q.addAfter('a', 40);
+    q.addAfter('a', 200);
+    q.addAfter('b', 60);
+    await new Promise((r) => setTimeout(r, 400));
+    expect(runs.map((r) => r.key)).toEqual(['a', 'b']);
+    expect(runs[0]!.at - start).toBeLessThan(300);
+    await q.stop();
+  });
+
   it('stops: drops queued keys and pending retries, waits for the running one', async () => {
     const w = gatedWorker();
     const q = new WorkQueue({ worker: w.worker, workers: 1 });

@@ -82,9 +82,10 @@ function pod(
   name: string,
   owner: KObject,
   labels: Record<string, string>,
-  extra: Partial<KObject> = {},
+  extra: Partial<KObject> & { annotations?: Record<string, string> } = {},
   namespace = NS,
 ): KObject {
+  const { annotations, ...rest } = extra;
   return api.create('pods', {
     apiVersion: 'v1',
     kind: 'Pod',
@@ -92,6 +93,7 @@ function pod(
       name,
       namespace,
       labels,
+      ...(annotations ? { annotations } : {}),
       ownerReferences: [
         {
           apiVersion: 'apps/v1',
@@ -108,7 +110,7 @@ function pod(
       ],
     },
     status: { phase: 'Running' },
-    ...extra,
+    ...rest,
   });
 }
 
@@ -405,6 +407,47 @@ describe('sidecar problems', () => {
     });
     // Not an uninjected pod.
     expect(await gauge(metrics)).toBe(0);
+  });
+
+  it('leaves a pod another release injected to that release, also once its ToolSet is gone', async () => {
+    // Two releases both watch every namespace: without the pod's record of who injected it, a deleted
+    // ToolSet (and its operator label with it) would leave both reporting the pod.
+    const metrics = new OperatorMetrics({ defaultMetrics: false });
+    const plane = await operatorWithToolSet(metrics);
+    const rs = replicaSet('backend-6');
+    const ours = injectBackend(NS, plane.lookup(NS), OPTED_IN, DEFAULT_SIDECAR, undefined, 'earpiece');
+    // Injected while the ToolSet was labelled for the canary's operator, by the canary's webhook.
+    const assistant = plane.toolsets.get('assistant', NS) as unknown as ToolSet;
+    const canaryLabelled = toolsetLookup(
+      [
+        {
+          ...assistant,
+          metadata: { ...assistant.metadata, labels: { 'earpiece.dev/operator': 'voice-canary' } },
+        },
+      ],
+      NS,
+      () => plane.lookup(NS).config('assistant'),
+    );
+    const theirs = injectBackend(NS, canaryLabelled, OPTED_IN, DEFAULT_SIDECAR, undefined, 'voice-canary');
+    expect(ours.metadata?.annotations?.['earpiece.dev/injected-by']).toBe('earpiece');
+    for (const [name, template] of [
+      ['backend-6-ours', ours],
+      ['backend-6-theirs', theirs],
+    ] as const)
+      pod(name, rs, template.metadata!.labels!, {
+        spec: template.spec,
+        annotations: template.metadata!.annotations!,
+      });
+    await expect.poll(() => plane.injectedPods.list(NS).length, POLL).toBe(2);
+
+    api.delete('toolsets', NS, 'assistant');
+    await expect
+      .poll(() => problems(metrics), POLL)
+      .toEqual({ '{namespace="voice",reason="toolset_deleted"}': 1 });
+    await plane.sidecarProblems.check();
+    expect(plane.sidecarProblems.pods.map((p) => [p.name, p.reason])).toEqual([
+      ['backend-6-ours', 'toolset_deleted'],
+    ]);
   });
 
   it('reports an injected pod whose sidecar waits in ImagePullBackOff, until it runs', async () => {

@@ -9,6 +9,8 @@ export function injectBackend(
   labels: Record<string, string> = { app: 'unmute-backend', 'earpiece.dev/inject': 'true' },
   sidecar: SidecarConfig = DEFAULT_SIDECAR,
   annotations?: Record<string, string>,
+  /** The injecting webhook's operator instance; undefined as `earpiece inject` injects. */
+  instance?: string,
 ): PodTemplate {
   const result = buildInjection(
     {
@@ -19,7 +21,7 @@ export function injectBackend(
         ],
       },
     },
-    { namespace, namespaceOptedIn: false, toolsets, sidecar },
+    { namespace, namespaceOptedIn: false, toolsets, sidecar, instance },
   );
   if (!result.ok) throw new Error(result.message);
   return result.template;
