@@ -27,7 +27,10 @@ export type StreamEvent =
   | { type: 'reasoning'; text: string }
   /** First time a call's name is known. */
   | { type: 'tool_call_start'; index: number; name: string }
-  /** A call's arguments are complete: the next call has begun. (At the message's end, `finish()` has the rest.) */
+  /**
+   * A call's arguments are complete: the next call has begun, or the message finished with its calls
+   * (finish_reason `tool_calls` or `stop`), before the stream's end. (`finish()` has every call.)
+   */
   | { type: 'tool_call_ready'; call: AccumulatedToolCall }
   | { type: 'usage'; usage: Usage };
 
@@ -106,6 +109,9 @@ const STREAMED_DETAIL_FIELDS = new Set(['text', 'summary', 'data']);
  */
 const STRUCTURE_CHARS = 32;
 
+/** Finish reasons after which the message's calls are whole (Ollama before 0.5.12 says `stop` after a call). */
+const CALLS_COMPLETE = new Set(['tool_calls', 'stop']);
+
 /** An upstream index whose calls are past MAX_TOOL_CALL_INDEX: its fragments are dropped. */
 const DROPPED = -1;
 
@@ -169,7 +175,13 @@ export class StreamAccumulator {
         if (!isObject(choice) || (choice.index ?? 0) !== 0) continue;
         if (isObject(choice.delta)) this.#applyDelta(choice.delta, events);
         // After the delta: legacy vLLM puts the last argument fragment in the finish chunk.
-        if (nonEmpty(choice.finish_reason)) this.#finishReason = choice.finish_reason;
+        if (nonEmpty(choice.finish_reason)) {
+          this.#finishReason = choice.finish_reason;
+          // Done with its calls, the message's last ones are whole: they start now, not after the usage
+          // chunk and [DONE] are read and the message is put together. Not on `length` (cut short) or
+          // `error` (OpenRouter's failed provider: none of its calls runs).
+          if (CALLS_COMPLETE.has(choice.finish_reason)) this.#decideBefore(Number.POSITIVE_INFINITY, events);
+        }
       }
     }
     // OpenAI sends `usage: null` on every chunk but the last when include_usage is on.
@@ -278,13 +290,7 @@ export class StreamAccumulator {
       // and is not parsed again at each later call (128 parses of a megabyte would block for seconds).
       if (index > this.#highestIndex) {
         this.#highestIndex = index;
-        for (const earlier of this.#calls.values()) {
-          if (earlier.index >= index || earlier.decided || earlier.name === undefined) continue;
-          earlier.decided = true;
-          if (!isJson(earlier.arguments)) continue;
-          earlier.id ??= generateCallId();
-          events.push({ type: 'tool_call_ready', call: accumulated(earlier, earlier.id, earlier.name) });
-        }
+        this.#decideBefore(index, events);
       }
     }
     this.#lastIndex = index;
@@ -308,6 +314,17 @@ export class StreamAccumulator {
     if (isObject(entry.extra_content)) {
       this.#countJson(entry.extra_content);
       call.extraContent = entry.extra_content;
+    }
+  }
+
+  /** Hands on as ready each named call below `index` not decided yet whose arguments are whole JSON. */
+  #decideBefore(index: number, events: StreamEvent[]): void {
+    for (const earlier of this.#calls.values()) {
+      if (earlier.index >= index || earlier.decided || earlier.name === undefined) continue;
+      earlier.decided = true;
+      if (!isJson(earlier.arguments)) continue;
+      earlier.id ??= generateCallId();
+      events.push({ type: 'tool_call_ready', call: accumulated(earlier, earlier.id, earlier.name) });
     }
   }
 

@@ -334,6 +334,38 @@ describe('StreamAccumulator', () => {
     expect(events.map((e) => e.type)).toEqual(['tool_call_start', 'tool_call_ready', 'tool_call_start']);
   });
 
+  it('hands on the last calls as ready when the message finishes with them, before the stream ends', () => {
+    const ready = (finish: string, last = '{"q": 2}') => {
+      const { events } = run([
+        calls({ index: 0, id: 'a', function: { name: 'f', arguments: '{"q": 1}' } }),
+        calls({ index: 1, id: 'b', function: { name: 'g', arguments: '' } }),
+        calls(args(1, last)),
+        chunk({}, finish),
+        // Anything after the finish (usage, a stray empty delta) hands on nothing again.
+        chunk({}),
+      ]);
+      return events.flatMap((e) => (e.type === 'tool_call_ready' ? [e.call.id] : []));
+    };
+    expect(ready('tool_calls')).toEqual(['a', 'b']);
+    // Ollama before 0.5.12 ends a call with `stop`.
+    expect(ready('stop')).toEqual(['a', 'b']);
+    // Cut short by the token limit, or failed upstream (OpenRouter): call 1 waits for the message's end.
+    expect(ready('length')).toEqual(['a']);
+    expect(ready('error')).toEqual(['a']);
+    // Arguments that are not whole JSON when the message finishes wait for its end, which has the error.
+    expect(ready('tool_calls', '{"q": ')).toEqual(['a']);
+  });
+
+  it("takes legacy vLLM's last argument fragment in the finish chunk before handing the call on", () => {
+    const { events } = run([
+      calls({ index: 0, id: 'a', function: { name: 'f', arguments: '{"q": ' } }),
+      { choices: [{ index: 0, delta: { tool_calls: [args(0, '1}')] }, finish_reason: 'tool_calls' }] },
+    ]);
+    expect(events.filter((e) => e.type === 'tool_call_ready')).toEqual([
+      { type: 'tool_call_ready', call: { index: 0, id: 'a', name: 'f', arguments: '{"q": 1}' } },
+    ]);
+  });
+
   it('allows interleaved calls, and starts none early before its arguments are whole', () => {
     const { events, accumulator } = run([
       calls({ index: 0, id: 'a', function: { name: 'f', arguments: '{"a"' } }),

@@ -1,6 +1,6 @@
 /**
- * Tools start mid-stream: a call whose arguments are complete (the next call has begun) runs while the
- * model still streams the rest of its message. The model here streams call 0 whole, then call 1's
+ * Tools start mid-stream: a call whose arguments are complete (the next call has begun, or the message
+ * finished with it) runs while the model still streams the rest of its message. The model here streams call 0 whole, then call 1's
  * arguments piece by piece, and holds back the last piece until it sees tool 0's request (or a guard
  * of several seconds passes), so the order is what the test checks, not a timing.
  */
@@ -142,7 +142,55 @@ async function streamTurn(harness: Awaited<ReturnType<typeof startTestProxy>>, o
   return text;
 }
 
+/**
+ * A model whose first answer is one get_weather call for Oslo with its finish chunk, and holds back the
+ * usage chunk and [DONE] until `release` fires (or the guard passes). Its second answer is text.
+ */
+async function heldEndModel(release: Promise<void>) {
+  const state = { heldBackUntilTool: false };
+  let requests = 0;
+  const url = await listen(async (req, res) => {
+    for await (const _ of req);
+    res.writeHead(200, { 'content-type': 'text/event-stream' });
+    if (++requests > 1) {
+      res.write(chunk({ role: 'assistant', content: 'Sunny.' }));
+      res.end(`${chunk({}, 'stop')}data: [DONE]\n\n`);
+      return;
+    }
+    res.write(chunk({ role: 'assistant', content: '' }));
+    res.write(call(0, { name: 'get_weather', arguments: '{"city":"Oslo"}' }, 'call_0'));
+    res.write(chunk({}, 'tool_calls'));
+    const guard = new Promise<'guard'>((r) => setTimeout(() => r('guard'), GUARD_MS));
+    state.heldBackUntilTool = (await Promise.race([release.then(() => 'tool' as const), guard])) === 'tool';
+    if (res.destroyed) return;
+    res.write(
+      `data: ${JSON.stringify({ id: 'chatcmpl-1', object: 'chat.completion.chunk', model: 'm', choices: [], usage: { prompt_tokens: 9, completion_tokens: 7, total_tokens: 16 } })}\n\n`,
+    );
+    res.end('data: [DONE]\n\n');
+  });
+  return { url, state };
+}
+
 describe('tools that start mid-stream', () => {
+  it("requests the last call's tool once the message finishes with it, before the usage chunk and [DONE]", async () => {
+    const requested = signalled();
+    const weather = await listen((_req, res) => {
+      requested.fire();
+      res.writeHead(200, { 'content-type': 'application/json' }).end('{"sky":"sunny"}');
+    });
+    const model = await heldEndModel(requested.promise);
+    const harness = await startTestProxy(weatherSpec(weather), model.url);
+    cleanups.push(() => harness.close());
+
+    const { text } = await unmuteTurn(harness.client, [
+      SYSTEM,
+      { role: 'user', content: 'Weather in Oslo?' },
+    ]);
+
+    expect(model.state.heldBackUntilTool).toBe(true);
+    expect(text).toBe('One moment. Sunny.');
+  });
+
   it("speaks the filler when the first call's name arrives, before its arguments", async () => {
     const weather = await listen((_req, res) => {
       res.writeHead(200, { 'content-type': 'application/json' }).end('{"sky":"sunny"}');
