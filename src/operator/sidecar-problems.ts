@@ -290,18 +290,19 @@ export class SidecarProblemReporter {
     }
     const injection = readInjection({ metadata: { annotations: meta.annotations }, spec: pod.spec });
     const injectedFor = injection?.toolset;
-    // A sidecar another release's webhook injected is that release's operator's to report: as the pod
-    // records it, or, injected before it recorded that, as its ToolSet's label says while it exists.
     const injectedToolSet =
       injectedFor === undefined ? undefined : this.o.toolsets(namespace).byName(injectedFor);
-    if (injection?.injectedBy !== undefined && this.o.instance !== undefined) {
-      if (injection.injectedBy !== this.o.instance) return undefined;
-    } else if (otherOperator(injectedToolSet, this.o.instance) !== undefined) return undefined;
-    const problem = sidecarStatusProblem(pod, now);
     // One being deleted is gone already, to the controller too (a finalizer may hold it for long).
     const gone =
       injectedToolSet === undefined ||
       (injectedToolSet.metadata as { deletionTimestamp?: unknown }).deletionTimestamp != null;
+    // A sidecar is reported by the release whose operator writes its ToolSet's status (the ToolSet's label,
+    // which a hand-over moves); once the ToolSet is gone, by the release whose webhook injected it, as the
+    // pod records (pods injected before that record: by every release that watches them).
+    const labelled = otherOperator(injectedToolSet, this.o.instance);
+    const owner = gone ? (injection?.injectedBy ?? labelled) : labelled;
+    if (this.o.instance !== undefined && owner !== undefined && owner !== this.o.instance) return undefined;
+    const problem = sidecarStatusProblem(pod, now);
     if (!problem && injectedFor !== undefined && gone) {
       // Deleted (or renamed) while the pod runs: no ToolSet is left to carry a condition, and the
       // sidecar goes on serving what it last loaded.

@@ -31,7 +31,12 @@ export type StreamEvent =
    * A call's arguments are complete: the next call has begun, or the message finished with its calls
    * (finish_reason `tool_calls` or `stop`), before the stream's end. (`finish()` has every call.)
    */
-  | { type: 'tool_call_ready'; call: AccumulatedToolCall }
+  | {
+      type: 'tool_call_ready';
+      call: AccumulatedToolCall;
+      /** Set when the message's finish made it ready: every call of the message is named by now. */
+      messageFinished?: true;
+    }
   | { type: 'usage'; usage: Usage };
 
 export interface AccumulatedToolCall {
@@ -180,7 +185,8 @@ export class StreamAccumulator {
           // Done with its calls, the message's last ones are whole: they start now, not after the usage
           // chunk and [DONE] are read and the message is put together. Not on `length` (cut short) or
           // `error` (OpenRouter's failed provider: none of its calls runs).
-          if (CALLS_COMPLETE.has(choice.finish_reason)) this.#decideBefore(Number.POSITIVE_INFINITY, events);
+          if (CALLS_COMPLETE.has(choice.finish_reason))
+            this.#decideBefore(Number.POSITIVE_INFINITY, events, true);
         }
       }
     }
@@ -290,7 +296,7 @@ export class StreamAccumulator {
       // and is not parsed again at each later call (128 parses of a megabyte would block for seconds).
       if (index > this.#highestIndex) {
         this.#highestIndex = index;
-        this.#decideBefore(index, events);
+        this.#decideBefore(index, events, false);
       }
     }
     this.#lastIndex = index;
@@ -318,13 +324,18 @@ export class StreamAccumulator {
   }
 
   /** Hands on as ready each named call below `index` not decided yet whose arguments are whole JSON. */
-  #decideBefore(index: number, events: StreamEvent[]): void {
+  #decideBefore(index: number, events: StreamEvent[], messageFinished: boolean): void {
     for (const earlier of this.#calls.values()) {
       if (earlier.index >= index || earlier.decided || earlier.name === undefined) continue;
       earlier.decided = true;
       if (!isJson(earlier.arguments)) continue;
       earlier.id ??= generateCallId();
-      events.push({ type: 'tool_call_ready', call: accumulated(earlier, earlier.id, earlier.name) });
+      const call = accumulated(earlier, earlier.id, earlier.name);
+      events.push(
+        messageFinished
+          ? { type: 'tool_call_ready', call, messageFinished }
+          : { type: 'tool_call_ready', call },
+      );
     }
   }
 

@@ -60,7 +60,7 @@ export async function readMessage(opened: OpenedCall, parts: ReadParts): Promise
       if (firstTokenSeconds === undefined && event.type !== 'usage')
         firstTokenSeconds = (performance.now() - sentAt) / 1000;
       if (event.type === 'tool_call_start') round?.named(event.index, event.name);
-      if (event.type === 'tool_call_ready') round?.ready(event.call);
+      if (event.type === 'tool_call_ready') round?.ready(event.call, event.messageFinished === true);
       if (event.type === 'content') speak(event.text);
     }
     // Recorded once the first words are on their way to the client, not before.

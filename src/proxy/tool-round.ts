@@ -98,10 +98,13 @@ export class ToolRound {
     this.#decideFiller(false);
   }
 
-  /** A call whose arguments are complete, while the message goes on. */
-  ready(call: AccumulatedToolCall): void {
+  /**
+   * A call whose arguments are complete, while the message goes on; `messageFinished`: the message has said
+   * it is done with its calls, so every call's name is known.
+   */
+  ready(call: AccumulatedToolCall, messageFinished = false): void {
     this.#add(call);
-    this.#decideFiller(false);
+    this.#decideFiller(messageFinished);
     this.#startReady();
   }
 
@@ -146,23 +149,26 @@ export class ToolRound {
   }
 
   /**
-   * The first call by index whose tool has a filler decides. While the message streams, calls 0, 1, …
-   * without a gap must all be known up to that one, since a call not yet seen may come before it.
+   * The first call by index whose tool has a filler decides. While calls may still come, calls 0, 1, …
+   * without a gap must all be known up to that one, since a call not yet seen may come before it; once
+   * every call is named (`allNamed`), a gap is an index no call took.
    */
-  #decideFiller(messageEnded: boolean): void {
+  #decideFiller(allNamed: boolean): void {
     if (this.#filler !== undefined) return;
     const names = this.#names;
-    const indexes = messageEnded ? this.#order : names.keys();
-    for (const index of indexes) {
+    for (const index of names.keys()) {
       const name = names[index];
-      if (name === undefined) break;
+      if (name === undefined) {
+        if (allNamed) continue;
+        break;
+      }
       const text = this.#fillerOf(name);
       if (text !== '') {
         this.#filler = /\s$/.test(text) ? text : `${text} `;
         break;
       }
     }
-    if (this.#filler === undefined && messageEnded) this.#filler = '';
+    if (this.#filler === undefined && allNamed) this.#filler = '';
     if (this.#filler !== undefined) this.#parts.speakFiller(this.#filler);
   }
 

@@ -38,8 +38,8 @@ function checkedWait(afterMs: number = IDLE_COLLECTION_AFTER_MS): number {
 }
 
 /**
- * `growthBytes`, or the default; a RangeError naming the value when it is negative or not a finite number
- * (either would make every idle wait collect, as if any growth were worth a pause).
+ * `growthBytes`, or the default; a RangeError naming the value when it is negative or NaN (every idle
+ * wait would collect) or infinite (none would: `afterMs: 0` is the way to turn the collection off).
  */
 function checkedGrowth(growthBytes: number = IDLE_COLLECTION_GROWTH_BYTES): number {
   if (!Number.isFinite(growthBytes) || growthBytes < 0)

@@ -409,9 +409,10 @@ describe('sidecar problems', () => {
     expect(await gauge(metrics)).toBe(0);
   });
 
-  it('leaves a pod another release injected to that release, also once its ToolSet is gone', async () => {
+  it("reports a sidecar for its ToolSet's operator, and once the ToolSet is gone for the release that injected it", async () => {
     // Two releases both watch every namespace: without the pod's record of who injected it, a deleted
-    // ToolSet (and its operator label with it) would leave both reporting the pod.
+    // ToolSet (and its operator label with it) would leave both reporting the pod. While the ToolSet
+    // exists its label decides, as it decides who writes the status (a hand-over moves it).
     const metrics = new OperatorMetrics({ defaultMetrics: false });
     const plane = await operatorWithToolSet(metrics);
     const rs = replicaSet('backend-6');
@@ -430,15 +431,34 @@ describe('sidecar problems', () => {
     );
     const theirs = injectBackend(NS, canaryLabelled, OPTED_IN, DEFAULT_SIDECAR, undefined, 'voice-canary');
     expect(ours.metadata?.annotations?.['earpiece.dev/injected-by']).toBe('earpiece');
-    for (const [name, template] of [
-      ['backend-6-ours', ours],
-      ['backend-6-theirs', theirs],
-    ] as const)
-      pod(name, rs, template.metadata!.labels!, {
-        spec: template.spec,
-        annotations: template.metadata!.annotations!,
-      });
+    pod('backend-6-ours', rs, ours.metadata!.labels!, {
+      spec: ours.spec,
+      annotations: ours.metadata!.annotations!,
+    });
+    // The canary's sidecar cannot pull its image, and the ToolSet was handed over to this operator since.
+    pod('backend-6-theirs', rs, theirs.metadata!.labels!, {
+      spec: theirs.spec,
+      annotations: theirs.metadata!.annotations!,
+      status: {
+        phase: 'Pending',
+        startTime: new Date(Date.now() - 600_000).toISOString(),
+        initContainerStatuses: [
+          {
+            name: 'earpiece-proxy',
+            image: 'ghcr.io/earpiece-dev/earpiece:0.1.0',
+            imageID: '',
+            ready: false,
+            restartCount: 0,
+            started: false,
+            state: { waiting: { reason: 'ImagePullBackOff', message: 'Back-off pulling image' } },
+          },
+        ],
+      },
+    });
     await expect.poll(() => plane.injectedPods.list(NS).length, POLL).toBe(2);
+    await expect
+      .poll(() => plane.sidecarProblems.pods.map((p) => [p.name, p.reason]), POLL)
+      .toEqual([['backend-6-theirs', 'ImagePullBackOff']]);
 
     api.delete('toolsets', NS, 'assistant');
     await expect

@@ -362,7 +362,11 @@ describe('StreamAccumulator', () => {
       { choices: [{ index: 0, delta: { tool_calls: [args(0, '1}')] }, finish_reason: 'tool_calls' }] },
     ]);
     expect(events.filter((e) => e.type === 'tool_call_ready')).toEqual([
-      { type: 'tool_call_ready', call: { index: 0, id: 'a', name: 'f', arguments: '{"q": 1}' } },
+      {
+        type: 'tool_call_ready',
+        call: { index: 0, id: 'a', name: 'f', arguments: '{"q": 1}' },
+        messageFinished: true,
+      },
     ]);
   });
 

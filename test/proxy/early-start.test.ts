@@ -172,24 +172,30 @@ async function heldEndModel(release: Promise<void>) {
 }
 
 describe('tools that start mid-stream', () => {
-  it("requests the last call's tool once the message finishes with it, before the usage chunk and [DONE]", async () => {
-    const requested = signalled();
-    const weather = await listen((_req, res) => {
-      requested.fire();
-      res.writeHead(200, { 'content-type': 'application/json' }).end('{"sky":"sunny"}');
-    });
-    const model = await heldEndModel(requested.promise);
-    const harness = await startTestProxy(weatherSpec(weather), model.url);
-    cleanups.push(() => harness.close());
+  it.each([
+    ['with a filler', {}, 'One moment. Sunny.'],
+    ['with none (no filler to wait for)', { filler: '' }, 'Sunny.'],
+  ])(
+    "requests the last call's tool once the message finishes with it, before the usage chunk and [DONE], %s",
+    async (_name, extra, answer) => {
+      const requested = signalled();
+      const weather = await listen((_req, res) => {
+        requested.fire();
+        res.writeHead(200, { 'content-type': 'application/json' }).end('{"sky":"sunny"}');
+      });
+      const model = await heldEndModel(requested.promise);
+      const harness = await startTestProxy(weatherSpec(weather, extra), model.url);
+      cleanups.push(() => harness.close());
 
-    const { text } = await unmuteTurn(harness.client, [
-      SYSTEM,
-      { role: 'user', content: 'Weather in Oslo?' },
-    ]);
+      const { text } = await unmuteTurn(harness.client, [
+        SYSTEM,
+        { role: 'user', content: 'Weather in Oslo?' },
+      ]);
 
-    expect(model.state.heldBackUntilTool).toBe(true);
-    expect(text).toBe('One moment. Sunny.');
-  });
+      expect(model.state.heldBackUntilTool).toBe(true);
+      expect(text).toBe(answer);
+    },
+  );
 
   it("speaks the filler when the first call's name arrives, before its arguments", async () => {
     const weather = await listen((_req, res) => {
