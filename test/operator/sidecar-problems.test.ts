@@ -114,6 +114,25 @@ function pod(
   });
 }
 
+/** A pod's status whose sidecar, started ten minutes ago, cannot pull its image. */
+function pullBackOff(): Record<string, unknown> {
+  return {
+    phase: 'Pending',
+    startTime: new Date(Date.now() - 600_000).toISOString(),
+    initContainerStatuses: [
+      {
+        name: 'earpiece-proxy',
+        image: 'ghcr.io/earpiece-dev/earpiece:0.1.0',
+        imageID: '',
+        ready: false,
+        restartCount: 0,
+        started: false,
+        state: { waiting: { reason: 'ImagePullBackOff', message: 'Back-off pulling image' } },
+      },
+    ],
+  };
+}
+
 const OPTED_IN = { app: 'unmute-backend', 'earpiece.dev/inject': 'true' };
 
 async function readyToolSet(): Promise<void> {
@@ -216,21 +235,7 @@ describe('uninjected pods', () => {
     const template = injectBackend(NS, toolsetLookup([canary], NS), labels);
     pod('backend-3-injected', rs, template.metadata!.labels!, {
       spec: template.spec,
-      status: {
-        phase: 'Pending',
-        startTime: new Date(Date.now() - 600_000).toISOString(),
-        initContainerStatuses: [
-          {
-            name: 'earpiece-proxy',
-            image: 'ghcr.io/earpiece-dev/earpiece:0.1.0',
-            imageID: '',
-            ready: false,
-            restartCount: 0,
-            started: false,
-            state: { waiting: { reason: 'ImagePullBackOff', message: 'Back-off pulling image' } },
-          },
-        ],
-      },
+      status: pullBackOff(),
     });
     // Never injected, although the canary's webhook should have: reported here, with the way out.
     pod('backend-3-missed', rs, labels);
@@ -439,21 +444,7 @@ describe('sidecar problems', () => {
     pod('backend-6-theirs', rs, theirs.metadata!.labels!, {
       spec: theirs.spec,
       annotations: theirs.metadata!.annotations!,
-      status: {
-        phase: 'Pending',
-        startTime: new Date(Date.now() - 600_000).toISOString(),
-        initContainerStatuses: [
-          {
-            name: 'earpiece-proxy',
-            image: 'ghcr.io/earpiece-dev/earpiece:0.1.0',
-            imageID: '',
-            ready: false,
-            restartCount: 0,
-            started: false,
-            state: { waiting: { reason: 'ImagePullBackOff', message: 'Back-off pulling image' } },
-          },
-        ],
-      },
+      status: pullBackOff(),
     });
     await expect.poll(() => plane.injectedPods.list(NS).length, POLL).toBe(2);
     await expect

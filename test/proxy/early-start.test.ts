@@ -42,6 +42,18 @@ const chunk = (delta: Record<string, unknown>, finish: string | null = null) =>
 const call = (index: number, fn: Record<string, unknown>, id?: string) =>
   chunk({ tool_calls: [{ index, ...(id ? { id, type: 'function' } : {}), function: fn }] });
 
+/** Waits for `release`, or the guard: true when it was `release`. */
+async function heldUntil(release: Promise<void>): Promise<boolean> {
+  const guard = new Promise<'guard'>((r) => setTimeout(() => r('guard'), GUARD_MS));
+  return (await Promise.race([release.then(() => 'released' as const), guard])) === 'released';
+}
+
+/** The model's text answer after the tool round. */
+function answer(res: ServerResponse, text: string): void {
+  res.write(chunk({ role: 'assistant', content: text }));
+  res.end(`${chunk({}, 'stop')}data: [DONE]\n\n`);
+}
+
 /**
  * A model whose first answer calls get_weather twice: call 0 (`firstArgs`) whole, then call 1 for Oslo in
  * 40 pieces, the last one held until `release` fires (or the guard passes). Its second answer is text.
@@ -55,8 +67,7 @@ async function twoCallModel(firstArgs: string, release: Promise<void>) {
     requests.push(JSON.parse(body));
     res.writeHead(200, { 'content-type': 'text/event-stream' });
     if (requests.length > 1) {
-      res.write(chunk({ role: 'assistant', content: 'Sunny in both.' }));
-      res.end(`${chunk({}, 'stop')}data: [DONE]\n\n`);
+      answer(res, 'Sunny in both.');
       return;
     }
     res.on('close', () => {
@@ -71,8 +82,7 @@ async function twoCallModel(firstArgs: string, release: Promise<void>) {
       res.write(call(1, { arguments: piece }));
       await new Promise((r) => setTimeout(r, 5));
     }
-    const guard = new Promise<'guard'>((r) => setTimeout(() => r('guard'), GUARD_MS));
-    state.heldBackUntilTool = (await Promise.race([release.then(() => 'tool' as const), guard])) === 'tool';
+    state.heldBackUntilTool = await heldUntil(release);
     if (res.destroyed) return;
     res.write(call(1, { arguments: args.at(-1) }));
     res.write(chunk({}, 'tool_calls'));
@@ -95,6 +105,17 @@ function weatherSpec(url: string, extra: Record<string, unknown> = {}) {
   };
 }
 
+/** A model that streams its first answer with `first`, and answers "Sunny." after the tool round. */
+function firstAnswerModel(first: (res: ServerResponse) => Promise<void>): Promise<string> {
+  let requests = 0;
+  return listen(async (req, res) => {
+    for await (const _ of req);
+    res.writeHead(200, { 'content-type': 'text/event-stream' });
+    if (++requests > 1) answer(res, 'Sunny.');
+    else await first(res);
+  });
+}
+
 /**
  * A model whose first answer streams the calls in `names` one after another, each with `{"city":"Oslo"}`,
  * and holds back every call's arguments until `release` fires (or the guard passes). Its second answer is
@@ -102,22 +123,12 @@ function weatherSpec(url: string, extra: Record<string, unknown> = {}) {
  */
 async function heldArgumentsModel(names: string[], release: Promise<void>) {
   const state = { heldBackUntilFiller: false };
-  let requests = 0;
-  const url = await listen(async (req, res) => {
-    for await (const _ of req);
-    res.writeHead(200, { 'content-type': 'text/event-stream' });
-    if (++requests > 1) {
-      res.write(chunk({ role: 'assistant', content: 'Sunny.' }));
-      res.end(`${chunk({}, 'stop')}data: [DONE]\n\n`);
-      return;
-    }
+  const url = await firstAnswerModel(async (res) => {
     res.write(chunk({ role: 'assistant', content: '' }));
     for (const [index, name] of names.entries()) {
       res.write(call(index, { name, arguments: '' }, `call_${index}`));
     }
-    const guard = new Promise<'guard'>((r) => setTimeout(() => r('guard'), GUARD_MS));
-    state.heldBackUntilFiller =
-      (await Promise.race([release.then(() => 'filler' as const), guard])) === 'filler';
+    state.heldBackUntilFiller = await heldUntil(release);
     for (const index of names.keys()) res.write(call(index, { arguments: '{"city":"Oslo"}' }));
     res.write(chunk({}, 'tool_calls'));
     res.end('data: [DONE]\n\n');
@@ -148,20 +159,11 @@ async function streamTurn(harness: Awaited<ReturnType<typeof startTestProxy>>, o
  */
 async function heldEndModel(release: Promise<void>) {
   const state = { heldBackUntilTool: false };
-  let requests = 0;
-  const url = await listen(async (req, res) => {
-    for await (const _ of req);
-    res.writeHead(200, { 'content-type': 'text/event-stream' });
-    if (++requests > 1) {
-      res.write(chunk({ role: 'assistant', content: 'Sunny.' }));
-      res.end(`${chunk({}, 'stop')}data: [DONE]\n\n`);
-      return;
-    }
+  const url = await firstAnswerModel(async (res) => {
     res.write(chunk({ role: 'assistant', content: '' }));
     res.write(call(0, { name: 'get_weather', arguments: '{"city":"Oslo"}' }, 'call_0'));
     res.write(chunk({}, 'tool_calls'));
-    const guard = new Promise<'guard'>((r) => setTimeout(() => r('guard'), GUARD_MS));
-    state.heldBackUntilTool = (await Promise.race([release.then(() => 'tool' as const), guard])) === 'tool';
+    state.heldBackUntilTool = await heldUntil(release);
     if (res.destroyed) return;
     res.write(
       `data: ${JSON.stringify({ id: 'chatcmpl-1', object: 'chat.completion.chunk', model: 'm', choices: [], usage: { prompt_tokens: 9, completion_tokens: 7, total_tokens: 16 } })}\n\n`,
