@@ -44,8 +44,8 @@ export const ANNOTATION_INJECTED_IMAGE = 'earpiece.dev/injected-image';
  */
 export const ANNOTATION_INJECTED_ENV = 'earpiece.dev/injected-env';
 /**
- * On a pod the operator's webhook injected: that operator's instance. Its sidecar's problems are that
- * release's to report, even once its ToolSet (and the ToolSet's operator label) is gone.
+ * On a pod the operator's webhook injected: that operator's instance. While the pod's ToolSet exists, its
+ * operator label says which release reports the sidecar's problems; once it is gone, this does.
  */
 export const ANNOTATION_INJECTED_BY = 'earpiece.dev/injected-by';
 /** On the ConfigMap: the sidecar env vars its configuration needs (names and Secret keys, never values). */
