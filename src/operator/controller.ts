@@ -114,6 +114,8 @@ const ssa = setHeaderOptions('Content-Type', PatchStrategy.ServerSideApply);
 const merge = setHeaderOptions('Content-Type', PatchStrategy.MergePatch);
 const jsonPatch = setHeaderOptions('Content-Type', PatchStrategy.JsonPatch);
 
+/** SidecarsReady's reason when no running pod has the ToolSet's sidecar. */
+const NO_PODS = 'NoPods';
 /** A NoPods message is at most this old; one list of the selector's pods per such ToolSet each time. */
 export const NO_PODS_RECHECK_MS = 60_000;
 
@@ -320,7 +322,7 @@ export class ToolSetController {
     });
     // NoPods names pods no informer here watches (matched by the selector, never opted in): looked at again
     // soon, so that its message does not wait for the resync to name a pod that came or went.
-    if (this.leading && sidecars.some((c) => c.reason === 'NoPods'))
+    if (this.leading && sidecars.some((c) => c.reason === NO_PODS))
       this.queue.addAfter(key, this.o.noPodsRecheckMs ?? NO_PODS_RECHECK_MS);
     return 'ok';
   }
@@ -514,7 +516,7 @@ export class ToolSetController {
         {
           type: SIDECARS_READY,
           status: 'False',
-          reason: 'NoPods',
+          reason: NO_PODS,
           message: await this.noPods(toolset, namespace),
         },
       ];
