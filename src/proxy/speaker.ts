@@ -72,6 +72,11 @@ export class Speaker {
     }
   }
 
+  /** Whether beforeTools would speak a filler now: nothing has been said this turn, no filler yet. */
+  get fillerDue(): boolean {
+    return !this.#spoke && !this.#fillerSpoken;
+  }
+
   /** The model said nothing in its current message: an answer after tool rounds must still be heard. */
   get answered(): boolean {
     return this.#answered;

@@ -6,7 +6,8 @@
  * turn asks for it, so one still queued for a slot then is answered as pending too. The filler is the first call's by index
  * whose tool has one (else voice.filler). It is spoken as soon as that is known, which is often
  * when the first call's name arrives (`named`), long before its arguments end, and always before the first
- * tool request leaves.
+ * tool request leaves. When none can be spoken (the turn has said something, or no filler is configured),
+ * there is nothing to decide, and each call starts as soon as it is ready.
  */
 import { startToolSpan, toolResultAttributes } from '../telemetry/genai.js';
 import type { Logger } from '../telemetry/log.js';
@@ -36,6 +37,11 @@ export interface ToolRoundParts {
   span: SpanHandle;
   telemetry: Telemetry;
   logger: Logger;
+  /**
+   * Whether a filler could be spoken before this round's tools: false once the turn has said something,
+   * or when no filler is configured. Then the filler is decided as none at once, and no call waits for it.
+   */
+  fillerDue(): boolean;
   /** Called once, as soon as the filler is decided and before the first tool request leaves ('' for none). */
   speakFiller(filler: string): void;
   /** Called once, when the first call starts. */
@@ -155,6 +161,11 @@ export class ToolRound {
    */
   #decideFiller(allNamed: boolean): void {
     if (this.#filler !== undefined) return;
+    if (!this.#parts.fillerDue()) {
+      this.#filler = '';
+      this.#parts.speakFiller('');
+      return;
+    }
     const names = this.#names;
     for (const index of names.keys()) {
       const name = names[index];

@@ -29,7 +29,7 @@ import { Speaker } from './speaker.js';
 import { StillWorking } from './still-working.js';
 import { ToolRound, ToolSlots } from './tool-round.js';
 import type { Upstream, UpstreamState } from './upstream.js';
-import { type LanguagePicker, TurnVoice } from './voice.js';
+import { anyFiller, type LanguagePicker, TurnVoice } from './voice.js';
 
 export type { TurnMemory };
 
@@ -230,6 +230,7 @@ function newRound(
     span,
     telemetry: deps.telemetry,
     logger: deps.logger,
+    fillerDue: () => speaker.fillerDue && anyFiller(deps.toolset, voice),
     speakFiller: (filler) => speaker.beforeTools(filler),
     toolsStarted,
   });

@@ -27,6 +27,14 @@ export function voiceLanguages(toolset: ResolvedToolSet): string[] {
   return [...languages];
 }
 
+/** Whether some filler of the ToolSet (voice.filler, or a tool's own) says anything in the turn's language. */
+export function anyFiller(toolset: ResolvedToolSet, voice: TurnVoice): boolean {
+  return (
+    voice.line(toolset.voice.filler) !== '' ||
+    toolset.tools.some((tool) => tool.filler !== undefined && voice.line(tool.filler) !== '')
+  );
+}
+
 type Detect = (text: string, options: { only: string[] }) => string;
 let detector: Promise<Detect> | undefined;
 let loaded: Detect | undefined;

@@ -56,9 +56,10 @@ function answer(res: ServerResponse, text: string): void {
 
 /**
  * A model whose first answer calls get_weather twice: call 0 (`firstArgs`) whole, then call 1 for Oslo in
- * 40 pieces, the last one held until `release` fires (or the guard passes). Its second answer is text.
+ * 40 pieces, the last one held until `release` fires (or the guard passes). Before the calls it says
+ * `leadIn`. Its second answer is text.
  */
-async function twoCallModel(firstArgs: string, release: Promise<void>) {
+async function twoCallModel(firstArgs: string, release: Promise<void>, leadIn = '') {
   const requests: Array<Record<string, unknown>> = [];
   const state = { heldBackUntilTool: false, firstAborted: signalled() };
   const url = await listen(async (req, res) => {
@@ -73,7 +74,7 @@ async function twoCallModel(firstArgs: string, release: Promise<void>) {
     res.on('close', () => {
       if (!res.writableFinished) state.firstAborted.fire();
     });
-    res.write(chunk({ role: 'assistant', content: '' }));
+    res.write(chunk({ role: 'assistant', content: leadIn }));
     res.write(call(0, { name: 'get_weather', arguments: '' }, 'call_0'));
     res.write(call(0, { arguments: firstArgs }));
     res.write(call(1, { name: 'get_weather', arguments: '' }, 'call_1'));
@@ -90,6 +91,8 @@ async function twoCallModel(firstArgs: string, release: Promise<void>) {
   });
   return { url, requests, state };
 }
+
+type Spec = ReturnType<typeof weatherSpec>;
 
 function weatherSpec(url: string, extra: Record<string, unknown> = {}) {
   return {
@@ -263,6 +266,40 @@ describe('tools that start mid-stream', () => {
     const tools = followUp.messages.filter((m) => m.role === 'tool');
     expect(tools.map((m) => m.tool_call_id)).toEqual(['call_0', 'call_1']);
     expect(tools.map((m) => JSON.parse(m.content ?? '{}').city)).toEqual(['Paris', 'Oslo']);
+  });
+
+  it.each([
+    ['no filler is configured', '', (spec: Spec) => ({ ...spec, voice: { filler: '' } }), 'Sunny in both.'],
+    [
+      'the model has spoken, so no filler is due',
+      'Let me look. ',
+      // Its own tool's filler is off; another tool's is on, so fillers are configured.
+      (spec: Spec) => ({
+        tools: [
+          { ...spec.tools[0], filler: '' },
+          { ...spec.tools[0], name: 'get_time', filler: 'Checking the clock. ' },
+        ],
+      }),
+      'Let me look. Sunny in both.',
+    ],
+  ])("requests tool 0 before call 1's arguments end when %s", async (_name, leadIn, configure, answer) => {
+    const toolZero = signalled();
+    const weather = await listen((req, res) => {
+      const city = new URL(req.url ?? '/', 'http://x').searchParams.get('city') ?? '';
+      if (city === 'Paris') toolZero.fire();
+      res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ city, sky: 'sunny' }));
+    });
+    const model = await twoCallModel(JSON.stringify({ city: 'Paris' }), toolZero.promise, leadIn);
+    const harness = await startTestProxy(configure(weatherSpec(weather)), model.url);
+    cleanups.push(() => harness.close());
+
+    const { text } = await unmuteTurn(harness.client, [
+      SYSTEM,
+      { role: 'user', content: 'Weather in Paris and Oslo?' },
+    ]);
+
+    expect(model.state.heldBackUntilTool).toBe(true);
+    expect(text).toBe(answer);
   });
 
   it('turns call 0 with arguments that fail the schema into an error result, and still runs call 1', async () => {
