@@ -116,6 +116,8 @@ const jsonPatch = setHeaderOptions('Content-Type', PatchStrategy.JsonPatch);
 
 /** SidecarsReady's reason when no running pod has the ToolSet's sidecar. */
 const NO_PODS = 'NoPods';
+/** SidecarsReady's reason when pods run the sidecar but their app does not talk to it. */
+const PROXY_UNUSED = 'ProxyUnused';
 /** A NoPods message is at most this old; one list of the selector's pods per such ToolSet each time. */
 export const NO_PODS_RECHECK_MS = 60_000;
 
@@ -503,7 +505,7 @@ export class ToolSetController {
         {
           type: SIDECARS_READY,
           status: 'False',
-          reason: 'ProxyUnused',
+          reason: PROXY_UNUSED,
           message: `pods ${listed(unused)} run the earpiece-proxy sidecar, but no container of theirs sets ${APP_URL_ENV} in env, so the app does not talk to it and has no tools; set ${APP_URL_ENV} in the backend container's env (the webhook points it at the sidecar when the pod is created again)`,
         },
       ];
@@ -615,7 +617,7 @@ export class ToolSetController {
   ): Promise<void> {
     const bad = [
       { type: RESTART_REQUIRED, status: 'True', reasons: undefined },
-      { type: SIDECARS_READY, status: 'False', reasons: ['ProxyUnused'] },
+      { type: SIDECARS_READY, status: 'False', reasons: [PROXY_UNUSED] },
     ];
     for (const { type, status, reasons } of bad) {
       const now = condition(after, type);
