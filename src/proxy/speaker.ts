@@ -35,9 +35,12 @@ export class Speaker {
     this.#sink.begin();
   }
 
-  /** A new model message begins (a new upstream call). */
+  /**
+   * A new model message begins (a new upstream call). Its first words go apart from the last ones spoken:
+   * words the previous message said after its calls' names came after beforeTools' space.
+   */
   startMessage(): void {
-    this.#pendingSpace = '';
+    this.#pendingSpace = this.#spoke && !this.#endsInSpace ? ' ' : '';
     this.#answered = false;
   }
 

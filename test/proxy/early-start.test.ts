@@ -217,27 +217,58 @@ describe('tools that start mid-stream', () => {
     expect(text).toBe('One moment. Sunny.');
   });
 
-  it("waits for call 1's name when call 0's tool has no filler, and speaks call 1's", async () => {
-    const weather = await listen((_req, res) => {
-      res.writeHead(200, { 'content-type': 'application/json' }).end('{"sky":"sunny"}');
-    });
-    const heard = signalled();
-    const model = await heldArgumentsModel(['quiet_weather', 'get_weather'], heard.promise);
-    const [tool] = weatherSpec(weather).tools;
-    const spec = {
-      tools: [
-        { ...tool, filler: 'Checking the sky. ' },
-        { ...tool, name: 'quiet_weather', filler: '' },
-      ],
-    };
-    const harness = await startTestProxy(spec, model.url);
-    cleanups.push(() => harness.close());
+  it.each([
+    ['', {}],
+    [' (voice.filler off)', { voice: { filler: '' } }],
+  ])(
+    "waits for call 1's name when call 0's tool has no filler, and speaks call 1's%s",
+    async (_name, voice) => {
+      const weather = await listen((_req, res) => {
+        res.writeHead(200, { 'content-type': 'application/json' }).end('{"sky":"sunny"}');
+      });
+      const heard = signalled();
+      const model = await heldArgumentsModel(['quiet_weather', 'get_weather'], heard.promise);
+      const [tool] = weatherSpec(weather).tools;
+      const spec = {
+        ...voice,
+        tools: [
+          { ...tool, filler: 'Checking the sky. ' },
+          { ...tool, name: 'quiet_weather', filler: '' },
+        ],
+      };
+      const harness = await startTestProxy(spec, model.url);
+      cleanups.push(() => harness.close());
 
-    const text = await streamTurn(harness, heard.fire);
+      const text = await streamTurn(harness, heard.fire);
 
-    expect(model.state.heldBackUntilFiller).toBe(true);
-    expect(text).toBe('Checking the sky. Sunny.');
-  });
+      expect(model.state.heldBackUntilFiller).toBe(true);
+      expect(text).toBe('Checking the sky. Sunny.');
+    },
+  );
+
+  it.each([
+    ['no filler is configured', { voice: { filler: '' } }, ' Checking Oslo. Sunny.'],
+    ['the filler is spoken first', {}, 'One moment.  Checking Oslo. Sunny.'],
+  ])(
+    'keeps words the model says after its call apart from the answer, when %s',
+    async (_name, voice, expected) => {
+      const weather = await listen((_req, res) => {
+        res.writeHead(200, { 'content-type': 'application/json' }).end('{"sky":"sunny"}');
+      });
+      const model = await firstAnswerModel(async (res) => {
+        res.write(chunk({ role: 'assistant', content: '' }));
+        res.write(call(0, { name: 'get_weather', arguments: '{"city":"Oslo"}' }, 'call_0'));
+        res.write(chunk({ content: ' Checking Oslo.' }));
+        res.end(`${chunk({}, 'tool_calls')}data: [DONE]\n\n`);
+      });
+      const harness = await startTestProxy({ ...weatherSpec(weather), ...voice }, model);
+      cleanups.push(() => harness.close());
+
+      const { text } = await unmuteTurn(harness.client, [SYSTEM, { role: 'user', content: 'Weather?' }]);
+
+      expect(text).toBe(expected);
+    },
+  );
 
   it("requests tool 0 before call 1's arguments end, and sends the results back in index order", async () => {
     const toolZero = signalled();
@@ -273,13 +304,8 @@ describe('tools that start mid-stream', () => {
     [
       'the model has spoken, so no filler is due',
       'Let me look. ',
-      // Its own tool's filler is off; another tool's is on, so fillers are configured.
-      (spec: Spec) => ({
-        tools: [
-          { ...spec.tools[0], filler: '' },
-          { ...spec.tools[0], name: 'get_time', filler: 'Checking the clock. ' },
-        ],
-      }),
+      // Its tool's filler is off and voice.filler is the default: only the lead-in makes none due.
+      (spec: Spec) => ({ tools: [{ ...spec.tools[0], filler: '' }] }),
       'Let me look. Sunny in both.',
     ],
   ])("requests tool 0 before call 1's arguments end when %s", async (_name, leadIn, configure, answer) => {
