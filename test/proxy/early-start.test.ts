@@ -92,6 +92,27 @@ async function twoCallModel(firstArgs: string, release: Promise<void>, leadIn = 
   return { url, requests, state };
 }
 
+/** A weather service that answers `{"sky":"sunny"}`, calling `onRequest` for each request. */
+function sunnyWeather(onRequest: () => void = () => {}): Promise<string> {
+  return listen((_req, res) => {
+    onRequest();
+    res.writeHead(200, { 'content-type': 'application/json' }).end('{"sky":"sunny"}');
+  });
+}
+
+/** A weather service that echoes each request's city with a sunny sky, noting the cities in order. */
+async function cityWeather() {
+  const cities: string[] = [];
+  const paris = signalled();
+  const url = await listen((req, res) => {
+    const city = new URL(req.url ?? '/', 'http://x').searchParams.get('city') ?? '';
+    cities.push(city);
+    if (city === 'Paris') paris.fire();
+    res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ city, sky: 'sunny' }));
+  });
+  return { url, cities, parisRequested: paris.promise };
+}
+
 type Spec = ReturnType<typeof weatherSpec>;
 
 function weatherSpec(url: string, extra: Record<string, unknown> = {}) {
@@ -184,10 +205,7 @@ describe('tools that start mid-stream', () => {
     "requests the last call's tool once the message finishes with it, before the usage chunk and [DONE], %s",
     async (_name, extra, answer) => {
       const requested = signalled();
-      const weather = await listen((_req, res) => {
-        requested.fire();
-        res.writeHead(200, { 'content-type': 'application/json' }).end('{"sky":"sunny"}');
-      });
+      const weather = await sunnyWeather(requested.fire);
       const model = await heldEndModel(requested.promise);
       const harness = await startTestProxy(weatherSpec(weather, extra), model.url);
       cleanups.push(() => harness.close());
@@ -203,9 +221,7 @@ describe('tools that start mid-stream', () => {
   );
 
   it("speaks the filler when the first call's name arrives, before its arguments", async () => {
-    const weather = await listen((_req, res) => {
-      res.writeHead(200, { 'content-type': 'application/json' }).end('{"sky":"sunny"}');
-    });
+    const weather = await sunnyWeather();
     const heard = signalled();
     const model = await heldArgumentsModel(['get_weather'], heard.promise);
     const harness = await startTestProxy(weatherSpec(weather), model.url);
@@ -223,9 +239,7 @@ describe('tools that start mid-stream', () => {
   ])(
     "waits for call 1's name when call 0's tool has no filler, and speaks call 1's%s",
     async (_name, voice) => {
-      const weather = await listen((_req, res) => {
-        res.writeHead(200, { 'content-type': 'application/json' }).end('{"sky":"sunny"}');
-      });
+      const weather = await sunnyWeather();
       const heard = signalled();
       const model = await heldArgumentsModel(['quiet_weather', 'get_weather'], heard.promise);
       const [tool] = weatherSpec(weather).tools;
@@ -252,9 +266,7 @@ describe('tools that start mid-stream', () => {
   ])(
     'keeps words the model says after its call apart from the answer, when %s',
     async (_name, voice, expected) => {
-      const weather = await listen((_req, res) => {
-        res.writeHead(200, { 'content-type': 'application/json' }).end('{"sky":"sunny"}');
-      });
+      const weather = await sunnyWeather();
       const model = await firstAnswerModel(async (res) => {
         res.write(chunk({ role: 'assistant', content: '' }));
         res.write(call(0, { name: 'get_weather', arguments: '{"city":"Oslo"}' }, 'call_0'));
@@ -271,16 +283,9 @@ describe('tools that start mid-stream', () => {
   );
 
   it("requests tool 0 before call 1's arguments end, and sends the results back in index order", async () => {
-    const toolZero = signalled();
-    const cities: string[] = [];
-    const weather = await listen((req, res) => {
-      const city = new URL(req.url ?? '/', 'http://x').searchParams.get('city') ?? '';
-      cities.push(city);
-      if (city === 'Paris') toolZero.fire();
-      res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ city, sky: 'sunny' }));
-    });
-    const model = await twoCallModel(JSON.stringify({ city: 'Paris' }), toolZero.promise);
-    const harness = await startTestProxy(weatherSpec(weather), model.url);
+    const weather = await cityWeather();
+    const model = await twoCallModel(JSON.stringify({ city: 'Paris' }), weather.parisRequested);
+    const harness = await startTestProxy(weatherSpec(weather.url), model.url);
     cleanups.push(() => harness.close());
 
     const { text } = await unmuteTurn(harness.client, [
@@ -290,7 +295,7 @@ describe('tools that start mid-stream', () => {
 
     expect(model.state.heldBackUntilTool).toBe(true);
     expect(text).toBe('One moment. Sunny in both.');
-    expect(cities).toEqual(['Paris', 'Oslo']);
+    expect(weather.cities).toEqual(['Paris', 'Oslo']);
     const followUp = model.requests[1] as {
       messages: Array<{ role: string; tool_call_id?: string; content?: string }>;
     };
@@ -309,14 +314,9 @@ describe('tools that start mid-stream', () => {
       'Let me look. Sunny in both.',
     ],
   ])("requests tool 0 before call 1's arguments end when %s", async (_name, leadIn, configure, answer) => {
-    const toolZero = signalled();
-    const weather = await listen((req, res) => {
-      const city = new URL(req.url ?? '/', 'http://x').searchParams.get('city') ?? '';
-      if (city === 'Paris') toolZero.fire();
-      res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ city, sky: 'sunny' }));
-    });
-    const model = await twoCallModel(JSON.stringify({ city: 'Paris' }), toolZero.promise, leadIn);
-    const harness = await startTestProxy(configure(weatherSpec(weather)), model.url);
+    const weather = await cityWeather();
+    const model = await twoCallModel(JSON.stringify({ city: 'Paris' }), weather.parisRequested, leadIn);
+    const harness = await startTestProxy(configure(weatherSpec(weather.url)), model.url);
     cleanups.push(() => harness.close());
 
     const { text } = await unmuteTurn(harness.client, [
@@ -329,21 +329,16 @@ describe('tools that start mid-stream', () => {
   });
 
   it('turns call 0 with arguments that fail the schema into an error result, and still runs call 1', async () => {
-    const cities: string[] = [];
-    const weather = await listen((req, res) => {
-      const city = new URL(req.url ?? '/', 'http://x').searchParams.get('city') ?? '';
-      cities.push(city);
-      res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ city, sky: 'sunny' }));
-    });
+    const weather = await cityWeather();
     // Nothing to wait for: call 0 never reaches the weather service.
     const model = await twoCallModel(JSON.stringify({ city: 5 }), Promise.resolve());
-    const harness = await startTestProxy(weatherSpec(weather), model.url);
+    const harness = await startTestProxy(weatherSpec(weather.url), model.url);
     cleanups.push(() => harness.close());
 
     const { text } = await unmuteTurn(harness.client, [SYSTEM, { role: 'user', content: 'Weather?' }]);
 
     expect(text).toBe('One moment. Sunny in both.');
-    expect(cities).toEqual(['Oslo']);
+    expect(weather.cities).toEqual(['Oslo']);
     const followUp = model.requests[1] as { messages: Array<{ role: string; content?: string }> };
     const [first, second] = followUp.messages.filter((m) => m.role === 'tool');
     expect(first?.content).toMatch(/city/);
